@@ -1,0 +1,151 @@
+package embedded
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// ReplayConfig describes a replay of sessions into a Kafka topic.
+type ReplayConfig struct {
+	// Brokers and Topic receive the events.
+	Brokers []string
+	Topic   string
+	// Rate is the number of events per second. Default 200.
+	Rate float64
+	// Concurrent is how many sessions are in progress at once; their clicks
+	// interleave as they would on a live site. Default 50.
+	Concurrent int
+	// Loop restarts from the first session when the data runs out.
+	Loop bool
+}
+
+// Validate checks the configuration.
+func (c *ReplayConfig) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("replay: no brokers")
+	case c.Topic == "":
+		return errors.New("replay: topic is empty")
+	case c.Rate < 0:
+		return fmt.Errorf("replay: rate %v is negative", c.Rate)
+	case c.Concurrent < 0:
+		return fmt.Errorf("replay: concurrent %d is negative", c.Concurrent)
+	}
+	return nil
+}
+
+// Replayer writes sessions to Kafka as click events.
+type Replayer struct {
+	cfg      ReplayConfig
+	sessions [][]int
+	log      *slog.Logger
+}
+
+// NewReplayer builds a replayer of sessions (page ids, as NASASessions returns).
+func NewReplayer(cfg ReplayConfig, sessions [][]int, log *slog.Logger) (*Replayer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Rate == 0 {
+		cfg.Rate = 200
+	}
+	if cfg.Concurrent == 0 {
+		cfg.Concurrent = 50
+	}
+	if len(sessions) == 0 {
+		return nil, errors.New("replay: no sessions")
+	}
+	return &Replayer{cfg: cfg, sessions: sessions, log: log}, nil
+}
+
+// event is the wire form of a click (see features/EVENTS.md).
+type event struct {
+	UserID  string `json:"user_id"`
+	Page    string `json:"page"`
+	TS      string `json:"ts"`
+	EventID string `json:"event_id"`
+}
+
+// Run writes events at the configured rate until the data runs out (or,
+// with Loop, until ctx ends). It returns nil when ctx ends.
+func (r *Replayer) Run(ctx context.Context) error {
+	w := &kafka.Writer{
+		Addr:                   kafka.TCP(r.cfg.Brokers...),
+		Topic:                  r.cfg.Topic,
+		Balancer:               &kafka.Hash{},
+		BatchTimeout:           time.Millisecond,
+		AllowAutoTopicCreation: true,
+	}
+	defer w.Close()
+
+	type cursor struct{ session, pos, round int }
+	active := make([]cursor, 0, r.cfg.Concurrent)
+	next, round, sent := 0, 0, 0
+	refill := func() bool {
+		for len(active) < r.cfg.Concurrent {
+			if next == len(r.sessions) {
+				if !r.cfg.Loop {
+					return len(active) > 0
+				}
+				next = 0
+				round++
+			}
+			active = append(active, cursor{session: next, round: round})
+			next++
+		}
+		return true
+	}
+	interval := time.Duration(float64(time.Second) / r.cfg.Rate)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	report := time.NewTicker(10 * time.Second)
+	defer report.Stop()
+	for i := 0; refill(); i++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-report.C:
+			r.log.Info("replay progress", "events", sent, "next_session", next, "round", round)
+			continue
+		case <-tick.C:
+		}
+		k := i % len(active)
+		c := &active[k]
+		page := r.sessions[c.session][c.pos]
+		user := "nasa-" + strconv.Itoa(c.session)
+		if c.round > 0 {
+			user += "-r" + strconv.Itoa(c.round)
+		}
+		ev := event{
+			UserID:  user,
+			Page:    PageKey(page),
+			TS:      time.Now().UTC().Format(time.RFC3339Nano),
+			EventID: user + "-" + strconv.Itoa(c.pos),
+		}
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("encode replay event: %w", err)
+		}
+		if err := w.WriteMessages(ctx, kafka.Message{Key: []byte(user), Value: b}); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("write replay event: %w", err)
+		}
+		sent++
+		c.pos++
+		if c.pos == len(r.sessions[c.session]) {
+			active[k] = active[len(active)-1]
+			active = active[:len(active)-1]
+		}
+	}
+	r.log.Info("replay finished", "events", sent)
+	return nil
+}
