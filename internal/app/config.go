@@ -1,0 +1,193 @@
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+)
+
+// EnvPrefix starts the environment variable that matches each flag: --kafka-brokers
+// is also read from PREFETCHD_KAFKA_BROKERS. A flag on the command line wins
+// over the environment, which wins over the default.
+const EnvPrefix = "PREFETCHD_"
+
+// Replay sources.
+const (
+	ReplayEmbedded = "embedded" // the bundled NASA July 1995 sessions
+	ReplayNone     = "none"
+)
+
+// Config is everything the service is told at start.
+type Config struct {
+	// Kafka. Empty KafkaBrokers starts an in-process broker (the embedded default).
+	KafkaBrokers []string
+	Topic        string
+	Group        string
+
+	// Redis. Empty RedisAddr starts an in-process Redis-protocol store.
+	RedisAddr     string
+	RedisUsername string
+	RedisPassword string
+
+	// Model: a bundle folder, or empty for the bundled model. ModelRepo, when
+	// set, is a repository <repo>/<name>/<version>/ watched for new versions.
+	Model     string
+	ModelRepo string
+	ModelName string
+
+	// Prefetch policy.
+	Threshold float64
+	K         int
+	TTL       time.Duration
+
+	// Servers.
+	Listen         string // gRPC
+	AdminListen    string // HTTP: /metrics, /healthz, /readyz
+	AdminTokenFile string
+	TLSCert        string
+	TLSKey         string
+	TLSClientCA    string
+	Pprof          bool
+
+	// Replay into Kafka: "embedded", "none" or a SPMF file. Default: embedded
+	// when the broker is in-process, none otherwise.
+	Replay     string
+	ReplayRate float64
+
+	LogLevel string
+}
+
+// Default returns the configuration of `make run`.
+func Default() Config {
+	return Config{
+		Topic:       "clicks",
+		Group:       "prefetchd",
+		ModelName:   "default",
+		Threshold:   0.5,
+		K:           3,
+		TTL:         5 * time.Minute,
+		Listen:      "127.0.0.1:50051",
+		AdminListen: "127.0.0.1:8081",
+		ReplayRate:  200,
+		LogLevel:    "info",
+	}
+}
+
+// Embedded reports whether the service runs its own broker.
+func (c *Config) Embedded() bool { return len(c.KafkaBrokers) == 0 }
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Topic == "" {
+		errs = append(errs, errors.New("--topic is empty"))
+	}
+	if c.Group == "" {
+		errs = append(errs, errors.New("--group is empty"))
+	}
+	if c.Threshold < 0 || c.Threshold > 1 {
+		errs = append(errs, fmt.Errorf("--threshold %v outside [0, 1]", c.Threshold))
+	}
+	if c.K < 1 || c.K > 100 {
+		errs = append(errs, fmt.Errorf("--k %d outside 1..100", c.K))
+	}
+	if c.TTL <= 0 {
+		errs = append(errs, fmt.Errorf("--ttl %v is not positive", c.TTL))
+	}
+	for name, addr := range map[string]string{"--listen": c.Listen, "--admin-listen": c.AdminListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", name, addr, err))
+		}
+	}
+	if c.Model != "" && c.ModelRepo != "" {
+		errs = append(errs, errors.New("--model and --model-repo are exclusive"))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	if c.TLSClientCA != "" && c.TLSCert == "" {
+		errs = append(errs, errors.New("--tls-client-ca needs --tls-cert and --tls-key"))
+	}
+	if c.ReplayRate <= 0 {
+		errs = append(errs, fmt.Errorf("--replay-rate %v is not positive", c.ReplayRate))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("--log-level %q is not debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// ParseFlags reads the configuration from flags and, for flags not given,
+// from PREFETCHD_* environment variables (getenv may be os.Getenv).
+func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+	c := Default()
+	fs := flag.NewFlagSet("prefetchd", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	brokers := fs.String("kafka-brokers", "", "comma-separated Kafka brokers; empty starts an in-process broker")
+	fs.StringVar(&c.Topic, "topic", c.Topic, "Kafka topic of click events")
+	fs.StringVar(&c.Group, "group", c.Group, "Kafka consumer group")
+	fs.StringVar(&c.RedisAddr, "redis-addr", c.RedisAddr, "Redis host:port; empty starts an in-process store")
+	fs.StringVar(&c.RedisUsername, "redis-username", c.RedisUsername, "Redis ACL user")
+	fs.StringVar(&c.RedisPassword, "redis-password", c.RedisPassword, "Redis ACL password (prefer the environment variable)")
+	fs.StringVar(&c.Model, "model", c.Model, "model bundle folder; empty uses the bundled model")
+	fs.StringVar(&c.ModelRepo, "model-repo", c.ModelRepo, "model repository folder <repo>/<name>/<version>/, watched for new versions")
+	fs.StringVar(&c.ModelName, "model-name", c.ModelName, "model name inside --model-repo")
+	fs.Float64Var(&c.Threshold, "threshold", c.Threshold, "minimum probability for a prefetch, in [0, 1]")
+	fs.IntVar(&c.K, "k", c.K, "maximum prefetches per click")
+	fs.DurationVar(&c.TTL, "ttl", c.TTL, "time a warmed key lives in Redis")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "gRPC listen address")
+	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "HTTP admin listen address (/metrics, /healthz, /readyz)")
+	fs.StringVar(&c.AdminTokenFile, "admin-token-file", c.AdminTokenFile, "file holding the bearer token ModelService requires")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "gRPC server certificate (PEM)")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "gRPC server key (PEM)")
+	fs.StringVar(&c.TLSClientCA, "tls-client-ca", c.TLSClientCA, "CA that signs client certificates; set to require mutual TLS")
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof on the admin port")
+	fs.StringVar(&c.Replay, "replay", c.Replay, "replay sessions into Kafka: embedded, none or a SPMF file (default: embedded with the in-process broker)")
+	fs.Float64Var(&c.ReplayRate, "replay-rate", c.ReplayRate, "replayed events per second")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || envErr != nil {
+			return
+		}
+		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(name); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return Config{}, envErr
+	}
+	for _, b := range strings.Split(*brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			c.KafkaBrokers = append(c.KafkaBrokers, b)
+		}
+	}
+	if c.Replay == "" {
+		c.Replay = ReplayNone
+		if c.Embedded() {
+			c.Replay = ReplayEmbedded
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
