@@ -1,0 +1,142 @@
+// Command prefetch-train trains prefetchd's models offline: it reads logged
+// clicks (the service's JSONL events) or a research dataset (MSNBC .seq,
+// SPMF sessions), holds out the last sessions, trains popularity, a
+// first-order Markov model and a GRU, evaluates them, and writes the chosen
+// model as a bundle folder with report.json, report.txt and recall.svg.
+//
+//	prefetch-train --input clicks.jsonl --format jsonl --out ./out
+//	prefetch-train --input sessions.spmf.gz --format spmf --model markov1 --out ./out
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prefetchd/prefetchd/training"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "prefetch-train:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("prefetch-train", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		input    = fs.String("input", "", "input file (gzip is detected)")
+		format   = fs.String("format", "", "input format: jsonl, msnbc or spmf")
+		out      = fs.String("out", "", "output folder: the bundle plus report.json, report.txt, recall.svg")
+		publish  = fs.String("publish", "", "model repository: also publish the bundle as <publish>/<name>/<version>/")
+		name     = fs.String("name", "prefetchd", "bundle name")
+		version  = fs.String("version", "", "bundle version (default: creation time, 20060102T150405Z)")
+		export   = fs.String("model", training.ModelGRU, "model written as the bundle: gru or markov1")
+		noGRU    = fs.Bool("no-gru", false, "train only the baselines (implies --model markov1)")
+		vocabMin = fs.Int("vocab-min-count", 2, "fewest views a page needs to enter the vocabulary")
+		vocabMax = fs.Int("vocab-max", 5000, "vocabulary size cap, padding and unknown included (0: no cap)")
+		holdout  = fs.Float64("holdout", 0.2, "share of sessions held out for evaluation (the last ones)")
+		shuffle  = fs.Bool("shuffle", false, "shuffle sessions with --seed before the split")
+		seed     = fs.Uint64("seed", 1, "random seed (split shuffle, GRU initialization and batches)")
+		alpha    = fs.Float64("alpha", 0.01, "markov add-alpha smoothing")
+		thresh   = fs.Float64("threshold", training.DefaultThreshold, "prefetch threshold for precision and coverage")
+		topK     = fs.Int("top-k", training.DefaultTopK, "most pages prefetched per click")
+		maxLen   = fs.Int("max-seq-len", training.DefaultMaxSeqLen, "history length the bundle declares and evaluation uses")
+		collapse = fs.Bool("collapse-repeats", false, "msnbc/spmf/jsonl: collapse back-to-back repeats of a page")
+		gap      = fs.Duration("session-gap", 30*time.Minute, "jsonl: inactivity that ends a session")
+		verbose  = fs.Bool("v", false, "debug logging")
+	)
+	gruFlags := registerGRUFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *input == "" || *format == "" || *out == "" {
+		fs.Usage()
+		return errors.New("--input, --format and --out are required")
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	start := time.Now()
+	sessions, err := readSessions(*input, *format, readOptions{collapse: *collapse, gap: *gap})
+	if err != nil {
+		return err
+	}
+	logger.Info("sessions read", "input", *input, "format", *format, "sessions", len(sessions), "seconds", time.Since(start).Seconds())
+
+	cfg := training.Config{
+		Name:    *name,
+		Version: *version,
+		Export:  *export,
+		SkipGRU: *noGRU,
+		Vocab:   training.VocabConfig{MinCount: *vocabMin, MaxSize: *vocabMax},
+		Split:   training.SplitConfig{HoldoutFraction: *holdout, Shuffle: *shuffle, Seed: *seed},
+		Markov:  training.MarkovConfig{Alpha: *alpha},
+		GRU:     gruFlags.config(*seed),
+		Eval:    training.EvalConfig{Threshold: *thresh, TopK: *topK, MaxSeqLen: *maxLen},
+	}
+	if *noGRU {
+		cfg.Export = training.ModelMarkov
+	}
+	dataset := filepath.Base(*input)
+	if *collapse {
+		dataset += " (repeats collapsed)"
+	}
+	rep, bundle, err := training.Run(ctx, logger, dataset, sessions, cfg)
+	if err != nil {
+		return err
+	}
+	if err := training.WriteBundle(*out, bundle); err != nil {
+		return err
+	}
+	if err := writeReports(*out, rep); err != nil {
+		return err
+	}
+	if *publish != "" {
+		dir, err := training.Publish(*publish, bundle)
+		if err != nil {
+			return err
+		}
+		logger.Info("bundle published", "dir", dir)
+	}
+	if err := rep.WriteTable(stdout); err != nil {
+		return err
+	}
+	logger.Info("done", "out", *out, "model", cfg.Export, "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+func writeReports(dir string, rep *training.Report) error {
+	for _, f := range []struct {
+		name  string
+		write func(io.Writer) error
+	}{{"report.json", rep.WriteJSON}, {"report.txt", rep.WriteTable}, {"recall.svg", rep.WriteSVG}} {
+		file, err := os.Create(filepath.Join(dir, f.name))
+		if err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+		werr := f.write(file)
+		if err := errors.Join(werr, file.Close()); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+	}
+	return nil
+}

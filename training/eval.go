@@ -1,0 +1,219 @@
+package training
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/prefetchd/prefetchd/model"
+)
+
+// EvalConfig sets how held-out sessions are scored.
+type EvalConfig struct {
+	// MaxK is the largest k of the Recall@k curve and of MRR@k. Default 20.
+	MaxK int
+	// MaxSeqLen cuts each history to its last pages, as the service does.
+	// Default DefaultMaxSeqLen.
+	MaxSeqLen int
+	// Threshold is the service's prefetch threshold: pages scoring at least
+	// this much are prefetched. Default DefaultThreshold.
+	Threshold float64
+	// TopK caps the pages prefetched per click. Default DefaultTopK.
+	TopK int
+}
+
+// Defaults of the prefetch simulation.
+const (
+	DefaultThreshold = 0.2
+	DefaultTopK      = 5
+)
+
+func (c EvalConfig) withDefaults() EvalConfig {
+	if c.MaxK == 0 {
+		c.MaxK = 20
+	}
+	if c.MaxSeqLen == 0 {
+		c.MaxSeqLen = DefaultMaxSeqLen
+	}
+	if c.Threshold == 0 {
+		c.Threshold = DefaultThreshold
+	}
+	if c.TopK == 0 {
+		c.TopK = DefaultTopK
+	}
+	return c
+}
+
+// Validate checks the configuration.
+func (c EvalConfig) Validate() error {
+	switch {
+	case c.MaxK < 0 || c.MaxK > 1000:
+		return fmt.Errorf("eval max k %d outside 1..1000", c.MaxK)
+	case c.MaxSeqLen < 0:
+		return fmt.Errorf("eval max seq len %d is negative", c.MaxSeqLen)
+	case c.Threshold < 0 || c.Threshold > 1:
+		return fmt.Errorf("eval threshold %v outside 0..1", c.Threshold)
+	case c.TopK < 0:
+		return fmt.Errorf("eval top k %d is negative", c.TopK)
+	}
+	return nil
+}
+
+// Result is the evaluation of one model on held-out transitions. A
+// transition is a (history, next page) pair; a next page outside the
+// vocabulary is a miss for every model, and the padding and unknown indices
+// are never candidates.
+type Result struct {
+	Model      string  `json:"model"`
+	RecallAt1  float64 `json:"recall_at_1"`
+	RecallAt5  float64 `json:"recall_at_5"`
+	RecallAt20 float64 `json:"recall_at_20"`
+	MRRAt20    float64 `json:"mrr_at_20"`
+	// RecallCurve[k-1] is Recall@k for k = 1..MaxK.
+	RecallCurve []float64 `json:"recall_curve"`
+	// Prefetch simulation at Threshold (at most TopK pages per click,
+	// never the current page).
+	Threshold float64 `json:"threshold"`
+	// Precision is the share of prefetched pages that were the next page.
+	Precision float64 `json:"precision"`
+	// Coverage is the share of transitions whose next page was prefetched.
+	Coverage float64 `json:"coverage"`
+	// PrefetchesPerClick is the mean number of pages prefetched per click.
+	PrefetchesPerClick float64 `json:"prefetches_per_click"`
+	Transitions        int     `json:"transitions"`
+	UnknownTargets     int     `json:"unknown_targets"`
+}
+
+// SessionPredictor is an optional faster path for models that can score
+// every prefix of a session in one pass (a recurrent model keeps its
+// state). fn gets, for t = 1..len(seq)-1, the probabilities of seq[t]
+// given seq[max(0, t-maxLen):t]; probs is only valid during the call.
+type SessionPredictor interface {
+	PredictSession(seq []int64, maxLen int, fn func(t int, probs []float32))
+}
+
+// Evaluate scores every transition of the held-out sequences test with p.
+// It returns ctx.Err() if ctx ends first.
+func Evaluate(ctx context.Context, name string, p Predictor, test [][]int64, cfg EvalConfig) (Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return Result{}, err
+	}
+	cfg = cfg.withDefaults()
+	var acc evalAcc
+	acc.init(cfg)
+	sp, fast := p.(SessionPredictor)
+	var buf []float32
+	for i, seq := range test {
+		if i%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return Result{}, fmt.Errorf("evaluate %s: %w", name, err)
+			}
+		}
+		if fast {
+			sp.PredictSession(seq, cfg.MaxSeqLen, func(t int, probs []float32) {
+				acc.add(probs, seq[t-1], seq[t])
+			})
+			continue
+		}
+		for t := 1; t < len(seq); t++ {
+			buf = p.Predict(seq[max(0, t-cfg.MaxSeqLen):t], buf)
+			acc.add(buf, seq[t-1], seq[t])
+		}
+	}
+	return acc.result(name), nil
+}
+
+type evalAcc struct {
+	cfg                      EvalConfig
+	hits                     []int // hits[r-1]: transitions whose target ranked r
+	rr                       float64
+	n, unknown               int
+	prefetched, prefetchHits int
+	top                      []int64
+}
+
+func (a *evalAcc) init(cfg EvalConfig) {
+	a.cfg = cfg
+	a.hits = make([]int, cfg.MaxK)
+	a.top = make([]int64, 0, cfg.TopK)
+}
+
+// add scores one transition from page cur to page target.
+func (a *evalAcc) add(probs []float32, cur, target int64) {
+	a.n++
+	if target <= model.UnknownIndex || target >= int64(len(probs)) {
+		a.unknown++
+	} else if r := rank(probs, target, a.cfg.MaxK); r > 0 {
+		a.hits[r-1]++
+		a.rr += 1 / float64(r)
+	}
+	// Prefetch simulation: top TopK pages at or above the threshold.
+	a.top = topAbove(probs, a.cfg.TopK, float32(a.cfg.Threshold), cur, a.top[:0])
+	a.prefetched += len(a.top)
+	for _, p := range a.top {
+		if p == target {
+			a.prefetchHits++
+		}
+	}
+}
+
+func (a *evalAcc) result(name string) Result {
+	r := Result{Model: name, Threshold: a.cfg.Threshold, Transitions: a.n, UnknownTargets: a.unknown}
+	if a.n == 0 {
+		r.RecallCurve = make([]float64, a.cfg.MaxK)
+		return r
+	}
+	n := float64(a.n)
+	cum := 0
+	for k := 1; k <= a.cfg.MaxK; k++ {
+		cum += a.hits[k-1]
+		r.RecallCurve = append(r.RecallCurve, float64(cum)/n)
+	}
+	at := func(k int) float64 { return r.RecallCurve[min(k, a.cfg.MaxK)-1] }
+	r.RecallAt1, r.RecallAt5, r.RecallAt20 = at(1), at(5), at(20)
+	r.MRRAt20 = a.rr / n
+	if a.prefetched > 0 {
+		r.Precision = float64(a.prefetchHits) / float64(a.prefetched)
+	}
+	r.Coverage = float64(a.prefetchHits) / n
+	r.PrefetchesPerClick = float64(a.prefetched) / n
+	return r
+}
+
+// rank returns the 1-based rank of target among the page indices (>= 2) of
+// probs, ties going to the lower index, or 0 when it ranks below maxK.
+func rank(probs []float32, target int64, maxK int) int {
+	s := probs[target]
+	r := 1
+	for j := 2; j < len(probs); j++ {
+		if p := probs[j]; p > s || (p == s && int64(j) < target) {
+			r++
+			if r > maxK {
+				return 0
+			}
+		}
+	}
+	return r
+}
+
+// topAbove appends to dst the indices (>= 2, not skip) of the k highest
+// scores that reach threshold, highest first, ties to the lower index.
+func topAbove(probs []float32, k int, threshold float32, skip int64, dst []int64) []int64 {
+	for j := 2; j < len(probs); j++ {
+		p := probs[j]
+		if p < threshold || int64(j) == skip {
+			continue
+		}
+		if len(dst) == k && p <= probs[dst[k-1]] {
+			continue
+		}
+		if len(dst) < k {
+			dst = append(dst, int64(j))
+		} else {
+			dst[k-1] = int64(j)
+		}
+		for i := len(dst) - 1; i > 0 && probs[dst[i]] > probs[dst[i-1]]; i-- {
+			dst[i], dst[i-1] = dst[i-1], dst[i]
+		}
+	}
+	return dst
+}

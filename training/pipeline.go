@@ -1,0 +1,178 @@
+package training
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/prefetchd/prefetchd/model"
+)
+
+// Model names used in reports and by Config.Export.
+const (
+	ModelPopularity = "popularity"
+	ModelMarkov     = "markov1"
+	ModelGRU        = "gru"
+)
+
+// Config is a whole offline run: vocabulary, split, models, evaluation and
+// which model becomes the bundle.
+type Config struct {
+	// Name is the bundle name written in the manifest. Default "prefetchd".
+	Name string
+	// Version of the bundle; default the creation time (20060102T150405Z).
+	Version string
+	// Export is the model written as the bundle: ModelMarkov or ModelGRU.
+	// Default ModelGRU.
+	Export string
+	// SkipGRU trains only the baselines (Export must then be ModelMarkov).
+	SkipGRU bool
+	Vocab   VocabConfig
+	Split   SplitConfig
+	Markov  MarkovConfig
+	GRU     GRUConfig
+	Eval    EvalConfig
+}
+
+func (c Config) withDefaults() Config {
+	if c.Name == "" {
+		c.Name = "prefetchd"
+	}
+	if c.Export == "" {
+		c.Export = ModelGRU
+		if c.SkipGRU {
+			c.Export = ModelMarkov
+		}
+	}
+	return c
+}
+
+// Validate checks the configuration and its parts.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if c.Export != ModelMarkov && c.Export != ModelGRU {
+		return fmt.Errorf("export model %q is neither %q nor %q", c.Export, ModelMarkov, ModelGRU)
+	}
+	if c.SkipGRU && c.Export == ModelGRU {
+		return errors.New("cannot export the gru when it is skipped")
+	}
+	return errors.Join(c.Vocab.Validate(), c.Split.Validate(), c.Markov.Validate(), c.Eval.Validate(), c.GRU.Validate())
+}
+
+// Report is the outcome of a run, written as report.json.
+type Report struct {
+	Dataset       string    `json:"dataset"`
+	Sessions      int       `json:"sessions"`
+	TrainSessions int       `json:"train_sessions"`
+	TestSessions  int       `json:"test_sessions"`
+	VocabSize     int       `json:"vocab_size"`
+	Exported      string    `json:"exported"`
+	Results       []Result  `json:"results"`
+	GRU           *GRUStats `json:"gru_training,omitempty"`
+	Created       time.Time `json:"created"`
+}
+
+// Result returns the result of the named model, or nil.
+func (r *Report) Result(name string) *Result {
+	for i := range r.Results {
+		if r.Results[i].Model == name {
+			return &r.Results[i]
+		}
+	}
+	return nil
+}
+
+// Run builds the vocabulary on the training part of sessions, trains the
+// models, evaluates them on the held-out part and returns the report and
+// the bundle of the exported model. It returns early with ctx.Err() when
+// ctx ends.
+func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Session, cfg Config) (*Report, *Bundle, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("training config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	train, test, err := Split(sessions, cfg.Split)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(train) == 0 {
+		return nil, nil, errors.New("no training sessions")
+	}
+	vocab, err := BuildVocab(train, cfg.Vocab)
+	if err != nil {
+		return nil, nil, err
+	}
+	trainSeq, testSeq := Encode(vocab, train), Encode(vocab, test)
+	created := time.Now().UTC().Truncate(time.Second)
+	rep := &Report{
+		Dataset: dataset, Sessions: len(sessions), TrainSessions: len(train), TestSessions: len(test),
+		VocabSize: vocab.Len(), Exported: cfg.Export, Created: created,
+	}
+	logger.Info("data split", "sessions", len(sessions), "train", len(train), "test", len(test), "vocab", vocab.Len())
+
+	pop, err := TrainPopularity(trainSeq, vocab.Len())
+	if err != nil {
+		return nil, nil, err
+	}
+	mk, err := TrainMarkov(trainSeq, vocab.Len(), cfg.Markov)
+	if err != nil {
+		return nil, nil, err
+	}
+	models := []struct {
+		name string
+		p    Predictor
+	}{{ModelPopularity, pop}, {ModelMarkov, mk}}
+	var gru *GRU
+	if !cfg.SkipGRU {
+		var stats *GRUStats
+		gru, stats, err = TrainGRU(ctx, logger, trainSeq, vocab.Len(), cfg.GRU)
+		if err != nil {
+			return nil, nil, err
+		}
+		rep.GRU = stats
+		models = append(models, struct {
+			name string
+			p    Predictor
+		}{ModelGRU, gru})
+	}
+	for _, m := range models {
+		start := time.Now()
+		res, err := Evaluate(ctx, m.name, m.p, testSeq, cfg.Eval)
+		if err != nil {
+			return nil, nil, err
+		}
+		logger.Info("evaluated", "model", m.name, "recall_at_1", res.RecallAt1, "recall_at_5", res.RecallAt5,
+			"recall_at_20", res.RecallAt20, "mrr_at_20", res.MRRAt20, "seconds", time.Since(start).Seconds())
+		rep.Results = append(rep.Results, res)
+	}
+
+	mcfg := ManifestConfig{Name: cfg.Name, Version: cfg.Version, Created: created, MaxSeqLen: cfg.Eval.withDefaults().MaxSeqLen}
+	res := rep.Result(cfg.Export)
+	mcfg.Metrics = map[string]float64{
+		"recall_at_1": res.RecallAt1, "recall_at_5": res.RecallAt5, "recall_at_20": res.RecallAt20,
+		"mrr_at_20": res.MRRAt20, "precision": res.Precision, "coverage": res.Coverage,
+		"test_transitions": float64(res.Transitions),
+	}
+	var b *Bundle
+	switch cfg.Export {
+	case ModelMarkov:
+		b, err = MarkovBundle(mk, vocab, mcfg)
+	case ModelGRU:
+		b, err = GRUBundle(gru, vocab, mcfg)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return rep, b, nil
+}
+
+// ModelNames lists the models a report may hold, in report order.
+func ModelNames() []string { return slices.Clone([]string{ModelPopularity, ModelMarkov, ModelGRU}) }
+
+var _ = model.PadIndex
