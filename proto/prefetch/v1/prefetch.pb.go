@@ -444,7 +444,7 @@ type IngestSummary struct {
 	// rejected is the number of events skipped; the sum of rejected_by_reason.
 	Rejected uint64 `protobuf:"varint,2,opt,name=rejected,proto3" json:"rejected,omitempty"`
 	// rejected_by_reason splits rejected by reason: "empty_user_id",
-	// "oversized_user_id", "empty_page", "oversized_page", "missing_ts",
+	// "oversized_user_id", "empty_page", "oversized_page", "missing_ts", "invalid_ts",
 	// "oversized_session_id", "oversized_referrer", "oversized_event_id", or
 	// "invalid" when the event decoder refused it.
 	RejectedByReason map[string]uint64 `protobuf:"bytes,3,rep,name=rejected_by_reason,json=rejectedByReason,proto3" json:"rejected_by_reason,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`

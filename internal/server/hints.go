@@ -1,0 +1,278 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/prefetchd/prefetchd/internal/hint"
+	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
+)
+
+// maxIngestErrors is the number of rejected events described in an
+// IngestSummary.
+const maxIngestErrors = 10
+
+// hintService implements prefetchv1.HintServiceServer over the engine.
+type hintService struct {
+	prefetchv1.UnimplementedHintServiceServer
+	s *Server
+}
+
+// Predict validates the request, asks the Predictor and converts its answer.
+func (h *hintService) Predict(ctx context.Context, req *prefetchv1.PredictRequest) (*prefetchv1.PredictResponse, error) {
+	q, err := h.s.predictQuery(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		st, _ := toStatus(err)
+		return nil, st
+	}
+	res, err := h.s.deps.Predictor.Predict(ctx, q)
+	if err != nil {
+		return nil, h.s.engineError(ctx, "Predict", err)
+	}
+	return &prefetchv1.PredictResponse{
+		Hints:        toHints(res.Hints),
+		ModelVersion: res.ModelVersion,
+	}, nil
+}
+
+// predictQuery validates a PredictRequest and turns it into a hint.Query.
+func (s *Server) predictQuery(req *prefetchv1.PredictRequest) (hint.Query, error) {
+	pages := req.GetPages()
+	if len(pages) == 0 {
+		if err := checkID("user_id", req.GetUserId(), s.cfg.MaxIDBytes); err != nil {
+			return hint.Query{}, err
+		}
+	} else if len(req.GetUserId()) > s.cfg.MaxIDBytes {
+		return hint.Query{}, invalidField("user_id", "is %d bytes, more than the limit of %d", len(req.GetUserId()), s.cfg.MaxIDBytes)
+	}
+	if len(pages) > s.cfg.MaxPages {
+		return hint.Query{}, invalidField("pages", "has %d entries, more than the limit of %d", len(pages), s.cfg.MaxPages)
+	}
+	for i, p := range pages {
+		if p == "" {
+			return hint.Query{}, invalidField(fmt.Sprintf("pages[%d]", i), "must not be empty")
+		}
+		if len(p) > s.cfg.MaxPageBytes {
+			return hint.Query{}, invalidField(fmt.Sprintf("pages[%d]", i), "is %d bytes, more than the limit of %d", len(p), s.cfg.MaxPageBytes)
+		}
+	}
+	q := hint.Query{UserID: req.GetUserId(), Pages: pages, Threshold: -1}
+	if req.K != nil {
+		k := req.GetK()
+		if k < 1 || k > MaxK {
+			return hint.Query{}, invalidField("k", "is %d, want 1..%d", k, MaxK)
+		}
+		q.K = int(k)
+	}
+	if req.Threshold != nil {
+		t := req.GetThreshold()
+		if !(t >= 0 && t <= 1) { // also refuses NaN
+			return hint.Query{}, invalidField("threshold", "is %v, want 0..1", t)
+		}
+		q.Threshold = t
+	}
+	return q, nil
+}
+
+// toHints converts engine hints, allocating all messages in one slice.
+func toHints(in []hint.Hint) []*prefetchv1.Hint {
+	if len(in) == 0 {
+		return nil
+	}
+	backing := make([]prefetchv1.Hint, len(in))
+	out := make([]*prefetchv1.Hint, len(in))
+	for i, h := range in {
+		m := &backing[i]
+		m.Page = h.Page
+		m.Probability = h.Probability
+		m.Warm = h.Warm
+		out[i] = m
+	}
+	return out
+}
+
+// engineError maps an engine error to a status and logs it once if it is
+// unexpected.
+func (s *Server) engineError(ctx context.Context, op string, err error) error {
+	st, internal := toStatus(err)
+	if internal {
+		s.log.ErrorContext(ctx, "engine call failed", "op", op, "err", err)
+	}
+	return st
+}
+
+// WatchHints subscribes to the chosen users and forwards their updates until
+// the caller cancels (its context's status), the subscription closes (OK) or
+// the server shuts down (UNAVAILABLE). Response headers are sent once the
+// subscription is in place, so a caller that waits for them misses no click.
+func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.ServerStreamingServer[prefetchv1.HintUpdate]) error {
+	s := h.s
+	if s.deps.Watcher == nil {
+		return status.Error(codes.Unimplemented, "WatchHints is not enabled on this server")
+	}
+	users := req.GetUserIds()
+	if len(users) == 0 {
+		return invalidField("user_ids", "must not be empty")
+	}
+	if len(users) > s.cfg.MaxUsers {
+		return invalidField("user_ids", "has %d entries, more than the limit of %d", len(users), s.cfg.MaxUsers)
+	}
+	for i, u := range users {
+		if err := checkID(fmt.Sprintf("user_ids[%d]", i), u, s.cfg.MaxIDBytes); err != nil {
+			return err
+		}
+	}
+	ctx := stream.Context()
+	updates, cancel := s.deps.Watcher.Subscribe(users, s.cfg.WatchBuffer)
+	defer cancel()
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			st, _ := toStatus(ctx.Err())
+			return st
+		case <-s.drain:
+			s.metrics.watchClosed.Inc()
+			return status.Error(codes.Unavailable, "server shutting down")
+		case u, ok := <-updates:
+			if !ok {
+				s.metrics.watchClosed.Inc()
+				return nil
+			}
+			if err := stream.Send(&prefetchv1.HintUpdate{
+				UserId:       u.UserID,
+				Hints:        toHints(u.Result.Hints),
+				ModelVersion: u.Result.ModelVersion,
+				At:           timestamppb.New(u.At),
+			}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// wireEvent is the JSON form of a click on the Kafka topic.
+type wireEvent struct {
+	UserID    string `json:"user_id"`
+	Page      string `json:"page"`
+	TS        string `json:"ts"`
+	SessionID string `json:"session_id,omitempty"`
+	Referrer  string `json:"referrer,omitempty"`
+	EventID   string `json:"event_id,omitempty"`
+}
+
+// Ingest validates each event, re-encodes it in the Kafka wire format and
+// hands it to the Ingester. Rejected events are counted by reason and
+// skipped; an engine failure other than a rejection ends the stream with its
+// status (events before it were applied).
+func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickEvent, prefetchv1.IngestSummary]) error {
+	s := h.s
+	if s.deps.Ingester == nil {
+		return status.Error(codes.Unimplemented, "Ingest is not enabled on this server")
+	}
+	ctx := stream.Context()
+	sum := &prefetchv1.IngestSummary{RejectedByReason: map[string]uint64{}}
+	for index := uint64(0); ; index++ {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return stream.SendAndClose(sum)
+		}
+		if err != nil {
+			return err
+		}
+		reason, msg := s.checkEvent(ev)
+		var wire []byte
+		if reason == "" {
+			// A fresh slice per event: the engine may keep it.
+			if wire, err = encodeWireEvent(ev); err != nil {
+				reason, msg = "invalid", err.Error()
+			}
+		}
+		if reason == "" {
+			err := s.deps.Ingester.IngestJSON(ctx, wire)
+			switch {
+			case err == nil:
+				sum.Accepted++
+				s.metrics.ingestEvents.WithLabelValues("accepted", "").Inc()
+				continue
+			case errors.Is(err, hint.ErrInvalid):
+				reason, msg = "invalid", err.Error()
+			default:
+				return s.engineError(ctx, "Ingest", err)
+			}
+		}
+		sum.Rejected++
+		sum.RejectedByReason[reason]++
+		s.metrics.ingestEvents.WithLabelValues("rejected", reason).Inc()
+		if len(sum.FirstErrors) < maxIngestErrors {
+			sum.FirstErrors = append(sum.FirstErrors, &prefetchv1.IngestError{Index: index, Reason: reason, Message: msg})
+		}
+	}
+}
+
+// checkEvent returns the rejection reason and message for an invalid event,
+// or "" for a valid one.
+func (s *Server) checkEvent(ev *prefetchv1.ClickEvent) (reason, msg string) {
+	type field struct {
+		name     string
+		v        string
+		required bool
+		max      int
+	}
+	for _, f := range []field{
+		{"user_id", ev.GetUserId(), true, s.cfg.MaxIDBytes},
+		{"page", ev.GetPage(), true, s.cfg.MaxPageBytes},
+		{"session_id", ev.GetSessionId(), false, s.cfg.MaxIDBytes},
+		{"referrer", ev.GetReferrer(), false, s.cfg.MaxPageBytes},
+		{"event_id", ev.GetEventId(), false, s.cfg.MaxIDBytes},
+	} {
+		if f.required && f.v == "" {
+			return "empty_" + f.name, f.name + ": must not be empty"
+		}
+		if len(f.v) > f.max {
+			return "oversized_" + f.name, fmt.Sprintf("%s: is %d bytes, more than the limit of %d", f.name, len(f.v), f.max)
+		}
+	}
+	if ev.GetTs() == nil {
+		return "missing_ts", "ts: must be set"
+	}
+	if err := ev.GetTs().CheckValid(); err != nil {
+		return "invalid_ts", "ts: " + err.Error()
+	}
+	return "", ""
+}
+
+// encodeWireEvent returns the Kafka JSON form of ev.
+func encodeWireEvent(ev *prefetchv1.ClickEvent) ([]byte, error) {
+	b, err := json.Marshal(wireEvent{
+		UserID:    ev.GetUserId(),
+		Page:      ev.GetPage(),
+		TS:        ev.GetTs().AsTime().Format(time.RFC3339Nano),
+		SessionID: ev.GetSessionId(),
+		Referrer:  ev.GetReferrer(),
+		EventID:   ev.GetEventId(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	return b, nil
+}
+
+// Ping answers at once; it is the baseline for latency measurements.
+func (h *hintService) Ping(context.Context, *prefetchv1.PingRequest) (*prefetchv1.PingResponse, error) {
+	return &prefetchv1.PingResponse{}, nil
+}

@@ -1,0 +1,243 @@
+// Package server is prefetchd's gRPC front door: it serves HintService
+// (Predict, WatchHints, Ingest, Ping) and ModelService (Status, Activate,
+// Rollback) from proto/prefetch/v1 over the engine's interfaces in
+// internal/hint, with the standard health service and server reflection.
+//
+// Requests are validated here (INVALID_ARGUMENT names the offending field),
+// engine errors are mapped to status codes here and nowhere else, every call
+// is timed and counted (prefetchd_grpc_* metrics), handler panics become
+// INTERNAL, and ModelService requires a bearer token or an allowed mutual-TLS
+// client certificate.
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/prefetchd/prefetchd/internal/hint"
+	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
+)
+
+// Health service names reported by the health service; SetServing drives
+// them all.
+var healthServices = []string{
+	"",
+	prefetchv1.HintService_ServiceDesc.ServiceName,
+	prefetchv1.ModelService_ServiceDesc.ServiceName,
+}
+
+// Deps are the engine interfaces the server calls. Predictor is required; a
+// nil Watcher, Ingester or Models makes the matching RPCs answer
+// UNIMPLEMENTED.
+type Deps struct {
+	Predictor hint.Predictor
+	Watcher   hint.Watcher
+	Ingester  hint.Ingester
+	Models    hint.Models
+}
+
+// Server is the gRPC server. Build it with New, run it with Serve, and drive
+// its health with SetServing.
+type Server struct {
+	cfg     Config
+	deps    Deps
+	log     *slog.Logger
+	metrics *metrics
+
+	grpc   *grpc.Server
+	health *health.Server
+
+	methods       map[string]*methodMetrics // read-only after New
+	unknownMethod *methodMetrics
+
+	tokenHash  [sha256.Size]byte
+	hasToken   bool
+	allowedCNs map[string]struct{}
+
+	started   atomic.Bool
+	drain     chan struct{} // closed when shutdown starts; ends WatchHints streams
+	drainOnce sync.Once
+}
+
+// New validates cfg, loads the TLS material it names, and builds a server
+// whose health is NOT_SERVING until SetServing(true). logger and reg may be
+// nil (no logs, unregistered metrics). Errors come from Config.Validate, from
+// reading certificates, or from registering metrics twice on reg.
+func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Predictor == nil {
+		return nil, errors.New("server: Deps.Predictor is required")
+	}
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	var creds grpc.ServerOption
+	if cfg.TLSCertFile != "" {
+		tc, err := cfg.serverTLS()
+		if err != nil {
+			return nil, err
+		}
+		creds = grpc.Creds(credentials.NewTLS(tc))
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:        cfg,
+		deps:       deps,
+		log:        logger,
+		metrics:    m,
+		allowedCNs: make(map[string]struct{}, len(cfg.AllowedClientCNs)),
+		drain:      make(chan struct{}),
+	}
+	if cfg.AdminToken != "" {
+		s.tokenHash = sha256.Sum256([]byte(cfg.AdminToken))
+		s.hasToken = true
+	}
+	for _, cn := range cfg.AllowedClientCNs {
+		s.allowedCNs[cn] = struct{}{}
+	}
+
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+	}
+	if creds != nil {
+		opts = append(opts, creds)
+	}
+	s.grpc = grpc.NewServer(opts...)
+	s.health = health.NewServer()
+	for _, name := range healthServices {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	prefetchv1.RegisterHintServiceServer(s.grpc, &hintService{s: s})
+	prefetchv1.RegisterModelServiceServer(s.grpc, &modelService{s: s})
+	reflection.Register(s.grpc)
+
+	s.methods = make(map[string]*methodMetrics)
+	for svc, info := range s.grpc.GetServiceInfo() {
+		for _, m := range info.Methods {
+			full := "/" + svc + "/" + m.Name
+			s.methods[full] = s.metrics.forMethod(full)
+		}
+	}
+	s.unknownMethod = s.metrics.forMethod("unknown")
+	return s, nil
+}
+
+// serverTLS builds the TLS configuration: the server key pair and, with a
+// client CA, verification of client certificates (required or optional).
+func (c Config) serverTLS() (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("server: load TLS key pair: %w", err)
+	}
+	tc := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+	}
+	if c.TLSClientCAFile != "" {
+		pem, err := os.ReadFile(c.TLSClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("server: read client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("server: client CA %s holds no PEM certificate", c.TLSClientCAFile)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+		if c.RequireClientCert {
+			tc.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+	}
+	return tc, nil
+}
+
+// SetServing sets the health of every service ("", prefetch.v1.HintService,
+// prefetch.v1.ModelService) to SERVING or NOT_SERVING. The service calls it
+// from its readiness (model loaded, Kafka and Redis answering). After
+// shutdown has started it has no effect.
+func (s *Server) SetServing(serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, name := range healthServices {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
+// Serve accepts connections on lis until ctx ends, then shuts down in order:
+// health NOT_SERVING, WatchHints streams ended with UNAVAILABLE, in-flight
+// calls drained for up to Config.ShutdownTimeout, then the rest cut. It
+// returns nil after a shutdown caused by ctx, or the error that stopped
+// serving early. Serve may be called once; it closes lis.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("server: Serve called twice")
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(lis) }()
+	select {
+	case err := <-errc:
+		s.stop()
+		return fmt.Errorf("server: serve grpc: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("grpc server shutting down", "timeout", s.cfg.ShutdownTimeout)
+	s.health.Shutdown()
+	s.drainOnce.Do(func() { close(s.drain) })
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	t := time.NewTimer(s.cfg.ShutdownTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.log.Warn("grpc graceful stop timed out, cutting remaining calls")
+		s.grpc.Stop()
+		<-done
+	}
+	<-errc
+	s.log.Info("grpc server stopped")
+	return nil
+}
+
+// stop ends everything at once after Serve failed.
+func (s *Server) stop() {
+	s.health.Shutdown()
+	s.drainOnce.Do(func() { close(s.drain) })
+	s.grpc.Stop()
+}
