@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		maxLen   = fs.Int("max-seq-len", training.DefaultMaxSeqLen, "history length the bundle declares and evaluation uses")
 		collapse = fs.Bool("collapse-repeats", false, "msnbc/spmf/jsonl: collapse back-to-back repeats of a page")
 		gap      = fs.Duration("session-gap", 30*time.Minute, "jsonl: inactivity that ends a session")
+		canonCfg = fs.String("canonical-config", "", "jsonl: JSON file with the service's page canonicalization (features.CanonicalizerConfig)")
 		verbose  = fs.Bool("v", false, "debug logging")
 	)
 	gruFlags := registerGRUFlags(fs)
@@ -75,8 +76,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	canonical, err := loadCanonical(*canonCfg)
+	if err != nil {
+		return err
+	}
 	start := time.Now()
-	sessions, err := readSessions(*input, *format, readOptions{collapse: *collapse, gap: *gap})
+	sessions, err := readSessions(*input, *format, readOptions{collapse: *collapse, gap: *gap, canonical: canonical, logger: logger})
 	if err != nil {
 		return err
 	}

@@ -1,16 +1,21 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
+	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/training"
 )
 
 type readOptions struct {
-	collapse bool
-	gap      time.Duration
+	collapse  bool
+	gap       time.Duration
+	canonical features.CanonicalizerConfig
+	logger    *slog.Logger
 }
 
 func readSessions(path, format string, opt readOptions) ([]training.Session, error) {
@@ -23,6 +28,19 @@ func readSessions(path, format string, opt readOptions) ([]training.Session, err
 	switch format {
 	case "spmf":
 		sessions, err = training.ReadSPMF(f)
+	case "msnbc":
+		sessions, err = training.ReadMSNBC(f)
+	case "jsonl":
+		var canon *features.Canonicalizer
+		canon, err = features.NewCanonicalizer(opt.canonical)
+		if err != nil {
+			return nil, fmt.Errorf("canonicalizer: %w", err)
+		}
+		var st training.JSONLStats
+		sessions, st, err = training.ReadJSONL(f, training.JSONLConfig{Gap: opt.gap, Canonicalizer: canon})
+		if err == nil {
+			opt.logger.Info("events read", "lines", st.Lines, "events", st.Events, "skipped", st.Skipped)
+		}
 	default:
 		return nil, fmt.Errorf("unknown format %q (want jsonl, msnbc or spmf)", format)
 	}
@@ -33,4 +51,21 @@ func readSessions(path, format string, opt readOptions) ([]training.Session, err
 		sessions = training.CollapseRepeats(sessions)
 	}
 	return sessions, nil
+}
+
+// loadCanonical reads a features.CanonicalizerConfig from a JSON file; an
+// empty path gives the zero config, the service's default.
+func loadCanonical(path string) (features.CanonicalizerConfig, error) {
+	var cfg features.CanonicalizerConfig
+	if path == "" {
+		return cfg, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("canonical config: %w", err)
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return cfg, fmt.Errorf("canonical config %s: %w", path, err)
+	}
+	return cfg, cfg.Validate()
 }

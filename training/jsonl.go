@@ -1,0 +1,145 @@
+package training
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Canonicalizer maps a raw page (URL or path) to its vocabulary key; the
+// trainer must use the service's own configuration
+// (*features.Canonicalizer satisfies this interface).
+type Canonicalizer interface {
+	Canonical(page string) string
+}
+
+// DefaultSessionGap is the inactivity that ends a session.
+const DefaultSessionGap = 30 * time.Minute
+
+// JSONLConfig sets how click events become sessions.
+type JSONLConfig struct {
+	// Gap is the inactivity after which a user's next click starts a new
+	// session. Default DefaultSessionGap.
+	Gap time.Duration
+	// Canonicalizer maps pages to keys; nil keeps pages as they are, with
+	// surrounding white space trimmed.
+	Canonicalizer Canonicalizer
+}
+
+// Validate checks the configuration.
+func (c JSONLConfig) Validate() error {
+	if c.Gap < 0 {
+		return fmt.Errorf("session gap %s is negative", c.Gap)
+	}
+	return nil
+}
+
+// ClickEvent is one click of the service's event format.
+type ClickEvent struct {
+	UserID string
+	Page   string
+	TS     time.Time
+}
+
+// JSONLStats counts what ReadJSONL read.
+type JSONLStats struct {
+	Lines   int `json:"lines"`
+	Events  int `json:"events"`
+	Skipped int `json:"skipped"` // malformed lines, as the service skips them
+}
+
+type wireClick struct {
+	UserID string `json:"user_id"`
+	Page   string `json:"page"`
+	TS     string `json:"ts"`
+}
+
+// ReadJSONL reads the service's click events, one JSON object
+// {"user_id", "page", "ts" (RFC 3339)} per line, gzipped or not, and cuts
+// them into sessions (see Sessionize). Malformed lines are skipped and
+// counted, as the service's consumer does; only a read error fails.
+func ReadJSONL(r io.Reader, cfg JSONLConfig) ([]Session, JSONLStats, error) {
+	var st JSONLStats
+	if err := cfg.Validate(); err != nil {
+		return nil, st, err
+	}
+	in, err := maybeGunzip(r)
+	if err != nil {
+		return nil, st, err
+	}
+	sc := lineScanner(in)
+	var events []ClickEvent
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		st.Lines++
+		var w wireClick
+		if err := json.Unmarshal([]byte(line), &w); err != nil || w.UserID == "" || strings.TrimSpace(w.Page) == "" {
+			st.Skipped++
+			continue
+		}
+		ts, err := time.Parse(time.RFC3339Nano, w.TS)
+		if err != nil {
+			st.Skipped++
+			continue
+		}
+		events = append(events, ClickEvent{UserID: w.UserID, Page: w.Page, TS: ts})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, st, fmt.Errorf("read jsonl: %w", err)
+	}
+	st.Events = len(events)
+	return Sessionize(events, cfg), st, nil
+}
+
+// Sessionize groups events by user, orders each user's clicks by time (a
+// stable sort keeps the log order of equal times), canonicalizes pages and
+// starts a new session after an inactivity longer than cfg.Gap. Sessions
+// come out ordered by start time, then user, so that the last ones are the
+// latest.
+func Sessionize(events []ClickEvent, cfg JSONLConfig) []Session {
+	gap := cfg.Gap
+	if gap == 0 {
+		gap = DefaultSessionGap
+	}
+	canon := func(p string) string { return strings.TrimSpace(p) }
+	if cfg.Canonicalizer != nil {
+		canon = cfg.Canonicalizer.Canonical
+	}
+	byUser := make(map[string][]ClickEvent)
+	var users []string
+	for _, e := range events {
+		if _, ok := byUser[e.UserID]; !ok {
+			users = append(users, e.UserID)
+		}
+		byUser[e.UserID] = append(byUser[e.UserID], e)
+	}
+	var out []Session
+	for _, u := range users {
+		evs := byUser[u]
+		slices.SortStableFunc(evs, func(a, b ClickEvent) int { return a.TS.Compare(b.TS) })
+		var cur *Session
+		var last time.Time
+		for _, e := range evs {
+			if cur == nil || e.TS.Sub(last) > gap {
+				out = append(out, Session{User: u, Start: e.TS})
+				cur = &out[len(out)-1]
+			}
+			cur.Pages = append(cur.Pages, canon(e.Page))
+			last = e.TS
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Session) int {
+		if c := a.Start.Compare(b.Start); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.User, b.User)
+	})
+	return out
+}
