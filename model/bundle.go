@@ -1,0 +1,456 @@
+package model
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path"
+	"path/filepath"
+	"time"
+)
+
+// Files of a bundle folder.
+const (
+	ModelFile = "model.onnx"
+	StepFile  = "step.onnx"
+	VocabFile = "vocab.txt"
+)
+
+// DefaultMaxSeqLen is the history length used when a bundle has no manifest.
+const DefaultMaxSeqLen = 50
+
+// DefaultTolerance is the golden-case tolerance when a manifest sets none.
+const DefaultTolerance = 1e-5
+
+var (
+	// ErrContract is returned (wrapped) when a bundle's graphs do not follow
+	// the model contract (names, types and shapes of inputs and outputs).
+	ErrContract = errors.New("model contract violated")
+	// ErrGolden is returned (wrapped) when a golden case of the manifest is
+	// not reproduced within tolerance.
+	ErrGolden = errors.New("golden case mismatch")
+)
+
+// Bundle is a loaded model bundle: the sequence form, the optional step
+// form, the vocabulary and the manifest. It is immutable and safe for
+// concurrent use.
+type Bundle struct {
+	manifest *Manifest
+	vocab    *Vocab
+	seq      *Model
+	step     *Model
+	logits   bool // graphs output logits; the runtime applies softmax
+	vsize    int
+
+	seqIn, seqOut int // input index, output slot
+	stepIn        int // page_id input index
+	stepStateIn   int // state_in input index
+	stepOut       int // scores output slot
+	stepStateOut  int // state_out output slot
+	stateDims     [3]int
+}
+
+// LoadBundle loads a bundle folder from disk. See LoadBundleFS.
+func LoadBundle(dir string) (*Bundle, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("load bundle %s: %w", dir, err)
+	}
+	return LoadBundleFS(os.DirFS(filepath.Dir(abs)), filepath.Base(abs))
+}
+
+// LoadBundleFS loads the bundle folder dir of fsys: model.onnx, optional
+// step.onnx, vocab.txt and manifest.json. When manifest.json is missing a
+// default one is derived from the files (name from the folder, version from
+// the model's SHA-256, max_seq_len DefaultMaxSeqLen). The graphs are checked
+// against the model contract (ErrContract) and the manifest's golden cases
+// are run (ErrGolden) before the bundle is returned.
+func LoadBundleFS(fsys fs.FS, dir string) (*Bundle, error) {
+	b, err := loadBundle(fsys, dir)
+	if err != nil {
+		return nil, fmt.Errorf("load bundle %s: %w", dir, err)
+	}
+	return b, nil
+}
+
+func loadBundle(fsys fs.FS, dir string) (*Bundle, error) {
+	data, err := fs.ReadFile(fsys, path.Join(dir, ModelFile))
+	if err != nil {
+		return nil, err
+	}
+	seq, err := ParseModel(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ModelFile, err)
+	}
+	var step *Model
+	stepData, err := fs.ReadFile(fsys, path.Join(dir, StepFile))
+	switch {
+	case err == nil:
+		if step, err = ParseModel(stepData); err != nil {
+			return nil, fmt.Errorf("%s: %w", StepFile, err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	}
+	vocab, err := LoadVocabFS(fsys, path.Join(dir, VocabFile))
+	if err != nil {
+		return nil, err
+	}
+	var man *Manifest
+	f, err := fsys.Open(path.Join(dir, ManifestFile))
+	switch {
+	case err == nil:
+		man, err = ReadManifest(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", ManifestFile, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		man = defaultManifest(fsys, dir, data, seq, step, vocab)
+	default:
+		return nil, err
+	}
+	b := &Bundle{manifest: man, vocab: vocab, seq: seq, step: step, vsize: vocab.Len()}
+	if err := b.checkContract(); err != nil {
+		return nil, err
+	}
+	if err := b.runGolden(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func defaultManifest(fsys fs.FS, dir string, data []byte, seq, step *Model, vocab *Vocab) *Manifest {
+	sum := sha256.Sum256(data)
+	m := &Manifest{
+		Name:      path.Base(dir),
+		Version:   hex.EncodeToString(sum[:6]),
+		Forms:     []string{FormSequence},
+		Output:    OutputProbs,
+		MaxSeqLen: DefaultMaxSeqLen,
+		VocabSize: vocab.Len(),
+	}
+	if m.Name == "." || m.Name == "/" || m.Name == "" {
+		m.Name = "model"
+	}
+	if step != nil {
+		m.Forms = append(m.Forms, FormStep)
+	}
+	if outs := seq.plan.outputs; len(outs) > 0 && outs[0].Name == OutputLogits {
+		m.Output = OutputLogits
+	}
+	if st, err := fs.Stat(fsys, path.Join(dir, ModelFile)); err == nil {
+		m.Created = st.ModTime().UTC().Truncate(time.Second)
+	}
+	if info := seq.Info(); info.Ops["GRU"] > 0 {
+		m.Cell, m.Layers = "gru", info.Ops["GRU"]
+	} else if info.Ops["LSTM"] > 0 {
+		m.Cell, m.Layers = "lstm", info.Ops["LSTM"]
+	} else if info.Ops["RNN"] > 0 {
+		m.Cell, m.Layers = "rnn", info.Ops["RNN"]
+	}
+	return m
+}
+
+// checkContract matches the graphs' inputs and outputs to the contract and
+// to the manifest.
+func (b *Bundle) checkContract() error {
+	m := b.manifest
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if m.VocabSize != b.vsize {
+		return fmt.Errorf("%w: manifest vocab_size %d, vocabulary has %d entries", ErrContract, m.VocabSize, b.vsize)
+	}
+	if m.HasForm(FormStep) != (b.step != nil) {
+		return fmt.Errorf("%w: manifest forms %v, %s present: %t", ErrContract, m.Forms, StepFile, b.step != nil)
+	}
+	p := b.seq.plan
+	if len(p.inputs) != 1 || p.inputs[0].Name != InputPageIDs || p.inputs[0].DType != "int64" || (p.inputs[0].ranked && len(p.inputs[0].Dims) != 2) {
+		return fmt.Errorf("%w: %s must have exactly one input %q int64 [batch, seq], has %v", ErrContract, ModelFile, InputPageIDs, b.seq.Info().Inputs)
+	}
+	out, err := b.scoresOutput(p, ModelFile)
+	if err != nil {
+		return err
+	}
+	b.seqIn, b.seqOut = 0, p.outputs[out].slot
+	b.logits = p.outputs[out].Name == OutputLogits
+	if b.logits != (m.Output == OutputLogits) {
+		return fmt.Errorf("%w: manifest output %q, graph output %q", ErrContract, m.Output, p.outputs[out].Name)
+	}
+	if b.step == nil {
+		return nil
+	}
+	sp := b.step.plan
+	b.stepIn, b.stepStateIn = -1, -1
+	for i, in := range sp.inputs {
+		switch {
+		case in.Name == InputPageID && in.DType == "int64":
+			b.stepIn = i
+		case in.Name == InputStateIn && in.DType == "float32" && len(in.Dims) == 3 && in.Dims[0] > 0 && in.Dims[2] > 0:
+			b.stepStateIn = i
+			b.stateDims = [3]int{int(in.Dims[0]), 1, int(in.Dims[2])}
+		}
+	}
+	if len(sp.inputs) != 2 || b.stepIn < 0 || b.stepStateIn < 0 {
+		return fmt.Errorf("%w: %s must have inputs %q int64 [batch, 1] and %q float32 [layers, batch, hidden] with fixed layers and hidden, has %v",
+			ErrContract, StepFile, InputPageID, InputStateIn, b.step.Info().Inputs)
+	}
+	so, err := b.scoresOutput(sp, StepFile)
+	if err != nil {
+		return err
+	}
+	if (sp.outputs[so].Name == OutputLogits) != b.logits {
+		return fmt.Errorf("%w: %s and %s differ in output kind", ErrContract, ModelFile, StepFile)
+	}
+	b.stepOut = sp.outputs[so].slot
+	b.stepStateOut = -1
+	for _, o := range sp.outputs {
+		if o.Name == OutputStateOut && o.DType == "float32" {
+			b.stepStateOut = o.slot
+		}
+	}
+	if b.stepStateOut < 0 {
+		return fmt.Errorf("%w: %s has no float32 output %q", ErrContract, StepFile, OutputStateOut)
+	}
+	return nil
+}
+
+// scoresOutput finds the probs or logits output of a graph.
+func (b *Bundle) scoresOutput(p *plan, file string) (int, error) {
+	for i, o := range p.outputs {
+		if o.Name != OutputProbs && o.Name != OutputLogits {
+			continue
+		}
+		if o.DType != "float32" || len(o.Dims) != 2 {
+			return 0, fmt.Errorf("%w: %s output %q must be float32 [batch, vocab]", ErrContract, file, o.Name)
+		}
+		if o.Dims[1] > 0 && int(o.Dims[1]) != b.vsize {
+			return 0, fmt.Errorf("%w: %s output %q has %d scores, vocabulary has %d entries", ErrContract, file, o.Name, o.Dims[1], b.vsize)
+		}
+		return i, nil
+	}
+	return 0, fmt.Errorf("%w: %s has no output named %q or %q", ErrContract, file, OutputProbs, OutputLogits)
+}
+
+func (b *Bundle) runGolden() error {
+	tol := b.manifest.Tolerance
+	if tol <= 0 {
+		tol = DefaultTolerance
+	}
+	ctx := context.Background()
+	for i, g := range b.manifest.Golden {
+		got, err := b.Predict(ctx, g.PageIDs)
+		if err != nil {
+			return fmt.Errorf("%w: case %d: %w", ErrGolden, i, err)
+		}
+		for r := range got {
+			if len(got[r]) != len(g.Probs[r]) {
+				return fmt.Errorf("%w: case %d row %d: %d probabilities, want %d", ErrGolden, i, r, len(got[r]), len(g.Probs[r]))
+			}
+			for j, p := range got[r] {
+				if d := math.Abs(float64(p) - float64(g.Probs[r][j])); !(d <= tol) {
+					return fmt.Errorf("%w: case %d row %d index %d: %g, want %g (tolerance %g)", ErrGolden, i, r, j, p, g.Probs[r][j], tol)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Manifest returns the bundle's manifest. The caller must not modify it.
+func (b *Bundle) Manifest() *Manifest { return b.manifest }
+
+// Vocab returns the bundle's vocabulary.
+func (b *Bundle) Vocab() *Vocab { return b.vocab }
+
+// HasStep reports whether the bundle has a step form.
+func (b *Bundle) HasStep() bool { return b.step != nil }
+
+// StateSize is the length of the recurrent state Step takes and returns
+// (layers × hidden), or 0 when the bundle has no step form.
+func (b *Bundle) StateSize() int {
+	if b.step == nil {
+		return 0
+	}
+	return b.stateDims[0] * b.stateDims[2]
+}
+
+// prepare cuts a history to MaxSeqLen, checks its indices and returns the
+// part to feed (a single PadIndex for an empty history).
+func (b *Bundle) prepare(h []int64) ([]int64, error) {
+	if n := b.manifest.MaxSeqLen; len(h) > n {
+		h = h[len(h)-n:]
+	}
+	for _, x := range h {
+		if x < 0 || x >= int64(b.vsize) {
+			return nil, fmt.Errorf("%w: page index %d outside the vocabulary of %d", ErrBadInput, x, b.vsize)
+		}
+	}
+	return h, nil
+}
+
+// Predict returns next-page probabilities [len(histories)][vocab] for
+// histories of page indices (oldest first). Histories may differ in length;
+// each is cut to its last MaxSeqLen pages, an empty one is a single padding
+// index, and histories of equal length run together as one batch, so a
+// history's scores never depend on the others in the call. It returns
+// ctx.Err() when ctx ends first and an error wrapping ErrBadInput for an
+// index outside the vocabulary.
+func (b *Bundle) Predict(ctx context.Context, histories [][]int64) ([][]float32, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(histories) == 0 {
+		return nil, nil
+	}
+	if len(histories) > MaxTensorElems/b.vsize {
+		return nil, fmt.Errorf("%w: batch of %d too large", ErrBadInput, len(histories))
+	}
+	var pad [1]int64
+	rows := make([][]int64, len(histories))
+	groups := map[int][]int{}
+	for i, h := range histories {
+		h, err := b.prepare(h)
+		if err != nil {
+			return nil, fmt.Errorf("history %d: %w", i, err)
+		}
+		if len(h) == 0 {
+			h = pad[:]
+		}
+		rows[i] = h
+		groups[len(h)] = append(groups[len(h)], i)
+	}
+	backing := make([]float32, len(histories)*b.vsize)
+	out := make([][]float32, len(histories))
+	for i := range out {
+		out[i] = backing[i*b.vsize : (i+1)*b.vsize : (i+1)*b.vsize]
+	}
+	ex := b.seq.pool.Get().(*exec)
+	defer b.seq.pool.Put(ex)
+	for n, idx := range groups {
+		feed := &ex.feed[b.seqIn]
+		if err := feed.reshape(dtInt, len(idx), n); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadInput, err)
+		}
+		for j, i := range idx {
+			copy(feed.i[j*n:(j+1)*n], rows[i])
+		}
+		if err := b.seq.plan.run(ctx, ex); err != nil {
+			return nil, fmt.Errorf("predict: %w", err)
+		}
+		res := ex.cur[b.seqOut]
+		if len(res.f) != len(idx)*b.vsize {
+			return nil, fmt.Errorf("%w: output shape %v, want [%d %d]", ErrContract, res.shape, len(idx), b.vsize)
+		}
+		for j, i := range idx {
+			b.finish(out[i], res.f[j*b.vsize:(j+1)*b.vsize])
+		}
+	}
+	return out, nil
+}
+
+// finish copies scores into dst, turning logits into probabilities.
+func (b *Bundle) finish(dst, scores []float32) {
+	if b.logits {
+		softmaxRow(dst, scores)
+		return
+	}
+	copy(dst, scores)
+}
+
+// PredictOne is Predict for a single history, writing the probabilities
+// into dst (grown when shorter than the vocabulary) and returning it. It
+// does not allocate in steady state and is safe for concurrent use.
+func (b *Bundle) PredictOne(ctx context.Context, history []int64, dst []float32) ([]float32, error) {
+	if err := ctx.Err(); err != nil {
+		return dst, err
+	}
+	h, err := b.prepare(history)
+	if err != nil {
+		return dst, err
+	}
+	var pad [1]int64
+	if len(h) == 0 {
+		h = pad[:]
+	}
+	dst = sized(dst, b.vsize)
+	ex := b.seq.pool.Get().(*exec)
+	defer b.seq.pool.Put(ex)
+	feed := &ex.feed[b.seqIn]
+	if err := feed.reshape(dtInt, 1, len(h)); err != nil {
+		return dst, err
+	}
+	copy(feed.i, h)
+	if err := b.seq.plan.run(ctx, ex); err != nil {
+		return dst, fmt.Errorf("predict: %w", err)
+	}
+	res := ex.cur[b.seqOut]
+	if len(res.f) != b.vsize {
+		return dst, fmt.Errorf("%w: output shape %v, want [1 %d]", ErrContract, res.shape, b.vsize)
+	}
+	b.finish(dst, res.f)
+	return dst, nil
+}
+
+// Step feeds one click to the step form. state is the user's recurrent
+// state from the previous Step (nil or empty for a new session: the zero
+// state); when it has StateSize elements it is updated in place and
+// returned as newState, otherwise a new slice is returned. Probabilities go
+// to dst (grown when needed). A session fed click by click from the zero
+// state scores like Predict on the whole history (up to MaxSeqLen). It
+// returns an error wrapping ErrUnsupported when the bundle has no step form.
+func (b *Bundle) Step(ctx context.Context, pageID int64, state []float32, dst []float32) (probs, newState []float32, err error) {
+	if b.step == nil {
+		return dst, state, fmt.Errorf("step: %w: bundle has no step form", ErrUnsupported)
+	}
+	if err := ctx.Err(); err != nil {
+		return dst, state, err
+	}
+	if pageID < 0 || pageID >= int64(b.vsize) {
+		return dst, state, fmt.Errorf("step: %w: page index %d outside the vocabulary of %d", ErrBadInput, pageID, b.vsize)
+	}
+	n := b.StateSize()
+	switch len(state) {
+	case n:
+	case 0:
+		state = make([]float32, n)
+	default:
+		return dst, state, fmt.Errorf("step: %w: state has %d values, want %d", ErrBadInput, len(state), n)
+	}
+	dst = sized(dst, b.vsize)
+	ex := b.step.pool.Get().(*exec)
+	defer b.step.pool.Put(ex)
+	id := &ex.feed[b.stepIn]
+	if err := id.reshape(dtInt, 1, 1); err != nil {
+		return dst, state, err
+	}
+	id.i[0] = pageID
+	st := &ex.feed[b.stepStateIn]
+	if err := st.reshape(dtFloat, b.stateDims[:]...); err != nil {
+		return dst, state, err
+	}
+	copy(st.f, state)
+	if err := b.step.plan.run(ctx, ex); err != nil {
+		return dst, state, fmt.Errorf("step: %w", err)
+	}
+	res, so := ex.cur[b.stepOut], ex.cur[b.stepStateOut]
+	if len(res.f) != b.vsize || len(so.f) != n {
+		return dst, state, fmt.Errorf("step: %w: outputs %v and %v", ErrContract, res.shape, so.shape)
+	}
+	b.finish(dst, res.f)
+	copy(state, so.f)
+	return dst, state, nil
+}
+
+func sized(dst []float32, n int) []float32 {
+	if cap(dst) < n {
+		return make([]float32, n)
+	}
+	return dst[:n]
+}

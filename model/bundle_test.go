@@ -1,0 +1,231 @@
+package model
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+)
+
+func readRef(t testing.TB, dir string) *Reference {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "reference.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ref, err := ReadReference(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+func maxDiff(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	var m float64
+	for i := range a {
+		m = math.Max(m, math.Abs(float64(a[i])-float64(b[i])))
+	}
+	return m
+}
+
+func TestLoadBundleFixtures(t *testing.T) {
+	tests := []struct {
+		dir      string
+		output   string
+		wantStep bool
+	}{
+		{"testdata/gru-probs-opset13", OutputProbs, true},
+		{"testdata/gru-logits-opset13", OutputLogits, false},
+	}
+	for _, tt := range tests {
+		t.Run(filepath.Base(tt.dir), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			b, err := LoadBundle(tt.dir)
+			if err != nil {
+				t.Fatalf("LoadBundle: %v", err)
+			}
+			m := b.Manifest()
+			if m.Output != tt.output || b.HasStep() != tt.wantStep || m.VocabSize != b.Vocab().Len() {
+				t.Fatalf("manifest %+v, step %t; want output %q, step %t", m, b.HasStep(), tt.output, tt.wantStep)
+			}
+			ref := readRef(t, tt.dir)
+			for i, c := range ref.Cases {
+				got, err := b.Predict(ctx, c.PageIDs)
+				if err != nil {
+					t.Fatalf("case %d: Predict: %v", i, err)
+				}
+				for r := range got {
+					want := c.Output[r]
+					if tt.output == OutputLogits {
+						want = make([]float32, len(c.Output[r]))
+						softmaxRow(want, c.Output[r])
+					}
+					if d := maxDiff(got[r], want); d > 1e-5 {
+						t.Errorf("case %d row %d: max abs error %g", i, r, d)
+					}
+					var sum float64
+					for _, p := range got[r] {
+						sum += float64(p)
+					}
+					if math.Abs(sum-1) > 1e-4 {
+						t.Errorf("case %d row %d: probabilities sum to %g", i, r, sum)
+					}
+					one, err := b.PredictOne(ctx, c.PageIDs[r], nil)
+					if err != nil {
+						t.Fatalf("PredictOne: %v", err)
+					}
+					if d := maxDiff(one, got[r]); d > 1e-6 {
+						t.Errorf("case %d row %d: PredictOne differs from Predict by %g", i, r, d)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestStepMatchesSequence checks the incremental path: clicks fed one by one
+// to Step from a zero state give the scores of Predict on the history.
+func TestStepMatchesSequence(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := LoadBundle("testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := readRef(t, "testdata/gru-probs-opset13")
+	sc := ref.StepCheck
+	histories := append([][]int64{sc.PageIDs[0]}, ref.Cases[len(ref.Cases)-1].PageIDs...)
+	for hi, h := range histories {
+		var state, probs []float32
+		for i, id := range h {
+			probs, state, err = b.Step(ctx, id, state, probs)
+			if err != nil {
+				t.Fatalf("Step: %v", err)
+			}
+			want, err := b.PredictOne(ctx, h[:i+1], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := maxDiff(probs, want); d > 1e-5 {
+				t.Fatalf("history %d click %d: step and sequence differ by %g", hi, i, d)
+			}
+		}
+		if hi == 0 {
+			if d := maxDiff(probs, sc.Output[0]); d > 1e-5 {
+				t.Errorf("step check output: max abs error %g", d)
+			}
+			if d := maxDiff(state, sc.State[0][0]); d > 1e-5 {
+				t.Errorf("step check state: max abs error %g", d)
+			}
+		}
+	}
+}
+
+func markovFS(t testing.TB, manifest string) fstest.MapFS {
+	t.Helper()
+	const v = 4
+	trans := []float32{
+		0.25, 0.25, 0.25, 0.25,
+		0.1, 0.2, 0.3, 0.4,
+		0, 0, 0, 1,
+		0.5, 0.5, 0, 0,
+	}
+	fsys := fstest.MapFS{
+		"m/model.onnx": {Data: markovGraph(v, trans).encode()},
+		"m/vocab.txt":  {Data: []byte("<pad>\n<unk>\n/a\n/b\n")},
+	}
+	if manifest != "" {
+		fsys["m/manifest.json"] = &fstest.MapFile{Data: []byte(manifest)}
+	}
+	return fsys
+}
+
+func TestLoadBundleFSMarkov(t *testing.T) {
+	const good = `{"name":"markov","version":"v1","forms":["sequence"],"output":"probs","max_seq_len":3,"vocab_size":4,
+		"golden":[{"page_ids":[[2,3]],"probs":[[0.5,0.5,0,0]]}]}`
+	const badGolden = `{"name":"markov","version":"v1","forms":["sequence"],"output":"probs","max_seq_len":3,"vocab_size":4,
+		"golden":[{"page_ids":[[2,3]],"probs":[[0.25,0.25,0.25,0.25]]}]}`
+	const badVocab = `{"name":"markov","version":"v1","forms":["sequence"],"output":"probs","max_seq_len":3,"vocab_size":5}`
+	const badOutput = `{"name":"markov","version":"v1","forms":["sequence"],"output":"logits","max_seq_len":3,"vocab_size":4}`
+	const badForms = `{"name":"markov","version":"v1","forms":["sequence","step"],"output":"probs","max_seq_len":3,"vocab_size":4}`
+	tests := []struct {
+		name     string
+		manifest string
+		wantErr  error
+	}{
+		{"manifest", good, nil},
+		{"default manifest", "", nil},
+		{"golden mismatch", badGolden, ErrGolden},
+		{"vocab size", badVocab, ErrContract},
+		{"output kind", badOutput, ErrContract},
+		{"missing step", badForms, ErrContract},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := LoadBundleFS(markovFS(t, tt.manifest), "m")
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("LoadBundleFS error %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("LoadBundleFS: %v", err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			got, err := b.Predict(ctx, [][]int64{{2}, {3, 2, 1}, {}, {1, 1, 1, 1, 3}})
+			if err != nil {
+				t.Fatalf("Predict: %v", err)
+			}
+			want := [][]float32{{0, 0, 0, 1}, {0.1, 0.2, 0.3, 0.4}, {0.25, 0.25, 0.25, 0.25}, {0.5, 0.5, 0, 0}}
+			for i := range want {
+				if d := maxDiff(got[i], want[i]); d != 0 {
+					t.Errorf("history %d: got %v, want %v", i, got[i], want[i])
+				}
+			}
+			if tt.manifest == "" {
+				m := b.Manifest()
+				if m.Name != "m" || m.Version == "" || m.MaxSeqLen != DefaultMaxSeqLen || m.Output != OutputProbs {
+					t.Errorf("default manifest %+v", m)
+				}
+			}
+			if _, err := b.Predict(ctx, [][]int64{{4}}); !errors.Is(err, ErrBadInput) {
+				t.Errorf("Predict with index 4 of 4: error %v, want ErrBadInput", err)
+			}
+			if _, _, err := b.Step(ctx, 2, nil, nil); !errors.Is(err, ErrUnsupported) {
+				t.Errorf("Step without step form: error %v, want ErrUnsupported", err)
+			}
+			var buf bytes.Buffer
+			if _, err := b.Manifest().WriteTo(&buf); err != nil || !strings.Contains(buf.String(), `"name"`) {
+				t.Errorf("manifest WriteTo: %v", err)
+			}
+		})
+	}
+}
+
+func TestPredictCanceled(t *testing.T) {
+	b, err := LoadBundleFS(markovFS(t, ""), "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := b.Predict(ctx, [][]int64{{2}}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Predict on canceled context: %v", err)
+	}
+	if _, err := b.PredictOne(ctx, []int64{2}, nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("PredictOne on canceled context: %v", err)
+	}
+}

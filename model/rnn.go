@@ -1,0 +1,372 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/gonum"
+)
+
+// recurrentK runs the ONNX GRU, LSTM and RNN operators (layout 0:
+// X [seq, batch, input], Y [seq, directions, batch, hidden]).
+type recurrentK struct {
+	cell    string // "GRU", "LSTM" or "RNN"
+	gates   int    // 3, 4 or 1
+	hidden  int
+	dirs    int
+	reverse bool // single direction, run backwards
+	lbr     bool // GRU linear_before_reset
+	clip    float32
+	act     []func(float32) float32 // RNN: one per direction
+}
+
+func newRecurrent(op string, a *attrs, nin, nout int) (kernel, error) {
+	k := &recurrentK{cell: op}
+	maxIn, maxOut := 6, 2
+	defAct := []string{"sigmoid", "tanh"}
+	switch op {
+	case "GRU":
+		k.gates = 3
+	case "LSTM":
+		k.gates, maxIn, maxOut = 4, 8, 3
+		defAct = []string{"sigmoid", "tanh", "tanh"}
+	case "RNN":
+		k.gates = 1
+		defAct = []string{"tanh"}
+	}
+	if nin < 3 || nin > maxIn {
+		return nil, fmt.Errorf("%d inputs, want 3 to %d", nin, maxIn)
+	}
+	if nout < 1 || nout > maxOut {
+		return nil, fmt.Errorf("%d outputs, want 1 to %d", nout, maxOut)
+	}
+	h, err := a.int("hidden_size", 0)
+	if err != nil {
+		return nil, err
+	}
+	if h <= 0 || h > 1<<16 {
+		return nil, fmt.Errorf("hidden_size %d out of range", h)
+	}
+	k.hidden = int(h)
+	dir, err := a.str("direction", "forward")
+	if err != nil {
+		return nil, err
+	}
+	switch dir {
+	case "forward":
+		k.dirs = 1
+	case "reverse":
+		k.dirs, k.reverse = 1, true
+	case "bidirectional":
+		k.dirs = 2
+	default:
+		return nil, fmt.Errorf("direction %q", dir)
+	}
+	if op == "GRU" {
+		lbr, err := a.int("linear_before_reset", 0)
+		if err != nil {
+			return nil, err
+		}
+		k.lbr = lbr != 0
+	}
+	if op == "LSTM" {
+		f, err := a.int("input_forget", 0)
+		if err != nil {
+			return nil, err
+		}
+		if f != 0 {
+			return nil, fmt.Errorf("%w attribute value input_forget=%d", ErrUnsupported, f)
+		}
+	}
+	if k.clip, err = a.float("clip", 0); err != nil {
+		return nil, err
+	}
+	if k.clip < 0 {
+		return nil, fmt.Errorf("clip %v is negative", k.clip)
+	}
+	layout, err := a.int("layout", 0)
+	if err != nil {
+		return nil, err
+	}
+	if layout != 0 {
+		return nil, fmt.Errorf("%w attribute value layout=%d", ErrUnsupported, layout)
+	}
+	acts, ok, err := a.strs("activations")
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		for range k.dirs {
+			acts = append(acts, defAct...)
+		}
+	}
+	if len(acts) != len(defAct)*k.dirs {
+		return nil, fmt.Errorf("%d activations, want %d", len(acts), len(defAct)*k.dirs)
+	}
+	for i, name := range acts {
+		f := activation(name)
+		if f == nil {
+			return nil, fmt.Errorf("%w activation %q", ErrUnsupported, name)
+		}
+		if op == "RNN" {
+			k.act = append(k.act, f)
+			continue
+		}
+		if !strings.EqualFold(name, defAct[i%len(defAct)]) {
+			return nil, fmt.Errorf("%w activations %v (only the defaults)", ErrUnsupported, acts)
+		}
+	}
+	if a.has("activation_alpha") || a.has("activation_beta") {
+		return nil, fmt.Errorf("%w attributes activation_alpha/activation_beta", ErrUnsupported)
+	}
+	return k, nil
+}
+
+func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
+	X, W, R := in[0], in[1], in[2]
+	var B, H0, C0, P *tens
+	if len(in) > 3 {
+		B = in[3]
+	}
+	if len(in) > 4 && in[4] != nil {
+		return fmt.Errorf("%w input sequence_lens", ErrUnsupported)
+	}
+	if len(in) > 5 {
+		H0 = in[5]
+	}
+	if len(in) > 6 {
+		C0 = in[6]
+	}
+	if len(in) > 7 {
+		P = in[7]
+	}
+	for _, t := range []*tens{X, W, R, B, H0, C0, P} {
+		if t != nil && t.dt != dtFloat {
+			return errors.New("inputs must be float32")
+		}
+	}
+	if X.rank() != 3 {
+		return fmt.Errorf("X has shape %v, want [seq, batch, input]", X.shape)
+	}
+	T, N, I := X.shape[0], X.shape[1], X.shape[2]
+	D, Hd, G := k.dirs, k.hidden, k.gates
+	GH := G * Hd
+	if !sameShape(W.shape, D, GH, I) {
+		return fmt.Errorf("W has shape %v, want [%d %d %d]", W.shape, D, GH, I)
+	}
+	if !sameShape(R.shape, D, GH, Hd) {
+		return fmt.Errorf("R has shape %v, want [%d %d %d]", R.shape, D, GH, Hd)
+	}
+	if B != nil && !sameShape(B.shape, D, 2*GH) {
+		return fmt.Errorf("B has shape %v, want [%d %d]", B.shape, D, 2*GH)
+	}
+	if H0 != nil && !sameShape(H0.shape, D, N, Hd) {
+		return fmt.Errorf("initial_h has shape %v, want [%d %d %d]", H0.shape, D, N, Hd)
+	}
+	if C0 != nil && !sameShape(C0.shape, D, N, Hd) {
+		return fmt.Errorf("initial_c has shape %v, want [%d %d %d]", C0.shape, D, N, Hd)
+	}
+	if P != nil && !sameShape(P.shape, D, 3*Hd) {
+		return fmt.Errorf("P has shape %v, want [%d %d]", P.shape, D, 3*Hd)
+	}
+	if T*N*GH > MaxTensorElems {
+		return fmt.Errorf("X %v too large", X.shape)
+	}
+	Y := out[0]
+	if err := Y.reshape(dtFloat, T, D, N, Hd); err != nil {
+		return err
+	}
+	var Yh, Yc *tens
+	if len(out) > 1 {
+		Yh = out[1]
+		if err := Yh.reshape(dtFloat, D, N, Hd); err != nil {
+			return err
+		}
+	}
+	if len(out) > 2 {
+		Yc = out[2]
+		if err := Yc.reshape(dtFloat, D, N, Hd); err != nil {
+			return err
+		}
+	}
+	nh := N * Hd
+	buf := growF(sc, T*N*GH+N*GH+4*nh)
+	xw := buf[:T*N*GH]
+	hr := buf[T*N*GH : T*N*GH+N*GH]
+	rest := buf[T*N*GH+N*GH:]
+	h, c, tmp, hh := rest[:nh], rest[nh:2*nh], rest[2*nh:3*nh], rest[3*nh:4*nh]
+	impl := gonum.Implementation{}
+	for d := range D {
+		Wd := W.f[d*GH*I : (d+1)*GH*I]
+		Rd := R.f[d*GH*Hd : (d+1)*GH*Hd]
+		var Wb, Rb []float32
+		if B != nil {
+			Wb = B.f[d*2*GH : d*2*GH+GH]
+			Rb = B.f[d*2*GH+GH : (d+1)*2*GH]
+		}
+		// Input projections for every time step at once.
+		if T*N > 0 && I > 0 {
+			impl.Sgemm(blas.NoTrans, blas.Trans, T*N, GH, I, 1, X.f, I, Wd, I, 0, xw, GH)
+		} else {
+			clear(xw)
+		}
+		if B != nil {
+			for r := 0; r < T*N; r++ {
+				row := xw[r*GH : (r+1)*GH]
+				for j := range row {
+					row[j] += Wb[j]
+					// The recurrent bias is additive except for the GRU
+					// candidate gate with linear_before_reset.
+					if !(k.lbr && j >= 2*Hd) {
+						row[j] += Rb[j]
+					}
+				}
+			}
+		}
+		if H0 != nil {
+			copy(h, H0.f[d*nh:(d+1)*nh])
+		} else {
+			clear(h)
+		}
+		if C0 != nil {
+			copy(c, C0.f[d*nh:(d+1)*nh])
+		} else {
+			clear(c)
+		}
+		var Pd []float32
+		if P != nil {
+			Pd = P.f[d*3*Hd : (d+1)*3*Hd]
+		}
+		act := tanhf
+		if k.cell == "RNN" {
+			act = k.act[d]
+		}
+		reverse := k.reverse || d == 1
+		for s := range T {
+			t := s
+			if reverse {
+				t = T - 1 - s
+			}
+			xt := xw[t*N*GH : (t+1)*N*GH]
+			switch k.cell {
+			case "GRU":
+				k.gruStep(impl, xt, Rd, Rb, h, hr, tmp, hh, N)
+			case "LSTM":
+				matRows(impl, h, Rd, hr, N, GH, Hd)
+				k.lstmStep(xt, hr, h, c, Pd, N)
+			default:
+				matRows(impl, h, Rd, hr, N, GH, Hd)
+				for j := range h {
+					h[j] = act(k.clipf(xt[j] + hr[j]))
+				}
+			}
+			copy(Y.f[(t*D+d)*nh:(t*D+d+1)*nh], h)
+		}
+		if Yh != nil {
+			copy(Yh.f[d*nh:(d+1)*nh], h)
+		}
+		if Yc != nil {
+			copy(Yc.f[d*nh:(d+1)*nh], c)
+		}
+	}
+	return nil
+}
+
+func (k *recurrentK) clipf(x float32) float32 {
+	if k.clip == 0 {
+		return x
+	}
+	return min(max(x, -k.clip), k.clip)
+}
+
+// matRows computes out[N, M] = h[N, K] · R[M, K]^T.
+func matRows(impl gonum.Implementation, h, R, out []float32, N, M, K int) {
+	if N == 1 {
+		impl.Sgemv(blas.NoTrans, M, K, 1, R, K, h, 1, 0, out, 1)
+		return
+	}
+	impl.Sgemm(blas.NoTrans, blas.Trans, N, M, K, 1, h, K, R, K, 0, out, M)
+}
+
+// gruStep advances h by one time step. xt holds X·W^T plus biases for the
+// N batch rows, gates ordered z, r, h.
+func (k *recurrentK) gruStep(impl gonum.Implementation, xt, Rd, Rb, h, hr, tmp, hh []float32, N int) {
+	Hd := k.hidden
+	GH := 3 * Hd
+	if k.lbr {
+		matRows(impl, h, Rd, hr, N, GH, Hd)
+		for n := range N {
+			x := xt[n*GH : (n+1)*GH]
+			r := hr[n*GH : (n+1)*GH]
+			hn := h[n*Hd : (n+1)*Hd]
+			for j := range Hd {
+				z := sigmoidf(k.clipf(x[j] + r[j]))
+				rr := sigmoidf(k.clipf(x[Hd+j] + r[Hd+j]))
+				rh := r[2*Hd+j]
+				if Rb != nil {
+					rh += Rb[2*Hd+j]
+				}
+				cand := tanhf(k.clipf(x[2*Hd+j] + rr*rh))
+				hn[j] = (1-z)*cand + z*hn[j]
+			}
+		}
+		return
+	}
+	// z and r from the first 2H rows of R; the candidate uses (r ⊙ h)·Rh^T.
+	for n := range N {
+		hn := h[n*Hd : (n+1)*Hd]
+		zr := hr[n*GH : n*GH+2*Hd]
+		impl.Sgemv(blas.NoTrans, 2*Hd, Hd, 1, Rd[:2*Hd*Hd], Hd, hn, 1, 0, zr, 1)
+		x := xt[n*GH : (n+1)*GH]
+		t := tmp[n*Hd : (n+1)*Hd]
+		for j := range Hd {
+			zr[j] = sigmoidf(k.clipf(x[j] + zr[j]))
+			t[j] = sigmoidf(k.clipf(x[Hd+j]+zr[Hd+j])) * hn[j]
+		}
+		c := hh[n*Hd : (n+1)*Hd]
+		impl.Sgemv(blas.NoTrans, Hd, Hd, 1, Rd[2*Hd*Hd:], Hd, t, 1, 0, c, 1)
+		for j := range Hd {
+			cand := tanhf(k.clipf(x[2*Hd+j] + c[j]))
+			z := zr[j]
+			hn[j] = (1-z)*cand + z*hn[j]
+		}
+	}
+}
+
+// lstmStep advances h and c by one step; gates ordered i, o, f, c.
+func (k *recurrentK) lstmStep(xt, hr, h, c, P []float32, N int) {
+	Hd := k.hidden
+	GH := 4 * Hd
+	for n := range N {
+		x := xt[n*GH : (n+1)*GH]
+		r := hr[n*GH : (n+1)*GH]
+		hn := h[n*Hd : (n+1)*Hd]
+		cn := c[n*Hd : (n+1)*Hd]
+		for j := range Hd {
+			pi, po, pf := float32(0), float32(0), float32(0)
+			if P != nil {
+				pi, po, pf = P[j], P[Hd+j], P[2*Hd+j]
+			}
+			ig := sigmoidf(k.clipf(x[j] + r[j] + pi*cn[j]))
+			fg := sigmoidf(k.clipf(x[2*Hd+j] + r[2*Hd+j] + pf*cn[j]))
+			cc := tanhf(k.clipf(x[3*Hd+j] + r[3*Hd+j]))
+			cn[j] = fg*cn[j] + ig*cc
+			og := sigmoidf(k.clipf(x[Hd+j] + r[Hd+j] + po*cn[j]))
+			hn[j] = og * tanhf(cn[j])
+		}
+	}
+}
+
+func sameShape(shape []int, want ...int) bool {
+	if len(shape) != len(want) {
+		return false
+	}
+	for i := range shape {
+		if shape[i] != want[i] {
+			return false
+		}
+	}
+	return true
+}
