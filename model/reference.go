@@ -11,9 +11,9 @@ import (
 
 // Graph input and output names of the model contract (see CONTRACT.md).
 const (
-	InputPageIDs  = "page_ids"  // sequence form: int64 [batch, seq]
-	InputPageID   = "page_id"   // step form: int64 [batch, 1]
-	InputStateIn  = "state_in"  // step form: float32 [layers, batch, hidden]
+	InputPageIDs   = "page_ids"  // sequence form: int64 [batch, seq]
+	InputPageID    = "page_id"   // step form: int64 [batch, 1]
+	InputStateIn   = "state_in"  // step form: float32 [layers, batch, hidden]
 	OutputStateOut = "state_out" // step form: float32 [layers, batch, hidden]
 )
 
