@@ -38,28 +38,34 @@ func maxDiff(a, b []float32) float64 {
 	return m
 }
 
-func TestLoadBundleFixtures(t *testing.T) {
-	tests := []struct {
-		dir      string
-		output   string
-		wantStep bool
-	}{
-		{"testdata/gru-probs-opset13", OutputProbs, true},
-		{"testdata/gru-logits-opset13", OutputLogits, false},
+func fixtureDirs(t testing.TB) []string {
+	t.Helper()
+	refs, err := filepath.Glob("testdata/*/reference.json")
+	if err != nil || len(refs) < 2 {
+		t.Fatalf("fixtures: %d found, err %v", len(refs), err)
 	}
-	for _, tt := range tests {
-		t.Run(filepath.Base(tt.dir), func(t *testing.T) {
+	var dirs []string
+	for _, r := range refs {
+		dirs = append(dirs, filepath.Dir(r))
+	}
+	return dirs
+}
+
+func TestLoadBundleFixtures(t *testing.T) {
+	for _, dir := range fixtureDirs(t) {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			b, err := LoadBundle(tt.dir)
+			ref := readRef(t, dir)
+			_, statErr := os.Stat(filepath.Join(dir, StepFile))
+			b, err := LoadBundle(dir)
 			if err != nil {
 				t.Fatalf("LoadBundle: %v", err)
 			}
 			m := b.Manifest()
-			if m.Output != tt.output || b.HasStep() != tt.wantStep || m.VocabSize != b.Vocab().Len() {
-				t.Fatalf("manifest %+v, step %t; want output %q, step %t", m, b.HasStep(), tt.output, tt.wantStep)
+			if m.Output != ref.Output || b.HasStep() != (statErr == nil) || m.VocabSize != ref.Vocab || m.Cell != ref.Cell {
+				t.Fatalf("manifest %+v, step %t; want output %q, step %t, vocab %d, cell %q", m, b.HasStep(), ref.Output, statErr == nil, ref.Vocab, ref.Cell)
 			}
-			ref := readRef(t, tt.dir)
 			for i, c := range ref.Cases {
 				got, err := b.Predict(ctx, c.PageIDs)
 				if err != nil {
@@ -67,7 +73,7 @@ func TestLoadBundleFixtures(t *testing.T) {
 				}
 				for r := range got {
 					want := c.Output[r]
-					if tt.output == OutputLogits {
+					if ref.Output == OutputLogits {
 						want = make([]float32, len(c.Output[r]))
 						softmaxRow(want, c.Output[r])
 					}
@@ -97,38 +103,60 @@ func TestLoadBundleFixtures(t *testing.T) {
 // TestStepMatchesSequence checks the incremental path: clicks fed one by one
 // to Step from a zero state give the scores of Predict on the history.
 func TestStepMatchesSequence(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	b, err := LoadBundle("testdata/gru-probs-opset13")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := readRef(t, "testdata/gru-probs-opset13")
-	sc := ref.StepCheck
-	histories := append([][]int64{sc.PageIDs[0]}, ref.Cases[len(ref.Cases)-1].PageIDs...)
-	for hi, h := range histories {
-		var state, probs []float32
-		for i, id := range h {
-			probs, state, err = b.Step(ctx, id, state, probs)
-			if err != nil {
-				t.Fatalf("Step: %v", err)
-			}
-			want, err := b.PredictOne(ctx, h[:i+1], nil)
+	ran := 0
+	for _, dir := range fixtureDirs(t) {
+		if _, err := os.Stat(filepath.Join(dir, StepFile)); err != nil {
+			continue
+		}
+		ran++
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			b, err := LoadBundle(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d := maxDiff(probs, want); d > 1e-5 {
-				t.Fatalf("history %d click %d: step and sequence differ by %g", hi, i, d)
+			ref := readRef(t, dir)
+			sc := ref.StepCheck
+			histories := append([][]int64{sc.PageIDs[0]}, ref.Cases[len(ref.Cases)-1].PageIDs...)
+			for hi, h := range histories {
+				var state, probs []float32
+				for i, id := range h {
+					probs, state, err = b.Step(ctx, id, state, probs)
+					if err != nil {
+						t.Fatalf("Step: %v", err)
+					}
+					want, err := b.PredictOne(ctx, h[:i+1], nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if d := maxDiff(probs, want); d > 1e-5 {
+						t.Fatalf("history %d click %d: step and sequence differ by %g", hi, i, d)
+					}
+				}
+				if hi > 0 {
+					continue
+				}
+				want := sc.Output[0]
+				if ref.Output == OutputLogits {
+					want = make([]float32, len(want))
+					softmaxRow(want, sc.Output[0])
+				}
+				if d := maxDiff(probs, want); d > 1e-5 {
+					t.Errorf("step check output: max abs error %g", d)
+				}
+				var flat []float32
+				for _, l := range sc.State {
+					flat = append(flat, l[0]...)
+				}
+				if d := maxDiff(state, flat); d > 1e-5 {
+					t.Errorf("step check state: max abs error %g", d)
+				}
 			}
-		}
-		if hi == 0 {
-			if d := maxDiff(probs, sc.Output[0]); d > 1e-5 {
-				t.Errorf("step check output: max abs error %g", d)
-			}
-			if d := maxDiff(state, sc.State[0][0]); d > 1e-5 {
-				t.Errorf("step check state: max abs error %g", d)
-			}
-		}
+		})
+	}
+	if ran < 2 {
+		t.Fatalf("only %d fixtures with a step form", ran)
 	}
 }
 
