@@ -1,0 +1,304 @@
+package prefetch
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DefaultMaxEntries bounds the prefetches an Evaluator tracks when
+// EvaluatorConfig.MaxEntries is 0.
+const DefaultMaxEntries = 1 << 20
+
+// NoVersion labels clicks seen before any model version is known.
+const NoVersion = "none"
+
+// EvaluatorConfig configures an Evaluator. The zero value is valid.
+type EvaluatorConfig struct {
+	// KeyTemplate is the Warmer's key template (default "page:{page}"). It
+	// decides what "warm" means: with a shared key such as "page:{page}" a
+	// warmed page is warm for every user, so a click by anyone uses the
+	// prefetch; with "{user}" in the template a page is warm only for the
+	// user it was prefetched for.
+	KeyTemplate string
+	// MaxEntries bounds the prefetches tracked at once (default 1<<20). When
+	// full, the entry expiring first is evicted and, if unused, counted as
+	// wasted.
+	MaxEntries int
+}
+
+// Validate reports a configuration error wrapping ErrInvalidConfig.
+func (c EvaluatorConfig) Validate() error {
+	if c.KeyTemplate != "" && !strings.Contains(c.KeyTemplate, placeholderPage) {
+		return fmt.Errorf("evaluator key template %q has no %s: %w", c.KeyTemplate, placeholderPage, ErrInvalidConfig)
+	}
+	if c.MaxEntries < 0 {
+		return fmt.Errorf("evaluator max entries %d is negative: %w", c.MaxEntries, ErrInvalidConfig)
+	}
+	return nil
+}
+
+// VersionStats are the online figures for one model version.
+type VersionStats struct {
+	ModelVersion string
+	// Issued counts prefetches made (pages that became warm).
+	Issued uint64
+	// Used counts prefetches clicked at least once while warm.
+	Used uint64
+	// Clicks counts clicks attributed to the version: clicks on a page it
+	// warmed, and cold clicks while it was the active version.
+	Clicks uint64
+	// WarmClicks counts clicks on a page this version warmed, while warm.
+	WarmClicks uint64
+	// Wasted counts prefetches that expired (or were evicted) unused, and
+	// WastedBytes their bytes.
+	Wasted      uint64
+	WastedBytes uint64
+	// Precision is Used / Issued (0 when nothing was issued).
+	Precision float64
+	// Coverage is WarmClicks / Clicks (0 without clicks).
+	Coverage float64
+}
+
+// Evaluator joins prefetches with the clicks that follow them within the TTL
+// and keeps, per model version, the figures in VersionStats, exported as
+// Prometheus metrics labelled model_version:
+//
+//	prefetchd_prefetch_issued_total        prefetches issued
+//	prefetchd_prefetch_used_total          prefetches clicked while warm
+//	prefetchd_clicks_total                 clicks
+//	prefetchd_clicks_warm_total            clicks on a warm page
+//	prefetchd_prefetch_wasted_total        prefetches expired unused
+//	prefetchd_prefetch_wasted_bytes_total  their bytes
+//
+// Rules. Time is event time: the at arguments, not the wall clock. A
+// prefetch of a key that is still warm is ignored, as SET NX would ignore
+// it. A click on a warm key counts for the version that warmed it (a warm
+// click, and the prefetch's first such click makes it used); a click on a
+// cold key counts for the active version, which is the one set with
+// SetModelVersion or else the version of the latest prefetch. Entries are
+// removed when they expire, so memory follows the prefetches made within
+// one TTL, capped by MaxEntries. Events may arrive slightly out of order; a
+// click older than the latest event sees entries as of the latest event.
+//
+// Safe for concurrent use.
+type Evaluator struct {
+	perUser bool
+	m       evaluatorMetrics
+
+	mu       sync.Mutex
+	now      time.Time // latest event time seen
+	active   string
+	explicit bool // active was set by SetModelVersion
+	entries  *expirySet[evalEntry]
+	versions map[string]*versionCounters
+}
+
+type evalEntry struct {
+	v     *versionCounters
+	bytes int64
+	used  bool
+}
+
+type versionCounters struct {
+	s                         VersionStats
+	issued, used, clicks      prometheus.Counter
+	warmClicks, wasted, bytes prometheus.Counter
+}
+
+type evaluatorMetrics struct {
+	issued, used, clicks, warmClicks, wasted, wastedBytes *prometheus.CounterVec
+}
+
+// NewEvaluator validates cfg and builds an Evaluator registering its metrics
+// with reg (nil: not registered).
+func NewEvaluator(cfg EvaluatorConfig, reg prometheus.Registerer) (*Evaluator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.KeyTemplate == "" {
+		cfg.KeyTemplate = DefaultKeyTemplate
+	}
+	if cfg.MaxEntries == 0 {
+		cfg.MaxEntries = DefaultMaxEntries
+	}
+	vec := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"model_version"})
+	}
+	m := evaluatorMetrics{
+		issued:      vec("prefetchd_prefetch_issued_total", "Prefetches issued (pages made warm), by model version."),
+		used:        vec("prefetchd_prefetch_used_total", "Prefetches the user opened while warm, by model version."),
+		clicks:      vec("prefetchd_clicks_total", "Clicks, by the model version that warmed the page or, if cold, the active version."),
+		warmClicks:  vec("prefetchd_clicks_warm_total", "Clicks on a warm page, by the model version that warmed it."),
+		wasted:      vec("prefetchd_prefetch_wasted_total", "Prefetches that expired unused, by model version."),
+		wastedBytes: vec("prefetchd_prefetch_wasted_bytes_total", "Bytes of prefetches that expired unused, by model version."),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.issued, m.used, m.clicks, m.warmClicks, m.wasted, m.wastedBytes} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register evaluator metrics: %w", err)
+			}
+		}
+	}
+	return &Evaluator{
+		perUser:  strings.Contains(cfg.KeyTemplate, placeholderUser),
+		m:        m,
+		active:   NoVersion,
+		entries:  newExpirySet[evalEntry](cfg.MaxEntries),
+		versions: make(map[string]*versionCounters),
+	}, nil
+}
+
+// PerUser reports whether warmth is per user (the key template has {user}).
+func (e *Evaluator) PerUser() bool { return e.perUser }
+
+func (e *Evaluator) key(user, page string) string {
+	if e.perUser {
+		return user + "\x00" + page
+	}
+	return page
+}
+
+// version returns the counters of v, creating them. Callers hold mu.
+func (e *Evaluator) version(v string) *versionCounters {
+	if c, ok := e.versions[v]; ok {
+		return c
+	}
+	c := &versionCounters{
+		s:          VersionStats{ModelVersion: v},
+		issued:     e.m.issued.WithLabelValues(v),
+		used:       e.m.used.WithLabelValues(v),
+		clicks:     e.m.clicks.WithLabelValues(v),
+		warmClicks: e.m.warmClicks.WithLabelValues(v),
+		wasted:     e.m.wasted.WithLabelValues(v),
+		bytes:      e.m.wastedBytes.WithLabelValues(v),
+	}
+	e.versions[v] = c
+	return c
+}
+
+// SetModelVersion names the active model version, to which cold clicks are
+// attributed from now on.
+func (e *Evaluator) SetModelVersion(v string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.active, e.explicit = v, true
+	e.version(v)
+}
+
+// ObservePrefetch records that page was warmed for user by model version at
+// event time at, for ttl, with an unknown size.
+func (e *Evaluator) ObservePrefetch(user, page, version string, at time.Time, ttl time.Duration) {
+	e.ObservePrefetchBytes(user, page, version, at, ttl, 0)
+}
+
+// ObservePrefetchBytes is ObservePrefetch with the bytes the prefetch holds
+// in the cache, counted as wasted if it expires unused.
+func (e *Evaluator) ObservePrefetchBytes(user, page, version string, at time.Time, ttl time.Duration, bytes int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.advance(at)
+	if !e.explicit {
+		e.active = version
+	}
+	k := e.key(user, page)
+	if old, ok := e.entries.get(k); ok && old.at.After(at) {
+		return // still warm: SET NX would not have set it
+	}
+	c := e.version(version)
+	e.entries.put(k, evalEntry{v: c, bytes: bytes}, at.Add(ttl), e.retire)
+	c.s.Issued++
+	c.issued.Inc()
+}
+
+// ObserveClick records that user opened page at event time at.
+func (e *Evaluator) ObserveClick(user, page string, at time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.advance(at)
+	if en, ok := e.entries.get(e.key(user, page)); ok && en.at.After(at) {
+		c := en.value.v
+		c.s.Clicks++
+		c.clicks.Inc()
+		c.s.WarmClicks++
+		c.warmClicks.Inc()
+		if !en.value.used {
+			en.value.used = true
+			c.s.Used++
+			c.used.Inc()
+		}
+		return
+	}
+	c := e.version(e.active)
+	c.s.Clicks++
+	c.clicks.Inc()
+}
+
+// IsWarm reports whether page is warm for user at time at.
+func (e *Evaluator) IsWarm(user, page string, at time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	en, ok := e.entries.get(e.key(user, page))
+	return ok && en.at.After(at)
+}
+
+// Advance expires the prefetches whose TTL ended by at, counting the unused
+// ones as wasted. Observations advance time themselves; call Advance on a
+// timer (or at the end of a replay) to settle figures while no events come.
+func (e *Evaluator) Advance(at time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.advance(at)
+}
+
+// advance moves event time forward to at and expires entries. Callers hold mu.
+func (e *Evaluator) advance(at time.Time) {
+	if at.After(e.now) {
+		e.now = at
+	}
+	e.entries.expire(e.now, e.retire)
+}
+
+// retire accounts for an entry leaving the set. Callers hold mu.
+func (e *Evaluator) retire(en *expiryEntry[evalEntry]) {
+	if en.value.used {
+		return
+	}
+	c := en.value.v
+	c.s.Wasted++
+	c.wasted.Inc()
+	if en.value.bytes > 0 {
+		c.s.WastedBytes += uint64(en.value.bytes)
+		c.bytes.Add(float64(en.value.bytes))
+	}
+}
+
+// Tracked is the number of prefetches currently tracked.
+func (e *Evaluator) Tracked() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.entries.Len()
+}
+
+// Stats returns the figures per model version, sorted by version.
+func (e *Evaluator) Stats() []VersionStats {
+	e.mu.Lock()
+	out := make([]VersionStats, 0, len(e.versions))
+	for _, c := range e.versions {
+		s := c.s
+		if s.Issued > 0 {
+			s.Precision = float64(s.Used) / float64(s.Issued)
+		}
+		if s.Clicks > 0 {
+			s.Coverage = float64(s.WarmClicks) / float64(s.Clicks)
+		}
+		out = append(out, s)
+	}
+	e.mu.Unlock()
+	slices.SortFunc(out, func(a, b VersionStats) int { return strings.Compare(a.ModelVersion, b.ModelVersion) })
+	return out
+}

@@ -1,0 +1,132 @@
+package prefetch
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reasons a page is dropped (label reason of prefetchd_prefetch_dropped_total).
+const (
+	dropInvalid        = "invalid"
+	dropCanceled       = "canceled"
+	dropClosed         = "closed"
+	dropUserRate       = "user_rate"
+	dropGlobalRate     = "global_rate"
+	dropQueueFull      = "queue_full"
+	dropBudget         = "budget"
+	dropRedis          = "redis"
+	dropShutdown       = "shutdown"
+	dropBreakerOpen    = "breaker_open"
+	dropOriginError    = "origin_error"
+	dropOriginTimeout  = "origin_timeout"
+	dropOrigin5xx      = "origin_5xx"
+	dropOriginStatus   = "origin_status"
+	dropOriginTooLarge = "origin_too_large"
+)
+
+var dropReasons = []string{
+	dropInvalid, dropCanceled, dropClosed, dropUserRate, dropGlobalRate, dropQueueFull,
+	dropBudget, dropRedis, dropShutdown, dropBreakerOpen, dropOriginError, dropOriginTimeout,
+	dropOrigin5xx, dropOriginStatus, dropOriginTooLarge,
+}
+
+// Results of origin requests (label result of prefetchd_prefetch_origin_requests_total).
+const (
+	originOK          = "ok"
+	originBadURL      = "bad_url"
+	originError       = "error"
+	originTimeout     = "timeout"
+	origin5xx         = "5xx"
+	originOtherStatus = "other_status"
+	originTooLarge    = "too_large"
+)
+
+var originResults = []string{originOK, originBadURL, originError, originTimeout, origin5xx, originOtherStatus, originTooLarge}
+
+// warmerMetrics are the Warmer's Prometheus metrics.
+type warmerMetrics struct {
+	requested        prometheus.Counter
+	dropped          map[string]prometheus.Counter
+	skippedWarm      prometheus.Counter
+	skippedCoalesced prometheus.Counter
+	skippedExists    prometheus.Counter
+	written          prometheus.Counter
+	writtenBytes     prometheus.Counter
+	writeSeconds     prometheus.Histogram
+	originRequests   map[string]prometheus.Counter
+	breakerState     prometheus.Gauge
+}
+
+func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, error) {
+	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prefetchd_prefetch_dropped_total",
+		Help: "Pages the warmer did not write, by reason.",
+	}, []string{"reason"})
+	skipped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prefetchd_prefetch_skipped_total",
+		Help: "Pages not written because they were warm already (warm), queued already (coalesced) or held in Redis by someone else (exists).",
+	}, []string{"reason"})
+	origin := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prefetchd_prefetch_origin_requests_total",
+		Help: "Origin requests in origin mode, by result.",
+	}, []string{"result"})
+	m := &warmerMetrics{
+		requested: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_prefetch_requested_total",
+			Help: "Pages offered to the warmer.",
+		}),
+		dropped:          make(map[string]prometheus.Counter, len(dropReasons)),
+		skippedWarm:      skipped.WithLabelValues("warm"),
+		skippedCoalesced: skipped.WithLabelValues("coalesced"),
+		skippedExists:    skipped.WithLabelValues("exists"),
+		written: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_prefetch_written_total",
+			Help: "Keys the warmer set in Redis.",
+		}),
+		writtenBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_prefetch_written_bytes_total",
+			Help: "Value bytes the warmer set in Redis.",
+		}),
+		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "prefetchd_prefetch_write_seconds",
+			Help:    "Duration of one pipelined write to Redis.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}),
+		originRequests: make(map[string]prometheus.Counter, len(originResults)),
+		breakerState: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "prefetchd_prefetch_breaker_state",
+			Help: "Origin circuit breaker: 0 closed, 1 open, 2 half-open.",
+		}),
+	}
+	for _, r := range dropReasons {
+		m.dropped[r] = dropped.WithLabelValues(r)
+	}
+	for _, r := range originResults {
+		m.originRequests[r] = origin.WithLabelValues(r)
+	}
+	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "prefetchd_prefetch_queue_length",
+		Help: "Pages waiting to be written.",
+	}, func() float64 { return float64(len(w.queue)) })
+	tracked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "prefetchd_prefetch_tracked_keys",
+		Help: "Keys the warmer remembers as warm.",
+	}, func() float64 {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return float64(w.warm.Len())
+	})
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requested, dropped, skipped, m.written, m.writtenBytes, m.writeSeconds, origin, m.breakerState, queue, tracked} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register warmer metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *warmerMetrics) drop(reason string, n int) { m.dropped[reason].Add(float64(n)) }
+
+func (m *warmerMetrics) origin(result string) { m.originRequests[result].Inc() }

@@ -1,0 +1,154 @@
+package prefetch
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// originClient fetches pages from the origin in origin mode: a timeout per
+// request, a body limit, a concurrency limit and a circuit breaker.
+type originClient struct {
+	url     string // template with {page}
+	maxBody int64
+	timeout time.Duration
+	client  *http.Client
+	sem     chan struct{}
+	breaker *breaker
+	m       *warmerMetrics
+	now     func() time.Time
+}
+
+func newOriginClient(cfg Config, m *warmerMetrics, now func() time.Time) *originClient {
+	o := &originClient{
+		url:     cfg.OriginURL,
+		maxBody: cfg.MaxBodyBytes,
+		timeout: cfg.OriginTimeout,
+		client:  httpClient(cfg),
+		sem:     make(chan struct{}, cfg.OriginConcurrency),
+		m:       m,
+		now:     now,
+	}
+	o.breaker = &breaker{
+		failures: cfg.BreakerFailures,
+		cooldown: cfg.BreakerCooldown,
+		probes:   cfg.BreakerProbes,
+		onChange: func(s BreakerState) { m.breakerState.Set(float64(s)) },
+	}
+	return o
+}
+
+// close releases idle connections (and their goroutines).
+func (o *originClient) close() { o.client.CloseIdleConnections() }
+
+// pageURL renders the URL template for page, escaping each path segment.
+func (o *originClient) pageURL(page string) string {
+	i := strings.Index(o.url, placeholderPage)
+	prefix, suffix := o.url[:i], o.url[i+len(placeholderPage):]
+	if strings.HasSuffix(prefix, "/") {
+		page = strings.TrimPrefix(page, "/")
+	}
+	segs := strings.Split(page, "/")
+	for j, s := range segs {
+		segs[j] = url.PathEscape(s)
+	}
+	return prefix + strings.Join(segs, "/") + strings.ReplaceAll(suffix, placeholderPage, "")
+}
+
+// fetchAll fetches every item's page concurrently (bounded by the
+// concurrency limit) and stores the bodies of 2xx answers in values; failed
+// items are counted as dropped and left nil.
+func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]byte) {
+	var wg sync.WaitGroup
+	for i := range batch {
+		if !o.breaker.allow(o.now()) {
+			o.m.drop(dropBreakerOpen, 1)
+			continue
+		}
+		select {
+		case o.sem <- struct{}{}:
+		case <-ctx.Done():
+			o.breaker.done(true, o.now()) // not the origin's fault
+			o.m.drop(dropCanceled, 1)
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-o.sem }()
+			body, reason := o.fetch(ctx, batch[i].page)
+			if reason != "" {
+				o.m.drop(reason, 1)
+				return
+			}
+			values[i] = body
+		})
+	}
+	wg.Wait()
+}
+
+// fetch GETs one page. It returns the body of a 2xx answer, or the drop
+// reason. Transport errors, timeouts and 5xx answers count as breaker
+// failures; other answers show the origin is up.
+func (o *originClient) fetch(ctx context.Context, page string) (body []byte, reason string) {
+	ok := false
+	defer func() { o.breaker.done(ok, o.now()) }()
+	rctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, o.pageURL(page), nil)
+	if err != nil {
+		ok = true // our URL, not the origin
+		o.m.origin(originBadURL)
+		return nil, dropInvalid
+	}
+	resp, err := o.client.Do(req)
+	if err != nil && ctx.Err() != nil {
+		ok = true // shutting down, not the origin's fault
+		return nil, dropCanceled
+	}
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			o.m.origin(originTimeout)
+			return nil, dropOriginTimeout
+		}
+		o.m.origin(originError)
+		return nil, dropOriginError
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode >= 500:
+		o.m.origin(origin5xx)
+		return nil, dropOrigin5xx
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		ok = true
+		o.m.origin(originOtherStatus)
+		return nil, dropOriginStatus
+	}
+	body, err = io.ReadAll(io.LimitReader(resp.Body, o.maxBody+1))
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			o.m.origin(originTimeout)
+			return nil, dropOriginTimeout
+		}
+		o.m.origin(originError)
+		return nil, dropOriginError
+	}
+	ok = true
+	if int64(len(body)) > o.maxBody {
+		o.m.origin(originTooLarge)
+		return nil, dropOriginTooLarge
+	}
+	if body == nil {
+		body = []byte{} // an empty 2xx body is still stored
+	}
+	o.m.origin(originOK)
+	return body, ""
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}

@@ -1,0 +1,193 @@
+package prefetch
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"testing"
+)
+
+func TestPolicyConfigValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  PolicyConfig
+		ok   bool
+	}{
+		{"zero", PolicyConfig{}, true},
+		{"full", PolicyConfig{K: 5, Threshold: 0.2, CostWeights: map[string]float64{"/a": 2}, UseExpectedUtility: true}, true},
+		{"negative k", PolicyConfig{K: -1}, false},
+		{"threshold above 1", PolicyConfig{Threshold: 1.5}, false},
+		{"negative threshold", PolicyConfig{Threshold: -0.1}, false},
+		{"NaN threshold", PolicyConfig{Threshold: math.NaN()}, false},
+		{"negative weight", PolicyConfig{CostWeights: map[string]float64{"/a": -1}}, false},
+		{"infinite weight", PolicyConfig{CostWeights: map[string]float64{"/a": math.Inf(1)}}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.ok && err != nil {
+				t.Fatalf("Validate() = %v, want nil", err)
+			}
+			if !tc.ok && !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("Validate() = %v, want ErrInvalidConfig", err)
+			}
+		})
+	}
+}
+
+type pageList []string
+
+func (p pageList) Len() int            { return len(p) }
+func (p pageList) Page(i int64) string { return p[i] }
+
+func TestPolicySelect(t *testing.T) {
+	//                 pad  unk   2    3    4    5    6    7
+	probs := []float32{0.9, 0.9, 0.1, 0.6, 0.55, 0.7, 0.5, float32(math.NaN())}
+	cases := []struct {
+		name      string
+		cfg       PolicyConfig
+		current   int64
+		k         int
+		threshold float64
+		want      []int64
+	}{
+		{"defaults: top 3 at or above 0.5", PolicyConfig{}, 2, 0, -1, []int64{5, 3, 4}},
+		{"never the current page", PolicyConfig{}, 5, 0, -1, []int64{3, 4, 6}},
+		{"k override", PolicyConfig{}, 2, 1, -1, []int64{5}},
+		{"threshold override", PolicyConfig{}, 2, 10, 0.58, []int64{5, 3}},
+		{"threshold zero accepts all", PolicyConfig{}, 0, 10, 0, []int64{5, 3, 4, 6, 2}},
+		{"configured k and threshold", PolicyConfig{K: 2, Threshold: 0.05}, 5, 0, -1, []int64{3, 4}},
+		{"nothing passes", PolicyConfig{}, 2, 0, 0.95, nil},
+		{"expected utility reorders", PolicyConfig{UseExpectedUtility: true, CostWeights: map[string]float64{"p2": 10, "p5": 0.5}}, 0, 0, -1, []int64{2, 3, 4}},
+	}
+	vocab := pageList{"<pad>", "<unk>", "p2", "p3", "p4", "p5", "p6", "p7"}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := NewPolicy(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p = p.ForVocab(vocab)
+			got := p.Select(probs, tc.current, tc.k, tc.threshold, nil)
+			var idx []int64
+			for _, c := range got {
+				idx = append(idx, c.Index)
+				if c.Probability != probs[c.Index] {
+					t.Errorf("candidate %d probability %v, want %v", c.Index, c.Probability, probs[c.Index])
+				}
+			}
+			if !slices.Equal(idx, tc.want) {
+				t.Fatalf("Select = %v, want %v", idx, tc.want)
+			}
+		})
+	}
+}
+
+// TestPolicySelectMatchesSort checks Select against sorting on random vectors.
+func TestPolicySelectMatchesSort(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	p, err := NewPolicy(PolicyConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probs := make([]float32, 300)
+	var dst []Candidate
+	for trial := range 200 {
+		for i := range probs {
+			probs[i] = float32(rng.IntN(50)) / 50 // many ties
+		}
+		current := int64(rng.IntN(len(probs)))
+		k, thr := 1+rng.IntN(6), rng.Float64()
+		dst = p.Select(probs, current, k, thr, dst)
+		var want []int64
+		for i := 2; i < len(probs); i++ {
+			if int64(i) != current && float64(probs[i]) >= thr {
+				want = append(want, int64(i))
+			}
+		}
+		slices.SortStableFunc(want, func(a, b int64) int {
+			switch {
+			case probs[a] > probs[b]:
+				return -1
+			case probs[a] < probs[b]:
+				return 1
+			}
+			return 0
+		})
+		if len(want) > k {
+			want = want[:k]
+		}
+		got := make([]int64, len(dst))
+		for i, c := range dst {
+			got[i] = c.Index
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("trial %d (k=%d thr=%v current=%d): Select = %v, want %v", trial, k, thr, current, got, want)
+		}
+	}
+}
+
+func TestPolicySelectAllocs(t *testing.T) {
+	for _, utility := range []bool{false, true} {
+		t.Run("utility="+strconv.FormatBool(utility), func(t *testing.T) {
+			p, err := NewPolicy(PolicyConfig{UseExpectedUtility: utility, Threshold: 0.01})
+			if err != nil {
+				t.Fatal(err)
+			}
+			probs := randomProbs(1000)
+			dst := make([]Candidate, 0, DefaultK)
+			allocs := testing.AllocsPerRun(100, func() { dst = p.Select(probs, 7, 0, -1, dst) })
+			if allocs != 0 {
+				t.Fatalf("Select allocates %v times per call, want 0", allocs)
+			}
+		})
+	}
+}
+
+// randomProbs is a softmax-like vector: a few large values and a long tail.
+func randomProbs(n int) []float32 {
+	rng := rand.New(rand.NewPCG(uint64(n), 7))
+	probs := make([]float32, n)
+	var sum float32
+	for i := range probs {
+		v := float32(rng.ExpFloat64())
+		v *= v * v
+		probs[i] = v
+		sum += v
+	}
+	for i := range probs {
+		probs[i] /= sum
+	}
+	probs[n/2] += 0.6
+	return probs
+}
+
+// BenchmarkPolicySelect measures the prefetch decision per event.
+func BenchmarkPolicySelect(b *testing.B) {
+	for _, vocab := range []int{1000, 5000} {
+		for _, utility := range []bool{false, true} {
+			b.Run("vocab="+strconv.Itoa(vocab)+"/utility="+strconv.FormatBool(utility), func(b *testing.B) {
+				p, err := NewPolicy(PolicyConfig{UseExpectedUtility: utility})
+				if err != nil {
+					b.Fatal(err)
+				}
+				names := make(pageList, vocab)
+				for i := range names {
+					names[i] = "/page/" + strconv.Itoa(i)
+				}
+				p = p.ForVocab(names)
+				probs := randomProbs(vocab)
+				dst := make([]Candidate, 0, DefaultK)
+				b.ReportAllocs()
+				for b.Loop() {
+					dst = p.Select(probs, 3, 0, -1, dst)
+				}
+				if len(dst) == 0 {
+					b.Fatal("no candidate selected")
+				}
+			})
+		}
+	}
+}

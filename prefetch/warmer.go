@@ -1,0 +1,724 @@
+package prefetch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Mode selects what the Warmer stores under a key.
+type Mode string
+
+// Warming modes.
+const (
+	// ModeHint stores a small JSON HintRecord per page for the web tier; no
+	// origin is contacted.
+	ModeHint Mode = "hint"
+	// ModeOrigin fetches the page from Config.OriginURL and stores the body
+	// of a 2xx answer.
+	ModeOrigin Mode = "origin"
+)
+
+// Warmer defaults.
+const (
+	DefaultTTL               = 5 * time.Minute
+	DefaultKeyTemplate       = "page:{page}"
+	DefaultOriginTimeout     = 2 * time.Second
+	DefaultMaxBodyBytes      = 1 << 20
+	DefaultOriginConcurrency = 8
+	DefaultBreakerFailures   = 5
+	DefaultBreakerCooldown   = 10 * time.Second
+	DefaultBreakerProbes     = 1
+	DefaultQueueSize         = 4096
+	DefaultWorkers           = 2
+	DefaultPipelineSize      = 128
+	DefaultWriteTimeout      = time.Second
+	DefaultFlushTimeout      = 2 * time.Second
+	DefaultMaxTracked        = 100_000
+)
+
+// Template placeholders.
+const (
+	placeholderPage = "{page}"
+	placeholderUser = "{user}"
+)
+
+// Config configures a Warmer. Zero fields take the documented defaults.
+type Config struct {
+	// Mode is ModeHint (default) or ModeOrigin.
+	Mode Mode
+	// TTL is how long a warmed key lives in Redis (SET ... EX ttl NX).
+	// Default DefaultTTL (5m); at least 1ms.
+	TTL time.Duration
+	// KeyTemplate names the Redis key of a page: "{page}" is replaced by the
+	// page and "{user}" by the user id. Default "page:{page}", a key shared by
+	// all users; "user:{user}:page:{page}" warms per user. It must contain
+	// "{page}".
+	KeyTemplate string
+
+	// OriginURL is the URL fetched in origin mode, with "{page}" replaced by
+	// the page, each path segment escaped; a leading "/" of the page is
+	// dropped when the template already has one before "{page}", so
+	// "https://origin/{page}" and page "/a/b" give "https://origin/a/b".
+	// Required in origin mode.
+	OriginURL string
+	// OriginTimeout bounds one origin request, body included. Default 2s.
+	OriginTimeout time.Duration
+	// MaxBodyBytes is the largest body stored; larger bodies are dropped.
+	// Default 1 MiB.
+	MaxBodyBytes int64
+	// OriginConcurrency is the most origin requests in flight. Default 8.
+	OriginConcurrency int
+	// BreakerFailures is how many consecutive origin failures (transport
+	// errors, timeouts, 5xx) open the circuit breaker. Default 5.
+	BreakerFailures int
+	// BreakerCooldown is how long the breaker stays open before it lets trial
+	// requests through (half-open). Default 10s.
+	BreakerCooldown time.Duration
+	// BreakerProbes is how many trial requests a half-open breaker allows at
+	// once. Default 1.
+	BreakerProbes int
+
+	// QueueSize bounds the pages waiting to be written; Warm drops pages
+	// when it is full. Default 4096.
+	QueueSize int
+	// Workers is the number of goroutines writing to Redis. Default 2.
+	Workers int
+	// PipelineSize is the most SET commands sent in one pipeline. Default 128.
+	PipelineSize int
+	// WriteTimeout bounds one pipeline round trip. Default 1s. The Redis
+	// client should have ContextTimeoutEnabled so that it applies to socket
+	// reads and writes as well.
+	WriteTimeout time.Duration
+	// FlushTimeout bounds the flush of queued pages at shutdown. Default 2s.
+	FlushTimeout time.Duration
+
+	// PerUserRate is the most prefetches per second for one user, 0 for no
+	// limit; PerUserBurst is its bucket size (default max(1, PerUserRate)).
+	PerUserRate  float64
+	PerUserBurst int
+	// GlobalRate is the most prefetches per second over all users (a token
+	// bucket), 0 for no limit; GlobalBurst is its bucket size (default
+	// max(1, GlobalRate)).
+	GlobalRate  float64
+	GlobalBurst int
+	// BudgetKeys and BudgetBytes cap the keys and value bytes written per
+	// BudgetWindow, 0 for no cap. With BudgetWindow equal to TTL (the
+	// default) they bound what the prefetcher holds in Redis at any time.
+	BudgetKeys   int
+	BudgetBytes  int64
+	BudgetWindow time.Duration
+
+	// MaxTracked bounds the keys remembered as warm and the users with a rate
+	// limit bucket. Default 100000.
+	MaxTracked int
+}
+
+// withDefaults returns c with zero fields replaced by defaults.
+func (c Config) withDefaults() Config {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.Mode == "" {
+		c.Mode = ModeHint
+	}
+	defDur(&c.TTL, DefaultTTL)
+	if c.KeyTemplate == "" {
+		c.KeyTemplate = DefaultKeyTemplate
+	}
+	defDur(&c.OriginTimeout, DefaultOriginTimeout)
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	def(&c.OriginConcurrency, DefaultOriginConcurrency)
+	def(&c.BreakerFailures, DefaultBreakerFailures)
+	defDur(&c.BreakerCooldown, DefaultBreakerCooldown)
+	def(&c.BreakerProbes, DefaultBreakerProbes)
+	def(&c.QueueSize, DefaultQueueSize)
+	def(&c.Workers, DefaultWorkers)
+	def(&c.PipelineSize, DefaultPipelineSize)
+	defDur(&c.WriteTimeout, DefaultWriteTimeout)
+	defDur(&c.FlushTimeout, DefaultFlushTimeout)
+	defDur(&c.BudgetWindow, c.TTL)
+	def(&c.MaxTracked, DefaultMaxTracked)
+	return c
+}
+
+// Validate reports a configuration error wrapping ErrInvalidConfig. Zero
+// fields are valid (they mean the defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("warmer "+format+": %w", append(args, ErrInvalidConfig)...))
+	}
+	switch c.Mode {
+	case ModeHint:
+	case ModeOrigin:
+		if c.OriginURL == "" {
+			bad("origin mode needs an origin URL")
+		} else if !strings.Contains(c.OriginURL, placeholderPage) {
+			bad("origin URL %q has no %s", c.OriginURL, placeholderPage)
+		} else if !strings.HasPrefix(c.OriginURL, "http://") && !strings.HasPrefix(c.OriginURL, "https://") {
+			bad("origin URL %q is not http or https", c.OriginURL)
+		}
+	default:
+		bad("mode %q is neither %q nor %q", c.Mode, ModeHint, ModeOrigin)
+	}
+	if c.TTL < time.Millisecond {
+		bad("ttl %v below 1ms", c.TTL)
+	}
+	if !strings.Contains(c.KeyTemplate, placeholderPage) {
+		bad("key template %q has no %s", c.KeyTemplate, placeholderPage)
+	}
+	for name, d := range map[string]time.Duration{
+		"origin timeout": c.OriginTimeout, "breaker cooldown": c.BreakerCooldown,
+		"write timeout": c.WriteTimeout, "flush timeout": c.FlushTimeout, "budget window": c.BudgetWindow,
+	} {
+		if d < 0 {
+			bad("%s %v is negative", name, d)
+		}
+	}
+	for name, n := range map[string]int{
+		"origin concurrency": c.OriginConcurrency, "breaker failures": c.BreakerFailures,
+		"breaker probes": c.BreakerProbes, "queue size": c.QueueSize, "workers": c.Workers,
+		"pipeline size": c.PipelineSize, "max tracked": c.MaxTracked,
+	} {
+		if n < 1 {
+			bad("%s %d below 1", name, n)
+		}
+	}
+	if c.MaxBodyBytes < 1 {
+		bad("max body bytes %d below 1", c.MaxBodyBytes)
+	}
+	if c.PerUserRate < 0 || c.GlobalRate < 0 || c.PerUserBurst < 0 || c.GlobalBurst < 0 {
+		bad("rates and bursts must not be negative")
+	}
+	if c.BudgetKeys < 0 || c.BudgetBytes < 0 {
+		bad("budget caps must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+// Page is one page to warm.
+type Page struct {
+	// Key is the page as the model's vocabulary names it, e.g. "/page/12".
+	Key string
+	// Probability is the model's probability for the page.
+	Probability float32
+}
+
+// Request asks the Warmer to warm pages predicted for a user.
+type Request struct {
+	UserID string
+	Pages  []Page
+	// ModelVersion is the version of the model that made the prediction.
+	ModelVersion string
+	// At is the event time of the click that led to the prediction; the
+	// Evaluator joins prefetches and clicks on it. Zero means now.
+	At time.Time
+}
+
+// HintRecord is the value stored in hint mode, JSON encoded.
+type HintRecord struct {
+	Page         string    `json:"page"`
+	Probability  float32   `json:"probability"`
+	ModelVersion string    `json:"model_version"`
+	ExpiresAt    time.Time `json:"expires_at"`
+}
+
+// PrefetchObserver is told about every page the Warmer writes to Redis;
+// *Evaluator satisfies it.
+type PrefetchObserver interface {
+	// ObservePrefetchBytes records a prefetch of page for user made by model
+	// version at event time at, warm for ttl, holding bytes in the cache.
+	ObservePrefetchBytes(user, page, version string, at time.Time, ttl time.Duration, bytes int64)
+}
+
+// Warmer writes predicted pages to Redis in the background. Warm never
+// blocks; Run drains the queue with pipelined SET key value EX ttl NX. Pages
+// still warm (written by this Warmer less than a TTL ago) are skipped and a
+// page already queued or being written is not queued twice. When Redis is
+// down or slow, pages are dropped and counted, never retried, and writing
+// resumes by itself when Redis answers again.
+type Warmer struct {
+	cfg     Config
+	rdb     redis.UniversalClient
+	log     *slog.Logger
+	m       *warmerMetrics
+	key     template
+	origin  *originClient // nil in hint mode
+	queue   chan item
+	done    chan struct{} // closed by Close
+	stopped chan struct{} // closed when Run returns
+	now     func() time.Time
+
+	closeOnce sync.Once
+	started   atomic.Bool
+	failing   atomic.Bool // Redis writes are failing (for log transitions)
+	observer  atomic.Pointer[PrefetchObserver]
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	closed   bool
+	warm     *expirySet[struct{}] // key -> expiry of what we set
+	inflight map[string]struct{}  // keys queued or being written
+	users    *userLimiter
+	global   tokenBucket
+	budget   budget
+}
+
+// item is one page on its way to Redis.
+type item struct {
+	key     string
+	user    string
+	page    string
+	prob    float32
+	version string
+	at      time.Time
+}
+
+// NewWarmer validates cfg and builds a Warmer writing through rdb. logger may
+// be nil (logs are discarded); reg may be nil (metrics are not registered).
+// Call Run to start writing.
+func NewWarmer(cfg Config, rdb redis.UniversalClient, logger *slog.Logger, reg prometheus.Registerer) (*Warmer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if rdb == nil {
+		return nil, fmt.Errorf("warmer needs a redis client: %w", ErrInvalidConfig)
+	}
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	w := &Warmer{
+		cfg:      cfg,
+		rdb:      rdb,
+		log:      logger,
+		key:      parseTemplate(cfg.KeyTemplate),
+		queue:    make(chan item, cfg.QueueSize),
+		done:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+		now:      time.Now,
+		warm:     newExpirySet[struct{}](cfg.MaxTracked),
+		inflight: make(map[string]struct{}),
+		users:    newUserLimiter(cfg.PerUserRate, cfg.PerUserBurst, cfg.MaxTracked),
+		global:   newTokenBucket(cfg.GlobalRate, cfg.GlobalBurst),
+		budget:   budget{window: cfg.BudgetWindow, maxKeys: cfg.BudgetKeys, maxBytes: cfg.BudgetBytes},
+	}
+	m, err := newWarmerMetrics(reg, w)
+	if err != nil {
+		return nil, err
+	}
+	w.m = m
+	if cfg.Mode == ModeOrigin {
+		w.origin = newOriginClient(cfg, w.m, w.now)
+	}
+	return w, nil
+}
+
+// SetObserver makes the Warmer report every page it writes to o (usually the
+// Evaluator). Call it before Run; nil stops reporting.
+func (w *Warmer) SetObserver(o PrefetchObserver) {
+	if o == nil {
+		w.observer.Store(nil)
+		return
+	}
+	w.observer.Store(&o)
+}
+
+// PerUser reports whether keys are per user (the key template has {user}).
+func (w *Warmer) PerUser() bool { return w.key.hasUser }
+
+// Key returns the Redis key under which page is warmed for user.
+func (w *Warmer) Key(user, page string) string { return w.key.render(user, page) }
+
+// BreakerState is the state of the origin circuit breaker; always
+// BreakerClosed in hint mode.
+func (w *Warmer) BreakerState() BreakerState {
+	if w.origin == nil {
+		return BreakerClosed
+	}
+	return w.origin.breaker.current()
+}
+
+// Warm queues req's pages for writing and returns how many it queued. It
+// never blocks and never fails: pages that are still warm or already queued
+// are skipped; pages over a rate limit, or that find the queue full, the
+// Warmer closed or ctx done, are dropped and counted in
+// prefetchd_prefetch_dropped_total.
+func (w *Warmer) Warm(ctx context.Context, req Request) int {
+	if len(req.Pages) == 0 {
+		return 0
+	}
+	at := req.At
+	now := w.now()
+	if at.IsZero() {
+		at = now
+	}
+	w.m.requested.Add(float64(len(req.Pages)))
+	if ctx.Err() != nil {
+		w.m.drop(dropCanceled, len(req.Pages))
+		return 0
+	}
+	queued := 0
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		w.m.drop(dropClosed, len(req.Pages))
+		return 0
+	}
+	for _, p := range req.Pages {
+		if p.Key == "" {
+			w.m.drop(dropInvalid, 1)
+			continue
+		}
+		key := w.key.render(req.UserID, p.Key)
+		if e, ok := w.warm.get(key); ok && e.at.After(now) {
+			w.m.skippedWarm.Inc()
+			continue
+		}
+		if _, ok := w.inflight[key]; ok {
+			w.m.skippedCoalesced.Inc()
+			continue
+		}
+		if !w.users.allow(req.UserID, now) {
+			w.m.drop(dropUserRate, 1)
+			continue
+		}
+		if !w.global.allow(now) {
+			w.m.drop(dropGlobalRate, 1)
+			continue
+		}
+		it := item{key: key, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: at}
+		select {
+		case w.queue <- it:
+			w.inflight[key] = struct{}{}
+			queued++
+		default:
+			w.m.drop(dropQueueFull, 1)
+		}
+	}
+	return queued
+}
+
+// ErrRunning is returned by a second call to Run.
+var ErrRunning = errors.New("warmer already running")
+
+// Run writes queued pages until ctx ends or Close is called, then flushes
+// what is still queued within Config.FlushTimeout and returns nil. Redis and
+// origin errors are counted and logged, never returned. A second call while
+// running returns ErrRunning; a call after Close returns nil at once.
+func (w *Warmer) Run(ctx context.Context) error {
+	if !w.started.CompareAndSwap(false, true) {
+		select {
+		case <-w.done:
+			return nil // closed before it ran
+		default:
+			return ErrRunning
+		}
+	}
+	defer close(w.stopped)
+	var wg sync.WaitGroup
+	for range w.cfg.Workers {
+		wg.Go(func() { w.work(ctx) })
+	}
+	wg.Wait()
+	if w.origin != nil {
+		w.origin.close()
+	}
+	return nil
+}
+
+// Close stops accepting pages, lets Run flush the queue (bounded by
+// Config.FlushTimeout) and waits for Run to return. Pages still queued when
+// Run was never started are dropped and counted. It is safe to call more
+// than once; it returns an error only if ctx ends first.
+func (w *Warmer) Close(ctx context.Context) error {
+	w.closeOnce.Do(func() {
+		w.mu.Lock()
+		w.closed = true
+		w.mu.Unlock()
+		close(w.done)
+	})
+	if !w.started.CompareAndSwap(false, true) {
+		select {
+		case <-w.stopped:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("close warmer: %w", ctx.Err())
+		}
+	}
+	// Run was never started and now never will: drop what is queued.
+	close(w.stopped)
+	for {
+		select {
+		case it := <-w.queue:
+			w.m.drop(dropClosed, 1)
+			w.finish(it.key)
+		default:
+			return nil
+		}
+	}
+}
+
+// work is one writer goroutine.
+func (w *Warmer) work(ctx context.Context) {
+	batch := make([]item, 0, w.cfg.PipelineSize)
+	for {
+		select {
+		case <-ctx.Done():
+			w.flush(ctx)
+			return
+		case <-w.done:
+			w.flush(ctx)
+			return
+		case it := <-w.queue:
+			batch = w.fill(append(batch[:0], it))
+			w.process(ctx, batch)
+		}
+	}
+}
+
+// fill adds queued items to batch without waiting, up to PipelineSize.
+func (w *Warmer) fill(batch []item) []item {
+	for len(batch) < w.cfg.PipelineSize {
+		select {
+		case it := <-w.queue:
+			batch = append(batch, it)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// flush writes what is queued at shutdown, within FlushTimeout, and drops
+// the rest.
+func (w *Warmer) flush(ctx context.Context) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.FlushTimeout)
+	defer cancel()
+	batch := make([]item, 0, w.cfg.PipelineSize)
+	for {
+		batch = w.fill(batch[:0])
+		if len(batch) == 0 {
+			return
+		}
+		if fctx.Err() != nil {
+			w.m.drop(dropShutdown, len(batch))
+			for _, it := range batch {
+				w.finish(it.key)
+			}
+			continue
+		}
+		w.process(fctx, batch)
+	}
+}
+
+// finish forgets that key is in flight.
+func (w *Warmer) finish(key string) {
+	w.mu.Lock()
+	delete(w.inflight, key)
+	w.mu.Unlock()
+}
+
+// process fetches (origin mode) or encodes (hint mode) the batch's values
+// and writes them in one pipeline.
+func (w *Warmer) process(ctx context.Context, batch []item) {
+	values := make([][]byte, len(batch))
+	if w.origin != nil {
+		w.origin.fetchAll(ctx, batch, values)
+	} else {
+		exp := w.now().Add(w.cfg.TTL).UTC()
+		for i, it := range batch {
+			v, err := json.Marshal(HintRecord{Page: it.page, Probability: it.prob, ModelVersion: it.version, ExpiresAt: exp})
+			if err != nil { // a NaN probability
+				w.m.drop(dropInvalid, 1)
+				continue
+			}
+			values[i] = v
+		}
+	}
+	w.write(ctx, batch, values)
+}
+
+// write sends SET key value EX ttl NX for every item with a value, in one
+// pipeline, and records the outcome. Items without a value were already
+// counted as dropped.
+func (w *Warmer) write(ctx context.Context, batch []item, values [][]byte) {
+	now := w.now()
+	w.mu.Lock()
+	for i, v := range values {
+		if v != nil && !w.budget.take(int64(len(v)), now) {
+			w.m.drop(dropBudget, 1)
+			values[i] = nil
+		}
+	}
+	w.mu.Unlock()
+
+	cmds := make([]*redis.BoolCmd, len(batch))
+	n := 0
+	if ctx.Err() == nil {
+		wctx, cancel := context.WithTimeout(ctx, w.cfg.WriteTimeout)
+		pipe := w.rdb.Pipeline()
+		for i, it := range batch {
+			if values[i] != nil {
+				cmds[i] = pipe.SetNX(wctx, it.key, values[i], w.cfg.TTL)
+				n++
+			}
+		}
+		if n > 0 {
+			start := time.Now()
+			_, _ = pipe.Exec(wctx) // errors are per command, below
+			w.m.writeSeconds.Observe(time.Since(start).Seconds())
+		}
+		cancel()
+	}
+
+	var observer PrefetchObserver
+	if o := w.observer.Load(); o != nil {
+		observer = *o
+	}
+	expires := now.Add(w.cfg.TTL)
+	var firstErr error
+	failed, written := 0, 0
+	w.mu.Lock()
+	for i, it := range batch {
+		delete(w.inflight, it.key)
+		if values[i] == nil {
+			continue
+		}
+		cmd := cmds[i]
+		if cmd == nil { // ctx ended before the write
+			w.m.drop(dropCanceled, 1)
+			continue
+		}
+		set, err := cmd.Result()
+		switch {
+		case err != nil:
+			failed++
+			if firstErr == nil {
+				firstErr = err
+			}
+			values[i] = nil
+		case set:
+			written++
+			w.warm.put(it.key, struct{}{}, expires, nil)
+			w.m.written.Inc()
+			w.m.writtenBytes.Add(float64(len(values[i])))
+		default:
+			// Someone else holds the key (another instance, or ours after
+			// the local memory forgot it): it is warm, leave it alone.
+			w.m.skippedExists.Inc()
+			w.warm.put(it.key, struct{}{}, expires, nil)
+			values[i] = nil
+		}
+	}
+	w.mu.Unlock()
+	if failed > 0 {
+		w.m.drop(dropRedis, failed)
+		if w.failing.CompareAndSwap(false, true) {
+			w.log.Warn("prefetch writes failing, dropping", "err", firstErr)
+		}
+	} else if written > 0 && w.failing.CompareAndSwap(true, false) {
+		w.log.Info("prefetch writes recovered")
+	}
+	if observer != nil && written > 0 {
+		for i, it := range batch {
+			if values[i] != nil {
+				observer.ObservePrefetchBytes(it.user, it.page, it.version, it.at, w.cfg.TTL, int64(len(values[i])))
+			}
+		}
+	}
+}
+
+// template is a parsed key or URL template.
+type template struct {
+	parts   []tmplPart
+	hasUser bool
+}
+
+type tmplPart struct {
+	lit string
+	ph  byte // 0 literal, 'p' page, 'u' user
+}
+
+func parseTemplate(s string) template {
+	var t template
+	for s != "" {
+		ip, iu := strings.Index(s, placeholderPage), strings.Index(s, placeholderUser)
+		i, ph, n := -1, byte(0), 0
+		switch {
+		case ip >= 0 && (iu < 0 || ip < iu):
+			i, ph, n = ip, 'p', len(placeholderPage)
+		case iu >= 0:
+			i, ph, n = iu, 'u', len(placeholderUser)
+			t.hasUser = true
+		}
+		if i < 0 {
+			t.parts = append(t.parts, tmplPart{lit: s})
+			break
+		}
+		if i > 0 {
+			t.parts = append(t.parts, tmplPart{lit: s[:i]})
+		}
+		t.parts = append(t.parts, tmplPart{ph: ph})
+		s = s[i+n:]
+	}
+	return t
+}
+
+// render fills the template verbatim.
+func (t template) render(user, page string) string {
+	n := 0
+	for _, p := range t.parts {
+		switch p.ph {
+		case 'p':
+			n += len(page)
+		case 'u':
+			n += len(user)
+		default:
+			n += len(p.lit)
+		}
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, p := range t.parts {
+		switch p.ph {
+		case 'p':
+			b.WriteString(page)
+		case 'u':
+			b.WriteString(user)
+		default:
+			b.WriteString(p.lit)
+		}
+	}
+	return b.String()
+}
+
+// httpClient builds the origin HTTP client; its idle connections are closed
+// when Run returns so that no goroutine outlives the Warmer.
+func httpClient(cfg Config) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = cfg.OriginConcurrency
+	tr.MaxConnsPerHost = cfg.OriginConcurrency
+	return &http.Client{Transport: tr, Timeout: cfg.OriginTimeout}
+}
