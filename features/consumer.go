@@ -1,0 +1,684 @@
+package features
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+)
+
+// Defaults of ConsumerConfig.
+const (
+	DefaultWorkers           = 4
+	DefaultWorkerQueue       = 1024
+	DefaultCommitInterval    = time.Second
+	DefaultCommitBatch       = 5000
+	DefaultMinBytes          = 1
+	DefaultMaxBytes          = 10 << 20
+	DefaultMaxWait           = 250 * time.Millisecond
+	DefaultQueueCapacity     = 1000
+	DefaultSessionTimeout    = 10 * time.Second
+	DefaultHeartbeatInterval = time.Second
+	DefaultRebalanceTimeout  = 10 * time.Second
+	DefaultHandlerRetries    = 3
+	DefaultHandlerBackoff    = 100 * time.Millisecond
+	// MinSessionTimeout is the smallest session timeout brokers accept by
+	// default (group.min.session.timeout.ms); below it kafka-go retries
+	// joining forever.
+	MinSessionTimeout = 6 * time.Second
+)
+
+// ConsumerConfig configures the Kafka consumer group. Zero fields take the
+// defaults.
+type ConsumerConfig struct {
+	// Brokers are the bootstrap addresses (host:port). Required.
+	Brokers []string
+	// Topic is the clickstream topic. Required.
+	Topic string
+	// GroupID is the consumer group. Required.
+	GroupID string
+	// Workers is the number of goroutines that decode and handle events; a
+	// user (message key) always goes to the same worker. Default 4.
+	Workers int
+	// WorkerQueue is each worker's buffer of fetched messages. Default 1024.
+	WorkerQueue int
+	// CommitInterval is the longest time between commits. Default 1 s.
+	CommitInterval time.Duration
+	// CommitBatch commits early once this many messages are done since the
+	// last commit. Default 5000.
+	CommitBatch int
+	// MinBytes, MaxBytes and MaxWait shape fetch requests (kafka-go
+	// ReaderConfig). Defaults 1 B, 10 MiB, 250 ms.
+	MinBytes int
+	MaxBytes int
+	MaxWait  time.Duration
+	// QueueCapacity is kafka-go's internal message queue. Default 1000.
+	QueueCapacity int
+	// SessionTimeout of the group membership, at least 6 s. Default 10 s.
+	SessionTimeout time.Duration
+	// HeartbeatInterval bounds how fast a rebalance is noticed. Default 1 s.
+	HeartbeatInterval time.Duration
+	// RebalanceTimeout is how long the group waits for members to rejoin.
+	// Default 10 s.
+	RebalanceTimeout time.Duration
+	// StartOffset applies when the group has no committed offset:
+	// kafka.FirstOffset (-2, the default) or kafka.LastOffset (-1).
+	StartOffset int64
+	// DeadLetterTopic, when set, receives rejected messages unchanged with
+	// headers reason, detail, source_topic, source_partition, source_offset.
+	DeadLetterTopic string
+	// HandlerRetries is how many times a failing handler is retried (with
+	// doubling backoff from HandlerBackoff) before the event is counted and
+	// skipped. Default 3; negative means no retry.
+	HandlerRetries int
+	// HandlerBackoff is the first retry delay. Default 100 ms.
+	HandlerBackoff time.Duration
+	// Decoder sets the validation limits of events.
+	Decoder DecoderConfig
+	// Dialer, when set, is used for broker connections (TLS, SASL).
+	Dialer *kafka.Dialer
+}
+
+// Validate reports a configuration error.
+func (c ConsumerConfig) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("consumer: no brokers")
+	case c.Topic == "":
+		return errors.New("consumer: no topic")
+	case c.GroupID == "":
+		return errors.New("consumer: no group id")
+	case c.Workers < 0 || c.WorkerQueue < 0 || c.CommitBatch < 0 || c.MinBytes < 0 || c.MaxBytes < 0 || c.QueueCapacity < 0:
+		return errors.New("consumer: negative count or size")
+	case c.CommitInterval < 0 || c.MaxWait < 0 || c.HeartbeatInterval < 0 || c.RebalanceTimeout < 0 || c.HandlerBackoff < 0:
+		return errors.New("consumer: negative duration")
+	case c.SessionTimeout != 0 && c.SessionTimeout < MinSessionTimeout:
+		return fmt.Errorf("consumer: session timeout %s below %s", c.SessionTimeout, MinSessionTimeout)
+	case c.StartOffset != 0 && c.StartOffset != kafka.FirstOffset && c.StartOffset != kafka.LastOffset:
+		return fmt.Errorf("consumer: start offset %d is neither kafka.FirstOffset nor kafka.LastOffset", c.StartOffset)
+	case c.DeadLetterTopic != "" && c.DeadLetterTopic == c.Topic:
+		return errors.New("consumer: dead-letter topic is the input topic")
+	}
+	for _, b := range c.Brokers {
+		if b == "" {
+			return errors.New("consumer: empty broker address")
+		}
+	}
+	if err := c.Decoder.Validate(); err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	return nil
+}
+
+func (c ConsumerConfig) withDefaults() ConsumerConfig {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.Workers, DefaultWorkers)
+	def(&c.WorkerQueue, DefaultWorkerQueue)
+	def(&c.CommitBatch, DefaultCommitBatch)
+	def(&c.MinBytes, DefaultMinBytes)
+	def(&c.MaxBytes, DefaultMaxBytes)
+	def(&c.QueueCapacity, DefaultQueueCapacity)
+	def(&c.HandlerRetries, DefaultHandlerRetries)
+	defD(&c.CommitInterval, DefaultCommitInterval)
+	defD(&c.MaxWait, DefaultMaxWait)
+	defD(&c.SessionTimeout, DefaultSessionTimeout)
+	defD(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	defD(&c.RebalanceTimeout, DefaultRebalanceTimeout)
+	defD(&c.HandlerBackoff, DefaultHandlerBackoff)
+	if c.StartOffset == 0 {
+		c.StartOffset = kafka.FirstOffset
+	}
+	if c.HandlerRetries < 0 {
+		c.HandlerRetries = 0
+	}
+	return c
+}
+
+// Meta locates an event in Kafka. Events from Apply have Partition and
+// Offset -1 and an empty Topic.
+type Meta struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	// Time is the broker timestamp of the message (zero for Apply).
+	Time time.Time
+}
+
+// Handler applies a decoded event (the engine: history, model, prefetch).
+// Calls for one user are sequential and in partition order; calls for
+// different users run in parallel.
+type Handler interface {
+	// HandleEvent applies ev. An error wrapping ErrDuplicate counts the event
+	// as a duplicate and an error wrapping ErrRejected (for example a
+	// *RejectError) as rejected; neither is retried. Other errors are retried
+	// (ConsumerConfig.HandlerRetries) and then counted and skipped. ctx ends
+	// when the consumer stops; an event interrupted so is not committed.
+	HandleEvent(ctx context.Context, ev Event, msg Meta) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, ev Event, msg Meta) error
+
+// HandleEvent calls f.
+func (f HandlerFunc) HandleEvent(ctx context.Context, ev Event, msg Meta) error {
+	return f(ctx, ev, msg)
+}
+
+// Consumer reads the clickstream with a kafka-go consumer group and applies
+// each valid event through a Handler, at least once:
+//
+//   - FetchMessage, then the message goes to a worker chosen by a hash of its
+//     key (the user id; the partition when the key is empty), so one user's
+//     events are handled in order while partitions and users run in parallel;
+//   - a worker decodes and validates the event; a rejected message is counted
+//     by reason, optionally copied to the dead-letter topic, and done;
+//   - a handler error is retried with backoff, then counted and skipped;
+//   - commits run every CommitInterval or CommitBatch messages and cover, per
+//     partition, only offsets whose message and all earlier ones are done; a
+//     crash or rebalance redelivers at most the uncommitted tail;
+//   - redeliveries within one Consumer (kafka-go restarts partitions from the
+//     committed offset after every rebalance) are dropped by a per-partition
+//     watermark, the highest offset already fetched; redeliveries across
+//     restarts or consumers are dropped by the Store, which keeps the
+//     position of the last click applied per user (ErrDuplicate).
+type Consumer struct {
+	cfg     ConsumerConfig
+	handler Handler
+	log     *slog.Logger
+	dec     *Decoder
+	m       *ingestMetrics
+	reader  *kafka.Reader
+	dlq     *kafka.Writer
+	track   *tracker
+
+	commitNow chan struct{}
+	dlqQueue  chan deadLetter
+
+	mu      sync.Mutex
+	running bool
+	closed  bool
+}
+
+type job struct {
+	msg kafka.Message
+	seq int64
+}
+
+type deadLetter struct {
+	msg    kafka.Message
+	seq    int64
+	reason string
+	detail string
+}
+
+// NewConsumer validates cfg and prepares a consumer; it does not contact the
+// brokers until Run. logger and reg may be nil. Metrics are
+// prefetchd_ingest_*.
+func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg prometheus.Registerer) (*Consumer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if handler == nil {
+		return nil, errors.New("consumer: nil handler")
+	}
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	dec, err := NewDecoder(cfg.Decoder)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	c := &Consumer{
+		cfg:       cfg,
+		handler:   handler,
+		log:       logger,
+		dec:       dec,
+		track:     newTracker(),
+		commitNow: make(chan struct{}, 1),
+	}
+	c.m, err = newIngestMetrics(reg, c.track.lag)
+	if err != nil {
+		return nil, err
+	}
+	c.reader = kafka.NewReader(kafka.ReaderConfig{
+		Brokers:           cfg.Brokers,
+		GroupID:           cfg.GroupID,
+		Topic:             cfg.Topic,
+		Dialer:            cfg.Dialer,
+		QueueCapacity:     cfg.QueueCapacity,
+		MinBytes:          cfg.MinBytes,
+		MaxBytes:          cfg.MaxBytes,
+		MaxWait:           cfg.MaxWait,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		SessionTimeout:    cfg.SessionTimeout,
+		RebalanceTimeout:  cfg.RebalanceTimeout,
+		JoinGroupBackoff:  500 * time.Millisecond,
+		StartOffset:       cfg.StartOffset,
+		CommitInterval:    0, // synchronous: we batch commits ourselves
+		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
+			logger.Debug("kafka reader", "detail", fmt.Sprintf(format, args...))
+		}),
+	})
+	if cfg.DeadLetterTopic != "" {
+		var transport kafka.RoundTripper
+		if cfg.Dialer != nil {
+			transport = &kafka.Transport{Dial: cfg.Dialer.DialFunc, TLS: cfg.Dialer.TLS, SASL: cfg.Dialer.SASLMechanism}
+		}
+		c.dlq = &kafka.Writer{
+			Addr:                   kafka.TCP(cfg.Brokers...),
+			Topic:                  cfg.DeadLetterTopic,
+			Balancer:               &kafka.Hash{},
+			BatchTimeout:           5 * time.Millisecond,
+			RequiredAcks:           kafka.RequireAll,
+			AllowAutoTopicCreation: true,
+			MaxAttempts:            3,
+			WriteTimeout:           5 * time.Second,
+			Transport:              transport,
+		}
+		c.dlqQueue = make(chan deadLetter, 1024)
+	}
+	return c, nil
+}
+
+// Run consumes until ctx ends, then stops fetching and the workers (an event
+// whose handler sees ctx end stays uncommitted), commits every offset that is
+// done and returns nil. It
+// returns an error when called twice or after Close, or when the final commit
+// fails (the uncommitted events are then redelivered to the group). Messages
+// fetched but not handled when ctx ends are left uncommitted.
+func (c *Consumer) Run(ctx context.Context) error {
+	c.mu.Lock()
+	if c.running || c.closed {
+		c.mu.Unlock()
+		return errors.New("consumer: Run called twice or after Close")
+	}
+	c.running = true
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	queues := make([]chan job, c.cfg.Workers)
+	for i := range queues {
+		queues[i] = make(chan job, c.cfg.WorkerQueue)
+		wg.Go(func() { c.work(ctx, queues[i]) })
+	}
+	var side sync.WaitGroup
+	side.Go(func() { c.commitLoop(ctx) })
+	if c.dlq != nil {
+		side.Go(func() { c.deadLetterLoop(ctx) })
+	}
+
+	err := c.fetchLoop(ctx, queues)
+	cancel()
+	wg.Wait()
+	side.Wait()
+
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer ccancel()
+	if cerr := c.commit(cctx); cerr != nil && err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (c *Consumer) fetchLoop(ctx context.Context, queues []chan job) error {
+	backoff := 100 * time.Millisecond
+	for {
+		msg, err := c.reader.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				return errors.New("consumer: reader closed")
+			}
+			c.m.fetchErrors.Inc()
+			c.log.Warn("fetch message", "err", err, "topic", c.cfg.Topic)
+			if !sleepCtx(ctx, backoff) {
+				return nil
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		c.m.messages.Inc()
+		seq, dup := c.track.add(msg.Partition, msg.Offset, msg.HighWaterMark)
+		if dup {
+			c.m.duplicates.Inc()
+			continue
+		}
+		q := queues[workerOf(msg.Key, msg.Partition, len(queues))]
+		select {
+		case q <- job{msg: msg, seq: seq}:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func workerOf(key []byte, partition, n int) int {
+	if len(key) == 0 {
+		return partition % n
+	}
+	x := uint64(14695981039346656037)
+	for _, b := range key {
+		x ^= uint64(b)
+		x *= 1099511628211
+	}
+	return int(x % uint64(n))
+}
+
+func (c *Consumer) work(ctx context.Context, q <-chan job) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-q:
+			if c.process(ctx, j) {
+				c.markDone(j.msg.Partition, j.seq)
+			}
+		}
+	}
+}
+
+func (c *Consumer) markDone(partition int, seq int64) {
+	if c.track.done(partition, seq) >= c.cfg.CommitBatch {
+		select {
+		case c.commitNow <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// process handles one message and reports whether it is done (committable).
+func (c *Consumer) process(ctx context.Context, j job) bool {
+	ev, err := c.dec.Decode(j.msg.Value, time.Now())
+	if err != nil {
+		var rej *RejectError
+		errors.As(err, &rej)
+		return c.rejected(j, rej)
+	}
+	meta := Meta{Topic: j.msg.Topic, Partition: int32(j.msg.Partition), Offset: j.msg.Offset, Time: j.msg.Time}
+	backoff := c.cfg.HandlerBackoff
+	for attempt := 0; ; attempt++ {
+		err := c.handler.HandleEvent(ctx, ev, meta)
+		var rej *RejectError
+		switch {
+		case err == nil:
+			c.m.events.Inc()
+			return true
+		case ctx.Err() != nil:
+			return false
+		case errors.Is(err, ErrDuplicate):
+			c.m.duplicates.Inc()
+			return true
+		case errors.As(err, &rej):
+			return c.rejected(j, rej)
+		case errors.Is(err, ErrRejected):
+			return c.rejected(j, &RejectError{Reason: "handler", Detail: err.Error()})
+		case attempt >= c.cfg.HandlerRetries:
+			c.m.handlerErrors.Inc()
+			c.log.Warn("event skipped after handler errors", "err", err, "user", ev.UserID,
+				"partition", j.msg.Partition, "offset", j.msg.Offset, "attempts", attempt+1)
+			return true
+		}
+		c.m.handlerRetries.Inc()
+		if !sleepCtx(ctx, backoff) {
+			return false
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// rejected counts a bad message and hands it to the dead-letter writer. It
+// reports whether the message is done now (true) or once its dead letter is
+// written (false).
+func (c *Consumer) rejected(j job, rej *RejectError) bool {
+	c.m.rejected(rej.Reason).Inc()
+	c.log.Debug("event rejected", "reason", rej.Reason, "detail", rej.Detail,
+		"partition", j.msg.Partition, "offset", j.msg.Offset)
+	if c.dlqQueue == nil {
+		return true
+	}
+	select {
+	case c.dlqQueue <- deadLetter{msg: j.msg, seq: j.seq, reason: rej.Reason, detail: rej.Detail}:
+		return false
+	default:
+		c.m.deadLetters.WithLabelValues("dropped").Inc()
+		return true
+	}
+}
+
+// deadLetterLoop writes dead letters in batches and marks their offsets done
+// once written (or once writing failed). Letters still queued when ctx ends
+// stay uncommitted and are redelivered.
+func (c *Consumer) deadLetterLoop(ctx context.Context) {
+	batch := make([]deadLetter, 0, 128)
+	msgs := make([]kafka.Message, 0, 128)
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case dl := <-c.dlqQueue:
+			batch = append(batch, dl)
+		}
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case dl := <-c.dlqQueue:
+				batch = append(batch, dl)
+			default:
+				break fill
+			}
+		}
+		msgs = msgs[:0]
+		for _, dl := range batch {
+			msgs = append(msgs, kafka.Message{
+				Key:   dl.msg.Key,
+				Value: dl.msg.Value,
+				Headers: []kafka.Header{
+					{Key: "reason", Value: []byte(dl.reason)},
+					{Key: "detail", Value: []byte(dl.detail)},
+					{Key: "source_topic", Value: []byte(dl.msg.Topic)},
+					{Key: "source_partition", Value: []byte(strconv.Itoa(dl.msg.Partition))},
+					{Key: "source_offset", Value: []byte(strconv.FormatInt(dl.msg.Offset, 10))},
+				},
+			})
+		}
+		err := c.dlq.WriteMessages(ctx, msgs...)
+		if ctx.Err() != nil {
+			return
+		}
+		result := "written"
+		if err != nil {
+			result = "failed"
+			c.log.Warn("write dead letters", "err", err, "topic", c.cfg.DeadLetterTopic, "count", len(msgs))
+		}
+		c.m.deadLetters.WithLabelValues(result).Add(float64(len(batch)))
+		for _, dl := range batch {
+			c.markDone(dl.msg.Partition, dl.seq)
+		}
+	}
+}
+
+func (c *Consumer) commitLoop(ctx context.Context) {
+	t := time.NewTicker(c.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-c.commitNow:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := c.commit(cctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("commit offsets", "err", err, "topic", c.cfg.Topic)
+		}
+		cancel()
+	}
+}
+
+// commit commits every done offset not yet committed. Only one goroutine
+// calls it at a time.
+func (c *Consumer) commit(ctx context.Context) error {
+	offs := c.track.pending(nil)
+	if len(offs) == 0 {
+		return nil
+	}
+	msgs := make([]kafka.Message, len(offs))
+	for i, o := range offs {
+		msgs[i] = kafka.Message{Topic: c.cfg.Topic, Partition: o.partition, Offset: o.offset}
+	}
+	start := time.Now()
+	err := c.reader.CommitMessages(ctx, msgs...)
+	c.m.commitSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		c.m.commitErrors.Inc()
+		return fmt.Errorf("commit %d partitions of %s: %w", len(msgs), c.cfg.Topic, err)
+	}
+	c.m.commits.Inc()
+	c.track.committed(offs)
+	return nil
+}
+
+// Apply runs one raw event in the wire format through the same decoding,
+// validation, metrics and handler as a Kafka message, in the caller's
+// goroutine, with Meta{Partition: -1, Offset: -1}. It is the path of the gRPC
+// Ingest call. A bad event returns a *RejectError (wrapping ErrRejected); a
+// handler error is returned wrapped, without retry. Apply does not order
+// itself with the Kafka events of the same user.
+func (c *Consumer) Apply(ctx context.Context, data []byte) error {
+	ev, err := c.dec.Decode(data, time.Now())
+	if err != nil {
+		var rej *RejectError
+		if errors.As(err, &rej) {
+			c.m.rejected(rej.Reason).Inc()
+		}
+		return err
+	}
+	if err := c.handler.HandleEvent(ctx, ev, Meta{Partition: -1, Offset: -1}); err != nil {
+		var rej *RejectError
+		if errors.As(err, &rej) {
+			c.m.rejected(rej.Reason).Inc()
+		}
+		return fmt.Errorf("apply event of %s: %w", ev.UserID, err)
+	}
+	c.m.events.Inc()
+	return nil
+}
+
+// Lag is the number of messages below the partitions' high-water marks that
+// are not yet done (a lower bound before every partition was fetched once).
+func (c *Consumer) Lag() int64 { return c.track.lag() }
+
+// Close releases the reader (leaving the group) and the dead-letter writer.
+// Call it after Run returned; it is safe to call more than once.
+func (c *Consumer) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	err := c.reader.Close()
+	if c.dlq != nil {
+		err = errors.Join(err, c.dlq.Close())
+	}
+	if err != nil {
+		return fmt.Errorf("close consumer: %w", err)
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+type ingestMetrics struct {
+	messages, events, duplicates       prometheus.Counter
+	handlerRetries, handlerErrors      prometheus.Counter
+	fetchErrors, commits, commitErrors prometheus.Counter
+	rejectedVec, deadLetters           *prometheus.CounterVec
+	commitSeconds                      prometheus.Histogram
+}
+
+func (m *ingestMetrics) rejected(reason string) prometheus.Counter {
+	return m.rejectedVec.WithLabelValues(reason)
+}
+
+func newIngestMetrics(reg prometheus.Registerer, lag func() int64) (*ingestMetrics, error) {
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	m := &ingestMetrics{
+		messages:       counter("prefetchd_ingest_messages_total", "Messages fetched from Kafka."),
+		events:         counter("prefetchd_ingest_events_total", "Events applied by the handler."),
+		duplicates:     counter("prefetchd_ingest_duplicates_total", "Redelivered messages not applied again."),
+		handlerRetries: counter("prefetchd_ingest_handler_retries_total", "Handler calls retried after an error."),
+		handlerErrors:  counter("prefetchd_ingest_handler_errors_total", "Events skipped after the handler kept failing."),
+		fetchErrors:    counter("prefetchd_ingest_fetch_errors_total", "Errors fetching from Kafka."),
+		commits:        counter("prefetchd_ingest_commits_total", "Offset commits."),
+		commitErrors:   counter("prefetchd_ingest_commit_errors_total", "Failed offset commits."),
+		rejectedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "prefetchd_ingest_rejected_total",
+			Help: "Messages rejected, by reason.",
+		}, []string{"reason"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "prefetchd_ingest_deadletter_total",
+			Help: "Rejected messages sent to the dead-letter topic, by result (written, failed, dropped).",
+		}, []string{"result"}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "prefetchd_ingest_commit_seconds",
+			Help:    "Time to commit offsets.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
+		}),
+	}
+	for _, r := range []string{ReasonEmpty, ReasonTooLarge, ReasonUTF8, ReasonJSON, ReasonMissingUserID,
+		ReasonMissingPage, ReasonMissingTS, ReasonUserIDTooLong, ReasonPageTooLong, ReasonFieldTooLong,
+		ReasonBadTS, ReasonTSSkew} {
+		m.rejectedVec.WithLabelValues(r)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	lagGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "prefetchd_ingest_lag_messages",
+		Help: "Messages below the partitions' high-water marks not yet handled.",
+	}, func() float64 { return float64(lag()) })
+	for _, col := range []prometheus.Collector{m.messages, m.events, m.duplicates, m.handlerRetries,
+		m.handlerErrors, m.fetchErrors, m.commits, m.commitErrors, m.rejectedVec, m.deadLetters,
+		m.commitSeconds, lagGauge} {
+		if err := reg.Register(col); err != nil {
+			return nil, fmt.Errorf("register ingest metrics: %w", err)
+		}
+	}
+	return m, nil
+}

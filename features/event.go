@@ -1,0 +1,236 @@
+package features
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+)
+
+// FormatVersion is the version of the event wire format in EVENTS.md that
+// this package decodes.
+const FormatVersion = 1
+
+// Event is one decoded and validated click.
+type Event struct {
+	// UserID identifies the user; never empty.
+	UserID string
+	// Page is the page as sent by the producer (not yet canonicalized); never empty.
+	Page string
+	// TS is the time of the click.
+	TS time.Time
+	// SessionID, Referrer and EventID are optional and may be empty.
+	SessionID string
+	Referrer  string
+	EventID   string
+}
+
+// Reasons a message is rejected, used as the reason label of
+// prefetchd_ingest_rejected_total and as the reason header of dead letters.
+const (
+	ReasonEmpty         = "empty"           // zero-length value (e.g. a tombstone)
+	ReasonTooLarge      = "too_large"       // message above MaxMessageBytes
+	ReasonUTF8          = "utf8"            // not valid UTF-8
+	ReasonJSON          = "json"            // not a JSON object of the documented field types
+	ReasonMissingUserID = "missing_user_id" // user_id absent or empty
+	ReasonMissingPage   = "missing_page"    // page absent or empty
+	ReasonMissingTS     = "missing_ts"      // ts absent or empty
+	ReasonUserIDTooLong = "user_id_too_long"
+	ReasonPageTooLong   = "page_too_long"
+	ReasonFieldTooLong  = "field_too_long" // session_id, event_id or referrer too long
+	ReasonBadTS         = "bad_ts"         // ts not RFC 3339
+	ReasonTSSkew        = "ts_skew"        // ts further than MaxSkew from now
+)
+
+// ErrRejected is wrapped by every *RejectError, so that callers can test for
+// a rejected event with errors.Is without caring about the reason.
+var ErrRejected = errors.New("event rejected")
+
+// RejectError says why a message was rejected. Reason is one of the Reason
+// constants; Detail is a human-readable elaboration.
+type RejectError struct {
+	Reason string
+	Detail string
+}
+
+// Error implements error.
+func (e *RejectError) Error() string {
+	if e.Detail == "" {
+		return "event rejected: " + e.Reason
+	}
+	return "event rejected: " + e.Reason + ": " + e.Detail
+}
+
+// Unwrap returns ErrRejected.
+func (e *RejectError) Unwrap() error { return ErrRejected }
+
+func reject(reason, detail string) error { return &RejectError{Reason: reason, Detail: detail} }
+
+// Default limits of DecoderConfig.
+const (
+	DefaultMaxUserIDBytes  = 256
+	DefaultMaxPageBytes    = 2 << 10
+	DefaultMaxMessageBytes = 64 << 10
+	DefaultMaxFieldBytes   = 256
+	DefaultMaxSkew         = 24 * time.Hour
+)
+
+// DecoderConfig sets the validation limits. Zero fields take the defaults.
+type DecoderConfig struct {
+	// MaxUserIDBytes bounds user_id. Default 256.
+	MaxUserIDBytes int
+	// MaxPageBytes bounds page and referrer. Default 2 KiB.
+	MaxPageBytes int
+	// MaxFieldBytes bounds session_id and event_id. Default 256.
+	MaxFieldBytes int
+	// MaxMessageBytes bounds the whole message. Default 64 KiB.
+	MaxMessageBytes int
+	// MaxSkew is how far ts may lie from the decoding time, in either
+	// direction. Default 24 h; a negative value disables the check (replays
+	// of old logs).
+	MaxSkew time.Duration
+}
+
+// Validate reports a configuration error.
+func (c DecoderConfig) Validate() error {
+	switch {
+	case c.MaxUserIDBytes < 0:
+		return fmt.Errorf("decoder max user id bytes %d is negative", c.MaxUserIDBytes)
+	case c.MaxPageBytes < 0:
+		return fmt.Errorf("decoder max page bytes %d is negative", c.MaxPageBytes)
+	case c.MaxFieldBytes < 0:
+		return fmt.Errorf("decoder max field bytes %d is negative", c.MaxFieldBytes)
+	case c.MaxMessageBytes < 0:
+		return fmt.Errorf("decoder max message bytes %d is negative", c.MaxMessageBytes)
+	}
+	return nil
+}
+
+func (c DecoderConfig) withDefaults() DecoderConfig {
+	if c.MaxUserIDBytes == 0 {
+		c.MaxUserIDBytes = DefaultMaxUserIDBytes
+	}
+	if c.MaxPageBytes == 0 {
+		c.MaxPageBytes = DefaultMaxPageBytes
+	}
+	if c.MaxFieldBytes == 0 {
+		c.MaxFieldBytes = DefaultMaxFieldBytes
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.MaxSkew == 0 {
+		c.MaxSkew = DefaultMaxSkew
+	}
+	return c
+}
+
+// Decoder turns wire messages into validated Events. It is immutable and safe
+// for concurrent use.
+type Decoder struct {
+	cfg DecoderConfig
+}
+
+// NewDecoder validates cfg and returns a Decoder with defaults applied.
+func NewDecoder(cfg DecoderConfig) (*Decoder, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Decoder{cfg: cfg.withDefaults()}, nil
+}
+
+// Config returns the configuration in effect, defaults applied.
+func (d *Decoder) Config() DecoderConfig { return d.cfg }
+
+// wireEvent is the JSON shape of format v1.
+type wireEvent struct {
+	UserID    string `json:"user_id"`
+	Page      string `json:"page"`
+	TS        string `json:"ts"`
+	SessionID string `json:"session_id,omitempty"`
+	Referrer  string `json:"referrer,omitempty"`
+	EventID   string `json:"event_id,omitempty"`
+}
+
+// Decode parses and validates one message. now is the reference time for the
+// skew check; a zero now skips it. Every failure is a *RejectError (which
+// wraps ErrRejected); Decode never panics, whatever the input.
+func (d *Decoder) Decode(data []byte, now time.Time) (Event, error) {
+	c := &d.cfg
+	switch {
+	case len(data) == 0:
+		return Event{}, reject(ReasonEmpty, "")
+	case len(data) > c.MaxMessageBytes:
+		return Event{}, reject(ReasonTooLarge, fmt.Sprintf("%d bytes, limit %d", len(data), c.MaxMessageBytes))
+	case !utf8.Valid(data):
+		return Event{}, reject(ReasonUTF8, "")
+	}
+	var w wireEvent
+	if err := json.Unmarshal(data, &w); err != nil {
+		return Event{}, reject(ReasonJSON, err.Error())
+	}
+	switch {
+	case w.UserID == "":
+		return Event{}, reject(ReasonMissingUserID, "")
+	case w.Page == "":
+		return Event{}, reject(ReasonMissingPage, "")
+	case w.TS == "":
+		return Event{}, reject(ReasonMissingTS, "")
+	case len(w.UserID) > c.MaxUserIDBytes:
+		return Event{}, reject(ReasonUserIDTooLong, fmt.Sprintf("%d bytes, limit %d", len(w.UserID), c.MaxUserIDBytes))
+	case len(w.Page) > c.MaxPageBytes:
+		return Event{}, reject(ReasonPageTooLong, fmt.Sprintf("%d bytes, limit %d", len(w.Page), c.MaxPageBytes))
+	case len(w.Referrer) > c.MaxPageBytes:
+		return Event{}, reject(ReasonFieldTooLong, fmt.Sprintf("referrer %d bytes, limit %d", len(w.Referrer), c.MaxPageBytes))
+	case len(w.SessionID) > c.MaxFieldBytes:
+		return Event{}, reject(ReasonFieldTooLong, fmt.Sprintf("session_id %d bytes, limit %d", len(w.SessionID), c.MaxFieldBytes))
+	case len(w.EventID) > c.MaxFieldBytes:
+		return Event{}, reject(ReasonFieldTooLong, fmt.Sprintf("event_id %d bytes, limit %d", len(w.EventID), c.MaxFieldBytes))
+	}
+	ts, err := time.Parse(time.RFC3339Nano, w.TS)
+	if err != nil {
+		return Event{}, reject(ReasonBadTS, fmt.Sprintf("%q is not RFC 3339", truncate(w.TS, 64)))
+	}
+	if c.MaxSkew > 0 && !now.IsZero() {
+		if d := ts.Sub(now); d > c.MaxSkew || d < -c.MaxSkew {
+			return Event{}, reject(ReasonTSSkew, fmt.Sprintf("ts %s is %s from now, limit %s", w.TS, d.Round(time.Second), c.MaxSkew))
+		}
+	}
+	return Event{
+		UserID:    w.UserID,
+		Page:      w.Page,
+		TS:        ts,
+		SessionID: w.SessionID,
+		Referrer:  w.Referrer,
+		EventID:   w.EventID,
+	}, nil
+}
+
+// Encode writes ev in the v1 wire format (ts in RFC 3339 with nanoseconds,
+// UTC). It is the inverse of Decode for valid events; producers and tests use it.
+func Encode(ev Event) ([]byte, error) {
+	b, err := json.Marshal(wireEvent{
+		UserID:    ev.UserID,
+		Page:      ev.Page,
+		TS:        ev.TS.UTC().Format(time.RFC3339Nano),
+		SessionID: ev.SessionID,
+		Referrer:  ev.Referrer,
+		EventID:   ev.EventID,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	return b, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + "…"
+}
