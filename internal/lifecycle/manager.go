@@ -1,0 +1,651 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/model"
+)
+
+// Swap causes, the values of the cause label of prefetchd_model_swaps_total.
+const (
+	CausePublish      = "publish"       // a new version appeared in the repository
+	CauseActivate     = "activate"      // Activate was called
+	CauseRollback     = "rollback"      // Rollback was called
+	CauseAutoRollback = "auto_rollback" // live precision fell below the predecessor's
+	CauseStatic       = "static"        // the fixed model of Static
+)
+
+// maxHistory bounds the activation history that Rollback walks back through.
+const maxHistory = 64
+
+// Manager owns the live model: it watches the repository, validates and
+// swaps versions, and rolls back. Current is safe for any number of
+// concurrent readers and never blocks; the other methods are safe for
+// concurrent use and are serialized among themselves.
+type Manager struct {
+	cfg    Config
+	load   Loader
+	log    *slog.Logger
+	met    *metrics
+	val    validator
+	dir    string // <Repo>/<Name>; empty for Static
+	static bool
+	now    func() time.Time
+
+	current  atomic.Pointer[Live]
+	prob     atomic.Pointer[probation]
+	stats    sync.Map      // version -> *stats
+	rollback chan struct{} // signals Run to check the probation
+
+	// opMu serializes scans, validations and swaps. It is held across slow
+	// loads, never by readers.
+	opMu  sync.Mutex
+	epoch uint32 // guarded by opMu
+
+	// mu guards the fields below; it is held only briefly.
+	mu       sync.Mutex
+	versions map[string]*version
+	history  []string // activation order, the active version last
+	recent   []string // most recently active first; the first Keep stay loaded
+	onSwap   []func(old, new *Live)
+	lastErr  string // last Sync error logged, to log repeats once
+}
+
+// version is what the Manager knows about one version. Its fields are
+// written with both opMu and mu held, so either lock suffices to read them.
+type version struct {
+	name       string
+	disk       *candidate // from the last scan; nil when not on disk
+	loaded     Model      // non-nil while held in memory (validated)
+	loadedAt   time.Time
+	considered string // fingerprint at which the watcher last saw it
+	refused    string // why validation or auto rollback refused it
+	refusedFP  string
+	st         *stats
+}
+
+// New returns a Manager for the repository cfg.Repo, loading bundles with
+// load. It does no I/O: call Sync to load the newest valid version now, or
+// Run to do so and keep watching. reg may be nil.
+func New(cfg Config, load Loader, logger *slog.Logger, reg prometheus.Registerer) (*Manager, error) {
+	if cfg.Repo == "" {
+		return nil, errors.New("lifecycle config: model repository is empty")
+	}
+	if load == nil {
+		return nil, errors.New("lifecycle: loader is nil")
+	}
+	m, err := newManager(cfg, load, logger, reg)
+	if err != nil {
+		return nil, err
+	}
+	m.dir = filepath.Join(m.cfg.Repo, m.cfg.Name)
+	return m, nil
+}
+
+// Static returns a Manager that serves one fixed bundle, such as the model
+// embedded in the binary, after validating it like a published version. Its
+// Run only waits for the context; Activate accepts only its own version and
+// Rollback always returns hint.ErrNoRollback. reg may be nil.
+func Static(ctx context.Context, l Model, cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Manager, error) {
+	m, err := newManager(cfg, nil, logger, reg)
+	if err != nil {
+		return nil, err
+	}
+	m.static = true
+	version := ""
+	if l != nil && l.Manifest() != nil {
+		version = l.Manifest().Version
+		if name := l.Manifest().Name; name != "" {
+			m.cfg.Name = name
+		}
+	}
+	vctx, cancel := context.WithTimeout(ctx, m.cfg.ValidateTimeout)
+	defer cancel()
+	if err := m.val.check(vctx, version, l); err != nil {
+		m.countRefusal(err)
+		return nil, err
+	}
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	v := m.versionLocked(version)
+	v.loaded, v.loadedAt = l, m.now()
+	m.swapLocked(v, CauseStatic, true)
+	return m, nil
+}
+
+func newManager(cfg Config, load Loader, logger *slog.Logger, reg prometheus.Registerer) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	met, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{
+		cfg:      cfg,
+		load:     load,
+		log:      logger.With("component", "lifecycle"),
+		met:      met,
+		val:      validator{tolerance: cfg.Tolerance, warmup: cfg.Warmup},
+		now:      time.Now,
+		rollback: make(chan struct{}, 1),
+		versions: make(map[string]*version),
+	}, nil
+}
+
+// Current returns the live model, or nil before one is loaded. It is one
+// atomic load: it never blocks and never sees half a swap.
+func (m *Manager) Current() *Live { return m.current.Load() }
+
+// OnSwap registers fn to be called after every swap with the previous Live
+// (nil on the first) and the new one. Calls are serialized, in swap order,
+// on the goroutine that swapped; fn must return quickly and must not call
+// Activate, Rollback or Sync.
+func (m *Manager) OnSwap(fn func(old, new *Live)) {
+	m.mu.Lock()
+	m.onSwap = append(m.onSwap, fn)
+	m.mu.Unlock()
+}
+
+// Sync scans the repository once and activates the newest new version that
+// passes validation, trying older new ones when it is refused. Only versions
+// that are new or rewritten since the last scan and newer than the active one
+// are candidates, so a Rollback or an Activate of an older version is not
+// undone by the watcher. It returns an error only when no model is active
+// afterwards, or when the repository cannot be read.
+func (m *Manager) Sync(ctx context.Context) error {
+	if m.static {
+		return nil
+	}
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	found, err := m.refreshLocked()
+	if err != nil {
+		return err
+	}
+	var fresh []*candidate
+	m.mu.Lock()
+	for _, c := range found {
+		v := m.versions[c.version]
+		if v.considered != c.fp {
+			v.considered = c.fp
+			fresh = append(fresh, c)
+		}
+	}
+	m.mu.Unlock()
+	for _, c := range fresh { // newest first
+		if ctx.Err() != nil {
+			return fmt.Errorf("sync model repository: %w", ctx.Err())
+		}
+		if cur := m.current.Load(); cur != nil && !newerKey(c.created, c.version, cur.Manifest.Created, cur.Version) {
+			break
+		}
+		if err := m.activateLocked(ctx, c.version, CausePublish); err == nil {
+			break
+		}
+	}
+	if m.current.Load() == nil {
+		return fmt.Errorf("no valid model version in %s", m.dir)
+	}
+	return nil
+}
+
+// refreshLocked rescans the repository and records what is on disk, newest
+// first. The caller holds opMu.
+func (m *Manager) refreshLocked() ([]*candidate, error) {
+	found, skipped, err := scanRepo(m.dir)
+	if err != nil {
+		return nil, err
+	}
+	for name, why := range skipped {
+		m.log.Debug("incomplete model version ignored", "version", name, "why", why)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := make(map[string]bool, len(found))
+	for _, c := range found {
+		seen[c.version] = true
+		v := m.versionLocked(c.version)
+		v.disk = c
+	}
+	for name, v := range m.versions {
+		if !seen[name] {
+			v.disk = nil
+			m.pruneLocked(v)
+		}
+	}
+	return found, nil
+}
+
+// versionLocked returns the record of a version, creating it. The caller
+// holds mu (or opMu before the Manager is shared).
+func (m *Manager) versionLocked(name string) *version {
+	v := m.versions[name]
+	if v == nil {
+		v = &version{name: name}
+		m.versions[name] = v
+	}
+	return v
+}
+
+// pruneLocked forgets a version that is neither on disk, in memory nor in
+// the history. The caller holds mu.
+func (m *Manager) pruneLocked(v *version) {
+	if v.disk != nil || v.loaded != nil || slices.Contains(m.history, v.name) {
+		return
+	}
+	delete(m.versions, v.name)
+}
+
+// Activate validates version (unless it is already held in memory) and
+// swaps to it. It returns an error wrapping hint.ErrUnknownVersion when the
+// version is neither in the repository nor in memory, and a *RefusedError
+// (matching hint.ErrRefused) when it fails validation; the active version
+// then keeps serving. Activating the active version does nothing.
+func (m *Manager) Activate(ctx context.Context, version string) error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	if !m.static {
+		if _, err := m.refreshLocked(); err != nil {
+			return err
+		}
+	}
+	return m.activateLocked(ctx, version, CauseActivate)
+}
+
+func (m *Manager) activateLocked(ctx context.Context, name, cause string) error {
+	m.mu.Lock()
+	v := m.versions[name]
+	m.mu.Unlock()
+	if v == nil || (v.loaded == nil && v.disk == nil) {
+		return fmt.Errorf("activate %q: %w", name, hint.ErrUnknownVersion)
+	}
+	if cur := m.current.Load(); cur != nil && cur.Version == name {
+		return nil
+	}
+	if v.loaded == nil {
+		if err := m.validateLocked(ctx, v); err != nil {
+			return err
+		}
+	}
+	if cause == CauseActivate {
+		m.mu.Lock()
+		v.refused, v.refusedFP = "", "" // the operator overrides an automatic rollback
+		m.mu.Unlock()
+	}
+	m.swapLocked(v, cause, true)
+	return nil
+}
+
+// validateLocked loads and validates v from disk and holds it in memory on
+// success. The caller holds opMu.
+func (m *Manager) validateLocked(ctx context.Context, v *version) error {
+	c := v.disk
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.ValidateTimeout)
+	defer cancel()
+	start := m.now()
+	l, err := m.safeLoad(ctx, c)
+	if err == nil {
+		err = m.val.check(ctx, c.version, l)
+	}
+	m.met.validation.Observe(m.now().Sub(start).Seconds())
+	if err != nil {
+		m.countRefusal(err)
+		m.mu.Lock()
+		v.refused, v.refusedFP = err.Error(), c.fp
+		m.mu.Unlock()
+		m.log.Warn("model version refused", "version", c.version, "dir", c.dir, "reason", reasonOf(err), "err", err)
+		return err
+	}
+	m.mu.Lock()
+	v.loaded, v.loadedAt = l, m.now()
+	v.refused, v.refusedFP = "", ""
+	m.mu.Unlock()
+	m.log.Info("model version validated", "version", c.version, "seconds", m.now().Sub(start).Seconds())
+	return nil
+}
+
+// safeLoad runs the loader, turning an error or a panic into a RefusedError.
+func (m *Manager) safeLoad(ctx context.Context, c *candidate) (l Model, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &RefusedError{Version: c.version, Reason: ReasonPanic, Err: fmt.Errorf("loader panicked: %v", r)}
+		}
+	}()
+	l, err = m.load(ctx, c.dir)
+	if err != nil {
+		reason := loadReason(err)
+		if ctx.Err() != nil {
+			reason = ReasonTimeout
+		}
+		return nil, &RefusedError{Version: c.version, Reason: reason, Err: err}
+	}
+	return l, nil
+}
+
+func reasonOf(err error) string {
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return re.Reason
+	}
+	return ReasonLoad
+}
+
+func (m *Manager) countRefusal(err error) {
+	m.met.refused.WithLabelValues(reasonOf(err)).Inc()
+}
+
+// swapLocked publishes v (already loaded) as the live model. push records
+// the activation in the history (false for rollbacks, which pop it). The
+// caller holds opMu.
+func (m *Manager) swapLocked(v *version, cause string, push bool) {
+	now := m.now()
+	old := m.current.Load()
+	m.epoch++
+	l := v.loaded
+	b, _ := l.(*model.Bundle)
+	live := &Live{
+		Version:     v.name,
+		Model:       l,
+		Bundle:      b,
+		Manifest:    l.Manifest(),
+		Vocab:       l.Vocab(),
+		Epoch:       m.epoch,
+		ActivatedAt: now,
+	}
+
+	m.mu.Lock()
+	if v.st == nil {
+		v.st = m.met.newStats(v.name, m.cfg.AutoRollback.Window)
+		m.stats.Store(v.name, v.st)
+	}
+	if push {
+		m.history = append(m.history, v.name)
+		if len(m.history) > maxHistory {
+			m.history = slices.Delete(m.history, 0, len(m.history)-maxHistory)
+		}
+	}
+	m.recent = slices.DeleteFunc(m.recent, func(s string) bool { return s == v.name })
+	m.recent = slices.Insert(m.recent, 0, v.name)
+	var released []string
+	if len(m.recent) > m.cfg.Keep {
+		released = m.recent[m.cfg.Keep:]
+		m.recent = slices.Clip(m.recent[:m.cfg.Keep])
+	}
+	for _, name := range released {
+		if r := m.versions[name]; r != nil {
+			r.loaded = nil
+			r.st = nil
+			m.stats.Delete(name)
+			m.pruneLocked(r)
+		}
+	}
+	loadedN := 0
+	for _, r := range m.versions {
+		if r.loaded != nil {
+			loadedN++
+		}
+	}
+	callbacks := slices.Clone(m.onSwap)
+	m.mu.Unlock()
+
+	m.current.Store(live)
+	m.setProbation(old, live, cause, now)
+
+	for _, name := range released {
+		m.met.forget(name)
+		m.log.Info("model version released", "version", name)
+	}
+	if old != nil {
+		m.met.active.WithLabelValues(old.Version).Set(0)
+	}
+	m.met.active.WithLabelValues(live.Version).Set(1)
+	m.met.swaps.WithLabelValues(cause).Inc()
+	m.met.loaded.Set(float64(loadedN))
+	prev := ""
+	if old != nil {
+		prev = old.Version
+	}
+	m.log.Info("model swapped", "version", live.Version, "previous", prev, "epoch", live.Epoch, "cause", cause)
+	for _, fn := range callbacks {
+		fn(old, live)
+	}
+}
+
+// setProbation starts watching a version activated after a predecessor, when
+// automatic rollback is on and the predecessor has a baseline precision.
+func (m *Manager) setProbation(old, live *Live, cause string, now time.Time) {
+	ar := m.cfg.AutoRollback
+	if !ar.Enabled || old == nil || (cause != CausePublish && cause != CauseActivate) {
+		m.prob.Store(nil)
+		return
+	}
+	var issued, used uint64
+	if st := m.statsFor(old.Version); st != nil {
+		issued, used = st.win.sum(now)
+		if issued < ar.MinIssued {
+			issued, used = st.issued.Load(), st.used.Load()
+		}
+	}
+	if issued < ar.MinIssued {
+		m.log.Info("no automatic rollback for this version: predecessor has too few prefetches for a baseline",
+			"version", live.Version, "predecessor", old.Version, "issued", issued, "min_issued", ar.MinIssued)
+		m.prob.Store(nil)
+		return
+	}
+	m.prob.Store(&probation{
+		version:     live.Version,
+		predecessor: old.Version,
+		baseline:    precisionOf(issued, used),
+		win:         newWindow(ar.Window),
+	})
+}
+
+// Rollback returns to the version that was active before the current one
+// and names it. The version rolled back from stays in memory (within Keep)
+// and can be activated again. A predecessor no longer in memory is reloaded
+// and revalidated from disk; predecessors that are gone or refused are
+// skipped. It returns hint.ErrNoRollback when no earlier version is left.
+func (m *Manager) Rollback(ctx context.Context) (string, error) {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	name, err := m.rollbackLocked(ctx, CauseRollback)
+	if err == nil {
+		m.met.rollbacks.WithLabelValues("manual").Inc()
+	}
+	return name, err
+}
+
+func (m *Manager) rollbackLocked(ctx context.Context, cause string) (string, error) {
+	if m.static {
+		return "", hint.ErrNoRollback
+	}
+	if _, err := m.refreshLocked(); err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	hist := slices.Clone(m.history)
+	m.mu.Unlock()
+	cur := m.current.Load()
+	for i := len(hist) - 2; i >= 0; i-- {
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("rollback: %w", ctx.Err())
+		}
+		m.mu.Lock()
+		v := m.versions[hist[i]]
+		m.mu.Unlock()
+		if v == nil || (cur != nil && v.name == cur.Version) {
+			continue
+		}
+		if v.loaded == nil {
+			if v.disk == nil || m.validateLocked(ctx, v) != nil {
+				continue
+			}
+		}
+		m.mu.Lock()
+		m.history = m.history[:min(i+1, len(m.history))]
+		m.mu.Unlock()
+		m.swapLocked(v, cause, false)
+		return v.name, nil
+	}
+	return "", hint.ErrNoRollback
+}
+
+// RecordRequest counts one prediction served by version and its latency. It
+// is cheap and lock-free enough for the request path; unknown versions are
+// ignored.
+func (m *Manager) RecordRequest(version string, latency time.Duration) {
+	st := m.statsFor(version)
+	if st == nil {
+		return
+	}
+	st.requests.Add(1)
+	st.reqCounter.Inc()
+	st.latency.Observe(latency.Seconds())
+}
+
+// ObservePrecision adds prefetches issued from version's predictions, and how
+// many of them the user then visited, as reported by the prefetcher's online
+// evaluation. Counts are increments, not totals. When the version is on
+// probation after a swap and its precision over the window falls below
+// AutoRollback.MinFraction of its predecessor's, Run rolls it back.
+func (m *Manager) ObservePrecision(version string, issued, used uint64) {
+	st := m.statsFor(version)
+	if st == nil || (issued == 0 && used == 0) {
+		return
+	}
+	now := m.now()
+	st.issued.Add(issued)
+	st.used.Add(used)
+	st.issuedC.Add(float64(issued))
+	st.usedC.Add(float64(used))
+	st.win.add(now, issued, used)
+	st.precision.Set(precisionOf(st.win.sum(now)))
+
+	p := m.prob.Load()
+	if p == nil || p.version != version {
+		return
+	}
+	p.win.add(now, issued, used)
+	if m.failing(p, now) && p.fired.CompareAndSwap(false, true) {
+		select {
+		case m.rollback <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// failing reports whether a version on probation has enough prefetches in
+// the window and a precision below the allowed fraction of the baseline.
+func (m *Manager) failing(p *probation, now time.Time) bool {
+	ar := m.cfg.AutoRollback
+	issued, used := p.win.sum(now)
+	return issued >= ar.MinIssued && precisionOf(issued, used) < ar.MinFraction*p.baseline
+}
+
+func (m *Manager) statsFor(version string) *stats {
+	if v, ok := m.stats.Load(version); ok {
+		return v.(*stats)
+	}
+	return nil
+}
+
+// autoRollback rolls back the version on probation when it still fails.
+func (m *Manager) autoRollback(ctx context.Context) {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	p := m.prob.Load()
+	cur := m.current.Load()
+	if p == nil || cur == nil || cur.Version != p.version || !p.fired.Load() {
+		return
+	}
+	issued, used := p.win.sum(m.now())
+	reason := fmt.Sprintf("auto rollback: precision %.4f over %d prefetches below %.2f × predecessor %s's %.4f",
+		precisionOf(issued, used), issued, m.cfg.AutoRollback.MinFraction, p.predecessor, p.baseline)
+	to, err := m.rollbackLocked(ctx, CauseAutoRollback)
+	if err != nil {
+		m.log.Error("automatic rollback failed", "version", p.version, "err", err)
+		return
+	}
+	m.met.rollbacks.WithLabelValues("auto").Inc()
+	m.mu.Lock()
+	if v := m.versions[p.version]; v != nil {
+		v.refused = reason
+		if v.disk != nil {
+			v.refusedFP = v.disk.fp
+		}
+	}
+	m.mu.Unlock()
+	m.log.Warn("model version rolled back automatically", "version", p.version, "to", to, "reason", reason)
+}
+
+// Status describes the versions the Manager knows, newest first: those on
+// disk and those held in memory.
+func (m *Manager) Status(ctx context.Context) (hint.ModelStatus, error) {
+	if err := ctx.Err(); err != nil {
+		return hint.ModelStatus{}, fmt.Errorf("model status: %w", err)
+	}
+	cur := m.current.Load()
+	var st hint.ModelStatus
+	if cur != nil {
+		st.Active = cur.Version
+	}
+	type row struct {
+		created time.Time
+		vs      hint.VersionStatus
+	}
+	var rows []row
+	m.mu.Lock()
+	for _, v := range m.versions {
+		r := row{vs: hint.VersionStatus{
+			Name:     m.cfg.Name,
+			Version:  v.name,
+			Loaded:   v.loaded != nil,
+			Active:   cur != nil && cur.Version == v.name,
+			Refused:  v.refused,
+			LoadedAt: v.loadedAt,
+		}}
+		switch {
+		case v.disk != nil:
+			r.created = v.disk.created
+		case v.loaded != nil:
+			r.created = v.loaded.Manifest().Created
+		}
+		if v.loaded == nil {
+			r.vs.LoadedAt = time.Time{}
+		}
+		if v.st != nil {
+			r.vs.Requests = v.st.requests.Load()
+			r.vs.Issued = v.st.issued.Load()
+			r.vs.Used = v.st.used.Load()
+			r.vs.Precision = precisionOf(r.vs.Issued, r.vs.Used)
+		}
+		rows = append(rows, r)
+	}
+	m.mu.Unlock()
+	sort.Slice(rows, func(i, j int) bool {
+		return newerKey(rows[i].created, rows[i].vs.Version, rows[j].created, rows[j].vs.Version)
+	})
+	for _, r := range rows {
+		st.Versions = append(st.Versions, r.vs)
+	}
+	return st, nil
+}
+
+var _ hint.Models = (*Manager)(nil)
