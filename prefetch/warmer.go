@@ -449,9 +449,9 @@ func (w *Warmer) Run(ctx context.Context) error {
 }
 
 // Close stops accepting pages, lets Run flush the queue (bounded by
-// Config.FlushTimeout) and waits for Run to return. Pages still queued when
-// Run was never started are dropped and counted. It is safe to call more
-// than once; it returns an error only if ctx ends first.
+// Config.FlushTimeout and ctx) and waits for Run to return; if Run was never
+// started, Close flushes the queue itself. It is safe to call more than
+// once; it returns an error only if ctx ends before Run has returned.
 func (w *Warmer) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() {
 		w.mu.Lock()
@@ -467,17 +467,13 @@ func (w *Warmer) Close(ctx context.Context) error {
 			return fmt.Errorf("close warmer: %w", ctx.Err())
 		}
 	}
-	// Run was never started and now never will: drop what is queued.
-	close(w.stopped)
-	for {
-		select {
-		case it := <-w.queue:
-			w.m.drop(dropClosed, 1)
-			w.finish(it.key)
-		default:
-			return nil
-		}
+	// Run was never started and now never will: flush here.
+	defer close(w.stopped)
+	w.flush(ctx)
+	if w.origin != nil {
+		w.origin.close()
 	}
+	return nil
 }
 
 // work is one writer goroutine.

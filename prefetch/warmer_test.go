@@ -1,0 +1,573 @@
+package prefetch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prefetchd/prefetchd/internal/redistest"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// newRedis starts a real redis-server and a client for it that fails fast.
+func newRedis(t testing.TB) (*redistest.Server, *redis.Client) {
+	t.Helper()
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{
+		Addr:                  srv.Addr(),
+		ContextTimeoutEnabled: true,
+		DialTimeout:           200 * time.Millisecond,
+		ReadTimeout:           500 * time.Millisecond,
+		WriteTimeout:          500 * time.Millisecond,
+		MaxRetries:            -1,
+	})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return srv, rdb
+}
+
+// startWarmer builds a Warmer, runs it and stops it when the test ends.
+func startWarmer(t *testing.T, cfg Config, rdb redis.UniversalClient) *Warmer {
+	t.Helper()
+	w, err := NewWarmer(cfg, rdb, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatalf("NewWarmer: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer ccancel()
+		if err := w.Close(cctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return w
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// counter reads a counter's or gauge's value.
+func counter(m prometheus.Metric) float64 {
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		return -1
+	}
+	if d.Counter != nil {
+		return d.Counter.GetValue()
+	}
+	return d.Gauge.GetValue()
+}
+
+func TestConfigValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"zero is hint mode with defaults", Config{}, true},
+		{"origin", Config{Mode: ModeOrigin, OriginURL: "https://origin/{page}"}, true},
+		{"origin without url", Config{Mode: ModeOrigin}, false},
+		{"origin url without page", Config{Mode: ModeOrigin, OriginURL: "https://origin/x"}, false},
+		{"origin url not http", Config{Mode: ModeOrigin, OriginURL: "ftp://origin/{page}"}, false},
+		{"unknown mode", Config{Mode: "push"}, false},
+		{"tiny ttl", Config{TTL: time.Microsecond}, false},
+		{"key template without page", Config{KeyTemplate: "user:{user}"}, false},
+		{"negative queue", Config{QueueSize: -1}, false},
+		{"negative rate", Config{GlobalRate: -1}, false},
+		{"negative budget", Config{BudgetBytes: -1}, false},
+		{"negative timeout", Config{WriteTimeout: -time.Second}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.ok && err != nil {
+				t.Fatalf("Validate() = %v, want nil", err)
+			}
+			if !tc.ok && !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("Validate() = %v, want ErrInvalidConfig", err)
+			}
+		})
+	}
+}
+
+func TestTemplates(t *testing.T) {
+	cases := []struct{ tmpl, user, page, want string }{
+		{"page:{page}", "u1", "/page/3", "page:/page/3"},
+		{"user:{user}:page:{page}", "u1", "/page/3", "user:u1:page:/page/3"},
+		{"{page}{user}{page}", "u", "p", "pup"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.tmpl, func(t *testing.T) {
+			if got := parseTemplate(tc.tmpl).render(tc.user, tc.page); got != tc.want {
+				t.Fatalf("render = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	urls := []struct{ tmpl, page, want string }{
+		{"https://origin/{page}", "/page/3", "https://origin/page/3"},
+		{"https://origin{page}", "/page/3", "https://origin/page/3"},
+		{"http://o/{page}?x=1", "/a b/c", "http://o/a%20b/c?x=1"},
+	}
+	for _, tc := range urls {
+		t.Run(tc.tmpl, func(t *testing.T) {
+			o := &originClient{url: tc.tmpl}
+			if got := o.pageURL(tc.page); got != tc.want {
+				t.Fatalf("pageURL = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestWarmerHint checks the hint mode against a real redis-server: keys set
+// with the TTL, never overwritten (NX), never written twice while warm, the
+// per-user key template and the hint record content.
+func TestWarmerHint(t *testing.T) {
+	_, rdb := newRedis(t)
+	cases := []struct {
+		name     string
+		template string
+		key      func(user, page string) string
+	}{
+		{"shared", "", func(_, page string) string { return "page:" + page }},
+		{"per user", "user:{user}:page:{page}", func(user, page string) string { return "user:" + user + ":page:" + page }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			if err := rdb.FlushDB(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			ev, err := NewEvaluator(EvaluatorConfig{KeyTemplate: tc.template}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := startWarmer(t, Config{TTL: 90 * time.Second, KeyTemplate: tc.template}, rdb)
+			w.SetObserver(ev)
+			// A key somebody else holds is left alone.
+			if err := rdb.Set(ctx, tc.key("alice", "/held"), "theirs", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			at := time.Now()
+			req := Request{UserID: "alice", ModelVersion: "v7", At: at, Pages: []Page{
+				{Key: "/page/1", Probability: 0.75}, {Key: "/page/2", Probability: 0.5}, {Key: "/held", Probability: 0.9},
+			}}
+			if n := w.Warm(ctx, req); n != 3 {
+				t.Fatalf("Warm queued %d pages, want 3", n)
+			}
+			eventually(t, 5*time.Second, "2 keys written and 1 existing", func() bool {
+				return counter(w.m.written) == 2 && counter(w.m.skippedExists) == 1
+			})
+			if v, _ := rdb.Get(ctx, tc.key("alice", "/held")).Result(); v != "theirs" {
+				t.Errorf("held key = %q, want it untouched", v)
+			}
+			for _, p := range req.Pages[:2] {
+				key := tc.key("alice", p.Key)
+				ttl, err := rdb.TTL(ctx, key).Result()
+				if err != nil || ttl <= 80*time.Second || ttl > 90*time.Second {
+					t.Errorf("TTL(%s) = %v, %v; want within (80s, 90s]", key, ttl, err)
+				}
+				raw, err := rdb.Get(ctx, key).Bytes()
+				if err != nil {
+					t.Fatalf("GET %s: %v", key, err)
+				}
+				var rec HintRecord
+				if err := json.Unmarshal(raw, &rec); err != nil {
+					t.Fatalf("hint record %s: %v", raw, err)
+				}
+				if rec.Page != p.Key || rec.Probability != p.Probability || rec.ModelVersion != "v7" {
+					t.Errorf("hint record %+v, want page %s probability %v version v7", rec, p.Key, p.Probability)
+				}
+				if d := rec.ExpiresAt.Sub(time.Now().Add(90 * time.Second)); d > time.Second || d < -5*time.Second {
+					t.Errorf("hint record expires at %v, want about now+90s", rec.ExpiresAt)
+				}
+			}
+			// Written pages are now warm: asking again writes nothing.
+			if n := w.Warm(ctx, req); n != 0 {
+				t.Errorf("second Warm queued %d pages, want 0 (all warm)", n)
+			}
+			if got := counter(w.m.skippedWarm); got != 3 {
+				t.Errorf("skipped warm = %v, want 3", got)
+			}
+			// Another user: a shared key is warm for them too, a per-user key is not.
+			bob := Request{UserID: "bob", ModelVersion: "v7", At: at, Pages: req.Pages[:1]}
+			wantBob := 0
+			if w.PerUser() {
+				wantBob = 1
+			}
+			if n := w.Warm(ctx, bob); n != wantBob {
+				t.Errorf("Warm for bob queued %d, want %d", n, wantBob)
+			}
+			eventually(t, 5*time.Second, "bob's key written", func() bool { return counter(w.m.written) == float64(2+wantBob) })
+			stats := ev.Stats()
+			if len(stats) != 1 || stats[0].ModelVersion != "v7" || stats[0].Issued != uint64(2+wantBob) {
+				t.Errorf("evaluator stats %+v, want %d issued for v7", stats, 2+wantBob)
+			}
+			if got, want := ev.IsWarm("carol", "/page/1", time.Now()), !w.PerUser(); got != want {
+				t.Errorf("IsWarm(carol) = %v, want %v (per-user keys %v)", got, want, w.PerUser())
+			}
+		})
+	}
+}
+
+// TestWarmerCoalesce checks that identical warms in flight are written once.
+func TestWarmerCoalesce(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w, err := NewWarmer(Config{}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not running yet: everything queued stays in flight.
+	req := Request{UserID: "u", Pages: []Page{{Key: "/a", Probability: 0.9}}}
+	for range 5 {
+		w.Warm(ctx, req)
+	}
+	if got := counter(w.m.skippedCoalesced); got != 4 {
+		t.Fatalf("coalesced = %v, want 4", got)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	eventually(t, 5*time.Second, "one key written", func() bool { return counter(w.m.written) == 1 })
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.DBSize(ctx).Result(); n != 1 {
+		t.Fatalf("DBSIZE = %d, want 1", n)
+	}
+}
+
+// TestWarmerLimits checks the per-user rate, the global token bucket and the
+// budget.
+func TestWarmerLimits(t *testing.T) {
+	_, rdb := newRedis(t)
+	pages := func(n int) []Page {
+		ps := make([]Page, n)
+		for i := range ps {
+			ps[i] = Page{Key: fmt.Sprintf("/p/%d", i), Probability: 0.9}
+		}
+		return ps
+	}
+	cases := []struct {
+		name    string
+		cfg     Config
+		users   []string
+		reason  string
+		dropped float64
+		written float64
+	}{
+		{"per user rate", Config{PerUserRate: 0.001, PerUserBurst: 2}, []string{"a", "b"}, dropUserRate, 6, 4},
+		{"global rate", Config{GlobalRate: 0.001, GlobalBurst: 3}, []string{"a", "b"}, dropGlobalRate, 7, 3},
+		{"budget keys", Config{BudgetKeys: 5}, []string{"a", "b"}, dropBudget, 5, 5},
+		{"budget bytes", Config{BudgetBytes: 1}, []string{"a"}, dropBudget, 5, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			if err := rdb.FlushDB(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			tc.cfg.KeyTemplate = "u:{user}:{page}"
+			w := startWarmer(t, tc.cfg, rdb)
+			for _, u := range tc.users {
+				w.Warm(ctx, Request{UserID: u, Pages: pages(5)})
+			}
+			eventually(t, 5*time.Second, "all pages accounted for", func() bool {
+				return counter(w.m.written)+counter(w.m.dropped[tc.reason]) == float64(5*len(tc.users))
+			})
+			if got := counter(w.m.dropped[tc.reason]); got != tc.dropped {
+				t.Errorf("dropped %s = %v, want %v", tc.reason, got, tc.dropped)
+			}
+			if n, _ := rdb.DBSize(ctx).Result(); float64(n) != tc.written {
+				t.Errorf("DBSIZE = %d, want %v", n, tc.written)
+			}
+		})
+	}
+}
+
+// TestWarmerRedisOutage stops redis-server under a running Warmer: pages are
+// dropped and counted, Warm never blocks, and writing resumes after restart.
+func TestWarmerRedisOutage(t *testing.T) {
+	srv, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w := startWarmer(t, Config{QueueSize: 64, PipelineSize: 16, WriteTimeout: 200 * time.Millisecond}, rdb)
+	warm := func(prefix string, n int) time.Duration {
+		var worst time.Duration
+		for i := range n {
+			start := time.Now()
+			w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/%s/%d", prefix, i), Probability: 0.9}}})
+			worst = max(worst, time.Since(start))
+		}
+		return worst
+	}
+	warm("before", 10)
+	eventually(t, 5*time.Second, "writes before the outage", func() bool { return counter(w.m.written) == 10 })
+
+	srv.Stop()
+	const outage = 2000
+	deadline := time.Now().Add(3 * time.Second)
+	var worst time.Duration
+	for i := 0; i < outage; i += 100 {
+		worst = max(worst, warm(fmt.Sprintf("down%d", i), 100))
+		time.Sleep(5 * time.Millisecond)
+	}
+	if worst > 50*time.Millisecond {
+		t.Errorf("Warm blocked for %v during the outage", worst)
+	}
+	eventually(t, time.Until(deadline)+5*time.Second, "every outage page dropped", func() bool {
+		return counter(w.m.dropped[dropRedis])+counter(w.m.dropped[dropQueueFull]) == outage
+	})
+	if counter(w.m.dropped[dropRedis]) == 0 {
+		t.Errorf("no page dropped for a Redis error")
+	}
+	if got := counter(w.m.written); got != 10 {
+		t.Errorf("written = %v during the outage, want 10", got)
+	}
+	w.mu.Lock()
+	inflight, tracked := len(w.inflight), w.warm.Len()
+	w.mu.Unlock()
+	if inflight != 0 || tracked != 10 {
+		t.Errorf("after the outage: %d in flight, %d tracked; want 0 and 10 (no growth)", inflight, tracked)
+	}
+
+	srv.Restart()
+	eventually(t, 10*time.Second, "writes resume after restart", func() bool {
+		warm("after", 10)
+		n, _ := rdb.Exists(ctx, "page:/after/0", "page:/after/9").Result()
+		return n == 2
+	})
+}
+
+// TestWarmerCloseFlushes checks that Close writes what is queued.
+func TestWarmerCloseFlushes(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w, err := NewWarmer(Config{}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pages []Page
+	for i := range 500 {
+		pages = append(pages, Page{Key: fmt.Sprintf("/f/%d", i), Probability: 0.9})
+	}
+	w.Warm(ctx, Request{UserID: "u", Pages: pages})
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(runCtx) }()
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n, _ := rdb.DBSize(ctx).Result(); n != 500 {
+		t.Fatalf("DBSIZE after Close = %d, want 500", n)
+	}
+	if n := w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/late"}}}); n != 0 || counter(w.m.dropped[dropClosed]) != 1 {
+		t.Fatalf("Warm after Close queued %d, dropped closed %v; want 0 and 1", n, counter(w.m.dropped[dropClosed]))
+	}
+	if err := w.Run(ctx); err != nil {
+		t.Fatalf("Run after Close = %v, want nil", err)
+	}
+}
+
+// origin is an httptest origin whose behaviour per path prefix is set by the
+// test; it counts requests.
+type origin struct {
+	srv  *httptest.Server
+	hits atomic.Int64
+	mu   sync.Mutex
+	down bool // every request answers 500
+}
+
+func newOrigin(t *testing.T) *origin {
+	o := &origin{}
+	release := make(chan struct{})
+	o.srv = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		o.hits.Add(1)
+		o.mu.Lock()
+		down := o.down
+		o.mu.Unlock()
+		switch {
+		case down || strings.HasPrefix(r.URL.Path, "/fail"):
+			http.Error(rw, "boom", http.StatusInternalServerError)
+		case strings.HasPrefix(r.URL.Path, "/missing"):
+			http.NotFound(rw, r)
+		case strings.HasPrefix(r.URL.Path, "/slow"):
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		case strings.HasPrefix(r.URL.Path, "/big"):
+			_, _ = rw.Write(make([]byte, 2048))
+		default:
+			_, _ = fmt.Fprintf(rw, "body of %s", r.URL.Path)
+		}
+	}))
+	t.Cleanup(func() {
+		close(release)
+		o.srv.Close()
+	})
+	return o
+}
+
+func (o *origin) setDown(down bool) {
+	o.mu.Lock()
+	o.down = down
+	o.mu.Unlock()
+}
+
+// TestWarmerOrigin checks origin mode: only 2xx bodies are stored; 5xx,
+// 404, timeouts and oversized bodies are not.
+func TestWarmerOrigin(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	o := newOrigin(t)
+	w := startWarmer(t, Config{
+		Mode: ModeOrigin, OriginURL: o.srv.URL + "/{page}", OriginTimeout: 200 * time.Millisecond,
+		MaxBodyBytes: 1024, BreakerFailures: 100,
+	}, rdb)
+	pages := []Page{{Key: "/ok/1"}, {Key: "/ok/2"}, {Key: "/fail/1"}, {Key: "/missing/1"}, {Key: "/slow/1"}, {Key: "/big/1"}}
+	w.Warm(ctx, Request{UserID: "u", Pages: pages})
+	eventually(t, 5*time.Second, "every page fetched", func() bool {
+		return counter(w.m.written)+counter(w.m.dropped[dropOrigin5xx])+counter(w.m.dropped[dropOriginStatus])+
+			counter(w.m.dropped[dropOriginTimeout])+counter(w.m.dropped[dropOriginTooLarge]) == 6
+	})
+	for _, reason := range []string{dropOrigin5xx, dropOriginStatus, dropOriginTimeout, dropOriginTooLarge} {
+		if got := counter(w.m.dropped[reason]); got != 1 {
+			t.Errorf("dropped %s = %v, want 1", reason, got)
+		}
+	}
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 {
+		t.Fatalf("keys = %v, want only the two 2xx pages", keys)
+	}
+	if v, _ := rdb.Get(ctx, "page:/ok/1").Result(); v != "body of /ok/1" {
+		t.Errorf("page:/ok/1 = %q, want the origin body", v)
+	}
+	if ttl, _ := rdb.TTL(ctx, "page:/ok/1").Result(); ttl <= 0 || ttl > DefaultTTL {
+		t.Errorf("TTL = %v, want within (0, %v]", ttl, DefaultTTL)
+	}
+}
+
+// TestWarmerOriginBreaker checks that the breaker opens after consecutive
+// failures, spares the origin while open, half-opens after the cooldown and
+// closes on a successful trial.
+func TestWarmerOriginBreaker(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	o := newOrigin(t)
+	const cooldown = 300 * time.Millisecond
+	w := startWarmer(t, Config{
+		Mode: ModeOrigin, OriginURL: o.srv.URL + "/{page}", BreakerFailures: 3, BreakerCooldown: cooldown,
+		OriginConcurrency: 1, PipelineSize: 1,
+	}, rdb)
+	o.setDown(true)
+	seq := 0
+	warmOne := func() {
+		seq++
+		w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/x/%d", seq)}}})
+	}
+	for range 3 {
+		warmOne()
+	}
+	eventually(t, 5*time.Second, "breaker open after 3 failures", func() bool { return w.BreakerState() == BreakerOpen })
+	if got := counter(w.m.dropped[dropOrigin5xx]); got != 3 {
+		t.Fatalf("5xx drops = %v, want 3", got)
+	}
+	hits := o.hits.Load()
+	for range 5 {
+		warmOne()
+	}
+	eventually(t, 5*time.Second, "open breaker drops pages", func() bool { return counter(w.m.dropped[dropBreakerOpen]) == 5 })
+	if got := o.hits.Load(); got != hits {
+		t.Fatalf("origin hit %d times while the breaker was open", got-hits)
+	}
+	if got := counter(w.m.breakerState); got != float64(BreakerOpen) {
+		t.Errorf("breaker gauge = %v, want %d", got, BreakerOpen)
+	}
+
+	// A failed trial after the cooldown opens it again.
+	time.Sleep(cooldown + 50*time.Millisecond)
+	warmOne()
+	eventually(t, 5*time.Second, "failed trial", func() bool { return counter(w.m.dropped[dropOrigin5xx]) == 4 })
+	if s := w.BreakerState(); s != BreakerOpen {
+		t.Fatalf("after a failed trial the breaker is %v, want open", s)
+	}
+
+	// A successful trial closes it.
+	o.setDown(false)
+	time.Sleep(cooldown + 50*time.Millisecond)
+	warmOne()
+	eventually(t, 5*time.Second, "breaker closed after a good trial", func() bool {
+		return w.BreakerState() == BreakerClosed && counter(w.m.written) == 1
+	})
+}
+
+// TestWarmerNeverBlocks fills the queue of a Warmer that is not running.
+func TestWarmerNeverBlocks(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w, err := NewWarmer(Config{QueueSize: 8}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	queued := 0
+	for i := range 1000 {
+		queued += w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/n/%d", i)}}})
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("1000 Warm calls took %v", d)
+	}
+	if queued != 8 || counter(w.m.dropped[dropQueueFull]) != 992 {
+		t.Errorf("queued %d, dropped %v; want 8 and 992", queued, counter(w.m.dropped[dropQueueFull]))
+	}
+	// Close without Run flushes the queue itself.
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := counter(w.m.written); got != 8 {
+		t.Errorf("written at close = %v, want 8", got)
+	}
+}
