@@ -1,0 +1,255 @@
+package prefetch
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestEvaluatorConfigValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  EvaluatorConfig
+		ok   bool
+	}{
+		{"zero", EvaluatorConfig{}, true},
+		{"per user", EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}", MaxEntries: 10}, true},
+		{"no page", EvaluatorConfig{KeyTemplate: "x:{user}"}, false},
+		{"negative cap", EvaluatorConfig{MaxEntries: -1}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrInvalidConfig)) {
+				t.Fatalf("Validate() = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+// evStep is one event of an evaluator script: a prefetch (version set) or a
+// click, at t0 plus a number of seconds.
+type evStep struct {
+	sec     int
+	user    string
+	page    string
+	version string // prefetch by this version; "" means a click
+	bytes   int64
+}
+
+func TestEvaluator(t *testing.T) {
+	const ttl = 60 * time.Second
+	cases := []struct {
+		name     string
+		template string
+		max      int
+		steps    []evStep
+		advance  int
+		want     map[string]VersionStats
+	}{
+		{
+			name: "shared key is warm for everyone",
+			steps: []evStep{
+				{0, "alice", "/a", "v1", 100},
+				{0, "alice", "/b", "v1", 50},
+				{10, "bob", "/a", "", 0},   // warm, used
+				{20, "alice", "/a", "", 0}, // warm again, already used
+				{61, "carol", "/a", "", 0}, // expired: cold
+				{30, "alice", "/c", "", 0}, // never warmed: cold
+			},
+			advance: 200,
+			want: map[string]VersionStats{"v1": {Issued: 2, Used: 1, Clicks: 4, WarmClicks: 2, Wasted: 1, WastedBytes: 50,
+				Precision: 0.5, Coverage: 0.5}},
+		},
+		{
+			name:     "per-user key is warm only for its user",
+			template: "user:{user}:page:{page}",
+			steps: []evStep{
+				{0, "alice", "/a", "v1", 100},
+				{10, "bob", "/a", "", 0},   // cold for bob
+				{20, "alice", "/a", "", 0}, // warm for alice
+			},
+			advance: 200,
+			want:    map[string]VersionStats{"v1": {Issued: 1, Used: 1, Clicks: 2, WarmClicks: 1, Precision: 1, Coverage: 0.5}},
+		},
+		{
+			name: "a prefetch of a warm key is ignored like SET NX",
+			steps: []evStep{
+				{0, "alice", "/a", "v1", 100},
+				{30, "bob", "/a", "v2", 100}, // still warm from v1
+				{50, "bob", "/a", "", 0},     // counts for v1
+				{70, "bob", "/a", "v2", 100}, // expired: v2 issues it
+			},
+			advance: 200,
+			want: map[string]VersionStats{
+				"v1": {Issued: 1, Used: 1, Clicks: 1, WarmClicks: 1, Precision: 1, Coverage: 1},
+				"v2": {Issued: 1, Wasted: 1, WastedBytes: 100},
+			},
+		},
+		{
+			name: "cold clicks count for the active version",
+			steps: []evStep{
+				{0, "alice", "/x", "", 0}, // before any model
+				{1, "alice", "/a", "v1", 10},
+				{2, "alice", "/y", "", 0},
+				{3, "alice", "/b", "v2", 10},
+				{4, "alice", "/a", "", 0}, // warm by v1
+				{5, "alice", "/z", "", 0}, // cold, v2 is active
+			},
+			advance: 4, // nothing expired yet
+			want: map[string]VersionStats{
+				NoVersion: {Clicks: 1},
+				"v1":      {Issued: 1, Used: 1, Clicks: 2, WarmClicks: 1, Precision: 1, Coverage: 0.5},
+				"v2":      {Issued: 1, Clicks: 1},
+			},
+		},
+		{
+			name: "a full evaluator evicts the entry expiring first as wasted",
+			max:  2,
+			steps: []evStep{
+				{0, "u", "/a", "v1", 1},
+				{1, "u", "/b", "v1", 2},
+				{2, "u", "/c", "v1", 4}, // evicts /a
+				{3, "u", "/a", "", 0},   // cold
+				{3, "u", "/b", "", 0},   // warm
+			},
+			advance: 3,
+			want:    map[string]VersionStats{"v1": {Issued: 3, Used: 1, Clicks: 2, WarmClicks: 1, Wasted: 1, WastedBytes: 1, Precision: 1.0 / 3, Coverage: 0.5}},
+		},
+	}
+	t0 := time.Date(1995, 7, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			ev, err := NewEvaluator(EvaluatorConfig{KeyTemplate: tc.template, MaxEntries: tc.max}, reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range tc.steps {
+				at := t0.Add(time.Duration(s.sec) * time.Second)
+				if s.version != "" {
+					ev.ObservePrefetchBytes(s.user, s.page, s.version, at, ttl, s.bytes)
+				} else {
+					ev.ObserveClick(s.user, s.page, at)
+				}
+			}
+			ev.Advance(t0.Add(time.Duration(tc.advance) * time.Second))
+			got := ev.Stats()
+			if len(got) != len(tc.want) {
+				t.Fatalf("Stats() = %+v, want %d versions", got, len(tc.want))
+			}
+			for _, g := range got {
+				w := tc.want[g.ModelVersion]
+				w.ModelVersion = g.ModelVersion
+				if g != w {
+					t.Errorf("Stats()[%s] = %+v, want %+v", g.ModelVersion, g, w)
+				}
+				checkMetrics(t, reg, g)
+			}
+		})
+	}
+}
+
+// checkMetrics compares the exported counters of one version with its Stats.
+func checkMetrics(t *testing.T, reg *prometheus.Registry, s VersionStats) {
+	t.Helper()
+	want := map[string]float64{
+		"prefetchd_prefetch_issued_total":       float64(s.Issued),
+		"prefetchd_prefetch_used_total":         float64(s.Used),
+		"prefetchd_clicks_total":                float64(s.Clicks),
+		"prefetchd_clicks_warm_total":           float64(s.WarmClicks),
+		"prefetchd_prefetch_wasted_total":       float64(s.Wasted),
+		"prefetchd_prefetch_wasted_bytes_total": float64(s.WastedBytes),
+	}
+	got := gatherVersion(t, reg, s.ModelVersion)
+	for name, v := range want {
+		if got[name] != v {
+			t.Errorf("%s{model_version=%q} = %v, want %v", name, s.ModelVersion, got[name], v)
+		}
+	}
+}
+
+// gatherVersion returns the counters labelled model_version=version.
+func gatherVersion(t *testing.T, reg *prometheus.Registry, version string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "model_version" && l.GetValue() == version {
+					out[mf.GetName()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
+func TestEvaluatorIsWarm(t *testing.T) {
+	ev, err := NewEvaluator(EvaluatorConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	ev.ObservePrefetch("alice", "/a", "v1", t0, time.Minute)
+	cases := []struct {
+		name string
+		user string
+		page string
+		at   time.Time
+		want bool
+	}{
+		{"same user", "alice", "/a", t0.Add(time.Second), true},
+		{"other user, shared key", "bob", "/a", t0.Add(59 * time.Second), true},
+		{"expired", "alice", "/a", t0.Add(time.Minute), false},
+		{"other page", "alice", "/b", t0, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := ev.IsWarm(tc.user, tc.page, tc.at); got != tc.want {
+				t.Fatalf("IsWarm = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestEvaluatorBounded checks that memory follows the prefetches within one
+// TTL: a long stream leaves only the recent entries.
+func TestEvaluatorBounded(t *testing.T) {
+	ev, err := NewEvaluator(EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}", MaxEntries: 1000}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	for i := range 100_000 {
+		ev.ObservePrefetch("u", "/p/"+string(rune('a'+i%26))+time.Duration(i).String(), "v1", t0.Add(time.Duration(i)*time.Second), 10*time.Second)
+	}
+	if n := ev.Tracked(); n > 10 {
+		t.Fatalf("tracked %d entries after 100000 prefetches with a 10s TTL 1s apart, want at most 10", n)
+	}
+}
+
+func BenchmarkEvaluatorClick(b *testing.B) {
+	ev, err := NewEvaluator(EvaluatorConfig{}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now()
+	pages := make([]string, 1000)
+	for i := range pages {
+		pages[i] = "/page/" + time.Duration(i).String()
+		ev.ObservePrefetch("u", pages[i], "v1", t0, time.Hour)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		ev.ObserveClick("u", pages[i%len(pages)], t0.Add(time.Duration(i)))
+		i++
+	}
+}
