@@ -1,0 +1,527 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
+)
+
+// defaultAddr is prefetchd's default gRPC listen address.
+const defaultAddr = "127.0.0.1:50051"
+
+// errUsage marks a command-line mistake (exit status 2).
+var errUsage = errors.New("usage")
+
+const usage = `usage: prefetchctl [flags] COMMAND [flags]
+
+commands:
+  predict --user U [--pages a,b] [--k N] [--threshold F]
+  watch --user U [--user V ...]
+  ingest --file events.jsonl            (one JSON click per line, "-" for stdin)
+  model status
+  model activate VERSION
+  model rollback
+
+flags (before or after the command):`
+
+// exitCode maps an error from run to the process exit status.
+func exitCode(err error) int {
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
+}
+
+// options are the flags every command accepts.
+type options struct {
+	addr     string
+	tlsCA    string
+	tlsCert  string
+	tlsKey   string
+	token    string // path of the token file
+	timeout  time.Duration
+	jsonOut  bool
+	out      io.Writer
+	in       io.Reader
+	hints    prefetchv1.HintServiceClient
+	models   prefetchv1.ModelServiceClient
+	authMeta metadata.MD
+}
+
+// register adds the common flags to fs.
+func (o *options) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.addr, "addr", o.addr, "prefetchd gRPC address host:port")
+	fs.StringVar(&o.tlsCA, "tls-ca", o.tlsCA, "PEM CA that signs the server certificate (enables TLS)")
+	fs.StringVar(&o.tlsCert, "tls-cert", o.tlsCert, "PEM client certificate for mutual TLS (needs --tls-key)")
+	fs.StringVar(&o.tlsKey, "tls-key", o.tlsKey, "PEM client key for mutual TLS")
+	fs.StringVar(&o.token, "token-file", o.token, "file holding the admin bearer token (model commands)")
+	fs.DurationVar(&o.timeout, "timeout", o.timeout, "deadline of unary calls")
+	fs.BoolVar(&o.jsonOut, "json", o.jsonOut, "print responses as JSON, one per line")
+}
+
+// run parses args, connects to prefetchd and runs one command. It returns
+// when the command is done or ctx ends (watch runs until then).
+func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+	o := &options{addr: defaultAddr, timeout: 10 * time.Second, out: stdout, in: stdin}
+	if a := os.Getenv("PREFETCHCTL_ADDR"); a != "" {
+		o.addr = a
+	}
+	top := flag.NewFlagSet("prefetchctl", flag.ContinueOnError)
+	top.SetOutput(io.Discard)
+	o.register(top)
+	if err := top.Parse(args); err != nil {
+		return usageError(top, err)
+	}
+	rest := top.Args()
+	if len(rest) == 0 {
+		return usageError(top, errors.New("no command"))
+	}
+	cmd, rest := rest[0], rest[1:]
+	if cmd == "model" {
+		if len(rest) == 0 {
+			return usageError(top, errors.New("model needs status, activate VERSION or rollback"))
+		}
+		cmd, rest = "model "+rest[0], rest[1:]
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.register(fs)
+	var c command
+	switch cmd {
+	case "predict":
+		c = newPredict(fs)
+	case "watch":
+		c = newWatch(fs)
+	case "ingest":
+		c = newIngest(fs)
+	case "model status":
+		c = &modelStatus{}
+	case "model activate":
+		c = &modelActivate{}
+	case "model rollback":
+		c = &modelRollback{}
+	default:
+		return usageError(top, fmt.Errorf("unknown command %q", cmd))
+	}
+	if err := fs.Parse(rest); err != nil {
+		return usageError(fs, err)
+	}
+	if err := c.check(fs.Args()); err != nil {
+		return usageError(fs, err)
+	}
+	conn, err := o.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	o.hints = prefetchv1.NewHintServiceClient(conn)
+	o.models = prefetchv1.NewModelServiceClient(conn)
+	if strings.HasPrefix(cmd, "model ") {
+		if err := o.loadToken(); err != nil {
+			return err
+		}
+	}
+	return c.run(ctx, o)
+}
+
+// usageError wraps err with errUsage and the flag summary.
+func usageError(fs *flag.FlagSet, err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		err = errors.New("help requested")
+	}
+	var b strings.Builder
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	return fmt.Errorf("%w: %v\n%s\n%s", errUsage, err, usage, b.String())
+}
+
+// dial builds the client connection: TLS when --tls-ca is set, mutual TLS
+// with --tls-cert and --tls-key.
+func (o *options) dial() (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return nil, fmt.Errorf("%w: --tls-cert and --tls-key go together", errUsage)
+	}
+	if o.tlsCert != "" && o.tlsCA == "" {
+		return nil, fmt.Errorf("%w: --tls-cert needs --tls-ca", errUsage)
+	}
+	if o.tlsCA != "" {
+		pem, err := os.ReadFile(o.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("read --tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-ca %s holds no PEM certificate", o.tlsCA)
+		}
+		tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		if o.tlsCert != "" {
+			cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+			if err != nil {
+				return nil, fmt.Errorf("load client key pair: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", o.addr, err)
+	}
+	return conn, nil
+}
+
+// loadToken reads --token-file into the metadata of model calls.
+func (o *options) loadToken() error {
+	if o.token == "" {
+		return nil
+	}
+	b, err := os.ReadFile(o.token)
+	if err != nil {
+		return fmt.Errorf("read --token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return fmt.Errorf("--token-file %s is empty", o.token)
+	}
+	o.authMeta = metadata.Pairs("authorization", "Bearer "+tok)
+	return nil
+}
+
+// unaryCtx bounds a unary call by --timeout and attaches credentials.
+func (o *options) unaryCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if o.authMeta != nil {
+		ctx = metadata.NewOutgoingContext(ctx, o.authMeta)
+	}
+	return context.WithTimeout(ctx, o.timeout)
+}
+
+// print writes m as one JSON line with --json, or as text from textFn.
+func (o *options) print(m proto.Message, textFn func(w io.Writer)) error {
+	if o.jsonOut {
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+		if err != nil {
+			return fmt.Errorf("encode response: %w", err)
+		}
+		_, err = fmt.Fprintf(o.out, "%s\n", b)
+		return err
+	}
+	textFn(o.out)
+	return nil
+}
+
+// command is one subcommand: check validates its positional arguments, run
+// does the work.
+type command interface {
+	check(args []string) error
+	run(ctx context.Context, o *options) error
+}
+
+// noArgs is embedded by commands that take no positional arguments.
+type noArgs struct{}
+
+func (noArgs) check(args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected arguments %q", args)
+	}
+	return nil
+}
+
+// predict asks for hints once.
+type predict struct {
+	noArgs
+	user      string
+	pages     string
+	k         int
+	threshold float64
+	fs        *flag.FlagSet
+}
+
+func newPredict(fs *flag.FlagSet) *predict {
+	p := &predict{fs: fs}
+	fs.StringVar(&p.user, "user", "", "user id whose stored history to use")
+	fs.StringVar(&p.pages, "pages", "", "comma-separated recent pages, oldest first, instead of the stored history")
+	fs.IntVar(&p.k, "k", 0, "maximum number of hints (1..100; default: the server's)")
+	fs.Float64Var(&p.threshold, "threshold", 0, "minimum probability (0..1; default: the server's)")
+	return p
+}
+
+func (p *predict) run(ctx context.Context, o *options) error {
+	req := &prefetchv1.PredictRequest{UserId: p.user}
+	if p.pages != "" {
+		req.Pages = strings.Split(p.pages, ",")
+	}
+	// Only flags given on the command line override the server's defaults.
+	p.fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "k":
+			k := int32(p.k)
+			req.K = &k
+		case "threshold":
+			t := p.threshold
+			req.Threshold = &t
+		}
+	})
+	ctx, cancel := o.unaryCtx(ctx)
+	defer cancel()
+	resp, err := o.hints.Predict(ctx, req)
+	if err != nil {
+		return fmt.Errorf("predict: %w", err)
+	}
+	return o.print(resp, func(w io.Writer) {
+		fmt.Fprintf(w, "model %s, %d hints\n", resp.GetModelVersion(), len(resp.GetHints()))
+		writeHints(w, resp.GetHints())
+	})
+}
+
+// writeHints prints one hint per line: probability, page, "warm" if warm.
+func writeHints(w io.Writer, hints []*prefetchv1.Hint) {
+	for _, h := range hints {
+		warm := ""
+		if h.GetWarm() {
+			warm = "\twarm"
+		}
+		fmt.Fprintf(w, "%.4f\t%s%s\n", h.GetProbability(), h.GetPage(), warm)
+	}
+}
+
+// stringList is a repeatable, comma-splitting string flag.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+
+func (s *stringList) Set(v string) error {
+	for _, x := range strings.Split(v, ",") {
+		if x != "" {
+			*s = append(*s, x)
+		}
+	}
+	return nil
+}
+
+// watch streams hints for users until ctx ends.
+type watch struct {
+	noArgs
+	users stringList
+}
+
+func newWatch(fs *flag.FlagSet) *watch {
+	w := &watch{}
+	fs.Var(&w.users, "user", "user id to watch (repeatable, or comma-separated)")
+	return w
+}
+
+func (c *watch) run(ctx context.Context, o *options) error {
+	stream, err := o.hints.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: c.users})
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	for {
+		u, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // interrupted by the user
+			}
+			return fmt.Errorf("watch: %w", err)
+		}
+		if err := o.print(u, func(w io.Writer) {
+			fmt.Fprintf(w, "%s user %s, model %s\n", u.GetAt().AsTime().Format(time.RFC3339Nano), u.GetUserId(), u.GetModelVersion())
+			writeHints(w, u.GetHints())
+		}); err != nil {
+			return err
+		}
+	}
+}
+
+// ingest streams click events from a JSON-lines file.
+type ingest struct {
+	noArgs
+	file string
+}
+
+func newIngest(fs *flag.FlagSet) *ingest {
+	c := &ingest{}
+	fs.StringVar(&c.file, "file", "", `JSON-lines file of clicks {"user_id","page","ts" (RFC 3339),"session_id","referrer","event_id"}; "-" reads stdin`)
+	return c
+}
+
+// fileEvent is one line of an ingest file: the Kafka wire format.
+type fileEvent struct {
+	UserID    string `json:"user_id"`
+	Page      string `json:"page"`
+	TS        string `json:"ts"`
+	SessionID string `json:"session_id"`
+	Referrer  string `json:"referrer"`
+	EventID   string `json:"event_id"`
+}
+
+func (c *ingest) run(ctx context.Context, o *options) error {
+	if c.file == "" {
+		return fmt.Errorf("%w: ingest needs --file", errUsage)
+	}
+	in := o.in
+	if c.file != "-" {
+		f, err := os.Open(c.file)
+		if err != nil {
+			return fmt.Errorf("ingest: %w", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	stream, err := o.hints.Ingest(ctx)
+	if err != nil {
+		return fmt.Errorf("ingest: %w", err)
+	}
+	var skipped []string // lines that could not be decoded here
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" {
+			continue
+		}
+		ev, err := decodeLine(text)
+		if err != nil {
+			skipped = append(skipped, fmt.Sprintf("line %d: %v", line, err))
+			continue
+		}
+		if err := stream.Send(ev); err != nil {
+			// The server ended the stream; CloseAndRecv returns its status.
+			break
+		}
+	}
+	if err := sc.Err(); err != nil {
+		stream.CloseSend()
+		return fmt.Errorf("ingest: read %s: %w", c.file, err)
+	}
+	sum, err := stream.CloseAndRecv()
+	if err != nil {
+		return fmt.Errorf("ingest: %w", err)
+	}
+	return o.print(sum, func(w io.Writer) {
+		fmt.Fprintf(w, "accepted %d, rejected %d, unreadable %d\n", sum.GetAccepted(), sum.GetRejected(), len(skipped))
+		reasons := make([]string, 0, len(sum.GetRejectedByReason()))
+		for r := range sum.GetRejectedByReason() {
+			reasons = append(reasons, r)
+		}
+		sort.Strings(reasons)
+		for _, r := range reasons {
+			fmt.Fprintf(w, "  %s: %d\n", r, sum.GetRejectedByReason()[r])
+		}
+		for _, e := range sum.GetFirstErrors() {
+			fmt.Fprintf(w, "  event %d: %s\n", e.GetIndex(), e.GetMessage())
+		}
+		for i, s := range skipped {
+			if i == 10 {
+				fmt.Fprintf(w, "  ... %d more unreadable lines\n", len(skipped)-i)
+				break
+			}
+			fmt.Fprintf(w, "  %s\n", s)
+		}
+	})
+}
+
+// decodeLine parses one JSON click. A missing ts is left unset so that the
+// server counts it under missing_ts.
+func decodeLine(text string) (*prefetchv1.ClickEvent, error) {
+	var fe fileEvent
+	if err := json.Unmarshal([]byte(text), &fe); err != nil {
+		return nil, fmt.Errorf("decode JSON: %w", err)
+	}
+	ev := &prefetchv1.ClickEvent{
+		UserId: fe.UserID, Page: fe.Page, SessionId: fe.SessionID, Referrer: fe.Referrer, EventId: fe.EventID,
+	}
+	if fe.TS != "" {
+		ts, err := time.Parse(time.RFC3339Nano, fe.TS)
+		if err != nil {
+			return nil, fmt.Errorf("ts: %w", err)
+		}
+		ev.Ts = timestamppb.New(ts)
+	}
+	return ev, nil
+}
+
+// modelStatus prints the model repository.
+type modelStatus struct{ noArgs }
+
+func (modelStatus) run(ctx context.Context, o *options) error {
+	ctx, cancel := o.unaryCtx(ctx)
+	defer cancel()
+	resp, err := o.models.Status(ctx, &prefetchv1.StatusRequest{})
+	if err != nil {
+		return fmt.Errorf("model status: %w", err)
+	}
+	return o.print(resp, func(w io.Writer) {
+		fmt.Fprintf(w, "active %s\n", resp.GetActive())
+		for _, v := range resp.GetVersions() {
+			state := "known"
+			switch {
+			case v.GetActive():
+				state = "active"
+			case v.GetRefusedReason() != "":
+				state = "refused: " + v.GetRefusedReason()
+			case v.GetLoaded():
+				state = "loaded"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\trequests %d\tissued %d\tused %d\tprecision %.3f\n",
+				v.GetVersion(), v.GetName(), state, v.GetRequests(), v.GetPrefetchesIssued(), v.GetPrefetchesUsed(), v.GetPrecision())
+		}
+	})
+}
+
+// modelActivate switches to a version.
+type modelActivate struct{ version string }
+
+func (c *modelActivate) check(args []string) error {
+	if len(args) != 1 {
+		return errors.New("model activate needs exactly one VERSION")
+	}
+	c.version = args[0]
+	return nil
+}
+
+func (c *modelActivate) run(ctx context.Context, o *options) error {
+	ctx, cancel := o.unaryCtx(ctx)
+	defer cancel()
+	resp, err := o.models.Activate(ctx, &prefetchv1.ActivateRequest{Version: c.version})
+	if err != nil {
+		return fmt.Errorf("model activate %s: %w", c.version, err)
+	}
+	return o.print(resp, func(w io.Writer) { fmt.Fprintf(w, "active %s\n", resp.GetActive()) })
+}
+
+// modelRollback returns to the previous version.
+type modelRollback struct{ noArgs }
+
+func (modelRollback) run(ctx context.Context, o *options) error {
+	ctx, cancel := o.unaryCtx(ctx)
+	defer cancel()
+	resp, err := o.models.Rollback(ctx, &prefetchv1.RollbackRequest{})
+	if err != nil {
+		return fmt.Errorf("model rollback: %w", err)
+	}
+	return o.print(resp, func(w io.Writer) { fmt.Fprintf(w, "active %s\n", resp.GetActive()) })
+}

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/server"
+	"github.com/prefetchd/prefetchd/internal/server/servertest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const token = "ctl-test-token"
+
+// fixture is a prefetchd gRPC server with fake engine parts.
+type fixture struct {
+	addr      string
+	pred      *servertest.Predictor
+	watcher   *servertest.Watcher
+	ingester  *servertest.Ingester
+	models    *servertest.Models
+	tokenFile string
+	certs     servertest.Certs
+}
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// serve starts a server; with tlsOn it requires mutual TLS and allows CN "ops".
+func serve(t *testing.T, tlsOn bool) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &fixture{
+		pred: &servertest.Predictor{Result: hint.Result{ModelVersion: "v1", Hints: []hint.Hint{
+			{Page: "/next", Probability: 0.75, Warm: true}, {Page: "/other", Probability: 0.125},
+		}}},
+		watcher:   servertest.NewWatcher(),
+		ingester:  &servertest.Ingester{Reject: func(b []byte) bool { return strings.Contains(string(b), "/refused") }},
+		models:    servertest.NewModels("v1", []string{"v1", "v2", "bad"}, "bad"),
+		tokenFile: filepath.Join(dir, "token"),
+	}
+	if err := os.WriteFile(f.tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.Config{AdminToken: token}
+	if tlsOn {
+		f.certs = servertest.WriteCerts(t, dir, "ops", "guest")
+		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = f.certs.ServerCert, f.certs.ServerKey, f.certs.CA
+		cfg.RequireClientCert, cfg.AllowedClientCNs = true, []string{"ops"}
+	}
+	srv, err := server.New(cfg, server.Deps{Predictor: f.pred, Watcher: f.watcher, Ingester: f.ingester, Models: f.models}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = lis.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return f
+}
+
+// syncBuffer collects output written while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestCommands(t *testing.T) {
+	f := serve(t, false)
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	if err := os.WriteFile(events, []byte(strings.Join([]string{
+		`{"user_id":"u1","page":"/a","ts":"1995-07-01T00:00:01Z"}`,
+		`{"user_id":"u1","page":"/b","ts":"1995-07-01T00:00:02Z","session_id":"s"}`,
+		``,
+		`not json`,
+		`{"user_id":"","page":"/c","ts":"1995-07-01T00:00:03Z"}`,
+		`{"user_id":"u2","page":"/refused","ts":"1995-07-01T00:00:03Z"}`,
+		`{"user_id":"u2","page":"/d"}`,
+	}, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		args     []string
+		stdin    string
+		wantOut  []string // substrings of the output, in order
+		wantCode codes.Code
+		usage    bool
+		check    func(t *testing.T)
+	}{
+		{name: "predict", args: []string{"predict", "--user", "u1"},
+			wantOut: []string{"model v1, 2 hints", "0.7500\t/next\twarm", "0.1250\t/other\n"},
+			check: func(t *testing.T) {
+				q := last(t, f.pred.Queries())
+				if q.UserID != "u1" || q.K != 0 || q.Threshold != -1 {
+					t.Errorf("query %+v, want user u1 with server defaults", q)
+				}
+			}},
+		{name: "predict overrides and global flags after the command", args: []string{"predict", "--pages", "/x,/y", "--k", "3", "--threshold", "0", "--addr", f.addr},
+			wantOut: []string{"model v1"},
+			check: func(t *testing.T) {
+				q := last(t, f.pred.Queries())
+				if strings.Join(q.Pages, " ") != "/x /y" || q.K != 3 || q.Threshold != 0 {
+					t.Errorf("query %+v, want pages /x /y, k 3, threshold 0", q)
+				}
+			}},
+		{name: "predict json", args: []string{"--json", "predict", "--user", "u1"},
+			wantOut: []string{`"page":"/next"`, `"model_version":"v1"`}},
+		{name: "predict invalid k", args: []string{"predict", "--user", "u1", "--k", "0"}, wantCode: codes.InvalidArgument},
+		{name: "predict no user", args: []string{"predict"}, wantCode: codes.InvalidArgument},
+		{name: "ingest", args: []string{"ingest", "--file", events},
+			wantOut: []string{"accepted 2, rejected 3, unreadable 1", "empty_user_id: 1", "invalid: 1", "missing_ts: 1", "line 4: decode JSON"},
+			check: func(t *testing.T) {
+				if n := len(f.ingester.Events()); n != 2 {
+					t.Errorf("engine got %d events, want 2", n)
+				}
+			}},
+		{name: "ingest stdin", args: []string{"ingest", "--file", "-"}, stdin: `{"user_id":"u3","page":"/a","ts":"1995-07-01T00:00:01Z"}` + "\n",
+			wantOut: []string{"accepted 1, rejected 0"}},
+		{name: "status without token", args: []string{"model", "status"}, wantCode: codes.Unauthenticated},
+		{name: "activate without token changes nothing", args: []string{"model", "activate", "v2"}, wantCode: codes.Unauthenticated,
+			check: func(t *testing.T) {
+				if a, _ := f.models.State(); a != "v1" {
+					t.Errorf("active %s after refused activate, want v1", a)
+				}
+			}},
+		{name: "status", args: []string{"--token-file", f.tokenFile, "model", "status"},
+			wantOut: []string{"active v1", "v1\tmarkov\tactive\trequests 10", "v2\tmarkov\tloaded", "bad\tmarkov\trefused: golden"}},
+		{name: "activate refused", args: []string{"--token-file", f.tokenFile, "model", "activate", "bad"}, wantCode: codes.FailedPrecondition},
+		{name: "activate unknown", args: []string{"--token-file", f.tokenFile, "model", "activate", "v9"}, wantCode: codes.NotFound},
+		{name: "activate", args: []string{"--token-file", f.tokenFile, "model", "activate", "v2"}, wantOut: []string{"active v2"}},
+		{name: "rollback", args: []string{"model", "rollback", "--token-file", f.tokenFile}, wantOut: []string{"active v1"}},
+		{name: "rollback without history", args: []string{"--token-file", f.tokenFile, "model", "rollback"}, wantCode: codes.FailedPrecondition},
+		{name: "no command", args: []string{}, usage: true},
+		{name: "unknown command", args: []string{"frobnicate"}, usage: true},
+		{name: "unknown flag", args: []string{"predict", "--nope"}, usage: true},
+		{name: "activate without version", args: []string{"model", "activate"}, usage: true},
+		{name: "model without subcommand", args: []string{"model"}, usage: true},
+		{name: "cert without key", args: []string{"--tls-ca", "ca.pem", "--tls-cert", "c.pem", "predict", "--user", "u"}, usage: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			args := append([]string{"--addr", f.addr}, tt.args...)
+			err := run(testCtx(t), args, strings.NewReader(tt.stdin), &out)
+			switch {
+			case tt.usage:
+				if !errors.Is(err, errUsage) || exitCode(err) != 2 {
+					t.Fatalf("run: %v, want a usage error (exit 2)", err)
+				}
+				return
+			case tt.wantCode != codes.OK:
+				if status.Code(errors.Unwrap(err)) != tt.wantCode && status.Code(err) != tt.wantCode {
+					t.Fatalf("run: %v, want code %v", err, tt.wantCode)
+				}
+				if exitCode(err) != 1 {
+					t.Errorf("exit code %d, want 1", exitCode(err))
+				}
+				if !strings.Contains(err.Error(), tt.wantCode.String()) {
+					t.Errorf("error %q does not show the code %v", err, tt.wantCode)
+				}
+			case err != nil:
+				t.Fatalf("run: %v", err)
+			}
+			rest := out.String()
+			for _, w := range tt.wantOut {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("output lacks %q (in order); output:\n%s", w, out.String())
+				}
+				rest = rest[i+len(w):]
+			}
+			if tt.check != nil {
+				tt.check(t)
+			}
+			if strings.Contains(out.String(), token) {
+				t.Errorf("output shows the token")
+			}
+		})
+	}
+}
+
+func last(t *testing.T, qs []hint.Query) hint.Query {
+	t.Helper()
+	if len(qs) == 0 {
+		t.Fatal("no query reached the predictor")
+	}
+	return qs[len(qs)-1]
+}
+
+func TestWatch(t *testing.T) {
+	f := serve(t, false)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	out := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--addr", f.addr, "watch", "--user", "alice", "--user", "bob,carol"}, nil, out)
+	}()
+	var sub *servertest.Sub
+	select {
+	case sub = <-f.watcher.Subs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no subscription within 5 s")
+	}
+	if got := strings.Join(sub.Users, ","); got != "alice,bob,carol" {
+		t.Errorf("watching %s, want alice,bob,carol", got)
+	}
+	sub.Updates <- hint.Update{UserID: "bob", At: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC),
+		Result: hint.Result{ModelVersion: "v1", Hints: []hint.Hint{{Page: "/n", Probability: 0.5}}}}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "0.5000\t/n") {
+		if time.Now().After(deadline) {
+			t.Fatalf("update not printed within 5 s; output:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "2026-11-26T12:00:00Z user bob, model v1") {
+		t.Errorf("output lacks the update header:\n%s", out.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("watch after Ctrl-C: %v, want nil", err)
+	}
+}
+
+func TestMutualTLS(t *testing.T) {
+	f := serve(t, true)
+	ops, guest := f.certs.Clients["ops"], f.certs.Clients["guest"]
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"allowed client certificate, no token", []string{"--tls-ca", f.certs.CA, "--tls-cert", ops.Cert, "--tls-key", ops.Key, "model", "status"}, ""},
+		{"other client certificate", []string{"--tls-ca", f.certs.CA, "--tls-cert", guest.Cert, "--tls-key", guest.Key, "model", "status"}, "PermissionDenied"},
+		{"other client certificate with token", []string{"--tls-ca", f.certs.CA, "--tls-cert", guest.Cert, "--tls-key", guest.Key, "--token-file", f.tokenFile, "model", "status"}, ""},
+		{"predict over mTLS", []string{"--tls-ca", f.certs.CA, "--tls-cert", guest.Cert, "--tls-key", guest.Key, "predict", "--user", "u"}, ""},
+		{"no client certificate", []string{"--tls-ca", f.certs.CA, "predict", "--user", "u"}, "Unavailable"},
+		{"plaintext", []string{"predict", "--user", "u"}, "Unavailable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := run(testCtx(t), append([]string{"--addr", f.addr, "--timeout", "3s"}, tt.args...), nil, &out)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("run: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("run: %v, want an error with %s", err, tt.wantErr)
+			}
+		})
+	}
+}
