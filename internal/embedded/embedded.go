@@ -8,9 +8,10 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
-	_ "embed"
+	"embed"
 	"fmt"
 	"io"
+	"io/fs"
 	"strconv"
 	"strings"
 
@@ -81,3 +82,13 @@ func ReadSPMF(r io.Reader) ([][]int, error) {
 
 // PageKey is the canonical page key of a numeric page id in the research datasets.
 func PageKey(id int) string { return "/page/" + strconv.Itoa(id) }
+
+// bundledModel is the model `make run` serves: a first-order Markov model
+// trained on the bundled NASA July 1995 sessions (see model/manifest.json).
+//
+//go:embed model/model.onnx model/vocab.txt model/manifest.json
+var bundledModel embed.FS
+
+// Model returns the bundled model bundle as a file system and the folder
+// inside it, for model.LoadBundleFS.
+func Model() (fs.FS, string) { return bundledModel, "model" }

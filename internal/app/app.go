@@ -1,0 +1,446 @@
+// Package app assembles prefetchd from its components and runs it: it starts
+// the embedded broker and store when no real ones are named, loads the model,
+// builds the pipeline (consumer → engine → warmer), serves gRPC and the admin
+// HTTP port, and stops everything in a stated order.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/broker"
+	"github.com/prefetchd/prefetchd/internal/embedded"
+	"github.com/prefetchd/prefetchd/internal/engine"
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/internal/server"
+	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/prefetch"
+)
+
+// Addrs are the addresses the running service bound, for tests and logs.
+type Addrs struct {
+	GRPC, Admin, Kafka, Redis string
+}
+
+// Options are test hooks; the zero value is what the binary uses.
+type Options struct {
+	// Ready, when set, receives the bound addresses once the service serves.
+	Ready func(Addrs)
+	// Registerer replaces the service's own Prometheus registry.
+	Registry *prometheus.Registry
+}
+
+// Run runs the service until ctx ends, then shuts down in this order: health
+// to NOT_SERVING, drain gRPC (with a deadline), stop the replay, stop
+// consuming (the consumer commits what is done), flush the cache writer, stop
+// watching the model repository. It returns the first error that stopped a
+// component early.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	return RunWith(ctx, cfg, log, Options{})
+}
+
+// RunWith is Run with test hooks.
+func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	var addrs Addrs
+
+	// Backends: the in-process ones when no real ones are named.
+	brokers := cfg.KafkaBrokers
+	if cfg.Embedded() {
+		b, err := broker.Start(broker.Config{Topics: []string{cfg.Topic}, Partitions: 4})
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		brokers = []string{b.Addr()}
+		log.Info("in-process kafka broker started", "addr", b.Addr(), "topic", cfg.Topic)
+	}
+	addrs.Kafka = brokers[0]
+	redisAddr := cfg.RedisAddr
+	if redisAddr == "" {
+		m, err := embedded.StartRedis()
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		redisAddr = m.Addr()
+		log.Info("in-process redis store started", "addr", redisAddr)
+	}
+	addrs.Redis = redisAddr
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:                 []string{redisAddr},
+		Username:              cfg.RedisUsername,
+		Password:              cfg.RedisPassword,
+		ContextTimeoutEnabled: true,
+		DialTimeout:           2 * time.Second,
+		ReadTimeout:           time.Second,
+		WriteTimeout:          time.Second,
+		MaxRetries:            1,
+	})
+	defer rdb.Close()
+
+	// The model.
+	models, err := openModels(ctx, cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	lcCtx, stopModels := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopModels()
+	wg.Go(func() {
+		if err := models.Run(lcCtx); err != nil {
+			errc <- fmt.Errorf("model repository: %w", err)
+		}
+	})
+	live, err := waitForModel(ctx, models)
+	if err != nil {
+		stopModels()
+		wg.Wait()
+		return err
+	}
+	log.Info("model loaded", "name", live.Manifest.Name, "version", live.Version, "vocab", live.Vocab.Len(), "max_seq_len", live.Manifest.MaxSeqLen)
+
+	// The pipeline.
+	hist, err := features.NewHistories(features.HistoryConfig{MaxLen: live.Manifest.MaxSeqLen}, reg)
+	if err != nil {
+		return err
+	}
+	canon, err := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	if err != nil {
+		return err
+	}
+	policy, err := prefetch.NewPolicy(prefetch.PolicyConfig{K: cfg.K, Threshold: cfg.Threshold})
+	if err != nil {
+		return err
+	}
+	eval, err := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, reg)
+	if err != nil {
+		return err
+	}
+	warmer, err := prefetch.NewWarmer(prefetch.Config{TTL: cfg.TTL}, rdb, log, reg)
+	if err != nil {
+		return err
+	}
+	warmer.SetObserver(eval)
+	models.OnSwap(func(_, l *lifecycle.Live) {
+		if l != nil {
+			eval.SetModelVersion(l.Version)
+		}
+	})
+	eval.SetModelVersion(live.Version)
+	eng, err := engine.New(engine.Config{}, engine.Deps{
+		Models: models, Histories: hist, Canon: canon, Policy: policy, Warmer: warmer, Evaluator: eval,
+	}, log, reg)
+	if err != nil {
+		return err
+	}
+	consumer, err := features.NewConsumer(features.ConsumerConfig{Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group}, eng, log, reg)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+
+	// Servers.
+	scfg := server.Config{TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, TLSClientCAFile: cfg.TLSClientCA}
+	if cfg.AdminTokenFile != "" {
+		tok, err := server.ReadSecretFile(cfg.AdminTokenFile)
+		if err != nil {
+			return err
+		}
+		scfg.AdminToken = tok
+	}
+	srv, err := server.New(scfg, server.Deps{Predictor: eng, Watcher: eng, Ingester: ingester{consumer}, Models: models}, log, reg)
+	if err != nil {
+		return err
+	}
+	glis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen grpc: %w", err)
+	}
+	addrs.GRPC = glis.Addr().String()
+	alis, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		glis.Close()
+		return fmt.Errorf("listen admin: %w", err)
+	}
+	addrs.Admin = alis.Addr().String()
+	var ready atomic.Bool
+	admin := &http.Server{Handler: adminMux(reg, &ready, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
+
+	// Start, each with its own context so shutdown can go in order.
+	warmCtx, stopWarm := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWarm()
+	consCtx, stopCons := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCons()
+	srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSrv()
+	replayCtx, stopReplay := context.WithCancel(ctx)
+	defer stopReplay()
+
+	var warmWG, consWG, srvWG, auxWG sync.WaitGroup
+	warmWG.Go(func() {
+		if err := warmer.Run(warmCtx); err != nil {
+			errc <- fmt.Errorf("warmer: %w", err)
+		}
+	})
+	consWG.Go(func() {
+		if err := consumer.Run(consCtx); err != nil {
+			errc <- fmt.Errorf("consumer: %w", err)
+		}
+	})
+	srvWG.Go(func() {
+		if err := srv.Serve(srvCtx, glis); err != nil {
+			errc <- err
+		}
+	})
+	auxWG.Go(func() {
+		if err := admin.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin http: %w", err)
+		}
+	})
+	auxWG.Go(func() { watchHealth(srvCtx, log, models, rdb, brokers, srv, &ready) })
+	auxWG.Go(func() { progress(srvCtx, log, eng, eval, hist) })
+	if cfg.Replay != ReplayNone {
+		if err := startReplay(replayCtx, &auxWG, cfg, brokers, log, errc); err != nil {
+			return err
+		}
+	}
+	log.Info("prefetchd serving", "grpc", addrs.GRPC, "admin", addrs.Admin, "kafka", addrs.Kafka, "redis", addrs.Redis, "threshold", cfg.Threshold)
+	if opts.Ready != nil {
+		opts.Ready(addrs)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+		log.Error("component failed, shutting down", "err", runErr)
+	}
+	// 1. health NOT_SERVING and drain gRPC (Serve does both when its context ends).
+	ready.Store(false)
+	srv.SetServing(false)
+	stopSrv()
+	srvWG.Wait()
+	// 2. stop the replay and consuming; the consumer commits what is done.
+	stopReplay()
+	stopCons()
+	consWG.Wait()
+	// 3. flush the cache writer.
+	stopWarm()
+	warmWG.Wait()
+	// 4. the rest.
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = admin.Shutdown(shutCtx)
+	auxWG.Wait()
+	stopModels()
+	wg.Wait()
+	log.Info("prefetchd stopped")
+	return runErr
+}
+
+// openModels returns the model manager: a watched repository, or one fixed
+// bundle (a folder, or the bundled model).
+func openModels(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*lifecycle.Manager, error) {
+	if cfg.ModelRepo != "" {
+		return lifecycle.New(lifecycle.Config{Repo: cfg.ModelRepo, Name: cfg.ModelName}, lifecycle.LoadBundle, log, reg)
+	}
+	var (
+		b   *model.Bundle
+		err error
+	)
+	if cfg.Model != "" {
+		b, err = model.LoadBundle(cfg.Model)
+	} else {
+		fsys, dir := embedded.Model()
+		b, err = model.LoadBundleFS(fsys, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load model: %w", err)
+	}
+	return lifecycle.Static(ctx, b, lifecycle.Config{}, log, reg)
+}
+
+// waitForModel waits until the manager serves a model, so that no event is
+// consumed before it can be scored.
+func waitForModel(ctx context.Context, m *lifecycle.Manager) (*lifecycle.Live, error) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	warned := time.Now()
+	for {
+		if l := m.Current(); l != nil {
+			return l, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for a valid model: %w", ctx.Err())
+		case <-t.C:
+			if time.Since(warned) > 10*time.Second {
+				slog.Default().Warn("still waiting for a valid model version in the repository")
+				warned = time.Now()
+			}
+		}
+	}
+}
+
+func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []string, log *slog.Logger, errc chan<- error) error {
+	var (
+		sessions [][]int
+		err      error
+	)
+	if cfg.Replay == ReplayEmbedded {
+		sessions, err = embedded.NASASessions()
+	} else {
+		var f *os.File
+		if f, err = os.Open(cfg.Replay); err == nil {
+			sessions, err = embedded.ReadSPMF(f)
+			f.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("replay sessions: %w", err)
+	}
+	r, err := embedded.NewReplayer(embedded.ReplayConfig{Brokers: brokers, Topic: cfg.Topic, Rate: cfg.ReplayRate, Loop: true}, sessions, log)
+	if err != nil {
+		return err
+	}
+	log.Info("replaying sessions into kafka", "source", cfg.Replay, "sessions", len(sessions), "rate", cfg.ReplayRate)
+	wg.Go(func() {
+		if err := r.Run(ctx); err != nil {
+			errc <- fmt.Errorf("replay: %w", err)
+		}
+	})
+	return nil
+}
+
+// ingester is the gRPC Ingest path: the consumer's own decode, validate and
+// apply, without Kafka.
+type ingester struct{ c *features.Consumer }
+
+func (i ingester) IngestJSON(ctx context.Context, event []byte) error {
+	err := i.c.Apply(ctx, event)
+	if errors.Is(err, features.ErrRejected) {
+		return fmt.Errorf("%w: %w", hint.ErrInvalid, err)
+	}
+	return err
+}
+
+func adminMux(reg *prometheus.Registry, ready *atomic.Bool, withPprof bool) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+// watchHealth sets gRPC health and /readyz: SERVING only while a model is
+// loaded and Kafka and Redis answer.
+func watchHealth(ctx context.Context, log *slog.Logger, models *lifecycle.Manager, rdb redis.UniversalClient, brokers []string, srv *server.Server, ready *atomic.Bool) {
+	check := func() error {
+		if models.Current() == nil {
+			return hint.ErrNoModel
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if err := rdb.Ping(cctx).Err(); err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		var lastErr error
+		for _, b := range brokers {
+			conn, err := (&kafka.Dialer{Timeout: time.Second}).DialContext(cctx, "tcp", b)
+			if err == nil {
+				conn.Close()
+				return nil
+			}
+			lastErr = err
+		}
+		return fmt.Errorf("kafka: %w", lastErr)
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	first := true
+	for {
+		err := check()
+		ok := err == nil
+		if ok != ready.Load() || first {
+			if ok {
+				log.Info("ready", "serving", true)
+			} else {
+				log.Warn("not ready", "err", err)
+			}
+			first = false
+		}
+		ready.Store(ok)
+		srv.SetServing(ok)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// progress logs what flowed through the pipeline every 10 s.
+func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *prefetch.Evaluator, hist *features.Histories) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		tot := eng.Totals()
+		var issued, used, clicks, warm uint64
+		for _, s := range eval.Stats() {
+			issued += s.Issued
+			used += s.Used
+			clicks += s.Clicks
+			warm += s.WarmClicks
+		}
+		log.Info("pipeline progress",
+			"events", tot.Events, "predictions", tot.Predictions, "prefetches_queued", tot.Prefetches,
+			"keys_warmed", issued, "prefetches_used", used, "clicks", clicks, "clicks_warm", warm, "users", hist.Len())
+	}
+}

@@ -1,0 +1,358 @@
+// Package engine wires the stages of prefetchd for one click and one hint
+// query: it canonicalizes the page, extends the user's history (features),
+// scores the next page with the live model (model, through the lifecycle
+// manager), chooses pages to prefetch (prefetch.Policy), hands them to the
+// warmer, feeds the online evaluation, and notifies hint watchers. The Kafka
+// consumer calls HandleEvent; the gRPC server calls Predict and Subscribe.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/prefetch"
+)
+
+// Models yields the live model; *lifecycle.Manager implements it.
+type Models interface {
+	// Current is the model serving now, or nil before the first load.
+	Current() *lifecycle.Live
+	// RecordRequest counts a hint request served by version.
+	RecordRequest(version string, latency time.Duration)
+}
+
+// Warmer takes prefetch requests without blocking; *prefetch.Warmer implements it.
+type Warmer interface {
+	Warm(ctx context.Context, req prefetch.Request) int
+}
+
+// Evaluator joins prefetches with later clicks; *prefetch.Evaluator implements it.
+type Evaluator interface {
+	ObserveClick(user, page string, at time.Time)
+	IsWarm(user, page string, at time.Time) bool
+}
+
+// Deps are the engine's collaborators. All are required.
+type Deps struct {
+	Models    Models
+	Histories features.Store
+	Canon     *features.Canonicalizer
+	Policy    *prefetch.Policy
+	Warmer    Warmer
+	Evaluator Evaluator
+}
+
+// Config tunes the engine. The zero value is valid.
+type Config struct {
+	// Now is the clock used for "warm now" answers. Default time.Now.
+	Now func() time.Time
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error { return nil }
+
+// Engine applies clicks and answers hint queries. It is safe for concurrent
+// use; the caller keeps one user's clicks in order (the consumer does).
+type Engine struct {
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+	m    *metrics
+
+	scratch sync.Pool // *buffers
+
+	// vocabs remembers the vocabulary of recent model epochs, so histories
+	// written under an earlier model are remapped through page keys.
+	vocabMu sync.Mutex
+	vocabs  map[uint32]*model.Vocab // guarded by vocabMu
+
+	policyCache atomic.Pointer[policyForEpoch]
+
+	subsMu  sync.RWMutex
+	subs    map[string]map[*subscriber]struct{} // guarded by subsMu
+	nsubs   atomic.Int64
+	counter stats
+}
+
+type policyForEpoch struct {
+	epoch  uint32
+	policy *prefetch.Policy
+}
+
+// buffers is the per-call scratch space of the hot path.
+type buffers struct {
+	rec   features.Record
+	hist  []int64
+	remap []int64
+	probs []float32
+	cands []prefetch.Candidate
+	pages []prefetch.Page
+}
+
+// stats are running totals for the service's progress log.
+type stats struct {
+	events, predictions, prefetches, duplicates atomic.Uint64
+}
+
+// Totals are the engine's running totals.
+type Totals struct {
+	Events, Predictions, Prefetches, Duplicates uint64
+}
+
+// New builds an engine. reg may be nil.
+func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	switch {
+	case deps.Models == nil:
+		return nil, errors.New("engine: no model source")
+	case deps.Histories == nil:
+		return nil, errors.New("engine: no history store")
+	case deps.Canon == nil:
+		return nil, errors.New("engine: no canonicalizer")
+	case deps.Policy == nil:
+		return nil, errors.New("engine: no policy")
+	case deps.Warmer == nil:
+		return nil, errors.New("engine: no warmer")
+	case deps.Evaluator == nil:
+		return nil, errors.New("engine: no evaluator")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		cfg:    cfg,
+		deps:   deps,
+		log:    logger,
+		m:      m,
+		vocabs: make(map[uint32]*model.Vocab),
+		subs:   make(map[string]map[*subscriber]struct{}),
+	}
+	e.scratch.New = func() any { return new(buffers) }
+	return e, nil
+}
+
+// Totals returns running totals since start.
+func (e *Engine) Totals() Totals {
+	return Totals{
+		Events:      e.counter.events.Load(),
+		Predictions: e.counter.predictions.Load(),
+		Prefetches:  e.counter.prefetches.Load(),
+		Duplicates:  e.counter.duplicates.Load(),
+	}
+}
+
+// live returns the current model and remembers its vocabulary by epoch.
+func (e *Engine) live() (*lifecycle.Live, error) {
+	l := e.deps.Models.Current()
+	if l == nil {
+		return nil, hint.ErrNoModel
+	}
+	e.vocabMu.Lock()
+	if _, ok := e.vocabs[l.Epoch]; !ok {
+		e.vocabs[l.Epoch] = l.Vocab
+		// Keep a bounded set: drop epochs far behind the live one.
+		for ep := range e.vocabs {
+			if l.Epoch-ep > 16 {
+				delete(e.vocabs, ep)
+			}
+		}
+	}
+	e.vocabMu.Unlock()
+	return l, nil
+}
+
+func (e *Engine) vocabOf(epoch uint32) *model.Vocab {
+	e.vocabMu.Lock()
+	defer e.vocabMu.Unlock()
+	return e.vocabs[epoch]
+}
+
+// policyFor returns the policy bound to the live model's vocabulary (cost
+// weights are keyed by page).
+func (e *Engine) policyFor(l *lifecycle.Live) *prefetch.Policy {
+	if p := e.policyCache.Load(); p != nil && p.epoch == l.Epoch {
+		return p.policy
+	}
+	p := &policyForEpoch{epoch: l.Epoch, policy: e.deps.Policy.ForVocab(l.Vocab)}
+	e.policyCache.Store(p)
+	return p.policy
+}
+
+// HandleEvent applies one click: history, prediction, prefetch, evaluation
+// and watchers. It returns an error wrapping features.ErrDuplicate for a
+// redelivered click (not applied twice), hint.ErrNoModel before a model is
+// loaded, and ctx.Err() when ctx ends.
+func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta features.Meta) error {
+	start := time.Now()
+	l, err := e.live()
+	if err != nil {
+		return err
+	}
+	page := e.deps.Canon.Canonical(ev.Page)
+	b := e.scratch.Get().(*buffers)
+	defer e.scratch.Put(b)
+
+	idx := l.Vocab.Index(page)
+	click := features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Offset: meta.Offset}
+	if err := e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec); err != nil {
+		if errors.Is(err, features.ErrDuplicate) {
+			e.counter.duplicates.Add(1)
+		}
+		return fmt.Errorf("append click: %w", err)
+	}
+	// The click counts for the evaluation once it is applied, so a
+	// redelivery does not count it twice.
+	e.deps.Evaluator.ObserveClick(ev.UserID, page, ev.TS)
+	e.counter.events.Add(1)
+
+	if b.rec.Epoch != l.Epoch {
+		if err := e.remapRecord(ctx, ev.UserID, l, &b.rec, b); err != nil {
+			return err
+		}
+	}
+	b.hist = widen(b.hist, b.rec.Pages)
+	probs, err := e.predict(ctx, l, b.hist, b)
+	if err != nil {
+		return err
+	}
+	b.cands = e.policyFor(l).Select(probs, idx, 0, -1, b.cands)
+	if len(b.cands) > 0 {
+		b.pages = b.pages[:0]
+		for _, c := range b.cands {
+			b.pages = append(b.pages, prefetch.Page{Key: l.Vocab.Page(c.Index), Probability: c.Probability})
+		}
+		n := e.deps.Warmer.Warm(ctx, prefetch.Request{UserID: ev.UserID, Pages: b.pages, ModelVersion: l.Version, At: ev.TS})
+		e.counter.prefetches.Add(uint64(n))
+	}
+	if e.nsubs.Load() > 0 {
+		e.publish(ev.UserID, l, b.cands, ev.TS)
+	}
+	e.m.handle.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// remapRecord translates a history written under an earlier model into the
+// live vocabulary through page keys, drops the old recurrent state (it is
+// recomputed from the history), and saves the record.
+func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live, rec *features.Record, b *buffers) error {
+	old := e.vocabOf(rec.Epoch)
+	n := len(rec.Pages)
+	switch {
+	case n == 0:
+	case old == nil:
+		// The old vocabulary is gone: keep the newest click only, which was
+		// encoded with the live vocabulary.
+		rec.Pages = append(rec.Pages[:0], rec.Pages[n-1])
+	default:
+		b.hist = widen(b.hist, rec.Pages[:n-1])
+		b.remap = lifecycle.Remap(b.remap, b.hist, old, l.Vocab)
+		for i, x := range b.remap {
+			rec.Pages[i] = int32(x)
+		}
+	}
+	rec.State = rec.State[:0]
+	rec.Epoch = l.Epoch
+	e.m.remapped.Inc()
+	if err := e.deps.Histories.Save(ctx, user, rec); err != nil {
+		return fmt.Errorf("save remapped history: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) predict(ctx context.Context, l *lifecycle.Live, hist []int64, b *buffers) ([]float32, error) {
+	e.counter.predictions.Add(1)
+	if l.Bundle != nil {
+		probs, err := l.Bundle.PredictOne(ctx, hist, b.probs)
+		b.probs = probs
+		if err != nil {
+			return nil, fmt.Errorf("predict with %s: %w", l.Version, err)
+		}
+		return probs, nil
+	}
+	out, err := l.Model.Predict(ctx, [][]int64{hist})
+	if err != nil {
+		return nil, fmt.Errorf("predict with %s: %w", l.Version, err)
+	}
+	return out[0], nil
+}
+
+func widen(dst []int64, src []int32) []int64 {
+	dst = dst[:0]
+	for _, x := range src {
+		dst = append(dst, int64(x))
+	}
+	return dst
+}
+
+// Predict answers a hint query from the user's history or from the explicit
+// pages. An unknown user gets no hints and no error. It returns
+// hint.ErrNoModel before a model is loaded.
+func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error) {
+	start := time.Now()
+	l, err := e.live()
+	if err != nil {
+		return hint.Result{}, err
+	}
+	b := e.scratch.Get().(*buffers)
+	defer e.scratch.Put(b)
+
+	b.hist = b.hist[:0]
+	if len(q.Pages) > 0 {
+		for _, p := range q.Pages {
+			b.hist = append(b.hist, l.Vocab.Index(e.deps.Canon.Canonical(p)))
+		}
+	} else {
+		ok, err := e.deps.Histories.Load(ctx, q.UserID, &b.rec)
+		if err != nil {
+			return hint.Result{}, fmt.Errorf("load history of %s: %w", q.UserID, err)
+		}
+		if !ok || len(b.rec.Pages) == 0 {
+			return hint.Result{ModelVersion: l.Version}, nil
+		}
+		b.hist = widen(b.hist, b.rec.Pages)
+		if b.rec.Epoch != l.Epoch {
+			if old := e.vocabOf(b.rec.Epoch); old != nil {
+				b.remap = lifecycle.Remap(b.remap, b.hist, old, l.Vocab)
+				b.hist, b.remap = b.remap, b.hist
+			} else {
+				b.hist = b.hist[len(b.hist)-1:]
+			}
+		}
+	}
+	probs, err := e.predict(ctx, l, b.hist, b)
+	if err != nil {
+		return hint.Result{}, err
+	}
+	current := b.hist[len(b.hist)-1]
+	b.cands = e.policyFor(l).Select(probs, current, q.K, q.Threshold, b.cands)
+	res := hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(b.cands))}
+	now := e.cfg.Now()
+	for i, c := range b.cands {
+		page := l.Vocab.Page(c.Index)
+		res.Hints[i] = hint.Hint{Page: page, Probability: c.Probability, Warm: e.deps.Evaluator.IsWarm(q.UserID, page, now)}
+	}
+	d := time.Since(start)
+	e.deps.Models.RecordRequest(l.Version, d)
+	e.m.predict.Observe(d.Seconds())
+	return res, nil
+}

@@ -1,0 +1,38 @@
+package engine
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	handle       prometheus.Histogram
+	predict      prometheus.Histogram
+	remapped     prometheus.Counter
+	watchDropped prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	buckets := prometheus.ExponentialBuckets(10e-6, 2, 16)
+	m := &metrics{
+		handle: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "prefetchd_engine_event_seconds", Help: "Time to apply one click: history, prediction, prefetch decision.", Buckets: buckets,
+		}),
+		predict: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "prefetchd_engine_predict_seconds", Help: "Time to answer one hint query inside the engine.", Buckets: buckets,
+		}),
+		remapped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_engine_histories_remapped_total", Help: "Histories translated to a new model vocabulary.",
+		}),
+		watchDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_engine_watch_dropped_total", Help: "Hint updates dropped because a watcher fell behind.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.handle, m.predict, m.remapped, m.watchDropped} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,78 @@
+package engine
+
+import (
+	"time"
+
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/prefetch"
+)
+
+type subscriber struct {
+	ch chan hint.Update
+}
+
+// Subscribe implements hint.Watcher: every click of one of users produces an
+// Update with the hints computed for it. A subscriber that falls behind loses
+// updates (counted) instead of slowing ingestion. cancel releases the
+// subscription and closes the channel.
+func (e *Engine) Subscribe(users []string, buffer int) (<-chan hint.Update, func()) {
+	if buffer < 1 {
+		buffer = 1
+	}
+	s := &subscriber{ch: make(chan hint.Update, buffer)}
+	e.subsMu.Lock()
+	for _, u := range users {
+		set := e.subs[u]
+		if set == nil {
+			set = make(map[*subscriber]struct{})
+			e.subs[u] = set
+		}
+		set[s] = struct{}{}
+	}
+	e.nsubs.Add(1)
+	e.subsMu.Unlock()
+
+	done := false
+	cancel := func() {
+		e.subsMu.Lock()
+		defer e.subsMu.Unlock()
+		if done {
+			return
+		}
+		done = true
+		for _, u := range users {
+			if set := e.subs[u]; set != nil {
+				delete(set, s)
+				if len(set) == 0 {
+					delete(e.subs, u)
+				}
+			}
+		}
+		e.nsubs.Add(-1)
+		close(s.ch)
+	}
+	return s.ch, cancel
+}
+
+// publish sends the hints of one click to the user's subscribers without
+// blocking.
+func (e *Engine) publish(user string, l *lifecycle.Live, cands []prefetch.Candidate, at time.Time) {
+	e.subsMu.RLock()
+	defer e.subsMu.RUnlock()
+	set := e.subs[user]
+	if len(set) == 0 {
+		return
+	}
+	u := hint.Update{UserID: user, At: at, Result: hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(cands))}}
+	for i, c := range cands {
+		u.Result.Hints[i] = hint.Hint{Page: l.Vocab.Page(c.Index), Probability: c.Probability}
+	}
+	for s := range set {
+		select {
+		case s.ch <- u:
+		default:
+			e.m.watchDropped.Inc()
+		}
+	}
+}
