@@ -152,3 +152,71 @@ func markovGraph(vocab int, trans []float32) tGraph {
 		outputs: []tValue{{name: "probs", elem: onnxFloat, dims: []any{"batch", int64(vocab)}}},
 	}
 }
+
+func tAttrInts(name string, v ...int64) []byte {
+	b := bytesField(nil, 1, []byte(name))
+	for _, x := range v {
+		b = varintField(b, 8, x)
+	}
+	return varintField(b, 20, attrInts)
+}
+
+// lcg fills deterministic pseudo-random weights in [-scale, scale).
+func lcgWeights(n int, seed uint64, scale float32) []float32 {
+	out := make([]float32, n)
+	s := seed
+	for i := range out {
+		s = s*6364136223846793005 + 1442695040888963407
+		out[i] = (float32(s>>40)/float32(1<<24)*2 - 1) * scale
+	}
+	return out
+}
+
+// gruGraphs builds a GRU model shaped like a PyTorch export (Embedding ->
+// GRU -> Linear on the last position -> Softmax) in sequence and step form.
+func gruGraphs(vocab, emb, hidden int) (seq, step tGraph) {
+	v, e, h := int64(vocab), int64(emb), int64(hidden)
+	inits := [][]byte{
+		tFloatTensor("emb", []int64{v, e}, lcgWeights(vocab*emb, 1, 1)),
+		tFloatTensor("W", []int64{1, 3 * h, e}, lcgWeights(3*hidden*emb, 2, 0.3)),
+		tFloatTensor("R", []int64{1, 3 * h, h}, lcgWeights(3*hidden*hidden, 3, 0.3)),
+		tFloatTensor("B", []int64{1, 6 * h}, lcgWeights(6*hidden, 4, 0.1)),
+		tFloatTensor("out.weight", []int64{v, h}, lcgWeights(vocab*hidden, 5, 0.5)),
+		tFloatTensor("out.bias", []int64{v}, lcgWeights(vocab, 6, 0.1)),
+		tIntTensor("one", []int64{1}, []int64{1}),
+		tIntTensor("minus_one", nil, []int64{-1}),
+	}
+	tail := []tNode{
+		{op: "Squeeze", name: "squeeze", in: []string{"Y", "one"}, out: []string{"ys"}},
+		{op: "Transpose", name: "t2", in: []string{"ys"}, out: []string{"yb"}, attrs: [][]byte{tAttrInts("perm", 1, 0, 2)}},
+		{op: "Gather", name: "last", in: []string{"yb", "minus_one"}, out: []string{"hl"}, attrs: [][]byte{tAttrInt("axis", 1)}},
+		{op: "Gemm", name: "out", in: []string{"hl", "out.weight", "out.bias"}, out: []string{"logits"}, attrs: [][]byte{tAttrInt("transB", 1)}},
+		{op: "Softmax", name: "softmax", in: []string{"logits"}, out: []string{"probs"}, attrs: [][]byte{tAttrInt("axis", -1)}},
+	}
+	gruAttrs := [][]byte{tAttrInt("hidden_size", h), tAttrInt("linear_before_reset", 1)}
+	seq = tGraph{opset: 13, inits: inits,
+		inputs:  []tValue{{name: "page_ids", elem: onnxInt64, dims: []any{"batch", "seq"}}},
+		outputs: []tValue{{name: "probs", elem: onnxFloat, dims: []any{"batch", v}}},
+		nodes: append([]tNode{
+			{op: "Gather", name: "embed", in: []string{"emb", "page_ids"}, out: []string{"x0"}},
+			{op: "Transpose", name: "t1", in: []string{"x0"}, out: []string{"x"}, attrs: [][]byte{tAttrInts("perm", 1, 0, 2)}},
+			{op: "GRU", name: "gru", in: []string{"x", "W", "R", "B"}, out: []string{"Y", "Yh"}, attrs: gruAttrs},
+		}, tail...),
+	}
+	step = tGraph{opset: 13, inits: inits,
+		inputs: []tValue{
+			{name: "page_id", elem: onnxInt64, dims: []any{"batch", int64(1)}},
+			{name: "state_in", elem: onnxFloat, dims: []any{int64(1), "batch", h}},
+		},
+		outputs: []tValue{
+			{name: "probs", elem: onnxFloat, dims: []any{"batch", v}},
+			{name: "state_out", elem: onnxFloat, dims: []any{int64(1), "batch", h}},
+		},
+		nodes: append([]tNode{
+			{op: "Gather", name: "embed", in: []string{"emb", "page_id"}, out: []string{"x0"}},
+			{op: "Transpose", name: "t1", in: []string{"x0"}, out: []string{"x"}, attrs: [][]byte{tAttrInts("perm", 1, 0, 2)}},
+			{op: "GRU", name: "gru", in: []string{"x", "W", "R", "B", "", "state_in"}, out: []string{"Y", "state_out"}, attrs: gruAttrs},
+		}, tail...),
+	}
+	return seq, step
+}

@@ -375,17 +375,14 @@ func (b *Bundle) PredictOne(ctx context.Context, history []int64, dst []float32)
 	if err != nil {
 		return dst, err
 	}
-	var pad [1]int64
-	if len(h) == 0 {
-		h = pad[:]
-	}
 	dst = sized(dst, b.vsize)
 	ex := b.seq.pool.Get().(*exec)
 	defer b.seq.pool.Put(ex)
 	feed := &ex.feed[b.seqIn]
-	if err := feed.reshape(dtInt, 1, len(h)); err != nil {
+	if err := feed.reshape(dtInt, 1, max(len(h), 1)); err != nil {
 		return dst, err
 	}
+	feed.i[0] = PadIndex // an empty history is one padding index
 	copy(feed.i, h)
 	if err := b.seq.plan.run(ctx, ex); err != nil {
 		return dst, fmt.Errorf("predict: %w", err)

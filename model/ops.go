@@ -467,8 +467,8 @@ func (s squeezeK) run(in, out []*tens, _ *[]float32) error {
 }
 
 func copyReshaped(dst, src *tens, shape []int) error {
-	if size(shape) != src.size() {
-		return fmt.Errorf("cannot reshape %v to %v", src.shape, shape)
+	if n := size(shape); n != src.size() {
+		return fmt.Errorf("cannot reshape %d elements to %d", src.size(), n)
 	}
 	if err := dst.reshape(src.dt, shape...); err != nil {
 		return err

@@ -54,10 +54,10 @@ func (t *tens) reshape(dt dtype, shape ...int) error {
 	n := 1
 	for _, d := range shape {
 		if d < 0 {
-			return fmt.Errorf("negative dimension in shape %v", shape)
+			return fmt.Errorf("negative dimension %d", d)
 		}
 		if d > 0 && n > MaxTensorElems/d {
-			return fmt.Errorf("shape %v exceeds %d elements", shape, MaxTensorElems)
+			return fmt.Errorf("result exceeds %d elements", MaxTensorElems)
 		}
 		n *= d
 	}

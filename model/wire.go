@@ -19,6 +19,9 @@ const (
 	MaxNodes = 1 << 16
 	// MaxModelBytes bounds the size of a model file.
 	MaxModelBytes = 1 << 30
+	// maxDeclaredElems bounds the static elements of all declared graph
+	// values together (onnx-go allocates a placeholder tensor for each).
+	maxDeclaredElems = 1 << 24
 )
 
 // ErrBadModel is returned (wrapped) when a model file is truncated, corrupt or
@@ -62,6 +65,7 @@ type wireModel struct {
 	outputs     []wireValue
 	initializer map[string]wireTensor
 	initOrder   []string
+	declared    int64 // static elements of all declared values
 }
 
 type wireNode struct {
@@ -276,6 +280,10 @@ func (m *wireModel) parseGraph(b []byte) error {
 			v, err := parseValue(val)
 			if err != nil {
 				return fmt.Errorf("value %q: %w", v.name, err)
+			}
+			m.declared += v.staticElems()
+			if m.declared > maxDeclaredElems {
+				return fmt.Errorf("declared values exceed %d elements", maxDeclaredElems)
 			}
 			switch num {
 			case 11:
@@ -587,6 +595,18 @@ func (v *wireValue) parseShape(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// staticElems is the product of the fixed dimensions (what onnx-go
+// allocates for the value).
+func (v *wireValue) staticElems() int64 {
+	n := int64(1)
+	for _, d := range v.dims {
+		if d > 0 {
+			n *= d
+		}
+	}
+	return n
 }
 
 func dtypeName(t int64) string {

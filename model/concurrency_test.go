@@ -1,0 +1,71 @@
+package model
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestConcurrentUse runs one bundle from 8 goroutines at once (Predict,
+// PredictOne and Step) and checks every result against a serial run.
+func TestConcurrentUse(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := LoadBundle("testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := [][]int64{{5}, {7, 9, 11}, {3, 3, 3, 3, 3, 3}, {150, 2, 60, 1, 4}, {}}
+	want, err := b.Predict(ctx, hs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers, rounds = 8, 40
+	var wg sync.WaitGroup
+	errs := make(chan string, workers*rounds)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var dst, state, probs []float32
+			for r := range rounds {
+				i := (w + r) % len(hs)
+				var err error
+				switch r % 3 {
+				case 0:
+					var got [][]float32
+					if got, err = b.Predict(ctx, hs); err == nil {
+						for j := range got {
+							if d := maxDiff(got[j], want[j]); d > 1e-6 {
+								errs <- "Predict differs"
+							}
+						}
+					}
+				case 1:
+					if dst, err = b.PredictOne(ctx, hs[i], dst); err == nil && maxDiff(dst, want[i]) > 1e-6 {
+						errs <- "PredictOne differs"
+					}
+				case 2:
+					state = state[:0]
+					for _, id := range hs[i] {
+						if probs, state, err = b.Step(ctx, id, state, probs); err != nil {
+							break
+						}
+					}
+					if err == nil && len(hs[i]) > 0 && maxDiff(probs, want[i]) > 1e-5 {
+						errs <- "Step differs"
+					}
+				}
+				if err != nil {
+					errs <- err.Error()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
