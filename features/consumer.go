@@ -210,6 +210,9 @@ type Consumer struct {
 	commitNow chan struct{}
 	dlqQueue  chan deadLetter
 
+	// noCommit makes commits no-ops, so that tests can simulate a crash.
+	noCommit bool
+
 	mu      sync.Mutex
 	running bool
 	closed  bool
@@ -543,7 +546,7 @@ func (c *Consumer) commitLoop(ctx context.Context) {
 // calls it at a time.
 func (c *Consumer) commit(ctx context.Context) error {
 	offs := c.track.pending(nil)
-	if len(offs) == 0 {
+	if len(offs) == 0 || c.noCommit {
 		return nil
 	}
 	msgs := make([]kafka.Message, len(offs))

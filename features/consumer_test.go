@@ -1,0 +1,468 @@
+package features
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+
+	"github.com/prefetchd/prefetchd/internal/kafkatest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// kafka-go keeps one process-wide goroutine for its default transport's idle connections.
+		goleak.IgnoreAnyFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+		goleak.IgnoreAnyFunction("github.com/segmentio/kafka-go.(*conn).run"),
+	)
+}
+
+// recorder is a Handler that appends clicks to a Store like the engine does
+// and records, per user, the pages applied (duplicates excluded).
+type recorder struct {
+	store Store
+
+	mu      sync.Mutex
+	applied map[string][]int32
+	dups    int
+	total   atomic.Int64
+	// failUntil makes the handler fail this many times per event before succeeding.
+	failUntil int
+	fails     map[string]int
+}
+
+func newRecorder(store Store) *recorder {
+	return &recorder{store: store, applied: map[string][]int32{}, fails: map[string]int{}}
+}
+
+func (r *recorder) HandleEvent(ctx context.Context, ev Event, msg Meta) error {
+	page, err := strconv.Atoi(strings.TrimPrefix(ev.Page, "/page/"))
+	if err != nil {
+		return &RejectError{Reason: "handler", Detail: "page is not /page/N"}
+	}
+	if r.failUntil > 0 {
+		r.mu.Lock()
+		key := fmt.Sprint(msg.Partition, msg.Offset)
+		r.fails[key]++
+		n := r.fails[key]
+		r.mu.Unlock()
+		if n <= r.failUntil {
+			return errors.New("transient failure")
+		}
+	}
+	var rec Record
+	err = r.store.Append(ctx, ev.UserID, Click{Page: int32(page), TS: ev.TS, Partition: msg.Partition, Offset: msg.Offset}, &rec)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case errors.Is(err, ErrDuplicate):
+		r.dups++
+		return err
+	case err != nil:
+		return err
+	}
+	r.applied[ev.UserID] = append(r.applied[ev.UserID], int32(page))
+	r.total.Add(1)
+	return nil
+}
+
+func (r *recorder) snapshot() map[string][]int32 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string][]int32, len(r.applied))
+	for k, v := range r.applied {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// clickStream produces per user pages 0..n-1 in order and remembers them.
+type clickStream struct {
+	want map[string][]int32
+	ts   time.Time
+}
+
+func newClickStream() *clickStream {
+	return &clickStream{want: map[string][]int32{}, ts: time.Now().Add(-time.Hour)}
+}
+
+func (s *clickStream) next(user string) kafka.Message {
+	page := int32(len(s.want[user]))
+	s.want[user] = append(s.want[user], page)
+	s.ts = s.ts.Add(time.Millisecond)
+	b, _ := Encode(Event{UserID: user, Page: fmt.Sprintf("/page/%d", page), TS: s.ts})
+	return kafkatest.Message(user, string(b))
+}
+
+// batch makes users×perUser good messages interleaved across users.
+func (s *clickStream) batch(users, perUser int) []kafka.Message {
+	var msgs []kafka.Message
+	for range perUser {
+		for u := range users {
+			msgs = append(msgs, s.next(fmt.Sprintf("user-%02d", u)))
+		}
+	}
+	return msgs
+}
+
+func (s *clickStream) count() int {
+	n := 0
+	for _, v := range s.want {
+		n += len(v)
+	}
+	return n
+}
+
+func testConsumerConfig(addr, topic string) ConsumerConfig {
+	return ConsumerConfig{
+		Brokers:           []string{addr},
+		Topic:             topic,
+		GroupID:           "prefetchd",
+		Workers:           3,
+		CommitInterval:    100 * time.Millisecond,
+		CommitBatch:       50,
+		MaxWait:           50 * time.Millisecond,
+		SessionTimeout:    6 * time.Second,
+		HeartbeatInterval: 200 * time.Millisecond,
+		RebalanceTimeout:  6 * time.Second,
+		HandlerBackoff:    time.Millisecond,
+	}
+}
+
+// runConsumer starts c.Run and returns a stop function that cancels it, waits
+// for it, closes the consumer and fails the test on error.
+func runConsumer(t *testing.T, c *Consumer) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			if err := c.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func checkApplied(t *testing.T, got, want map[string][]int32) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("applied events for %d users, want %d", len(got), len(want))
+	}
+	for u, w := range want {
+		if !slices.Equal(got[u], w) {
+			t.Fatalf("user %s applied %v, want each page once in order %v", u, got[u], w)
+		}
+	}
+}
+
+func TestConsumerPoisonMessages(t *testing.T) {
+	const topic, dlqTopic = "clicks", "clicks.dead"
+	b := kafkatest.Start(t, topic, dlqTopic)
+	stream := newClickStream()
+	var msgs []kafka.Message
+	poison := []struct {
+		value, reason string
+	}{
+		{`{"user_id":`, ReasonJSON},
+		{``, ReasonEmpty},
+		{"{\"user_id\":\"\xff\"}", ReasonUTF8},
+		{`{"page":"/page/1","ts":"2026-01-01T00:00:00Z"}`, ReasonMissingUserID},
+		{`{"user_id":"user-01","page":"/page/1","ts":"never"}`, ReasonBadTS},
+		{`{"user_id":"user-01","page":"/page/1","ts":"1995-07-01T00:00:00Z"}`, ReasonTSSkew},
+		{`{"user_id":"user-01","page":"/page/1","ts":"` + time.Now().Format(time.RFC3339) + `","x":"` + strings.Repeat("a", 2000) + `"}`, ReasonTooLarge},
+		{`{"user_id":"user-02","page":"/other","ts":"` + time.Now().Format(time.RFC3339) + `"}`, "handler"},
+	}
+	for i := range 6 {
+		msgs = append(msgs, stream.batch(8, 5)...)
+		for _, p := range poison {
+			msgs = append(msgs, kafkatest.Message(fmt.Sprintf("user-%02d", i), p.value))
+		}
+	}
+	b.Produce(t, topic, msgs...)
+	good := stream.count()
+
+	reg := prometheus.NewPedanticRegistry()
+	store := newTestHistories(t, HistoryConfig{MaxLen: 1000})
+	rec := newRecorder(store)
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.DeadLetterTopic = dlqTopic
+	cfg.Decoder.MaxMessageBytes = 1024
+	c, err := NewConsumer(cfg, rec, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, c)
+	eventually(t, 30*time.Second, "all good events and dead letters", func() bool {
+		return rec.total.Load() == int64(good) && c.Lag() == 0 &&
+			testutil.ToFloat64(c.m.deadLetters.WithLabelValues("written")) == float64(6*len(poison))
+	})
+	checkApplied(t, rec.snapshot(), stream.want)
+	for _, p := range poison {
+		if got := testutil.ToFloat64(c.m.rejected(p.reason)); got != 6 {
+			t.Errorf("rejected{reason=%q} = %v, want 6", p.reason, got)
+		}
+	}
+	stop()
+
+	// Everything, poison included, was committed: a new member of the group
+	// sees only new messages.
+	b.Produce(t, topic, stream.next("user-00"))
+	rec2 := newRecorder(newTestHistories(t, HistoryConfig{MaxLen: 1000}))
+	c2, err := NewConsumer(cfg, rec2, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop2 := runConsumer(t, c2)
+	eventually(t, 30*time.Second, "the one new event", func() bool { return rec2.total.Load() == 1 })
+	time.Sleep(300 * time.Millisecond)
+	if got := rec2.snapshot(); len(got) != 1 || !slices.Equal(got["user-00"], []int32{6 * 5}) {
+		t.Fatalf("after restart applied %v, want only user-00 page 30", got)
+	}
+	if n := testutil.ToFloat64(c2.m.rejected(ReasonJSON)); n != 0 {
+		t.Fatalf("poison redelivered after commit: %v json rejections", n)
+	}
+	stop2()
+
+	// The dead-letter topic holds every poison message with its reason.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{b.Addr()}, GroupID: "dlq-check", Topic: dlqTopic,
+		MaxWait: 50 * time.Millisecond, SessionTimeout: 6 * time.Second, HeartbeatInterval: 200 * time.Millisecond})
+	defer r.Close()
+	reasons := map[string]int{}
+	for range 6 * len(poison) {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			t.Fatalf("read dead letters: %v (got %v)", err, reasons)
+		}
+		hdr := map[string]string{}
+		for _, h := range m.Headers {
+			hdr[h.Key] = string(h.Value)
+		}
+		reasons[hdr["reason"]]++
+		if hdr["source_topic"] != topic || hdr["source_offset"] == "" || hdr["source_partition"] == "" {
+			t.Fatalf("dead letter headers %v lack the source", hdr)
+		}
+		if hdr["reason"] == ReasonJSON && string(m.Value) != `{"user_id":` {
+			t.Fatalf("dead letter value %q, want the original", m.Value)
+		}
+	}
+	for _, p := range poison {
+		if reasons[p.reason] != 6 {
+			t.Fatalf("dead letters by reason %v, want 6 of %q", reasons, p.reason)
+		}
+	}
+}
+
+func TestConsumerRestartFromCommittedOffsets(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	b.Produce(t, topic, stream.batch(10, 10)...)
+	store := newTestHistories(t, HistoryConfig{MaxLen: 1000})
+	rec := newRecorder(store)
+	cfg := testConsumerConfig(b.Addr(), topic)
+
+	// First run: clean shutdown commits what is done.
+	c1, err := NewConsumer(cfg, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop1 := runConsumer(t, c1)
+	eventually(t, 30*time.Second, "first 100 events", func() bool { return rec.total.Load() == 100 })
+	stop1()
+
+	// Second run crashes: events are applied but never committed.
+	b.Produce(t, topic, stream.batch(10, 10)...)
+	c2, err := NewConsumer(cfg, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.noCommit = true
+	stop2 := runConsumer(t, c2)
+	eventually(t, 30*time.Second, "next 100 events", func() bool { return rec.total.Load() == 200 })
+	stop2()
+
+	// Third run: the uncommitted 100 come again and the store's per-user
+	// positions absorb them; new events are applied once, in order.
+	b.Produce(t, topic, stream.batch(10, 5)...)
+	c3, err := NewConsumer(cfg, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop3 := runConsumer(t, c3)
+	eventually(t, 30*time.Second, "redeliveries and new events", func() bool {
+		return rec.total.Load() == 250 && testutil.ToFloat64(c3.m.duplicates) == 100
+	})
+	stop3()
+	checkApplied(t, rec.snapshot(), stream.want)
+	if got := testutil.ToFloat64(c3.m.messages); got != 150 {
+		t.Fatalf("third run fetched %v messages, want 150 (100 uncommitted + 50 new)", got)
+	}
+}
+
+func TestConsumerRebalance(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	// One store stands for the Redis store shared by replicas.
+	store := newTestHistories(t, HistoryConfig{MaxLen: 4096})
+	rec := newRecorder(store)
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.CommitInterval = time.Second // leave uncommitted work to be redelivered
+	cfg.CommitBatch = 1 << 20
+
+	c1, err := NewConsumer(cfg, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop1 := runConsumer(t, c1)
+	b.Produce(t, topic, stream.batch(20, 10)...)
+	eventually(t, 30*time.Second, "first member to consume", func() bool { return rec.total.Load() >= 100 })
+
+	c2, err := NewConsumer(cfg, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop2 := runConsumer(t, c2)
+	// Keep producing while the group rebalances.
+	for range 10 {
+		b.Produce(t, topic, stream.batch(20, 2)...)
+		time.Sleep(300 * time.Millisecond)
+	}
+	want := int64(stream.count())
+	eventually(t, 40*time.Second, "every event applied", func() bool { return rec.total.Load() == want })
+	eventually(t, 10*time.Second, "second member to get partitions", func() bool { return testutil.ToFloat64(c2.m.messages) > 0 })
+	stop1()
+	stop2()
+	checkApplied(t, rec.snapshot(), stream.want)
+	t.Logf("events %d, member 1 fetched %v, member 2 fetched %v, redeliveries absorbed: consumer %v, store %d",
+		want, testutil.ToFloat64(c1.m.messages), testutil.ToFloat64(c2.m.messages),
+		testutil.ToFloat64(c1.m.duplicates)+testutil.ToFloat64(c2.m.duplicates), rec.dups)
+}
+
+func TestConsumerHandlerRetries(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	b.Produce(t, topic, stream.batch(3, 4)...)
+	cases := []struct {
+		name      string
+		failUntil int
+		retries   int
+		applied   int64
+		skipped   float64
+	}{
+		{name: "recovers", failUntil: 2, retries: 3, applied: 12},
+		{name: "gives up", failUntil: 5, retries: 1, applied: 0, skipped: 12},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := newRecorder(newTestHistories(t, HistoryConfig{}))
+			rec.failUntil = tc.failUntil
+			cfg := testConsumerConfig(b.Addr(), topic)
+			cfg.GroupID = fmt.Sprintf("retries-%d", i)
+			cfg.HandlerRetries = tc.retries
+			c, err := NewConsumer(cfg, rec, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := runConsumer(t, c)
+			eventually(t, 30*time.Second, "all messages done", func() bool { return c.Lag() == 0 && testutil.ToFloat64(c.m.messages) == 12 })
+			stop()
+			if got := rec.total.Load(); got != tc.applied {
+				t.Errorf("applied %d, want %d", got, tc.applied)
+			}
+			if got := testutil.ToFloat64(c.m.handlerErrors); got != tc.skipped {
+				t.Errorf("handler errors %v, want %v", got, tc.skipped)
+			}
+		})
+	}
+}
+
+func TestConsumerApply(t *testing.T) {
+	store := newTestHistories(t, HistoryConfig{})
+	rec := newRecorder(store)
+	c, err := NewConsumer(ConsumerConfig{Brokers: []string{"127.0.0.1:1"}, Topic: "t", GroupID: "g"}, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ts := time.Now().UTC().Format(time.RFC3339Nano)
+	for _, p := range []string{"/page/3", "/page/4"} {
+		if err := c.Apply(ctx, []byte(`{"user_id":"ann","page":"`+p+`","ts":"`+ts+`"}`)); err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+	}
+	got, _ := store.Get(ctx, "ann", nil)
+	if !slices.Equal(got, []int32{3, 4}) {
+		t.Fatalf("history %v, want [3 4]", got)
+	}
+	err = c.Apply(ctx, []byte(`{"user_id":"ann"}`))
+	var rej *RejectError
+	if !errors.As(err, &rej) || rej.Reason != ReasonMissingPage {
+		t.Fatalf("Apply of a bad event: %v, want reason %s", err, ReasonMissingPage)
+	}
+	if n := testutil.ToFloat64(c.m.rejected(ReasonMissingPage)); n != 1 {
+		t.Fatalf("rejected count %v, want 1", n)
+	}
+}
+
+func TestConsumerConfigValidate(t *testing.T) {
+	ok := ConsumerConfig{Brokers: []string{"b:9092"}, Topic: "t", GroupID: "g"}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("minimal config: %v", err)
+	}
+	for name, mut := range map[string]func(*ConsumerConfig){
+		"no brokers":      func(c *ConsumerConfig) { c.Brokers = nil },
+		"empty broker":    func(c *ConsumerConfig) { c.Brokers = []string{""} },
+		"no topic":        func(c *ConsumerConfig) { c.Topic = "" },
+		"no group":        func(c *ConsumerConfig) { c.GroupID = "" },
+		"short session":   func(c *ConsumerConfig) { c.SessionTimeout = time.Second },
+		"bad offset":      func(c *ConsumerConfig) { c.StartOffset = 5 },
+		"dlq is input":    func(c *ConsumerConfig) { c.DeadLetterTopic = "t" },
+		"negative worker": func(c *ConsumerConfig) { c.Workers = -1 },
+		"bad decoder":     func(c *ConsumerConfig) { c.Decoder.MaxPageBytes = -1 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := ok
+			mut(&cfg)
+			if err := cfg.Validate(); err == nil {
+				t.Fatalf("%+v accepted", cfg)
+			}
+		})
+	}
+}
