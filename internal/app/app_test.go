@@ -1,0 +1,249 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/prefetchd/prefetchd/internal/embedded"
+	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/prefetchd/prefetchd/internal/redistest"
+	"github.com/prefetchd/prefetchd/model"
+	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
+)
+
+// strongestTransition finds the page whose most likely successor under the
+// bundled model is the most certain, and returns both with the probability.
+func strongestTransition(t *testing.T) (from, to string, prob float32, version string) {
+	t.Helper()
+	fsys, dir := embedded.Model()
+	b, err := model.LoadBundleFS(fsys, dir)
+	if err != nil {
+		t.Fatalf("load bundled model: %v", err)
+	}
+	v := b.Vocab()
+	for i := int64(2); i < int64(v.Len()); i++ {
+		probs, err := b.PredictOne(context.Background(), []int64{i}, nil)
+		if err != nil {
+			t.Fatalf("predict from page %d: %v", i, err)
+		}
+		for j := 2; j < len(probs); j++ {
+			if int64(j) != i && probs[j] > prob {
+				from, to, prob = v.Page(i), v.Page(int64(j)), probs[j]
+			}
+		}
+	}
+	return from, to, prob, b.Manifest().Version
+}
+
+func clickJSON(user, page string, at time.Time) string {
+	b, _ := json.Marshal(map[string]string{"user_id": user, "page": page, "ts": at.UTC().Format(time.RFC3339Nano)})
+	return string(b)
+}
+
+// TestEndToEnd produces clicks to a Kafka-protocol broker, then expects the
+// predicted page warmed in a real redis-server with a TTL, and the same page
+// with the model's probability from Predict over gRPC.
+func TestEndToEnd(t *testing.T) {
+	from, to, prob, version := strongestTransition(t)
+	rs := redistest.Start(t)
+	kb := kafkatest.Start(t, "clicks")
+
+	cfg := Default()
+	cfg.KafkaBrokers = []string{kb.Addr()}
+	cfg.RedisAddr = rs.Addr()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.AdminListen = "127.0.0.1:0"
+	cfg.Replay = ReplayNone
+	cfg.Threshold = float64(prob) * 0.99
+	cfg.TTL = time.Minute
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	ready := make(chan Addrs, 1)
+	done := make(chan error, 1)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	go func() { done <- RunWith(runCtx, cfg, logger, Options{Ready: func(a Addrs) { ready <- a }}) }()
+	var addrs Addrs
+	select {
+	case addrs = <-ready:
+	case err := <-done:
+		t.Fatalf("service stopped before serving: %v", err)
+	case <-ctx.Done():
+		t.Fatal("service did not start")
+	}
+
+	// A malformed event first: it must be skipped without blocking the
+	// partition (same key, so same partition as the good click).
+	user := "e2e-user"
+	now := time.Now()
+	kb.Produce(t, "clicks",
+		kafkatest.Message(user, `{"user_id": "e2e-user", "page": 17`),
+		kafkatest.Message(user, clickJSON(user, "https://www.example.org"+from+"?utm_source=mail", now)),
+	)
+
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	key := "page:" + to
+	var ttl time.Duration
+	for {
+		d, err := rdb.TTL(ctx, key).Result()
+		if err == nil && d > 0 {
+			ttl = d
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("key %q never warmed (last TTL %v, err %v)", key, d, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if ttl > cfg.TTL || ttl < cfg.TTL-10*time.Second {
+		t.Errorf("TTL of %s = %v, want about %v", key, ttl, cfg.TTL)
+	}
+
+	conn, err := grpc.NewClient(addrs.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial gRPC: %v", err)
+	}
+	defer conn.Close()
+	hints := prefetchv1.NewHintServiceClient(conn)
+	resp, err := hints.Predict(ctx, &prefetchv1.PredictRequest{UserId: user})
+	if err != nil {
+		t.Fatalf("Predict: %v", err)
+	}
+	if len(resp.Hints) == 0 {
+		t.Fatalf("Predict returned no hints, want %s", to)
+	}
+	h := resp.Hints[0]
+	if h.Page != to || math.Abs(float64(h.Probability-prob)) > 1e-6 || !h.Warm {
+		t.Errorf("first hint = %+v, want page %s with probability %v, warm", h, to, prob)
+	}
+	if resp.ModelVersion != version {
+		t.Errorf("model version %q, want %q", resp.ModelVersion, version)
+	}
+
+	if _, err := hints.Predict(ctx, &prefetchv1.PredictRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("Predict with no user: %v, want InvalidArgument", err)
+	}
+	hc, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || hc.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health = %v, %v; want SERVING", hc, err)
+	}
+
+	metrics := httpGet(t, ctx, "http://"+addrs.Admin+"/metrics")
+	for _, want := range []string{
+		`prefetchd_prefetch_issued_total{model_version="` + version + `"} 1`,
+		`prefetchd_ingest_rejected_total{reason="json"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if body := httpGet(t, ctx, "http://"+addrs.Admin+"/healthz"); !strings.Contains(body, "ok") {
+		t.Errorf("/healthz = %q", body)
+	}
+
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after cancel: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return within 30s of cancel")
+	}
+}
+
+// TestEmbeddedDefaults runs the service as `make run` does, on ephemeral
+// ports, and expects replayed events to warm keys.
+func TestEmbeddedDefaults(t *testing.T) {
+	cfg := Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.AdminListen = "127.0.0.1:0"
+	cfg.Replay = ReplayEmbedded
+	cfg.ReplayRate = 2000
+	cfg.Threshold = 0.3
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	ready := make(chan Addrs, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- RunWith(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Ready: func(a Addrs) { ready <- a }})
+	}()
+	var addrs Addrs
+	select {
+	case addrs = <-ready:
+	case err := <-done:
+		t.Fatalf("service stopped before serving: %v", err)
+	}
+	for {
+		m := httpGet(t, ctx, "http://"+addrs.Admin+"/metrics")
+		if n := metricSum(m, "prefetchd_prefetch_issued_total"); n >= 10 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("fewer than 10 keys warmed from the replay; metrics:\n%s", grepLines(m, "prefetchd_"))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
+}
+
+func httpGet(t *testing.T, ctx context.Context, url string) string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// metricSum adds the values of every series of a metric in Prometheus text form.
+func metricSum(text, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		f := strings.Fields(line)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func grepLines(text, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
