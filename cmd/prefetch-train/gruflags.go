@@ -6,8 +6,27 @@ import (
 	"github.com/prefetchd/prefetchd/training"
 )
 
-type gruFlagSet struct{}
+// gruFlags are the GRU's command-line settings; zero means the trainer's default.
+type gruFlags struct {
+	embedding, hidden, epochs, patience, batch, sampled *int
+	lr                                                  *float64
+}
 
-func registerGRUFlags(*flag.FlagSet) *gruFlagSet { return &gruFlagSet{} }
+func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
+	return &gruFlags{
+		embedding: fs.Int("gru-embedding", 0, "GRU embedding size (0: 32)"),
+		hidden:    fs.Int("gru-hidden", 0, "GRU hidden size (0: 64)"),
+		epochs:    fs.Int("gru-epochs", 0, "most GRU training epochs (0: 10)"),
+		patience:  fs.Int("gru-patience", 0, "epochs without validation gain before stopping (0: 2)"),
+		batch:     fs.Int("gru-batch", 0, "GRU batch size (0: 64)"),
+		sampled:   fs.Int("gru-sampled", 0, "negatives of a sampled softmax (0: full softmax)"),
+		lr:        fs.Float64("gru-lr", 0, "Adam learning rate (0: 0.005)"),
+	}
+}
 
-func (g *gruFlagSet) config(uint64) training.GRUConfig { return training.GRUConfig{} }
+func (g *gruFlags) config(seed uint64, window int) training.GRUConfig {
+	return training.GRUConfig{
+		Embedding: *g.embedding, Hidden: *g.hidden, Epochs: *g.epochs, Patience: *g.patience,
+		BatchSize: *g.batch, Sampled: *g.sampled, LearningRate: *g.lr, Window: window, Seed: seed,
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -60,6 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		collapse = fs.Bool("collapse-repeats", false, "msnbc/spmf/jsonl: collapse back-to-back repeats of a page")
 		gap      = fs.Duration("session-gap", 30*time.Minute, "jsonl: inactivity that ends a session")
 		canonCfg = fs.String("canonical-config", "", "jsonl: JSON file with the service's page canonicalization (features.CanonicalizerConfig)")
+		cpuProf  = fs.String("cpuprofile", "", "write a CPU profile to this file")
 		verbose  = fs.Bool("v", false, "debug logging")
 	)
 	gruFlags := registerGRUFlags(fs)
@@ -69,6 +71,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *input == "" || *format == "" || *out == "" {
 		fs.Usage()
 		return errors.New("--input, --format and --out are required")
+	}
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -95,7 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Vocab:   training.VocabConfig{MinCount: *vocabMin, MaxSize: *vocabMax},
 		Split:   training.SplitConfig{HoldoutFraction: *holdout, Shuffle: *shuffle, Seed: *seed},
 		Markov:  training.MarkovConfig{Alpha: *alpha},
-		GRU:     gruFlags.config(*seed),
+		GRU:     gruFlags.config(*seed, *maxLen),
 		Eval:    training.EvalConfig{Threshold: *thresh, TopK: *topK, MaxSeqLen: *maxLen},
 	}
 	if *noGRU {
