@@ -1,0 +1,101 @@
+package engine
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/embedded"
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/prefetch"
+)
+
+type nopWarmer struct{}
+
+func (nopWarmer) Warm(context.Context, prefetch.Request) int { return 0 }
+
+// benchEngine is an engine on the bundled Markov model with real histories,
+// policy and evaluator; only the Redis writer is left out.
+func benchEngine(b *testing.B) (*Engine, *model.Bundle) {
+	b.Helper()
+	fsys, dir := embedded.Model()
+	bundle, err := model.LoadBundleFS(fsys, dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	mgr, err := lifecycle.Static(context.Background(), bundle, lifecycle.Config{}, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{Threshold: 0.3})
+	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+	e, err := New(Config{}, Deps{Models: mgr, Histories: hist, Canon: canon, Policy: policy, Warmer: nopWarmer{}, Evaluator: eval}, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return e, bundle
+}
+
+// BenchmarkHandleEvent is the per-click cost of the engine (canonicalize,
+// history, model, policy, evaluation) beside the bare model call on the same
+// history length, measured in the same run.
+func BenchmarkHandleEvent(b *testing.B) {
+	e, bundle := benchEngine(b)
+	ctx := context.Background()
+	pages := make([]string, 64)
+	for i := range pages {
+		pages[i] = "/page/" + strconv.Itoa(2+i)
+	}
+	users := make([]string, 1024)
+	for i := range users {
+		users[i] = "user-" + strconv.Itoa(i)
+	}
+	b.Run("engine", func(b *testing.B) {
+		b.ReportAllocs()
+		at := time.Now()
+		for i := 0; b.Loop(); i++ {
+			ev := features.Event{UserID: users[i%len(users)], Page: pages[(i*7)%len(pages)], TS: at}
+			if err := e.HandleEvent(ctx, ev, features.Meta{Partition: 0, Offset: int64(i)}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline-model-only", func(b *testing.B) {
+		b.ReportAllocs()
+		hist := make([]int64, 20)
+		for i := range hist {
+			hist[i] = int64(2 + i)
+		}
+		var dst []float32
+		for b.Loop() {
+			var err error
+			if dst, err = bundle.PredictOne(ctx, hist, dst); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkPredict is the engine side of a Predict call from a stored history.
+func BenchmarkPredict(b *testing.B) {
+	e, _ := benchEngine(b)
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		ev := features.Event{UserID: "u", Page: "/page/" + strconv.Itoa(2+i), TS: time.Now()}
+		if err := e.HandleEvent(ctx, ev, features.Meta{Offset: int64(i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := e.Predict(ctx, hint.Query{UserID: "u", Threshold: -1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
