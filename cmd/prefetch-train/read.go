@@ -19,6 +19,11 @@ type readOptions struct {
 }
 
 func readSessions(path, format string, opt readOptions) ([]training.Session, error) {
+	switch format {
+	case "spmf", "msnbc", "jsonl":
+	default:
+		return nil, fmt.Errorf("unknown format %q (want jsonl, msnbc or spmf)", format)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/training"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// writeClicks writes a JSONL click log: users browse a small site with a
+// second-order pattern, in sessions separated by more than the 30 minute
+// gap, plus a few malformed lines the reader must skip.
+func writeClicks(t *testing.T, path string, users int) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(7, 7))
+	var buf bytes.Buffer
+	t0 := time.Date(2026, 11, 1, 8, 0, 0, 0, time.UTC)
+	for u := range users {
+		ts := t0.Add(time.Duration(u) * time.Minute)
+		for range 2 {
+			a := rng.IntN(5)
+			for range 3 + rng.IntN(5) {
+				line, _ := json.Marshal(map[string]string{
+					"user_id": fmt.Sprintf("u%d", u),
+					"page":    fmt.Sprintf("https://shop.example.com/page/%d/?utm=x", a),
+					"ts":      ts.Format(time.RFC3339),
+				})
+				buf.Write(append(line, '\n'))
+				ts = ts.Add(time.Duration(10+rng.IntN(50)) * time.Second)
+				a = (a*3 + 1 + rng.IntN(2)) % 9
+			}
+			ts = ts.Add(2 * time.Hour)
+		}
+	}
+	buf.WriteString("{not json\n{\"user_id\":\"\",\"page\":\"/a\",\"ts\":\"2026-11-01T08:00:00Z\"}\n")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTrainPublishServe trains on a small click log with the command,
+// publishes into a model repository watched by the service's lifecycle
+// manager, and checks that the new version goes live and answers Predict
+// with the trainer's probabilities.
+func TestTrainPublishServe(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	clicks := filepath.Join(dir, "clicks.jsonl")
+	writeClicks(t, clicks, 300)
+	repo := filepath.Join(dir, "models")
+
+	// Version 1: the Markov baseline, already live when the service starts.
+	var out bytes.Buffer
+	args := []string{"--input", clicks, "--format", "jsonl", "--no-gru", "--name", "shop", "--version", "v1",
+		"--vocab-min-count", "1", "--out", filepath.Join(dir, "v1"), "--publish", repo}
+	if err := run(ctx, args, &out, &out); err != nil {
+		t.Fatalf("prefetch-train v1: %v\n%s", err, out.String())
+	}
+	mgr, err := lifecycle.New(lifecycle.Config{Repo: repo, Name: "shop", PollInterval: 100 * time.Millisecond, Debounce: 20 * time.Millisecond},
+		lifecycle.LoadBundle, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Sync(ctx); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if live := mgr.Current(); live == nil || live.Version != "v1" {
+		t.Fatalf("live version %+v, want v1", live)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- mgr.Run(runCtx) }()
+	defer func() {
+		stop()
+		<-done
+	}()
+
+	// Version 2: the GRU, trained while the service runs.
+	out.Reset()
+	args = []string{"--input", clicks, "--format", "jsonl", "--name", "shop", "--version", "v2",
+		"--vocab-min-count", "1", "--gru-hidden", "8", "--gru-embedding", "4", "--gru-epochs", "2",
+		"--out", filepath.Join(dir, "v2"), "--publish", repo}
+	if err := run(ctx, args, &out, &out); err != nil {
+		t.Fatalf("prefetch-train v2: %v\n%s", err, out.String())
+	}
+	var rep training.Report
+	b, err := os.ReadFile(filepath.Join(dir, "v2", "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("report.json: %v", err)
+	}
+	if len(rep.Results) != 3 || rep.Result(training.ModelGRU) == nil || rep.Result(training.ModelGRU).Transitions == 0 {
+		t.Fatalf("report results %+v, want popularity, markov1 and gru scored on held-out transitions", rep.Results)
+	}
+	for _, f := range []string{"report.txt", "recall.svg", model.ModelFile, training.StepFile} {
+		if _, err := os.Stat(filepath.Join(dir, "v2", f)); err != nil {
+			t.Errorf("output lacks %s: %v", f, err)
+		}
+	}
+
+	var live *lifecycle.Live
+	for live = mgr.Current(); live.Version != "v2"; live = mgr.Current() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("version v2 not live before the deadline; live is %s", live.Version)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	page := "/page/3" // the service's canonical form of https://shop.example.com/page/3/?utm=x
+	idx, ok := live.Vocab.Lookup(page)
+	if !ok {
+		t.Fatalf("page %s not in the live vocabulary", page)
+	}
+	got, err := live.Model.Predict(ctx, [][]int64{{idx}})
+	if err != nil {
+		t.Fatalf("Predict: %v", err)
+	}
+	trained, err := model.LoadBundle(filepath.Join(dir, "v2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := trained.PredictOne(ctx, []int64{idx}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if math.Abs(float64(got[0][i]-want[i])) > 1e-6 {
+			t.Fatalf("live v2 probs[%d] = %v, trained bundle gives %v", i, got[0][i], want[i])
+		}
+	}
+	if live.Manifest.Cell != training.CellGRU || !live.Manifest.HasForm(model.FormStep) {
+		t.Errorf("live manifest cell %q forms %v, want the gru with its step form", live.Manifest.Cell, live.Manifest.Forms)
+	}
+}
+
+func TestRunRejectsBadFlags(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"missing input", []string{"--format", "spmf", "--out", t.TempDir()}},
+		{"unknown format", []string{"--input", "x", "--format", "csv", "--out", t.TempDir()}},
+		{"missing file", []string{"--input", filepath.Join(t.TempDir(), "none"), "--format", "spmf", "--out", t.TempDir()}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := run(ctx, tc.args, &out, &out); err == nil {
+				t.Fatalf("run(%v) succeeded, want an error", tc.args)
+			}
+		})
+	}
+}
