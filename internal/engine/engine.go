@@ -230,8 +230,13 @@ func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta featur
 			return err
 		}
 	}
-	b.hist = widen(b.hist, b.rec.Pages)
-	probs, err := e.predict(ctx, l, b.hist, b)
+	var probs []float32
+	if l.Bundle != nil && l.Bundle.HasStep() {
+		probs, err = e.step(ctx, ev.UserID, l, &b.rec, b)
+	} else {
+		b.hist = widen(b.hist, b.rec.Pages)
+		probs, err = e.predict(ctx, l, b.hist, b)
+	}
 	if err != nil {
 		return err
 	}
@@ -294,6 +299,37 @@ func (e *Engine) predict(ctx context.Context, l *lifecycle.Live, hist []int64, b
 		return nil, fmt.Errorf("predict with %s: %w", l.Version, err)
 	}
 	return out[0], nil
+}
+
+// step scores a click with the model's step form: the user's recurrent state
+// advances by the new page only. A missing or stale state (new session, new
+// model: Remap clears it) is recomputed from the history first, so a state
+// made by one model is never fed to another. The state then covers the whole
+// session, while the sequence form sees its last MaxSeqLen pages.
+func (e *Engine) step(ctx context.Context, user string, l *lifecycle.Live, rec *features.Record, b *buffers) ([]float32, error) {
+	e.counter.predictions.Add(1)
+	pages := rec.Pages
+	state := rec.State
+	if len(state) != l.Bundle.StateSize() {
+		state = state[:0]
+		e.m.stateRebuilt.Inc()
+		for _, p := range pages[:len(pages)-1] {
+			var err error
+			if b.probs, state, err = l.Bundle.Step(ctx, int64(p), state, b.probs); err != nil {
+				return nil, fmt.Errorf("rebuild state with %s: %w", l.Version, err)
+			}
+		}
+	}
+	probs, state, err := l.Bundle.Step(ctx, int64(pages[len(pages)-1]), state, b.probs)
+	b.probs = probs
+	if err != nil {
+		return nil, fmt.Errorf("step with %s: %w", l.Version, err)
+	}
+	rec.State = state
+	if err := e.deps.Histories.Save(ctx, user, rec); err != nil {
+		return nil, fmt.Errorf("save state: %w", err)
+	}
+	return probs, nil
 }
 
 func widen(dst []int64, src []int32) []int64 {

@@ -9,6 +9,7 @@ type metrics struct {
 	predict      prometheus.Histogram
 	remapped     prometheus.Counter
 	watchDropped prometheus.Counter
+	stateRebuilt prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -26,9 +27,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		watchDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_engine_watch_dropped_total", Help: "Hint updates dropped because a watcher fell behind.",
 		}),
+		stateRebuilt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_engine_states_rebuilt_total", Help: "Recurrent states recomputed from a history (new session, swapped model, evicted state).",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.handle, m.predict, m.remapped, m.watchDropped} {
+		for _, c := range []prometheus.Collector{m.handle, m.predict, m.remapped, m.watchDropped, m.stateRebuilt} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
