@@ -72,7 +72,7 @@ type harness struct {
 }
 
 // start serves deps with cfg and dials it with dial (insecure when none).
-func start(t *testing.T, cfg Config, deps Deps, dial ...grpc.DialOption) *harness {
+func start(t testing.TB, cfg Config, deps Deps, dial ...grpc.DialOption) *harness {
 	t.Helper()
 	h := &harness{logs: &syncBuffer{}, reg: prometheus.NewRegistry()}
 	logger := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -1,0 +1,29 @@
+// Command prefetch-load measures prefetchd's gRPC latency and throughput:
+// HintService.Predict at several concurrency levels, each beside the empty
+// HintService.Ping on the same server and connection in the same run, so that
+// the cost of Predict can be read against the cost of a bare round trip.
+//
+// Without --addr it starts an in-process server on 127.0.0.1 whose engine is
+// a fake that answers every query with the same five hints (so the figures
+// are those of the gRPC layer); with --addr it loads a running prefetchd.
+//
+//	prefetch-load [--addr host:port] [--duration 30s] [--concurrency 1,16,64]
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "prefetch-load:", err)
+		os.Exit(1)
+	}
+}

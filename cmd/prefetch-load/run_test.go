@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/server"
+	"github.com/prefetchd/prefetchd/internal/server/servertest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// short are flags that keep a run well under a second.
+var short = []string{"--duration", "300ms", "--slice", "100ms", "--warmup", "50ms", "--concurrency", "1,4"}
+
+func TestInProcessTable(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(testCtx(t), short, &out); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	text := out.String()
+	for _, want := range []string{
+		"target: in-process server",
+		"rpc       conc      calls        qps        p50        p99      p99.9  errors",
+		"concurrency 1: Predict p99 / Ping p99 = ",
+		"concurrency 4: Predict p99 / Ping p99 = ",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q:\n%s", want, text)
+		}
+	}
+	rows := 0
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 8 && (f[0] == "Ping" || f[0] == "Predict") {
+			rows++
+			if f[2] == "0" || f[7] != "0" {
+				t.Errorf("row %q: want calls > 0 and no errors", line)
+			}
+		}
+	}
+	if rows != 4 {
+		t.Errorf("%d result rows, want 4 (2 RPCs x 2 levels):\n%s", rows, text)
+	}
+}
+
+func TestAgainstAddrJSON(t *testing.T) {
+	pred := &servertest.Predictor{Result: hint.Result{ModelVersion: "v1", Hints: []hint.Hint{{Page: "/a", Probability: 1}}}}
+	srv, err := server.New(server.Config{}, server.Deps{Predictor: pred}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+
+	var out bytes.Buffer
+	args := append([]string{"--addr", lis.Addr().String(), "--json", "--conns", "2", "--pages", "/x,/y"}, short...)
+	if err := run(testCtx(t), args, &out); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	var got []result
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		var r result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		got = append(got, r)
+	}
+	if len(got) != 4 {
+		t.Fatalf("%d results, want 4", len(got))
+	}
+	for i, r := range got {
+		wantRPC, wantConc := []string{"Ping", "Predict"}[i%2], []int{1, 4}[i/2]
+		if r.RPC != wantRPC || r.Concurrency != wantConc {
+			t.Errorf("result %d is %s at %d, want %s at %d", i, r.RPC, r.Concurrency, wantRPC, wantConc)
+		}
+		if r.Calls == 0 || r.Errors != 0 || r.QPS <= 0 || r.P50 <= 0 || r.P50 > r.P99 || r.P99 > r.P999 || r.P999 > r.Max {
+			t.Errorf("result %d implausible: %+v", i, r)
+		}
+	}
+	// Predict took the stateless form given by --pages.
+	qs := pred.Queries()
+	if len(qs) == 0 || strings.Join(qs[0].Pages, ",") != "/x,/y" || !strings.HasPrefix(qs[0].UserID, "user-") {
+		t.Errorf("got %d queries, the first not pages /x,/y for a user-N", len(qs))
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--concurrency", "0"},
+		{"--concurrency", "a"},
+		{"--duration", "0s"},
+		{"--conns", "0"},
+		{"--tls-ca", "ca.pem"},
+		{"--nope"},
+		{"extra"},
+	} {
+		if err := run(testCtx(t), args, &bytes.Buffer{}); err == nil {
+			t.Errorf("run(%q): no error", args)
+		}
+	}
+}
+
+func TestUnreachableAddr(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	err = run(testCtx(t), append([]string{"--addr", addr, "--timeout", "200ms"}, short...), &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "first Ping") {
+		t.Errorf("run against a closed port: %v, want a first Ping error", err)
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	var s []time.Duration
+	for i := 1; i <= 1000; i++ {
+		s = append(s, time.Duration(i))
+	}
+	for _, tc := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 500}, {0.99, 990}, {0.999, 999}, {1, 1000}, {0, 1}} {
+		if got := quantile(s, tc.q); got != tc.want {
+			t.Errorf("quantile(%v) = %d, want %d", tc.q, got, tc.want)
+		}
+	}
+}
