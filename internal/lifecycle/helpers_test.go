@@ -251,6 +251,11 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
+// testLoggerLevel logs warnings and errors only, for long runs.
+func testLoggerLevel(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "lifecycle")
+}
+
 type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
@@ -284,14 +289,15 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// metric returns the value of the series name{labels} in reg, or 0 when
-// there is none.
+// metric returns the sum of the series name{labels...} in reg (a histogram
+// counts its samples), or 0 when there is none.
 func metric(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
+	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -309,15 +315,15 @@ func metric(t testing.TB, reg *prometheus.Registry, name string, labels ...strin
 			}
 			switch {
 			case s.Counter != nil:
-				return s.GetCounter().GetValue()
+				sum += s.GetCounter().GetValue()
 			case s.Gauge != nil:
-				return s.GetGauge().GetValue()
+				sum += s.GetGauge().GetValue()
 			case s.Histogram != nil:
-				return float64(s.GetHistogram().GetSampleCount())
+				sum += float64(s.GetHistogram().GetSampleCount())
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // truncate returns the first half of b.

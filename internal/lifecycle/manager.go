@@ -209,7 +209,15 @@ func (m *Manager) Sync(ctx context.Context) error {
 // refreshLocked rescans the repository and records what is on disk, newest
 // first. The caller holds opMu.
 func (m *Manager) refreshLocked() ([]*candidate, error) {
-	found, skipped, err := scanRepo(m.dir)
+	m.mu.Lock()
+	prev := make(map[string]*candidate, len(m.versions))
+	for name, v := range m.versions {
+		if v.disk != nil {
+			prev[name] = v.disk
+		}
+	}
+	m.mu.Unlock()
+	found, skipped, err := scanRepo(m.dir, prev)
 	if err != nil {
 		return nil, err
 	}

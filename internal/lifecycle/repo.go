@@ -55,8 +55,10 @@ func ignoredName(name string) bool {
 // scanRepo lists the complete versions under dir, newest first. A folder is
 // complete when its manifest parses and every file it implies is present and
 // not empty; incomplete folders are returned by name in skipped. A missing
-// dir is not an error: the repository may not exist yet.
-func scanRepo(dir string) (found []*candidate, skipped map[string]string, err error) {
+// dir is not an error: the repository may not exist yet. prev holds the
+// candidates of the previous scan by version: a folder whose fingerprint is
+// unchanged is not parsed again.
+func scanRepo(dir string, prev map[string]*candidate) (found []*candidate, skipped map[string]string, err error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
@@ -70,7 +72,7 @@ func scanRepo(dir string) (found []*candidate, skipped map[string]string, err er
 		if !e.IsDir() || ignoredName(name) {
 			continue
 		}
-		c, why := inspect(filepath.Join(dir, name), name)
+		c, why := inspect(filepath.Join(dir, name), name, prev[name])
 		if c == nil {
 			skipped[name] = why
 			continue
@@ -81,22 +83,28 @@ func scanRepo(dir string) (found []*candidate, skipped map[string]string, err er
 	return found, skipped, nil
 }
 
-// inspect checks one version folder for completeness.
-func inspect(dir, version string) (*candidate, string) {
+// inspect checks one version folder for completeness. prev, when not nil,
+// is the folder's candidate from the previous scan.
+func inspect(dir, version string, prev *candidate) (*candidate, string) {
 	var fp strings.Builder
-	stat := func(name string) (bool, string) {
+	present := map[string]bool{}
+	for _, name := range []string{model.ManifestFile, ModelFile, VocabFile, StepFile} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
-			return false, name + " missing"
+			continue
 		}
 		if !fi.Mode().IsRegular() || fi.Size() == 0 {
-			return false, name + " empty or not a file"
+			fmt.Fprintf(&fp, "%s:empty;", name)
+			continue
 		}
+		present[name] = true
 		fmt.Fprintf(&fp, "%s:%d:%d;", name, fi.Size(), fi.ModTime().UnixNano())
-		return true, ""
 	}
-	if ok, why := stat(model.ManifestFile); !ok {
-		return nil, why
+	if prev != nil && prev.fp == fp.String() {
+		return prev, ""
+	}
+	if !present[model.ManifestFile] {
+		return nil, model.ManifestFile + " missing or empty"
 	}
 	f, err := os.Open(filepath.Join(dir, model.ManifestFile))
 	if err != nil {
@@ -113,8 +121,8 @@ func inspect(dir, version string) (*candidate, string) {
 		files = append(files, StepFile)
 	}
 	for _, name := range files {
-		if ok, why := stat(name); !ok {
-			return nil, why
+		if !present[name] {
+			return nil, name + " missing or empty"
 		}
 	}
 	return &candidate{version: version, dir: dir, created: m.Created, manifest: m, fp: fp.String()}, ""

@@ -1,0 +1,152 @@
+package lifecycle
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// prefetch plays the prefetcher's online evaluation n times: users walk the
+// pages in order (page p is followed by p+1), the live model's top page is
+// prefetched, and the hit or miss is reported for the version that made it.
+func prefetch(t *testing.T, ctx context.Context, m *Manager, n int) (issued, used int) {
+	t.Helper()
+	walk := spec{shift: 1}
+	for i := range n {
+		live := m.Current()
+		page := int64(2 + i%10)
+		out, err := live.Model.Predict(ctx, [][]int64{{page}})
+		if err != nil {
+			t.Fatalf("Predict on %s: %v", live.Version, err)
+		}
+		hit := uint64(0)
+		if argmax(out[0]) == walk.next(page) {
+			hit = 1
+		}
+		m.ObservePrecision(live.Version, 1, hit)
+		issued++
+		used += int(hit)
+	}
+	return issued, used
+}
+
+// TestAutoRollback publishes a deliberately bad model (it predicts the page
+// five ahead instead of the next) after a good one: its live precision falls
+// far below its predecessor's and it is rolled back automatically, while a
+// good successor is kept.
+func TestAutoRollback(t *testing.T) {
+	m, repo, reg := newTest(t, Config{
+		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
+		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
+	})
+	ctx := testCtx(t, 30*time.Second)
+	publishSpec(t, repo, spec{version: "good1"})
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
+	if _, used := prefetch(t, ctx, m, 100); used != 100 {
+		t.Fatalf("the good model hit %d of 100, want 100", used)
+	}
+
+	publishSpec(t, repo, spec{version: "bad2", created: base.Add(time.Minute), shift: 5})
+	waitFor(t, 10*time.Second, "bad2 active", func() bool { return activeVersion(m) == "bad2" })
+	// Fewer than MinIssued prefetches are not judged.
+	prefetch(t, ctx, m, 49)
+	time.Sleep(50 * time.Millisecond)
+	if got := activeVersion(m); got != "bad2" {
+		t.Fatalf("active %q after 49 prefetches, want bad2 still (MinIssued 50)", got)
+	}
+	waitFor(t, 10*time.Second, "rollback to good1", func() bool {
+		if v := activeVersion(m); v == "bad2" {
+			prefetch(t, ctx, m, 1)
+			return false
+		}
+		return true
+	})
+	if got := activeVersion(m); got != "good1" {
+		t.Fatalf("active %q after the automatic rollback, want good1", got)
+	}
+	if got := metric(t, reg, "prefetchd_model_rollbacks_total", "cause", "auto"); got != 1 {
+		t.Fatalf("prefetchd_model_rollbacks_total{cause=auto} = %v, want 1", got)
+	}
+	if got := metric(t, reg, "prefetchd_model_swaps_total", "cause", CauseAutoRollback); got != 1 {
+		t.Fatalf("prefetchd_model_swaps_total{cause=auto_rollback} = %v, want 1", got)
+	}
+	st, err := m.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st.Versions {
+		switch v.Version {
+		case "bad2":
+			if !strings.Contains(v.Refused, "auto rollback") || v.Issued < 50 || v.Precision != 0 {
+				t.Fatalf("bad2 status %+v, want refused by auto rollback with precision 0", v)
+			}
+		case "good1":
+			if !v.Active || v.Precision != 1 {
+				t.Fatalf("good1 status %+v, want active with precision 1", v)
+			}
+		}
+	}
+	if got := metric(t, reg, "prefetchd_model_precision", "version", "good1"); got != 1 {
+		t.Fatalf("prefetchd_model_precision{version=good1} = %v, want 1", got)
+	}
+	// The watcher does not bring the bad version back.
+	time.Sleep(150 * time.Millisecond)
+	if got := activeVersion(m); got != "good1" {
+		t.Fatalf("active %q some polls after the rollback, want good1", got)
+	}
+
+	// A good successor is judged too, and kept.
+	prefetch(t, ctx, m, 100)
+	publishSpec(t, repo, spec{version: "good3", created: base.Add(2 * time.Minute)})
+	waitFor(t, 10*time.Second, "good3 active", func() bool { return activeVersion(m) == "good3" })
+	prefetch(t, ctx, m, 300)
+	time.Sleep(50 * time.Millisecond)
+	if got := activeVersion(m); got != "good3" {
+		t.Fatalf("active %q after good3 served well, want good3", got)
+	}
+
+	// An operator may still activate the rolled-back version explicitly.
+	if err := m.Activate(ctx, "bad2"); err != nil {
+		t.Fatalf("Activate(bad2): %v", err)
+	}
+}
+
+// TestAutoRollbackNeedsBaseline: with a predecessor that issued too few
+// prefetches there is nothing to compare with, and no rollback happens.
+func TestAutoRollbackNeedsBaseline(t *testing.T) {
+	m, repo, _ := newTest(t, Config{
+		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
+		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
+	})
+	ctx := testCtx(t, 30*time.Second)
+	publishSpec(t, repo, spec{version: "good1"})
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
+	prefetch(t, ctx, m, 10)
+	publishSpec(t, repo, spec{version: "bad2", created: base.Add(time.Minute), shift: 5})
+	waitFor(t, 10*time.Second, "bad2 active", func() bool { return activeVersion(m) == "bad2" })
+	prefetch(t, ctx, m, 200)
+	time.Sleep(100 * time.Millisecond)
+	if got := activeVersion(m); got != "bad2" {
+		t.Fatalf("active %q, want bad2 kept for lack of a baseline", got)
+	}
+}
+
+func TestWindow(t *testing.T) {
+	w := newWindow(10 * time.Second) // 1s buckets
+	t0 := time.Unix(1000, 0)
+	w.add(t0, 10, 5)
+	w.add(t0.Add(4*time.Second), 10, 1)
+	if i, u := w.sum(t0.Add(5 * time.Second)); i != 20 || u != 6 {
+		t.Fatalf("sum = %d, %d, want 20, 6", i, u)
+	}
+	if i, u := w.sum(t0.Add(12 * time.Second)); i != 10 || u != 1 {
+		t.Fatalf("sum after the first bucket left = %d, %d, want 10, 1", i, u)
+	}
+	w.add(t0.Add(20*time.Second), 4, 4) // reuses the first bucket's slot
+	if i, u := w.sum(t0.Add(20 * time.Second)); i != 4 || u != 4 {
+		t.Fatalf("sum after wrapping = %d, %d, want 4, 4", i, u)
+	}
+}
