@@ -35,6 +35,9 @@ type config struct {
 	slice       time.Duration
 	concurrency []int
 	users       int
+	userPrefix  string
+	k           int
+	threshold   float64
 	pages       []string
 	conns       int
 	timeout     time.Duration
@@ -52,6 +55,9 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.slice, "slice", time.Second, "Ping and Predict alternate in slices this long, so that both see the same machine")
 	conc := fs.String("concurrency", "1,16,64", "comma-separated numbers of concurrent callers")
 	fs.IntVar(&c.users, "users", 1000, "distinct user ids cycled through by Predict")
+	fs.StringVar(&c.userPrefix, "user-prefix", "user-", `user ids are this prefix and 0..users-1 (the embedded replay's users are "nasa-N")`)
+	fs.IntVar(&c.k, "k", 0, "k sent with every Predict; 0 leaves the server's default")
+	fs.Float64Var(&c.threshold, "threshold", -1, "threshold sent with every Predict; negative leaves the server's default")
 	pages := fs.String("pages", "", "comma-separated explicit history sent with every Predict (stateless form); empty asks by user id")
 	fs.IntVar(&c.conns, "conns", 1, "client connections shared round-robin by the callers")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "deadline of each call")
@@ -135,7 +141,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	reqs := make([]*prefetchv1.PredictRequest, cfg.users)
 	for i := range reqs {
-		reqs[i] = &prefetchv1.PredictRequest{UserId: "user-" + strconv.Itoa(i), Pages: cfg.pages}
+		reqs[i] = &prefetchv1.PredictRequest{UserId: cfg.userPrefix + strconv.Itoa(i), Pages: cfg.pages}
+		if cfg.k > 0 {
+			k := int32(cfg.k)
+			reqs[i].K = &k
+		}
+		if cfg.threshold >= 0 {
+			t := cfg.threshold
+			reqs[i].Threshold = &t
+		}
 	}
 	ping := &prefetchv1.PingRequest{}
 	calls := map[string]callFunc{

@@ -81,7 +81,7 @@ func TestAgainstAddrJSON(t *testing.T) {
 	}()
 
 	var out bytes.Buffer
-	args := append([]string{"--addr", lis.Addr().String(), "--json", "--conns", "2", "--pages", "/x,/y"}, short...)
+	args := append([]string{"--addr", lis.Addr().String(), "--json", "--conns", "2", "--pages", "/x,/y", "--k", "7", "--threshold", "0", "--user-prefix", "nasa-"}, short...)
 	if err := run(testCtx(t), args, &out); err != nil {
 		t.Fatalf("run: %v", err)
 	}
@@ -106,10 +106,10 @@ func TestAgainstAddrJSON(t *testing.T) {
 			t.Errorf("result %d implausible: %+v", i, r)
 		}
 	}
-	// Predict took the stateless form given by --pages.
+	// Predict carried the flags' request fields.
 	qs := pred.Queries()
-	if len(qs) == 0 || strings.Join(qs[0].Pages, ",") != "/x,/y" || !strings.HasPrefix(qs[0].UserID, "user-") {
-		t.Errorf("got %d queries, the first not pages /x,/y for a user-N", len(qs))
+	if len(qs) == 0 || strings.Join(qs[0].Pages, ",") != "/x,/y" || !strings.HasPrefix(qs[0].UserID, "nasa-") || qs[0].K != 7 || qs[0].Threshold != 0 {
+		t.Errorf("got %d queries, the first not pages /x,/y, k 7, threshold 0 for a nasa-N", len(qs))
 	}
 }
 
