@@ -1,0 +1,365 @@
+package features
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/prefetchd/prefetchd/internal/redistest"
+)
+
+func newRedisClient(t testing.TB, addrs ...string) redis.UniversalClient {
+	t.Helper()
+	c := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: addrs, IsClusterMode: len(addrs) > 1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func newTestRedisStore(t testing.TB, client redis.UniversalClient, cfg StoreConfig) *RedisStore {
+	t.Helper()
+	cfg.Backend = BackendRedis
+	s, err := NewRedisStore(cfg, client, nil)
+	if err != nil {
+		t.Fatalf("NewRedisStore: %v", err)
+	}
+	return s
+}
+
+func TestRedisStore(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newRedisClient(t, srv.Addr())
+	n := 0
+	storeContract(t, func(t *testing.T, cfg HistoryConfig) Store {
+		n++ // a fresh key space per case
+		return newTestRedisStore(t, client, StoreConfig{History: cfg, KeyPrefix: fmt.Sprintf("t%d:", n)})
+	})
+}
+
+func TestRedisStoreCluster(t *testing.T) {
+	addrs := startRedisCluster(t)
+	client := newRedisClient(t, addrs...)
+	n := 0
+	storeContract(t, func(t *testing.T, cfg HistoryConfig) Store {
+		n++
+		return newTestRedisStore(t, client, StoreConfig{History: cfg, KeyPrefix: fmt.Sprintf("t%d:", n)})
+	})
+	// Users land on every master.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s := newTestRedisStore(t, client, StoreConfig{})
+	var rec Record
+	for i := range 30 {
+		if err := s.Append(ctx, fmt.Sprintf("user-%d", i), Click{Page: 2, TS: time.Now(), Offset: -1}, &rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, a := range addrs {
+		c := redis.NewClient(&redis.Options{Addr: a})
+		keys, err := c.Keys(ctx, DefaultKeyPrefix+"*").Result()
+		_ = c.Close()
+		if err != nil || len(keys) == 0 {
+			t.Fatalf("master %s holds %d history keys (%v), want some", a, len(keys), err)
+		}
+	}
+}
+
+// TestRedisStoreConcurrentWriters runs two replicas (separate caches) that
+// append to the same user at once: compare-and-set loses no click.
+func TestRedisStoreConcurrentWriters(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newRedisClient(t, srv.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stores := []*RedisStore{
+		newTestRedisStore(t, client, StoreConfig{History: HistoryConfig{MaxLen: 400}}),
+		newTestRedisStore(t, client, StoreConfig{History: HistoryConfig{MaxLen: 400}}),
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for w, s := range stores {
+		wg.Go(func() {
+			var rec Record
+			for i := range 100 {
+				if err := s.Append(ctx, "shared", Click{Page: int32(1000*w + i), TS: time.Now(), Offset: -1}, &rec); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// Read past the caches (which may be up to CacheTTL stale).
+	direct := newTestRedisStore(t, client, StoreConfig{CacheSize: -1})
+	var rec Record
+	if ok, err := direct.Load(ctx, "shared", &rec); !ok || err != nil {
+		t.Fatalf("Load: %v %v", ok, err)
+	}
+	if len(rec.Pages) != 200 {
+		t.Fatalf("history has %d clicks, want 200 from two concurrent writers: %v (conflicts %v %v)", len(rec.Pages), rec.Pages, testutil.ToFloat64(stores[0].conflicts), testutil.ToFloat64(stores[1].conflicts))
+	}
+	next := [2]int32{0, 1000}
+	for _, p := range rec.Pages {
+		w := p / 1000
+		if p != next[w] {
+			t.Fatalf("writer %d click %d out of order in %v", w, p, rec.Pages)
+		}
+		next[w]++
+	}
+	conflicts := testutil.ToFloat64(stores[0].conflicts) + testutil.ToFloat64(stores[1].conflicts)
+	t.Logf("compare-and-set conflicts: %v", conflicts)
+}
+
+func TestRedisStoreKeysAndTTL(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newRedisClient(t, srv.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s := newTestRedisStore(t, client, StoreConfig{History: HistoryConfig{IdleTTL: time.Hour}})
+	var rec Record
+	if err := s.Append(ctx, "ann", Click{Page: 3, TS: time.Now(), Offset: -1}, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Key("ann"); got != "prefetchd:h:{ann}" {
+		t.Fatalf("key %q, want prefetchd:h:{ann}", got)
+	}
+	ttl, err := client.PTTL(ctx, "prefetchd:h:{ann}").Result()
+	if err != nil || ttl <= 59*time.Minute || ttl > time.Hour {
+		t.Fatalf("PTTL = %v, %v; want about 1h", ttl, err)
+	}
+	// A corrupt record is replaced, not fatal.
+	if err := client.Set(ctx, s.Key("bob"), "garbage", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(ctx, "bob", Click{Page: 4, TS: time.Now(), Offset: -1}, &rec); err != nil || !slices.Equal(rec.Pages, []int32{4}) {
+		t.Fatalf("Append over a corrupt record: %v %v", rec.Pages, err)
+	}
+}
+
+func TestNewStoreBackend(t *testing.T) {
+	if s, err := NewStore(StoreConfig{}, nil, nil); err != nil {
+		t.Fatalf("memory store: %v", err)
+	} else if _, ok := s.(*Histories); !ok {
+		t.Fatalf("default backend built %T, want *Histories", s)
+	}
+	if _, err := NewStore(StoreConfig{Backend: BackendRedis}, nil, nil); err == nil {
+		t.Fatal("redis backend without a client accepted")
+	}
+	if _, err := NewStore(StoreConfig{Backend: "etcd"}, nil, nil); err == nil {
+		t.Fatal("unknown backend accepted")
+	}
+}
+
+func TestRecordEncoding(t *testing.T) {
+	in := Record{Pages: []int32{1, -2, 1 << 30}, State: []float32{0.5, -1}, Epoch: 9,
+		Last: time.Unix(0, 1_800_000_000_123456789), Partition: 3, Offset: 1 << 40}
+	var out Record
+	if err := decodeRecord(encodeRecord(&in), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(out.Pages, in.Pages) || !slices.Equal(out.State, in.State) || out.Epoch != in.Epoch ||
+		!out.Last.Equal(in.Last) || out.Partition != in.Partition || out.Offset != in.Offset {
+		t.Fatalf("round trip %+v, want %+v", out, in)
+	}
+	blob := encodeRecord(&in)
+	for i := range len(blob) {
+		_ = decodeRecord(blob[:i], &out) // must not panic
+	}
+	if err := decodeRecord(blob[:len(blob)-1], &out); err == nil {
+		t.Fatal("truncated record decoded")
+	}
+}
+
+// TestConsumerSlowRedis runs the consumer into a Redis store behind a proxy
+// that turns slow, then stalls beyond the operation timeout, then recovers:
+// handler calls time out and are retried, and in the end every event is in
+// Redis once and in order.
+func TestConsumerSlowRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := startSlowProxy(t, srv.Addr())
+	client := newRedisClient(t, proxy.addr)
+	store := newTestRedisStore(t, client, StoreConfig{History: HistoryConfig{MaxLen: 1000}, OpTimeout: 100 * time.Millisecond})
+
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.HandlerRetries = 20
+	cfg.HandlerBackoff = 20 * time.Millisecond
+	c, err := NewConsumer(cfg, newRecorder(store), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, c)
+
+	proxy.delay.Store(int64(5 * time.Millisecond))
+	b.Produce(t, topic, stream.batch(6, 5)...)
+	time.Sleep(200 * time.Millisecond)
+	proxy.delay.Store(int64(300 * time.Millisecond)) // beyond OpTimeout
+	b.Produce(t, topic, stream.batch(6, 5)...)
+	time.Sleep(time.Second)
+	proxy.delay.Store(0)
+	b.Produce(t, topic, stream.batch(6, 5)...)
+
+	direct := newTestRedisStore(t, newRedisClient(t, srv.Addr()), StoreConfig{History: HistoryConfig{MaxLen: 1000}, CacheSize: -1})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	eventually(t, 30*time.Second, "every event in Redis", func() bool {
+		for u, want := range stream.want {
+			got, err := direct.Get(ctx, u, nil)
+			if err != nil || len(got) < len(want) {
+				return false
+			}
+		}
+		return c.Lag() == 0
+	})
+	stop()
+	for u, want := range stream.want {
+		got, _ := direct.Get(ctx, u, nil)
+		if !slices.Equal(got, want) {
+			t.Fatalf("user %s history in Redis %v, want %v", u, got, want)
+		}
+	}
+	if r := testutil.ToFloat64(c.m.handlerRetries); r == 0 {
+		t.Fatal("no handler retries: the stall did not reach the store")
+	}
+	if e := testutil.ToFloat64(c.m.handlerErrors); e != 0 {
+		t.Fatalf("%v events skipped after retries", e)
+	}
+}
+
+// slowProxy forwards TCP to a Redis server, delaying each client write.
+type slowProxy struct {
+	addr  string
+	delay atomic.Int64 // ns
+	ln    net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startSlowProxy(t *testing.T, target string) *slowProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &slowProxy{addr: ln.Addr().String(), ln: ln}
+	p.wg.Go(func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = in.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, in, out)
+			p.mu.Unlock()
+			p.wg.Go(func() {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := in.Read(buf)
+					if err != nil {
+						_ = out.Close()
+						return
+					}
+					time.Sleep(time.Duration(p.delay.Load()))
+					if _, err := out.Write(buf[:n]); err != nil {
+						_ = in.Close()
+						return
+					}
+				}
+			})
+			p.wg.Go(func() {
+				_, _ = io.Copy(in, out)
+				_ = in.Close()
+			})
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			_ = c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// startRedisCluster starts three redis-server masters on loopback, gives each
+// a third of the slots, joins them and waits until the cluster is ok.
+func startRedisCluster(t *testing.T) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var addrs []string
+	var busPorts []int
+	var clients []*redis.Client
+	for range 3 {
+		busPort := freeTCPPort(t)
+		busPorts = append(busPorts, busPort)
+		srv := redistest.Start(t, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(busPort),
+			"--cluster-node-timeout", "3000", "--cluster-require-full-coverage", "yes")
+		addrs = append(addrs, srv.Addr())
+		c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+		t.Cleanup(func() { _ = c.Close() })
+		clients = append(clients, c)
+	}
+	for i, c := range clients {
+		lo, hi := i*16384/3, (i+1)*16384/3-1
+		if err := c.ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
+			t.Fatalf("add slots %d-%d to %s: %v", lo, hi, addrs[i], err)
+		}
+	}
+	for i, a := range addrs[1:] {
+		host, port, _ := net.SplitHostPort(a)
+		if err := clients[0].Do(ctx, "CLUSTER", "MEET", host, port, busPorts[i+1]).Err(); err != nil {
+			t.Fatalf("cluster meet %s: %v", a, err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, c := range clients {
+		for {
+			info, err := c.ClusterInfo(ctx).Result()
+			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:3") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster not ok after 20s: %v %s", err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return addrs
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
