@@ -115,7 +115,7 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 	}, func() float64 {
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		return float64(w.warm.Len())
+		return float64(w.keys.Len())
 	})
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requested, dropped, skipped, m.written, m.writtenBytes, m.writeSeconds, origin, m.breakerState, queue, tracked} {

@@ -2,15 +2,18 @@ package prefetch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -96,6 +99,10 @@ type Config struct {
 	Workers int
 	// PipelineSize is the most SET commands sent in one pipeline. Default 128.
 	PipelineSize int
+	// Linger is how long a worker holding a partial pipeline waits for more
+	// pages before sending it: larger pipelines for a little latency.
+	// Default 0 (send at once); negative is invalid.
+	Linger time.Duration
 	// WriteTimeout bounds one pipeline round trip. Default 1s. The Redis
 	// client should have ContextTimeoutEnabled so that it applies to socket
 	// reads and writes as well.
@@ -191,6 +198,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"origin timeout": c.OriginTimeout, "breaker cooldown": c.BreakerCooldown,
 		"write timeout": c.WriteTimeout, "flush timeout": c.FlushTimeout, "budget window": c.BudgetWindow,
+		"linger": c.Linger,
 	} {
 		if d < 0 {
 			bad("%s %v is negative", name, d)
@@ -276,13 +284,12 @@ type Warmer struct {
 	observer  atomic.Pointer[PrefetchObserver]
 
 	// mu guards the fields below.
-	mu       sync.Mutex
-	closed   bool
-	warm     *expirySet[struct{}] // key -> expiry of what we set
-	inflight map[string]struct{}  // keys queued or being written
-	users    *userLimiter
-	global   tokenBucket
-	budget   budget
+	mu     sync.Mutex
+	closed bool
+	keys   *keyTable // keys in flight, and until when written keys stay warm
+	users  *userLimiter
+	global tokenBucket
+	budget budget
 }
 
 // item is one page on its way to Redis.
@@ -310,19 +317,18 @@ func NewWarmer(cfg Config, rdb redis.UniversalClient, logger *slog.Logger, reg p
 		logger = slog.New(slog.DiscardHandler)
 	}
 	w := &Warmer{
-		cfg:      cfg,
-		rdb:      rdb,
-		log:      logger,
-		key:      parseTemplate(cfg.KeyTemplate),
-		queue:    make(chan item, cfg.QueueSize),
-		done:     make(chan struct{}),
-		stopped:  make(chan struct{}),
-		now:      time.Now,
-		warm:     newExpirySet[struct{}](cfg.MaxTracked),
-		inflight: make(map[string]struct{}),
-		users:    newUserLimiter(cfg.PerUserRate, cfg.PerUserBurst, cfg.MaxTracked),
-		global:   newTokenBucket(cfg.GlobalRate, cfg.GlobalBurst),
-		budget:   budget{window: cfg.BudgetWindow, maxKeys: cfg.BudgetKeys, maxBytes: cfg.BudgetBytes},
+		cfg:     cfg,
+		rdb:     rdb,
+		log:     logger,
+		key:     parseTemplate(cfg.KeyTemplate),
+		queue:   make(chan item, cfg.QueueSize),
+		done:    make(chan struct{}),
+		stopped: make(chan struct{}),
+		now:     time.Now,
+		keys:    newKeyTable(cfg.MaxTracked),
+		users:   newUserLimiter(cfg.PerUserRate, cfg.PerUserBurst, cfg.MaxTracked),
+		global:  newTokenBucket(cfg.GlobalRate, cfg.GlobalBurst),
+		budget:  budget{window: cfg.BudgetWindow, maxKeys: cfg.BudgetKeys, maxBytes: cfg.BudgetBytes},
 	}
 	m, err := newWarmerMetrics(reg, w)
 	if err != nil {
@@ -380,6 +386,7 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 		return 0
 	}
 	queued := 0
+	nowNs := now.UnixNano()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -392,12 +399,13 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 			continue
 		}
 		key := w.key.render(req.UserID, p.Key)
-		if e, ok := w.warm.get(key); ok && e.at.After(now) {
-			w.m.skippedWarm.Inc()
+		exp, flying := w.keys.lookup(key)
+		if flying {
+			w.m.skippedCoalesced.Inc()
 			continue
 		}
-		if _, ok := w.inflight[key]; ok {
-			w.m.skippedCoalesced.Inc()
+		if exp > nowNs {
+			w.m.skippedWarm.Inc()
 			continue
 		}
 		if !w.users.allow(req.UserID, now) {
@@ -411,7 +419,7 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 		it := item{key: key, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: at}
 		select {
 		case w.queue <- it:
-			w.inflight[key] = struct{}{}
+			w.keys.start(key)
 			queued++
 		default:
 			w.m.drop(dropQueueFull, 1)
@@ -479,6 +487,9 @@ func (w *Warmer) Close(ctx context.Context) error {
 // work is one writer goroutine.
 func (w *Warmer) work(ctx context.Context) {
 	batch := make([]item, 0, w.cfg.PipelineSize)
+	var sc scratch
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -489,9 +500,31 @@ func (w *Warmer) work(ctx context.Context) {
 			return
 		case it := <-w.queue:
 			batch = w.fill(append(batch[:0], it))
-			w.process(ctx, batch)
+			if len(batch) < w.cfg.PipelineSize && w.cfg.Linger > 0 {
+				batch = w.linger(ctx, batch, linger)
+			}
+			w.process(ctx, batch, &sc)
 		}
 	}
+}
+
+// linger waits up to Config.Linger for the batch to fill.
+func (w *Warmer) linger(ctx context.Context, batch []item, t *time.Timer) []item {
+	t.Reset(w.cfg.Linger)
+	defer t.Stop()
+	for len(batch) < w.cfg.PipelineSize {
+		select {
+		case it := <-w.queue:
+			batch = w.fill(append(batch, it))
+		case <-t.C:
+			return batch
+		case <-ctx.Done():
+			return batch
+		case <-w.done:
+			return batch
+		}
+	}
+	return batch
 }
 
 // fill adds queued items to batch without waiting, up to PipelineSize.
@@ -513,6 +546,7 @@ func (w *Warmer) flush(ctx context.Context) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.FlushTimeout)
 	defer cancel()
 	batch := make([]item, 0, w.cfg.PipelineSize)
+	var sc scratch
 	for {
 		batch = w.fill(batch[:0])
 		if len(batch) == 0 {
@@ -525,52 +559,77 @@ func (w *Warmer) flush(ctx context.Context) {
 			}
 			continue
 		}
-		w.process(fctx, batch)
+		w.process(fctx, batch, &sc)
 	}
 }
 
 // finish forgets that key is in flight.
 func (w *Warmer) finish(key string) {
 	w.mu.Lock()
-	delete(w.inflight, key)
+	w.keys.abort(key)
 	w.mu.Unlock()
+}
+
+// scratch is a worker's reusable batch state.
+type scratch struct {
+	values [][]byte
+	ends   []int
+	buf    []byte
+	exp    []byte // the batch's expiry, formatted
+	cmds   []*redis.BoolCmd
+}
+
+func (sc *scratch) reset(n int) {
+	sc.values = slices.Grow(sc.values[:0], n)[:n]
+	clear(sc.values)
+	sc.cmds = slices.Grow(sc.cmds[:0], n)[:n]
+	clear(sc.cmds)
+	sc.ends = sc.ends[:0]
+	sc.buf = sc.buf[:0]
 }
 
 // process fetches (origin mode) or encodes (hint mode) the batch's values
 // and writes them in one pipeline.
-func (w *Warmer) process(ctx context.Context, batch []item) {
-	values := make([][]byte, len(batch))
+func (w *Warmer) process(ctx context.Context, batch []item, sc *scratch) {
+	sc.reset(len(batch))
 	if w.origin != nil {
-		w.origin.fetchAll(ctx, batch, values)
+		w.origin.fetchAll(ctx, batch, sc.values)
 	} else {
-		exp := w.now().Add(w.cfg.TTL).UTC()
-		for i, it := range batch {
-			v, err := json.Marshal(HintRecord{Page: it.page, Probability: it.prob, ModelVersion: it.version, ExpiresAt: exp})
-			if err != nil { // a NaN probability
-				w.m.drop(dropInvalid, 1)
-				continue
+		sc.exp = w.now().Add(w.cfg.TTL).UTC().AppendFormat(sc.exp[:0], time.RFC3339Nano)
+		for _, it := range batch {
+			sc.buf = appendHint(sc.buf, it.page, it.prob, it.version, sc.exp)
+			sc.ends = append(sc.ends, len(sc.buf))
+		}
+		begin := 0
+		for i, end := range sc.ends {
+			if end > begin {
+				sc.values[i] = sc.buf[begin:end:end]
+			} else {
+				w.m.drop(dropInvalid, 1) // a NaN or infinite probability
 			}
-			values[i] = v
+			begin = end
 		}
 	}
-	w.write(ctx, batch, values)
+	w.write(ctx, batch, sc)
 }
 
 // write sends SET key value EX ttl NX for every item with a value, in one
 // pipeline, and records the outcome. Items without a value were already
 // counted as dropped.
-func (w *Warmer) write(ctx context.Context, batch []item, values [][]byte) {
+func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
+	values, cmds := sc.values, sc.cmds
 	now := w.now()
-	w.mu.Lock()
-	for i, v := range values {
-		if v != nil && !w.budget.take(int64(len(v)), now) {
-			w.m.drop(dropBudget, 1)
-			values[i] = nil
+	if w.budget.maxKeys > 0 || w.budget.maxBytes > 0 {
+		w.mu.Lock()
+		for i, v := range values {
+			if v != nil && !w.budget.take(int64(len(v)), now) {
+				w.m.drop(dropBudget, 1)
+				values[i] = nil
+			}
 		}
+		w.mu.Unlock()
 	}
-	w.mu.Unlock()
 
-	cmds := make([]*redis.BoolCmd, len(batch))
 	n := 0
 	if ctx.Err() == nil {
 		wctx, cancel := context.WithTimeout(ctx, w.cfg.WriteTimeout)
@@ -589,22 +648,21 @@ func (w *Warmer) write(ctx context.Context, batch []item, values [][]byte) {
 		cancel()
 	}
 
-	var observer PrefetchObserver
-	if o := w.observer.Load(); o != nil {
-		observer = *o
-	}
-	expires := now.Add(w.cfg.TTL)
+	expires := now.Add(w.cfg.TTL).UnixNano()
 	var firstErr error
-	failed, written := 0, 0
+	failed, written, exists, bytes := 0, 0, 0, 0
 	w.mu.Lock()
+	w.keys.expire(now.UnixNano())
 	for i, it := range batch {
-		delete(w.inflight, it.key)
 		if values[i] == nil {
+			w.keys.abort(it.key)
 			continue
 		}
 		cmd := cmds[i]
 		if cmd == nil { // ctx ended before the write
 			w.m.drop(dropCanceled, 1)
+			w.keys.abort(it.key)
+			values[i] = nil
 			continue
 		}
 		set, err := cmd.Result()
@@ -614,21 +672,24 @@ func (w *Warmer) write(ctx context.Context, batch []item, values [][]byte) {
 			if firstErr == nil {
 				firstErr = err
 			}
+			w.keys.abort(it.key)
 			values[i] = nil
 		case set:
 			written++
-			w.warm.put(it.key, struct{}{}, expires, nil)
-			w.m.written.Inc()
-			w.m.writtenBytes.Add(float64(len(values[i])))
+			bytes += len(values[i])
+			w.keys.done(it.key, expires)
 		default:
 			// Someone else holds the key (another instance, or ours after
 			// the local memory forgot it): it is warm, leave it alone.
-			w.m.skippedExists.Inc()
-			w.warm.put(it.key, struct{}{}, expires, nil)
+			exists++
+			w.keys.done(it.key, expires)
 			values[i] = nil
 		}
 	}
 	w.mu.Unlock()
+	w.m.written.Add(float64(written))
+	w.m.writtenBytes.Add(float64(bytes))
+	w.m.skippedExists.Add(float64(exists))
 	if failed > 0 {
 		w.m.drop(dropRedis, failed)
 		if w.failing.CompareAndSwap(false, true) {
@@ -637,13 +698,60 @@ func (w *Warmer) write(ctx context.Context, batch []item, values [][]byte) {
 	} else if written > 0 && w.failing.CompareAndSwap(true, false) {
 		w.log.Info("prefetch writes recovered")
 	}
-	if observer != nil && written > 0 {
+	if o := w.observer.Load(); o != nil && written > 0 {
 		for i, it := range batch {
 			if values[i] != nil {
-				observer.ObservePrefetchBytes(it.user, it.page, it.version, it.at, w.cfg.TTL, int64(len(values[i])))
+				(*o).ObservePrefetchBytes(it.user, it.page, it.version, it.at, w.cfg.TTL, int64(len(values[i])))
 			}
 		}
 	}
+}
+
+// appendHint appends the JSON HintRecord for a page to b; it appends
+// nothing when the probability is not finite.
+// expires is the expiry formatted as RFC 3339.
+func appendHint(b []byte, page string, prob float32, version string, expires []byte) []byte {
+	if math.IsNaN(float64(prob)) || math.IsInf(float64(prob), 0) {
+		return b
+	}
+	b = append(b, `{"page":`...)
+	b = appendJSONString(b, page)
+	b = append(b, `,"probability":`...)
+	b = strconv.AppendFloat(b, float64(prob), 'g', -1, 32)
+	b = append(b, `,"model_version":`...)
+	b = appendJSONString(b, version)
+	b = append(b, `,"expires_at":"`...)
+	b = append(b, expires...)
+	return append(b, `"}`...)
+}
+
+// appendJSONString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
 }
 
 // template is a parsed key or URL template.

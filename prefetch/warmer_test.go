@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -360,7 +361,7 @@ func TestWarmerRedisOutage(t *testing.T) {
 		t.Errorf("written = %v during the outage, want 10", got)
 	}
 	w.mu.Lock()
-	inflight, tracked := len(w.inflight), w.warm.Len()
+	inflight, tracked := w.keys.flying(), w.keys.Len()
 	w.mu.Unlock()
 	if inflight != 0 || tracked != 10 {
 		t.Errorf("after the outage: %d in flight, %d tracked; want 0 and 10 (no growth)", inflight, tracked)
@@ -569,5 +570,36 @@ func TestWarmerNeverBlocks(t *testing.T) {
 	}
 	if got := counter(w.m.written); got != 8 {
 		t.Errorf("written at close = %v, want 8", got)
+	}
+}
+
+// TestAppendHint checks the hand-written hint encoder against encoding/json.
+func TestAppendHint(t *testing.T) {
+	exp := time.Date(2026, 11, 26, 10, 0, 0, 123456789, time.UTC)
+	cases := []struct {
+		name, page, version string
+		prob                float32
+		wantPage            string
+	}{
+		{"plain", "/page/12", "v1", 0.61, "/page/12"},
+		{"quotes and controls", "/a\"b\\c\n\t\x01", "v\"2", 1, "/a\"b\\c\n\t\x01"},
+		{"unicode", "/über/日本", "ß", 1e-7, "/über/日本"},
+		{"invalid utf-8", "/bad\xff\xfe", "v", 0, "/bad\uFFFD\uFFFD"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := appendHint(nil, tc.page, tc.prob, tc.version, exp.AppendFormat(nil, time.RFC3339Nano))
+			var got HintRecord
+			if err := json.Unmarshal(raw, &got); err != nil {
+				t.Fatalf("decode %s: %v", raw, err)
+			}
+			want := HintRecord{Page: tc.wantPage, Probability: tc.prob, ModelVersion: tc.version, ExpiresAt: exp}
+			if got != want {
+				t.Fatalf("decoded %+v, want %+v", got, want)
+			}
+		})
+	}
+	if raw := appendHint(nil, "/p", float32(math.NaN()), "v", nil); len(raw) != 0 {
+		t.Fatalf("NaN probability encoded as %s, want nothing", raw)
 	}
 }

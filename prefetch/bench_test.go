@@ -1,0 +1,149 @@
+package prefetch
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// countObserver counts written prefetches and closes done when the count
+// reaches target.
+type countObserver struct {
+	mu     sync.Mutex
+	n      int64
+	target int64
+	done   chan struct{}
+}
+
+func (c *countObserver) ObservePrefetchBytes(string, string, string, time.Time, time.Duration, int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	if c.n == c.target {
+		close(c.done)
+	}
+}
+
+// expect arms the observer for n more writes and returns the channel closed
+// when they are seen.
+func (c *countObserver) expect(n int64) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.target = c.n + n
+	c.done = make(chan struct{})
+	return c.done
+}
+
+func (c *countObserver) count() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// BenchmarkWarmThroughput measures pipelined writes per second to one real
+// redis-server, the Warmer (Warm -> queue -> workers -> pipelined SET EX NX,
+// hint records) beside bare go-redis pipelines of the same SET commands with
+// the same pipeline size and number of goroutines, in the same run. It
+// reports both rates and their ratio.
+func BenchmarkWarmThroughput(b *testing.B) {
+	const (
+		batch    = 20000
+		workers  = DefaultWorkers
+		pipeSize = DefaultPipelineSize
+		perReq   = 3
+	)
+	linger, _ := time.ParseDuration(os.Getenv("PREFETCH_BENCH_LINGER"))
+	_, rdb := newRedis(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	value, err := json.Marshal(HintRecord{Page: "/page/12345", Probability: 0.61, ModelVersion: "v1", ExpiresAt: time.Now()})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	bare := func(prefix string) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		per := batch / workers
+		for g := range workers {
+			wg.Go(func() {
+				for lo := g * per; lo < (g+1)*per; lo += pipeSize {
+					pipe := rdb.Pipeline()
+					for i := lo; i < min(lo+pipeSize, (g+1)*per); i++ {
+						pipe.SetNX(ctx, prefix+strconv.Itoa(i), value, DefaultTTL)
+					}
+					if _, err := pipe.Exec(ctx); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+
+	// One Warmer for the whole run, as in the service.
+	w, err := NewWarmer(Config{QueueSize: batch, Workers: workers, PipelineSize: pipeSize, MaxTracked: batch, Linger: linger}, rdb, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	obs := &countObserver{}
+	w.SetObserver(obs)
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	defer func() {
+		if err := w.Close(ctx); err != nil {
+			b.Error(err)
+		}
+		if err := <-errc; err != nil {
+			b.Error(err)
+		}
+	}()
+	pages := make([]string, batch)
+	warmer := func(prefix string) time.Duration {
+		for i := range pages {
+			pages[i] = prefix + strconv.Itoa(i)
+		}
+		done := obs.expect(batch)
+		start := time.Now()
+		req := Request{UserID: "u", ModelVersion: "v1", Pages: make([]Page, 0, perReq)}
+		for i := 0; i < batch; i += perReq {
+			req.Pages = req.Pages[:0]
+			for j := i; j < min(i+perReq, batch); j++ {
+				req.Pages = append(req.Pages, Page{Key: pages[j], Probability: 0.61})
+			}
+			w.Warm(ctx, req)
+		}
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			b.Fatalf("warmer wrote %d pages, want %d", obs.count(), batch)
+		}
+		return time.Since(start)
+	}
+
+	b.ReportAllocs()
+	var bareTotal, warmTotal time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		if err := rdb.FlushDB(ctx).Err(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		bareTotal += bare("bare:" + strconv.Itoa(i) + ":")
+		b.StopTimer()
+		prefix := "/warm/" + strconv.Itoa(i) + "/"
+		b.StartTimer()
+		warmTotal += warmer(prefix)
+	}
+	bareRate := float64(batch*b.N) / bareTotal.Seconds()
+	warmRate := float64(batch*b.N) / warmTotal.Seconds()
+	b.ReportMetric(bareRate, "bare_writes/s")
+	b.ReportMetric(warmRate, "warmer_writes/s")
+	b.ReportMetric(warmRate/bareRate, "ratio")
+}
