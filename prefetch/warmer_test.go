@@ -603,3 +603,40 @@ func TestAppendHint(t *testing.T) {
 		t.Fatalf("NaN probability encoded as %s, want nothing", raw)
 	}
 }
+
+// TestWarmerRedisSlow pauses the server's writes (CLIENT PAUSE) under a
+// running Warmer: writes time out and are dropped and counted, Warm never
+// blocks, and writing resumes when the pause ends.
+func TestWarmerRedisSlow(t *testing.T) {
+	srv, rdb := newRedis(t)
+	ctx := testCtx(t)
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer admin.Close()
+	w := startWarmer(t, Config{QueueSize: 32, PipelineSize: 8, WriteTimeout: 100 * time.Millisecond}, rdb)
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", "1500", "WRITE").Err(); err != nil {
+		t.Fatalf("CLIENT PAUSE: %v", err)
+	}
+	paused := time.Now()
+	var worst time.Duration
+	for i := range 200 {
+		start := time.Now()
+		w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/slow/%d", i)}}})
+		worst = max(worst, time.Since(start))
+		time.Sleep(time.Millisecond)
+	}
+	if worst > 50*time.Millisecond {
+		t.Errorf("Warm blocked for %v while Redis was slow", worst)
+	}
+	eventually(t, 5*time.Second, "a write timed out", func() bool { return counter(w.m.dropped[dropRedis]) > 0 })
+	if d := time.Since(paused); d > 1500*time.Millisecond {
+		t.Logf("the first timeout came %v after the pause began", d)
+	}
+	eventually(t, 10*time.Second, "writes resume after the pause", func() bool {
+		w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/after"}}})
+		n, _ := rdb.Exists(ctx, "page:/after").Result()
+		return n == 1
+	})
+	if counter(w.m.dropped[dropRedis]) == 0 {
+		t.Errorf("no page dropped for a Redis timeout")
+	}
+}

@@ -1,0 +1,157 @@
+package prefetch
+
+import (
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestTokenBucket(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	cases := []struct {
+		name  string
+		rate  float64
+		burst int
+		at    []time.Duration // offsets of attempts
+		want  []bool
+	}{
+		{"unlimited", 0, 0, []time.Duration{0, 0, 0}, []bool{true, true, true}},
+		{"burst then refusal", 1, 2, []time.Duration{0, 0, 0}, []bool{true, true, false}},
+		{"refills at the rate", 2, 1, []time.Duration{0, 0, 400 * time.Millisecond, 500 * time.Millisecond}, []bool{true, false, false, true}},
+		{"refill capped at burst", 10, 2, []time.Duration{0, 0, time.Hour, time.Hour, time.Hour}, []bool{true, true, true, true, false}},
+		{"default burst is the rate", 3, 0, []time.Duration{0, 0, 0, 0}, []bool{true, true, true, false}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newTokenBucket(tc.rate, tc.burst)
+			for i, d := range tc.at {
+				if got := b.allow(t0.Add(d)); got != tc.want[i] {
+					t.Fatalf("attempt %d at +%v: allow = %v, want %v", i, d, got, tc.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestUserLimiterBounded(t *testing.T) {
+	l := newUserLimiter(1, 1, 100)
+	t0 := time.Unix(1000, 0)
+	for i := range 10_000 {
+		if !l.allow("u"+strconv.Itoa(i), t0) {
+			t.Fatalf("first prefetch of user %d refused", i)
+		}
+		if len(l.buckets) > 100 {
+			t.Fatalf("%d buckets held, want at most 100", len(l.buckets))
+		}
+	}
+	if l.allow("u9999", t0) {
+		t.Fatalf("second prefetch of a limited user allowed")
+	}
+}
+
+func TestBudget(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	cases := []struct {
+		name string
+		b    budget
+		try  []int64 // bytes per attempt, all at t0 except the last at t0+window
+		want []bool
+	}{
+		{"unlimited", budget{window: time.Minute}, []int64{100, 100, 100}, []bool{true, true, true}},
+		{"keys", budget{window: time.Minute, maxKeys: 2}, []int64{1, 1, 1, 1}, []bool{true, true, false, true}},
+		{"bytes", budget{window: time.Minute, maxBytes: 10}, []int64{6, 6, 4, 10}, []bool{true, false, true, true}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for i, n := range tc.try {
+				at := t0
+				if i == len(tc.try)-1 {
+					at = t0.Add(time.Minute)
+				}
+				if got := tc.b.take(n, at); got != tc.want[i] {
+					t.Fatalf("attempt %d (%d bytes): take = %v, want %v", i, n, got, tc.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestBreaker(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var states []BreakerState
+	b := &breaker{failures: 2, cooldown: time.Second, probes: 1, onChange: func(s BreakerState) { states = append(states, s) }}
+	step := func(at time.Duration, wantAllow bool, ok bool) {
+		t.Helper()
+		if got := b.allow(t0.Add(at)); got != wantAllow {
+			t.Fatalf("at +%v: allow = %v, want %v (state %v)", at, got, wantAllow, b.current())
+		}
+		if wantAllow {
+			b.done(ok, t0.Add(at))
+		}
+	}
+	step(0, true, false)
+	step(0, true, true) // a success resets the count
+	step(0, true, false)
+	step(0, true, false) // second consecutive failure: open
+	step(500*time.Millisecond, false, false)
+	// Half-open: one probe at a time.
+	if !b.allow(t0.Add(time.Second)) {
+		t.Fatal("no trial after the cooldown")
+	}
+	if b.allow(t0.Add(time.Second)) {
+		t.Fatal("a second trial while the first is in flight")
+	}
+	b.done(false, t0.Add(time.Second)) // failed trial: open again
+	step(1500*time.Millisecond, false, false)
+	step(2*time.Second, true, true) // good trial: closed
+	step(2*time.Second, true, true)
+	want := []BreakerState{BreakerOpen, BreakerHalfOpen, BreakerOpen, BreakerHalfOpen, BreakerClosed}
+	if len(states) != len(want) {
+		t.Fatalf("transitions %v, want %v", states, want)
+	}
+	for i := range want {
+		if states[i] != want[i] {
+			t.Fatalf("transitions %v, want %v", states, want)
+		}
+	}
+}
+
+func TestKeyTable(t *testing.T) {
+	kt := newKeyTable(3)
+	kt.start("a")
+	if _, flying := kt.lookup("a"); !flying {
+		t.Fatal("a not in flight after start")
+	}
+	kt.done("a", 10)
+	kt.start("b")
+	kt.done("b", 20)
+	kt.start("c")
+	kt.abort("c")
+	if exp, flying := kt.lookup("c"); exp != 0 || flying {
+		t.Fatalf("aborted key: expiry %d flying %v", exp, flying)
+	}
+	// Rewriting a after it expired leaves a stale ring entry behind.
+	kt.expire(10)
+	if exp, _ := kt.lookup("a"); exp != 0 {
+		t.Fatalf("a still remembered until %d after expiring", exp)
+	}
+	kt.start("a")
+	kt.done("a", 30)
+	kt.done("d", 40)
+	kt.done("e", 50) // over max 3: b (oldest) is forgotten
+	if exp, _ := kt.lookup("b"); exp != 0 {
+		t.Fatalf("b remembered past the cap")
+	}
+	if kt.Len() != 3 || kt.flying() != 0 {
+		t.Fatalf("Len %d flying %d, want 3 and 0", kt.Len(), kt.flying())
+	}
+	for key, want := range map[string]int64{"a": 30, "d": 40, "e": 50} {
+		if exp, _ := kt.lookup(key); exp != want {
+			t.Errorf("%s expires %d, want %d", key, exp, want)
+		}
+	}
+	kt.expire(100)
+	if kt.Len() != 0 || len(kt.state) != 0 || len(kt.ring) != 0 {
+		t.Fatalf("after everything expired: Len %d state %d ring %d", kt.Len(), len(kt.state), len(kt.ring))
+	}
+}
