@@ -142,6 +142,9 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	prefetchv1.RegisterModelServiceServer(s.grpc, &modelService{s: s})
 	reflection.Register(s.grpc)
 
+	if s.hasToken && cfg.TLSCertFile == "" {
+		logger.Warn("admin bearer token accepted over plaintext gRPC; use TLS beyond loopback")
+	}
 	s.methods = make(map[string]*methodMetrics)
 	for svc, info := range s.grpc.GetServiceInfo() {
 		for _, m := range info.Methods {
