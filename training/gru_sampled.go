@@ -112,7 +112,7 @@ func (p *gruParams) lossAndGradSampled(b gruBatch, grad *gruParams, w *gruWork, 
 		for c := range row {
 			row[c] -= corr[c]
 		}
-		softmax(row)
+		softmaxTrain(row)
 		loss -= math.Log(math.Max(float64(row[tc]), 1e-30))
 		row[tc] -= 1
 		for c := range row {

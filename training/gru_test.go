@@ -145,3 +145,13 @@ func TestTrainGRULearnsCycle(t *testing.T) {
 		t.Errorf("gru Recall@1 %.3f, markov %.3f: want the gru clearly ahead", gr.RecallAt1, mr.RecallAt1)
 	}
 }
+
+func TestExpNeg(t *testing.T) {
+	for x := float32(-90); x <= 0; x += 0.0137 {
+		want := math.Exp(float64(x))
+		got := float64(expNeg(x))
+		if math.Abs(got-want) > 2e-5*want+1e-37 {
+			t.Fatalf("expNeg(%v) = %v, want %v", x, got, want)
+		}
+	}
+}

@@ -80,6 +80,9 @@ func (c GRUConfig) Validate() error {
 	return nil
 }
 
+// maxValidation caps the sessions scored after every epoch.
+const maxValidation = 4000
+
 // GRUStats describes a GRU training run.
 type GRUStats struct {
 	Embedding          int         `json:"embedding"`
@@ -133,6 +136,9 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	start := time.Now()
 	nVal := int(float64(len(seqs)) * cfg.ValidationFraction)
 	trainSeqs, valSeqs := seqs[:len(seqs)-nVal], seqs[len(seqs)-nVal:]
+	if len(valSeqs) > maxValidation {
+		valSeqs = valSeqs[len(valSeqs)-maxValidation:] // enough to rank epochs, cheap to score
+	}
 	windows := windowed(trainSeqs, cfg.Window)
 	if len(windows) == 0 {
 		return nil, nil, fmt.Errorf("gru: no training sequence has two pages")
@@ -358,7 +364,7 @@ func (p *gruParams) lossAndGrad(b gruBatch, grad *gruParams, w *gruWork) (float6
 	inv := float32(1 / float64(N))
 	for k := 0; k < N; k++ {
 		row := w.logits[k*V : (k+1)*V]
-		softmax(row)
+		softmaxTrain(row)
 		tg := w.tgt[k]
 		loss -= math.Log(math.Max(float64(row[tg]), 1e-30))
 		row[tg] -= 1

@@ -79,23 +79,32 @@ func ReadJSONL(r io.Reader, cfg JSONLConfig) ([]Session, JSONLStats, error) {
 			continue
 		}
 		st.Lines++
-		var w wireClick
-		if err := json.Unmarshal([]byte(line), &w); err != nil || w.UserID == "" || strings.TrimSpace(w.Page) == "" {
+		e, ok := decodeClick([]byte(line))
+		if !ok {
 			st.Skipped++
 			continue
 		}
-		ts, err := time.Parse(time.RFC3339Nano, w.TS)
-		if err != nil {
-			st.Skipped++
-			continue
-		}
-		events = append(events, ClickEvent{UserID: w.UserID, Page: w.Page, TS: ts})
+		events = append(events, e)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, st, fmt.Errorf("read jsonl: %w", err)
 	}
 	st.Events = len(events)
 	return Sessionize(events, cfg), st, nil
+}
+
+// decodeClick decodes one event of the service's format; ok is false for
+// a malformed one.
+func decodeClick(data []byte) (e ClickEvent, ok bool) {
+	var w wireClick
+	if err := json.Unmarshal(data, &w); err != nil || w.UserID == "" || strings.TrimSpace(w.Page) == "" {
+		return e, false
+	}
+	ts, err := time.Parse(time.RFC3339Nano, w.TS)
+	if err != nil {
+		return e, false
+	}
+	return ClickEvent{UserID: w.UserID, Page: w.Page, TS: ts}, true
 }
 
 // Sessionize groups events by user, orders each user's clicks by time (a

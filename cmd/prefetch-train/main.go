@@ -42,7 +42,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var (
 		input    = fs.String("input", "", "input file (gzip is detected)")
-		format   = fs.String("format", "", "input format: jsonl, msnbc or spmf")
+		format   = fs.String("format", "", "input format: jsonl, msnbc, spmf, or kafka (reads --topic from --kafka-brokers)")
+		brokers  = fs.String("kafka-brokers", "", "kafka: comma-separated bootstrap brokers")
+		topic    = fs.String("topic", "clicks", "kafka: click topic")
+		from     = fs.String("from", "", "kafka: first message time, RFC 3339 (default: earliest)")
+		to       = fs.String("to", "", "kafka: end message time, RFC 3339, exclusive (default: the end when the read starts)")
 		out      = fs.String("out", "", "output folder: the bundle plus report.json, report.txt, recall.svg")
 		publish  = fs.String("publish", "", "model repository: also publish the bundle as <publish>/<name>/<version>/")
 		name     = fs.String("name", "prefetchd", "bundle name")
@@ -68,9 +72,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *input == "" || *format == "" || *out == "" {
+	if (*input == "" && *format != "kafka") || *format == "" || *out == "" {
 		fs.Usage()
-		return errors.New("--input, --format and --out are required")
+		return errors.New("--input (or --format kafka), --format and --out are required")
 	}
 	if *cpuProf != "" {
 		f, err := os.Create(*cpuProf)
@@ -94,7 +98,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	start := time.Now()
-	sessions, err := readSessions(*input, *format, readOptions{collapse: *collapse, gap: *gap, canonical: canonical, logger: logger})
+	opt := readOptions{collapse: *collapse, gap: *gap, canonical: canonical, logger: logger}
+	var sessions []training.Session
+	if *format == "kafka" {
+		kcfg, err := kafkaConfig(*brokers, *topic, *from, *to)
+		if err != nil {
+			return err
+		}
+		sessions, err = readKafka(ctx, kcfg, opt)
+		if err != nil {
+			return err
+		}
+		*input = "kafka:" + *topic
+	} else {
+		sessions, err = readSessions(*input, *format, opt)
+	}
 	if err != nil {
 		return err
 	}

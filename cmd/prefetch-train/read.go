@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prefetchd/prefetchd/features"
@@ -73,4 +75,44 @@ func loadCanonical(path string) (features.CanonicalizerConfig, error) {
 		return cfg, fmt.Errorf("canonical config %s: %w", path, err)
 	}
 	return cfg, cfg.Validate()
+}
+
+func kafkaConfig(brokers, topic, from, to string) (training.KafkaConfig, error) {
+	cfg := training.KafkaConfig{Topic: topic}
+	for _, b := range strings.Split(brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			cfg.Brokers = append(cfg.Brokers, b)
+		}
+	}
+	for _, t := range []struct {
+		s   string
+		dst *time.Time
+	}{{from, &cfg.From}, {to, &cfg.To}} {
+		if t.s == "" {
+			continue
+		}
+		v, err := time.Parse(time.RFC3339Nano, t.s)
+		if err != nil {
+			return cfg, fmt.Errorf("kafka time %q: %w", t.s, err)
+		}
+		*t.dst = v
+	}
+	return cfg, cfg.Validate()
+}
+
+func readKafka(ctx context.Context, cfg training.KafkaConfig, opt readOptions) ([]training.Session, error) {
+	canon, err := features.NewCanonicalizer(opt.canonical)
+	if err != nil {
+		return nil, fmt.Errorf("canonicalizer: %w", err)
+	}
+	events, st, err := training.ReadKafka(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	opt.logger.Info("events read", "topic", cfg.Topic, "messages", st.Lines, "events", st.Events, "skipped", st.Skipped)
+	sessions := training.Sessionize(events, training.JSONLConfig{Gap: opt.gap, Canonicalizer: canon})
+	if opt.collapse {
+		sessions = training.CollapseRepeats(sessions)
+	}
+	return sessions, nil
 }

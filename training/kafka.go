@@ -1,0 +1,144 @@
+package training
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// KafkaConfig selects a slice of the service's click topic.
+type KafkaConfig struct {
+	// Brokers are bootstrap addresses (host:port). Required.
+	Brokers []string
+	// Topic is the click topic. Required.
+	Topic string
+	// From and To bound the messages by their Kafka timestamp: From is
+	// inclusive (zero: the earliest retained message), To exclusive (zero:
+	// the end of each partition when the read starts).
+	From, To time.Time
+	// MaxMessages stops the read after this many messages (0: no limit).
+	MaxMessages int
+}
+
+// Validate checks the configuration.
+func (c KafkaConfig) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("kafka: no brokers")
+	case c.Topic == "":
+		return errors.New("kafka: no topic")
+	case !c.From.IsZero() && !c.To.IsZero() && !c.From.Before(c.To):
+		return fmt.Errorf("kafka: from %s is not before to %s", c.From, c.To)
+	case c.MaxMessages < 0:
+		return fmt.Errorf("kafka: max messages %d is negative", c.MaxMessages)
+	}
+	return nil
+}
+
+// ReadKafka reads the click events of every partition of the topic between
+// the configured times, decoding each message value like a JSONL line
+// (malformed ones are skipped and counted). It never waits for new
+// messages: each partition is read up to its end offset taken at the start.
+// It returns ctx.Err() (wrapped) when ctx ends first.
+func ReadKafka(ctx context.Context, cfg KafkaConfig) ([]ClickEvent, JSONLStats, error) {
+	var st JSONLStats
+	if err := cfg.Validate(); err != nil {
+		return nil, st, err
+	}
+	conn, err := kafka.DialContext(ctx, "tcp", cfg.Brokers[0])
+	if err != nil {
+		return nil, st, fmt.Errorf("kafka: dial %s: %w", cfg.Brokers[0], err)
+	}
+	parts, err := conn.ReadPartitions(cfg.Topic)
+	conn.Close()
+	if err != nil {
+		return nil, st, fmt.Errorf("kafka: partitions of %s: %w", cfg.Topic, err)
+	}
+	var events []ClickEvent
+	for _, p := range parts {
+		first, end, err := partitionRange(ctx, cfg, p)
+		if err != nil {
+			return nil, st, err
+		}
+		if first >= end {
+			continue
+		}
+		if err := readPartition(ctx, cfg, p.ID, first, end, &events, &st); err != nil {
+			return nil, st, err
+		}
+		if cfg.MaxMessages > 0 && st.Lines >= cfg.MaxMessages {
+			break
+		}
+	}
+	st.Events = len(events)
+	return events, st, nil
+}
+
+// partitionRange returns the offsets [first, end) of partition p that fall
+// between cfg.From and cfg.To.
+func partitionRange(ctx context.Context, cfg KafkaConfig, p kafka.Partition) (first, end int64, err error) {
+	conn, err := kafka.DialLeader(ctx, "tcp", cfg.Brokers[0], cfg.Topic, p.ID)
+	if err != nil {
+		return 0, 0, fmt.Errorf("kafka: dial leader of %s/%d: %w", cfg.Topic, p.ID, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	lo, hi, err := conn.ReadOffsets()
+	if err != nil {
+		return 0, 0, fmt.Errorf("kafka: offsets of %s/%d: %w", cfg.Topic, p.ID, err)
+	}
+	at := func(t time.Time, def int64) (int64, error) {
+		if t.IsZero() {
+			return def, nil
+		}
+		off, err := conn.ReadOffset(t)
+		if err != nil {
+			return 0, fmt.Errorf("kafka: offset of %s/%d at %s: %w", cfg.Topic, p.ID, t, err)
+		}
+		if off < 0 || off > hi {
+			return hi, nil // no message at or after t
+		}
+		return max(off, lo), nil
+	}
+	if first, err = at(cfg.From, lo); err != nil {
+		return 0, 0, err
+	}
+	if end, err = at(cfg.To, hi); err != nil {
+		return 0, 0, err
+	}
+	return first, end, nil
+}
+
+func readPartition(ctx context.Context, cfg KafkaConfig, partition int, first, end int64, events *[]ClickEvent, st *JSONLStats) error {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers: cfg.Brokers, Topic: cfg.Topic, Partition: partition,
+		MinBytes: 1, MaxBytes: 8 << 20, MaxWait: 200 * time.Millisecond,
+	})
+	defer r.Close()
+	if err := r.SetOffset(first); err != nil {
+		return fmt.Errorf("kafka: seek %s/%d to %d: %w", cfg.Topic, partition, first, err)
+	}
+	for {
+		msg, err := r.FetchMessage(ctx)
+		if err != nil {
+			return fmt.Errorf("kafka: read %s/%d: %w", cfg.Topic, partition, err)
+		}
+		if msg.Offset >= end {
+			return nil
+		}
+		st.Lines++
+		if e, ok := decodeClick(msg.Value); ok {
+			*events = append(*events, e)
+		} else {
+			st.Skipped++
+		}
+		if msg.Offset+1 >= end || (cfg.MaxMessages > 0 && st.Lines >= cfg.MaxMessages) {
+			return nil
+		}
+	}
+}
