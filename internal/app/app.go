@@ -91,17 +91,16 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		log.Info("in-process redis store started", "addr", redisAddr)
 	}
 	addrs.Redis = redisAddr
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:                 []string{redisAddr},
-		Username:              cfg.RedisUsername,
-		Password:              cfg.RedisPassword,
-		ContextTimeoutEnabled: true,
-		DialTimeout:           2 * time.Second,
-		ReadTimeout:           time.Second,
-		WriteTimeout:          time.Second,
-		MaxRetries:            1,
-	})
+	rdb, err := redisClient(cfg, redisAddr)
+	if err != nil {
+		return err
+	}
 	defer rdb.Close()
+	kafkaTLS, kafkaSASL, err := kafkaSecurity(cfg)
+	if err != nil {
+		return err
+	}
+	dialer := kafkaDialer(kafkaTLS, kafkaSASL)
 
 	// The model.
 	models, err := openModels(ctx, cfg, log, reg)
@@ -126,11 +125,14 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	log.Info("model loaded", "name", live.Manifest.Name, "version", live.Version, "vocab", live.Vocab.Len(), "max_seq_len", live.Manifest.MaxSeqLen)
 
 	// The pipeline.
-	hist, err := features.NewHistories(features.HistoryConfig{MaxLen: live.Manifest.MaxSeqLen}, reg)
+	hist, err := features.NewStore(features.StoreConfig{
+		Backend: cfg.HistoryStore,
+		History: features.HistoryConfig{MaxLen: live.Manifest.MaxSeqLen, MaxUsers: cfg.HistoryMaxUsers, SessionGap: cfg.SessionGap},
+	}, rdb, reg)
 	if err != nil {
 		return err
 	}
-	canon, err := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	canon, err := canonicalizer(cfg)
 	if err != nil {
 		return err
 	}
@@ -138,11 +140,14 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if err != nil {
 		return err
 	}
-	eval, err := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, reg)
+	eval, err := prefetch.NewEvaluator(prefetch.EvaluatorConfig{KeyTemplate: cfg.KeyTemplate}, reg)
 	if err != nil {
 		return err
 	}
-	warmer, err := prefetch.NewWarmer(prefetch.Config{TTL: cfg.TTL}, rdb, log, reg)
+	warmer, err := prefetch.NewWarmer(prefetch.Config{
+		Mode: prefetch.Mode(cfg.PrefetchMode), OriginURL: cfg.OriginURL, TTL: cfg.TTL, KeyTemplate: cfg.KeyTemplate,
+		GlobalRate: cfg.GlobalRate, PerUserRate: cfg.PerUserRate, BudgetKeys: cfg.BudgetKeys,
+	}, rdb, log, reg)
 	if err != nil {
 		return err
 	}
@@ -159,7 +164,9 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if err != nil {
 		return err
 	}
-	consumer, err := features.NewConsumer(features.ConsumerConfig{Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group}, eng, log, reg)
+	consumer, err := features.NewConsumer(features.ConsumerConfig{
+		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
+	}, eng, log, reg)
 	if err != nil {
 		return err
 	}
@@ -223,10 +230,14 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			errc <- fmt.Errorf("admin http: %w", err)
 		}
 	})
-	auxWG.Go(func() { watchHealth(srvCtx, log, models, rdb, brokers, srv, &ready) })
-	auxWG.Go(func() { progress(srvCtx, log, eng, eval, hist) })
+	auxWG.Go(func() { watchHealth(srvCtx, log, models, rdb, dialer, brokers, srv, &ready) })
+	auxWG.Go(func() { progress(srvCtx, log, eng, eval) })
 	if cfg.Replay != ReplayNone {
-		if err := startReplay(replayCtx, &auxWG, cfg, brokers, log, errc); err != nil {
+		var transport kafka.RoundTripper
+		if kafkaTLS != nil || kafkaSASL != nil {
+			transport = &kafka.Transport{TLS: kafkaTLS, SASL: kafkaSASL}
+		}
+		if err := startReplay(replayCtx, &auxWG, cfg, brokers, transport, log); err != nil {
 			return err
 		}
 	}
@@ -309,7 +320,7 @@ func waitForModel(ctx context.Context, m *lifecycle.Manager) (*lifecycle.Live, e
 	}
 }
 
-func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []string, log *slog.Logger, errc chan<- error) error {
+func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []string, transport kafka.RoundTripper, log *slog.Logger) error {
 	var (
 		sessions [][]int
 		err      error
@@ -326,14 +337,16 @@ func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []
 	if err != nil {
 		return fmt.Errorf("replay sessions: %w", err)
 	}
-	r, err := embedded.NewReplayer(embedded.ReplayConfig{Brokers: brokers, Topic: cfg.Topic, Rate: cfg.ReplayRate, Loop: true}, sessions, log)
+	r, err := embedded.NewReplayer(embedded.ReplayConfig{Brokers: brokers, Topic: cfg.Topic, Rate: cfg.ReplayRate, Loop: true, Transport: transport}, sessions, log)
 	if err != nil {
 		return err
 	}
 	log.Info("replaying sessions into kafka", "source", cfg.Replay, "sessions", len(sessions), "rate", cfg.ReplayRate)
 	wg.Go(func() {
+		// The replay is a demonstration feed: when it fails the service
+		// keeps serving what else arrives.
 		if err := r.Run(ctx); err != nil {
-			errc <- fmt.Errorf("replay: %w", err)
+			log.Error("replay stopped", "err", err)
 		}
 	})
 	return nil
@@ -376,7 +389,7 @@ func adminMux(reg *prometheus.Registry, ready *atomic.Bool, withPprof bool) *htt
 
 // watchHealth sets gRPC health and /readyz: SERVING only while a model is
 // loaded and Kafka and Redis answer.
-func watchHealth(ctx context.Context, log *slog.Logger, models *lifecycle.Manager, rdb redis.UniversalClient, brokers []string, srv *server.Server, ready *atomic.Bool) {
+func watchHealth(ctx context.Context, log *slog.Logger, models *lifecycle.Manager, rdb redis.UniversalClient, dialer *kafka.Dialer, brokers []string, srv *server.Server, ready *atomic.Bool) {
 	check := func() error {
 		if models.Current() == nil {
 			return hint.ErrNoModel
@@ -388,7 +401,7 @@ func watchHealth(ctx context.Context, log *slog.Logger, models *lifecycle.Manage
 		}
 		var lastErr error
 		for _, b := range brokers {
-			conn, err := (&kafka.Dialer{Timeout: time.Second}).DialContext(cctx, "tcp", b)
+			conn, err := dialer.DialContext(cctx, "tcp", b)
 			if err == nil {
 				conn.Close()
 				return nil
@@ -422,7 +435,7 @@ func watchHealth(ctx context.Context, log *slog.Logger, models *lifecycle.Manage
 }
 
 // progress logs what flowed through the pipeline every 10 s.
-func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *prefetch.Evaluator, hist *features.Histories) {
+func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *prefetch.Evaluator) {
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
 	for {
@@ -441,6 +454,6 @@ func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *p
 		}
 		log.Info("pipeline progress",
 			"events", tot.Events, "predictions", tot.Predictions, "prefetches_queued", tot.Prefetches,
-			"keys_warmed", issued, "prefetches_used", used, "clicks", clicks, "clicks_warm", warm, "users", hist.Len())
+			"keys_warmed", issued, "prefetches_used", used, "clicks", clicks, "clicks_warm", warm)
 	}
 }

@@ -28,10 +28,29 @@ type Config struct {
 	Topic        string
 	Group        string
 
+	// Kafka security: TLS (with an optional CA file) and SASL (PLAIN,
+	// SCRAM-SHA-256 or SCRAM-SHA-512).
+	KafkaTLS           bool
+	KafkaCA            string
+	KafkaSASLMechanism string
+	KafkaUsername      string
+	KafkaPassword      string
+	DeadLetterTopic    string
+
 	// Redis. Empty RedisAddr starts an in-process Redis-protocol store.
 	RedisAddr     string
 	RedisUsername string
 	RedisPassword string
+	RedisTLS      bool
+	RedisCA       string
+
+	// Histories: "memory" (per process) or "redis" (shared by replicas).
+	HistoryStore    string
+	HistoryMaxUsers int
+	SessionGap      time.Duration
+	// CanonicalConfig is a JSON file of page canonicalization settings
+	// (features.CanonicalizerConfig); empty keeps the defaults.
+	CanonicalConfig string
 
 	// Model: a bundle folder, or empty for the bundled model. ModelRepo, when
 	// set, is a repository <repo>/<name>/<version>/ watched for new versions.
@@ -43,6 +62,16 @@ type Config struct {
 	Threshold float64
 	K         int
 	TTL       time.Duration
+	// KeyTemplate names warmed keys: "page:{page}" (shared) or
+	// "user:{user}:page:{page}" (per user).
+	KeyTemplate string
+	// PrefetchMode is "hint" (store a hint record) or "origin" (store the
+	// page body fetched from OriginURL).
+	PrefetchMode string
+	OriginURL    string
+	GlobalRate   float64
+	PerUserRate  float64
+	BudgetKeys   int
 
 	// Servers.
 	Listen         string // gRPC
@@ -70,6 +99,10 @@ func Default() Config {
 		Threshold:   0.5,
 		K:           3,
 		TTL:         5 * time.Minute,
+		KeyTemplate:  "page:{page}",
+		PrefetchMode: "hint",
+		HistoryStore: "memory",
+		SessionGap:   30 * time.Minute,
 		Listen:      "127.0.0.1:50051",
 		AdminListen: "127.0.0.1:8081",
 		ReplayRate:  200,
@@ -103,6 +136,34 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %q: %w", name, addr, err))
 		}
 	}
+	switch c.HistoryStore {
+	case "memory", "redis":
+	default:
+		errs = append(errs, fmt.Errorf("--history-store %q is neither memory nor redis", c.HistoryStore))
+	}
+	switch c.PrefetchMode {
+	case "hint":
+	case "origin":
+		if c.OriginURL == "" {
+			errs = append(errs, errors.New("--prefetch-mode origin needs --origin-url"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--prefetch-mode %q is neither hint nor origin", c.PrefetchMode))
+	}
+	if !strings.Contains(c.KeyTemplate, "{page}") {
+		errs = append(errs, fmt.Errorf("--key-template %q lacks {page}", c.KeyTemplate))
+	}
+	switch strings.ToUpper(c.KafkaSASLMechanism) {
+	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+	default:
+		errs = append(errs, fmt.Errorf("--kafka-sasl-mechanism %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.KafkaSASLMechanism))
+	}
+	if c.KafkaSASLMechanism != "" && c.KafkaUsername == "" {
+		errs = append(errs, errors.New("--kafka-sasl-mechanism needs --kafka-username"))
+	}
+	if c.GlobalRate < 0 || c.PerUserRate < 0 || c.BudgetKeys < 0 || c.HistoryMaxUsers < 0 {
+		errs = append(errs, errors.New("rates, budgets and --history-max-users must not be negative"))
+	}
 	if c.Model != "" && c.ModelRepo != "" {
 		errs = append(errs, errors.New("--model and --model-repo are exclusive"))
 	}
@@ -132,15 +193,33 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	brokers := fs.String("kafka-brokers", "", "comma-separated Kafka brokers; empty starts an in-process broker")
 	fs.StringVar(&c.Topic, "topic", c.Topic, "Kafka topic of click events")
 	fs.StringVar(&c.Group, "group", c.Group, "Kafka consumer group")
+	fs.BoolVar(&c.KafkaTLS, "kafka-tls", c.KafkaTLS, "connect to Kafka over TLS")
+	fs.StringVar(&c.KafkaCA, "kafka-ca", c.KafkaCA, "CA bundle (PEM) for Kafka TLS; default the system roots")
+	fs.StringVar(&c.KafkaSASLMechanism, "kafka-sasl-mechanism", c.KafkaSASLMechanism, "Kafka SASL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+	fs.StringVar(&c.KafkaUsername, "kafka-username", c.KafkaUsername, "Kafka SASL user")
+	fs.StringVar(&c.KafkaPassword, "kafka-password", c.KafkaPassword, "Kafka SASL password (prefer the environment variable)")
+	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", c.DeadLetterTopic, "topic receiving rejected events with the reason in a header; empty drops them after counting")
 	fs.StringVar(&c.RedisAddr, "redis-addr", c.RedisAddr, "Redis host:port; empty starts an in-process store")
 	fs.StringVar(&c.RedisUsername, "redis-username", c.RedisUsername, "Redis ACL user")
 	fs.StringVar(&c.RedisPassword, "redis-password", c.RedisPassword, "Redis ACL password (prefer the environment variable)")
+	fs.BoolVar(&c.RedisTLS, "redis-tls", c.RedisTLS, "connect to Redis over TLS")
+	fs.StringVar(&c.RedisCA, "redis-ca", c.RedisCA, "CA bundle (PEM) for Redis TLS; default the system roots")
+	fs.StringVar(&c.HistoryStore, "history-store", c.HistoryStore, "where histories live: memory (per process) or redis (shared by replicas)")
+	fs.IntVar(&c.HistoryMaxUsers, "history-max-users", c.HistoryMaxUsers, "most users held in memory, least recently seen evicted first (0: 1,048,576)")
+	fs.DurationVar(&c.SessionGap, "session-gap", c.SessionGap, "inactivity that starts a new session")
+	fs.StringVar(&c.CanonicalConfig, "canonical-config", c.CanonicalConfig, "JSON file of page canonicalization settings (keep_host, query_allow, rules)")
 	fs.StringVar(&c.Model, "model", c.Model, "model bundle folder; empty uses the bundled model")
 	fs.StringVar(&c.ModelRepo, "model-repo", c.ModelRepo, "model repository folder <repo>/<name>/<version>/, watched for new versions")
 	fs.StringVar(&c.ModelName, "model-name", c.ModelName, "model name inside --model-repo")
 	fs.Float64Var(&c.Threshold, "threshold", c.Threshold, "minimum probability for a prefetch, in [0, 1]")
 	fs.IntVar(&c.K, "k", c.K, "maximum prefetches per click")
 	fs.DurationVar(&c.TTL, "ttl", c.TTL, "time a warmed key lives in Redis")
+	fs.StringVar(&c.KeyTemplate, "key-template", c.KeyTemplate, "Redis key of a warmed page: page:{page} (shared) or user:{user}:page:{page}")
+	fs.StringVar(&c.PrefetchMode, "prefetch-mode", c.PrefetchMode, "hint (store a hint record) or origin (store the body fetched from --origin-url)")
+	fs.StringVar(&c.OriginURL, "origin-url", c.OriginURL, "origin URL template for --prefetch-mode origin, e.g. https://origin/{page}")
+	fs.Float64Var(&c.GlobalRate, "global-rate", c.GlobalRate, "most prefetches per second over all users (0: no limit)")
+	fs.Float64Var(&c.PerUserRate, "per-user-rate", c.PerUserRate, "most prefetches per second for one user (0: no limit)")
+	fs.IntVar(&c.BudgetKeys, "budget-keys", c.BudgetKeys, "most keys the prefetcher writes per TTL window (0: no cap)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "gRPC listen address")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "HTTP admin listen address (/metrics, /healthz, /readyz)")
 	fs.StringVar(&c.AdminTokenFile, "admin-token-file", c.AdminTokenFile, "file holding the bearer token ModelService requires")

@@ -24,6 +24,10 @@ type Config struct {
 	// broker accepts. Default 6 s, as Kafka; kafka-go retries forever when its
 	// own timeout is below it.
 	MinSessionTimeout time.Duration
+	// SCRAMUser and SCRAMPassword, when set, require SASL SCRAM-SHA-256
+	// authentication with this user.
+	SCRAMUser     string
+	SCRAMPassword string
 }
 
 // Validate checks the configuration.
@@ -64,6 +68,9 @@ func Start(cfg Config) (*Broker, error) {
 	}
 	if cfg.MinSessionTimeout > 0 {
 		opts = append(opts, kfake.GroupMinSessionTimeout(cfg.MinSessionTimeout))
+	}
+	if cfg.SCRAMUser != "" {
+		opts = append(opts, kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", cfg.SCRAMUser, cfg.SCRAMPassword))
 	}
 	if len(cfg.Topics) > 0 {
 		opts = append(opts, kfake.SeedTopics(int32(parts), cfg.Topics...))

@@ -24,6 +24,8 @@ type ReplayConfig struct {
 	Concurrent int
 	// Loop restarts from the first session when the data runs out.
 	Loop bool
+	// Transport carries TLS and SASL settings; nil is plaintext.
+	Transport kafka.RoundTripper
 }
 
 // Validate checks the configuration.
@@ -82,6 +84,7 @@ func (r *Replayer) Run(ctx context.Context) error {
 		Balancer:               &kafka.Hash{},
 		BatchTimeout:           time.Millisecond,
 		AllowAutoTopicCreation: true,
+		Transport:              r.cfg.Transport,
 	}
 	defer w.Close()
 

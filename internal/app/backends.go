@@ -1,0 +1,111 @@
+package app
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+
+	"github.com/prefetchd/prefetchd/features"
+)
+
+// tlsConfig builds a client TLS configuration trusting caFile (PEM) when
+// given, the system roots otherwise.
+func tlsConfig(caFile string) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return c, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA %s: %w", caFile, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA %s holds no PEM certificate", caFile)
+	}
+	c.RootCAs = pool
+	return c, nil
+}
+
+// kafkaSecurity returns the TLS and SASL settings for Kafka connections
+// (nil, nil for plaintext without authentication).
+func kafkaSecurity(cfg Config) (*tls.Config, sasl.Mechanism, error) {
+	var (
+		tc  *tls.Config
+		err error
+	)
+	if cfg.KafkaTLS || cfg.KafkaCA != "" {
+		if tc, err = tlsConfig(cfg.KafkaCA); err != nil {
+			return nil, nil, fmt.Errorf("kafka tls: %w", err)
+		}
+	}
+	var mech sasl.Mechanism
+	switch strings.ToUpper(cfg.KafkaSASLMechanism) {
+	case "":
+	case "PLAIN":
+		mech = plain.Mechanism{Username: cfg.KafkaUsername, Password: cfg.KafkaPassword}
+	case "SCRAM-SHA-256":
+		mech, err = scram.Mechanism(scram.SHA256, cfg.KafkaUsername, cfg.KafkaPassword)
+	case "SCRAM-SHA-512":
+		mech, err = scram.Mechanism(scram.SHA512, cfg.KafkaUsername, cfg.KafkaPassword)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("kafka sasl: %w", err)
+	}
+	return tc, mech, nil
+}
+
+// kafkaDialer is the dialer of the consumer and the health check.
+func kafkaDialer(tc *tls.Config, mech sasl.Mechanism) *kafka.Dialer {
+	return &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true, TLS: tc, SASLMechanism: mech}
+}
+
+// redisClient connects to the Redis named by addr with cfg's credentials.
+func redisClient(cfg Config, addr string) (redis.UniversalClient, error) {
+	opts := &redis.UniversalOptions{
+		Addrs:                 strings.Split(addr, ","),
+		Username:              cfg.RedisUsername,
+		Password:              cfg.RedisPassword,
+		ContextTimeoutEnabled: true,
+		DialTimeout:           2 * time.Second,
+		ReadTimeout:           time.Second,
+		WriteTimeout:          time.Second,
+		MaxRetries:            1,
+	}
+	if cfg.RedisTLS || cfg.RedisCA != "" {
+		tc, err := tlsConfig(cfg.RedisCA)
+		if err != nil {
+			return nil, fmt.Errorf("redis tls: %w", err)
+		}
+		opts.TLSConfig = tc
+	}
+	return redis.NewUniversalClient(opts), nil
+}
+
+// canonicalizer builds the page canonicalization from the JSON file named by
+// cfg.CanonicalConfig, or the defaults.
+func canonicalizer(cfg Config) (*features.Canonicalizer, error) {
+	var cc features.CanonicalizerConfig
+	if cfg.CanonicalConfig != "" {
+		b, err := os.ReadFile(cfg.CanonicalConfig)
+		if err != nil {
+			return nil, fmt.Errorf("read canonicalization config: %w", err)
+		}
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&cc); err != nil {
+			return nil, fmt.Errorf("canonicalization config %s: %w", cfg.CanonicalConfig, err)
+		}
+	}
+	return features.NewCanonicalizer(cc)
+}
