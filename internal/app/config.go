@@ -93,20 +93,20 @@ type Config struct {
 // Default returns the configuration of `make run`.
 func Default() Config {
 	return Config{
-		Topic:       "clicks",
-		Group:       "prefetchd",
-		ModelName:   "default",
-		Threshold:   0.5,
-		K:           3,
-		TTL:         5 * time.Minute,
+		Topic:        "clicks",
+		Group:        "prefetchd",
+		ModelName:    "default",
+		Threshold:    0.5,
+		K:            3,
+		TTL:          5 * time.Minute,
 		KeyTemplate:  "page:{page}",
 		PrefetchMode: "hint",
 		HistoryStore: "memory",
 		SessionGap:   30 * time.Minute,
-		Listen:      "127.0.0.1:50051",
-		AdminListen: "127.0.0.1:8081",
-		ReplayRate:  200,
-		LogLevel:    "info",
+		Listen:       "127.0.0.1:50051",
+		AdminListen:  "127.0.0.1:8081",
+		ReplayRate:   200,
+		LogLevel:     "info",
 	}
 }
 
