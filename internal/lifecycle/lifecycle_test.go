@@ -617,3 +617,50 @@ func argmax(p []float32) int64 {
 	}
 	return int64(best)
 }
+
+// TestKeepOne: with Keep 1 only the active version is in memory, and a
+// rollback reloads and revalidates its predecessor from disk.
+func TestKeepOne(t *testing.T) {
+	m, repo, reg := newTest(t, Config{Keep: 1})
+	ctx := testCtx(t, 20*time.Second)
+	for i, v := range []string{"v1", "v2"} {
+		publishSpec(t, repo, spec{version: v, created: base.Add(time.Duration(i) * time.Minute)})
+		if err := m.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := metric(t, reg, "prefetchd_model_loaded_versions"); got != 1 {
+		t.Fatalf("prefetchd_model_loaded_versions = %v, want 1", got)
+	}
+	validations := metric(t, reg, "prefetchd_model_validation_seconds")
+	if got, err := m.Rollback(ctx); err != nil || got != "v1" {
+		t.Fatalf("Rollback() = %q, %v, want v1", got, err)
+	}
+	if got := metric(t, reg, "prefetchd_model_validation_seconds"); got != validations+1 {
+		t.Fatalf("validations %v after a rollback to a released version, want %v", got, validations+1)
+	}
+	if got := metric(t, reg, "prefetchd_model_active", "version", "v2"); got != 0 {
+		t.Fatalf("prefetchd_model_active{version=v2} = %v after v2 was released, want no series", got)
+	}
+	if got := metric(t, reg, "prefetchd_model_active", "version", "v1"); got != 1 {
+		t.Fatalf("prefetchd_model_active{version=v1} = %v, want 1", got)
+	}
+}
+
+// TestActivateCanceled: a caller that gives up during validation gets its
+// context error, and the version is not refused for it.
+func TestActivateCanceled(t *testing.T) {
+	m, repo, reg := newTest(t, Config{})
+	publishSpec(t, repo, spec{version: "v1"})
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := m.Activate(canceled, "v1"); !errors.Is(err, context.Canceled) || errors.Is(err, hint.ErrRefused) {
+		t.Fatalf("Activate with a canceled context = %v, want context.Canceled", err)
+	}
+	if got := metric(t, reg, "prefetchd_model_refused_total"); got != 0 {
+		t.Fatalf("%v refusals after a canceled Activate, want 0", got)
+	}
+	if err := m.Activate(testCtx(t, 10*time.Second), "v1"); err != nil {
+		t.Fatalf("Activate(v1) = %v", err)
+	}
+}

@@ -265,7 +265,9 @@ func (m *Manager) pruneLocked(v *version) {
 // swaps to it. It returns an error wrapping hint.ErrUnknownVersion when the
 // version is neither in the repository nor in memory, and a *RefusedError
 // (matching hint.ErrRefused) when it fails validation; the active version
-// then keeps serving. Activating the active version does nothing.
+// then keeps serving. When ctx ends during validation it returns ctx.Err()
+// (wrapped) and the version is not marked refused. Activating the active
+// version does nothing.
 func (m *Manager) Activate(ctx context.Context, version string) error {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
@@ -302,15 +304,22 @@ func (m *Manager) activateLocked(ctx context.Context, name, cause string) error 
 }
 
 // validateLocked loads and validates v from disk and holds it in memory on
-// success. The caller holds opMu.
+// success. A failure is recorded as a refusal unless ctx itself ended first,
+// in which case ctx.Err() is returned (wrapped). The caller holds opMu.
 func (m *Manager) validateLocked(ctx context.Context, v *version) error {
 	c := v.disk
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.ValidateTimeout)
 	defer cancel()
 	start := m.now()
 	l, err := m.safeLoad(ctx, c)
 	if err == nil {
 		err = m.val.check(ctx, c.version, l)
+	}
+	if err != nil && parent.Err() != nil {
+		// The caller gave up (shutdown, a canceled request): not the
+		// version's fault, so it is not refused.
+		return fmt.Errorf("validate %s: %w", c.version, parent.Err())
 	}
 	m.met.validation.Observe(m.now().Sub(start).Seconds())
 	if err != nil {
@@ -420,7 +429,7 @@ func (m *Manager) swapLocked(v *version, cause string, push bool) {
 		m.met.forget(name)
 		m.log.Info("model version released", "version", name)
 	}
-	if old != nil {
+	if old != nil && !slices.Contains(released, old.Version) {
 		m.met.active.WithLabelValues(old.Version).Set(0)
 	}
 	m.met.active.WithLabelValues(live.Version).Set(1)
