@@ -402,3 +402,20 @@ func loadN() int {
 	}
 	return 50
 }
+
+// BenchmarkCurrent is the reader's side of the hot path: take the live model
+// and count the request.
+func BenchmarkCurrent(b *testing.B) {
+	b.ReportAllocs()
+	m, repo, _ := newTest(b, Config{})
+	publishSpec(b, repo, spec{version: "v1"})
+	if err := m.Sync(testCtx(b, 10*time.Second)); err != nil {
+		b.Fatal(err)
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			l := m.Current()
+			m.RecordRequest(l.Version, time.Microsecond)
+		}
+	})
+}
