@@ -51,6 +51,7 @@ func BenchmarkGRU(b *testing.B) {
 		name := fmt.Sprintf("v%d_e%d_h%d", sz.vocab, sz.emb, sz.hidden)
 		b.Run(name+"/step", func(b *testing.B) {
 			b.ReportAllocs()
+			defer reportCPU(b, cpuTime())
 			var state, probs []float32
 			var err error
 			for i := 0; b.Loop(); i++ {
@@ -61,6 +62,7 @@ func BenchmarkGRU(b *testing.B) {
 		})
 		b.Run(name+"/seq_len20", func(b *testing.B) {
 			b.ReportAllocs()
+			defer reportCPU(b, cpuTime())
 			h := history(20, sz.vocab)
 			var probs []float32
 			var err error
@@ -72,6 +74,7 @@ func BenchmarkGRU(b *testing.B) {
 		})
 		b.Run(name+"/batch32_len20", func(b *testing.B) {
 			b.ReportAllocs()
+			defer reportCPU(b, cpuTime())
 			hs := make([][]int64, 32)
 			for i := range hs {
 				hs[i] = history(20, sz.vocab)
@@ -85,6 +88,7 @@ func BenchmarkGRU(b *testing.B) {
 		})
 		b.Run(name+"/baseline_sgemv_step", func(b *testing.B) {
 			b.ReportAllocs()
+			defer reportCPU(b, cpuTime())
 			V, E, H := sz.vocab, sz.emb, sz.hidden
 			W := lcgWeights(3*H*E, 1, 0.3)
 			R := lcgWeights(3*H*H, 2, 0.3)
@@ -100,6 +104,7 @@ func BenchmarkGRU(b *testing.B) {
 		})
 		b.Run(name+"/baseline_naive_step", func(b *testing.B) {
 			b.ReportAllocs()
+			defer reportCPU(b, cpuTime())
 			V, E, H := sz.vocab, sz.emb, sz.hidden
 			W := lcgWeights(3*H*E, 1, 0.3)
 			R := lcgWeights(3*H*H, 2, 0.3)
@@ -110,6 +115,13 @@ func BenchmarkGRU(b *testing.B) {
 				naiveStep(W, R, O, x, h, g, out, E, H, V)
 			}
 		})
+	}
+}
+
+// reportCPU reports the process CPU time per operation since start.
+func reportCPU(b *testing.B, start int64) {
+	if b.N > 0 {
+		b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 	}
 }
 

@@ -2,26 +2,23 @@ package model
 
 import "math"
 
-// expf is a float32 exponential with a relative error below 2e-7 over the
-// range that matters for softmax and gates; it is several times faster than
-// math.Exp and does not allocate.
+// expf is a branch-free float32 exponential with a relative error below
+// 2e-7; it is several times faster than math.Exp and does not allocate.
+// Inputs are clamped to [-87.3, 88.7]: results below 1.2e-38 come out as
+// about 1e-38 instead of 0 and large inputs saturate near MaxFloat32.
+// NaN propagates.
 func expf(x float32) float32 {
-	switch {
-	case x != x:
-		return x
-	case x > 88.72:
-		return float32(math.Inf(1))
-	case x < -103.9:
-		return 0
-	}
-	// x = n*ln2 + r with |r| <= ln2/2.
 	const (
 		log2e = 1.44269504088896341
 		ln2hi = 0.693359375
 		ln2lo = -2.12194440e-4
+		magic = 12582912.0 // 1.5 * 2^23: adding it rounds to an integer
 	)
-	fn := float32(math.Floor(float64(x*log2e + 0.5)))
-	n := int32(fn)
+	x = min(max(x, -87.3), 88.7)
+	// x = n*ln2 + r with |r| <= ln2/2.
+	t := x*log2e + magic
+	n := int32(math.Float32bits(t) - math.Float32bits(magic))
+	fn := t - magic
 	r := x - fn*ln2hi - fn*ln2lo
 	// Polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf coefficients).
 	p := float32(1.9875691500e-4)
@@ -31,13 +28,6 @@ func expf(x float32) float32 {
 	p = p*r + 1.6666665459e-1
 	p = p*r + 5.0000001201e-1
 	y := p*r*r + r + 1
-	// Scale by 2^n in two halves so that subnormal results stay exact enough.
-	if n < -125 {
-		return y * math.Float32frombits(uint32(n+126+127)<<23) * math.Float32frombits(uint32(-126+127)<<23)
-	}
-	if n > 127 {
-		return y * math.Float32frombits(uint32(n-1+127)<<23) * 2
-	}
 	return y * math.Float32frombits(uint32(n+127)<<23)
 }
 
@@ -92,12 +82,14 @@ func softmaxRow(dst, row []float32) {
 			mx = v
 		}
 	}
-	var sum float32
 	dst = dst[:len(row)]
-	for i, v := range row {
-		e := expf(v - mx)
-		dst[i] = e
-		sum += e
+	sum, ok := expAsm(dst, row, 1, mx)
+	if !ok {
+		for i, v := range row {
+			e := expf(v - mx)
+			dst[i] = e
+			sum += e
+		}
 	}
 	inv := 1 / sum
 	for i := range dst {
@@ -124,5 +116,31 @@ func logSoftmaxRow(dst, row []float32) {
 	dst = dst[:len(row)]
 	for i, v := range row {
 		dst[i] = v - l
+	}
+}
+
+// sigmoidVec sets dst[i] = sigmoid(src[i]); dst may be src.
+func sigmoidVec(dst, src []float32) {
+	if _, ok := expAsm(dst, src, -1, 0); ok {
+		for i, e := range dst[:len(src)] {
+			dst[i] = 1 / (1 + e)
+		}
+		return
+	}
+	for i, v := range src {
+		dst[i] = sigmoidf(v)
+	}
+}
+
+// tanhVec sets dst[i] = tanh(src[i]); dst may be src.
+func tanhVec(dst, src []float32) {
+	if _, ok := expAsm(dst, src, -2, 0); ok {
+		for i, e := range dst[:len(src)] {
+			dst[i] = (1 - e) / (1 + e)
+		}
+		return
+	}
+	for i, v := range src {
+		dst[i] = tanhf(v)
 	}
 }

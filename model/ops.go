@@ -569,6 +569,38 @@ func (k transposeK) run(in, out []*tens, _ *[]float32) error {
 	for i := range r {
 		ostride[i] = stride[perm[i]]
 	}
+	// When only axes of size 1 move, the data order is unchanged.
+	last, ordered := -1, true
+	for i := range r {
+		if x.shape[perm[i]] != 1 {
+			ordered = ordered && perm[i] > last
+			last = perm[i]
+		}
+	}
+	if ordered {
+		copy(o.f, x.f)
+		copy(o.i, x.i)
+		return nil
+	}
+	// When the last axis stays last, move whole rows.
+	if r >= 2 && perm[r-1] == r-1 && x.dt == dtFloat {
+		w := x.shape[r-1]
+		var idx [MaxRank]int
+		src := 0
+		for j := 0; j < len(o.f); j += w {
+			copy(o.f[j:j+w], x.f[src:src+w])
+			for d := r - 2; d >= 0; d-- {
+				idx[d]++
+				src += ostride[d]
+				if idx[d] < shape[d] {
+					break
+				}
+				src -= ostride[d] * shape[d]
+				idx[d] = 0
+			}
+		}
+		return nil
+	}
 	// Walk the output in order with an odometer over its index.
 	var idx [MaxRank]int
 	n := o.size()
@@ -622,7 +654,7 @@ func newGemm(a *attrs) (kernel, error) {
 	return gemmK{alpha: alpha, beta: beta, transA: ta != 0, transB: tb != 0}, nil
 }
 
-func (g gemmK) run(in, out []*tens, _ *[]float32) error {
+func (g gemmK) run(in, out []*tens, sc *[]float32) error {
 	A, B := in[0], in[1]
 	if A.dt != dtFloat || B.dt != dtFloat || A.rank() != 2 || B.rank() != 2 {
 		return fmt.Errorf("want float32 matrices, got %v and %v", A, B)
@@ -667,14 +699,31 @@ func (g gemmK) run(in, out []*tens, _ *[]float32) error {
 		}
 		return nil
 	}
+	if g.transB && !g.transA {
+		// Row i of the result is B·A[i]: one matrix-vector product per row,
+		// the case of every Linear layer PyTorch exports.
+		tmp := growF(sc, n)
+		for i := range m {
+			gemv(n, k, B.f, k, A.f[i*k:(i+1)*k], tmp)
+			row := o.f[i*n : (i+1)*n]
+			switch {
+			case beta == 0 && g.alpha == 1:
+				copy(row, tmp)
+			case beta == 1 && g.alpha == 1:
+				for j, v := range tmp {
+					row[j] += v
+				}
+			default:
+				for j, v := range tmp {
+					row[j] = g.alpha*v + beta*row[j]
+				}
+			}
+		}
+		return nil
+	}
 	impl := gonum.Implementation{}
 	if m == 1 && !g.transA {
-		// y = op(B)^T a: one matrix-vector product.
-		t := blas.Trans
-		if g.transB {
-			t = blas.NoTrans
-		}
-		impl.Sgemv(t, B.shape[0], B.shape[1], g.alpha, B.f, B.shape[1], A.f, 1, beta, o.f, 1)
+		impl.Sgemv(blas.Trans, B.shape[0], B.shape[1], g.alpha, B.f, B.shape[1], A.f, 1, beta, o.f, 1)
 		return nil
 	}
 	impl.Sgemm(ta, tb, m, n, k, g.alpha, A.f, A.shape[1], B.f, B.shape[1], beta, o.f, n)

@@ -4,9 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/gonum"
 )
 
 // recurrentK runs the ONNX GRU, LSTM and RNN operators (layout 0:
@@ -19,7 +16,7 @@ type recurrentK struct {
 	reverse bool // single direction, run backwards
 	lbr     bool // GRU linear_before_reset
 	clip    float32
-	act     []func(float32) float32 // RNN: one per direction
+	act     []string // RNN: activation per direction, lower case
 }
 
 func newRecurrent(op string, a *attrs, nin, nout int) (kernel, error) {
@@ -111,7 +108,7 @@ func newRecurrent(op string, a *attrs, nin, nout int) (kernel, error) {
 			return nil, fmt.Errorf("%w activation %q", ErrUnsupported, name)
 		}
 		if op == "RNN" {
-			k.act = append(k.act, f)
+			k.act = append(k.act, strings.ToLower(name))
 			continue
 		}
 		if !strings.EqualFold(name, defAct[i%len(defAct)]) {
@@ -192,12 +189,12 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		}
 	}
 	nh := N * Hd
-	buf := growF(sc, T*N*GH+N*GH+4*nh)
+	buf := growF(sc, T*N*GH+N*GH+4*nh+4*Hd)
 	xw := buf[:T*N*GH]
 	hr := buf[T*N*GH : T*N*GH+N*GH]
 	rest := buf[T*N*GH+N*GH:]
 	h, c, tmp, hh := rest[:nh], rest[nh:2*nh], rest[2*nh:3*nh], rest[3*nh:4*nh]
-	impl := gonum.Implementation{}
+	gate := rest[4*nh : 4*nh+4*Hd]
 	for d := range D {
 		Wd := W.f[d*GH*I : (d+1)*GH*I]
 		Rd := R.f[d*GH*Hd : (d+1)*GH*Hd]
@@ -207,21 +204,27 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 			Rb = B.f[d*2*GH+GH : (d+1)*2*GH]
 		}
 		// Input projections for every time step at once.
-		if T*N > 0 && I > 0 {
-			impl.Sgemm(blas.NoTrans, blas.Trans, T*N, GH, I, 1, X.f, I, Wd, I, 0, xw, GH)
+		if I > 0 {
+			for r := range T * N {
+				gemv(GH, I, Wd, I, X.f[r*I:(r+1)*I], xw[r*GH:(r+1)*GH])
+			}
 		} else {
 			clear(xw)
 		}
 		if B != nil {
-			for r := 0; r < T*N; r++ {
-				row := xw[r*GH : (r+1)*GH]
-				for j := range row {
-					row[j] += Wb[j]
-					// The recurrent bias is additive except for the GRU
-					// candidate gate with linear_before_reset.
-					if !(k.lbr && j >= 2*Hd) {
-						row[j] += Rb[j]
-					}
+			// The recurrent bias is additive except for the GRU candidate
+			// gate with linear_before_reset.
+			bias := hr // free until the time loop
+			for j := range bias {
+				bias[j] = Wb[j%GH]
+				if !(k.lbr && j%GH >= 2*Hd) {
+					bias[j] += Rb[j%GH]
+				}
+			}
+			for r := 0; r < T*N; r += N {
+				row := xw[r*GH : (r+N)*GH]
+				for j, v := range bias {
+					row[j] += v
 				}
 			}
 		}
@@ -239,7 +242,7 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		if P != nil {
 			Pd = P.f[d*3*Hd : (d+1)*3*Hd]
 		}
-		act := tanhf
+		act := "tanh"
 		if k.cell == "RNN" {
 			act = k.act[d]
 		}
@@ -252,15 +255,16 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 			xt := xw[t*N*GH : (t+1)*N*GH]
 			switch k.cell {
 			case "GRU":
-				k.gruStep(impl, xt, Rd, Rb, h, hr, tmp, hh, N)
+				k.gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, N)
 			case "LSTM":
-				matRows(impl, h, Rd, hr, N, GH, Hd)
-				k.lstmStep(xt, hr, h, c, Pd, N)
+				matRows(h, Rd, hr, N, GH, Hd)
+				k.lstmStep(xt, hr, h, c, Pd, gate, N)
 			default:
-				matRows(impl, h, Rd, hr, N, GH, Hd)
+				matRows(h, Rd, hr, N, GH, Hd)
 				for j := range h {
-					h[j] = act(k.clipf(xt[j] + hr[j]))
+					h[j] = k.clipf(xt[j] + hr[j])
 				}
+				applyAct(act, h)
 			}
 			copy(Y.f[(t*D+d)*nh:(t*D+d+1)*nh], h)
 		}
@@ -282,34 +286,38 @@ func (k *recurrentK) clipf(x float32) float32 {
 }
 
 // matRows computes out[N, M] = h[N, K] · R[M, K]^T.
-func matRows(impl gonum.Implementation, h, R, out []float32, N, M, K int) {
-	if N == 1 {
-		impl.Sgemv(blas.NoTrans, M, K, 1, R, K, h, 1, 0, out, 1)
-		return
+func matRows(h, R, out []float32, N, M, K int) {
+	for n := range N {
+		gemv(M, K, R, K, h[n*K:(n+1)*K], out[n*M:(n+1)*M])
 	}
-	impl.Sgemm(blas.NoTrans, blas.Trans, N, M, K, 1, h, K, R, K, 0, out, M)
 }
 
 // gruStep advances h by one time step. xt holds X·W^T plus biases for the
 // N batch rows, gates ordered z, r, h.
-func (k *recurrentK) gruStep(impl gonum.Implementation, xt, Rd, Rb, h, hr, tmp, hh []float32, N int) {
+func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate []float32, N int) {
 	Hd := k.hidden
 	GH := 3 * Hd
 	if k.lbr {
-		matRows(impl, h, Rd, hr, N, GH, Hd)
+		matRows(h, Rd, hr, N, GH, Hd)
+		zr, cand := gate[:2*Hd], gate[2*Hd:3*Hd]
 		for n := range N {
 			x := xt[n*GH : (n+1)*GH]
 			r := hr[n*GH : (n+1)*GH]
 			hn := h[n*Hd : (n+1)*Hd]
-			for j := range Hd {
-				z := sigmoidf(k.clipf(x[j] + r[j]))
-				rr := sigmoidf(k.clipf(x[Hd+j] + r[Hd+j]))
+			for j := range zr {
+				zr[j] = k.clipf(x[j] + r[j])
+			}
+			sigmoidVec(zr, zr)
+			for j := range cand {
 				rh := r[2*Hd+j]
 				if Rb != nil {
 					rh += Rb[2*Hd+j]
 				}
-				cand := tanhf(k.clipf(x[2*Hd+j] + rr*rh))
-				hn[j] = (1-z)*cand + z*hn[j]
+				cand[j] = k.clipf(x[2*Hd+j] + zr[Hd+j]*rh)
+			}
+			tanhVec(cand, cand)
+			for j, z := range zr[:Hd] {
+				hn[j] = (1-z)*cand[j] + z*hn[j]
 			}
 		}
 		return
@@ -318,7 +326,7 @@ func (k *recurrentK) gruStep(impl gonum.Implementation, xt, Rd, Rb, h, hr, tmp, 
 	for n := range N {
 		hn := h[n*Hd : (n+1)*Hd]
 		zr := hr[n*GH : n*GH+2*Hd]
-		impl.Sgemv(blas.NoTrans, 2*Hd, Hd, 1, Rd[:2*Hd*Hd], Hd, hn, 1, 0, zr, 1)
+		gemv(2*Hd, Hd, Rd[:2*Hd*Hd], Hd, hn, zr)
 		x := xt[n*GH : (n+1)*GH]
 		t := tmp[n*Hd : (n+1)*Hd]
 		for j := range Hd {
@@ -326,7 +334,7 @@ func (k *recurrentK) gruStep(impl gonum.Implementation, xt, Rd, Rb, h, hr, tmp, 
 			t[j] = sigmoidf(k.clipf(x[Hd+j]+zr[Hd+j])) * hn[j]
 		}
 		c := hh[n*Hd : (n+1)*Hd]
-		impl.Sgemv(blas.NoTrans, Hd, Hd, 1, Rd[2*Hd*Hd:], Hd, t, 1, 0, c, 1)
+		gemv(Hd, Hd, Rd[2*Hd*Hd:], Hd, t, c)
 		for j := range Hd {
 			cand := tanhf(k.clipf(x[2*Hd+j] + c[j]))
 			z := zr[j]
@@ -336,25 +344,52 @@ func (k *recurrentK) gruStep(impl gonum.Implementation, xt, Rd, Rb, h, hr, tmp, 
 }
 
 // lstmStep advances h and c by one step; gates ordered i, o, f, c.
-func (k *recurrentK) lstmStep(xt, hr, h, c, P []float32, N int) {
+func (k *recurrentK) lstmStep(xt, hr, h, c, P, gate []float32, N int) {
 	Hd := k.hidden
 	GH := 4 * Hd
+	ifg, cc, og := gate[:2*Hd], gate[2*Hd:3*Hd], gate[3*Hd:4*Hd]
 	for n := range N {
 		x := xt[n*GH : (n+1)*GH]
 		r := hr[n*GH : (n+1)*GH]
 		hn := h[n*Hd : (n+1)*Hd]
 		cn := c[n*Hd : (n+1)*Hd]
 		for j := range Hd {
-			pi, po, pf := float32(0), float32(0), float32(0)
+			pi, pf := float32(0), float32(0)
 			if P != nil {
-				pi, po, pf = P[j], P[Hd+j], P[2*Hd+j]
+				pi, pf = P[j], P[2*Hd+j]
 			}
-			ig := sigmoidf(k.clipf(x[j] + r[j] + pi*cn[j]))
-			fg := sigmoidf(k.clipf(x[2*Hd+j] + r[2*Hd+j] + pf*cn[j]))
-			cc := tanhf(k.clipf(x[3*Hd+j] + r[3*Hd+j]))
-			cn[j] = fg*cn[j] + ig*cc
-			og := sigmoidf(k.clipf(x[Hd+j] + r[Hd+j] + po*cn[j]))
-			hn[j] = og * tanhf(cn[j])
+			ifg[j] = k.clipf(x[j] + r[j] + pi*cn[j])
+			ifg[Hd+j] = k.clipf(x[2*Hd+j] + r[2*Hd+j] + pf*cn[j])
+			cc[j] = k.clipf(x[3*Hd+j] + r[3*Hd+j])
+		}
+		sigmoidVec(ifg, ifg)
+		tanhVec(cc, cc)
+		for j := range Hd {
+			cn[j] = ifg[Hd+j]*cn[j] + ifg[j]*cc[j]
+			po := float32(0)
+			if P != nil {
+				po = P[Hd+j]
+			}
+			og[j] = k.clipf(x[Hd+j] + r[Hd+j] + po*cn[j])
+		}
+		sigmoidVec(og, og)
+		tanhVec(cc, cn)
+		for j := range Hd {
+			hn[j] = og[j] * cc[j]
+		}
+	}
+}
+
+// applyAct applies a named activation in place.
+func applyAct(name string, v []float32) {
+	switch name {
+	case "tanh":
+		tanhVec(v, v)
+	case "sigmoid":
+		sigmoidVec(v, v)
+	default:
+		for i, x := range v {
+			v[i] = reluf(x)
 		}
 	}
 }

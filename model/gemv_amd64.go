@@ -1,0 +1,54 @@
+package model
+
+import "golang.org/x/sys/cpu"
+
+//go:noescape
+func gemvAVX2(m, n int, a *float32, lda int, x *float32, y *float32)
+
+// gemvAsm computes y = A·x for the m×n row-major A (leading dimension lda)
+// and reports whether it could (CPU support).
+func gemvAsm(m, n int, a []float32, lda int, x, y []float32) bool {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return false
+	}
+	n8 := n &^ 7
+	if n8 > 0 {
+		gemvAVX2(m, n8, &a[0], lda, &x[0], &y[0])
+	} else {
+		clear(y[:m])
+	}
+	if n8 < n {
+		for i := range m {
+			row := a[i*lda+n8 : i*lda+n]
+			s := y[i]
+			for j, v := range row {
+				s += v * x[n8+j]
+			}
+			y[i] = s
+		}
+	}
+	return true
+}
+
+//go:noescape
+func expAffineAVX2(dst, src *float32, n int, scale, shift float32) float32
+
+// expAsm sets dst[i] = exp(src[i]*scale - shift) and returns their sum, and
+// reports whether it could (CPU support).
+func expAsm(dst, src []float32, scale, shift float32) (float32, bool) {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0, false
+	}
+	n := len(src)
+	dst = dst[:n]
+	n8 := n &^ 7
+	var sum float32
+	if n8 > 0 {
+		sum = expAffineAVX2(&dst[0], &src[0], n8, scale, shift)
+	}
+	for i := n8; i < n; i++ {
+		dst[i] = expf(src[i]*scale - shift)
+		sum += dst[i]
+	}
+	return sum, true
+}

@@ -1,0 +1,161 @@
+#include "textflag.h"
+
+// func gemvAVX2(m, n int, a *float32, lda int, x *float32, y *float32)
+// y[i] = sum over j < n of a[i*lda+j] * x[j], for i < m. n must be a
+// multiple of 8 (the caller adds the remaining columns).
+TEXT ·gemvAVX2(SB), NOSPLIT, $0-48
+	MOVQ m+0(FP), R8
+	MOVQ n+8(FP), BX
+	SHLQ $2, BX
+	MOVQ a+16(FP), SI
+	MOVQ lda+24(FP), R10
+	SHLQ $2, R10
+	MOVQ x+32(FP), DI
+	MOVQ y+40(FP), DX
+
+rows4:
+	CMPQ R8, $4
+	JL   rows1
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	MOVQ SI, R11
+	LEAQ (R11)(R10*1), R12
+	LEAQ (R12)(R10*1), R13
+	LEAQ (R13)(R10*1), R14
+	XORQ CX, CX
+
+cols4:
+	CMPQ CX, BX
+	JGE  sum4
+	VMOVUPS     (DI)(CX*1), Y4
+	VFMADD231PS (R11)(CX*1), Y4, Y0
+	VFMADD231PS (R12)(CX*1), Y4, Y1
+	VFMADD231PS (R13)(CX*1), Y4, Y2
+	VFMADD231PS (R14)(CX*1), Y4, Y3
+	ADDQ        $32, CX
+	JMP         cols4
+
+sum4:
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (DX)
+	LEAQ         (SI)(R10*4), SI
+	ADDQ         $16, DX
+	SUBQ         $4, R8
+	JMP          rows4
+
+rows1:
+	CMPQ R8, $0
+	JLE  done
+	VXORPS Y0, Y0, Y0
+	XORQ   CX, CX
+
+cols1:
+	CMPQ CX, BX
+	JGE  sum1
+	VMOVUPS     (DI)(CX*1), Y4
+	VFMADD231PS (SI)(CX*1), Y4, Y0
+	ADDQ        $32, CX
+	JMP         cols1
+
+sum1:
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VHADDPS      X0, X0, X0
+	VHADDPS      X0, X0, X0
+	VMOVSS       X0, (DX)
+	ADDQ         R10, SI
+	ADDQ         $4, DX
+	DECQ         R8
+	JMP          rows1
+
+done:
+	VZEROUPPER
+	RET
+
+// Constants of the float32 exponential (see expf in mathf.go).
+DATA expconst<>+0(SB)/4, $0xc2ae999a  // -87.3
+DATA expconst<>+4(SB)/4, $0x3fb8aa3b  // log2(e)
+DATA expconst<>+8(SB)/4, $0x4b400000  // 1.5 * 2^23
+DATA expconst<>+12(SB)/4, $0x3f318000 // ln2 high part 0.693359375
+DATA expconst<>+16(SB)/4, $0xb95e8083 // ln2 low part -2.12194440e-4
+DATA expconst<>+20(SB)/4, $0x39506967 // 1.9875691500e-4
+DATA expconst<>+24(SB)/4, $0x3ab743ce // 1.3981999507e-3
+DATA expconst<>+28(SB)/4, $0x3c088908 // 8.3334519073e-3
+DATA expconst<>+32(SB)/4, $0x3d2aa9c1 // 4.1665795894e-2
+DATA expconst<>+36(SB)/4, $0x3e2aaaaa // 1.6666665459e-1
+DATA expconst<>+40(SB)/4, $0x3f000000 // 5.0000001201e-1
+DATA expconst<>+44(SB)/4, $0x3f800000 // 1
+DATA expconst<>+48(SB)/4, $0x0000007f // 127
+DATA expconst<>+52(SB)/4, $0x42b16666 // 88.7
+GLOBL expconst<>(SB), RODATA|NOPTR, $56
+
+// func expAffineAVX2(dst, src *float32, n int, scale, shift float32) float32
+// dst[i] = exp(src[i]*scale - shift) for i < n (n a multiple of 8), the
+// argument clamped to [-87.3, 88.7]; returns the sum.
+TEXT ·expAffineAVX2(SB), NOSPLIT, $0-36
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), BX
+	SHLQ $2, BX
+	VBROADCASTSS scale+24(FP), Y6
+	VBROADCASTSS shift+28(FP), Y15
+	VBROADCASTSS expconst<>+0(SB), Y14  // lower clamp
+	VBROADCASTSS expconst<>+4(SB), Y13  // log2e
+	VBROADCASTSS expconst<>+8(SB), Y12  // magic
+	VBROADCASTSS expconst<>+12(SB), Y11 // ln2hi
+	VBROADCASTSS expconst<>+16(SB), Y10 // ln2lo
+	VBROADCASTSS expconst<>+44(SB), Y9  // 1
+	VPBROADCASTD expconst<>+48(SB), Y8  // 127
+	VXORPS       Y7, Y7, Y7             // sum
+	XORQ         CX, CX
+
+loop:
+	CMPQ CX, BX
+	JGE  fin
+	VMOVUPS (SI)(CX*1), Y0
+	VFMSUB213PS Y15, Y6, Y0             // x = src*scale - shift
+	VMAXPS  Y14, Y0, Y0                 // clamp below
+	VBROADCASTSS expconst<>+52(SB), Y1
+	VMINPS  Y1, Y0, Y0                  // clamp above
+	VMOVAPS Y12, Y1
+	VFMADD231PS Y13, Y0, Y1             // t = x*log2e + magic
+	VPSUBD  Y12, Y1, Y2                 // n = bits(t) - bits(magic)
+	VSUBPS  Y12, Y1, Y1                 // fn = t - magic
+	VFNMADD231PS Y11, Y1, Y0            // r = x - fn*ln2hi
+	VFNMADD231PS Y10, Y1, Y0            // r -= fn*ln2lo
+	VBROADCASTSS expconst<>+20(SB), Y3  // p = c0
+	VBROADCASTSS expconst<>+24(SB), Y4
+	VFMADD213PS  Y4, Y0, Y3             // p = p*r + c1
+	VBROADCASTSS expconst<>+28(SB), Y4
+	VFMADD213PS  Y4, Y0, Y3
+	VBROADCASTSS expconst<>+32(SB), Y4
+	VFMADD213PS  Y4, Y0, Y3
+	VBROADCASTSS expconst<>+36(SB), Y4
+	VFMADD213PS  Y4, Y0, Y3
+	VBROADCASTSS expconst<>+40(SB), Y4
+	VFMADD213PS  Y4, Y0, Y3             // p = p*r + c5
+	VMULPS       Y0, Y0, Y5             // r2 = r*r
+	VFMADD213PS  Y0, Y5, Y3             // y = p*r2 + r
+	VADDPS       Y9, Y3, Y3             // y += 1
+	VPADDD       Y8, Y2, Y2             // n + 127
+	VPSLLD       $23, Y2, Y2            // 2^n
+	VMULPS       Y2, Y3, Y3
+	VMOVUPS      Y3, (DI)(CX*1)
+	VADDPS       Y3, Y7, Y7
+	ADDQ         $32, CX
+	JMP          loop
+
+fin:
+	VEXTRACTF128 $1, Y7, X1
+	VADDPS       X1, X7, X7
+	VHADDPS      X7, X7, X7
+	VHADDPS      X7, X7, X7
+	VMOVSS       X7, ret+32(FP)
+	VZEROUPPER
+	RET
