@@ -6,6 +6,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -197,7 +198,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	}
 	addrs.Admin = alis.Addr().String()
 	var ready atomic.Bool
-	admin := &http.Server{Handler: adminMux(reg, &ready, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	admin := &http.Server{Handler: adminMux(reg, &ready, eval, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
 
 	// Start, each with its own context so shutdown can go in order.
 	warmCtx, stopWarm := context.WithCancel(context.WithoutCancel(ctx))
@@ -232,6 +233,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	})
 	auxWG.Go(func() { watchHealth(srvCtx, log, models, rdb, dialer, brokers, srv, &ready) })
 	auxWG.Go(func() { progress(srvCtx, log, eng, eval) })
+	auxWG.Go(func() { feedPrecision(srvCtx, eval, models, time.Second) })
 	if cfg.Replay != ReplayNone {
 		var transport kafka.RoundTripper
 		if kafkaTLS != nil || kafkaSASL != nil {
@@ -280,7 +282,10 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 // bundle (a folder, or the bundled model).
 func openModels(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*lifecycle.Manager, error) {
 	if cfg.ModelRepo != "" {
-		return lifecycle.New(lifecycle.Config{Repo: cfg.ModelRepo, Name: cfg.ModelName}, lifecycle.LoadBundle, log, reg)
+		return lifecycle.New(lifecycle.Config{
+			Repo: cfg.ModelRepo, Name: cfg.ModelName,
+			AutoRollback: lifecycle.AutoRollback{Enabled: cfg.AutoRollback, MinFraction: cfg.RollbackMinFraction, Window: cfg.RollbackWindow},
+		}, lifecycle.LoadBundle, log, reg)
 	}
 	var (
 		b   *model.Bundle
@@ -364,8 +369,12 @@ func (i ingester) IngestJSON(ctx context.Context, event []byte) error {
 	return err
 }
 
-func adminMux(reg *prometheus.Registry, ready *atomic.Bool, withPprof bool) *http.ServeMux {
+func adminMux(reg *prometheus.Registry, ready *atomic.Bool, eval *prefetch.Evaluator, withPprof bool) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(statsView(eval.Stats()))
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -385,6 +394,59 @@ func adminMux(reg *prometheus.Registry, ready *atomic.Bool, withPprof bool) *htt
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	return mux
+}
+
+// versionStats is one model version's line of the /stats view.
+type versionStats struct {
+	ModelVersion string  `json:"model_version"`
+	Issued       uint64  `json:"prefetches_issued"`
+	Used         uint64  `json:"prefetches_used"`
+	Precision    float64 `json:"precision"`
+	Clicks       uint64  `json:"clicks"`
+	WarmClicks   uint64  `json:"clicks_warm"`
+	Coverage     float64 `json:"coverage"`
+	Wasted       uint64  `json:"prefetches_wasted"`
+	WastedBytes  uint64  `json:"bytes_wasted"`
+}
+
+func statsView(in []prefetch.VersionStats) []versionStats {
+	out := make([]versionStats, 0, len(in))
+	for _, s := range in {
+		v := versionStats{ModelVersion: s.ModelVersion, Issued: s.Issued, Used: s.Used, Clicks: s.Clicks,
+			WarmClicks: s.WarmClicks, Wasted: s.Wasted, WastedBytes: s.WastedBytes}
+		if s.Issued > 0 {
+			v.Precision = float64(s.Used) / float64(s.Issued)
+		}
+		if s.Clicks > 0 {
+			v.Coverage = float64(s.WarmClicks) / float64(s.Clicks)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// feedPrecision passes the online evaluation's per-version increments to the
+// model manager, which judges new versions on them (automatic rollback) and
+// reports them in ModelService.Status.
+func feedPrecision(ctx context.Context, eval *prefetch.Evaluator, models *lifecycle.Manager, every time.Duration) {
+	type seen struct{ issued, used uint64 }
+	last := map[string]seen{}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, s := range eval.Stats() {
+			p := last[s.ModelVersion]
+			if s.Issued > p.issued || s.Used > p.used {
+				models.ObservePrecision(s.ModelVersion, s.Issued-p.issued, s.Used-p.used)
+				last[s.ModelVersion] = seen{s.Issued, s.Used}
+			}
+		}
+	}
 }
 
 // watchHealth sets gRPC health and /readyz: SERVING only while a model is

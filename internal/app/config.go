@@ -57,6 +57,11 @@ type Config struct {
 	Model     string
 	ModelRepo string
 	ModelName string
+	// AutoRollback rolls a new version back when its live prefetch precision
+	// over RollbackWindow falls below RollbackMinFraction of its predecessor's.
+	AutoRollback        bool
+	RollbackMinFraction float64
+	RollbackWindow      time.Duration
 
 	// Prefetch policy.
 	Threshold float64
@@ -211,6 +216,9 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.StringVar(&c.Model, "model", c.Model, "model bundle folder; empty uses the bundled model")
 	fs.StringVar(&c.ModelRepo, "model-repo", c.ModelRepo, "model repository folder <repo>/<name>/<version>/, watched for new versions")
 	fs.StringVar(&c.ModelName, "model-name", c.ModelName, "model name inside --model-repo")
+	fs.BoolVar(&c.AutoRollback, "auto-rollback", c.AutoRollback, "roll a new model version back when its live precision falls below --rollback-min-fraction of its predecessor's")
+	fs.Float64Var(&c.RollbackMinFraction, "rollback-min-fraction", c.RollbackMinFraction, "fraction of the predecessor's precision a new version must keep (0: 0.5)")
+	fs.DurationVar(&c.RollbackWindow, "rollback-window", c.RollbackWindow, "window over which live precision is judged (0: 10m)")
 	fs.Float64Var(&c.Threshold, "threshold", c.Threshold, "minimum probability for a prefetch, in [0, 1]")
 	fs.IntVar(&c.K, "k", c.K, "maximum prefetches per click")
 	fs.DurationVar(&c.TTL, "ttl", c.TTL, "time a warmed key lives in Redis")

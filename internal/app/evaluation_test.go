@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"math"
@@ -136,6 +137,13 @@ func TestOnlineEvaluationMatchesOffline(t *testing.T) {
 		if math.Abs(c.got-c.want) > 0.01*c.want {
 			t.Errorf("%s: online %v, offline %v (more than 1%% apart)", c.name, c.got, c.want)
 		}
+	}
+	var view []versionStats
+	if err := json.Unmarshal([]byte(httpGet(t, ctx, "http://"+addrs.Admin+"/stats")), &view); err != nil {
+		t.Fatalf("decode /stats: %v", err)
+	}
+	if len(view) != 1 || float64(view[0].Issued) != want.issued || math.Abs(view[0].Precision-want.used/want.issued) > 0.01*want.used/want.issued {
+		t.Errorf("/stats = %+v, want one version with %v issued and precision %.4f", view, want.issued, want.used/want.issued)
 	}
 	stop()
 	if err := <-done; err != nil {
