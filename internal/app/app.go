@@ -517,5 +517,12 @@ func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *p
 		log.Info("pipeline progress",
 			"events", tot.Events, "predictions", tot.Predictions, "prefetches_queued", tot.Prefetches,
 			"keys_warmed", issued, "prefetches_used", used, "clicks", clicks, "clicks_warm", warm)
+		if s := eng.LastSample(); s != nil {
+			hints := make([]string, len(s.Hints))
+			for i, h := range s.Hints {
+				hints[i] = fmt.Sprintf("%s:%.2f", h.Page, h.Probability)
+			}
+			log.Info("sample prediction", "user", s.UserID, "page", s.Page, "history", s.History, "model_version", s.ModelVersion, "prefetch", hints)
+		}
 	}
 }

@@ -79,6 +79,8 @@ type Engine struct {
 
 	policyCache atomic.Pointer[policyForEpoch]
 
+	sample atomic.Pointer[Sample]
+
 	subsMu  sync.RWMutex
 	subs    map[string]map[*subscriber]struct{} // guarded by subsMu
 	nsubs   atomic.Int64
@@ -104,6 +106,18 @@ type buffers struct {
 type stats struct {
 	events, predictions, prefetches, duplicates atomic.Uint64
 }
+
+// Sample is one recent click and what the engine did with it, for the
+// service's progress log.
+type Sample struct {
+	UserID, Page string
+	History      int
+	ModelVersion string
+	Hints        []hint.Hint // the pages chosen for prefetching
+}
+
+// LastSample returns a recent click (one in 256 is sampled), or nil.
+func (e *Engine) LastSample() *Sample { return e.sample.Load() }
 
 // Totals are the engine's running totals.
 type Totals struct {
@@ -251,6 +265,13 @@ func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta featur
 	}
 	if e.nsubs.Load() > 0 {
 		e.publish(ev.UserID, l, b.cands, ev.TS)
+	}
+	if n := e.counter.events.Load(); n%256 == 1 || (len(b.cands) > 0 && e.sample.Load() == nil) {
+		s := &Sample{UserID: ev.UserID, Page: page, History: len(b.rec.Pages), ModelVersion: l.Version}
+		for _, c := range b.cands {
+			s.Hints = append(s.Hints, hint.Hint{Page: l.Vocab.Page(c.Index), Probability: c.Probability})
+		}
+		e.sample.Store(s)
 	}
 	e.m.handle.Observe(time.Since(start).Seconds())
 	return nil
