@@ -53,11 +53,10 @@ func (t *keyTable) abort(key string) {
 	}
 }
 
-// done records that key is warm until at (Unix nanoseconds).
+// done records that key, which is in flight, is warm until at (Unix
+// nanoseconds).
 func (t *keyTable) done(key string, at int64) {
-	if v, ok := t.state[key]; !ok || v == inFlight {
-		t.written++
-	}
+	t.written++
 	t.state[key] = at
 	t.ring = append(t.ring, ringEntry{key: key, at: at})
 	for t.written > t.max && t.pop(func(int64) bool { return true }) {

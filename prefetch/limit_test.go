@@ -137,7 +137,9 @@ func TestKeyTable(t *testing.T) {
 	}
 	kt.start("a")
 	kt.done("a", 30)
+	kt.start("d")
 	kt.done("d", 40)
+	kt.start("e")
 	kt.done("e", 50) // over max 3: b (oldest) is forgotten
 	if exp, _ := kt.lookup("b"); exp != 0 {
 		t.Fatalf("b remembered past the cap")

@@ -277,6 +277,9 @@ type Warmer struct {
 	done    chan struct{} // closed by Close
 	stopped chan struct{} // closed when Run returns
 	now     func() time.Time
+	// ttlUnit and ttlValue are the SET expiry arguments: "ex" and seconds,
+	// or "px" and milliseconds when the TTL is not whole seconds.
+	ttlUnit, ttlValue any
 
 	closeOnce sync.Once
 	started   atomic.Bool
@@ -329,6 +332,11 @@ func NewWarmer(cfg Config, rdb redis.UniversalClient, logger *slog.Logger, reg p
 		users:   newUserLimiter(cfg.PerUserRate, cfg.PerUserBurst, cfg.MaxTracked),
 		global:  newTokenBucket(cfg.GlobalRate, cfg.GlobalBurst),
 		budget:  budget{window: cfg.BudgetWindow, maxKeys: cfg.BudgetKeys, maxBytes: cfg.BudgetBytes},
+	}
+	if cfg.TTL%time.Second == 0 {
+		w.ttlUnit, w.ttlValue = "ex", strconv.FormatInt(int64(cfg.TTL/time.Second), 10)
+	} else {
+		w.ttlUnit, w.ttlValue = "px", strconv.FormatInt(int64(cfg.TTL/time.Millisecond), 10)
 	}
 	m, err := newWarmerMetrics(reg, w)
 	if err != nil {
@@ -636,7 +644,10 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		pipe := w.rdb.Pipeline()
 		for i, it := range batch {
 			if values[i] != nil {
-				cmds[i] = pipe.SetNX(wctx, it.key, values[i], w.cfg.TTL)
+				// SET key value EX ttl NX, as SetNX sends it, with the
+				// TTL argument formatted once.
+				cmds[i] = redis.NewBoolCmd(wctx, "set", it.key, values[i], w.ttlUnit, w.ttlValue, "nx")
+				_ = pipe.Process(wctx, cmds[i])
 				n++
 			}
 		}
