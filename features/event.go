@@ -166,9 +166,12 @@ func (d *Decoder) Decode(data []byte, now time.Time) (Event, error) {
 	case !utf8.Valid(data):
 		return Event{}, reject(ReasonUTF8, "")
 	}
-	var w wireEvent
-	if err := json.Unmarshal(data, &w); err != nil {
-		return Event{}, reject(ReasonJSON, err.Error())
+	w, ok := decodeFast(data)
+	if !ok {
+		w = wireEvent{}
+		if err := json.Unmarshal(data, &w); err != nil {
+			return Event{}, reject(ReasonJSON, err.Error())
+		}
 	}
 	switch {
 	case w.UserID == "":
@@ -233,4 +236,113 @@ func truncate(s string, n int) string {
 		s = s[:len(s)-1]
 	}
 	return s + "…"
+}
+
+// decodeFast parses the common shape of an event without encoding/json: one
+// object whose keys are exactly the documented field names and whose values
+// are strings without escapes or null. It allocates one string for the whole
+// message and slices the fields from it. Anything else (escapes, other keys
+// or value types, malformed input) returns ok=false, and the caller falls
+// back to encoding/json, so that both paths accept and reject exactly the
+// same messages (FuzzDecode checks this).
+func decodeFast(data []byte) (w wireEvent, ok bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return w, false
+	}
+	var msg string // allocated on the first string value
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == '}' {
+		return w, skipSpace(data, i+1) == len(data)
+	}
+	for {
+		// Key.
+		if i >= len(data) || data[i] != '"' {
+			return w, false
+		}
+		ks := i + 1
+		ke := plainStringEnd(data, ks)
+		if ke < 0 {
+			return w, false
+		}
+		var field *string
+		switch string(data[ks:ke]) { // no allocation for a switch on a conversion
+		case "user_id":
+			field = &w.UserID
+		case "page":
+			field = &w.Page
+		case "ts":
+			field = &w.TS
+		case "session_id":
+			field = &w.SessionID
+		case "referrer":
+			field = &w.Referrer
+		case "event_id":
+			field = &w.EventID
+		default:
+			return w, false
+		}
+		i = skipSpace(data, ke+1)
+		if i >= len(data) || data[i] != ':' {
+			return w, false
+		}
+		i = skipSpace(data, i+1)
+		// Value: a plain string or null.
+		switch {
+		case i < len(data) && data[i] == '"':
+			vs := i + 1
+			ve := plainStringEnd(data, vs)
+			if ve < 0 {
+				return w, false
+			}
+			if msg == "" {
+				msg = string(data)
+			}
+			*field = msg[vs:ve]
+			i = ve + 1
+		case len(data)-i >= 4 && string(data[i:i+4]) == "null":
+			i += 4
+		default:
+			return w, false
+		}
+		i = skipSpace(data, i)
+		if i >= len(data) {
+			return w, false
+		}
+		switch data[i] {
+		case ',':
+			i = skipSpace(data, i+1)
+		case '}':
+			return w, skipSpace(data, i+1) == len(data)
+		default:
+			return w, false
+		}
+	}
+}
+
+// plainStringEnd returns the index of the closing quote of a JSON string
+// starting at i (after the opening quote), or -1 when the string has an
+// escape or a control character or does not end.
+func plainStringEnd(data []byte, i int) int {
+	for ; i < len(data); i++ {
+		switch c := data[i]; {
+		case c == '"':
+			return i
+		case c == '\\' || c < 0x20:
+			return -1
+		}
+	}
+	return -1
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) {
+		switch data[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
 }

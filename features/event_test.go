@@ -1,6 +1,7 @@
 package features
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -112,7 +113,15 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("{\"user_id\":\"\xc3\x28\"}"))
 	f.Add([]byte(`[]`))
 	dec, _ := NewDecoder(DecoderConfig{MaxUserIDBytes: 16, MaxPageBytes: 32, MaxMessageBytes: 512})
+	f.Add([]byte(` { "user_id" : "u" , "page":"/p", "ts" : null, "ts":"2026-11-26T10:00:00Z" } `))
+	f.Add([]byte(`{"user_id":"a\u0041","PAGE":"/p","ts":"2026-11-26T10:00:00Z"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if fast, ok := decodeFast(data); ok && utf8.Valid(data) { // Decode rejects invalid UTF-8 first
+			var slow wireEvent
+			if err := json.Unmarshal(data, &slow); err != nil || slow != fast {
+				t.Fatalf("fast path %+v, encoding/json %+v, %v", fast, slow, err)
+			}
+		}
 		ev, err := dec.Decode(data, testNow)
 		if err != nil {
 			var rej *RejectError

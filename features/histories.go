@@ -3,6 +3,7 @@ package features
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -357,6 +358,7 @@ func (h *Histories) insert(s *shard, user string, now int64) int32 {
 		s.slots = append(s.slots, slot{})
 		s.pages = append(s.pages, make([]int32, h.cfg.MaxLen)...)
 	}
+	user = strings.Clone(user) // do not retain the decoded message the id was sliced from
 	s.slots[i] = slot{user: user, touched: now, offset: -1, prev: -1, next: -1}
 	s.index[user] = i
 	s.pushHead(i)

@@ -1,0 +1,260 @@
+package features
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/prefetchd/prefetchd/internal/kafkatest"
+)
+
+// readSessions reads an SPMF session file: one session per line, pages
+// separated by -1, ended by -2.
+func readSessions(tb testing.TB, path string) [][]int32 {
+	tb.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var sessions [][]int32
+	sc := bufio.NewScanner(zr)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var s []int32
+		for _, f := range strings.Fields(sc.Text()) {
+			if f == "-1" || f == "-2" {
+				continue
+			}
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				tb.Fatalf("session file: %v", err)
+			}
+			s = append(s, int32(n))
+		}
+		if len(s) > 0 {
+			sessions = append(sessions, s)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return sessions
+}
+
+// replayMessages interleaves sessions as concurrent users (window sessions
+// active at once) and encodes each click as a v1 event keyed by user, page
+// /page/N. limit > 0 keeps only the first limit clicks.
+func replayMessages(sessions [][]int32, window, limit int, start time.Time) []kafka.Message {
+	var msgs []kafka.Message
+	type active struct {
+		user string
+		s    []int32
+	}
+	var act []active
+	next := 0
+	ts := start
+	for (next < len(sessions) || len(act) > 0) && (limit <= 0 || len(msgs) < limit) {
+		for len(act) < window && next < len(sessions) {
+			act = append(act, active{user: "s" + strconv.Itoa(next), s: sessions[next]})
+			next++
+		}
+		for i := 0; i < len(act); {
+			a := &act[i]
+			ts = ts.Add(time.Microsecond)
+			b, _ := Encode(Event{UserID: a.user, Page: "/page/" + strconv.Itoa(int(a.s[0])), TS: ts})
+			msgs = append(msgs, kafka.Message{Key: []byte(a.user), Value: b})
+			a.s = a.s[1:]
+			if len(a.s) == 0 {
+				act[i] = act[len(act)-1]
+				act = act[:len(act)-1]
+				continue
+			}
+			i++
+		}
+	}
+	if limit > 0 && len(msgs) > limit {
+		msgs = msgs[:limit]
+	}
+	return msgs
+}
+
+// produceAll writes msgs to topic with large batches.
+func produceAll(tb testing.TB, addr, topic string, msgs []kafka.Message) {
+	tb.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: topic, Balancer: &kafka.Hash{},
+		BatchSize: 5000, BatchBytes: 4 << 20, BatchTimeout: 5 * time.Millisecond, RequiredAcks: kafka.RequireOne}
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for len(msgs) > 0 {
+		n := min(len(msgs), 50_000)
+		if err := w.WriteMessages(ctx, msgs[:n]...); err != nil {
+			tb.Fatalf("produce: %v", err)
+		}
+		msgs = msgs[n:]
+	}
+}
+
+// benchSettings are the fetch and batch settings shared by both loops.
+type benchSettings struct {
+	name          string
+	minBytes      int
+	maxBytes      int
+	maxWait       time.Duration
+	queueCapacity int
+	workers       int
+	commitBatch   int
+}
+
+// bareLoop consumes n messages with a plain kafka-go group reader and batched
+// commits, and returns the time from the first message to the last.
+func bareLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int) time.Duration {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, GroupID: group, Topic: topic,
+		MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait, QueueCapacity: s.queueCapacity,
+		SessionTimeout: 6 * time.Second, HeartbeatInterval: time.Second, StartOffset: kafka.FirstOffset})
+	defer r.Close()
+	last := map[int]kafka.Message{}
+	var start time.Time
+	for i := range n {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			tb.Fatalf("bare fetch %d: %v", i, err)
+		}
+		if i == 0 {
+			start = time.Now()
+		}
+		last[m.Partition] = m
+		if (i+1)%s.commitBatch == 0 || i == n-1 {
+			batch := make([]kafka.Message, 0, len(last))
+			for _, m := range last {
+				batch = append(batch, m)
+			}
+			if err := r.CommitMessages(ctx, batch...); err != nil {
+				tb.Fatalf("bare commit: %v", err)
+			}
+		}
+	}
+	return time.Since(start)
+}
+
+// historyHandler is the engine's work without the model: canonicalize, map
+// to a vocabulary index, append to the history.
+type historyHandler struct {
+	canon *Canonicalizer
+	vocab Vocabulary
+	hist  *Histories
+	n     atomic.Int64
+	first atomic.Int64
+	last  atomic.Int64
+	want  int64
+	done  chan struct{}
+}
+
+func (h *historyHandler) HandleEvent(ctx context.Context, ev Event, msg Meta) error {
+	var rec Record
+	err := h.hist.Append(ctx, ev.UserID, Click{Page: h.canon.Index(h.vocab, ev.Page), TS: ev.TS,
+		Partition: msg.Partition, Offset: msg.Offset}, &rec)
+	now := time.Now().UnixNano()
+	h.first.CompareAndSwap(0, now)
+	if h.n.Add(1) == h.want {
+		h.last.Store(now)
+		close(h.done)
+	}
+	return err
+}
+
+// consumerLoop consumes n messages through Consumer into Histories and
+// returns the time from the first event to the last.
+func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int, vocab Vocabulary) time.Duration {
+	tb.Helper()
+	hist, err := NewHistories(HistoryConfig{MaxLen: 20}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	canon, _ := NewCanonicalizer(CanonicalizerConfig{})
+	h := &historyHandler{canon: canon, vocab: vocab, hist: hist, want: int64(n), done: make(chan struct{})}
+	c, err := NewConsumer(ConsumerConfig{Brokers: []string{addr}, Topic: topic, GroupID: group,
+		Workers: s.workers, MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait,
+		QueueCapacity: s.queueCapacity, CommitBatch: s.commitBatch, SessionTimeout: 6 * time.Second,
+		Decoder: DecoderConfig{MaxSkew: -1}}, h, nil, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(ctx) }()
+	select {
+	case <-h.done:
+	case <-ctx.Done():
+		tb.Fatalf("consumer applied %d of %d events", h.n.Load(), n)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		tb.Fatalf("consumer: %v", err)
+	}
+	_ = c.Close()
+	if hist.Len() == 0 {
+		tb.Fatal("no histories")
+	}
+	return time.Duration(h.last.Load() - h.first.Load())
+}
+
+// BenchmarkIngestNASA replays the NASA July 1995 sessions (569,493 clicks as
+// 256 concurrent users at a time) through the in-process broker, then, in
+// each iteration, consumes the whole topic twice with fresh groups: a bare
+// kafka-go FetchMessage loop with batched commits, and Consumer into
+// Histories (decode, validate, canonicalize, vocabulary lookup, append). It
+// reports both rates (first to last message) and their ratio.
+// INGEST_BENCH_LIMIT=N replays only the first N clicks.
+func BenchmarkIngestNASA(b *testing.B) {
+	sessions := readSessions(b, "testdata/nasa-jul95.spmf.gz")
+	limit, _ := strconv.Atoi(os.Getenv("INGEST_BENCH_LIMIT"))
+	msgs := replayMessages(sessions, 256, limit, time.Now().Add(-time.Hour))
+	vocab := mapVocab{}
+	for _, s := range sessions {
+		for _, p := range s {
+			vocab["/page/"+strconv.Itoa(int(p))] = int64(p) + 2
+		}
+	}
+	const topic = "nasa"
+	br := kafkatest.Start(b, topic)
+	produceAll(b, br.Addr(), topic, msgs)
+	settings := []benchSettings{
+		{name: "fetch10MiB", minBytes: 1, maxBytes: 10 << 20, maxWait: 250 * time.Millisecond, queueCapacity: 1000, workers: 2, commitBatch: 5000},
+	}
+	group := 0
+	for _, s := range settings {
+		b.Run(s.name, func(b *testing.B) {
+			b.ReportAllocs()
+			var bare, cons time.Duration
+			for b.Loop() {
+				group++
+				bare += bareLoop(b, br.Addr(), topic, fmt.Sprintf("bare-%d", group), s, len(msgs))
+				cons += consumerLoop(b, br.Addr(), topic, fmt.Sprintf("consumer-%d", group), s, len(msgs), vocab)
+			}
+			n := float64(b.N * len(msgs))
+			b.ReportMetric(n/bare.Seconds(), "bare-events/s")
+			b.ReportMetric(n/cons.Seconds(), "events/s")
+			b.ReportMetric(bare.Seconds()/cons.Seconds(), "ratio")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
