@@ -77,7 +77,7 @@ func (p *plan) run(ctx context.Context, ex *exec) error {
 	}
 	for si := range p.steps {
 		st := &p.steps[si]
-		if si&15 == 15 && ctx.Err() != nil {
+		if si&7 == 0 && ctx.Err() != nil {
 			return ctx.Err()
 		}
 		ex.in = ex.in[:0]

@@ -19,5 +19,10 @@ func gemv(m, n int, a []float32, lda int, x, y []float32) {
 	if gemvAsm(m, n, a, lda, x, y) {
 		return
 	}
+	gemvGo(m, n, a, lda, x, y)
+}
+
+// gemvGo is gemv with gonum's Sgemv, for CPUs without AVX2 and FMA.
+func gemvGo(m, n int, a []float32, lda int, x, y []float32) {
 	gonum.Implementation{}.Sgemv(blas.NoTrans, m, n, 1, a, lda, x, 1, 0, y, 1)
 }

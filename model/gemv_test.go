@@ -14,7 +14,12 @@ func TestGemv(t *testing.T) {
 			y := make([]float32, sz.m+1)
 			y[sz.m] = 42
 			gemv(sz.m, sz.n, a, sz.lda, x, y)
+			yGo := make([]float32, sz.m)
+			gemvGo(sz.m, sz.n, a, sz.lda, x, yGo)
 			for i := range sz.m {
+				if d := math.Abs(float64(y[i] - yGo[i])); d > 1e-4 {
+					t.Fatalf("row %d: kernel %v, gonum %v", i, y[i], yGo[i])
+				}
 				var want float64
 				for j := range sz.n {
 					want += float64(a[i*sz.lda+j]) * float64(x[j])

@@ -670,6 +670,9 @@ func (g gemmK) run(in, out []*tens, sc *[]float32) error {
 	if k != k2 {
 		return fmt.Errorf("inner dimensions %d and %d differ", k, k2)
 	}
+	if overWork(m, n, k) {
+		return fmt.Errorf("%d×%d×%d product exceeds the work limit", m, n, k)
+	}
 	o := out[0]
 	if err := o.reshape(dtFloat, m, n); err != nil {
 		return err
@@ -851,6 +854,9 @@ func (matmulK) run(in, out []*tens, _ *[]float32) error {
 		return err
 	}
 	nb := size(batch[:r])
+	if overWork(nb, m, n, k) {
+		return fmt.Errorf("batched %d×%d×%d product exceeds the work limit", m, n, k)
+	}
 	impl := gonum.Implementation{}
 	var idx [MaxRank]int
 	for b := 0; b < nb; b++ {
@@ -1285,4 +1291,22 @@ func (k castK) run(in, out []*tens, _ *[]float32) error {
 		}
 	}
 	return nil
+}
+
+// overWork reports whether the product of dims exceeds maxWork, without
+// overflowing.
+func overWork(dims ...int) bool {
+	w := int64(1)
+	for _, d := range dims {
+		if d == 0 {
+			return false
+		}
+	}
+	for _, d := range dims {
+		if int64(d) > maxWork/w {
+			return true
+		}
+		w *= int64(d)
+	}
+	return false
 }

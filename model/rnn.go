@@ -168,8 +168,8 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 	if P != nil && !sameShape(P.shape, D, 3*Hd) {
 		return fmt.Errorf("P has shape %v, want [%d %d]", P.shape, D, 3*Hd)
 	}
-	if T*N*GH > MaxTensorElems {
-		return fmt.Errorf("X %v too large", X.shape)
+	if overWork(D, T, N, GH, I+Hd) || int64(T)*int64(N)*int64(GH) > MaxTensorElems {
+		return fmt.Errorf("X %v too large for hidden size %d", X.shape, Hd)
 	}
 	Y := out[0]
 	if err := Y.reshape(dtFloat, T, D, N, Hd); err != nil {

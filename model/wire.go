@@ -19,6 +19,10 @@ const (
 	MaxNodes = 1 << 16
 	// MaxModelBytes bounds the size of a model file.
 	MaxModelBytes = 1 << 30
+	// maxWork bounds the multiply-adds of one matrix or recurrent operator
+	// (about a second of work), so that a hostile file cannot stall a load
+	// (constant folding) or a call.
+	maxWork = 1 << 32
 	// maxDeclaredElems bounds the static elements of all declared graph
 	// values together (onnx-go allocates a placeholder tensor for each).
 	maxDeclaredElems = 1 << 24
