@@ -396,6 +396,7 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 		return fmt.Errorf("ingest: %w", err)
 	}
 	var skipped []string // lines that could not be decoded here
+	var lines []int      // line number of each event sent, by stream index
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for line := 1; sc.Scan(); line++ {
@@ -408,6 +409,7 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 			skipped = append(skipped, fmt.Sprintf("line %d: %v", line, err))
 			continue
 		}
+		lines = append(lines, line)
 		if err := stream.Send(ev); err != nil {
 			// The server ended the stream; CloseAndRecv returns its status.
 			break
@@ -432,7 +434,11 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 			fmt.Fprintf(w, "  %s: %d\n", r, sum.GetRejectedByReason()[r])
 		}
 		for _, e := range sum.GetFirstErrors() {
-			fmt.Fprintf(w, "  event %d: %s\n", e.GetIndex(), e.GetMessage())
+			if i := e.GetIndex(); i < uint64(len(lines)) {
+				fmt.Fprintf(w, "  line %d: %s\n", lines[i], e.GetMessage())
+			} else {
+				fmt.Fprintf(w, "  event %d: %s\n", i, e.GetMessage())
+			}
 		}
 		for i, s := range skipped {
 			if i == 10 {

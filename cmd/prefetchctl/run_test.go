@@ -148,7 +148,7 @@ func TestCommands(t *testing.T) {
 		{name: "predict invalid k", args: []string{"predict", "--user", "u1", "--k", "0"}, wantCode: codes.InvalidArgument},
 		{name: "predict no user", args: []string{"predict"}, wantCode: codes.InvalidArgument},
 		{name: "ingest", args: []string{"ingest", "--file", events},
-			wantOut: []string{"accepted 2, rejected 3, unreadable 1", "empty_user_id: 1", "invalid: 1", "missing_ts: 1", "line 4: decode JSON"},
+			wantOut: []string{"accepted 2, rejected 3, unreadable 1", "empty_user_id: 1", "invalid: 1", "missing_ts: 1", "line 5: user_id: must not be empty", "line 6: invalid argument", "line 7: ts: must be set", "line 4: decode JSON"},
 			check: func(t *testing.T) {
 				if n := len(f.ingester.Events()); n != 2 {
 					t.Errorf("engine got %d events, want 2", n)
