@@ -162,59 +162,62 @@ func (p *Policy) Select(probs []float32, current int64, k int, threshold float64
 		// Keep "probability >= threshold" exact after the float32 rounding.
 		thr = math.Nextafter32(thr, float32(math.Inf(1)))
 	}
-	// scores parallels dst while selecting; without expected utility the
-	// score is the probability, so dst's own field holds it.
+	if !p.utility {
+		for i := unknownIndex + 1; i < len(probs); i++ {
+			pr := probs[i]
+			if !(pr >= thr) || int64(i) == current { // NaN fails the first test
+				continue
+			}
+			n := len(dst)
+			if n == k {
+				if pr <= dst[n-1].Probability {
+					continue
+				}
+				n--
+				dst = dst[:n]
+			}
+			// Insert keeping descending probability; ties keep index order.
+			dst = append(dst, Candidate{})
+			j := n
+			for j > 0 && dst[j-1].Probability < pr {
+				dst[j] = dst[j-1]
+				j--
+			}
+			dst[j] = Candidate{Index: int64(i), Probability: pr}
+		}
+		return dst
+	}
+	// Expected utility: rank by score = probability × weight; scores
+	// parallels dst.
 	var scoreBuf [8]float32
 	scores := scoreBuf[:0]
-	if p.utility && k > len(scoreBuf) {
+	if k > len(scoreBuf) {
 		scores = make([]float32, 0, k)
 	}
 	for i := unknownIndex + 1; i < len(probs); i++ {
 		pr := probs[i]
-		if !(pr >= 0) || int64(i) == current {
-			continue
-		}
 		s := pr
-		if p.utility {
-			if i < len(p.weights) {
-				s = pr * p.weights[i]
-			}
+		if i < len(p.weights) {
+			s = pr * p.weights[i]
 		}
-		if s < thr {
+		if !(s >= thr) || !(pr >= 0) || int64(i) == current {
 			continue
 		}
 		n := len(dst)
 		if n == k {
-			last := dst[n-1].Probability
-			if p.utility {
-				last = scores[n-1]
-			}
-			if s <= last {
+			if s <= scores[n-1] {
 				continue
 			}
 			n--
-			dst = dst[:n]
-			if p.utility {
-				scores = scores[:n]
-			}
+			dst, scores = dst[:n], scores[:n]
 		}
-		// Insert keeping descending score; equal scores keep index order.
+		dst, scores = append(dst, Candidate{}), append(scores, 0)
 		j := n
-		dst = append(dst, Candidate{})
-		if p.utility {
-			scores = append(scores, 0)
-			for j > 0 && scores[j-1] < s {
-				dst[j], scores[j] = dst[j-1], scores[j-1]
-				j--
-			}
-			scores[j] = s
-		} else {
-			for j > 0 && dst[j-1].Probability < s {
-				dst[j] = dst[j-1]
-				j--
-			}
+		for j > 0 && scores[j-1] < s {
+			dst[j], scores[j] = dst[j-1], scores[j-1]
+			j--
 		}
-		dst[j] = Candidate{Index: int64(i), Probability: pr}
+		dst[j], scores[j] = Candidate{Index: int64(i), Probability: pr}, s
 	}
 	return dst
 }

@@ -85,47 +85,69 @@ func TestPolicySelect(t *testing.T) {
 	}
 }
 
-// TestPolicySelectMatchesSort checks Select against sorting on random vectors.
+// TestPolicySelectMatchesSort checks Select against sorting on random
+// vectors, with and without expected utility.
 func TestPolicySelectMatchesSort(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	p, err := NewPolicy(PolicyConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	probs := make([]float32, 300)
-	var dst []Candidate
-	for trial := range 200 {
-		for i := range probs {
-			probs[i] = float32(rng.IntN(50)) / 50 // many ties
-		}
-		current := int64(rng.IntN(len(probs)))
-		k, thr := 1+rng.IntN(6), rng.Float64()
-		dst = p.Select(probs, current, k, thr, dst)
-		var want []int64
-		for i := 2; i < len(probs); i++ {
-			if int64(i) != current && float64(probs[i]) >= thr {
-				want = append(want, int64(i))
+	for _, utility := range []bool{false, true} {
+		t.Run("utility="+strconv.FormatBool(utility), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(1, 2))
+			const n = 300
+			names := make(pageList, n)
+			weights := map[string]float64{}
+			for i := range names {
+				names[i] = "p" + strconv.Itoa(i)
+				if i%3 == 0 {
+					weights[names[i]] = float64(rng.IntN(5)) / 2 // 0 to 2
+				}
 			}
-		}
-		slices.SortStableFunc(want, func(a, b int64) int {
-			switch {
-			case probs[a] > probs[b]:
-				return -1
-			case probs[a] < probs[b]:
-				return 1
+			p, err := NewPolicy(PolicyConfig{UseExpectedUtility: utility, CostWeights: weights})
+			if err != nil {
+				t.Fatal(err)
 			}
-			return 0
+			p = p.ForVocab(names)
+			score := func(i int64, pr float32) float32 {
+				if w, ok := weights[names[i]]; ok && utility {
+					return pr * float32(w)
+				}
+				return pr
+			}
+			probs := make([]float32, n)
+			var dst []Candidate
+			for trial := range 200 {
+				for i := range probs {
+					probs[i] = float32(rng.IntN(50)) / 50 // many ties
+				}
+				current := int64(rng.IntN(n))
+				k, thr := 1+rng.IntN(10), rng.Float64()
+				dst = p.Select(probs, current, k, thr, dst)
+				var want []int64
+				for i := int64(2); i < n; i++ {
+					if i != current && float64(score(i, probs[i])) >= thr {
+						want = append(want, i)
+					}
+				}
+				slices.SortStableFunc(want, func(a, b int64) int {
+					sa, sb := score(a, probs[a]), score(b, probs[b])
+					switch {
+					case sa > sb:
+						return -1
+					case sa < sb:
+						return 1
+					}
+					return 0
+				})
+				if len(want) > k {
+					want = want[:k]
+				}
+				got := make([]int64, len(dst))
+				for i, c := range dst {
+					got[i] = c.Index
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("trial %d (k=%d thr=%v current=%d): Select = %v, want %v", trial, k, thr, current, got, want)
+				}
+			}
 		})
-		if len(want) > k {
-			want = want[:k]
-		}
-		got := make([]int64, len(dst))
-		for i, c := range dst {
-			got[i] = c.Index
-		}
-		if !slices.Equal(got, want) {
-			t.Fatalf("trial %d (k=%d thr=%v current=%d): Select = %v, want %v", trial, k, thr, current, got, want)
-		}
 	}
 }
 
