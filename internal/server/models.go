@@ -18,12 +18,14 @@ type modelService struct {
 }
 
 // errNoModels answers when the server was built without Deps.Models.
-var errNoModels = status.Error(codes.Unimplemented, "ModelService is not enabled on this server")
+func errNoModels() error {
+	return status.Error(codes.Unimplemented, "ModelService is not enabled on this server")
+}
 
 // Status reports the model versions the engine knows.
 func (m *modelService) Status(ctx context.Context, _ *prefetchv1.StatusRequest) (*prefetchv1.StatusResponse, error) {
 	if m.s.deps.Models == nil {
-		return nil, errNoModels
+		return nil, errNoModels()
 	}
 	st, err := m.s.deps.Models.Status(ctx)
 	if err != nil {
@@ -56,7 +58,7 @@ func (m *modelService) Status(ctx context.Context, _ *prefetchv1.StatusRequest) 
 // Activate validates the version name and asks the engine to switch to it.
 func (m *modelService) Activate(ctx context.Context, req *prefetchv1.ActivateRequest) (*prefetchv1.ActivateResponse, error) {
 	if m.s.deps.Models == nil {
-		return nil, errNoModels
+		return nil, errNoModels()
 	}
 	if err := checkID("version", req.GetVersion(), m.s.cfg.MaxIDBytes); err != nil {
 		return nil, err
@@ -73,7 +75,7 @@ func (m *modelService) Activate(ctx context.Context, req *prefetchv1.ActivateReq
 // Rollback asks the engine to return to the previous version.
 func (m *modelService) Rollback(ctx context.Context, _ *prefetchv1.RollbackRequest) (*prefetchv1.RollbackResponse, error) {
 	if m.s.deps.Models == nil {
-		return nil, errNoModels
+		return nil, errNoModels()
 	}
 	v, err := m.s.deps.Models.Rollback(ctx)
 	if err != nil {

@@ -36,12 +36,14 @@ import (
 	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
 )
 
-// Health service names reported by the health service; SetServing drives
-// them all.
-var healthServices = []string{
-	"",
-	prefetchv1.HintService_ServiceDesc.ServiceName,
-	prefetchv1.ModelService_ServiceDesc.ServiceName,
+// healthServices returns the names reported by the health service;
+// SetServing drives them all.
+func healthServices() []string {
+	return []string{
+		"",
+		prefetchv1.HintService_ServiceDesc.ServiceName,
+		prefetchv1.ModelService_ServiceDesc.ServiceName,
+	}
 }
 
 // Deps are the engine interfaces the server calls. Predictor is required; a
@@ -134,7 +136,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	}
 	s.grpc = grpc.NewServer(opts...)
 	s.health = health.NewServer()
-	for _, name := range healthServices {
+	for _, name := range healthServices() {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -194,7 +196,7 @@ func (s *Server) SetServing(serving bool) {
 	if serving {
 		st = healthpb.HealthCheckResponse_SERVING
 	}
-	for _, name := range healthServices {
+	for _, name := range healthServices() {
 		s.health.SetServingStatus(name, st)
 	}
 }
