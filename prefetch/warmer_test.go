@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -340,6 +341,7 @@ func TestWarmerRedisOutage(t *testing.T) {
 	warm("before", 10)
 	eventually(t, 5*time.Second, "writes before the outage", func() bool { return counter(w.m.written) == 10 })
 
+	goroutines := runtime.NumGoroutine()
 	srv.Stop()
 	const outage = 2000
 	deadline := time.Now().Add(3 * time.Second)
@@ -365,6 +367,12 @@ func TestWarmerRedisOutage(t *testing.T) {
 	w.mu.Unlock()
 	if inflight != 0 || tracked != 10 {
 		t.Errorf("after the outage: %d in flight, %d tracked; want 0 and 10 (no growth)", inflight, tracked)
+	}
+	// go-redis keeps up to its pool size of goroutines dialling; nothing
+	// grows with the number of pages dropped.
+	if n := runtime.NumGoroutine(); n > goroutines+rdb.Options().PoolSize {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines after %d dropped pages, %d before the outage:\n%s", n, outage, goroutines, buf[:runtime.Stack(buf, true)])
 	}
 
 	srv.Restart()
