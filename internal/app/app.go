@@ -174,7 +174,10 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	defer consumer.Close()
 
 	// Servers.
-	scfg := server.Config{TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, TLSClientCAFile: cfg.TLSClientCA}
+	scfg := server.Config{
+		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, TLSClientCAFile: cfg.TLSClientCA,
+		RequireClientCert: cfg.TLSClientCA != "", AllowedClientCNs: cfg.AdminClientCNs,
+	}
 	if cfg.AdminTokenFile != "" {
 		tok, err := server.ReadSecretFile(cfg.AdminTokenFile)
 		if err != nil {

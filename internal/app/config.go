@@ -85,6 +85,9 @@ type Config struct {
 	TLSCert        string
 	TLSKey         string
 	TLSClientCA    string
+	// AdminClientCNs are client certificate common names (mutual TLS) that
+	// may call ModelService without a bearer token.
+	AdminClientCNs []string
 	Pprof          bool
 
 	// Replay into Kafka: "embedded", "none" or a SPMF file. Default: embedded
@@ -175,6 +178,9 @@ func (c *Config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
 	}
+	if len(c.AdminClientCNs) > 0 && c.TLSClientCA == "" {
+		errs = append(errs, errors.New("--admin-client-cn needs --tls-client-ca"))
+	}
 	if c.TLSClientCA != "" && c.TLSCert == "" {
 		errs = append(errs, errors.New("--tls-client-ca needs --tls-cert and --tls-key"))
 	}
@@ -234,6 +240,7 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "gRPC server certificate (PEM)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "gRPC server key (PEM)")
 	fs.StringVar(&c.TLSClientCA, "tls-client-ca", c.TLSClientCA, "CA that signs client certificates; set to require mutual TLS")
+	adminCNs := fs.String("admin-client-cn", "", "comma-separated client certificate common names allowed to call ModelService (needs --tls-client-ca)")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof on the admin port")
 	fs.StringVar(&c.Replay, "replay", c.Replay, "replay sessions into Kafka: embedded, none or a SPMF file (default: embedded with the in-process broker)")
 	fs.Float64Var(&c.ReplayRate, "replay-rate", c.ReplayRate, "replayed events per second")
@@ -265,6 +272,11 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	for _, b := range strings.Split(*brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {
 			c.KafkaBrokers = append(c.KafkaBrokers, b)
+		}
+	}
+	for _, cn := range strings.Split(*adminCNs, ",") {
+		if cn = strings.TrimSpace(cn); cn != "" {
+			c.AdminClientCNs = append(c.AdminClientCNs, cn)
 		}
 	}
 	if c.Replay == "" {

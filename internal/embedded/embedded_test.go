@@ -1,0 +1,124 @@
+package embedded
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/prefetchd/prefetchd/model"
+)
+
+func TestReadSPMF(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    [][]int
+		wantErr bool
+	}{
+		{name: "two sessions", in: "1 -1 2 -1 -2\n3 -1 4 -1 5 -1 -2\n", want: [][]int{{1, 2}, {3, 4, 5}}},
+		{name: "blank lines and CRLF", in: "\n7 -1 -2\r\n\n", want: [][]int{{7}}},
+		{name: "not a number", in: "1 -1 x -1 -2\n", wantErr: true},
+		{name: "negative item", in: "1 -1 -5 -1 -2\n", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ReadSPMF(strings.NewReader(tc.in))
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("got %v, want an error", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if len(got[i]) != len(tc.want[i]) {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+				for j := range got[i] {
+					if got[i][j] != tc.want[i][j] {
+						t.Fatalf("got %v, want %v", got, tc.want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestBundledData checks the bundled copy against the published counts.
+func TestBundledData(t *testing.T) {
+	s, err := NASASessions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	views := 0
+	for _, x := range s {
+		views += len(x)
+	}
+	if len(s) != 87749 || views != 569493 {
+		t.Fatalf("%d sessions and %d views, want 87,749 and 569,493", len(s), views)
+	}
+	fsys, dir := Model()
+	b, err := model.LoadBundleFS(fsys, dir)
+	if err != nil {
+		t.Fatalf("bundled model: %v", err)
+	}
+	if b.Vocab().Index(PageKey(s[0][0])) == model.UnknownIndex {
+		t.Errorf("first replayed page %s is outside the bundled model's vocabulary", PageKey(s[0][0]))
+	}
+}
+
+func TestReplayWritesEvents(t *testing.T) {
+	kb := kafkatest.Start(t, "clicks")
+	sessions := [][]int{{1, 2, 3}, {4, 5}}
+	r, err := NewReplayer(ReplayConfig{Brokers: []string{kb.Addr()}, Topic: "clicks", Rate: 1000, Concurrent: 2}, sessions, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := r.Run(ctx); err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{kb.Addr()}, Topic: "clicks", GroupID: "check", StartOffset: kafka.FirstOffset, MaxWait: 50 * time.Millisecond})
+	defer rd.Close()
+	pages := map[string][]string{}
+	for i := 0; i < 5; i++ {
+		m, err := rd.FetchMessage(ctx)
+		if err != nil {
+			t.Fatalf("read event %d: %v", i, err)
+		}
+		var ev struct{ UserID, Page, TS string }
+		if err := json.Unmarshal(m.Value, &struct {
+			U *string `json:"user_id"`
+			P *string `json:"page"`
+			T *string `json:"ts"`
+		}{&ev.UserID, &ev.Page, &ev.TS}); err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Key) != ev.UserID {
+			t.Errorf("key %q, user %q: want the user id as key", m.Key, ev.UserID)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, ev.TS); err != nil {
+			t.Errorf("ts %q: %v", ev.TS, err)
+		}
+		pages[ev.UserID] = append(pages[ev.UserID], ev.Page)
+	}
+	want := map[string]string{"nasa-0": "/page/1 /page/2 /page/3", "nasa-1": "/page/4 /page/5"}
+	for u, w := range want {
+		if got := strings.Join(pages[u], " "); got != w {
+			t.Errorf("user %s pages %q, want %q in order", u, got, w)
+		}
+	}
+}
