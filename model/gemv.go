@@ -26,3 +26,31 @@ func gemv(m, n int, a []float32, lda int, x, y []float32) {
 func gemvGo(m, n int, a []float32, lda int, x, y []float32) {
 	gonum.Implementation{}.Sgemv(blas.NoTrans, m, n, 1, a, lda, x, 1, 0, y, 1)
 }
+
+// gemvRows computes out[r*ldo : r*ldo+m] = A·x[r*ldx : r*ldx+n] for r < rows:
+// one matrix applied to many vectors. Blocks of four vectors share one pass
+// over A, which matters once A no longer fits in cache. y4 is scratch of at
+// least 4*m floats.
+func gemvRows(rows, m, n int, a []float32, lda int, x []float32, ldx int, out []float32, ldo int, y4 []float32) {
+	if m == 0 || rows == 0 {
+		return
+	}
+	_ = a[(m-1)*lda+n-1]
+	_ = x[(rows-1)*ldx+n-1]
+	_ = out[(rows-1)*ldo+m-1]
+	r := 0
+	for ; r+4 <= rows; r += 4 {
+		if !gemv4Asm(m, n, a, lda, x[r*ldx:], ldx, y4[:4*m]) {
+			break
+		}
+		for i := range m {
+			out[r*ldo+i] = y4[4*i]
+			out[(r+1)*ldo+i] = y4[4*i+1]
+			out[(r+2)*ldo+i] = y4[4*i+2]
+			out[(r+3)*ldo+i] = y4[4*i+3]
+		}
+	}
+	for ; r < rows; r++ {
+		gemv(m, n, a, lda, x[r*ldx:r*ldx+n], out[r*ldo:r*ldo+m])
+	}
+}

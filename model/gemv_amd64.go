@@ -52,3 +52,35 @@ func expAsm(dst, src []float32, scale, shift float32) (float32, bool) {
 	}
 	return sum, true
 }
+
+//go:noescape
+func gemv4AVX2(m, n int, a *float32, lda int, x *float32, ldx int, y *float32)
+
+// gemv4Asm computes, for the four vectors x[b*ldx:b*ldx+n], the products
+// A·x into y4[4*i+b] (interleaved), reading A once; it reports whether it
+// could (CPU support).
+func gemv4Asm(m, n int, a []float32, lda int, x []float32, ldx int, y4 []float32) bool {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return false
+	}
+	n8 := n &^ 7
+	if n8 > 0 {
+		gemv4AVX2(m, n8, &a[0], lda, &x[0], ldx, &y4[0])
+	} else {
+		clear(y4[:4*m])
+	}
+	if n8 < n {
+		for i := range m {
+			row := a[i*lda+n8 : i*lda+n]
+			for b := range 4 {
+				s := y4[4*i+b]
+				xb := x[b*ldx+n8:]
+				for j, v := range row {
+					s += v * xb[j]
+				}
+				y4[4*i+b] = s
+			}
+		}
+	}
+	return true
+}

@@ -159,3 +159,58 @@ fin:
 	VMOVSS       X7, ret+32(FP)
 	VZEROUPPER
 	RET
+
+// func gemv4AVX2(m, n int, a *float32, lda int, x *float32, ldx int, y *float32)
+// For the four vectors x[b*ldx : b*ldx+n] (b < 4), y[4*i+b] = sum over j < n
+// of a[i*lda+j] * x[b*ldx+j], for i < m; n is a multiple of 8. Each row of a
+// is read once for the four vectors.
+TEXT ·gemv4AVX2(SB), NOSPLIT, $0-56
+	MOVQ m+0(FP), R8
+	MOVQ n+8(FP), BX
+	SHLQ $2, BX
+	MOVQ a+16(FP), SI
+	MOVQ lda+24(FP), R10
+	SHLQ $2, R10
+	MOVQ x+32(FP), DI
+	MOVQ ldx+40(FP), R9
+	SHLQ $2, R9
+	MOVQ y+48(FP), DX
+	LEAQ (DI)(R9*1), R12
+	LEAQ (R12)(R9*1), R13
+	LEAQ (R13)(R9*1), R14
+
+row:
+	CMPQ R8, $0
+	JLE  done4x
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   CX, CX
+
+col:
+	CMPQ CX, BX
+	JGE  hsum
+	VMOVUPS     (SI)(CX*1), Y4
+	VFMADD231PS (DI)(CX*1), Y4, Y0
+	VFMADD231PS (R12)(CX*1), Y4, Y1
+	VFMADD231PS (R13)(CX*1), Y4, Y2
+	VFMADD231PS (R14)(CX*1), Y4, Y3
+	ADDQ        $32, CX
+	JMP         col
+
+hsum:
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (DX)
+	ADDQ         R10, SI
+	ADDQ         $16, DX
+	DECQ         R8
+	JMP          row
+
+done4x:
+	VZEROUPPER
+	RET

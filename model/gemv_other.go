@@ -5,3 +5,7 @@ package model
 func gemvAsm(m, n int, a []float32, lda int, x, y []float32) bool { return false }
 
 func expAsm(dst, src []float32, scale, shift float32) (float32, bool) { return 0, false }
+
+func gemv4Asm(m, n int, a []float32, lda int, x []float32, ldx int, y4 []float32) bool {
+	return false
+}

@@ -34,3 +34,21 @@ func TestGemv(t *testing.T) {
 		})
 	}
 }
+
+func TestGemvRows(t *testing.T) {
+	for _, sz := range []struct{ rows, m, n int }{{1, 3, 5}, {4, 8, 8}, {5, 7, 17}, {9, 64, 64}, {32, 100, 33}} {
+		t.Run(fmt.Sprintf("%d×%dx%d", sz.rows, sz.m, sz.n), func(t *testing.T) {
+			a := lcgWeights(sz.m*sz.n, 1, 1)
+			x := lcgWeights(sz.rows*sz.n, 2, 1)
+			out := make([]float32, sz.rows*sz.m)
+			gemvRows(sz.rows, sz.m, sz.n, a, sz.n, x, sz.n, out, sz.m, make([]float32, 4*sz.m))
+			for r := range sz.rows {
+				want := make([]float32, sz.m)
+				gemvGo(sz.m, sz.n, a, sz.n, x[r*sz.n:(r+1)*sz.n], want)
+				if d := maxDiff(out[r*sz.m:(r+1)*sz.m], want); d > 1e-4 {
+					t.Fatalf("row %d differs by %g", r, d)
+				}
+			}
+		})
+	}
+}

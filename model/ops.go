@@ -705,9 +705,11 @@ func (g gemmK) run(in, out []*tens, sc *[]float32) error {
 	if g.transB && !g.transA {
 		// Row i of the result is B·A[i]: one matrix-vector product per row,
 		// the case of every Linear layer PyTorch exports.
-		tmp := growF(sc, n)
+		buf := growF(sc, m*n+4*n)
+		prod, y4 := buf[:m*n], buf[m*n:]
+		gemvRows(m, n, k, B.f, k, A.f, k, prod, n, y4)
 		for i := range m {
-			gemv(n, k, B.f, k, A.f[i*k:(i+1)*k], tmp)
+			tmp := prod[i*n : (i+1)*n]
 			row := o.f[i*n : (i+1)*n]
 			switch {
 			case beta == 0 && g.alpha == 1:

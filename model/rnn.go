@@ -189,12 +189,13 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		}
 	}
 	nh := N * Hd
-	buf := growF(sc, T*N*GH+N*GH+4*nh+4*Hd)
+	buf := growF(sc, T*N*GH+N*GH+4*nh+4*Hd+4*GH)
 	xw := buf[:T*N*GH]
 	hr := buf[T*N*GH : T*N*GH+N*GH]
 	rest := buf[T*N*GH+N*GH:]
 	h, c, tmp, hh := rest[:nh], rest[nh:2*nh], rest[2*nh:3*nh], rest[3*nh:4*nh]
 	gate := rest[4*nh : 4*nh+4*Hd]
+	y4 := rest[4*nh+4*Hd : 4*nh+4*Hd+4*GH]
 	for d := range D {
 		Wd := W.f[d*GH*I : (d+1)*GH*I]
 		Rd := R.f[d*GH*Hd : (d+1)*GH*Hd]
@@ -205,9 +206,7 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		}
 		// Input projections for every time step at once.
 		if I > 0 {
-			for r := range T * N {
-				gemv(GH, I, Wd, I, X.f[r*I:(r+1)*I], xw[r*GH:(r+1)*GH])
-			}
+			gemvRows(T*N, GH, I, Wd, I, X.f, I, xw, GH, y4)
 		} else {
 			clear(xw)
 		}
@@ -255,12 +254,12 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 			xt := xw[t*N*GH : (t+1)*N*GH]
 			switch k.cell {
 			case "GRU":
-				k.gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, N)
+				k.gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4, N)
 			case "LSTM":
-				matRows(h, Rd, hr, N, GH, Hd)
+				matRows(h, Rd, hr, N, GH, Hd, y4)
 				k.lstmStep(xt, hr, h, c, Pd, gate, N)
 			default:
-				matRows(h, Rd, hr, N, GH, Hd)
+				matRows(h, Rd, hr, N, GH, Hd, y4)
 				for j := range h {
 					h[j] = k.clipf(xt[j] + hr[j])
 				}
@@ -285,20 +284,18 @@ func (k *recurrentK) clipf(x float32) float32 {
 	return min(max(x, -k.clip), k.clip)
 }
 
-// matRows computes out[N, M] = h[N, K] · R[M, K]^T.
-func matRows(h, R, out []float32, N, M, K int) {
-	for n := range N {
-		gemv(M, K, R, K, h[n*K:(n+1)*K], out[n*M:(n+1)*M])
-	}
+// matRows computes out[N, M] = h[N, K] · R[M, K]^T; y4 is scratch of 4*M.
+func matRows(h, R, out []float32, N, M, K int, y4 []float32) {
+	gemvRows(N, M, K, R, K, h, K, out, M, y4)
 }
 
 // gruStep advances h by one time step. xt holds X·W^T plus biases for the
 // N batch rows, gates ordered z, r, h.
-func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate []float32, N int) {
+func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N int) {
 	Hd := k.hidden
 	GH := 3 * Hd
 	if k.lbr {
-		matRows(h, Rd, hr, N, GH, Hd)
+		matRows(h, Rd, hr, N, GH, Hd, y4)
 		zr, cand := gate[:2*Hd], gate[2*Hd:3*Hd]
 		for n := range N {
 			x := xt[n*GH : (n+1)*GH]
