@@ -131,18 +131,27 @@ func TestTrainGRULearnsCycle(t *testing.T) {
 		seqs = append(seqs, s)
 	}
 	train, test := seqs[:320], seqs[320:]
-	g, stats, err := TrainGRU(ctx, nil, train, 7, GRUConfig{Embedding: 8, Hidden: 16, Epochs: 15, Patience: 5, BatchSize: 16, LearningRate: 0.02, Seed: 1})
-	if err != nil {
-		t.Fatalf("TrainGRU: %v", err)
-	}
-	if stats.Epochs == 0 || stats.SequencesPerSecond <= 0 || stats.PeakMemoryBytes == 0 {
-		t.Errorf("stats = %+v, want epochs, throughput and memory", stats)
-	}
 	mk, _ := TrainMarkov(train, 7, MarkovConfig{})
-	gr, _ := Evaluate(ctx, "gru", g, test, EvalConfig{})
 	mr, _ := Evaluate(ctx, "markov1", mk, test, EvalConfig{})
-	if gr.RecallAt1 <= mr.RecallAt1+0.05 {
-		t.Errorf("gru Recall@1 %.3f, markov %.3f: want the gru clearly ahead", gr.RecallAt1, mr.RecallAt1)
+	for _, tc := range []struct {
+		name    string
+		full    bool
+		sampled int
+	}{{"full softmax", true, 0}, {"sampled softmax", false, 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, stats, err := TrainGRU(ctx, nil, train, 7, GRUConfig{Embedding: 8, Hidden: 16, Epochs: 15, Patience: 5,
+				BatchSize: 16, LearningRate: 0.02, LRDecay: 1, FullSoftmax: tc.full, Sampled: tc.sampled, Seed: 1})
+			if err != nil {
+				t.Fatalf("TrainGRU: %v", err)
+			}
+			if stats.Epochs == 0 || stats.SequencesPerSecond <= 0 || stats.PeakMemoryBytes == 0 {
+				t.Errorf("stats = %+v, want epochs, throughput and memory", stats)
+			}
+			gr, _ := Evaluate(ctx, "gru", g, test, EvalConfig{})
+			if gr.RecallAt1 <= mr.RecallAt1+0.05 {
+				t.Errorf("gru Recall@1 %.3f, markov %.3f: want the gru clearly ahead", gr.RecallAt1, mr.RecallAt1)
+			}
+		})
 	}
 }
 

@@ -25,7 +25,8 @@ type GRUConfig struct {
 	Epochs       int     // most passes over the training sessions [10]
 	Patience     int     // epochs without a better validation MRR@20 before stopping [2]
 	BatchSize    int     // sequences per step [64]
-	LearningRate float64 // Adam step size [0.005]
+	LearningRate float64 // Adam step size of the first epoch [0.005]
+	LRDecay      float64 // factor applied to the step size after each epoch [0.6]
 	ClipNorm     float64 // global gradient norm clip [5]
 	// Window is the longest training sequence: sessions are cut into
 	// windows of Window inputs, matching the service's history length
@@ -34,11 +35,14 @@ type GRUConfig struct {
 	// ValidationFraction of the training sessions (the last ones) is kept
 	// aside for early stopping [0.1].
 	ValidationFraction float64
-	// Sampled > 0 uses a sampled softmax with this many shared negative
-	// pages per step (drawn by popularity^0.75, with the logQ correction);
-	// 0 uses the full softmax.
+	// Sampled is the number of negative pages per step of the sampled
+	// softmax (drawn by popularity^0.75 and shared by the batch, whose own
+	// pages are candidates too, with the logQ correction) [512]. A
+	// vocabulary no larger than Sampled uses the full softmax.
 	Sampled int
-	Seed    uint64
+	// FullSoftmax trains with the softmax over the whole vocabulary.
+	FullSoftmax bool
+	Seed        uint64
 }
 
 func (c GRUConfig) withDefaults() GRUConfig {
@@ -53,8 +57,12 @@ func (c GRUConfig) withDefaults() GRUConfig {
 	def(&c.Patience, 2)
 	def(&c.BatchSize, 64)
 	def(&c.Window, DefaultMaxSeqLen)
+	def(&c.Sampled, 512)
 	if c.LearningRate == 0 {
 		c.LearningRate = 0.005
+	}
+	if c.LRDecay == 0 {
+		c.LRDecay = 0.6
 	}
 	if c.ClipNorm == 0 {
 		c.ClipNorm = 5
@@ -72,6 +80,8 @@ func (c GRUConfig) Validate() error {
 		return fmt.Errorf("gru sizes embedding %d, hidden %d outside 1..4096", c.Embedding, c.Hidden)
 	case c.Epochs < 0 || c.Patience < 0 || c.BatchSize < 0 || c.Window < 0 || c.Sampled < 0:
 		return fmt.Errorf("gru epochs, patience, batch size, window and sampled must not be negative")
+	case c.LRDecay < 0 || c.LRDecay > 1:
+		return fmt.Errorf("gru learning rate decay %v outside [0, 1]", c.LRDecay)
 	case c.LearningRate < 0 || math.IsNaN(c.LearningRate) || c.ClipNorm < 0:
 		return fmt.Errorf("gru learning rate %v and clip norm %v must not be negative", c.LearningRate, c.ClipNorm)
 	case c.ValidationFraction < 0 || c.ValidationFraction >= 1:
@@ -150,7 +160,7 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	opt := newAdam(&p, cfg.LearningRate)
 	work := &gruWork{}
 	var sampler *negSampler
-	if cfg.Sampled > 0 {
+	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
 		sampler = newNegSampler(seqs, vocabSize)
 	}
 	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows)}
@@ -186,6 +196,7 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 			opt.update(&p, &grad)
 			seen += b.B
 		}
+		opt.lr *= cfg.LRDecay
 		st := EpochStat{Epoch: epoch, TrainLoss: lossSum / float64(max(lossN, 1))}
 		if len(valSeqs) > 0 {
 			res, err := Evaluate(ctx, "validation", &GRU{p: p}, valSeqs, EvalConfig{MaxSeqLen: cfg.Window})

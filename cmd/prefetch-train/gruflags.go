@@ -9,7 +9,8 @@ import (
 // gruFlags are the GRU's command-line settings; zero means the trainer's default.
 type gruFlags struct {
 	embedding, hidden, epochs, patience, batch, sampled *int
-	lr                                                  *float64
+	lr, decay                                           *float64
+	full                                                *bool
 }
 
 func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
@@ -19,14 +20,16 @@ func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
 		epochs:    fs.Int("gru-epochs", 0, "most GRU training epochs (0: 10)"),
 		patience:  fs.Int("gru-patience", 0, "epochs without validation gain before stopping (0: 2)"),
 		batch:     fs.Int("gru-batch", 0, "GRU batch size (0: 64)"),
-		sampled:   fs.Int("gru-sampled", 0, "negatives of a sampled softmax (0: full softmax)"),
-		lr:        fs.Float64("gru-lr", 0, "Adam learning rate (0: 0.005)"),
+		sampled:   fs.Int("gru-sampled", 0, "negative pages per step of the sampled softmax (0: 512)"),
+		full:      fs.Bool("gru-full-softmax", false, "train with the full softmax instead of the sampled one"),
+		lr:        fs.Float64("gru-lr", 0, "Adam learning rate of the first epoch (0: 0.005)"),
+		decay:     fs.Float64("gru-lr-decay", 0, "learning rate factor after each epoch (0: 0.6)"),
 	}
 }
 
 func (g *gruFlags) config(seed uint64, window int) training.GRUConfig {
 	return training.GRUConfig{
 		Embedding: *g.embedding, Hidden: *g.hidden, Epochs: *g.epochs, Patience: *g.patience,
-		BatchSize: *g.batch, Sampled: *g.sampled, LearningRate: *g.lr, Window: window, Seed: seed,
+		BatchSize: *g.batch, Sampled: *g.sampled, FullSoftmax: *g.full, LearningRate: *g.lr, LRDecay: *g.decay, Window: window, Seed: seed,
 	}
 }
