@@ -8,13 +8,16 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/prefetchd/prefetchd/model"
 )
 
 // readSessions reads an SPMF session file: one session per line, pages
@@ -120,8 +123,9 @@ type benchSettings struct {
 	commitBatch   int
 }
 
-// bareLoop consumes n messages with a plain kafka-go group reader and batched
-// commits, and returns the time from the first message to the last.
+// bareLoop consumes n messages with a plain kafka-go group reader, without
+// decoding or committing (the most favourable baseline), and returns the
+// time from the first message to the last.
 func bareLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int) time.Duration {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -130,8 +134,8 @@ func bareLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int) 
 		MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait, QueueCapacity: s.queueCapacity,
 		SessionTimeout: 6 * time.Second, HeartbeatInterval: time.Second, StartOffset: kafka.FirstOffset})
 	defer r.Close()
-	last := map[int]kafka.Message{}
 	var start time.Time
+	var bytes int
 	for i := range n {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
@@ -140,26 +144,28 @@ func bareLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int) 
 		if i == 0 {
 			start = time.Now()
 		}
-		last[m.Partition] = m
-		if (i+1)%s.commitBatch == 0 || i == n-1 {
-			batch := make([]kafka.Message, 0, len(last))
-			for _, m := range last {
-				batch = append(batch, m)
-			}
-			if err := r.CommitMessages(ctx, batch...); err != nil {
-				tb.Fatalf("bare commit: %v", err)
-			}
-		}
+		bytes += len(m.Value)
+	}
+	if bytes == 0 {
+		tb.Fatal("empty messages")
 	}
 	return time.Since(start)
 }
 
-// historyHandler is the engine's work without the model: canonicalize, map
-// to a vocabulary index, append to the history.
+// stepper is the step form of a model bundle (*model.Bundle).
+type stepper interface {
+	Step(ctx context.Context, pageID int64, state []float32, dst []float32) (probs, newState []float32, err error)
+}
+
+// historyHandler is the engine's work: canonicalize, map to a vocabulary
+// index, append to the history and, when model is set, run the model's step
+// form on the click and store the new recurrent state.
 type historyHandler struct {
 	canon *Canonicalizer
 	vocab Vocabulary
 	hist  *Histories
+	model stepper
+	bufs  sync.Pool // *handlerBuf
 	n     atomic.Int64
 	first atomic.Int64
 	last  atomic.Int64
@@ -167,10 +173,26 @@ type historyHandler struct {
 	done  chan struct{}
 }
 
+type handlerBuf struct {
+	rec   Record
+	probs []float32
+}
+
 func (h *historyHandler) HandleEvent(ctx context.Context, ev Event, msg Meta) error {
-	var rec Record
+	buf, _ := h.bufs.Get().(*handlerBuf)
+	if buf == nil {
+		buf = new(handlerBuf)
+	}
+	defer h.bufs.Put(buf)
+	rec := &buf.rec
 	err := h.hist.Append(ctx, ev.UserID, Click{Page: h.canon.Index(h.vocab, ev.Page), TS: ev.TS,
-		Partition: msg.Partition, Offset: msg.Offset}, &rec)
+		Partition: msg.Partition, Offset: msg.Offset}, rec)
+	if err == nil && h.model != nil {
+		buf.probs, rec.State, err = h.model.Step(ctx, int64(rec.Pages[len(rec.Pages)-1]), rec.State, buf.probs)
+		if err == nil {
+			err = h.hist.Save(ctx, ev.UserID, rec)
+		}
+	}
 	now := time.Now().UnixNano()
 	h.first.CompareAndSwap(0, now)
 	if h.n.Add(1) == h.want {
@@ -182,14 +204,14 @@ func (h *historyHandler) HandleEvent(ctx context.Context, ev Event, msg Meta) er
 
 // consumerLoop consumes n messages through Consumer into Histories and
 // returns the time from the first event to the last.
-func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int, vocab Vocabulary) time.Duration {
+func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int, vocab Vocabulary, model stepper) time.Duration {
 	tb.Helper()
 	hist, err := NewHistories(HistoryConfig{MaxLen: 20}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	canon, _ := NewCanonicalizer(CanonicalizerConfig{})
-	h := &historyHandler{canon: canon, vocab: vocab, hist: hist, want: int64(n), done: make(chan struct{})}
+	h := &historyHandler{canon: canon, vocab: vocab, hist: hist, model: model, want: int64(n), done: make(chan struct{})}
 	c, err := NewConsumer(ConsumerConfig{Brokers: []string{addr}, Topic: topic, GroupID: group,
 		Workers: s.workers, MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait,
 		QueueCapacity: s.queueCapacity, CommitBatch: s.commitBatch, SessionTimeout: 6 * time.Second,
@@ -237,24 +259,59 @@ func BenchmarkIngestNASA(b *testing.B) {
 	const topic = "nasa"
 	br := kafkatest.Start(b, topic)
 	produceAll(b, br.Addr(), topic, msgs)
-	settings := []benchSettings{
-		{name: "fetch10MiB", minBytes: 1, maxBytes: 10 << 20, maxWait: 250 * time.Millisecond, queueCapacity: 1000, workers: 2, commitBatch: 5000},
+	bundle, err := model.LoadBundle("testdata/gru-step")
+	if err != nil {
+		b.Fatalf("load model: %v", err)
+	}
+	if !bundle.HasStep() {
+		b.Fatal("test model has no step form")
+	}
+	fetch := benchSettings{minBytes: 1, maxBytes: 10 << 20, maxWait: 250 * time.Millisecond, queueCapacity: 1000, workers: 2, commitBatch: 5000}
+	if w, _ := strconv.Atoi(os.Getenv("INGEST_BENCH_WORKERS")); w > 0 {
+		fetch.workers = w
+	}
+	cases := []struct {
+		name  string
+		s     benchSettings
+		vocab Vocabulary
+		model stepper
+	}{
+		{name: "histories", s: fetch, vocab: vocab},
+		{name: "model-step", s: fetch, vocab: bundle.Vocab(), model: bundle},
 	}
 	group := 0
-	for _, s := range settings {
-		b.Run(s.name, func(b *testing.B) {
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
-			var bare, cons time.Duration
+			var bare, cons, bareCPU, consCPU time.Duration
 			for b.Loop() {
 				group++
-				bare += bareLoop(b, br.Addr(), topic, fmt.Sprintf("bare-%d", group), s, len(msgs))
-				cons += consumerLoop(b, br.Addr(), topic, fmt.Sprintf("consumer-%d", group), s, len(msgs), vocab)
+				c0 := cpuTime()
+				bare += bareLoop(b, br.Addr(), topic, fmt.Sprintf("bare-%d", group), tc.s, len(msgs))
+				c1 := cpuTime()
+				cons += consumerLoop(b, br.Addr(), topic, fmt.Sprintf("consumer-%d", group), tc.s, len(msgs), tc.vocab, tc.model)
+				c2 := cpuTime()
+				bareCPU += c1 - c0
+				consCPU += c2 - c1
 			}
 			n := float64(b.N * len(msgs))
 			b.ReportMetric(n/bare.Seconds(), "bare-events/s")
 			b.ReportMetric(n/cons.Seconds(), "events/s")
 			b.ReportMetric(bare.Seconds()/cons.Seconds(), "ratio")
+			// CPU time of the whole process (broker included) per event: less
+			// sensitive than wall time to other load on the machine.
+			b.ReportMetric(float64(bareCPU.Nanoseconds())/n, "bare-cpu-ns/event")
+			b.ReportMetric(float64(consCPU.Nanoseconds())/n, "cpu-ns/event")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// cpuTime is the user and system CPU time of this process.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -319,7 +319,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer cancel()
 
 	var wg sync.WaitGroup
-	queues := make([]chan job, c.cfg.Workers)
+	// With one worker the fetch loop handles events itself.
+	var queues []chan job
+	if c.cfg.Workers > 1 {
+		queues = make([]chan job, c.cfg.Workers)
+	}
 	for i := range queues {
 		queues[i] = make(chan job, c.cfg.WorkerQueue)
 		wg.Go(func() { c.work(ctx, queues[i]) })
@@ -367,6 +371,14 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []chan job) error {
 		seq, dup := c.track.add(msg.Partition, msg.Offset, msg.HighWaterMark)
 		if dup {
 			c.m.duplicates.Inc()
+			continue
+		}
+		if len(queues) == 0 {
+			// One worker: handle inline, no hand-off between goroutines.
+			j := job{msg: msg, seq: seq}
+			if c.process(ctx, j) {
+				c.markDone(j.msg.Partition, j.seq)
+			}
 			continue
 		}
 		q := queues[workerOf(msg.Key, msg.Partition, len(queues))]

@@ -3,6 +3,7 @@ package features
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -356,7 +357,7 @@ func (h *Histories) insert(s *shard, user string, now int64) int32 {
 	} else {
 		i = int32(len(s.slots))
 		s.slots = append(s.slots, slot{})
-		s.pages = append(s.pages, make([]int32, h.cfg.MaxLen)...)
+		s.pages = slices.Grow(s.pages, h.cfg.MaxLen)[:len(s.pages)+h.cfg.MaxLen]
 	}
 	user = strings.Clone(user) // do not retain the decoded message the id was sliced from
 	s.slots[i] = slot{user: user, touched: now, offset: -1, prev: -1, next: -1}
