@@ -396,9 +396,10 @@ func (b *Bundle) PredictOne(ctx context.Context, history []int64, dst []float32)
 }
 
 // Step feeds one click to the step form. state is the user's recurrent
-// state from the previous Step (nil or empty for a new session: the zero
-// state); when it has StateSize elements it is updated in place and
-// returned as newState, otherwise a new slice is returned. Probabilities go
+// state from the previous Step, or empty for a new session (the zero state).
+// A state of StateSize elements is updated in place and returned as
+// newState; an empty one is grown within its capacity when it can be, else
+// newly allocated. Probabilities go
 // to dst (grown when needed). A session fed click by click from the zero
 // state scores like Predict on the whole history (up to MaxSeqLen). It
 // returns an error wrapping ErrUnsupported when the bundle has no step form.
@@ -413,9 +414,12 @@ func (b *Bundle) Step(ctx context.Context, pageID int64, state []float32, dst []
 		return dst, state, fmt.Errorf("step: %w: page index %d outside the vocabulary of %d", ErrBadInput, pageID, b.vsize)
 	}
 	n := b.StateSize()
-	switch len(state) {
-	case n:
-	case 0:
+	switch {
+	case len(state) == n:
+	case len(state) == 0 && cap(state) >= n:
+		state = state[:n]
+		clear(state)
+	case len(state) == 0:
 		state = make([]float32, n)
 	default:
 		return dst, state, fmt.Errorf("step: %w: state has %d values, want %d", ErrBadInput, len(state), n)

@@ -9,7 +9,7 @@ import (
 	"gonum.org/v1/gonum/blas/gonum"
 )
 
-// SupportedOps lists the ONNX operators (default domain) the runtime executes.
+// supportedOps lists the ONNX operators (default domain) the runtime executes.
 var supportedOps = []string{
 	"Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Div", "Flatten", "GRU", "Gather",
 	"Gemm", "Identity", "LSTM", "LogSoftmax", "MatMul", "Mul", "RNN", "Relu", "Reshape", "Shape",

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -26,18 +27,23 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	err := run(ctx, os.Args[1:], os.Stdout)
 	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// exitCode reports err and maps it to the process status: 0 on success, 2
+// for a usage error, 1 otherwise (including a verification above tolerance).
+func exitCode(err error, stderr io.Writer) int {
 	switch {
 	case err == nil:
+		return 0
 	case errors.Is(err, flag.ErrHelp):
-		os.Exit(2)
-	default:
-		fmt.Fprintln(os.Stderr, "prefetch-model:", err)
-		if errors.Is(err, errUsage) {
-			os.Exit(2)
-		}
-		os.Exit(1)
+		return 2
 	}
+	fmt.Fprintln(stderr, "prefetch-model:", err)
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,5 +68,26 @@ func TestRun(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	tests := []struct {
+		err  error
+		want int
+	}{
+		{nil, 0},
+		{errUsage, 2},
+		{fmt.Errorf("wrapped: %w", errTolerance), 1},
+		{os.ErrNotExist, 1},
+	}
+	for _, tt := range tests {
+		var stderr bytes.Buffer
+		if got := exitCode(tt.err, &stderr); got != tt.want {
+			t.Errorf("exitCode(%v) = %d, want %d", tt.err, got, tt.want)
+		}
+		if (tt.err != nil) != (stderr.Len() > 0) {
+			t.Errorf("exitCode(%v) wrote %q", tt.err, stderr.String())
+		}
 	}
 }
