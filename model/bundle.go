@@ -174,6 +174,9 @@ func (b *Bundle) checkContract() error {
 	if len(p.inputs) != 1 || p.inputs[0].Name != InputPageIDs || p.inputs[0].DType != "int64" || (p.inputs[0].ranked && len(p.inputs[0].Dims) != 2) {
 		return fmt.Errorf("%w: %s must have exactly one input %q int64 [batch, seq], has %v", ErrContract, ModelFile, InputPageIDs, b.seq.Info().Inputs)
 	}
+	if d := p.inputs[0].Dims; len(d) == 2 && (d[0] >= 0 || d[1] >= 0) {
+		return fmt.Errorf("%w: %s input %q has fixed shape %v; batch and seq must be dynamic (export with dynamic_axes)", ErrContract, ModelFile, InputPageIDs, d)
+	}
 	out, err := b.scoresOutput(p, ModelFile)
 	if err != nil {
 		return err

@@ -243,6 +243,16 @@ func TestLoadBundleFSMarkov(t *testing.T) {
 	}
 }
 
+func TestLoadBundleFSStaticShape(t *testing.T) {
+	g := markovGraph(4, make([]float32, 16))
+	g.inputs[0].dims = []any{int64(1), int64(5)}
+	fsys := markovFS(t, "")
+	fsys["m/model.onnx"].Data = g.encode()
+	if _, err := LoadBundleFS(fsys, "m"); !errors.Is(err, ErrContract) || !strings.Contains(err.Error(), "dynamic") {
+		t.Fatalf("LoadBundleFS with a fixed-shape input: %v, want ErrContract about dynamic axes", err)
+	}
+}
+
 func TestPredictCanceled(t *testing.T) {
 	b, err := LoadBundleFS(markovFS(t, ""), "m")
 	if err != nil {

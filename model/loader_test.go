@@ -182,6 +182,9 @@ func FuzzParseModel(f *testing.F) {
 		f.Add(data)
 	}
 	f.Add(markovGraph(3, make([]float32, 9)).encode())
+	seq, step := gruGraphs(6, 3, 2)
+	f.Add(seq.encode())
+	f.Add(step.encode())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := ParseModel(data)
 		if err != nil {
