@@ -1,64 +1,94 @@
 package prefetch
 
 // keyTable is the Warmer's memory of its keys: which are queued or being
-// written (in flight) and until when each key it wrote stays warm. Expiries
-// come in nearly the order keys are written (one TTL, a wall clock), so a
-// ring in write order finds the expired and the oldest keys. It holds at
-// most max written keys plus the keys in flight, which the queue bounds.
-// Not safe for concurrent use.
+// written (in flight) and until when each key it wrote stays warm. Keys live
+// in slots so that a page in flight carries its slot and the writer updates
+// it without hashing the key again. Expiries come in nearly the order keys
+// are written (one TTL, a wall clock), so a ring in write order finds the
+// expired and the oldest keys. It holds at most max written keys plus the
+// keys in flight, which the queue bounds. Not safe for concurrent use.
 type keyTable struct {
 	max     int
-	state   map[string]int64 // key -> expiry in Unix nanoseconds, or inFlight
-	ring    []ringEntry      // written keys in write order; an entry is stale once state disagrees
+	index   map[string]int32 // key -> slot
+	slots   []keySlot
+	free    []int32
+	ring    []ringEntry // written slots in write order; stale once the slot changed
 	head    int
-	written int // entries in state that are not in flight
+	written int // slots written and not in flight
+}
+
+type keySlot struct {
+	key string
+	at  int64  // expiry in Unix nanoseconds, or inFlight
+	gen uint32 // bumped when the slot is released
 }
 
 type ringEntry struct {
-	key string
-	at  int64
+	slot int32
+	gen  uint32
+	at   int64
 }
 
 // inFlight marks a key queued or being written.
 const inFlight = int64(-1)
 
+// noSlot is lookup's answer for an unknown key.
+const noSlot = int32(-1)
+
 func newKeyTable(max int) *keyTable {
-	return &keyTable{max: max, state: make(map[string]int64)}
+	return &keyTable{max: max, index: make(map[string]int32)}
 }
 
-// lookup returns the key's expiry (0 when unknown) and whether it is in flight.
-func (t *keyTable) lookup(key string) (expires int64, flying bool) {
-	v, ok := t.state[key]
+// lookup returns key's slot (noSlot when unknown), its expiry (0 when
+// unknown or in flight) and whether it is in flight.
+func (t *keyTable) lookup(key string) (slot int32, expires int64, flying bool) {
+	i, ok := t.index[key]
 	if !ok {
-		return 0, false
+		return noSlot, 0, false
 	}
-	if v == inFlight {
-		return 0, true
+	if at := t.slots[i].at; at != inFlight {
+		return i, at, false
 	}
-	return v, false
+	return i, 0, true
 }
 
-// start marks key in flight.
-func (t *keyTable) start(key string) {
-	if v, ok := t.state[key]; ok && v != inFlight {
-		t.written--
+// start marks key in flight and returns its slot; slot is what lookup
+// returned for key.
+func (t *keyTable) start(key string, slot int32) int32 {
+	if slot != noSlot {
+		s := &t.slots[slot]
+		if s.at != inFlight {
+			t.written--
+		}
+		s.at = inFlight
+		return slot
 	}
-	t.state[key] = inFlight
+	if n := len(t.free); n > 0 {
+		slot = t.free[n-1]
+		t.free = t.free[:n-1]
+	} else {
+		slot = int32(len(t.slots))
+		t.slots = append(t.slots, keySlot{})
+	}
+	t.slots[slot].key, t.slots[slot].at = key, inFlight
+	t.index[key] = slot
+	return slot
 }
 
 // abort forgets a key in flight that was not written.
-func (t *keyTable) abort(key string) {
-	if v, ok := t.state[key]; ok && v == inFlight {
-		delete(t.state, key)
+func (t *keyTable) abort(slot int32) {
+	if t.slots[slot].at == inFlight {
+		t.release(slot)
 	}
 }
 
-// done records that key, which is in flight, is warm until at (Unix
-// nanoseconds).
-func (t *keyTable) done(key string, at int64) {
+// done records that the key in flight in slot is warm until at (Unix
+// nanoseconds), forgetting the oldest keys beyond max.
+func (t *keyTable) done(slot int32, at int64) {
+	s := &t.slots[slot]
+	s.at = at
 	t.written++
-	t.state[key] = at
-	t.ring = append(t.ring, ringEntry{key: key, at: at})
+	t.ring = append(t.ring, ringEntry{slot: slot, gen: s.gen, at: at})
 	for t.written > t.max && t.pop(func(int64) bool { return true }) {
 	}
 }
@@ -77,9 +107,9 @@ func (t *keyTable) pop(ok func(at int64) bool) bool {
 		return false
 	}
 	e := t.ring[t.head]
-	if v, found := t.state[e.key]; found && v == e.at {
-		delete(t.state, e.key)
+	if s := &t.slots[e.slot]; s.gen == e.gen && s.at == e.at {
 		t.written--
+		t.release(e.slot)
 	}
 	t.ring[t.head] = ringEntry{}
 	t.head++
@@ -87,14 +117,22 @@ func (t *keyTable) pop(ok func(at int64) bool) bool {
 		t.ring, t.head = t.ring[:0], 0
 	} else if t.head > 1024 && t.head > len(t.ring)/2 {
 		n := copy(t.ring, t.ring[t.head:])
-		clear(t.ring[n:])
 		t.ring, t.head = t.ring[:n], 0
 	}
 	return true
+}
+
+// release frees a slot and forgets its key.
+func (t *keyTable) release(slot int32) {
+	s := &t.slots[slot]
+	delete(t.index, s.key)
+	s.key, s.at = "", 0
+	s.gen++
+	t.free = append(t.free, slot)
 }
 
 // Len is the number of written keys remembered.
 func (t *keyTable) Len() int { return t.written }
 
 // flying is the number of keys in flight.
-func (t *keyTable) flying() int { return len(t.state) - t.written }
+func (t *keyTable) flying() int { return len(t.index) - t.written }

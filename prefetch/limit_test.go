@@ -118,42 +118,71 @@ func TestBreaker(t *testing.T) {
 
 func TestKeyTable(t *testing.T) {
 	kt := newKeyTable(3)
-	kt.start("a")
-	if _, flying := kt.lookup("a"); !flying {
-		t.Fatal("a not in flight after start")
+	// start and done as the Warmer calls them.
+	write := func(key string, at int64) {
+		t.Helper()
+		slot, _, flying := kt.lookup(key)
+		if flying {
+			t.Fatalf("%s already in flight", key)
+		}
+		slot = kt.start(key, slot)
+		if _, _, flying := kt.lookup(key); !flying {
+			t.Fatalf("%s not in flight after start", key)
+		}
+		kt.done(slot, at)
 	}
-	kt.done("a", 10)
-	kt.start("b")
-	kt.done("b", 20)
-	kt.start("c")
-	kt.abort("c")
-	if exp, flying := kt.lookup("c"); exp != 0 || flying {
-		t.Fatalf("aborted key: expiry %d flying %v", exp, flying)
+	write("a", 10)
+	write("b", 20)
+	slot, _, _ := kt.lookup("c")
+	kt.abort(kt.start("c", slot))
+	if slot, exp, flying := kt.lookup("c"); slot != noSlot || exp != 0 || flying {
+		t.Fatalf("aborted key: slot %d expiry %d flying %v", slot, exp, flying)
 	}
-	// Rewriting a after it expired leaves a stale ring entry behind.
 	kt.expire(10)
-	if exp, _ := kt.lookup("a"); exp != 0 {
+	if _, exp, _ := kt.lookup("a"); exp != 0 {
 		t.Fatalf("a still remembered until %d after expiring", exp)
 	}
-	kt.start("a")
-	kt.done("a", 30)
-	kt.start("d")
-	kt.done("d", 40)
-	kt.start("e")
-	kt.done("e", 50) // over max 3: b (oldest) is forgotten
-	if exp, _ := kt.lookup("b"); exp != 0 {
+	write("a", 30)
+	write("d", 40)
+	write("e", 50) // over max 3: b (oldest) is forgotten
+	if _, exp, _ := kt.lookup("b"); exp != 0 {
 		t.Fatalf("b remembered past the cap")
 	}
 	if kt.Len() != 3 || kt.flying() != 0 {
 		t.Fatalf("Len %d flying %d, want 3 and 0", kt.Len(), kt.flying())
 	}
 	for key, want := range map[string]int64{"a": 30, "d": 40, "e": 50} {
-		if exp, _ := kt.lookup(key); exp != want {
+		if _, exp, _ := kt.lookup(key); exp != want {
 			t.Errorf("%s expires %d, want %d", key, exp, want)
 		}
 	}
 	kt.expire(100)
-	if kt.Len() != 0 || len(kt.state) != 0 || len(kt.ring) != 0 {
-		t.Fatalf("after everything expired: Len %d state %d ring %d", kt.Len(), len(kt.state), len(kt.ring))
+	if kt.Len() != 0 || len(kt.index) != 0 || len(kt.ring) != 0 {
+		t.Fatalf("after everything expired: Len %d index %d ring %d", kt.Len(), len(kt.index), len(kt.ring))
+	}
+	if len(kt.slots) > 4 {
+		t.Fatalf("%d slots for at most 4 keys at once; slots are not reused", len(kt.slots))
+	}
+}
+
+func TestKeyTableRewriteExpired(t *testing.T) {
+	kt := newKeyTable(10)
+	kt.done(kt.start("x", noSlot), 5)
+	slot, exp, _ := kt.lookup("x") // expired at 10 but still remembered
+	if exp != 5 {
+		t.Fatalf("x expires %d, want 5", exp)
+	}
+	slot = kt.start("x", slot)
+	if kt.Len() != 0 || kt.flying() != 1 {
+		t.Fatalf("rewriting: Len %d flying %d, want 0 and 1", kt.Len(), kt.flying())
+	}
+	kt.done(slot, 20)
+	kt.expire(10) // pops the stale entry of the first write only
+	if _, exp, _ := kt.lookup("x"); exp != 20 || kt.Len() != 1 {
+		t.Fatalf("after expiring the first write: x expires %d, Len %d; want 20 and 1", exp, kt.Len())
+	}
+	kt.expire(20)
+	if kt.Len() != 0 || len(kt.index) != 0 {
+		t.Fatalf("after the second write expired: Len %d, index %d", kt.Len(), len(kt.index))
 	}
 }

@@ -298,6 +298,7 @@ type Warmer struct {
 // item is one page on its way to Redis.
 type item struct {
 	key     string
+	slot    int32 // in the key table
 	user    string
 	page    string
 	prob    float32
@@ -407,7 +408,7 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 			continue
 		}
 		key := w.key.render(req.UserID, p.Key)
-		exp, flying := w.keys.lookup(key)
+		slot, exp, flying := w.keys.lookup(key)
 		if flying {
 			w.m.skippedCoalesced.Inc()
 			continue
@@ -424,14 +425,14 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 			w.m.drop(dropGlobalRate, 1)
 			continue
 		}
-		it := item{key: key, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: at}
-		select {
-		case w.queue <- it:
-			w.keys.start(key)
-			queued++
-		default:
+		if len(w.queue) == cap(w.queue) {
 			w.m.drop(dropQueueFull, 1)
+			continue
 		}
+		// Only Warm sends, under mu: the send below cannot block.
+		slot = w.keys.start(key, slot)
+		w.queue <- item{key: key, slot: slot, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: at}
+		queued++
 	}
 	return queued
 }
@@ -563,7 +564,7 @@ func (w *Warmer) flush(ctx context.Context) {
 		if fctx.Err() != nil {
 			w.m.drop(dropShutdown, len(batch))
 			for _, it := range batch {
-				w.finish(it.key)
+				w.finish(it.slot)
 			}
 			continue
 		}
@@ -571,10 +572,10 @@ func (w *Warmer) flush(ctx context.Context) {
 	}
 }
 
-// finish forgets that key is in flight.
-func (w *Warmer) finish(key string) {
+// finish forgets that the key in slot is in flight.
+func (w *Warmer) finish(slot int32) {
 	w.mu.Lock()
-	w.keys.abort(key)
+	w.keys.abort(slot)
 	w.mu.Unlock()
 }
 
@@ -666,13 +667,13 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	w.keys.expire(now.UnixNano())
 	for i, it := range batch {
 		if values[i] == nil {
-			w.keys.abort(it.key)
+			w.keys.abort(it.slot)
 			continue
 		}
 		cmd := cmds[i]
 		if cmd == nil { // ctx ended before the write
 			w.m.drop(dropCanceled, 1)
-			w.keys.abort(it.key)
+			w.keys.abort(it.slot)
 			values[i] = nil
 			continue
 		}
@@ -683,17 +684,17 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 			if firstErr == nil {
 				firstErr = err
 			}
-			w.keys.abort(it.key)
+			w.keys.abort(it.slot)
 			values[i] = nil
 		case set:
 			written++
 			bytes += len(values[i])
-			w.keys.done(it.key, expires)
+			w.keys.done(it.slot, expires)
 		default:
 			// Someone else holds the key (another instance, or ours after
 			// the local memory forgot it): it is warm, leave it alone.
 			exists++
-			w.keys.done(it.key, expires)
+			w.keys.done(it.slot, expires)
 			values[i] = nil
 		}
 	}
