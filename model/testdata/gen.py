@@ -116,3 +116,5 @@ if __name__ == "__main__":
     export("rnn2relu-logits-opset11", "rnn", 11, 90, 8, 12, 2, False, False, nonlinearity="relu")
     export("gru2-probs-opset11", "gru", 11, 130, 10, 18, 2, True, True)
     export("gru-bidir-logits-opset15", "gru", 15, 80, 8, 10, 1, False, False, bidirectional=True)
+    export("lstm3-probs-opset14", "lstm", 14, 60, 6, 10, 3, True, True)
+    export("gru-v1000-logits-opset16", "gru", 16, 1000, 8, 8, 1, False, False)
