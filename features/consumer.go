@@ -207,6 +207,8 @@ type Consumer struct {
 	dlq     *kafka.Writer
 	track   *tracker
 
+	dlqTransport *kafka.Transport
+
 	commitNow chan struct{}
 	dlqQueue  chan deadLetter
 
@@ -280,9 +282,11 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 		}),
 	})
 	if cfg.DeadLetterTopic != "" {
-		var transport kafka.RoundTripper
+		// An own transport (not kafka-go's process-wide default) so that Close
+		// can release its connections.
+		c.dlqTransport = &kafka.Transport{}
 		if cfg.Dialer != nil {
-			transport = &kafka.Transport{Dial: cfg.Dialer.DialFunc, TLS: cfg.Dialer.TLS, SASL: cfg.Dialer.SASLMechanism}
+			c.dlqTransport = &kafka.Transport{Dial: cfg.Dialer.DialFunc, TLS: cfg.Dialer.TLS, SASL: cfg.Dialer.SASLMechanism}
 		}
 		c.dlq = &kafka.Writer{
 			Addr:                   kafka.TCP(cfg.Brokers...),
@@ -293,7 +297,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 			AllowAutoTopicCreation: true,
 			MaxAttempts:            3,
 			WriteTimeout:           5 * time.Second,
-			Transport:              transport,
+			Transport:              c.dlqTransport,
 		}
 		c.dlqQueue = make(chan deadLetter, 1024)
 	}
@@ -619,6 +623,7 @@ func (c *Consumer) Close() error {
 	err := c.reader.Close()
 	if c.dlq != nil {
 		err = errors.Join(err, c.dlq.Close())
+		c.dlqTransport.CloseIdleConnections()
 	}
 	if err != nil {
 		return fmt.Errorf("close consumer: %w", err)
