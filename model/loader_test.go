@@ -143,12 +143,14 @@ func TestParseModelCorrupt(t *testing.T) {
 }
 
 // TestTensorUsedTwice covers a node that reads one value at two inputs,
-// which onnx-go reports as a single graph edge.
+// which onnx-go reports as a single graph edge, and a graph output that is
+// also an input of another node.
 func TestTensorUsedTwice(t *testing.T) {
 	g := tGraph{opset: 13,
 		inits:   [][]byte{tFloatTensor("emb", []int64{3, 2}, []float32{0, 0, 1, 2, 3, 4}), tFloatTensor("w", []int64{2}, []float32{10, 100})},
 		inputs:  []tValue{{name: "page_ids", elem: onnxInt64, dims: []any{"batch", "seq"}}},
-		outputs: []tValue{{name: "y", elem: onnxFloat}},
+		// "m" is a graph output that is also consumed inside the graph.
+		outputs: []tValue{{name: "y", elem: onnxFloat}, {name: "m", elem: onnxFloat}},
 		nodes: []tNode{
 			{op: "Gather", name: "embed", in: []string{"emb", "page_ids"}, out: []string{"e"}},
 			{op: "Sub", name: "twice", in: []string{"e", "e"}, out: []string{"z"}},
@@ -169,6 +171,9 @@ func TestTensorUsedTwice(t *testing.T) {
 	want := []float32{10, 200, 30, 400}
 	if d := maxDiff(res["y"].Float32, want); d != 0 {
 		t.Fatalf("y = %v, want %v", res["y"].Float32, want)
+	}
+	if d := maxDiff(res["m"].Float32, want); d != 0 {
+		t.Fatalf("m = %v, want %v", res["m"].Float32, want)
 	}
 }
 
