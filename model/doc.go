@@ -8,8 +8,9 @@
 // describes it.
 //
 // ONNX files are decoded with onnx-go into this package's own backend, which
-// compiles the graph into a plan of plain-Go kernels (gonum BLAS for the
-// matrix products). The supported operators are those PyTorch emits for
+// compiles the graph into a plan of plain-Go kernels (small AVX2/FMA kernels
+// for the matrix-vector products and exponentials, gonum BLAS elsewhere and
+// on CPUs without them). The supported operators are those PyTorch emits for
 // Embedding → GRU/LSTM/RNN → Linear → Softmax, plus the Markov lookup graph
 // of the trainer; anything else is refused at load time. Loaded models and
 // bundles are immutable and safe for concurrent use.
