@@ -147,8 +147,8 @@ func TestParseModelCorrupt(t *testing.T) {
 // also an input of another node.
 func TestTensorUsedTwice(t *testing.T) {
 	g := tGraph{opset: 13,
-		inits:   [][]byte{tFloatTensor("emb", []int64{3, 2}, []float32{0, 0, 1, 2, 3, 4}), tFloatTensor("w", []int64{2}, []float32{10, 100})},
-		inputs:  []tValue{{name: "page_ids", elem: onnxInt64, dims: []any{"batch", "seq"}}},
+		inits:  [][]byte{tFloatTensor("emb", []int64{3, 2}, []float32{0, 0, 1, 2, 3, 4}), tFloatTensor("w", []int64{2}, []float32{10, 100})},
+		inputs: []tValue{{name: "page_ids", elem: onnxInt64, dims: []any{"batch", "seq"}}},
 		// "m" is a graph output that is also consumed inside the graph.
 		outputs: []tValue{{name: "y", elem: onnxFloat}, {name: "m", elem: onnxFloat}},
 		nodes: []tNode{
