@@ -81,14 +81,6 @@ func (t *tens) reshape(dt dtype, shape ...int) error {
 	return nil
 }
 
-// clone returns a deep copy that owns its buffers.
-func (t *tens) clone() *tens {
-	c := &tens{dt: t.dt, shape: append([]int(nil), t.shape...)}
-	c.f = append([]float32(nil), t.f...)
-	c.i = append([]int64(nil), t.i...)
-	return c
-}
-
 // ints returns the tensor's values as int64 (for shape-like inputs).
 func (t *tens) ints() ([]int64, error) {
 	if t.dt != dtInt {

@@ -3,7 +3,6 @@ package model
 import (
 	"errors"
 	"fmt"
-	"math"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -636,15 +635,4 @@ func dtypeName(t int64) string {
 	default:
 		return fmt.Sprintf("dtype(%d)", t)
 	}
-}
-
-// f32 converts a float64 attribute value without overflow surprises.
-func f32(x float64) float32 {
-	if x > math.MaxFloat32 {
-		return float32(math.Inf(1))
-	}
-	if x < -math.MaxFloat32 {
-		return float32(math.Inf(-1))
-	}
-	return float32(x)
 }
