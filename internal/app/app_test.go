@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -63,30 +62,12 @@ func TestEndToEnd(t *testing.T) {
 	rs := redistest.Start(t)
 	kb := kafkatest.Start(t, "clicks")
 
-	cfg := Default()
-	cfg.KafkaBrokers = []string{kb.Addr()}
-	cfg.RedisAddr = rs.Addr()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.AdminListen = "127.0.0.1:0"
-	cfg.Replay = ReplayNone
+	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
 	cfg.Threshold = float64(prob) * 0.99
 	cfg.TTL = time.Minute
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	ready := make(chan Addrs, 1)
-	done := make(chan error, 1)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	go func() { done <- RunWith(runCtx, cfg, logger, Options{Ready: func(a Addrs) { ready <- a }}) }()
-	var addrs Addrs
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("service stopped before serving: %v", err)
-	case <-ctx.Done():
-		t.Fatal("service did not start")
-	}
+	svc := startService(t, cfg, 90*time.Second)
+	ctx, addrs := svc.ctx, svc.addrs
 
 	// A malformed event first: it must be skipped without blocking the
 	// partition (same key, so same partition as the good click).
@@ -159,15 +140,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("/healthz = %q", body)
 	}
 
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run after cancel: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return within 30s of cancel")
-	}
+	svc.shutdown(t)
 }
 
 // TestEmbeddedDefaults runs the service as `make run` does, on ephemeral
@@ -180,20 +153,8 @@ func TestEmbeddedDefaults(t *testing.T) {
 	cfg.ReplayRate = 2000
 	cfg.Threshold = 0.3
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	ready := make(chan Addrs, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- RunWith(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Ready: func(a Addrs) { ready <- a }})
-	}()
-	var addrs Addrs
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("service stopped before serving: %v", err)
-	}
+	svc := startService(t, cfg, 90*time.Second)
+	ctx, addrs := svc.ctx, svc.addrs
 	for {
 		m := httpGet(t, ctx, "http://"+addrs.Admin+"/metrics")
 		if n := metricSum(m, "prefetchd_prefetch_issued_total"); n >= 10 {
@@ -205,10 +166,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	stop()
-	if err := <-done; err != nil {
-		t.Fatalf("Run after cancel: %v", err)
-	}
+	svc.shutdown(t)
 }
 
 func httpGet(t *testing.T, ctx context.Context, url string) string {

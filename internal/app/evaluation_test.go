@@ -3,8 +3,6 @@ package app
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"math"
 	"strconv"
 	"testing"
@@ -54,29 +52,13 @@ func TestOnlineEvaluationMatchesOffline(t *testing.T) {
 
 	rs := redistest.Start(t)
 	kb := kafkatest.Start(t, "clicks")
-	cfg := Default()
-	cfg.KafkaBrokers = []string{kb.Addr()}
-	cfg.RedisAddr = rs.Addr()
-	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Replay = ReplayNone
+	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
 	cfg.Threshold, cfg.K = threshold, k
 	cfg.TTL = time.Hour
 	cfg.KeyTemplate = "user:{user}:page:{page}"
 
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	ready := make(chan Addrs, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- RunWith(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Ready: func(a Addrs) { ready <- a }})
-	}()
-	var addrs Addrs
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("service stopped before serving: %v", err)
-	}
+	svc := startService(t, cfg, 120*time.Second)
+	ctx, addrs := svc.ctx, svc.addrs
 	metricsURL := "http://" + addrs.Admin + "/metrics"
 
 	sent := 0
@@ -145,10 +127,7 @@ func TestOnlineEvaluationMatchesOffline(t *testing.T) {
 	if len(view) != 1 || float64(view[0].Issued) != want.issued || math.Abs(view[0].Precision-want.used/want.issued) > 0.01*want.used/want.issued {
 		t.Errorf("/stats = %+v, want one version with %v issued and precision %.4f", view, want.issued, want.used/want.issued)
 	}
-	stop()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	svc.shutdown(t)
 }
 
 type evalFigures struct{ issued, used, clicks, clicksWarm float64 }

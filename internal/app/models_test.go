@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -88,29 +86,14 @@ func TestModelRepositoryOverMutualTLS(t *testing.T) {
 
 	rs := redistest.Start(t)
 	kb := kafkatest.Start(t, "clicks")
-	cfg := Default()
-	cfg.KafkaBrokers, cfg.RedisAddr = []string{kb.Addr()}, rs.Addr()
-	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Replay = ReplayNone
+	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
 	cfg.ModelRepo = repo
 	cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA = certs.ServerCert, certs.ServerKey, certs.CA
 	cfg.AdminClientCNs = []string{"ops"}
 	cfg.AdminTokenFile = tokenFile
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	ready := make(chan Addrs, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- RunWith(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Ready: func(a Addrs) { ready <- a }})
-	}()
-	var addrs Addrs
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("service stopped before serving: %v", err)
-	}
+	svc := startService(t, cfg, 90*time.Second)
+	ctx, addrs := svc.ctx, svc.addrs
 
 	dial := func(cn string) *grpc.ClientConn {
 		t.Helper()
@@ -195,8 +178,5 @@ func TestModelRepositoryOverMutualTLS(t *testing.T) {
 	if v := version(); v != "v1" {
 		t.Fatalf("after Rollback serving %q, want v1", v)
 	}
-	stop()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	svc.shutdown(t)
 }

@@ -1,9 +1,6 @@
 package app
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"testing"
@@ -24,27 +21,12 @@ func TestRedisOutage(t *testing.T) {
 	from, to, prob, _ := strongestTransition(t)
 	rs := redistest.Start(t)
 	kb := kafkatest.Start(t, "clicks")
-	cfg := Default()
-	cfg.KafkaBrokers, cfg.RedisAddr = []string{kb.Addr()}, rs.Addr()
-	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Replay = ReplayNone
+	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
 	cfg.Threshold = float64(prob) * 0.99
 	cfg.KeyTemplate = "user:{user}:page:{page}"
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	ready := make(chan Addrs, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- RunWith(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Ready: func(a Addrs) { ready <- a }})
-	}()
-	var addrs Addrs
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("service stopped before serving: %v", err)
-	}
+	svc := startService(t, cfg, 90*time.Second)
+	ctx, addrs := svc.ctx, svc.addrs
 	metrics := func() string { return httpGet(t, ctx, "http://"+addrs.Admin+"/metrics") }
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
@@ -55,15 +37,6 @@ func TestRedisOutage(t *testing.T) {
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
-	}
-	readyz := func() int {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addrs.Admin+"/readyz", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
 	}
 	sent := 0
 	clicks := func(prefix string, n int) {
@@ -76,7 +49,7 @@ func TestRedisOutage(t *testing.T) {
 
 	clicks("before-", 5)
 	waitFor("5 keys warmed", func() bool { return metricSum(metrics(), "prefetchd_prefetch_issued_total") == 5 })
-	waitFor("ready", func() bool { return readyz() == http.StatusOK })
+	waitFor("ready", func() bool { return readyz(t, ctx, addrs.Admin) == http.StatusOK })
 
 	rs.Stop()
 	clicks("during-", 5)
@@ -84,7 +57,7 @@ func TestRedisOutage(t *testing.T) {
 	waitFor("prefetches dropped and counted", func() bool {
 		return metricSum(metrics(), "prefetchd_prefetch_dropped_total") >= 5
 	})
-	waitFor("not ready while Redis is down", func() bool { return readyz() == http.StatusServiceUnavailable })
+	waitFor("not ready while Redis is down", func() bool { return readyz(t, ctx, addrs.Admin) == http.StatusServiceUnavailable })
 	if n := metricSum(metrics(), "prefetchd_prefetch_issued_total"); n != 5 {
 		t.Errorf("issued %v during the outage, want still 5", n)
 	}
@@ -99,12 +72,9 @@ func TestRedisOutage(t *testing.T) {
 	}
 
 	rs.Restart()
-	waitFor("ready again", func() bool { return readyz() == http.StatusOK })
+	waitFor("ready again", func() bool { return readyz(t, ctx, addrs.Admin) == http.StatusOK })
 	clicks("after-", 5)
 	waitFor("warming resumed", func() bool { return metricSum(metrics(), "prefetchd_prefetch_issued_total") >= 10 })
 
-	stop()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	svc.shutdown(t)
 }
