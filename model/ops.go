@@ -77,6 +77,9 @@ func buildKernel(op string, opset int64, a *attrs, nin, nout int) (kernel, error
 			if err == nil && s.unsqueeze && opset < 13 && !s.hasAxes {
 				err = errors.New("missing axes attribute")
 			}
+			if err == nil && s.unsqueeze && opset >= 13 && nin < 2 {
+				err = errors.New("missing axes input")
+			}
 			k = s
 		}
 	case "Concat":
