@@ -114,7 +114,6 @@ func produceAll(tb testing.TB, addr, topic string, msgs []kafka.Message) {
 
 // benchSettings are the fetch and batch settings shared by both loops.
 type benchSettings struct {
-	name          string
 	minBytes      int
 	maxBytes      int
 	maxWait       time.Duration
