@@ -201,7 +201,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	}
 	addrs.Admin = alis.Addr().String()
 	var ready atomic.Bool
-	admin := &http.Server{Handler: adminMux(reg, &ready, eval, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	admin := &http.Server{Handler: adminMux(reg, &ready, models, eval, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
 
 	// Start, each with its own context so shutdown can go in order.
 	warmCtx, stopWarm := context.WithCancel(context.WithoutCancel(ctx))
@@ -372,7 +372,11 @@ func (i ingester) IngestJSON(ctx context.Context, event []byte) error {
 	return err
 }
 
-func adminMux(reg *prometheus.Registry, ready *atomic.Bool, eval *prefetch.Evaluator, withPprof bool) *http.ServeMux {
+// adminMux serves /metrics, /healthz (the process is alive), /readyz (a
+// model is loaded and Kafka and Redis answer; the body names the active model
+// version), /stats (online evaluation per model version) and, when enabled,
+// /debug/pprof.
+func adminMux(reg *prometheus.Registry, ready *atomic.Bool, models *lifecycle.Manager, eval *prefetch.Evaluator, withPprof bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -383,11 +387,15 @@ func adminMux(reg *prometheus.Registry, ready *atomic.Bool, eval *prefetch.Evalu
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		version := "none"
+		if l := models.Current(); l != nil {
+			version = l.Version
+		}
 		if !ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			http.Error(w, "not ready model_version="+version, http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintln(w, "ready")
+		fmt.Fprintln(w, "ready model_version="+version)
 	})
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

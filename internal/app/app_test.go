@@ -136,6 +136,9 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	if body := httpGet(t, ctx, "http://"+addrs.Admin+"/readyz"); !strings.Contains(body, "ready model_version="+version) {
+		t.Errorf("/readyz = %q, want ready with the model version", body)
+	}
 	if body := httpGet(t, ctx, "http://"+addrs.Admin+"/healthz"); !strings.Contains(body, "ok") {
 		t.Errorf("/healthz = %q", body)
 	}
