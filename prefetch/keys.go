@@ -136,3 +136,15 @@ func (t *keyTable) Len() int { return t.written }
 
 // flying is the number of keys in flight.
 func (t *keyTable) flying() int { return len(t.index) - t.written }
+
+// forgetWritten forgets every written key, keeping the keys in flight: after
+// Redis comes back it may have lost them.
+func (t *keyTable) forgetWritten() {
+	for i := range t.slots {
+		if s := &t.slots[i]; s.key != "" && s.at != inFlight {
+			t.release(int32(i))
+		}
+	}
+	clear(t.ring)
+	t.ring, t.head, t.written = t.ring[:0], 0, 0
+}

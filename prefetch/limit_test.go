@@ -186,3 +186,21 @@ func TestKeyTableRewriteExpired(t *testing.T) {
 		t.Fatalf("after the second write expired: Len %d, index %d", kt.Len(), len(kt.index))
 	}
 }
+
+func TestKeyTableForgetWritten(t *testing.T) {
+	kt := newKeyTable(10)
+	kt.done(kt.start("a", noSlot), 5)
+	kt.done(kt.start("b", noSlot), 6)
+	c := kt.start("c", noSlot)
+	kt.forgetWritten()
+	if kt.Len() != 0 || kt.flying() != 1 || len(kt.ring) != 0 {
+		t.Fatalf("Len %d flying %d ring %d, want 0, 1, 0", kt.Len(), kt.flying(), len(kt.ring))
+	}
+	if _, exp, _ := kt.lookup("a"); exp != 0 {
+		t.Fatalf("a still remembered")
+	}
+	kt.done(c, 7)
+	if _, exp, _ := kt.lookup("c"); exp != 7 || kt.Len() != 1 {
+		t.Fatalf("c expires %d, Len %d; want 7 and 1", exp, kt.Len())
+	}
+}

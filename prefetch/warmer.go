@@ -707,7 +707,12 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		if w.failing.CompareAndSwap(false, true) {
 			w.log.Warn("prefetch writes failing, dropping", "err", firstErr)
 		}
-	} else if written > 0 && w.failing.CompareAndSwap(true, false) {
+	} else if written+exists > 0 && w.failing.CompareAndSwap(true, false) {
+		// Redis may have restarted empty: forget what we wrote before, so
+		// those pages are warmed again (NX keeps the ones that survived).
+		w.mu.Lock()
+		w.keys.forgetWritten()
+		w.mu.Unlock()
 		w.log.Info("prefetch writes recovered")
 	}
 	if o := w.observer.Load(); o != nil && written > 0 {

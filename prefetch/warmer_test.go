@@ -381,6 +381,13 @@ func TestWarmerRedisOutage(t *testing.T) {
 		n, _ := rdb.Exists(ctx, "page:/after/0", "page:/after/9").Result()
 		return n == 2
 	})
+	// The restarted server is empty: pages written before the outage are
+	// warmed again rather than skipped as still warm.
+	eventually(t, 10*time.Second, "pages from before the outage warmed again", func() bool {
+		warm("before", 10)
+		n, _ := rdb.Exists(ctx, "page:/before/0", "page:/before/9").Result()
+		return n == 2
+	})
 }
 
 // TestWarmerCloseFlushes checks that Close writes what is queued.
