@@ -655,3 +655,34 @@ func TestWarmerRedisSlow(t *testing.T) {
 		t.Errorf("no page dropped for a Redis timeout")
 	}
 }
+
+// TestWarmerOriginConcurrency checks that no more than OriginConcurrency
+// origin requests are in flight at once.
+func TestWarmerOriginConcurrency(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	var cur, peak atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		n := cur.Add(1)
+		defer cur.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(30 * time.Millisecond)
+		_, _ = rw.Write([]byte("ok"))
+	}))
+	defer srv.Close()
+	w := startWarmer(t, Config{Mode: ModeOrigin, OriginURL: srv.URL + "/{page}", OriginConcurrency: 2, Workers: 3, PipelineSize: 4}, rdb)
+	var pages []Page
+	for i := range 24 {
+		pages = append(pages, Page{Key: fmt.Sprintf("/c/%d", i), Probability: 0.9})
+	}
+	w.Warm(ctx, Request{UserID: "u", Pages: pages})
+	eventually(t, 10*time.Second, "all pages stored", func() bool { return counter(w.m.written) == 24 })
+	if p := peak.Load(); p != 2 {
+		t.Fatalf("peak origin concurrency %d, want 2", p)
+	}
+}
