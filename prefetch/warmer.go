@@ -252,9 +252,9 @@ type HintRecord struct {
 	ExpiresAt    time.Time `json:"expires_at"`
 }
 
-// PrefetchObserver is told about every page the Warmer writes to Redis;
+// Observer is told about every page the Warmer writes to Redis;
 // *Evaluator satisfies it.
-type PrefetchObserver interface {
+type Observer interface {
 	// ObservePrefetchBytes records a prefetch of page for user made by model
 	// version at event time at, warm for ttl, holding bytes in the cache.
 	ObservePrefetchBytes(user, page, version string, at time.Time, ttl time.Duration, bytes int64)
@@ -284,7 +284,7 @@ type Warmer struct {
 	closeOnce sync.Once
 	started   atomic.Bool
 	failing   atomic.Bool // Redis writes are failing (for log transitions)
-	observer  atomic.Pointer[PrefetchObserver]
+	observer  atomic.Pointer[Observer]
 
 	// mu guards the fields below.
 	mu     sync.Mutex
@@ -352,7 +352,7 @@ func NewWarmer(cfg Config, rdb redis.UniversalClient, logger *slog.Logger, reg p
 
 // SetObserver makes the Warmer report every page it writes to o (usually the
 // Evaluator). Call it before Run; nil stops reporting.
-func (w *Warmer) SetObserver(o PrefetchObserver) {
+func (w *Warmer) SetObserver(o Observer) {
 	if o == nil {
 		w.observer.Store(nil)
 		return
