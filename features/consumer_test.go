@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/prefetchd/prefetchd/internal/redistest"
 )
 
 func TestMain(m *testing.M) {
@@ -42,18 +43,27 @@ func TestMain(m *testing.M) {
 // and records, per user, the pages applied (duplicates excluded).
 type recorder struct {
 	store Store
-
-	mu      sync.Mutex
-	applied map[string][]int32
-	dups    int
-	total   atomic.Int64
+	*appliedLog
 	// failUntil makes the handler fail this many times per event before succeeding.
 	failUntil int
 	fails     map[string]int
 }
 
+// appliedLog is what recorders (possibly several, one per replica) applied.
+type appliedLog struct {
+	mu      sync.Mutex
+	applied map[string][]int32
+	dups    int
+	total   atomic.Int64
+}
+
 func newRecorder(store Store) *recorder {
-	return &recorder{store: store, applied: map[string][]int32{}, fails: map[string]int{}}
+	return &recorder{store: store, appliedLog: &appliedLog{applied: map[string][]int32{}}, fails: map[string]int{}}
+}
+
+// replica returns a recorder with its own store sharing r's log.
+func (r *recorder) replica(store Store) *recorder {
+	return &recorder{store: store, appliedLog: r.appliedLog, fails: map[string]int{}}
 }
 
 func (r *recorder) HandleEvent(ctx context.Context, ev Event, msg Meta) error {
@@ -342,44 +352,80 @@ func TestConsumerRestartFromCommittedOffsets(t *testing.T) {
 	}
 }
 
+// TestConsumerRebalance runs two replicas in one group and starts the second
+// mid-stream: no event is lost, and the redeliveries of the rebalance are
+// absorbed, with one in-memory store shared by both and with one Redis store
+// per replica (separate caches, one server).
 func TestConsumerRebalance(t *testing.T) {
-	const topic = "clicks"
-	b := kafkatest.Start(t, topic)
-	stream := newClickStream()
-	// One store stands for the Redis store shared by replicas.
-	store := newTestHistories(t, HistoryConfig{MaxLen: 4096})
-	rec := newRecorder(store)
-	cfg := testConsumerConfig(b.Addr(), topic)
-	cfg.CommitInterval = time.Second // leave uncommitted work to be redelivered
-	cfg.CommitBatch = 1 << 20
+	srv := redistest.Start(t)
+	client := newRedisClient(t, srv.Addr())
+	backends := []struct {
+		name   string
+		stores func() (Store, Store, Store) // replica 1, replica 2, reader
+	}{
+		{name: "memory", stores: func() (Store, Store, Store) {
+			s := newTestHistories(t, HistoryConfig{MaxLen: 100})
+			return s, s, s
+		}},
+		{name: "redis", stores: func() (Store, Store, Store) {
+			cfg := StoreConfig{History: HistoryConfig{MaxLen: 100}, KeyPrefix: "rebalance:"}
+			direct := cfg
+			direct.CacheSize = -1
+			return newTestRedisStore(t, client, cfg), newTestRedisStore(t, client, cfg), newTestRedisStore(t, client, direct)
+		}},
+	}
+	for i, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			const topic = "clicks"
+			b := kafkatest.Start(t, topic)
+			stream := newClickStream()
+			s1, s2, reader := be.stores()
+			rec1 := newRecorder(s1)
+			rec2 := rec1.replica(s2)
+			cfg := testConsumerConfig(b.Addr(), topic)
+			cfg.GroupID = fmt.Sprintf("rebalance-%d", i)
+			cfg.CommitInterval = time.Second // leave uncommitted work to be redelivered
+			cfg.CommitBatch = 1 << 20
 
-	c1, err := NewConsumer(cfg, rec, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop1 := runConsumer(t, c1)
-	b.Produce(t, topic, stream.batch(20, 10)...)
-	eventually(t, 30*time.Second, "first member to consume", func() bool { return rec.total.Load() >= 100 })
+			c1, err := NewConsumer(cfg, rec1, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop1 := runConsumer(t, c1)
+			b.Produce(t, topic, stream.batch(20, 10)...)
+			eventually(t, 30*time.Second, "first member to consume", func() bool { return rec1.total.Load() >= 100 })
 
-	c2, err := NewConsumer(cfg, rec, nil, nil)
-	if err != nil {
-		t.Fatal(err)
+			c2, err := NewConsumer(cfg, rec2, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop2 := runConsumer(t, c2)
+			// Keep producing while the group rebalances.
+			for range 8 {
+				b.Produce(t, topic, stream.batch(20, 2)...)
+				time.Sleep(300 * time.Millisecond)
+			}
+			want := int64(stream.count())
+			eventually(t, 40*time.Second, "every event applied", func() bool { return rec1.total.Load() >= want })
+			eventually(t, 10*time.Second, "second member to get partitions", func() bool { return testutil.ToFloat64(c2.m.messages) > 0 })
+			stop1()
+			stop2()
+			if got := rec1.total.Load(); got != want {
+				t.Fatalf("%d events applied, want each of %d once", got, want)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for u, w := range stream.want {
+				got, err := reader.Get(ctx, u, nil)
+				if err != nil || !slices.Equal(got, w) {
+					t.Fatalf("user %s history %v (%v), want %v", u, got, err, w)
+				}
+			}
+			t.Logf("events %d, member 1 fetched %v, member 2 fetched %v, redeliveries absorbed: consumer %v, store %d",
+				want, testutil.ToFloat64(c1.m.messages), testutil.ToFloat64(c2.m.messages),
+				testutil.ToFloat64(c1.m.duplicates)+testutil.ToFloat64(c2.m.duplicates)-float64(rec1.dups), rec1.dups)
+		})
 	}
-	stop2 := runConsumer(t, c2)
-	// Keep producing while the group rebalances.
-	for range 10 {
-		b.Produce(t, topic, stream.batch(20, 2)...)
-		time.Sleep(300 * time.Millisecond)
-	}
-	want := int64(stream.count())
-	eventually(t, 40*time.Second, "every event applied", func() bool { return rec.total.Load() == want })
-	eventually(t, 10*time.Second, "second member to get partitions", func() bool { return testutil.ToFloat64(c2.m.messages) > 0 })
-	stop1()
-	stop2()
-	checkApplied(t, rec.snapshot(), stream.want)
-	t.Logf("events %d, member 1 fetched %v, member 2 fetched %v, redeliveries absorbed: consumer %v, store %d",
-		want, testutil.ToFloat64(c1.m.messages), testutil.ToFloat64(c2.m.messages),
-		testutil.ToFloat64(c1.m.duplicates)+testutil.ToFloat64(c2.m.duplicates), rec.dups)
 }
 
 func TestConsumerHandlerRetries(t *testing.T) {
