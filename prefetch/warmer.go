@@ -378,8 +378,8 @@ func (w *Warmer) BreakerState() BreakerState {
 // Warm queues req's pages for writing and returns how many it queued. It
 // never blocks and never fails: pages that are still warm or already queued
 // are skipped; pages over a rate limit, or that find the queue full, the
-// Warmer closed or ctx done, are dropped and counted in
-// prefetchd_prefetch_dropped_total.
+// Warmer closed (by Close, or by Run returning) or ctx done, are dropped and
+// counted in prefetchd_prefetch_dropped_total.
 func (w *Warmer) Warm(ctx context.Context, req Request) int {
 	if len(req.Pages) == 0 {
 		return 0
@@ -549,9 +549,13 @@ func (w *Warmer) fill(batch []item) []item {
 	return batch
 }
 
-// flush writes what is queued at shutdown, within FlushTimeout, and drops
-// the rest.
+// flush stops Warm from queueing, then writes what is queued within
+// FlushTimeout and drops the rest.
 func (w *Warmer) flush(ctx context.Context) {
+	// No more pages from now on: what is queued is all there is to flush.
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.FlushTimeout)
 	defer cancel()
 	batch := make([]item, 0, w.cfg.PipelineSize)

@@ -686,3 +686,32 @@ func TestWarmerOriginConcurrency(t *testing.T) {
 		t.Fatalf("peak origin concurrency %d, want 2", p)
 	}
 }
+
+// TestWarmerStopsWithRun checks that once Run has returned because its
+// context ended, Warm drops pages instead of queueing them for nobody.
+func TestWarmerStopsWithRun(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w, err := NewWarmer(Config{}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(runCtx) }()
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/before"}}})
+	eventually(t, 5*time.Second, "first page written", func() bool { return counter(w.m.written) == 1 })
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/after"}}}); n != 0 {
+		t.Fatalf("Warm after Run returned queued %d pages", n)
+	}
+	if got := counter(w.m.dropped[dropClosed]); got != 1 {
+		t.Fatalf("dropped closed = %v, want 1", got)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatalf("Close after Run returned: %v", err)
+	}
+}
