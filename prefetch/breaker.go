@@ -99,6 +99,16 @@ func (b *breaker) done(ok bool, now time.Time) {
 	}
 }
 
+// release ends an allowed request without a verdict on the origin (our own
+// error, or shutdown).
+func (b *breaker) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == BreakerHalfOpen && b.inTrial > 0 {
+		b.inTrial--
+	}
+}
+
 func (b *breaker) current() BreakerState {
 	b.mu.Lock()
 	defer b.mu.Unlock()

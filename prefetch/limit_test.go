@@ -101,6 +101,10 @@ func TestBreaker(t *testing.T) {
 	if b.allow(t0.Add(time.Second)) {
 		t.Fatal("a second trial while the first is in flight")
 	}
+	b.release() // a trial without a verdict changes nothing
+	if b.current() != BreakerHalfOpen || !b.allow(t0.Add(time.Second)) {
+		t.Fatalf("after a released trial: state %v, want half-open with a trial free", b.current())
+	}
 	b.done(false, t0.Add(time.Second)) // failed trial: open again
 	step(1500*time.Millisecond, false, false)
 	step(2*time.Second, true, true) // good trial: closed

@@ -73,7 +73,7 @@ func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]by
 		select {
 		case o.sem <- struct{}{}:
 		case <-ctx.Done():
-			o.breaker.done(true, o.now()) // not the origin's fault
+			o.breaker.release() // no verdict on the origin
 			o.m.drop(dropCanceled, 1)
 			continue
 		}
@@ -92,21 +92,28 @@ func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]by
 
 // fetch GETs one page. It returns the body of a 2xx answer, or the drop
 // reason. Transport errors, timeouts and 5xx answers count as breaker
-// failures; other answers show the origin is up.
+// failures; other answers show the origin is up; a bad URL or shutdown gives
+// no verdict.
 func (o *originClient) fetch(ctx context.Context, page string) (body []byte, reason string) {
-	ok := false
-	defer func() { o.breaker.done(ok, o.now()) }()
+	ok, verdict := false, true
+	defer func() {
+		if verdict {
+			o.breaker.done(ok, o.now())
+		} else {
+			o.breaker.release()
+		}
+	}()
 	rctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, o.pageURL(page), nil)
 	if err != nil {
-		ok = true // our URL, not the origin
+		verdict = false // our URL, not the origin
 		o.m.origin(originBadURL)
 		return nil, dropInvalid
 	}
 	resp, err := o.client.Do(req)
 	if err != nil && ctx.Err() != nil {
-		ok = true // shutting down, not the origin's fault
+		verdict = false // shutting down, not the origin's fault
 		return nil, dropCanceled
 	}
 	if err != nil {
