@@ -267,3 +267,33 @@ func TestPredictCanceled(t *testing.T) {
 		t.Errorf("PredictOne on canceled context: %v", err)
 	}
 }
+
+func TestPredictCutsToMaxSeqLen(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := LoadBundle("testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := b.Manifest().MaxSeqLen
+	long := history(n+17, b.Vocab().Len())
+	got, err := b.PredictOne(ctx, long, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := b.PredictOne(ctx, long[17:], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := maxDiff(got, want); d != 0 {
+		t.Errorf("history of %d differs from its last %d pages by %g", len(long), n, d)
+	}
+	// The graph itself, given all pages, scores differently: the cut matters.
+	full, err := b.seq.Run(ctx, map[string]Tensor{InputPageIDs: {Shape: []int{1, len(long)}, Int64: long}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if maxDiff(full[OutputProbs].Float32, want) == 0 {
+		t.Errorf("the graph scores %d pages like their last %d: the test cannot see the cut", len(long), n)
+	}
+}
