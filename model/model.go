@@ -320,10 +320,6 @@ func compile(w *wireModel, dec *decoder) (*plan, error) {
 		if !ok {
 			continue
 		}
-		if isRecurrent(n.opType) && len(n.inputs) > 4 && n.inputs[4] != "" {
-			errs = append(errs, fmt.Errorf("node %q (%s): %w input sequence_lens", name, n.opType, ErrUnsupported))
-			continue
-		}
 		k, err := buildKernel(n.opType, w.opset, newAttrs(op.Attributes, n.attrs), len(n.inputs), len(n.outputs))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("node %q (%s): %w", name, n.opType, err))
@@ -390,7 +386,6 @@ func compile(w *wireModel, dec *decoder) (*plan, error) {
 	return p, nil
 }
 
-func isRecurrent(op string) bool { return op == "GRU" || op == "LSTM" || op == "RNN" }
 
 // Run executes the model on named inputs and returns every graph output.
 // Inputs are not modified. It returns ctx.Err() when ctx ends during the

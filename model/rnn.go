@@ -127,8 +127,9 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 	if len(in) > 3 {
 		B = in[3]
 	}
-	if len(in) > 4 && in[4] != nil {
-		return fmt.Errorf("%w input sequence_lens", ErrUnsupported)
+	var L *tens
+	if len(in) > 4 {
+		L = in[4]
 	}
 	if len(in) > 5 {
 		H0 = in[5]
@@ -171,6 +172,23 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 	if overWork(D, T, N, GH, I+Hd) || int64(T)*int64(N)*int64(GH) > MaxTensorElems {
 		return fmt.Errorf("X %v too large for hidden size %d", X.shape, Hd)
 	}
+	// sequence_lens: row b runs its first lens[b] steps only; later steps
+	// output zeros and leave its state alone (so a reverse direction starts
+	// at the row's last valid step).
+	var lens []int64
+	if L != nil {
+		if L.dt != dtInt || !sameShape(L.shape, N) {
+			return fmt.Errorf("sequence_lens has shape %v, want [%d] integers", L.shape, N)
+		}
+		for _, l := range L.i {
+			if l < 0 || l > int64(T) {
+				return fmt.Errorf("%w: sequence length %d outside [0, %d]", ErrBadInput, l, T)
+			}
+			if l < int64(T) {
+				lens = L.i
+			}
+		}
+	}
 	Y := out[0]
 	if err := Y.reshape(dtFloat, T, D, N, Hd); err != nil {
 		return err
@@ -189,13 +207,14 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		}
 	}
 	nh := N * Hd
-	buf := growF(sc, T*N*GH+N*GH+4*nh+4*Hd+4*GH)
+	buf := growF(sc, T*N*GH+N*GH+6*nh+4*Hd+4*GH)
 	xw := buf[:T*N*GH]
 	hr := buf[T*N*GH : T*N*GH+N*GH]
 	rest := buf[T*N*GH+N*GH:]
 	h, c, tmp, hh := rest[:nh], rest[nh:2*nh], rest[2*nh:3*nh], rest[3*nh:4*nh]
 	gate := rest[4*nh : 4*nh+4*Hd]
 	y4 := rest[4*nh+4*Hd : 4*nh+4*Hd+4*GH]
+	saved := rest[4*nh+4*Hd+4*GH : 6*nh+4*Hd+4*GH]
 	for d := range D {
 		Wd := W.f[d*GH*I : (d+1)*GH*I]
 		Rd := R.f[d*GH*Hd : (d+1)*GH*Hd]
@@ -252,6 +271,10 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 				t = T - 1 - s
 			}
 			xt := xw[t*N*GH : (t+1)*N*GH]
+			if lens != nil {
+				copy(saved[:nh], h)
+				copy(saved[nh:], c)
+			}
 			switch k.cell {
 			case "GRU":
 				k.gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4, N)
@@ -265,7 +288,15 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 				}
 				applyAct(act, h)
 			}
-			copy(Y.f[(t*D+d)*nh:(t*D+d+1)*nh], h)
+			yt := Y.f[(t*D+d)*nh : (t*D+d+1)*nh]
+			copy(yt, h)
+			for b, l := range lens {
+				if int64(t) >= l {
+					copy(h[b*Hd:(b+1)*Hd], saved[b*Hd:(b+1)*Hd])
+					copy(c[b*Hd:(b+1)*Hd], saved[nh+b*Hd:nh+(b+1)*Hd])
+					clear(yt[b*Hd : (b+1)*Hd])
+				}
+			}
 		}
 		if Yh != nil {
 			copy(Yh.f[d*nh:(d+1)*nh], h)
