@@ -386,7 +386,6 @@ func compile(w *wireModel, dec *decoder) (*plan, error) {
 	return p, nil
 }
 
-
 // Run executes the model on named inputs and returns every graph output.
 // Inputs are not modified. It returns ctx.Err() when ctx ends during the
 // run, and an error wrapping ErrBadInput when inputs do not fit the graph.
