@@ -115,7 +115,8 @@ type evaluatorMetrics struct {
 }
 
 // NewEvaluator validates cfg and builds an Evaluator registering its metrics
-// with reg (nil: not registered).
+// with reg (nil: not registered). It returns an error wrapping
+// ErrInvalidConfig for a bad cfg, or the registerer's error.
 func NewEvaluator(cfg EvaluatorConfig, reg prometheus.Registerer) (*Evaluator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err

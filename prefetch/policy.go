@@ -96,7 +96,7 @@ type Policy struct {
 	byPage map[string]float64
 }
 
-// NewPolicy validates cfg and builds a Policy. With UseExpectedUtility, bind
+// NewPolicy validates cfg (errors wrap ErrInvalidConfig) and builds a Policy. With UseExpectedUtility, bind
 // the policy to a model's vocabulary with ForVocab so that cost weights, which
 // are keyed by page, apply to indices; unbound, every page weighs 1.
 func NewPolicy(cfg PolicyConfig) (*Policy, error) {

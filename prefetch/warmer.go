@@ -308,7 +308,9 @@ type item struct {
 
 // NewWarmer validates cfg and builds a Warmer writing through rdb. logger may
 // be nil (logs are discarded); reg may be nil (metrics are not registered).
-// Call Run to start writing.
+// Call Run to start writing. It returns an error wrapping ErrInvalidConfig
+// for a bad cfg or a nil rdb, or the registerer's error when the metrics
+// are already registered.
 func NewWarmer(cfg Config, rdb redis.UniversalClient, logger *slog.Logger, reg prometheus.Registerer) (*Warmer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
