@@ -38,6 +38,42 @@ class Seq(nn.Module):
         return torch.softmax(s, dim=-1) if self.probs else s
 
 
+class Variant(nn.Module):
+    """Other common export shapes: the last hidden state h_n[-1] instead of
+    the last output, a ReLU between encoder and head, a Linear without bias
+    (MatMul) and a log-softmax head (log-probabilities count as logits)."""
+
+    def __init__(self, vocab, emb, hidden, layers):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb, padding_idx=0)
+        self.rnn = nn.GRU(emb, hidden, num_layers=layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, page_ids):
+        _, h = self.rnn(self.emb(page_ids))
+        return torch.log_softmax(self.out(torch.relu(h[-1])), dim=1)
+
+
+def export_variant(folder, opset, vocab, emb, hidden, layers):
+    os.makedirs(folder, exist_ok=True)
+    g = torch.Generator().manual_seed(sum(folder.encode()))
+    m = Variant(vocab, emb, hidden, layers).eval()
+    torch.onnx.export(m, (torch.zeros(2, 5, dtype=torch.long),), os.path.join(folder, "model.onnx"),
+                      opset_version=opset, input_names=["page_ids"], output_names=["logits"],
+                      dynamic_axes={"page_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
+    ref = {"exporter": "torch " + torch.__version__, "opset": opset, "cell": "gru", "layers": layers,
+           "vocab": vocab, "embedding": emb, "hidden": hidden, "output": "logits", "input": "page_ids", "cases": []}
+    with torch.no_grad():
+        for ids in cases(vocab, g):
+            ref["cases"].append({"page_ids": ids.tolist(), "output": m(ids).tolist()})
+    with open(os.path.join(folder, "reference.json"), "w") as f:
+        json.dump(ref, f)
+    with open(os.path.join(folder, "vocab.txt"), "w") as f:
+        f.write("<pad>\n<unk>\n")
+        for i in range(2, vocab):
+            f.write("/page/%d\n" % i)
+
+
 class Step(nn.Module):
     """One click: page_id [batch, 1] + state_in -> scores + state_out.
 
@@ -118,3 +154,4 @@ if __name__ == "__main__":
     export("gru-bidir-logits-opset15", "gru", 15, 80, 8, 10, 1, False, False, bidirectional=True)
     export("lstm3-probs-opset14", "lstm", 14, 60, 6, 10, 3, True, True)
     export("gru-v1000-logits-opset16", "gru", 16, 1000, 8, 8, 1, False, False)
+    export_variant("gru2-hn-logsoftmax-opset12", 12, 70, 6, 9, 2)
