@@ -3,7 +3,6 @@ package prefetch
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -60,7 +59,6 @@ func BenchmarkWarmThroughput(b *testing.B) {
 		pipeSize = DefaultPipelineSize
 		perReq   = 3
 	)
-	linger, _ := time.ParseDuration(os.Getenv("PREFETCH_BENCH_LINGER"))
 	srv := redistest.Start(b)
 	// Generous timeouts: the benchmark measures throughput, not timeouts.
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
@@ -95,7 +93,7 @@ func BenchmarkWarmThroughput(b *testing.B) {
 	}
 
 	// One Warmer for the whole run, as in the service.
-	w, err := NewWarmer(Config{QueueSize: batch, Workers: workers, PipelineSize: pipeSize, MaxTracked: batch, Linger: linger, WriteTimeout: 10 * time.Second}, rdb, nil, nil)
+	w, err := NewWarmer(Config{QueueSize: batch, Workers: workers, PipelineSize: pipeSize, MaxTracked: batch, WriteTimeout: 10 * time.Second}, rdb, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
