@@ -715,3 +715,23 @@ func TestWarmerStopsWithRun(t *testing.T) {
 		t.Fatalf("Close after Run returned: %v", err)
 	}
 }
+
+// TestWarmerLinger checks that a worker holding a partial pipeline waits up
+// to Linger for more pages and sends them together.
+func TestWarmerLinger(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w := startWarmer(t, Config{Workers: 1, PipelineSize: 3, Linger: 300 * time.Millisecond}, rdb)
+	for i := range 3 {
+		w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/l/%d", i)}}})
+		time.Sleep(20 * time.Millisecond)
+	}
+	eventually(t, 5*time.Second, "three pages written", func() bool { return counter(w.m.written) == 3 })
+	var d dto.Metric
+	if err := w.m.writeSeconds.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.GetHistogram().GetSampleCount(); n != 1 {
+		t.Fatalf("%d pipelines for 3 pages within the linger, want 1", n)
+	}
+}
