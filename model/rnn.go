@@ -16,7 +16,7 @@ type recurrentK struct {
 	reverse bool // single direction, run backwards
 	lbr     bool // GRU linear_before_reset
 	clip    float32
-	act     []string // RNN: activation per direction, lower case
+	act     []string // activations (lower case), len(defaults) per direction
 }
 
 func newRecurrent(op string, a *attrs, nin, nout int) (kernel, error) {
@@ -102,18 +102,11 @@ func newRecurrent(op string, a *attrs, nin, nout int) (kernel, error) {
 	if len(acts) != len(defAct)*k.dirs {
 		return nil, fmt.Errorf("%d activations, want %d", len(acts), len(defAct)*k.dirs)
 	}
-	for i, name := range acts {
-		f := activation(name)
-		if f == nil {
+	for _, name := range acts {
+		if activation(name) == nil {
 			return nil, fmt.Errorf("%w activation %q", ErrUnsupported, name)
 		}
-		if op == "RNN" {
-			k.act = append(k.act, strings.ToLower(name))
-			continue
-		}
-		if !strings.EqualFold(name, defAct[i%len(defAct)]) {
-			return nil, fmt.Errorf("%w activations %v (only the defaults)", ErrUnsupported, acts)
-		}
+		k.act = append(k.act, strings.ToLower(name))
 	}
 	if a.has("activation_alpha") || a.has("activation_beta") {
 		return nil, fmt.Errorf("%w attributes activation_alpha/activation_beta", ErrUnsupported)
@@ -260,10 +253,8 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		if P != nil {
 			Pd = P.f[d*3*Hd : (d+1)*3*Hd]
 		}
-		act := "tanh"
-		if k.cell == "RNN" {
-			act = k.act[d]
-		}
+		na := len(k.act) / D
+		acts := k.act[d*na : (d+1)*na]
 		reverse := k.reverse || d == 1
 		for s := range T {
 			t := s
@@ -277,16 +268,16 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 			}
 			switch k.cell {
 			case "GRU":
-				k.gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4, N)
+				k.gruStep(acts, xt, Rd, Rb, h, hr, tmp, hh, gate, y4, N)
 			case "LSTM":
 				matRows(h, Rd, hr, N, GH, Hd, y4)
-				k.lstmStep(xt, hr, h, c, Pd, gate, N)
+				k.lstmStep(acts, xt, hr, h, c, Pd, gate, N)
 			default:
 				matRows(h, Rd, hr, N, GH, Hd, y4)
 				for j := range h {
 					h[j] = k.clipf(xt[j] + hr[j])
 				}
-				applyAct(act, h)
+				applyAct(acts[0], h)
 			}
 			yt := Y.f[(t*D+d)*nh : (t*D+d+1)*nh]
 			copy(yt, h)
@@ -322,7 +313,7 @@ func matRows(h, R, out []float32, N, M, K int, y4 []float32) {
 
 // gruStep advances h by one time step. xt holds X·W^T plus biases for the
 // N batch rows, gates ordered z, r, h.
-func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N int) {
+func (k *recurrentK) gruStep(acts []string, xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N int) {
 	Hd := k.hidden
 	GH := 3 * Hd
 	if k.lbr {
@@ -335,7 +326,7 @@ func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N i
 			for j := range zr {
 				zr[j] = k.clipf(x[j] + r[j])
 			}
-			sigmoidVec(zr, zr)
+			applyAct(acts[0], zr)
 			for j := range cand {
 				rh := r[2*Hd+j]
 				if Rb != nil {
@@ -343,7 +334,7 @@ func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N i
 				}
 				cand[j] = k.clipf(x[2*Hd+j] + zr[Hd+j]*rh)
 			}
-			tanhVec(cand, cand)
+			applyAct(acts[1], cand)
 			for j, z := range zr[:Hd] {
 				hn[j] = (1-z)*cand[j] + z*hn[j]
 			}
@@ -351,6 +342,7 @@ func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N i
 		return
 	}
 	// z and r from the first 2H rows of R; the candidate uses (r ⊙ h)·Rh^T.
+	f, g := activation(acts[0]), activation(acts[1])
 	for n := range N {
 		hn := h[n*Hd : (n+1)*Hd]
 		zr := hr[n*GH : n*GH+2*Hd]
@@ -358,13 +350,13 @@ func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N i
 		x := xt[n*GH : (n+1)*GH]
 		t := tmp[n*Hd : (n+1)*Hd]
 		for j := range Hd {
-			zr[j] = sigmoidf(k.clipf(x[j] + zr[j]))
-			t[j] = sigmoidf(k.clipf(x[Hd+j]+zr[Hd+j])) * hn[j]
+			zr[j] = f(k.clipf(x[j] + zr[j]))
+			t[j] = f(k.clipf(x[Hd+j]+zr[Hd+j])) * hn[j]
 		}
 		c := hh[n*Hd : (n+1)*Hd]
 		gemv(Hd, Hd, Rd[2*Hd*Hd:], Hd, t, c)
 		for j := range Hd {
-			cand := tanhf(k.clipf(x[2*Hd+j] + c[j]))
+			cand := g(k.clipf(x[2*Hd+j] + c[j]))
 			z := zr[j]
 			hn[j] = (1-z)*cand + z*hn[j]
 		}
@@ -372,7 +364,7 @@ func (k *recurrentK) gruStep(xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N i
 }
 
 // lstmStep advances h and c by one step; gates ordered i, o, f, c.
-func (k *recurrentK) lstmStep(xt, hr, h, c, P, gate []float32, N int) {
+func (k *recurrentK) lstmStep(acts []string, xt, hr, h, c, P, gate []float32, N int) {
 	Hd := k.hidden
 	GH := 4 * Hd
 	ifg, cc, og := gate[:2*Hd], gate[2*Hd:3*Hd], gate[3*Hd:4*Hd]
@@ -390,8 +382,8 @@ func (k *recurrentK) lstmStep(xt, hr, h, c, P, gate []float32, N int) {
 			ifg[Hd+j] = k.clipf(x[2*Hd+j] + r[2*Hd+j] + pf*cn[j])
 			cc[j] = k.clipf(x[3*Hd+j] + r[3*Hd+j])
 		}
-		sigmoidVec(ifg, ifg)
-		tanhVec(cc, cc)
+		applyAct(acts[0], ifg)
+		applyAct(acts[1], cc)
 		for j := range Hd {
 			cn[j] = ifg[Hd+j]*cn[j] + ifg[j]*cc[j]
 			po := float32(0)
@@ -400,8 +392,9 @@ func (k *recurrentK) lstmStep(xt, hr, h, c, P, gate []float32, N int) {
 			}
 			og[j] = k.clipf(x[Hd+j] + r[Hd+j] + po*cn[j])
 		}
-		sigmoidVec(og, og)
-		tanhVec(cc, cn)
+		applyAct(acts[0], og)
+		copy(cc, cn)
+		applyAct(acts[2], cc)
 		for j := range Hd {
 			hn[j] = og[j] * cc[j]
 		}
