@@ -55,14 +55,6 @@ func (s *expirySet[V]) put(key string, v V, at time.Time, evicted func(*expiryEn
 	heap.Push(&s.order, e)
 }
 
-// remove deletes key if present.
-func (s *expirySet[V]) remove(key string) {
-	if e, ok := s.byKey[key]; ok {
-		heap.Remove(&s.order, e.index)
-		delete(s.byKey, key)
-	}
-}
-
 // expire removes every entry whose expiry is at or before now, in expiry
 // order, passing each to fn (which may be nil).
 func (s *expirySet[V]) expire(now time.Time, fn func(*expiryEntry[V])) {
