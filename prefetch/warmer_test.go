@@ -735,3 +735,17 @@ func TestWarmerLinger(t *testing.T) {
 		t.Fatalf("%d pipelines for 3 pages within the linger, want 1", n)
 	}
 }
+
+// TestWarmerMillisecondTTL checks that a TTL that is not whole seconds is
+// sent as PX.
+func TestWarmerMillisecondTTL(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w := startWarmer(t, Config{TTL: 1500 * time.Millisecond}, rdb)
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/ms"}}})
+	eventually(t, 5*time.Second, "page written", func() bool { return counter(w.m.written) == 1 })
+	ttl, err := rdb.PTTL(ctx, "page:/ms").Result()
+	if err != nil || ttl <= time.Second || ttl > 1500*time.Millisecond {
+		t.Fatalf("PTTL = %v, %v; want within (1s, 1.5s]", ttl, err)
+	}
+}
