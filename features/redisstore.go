@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -21,8 +20,7 @@ const (
 	DefaultKeyPrefix  = "prefetchd:h:"
 	DefaultCacheSize  = 100_000
 	DefaultCacheTTL   = time.Second
-	DefaultOpTimeout  = 500 * time.Millisecond
-	DefaultCASRetries = 8
+	DefaultOpTimeout = 500 * time.Millisecond
 )
 
 // StoreConfig selects and configures the history store.
@@ -41,14 +39,11 @@ type StoreConfig struct {
 	CacheSize int
 	// CacheTTL is how long a cached record answers Get and Load without asking
 	// Redis; it bounds how stale a read may be after another replica wrote.
-	// Writes are never based on a stale record: Append compares and sets.
+	// Writes are never based on a stale record: Append runs in Redis.
 	// Default 1 s.
 	CacheTTL time.Duration
 	// OpTimeout bounds each Redis round trip. Default 500 ms.
 	OpTimeout time.Duration
-	// CASRetries bounds the compare-and-set attempts of Append when other
-	// writers race on the same user. Default 8.
-	CASRetries int
 }
 
 // Validate reports a configuration error.
@@ -58,8 +53,8 @@ func (c StoreConfig) Validate() error {
 	default:
 		return fmt.Errorf("history backend %q is neither %q nor %q", c.Backend, BackendMemory, BackendRedis)
 	}
-	if c.CacheTTL < 0 || c.OpTimeout < 0 || c.CASRetries < 0 {
-		return errors.New("history store: negative cache TTL, op timeout or CAS retries")
+	if c.CacheTTL < 0 || c.OpTimeout < 0 {
+		return errors.New("history store: negative cache TTL or op timeout")
 	}
 	return c.History.Validate()
 }
@@ -77,9 +72,6 @@ func (c StoreConfig) withDefaults() StoreConfig {
 	if c.OpTimeout == 0 {
 		c.OpTimeout = DefaultOpTimeout
 	}
-	if c.CASRetries == 0 {
-		c.CASRetries = DefaultCASRetries
-	}
 	c.History = c.History.withDefaults()
 	return c
 }
@@ -96,43 +88,69 @@ func NewStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus.Regi
 	return NewHistories(cfg.History, reg)
 }
 
-// casScript sets KEYS[1] to ARGV[2] (with a TTL of ARGV[3] ms, none when 0)
-// if it still holds ARGV[1] ("" meaning absent) and returns 1; otherwise it
-// returns the current value ("" when absent).
-var casScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1])
-if cur == false then cur = '' end
-if cur ~= ARGV[1] then return {0, cur} end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+// appendScript applies one click to the record hash KEYS[1] inside Redis,
+// with the same rules as applyClick, and returns {applied (1 or 0 for a
+// duplicate), e, l, p, o, h, s}: epoch, last event time (Unix µs), partition,
+// offset, pages (int32 little endian, packed) and state (float32 little
+// endian, packed). ARGV: page (4 bytes), ts (Unix µs), epoch, partition,
+// offset, max length, session gap (µs, 0 = none), TTL (ms, 0 = none).
+var appendScript = redis.NewScript(`
+local k = KEYS[1]
+local t = redis.call('TYPE', k)['ok']
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', k); t = 'none' end
+local exists = (t == 'hash')
+local ts, off = tonumber(ARGV[2]), tonumber(ARGV[5])
+local maxlen, gap, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local r = redis.call('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's')
+local e, l, p, o, h, s = r[1] or ARGV[3], r[2] or ARGV[2], r[3] or '0', r[4] or '-1', r[5] or '', r[6] or ''
+if exists and off >= 0 and tonumber(o) >= 0 and p == ARGV[4] and off <= tonumber(o) then
+  return {0, e, l, p, o, h, s}
 end
-return {1, ''}
+if (not exists) or (gap > 0 and ts - tonumber(l) > gap) then
+  h, s, e = '', '', ARGV[3]
+end
+if #h % 4 ~= 0 then h = '' end
+h = h .. ARGV[1]
+if #h > 4 * maxlen then h = string.sub(h, #h - 4 * maxlen + 1) end
+if (not exists) or ts > tonumber(l) then l = ARGV[2] end
+if off >= 0 then p, o = ARGV[4], ARGV[5] end
+redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 's', s)
+if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
+return {1, e, l, p, o, h, s}
+`)
+
+// saveScript replaces the record hash KEYS[1]. ARGV: e, l, p, o, h, s, TTL (ms, 0 = none).
+var saveScript = redis.NewScript(`
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'e', ARGV[1], 'l', ARGV[2], 'p', ARGV[3], 'o', ARGV[4], 'h', ARGV[5], 's', ARGV[6])
+if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+return 1
 `)
 
 // RedisStore is a Store in Redis (standalone, Sentinel or Cluster through
 // go-redis's UniversalClient), so that every replica sees every user's
 // history and a partition moved by a rebalance resumes where it was. Each
-// user is one string key holding a compact binary record, expiring after
-// IdleTTL. Append reads the record (from the in-process cache when present),
-// applies the click and writes it back with a compare-and-set script, retrying
-// on a conflict, so concurrent writers never lose a click. Errors from Redis
-// (including timeouts, OpTimeout per round trip) are returned wrapped; build
-// the client with ContextTimeoutEnabled so that go-redis honours OpTimeout
-// (otherwise its own ReadTimeout, 3 s by default, applies).
+// user is one hash (fields e, l, p, o, h, s: epoch, last event time in µs,
+// Kafka partition and offset, packed pages, packed state) under a hash-tagged
+// key, expiring after IdleTTL. Append runs entirely inside Redis as one Lua
+// script (one round trip, atomic), so concurrent replicas never lose or
+// double a click. Get and Load are served from an in-process LRU cache of
+// records up to CacheTTL old, then from Redis. Save is an unconditional
+// replace (last writer wins). Errors from Redis (including timeouts,
+// OpTimeout per round trip) are returned wrapped; build the client with
+// ContextTimeoutEnabled so that go-redis honours OpTimeout (otherwise its own
+// ReadTimeout, 3 s by default, applies).
 type RedisStore struct {
 	cfg    StoreConfig
 	client redis.UniversalClient
 	cache  *recordCache
+	gapArg string
 	ttlArg string
 
-	seconds   *prometheus.HistogramVec
-	errors    *prometheus.CounterVec
-	conflicts prometheus.Counter
-	corrupt   prometheus.Counter
-	hits      prometheus.Counter
-	misses    prometheus.Counter
+	seconds *prometheus.HistogramVec
+	errors  *prometheus.CounterVec
+	hits    prometheus.Counter
+	misses  prometheus.Counter
 }
 
 // NewRedisStore validates cfg and builds a store on client. The client's
@@ -149,6 +167,7 @@ func NewRedisStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus
 	s := &RedisStore{
 		cfg:    cfg,
 		client: client,
+		gapArg: "0",
 		ttlArg: "0",
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "prefetchd_histories_redis_seconds",
@@ -159,14 +178,6 @@ func NewRedisStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus
 			Name: "prefetchd_histories_redis_errors_total",
 			Help: "Failed Redis round trips of the history store, by operation.",
 		}, []string{"op"}),
-		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "prefetchd_histories_redis_conflicts_total",
-			Help: "Appends retried because another writer changed the record.",
-		}),
-		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "prefetchd_histories_redis_corrupt_total",
-			Help: "Records in Redis that did not decode and were replaced.",
-		}),
 		hits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_histories_cache_hits_total",
 			Help: "History reads answered by the in-process cache.",
@@ -176,6 +187,9 @@ func NewRedisStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus
 			Help: "History reads that went to Redis.",
 		}),
 	}
+	if cfg.History.SessionGap > 0 {
+		s.gapArg = strconv.FormatInt(cfg.History.SessionGap.Microseconds(), 10)
+	}
 	if cfg.History.IdleTTL > 0 {
 		s.ttlArg = strconv.FormatInt(max(1, cfg.History.IdleTTL.Milliseconds()), 10)
 	}
@@ -183,7 +197,7 @@ func NewRedisStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus
 		s.cache = newRecordCache(cfg.CacheSize)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.seconds, s.errors, s.conflicts, s.corrupt, s.hits, s.misses} {
+		for _, c := range []prometheus.Collector{s.seconds, s.errors, s.hits, s.misses} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register redis history metrics: %w", err)
 			}
@@ -202,142 +216,106 @@ func (s *RedisStore) observe(op string, start time.Time, err error) {
 	}
 }
 
-// fetch returns the encoded record ("" when absent), from the cache when it
-// is at most maxAge old (maxAge < 0: any age).
-func (s *RedisStore) fetch(ctx context.Context, user string, maxAge time.Duration) (string, error) {
-	if s.cache != nil {
-		if blob, ok := s.cache.get(user, maxAge); ok {
-			s.hits.Inc()
-			return blob, nil
-		}
+// Append implements Store in one round trip.
+func (s *RedisStore) Append(ctx context.Context, user string, c Click, rec *Record) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
+	var page [4]byte
+	binary.LittleEndian.PutUint32(page[:], uint32(c.Page))
+	start := time.Now()
+	res, err := appendScript.Run(ctx, s.client, []string{s.Key(user)},
+		page[:], c.TS.UnixMicro(), c.Epoch, c.Partition, c.Offset, s.cfg.History.MaxLen, s.gapArg, s.ttlArg).Slice()
+	s.observe("append", start, err)
+	if err != nil {
+		s.cache.drop(user)
+		return fmt.Errorf("append history of %q: %w", user, err)
+	}
+	if len(res) != 7 {
+		s.cache.drop(user)
+		return fmt.Errorf("append history of %q: script returned %d values", user, len(res))
+	}
+	var f [6]string
+	for i := range f {
+		f[i], _ = res[i+1].(string)
+	}
+	if err := decodeFields(f, rec); err != nil {
+		s.cache.drop(user)
+		return fmt.Errorf("append history of %q: %w", user, err)
+	}
+	s.cache.put(user, rec, true)
+	if n, _ := res[0].(int64); n != 1 {
+		return ErrDuplicate
+	}
+	return nil
+}
+
+// load reads user's record from the cache (at most CacheTTL old) or Redis.
+func (s *RedisStore) load(ctx context.Context, user string, rec *Record) (bool, error) {
+	if exists, ok := s.cache.get(user, s.cfg.CacheTTL, rec); ok {
+		s.hits.Inc()
+		return exists, nil
 	}
 	s.misses.Inc()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
 	start := time.Now()
-	blob, err := s.client.Get(ctx, s.Key(user)).Result()
-	if errors.Is(err, redis.Nil) {
-		blob, err = "", nil
-	}
-	s.observe("get", start, err)
+	vals, err := s.client.HMGet(ctx, s.Key(user), "e", "l", "p", "o", "h", "s").Result()
+	s.observe("load", start, err)
 	if err != nil {
-		return "", fmt.Errorf("get history of %q: %w", user, err)
+		resetRecord(rec)
+		return false, fmt.Errorf("load history of %q: %w", user, err)
 	}
-	s.cache.put(user, blob)
-	return blob, nil
-}
-
-// decode fills r from blob and reports whether a record exists; a corrupt
-// record counts as absent.
-func (s *RedisStore) decode(blob string, r *Record) bool {
-	if blob == "" {
-		resetRecord(r)
-		return false
-	}
-	if err := decodeRecord(blob, r); err != nil {
-		s.corrupt.Inc()
-		resetRecord(r)
-		return false
-	}
-	return true
-}
-
-// Append implements Store.
-func (s *RedisStore) Append(ctx context.Context, user string, c Click, rec *Record) error {
-	old, err := s.fetch(ctx, user, -1)
-	if err != nil {
-		return err
-	}
-	var r Record
-	for attempt := range s.cfg.CASRetries {
-		exists := s.decode(old, &r)
-		if !applyClick(&r, c, s.cfg.History.MaxLen, s.cfg.History.SessionGap, exists) {
-			copyRecord(rec, &r)
-			return ErrDuplicate
-		}
-		blob := encodeRecord(&r)
-		cur, ok, err := s.compareAndSet(ctx, user, old, blob)
-		if err != nil {
-			s.cache.drop(user)
-			return err
-		}
-		if ok {
-			s.cache.put(user, blob)
-			copyRecord(rec, &r)
-			return nil
-		}
-		s.conflicts.Inc()
-		s.cache.put(user, cur)
-		old = cur
-		// Writers in lock step would keep colliding: back off a random while.
-		if !sleepCtx(ctx, time.Duration(rand.Int64N(int64(attempt+1)*int64(time.Millisecond)))) {
-			return fmt.Errorf("append history of %q: %w", user, ctx.Err())
+	var f [6]string
+	exists := false
+	for i := range f {
+		if v, ok := vals[i].(string); ok {
+			f[i] = v
+			exists = true
 		}
 	}
-	return fmt.Errorf("append history of %q: %d conflicting writers in a row", user, s.cfg.CASRetries)
-}
-
-func (s *RedisStore) compareAndSet(ctx context.Context, user, old, blob string) (cur string, ok bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
-	defer cancel()
-	start := time.Now()
-	res, err := casScript.Run(ctx, s.client, []string{s.Key(user)}, old, blob, s.ttlArg).Slice()
-	s.observe("cas", start, err)
-	if err != nil {
-		return "", false, fmt.Errorf("set history of %q: %w", user, err)
+	if !exists {
+		resetRecord(rec)
+		s.cache.put(user, rec, false)
+		return false, nil
 	}
-	if len(res) != 2 {
-		return "", false, fmt.Errorf("set history of %q: script returned %d values", user, len(res))
+	if err := decodeFields(f, rec); err != nil {
+		resetRecord(rec)
+		return false, fmt.Errorf("load history of %q: %w", user, err)
 	}
-	if n, _ := res[0].(int64); n == 1 {
-		return "", true, nil
-	}
-	cur, _ = res[1].(string)
-	return cur, false, nil
+	s.cache.put(user, rec, true)
+	return true, nil
 }
 
 // Get implements Store. It may answer from a cached record up to CacheTTL old.
 func (s *RedisStore) Get(ctx context.Context, user string, dst []int32) ([]int32, error) {
-	blob, err := s.fetch(ctx, user, s.cfg.CacheTTL)
-	if err != nil {
-		return dst[:0], err
-	}
-	var r Record
-	s.decode(blob, &r)
-	return append(dst[:0], r.Pages...), nil
+	var rec Record
+	rec.Pages = dst[:0]
+	_, err := s.load(ctx, user, &rec)
+	return rec.Pages, err
 }
 
 // Load implements Store. It may answer from a cached record up to CacheTTL old.
 func (s *RedisStore) Load(ctx context.Context, user string, rec *Record) (bool, error) {
-	blob, err := s.fetch(ctx, user, s.cfg.CacheTTL)
-	if err != nil {
-		resetRecord(rec)
-		return false, err
-	}
-	return s.decode(blob, rec), nil
+	return s.load(ctx, user, rec)
 }
 
-// Save implements Store: an unconditional write.
+// Save implements Store: an unconditional replace.
 func (s *RedisStore) Save(ctx context.Context, user string, rec *Record) error {
 	r := *rec
 	if n := s.cfg.History.MaxLen; len(r.Pages) > n {
 		r.Pages = r.Pages[len(r.Pages)-n:]
 	}
-	blob := encodeRecord(&r)
+	f := encodeFields(&r)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
-	var ttl time.Duration
-	if s.cfg.History.IdleTTL > 0 {
-		ttl = s.cfg.History.IdleTTL
-	}
 	start := time.Now()
-	err := s.client.Set(ctx, s.Key(user), blob, ttl).Err()
-	s.observe("set", start, err)
+	err := saveScript.Run(ctx, s.client, []string{s.Key(user)}, f[0], f[1], f[2], f[3], f[4], f[5], s.ttlArg).Err()
+	s.observe("save", start, err)
 	if err != nil {
 		s.cache.drop(user)
 		return fmt.Errorf("save history of %q: %w", user, err)
 	}
-	s.cache.put(user, blob)
+	s.cache.put(user, &r, true)
 	return nil
 }
 
@@ -347,73 +325,61 @@ func resetRecord(r *Record) {
 	r.Epoch, r.Last, r.Partition, r.Offset = 0, time.Time{}, 0, -1
 }
 
-// Record encoding, little endian: version byte 1, epoch u32, last Unix ns
-// i64, partition i32, offset i64, page count u16, pages i32..., state count
-// u16, state f32....
-const recordVersion = 1
-
-func encodeRecord(r *Record) string {
-	b := make([]byte, 0, 1+4+8+4+8+2+4*len(r.Pages)+2+4*len(r.State))
-	b = append(b, recordVersion)
-	b = binary.LittleEndian.AppendUint32(b, r.Epoch)
+// encodeFields renders a record as the hash fields e, l, p, o, h, s.
+func encodeFields(r *Record) [6]string {
 	var last int64
 	if !r.Last.IsZero() {
-		last = r.Last.UnixNano()
+		last = r.Last.UnixMicro()
 	}
-	b = binary.LittleEndian.AppendUint64(b, uint64(last))
-	b = binary.LittleEndian.AppendUint32(b, uint32(r.Partition))
-	b = binary.LittleEndian.AppendUint64(b, uint64(r.Offset))
-	b = binary.LittleEndian.AppendUint16(b, uint16(len(r.Pages)))
+	h := make([]byte, 0, 4*len(r.Pages))
 	for _, p := range r.Pages {
-		b = binary.LittleEndian.AppendUint32(b, uint32(p))
+		h = binary.LittleEndian.AppendUint32(h, uint32(p))
 	}
-	b = binary.LittleEndian.AppendUint16(b, uint16(len(r.State)))
-	for _, f := range r.State {
-		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(f))
+	st := make([]byte, 0, 4*len(r.State))
+	for _, v := range r.State {
+		st = binary.LittleEndian.AppendUint32(st, math.Float32bits(v))
 	}
-	return string(b)
+	return [6]string{
+		strconv.FormatUint(uint64(r.Epoch), 10),
+		strconv.FormatInt(last, 10),
+		strconv.FormatInt(int64(r.Partition), 10),
+		strconv.FormatInt(r.Offset, 10),
+		string(h),
+		string(st),
+	}
 }
 
 var errCorrupt = errors.New("corrupt history record")
 
-func decodeRecord(s string, r *Record) error {
-	const head = 1 + 4 + 8 + 4 + 8 + 2
-	if len(s) < head || s[0] != recordVersion {
+// decodeFields parses the hash fields e, l, p, o, h, s into r (reusing its
+// slices).
+func decodeFields(f [6]string, r *Record) error {
+	epoch, err1 := strconv.ParseUint(f[0], 10, 32)
+	last, err2 := strconv.ParseInt(f[1], 10, 64)
+	part, err3 := strconv.ParseInt(f[2], 10, 32)
+	off, err4 := strconv.ParseInt(f[3], 10, 64)
+	if err := errors.Join(err1, err2, err3, err4); err != nil || len(f[4])%4 != 0 || len(f[5])%4 != 0 {
 		return errCorrupt
 	}
-	b := []byte(s)
-	r.Epoch = binary.LittleEndian.Uint32(b[1:])
-	last := int64(binary.LittleEndian.Uint64(b[5:]))
+	r.Epoch, r.Partition, r.Offset = uint32(epoch), int32(part), off
 	r.Last = time.Time{}
 	if last != 0 {
-		r.Last = time.Unix(0, last)
-	}
-	r.Partition = int32(binary.LittleEndian.Uint32(b[13:]))
-	r.Offset = int64(binary.LittleEndian.Uint64(b[17:]))
-	n := int(binary.LittleEndian.Uint16(b[25:]))
-	b = b[head:]
-	if len(b) < 4*n+2 {
-		return errCorrupt
+		r.Last = time.UnixMicro(last)
 	}
 	r.Pages = r.Pages[:0]
-	for i := range n {
-		r.Pages = append(r.Pages, int32(binary.LittleEndian.Uint32(b[4*i:])))
-	}
-	b = b[4*n:]
-	m := int(binary.LittleEndian.Uint16(b))
-	b = b[2:]
-	if len(b) != 4*m {
-		return errCorrupt
+	for i := 0; i < len(f[4]); i += 4 {
+		r.Pages = append(r.Pages, int32(uint32(f[4][i])|uint32(f[4][i+1])<<8|uint32(f[4][i+2])<<16|uint32(f[4][i+3])<<24))
 	}
 	r.State = r.State[:0]
-	for i := range m {
-		r.State = append(r.State, math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
+	for i := 0; i < len(f[5]); i += 4 {
+		bits := uint32(f[5][i]) | uint32(f[5][i+1])<<8 | uint32(f[5][i+2])<<16 | uint32(f[5][i+3])<<24
+		r.State = append(r.State, math.Float32frombits(bits))
 	}
 	return nil
 }
 
-// recordCache is a bounded LRU of encoded records with their fetch time. A
-// nil *recordCache caches nothing.
+// recordCache is a bounded LRU of record copies with their fetch time. A nil
+// *recordCache caches nothing.
 type recordCache struct {
 	mu    sync.Mutex
 	max   int
@@ -422,34 +388,38 @@ type recordCache struct {
 }
 
 type cacheItem struct {
-	user string
-	blob string
-	at   time.Time
+	user   string
+	rec    Record
+	exists bool
+	at     time.Time
 }
 
 func newRecordCache(max int) *recordCache {
 	return &recordCache{max: max, items: make(map[string]*list.Element)}
 }
 
-func (c *recordCache) get(user string, maxAge time.Duration) (string, bool) {
+// get copies user's record into dst when it is cached and at most maxAge
+// old (ok), and reports whether the record exists in Redis.
+func (c *recordCache) get(user string, maxAge time.Duration, dst *Record) (exists, ok bool) {
 	if c == nil {
-		return "", false
+		return false, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.items[user]
 	if !ok {
-		return "", false
+		return false, false
 	}
 	it := e.Value.(*cacheItem)
-	if maxAge >= 0 && time.Since(it.at) > maxAge {
-		return "", false
+	if time.Since(it.at) > maxAge {
+		return false, false
 	}
 	c.lru.MoveToFront(e)
-	return it.blob, true
+	copyRecord(dst, &it.rec)
+	return it.exists, true
 }
 
-func (c *recordCache) put(user, blob string) {
+func (c *recordCache) put(user string, rec *Record, exists bool) {
 	if c == nil {
 		return
 	}
@@ -457,7 +427,8 @@ func (c *recordCache) put(user, blob string) {
 	defer c.mu.Unlock()
 	if e, ok := c.items[user]; ok {
 		it := e.Value.(*cacheItem)
-		it.blob, it.at = blob, time.Now()
+		copyRecord(&it.rec, rec)
+		it.exists, it.at = exists, time.Now()
 		c.lru.MoveToFront(e)
 		return
 	}
@@ -467,7 +438,9 @@ func (c *recordCache) put(user, blob string) {
 			c.lru.Remove(e)
 		}
 	}
-	c.items[user] = c.lru.PushFront(&cacheItem{user: user, blob: blob, at: time.Now()})
+	it := &cacheItem{user: user, exists: exists, at: time.Now()}
+	copyRecord(&it.rec, rec)
+	c.items[user] = c.lru.PushFront(it)
 }
 
 func (c *recordCache) drop(user string) {
