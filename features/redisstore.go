@@ -17,9 +17,9 @@ import (
 
 // Defaults of StoreConfig.
 const (
-	DefaultKeyPrefix  = "prefetchd:h:"
-	DefaultCacheSize  = 100_000
-	DefaultCacheTTL   = time.Second
+	DefaultKeyPrefix = "prefetchd:h:"
+	DefaultCacheSize = 100_000
+	DefaultCacheTTL  = time.Second
 	DefaultOpTimeout = 500 * time.Millisecond
 )
 
