@@ -20,9 +20,9 @@ import (
 // GRUConfig sets the GRU's size and training. Zero fields take the
 // defaults in brackets.
 type GRUConfig struct {
-	Embedding    int     // embedding size [32]
-	Hidden       int     // recurrent state size [64]
-	Epochs       int     // most passes over the training sessions [10]
+	Embedding    int     // embedding size [48]
+	Hidden       int     // recurrent state size [128]
+	Epochs       int     // most passes over the training sessions [5]
 	Patience     int     // epochs without a better validation MRR@20 before stopping [2]
 	BatchSize    int     // sequences per step [64]
 	LearningRate float64 // Adam step size of the first epoch [0.005]
@@ -51,9 +51,9 @@ func (c GRUConfig) withDefaults() GRUConfig {
 			*v = d
 		}
 	}
-	def(&c.Embedding, 32)
-	def(&c.Hidden, 64)
-	def(&c.Epochs, 10)
+	def(&c.Embedding, 48)
+	def(&c.Hidden, 128)
+	def(&c.Epochs, 5)
 	def(&c.Patience, 2)
 	def(&c.BatchSize, 64)
 	def(&c.Window, DefaultMaxSeqLen)

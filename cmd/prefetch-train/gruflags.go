@@ -15,9 +15,9 @@ type gruFlags struct {
 
 func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
 	return &gruFlags{
-		embedding: fs.Int("gru-embedding", 0, "GRU embedding size (0: 32)"),
-		hidden:    fs.Int("gru-hidden", 0, "GRU hidden size (0: 64)"),
-		epochs:    fs.Int("gru-epochs", 0, "most GRU training epochs (0: 10)"),
+		embedding: fs.Int("gru-embedding", 0, "GRU embedding size (0: 48)"),
+		hidden:    fs.Int("gru-hidden", 0, "GRU hidden size (0: 128)"),
+		epochs:    fs.Int("gru-epochs", 0, "most GRU training epochs (0: 5)"),
 		patience:  fs.Int("gru-patience", 0, "epochs without validation gain before stopping (0: 2)"),
 		batch:     fs.Int("gru-batch", 0, "GRU batch size (0: 64)"),
 		sampled:   fs.Int("gru-sampled", 0, "negative pages per step of the sampled softmax (0: 512)"),
