@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
@@ -363,4 +364,16 @@ func freeTCPPort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestRedisStoreOnMiniredis checks the store's Lua scripts on miniredis, the
+// in-process Redis of prefetchd's embedded default (real Redis is tested above).
+func TestRedisStoreOnMiniredis(t *testing.T) {
+	m := miniredis.RunT(t)
+	client := newRedisClient(t, m.Addr())
+	n := 0
+	storeContract(t, func(t *testing.T, cfg HistoryConfig) Store {
+		n++
+		return newTestRedisStore(t, client, StoreConfig{History: cfg, KeyPrefix: fmt.Sprintf("m%d:", n)})
+	})
 }
