@@ -65,9 +65,7 @@ func (p *plan) newExec() *exec {
 // run executes the plan with ex.feed bound to the graph inputs. Results are
 // left in ex.cur at the output slots.
 func (p *plan) run(ctx context.Context, ex *exec) error {
-	for s, c := range p.consts {
-		ex.cur[s] = c
-	}
+	copy(ex.cur, p.consts)
 	for i, in := range p.inputs {
 		f := &ex.feed[i]
 		if f.dt == dtUndef {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
 	"sync"
 
 	onnx "github.com/owulveryck/onnx-go"
@@ -454,14 +453,4 @@ func bindInput(dst *tens, spec ioSpec, in Tensor) error {
 		return fmt.Errorf("%w: input %q wants %d %s values for shape %v", ErrBadInput, spec.Name, size(in.Shape), spec.DType, in.Shape)
 	}
 	return nil
-}
-
-// opNames returns the sorted operator names of an Info.
-func (i Info) opNames() []string {
-	var out []string
-	for k := range i.Ops {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

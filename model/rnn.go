@@ -139,19 +139,19 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		}
 	}
 	if X.rank() != 3 {
-		return fmt.Errorf("X has shape %v, want [seq, batch, input]", X.shape)
+		return fmt.Errorf("input X has shape %v, want [seq, batch, input]", X.shape)
 	}
 	T, N, I := X.shape[0], X.shape[1], X.shape[2]
 	D, Hd, G := k.dirs, k.hidden, k.gates
 	GH := G * Hd
 	if !sameShape(W.shape, D, GH, I) {
-		return fmt.Errorf("W has shape %v, want [%d %d %d]", W.shape, D, GH, I)
+		return fmt.Errorf("input W has shape %v, want [%d %d %d]", W.shape, D, GH, I)
 	}
 	if !sameShape(R.shape, D, GH, Hd) {
-		return fmt.Errorf("R has shape %v, want [%d %d %d]", R.shape, D, GH, Hd)
+		return fmt.Errorf("input R has shape %v, want [%d %d %d]", R.shape, D, GH, Hd)
 	}
 	if B != nil && !sameShape(B.shape, D, 2*GH) {
-		return fmt.Errorf("B has shape %v, want [%d %d]", B.shape, D, 2*GH)
+		return fmt.Errorf("input B has shape %v, want [%d %d]", B.shape, D, 2*GH)
 	}
 	if H0 != nil && !sameShape(H0.shape, D, N, Hd) {
 		return fmt.Errorf("initial_h has shape %v, want [%d %d %d]", H0.shape, D, N, Hd)
@@ -160,10 +160,10 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		return fmt.Errorf("initial_c has shape %v, want [%d %d %d]", C0.shape, D, N, Hd)
 	}
 	if P != nil && !sameShape(P.shape, D, 3*Hd) {
-		return fmt.Errorf("P has shape %v, want [%d %d]", P.shape, D, 3*Hd)
+		return fmt.Errorf("input P has shape %v, want [%d %d]", P.shape, D, 3*Hd)
 	}
 	if overWork(D, T, N, GH, I+Hd) || int64(T)*int64(N)*int64(GH) > MaxTensorElems {
-		return fmt.Errorf("X %v too large for hidden size %d", X.shape, Hd)
+		return fmt.Errorf("input X %v too large for hidden size %d", X.shape, Hd)
 	}
 	// sequence_lens: row b runs its first lens[b] steps only; later steps
 	// output zeros and leave its state alone (so a reverse direction starts
