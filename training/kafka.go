@@ -19,6 +19,10 @@ type KafkaConfig struct {
 	// inclusive (zero: the earliest retained message), To exclusive (zero:
 	// the end of each partition when the read starts).
 	From, To time.Time
+	// FromOffset and ToOffset bound the messages by offset in every
+	// partition, FromOffset inclusive, ToOffset exclusive (0: no bound).
+	// With times as well, the narrower bound wins.
+	FromOffset, ToOffset int64
 	// MaxMessages stops the read after this many messages (0: no limit).
 	MaxMessages int
 }
@@ -32,6 +36,10 @@ func (c KafkaConfig) Validate() error {
 		return errors.New("kafka: no topic")
 	case !c.From.IsZero() && !c.To.IsZero() && !c.From.Before(c.To):
 		return fmt.Errorf("kafka: from %s is not before to %s", c.From, c.To)
+	case c.FromOffset < 0 || c.ToOffset < 0:
+		return fmt.Errorf("kafka: offsets %d..%d must not be negative", c.FromOffset, c.ToOffset)
+	case c.ToOffset > 0 && c.FromOffset >= c.ToOffset:
+		return fmt.Errorf("kafka: from offset %d is not before to offset %d", c.FromOffset, c.ToOffset)
 	case c.MaxMessages < 0:
 		return fmt.Errorf("kafka: max messages %d is negative", c.MaxMessages)
 	}
@@ -78,7 +86,7 @@ func ReadKafka(ctx context.Context, cfg KafkaConfig) ([]ClickEvent, JSONLStats, 
 }
 
 // partitionRange returns the offsets [first, end) of partition p that fall
-// between cfg.From and cfg.To.
+// between cfg.From and cfg.To and between cfg.FromOffset and cfg.ToOffset.
 func partitionRange(ctx context.Context, cfg KafkaConfig, p kafka.Partition) (first, end int64, err error) {
 	conn, err := kafka.DialLeader(ctx, "tcp", cfg.Brokers[0], cfg.Topic, p.ID)
 	if err != nil {
@@ -110,6 +118,10 @@ func partitionRange(ctx context.Context, cfg KafkaConfig, p kafka.Partition) (fi
 	}
 	if end, err = at(cfg.To, hi); err != nil {
 		return 0, 0, err
+	}
+	first = max(first, cfg.FromOffset)
+	if cfg.ToOffset > 0 {
+		end = min(end, cfg.ToOffset)
 	}
 	return first, end, nil
 }

@@ -32,18 +32,26 @@ func TestReadKafkaBetweenTimes(t *testing.T) {
 	tests := []struct {
 		name            string
 		from, to        time.Time
+		fromOff, toOff  int64
 		events, skipped int
 	}{
-		{"whole topic", time.Time{}, time.Time{}, 40, 1},
-		{"between times", t0.Add(10 * time.Minute), t0.Add(20 * time.Minute), 10, 0},
-		{"from a time", t0.Add(35 * time.Minute), time.Time{}, 5, 1},
-		{"after the end", t0.Add(time.Hour), time.Time{}, 0, 0},
+		{"whole topic", time.Time{}, time.Time{}, 0, 0, 40, 1},
+		{"between times", t0.Add(10 * time.Minute), t0.Add(20 * time.Minute), 0, 0, 10, 0},
+		{"from a time", t0.Add(35 * time.Minute), time.Time{}, 0, 0, 5, 1},
+		{"after the end", t0.Add(time.Hour), time.Time{}, 0, 0, 0, 0},
+		// Offsets bound every partition: 40 events of 4 users hashed onto the
+		// partitions, so offsets [0, 2) hold two messages per used partition.
+		{"between offsets", time.Time{}, time.Time{}, 0, 2, -1, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			evs, st, err := ReadKafka(ctx, KafkaConfig{Brokers: []string{b.Addr()}, Topic: "clicks", From: tc.from, To: tc.to})
+			evs, st, err := ReadKafka(ctx, KafkaConfig{Brokers: []string{b.Addr()}, Topic: "clicks", From: tc.from, To: tc.to,
+				FromOffset: tc.fromOff, ToOffset: tc.toOff})
 			if err != nil {
 				t.Fatalf("ReadKafka: %v", err)
+			}
+			if tc.events < 0 { // two per non-empty partition
+				tc.events = 2 * partitionsUsed(ctx, t, b.Addr())
 			}
 			if len(evs) != tc.events || st.Skipped != tc.skipped {
 				t.Fatalf("got %d events, %d skipped; want %d and %d", len(evs), st.Skipped, tc.events, tc.skipped)
@@ -58,4 +66,34 @@ func TestReadKafkaBetweenTimes(t *testing.T) {
 	if _, _, err := ReadKafka(ctx, KafkaConfig{Topic: "clicks"}); err == nil {
 		t.Error("ReadKafka without brokers succeeded")
 	}
+}
+
+// partitionsUsed counts the partitions of "clicks" that hold messages.
+func partitionsUsed(ctx context.Context, t *testing.T, addr string) int {
+	t.Helper()
+	conn, err := kafka.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions("clicks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range parts {
+		lc, err := kafka.DialLeader(ctx, "tcp", addr, "clicks", p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, hi, err := lc.ReadOffsets()
+		lc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hi > 0 {
+			n++
+		}
+	}
+	return n
 }

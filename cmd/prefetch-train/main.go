@@ -47,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		topic    = fs.String("topic", "clicks", "kafka: click topic")
 		from     = fs.String("from", "", "kafka: first message time, RFC 3339 (default: earliest)")
 		to       = fs.String("to", "", "kafka: end message time, RFC 3339, exclusive (default: the end when the read starts)")
+		fromOff  = fs.Int64("from-offset", 0, "kafka: first offset read in every partition")
+		toOff    = fs.Int64("to-offset", 0, "kafka: end offset in every partition, exclusive (0: no bound)")
 		out      = fs.String("out", "", "output folder: the bundle plus report.json, report.txt, recall.svg")
 		publish  = fs.String("publish", "", "model repository: also publish the bundle as <publish>/<name>/<version>/")
 		name     = fs.String("name", "prefetchd", "bundle name")
@@ -101,7 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	opt := readOptions{collapse: *collapse, gap: *gap, canonical: canonical, logger: logger}
 	var sessions []training.Session
 	if *format == "kafka" {
-		kcfg, err := kafkaConfig(*brokers, *topic, *from, *to)
+		kcfg, err := kafkaConfig(*brokers, *topic, *from, *to, *fromOff, *toOff)
 		if err != nil {
 			return err
 		}

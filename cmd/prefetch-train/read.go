@@ -77,8 +77,8 @@ func loadCanonical(path string) (features.CanonicalizerConfig, error) {
 	return cfg, cfg.Validate()
 }
 
-func kafkaConfig(brokers, topic, from, to string) (training.KafkaConfig, error) {
-	cfg := training.KafkaConfig{Topic: topic}
+func kafkaConfig(brokers, topic, from, to string, fromOff, toOff int64) (training.KafkaConfig, error) {
+	cfg := training.KafkaConfig{Topic: topic, FromOffset: fromOff, ToOffset: toOff}
 	for _, b := range strings.Split(brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {
 			cfg.Brokers = append(cfg.Brokers, b)
