@@ -137,7 +137,14 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if err != nil {
 		return err
 	}
-	policy, err := prefetch.NewPolicy(prefetch.PolicyConfig{K: cfg.K, Threshold: cfg.Threshold})
+	pcfg := prefetch.PolicyConfig{K: cfg.K, Threshold: cfg.Threshold}
+	if cfg.CostWeights != "" {
+		if pcfg.CostWeights, err = readWeights(cfg.CostWeights); err != nil {
+			return err
+		}
+		pcfg.UseExpectedUtility = true
+	}
+	policy, err := prefetch.NewPolicy(pcfg)
 	if err != nil {
 		return err
 	}

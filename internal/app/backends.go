@@ -109,3 +109,16 @@ func canonicalizer(cfg Config) (*features.Canonicalizer, error) {
 	}
 	return features.NewCanonicalizer(cc)
 }
+
+// readWeights reads the per-page cost weights of the expected-utility rule.
+func readWeights(path string) (map[string]float64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read cost weights: %w", err)
+	}
+	var w map[string]float64
+	if err := json.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("cost weights %s: %w", path, err)
+	}
+	return w, nil
+}

@@ -75,6 +75,9 @@ type Config struct {
 	PrefetchMode string
 	OriginURL    string
 	GlobalRate   float64
+	// CostWeights is a JSON file {"page": weight, ...}; when set, pages are
+	// ranked and thresholded by probability × weight (expected utility).
+	CostWeights string
 	PerUserRate  float64
 	BudgetKeys   int
 
@@ -231,6 +234,7 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.StringVar(&c.KeyTemplate, "key-template", c.KeyTemplate, "Redis key of a warmed page: page:{page} (shared) or user:{user}:page:{page}")
 	fs.StringVar(&c.PrefetchMode, "prefetch-mode", c.PrefetchMode, "hint (store a hint record) or origin (store the body fetched from --origin-url)")
 	fs.StringVar(&c.OriginURL, "origin-url", c.OriginURL, "origin URL template for --prefetch-mode origin, e.g. https://origin/{page}")
+	fs.StringVar(&c.CostWeights, "cost-weights", c.CostWeights, "JSON file of per-page cost weights; turns on the expected-utility rule (probability × weight ≥ threshold)")
 	fs.Float64Var(&c.GlobalRate, "global-rate", c.GlobalRate, "most prefetches per second over all users (0: no limit)")
 	fs.Float64Var(&c.PerUserRate, "per-user-rate", c.PerUserRate, "most prefetches per second for one user (0: no limit)")
 	fs.IntVar(&c.BudgetKeys, "budget-keys", c.BudgetKeys, "most keys the prefetcher writes per TTL window (0: no cap)")

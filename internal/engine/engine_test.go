@@ -345,3 +345,24 @@ func equal(a, b []int64) bool {
 	}
 	return true
 }
+
+// TestExpectedUtility binds cost weights, keyed by page, to the live model's
+// vocabulary: a cheap likely page loses to a costly less likely one.
+func TestExpectedUtility(t *testing.T) {
+	f := newFixture(t, 0.5)
+	policy, err := prefetch.NewPolicy(prefetch.PolicyConfig{K: 1, Threshold: 0.5, UseExpectedUtility: true, CostWeights: map[string]float64{"/c": 5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.eng.deps.Policy = policy
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, meta := click("u1", "/a", 0, time.Now())
+	if err := f.eng.HandleEvent(ctx, ev, meta); err != nil {
+		t.Fatal(err)
+	}
+	// /b: 0.7 × 1; /c: 0.2 × 5 = 1.0.
+	if len(f.warmer.calls) != 1 || len(f.warmer.calls[0].pages) != 1 || f.warmer.calls[0].pages[0] != "/c" {
+		t.Fatalf("warm calls %+v, want only /c (highest expected utility)", f.warmer.calls)
+	}
+}
