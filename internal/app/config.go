@@ -78,8 +78,8 @@ type Config struct {
 	// CostWeights is a JSON file {"page": weight, ...}; when set, pages are
 	// ranked and thresholded by probability × weight (expected utility).
 	CostWeights string
-	PerUserRate  float64
-	BudgetKeys   int
+	PerUserRate float64
+	BudgetKeys  int
 
 	// Servers.
 	Listen         string // gRPC
