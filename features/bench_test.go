@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -286,9 +287,13 @@ func BenchmarkIngestNASA(b *testing.B) {
 			for b.Loop() {
 				group++
 				c0 := cpuTime()
-				bare += bareLoop(b, br.Addr(), topic, fmt.Sprintf("bare-%d", group), tc.s, len(msgs))
+				pprof.Do(context.Background(), pprof.Labels("loop", "bare"), func(context.Context) {
+					bare += bareLoop(b, br.Addr(), topic, fmt.Sprintf("bare-%d", group), tc.s, len(msgs))
+				})
 				c1 := cpuTime()
-				cons += consumerLoop(b, br.Addr(), topic, fmt.Sprintf("consumer-%d", group), tc.s, len(msgs), tc.vocab, tc.model)
+				pprof.Do(context.Background(), pprof.Labels("loop", "consumer"), func(context.Context) {
+					cons += consumerLoop(b, br.Addr(), topic, fmt.Sprintf("consumer-%d", group), tc.s, len(msgs), tc.vocab, tc.model)
+				})
 				c2 := cpuTime()
 				bareCPU += c1 - c0
 				consCPU += c2 - c1
