@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/prefetch"
 )
 
 // EvalConfig sets how held-out sessions are scored.
@@ -21,10 +22,10 @@ type EvalConfig struct {
 	TopK int
 }
 
-// Defaults of the prefetch simulation.
+// Defaults of the prefetch simulation: the service's policy defaults.
 const (
-	DefaultThreshold = 0.2
-	DefaultTopK      = 5
+	DefaultThreshold = prefetch.DefaultThreshold
+	DefaultTopK      = prefetch.DefaultK
 )
 
 func (c EvalConfig) withDefaults() EvalConfig {
