@@ -172,7 +172,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 	svc.shutdown(t)
 }
 
-func httpGet(t *testing.T, ctx context.Context, url string) string {
+func httpGet(t testing.TB, ctx context.Context, url string) string {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)

@@ -19,7 +19,7 @@ type service struct {
 
 // startService runs the service with cfg until the test ends or shutdown is
 // called, and waits until it serves. timeout bounds the whole test.
-func startService(t *testing.T, cfg Config, timeout time.Duration) *service {
+func startService(t testing.TB, cfg Config, timeout time.Duration) *service {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
@@ -44,7 +44,7 @@ func startService(t *testing.T, cfg Config, timeout time.Duration) *service {
 }
 
 // shutdown cancels the service and expects a clean stop within 30 s.
-func (s *service) shutdown(t *testing.T) {
+func (s *service) shutdown(t testing.TB) {
 	t.Helper()
 	s.stop()
 	select {
