@@ -487,6 +487,12 @@ func TestConsumerApply(t *testing.T) {
 	if !slices.Equal(got, []int32{3, 4}) {
 		t.Fatalf("history %v, want [3 4]", got)
 	}
+	rec.failUntil = 1
+	err = c.Apply(ctx, []byte(`{"user_id":"bob","page":"/page/1","ts":"`+ts+`"}`))
+	if err == nil || errors.Is(err, ErrRejected) {
+		t.Fatalf("Apply with a failing handler: %v, want the handler's error", err)
+	}
+	rec.failUntil = 0
 	err = c.Apply(ctx, []byte(`{"user_id":"ann"}`))
 	var rej *RejectError
 	if !errors.As(err, &rej) || rej.Reason != ReasonMissingPage {
@@ -521,4 +527,36 @@ func TestConsumerConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestConsumerStopDuringRetries stops a consumer whose handler keeps failing:
+// the events are not committed, and the next member of the group applies them.
+func TestConsumerStopDuringRetries(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	b.Produce(t, topic, stream.batch(2, 3)...)
+	store := newTestHistories(t, HistoryConfig{})
+	failing := newRecorder(store)
+	failing.failUntil = 1 << 30
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.HandlerRetries = 1 << 20
+	cfg.HandlerBackoff = 10 * time.Millisecond
+	c1, err := NewConsumer(cfg, failing, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop1 := runConsumer(t, c1)
+	eventually(t, 30*time.Second, "handler retries", func() bool { return testutil.ToFloat64(c1.m.handlerRetries) >= 3 })
+	stop1()
+
+	ok := failing.replica(store)
+	c2, err := NewConsumer(cfg, ok, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop2 := runConsumer(t, c2)
+	eventually(t, 30*time.Second, "every event applied by the next member", func() bool { return ok.total.Load() == 6 })
+	stop2()
+	checkApplied(t, ok.snapshot(), stream.want)
 }

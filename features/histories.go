@@ -315,6 +315,25 @@ func (h *Histories) EvictIdle() int {
 	return n
 }
 
+// Run calls EvictIdle every interval (a minute when interval <= 0) until ctx
+// ends, then returns nil. It is optional: Append and Get evict idle users
+// lazily; Run returns their memory when traffic stops.
+func (h *Histories) Run(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			h.EvictIdle()
+		}
+	}
+}
+
 // lookup finds user, drops it when idle and moves it to the LRU head.
 func (h *Histories) lookup(s *shard, user string, now int64) (int32, bool) {
 	i, ok := s.index[user]

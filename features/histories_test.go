@@ -224,6 +224,24 @@ func TestHistoriesEviction(t *testing.T) {
 	}
 }
 
+func TestHistoriesRunEvictsIdle(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	h := newTestHistories(t, HistoryConfig{IdleTTL: time.Minute, Now: clock.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var rec Record
+	_ = h.Append(ctx, "u", Click{Page: 2, TS: clock.Now(), Offset: -1}, &rec)
+	clock.Add(2 * time.Minute)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.Run(runCtx, 5*time.Millisecond) }()
+	eventually(t, 5*time.Second, "idle user evicted by Run", func() bool { return h.Len() == 0 })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
 func TestHistoryConfigValidate(t *testing.T) {
 	for name, cfg := range map[string]HistoryConfig{
 		"negative len":   {MaxLen: -1},
@@ -280,6 +298,31 @@ func BenchmarkHistoriesAppend(b *testing.B) {
 				for k := range 20 {
 					_ = h.Append(ctx, id, Click{Page: int32(i + k), TS: t0.Add(time.Duration(k) * time.Second), Offset: int64(k)}, &rec)
 				}
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			perUser = float64(after.HeapAlloc-before.HeapAlloc) / users
+			runtime.KeepAlive(h)
+		}
+		b.ReportMetric(perUser, "B/user")
+	})
+	b.Run("bytes-per-user-state32", func(b *testing.B) {
+		b.ReportAllocs()
+		const users = 20_000
+		state := make([]float32, 32)
+		var perUser float64
+		for b.Loop() {
+			runtime.GC()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			h := newTestHistories(b, HistoryConfig{MaxLen: 20, MaxUsers: 2 * users})
+			var rec Record
+			for i, id := range ids[:users] {
+				for k := range 20 {
+					_ = h.Append(ctx, id, Click{Page: int32(i + k), TS: t0.Add(time.Duration(k) * time.Second), Offset: int64(k)}, &rec)
+				}
+				rec.State = append(rec.State[:0], state...)
+				_ = h.Save(ctx, id, &rec)
 			}
 			runtime.GC()
 			runtime.ReadMemStats(&after)
