@@ -156,3 +156,21 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func FuzzParseTS(f *testing.F) {
+	for _, s := range []string{"2026-11-26T09:59:00Z", "2026-11-26T09:59:00.123456789Z", "2024-02-29T23:59:59.5Z",
+		"2023-02-29T00:00:00Z", "2026-04-31T00:00:00Z", "2026-11-26T24:00:00Z", "2026-11-26T09:59:60Z",
+		"2026-11-26T09:59:00.Z", "2026-11-26T09:59:00.1234567891Z", "2026-11-26t09:59:00z", "0000-01-01T00:00:00Z"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		fast, ok := parseTSFast(s)
+		if !ok {
+			return
+		}
+		slow, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil || !fast.Equal(slow) || fast.Location() != slow.Location() {
+			t.Fatalf("parseTSFast(%q) = %v, time.Parse = %v, %v", s, fast, slow, err)
+		}
+	})
+}
