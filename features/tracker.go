@@ -15,8 +15,9 @@ type tracker struct {
 }
 
 type partTrack struct {
-	base      int64 // sequence number of q[0]
+	base      int64 // sequence number of q[head]
 	q         []trackEntry
+	head      int // q[:head] is done and dropped
 	maxSeen   int64 // highest offset fetched, -1 before the first
 	ready     int64 // highest offset with it and everything before done, -1 when none
 	committed int64 // highest offset committed, -1 when none
@@ -56,7 +57,7 @@ func (t *tracker) add(partition int, offset, hwm int64) (seq int64, dup bool) {
 	// consumer in this assignment (processed elsewhere, or not data): they
 	// count as done. The first fetch of a partition starts at its committed
 	// offset.
-	if len(pt.q) == 0 && offset-1 > pt.ready {
+	if pt.head == len(pt.q) && offset-1 > pt.ready {
 		pt.ready = offset - 1
 	}
 	if pt.maxSeen < 0 {
@@ -64,7 +65,7 @@ func (t *tracker) add(partition int, offset, hwm int64) (seq int64, dup bool) {
 	}
 	pt.maxSeen = offset
 	pt.q = append(pt.q, trackEntry{offset: offset})
-	return pt.base + int64(len(pt.q)) - 1, false
+	return pt.base + int64(len(pt.q)-pt.head) - 1, false
 }
 
 // done marks a message finished and returns how many messages are done since
@@ -73,21 +74,24 @@ func (t *tracker) done(partition int, seq int64) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pt := t.parts[partition]
-	if pt == nil || seq < pt.base || seq-pt.base >= int64(len(pt.q)) {
+	if pt == nil || seq < pt.base || seq-pt.base >= int64(len(pt.q)-pt.head) {
 		return t.doneSinceCommit
 	}
-	pt.q[seq-pt.base].done = true
-	n := 0
-	for n < len(pt.q) && pt.q[n].done {
-		pt.ready = pt.q[n].offset
-		n++
+	pt.q[pt.head+int(seq-pt.base)].done = true
+	start := pt.head
+	for pt.head < len(pt.q) && pt.q[pt.head].done {
+		pt.ready = pt.q[pt.head].offset
+		pt.head++
 	}
-	if n > 0 {
-		pt.q = pt.q[n:]
-		pt.base += int64(n)
-		if len(pt.q) == 0 {
-			pt.q = pt.q[:0:0] // let the old array go
-		}
+	pt.base += int64(pt.head - start)
+	switch {
+	case pt.head == len(pt.q):
+		// Everything done: reuse the array from its start.
+		pt.q, pt.head = pt.q[:0], 0
+	case pt.head > 1024 && pt.head > len(pt.q)/2:
+		// Mostly done: move the pending tail to the front.
+		n := copy(pt.q, pt.q[pt.head:])
+		pt.q, pt.head = pt.q[:n], 0
 	}
 	t.doneSinceCommit++
 	return t.doneSinceCommit

@@ -2,6 +2,7 @@ package features
 
 import (
 	"context"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -76,5 +77,66 @@ func TestConsumerRunTwice(t *testing.T) {
 	defer cancel()
 	if err := c.Run(ctx); err == nil {
 		t.Fatal("Run after Close returned nil")
+	}
+}
+
+// TestTrackerRandom checks the tracker against a plain model over long
+// random runs (so that the array reuse and compaction paths are taken).
+func TestTrackerRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	tr := newTracker()
+	var offsets []int64 // fetched, in order
+	done := map[int64]bool{}
+	var inflight []int64 // seqs not yet done
+	seqOffset := map[int64]int64{}
+	next := int64(100)
+	for step := range 20000 {
+		if len(inflight) == 0 || rng.IntN(3) > 0 && len(inflight) < 3000 {
+			next += 1 + int64(rng.IntN(2)) // gaps happen (compaction, markers)
+			seq, dup := tr.add(0, next, next+1)
+			if dup {
+				t.Fatalf("step %d: offset %d reported as duplicate", step, next)
+			}
+			offsets = append(offsets, next)
+			inflight = append(inflight, seq)
+			seqOffset[seq] = next
+		} else {
+			i := rng.IntN(len(inflight))
+			seq := inflight[i]
+			inflight = append(inflight[:i], inflight[i+1:]...)
+			tr.done(0, seq)
+			done[seqOffset[seq]] = true
+		}
+		// Model: the last offset of the done prefix.
+		want := int64(99)
+		for _, o := range offsets {
+			if !done[o] {
+				break
+			}
+			want = o
+		}
+		got := int64(99)
+		if p := tr.pending(nil); len(p) == 1 {
+			got = p[0].offset
+		}
+		if got != want {
+			t.Fatalf("step %d: committable offset %d, want %d", step, got, want)
+		}
+		if step%500 == 0 {
+			tr.committed(tr.pending(nil))
+			offsets = slices.DeleteFunc(offsets, func(o int64) bool { return o <= want })
+			// Committed offsets leave the model too.
+			for o := range done {
+				if o <= want {
+					delete(done, o)
+				}
+			}
+			if want > 99 {
+				// after a commit, pending is empty until more is done
+				if p := tr.pending(nil); len(p) != 0 {
+					t.Fatalf("step %d: pending %v right after commit", step, p)
+				}
+			}
+		}
 	}
 }
