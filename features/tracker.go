@@ -17,7 +17,7 @@ type tracker struct {
 type partTrack struct {
 	base      int64 // sequence number of q[head]
 	q         []trackEntry
-	head      int // q[:head] is done and dropped
+	head      int   // q[:head] is done and dropped
 	maxSeen   int64 // highest offset fetched, -1 before the first
 	ready     int64 // highest offset with it and everything before done, -1 when none
 	committed int64 // highest offset committed, -1 when none
