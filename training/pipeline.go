@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
-
-	"github.com/prefetchd/prefetchd/model"
 )
 
 // Model names used in reports and by Config.Export.
@@ -171,8 +168,3 @@ func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Se
 	}
 	return rep, b, nil
 }
-
-// ModelNames lists the models a report may hold, in report order.
-func ModelNames() []string { return slices.Clone([]string{ModelPopularity, ModelMarkov, ModelGRU}) }
-
-var _ = model.PadIndex
