@@ -30,12 +30,11 @@ not json
 	tests := []struct {
 		name  string
 		cfg   JSONLConfig
-		want  []Session
 		pages [][]string
 	}{
-		{"default gap", JSONLConfig{}, nil, [][]string{{"/1", "/2", "/3"}, {"/x", "/y"}, {"/5"}}},
-		{"short gap", JSONLConfig{Gap: 15 * time.Minute}, nil, [][]string{{"/1", "/2", "/3"}, {"/x"}, {"/5"}, {"/y"}}},
-		{"canonicalizer", JSONLConfig{Canonicalizer: upper{}}, nil, [][]string{{"/1", "/2", "/3"}, {"/X", "/Y"}, {"/5"}}},
+		{"default gap", JSONLConfig{}, [][]string{{"/1", "/2", "/3"}, {"/x", "/y"}, {"/5"}}},
+		{"short gap", JSONLConfig{Gap: 15 * time.Minute}, [][]string{{"/1", "/2", "/3"}, {"/x"}, {"/5"}, {"/y"}}},
+		{"canonicalizer", JSONLConfig{Canonicalizer: upper{}}, [][]string{{"/1", "/2", "/3"}, {"/X", "/Y"}, {"/5"}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
