@@ -304,12 +304,12 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 	return c, nil
 }
 
-// Run consumes until ctx ends, then stops fetching and the workers (an event
-// whose handler sees ctx end stays uncommitted), commits every offset that is
-// done and returns nil. It
-// returns an error when called twice or after Close, or when the final commit
-// fails (the uncommitted events are then redelivered to the group). Messages
-// fetched but not handled when ctx ends are left uncommitted.
+// Run consumes until ctx ends, then stops fetching and the workers, commits
+// every offset that is done and returns nil. Messages fetched but not handled
+// when ctx ends, and an event whose handler sees ctx end, stay uncommitted
+// and are redelivered to the group. Run returns an error when called twice or
+// after Close, when the reader is closed under it, or when the final commit
+// fails. The handler must honour ctx: Run waits for the calls in progress.
 func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Lock()
 	if c.running || c.closed {
