@@ -2,6 +2,7 @@ package training
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
@@ -67,12 +68,32 @@ func TestRuntimeReproducesTrainers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A GRU of the default size with random weights and a larger
+	// vocabulary whose pages keep the synthetic sessions' indices.
+	big := &GRU{p: newGRUParams(1000, 48, 128)}
+	big.p.init(rand.New(rand.NewPCG(9, 9)))
+	pagesBig := make([]string, 1000)
+	for i := range pagesBig {
+		pagesBig[i] = v.Page(int64(i))
+		if i >= v.Len() {
+			pagesBig[i] = fmt.Sprintf("/extra/%d", i)
+		}
+	}
+	vbig, err := model.NewVocab(pagesBig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, err := GRUBundle(big, vbig, ManifestConfig{Name: "big", Version: "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	histories := [][]int64{{}, {1}, {2}, {3, 4}, {5, 2, 7, 3, 1, 6}, {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3}}
 	tests := []struct {
 		name   string
 		bundle *Bundle
 		p      Predictor
-	}{{"markov1", mb, mk}, {"gru", gb, gru}}
+		g      *GRU
+	}{{"markov1", mb, mk, nil}, {"gru", gb, gru, gru}, {"gru vocab 1000 hidden 128", bb, big, big}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), tc.name)
@@ -112,11 +133,11 @@ func TestRuntimeReproducesTrainers(t *testing.T) {
 					t.Errorf("batched history %v: runtime differs by %g", h, d)
 				}
 			}
-			if !rb.HasStep() {
-				if tc.name == "gru" {
-					t.Fatal("gru bundle has no step form")
-				}
+			if tc.g == nil {
 				return
+			}
+			if !rb.HasStep() {
+				t.Fatal("gru bundle has no step form")
 			}
 			var state, probs []float32
 			h := histories[4]
@@ -126,10 +147,10 @@ func TestRuntimeReproducesTrainers(t *testing.T) {
 					t.Fatalf("Step: %v", err)
 				}
 			}
-			if d := maxAbsDiff(probs, gru.Predict(h, nil)); d > 1e-5 {
+			if d := maxAbsDiff(probs, tc.g.Predict(h, nil)); d > 1e-5 {
 				t.Errorf("step form after %v differs from the trainer by %g", h, d)
 			}
-			_, wantState := gru.stepAll(h)
+			_, wantState := tc.g.stepAll(h)
 			if d := maxAbsDiff(state, wantState); d > 1e-5 {
 				t.Errorf("state_out differs from the trainer's state by %g", d)
 			}
