@@ -83,7 +83,7 @@ func NewCanonicalizer(cfg CanonicalizerConfig) (*Canonicalizer, error) {
 
 // Canonical returns the canonical key of page:
 //
-//  1. surrounding white space, the fragment and the scheme are dropped;
+//  1. the fragment, the scheme and white space around the path are dropped;
 //  2. the host is dropped, or kept in lower case when KeepHost is set;
 //  3. the path gets a leading slash, runs of slashes collapse to one and
 //     trailing slashes are dropped ("/" stays "/");
@@ -98,6 +98,7 @@ func (c *Canonicalizer) Canonical(page string) string {
 	s := strings.TrimSpace(page)
 	s, _, _ = strings.Cut(s, "#")
 	s, query, _ := strings.Cut(s, "?")
+	s = strings.TrimSpace(s)
 	host := ""
 	if i := strings.Index(s, "://"); i >= 0 && isScheme(s[:i]) {
 		s = s[i+3:]
@@ -228,8 +229,13 @@ func cleanPath(p string) string {
 		prev = ch
 	}
 	out := b.String()
-	for len(out) > 1 && out[len(out)-1] == '/' {
-		out = out[:len(out)-1]
+	for len(out) > 1 {
+		switch out[len(out)-1] {
+		case '/', ' ', '\t', '\n', '\r', '\v', '\f':
+			out = out[:len(out)-1]
+			continue
+		}
+		break
 	}
 	return out
 }

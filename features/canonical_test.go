@@ -123,3 +123,25 @@ func BenchmarkCanonical(b *testing.B) {
 		}
 	})
 }
+
+func FuzzCanonical(f *testing.F) {
+	for _, s := range []string{"/a/b/", "https://x.org//a?id=1&b=2#f", "//h/p", "a", "", "/product/12", "?id=%zz", "http://u@H:80"} {
+		f.Add(s)
+	}
+	c, err := NewCanonicalizer(CanonicalizerConfig{
+		QueryAllow: []string{"id"},
+		Rules:      []RewriteRule{{Pattern: `^/product/\d+$`, Replacement: "/product/:id"}},
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, page string) {
+		got := c.Canonical(page)
+		if got == "" || got[0] != '/' {
+			t.Fatalf("Canonical(%q) = %q, want a path starting with /", page, got)
+		}
+		if again := c.Canonical(got); again != got {
+			t.Fatalf("Canonical is not idempotent: %q -> %q -> %q", page, got, again)
+		}
+	})
+}
