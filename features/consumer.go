@@ -432,15 +432,12 @@ func (c *Consumer) markDone(partition int, seq int64) {
 func (c *Consumer) process(ctx context.Context, j job) bool {
 	ev, err := c.dec.Decode(j.msg.Value, time.Now())
 	if err != nil {
-		var rej *RejectError
-		errors.As(err, &rej)
-		return c.rejected(j, rej)
+		return c.rejected(j, asReject(err))
 	}
 	meta := Meta{Topic: j.msg.Topic, Partition: int32(j.msg.Partition), Offset: j.msg.Offset, Time: j.msg.Time}
 	backoff := c.cfg.HandlerBackoff
 	for attempt := 0; ; attempt++ {
 		err := c.handler.HandleEvent(ctx, ev, meta)
-		var rej *RejectError
 		switch {
 		case err == nil:
 			c.m.events.Inc()
@@ -450,10 +447,8 @@ func (c *Consumer) process(ctx context.Context, j job) bool {
 		case errors.Is(err, ErrDuplicate):
 			c.m.duplicates.Inc()
 			return true
-		case errors.As(err, &rej):
-			return c.rejected(j, rej)
 		case errors.Is(err, ErrRejected):
-			return c.rejected(j, &RejectError{Reason: "handler", Detail: err.Error()})
+			return c.rejected(j, asReject(err))
 		case attempt >= c.cfg.HandlerRetries:
 			c.m.handlerErrors.Inc()
 			c.log.Warn("event skipped after handler errors", "err", err, "user", ev.UserID,
@@ -466,6 +461,16 @@ func (c *Consumer) process(ctx context.Context, j job) bool {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// asReject returns the *RejectError in err, or one with reason "handler" for
+// another error wrapping ErrRejected.
+func asReject(err error) *RejectError {
+	var rej *RejectError
+	if errors.As(err, &rej) {
+		return rej
+	}
+	return &RejectError{Reason: "handler", Detail: err.Error()}
 }
 
 // rejected counts a bad message and hands it to the dead-letter writer. It

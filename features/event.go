@@ -168,8 +168,8 @@ func (d *Decoder) Decode(data []byte, now time.Time) (Event, error) {
 	}
 	w, ok := decodeFast(data)
 	if !ok {
-		w = wireEvent{}
-		if err := json.Unmarshal(data, &w); err != nil {
+		var err error
+		if w, err = decodeSlow(data); err != nil {
 			return Event{}, reject(ReasonJSON, err.Error())
 		}
 	}
@@ -240,6 +240,14 @@ func truncate(s string, n int) string {
 		s = s[:len(s)-1]
 	}
 	return s + "…"
+}
+
+// decodeSlow parses with encoding/json (kept apart so that only this path
+// moves the event to the heap).
+func decodeSlow(data []byte) (wireEvent, error) {
+	var w wireEvent
+	err := json.Unmarshal(data, &w)
+	return w, err
 }
 
 // decodeFast parses the common shape of an event without encoding/json: one
