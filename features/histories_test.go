@@ -175,7 +175,8 @@ func TestHistoriesStore(t *testing.T) {
 }
 
 func TestHistoriesEviction(t *testing.T) {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
 	reg := prometheus.NewPedanticRegistry()
 	h, err := NewHistories(HistoryConfig{MaxUsers: 3, IdleTTL: time.Hour, Now: clock.Now}, reg)
