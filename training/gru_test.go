@@ -2,6 +2,7 @@ package training
 
 import (
 	"context"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -162,5 +163,34 @@ func TestExpNeg(t *testing.T) {
 		if math.Abs(got-want) > 2e-5*want+1e-37 {
 			t.Fatalf("expNeg(%v) = %v, want %v", x, got, want)
 		}
+	}
+}
+
+func TestTrainGRUStopsOnCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	seqs := [][]int64{{2, 3, 4}, {3, 4, 2}}
+	if _, _, err := TrainGRU(ctx, nil, seqs, 5, GRUConfig{Hidden: 4, Embedding: 2}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("TrainGRU on a cancelled context: %v, want context.Canceled", err)
+	}
+	bad := []struct {
+		name string
+		seqs [][]int64
+		cfg  GRUConfig
+	}{
+		{"index outside vocabulary", [][]int64{{2, 9}}, GRUConfig{}},
+		{"padding inside a session", [][]int64{{2, 0, 3}}, GRUConfig{}},
+		{"negative hidden", seqs, GRUConfig{Hidden: -1}},
+		{"decay above 1", seqs, GRUConfig{LRDecay: 2}},
+		{"no transitions", [][]int64{{2}, {3}}, GRUConfig{}},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, _, err := TrainGRU(ctx, nil, tc.seqs, 5, tc.cfg); err == nil {
+				t.Fatal("TrainGRU succeeded, want an error")
+			}
+		})
 	}
 }

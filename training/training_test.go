@@ -257,3 +257,24 @@ func TestWriteBundleAndPublish(t *testing.T) {
 		t.Error("WriteBundle with a wrong vocab_size succeeded")
 	}
 }
+
+func TestRunPipeline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sessions := synthSessions(200, 11)
+	rep, b, err := Run(ctx, nil, "synthetic", sessions, Config{Name: "s", SkipGRU: true, Vocab: VocabConfig{MinCount: 1}})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if rep.TrainSessions != 160 || rep.TestSessions != 40 || len(rep.Results) != 2 || rep.Exported != ModelMarkov {
+		t.Fatalf("report %+v, want 160/40 sessions, popularity and markov1, markov1 exported", rep)
+	}
+	if b.Manifest.Cell != CellMarkov || b.Manifest.Metrics["mrr_at_20"] != rep.Result(ModelMarkov).MRRAt20 {
+		t.Errorf("bundle manifest %+v does not carry the markov1 evaluation", b.Manifest)
+	}
+	for _, cfg := range []Config{{Export: "lstm"}, {SkipGRU: true, Export: ModelGRU}, {Split: SplitConfig{HoldoutFraction: 2}}} {
+		if _, _, err := Run(ctx, nil, "synthetic", sessions, cfg); err == nil {
+			t.Errorf("Run with %+v succeeded, want a config error", cfg)
+		}
+	}
+}
