@@ -16,7 +16,8 @@ build:
 ## run: start the service on embedded defaults (in-process Kafka broker and
 ## Redis store, bundled model, replay of NASA July 1995 sessions).
 run:
-	$(GO) run ./cmd/prefetchd $(ARGS)
+	@$(GO) build -o bin/prefetchd ./cmd/prefetchd
+	@exec bin/prefetchd $(ARGS)
 
 ## test: every test, with the race detector (needs redis-server on PATH).
 test:
