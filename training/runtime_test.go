@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prefetchd/prefetchd/internal/embedded"
+
 	"github.com/prefetchd/prefetchd/model"
 )
 
@@ -170,7 +172,8 @@ func (g *GRU) stepAll(h []int64) (probs, state []float32) {
 func TestShippedNASABundle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	b, err := model.LoadBundle(filepath.Join("testdata", "nasa-markov"))
+	fsys, dir := embedded.Model()
+	b, err := model.LoadBundleFS(fsys, dir)
 	if err != nil {
 		t.Fatalf("model.LoadBundle: %v", err)
 	}
