@@ -33,6 +33,7 @@ import (
 	"github.com/prefetchd/prefetchd/internal/server"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/prefetchd/prefetchd/training"
 )
 
 // Addrs are the addresses the running service bound, for tests and logs.
@@ -339,7 +340,7 @@ func waitForModel(ctx context.Context, m *lifecycle.Manager) (*lifecycle.Live, e
 
 func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []string, transport kafka.RoundTripper, log *slog.Logger) error {
 	var (
-		sessions [][]int
+		sessions []training.Session
 		err      error
 	)
 	if cfg.Replay == ReplayEmbedded {
@@ -347,7 +348,7 @@ func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []
 	} else {
 		var f *os.File
 		if f, err = os.Open(cfg.Replay); err == nil {
-			sessions, err = embedded.ReadSPMF(f)
+			sessions, err = training.ReadSPMF(f)
 			f.Close()
 		}
 	}

@@ -33,8 +33,8 @@ func BenchmarkServiceThroughput(b *testing.B) {
 	at := time.Now()
 	for i := 0; len(msgs) < events; i++ {
 		user := "u" + strconv.Itoa(i)
-		for _, p := range sessions[i] {
-			msgs = append(msgs, kafkatest.Message(user, clickJSON(user, embedded.PageKey(p), at)))
+		for _, p := range sessions[i].Pages {
+			msgs = append(msgs, kafkatest.Message(user, clickJSON(user, p, at)))
 		}
 	}
 	msgs = msgs[:events]

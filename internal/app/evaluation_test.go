@@ -34,10 +34,10 @@ func TestOnlineEvaluationMatchesOffline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sessions [][]int
+	var sessions [][]string
 	for _, s := range all {
-		if len(s) <= maxLen {
-			sessions = append(sessions, s)
+		if len(s.Pages) <= maxLen {
+			sessions = append(sessions, s.Pages)
 		}
 		if len(sessions) == nSessions {
 			break
@@ -67,7 +67,7 @@ func TestOnlineEvaluationMatchesOffline(t *testing.T) {
 		for i, s := range sessions {
 			if round < len(s) {
 				user := "s" + strconv.Itoa(i)
-				msgs = append(msgs, kafkatest.Message(user, clickJSON(user, embedded.PageKey(s[round]), time.Now())))
+				msgs = append(msgs, kafkatest.Message(user, clickJSON(user, s[round], time.Now())))
 			}
 		}
 		if len(msgs) == 0 {
@@ -135,7 +135,7 @@ type evalFigures struct{ issued, used, clicks, clicksWarm float64 }
 // offlineEvaluation computes the prefetch figures directly: per user, a page
 // prefetched stays warm (TTL longer than the replay), is written once, and is
 // used when the user later opens it.
-func offlineEvaluation(t *testing.T, b *model.Bundle, sessions [][]int, threshold float64, k int) evalFigures {
+func offlineEvaluation(t *testing.T, b *model.Bundle, sessions [][]string, threshold float64, k int) evalFigures {
 	t.Helper()
 	policy, err := prefetch.NewPolicy(prefetch.PolicyConfig{K: k, Threshold: threshold})
 	if err != nil {
@@ -149,7 +149,7 @@ func offlineEvaluation(t *testing.T, b *model.Bundle, sessions [][]int, threshol
 		warm := map[int64]bool{} // page -> used
 		var hist []int64
 		for _, p := range s {
-			idx := v.Index(embedded.PageKey(p))
+			idx := v.Index(p)
 			f.clicks++
 			if used, ok := warm[idx]; ok && idx > model.UnknownIndex {
 				f.clicksWarm++

@@ -5,17 +5,13 @@
 package embedded
 
 import (
-	"bufio"
 	"bytes"
-	"compress/gzip"
 	"embed"
 	"fmt"
-	"io"
 	"io/fs"
-	"strconv"
-	"strings"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/prefetchd/prefetchd/training"
 )
 
 // nasaSessions is the NASA July 1995 access log split into sessions, in SPMF
@@ -35,53 +31,15 @@ func StartRedis() (*miniredis.Miniredis, error) {
 	return m, nil
 }
 
-// NASASessions returns the bundled sessions, each a list of page ids in visit
-// order. Page id N is the page "/page/N".
-func NASASessions() ([][]int, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(nasaSessions))
+// NASASessions returns the bundled sessions, each a list of page keys
+// ("/page/N") in visit order.
+func NASASessions() ([]training.Session, error) {
+	s, err := training.ReadSPMF(bytes.NewReader(nasaSessions))
 	if err != nil {
-		return nil, fmt.Errorf("open bundled sessions: %w", err)
+		return nil, fmt.Errorf("bundled sessions: %w", err)
 	}
-	defer zr.Close()
-	return ReadSPMF(zr)
+	return s, nil
 }
-
-// ReadSPMF parses sessions in SPMF form: one session per line, items separated
-// by -1 and the line ended by -2. Blank lines are skipped.
-func ReadSPMF(r io.Reader) ([][]int, error) {
-	var out [][]int
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		fields := strings.Fields(sc.Text())
-		var s []int
-		for _, f := range fields {
-			n, err := strconv.Atoi(f)
-			if err != nil {
-				return nil, fmt.Errorf("spmf line %d: %w", line, err)
-			}
-			if n == -1 || n == -2 {
-				continue
-			}
-			if n < 0 {
-				return nil, fmt.Errorf("spmf line %d: negative item %d", line, n)
-			}
-			s = append(s, n)
-		}
-		if len(s) > 0 {
-			out = append(out, s)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read spmf: %w", err)
-	}
-	return out, nil
-}
-
-// PageKey is the canonical page key of a numeric page id in the research datasets.
-func PageKey(id int) string { return "/page/" + strconv.Itoa(id) }
 
 // bundledModel is the model `make run` serves: a first-order Markov model
 // trained on the bundled NASA July 1995 sessions (see model/manifest.json).

@@ -13,48 +13,8 @@ import (
 
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
 	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/training"
 )
-
-func TestReadSPMF(t *testing.T) {
-	tests := []struct {
-		name    string
-		in      string
-		want    [][]int
-		wantErr bool
-	}{
-		{name: "two sessions", in: "1 -1 2 -1 -2\n3 -1 4 -1 5 -1 -2\n", want: [][]int{{1, 2}, {3, 4, 5}}},
-		{name: "blank lines and CRLF", in: "\n7 -1 -2\r\n\n", want: [][]int{{7}}},
-		{name: "not a number", in: "1 -1 x -1 -2\n", wantErr: true},
-		{name: "negative item", in: "1 -1 -5 -1 -2\n", wantErr: true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := ReadSPMF(strings.NewReader(tc.in))
-			if tc.wantErr {
-				if err == nil {
-					t.Fatalf("got %v, want an error", got)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(got) != len(tc.want) {
-				t.Fatalf("got %v, want %v", got, tc.want)
-			}
-			for i := range got {
-				if len(got[i]) != len(tc.want[i]) {
-					t.Fatalf("got %v, want %v", got, tc.want)
-				}
-				for j := range got[i] {
-					if got[i][j] != tc.want[i][j] {
-						t.Fatalf("got %v, want %v", got, tc.want)
-					}
-				}
-			}
-		})
-	}
-}
 
 // TestBundledData checks the bundled copy against the published counts.
 func TestBundledData(t *testing.T) {
@@ -64,7 +24,7 @@ func TestBundledData(t *testing.T) {
 	}
 	views := 0
 	for _, x := range s {
-		views += len(x)
+		views += len(x.Pages)
 	}
 	if len(s) != 87749 || views != 569493 {
 		t.Fatalf("%d sessions and %d views, want 87,749 and 569,493", len(s), views)
@@ -74,14 +34,14 @@ func TestBundledData(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bundled model: %v", err)
 	}
-	if b.Vocab().Index(PageKey(s[0][0])) == model.UnknownIndex {
-		t.Errorf("first replayed page %s is outside the bundled model's vocabulary", PageKey(s[0][0]))
+	if b.Vocab().Index(s[0].Pages[0]) == model.UnknownIndex {
+		t.Errorf("first replayed page %s is outside the bundled model's vocabulary", s[0].Pages[0])
 	}
 }
 
 func TestReplayWritesEvents(t *testing.T) {
 	kb := kafkatest.Start(t, "clicks")
-	sessions := [][]int{{1, 2, 3}, {4, 5}}
+	sessions := []training.Session{{Pages: []string{"/page/1", "/page/2", "/page/3"}}, {Pages: []string{"/page/4", "/page/5"}}}
 	r, err := NewReplayer(ReplayConfig{Brokers: []string{kb.Addr()}, Topic: "clicks", Rate: 1000, Concurrent: 2}, sessions, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/prefetchd/prefetchd/training"
 )
 
 // ReplayConfig describes a replay of sessions into a Kafka topic.
@@ -46,12 +48,12 @@ func (c *ReplayConfig) Validate() error {
 // Replayer writes sessions to Kafka as click events.
 type Replayer struct {
 	cfg      ReplayConfig
-	sessions [][]int
+	sessions []training.Session
 	log      *slog.Logger
 }
 
-// NewReplayer builds a replayer of sessions (page ids, as NASASessions returns).
-func NewReplayer(cfg ReplayConfig, sessions [][]int, log *slog.Logger) (*Replayer, error) {
+// NewReplayer builds a replayer of sessions (as NASASessions returns them).
+func NewReplayer(cfg ReplayConfig, sessions []training.Session, log *slog.Logger) (*Replayer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -121,14 +123,14 @@ func (r *Replayer) Run(ctx context.Context) error {
 		}
 		k := i % len(active)
 		c := &active[k]
-		page := r.sessions[c.session][c.pos]
+		page := r.sessions[c.session].Pages[c.pos]
 		user := "nasa-" + strconv.Itoa(c.session)
 		if c.round > 0 {
 			user += "-r" + strconv.Itoa(c.round)
 		}
 		ev := event{
 			UserID:  user,
-			Page:    PageKey(page),
+			Page:    page,
 			TS:      time.Now().UTC().Format(time.RFC3339Nano),
 			EventID: user + "-" + strconv.Itoa(c.pos),
 		}
@@ -144,7 +146,7 @@ func (r *Replayer) Run(ctx context.Context) error {
 		}
 		sent++
 		c.pos++
-		if c.pos == len(r.sessions[c.session]) {
+		if c.pos == len(r.sessions[c.session].Pages) {
 			active[k] = active[len(active)-1]
 			active = active[:len(active)-1]
 		}
