@@ -11,6 +11,7 @@ import (
 	"io/fs"
 
 	"github.com/alicebob/miniredis/v2"
+
 	"github.com/prefetchd/prefetchd/training"
 )
 
