@@ -16,6 +16,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/prefetchd/prefetchd/internal/app"
 )
 
@@ -42,5 +44,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return fmt.Errorf("log level: %w", err)
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	// go-redis reports connection trouble through a logger of its own; route
+	// it to ours at debug level (the service counts and reports the outage).
+	redis.SetLogger(redisLog{logger.With("component", "go-redis")})
 	return app.Run(ctx, cfg, logger)
+}
+
+// redisLog adapts slog to go-redis's logger interface.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "redis client", "msg", fmt.Sprintf(format, v...))
 }

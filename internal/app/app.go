@@ -6,6 +6,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/broker"
@@ -248,11 +250,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	auxWG.Go(func() { progress(srvCtx, log, eng, eval) })
 	auxWG.Go(func() { feedPrecision(srvCtx, eval, models, time.Second) })
 	if cfg.Replay != ReplayNone {
-		var transport kafka.RoundTripper
-		if kafkaTLS != nil || kafkaSASL != nil {
-			transport = &kafka.Transport{TLS: kafkaTLS, SASL: kafkaSASL}
-		}
-		if err := startReplay(replayCtx, &auxWG, cfg, brokers, transport, log); err != nil {
+		if err := startReplay(replayCtx, &auxWG, cfg, brokers, kafkaTLS, kafkaSASL, log); err != nil {
 			return err
 		}
 	}
@@ -338,7 +336,7 @@ func waitForModel(ctx context.Context, m *lifecycle.Manager) (*lifecycle.Live, e
 	}
 }
 
-func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []string, transport kafka.RoundTripper, log *slog.Logger) error {
+func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []string, tc *tls.Config, mech sasl.Mechanism, log *slog.Logger) error {
 	var (
 		sessions []training.Session
 		err      error
@@ -355,7 +353,7 @@ func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []
 	if err != nil {
 		return fmt.Errorf("replay sessions: %w", err)
 	}
-	r, err := embedded.NewReplayer(embedded.ReplayConfig{Brokers: brokers, Topic: cfg.Topic, Rate: cfg.ReplayRate, Loop: true, Transport: transport}, sessions, log)
+	r, err := embedded.NewReplayer(embedded.ReplayConfig{Brokers: brokers, Topic: cfg.Topic, Rate: cfg.ReplayRate, Loop: true, TLS: tc, SASL: mech}, sessions, log)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/prefetchd/prefetchd/training"
 )
@@ -26,8 +28,10 @@ type ReplayConfig struct {
 	Concurrent int
 	// Loop restarts from the first session when the data runs out.
 	Loop bool
-	// Transport carries TLS and SASL settings; nil is plaintext.
-	Transport kafka.RoundTripper
+	// TLS and SASL secure the connections; nil is plaintext without
+	// authentication.
+	TLS  *tls.Config
+	SASL sasl.Mechanism
 }
 
 // Validate checks the configuration.
@@ -80,13 +84,16 @@ type event struct {
 // Run writes events at the configured rate until the data runs out (or,
 // with Loop, until ctx ends). It returns nil when ctx ends.
 func (r *Replayer) Run(ctx context.Context) error {
+	// Our own connection pool, closed when the replay ends.
+	transport := &kafka.Transport{TLS: r.cfg.TLS, SASL: r.cfg.SASL}
+	defer transport.CloseIdleConnections()
 	w := &kafka.Writer{
 		Addr:                   kafka.TCP(r.cfg.Brokers...),
 		Topic:                  r.cfg.Topic,
 		Balancer:               &kafka.Hash{},
 		BatchTimeout:           time.Millisecond,
 		AllowAutoTopicCreation: true,
-		Transport:              r.cfg.Transport,
+		Transport:              transport,
 	}
 	defer w.Close()
 

@@ -26,15 +26,18 @@ func Start(t testing.TB, topics ...string) *Broker {
 	if err != nil {
 		t.Fatalf("start broker: %v", err)
 	}
+	transport := &kafka.Transport{}
 	w := &kafka.Writer{
 		Addr:                   kafka.TCP(b.Addr()),
 		Balancer:               &kafka.Hash{},
 		BatchTimeout:           time.Millisecond,
 		RequiredAcks:           kafka.RequireAll,
 		AllowAutoTopicCreation: true,
+		Transport:              transport,
 	}
 	t.Cleanup(func() {
 		_ = w.Close()
+		transport.CloseIdleConnections()
 		b.Close()
 	})
 	return &Broker{Broker: b, writer: w}
