@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
 	"github.com/prefetchd/prefetchd/internal/redistest"
@@ -66,6 +67,9 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	if hc, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "prefetch.v1.HintService"}); err != nil || hc.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("gRPC health while Redis is down: %v, %v; want NOT_SERVING", hc, err)
+	}
 	resp, err := prefetchv1.NewHintServiceClient(conn).Predict(ctx, &prefetchv1.PredictRequest{UserId: "during-0"})
 	if err != nil || len(resp.Hints) == 0 || resp.Hints[0].Page != to {
 		t.Fatalf("Predict during the outage: %v, %v; want a hint for %s", resp, err, to)
