@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prefetchd/prefetchd/internal/embedded"
-
 	"github.com/prefetchd/prefetchd/model"
 )
 
@@ -166,31 +164,4 @@ func (g *GRU) stepAll(h []int64) (probs, state []float32) {
 		probs, state = g.Step(id, state)
 	}
 	return probs, state
-}
-
-// TestShippedNASABundle loads the bundle the service embeds.
-func TestShippedNASABundle(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	fsys, dir := embedded.Model()
-	b, err := model.LoadBundleFS(fsys, dir)
-	if err != nil {
-		t.Fatalf("model.LoadBundle: %v", err)
-	}
-	if m := b.Manifest(); m.Cell != CellMarkov || m.VocabSize != 512 || b.Vocab().Len() != 512 {
-		t.Fatalf("manifest cell %q vocab %d, want markov1 over 512", m.Cell, m.VocabSize)
-	}
-	for _, h := range [][]int64{{}, {2}, {2, 3}, {511}} {
-		p, err := b.PredictOne(ctx, h, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var sum float64
-		for _, x := range p {
-			sum += float64(x)
-		}
-		if math.Abs(sum-1) > 1e-4 || p[0] != 0 {
-			t.Errorf("history %v: probabilities sum to %v with padding %v, want 1 and 0", h, sum, p[0])
-		}
-	}
 }

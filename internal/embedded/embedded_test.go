@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +80,35 @@ func TestReplayWritesEvents(t *testing.T) {
 	for u, w := range want {
 		if got := strings.Join(pages[u], " "); got != w {
 			t.Errorf("user %s pages %q, want %q in order", u, got, w)
+		}
+	}
+}
+
+// TestBundledModel checks the shipped bundle: a first-order Markov model over
+// 512 pages whose rows are probability distributions that never predict
+// padding.
+func TestBundledModel(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fsys, dir := Model()
+	b, err := model.LoadBundleFS(fsys, dir)
+	if err != nil {
+		t.Fatalf("load bundled model: %v", err)
+	}
+	if m := b.Manifest(); m.Cell != training.CellMarkov || m.VocabSize != 512 || b.Vocab().Len() != 512 {
+		t.Fatalf("manifest cell %q vocab %d, want markov1 over 512", m.Cell, m.VocabSize)
+	}
+	for _, h := range [][]int64{{}, {2}, {2, 3}, {511}} {
+		p, err := b.PredictOne(ctx, h, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum float64
+		for _, x := range p {
+			sum += float64(x)
+		}
+		if math.Abs(sum-1) > 1e-4 || p[0] != 0 {
+			t.Errorf("history %v: probabilities sum to %v with padding %v, want 1 and 0", h, sum, p[0])
 		}
 	}
 }
