@@ -121,12 +121,15 @@ type benchSettings struct {
 	maxWait       time.Duration
 	queueCapacity int
 	workers       int
+	workerQueue   int
 	commitBatch   int
+	commits       bool // the bare loop commits (INGEST_BENCH_BARE_COMMITS=0: it does not)
 }
 
-// bareLoop consumes n messages with a plain kafka-go group reader, without
-// decoding or committing (the most favourable baseline), and returns the
-// time from the first message to the last.
+// bareLoop consumes n messages with a minimal kafka-go group consumer:
+// FetchMessage, and CommitMessages of the last message of every partition
+// each commitBatch messages or commit interval, as in Consumer. It returns
+// the time from the first message to the last.
 func bareLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int) time.Duration {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -135,8 +138,25 @@ func bareLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int) 
 		MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait, QueueCapacity: s.queueCapacity,
 		SessionTimeout: 6 * time.Second, HeartbeatInterval: time.Second, StartOffset: kafka.FirstOffset})
 	defer r.Close()
-	var start time.Time
-	var bytes int
+	var start, lastCommit time.Time
+	var bytes, pending int
+	var last []kafka.Message // last message fetched per partition
+	commit := func() {
+		var msgs []kafka.Message
+		for _, m := range last {
+			if m.Topic != "" {
+				msgs = append(msgs, m)
+			}
+		}
+		if s.commits {
+			if err := r.CommitMessages(ctx, msgs...); err != nil {
+				tb.Fatalf("bare commit: %v", err)
+			}
+		}
+		clear(last)
+		pending = 0
+		lastCommit = time.Now()
+	}
 	for i := range n {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
@@ -144,13 +164,25 @@ func bareLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int) 
 		}
 		if i == 0 {
 			start = time.Now()
+			lastCommit = start
 		}
 		bytes += len(m.Value)
+		for m.Partition >= len(last) {
+			last = append(last, kafka.Message{})
+		}
+		last[m.Partition] = m
+		if pending++; pending >= s.commitBatch || (pending%1024 == 0 && time.Since(lastCommit) >= time.Second) {
+			commit()
+		}
+	}
+	d := time.Since(start)
+	if pending > 0 {
+		commit()
 	}
 	if bytes == 0 {
 		tb.Fatal("empty messages")
 	}
-	return time.Since(start)
+	return d
 }
 
 // stepper is the step form of a model bundle (*model.Bundle).
@@ -168,8 +200,9 @@ type historyHandler struct {
 	model stepper
 	bufs  sync.Pool // *handlerBuf
 	n     atomic.Int64
-	first atomic.Int64
-	last  atomic.Int64
+	base  time.Time
+	first atomic.Int64 // when the first event was applied, ns since base
+	last  atomic.Int64 // when event number want was applied, ns since base
 	want  int64
 	done  chan struct{}
 }
@@ -194,10 +227,12 @@ func (h *historyHandler) HandleEvent(ctx context.Context, ev Event, msg Meta) er
 			err = h.hist.Save(ctx, ev.UserID, rec)
 		}
 	}
-	now := time.Now().UnixNano()
-	h.first.CompareAndSwap(0, now)
-	if h.n.Add(1) == h.want {
-		h.last.Store(now)
+	// The clock is read twice per run (as in bareLoop), not per event.
+	switch h.n.Add(1) {
+	case 1:
+		h.first.Store(int64(time.Since(h.base)))
+	case h.want:
+		h.last.Store(int64(time.Since(h.base)))
 		close(h.done)
 	}
 	return err
@@ -212,11 +247,10 @@ func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n i
 		tb.Fatal(err)
 	}
 	canon, _ := NewCanonicalizer(CanonicalizerConfig{})
-	h := &historyHandler{canon: canon, vocab: vocab, hist: hist, model: model, want: int64(n), done: make(chan struct{})}
+	h := &historyHandler{canon: canon, vocab: vocab, hist: hist, model: model, want: int64(n), done: make(chan struct{}), base: time.Now()}
 	c, err := NewConsumer(ConsumerConfig{Brokers: []string{addr}, Topic: topic, GroupID: group,
-		Workers: s.workers, MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait,
-		QueueCapacity: s.queueCapacity, CommitBatch: s.commitBatch, SessionTimeout: 6 * time.Second,
-		Decoder: DecoderConfig{MaxSkew: -1}}, h, nil, nil)
+		Workers: s.workers, WorkerQueue: s.workerQueue, MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait,
+		QueueCapacity: s.queueCapacity, CommitBatch: s.commitBatch, SessionTimeout: 6 * time.Second}, h, nil, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -273,9 +307,18 @@ func BenchmarkIngestNASA(b *testing.B) {
 	if !bundle.HasStep() {
 		b.Fatal("test model has no step form")
 	}
-	fetch := benchSettings{minBytes: 1, maxBytes: 10 << 20, maxWait: 250 * time.Millisecond, queueCapacity: 1000, workers: 2, commitBatch: 5000}
-	if w, _ := strconv.Atoi(os.Getenv("INGEST_BENCH_WORKERS")); w > 0 {
-		fetch.workers = w
+	fetch := benchSettings{minBytes: 1, maxBytes: 10 << 20, maxWait: 250 * time.Millisecond, queueCapacity: 1000, workers: DefaultWorkers, workerQueue: DefaultWorkerQueue, commitBatch: 5000,
+		commits: os.Getenv("INGEST_BENCH_BARE_COMMITS") != "0"}
+	// Overrides for sweeping the settings.
+	for env, v := range map[string]*int{"INGEST_BENCH_WORKERS": &fetch.workers, "INGEST_BENCH_WORKER_QUEUE": &fetch.workerQueue,
+		"INGEST_BENCH_QUEUE_CAPACITY": &fetch.queueCapacity, "INGEST_BENCH_MIN_BYTES": &fetch.minBytes,
+		"INGEST_BENCH_MAX_BYTES": &fetch.maxBytes, "INGEST_BENCH_COMMIT_BATCH": &fetch.commitBatch} {
+		if n, err := strconv.Atoi(os.Getenv(env)); err == nil && n > 0 {
+			*v = n
+		}
+	}
+	if d, err := time.ParseDuration(os.Getenv("INGEST_BENCH_MAX_WAIT")); err == nil && d > 0 {
+		fetch.maxWait = d
 	}
 	cases := []struct {
 		name  string
@@ -356,12 +399,12 @@ func BenchmarkConsumerProcess(b *testing.B) {
 	}
 	ctx := context.Background()
 	b.ReportAllocs()
-	i := 0
+	i, applied := 0, 0
 	for b.Loop() {
 		m := msgs[i%n]
 		m.Offset = int64(i)
 		seq, _ := c.track.add(0, m.Offset, m.Offset+1)
-		if !c.process(ctx, job{msg: m, seq: seq}) {
+		if !c.process(ctx, &m, seq, &applied) {
 			b.Fatal("not done")
 		}
 		c.markDone(0, seq)

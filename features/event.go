@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // FormatVersion is the version of the event wire format in EVENTS.md that
@@ -157,6 +158,12 @@ type wireEvent struct {
 // skew check; a zero now skips it. Every failure is a *RejectError (which
 // wraps ErrRejected); Decode never panics, whatever the input.
 func (d *Decoder) Decode(data []byte, now time.Time) (Event, error) {
+	return d.decode(data, now, false)
+}
+
+// decode is Decode; with alias the event's strings share data's memory
+// instead of a copy, for callers that own data and never modify it.
+func (d *Decoder) decode(data []byte, now time.Time, alias bool) (Event, error) {
 	c := &d.cfg
 	switch {
 	case len(data) == 0:
@@ -166,7 +173,7 @@ func (d *Decoder) Decode(data []byte, now time.Time) (Event, error) {
 	case !utf8.Valid(data):
 		return Event{}, reject(ReasonUTF8, "")
 	}
-	w, ok := decodeFast(data)
+	w, ok := decodeFast(data, alias)
 	if !ok {
 		var err error
 		if w, err = decodeSlow(data); err != nil {
@@ -253,11 +260,12 @@ func decodeSlow(data []byte) (wireEvent, error) {
 // decodeFast parses the common shape of an event without encoding/json: one
 // object whose keys are exactly the documented field names and whose values
 // are strings without escapes or null. It allocates one string for the whole
-// message and slices the fields from it. Anything else (escapes, other keys
+// message (or, with alias, shares data's memory) and slices the fields from
+// it. Anything else (escapes, other keys
 // or value types, malformed input) returns ok=false, and the caller falls
 // back to encoding/json, so that both paths accept and reject exactly the
 // same messages (FuzzDecode checks this).
-func decodeFast(data []byte) (w wireEvent, ok bool) {
+func decodeFast(data []byte, alias bool) (w wireEvent, ok bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return w, false
@@ -308,7 +316,11 @@ func decodeFast(data []byte) (w wireEvent, ok bool) {
 				return w, false
 			}
 			if msg == "" {
-				msg = string(data)
+				if alias {
+					msg = unsafe.String(unsafe.SliceData(data), len(data))
+				} else {
+					msg = string(data)
+				}
 			}
 			*field = msg[vs:ve]
 			i = ve + 1
@@ -364,44 +376,54 @@ func skipSpace(data []byte, i int) int {
 // returns ok=false and the caller uses time.Parse; on the forms it accepts
 // it returns what time.Parse returns (FuzzParseTS checks this).
 func parseTSFast(s string) (t time.Time, ok bool) {
-	if len(s) < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[len(s)-1] != 'Z' {
+	if len(s) < 20 || len(s) > 30 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[len(s)-1] != 'Z' {
 		return t, false
 	}
-	num := func(i, n int) (int, bool) {
-		v := 0
-		for _, c := range []byte(s[i : i+n]) {
-			if c < '0' || c > '9' {
-				return 0, false
-			}
-			v = v*10 + int(c-'0')
-		}
-		return v, true
+	// Two digits at i; bad is the largest digit value (a byte below '0' wraps).
+	var bad byte
+	two := func(i int) int {
+		a, b := s[i]-'0', s[i+1]-'0'
+		bad = max(bad, a, b)
+		return int(a)*10 + int(b)
 	}
-	year, ok1 := num(0, 4)
-	month, ok2 := num(5, 2)
-	day, ok3 := num(8, 2)
-	hour, ok4 := num(11, 2)
-	minute, ok5 := num(14, 2)
-	sec, ok6 := num(17, 2)
-	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) || month < 1 || month > 12 || day < 1 ||
-		day > daysIn(time.Month(month), year) || hour > 23 || minute > 59 || sec > 59 {
+	year := two(0)*100 + two(2)
+	month, day := two(5), two(8)
+	hour, minute, sec := two(11), two(14), two(17)
+	if bad > 9 || month < 1 || month > 12 || day < 1 || day > daysIn(time.Month(month), year) ||
+		hour > 23 || minute > 59 || sec > 59 {
 		return t, false
 	}
 	nsec := 0
 	if frac := s[19 : len(s)-1]; frac != "" {
-		if frac[0] != '.' || len(frac) < 2 || len(frac) > 10 {
+		if frac[0] != '.' || len(frac) < 2 {
 			return t, false
 		}
-		v, ok := num(20, len(frac)-1)
-		if !ok {
-			return t, false
+		scale := 1_000_000_000
+		for _, c := range []byte(frac[1:]) {
+			c -= '0'
+			if c > 9 {
+				return t, false
+			}
+			scale /= 10
+			nsec += int(c) * scale
 		}
-		for range 10 - len(frac) {
-			v *= 10
-		}
-		nsec = v
 	}
-	return time.Date(year, time.Month(month), day, hour, minute, sec, nsec, time.UTC), true
+	return time.Unix(unixDays(year, month, day)*86400+int64(hour*3600+minute*60+sec), int64(nsec)).UTC(), true
+}
+
+// unixDays is the number of days from 1970-01-01 to the given date of the
+// proleptic Gregorian calendar (year 0 to 9999).
+func unixDays(year, month, day int) int64 {
+	y := year
+	if month <= 2 {
+		y--
+	}
+	era := (y + 400) / 400 // y >= -1: shift so that the division floors
+	era--
+	yoe := y - era*400                        // [0, 399]
+	doy := (153*((month+9)%12)+2)/5 + day - 1 // day of the year from March 1
+	doe := yoe*365 + yoe/4 - yoe/100 + doy    // [0, 146096]
+	return int64(era)*146097 + int64(doe) - 719468
 }
 
 func daysIn(m time.Month, year int) int {

@@ -116,13 +116,17 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(` { "user_id" : "u" , "page":"/p", "ts" : null, "ts":"2026-11-26T10:00:00Z" } `))
 	f.Add([]byte(`{"user_id":"a\u0041","PAGE":"/p","ts":"2026-11-26T10:00:00Z"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if fast, ok := decodeFast(data); ok && utf8.Valid(data) { // Decode rejects invalid UTF-8 first
+		if fast, ok := decodeFast(data, false); ok && utf8.Valid(data) { // Decode rejects invalid UTF-8 first
 			var slow wireEvent
 			if err := json.Unmarshal(data, &slow); err != nil || slow != fast {
 				t.Fatalf("fast path %+v, encoding/json %+v, %v", fast, slow, err)
 			}
 		}
 		ev, err := dec.Decode(data, testNow)
+		// The consumer's path shares data's memory: same result.
+		if aev, aerr := dec.decode(data, testNow, true); aev != ev || (aerr == nil) != (err == nil) {
+			t.Fatalf("aliasing decode %+v, %v; Decode %+v, %v", aev, aerr, ev, err)
+		}
 		if err != nil {
 			var rej *RejectError
 			if !errors.As(err, &rej) || rej.Reason == "" {
@@ -157,18 +161,56 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
+// fixedUTCShape reports whether s looks like YYYY-MM-DDTHH:MM:SS[.d{1,9}]Z,
+// the form parseTSFast must take whenever time.Parse does.
+func fixedUTCShape(s string) bool {
+	if len(s) < 20 || len(s) > 30 || s[len(s)-1] != 'Z' || (len(s) > 20 && s[19] != '.') || len(s) == 21 {
+		return false
+	}
+	for i := range len(s) - 1 {
+		switch i {
+		case 4, 7:
+			if s[i] != '-' {
+				return false
+			}
+		case 10:
+			if s[i] != 'T' {
+				return false
+			}
+		case 13, 16:
+			if s[i] != ':' {
+				return false
+			}
+		case 19:
+		default:
+			if s[i] < '0' || s[i] > '9' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func FuzzParseTS(f *testing.F) {
 	for _, s := range []string{"2026-11-26T09:59:00Z", "2026-11-26T09:59:00.123456789Z", "2024-02-29T23:59:59.5Z",
 		"2023-02-29T00:00:00Z", "2026-04-31T00:00:00Z", "2026-11-26T24:00:00Z", "2026-11-26T09:59:60Z",
-		"2026-11-26T09:59:00.Z", "2026-11-26T09:59:00.1234567891Z", "2026-11-26t09:59:00z", "0000-01-01T00:00:00Z"} {
+		"2026-11-26T09:59:00.Z", "2026-11-26T09:59:00.1234567891Z", "2026-11-26t09:59:00z", "0000-01-01T00:00:00Z",
+		"0000-02-29T12:00:00Z", "0000-03-01T00:00:00Z", "1969-12-31T23:59:59.999999999Z", "1970-01-01T00:00:00Z",
+		"1900-02-28T00:00:00Z", "2000-02-29T00:00:00.1Z", "2400-12-31T23:59:59Z", "9999-12-31T23:59:59.000000001Z",
+		"2026-11-26T09:59:00.12345678Z", "2026-1/-26T09:59:00Z"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		fast, ok := parseTSFast(s)
+		slow, err := time.Parse(time.RFC3339Nano, s)
 		if !ok {
+			// The fast path must take every valid UTC form with at most 9
+			// fraction digits.
+			if err == nil && fixedUTCShape(s) {
+				t.Fatalf("parseTSFast refused %q (time.Parse: %v)", s, slow)
+			}
 			return
 		}
-		slow, err := time.Parse(time.RFC3339Nano, s)
 		if err != nil || !fast.Equal(slow) || fast.Location() != slow.Location() {
 			t.Fatalf("parseTSFast(%q) = %v, time.Parse = %v, %v", s, fast, slow, err)
 		}

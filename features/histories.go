@@ -41,7 +41,8 @@ type HistoryConfig struct {
 	// Default: up to 32, fewer when MaxUsers is small, so that every shard
 	// holds at least 256 users (LRU order is kept per shard).
 	Shards int
-	// Now is the wall clock for idle eviction. Default time.Now.
+	// Now is the wall clock for idle eviction. Default time.Now at
+	// construction plus the monotonic time since (cheaper than time.Now).
 	Now func() time.Time
 }
 
@@ -94,6 +95,11 @@ type Histories struct {
 	mask   uint64
 	shards []shard
 	users  atomic.Int64
+	// start and clock give the time of idle eviction: clock (a configured
+	// Now) when set, else start plus the monotonic time since, which costs
+	// half a time.Now call.
+	start time.Time
+	clock func() time.Time
 
 	evictions   *prometheus.CounterVec
 	evictedLRU  prometheus.Counter
@@ -131,9 +137,11 @@ func NewHistories(cfg HistoryConfig, reg prometheus.Registerer) (*Histories, err
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	customClock := cfg.Now != nil
 	cfg = cfg.withDefaults()
 	h := &Histories{
 		cfg:    cfg,
+		start:  time.Now(),
 		mask:   uint64(cfg.Shards - 1),
 		shards: make([]shard, cfg.Shards),
 		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -144,6 +152,9 @@ func NewHistories(cfg HistoryConfig, reg prometheus.Registerer) (*Histories, err
 			Name: "prefetchd_histories_sessions_total",
 			Help: "Sessions started (first click of a user or after the session gap).",
 		}),
+	}
+	if customClock {
+		h.clock = cfg.Now
 	}
 	h.evictedLRU = h.evictions.WithLabelValues("lru")
 	h.evictedIdle = h.evictions.WithLabelValues("idle")
@@ -215,9 +226,21 @@ func copyRecord(dst *Record, src *Record) {
 	dst.Offset = src.Offset
 }
 
+// now is the wall clock of idle eviction in Unix ns; 0 when idle eviction is
+// off.
+func (h *Histories) now() int64 {
+	switch {
+	case h.cfg.IdleTTL < 0:
+		return 0
+	case h.clock != nil:
+		return h.clock().UnixNano()
+	}
+	return h.start.UnixNano() + int64(time.Since(h.start))
+}
+
 // Append implements Store. It never fails except with ErrDuplicate.
 func (h *Histories) Append(_ context.Context, user string, c Click, rec *Record) error {
-	now := h.cfg.Now().UnixNano()
+	now := h.now()
 	s := h.shardOf(user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -242,7 +265,7 @@ func (h *Histories) Append(_ context.Context, user string, c Click, rec *Record)
 
 // Get implements Store.
 func (h *Histories) Get(_ context.Context, user string, dst []int32) ([]int32, error) {
-	now := h.cfg.Now().UnixNano()
+	now := h.now()
 	s := h.shardOf(user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -257,7 +280,7 @@ func (h *Histories) Get(_ context.Context, user string, dst []int32) ([]int32, e
 
 // Load implements Store.
 func (h *Histories) Load(_ context.Context, user string, rec *Record) (bool, error) {
-	now := h.cfg.Now().UnixNano()
+	now := h.now()
 	s := h.shardOf(user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -274,7 +297,7 @@ func (h *Histories) Load(_ context.Context, user string, rec *Record) (bool, err
 
 // Save implements Store.
 func (h *Histories) Save(_ context.Context, user string, rec *Record) error {
-	now := h.cfg.Now().UnixNano()
+	now := h.now()
 	s := h.shardOf(user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -302,7 +325,7 @@ func (h *Histories) EvictIdle() int {
 	if h.cfg.IdleTTL < 0 {
 		return 0
 	}
-	now := h.cfg.Now().UnixNano()
+	now := h.now()
 	n := 0
 	h.evictedLRU = h.evictions.WithLabelValues("lru")
 	h.evictedIdle = h.evictions.WithLabelValues("idle")

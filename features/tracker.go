@@ -8,8 +8,11 @@ import "sync"
 // the per-partition watermark (highest offset fetched) that absorbs
 // redeliveries after a rebalance.
 type tracker struct {
-	mu    sync.Mutex
-	parts map[int]*partTrack
+	mu sync.Mutex
+	// parts holds partitions 0..len-1 (Kafka numbers them densely from 0);
+	// far holds any other (not expected; kept correct anyway).
+	parts []*partTrack
+	far   map[int]*partTrack
 	// doneSinceCommit counts messages done since the last commit.
 	doneSinceCommit int
 }
@@ -29,15 +32,45 @@ type trackEntry struct {
 	done   bool
 }
 
-func newTracker() *tracker { return &tracker{parts: make(map[int]*partTrack)} }
+// maxDensePartition bounds the partitions held in tracker.parts.
+const maxDensePartition = 1 << 16
+
+func newTracker() *tracker { return &tracker{far: make(map[int]*partTrack)} }
+
+// lookup returns the partition's state or nil.
+func (t *tracker) lookup(p int) *partTrack {
+	if p >= 0 && p < len(t.parts) {
+		return t.parts[p]
+	}
+	return t.far[p]
+}
 
 func (t *tracker) part(p int) *partTrack {
-	pt := t.parts[p]
-	if pt == nil {
-		pt = &partTrack{maxSeen: -1, ready: -1, committed: -1}
+	if pt := t.lookup(p); pt != nil {
+		return pt
+	}
+	pt := &partTrack{maxSeen: -1, ready: -1, committed: -1}
+	if p >= 0 && p < maxDensePartition {
+		for len(t.parts) <= p {
+			t.parts = append(t.parts, nil)
+		}
 		t.parts[p] = pt
+	} else {
+		t.far[p] = pt
 	}
 	return pt
+}
+
+// each calls f for every partition.
+func (t *tracker) each(f func(p int, pt *partTrack)) {
+	for p, pt := range t.parts {
+		if pt != nil {
+			f(p, pt)
+		}
+	}
+	for p, pt := range t.far {
+		f(p, pt)
+	}
 }
 
 // add registers a fetched message and returns its sequence number, or
@@ -73,9 +106,14 @@ func (t *tracker) add(partition int, offset, hwm int64) (seq int64, dup bool) {
 func (t *tracker) done(partition int, seq int64) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pt := t.parts[partition]
+	t.doneLocked(partition, seq)
+	return t.doneSinceCommit
+}
+
+func (t *tracker) doneLocked(partition int, seq int64) {
+	pt := t.lookup(partition)
 	if pt == nil || seq < pt.base || seq-pt.base >= int64(len(pt.q)-pt.head) {
-		return t.doneSinceCommit
+		return
 	}
 	pt.q[pt.head+int(seq-pt.base)].done = true
 	start := pt.head
@@ -94,6 +132,22 @@ func (t *tracker) done(partition int, seq int64) int {
 		pt.q, pt.head = pt.q[:n], 0
 	}
 	t.doneSinceCommit++
+}
+
+// partSeq is a message handed out by add: its partition and sequence number.
+type partSeq struct {
+	partition int
+	seq       int64
+}
+
+// doneMany is done for several messages under one lock; it returns how many
+// messages are done since the last commit.
+func (t *tracker) doneMany(msgs []partSeq) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, m := range msgs {
+		t.doneLocked(m.partition, m.seq)
+	}
 	return t.doneSinceCommit
 }
 
@@ -108,11 +162,11 @@ type commitOffset struct {
 func (t *tracker) pending(dst []commitOffset) []commitOffset {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for p, pt := range t.parts {
+	t.each(func(p int, pt *partTrack) {
 		if pt.ready > pt.committed {
 			dst = append(dst, commitOffset{partition: p, offset: pt.ready})
 		}
-	}
+	})
 	return dst
 }
 
@@ -121,7 +175,7 @@ func (t *tracker) committed(offsets []commitOffset) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, o := range offsets {
-		if pt := t.parts[o.partition]; pt != nil && o.offset > pt.committed {
+		if pt := t.lookup(o.partition); pt != nil && o.offset > pt.committed {
 			pt.committed = o.offset
 		}
 	}
@@ -133,10 +187,10 @@ func (t *tracker) lag() int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var n int64
-	for _, pt := range t.parts {
+	t.each(func(_ int, pt *partTrack) {
 		if l := pt.hwm - pt.ready - 1; l > 0 {
 			n += l
 		}
-	}
+	})
 	return n
 }

@@ -36,6 +36,9 @@ func TestTracker(t *testing.T) {
 			{op: "add", offset: 40}}, want: []commitOffset{{0, 39}}},
 		{name: "partitions apart", steps: []step{{op: "add", partition: 0, offset: 1}, {op: "add", partition: 1, offset: 9},
 			{op: "done", partition: 1, seq: 0}}, want: []commitOffset{{1, 9}}},
+		{name: "sparse partition numbers", steps: []step{{op: "add", partition: 3, offset: 1}, {op: "add", partition: 70000, offset: 4},
+			{op: "add", partition: 70000, offset: 4, dup: true}, {op: "done", partition: 70000, seq: 0}, {op: "done", partition: 3, seq: 0}},
+			want: []commitOffset{{3, 1}, {70000, 4}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -104,7 +107,11 @@ func TestTrackerRandom(t *testing.T) {
 			i := rng.IntN(len(inflight))
 			seq := inflight[i]
 			inflight = append(inflight[:i], inflight[i+1:]...)
-			tr.done(0, seq)
+			if rng.IntN(2) == 0 {
+				tr.done(0, seq)
+			} else {
+				tr.doneMany([]partSeq{{partition: 0, seq: seq}})
+			}
 			done[seqOffset[seq]] = true
 		}
 		// Model: the last offset of the done prefix.
@@ -139,4 +146,79 @@ func TestTrackerRandom(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestWorkQueue(t *testing.T) {
+	t.Run("order kept across batches", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		q := newWorkQueue(8)
+		const n = 5000
+		go func() {
+			for i := range n {
+				if !q.push(ctx, job{seq: int64(i)}) {
+					return
+				}
+			}
+		}()
+		var buf []job
+		next, batches := int64(0), 0
+		for next < n {
+			jobs := q.take(ctx, buf)
+			if jobs == nil {
+				t.Fatalf("take returned nil after %d jobs", next)
+			}
+			if len(jobs) > 8 {
+				t.Fatalf("batch of %d jobs above the limit 8", len(jobs))
+			}
+			for _, j := range jobs {
+				if j.seq != next {
+					t.Fatalf("job %d, want %d", j.seq, next)
+				}
+				next++
+			}
+			batches++
+			buf = jobs
+		}
+		t.Logf("%d jobs in %d batches", n, batches)
+	})
+	t.Run("push waits while full", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		q := newWorkQueue(2)
+		q.push(ctx, job{seq: 0})
+		q.push(ctx, job{seq: 1})
+		pushed := make(chan bool)
+		go func() { pushed <- q.push(ctx, job{seq: 2}) }()
+		select {
+		case <-pushed:
+			t.Fatal("push into a full queue returned")
+		case <-time.After(50 * time.Millisecond):
+		}
+		if jobs := q.take(ctx, nil); len(jobs) != 2 {
+			t.Fatalf("took %d jobs, want 2", len(jobs))
+		}
+		if !<-pushed {
+			t.Fatal("push after take failed")
+		}
+		if jobs := q.take(ctx, nil); len(jobs) != 1 || jobs[0].seq != 2 {
+			t.Fatalf("took %v, want job 2", jobs)
+		}
+	})
+	t.Run("cancel ends waits", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		q := newWorkQueue(1)
+		q.push(ctx, job{})
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			cancel()
+		}()
+		if q.push(ctx, job{}) {
+			t.Fatal("push into a full queue succeeded after cancel")
+		}
+		q.take(ctx, nil)
+		if jobs := q.take(ctx, nil); jobs != nil {
+			t.Fatalf("take on an empty queue after cancel returned %v", jobs)
+		}
+	})
 }
