@@ -278,9 +278,15 @@ func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n i
 // 256 concurrent users at a time) through the in-process broker, then, in
 // each iteration, consumes the whole topic twice with fresh groups: a bare
 // kafka-go FetchMessage loop with batched commits, and Consumer into
-// Histories (decode, validate, canonicalize, vocabulary lookup, append). It
-// reports both rates (first to last message) and their ratio.
-// INGEST_BENCH_LIMIT=N replays only the first N clicks.
+// Histories (decode, validate, canonicalize, vocabulary lookup, append; the
+// model-step case also runs the GRU step form on every click). It reports
+// both rates (first to last message), their ratio and the process's CPU time
+// per event in each loop. Both loops share the fetch settings: MinBytes 1,
+// MaxBytes 10 MiB, MaxWait 250 ms, QueueCapacity 1000, CommitBatch 5000.
+// INGEST_BENCH_LIMIT=N replays only the first N clicks; INGEST_BENCH_WORKERS,
+// _WORKER_QUEUE, _QUEUE_CAPACITY, _MIN_BYTES, _MAX_BYTES, _MAX_WAIT and
+// _COMMIT_BATCH override settings; INGEST_BENCH_BARE_COMMITS=0 drops the bare
+// loop's commits.
 func BenchmarkIngestNASA(b *testing.B) {
 	sessions := readSessions(b, "testdata/nasa-jul95.spmf.gz")
 	limit, _ := strconv.Atoi(os.Getenv("INGEST_BENCH_LIMIT"))
