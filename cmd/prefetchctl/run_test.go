@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -84,24 +83,6 @@ func serve(t *testing.T, tlsOn bool) *fixture {
 		}
 	})
 	return f
-}
-
-// syncBuffer collects output written while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestCommands(t *testing.T) {
@@ -230,7 +211,7 @@ func last(t *testing.T, qs []hint.Query) hint.Query {
 func TestWatch(t *testing.T) {
 	f := serve(t, false)
 	ctx, cancel := context.WithCancel(testCtx(t))
-	out := &syncBuffer{}
+	out := &servertest.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--addr", f.addr, "watch", "--user", "alice", "--user", "bob,carol"}, nil, out)

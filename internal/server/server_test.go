@@ -41,24 +41,6 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// syncBuffer is a bytes.Buffer safe for the server's concurrent logging.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness is a server on a real 127.0.0.1 listener and a client for it.
 type harness struct {
 	srv    *Server
@@ -66,7 +48,7 @@ type harness struct {
 	conn   *grpc.ClientConn
 	hints  prefetchv1.HintServiceClient
 	models prefetchv1.ModelServiceClient
-	logs   *syncBuffer
+	logs   *servertest.Buffer
 	reg    *prometheus.Registry
 	stop   func() error // ends Serve and returns its error; idempotent
 }
@@ -74,7 +56,7 @@ type harness struct {
 // start serves deps with cfg and dials it with dial (insecure when none).
 func start(t testing.TB, cfg Config, deps Deps, dial ...grpc.DialOption) *harness {
 	t.Helper()
-	h := &harness{logs: &syncBuffer{}, reg: prometheus.NewRegistry()}
+	h := &harness{logs: &servertest.Buffer{}, reg: prometheus.NewRegistry()}
 	logger := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := New(cfg, deps, logger, h.reg)
 	if err != nil {
