@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"math"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/embedded"
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
 	"github.com/prefetchd/prefetchd/internal/redistest"
@@ -50,7 +50,7 @@ func strongestTransition(t *testing.T) (from, to string, prob float32, version s
 }
 
 func clickJSON(user, page string, at time.Time) string {
-	b, _ := json.Marshal(map[string]string{"user_id": user, "page": page, "ts": at.UTC().Format(time.RFC3339Nano)})
+	b, _ := features.Encode(features.Event{UserID: user, Page: page, TS: at})
 	return string(b)
 }
 

@@ -3,7 +3,6 @@ package embedded
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 
+	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/training"
 )
 
@@ -73,14 +73,6 @@ func NewReplayer(cfg ReplayConfig, sessions []training.Session, log *slog.Logger
 	return &Replayer{cfg: cfg, sessions: sessions, log: log}, nil
 }
 
-// event is the wire form of a click (see features/EVENTS.md).
-type event struct {
-	UserID  string `json:"user_id"`
-	Page    string `json:"page"`
-	TS      string `json:"ts"`
-	EventID string `json:"event_id"`
-}
-
 // Run writes events at the configured rate until the data runs out (or,
 // with Loop, until ctx ends). It returns nil when ctx ends.
 func (r *Replayer) Run(ctx context.Context) error {
@@ -135,13 +127,12 @@ func (r *Replayer) Run(ctx context.Context) error {
 		if c.round > 0 {
 			user += "-r" + strconv.Itoa(c.round)
 		}
-		ev := event{
+		b, err := features.Encode(features.Event{
 			UserID:  user,
 			Page:    page,
-			TS:      time.Now().UTC().Format(time.RFC3339Nano),
+			TS:      time.Now(),
 			EventID: user + "-" + strconv.Itoa(c.pos),
-		}
-		b, err := json.Marshal(ev)
+		})
 		if err != nil {
 			return fmt.Errorf("encode replay event: %w", err)
 		}

@@ -2,17 +2,16 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
 )
@@ -165,16 +164,6 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 	}
 }
 
-// wireEvent is the JSON form of a click on the Kafka topic.
-type wireEvent struct {
-	UserID    string `json:"user_id"`
-	Page      string `json:"page"`
-	TS        string `json:"ts"`
-	SessionID string `json:"session_id,omitempty"`
-	Referrer  string `json:"referrer,omitempty"`
-	EventID   string `json:"event_id,omitempty"`
-}
-
 // Ingest validates each event, re-encodes it in the Kafka wire format and
 // hands it to the Ingester. Rejected events are counted by reason and
 // skipped; an engine failure other than a rejection ends the stream with its
@@ -256,12 +245,12 @@ func (s *Server) checkEvent(ev *prefetchv1.ClickEvent) (reason, msg string) {
 	return "", ""
 }
 
-// encodeWireEvent returns the Kafka JSON form of ev.
+// encodeWireEvent returns the Kafka JSON form of ev (features/EVENTS.md).
 func encodeWireEvent(ev *prefetchv1.ClickEvent) ([]byte, error) {
-	b, err := json.Marshal(wireEvent{
+	b, err := features.Encode(features.Event{
 		UserID:    ev.GetUserId(),
 		Page:      ev.GetPage(),
-		TS:        ev.GetTs().AsTime().Format(time.RFC3339Nano),
+		TS:        ev.GetTs().AsTime(),
 		SessionID: ev.GetSessionId(),
 		Referrer:  ev.GetReferrer(),
 		EventID:   ev.GetEventId(),
