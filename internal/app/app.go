@@ -114,16 +114,17 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
 	lcCtx, stopModels := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopModels()
+	defer func() {
+		stopModels()
+		wg.Wait()
+	}()
 	wg.Go(func() {
 		if err := models.Run(lcCtx); err != nil {
 			errc <- fmt.Errorf("model repository: %w", err)
 		}
 	})
-	live, err := waitForModel(ctx, models)
+	live, err := waitForModel(ctx, log, models)
 	if err != nil {
-		stopModels()
-		wg.Wait()
 		return err
 	}
 	log.Info("model loaded", "name", live.Manifest.Name, "version", live.Version, "vocab", live.Vocab.Len(), "max_seq_len", live.Manifest.MaxSeqLen)
@@ -251,7 +252,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	auxWG.Go(func() { feedPrecision(srvCtx, eval, models, time.Second) })
 	if cfg.Replay != ReplayNone {
 		if err := startReplay(replayCtx, &auxWG, cfg, brokers, kafkaTLS, kafkaSASL, log); err != nil {
-			return err
+			errc <- err // shut down in order, like any component failure
 		}
 	}
 	log.Info("prefetchd serving", "grpc", addrs.GRPC, "admin", addrs.Admin, "kafka", addrs.Kafka, "redis", addrs.Redis, "threshold", cfg.Threshold)
@@ -278,13 +279,11 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	// 3. flush the cache writer.
 	stopWarm()
 	warmWG.Wait()
-	// 4. the rest.
+	// 4. the rest; the model repository watcher stops on return.
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = admin.Shutdown(shutCtx)
 	auxWG.Wait()
-	stopModels()
-	wg.Wait()
 	log.Info("prefetchd stopped")
 	return runErr
 }
@@ -316,7 +315,7 @@ func openModels(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 
 // waitForModel waits until the manager serves a model, so that no event is
 // consumed before it can be scored.
-func waitForModel(ctx context.Context, m *lifecycle.Manager) (*lifecycle.Live, error) {
+func waitForModel(ctx context.Context, log *slog.Logger, m *lifecycle.Manager) (*lifecycle.Live, error) {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	warned := time.Now()
@@ -329,7 +328,7 @@ func waitForModel(ctx context.Context, m *lifecycle.Manager) (*lifecycle.Live, e
 			return nil, fmt.Errorf("wait for a valid model: %w", ctx.Err())
 		case <-t.C:
 			if time.Since(warned) > 10*time.Second {
-				slog.Default().Warn("still waiting for a valid model version in the repository")
+				log.Warn("still waiting for a valid model version in the repository")
 				warned = time.Now()
 			}
 		}

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -207,4 +208,34 @@ func grepLines(text, prefix string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestStartFailures: bad settings found at start stop the service with an
+// error that names the cause, and leave nothing running (goleak checks).
+func TestStartFailures(t *testing.T) {
+	kb := kafkatest.Start(t, "clicks")
+	rs := redistest.Start(t)
+	tests := []struct {
+		name    string
+		edit    func(*Config)
+		wantErr string
+	}{
+		{name: "missing replay file", edit: func(c *Config) { c.Replay = "no/such/sessions.spmf" }, wantErr: "replay sessions"},
+		{name: "missing model", edit: func(c *Config) { c.Model = "no/such/bundle" }, wantErr: "load model"},
+		{name: "missing admin token file", edit: func(c *Config) { c.AdminTokenFile = "no/such/token" }, wantErr: "token"},
+		{name: "busy gRPC port", edit: func(c *Config) { c.Listen = kb.Addr() }, wantErr: "listen grpc"},
+		{name: "bad canonicalization file", edit: func(c *Config) { c.CanonicalConfig = "no/such/rules.json" }, wantErr: "canonicalization"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig([]string{kb.Addr()}, rs.Addr())
+			tc.edit(&cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := RunWith(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("RunWith: %v, want an error mentioning %q", err, tc.wantErr)
+			}
+		})
+	}
 }
