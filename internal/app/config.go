@@ -123,6 +123,7 @@ func Default() Config {
 		Listen:       "127.0.0.1:50051",
 		AdminListen:  "127.0.0.1:8081",
 		ReplayRate:   200,
+		MaxSkew:      24 * time.Hour,
 		LogLevel:     "info",
 	}
 }
@@ -222,11 +223,11 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.StringVar(&c.KafkaUsername, "kafka-username", c.KafkaUsername, "Kafka SASL user")
 	fs.StringVar(&c.KafkaPassword, "kafka-password", c.KafkaPassword, "Kafka SASL password (prefer the environment variable)")
 	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", c.DeadLetterTopic, "topic receiving rejected events with the reason in a header; empty drops them after counting")
-	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines applying events; one user always goes to the same one (0: the consumer's default)")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines applying events; one user always goes to the same one (0: 4)")
 	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "longest time between offset commits (0: 1s)")
 	fs.IntVar(&c.CommitBatch, "commit-batch", c.CommitBatch, "commit early after this many events (0: 5000)")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "events whose ts is further than this from now are rejected (negative: no check)")
-	fs.StringVar(&c.RedisAddr, "redis-addr", c.RedisAddr, "Redis host:port; empty starts an in-process store")
+	fs.StringVar(&c.RedisAddr, "redis-addr", c.RedisAddr, "Redis host:port, or several comma-separated for a Redis Cluster; empty starts an in-process store")
 	fs.StringVar(&c.RedisUsername, "redis-username", c.RedisUsername, "Redis ACL user")
 	fs.StringVar(&c.RedisPassword, "redis-password", c.RedisPassword, "Redis ACL password (prefer the environment variable)")
 	fs.BoolVar(&c.RedisTLS, "redis-tls", c.RedisTLS, "connect to Redis over TLS")
@@ -252,7 +253,7 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.Float64Var(&c.PerUserRate, "per-user-rate", c.PerUserRate, "most prefetches per second for one user (0: no limit)")
 	fs.IntVar(&c.BudgetKeys, "budget-keys", c.BudgetKeys, "most keys the prefetcher writes per TTL window (0: no cap)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "gRPC listen address")
-	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "HTTP admin listen address (/metrics, /healthz, /readyz)")
+	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "HTTP admin listen address (/metrics, /healthz, /readyz, /stats; /debug/pprof with --pprof)")
 	fs.StringVar(&c.AdminTokenFile, "admin-token-file", c.AdminTokenFile, "file holding the bearer token ModelService requires")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "gRPC server certificate (PEM)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "gRPC server key (PEM)")
