@@ -341,7 +341,7 @@ func maxAbsDiff(a, b []float32) float64 {
 	return d
 }
 
-// TestSwapUnderLoad is the load test of the issue: 8 goroutines predict
+// TestSwapUnderLoad is the hot-swap load test: 8 goroutines predict
 // without pause while 50 versions are published, 20 of them corrupt or
 // contract-breaking. Correctness is asserted strictly; latency is measured
 // and logged (set PREFETCHD_STRICT_LATENCY=1 to also assert the p99 ratio,
