@@ -1,20 +1,19 @@
 package features
 
 import (
-	"bufio"
-	"compress/gzip"
 	"context"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefetchd/prefetchd/internal/nasa"
 
 	"github.com/segmentio/kafka-go"
 
@@ -24,38 +23,18 @@ import (
 
 // readSessions reads an SPMF session file: one session per line, pages
 // separated by -1, ended by -2.
-func readSessions(tb testing.TB, path string) [][]int32 {
+func readSessions(tb testing.TB) [][]int32 {
 	tb.Helper()
-	f, err := os.Open(path)
+	ids, err := nasa.Sessions()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var sessions [][]int32
-	sc := bufio.NewScanner(zr)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var s []int32
-		for _, f := range strings.Fields(sc.Text()) {
-			if f == "-1" || f == "-2" {
-				continue
-			}
-			n, err := strconv.Atoi(f)
-			if err != nil {
-				tb.Fatalf("session file: %v", err)
-			}
-			s = append(s, int32(n))
+	sessions := make([][]int32, len(ids))
+	for i, s := range ids {
+		sessions[i] = make([]int32, len(s))
+		for j, p := range s {
+			sessions[i][j] = int32(p)
 		}
-		if len(s) > 0 {
-			sessions = append(sessions, s)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		tb.Fatal(err)
 	}
 	return sessions
 }
@@ -288,7 +267,7 @@ func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n i
 // _COMMIT_BATCH override settings; INGEST_BENCH_BARE_COMMITS=0 drops the bare
 // loop's commits.
 func BenchmarkIngestNASA(b *testing.B) {
-	sessions := readSessions(b, "testdata/nasa-jul95.spmf.gz")
+	sessions := readSessions(b)
 	limit, _ := strconv.Atoi(os.Getenv("INGEST_BENCH_LIMIT"))
 	msgs := replayMessages(sessions, 256, limit, time.Now().Add(-time.Hour))
 	vocab := mapVocab{}

@@ -1,21 +1,20 @@
 package prefetch
 
 import (
-	"bufio"
-	"compress/gzip"
 	"math"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prefetchd/prefetchd/internal/nasa"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The replay: the first replaySessions sessions of the NASA Kennedy Space
-// Center log, July 1995 (testdata/sessions.spmf.gz), page id N as /page/N.
+// Center log, July 1995 (internal/nasa), page id N as /page/N.
 // Session i starts at t0 + i*sessionGap; its clicks are 20 to 80 seconds
 // apart (a fixed function of session and position), so sessions overlap and
 // shared keys can be warm for other users.
@@ -33,44 +32,14 @@ type replayEvent struct {
 	page    int // page id in the data
 }
 
-// loadSessions reads up to n sessions of the SPMF file: one session per
-// line, "a -1 b -1 ... -2".
+// loadSessions returns the first n NASA July 1995 sessions as page ids.
 func loadSessions(t testing.TB, n int) [][]int {
 	t.Helper()
-	f, err := os.Open("testdata/sessions.spmf.gz")
+	sessions, err := nasa.Sessions()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(zr)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var sessions [][]int
-	for sc.Scan() && len(sessions) < n {
-		var s []int
-		for _, f := range strings.Fields(sc.Text()) {
-			v, err := strconv.Atoi(f)
-			if err != nil {
-				t.Fatalf("session %d: %v", len(sessions), err)
-			}
-			if v >= 0 {
-				s = append(s, v)
-			}
-		}
-		if len(s) > 0 {
-			sessions = append(sessions, s)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if len(sessions) != n {
-		t.Fatalf("read %d sessions, want %d", len(sessions), n)
-	}
-	return sessions
+	return sessions[:min(n, len(sessions))]
 }
 
 // replayEvents lays the sessions out in time and merges them into one

@@ -5,21 +5,15 @@
 package embedded
 
 import (
-	"bytes"
 	"embed"
 	"fmt"
 	"io/fs"
 
 	"github.com/alicebob/miniredis/v2"
 
+	"github.com/prefetchd/prefetchd/internal/nasa"
 	"github.com/prefetchd/prefetchd/training"
 )
-
-// nasaSessions is the NASA July 1995 access log split into sessions, in SPMF
-// form; see data/README.md for its provenance.
-//
-//go:embed data/nasa-jul95.spmf.gz
-var nasaSessions []byte
 
 // StartRedis starts an in-process Redis-protocol store on 127.0.0.1 whose
 // TTLs follow the wall clock. Close it with Close.
@@ -35,7 +29,7 @@ func StartRedis() (*miniredis.Miniredis, error) {
 // NASASessions returns the bundled sessions, each a list of page keys
 // ("/page/N") in visit order.
 func NASASessions() ([]training.Session, error) {
-	s, err := training.ReadSPMF(bytes.NewReader(nasaSessions))
+	s, err := training.ReadSPMF(nasa.SPMF())
 	if err != nil {
 		return nil, fmt.Errorf("bundled sessions: %w", err)
 	}
