@@ -238,16 +238,22 @@ func (h *Histories) now() int64 {
 	return h.start.UnixNano() + int64(time.Since(h.start))
 }
 
+// slotFor returns user's slot in s, inserting one when the user is new, and
+// whether the user was already held. s.mu must be held.
+func (h *Histories) slotFor(s *shard, user string, now int64) (int32, bool) {
+	if i, ok := h.lookup(s, user, now); ok {
+		return i, true
+	}
+	return h.insert(s, user, now), false
+}
+
 // Append implements Store. It never fails except with ErrDuplicate.
 func (h *Histories) Append(_ context.Context, user string, c Click, rec *Record) error {
 	now := h.now()
 	s := h.shardOf(user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, ok := h.lookup(s, user, now)
-	if !ok {
-		i = h.insert(s, user, now)
-	}
+	i, ok := h.slotFor(s, user, now)
 	var view Record
 	s.view(i, h.cfg.MaxLen, &view)
 	if !applyClick(&view, c, h.cfg.MaxLen, h.cfg.SessionGap, ok) {
@@ -301,10 +307,7 @@ func (h *Histories) Save(_ context.Context, user string, rec *Record) error {
 	s := h.shardOf(user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, ok := h.lookup(s, user, now)
-	if !ok {
-		i = h.insert(s, user, now)
-	}
+	i, _ := h.slotFor(s, user, now)
 	var view Record
 	s.view(i, h.cfg.MaxLen, &view)
 	pages := rec.Pages

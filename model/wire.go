@@ -451,42 +451,26 @@ func parseTensor(b []byte) (wireTensor, error) {
 	if t.segment {
 		return t, fmt.Errorf("tensor %q: segmented tensors are not supported", t.name)
 	}
-	var have int64
+	// Elements come either as typed values or as raw little-endian bytes.
+	var n, width int
 	switch t.dataType {
 	case onnxFloat:
-		have = int64(t.nFloat)
-		if t.rawLen > 0 || t.nFloat == 0 {
-			have = int64(t.rawLen / 4)
-			if t.rawLen%4 != 0 {
-				return t, fmt.Errorf("tensor %q: raw data of %d bytes is not a multiple of 4", t.name, t.rawLen)
-			}
-		}
+		n, width = t.nFloat, 4
 	case onnxInt64:
-		have = int64(t.nInt64)
-		if t.rawLen > 0 || t.nInt64 == 0 {
-			have = int64(t.rawLen / 8)
-			if t.rawLen%8 != 0 {
-				return t, fmt.Errorf("tensor %q: raw data of %d bytes is not a multiple of 8", t.name, t.rawLen)
-			}
-		}
+		n, width = t.nInt64, 8
 	case onnxInt32:
-		have = int64(t.nInt32)
-		if t.rawLen > 0 || t.nInt32 == 0 {
-			have = int64(t.rawLen / 4)
-			if t.rawLen%4 != 0 {
-				return t, fmt.Errorf("tensor %q: raw data of %d bytes is not a multiple of 4", t.name, t.rawLen)
-			}
-		}
+		n, width = t.nInt32, 4
 	case onnxDouble:
-		have = int64(t.nDouble)
-		if t.rawLen > 0 || t.nDouble == 0 {
-			have = int64(t.rawLen / 8)
-			if t.rawLen%8 != 0 {
-				return t, fmt.Errorf("tensor %q: raw data of %d bytes is not a multiple of 8", t.name, t.rawLen)
-			}
-		}
+		n, width = t.nDouble, 8
 	default:
 		return t, fmt.Errorf("tensor %q: %w %s", t.name, ErrUnsupported, dtypeName(t.dataType))
+	}
+	have := int64(n)
+	if t.rawLen > 0 || n == 0 {
+		if t.rawLen%width != 0 {
+			return t, fmt.Errorf("tensor %q: raw data of %d bytes is not a multiple of %d", t.name, t.rawLen, width)
+		}
+		have = int64(t.rawLen / width)
 	}
 	if have != elems {
 		return t, fmt.Errorf("tensor %q: %d elements stored for shape %v", t.name, have, t.dims)
