@@ -46,7 +46,7 @@ func history(n, vocab int) []int64 {
 // step needs (the arithmetic floor with this BLAS) and a naive Go loop.
 func BenchmarkGRU(b *testing.B) {
 	ctx := context.Background()
-	for _, sz := range []struct{ vocab, emb, hidden int }{{1000, 32, 64}, {20000, 32, 128}} {
+	for _, sz := range []struct{ vocab, emb, hidden int }{{200, 16, 32}, {1000, 32, 64}, {20000, 32, 128}} {
 		bun := gruBundle(b, sz.vocab, sz.emb, sz.hidden)
 		name := fmt.Sprintf("v%d_e%d_h%d", sz.vocab, sz.emb, sz.hidden)
 		b.Run(name+"/step", func(b *testing.B) {
@@ -59,6 +59,26 @@ func BenchmarkGRU(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+		b.Run(name+"/step_many16", func(b *testing.B) {
+			// 16 users advanced in one StepMany call; per-row figures.
+			b.ReportAllocs()
+			const rows = 16
+			start := cpuTime()
+			ids := make([]int64, rows)
+			states, probs := make([][]float32, rows), make([][]float32, rows)
+			n := 0
+			for i := 0; b.Loop(); i++ {
+				for r := range ids {
+					ids[r] = int64(2 + (i*rows+r)%(sz.vocab-2))
+				}
+				if err := bun.StepMany(ctx, ids, states, probs); err != nil {
+					b.Fatal(err)
+				}
+				n++
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n*rows), "ns/row")
+			b.ReportMetric(float64(cpuTime()-start)/float64(n*rows), "cpu-ns/row")
 		})
 		b.Run(name+"/seq_len20", func(b *testing.B) {
 			b.ReportAllocs()

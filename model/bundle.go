@@ -53,6 +53,7 @@ type Bundle struct {
 	stepOut       int // scores output slot
 	stepStateOut  int // state_out output slot
 	stateDims     [3]int
+	stepBatches   bool // the step form takes more than one row per run
 }
 
 // LoadBundle loads a bundle folder from disk. See LoadBundleFS.
@@ -195,6 +196,7 @@ func (b *Bundle) checkContract() error {
 		switch {
 		case in.Name == InputPageID && in.DType == "int64":
 			b.stepIn = i
+			b.stepBatches = len(in.Dims) == 2 && in.Dims[0] != 1
 		case in.Name == InputStateIn && in.DType == "float32" && len(in.Dims) == 3 && in.Dims[0] > 0 && in.Dims[2] > 0:
 			b.stepStateIn = i
 			b.stateDims = [3]int{int(in.Dims[0]), 1, int(in.Dims[2])}
@@ -450,6 +452,100 @@ func (b *Bundle) Step(ctx context.Context, pageID int64, state []float32, dst []
 	b.finish(dst, res.f)
 	copy(state, so.f)
 	return dst, state, nil
+}
+
+// StepMany is Step for several users at once: row i advances states[i] by
+// the click pageIDs[i] and writes its probabilities into probs[i]. The rows
+// go through the step form in one run, which shares the per-call work of
+// the graph among them; results equal Step's row by row (within float32
+// rounding). states[i] is the state Step takes (empty for a new session)
+// and is replaced by the new state; probs[i] is grown when shorter than the
+// vocabulary. The three slices have the same length; every row must belong
+// to a different user (rows are independent). A step form whose batch
+// dimension is fixed at 1 runs the rows one by one. On error no state is
+// changed.
+func (b *Bundle) StepMany(ctx context.Context, pageIDs []int64, states, probs [][]float32) error {
+	n := len(pageIDs)
+	if b.step == nil {
+		return fmt.Errorf("step: %w: bundle has no step form", ErrUnsupported)
+	}
+	if len(states) != n || len(probs) != n {
+		return fmt.Errorf("step: %w: %d page ids, %d states, %d outputs", ErrBadInput, n, len(states), len(probs))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	size := b.StateSize()
+	for i, id := range pageIDs {
+		if id < 0 || id >= int64(b.vsize) {
+			return fmt.Errorf("step: %w: page index %d outside the vocabulary of %d", ErrBadInput, id, b.vsize)
+		}
+		if l := len(states[i]); l != 0 && l != size {
+			return fmt.Errorf("step: %w: state %d has %d values, want %d", ErrBadInput, i, l, size)
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if n == 1 || !b.stepBatches {
+		// Step leaves a state alone on error, but earlier rows would already
+		// have advanced: work on copies and commit at the end.
+		tmp := make([][]float32, n)
+		for i := range pageIDs {
+			var err error
+			if probs[i], tmp[i], err = b.Step(ctx, pageIDs[i], append([]float32(nil), states[i]...), probs[i]); err != nil {
+				return err
+			}
+		}
+		for i := range states {
+			states[i] = append(states[i][:0], tmp[i]...)
+		}
+		return nil
+	}
+	layers, hidden := b.stateDims[0], b.stateDims[2]
+	ex := b.step.pool.Get().(*exec)
+	defer b.step.pool.Put(ex)
+	id := &ex.feed[b.stepIn]
+	if err := id.reshape(dtInt, n, 1); err != nil {
+		return err
+	}
+	copy(id.i, pageIDs)
+	st := &ex.feed[b.stepStateIn]
+	if err := st.reshape(dtFloat, layers, n, hidden); err != nil {
+		return err
+	}
+	// state_in is [layers, batch, hidden]; a user's state is its column.
+	for i, s := range states {
+		for l := range layers {
+			row := st.f[(l*n+i)*hidden : (l*n+i+1)*hidden]
+			if len(s) == 0 {
+				clear(row)
+			} else {
+				copy(row, s[l*hidden:(l+1)*hidden])
+			}
+		}
+	}
+	if err := b.step.plan.run(ctx, ex); err != nil {
+		return fmt.Errorf("step: %w", err)
+	}
+	res, so := ex.cur[b.stepOut], ex.cur[b.stepStateOut]
+	if len(res.f) != n*b.vsize || len(so.f) != n*size {
+		return fmt.Errorf("step: %w: outputs %v and %v for %d rows", ErrContract, res.shape, so.shape, n)
+	}
+	for i := range states {
+		probs[i] = sized(probs[i], b.vsize)
+		b.finish(probs[i], res.f[i*b.vsize:(i+1)*b.vsize])
+		s := states[i]
+		if cap(s) < size {
+			s = make([]float32, size)
+		}
+		s = s[:size]
+		for l := range layers {
+			copy(s[l*hidden:(l+1)*hidden], so.f[(l*n+i)*hidden:(l*n+i+1)*hidden])
+		}
+		states[i] = s
+	}
+	return nil
 }
 
 func sized(dst []float32, n int) []float32 {

@@ -297,3 +297,82 @@ func TestPredictCutsToMaxSeqLen(t *testing.T) {
 		t.Errorf("the graph scores %d pages like their last %d: the test cannot see the cut", len(long), n)
 	}
 }
+
+// TestStepManyMatchesStep runs several users' sessions through StepMany,
+// users joining at different clicks (a zero state beside advanced ones),
+// and compares every row with Step on that user alone.
+func TestStepManyMatchesStep(t *testing.T) {
+	ran := 0
+	for _, dir := range fixtureDirs(t) {
+		if _, err := os.Stat(filepath.Join(dir, StepFile)); err != nil {
+			continue
+		}
+		ran++
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			ctx := context.Background()
+			b, err := LoadBundle(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !b.stepBatches {
+				t.Fatalf("fixture step form has a fixed batch of 1")
+			}
+			const users, clicks = 5, 6
+			vocab := int64(b.Vocab().Len())
+			page := func(u, c int) int64 { return 2 + int64(u*7+c*3)%(vocab-2) }
+			single := make([][]float32, users) // states advanced by Step
+			batch := make([][]float32, users)  // states advanced by StepMany
+			for c := range clicks + users {
+				var ids []int64
+				var rows []int
+				for u := range users {
+					// User u clicks from round u on, for clicks rounds.
+					if c >= u && c < u+clicks {
+						ids = append(ids, page(u, c-u))
+						rows = append(rows, u)
+					}
+				}
+				states := make([][]float32, len(rows))
+				for i, u := range rows {
+					states[i] = batch[u]
+				}
+				probs := make([][]float32, len(rows))
+				if err := b.StepMany(ctx, ids, states, probs); err != nil {
+					t.Fatalf("round %d: StepMany: %v", c, err)
+				}
+				for i, u := range rows {
+					var want []float32
+					want, single[u], err = b.Step(ctx, ids[i], single[u], nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if d := maxDiff(probs[i], want); d > 1e-5 {
+						t.Fatalf("round %d user %d: probabilities differ by %g", c, u, d)
+					}
+					if d := maxDiff(states[i], single[u]); d > 1e-5 || len(states[i]) != b.StateSize() {
+						t.Fatalf("round %d user %d: states differ by %g (len %d)", c, u, d, len(states[i]))
+					}
+					batch[u] = states[i]
+				}
+			}
+			// Bad rows are refused and leave every state alone.
+			states := [][]float32{append([]float32(nil), batch[0]...), make([]float32, 3)}
+			before := append([]float32(nil), states[0]...)
+			if err := b.StepMany(ctx, []int64{2, 2}, states, make([][]float32, 2)); !errors.Is(err, ErrBadInput) {
+				t.Fatalf("short state: %v, want ErrBadInput", err)
+			}
+			if err := b.StepMany(ctx, []int64{2, vocab}, states[:1:1], make([][]float32, 1)); !errors.Is(err, ErrBadInput) {
+				t.Fatalf("mismatched lengths: %v, want ErrBadInput", err)
+			}
+			if err := b.StepMany(ctx, []int64{2, vocab}, [][]float32{states[0], nil}, make([][]float32, 2)); !errors.Is(err, ErrBadInput) {
+				t.Fatalf("page outside the vocabulary: %v, want ErrBadInput", err)
+			}
+			if maxDiff(states[0], before) != 0 {
+				t.Fatal("a refused StepMany changed a state")
+			}
+		})
+	}
+	if ran < 2 {
+		t.Fatalf("only %d fixtures with a step form", ran)
+	}
+}

@@ -29,9 +29,8 @@ func gemvGo(m, n int, a []float32, lda int, x, y []float32) {
 
 // gemvRows computes out[r*ldo : r*ldo+m] = A·x[r*ldx : r*ldx+n] for r < rows:
 // one matrix applied to many vectors. Blocks of four vectors share one pass
-// over A, which matters once A no longer fits in cache. y4 is scratch of at
-// least 4*m floats.
-func gemvRows(rows, m, n int, a []float32, lda int, x []float32, ldx int, out []float32, ldo int, y4 []float32) {
+// over A, which matters once A no longer fits in cache.
+func gemvRows(rows, m, n int, a []float32, lda int, x []float32, ldx int, out []float32, ldo int) {
 	if m == 0 || rows == 0 {
 		return
 	}
@@ -40,14 +39,8 @@ func gemvRows(rows, m, n int, a []float32, lda int, x []float32, ldx int, out []
 	_ = out[(rows-1)*ldo+m-1]
 	r := 0
 	for ; r+4 <= rows; r += 4 {
-		if !gemv4Asm(m, n, a, lda, x[r*ldx:], ldx, y4[:4*m]) {
+		if !gemv4Asm(m, n, a, lda, x[r*ldx:], ldx, out[r*ldo:], ldo) {
 			break
-		}
-		for i := range m {
-			out[r*ldo+i] = y4[4*i]
-			out[(r+1)*ldo+i] = y4[4*i+1]
-			out[(r+2)*ldo+i] = y4[4*i+2]
-			out[(r+3)*ldo+i] = y4[4*i+3]
 		}
 	}
 	for ; r < rows; r++ {

@@ -54,33 +54,70 @@ func expAsm(dst, src []float32, scale, shift float32) (float32, bool) {
 }
 
 //go:noescape
-func gemv4AVX2(m, n int, a *float32, lda int, x *float32, ldx int, y *float32)
+func gemv4AVX2(m, n int, a *float32, lda int, x *float32, ldx int, y *float32, ldy int)
 
 // gemv4Asm computes, for the four vectors x[b*ldx:b*ldx+n], the products
-// A·x into y4[4*i+b] (interleaved), reading A once; it reports whether it
-// could (CPU support).
-func gemv4Asm(m, n int, a []float32, lda int, x []float32, ldx int, y4 []float32) bool {
+// A·x into y[b*ldy : b*ldy+m], reading A once; it reports whether it could
+// (CPU support).
+func gemv4Asm(m, n int, a []float32, lda int, x []float32, ldx int, y []float32, ldy int) bool {
 	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
 		return false
 	}
 	n8 := n &^ 7
 	if n8 > 0 {
-		gemv4AVX2(m, n8, &a[0], lda, &x[0], ldx, &y4[0])
+		gemv4AVX2(m, n8, &a[0], lda, &x[0], ldx, &y[0], ldy)
 	} else {
-		clear(y4[:4*m])
+		for b := range 4 {
+			clear(y[b*ldy : b*ldy+m])
+		}
 	}
 	if n8 < n {
 		for i := range m {
 			row := a[i*lda+n8 : i*lda+n]
 			for b := range 4 {
-				s := y4[4*i+b]
+				s := y[b*ldy+i]
 				xb := x[b*ldx+n8:]
 				for j, v := range row {
 					s += v * xb[j]
 				}
-				y4[4*i+b] = s
+				y[b*ldy+i] = s
 			}
 		}
+	}
+	return true
+}
+
+//go:noescape
+func maxAVX2(x *float32, n int) float32
+
+//go:noescape
+func scaleAVX2(x *float32, n int, s float32)
+
+// maxAsm returns the largest of x (not empty) and reports whether it could
+// (CPU support).
+func maxAsm(x []float32) (float32, bool) {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA || len(x) < 8 {
+		return 0, false
+	}
+	n8 := len(x) &^ 7
+	mx := maxAVX2(&x[0], n8)
+	for _, v := range x[n8:] {
+		mx = max(mx, v)
+	}
+	return mx, true
+}
+
+// scaleAsm multiplies x by s and reports whether it could (CPU support).
+func scaleAsm(x []float32, s float32) bool {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return false
+	}
+	n8 := len(x) &^ 7
+	if n8 > 0 {
+		scaleAVX2(&x[0], n8, s)
+	}
+	for i := n8; i < len(x); i++ {
+		x[i] *= s
 	}
 	return true
 }

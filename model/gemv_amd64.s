@@ -160,11 +160,11 @@ fin:
 	VZEROUPPER
 	RET
 
-// func gemv4AVX2(m, n int, a *float32, lda int, x *float32, ldx int, y *float32)
-// For the four vectors x[b*ldx : b*ldx+n] (b < 4), y[4*i+b] = sum over j < n
-// of a[i*lda+j] * x[b*ldx+j], for i < m; n is a multiple of 8. Each row of a
-// is read once for the four vectors.
-TEXT ·gemv4AVX2(SB), NOSPLIT, $0-56
+// func gemv4AVX2(m, n int, a *float32, lda int, x *float32, ldx int, y *float32, ldy int)
+// For the four vectors x[b*ldx : b*ldx+n] (b < 4), y[b*ldy+i] = sum over
+// j < n of a[i*lda+j] * x[b*ldx+j], for i < m; n is a multiple of 8. Each
+// row of a is read once for the four vectors.
+TEXT ·gemv4AVX2(SB), NOSPLIT, $0-64
 	MOVQ m+0(FP), R8
 	MOVQ n+8(FP), BX
 	SHLQ $2, BX
@@ -175,6 +175,9 @@ TEXT ·gemv4AVX2(SB), NOSPLIT, $0-56
 	MOVQ ldx+40(FP), R9
 	SHLQ $2, R9
 	MOVQ y+48(FP), DX
+	MOVQ ldy+56(FP), AX
+	SHLQ $2, AX
+	LEAQ (AX)(AX*2), R11
 	LEAQ (DI)(R9*1), R12
 	LEAQ (R12)(R9*1), R13
 	LEAQ (R13)(R9*1), R14
@@ -204,13 +207,65 @@ hsum:
 	VHADDPS      Y3, Y2, Y2
 	VHADDPS      Y2, Y0, Y0
 	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VMOVUPS      X0, (DX)
+	VADDPS       X1, X0, X0 // the four vectors' sums for this row
+	VMOVSS       X0, (DX)
+	VEXTRACTPS   $1, X0, (DX)(AX*1)
+	VEXTRACTPS   $2, X0, (DX)(AX*2)
+	VEXTRACTPS   $3, X0, (DX)(R11*1)
 	ADDQ         R10, SI
-	ADDQ         $16, DX
+	ADDQ         $4, DX
 	DECQ         R8
 	JMP          row
 
 done4x:
+	VZEROUPPER
+	RET
+
+// func maxAVX2(x *float32, n int) float32
+// The largest of x[0:n] (n a positive multiple of 8; NaN handling as
+// MAXPS: a NaN in x may be skipped).
+TEXT ·maxAVX2(SB), NOSPLIT, $0-20
+	MOVQ    x+0(FP), SI
+	MOVQ    n+8(FP), BX
+	SHLQ    $2, BX
+	VMOVUPS (SI), Y0
+	MOVQ    $32, CX
+
+maxloop:
+	CMPQ   CX, BX
+	JGE    maxfin
+	VMAXPS (SI)(CX*1), Y0, Y0
+	ADDQ   $32, CX
+	JMP    maxloop
+
+maxfin:
+	VEXTRACTF128 $1, Y0, X1
+	VMAXPS       X1, X0, X0
+	VPERMILPS    $0x4e, X0, X1
+	VMAXPS       X1, X0, X0
+	VPERMILPS    $0xb1, X0, X1
+	VMAXPS       X1, X0, X0
+	VMOVSS       X0, ret+16(FP)
+	VZEROUPPER
+	RET
+
+// func scaleAVX2(x *float32, n int, s float32)
+// x[i] *= s for i < n (n a multiple of 8).
+TEXT ·scaleAVX2(SB), NOSPLIT, $0-20
+	MOVQ         x+0(FP), SI
+	MOVQ         n+8(FP), BX
+	SHLQ         $2, BX
+	VBROADCASTSS s+16(FP), Y1
+	XORQ         CX, CX
+
+scaleloop:
+	CMPQ    CX, BX
+	JGE     scalefin
+	VMULPS  (SI)(CX*1), Y1, Y0
+	VMOVUPS Y0, (SI)(CX*1)
+	ADDQ    $32, CX
+	JMP     scaleloop
+
+scalefin:
 	VZEROUPPER
 	RET

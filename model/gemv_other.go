@@ -6,6 +6,10 @@ func gemvAsm(m, n int, a []float32, lda int, x, y []float32) bool { return false
 
 func expAsm(dst, src []float32, scale, shift float32) (float32, bool) { return 0, false }
 
-func gemv4Asm(m, n int, a []float32, lda int, x []float32, ldx int, y4 []float32) bool {
+func gemv4Asm(m, n int, a []float32, lda int, x []float32, ldx int, y []float32, ldy int) bool {
 	return false
 }
+
+func maxAsm(x []float32) (float32, bool) { return 0, false }
+
+func scaleAsm(x []float32, s float32) bool { return false }

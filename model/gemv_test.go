@@ -40,15 +40,52 @@ func TestGemvRows(t *testing.T) {
 		t.Run(fmt.Sprintf("%d×%dx%d", sz.rows, sz.m, sz.n), func(t *testing.T) {
 			a := lcgWeights(sz.m*sz.n, 1, 1)
 			x := lcgWeights(sz.rows*sz.n, 2, 1)
-			out := make([]float32, sz.rows*sz.m)
-			gemvRows(sz.rows, sz.m, sz.n, a, sz.n, x, sz.n, out, sz.m, make([]float32, 4*sz.m))
+			// Output rows are strided, with a gap that must stay untouched.
+			ldo := sz.m + 3
+			out := make([]float32, sz.rows*ldo)
+			for i := range out {
+				out[i] = 42
+			}
+			gemvRows(sz.rows, sz.m, sz.n, a, sz.n, x, sz.n, out, ldo)
 			for r := range sz.rows {
 				want := make([]float32, sz.m)
 				gemvGo(sz.m, sz.n, a, sz.n, x[r*sz.n:(r+1)*sz.n], want)
-				if d := maxDiff(out[r*sz.m:(r+1)*sz.m], want); d > 1e-4 {
+				if d := maxDiff(out[r*ldo:r*ldo+sz.m], want); d > 1e-4 {
 					t.Fatalf("row %d differs by %g", r, d)
+				}
+				for _, v := range out[r*ldo+sz.m : (r+1)*ldo] {
+					if v != 42 {
+						t.Fatalf("row %d: wrote into the gap between rows", r)
+					}
 				}
 			}
 		})
+	}
+}
+
+// TestMaxScaleAsm checks the vector maximum and scaling against plain loops
+// for every length around the 8-wide blocks, the maximum in each position.
+func TestMaxScaleAsm(t *testing.T) {
+	for n := 1; n <= 41; n++ {
+		x := lcgWeights(n, uint64(n), 3)
+		for at := range n {
+			y := append([]float32(nil), x...)
+			y[at] = 100 + float32(at)
+			mx, ok := maxAsm(y)
+			if !ok {
+				continue // no AVX2, or shorter than a vector: callers loop
+			}
+			if mx != y[at] {
+				t.Fatalf("n=%d max at %d: got %g, want %g", n, at, mx, y[at])
+			}
+		}
+		y := append([]float32(nil), x...)
+		if scaleAsm(y, 0.5) {
+			for i := range y {
+				if y[i] != x[i]*0.5 {
+					t.Fatalf("n=%d: scaled[%d] = %g, want %g", n, i, y[i], x[i]*0.5)
+				}
+			}
+		}
 	}
 }

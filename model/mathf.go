@@ -76,10 +76,13 @@ func softmaxRow(dst, row []float32) {
 	if len(row) == 0 {
 		return
 	}
-	mx := row[0]
-	for _, v := range row[1:] {
-		if v > mx {
-			mx = v
+	mx, ok := maxAsm(row)
+	if !ok {
+		mx = row[0]
+		for _, v := range row[1:] {
+			if v > mx {
+				mx = v
+			}
 		}
 	}
 	dst = dst[:len(row)]
@@ -92,8 +95,10 @@ func softmaxRow(dst, row []float32) {
 		}
 	}
 	inv := 1 / sum
-	for i := range dst {
-		dst[i] *= inv
+	if !scaleAsm(dst, inv) {
+		for i := range dst {
+			dst[i] *= inv
+		}
 	}
 }
 

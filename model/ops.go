@@ -708,9 +708,8 @@ func (g gemmK) run(in, out []*tens, sc *[]float32) error {
 	if g.transB && !g.transA {
 		// Row i of the result is B·A[i]: one matrix-vector product per row,
 		// the case of every Linear layer PyTorch exports.
-		buf := growF(sc, m*n+4*n)
-		prod, y4 := buf[:m*n], buf[m*n:]
-		gemvRows(m, n, k, B.f, k, A.f, k, prod, n, y4)
+		prod := growF(sc, m*n)
+		gemvRows(m, n, k, B.f, k, A.f, k, prod, n)
 		for i := range m {
 			tmp := prod[i*n : (i+1)*n]
 			row := o.f[i*n : (i+1)*n]
@@ -774,9 +773,28 @@ func broadcastTo(dst, src *tens) error {
 		}
 		s *= d
 	}
+	total := dst.size()
+	// The common case (a bias row over a batch): src is dst's trailing
+	// dimensions, repeated whole.
+	if n := src.size(); n > 0 && total%n == 0 {
+		tail := true
+		for i := range src.shape {
+			tail = tail && sstride[i+off] != 0
+		}
+		if tail {
+			for k := 0; k < total; k += n {
+				if dst.dt == dtFloat {
+					copy(dst.f[k:k+n], src.f)
+				} else {
+					copy(dst.i[k:k+n], src.i)
+				}
+			}
+			return nil
+		}
+	}
 	var idx [MaxRank]int
 	j := 0
-	for k := 0; k < dst.size(); k++ {
+	for k := 0; k < total; k++ {
 		if dst.dt == dtFloat {
 			dst.f[k] = src.f[j]
 		} else {

@@ -200,14 +200,13 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		}
 	}
 	nh := N * Hd
-	buf := growF(sc, T*N*GH+N*GH+6*nh+4*Hd+4*GH)
+	buf := growF(sc, T*N*GH+N*GH+6*nh+4*Hd)
 	xw := buf[:T*N*GH]
 	hr := buf[T*N*GH : T*N*GH+N*GH]
 	rest := buf[T*N*GH+N*GH:]
 	h, c, tmp, hh := rest[:nh], rest[nh:2*nh], rest[2*nh:3*nh], rest[3*nh:4*nh]
 	gate := rest[4*nh : 4*nh+4*Hd]
-	y4 := rest[4*nh+4*Hd : 4*nh+4*Hd+4*GH]
-	saved := rest[4*nh+4*Hd+4*GH : 6*nh+4*Hd+4*GH]
+	saved := rest[4*nh+4*Hd : 6*nh+4*Hd]
 	for d := range D {
 		Wd := W.f[d*GH*I : (d+1)*GH*I]
 		Rd := R.f[d*GH*Hd : (d+1)*GH*Hd]
@@ -218,22 +217,24 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		}
 		// Input projections for every time step at once.
 		if I > 0 {
-			gemvRows(T*N, GH, I, Wd, I, X.f, I, xw, GH, y4)
+			gemvRows(T*N, GH, I, Wd, I, X.f, I, xw, GH)
 		} else {
 			clear(xw)
 		}
 		if B != nil {
 			// The recurrent bias is additive except for the GRU candidate
 			// gate with linear_before_reset.
-			bias := hr // free until the time loop
-			for j := range bias {
-				bias[j] = Wb[j%GH]
-				if !(k.lbr && j%GH >= 2*Hd) {
-					bias[j] += Rb[j%GH]
-				}
+			bias := hr[:GH] // free until the time loop
+			copy(bias, Wb)
+			nadd := GH
+			if k.lbr {
+				nadd = 2 * Hd
 			}
-			for r := 0; r < T*N; r += N {
-				row := xw[r*GH : (r+N)*GH]
+			for j, v := range Rb[:nadd] {
+				bias[j] += v
+			}
+			for r := 0; r < T*N; r++ {
+				row := xw[r*GH : (r+1)*GH]
 				for j, v := range bias {
 					row[j] += v
 				}
@@ -268,12 +269,12 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 			}
 			switch k.cell {
 			case "GRU":
-				k.gruStep(acts, xt, Rd, Rb, h, hr, tmp, hh, gate, y4, N)
+				k.gruStep(acts, xt, Rd, Rb, h, hr, tmp, hh, gate, N)
 			case "LSTM":
-				matRows(h, Rd, hr, N, GH, Hd, y4)
+				matRows(h, Rd, hr, N, GH, Hd)
 				k.lstmStep(acts, xt, hr, h, c, Pd, gate, N)
 			default:
-				matRows(h, Rd, hr, N, GH, Hd, y4)
+				matRows(h, Rd, hr, N, GH, Hd)
 				for j := range h {
 					h[j] = k.clipf(xt[j] + hr[j])
 				}
@@ -306,18 +307,18 @@ func (k *recurrentK) clipf(x float32) float32 {
 	return min(max(x, -k.clip), k.clip)
 }
 
-// matRows computes out[N, M] = h[N, K] · R[M, K]^T; y4 is scratch of 4*M.
-func matRows(h, R, out []float32, N, M, K int, y4 []float32) {
-	gemvRows(N, M, K, R, K, h, K, out, M, y4)
+// matRows computes out[N, M] = h[N, K] · R[M, K]^T.
+func matRows(h, R, out []float32, N, M, K int) {
+	gemvRows(N, M, K, R, K, h, K, out, M)
 }
 
 // gruStep advances h by one time step. xt holds X·W^T plus biases for the
 // N batch rows, gates ordered z, r, h.
-func (k *recurrentK) gruStep(acts []string, xt, Rd, Rb, h, hr, tmp, hh, gate, y4 []float32, N int) {
+func (k *recurrentK) gruStep(acts []string, xt, Rd, Rb, h, hr, tmp, hh, gate []float32, N int) {
 	Hd := k.hidden
 	GH := 3 * Hd
 	if k.lbr {
-		matRows(h, Rd, hr, N, GH, Hd, y4)
+		matRows(h, Rd, hr, N, GH, Hd)
 		zr, cand := gate[:2*Hd], gate[2*Hd:3*Hd]
 		for n := range N {
 			x := xt[n*GH : (n+1)*GH]
