@@ -167,6 +167,7 @@ func bareLoop(tb testing.TB, addr, topic, group string, s benchSettings, n int) 
 // stepper is the step form of a model bundle (*model.Bundle).
 type stepper interface {
 	Step(ctx context.Context, pageID int64, state []float32, dst []float32) (probs, newState []float32, err error)
+	StepMany(ctx context.Context, pageIDs []int64, states, probs [][]float32) error
 }
 
 // historyHandler is the engine's work: canonicalize, map to a vocabulary
@@ -178,6 +179,7 @@ type historyHandler struct {
 	hist  *Histories
 	model stepper
 	bufs  sync.Pool // *handlerBuf
+	waves sync.Pool // *benchWave
 	n     atomic.Int64
 	base  time.Time
 	first atomic.Int64 // when the first event was applied, ns since base
@@ -206,7 +208,15 @@ func (h *historyHandler) HandleEvent(ctx context.Context, ev Event, msg Meta) er
 			err = h.hist.Save(ctx, ev.UserID, rec)
 		}
 	}
-	// The clock is read twice per run (as in bareLoop), not per event.
+	if err == nil {
+		h.count()
+	}
+	return err
+}
+
+// count counts an applied event. The clock is read twice per run (as in
+// bareLoop), not per event.
+func (h *historyHandler) count() {
 	switch h.n.Add(1) {
 	case 1:
 		h.first.Store(int64(time.Since(h.base)))
@@ -214,7 +224,71 @@ func (h *historyHandler) HandleEvent(ctx context.Context, ev Event, msg Meta) er
 		h.last.Store(int64(time.Since(h.base)))
 		close(h.done)
 	}
-	return err
+}
+
+// HandleEvents is the engine's batch path: clicks of distinct users in a
+// row share one StepMany call (see engine.HandleEvents).
+func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []Meta) (int, error) {
+	if h.model == nil {
+		for i := range evs {
+			if err := h.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+				return i, err
+			}
+		}
+		return len(evs), nil
+	}
+	w, _ := h.waves.Get().(*benchWave)
+	if w == nil {
+		w = &benchWave{users: make(map[string]struct{})}
+	}
+	defer h.waves.Put(w)
+	done := 0
+	for done < len(evs) {
+		clear(w.users)
+		end := done
+		for ; end < len(evs); end++ {
+			if _, dup := w.users[evs[end].UserID]; dup {
+				break
+			}
+			w.users[evs[end].UserID] = struct{}{}
+		}
+		n := end - done
+		for len(w.recs) < n {
+			w.recs = append(w.recs, Record{})
+			w.probs = append(w.probs, nil)
+		}
+		w.ids, w.states = w.ids[:0], w.states[:0]
+		for i := range n {
+			ev, meta, rec := &evs[done+i], &metas[done+i], &w.recs[i]
+			if err := h.hist.Append(ctx, ev.UserID, Click{Page: h.canon.Index(h.vocab, ev.Page), TS: ev.TS,
+				Partition: meta.Partition, Offset: meta.Offset}, rec); err != nil {
+				return done + i, err
+			}
+			w.ids = append(w.ids, int64(rec.Pages[len(rec.Pages)-1]))
+			w.states = append(w.states, rec.State)
+		}
+		if err := h.model.StepMany(ctx, w.ids, w.states, w.probs[:n]); err != nil {
+			return done, err
+		}
+		for i := range n {
+			rec := &w.recs[i]
+			rec.State = w.states[i]
+			if err := h.hist.Save(ctx, evs[done+i].UserID, rec); err != nil {
+				return done + i, err
+			}
+			h.count()
+		}
+		done = end
+	}
+	return len(evs), nil
+}
+
+type benchWave struct {
+	users  map[string]struct{}
+	recs   []Record
+	ids    []int64
+	states [][]float32
+	probs  [][]float32
 }
 
 // consumerLoop consumes n messages through Consumer into Histories and

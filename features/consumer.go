@@ -19,6 +19,7 @@ import (
 const (
 	DefaultWorkers           = 4
 	DefaultWorkerQueue       = 1024
+	DefaultBatchSize         = 64
 	DefaultCommitInterval    = time.Second
 	DefaultCommitBatch       = 5000
 	DefaultMinBytes          = 1
@@ -53,6 +54,11 @@ type ConsumerConfig struct {
 	// WorkerQueue is each worker's buffer of fetched messages; a worker takes
 	// everything queued at once. Default 1024.
 	WorkerQueue int
+	// BatchSize is the most events handed to a BatchHandler in one call;
+	// a worker batches what it has already fetched and never waits to fill
+	// a batch. Default 64; 1 hands events one by one. Ignored for a plain
+	// Handler.
+	BatchSize int
 	// CommitInterval is the longest time between commits. Default 1 s.
 	CommitInterval time.Duration
 	// CommitBatch commits early once this many messages are done since the
@@ -99,7 +105,7 @@ func (c ConsumerConfig) Validate() error {
 		return errors.New("consumer: no topic")
 	case c.GroupID == "":
 		return errors.New("consumer: no group id")
-	case c.Workers < 0 || c.WorkerQueue < 0 || c.CommitBatch < 0 || c.MinBytes < 0 || c.MaxBytes < 0 || c.QueueCapacity < 0:
+	case c.Workers < 0 || c.WorkerQueue < 0 || c.BatchSize < 0 || c.CommitBatch < 0 || c.MinBytes < 0 || c.MaxBytes < 0 || c.QueueCapacity < 0:
 		return errors.New("consumer: negative count or size")
 	case c.CommitInterval < 0 || c.MaxWait < 0 || c.HeartbeatInterval < 0 || c.RebalanceTimeout < 0 || c.HandlerBackoff < 0:
 		return errors.New("consumer: negative duration")
@@ -134,6 +140,7 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	}
 	def(&c.Workers, DefaultWorkers)
 	def(&c.WorkerQueue, DefaultWorkerQueue)
+	def(&c.BatchSize, DefaultBatchSize)
 	def(&c.CommitBatch, DefaultCommitBatch)
 	def(&c.MinBytes, DefaultMinBytes)
 	def(&c.MaxBytes, DefaultMaxBytes)
@@ -174,6 +181,21 @@ type Handler interface {
 	// (ConsumerConfig.HandlerRetries) and then counted and skipped. ctx ends
 	// when the consumer stops; an event interrupted so is not committed.
 	HandleEvent(ctx context.Context, ev Event, msg Meta) error
+}
+
+// BatchHandler is a Handler that can also apply a run of events in one call,
+// sharing work among them (the engine runs the model's step form once for
+// many users). The consumer hands it runs of up to ConsumerConfig.BatchSize
+// decoded events of one worker, in fetch order.
+type BatchHandler interface {
+	Handler
+	// HandleEvents applies evs in order, with the effect of HandleEvent on
+	// each in turn, and stops at the first that fails: it returns how many
+	// were applied and, when that is fewer than len(evs), the error of
+	// evs[n], which the consumer then treats as HandleEvent's (retry,
+	// duplicate, rejected). Events after evs[n] must be left alone; the
+	// consumer hands them again. metas[i] locates evs[i].
+	HandleEvents(ctx context.Context, evs []Event, metas []Meta) (int, error)
 }
 
 // HandlerFunc adapts a function to Handler.
@@ -498,6 +520,10 @@ func (q *workQueue) take(ctx context.Context, buf []job) []job {
 const doneFlush = 64
 
 func (c *Consumer) work(ctx context.Context, q *workQueue) {
+	if bh, ok := c.handler.(BatchHandler); ok && c.cfg.BatchSize > 1 {
+		c.workBatches(ctx, q, bh)
+		return
+	}
 	buf := make([]job, 0, q.limit)
 	done := make([]partSeq, 0, doneFlush)
 	applied := 0
@@ -541,6 +567,93 @@ func (c *Consumer) work(ctx context.Context, q *workQueue) {
 	}
 }
 
+// workBatches is work for a BatchHandler: it decodes the worker's queued
+// messages and hands the valid events to the handler in runs of up to
+// BatchSize. When the handler stops at a failing event, that event goes
+// through the retry path of a single event and the run resumes after it, so
+// one user's events are still applied in order.
+func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandler) {
+	buf := make([]job, 0, q.limit)
+	done := make([]partSeq, 0, doneFlush)
+	applied := 0
+	size := c.cfg.BatchSize
+	evs := make([]Event, 0, size)
+	metas := make([]Meta, 0, size)
+	idx := make([]int, 0, size) // job index of each event
+	flush := func() {
+		if len(done) > 0 && c.track.doneMany(done) >= c.cfg.CommitBatch {
+			c.kickCommit()
+		}
+		done = done[:0]
+		if applied > 0 {
+			c.m.events.Add(float64(applied))
+			applied = 0
+		}
+	}
+	markDone := func(j *job) {
+		done = append(done, partSeq{partition: j.msg.Partition, seq: j.seq})
+		if len(done) == cap(done) {
+			flush()
+		}
+	}
+	defer flush()
+	stop := ctx.Done()
+	for {
+		flush()
+		jobs := q.take(ctx, buf)
+		if jobs == nil {
+			return
+		}
+		for i := 0; i < len(jobs); {
+			select {
+			case <-stop:
+				// Stopping: the rest stays uncommitted and is redelivered.
+				return
+			default:
+			}
+			evs, metas, idx = evs[:0], metas[:0], idx[:0]
+			for ; i < len(jobs) && len(evs) < size; i++ {
+				j := &jobs[i]
+				ev, ok, isDone := c.decode(&j.msg, j.seq)
+				if !ok {
+					if isDone {
+						markDone(j)
+					}
+					continue
+				}
+				evs = append(evs, ev)
+				metas = append(metas, metaOf(&j.msg))
+				idx = append(idx, i)
+			}
+			if len(evs) == 0 {
+				continue
+			}
+			n, err := bh.HandleEvents(ctx, evs, metas)
+			n = min(max(n, 0), len(evs))
+			for _, k := range idx[:n] {
+				markDone(&jobs[k])
+			}
+			applied += n
+			if n == len(evs) {
+				continue
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			// evs[n] failed: finish it alone, then resume right after it.
+			j := &jobs[idx[n]]
+			if c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], err, &applied) {
+				markDone(j)
+			} else if ctx.Err() != nil {
+				return
+			}
+			i = idx[n] + 1
+		}
+		clear(jobs) // drop the messages for the garbage collector
+		buf = jobs
+	}
+}
+
 func (c *Consumer) markDone(partition int, seq int64) {
 	if c.track.done(partition, seq) >= c.cfg.CommitBatch {
 		c.kickCommit()
@@ -560,14 +673,38 @@ func (c *Consumer) kickCommit() {
 // The event's strings share msg.Value's memory (kafka-go allocates it per
 // message and nothing writes to it afterwards): no copy per event.
 func (c *Consumer) process(ctx context.Context, msg *kafka.Message, seq int64, applied *int) bool {
+	ev, ok, done := c.decode(msg, seq)
+	if !ok {
+		return done
+	}
+	return c.handle(ctx, msg, seq, ev, metaOf(msg), nil, applied)
+}
+
+// decode decodes and validates msg. A bad message is counted and handed to
+// the dead-letter writer: ok is false and done reports whether the message
+// is done now.
+func (c *Consumer) decode(msg *kafka.Message, seq int64) (ev Event, ok, done bool) {
 	ev, err := c.dec.decode(msg.Value, time.Unix(0, c.clock.Load()), true)
 	if err != nil {
-		return c.rejected(msg, seq, asReject(err))
+		return ev, false, c.rejected(msg, seq, asReject(err))
 	}
-	meta := Meta{Topic: msg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time}
+	return ev, true, false
+}
+
+func metaOf(msg *kafka.Message) Meta {
+	return Meta{Topic: msg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time}
+}
+
+// handle applies ev with retries and reports whether its message is done;
+// it adds 1 to *applied when the handler applied the event. first, when not
+// nil, is the error of an attempt the caller already made.
+func (c *Consumer) handle(ctx context.Context, msg *kafka.Message, seq int64, ev Event, meta Meta, first error, applied *int) bool {
 	backoff := c.cfg.HandlerBackoff
 	for attempt := 0; ; attempt++ {
-		err := c.handler.HandleEvent(ctx, ev, meta)
+		err := first
+		if attempt > 0 || first == nil {
+			err = c.handler.HandleEvent(ctx, ev, meta)
+		}
 		switch {
 		case err == nil:
 			*applied++

@@ -3,7 +3,8 @@
 // scores the next page with the live model (model, through the lifecycle
 // manager), chooses pages to prefetch (prefetch.Policy), hands them to the
 // warmer, feeds the online evaluation, and notifies hint watchers. The Kafka
-// consumer calls HandleEvent; the gRPC server calls Predict and Subscribe.
+// consumer calls HandleEvents (runs of clicks, see features.BatchHandler);
+// the gRPC server calls HandleEvent, Predict and Subscribe.
 package engine
 
 import (
@@ -71,6 +72,7 @@ type Engine struct {
 	m    *metrics
 
 	scratch sync.Pool // *buffers
+	waves   sync.Pool // *wave
 
 	// vocabs remembers the vocabulary of recent model epochs, so histories
 	// written under an earlier model are remapped through page keys.
@@ -162,6 +164,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 		subs:   make(map[string]map[*subscriber]struct{}),
 	}
 	e.scratch.New = func() any { return new(buffers) }
+	e.waves.New = func() any { return &wave{users: make(map[string]struct{})} }
 	return e, nil
 }
 
@@ -254,6 +257,14 @@ func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta featur
 	if err != nil {
 		return err
 	}
+	e.prefetch(ctx, l, ev, page, idx, len(b.rec.Pages), probs, b)
+	e.m.handle.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// prefetch is the end of a click, once scored: policy, warming, watchers and
+// the progress sample. histLen is the user's history length.
+func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Event, page string, idx int64, histLen int, probs []float32, b *buffers) {
 	b.cands = e.policyFor(l).Select(probs, idx, 0, -1, b.cands)
 	if len(b.cands) > 0 {
 		b.pages = b.pages[:0]
@@ -267,14 +278,149 @@ func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta featur
 		e.publish(ev.UserID, l, b.cands, ev.TS)
 	}
 	if n := e.counter.events.Load(); n%256 == 1 || (len(b.cands) > 0 && e.sample.Load() == nil) {
-		s := &Sample{UserID: ev.UserID, Page: page, History: len(b.rec.Pages), ModelVersion: l.Version}
+		s := &Sample{UserID: ev.UserID, Page: page, History: histLen, ModelVersion: l.Version}
 		for _, c := range b.cands {
 			s.Hints = append(s.Hints, hint.Hint{Page: l.Vocab.Page(c.Index), Probability: c.Probability})
 		}
 		e.sample.Store(s)
 	}
-	e.m.handle.Observe(time.Since(start).Seconds())
-	return nil
+}
+
+// wave is the working memory of HandleEvents: one row per click of a run
+// of clicks by distinct users.
+type wave struct {
+	users  map[string]struct{}
+	recs   []features.Record
+	pages  []string
+	idx    []int64
+	ids    []int64
+	states [][]float32
+	probs  [][]float32
+}
+
+func (w *wave) grow(n int) {
+	for len(w.recs) < n {
+		w.recs = append(w.recs, features.Record{})
+		w.probs = append(w.probs, nil)
+	}
+	w.pages = append(w.pages[:0], make([]string, n)...)
+	w.idx = append(w.idx[:0], make([]int64, n)...)
+	w.ids = append(w.ids[:0], make([]int64, n)...)
+	w.states = append(w.states[:0], make([][]float32, n)...)
+}
+
+// HandleEvents applies a run of clicks in order with the effect of
+// HandleEvent on each (features.BatchHandler). With a step-form model the
+// run is cut into waves of consecutive clicks by distinct users, and each
+// wave's clicks share one run of the model (model.Bundle.StepMany), which
+// costs much less per click than one run each. It stops at the first click
+// that fails and returns how many were applied and that click's error. A
+// click of the same wave after the failing one may already be in its
+// user's history: handed again, it is reported as a duplicate, as a click
+// whose HandleEvent failed after its history was extended would be.
+func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas []features.Meta) (int, error) {
+	if len(evs) != len(metas) {
+		return 0, fmt.Errorf("handle events: %d events, %d metas", len(evs), len(metas))
+	}
+	l, err := e.live()
+	if err != nil {
+		return 0, err
+	}
+	if len(evs) == 1 || l.Bundle == nil || !l.Bundle.HasStep() {
+		for i := range evs {
+			if err := e.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+				return i, err
+			}
+		}
+		return len(evs), nil
+	}
+	w := e.waves.Get().(*wave)
+	defer e.waves.Put(w)
+	b := e.scratch.Get().(*buffers)
+	defer e.scratch.Put(b)
+	done := 0
+	for done < len(evs) {
+		clear(w.users)
+		end := done
+		for ; end < len(evs); end++ {
+			if _, dup := w.users[evs[end].UserID]; dup {
+				break
+			}
+			w.users[evs[end].UserID] = struct{}{}
+		}
+		n, err := e.handleWave(ctx, l, evs[done:end], metas[done:end], w, b)
+		done += n
+		if err != nil {
+			return done, err
+		}
+	}
+	return len(evs), nil
+}
+
+// handleWave applies clicks of distinct users: every click extends its
+// history, one StepMany scores them all, then each is saved and prefetched.
+func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []features.Event, metas []features.Meta, w *wave, b *buffers) (int, error) {
+	start := time.Now()
+	w.grow(len(evs))
+	// Histories first; a failure ends the wave at that click.
+	n := len(evs)
+	var failed error
+	for i := range evs {
+		ev, meta, rec := &evs[i], &metas[i], &w.recs[i]
+		page := e.deps.Canon.Canonical(ev.Page)
+		idx := l.Vocab.Index(page)
+		click := features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Offset: meta.Offset}
+		if err := e.deps.Histories.Append(ctx, ev.UserID, click, rec); err != nil {
+			if errors.Is(err, features.ErrDuplicate) {
+				e.counter.duplicates.Add(1)
+			}
+			n, failed = i, fmt.Errorf("append click: %w", err)
+			break
+		}
+		e.deps.Evaluator.ObserveClick(ev.UserID, page, ev.TS)
+		e.counter.events.Add(1)
+		if rec.Epoch != l.Epoch {
+			if err := e.remapRecord(ctx, ev.UserID, l, rec, b); err != nil {
+				n, failed = i, err
+				break
+			}
+		}
+		w.pages[i], w.idx[i] = page, idx
+	}
+	// States: a missing or stale one is rebuilt from the history first, as
+	// in step.
+	for i := range n {
+		rec := &w.recs[i]
+		state := rec.State
+		if len(state) != l.Bundle.StateSize() {
+			state = state[:0]
+			e.m.stateRebuilt.Inc()
+			for _, p := range rec.Pages[:len(rec.Pages)-1] {
+				var err error
+				if w.probs[i], state, err = l.Bundle.Step(ctx, int64(p), state, w.probs[i]); err != nil {
+					return i, fmt.Errorf("rebuild state with %s: %w", l.Version, err)
+				}
+			}
+		}
+		w.ids[i] = int64(rec.Pages[len(rec.Pages)-1])
+		w.states[i] = state
+	}
+	e.counter.predictions.Add(uint64(n))
+	if err := l.Bundle.StepMany(ctx, w.ids[:n], w.states[:n], w.probs[:n]); err != nil {
+		return 0, fmt.Errorf("step with %s: %w", l.Version, err)
+	}
+	per := time.Since(start) / time.Duration(max(n, 1))
+	for i := range n {
+		t := time.Now()
+		rec := &w.recs[i]
+		rec.State = w.states[i]
+		if err := e.deps.Histories.Save(ctx, evs[i].UserID, rec); err != nil {
+			return i, fmt.Errorf("save state: %w", err)
+		}
+		e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(rec.Pages), w.probs[i], b)
+		e.m.handle.Observe((per + time.Since(t)).Seconds())
+	}
+	return n, failed
 }
 
 // remapRecord translates a history written under an earlier model into the

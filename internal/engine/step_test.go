@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -77,4 +79,130 @@ type probWarmer struct{ last []prefetch.Page }
 func (w *probWarmer) Warm(_ context.Context, r prefetch.Request) int {
 	w.last = append(w.last[:0], r.Pages...)
 	return len(r.Pages)
+}
+
+// allWarmer records every prefetch request.
+type allWarmer struct{ reqs []prefetch.Request }
+
+func (w *allWarmer) Warm(_ context.Context, r prefetch.Request) int {
+	r.Pages = append([]prefetch.Page(nil), r.Pages...)
+	w.reqs = append(w.reqs, r)
+	return len(r.Pages)
+}
+
+// TestHandleEventsMatchesHandleEvent applies the same clicks (users
+// interleaved, a user twice in a row, a redelivered click, a model swap)
+// through HandleEvents in runs and through HandleEvent one by one on a
+// second engine: histories, recurrent states and prefetch requests must
+// agree, and HandleEvents must stop at the redelivered click.
+func TestHandleEventsMatchesHandleEvent(t *testing.T) {
+	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatalf("load bundle: %v", err)
+	}
+	type side struct {
+		e    *Engine
+		hist *features.Histories
+		w    *allWarmer
+		src  *models
+	}
+	mk := func() side {
+		src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
+		hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+		policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
+		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+		w := &allWarmer{}
+		e, err := New(Config{}, Deps{Models: src, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return side{e: e, hist: hist, w: w, src: src}
+	}
+	one, many := mk(), mk()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v := bundle.Vocab()
+	at := time.Now().Add(-time.Hour)
+	var evs []features.Event
+	var metas []features.Meta
+	users := []string{"a", "b", "c", "a", "a", "d", "b", "c", "e", "a", "d", "b"}
+	for i, u := range users {
+		evs = append(evs, features.Event{UserID: u, Page: v.Page(int64(2 + (i*13)%(v.Len()-2))), TS: at.Add(time.Duration(i) * time.Second)})
+		metas = append(metas, features.Meta{Partition: 0, Offset: int64(i)})
+	}
+	for i := range evs {
+		if err := one.e.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+			t.Fatalf("HandleEvent %d: %v", i, err)
+		}
+	}
+	if n, err := many.e.HandleEvents(ctx, evs[:7], metas[:7]); n != 7 || err != nil {
+		t.Fatalf("HandleEvents(first 7) = %d, %v", n, err)
+	}
+	// A run that begins with a redelivery of click 6 stops there.
+	n, err := many.e.HandleEvents(ctx, evs[6:], metas[6:])
+	if n != 0 || !errors.Is(err, features.ErrDuplicate) {
+		t.Fatalf("HandleEvents(redelivery first) = %d, %v; want 0, ErrDuplicate", n, err)
+	}
+	if n, err := many.e.HandleEvents(ctx, evs[7:], metas[7:]); n != len(evs)-7 || err != nil {
+		t.Fatalf("HandleEvents(rest) = %d, %v", n, err)
+	}
+	for _, u := range []string{"a", "b", "c", "d", "e"} {
+		var r1, r2 features.Record
+		ok1, err1 := one.hist.Load(ctx, u, &r1)
+		ok2, err2 := many.hist.Load(ctx, u, &r2)
+		if !ok1 || !ok2 || err1 != nil || err2 != nil {
+			t.Fatalf("user %s: Get %t %v / %t %v", u, ok1, err1, ok2, err2)
+		}
+		if fmt.Sprint(r1.Pages) != fmt.Sprint(r2.Pages) {
+			t.Fatalf("user %s: history %v one by one, %v in runs", u, r1.Pages, r2.Pages)
+		}
+		if len(r1.State) != bundle.StateSize() || len(r2.State) != len(r1.State) {
+			t.Fatalf("user %s: state lengths %d and %d", u, len(r1.State), len(r2.State))
+		}
+		for i := range r1.State {
+			if d := math.Abs(float64(r1.State[i] - r2.State[i])); d > 1e-5 {
+				t.Fatalf("user %s: states differ by %g at %d", u, d, i)
+			}
+		}
+	}
+	if len(one.w.reqs) != len(evs) || len(many.w.reqs) != len(one.w.reqs) {
+		t.Fatalf("%d prefetch requests one by one, %d in runs, %d clicks", len(one.w.reqs), len(many.w.reqs), len(evs))
+	}
+	for i, r1 := range one.w.reqs {
+		r2 := many.w.reqs[i]
+		if r1.UserID != r2.UserID || len(r1.Pages) != len(r2.Pages) {
+			t.Fatalf("request %d: %s %d pages one by one, %s %d in runs", i, r1.UserID, len(r1.Pages), r2.UserID, len(r2.Pages))
+		}
+		for j := range r1.Pages {
+			if r1.Pages[j].Key != r2.Pages[j].Key || math.Abs(float64(r1.Pages[j].Probability-r2.Pages[j].Probability)) > 1e-5 {
+				t.Fatalf("request %d page %d: %+v one by one, %+v in runs", i, j, r1.Pages[j], r2.Pages[j])
+			}
+		}
+	}
+	// After a model swap the stored states are stale: HandleEvents rebuilds
+	// them from the histories, as HandleEvent does.
+	for _, s := range []side{one, many} {
+		s.src.mu.Lock()
+		l := *s.src.live
+		l.Epoch = 2
+		s.src.live = &l
+		s.src.mu.Unlock()
+	}
+	more := []features.Event{{UserID: "a", Page: v.Page(9), TS: at.Add(time.Minute)}, {UserID: "b", Page: v.Page(4), TS: at.Add(time.Minute)}}
+	moreMeta := []features.Meta{{Offset: 100}, {Offset: 101}}
+	for i := range more {
+		if err := one.e.HandleEvent(ctx, more[i], moreMeta[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := many.e.HandleEvents(ctx, more, moreMeta); n != 2 || err != nil {
+		t.Fatalf("HandleEvents after swap = %d, %v", n, err)
+	}
+	last1, last2 := one.w.reqs[len(one.w.reqs)-1], many.w.reqs[len(many.w.reqs)-1]
+	for j := range last1.Pages {
+		if last1.Pages[j].Key != last2.Pages[j].Key || math.Abs(float64(last1.Pages[j].Probability-last2.Pages[j].Probability)) > 1e-5 {
+			t.Fatalf("after swap, page %d: %+v one by one, %+v in runs", j, last1.Pages[j], last2.Pages[j])
+		}
+	}
 }
