@@ -101,6 +101,7 @@ type benchSettings struct {
 	queueCapacity int
 	workers       int
 	workerQueue   int
+	batchSize     int
 	commitBatch   int
 	commits       bool // the bare loop commits (INGEST_BENCH_BARE_COMMITS=0: it does not)
 }
@@ -302,7 +303,7 @@ func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n i
 	canon, _ := NewCanonicalizer(CanonicalizerConfig{})
 	h := &historyHandler{canon: canon, vocab: vocab, hist: hist, model: model, want: int64(n), done: make(chan struct{}), base: time.Now()}
 	c, err := NewConsumer(ConsumerConfig{Brokers: []string{addr}, Topic: topic, GroupID: group,
-		Workers: s.workers, WorkerQueue: s.workerQueue, MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait,
+		Workers: s.workers, WorkerQueue: s.workerQueue, BatchSize: s.batchSize, MinBytes: s.minBytes, MaxBytes: s.maxBytes, MaxWait: s.maxWait,
 		QueueCapacity: s.queueCapacity, CommitBatch: s.commitBatch, SessionTimeout: 6 * time.Second}, h, nil, nil)
 	if err != nil {
 		tb.Fatal(err)
@@ -337,7 +338,7 @@ func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n i
 // per event in each loop. Both loops share the fetch settings: MinBytes 1,
 // MaxBytes 10 MiB, MaxWait 250 ms, QueueCapacity 1000, CommitBatch 5000.
 // INGEST_BENCH_LIMIT=N replays only the first N clicks; INGEST_BENCH_WORKERS,
-// _WORKER_QUEUE, _QUEUE_CAPACITY, _MIN_BYTES, _MAX_BYTES, _MAX_WAIT and
+// _WORKER_QUEUE, _BATCH, _QUEUE_CAPACITY, _MIN_BYTES, _MAX_BYTES, _MAX_WAIT and
 // _COMMIT_BATCH override settings; INGEST_BENCH_BARE_COMMITS=0 drops the bare
 // loop's commits.
 func BenchmarkIngestNASA(b *testing.B) {
@@ -366,10 +367,10 @@ func BenchmarkIngestNASA(b *testing.B) {
 	if !bundle.HasStep() {
 		b.Fatal("test model has no step form")
 	}
-	fetch := benchSettings{minBytes: 1, maxBytes: 10 << 20, maxWait: 250 * time.Millisecond, queueCapacity: 1000, workers: DefaultWorkers, workerQueue: DefaultWorkerQueue, commitBatch: 5000,
+	fetch := benchSettings{minBytes: 1, maxBytes: 10 << 20, maxWait: 250 * time.Millisecond, queueCapacity: 1000, workers: DefaultWorkers, workerQueue: DefaultWorkerQueue, batchSize: DefaultBatchSize, commitBatch: 5000,
 		commits: os.Getenv("INGEST_BENCH_BARE_COMMITS") != "0"}
 	// Overrides for sweeping the settings.
-	for env, v := range map[string]*int{"INGEST_BENCH_WORKERS": &fetch.workers, "INGEST_BENCH_WORKER_QUEUE": &fetch.workerQueue,
+	for env, v := range map[string]*int{"INGEST_BENCH_WORKERS": &fetch.workers, "INGEST_BENCH_WORKER_QUEUE": &fetch.workerQueue, "INGEST_BENCH_BATCH": &fetch.batchSize,
 		"INGEST_BENCH_QUEUE_CAPACITY": &fetch.queueCapacity, "INGEST_BENCH_MIN_BYTES": &fetch.minBytes,
 		"INGEST_BENCH_MAX_BYTES": &fetch.maxBytes, "INGEST_BENCH_COMMIT_BATCH": &fetch.commitBatch} {
 		if n, err := strconv.Atoi(os.Getenv(env)); err == nil && n > 0 {

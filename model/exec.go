@@ -12,6 +12,14 @@ type kernel interface {
 	run(in, out []*tens, sc *[]float32) error
 }
 
+// packer is a kernel that prepares its constant inputs once, at compile
+// time (weights laid out for the batched path). consts[i] is input i when
+// it is a constant of the plan, nil otherwise; the kernel may keep what it
+// derives, which is immutable from then on.
+type packer interface {
+	pack(consts []*tens)
+}
+
 // step is a node of the execution plan.
 type step struct {
 	node, op string

@@ -27,6 +27,68 @@ func gemvGo(m, n int, a []float32, lda int, x, y []float32) {
 	gonum.Implementation{}.Sgemv(blas.NoTrans, m, n, 1, a, lda, x, 1, 0, y, 1)
 }
 
+// packedT is a constant weight matrix A (m rows of k) also stored in
+// column panels, for products with several vectors at once (the batched
+// step): for each block of 16 rows of A (then one block of 8), its k columns
+// one after the other, 16 (8) values each, so the kernel reads the panel
+// front to back. The last m%8 rows are not packed.
+type packedT struct {
+	src  *float32 // &A[0]: a run uses the packed copy only for this matrix
+	m, k int
+	t    []float32
+}
+
+// packT packs A (m rows of k, row-major), or returns nil when A is too
+// small to gain from it.
+func packT(a []float32, m, k int) *packedT {
+	if m < 8 || k == 0 || len(a) < m*k {
+		return nil
+	}
+	m8 := m &^ 7
+	p := &packedT{src: &a[0], m: m, k: k, t: make([]float32, 0, m8*k)}
+	for j0 := 0; j0 < m8; {
+		w := 16
+		if m8-j0 < 16 {
+			w = 8
+		}
+		for c := range k {
+			for jj := range w {
+				p.t = append(p.t, a[(j0+jj)*k+c])
+			}
+		}
+		j0 += w
+	}
+	return p
+}
+
+// of returns p when it packs a (m rows of k), else nil.
+func (p *packedT) of(a []float32, m, k int) *packedT {
+	if p == nil || len(a) == 0 || &a[0] != p.src || p.m != m || p.k != k {
+		return nil
+	}
+	return p
+}
+
+// gemvRowsPacked is gemvRows for A = p's matrix (m rows of n, contiguous;
+// p may be nil): blocks of
+// four vectors go through the transposed copy, with each weight loaded once
+// per block; the rest through gemvRows.
+func gemvRowsPacked(rows, m, n int, p *packedT, a []float32, x []float32, ldx int, out []float32, ldo int) {
+	r := 0
+	if p = p.of(a, m, n); p != nil && rows >= 4 {
+		_ = x[(rows-1)*ldx+n-1]
+		_ = out[(rows-1)*ldo+m-1]
+		for ; r+4 <= rows; r += 4 {
+			if !gemmPacked4Asm(p, a, x[r*ldx:], ldx, out[r*ldo:], ldo) {
+				break
+			}
+		}
+	}
+	if r < rows {
+		gemvRows(rows-r, m, n, a, n, x[r*ldx:], ldx, out[r*ldo:], ldo)
+	}
+}
+
 // gemvRows computes out[r*ldo : r*ldo+m] = A·x[r*ldx : r*ldx+n] for r < rows:
 // one matrix applied to many vectors. Blocks of four vectors share one pass
 // over A, which matters once A no longer fits in cache.

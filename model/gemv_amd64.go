@@ -121,3 +121,32 @@ func scaleAsm(x []float32, s float32) bool {
 	}
 	return true
 }
+
+//go:noescape
+func gemmPackedAVX2(k, m int, x *float32, ldx int, wt *float32, out *float32, ldo int)
+
+// gemmPacked4Asm computes, for the four vectors x[b*ldx : b*ldx+k], the
+// products with p's matrix into out[b*ldo : b*ldo+m], and reports whether
+// it could (CPU support). a is the matrix itself (m rows of k), for the
+// last m%8 outputs.
+func gemmPacked4Asm(p *packedT, a, x []float32, ldx int, out []float32, ldo int) bool {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return false
+	}
+	k, m := p.k, p.m
+	m8 := m &^ 7
+	if m8 > 0 {
+		gemmPackedAVX2(k, m, &x[0], ldx, &p.t[0], &out[0], ldo)
+	}
+	for b := range 4 {
+		xb := x[b*ldx : b*ldx+k]
+		for j := m8; j < m; j++ {
+			var s float32
+			for c, v := range a[j*k : (j+1)*k] {
+				s += v * xb[c]
+			}
+			out[b*ldo+j] = s
+		}
+	}
+	return true
+}

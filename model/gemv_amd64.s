@@ -269,3 +269,111 @@ scaleloop:
 scalefin:
 	VZEROUPPER
 	RET
+
+// func gemmPackedAVX2(k, m int, x *float32, ldx int, wt *float32, out *float32, ldo int)
+// For the four vectors x[b*ldx : b*ldx+k] (b < 4): out[b*ldo+j] = sum over
+// c < k of x[b*ldx+c] * A[j][c], for j < m rounded down to a multiple of 8.
+// wt holds A in column panels (see packT): for each block of 16 outputs
+// (then one of 8), k rows of 16 (8) weights, contiguous. Each weight is
+// loaded once for the four vectors and each x element is broadcast once per
+// panel, so the loop is bound by FMA throughput, not by loads.
+TEXT ·gemmPackedAVX2(SB), NOSPLIT, $0-56
+	MOVQ k+0(FP), BX
+	SHLQ $2, BX
+	MOVQ m+8(FP), R8
+	MOVQ x+16(FP), DI
+	MOVQ ldx+24(FP), R9
+	SHLQ $2, R9
+	LEAQ (DI)(R9*1), R12
+	LEAQ (R12)(R9*1), R13
+	LEAQ (R13)(R9*1), R14
+	MOVQ wt+32(FP), SI
+	MOVQ out+40(FP), DX
+	MOVQ ldo+48(FP), AX
+	SHLQ $2, AX
+	LEAQ (AX)(AX*2), R11
+
+blk16:
+	CMPQ R8, $16
+	JL   blk8
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	XORQ   CX, CX
+
+k16:
+	CMPQ         CX, BX
+	JGE          st16
+	VMOVUPS      (SI), Y8
+	VMOVUPS      32(SI), Y9
+	VBROADCASTSS (DI)(CX*1), Y10
+	VFMADD231PS  Y8, Y10, Y0
+	VFMADD231PS  Y9, Y10, Y1
+	VBROADCASTSS (R12)(CX*1), Y11
+	VFMADD231PS  Y8, Y11, Y2
+	VFMADD231PS  Y9, Y11, Y3
+	VBROADCASTSS (R13)(CX*1), Y12
+	VFMADD231PS  Y8, Y12, Y4
+	VFMADD231PS  Y9, Y12, Y5
+	VBROADCASTSS (R14)(CX*1), Y13
+	VFMADD231PS  Y8, Y13, Y6
+	VFMADD231PS  Y9, Y13, Y7
+	ADDQ         $64, SI
+	ADDQ         $4, CX
+	JMP          k16
+
+st16:
+	VMOVUPS Y0, (DX)
+	VMOVUPS Y1, 32(DX)
+	VMOVUPS Y2, (DX)(AX*1)
+	VMOVUPS Y3, 32(DX)(AX*1)
+	VMOVUPS Y4, (DX)(AX*2)
+	VMOVUPS Y5, 32(DX)(AX*2)
+	VMOVUPS Y6, (DX)(R11*1)
+	VMOVUPS Y7, 32(DX)(R11*1)
+	ADDQ    $64, DX
+	SUBQ    $16, R8
+	JMP     blk16
+
+blk8:
+	CMPQ R8, $8
+	JL   gdone
+	VXORPS Y0, Y0, Y0
+	VXORPS Y2, Y2, Y2
+	VXORPS Y4, Y4, Y4
+	VXORPS Y6, Y6, Y6
+	XORQ   CX, CX
+
+k8:
+	CMPQ         CX, BX
+	JGE          st8
+	VMOVUPS      (SI), Y8
+	VBROADCASTSS (DI)(CX*1), Y10
+	VFMADD231PS  Y8, Y10, Y0
+	VBROADCASTSS (R12)(CX*1), Y11
+	VFMADD231PS  Y8, Y11, Y2
+	VBROADCASTSS (R13)(CX*1), Y12
+	VFMADD231PS  Y8, Y12, Y4
+	VBROADCASTSS (R14)(CX*1), Y13
+	VFMADD231PS  Y8, Y13, Y6
+	ADDQ         $32, SI
+	ADDQ         $4, CX
+	JMP          k8
+
+st8:
+	VMOVUPS Y0, (DX)
+	VMOVUPS Y2, (DX)(AX*1)
+	VMOVUPS Y4, (DX)(AX*2)
+	VMOVUPS Y6, (DX)(R11*1)
+	ADDQ    $32, DX
+	SUBQ    $8, R8
+	JMP     blk8
+
+gdone:
+	VZEROUPPER
+	RET

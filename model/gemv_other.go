@@ -13,3 +13,7 @@ func gemv4Asm(m, n int, a []float32, lda int, x []float32, ldx int, y []float32,
 func maxAsm(x []float32) (float32, bool) { return 0, false }
 
 func scaleAsm(x []float32, s float32) bool { return false }
+
+func gemmPacked4Asm(p *packedT, a, x []float32, ldx int, out []float32, ldo int) bool {
+	return false
+}

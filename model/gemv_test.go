@@ -89,3 +89,45 @@ func TestMaxScaleAsm(t *testing.T) {
 		}
 	}
 }
+
+// TestGemvRowsPacked checks the panel-packed path for several vectors
+// against gemvGo, for sizes with and without 16- and 8-row panels and a
+// remainder, and that a matrix other than the packed one is not taken for it.
+func TestGemvRowsPacked(t *testing.T) {
+	for _, sz := range []struct{ rows, m, n int }{{4, 8, 1}, {4, 16, 16}, {5, 24, 7}, {8, 96, 32}, {9, 200, 32}, {13, 37, 5}, {3, 40, 8}} {
+		t.Run(fmt.Sprintf("%d×%dx%d", sz.rows, sz.m, sz.n), func(t *testing.T) {
+			a := lcgWeights(sz.m*sz.n, 3, 1)
+			p := packT(a, sz.m, sz.n)
+			if p == nil {
+				t.Fatal("not packed")
+			}
+			x := lcgWeights(sz.rows*sz.n, 4, 1)
+			ldo := sz.m + 5
+			out := make([]float32, sz.rows*ldo)
+			for i := range out {
+				out[i] = 42
+			}
+			gemvRowsPacked(sz.rows, sz.m, sz.n, p, a, x, sz.n, out, ldo)
+			for r := range sz.rows {
+				want := make([]float32, sz.m)
+				gemvGo(sz.m, sz.n, a, sz.n, x[r*sz.n:(r+1)*sz.n], want)
+				if d := maxDiff(out[r*ldo:r*ldo+sz.m], want); d > 1e-4 {
+					t.Fatalf("row %d differs by %g", r, d)
+				}
+				for _, v := range out[r*ldo+sz.m : (r+1)*ldo] {
+					if v != 42 {
+						t.Fatalf("row %d: wrote into the gap between rows", r)
+					}
+				}
+			}
+			// Another matrix of the same size must not use p's panels.
+			b := lcgWeights(sz.m*sz.n, 9, 1)
+			gemvRowsPacked(sz.rows, sz.m, sz.n, p, b, x, sz.n, out, ldo)
+			want := make([]float32, sz.m)
+			gemvGo(sz.m, sz.n, b, sz.n, x[:sz.n], want)
+			if d := maxDiff(out[:sz.m], want); d > 1e-4 {
+				t.Fatalf("other matrix: differs by %g", d)
+			}
+		})
+	}
+}

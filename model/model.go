@@ -325,6 +325,15 @@ func compile(w *wireModel, dec *decoder) (*plan, error) {
 			continue
 		}
 		st.k = k
+		if pk, ok := k.(packer); ok && !allConst {
+			cs := make([]*tens, len(st.in))
+			for j, s := range st.in {
+				if s >= 0 {
+					cs[j] = consts[s]
+				}
+			}
+			pk.pack(cs)
+		}
 		var folded []*tens
 		if allConst {
 			// Evaluate now; the result becomes a constant of the plan.

@@ -632,6 +632,7 @@ func (k transposeK) run(in, out []*tens, _ *[]float32) error {
 type gemmK struct {
 	alpha, beta    float32
 	transA, transB bool
+	pb             *packedT // B transposed back, when B is a constant
 }
 
 func newGemm(a *attrs) (kernel, error) {
@@ -654,10 +655,18 @@ func newGemm(a *attrs) (kernel, error) {
 	if a.has("broadcast") {
 		return nil, errors.New("legacy broadcast attribute (opset < 7) not supported")
 	}
-	return gemmK{alpha: alpha, beta: beta, transA: ta != 0, transB: tb != 0}, nil
+	return &gemmK{alpha: alpha, beta: beta, transA: ta != 0, transB: tb != 0}, nil
 }
 
-func (g gemmK) run(in, out []*tens, sc *[]float32) error {
+// pack keeps a transposed copy of a constant B for the batched Linear
+// layer path (transB, several rows).
+func (g *gemmK) pack(consts []*tens) {
+	if len(consts) > 1 && consts[1] != nil && consts[1].dt == dtFloat && consts[1].rank() == 2 && g.transB && !g.transA {
+		g.pb = packT(consts[1].f, consts[1].shape[0], consts[1].shape[1])
+	}
+}
+
+func (g *gemmK) run(in, out []*tens, sc *[]float32) error {
 	A, B := in[0], in[1]
 	if A.dt != dtFloat || B.dt != dtFloat || A.rank() != 2 || B.rank() != 2 {
 		return fmt.Errorf("want float32 matrices, got %v and %v", A, B)
@@ -709,7 +718,7 @@ func (g gemmK) run(in, out []*tens, sc *[]float32) error {
 		// Row i of the result is B·A[i]: one matrix-vector product per row,
 		// the case of every Linear layer PyTorch exports.
 		prod := growF(sc, m*n)
-		gemvRows(m, n, k, B.f, k, A.f, k, prod, n)
+		gemvRowsPacked(m, n, k, g.pb, B.f, A.f, k, prod, n)
 		for i := range m {
 			tmp := prod[i*n : (i+1)*n]
 			row := o.f[i*n : (i+1)*n]

@@ -37,9 +37,9 @@ func TestKernels(t *testing.T) {
 		{"squeeze all", squeezeK{}, []*tens{ft([]int{1, 2, 1}, 1, 2)}, ft([]int{2}, 1, 2)},
 		{"unsqueeze attr", squeezeK{unsqueeze: true, axes: []int64{0, -1}, hasAxes: true}, []*tens{ft([]int{2}, 1, 2)}, ft([]int{1, 2, 1}, 1, 2)},
 		{"concat axis1", concatK{axis: 1}, []*tens{it([]int{2, 1}, 1, 2), it([]int{2, 2}, 3, 4, 5, 6)}, it([]int{2, 3}, 1, 3, 4, 2, 5, 6)},
-		{"gemm transA alpha beta", gemmK{alpha: 2, beta: 0.5, transA: true}, []*tens{ft([]int{2, 1}, 1, 2), ft([]int{2, 2}, 1, 2, 3, 4), ft([]int{}, 10)}, ft([]int{1, 2}, 19, 25)},
-		{"gemm transB rows bias", gemmK{alpha: 1, beta: 1, transB: true}, []*tens{ft([]int{2, 2}, 1, 0, 0, 1), ft([]int{3, 2}, seqF(6)...), ft([]int{3}, 1, 1, 1)}, ft([]int{2, 3}, 1, 3, 5, 2, 4, 6)},
-		{"gemm no bias", gemmK{alpha: 1, beta: 1}, []*tens{ft([]int{1, 2}, 1, 1), ft([]int{2, 2}, 1, 2, 3, 4)}, ft([]int{1, 2}, 4, 6)},
+		{"gemm transA alpha beta", &gemmK{alpha: 2, beta: 0.5, transA: true}, []*tens{ft([]int{2, 1}, 1, 2), ft([]int{2, 2}, 1, 2, 3, 4), ft([]int{}, 10)}, ft([]int{1, 2}, 19, 25)},
+		{"gemm transB rows bias", &gemmK{alpha: 1, beta: 1, transB: true}, []*tens{ft([]int{2, 2}, 1, 0, 0, 1), ft([]int{3, 2}, seqF(6)...), ft([]int{3}, 1, 1, 1)}, ft([]int{2, 3}, 1, 3, 5, 2, 4, 6)},
+		{"gemm no bias", &gemmK{alpha: 1, beta: 1}, []*tens{ft([]int{1, 2}, 1, 1), ft([]int{2, 2}, 1, 2, 3, 4)}, ft([]int{1, 2}, 4, 6)},
 		{"matmul broadcast", matmulK{}, []*tens{ft([]int{2, 1, 2}, 1, 0, 0, 1), ft([]int{2, 2}, 1, 2, 3, 4)}, ft([]int{2, 1, 2}, 1, 2, 3, 4)},
 		{"matmul vector", matmulK{}, []*tens{ft([]int{2}, 1, 1), ft([]int{2, 3}, seqF(6)...)}, ft([]int{3}, 3, 5, 7)},
 		{"add broadcast", binaryK{op: 'A'}, []*tens{ft([]int{2, 1}, 10, 20), ft([]int{3}, 1, 2, 3)}, ft([]int{2, 3}, 11, 12, 13, 21, 22, 23)},
@@ -77,7 +77,7 @@ func TestKernelErrors(t *testing.T) {
 		in   []*tens
 	}{
 		{"gather out of range", gatherK{}, []*tens{ft([]int{2}, 1, 2), it([]int{1}, 2)}},
-		{"gemm inner mismatch", gemmK{alpha: 1}, []*tens{ft([]int{1, 2}, 1, 2), ft([]int{3, 1}, 1, 2, 3)}},
+		{"gemm inner mismatch", &gemmK{alpha: 1}, []*tens{ft([]int{1, 2}, 1, 2), ft([]int{3, 1}, 1, 2, 3)}},
 		{"squeeze non-one", squeezeK{}, []*tens{ft([]int{2}, 1, 2), it([]int{1}, 0)}},
 		{"concat rank", concatK{axis: 0}, []*tens{ft([]int{1}, 1), ft([]int{1, 1}, 1)}},
 		{"reshape bad", reshapeK{}, []*tens{ft([]int{3}, 1, 2, 3), it([]int{1}, 2)}},

@@ -17,6 +17,35 @@ type recurrentK struct {
 	lbr     bool // GRU linear_before_reset
 	clip    float32
 	act     []string // activations (lower case), len(defaults) per direction
+	// pw and pr are the per-direction input and recurrent weights packed
+	// for the batched path, when they are constants.
+	pw, pr []*packedT
+}
+
+func (k *recurrentK) pack(consts []*tens) {
+	if len(consts) < 3 || consts[1] == nil || consts[2] == nil {
+		return
+	}
+	W, R := consts[1], consts[2]
+	if W.dt != dtFloat || R.dt != dtFloat || W.rank() != 3 || R.rank() != 3 || W.shape[0] != k.dirs || R.shape[0] != k.dirs {
+		return // run reports the shape error
+	}
+	GH, I, Hd := W.shape[1], W.shape[2], R.shape[2]
+	if R.shape[1] != GH || len(W.f) != k.dirs*GH*I || len(R.f) != k.dirs*GH*Hd {
+		return
+	}
+	for d := range k.dirs {
+		k.pw = append(k.pw, packT(W.f[d*GH*I:(d+1)*GH*I], GH, I))
+		k.pr = append(k.pr, packT(R.f[d*GH*Hd:(d+1)*GH*Hd], GH, Hd))
+	}
+}
+
+// packed returns ps[d], or nil.
+func packed(ps []*packedT, d int) *packedT {
+	if d < len(ps) {
+		return ps[d]
+	}
+	return nil
 }
 
 func newRecurrent(op string, a *attrs, nin, nout int) (kernel, error) {
@@ -217,7 +246,7 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 		}
 		// Input projections for every time step at once.
 		if I > 0 {
-			gemvRows(T*N, GH, I, Wd, I, X.f, I, xw, GH)
+			gemvRowsPacked(T*N, GH, I, packed(k.pw, d), Wd, X.f, I, xw, GH)
 		} else {
 			clear(xw)
 		}
@@ -269,12 +298,12 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 			}
 			switch k.cell {
 			case "GRU":
-				k.gruStep(acts, xt, Rd, Rb, h, hr, tmp, hh, gate, N)
+				k.gruStep(acts, xt, Rd, packed(k.pr, d), Rb, h, hr, tmp, hh, gate, N)
 			case "LSTM":
-				matRows(h, Rd, hr, N, GH, Hd)
+				matRows(h, Rd, packed(k.pr, d), hr, N, GH, Hd)
 				k.lstmStep(acts, xt, hr, h, c, Pd, gate, N)
 			default:
-				matRows(h, Rd, hr, N, GH, Hd)
+				matRows(h, Rd, packed(k.pr, d), hr, N, GH, Hd)
 				for j := range h {
 					h[j] = k.clipf(xt[j] + hr[j])
 				}
@@ -307,18 +336,18 @@ func (k *recurrentK) clipf(x float32) float32 {
 	return min(max(x, -k.clip), k.clip)
 }
 
-// matRows computes out[N, M] = h[N, K] · R[M, K]^T.
-func matRows(h, R, out []float32, N, M, K int) {
-	gemvRows(N, M, K, R, K, h, K, out, M)
+// matRows computes out[N, M] = h[N, K] · R[M, K]^T; p is R packed, or nil.
+func matRows(h, R []float32, p *packedT, out []float32, N, M, K int) {
+	gemvRowsPacked(N, M, K, p, R, h, K, out, M)
 }
 
 // gruStep advances h by one time step. xt holds X·W^T plus biases for the
 // N batch rows, gates ordered z, r, h.
-func (k *recurrentK) gruStep(acts []string, xt, Rd, Rb, h, hr, tmp, hh, gate []float32, N int) {
+func (k *recurrentK) gruStep(acts []string, xt, Rd []float32, pr *packedT, Rb, h, hr, tmp, hh, gate []float32, N int) {
 	Hd := k.hidden
 	GH := 3 * Hd
 	if k.lbr {
-		matRows(h, Rd, hr, N, GH, Hd)
+		matRows(h, Rd, pr, hr, N, GH, Hd)
 		zr, cand := gate[:2*Hd], gate[2*Hd:3*Hd]
 		for n := range N {
 			x := xt[n*GH : (n+1)*GH]
