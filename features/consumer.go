@@ -604,14 +604,14 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 		if jobs == nil {
 			return
 		}
-		for i := 0; i < len(jobs); {
+		evs, metas, idx = evs[:0], metas[:0], idx[:0]
+		for i := 0; i < len(jobs) || len(evs) > 0; {
 			select {
 			case <-stop:
 				// Stopping: the rest stays uncommitted and is redelivered.
 				return
 			default:
 			}
-			evs, metas, idx = evs[:0], metas[:0], idx[:0]
 			for ; i < len(jobs) && len(evs) < size; i++ {
 				j := &jobs[i]
 				ev, ok, isDone := c.decode(&j.msg, j.seq)
@@ -635,19 +635,25 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 			}
 			applied += n
 			if n == len(evs) {
+				evs, metas, idx = evs[:0], metas[:0], idx[:0]
 				continue
 			}
 			if ctx.Err() != nil {
 				return
 			}
-			// evs[n] failed: finish it alone, then resume right after it.
+			// evs[n] failed: finish it alone; the events after it (already
+			// decoded) start the next run.
 			j := &jobs[idx[n]]
 			if c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], err, &applied) {
 				markDone(j)
 			} else if ctx.Err() != nil {
 				return
 			}
-			i = idx[n] + 1
+			rest := len(evs) - n - 1
+			copy(evs, evs[n+1:])
+			copy(metas, metas[n+1:])
+			copy(idx, idx[n+1:])
+			evs, metas, idx = evs[:rest], metas[:rest], idx[:rest]
 		}
 		clear(jobs) // drop the messages for the garbage collector
 		buf = jobs

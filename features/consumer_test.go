@@ -560,3 +560,85 @@ func TestConsumerStopDuringRetries(t *testing.T) {
 	stop2()
 	checkApplied(t, ok.snapshot(), stream.want)
 }
+
+// batchRecorder is a recorder that also takes runs of events
+// (BatchHandler): it applies them one by one and stops at the first error,
+// as the contract asks, and remembers the largest run it was handed.
+type batchRecorder struct {
+	*recorder
+	largest atomic.Int64
+	runs    atomic.Int64
+}
+
+func (b *batchRecorder) HandleEvents(ctx context.Context, evs []Event, metas []Meta) (int, error) {
+	b.runs.Add(1)
+	for n := int64(len(evs)); ; {
+		cur := b.largest.Load()
+		if n <= cur || b.largest.CompareAndSwap(cur, n) {
+			break
+		}
+	}
+	for i := range evs {
+		if err := b.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+			return i, err
+		}
+	}
+	return len(evs), nil
+}
+
+// TestConsumerBatchHandler drives the batch path through the broker: runs
+// of events reach the handler, poison messages among them are rejected, an
+// event that fails inside a run is retried alone and the run resumes after
+// it, and every user's events are applied once, in order.
+func TestConsumerBatchHandler(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	var msgs []kafka.Message
+	for i, m := range stream.batch(6, 40) {
+		msgs = append(msgs, m)
+		if i%25 == 0 {
+			msgs = append(msgs, kafkatest.Message(fmt.Sprintf("user-%02d", i%6), `{"user_id":`))
+		}
+	}
+	b.Produce(t, topic, msgs...)
+	good := stream.count()
+	for i, tc := range []struct {
+		name      string
+		failUntil int
+		retries   float64
+	}{
+		{name: "clean", failUntil: 0, retries: 0},
+		{name: "every event fails once", failUntil: 1, retries: float64(good)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &batchRecorder{recorder: newRecorder(newTestHistories(t, HistoryConfig{}))}
+			rec.failUntil = tc.failUntil
+			cfg := testConsumerConfig(b.Addr(), topic)
+			cfg.GroupID = fmt.Sprintf("batch-%d", i)
+			cfg.Workers = 2
+			c, err := NewConsumer(cfg, rec, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := runConsumer(t, c)
+			eventually(t, 30*time.Second, "all messages done", func() bool {
+				return c.Lag() == 0 && testutil.ToFloat64(c.m.messages) == float64(len(msgs))
+			})
+			stop()
+			checkApplied(t, rec.snapshot(), stream.want)
+			if got := testutil.ToFloat64(c.m.rejected(ReasonJSON)); got != float64(len(msgs)-good) {
+				t.Errorf("rejected %v, want %d", got, len(msgs)-good)
+			}
+			if got := testutil.ToFloat64(c.m.handlerRetries); got != tc.retries {
+				t.Errorf("handler retries %v, want %v", got, tc.retries)
+			}
+			if got := testutil.ToFloat64(c.m.events); got != float64(good) {
+				t.Errorf("events %v, want %d", got, good)
+			}
+			if rec.runs.Load() == 0 || rec.largest.Load() < 2 {
+				t.Errorf("handler got %d runs, largest %d: the batch path was not taken", rec.runs.Load(), rec.largest.Load())
+			}
+		})
+	}
+}
