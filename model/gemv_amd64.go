@@ -150,3 +150,42 @@ func gemmPacked4Asm(p *packedT, a, x []float32, ldx int, out []float32, ldo int)
 	}
 	return true
 }
+
+//go:noescape
+func addAVX2(dst, src *float32, n int)
+
+//go:noescape
+func ratioAVX2(x *float32, n int, a, b float32)
+
+// addAsm adds src to dst (same length) and reports whether it could (CPU
+// support).
+func addAsm(dst, src []float32) bool {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return false
+	}
+	src = src[:len(dst)]
+	n8 := len(dst) &^ 7
+	if n8 > 0 {
+		addAVX2(&dst[0], &src[0], n8)
+	}
+	for i := n8; i < len(dst); i++ {
+		dst[i] += src[i]
+	}
+	return true
+}
+
+// ratioAsm sets x[i] = (a + b*x[i]) / (1 + x[i]) and reports whether it
+// could (CPU support).
+func ratioAsm(x []float32, a, b float32) bool {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return false
+	}
+	n8 := len(x) &^ 7
+	if n8 > 0 {
+		ratioAVX2(&x[0], n8, a, b)
+	}
+	for i := n8; i < len(x); i++ {
+		x[i] = (a + b*x[i]) / (1 + x[i])
+	}
+	return true
+}

@@ -377,3 +377,53 @@ st8:
 gdone:
 	VZEROUPPER
 	RET
+
+// func addAVX2(dst, src *float32, n int)
+// dst[i] += src[i] for i < n (n a multiple of 8).
+TEXT ·addAVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), BX
+	SHLQ $2, BX
+	XORQ CX, CX
+
+addloop:
+	CMPQ    CX, BX
+	JGE     addfin
+	VMOVUPS (DI)(CX*1), Y0
+	VADDPS  (SI)(CX*1), Y0, Y0
+	VMOVUPS Y0, (DI)(CX*1)
+	ADDQ    $32, CX
+	JMP     addloop
+
+addfin:
+	VZEROUPPER
+	RET
+
+// func ratioAVX2(x *float32, n int, a, b float32)
+// x[i] = (a + b*x[i]) / (1 + x[i]) for i < n (n a multiple of 8): with x
+// an exponential this finishes a sigmoid (a 1, b 0) or a tanh (a 1, b -1).
+TEXT ·ratioAVX2(SB), NOSPLIT, $0-24
+	MOVQ         x+0(FP), SI
+	MOVQ         n+8(FP), BX
+	SHLQ         $2, BX
+	VBROADCASTSS a+16(FP), Y2
+	VBROADCASTSS b+20(FP), Y4
+	VBROADCASTSS expconst<>+44(SB), Y3 // 1
+	XORQ         CX, CX
+
+ratioloop:
+	CMPQ        CX, BX
+	JGE         ratiofin
+	VMOVUPS     (SI)(CX*1), Y0
+	VMOVAPS     Y2, Y1
+	VFMADD231PS Y4, Y0, Y1             // a + b*x
+	VADDPS      Y3, Y0, Y0             // 1 + x
+	VDIVPS      Y0, Y1, Y1
+	VMOVUPS     Y1, (SI)(CX*1)
+	ADDQ        $32, CX
+	JMP         ratioloop
+
+ratiofin:
+	VZEROUPPER
+	RET

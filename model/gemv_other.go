@@ -17,3 +17,7 @@ func scaleAsm(x []float32, s float32) bool { return false }
 func gemmPacked4Asm(p *packedT, a, x []float32, ldx int, out []float32, ldo int) bool {
 	return false
 }
+
+func addAsm(dst, src []float32) bool { return false }
+
+func ratioAsm(x []float32, a, b float32) bool { return false }

@@ -63,7 +63,7 @@ func TestGemvRows(t *testing.T) {
 	}
 }
 
-// TestMaxScaleAsm checks the vector maximum and scaling against plain loops
+// TestMaxScaleAsm checks the vector maximum, sum and scaling against plain loops
 // for every length around the 8-wide blocks, the maximum in each position.
 func TestMaxScaleAsm(t *testing.T) {
 	for n := 1; n <= 41; n++ {
@@ -77,6 +77,15 @@ func TestMaxScaleAsm(t *testing.T) {
 			}
 			if mx != y[at] {
 				t.Fatalf("n=%d max at %d: got %g, want %g", n, at, mx, y[at])
+			}
+		}
+		z := lcgWeights(n, uint64(n)+100, 3)
+		sum := append([]float32(nil), x...)
+		if addAsm(sum, z) {
+			for i := range sum {
+				if sum[i] != x[i]+z[i] {
+					t.Fatalf("n=%d: sum[%d] = %g, want %g", n, i, sum[i], x[i]+z[i])
+				}
 			}
 		}
 		y := append([]float32(nil), x...)

@@ -127,9 +127,7 @@ func logSoftmaxRow(dst, row []float32) {
 // sigmoidVec sets dst[i] = sigmoid(src[i]); dst may be src.
 func sigmoidVec(dst, src []float32) {
 	if _, ok := expAsm(dst, src, -1, 0); ok {
-		for i, e := range dst[:len(src)] {
-			dst[i] = 1 / (1 + e)
-		}
+		ratioAsm(dst[:len(src)], 1, 0)
 		return
 	}
 	for i, v := range src {
@@ -140,9 +138,7 @@ func sigmoidVec(dst, src []float32) {
 // tanhVec sets dst[i] = tanh(src[i]); dst may be src.
 func tanhVec(dst, src []float32) {
 	if _, ok := expAsm(dst, src, -2, 0); ok {
-		for i, e := range dst[:len(src)] {
-			dst[i] = (1 - e) / (1 + e)
-		}
+		ratioAsm(dst[:len(src)], 1, -1)
 		return
 	}
 	for i, v := range src {

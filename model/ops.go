@@ -726,8 +726,10 @@ func (g *gemmK) run(in, out []*tens, sc *[]float32) error {
 			case beta == 0 && g.alpha == 1:
 				copy(row, tmp)
 			case beta == 1 && g.alpha == 1:
-				for j, v := range tmp {
-					row[j] += v
+				if !addAsm(row, tmp) {
+					for j, v := range tmp {
+						row[j] += v
+					}
 				}
 			default:
 				for j, v := range tmp {

@@ -264,8 +264,10 @@ func (k *recurrentK) run(in, out []*tens, sc *[]float32) error {
 			}
 			for r := 0; r < T*N; r++ {
 				row := xw[r*GH : (r+1)*GH]
-				for j, v := range bias {
-					row[j] += v
+				if !addAsm(row, bias) {
+					for j, v := range bias {
+						row[j] += v
+					}
 				}
 			}
 		}
