@@ -517,6 +517,7 @@ func TestConsumerConfigValidate(t *testing.T) {
 		"bad offset":      func(c *ConsumerConfig) { c.StartOffset = 5 },
 		"dlq is input":    func(c *ConsumerConfig) { c.DeadLetterTopic = "t" },
 		"negative worker": func(c *ConsumerConfig) { c.Workers = -1 },
+		"negative batch":  func(c *ConsumerConfig) { c.BatchSize = -1 },
 		"bad decoder":     func(c *ConsumerConfig) { c.Decoder.MaxPageBytes = -1 },
 	} {
 		t.Run(name, func(t *testing.T) {

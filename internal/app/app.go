@@ -178,7 +178,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	}
 	consumer, err := features.NewConsumer(features.ConsumerConfig{
 		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
-		Workers: cfg.Workers, CommitInterval: cfg.CommitInterval, CommitBatch: cfg.CommitBatch,
+		Workers: cfg.Workers, BatchSize: cfg.IngestBatch, CommitInterval: cfg.CommitInterval, CommitBatch: cfg.CommitBatch,
 		Decoder: features.DecoderConfig{MaxSkew: cfg.MaxSkew},
 	}, eng, log, reg)
 	if err != nil {

@@ -36,9 +36,11 @@ type Config struct {
 	KafkaUsername      string
 	KafkaPassword      string
 	DeadLetterTopic    string
-	// Consumer tuning: workers (a user always goes to the same one), commit
-	// interval and batch size, and the accepted clock skew of event times.
+	// Consumer tuning: workers (a user always goes to the same one), the
+	// most events scored in one model run, commit interval and batch size,
+	// and the accepted clock skew of event times.
 	Workers        int
+	IngestBatch    int
 	CommitInterval time.Duration
 	CommitBatch    int
 	MaxSkew        time.Duration
@@ -179,8 +181,8 @@ func (c *Config) Validate() error {
 	if c.KafkaSASLMechanism != "" && c.KafkaUsername == "" {
 		errs = append(errs, errors.New("--kafka-sasl-mechanism needs --kafka-username"))
 	}
-	if c.Workers < 0 || c.CommitBatch < 0 || c.CommitInterval < 0 {
-		errs = append(errs, errors.New("--workers, --commit-batch and --commit-interval must not be negative"))
+	if c.Workers < 0 || c.IngestBatch < 0 || c.CommitBatch < 0 || c.CommitInterval < 0 {
+		errs = append(errs, errors.New("--workers, --ingest-batch, --commit-batch and --commit-interval must not be negative"))
 	}
 	if c.GlobalRate < 0 || c.PerUserRate < 0 || c.BudgetKeys < 0 || c.HistoryMaxUsers < 0 {
 		errs = append(errs, errors.New("rates, budgets and --history-max-users must not be negative"))
@@ -224,6 +226,7 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.StringVar(&c.KafkaPassword, "kafka-password", c.KafkaPassword, "Kafka SASL password (prefer the environment variable)")
 	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", c.DeadLetterTopic, "topic receiving rejected events with the reason in a header; empty drops them after counting")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines applying events; one user always goes to the same one (0: 4)")
+	fs.IntVar(&c.IngestBatch, "ingest-batch", c.IngestBatch, "most clicks a worker scores in one run of a step-form model, clicks of distinct users sharing it (0: 64; 1: one by one)")
 	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "longest time between offset commits (0: 1s)")
 	fs.IntVar(&c.CommitBatch, "commit-batch", c.CommitBatch, "commit early after this many events (0: 5000)")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "events whose ts is further than this from now are rejected (negative: no check)")

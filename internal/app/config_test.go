@@ -44,6 +44,16 @@ func TestParseFlags(t *testing.T) {
 			},
 		},
 		{name: "threshold above one", args: []string{"--threshold", "1.5"}, wantErr: "--threshold"},
+		{name: "negative ingest batch", args: []string{"--ingest-batch", "-1"}, wantErr: "--ingest-batch"},
+		{
+			name: "ingest batch",
+			env:  map[string]string{"PREFETCHD_INGEST_BATCH": "16"},
+			check: func(t *testing.T, c Config) {
+				if c.IngestBatch != 16 {
+					t.Errorf("IngestBatch = %d, want 16 from PREFETCHD_INGEST_BATCH", c.IngestBatch)
+				}
+			},
+		},
 		{name: "bad env value", env: map[string]string{"PREFETCHD_K": "many"}, wantErr: "PREFETCHD_K"},
 		{name: "bad listen address", args: []string{"--listen", "nope"}, wantErr: "--listen"},
 		{name: "model and repo together", args: []string{"--model", "a", "--model-repo", "b"}, wantErr: "exclusive"},
