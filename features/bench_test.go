@@ -200,6 +200,10 @@ func (h *historyHandler) HandleEvent(ctx context.Context, ev Event, msg Meta) er
 		buf = new(handlerBuf)
 	}
 	defer h.bufs.Put(buf)
+	return h.handleOne(ctx, ev, msg, buf)
+}
+
+func (h *historyHandler) handleOne(ctx context.Context, ev Event, msg Meta, buf *handlerBuf) error {
 	rec := &buf.rec
 	err := h.hist.Append(ctx, ev.UserID, Click{Page: h.canon.Index(h.vocab, ev.Page), TS: ev.TS,
 		Partition: msg.Partition, Offset: msg.Offset}, rec)
@@ -231,8 +235,13 @@ func (h *historyHandler) count() {
 // row share one StepMany call (see engine.HandleEvents).
 func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []Meta) (int, error) {
 	if h.model == nil {
+		buf, _ := h.bufs.Get().(*handlerBuf)
+		if buf == nil {
+			buf = new(handlerBuf)
+		}
+		defer h.bufs.Put(buf)
 		for i := range evs {
-			if err := h.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+			if err := h.handleOne(ctx, evs[i], metas[i], buf); err != nil {
 				return i, err
 			}
 		}

@@ -78,6 +78,9 @@ type Engine struct {
 	// written under an earlier model are remapped through page keys.
 	vocabMu sync.Mutex
 	vocabs  map[uint32]*model.Vocab // guarded by vocabMu
+	// seenEpoch is the newest epoch already in vocabs: live skips the lock
+	// while the model does not change.
+	seenEpoch atomic.Uint32
 
 	policyCache atomic.Pointer[policyForEpoch]
 
@@ -184,6 +187,9 @@ func (e *Engine) live() (*lifecycle.Live, error) {
 	if l == nil {
 		return nil, hint.ErrNoModel
 	}
+	if e.seenEpoch.Load() == l.Epoch && l.Epoch != 0 {
+		return l, nil
+	}
 	e.vocabMu.Lock()
 	if _, ok := e.vocabs[l.Epoch]; !ok {
 		e.vocabs[l.Epoch] = l.Vocab
@@ -194,6 +200,7 @@ func (e *Engine) live() (*lifecycle.Live, error) {
 			}
 		}
 	}
+	e.seenEpoch.Store(l.Epoch)
 	e.vocabMu.Unlock()
 	return l, nil
 }
@@ -220,14 +227,19 @@ func (e *Engine) policyFor(l *lifecycle.Live) *prefetch.Policy {
 // redelivered click (not applied twice), hint.ErrNoModel before a model is
 // loaded, and ctx.Err() when ctx ends.
 func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta features.Meta) error {
-	start := time.Now()
 	l, err := e.live()
 	if err != nil {
 		return err
 	}
-	page := e.deps.Canon.Canonical(ev.Page)
 	b := e.scratch.Get().(*buffers)
 	defer e.scratch.Put(b)
+	return e.handleOne(ctx, l, ev, meta, b)
+}
+
+// handleOne is HandleEvent with the live model and scratch buffers given.
+func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.Event, meta features.Meta, b *buffers) error {
+	start := time.Now()
+	page := e.deps.Canon.Canonical(ev.Page)
 
 	idx := l.Vocab.Index(page)
 	click := features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Offset: meta.Offset}
@@ -248,6 +260,7 @@ func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta featur
 		}
 	}
 	var probs []float32
+	var err error
 	if l.Bundle != nil && l.Bundle.HasStep() {
 		probs, err = e.step(ctx, ev.UserID, l, &b.rec, b)
 	} else {
@@ -326,9 +339,11 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	if err != nil {
 		return 0, err
 	}
+	b := e.scratch.Get().(*buffers)
+	defer e.scratch.Put(b)
 	if len(evs) == 1 || l.Bundle == nil || !l.Bundle.HasStep() {
 		for i := range evs {
-			if err := e.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+			if err := e.handleOne(ctx, l, evs[i], metas[i], b); err != nil {
 				return i, err
 			}
 		}
@@ -336,8 +351,6 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	}
 	w := e.waves.Get().(*wave)
 	defer e.waves.Put(w)
-	b := e.scratch.Get().(*buffers)
-	defer e.scratch.Put(b)
 	done := 0
 	for done < len(evs) {
 		clear(w.users)
