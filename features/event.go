@@ -398,18 +398,20 @@ func parseTSFast(s string) (t time.Time, ok bool) {
 		if frac[0] != '.' || len(frac) < 2 {
 			return t, false
 		}
-		scale := 1_000_000_000
-		for _, c := range []byte(frac[1:]) {
+		digits := frac[1:] // at most 9: len(s) <= 30
+		for _, c := range []byte(digits) {
 			c -= '0'
 			if c > 9 {
 				return t, false
 			}
-			scale /= 10
-			nsec += int(c) * scale
+			nsec = nsec*10 + int(c)
 		}
+		nsec *= pow10[9-len(digits)]
 	}
 	return time.Unix(unixDays(year, month, day)*86400+int64(hour*3600+minute*60+sec), int64(nsec)).UTC(), true
 }
+
+var pow10 = [10]int{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
 
 // unixDays is the number of days from 1970-01-01 to the given date of the
 // proleptic Gregorian calendar (year 0 to 9999).
