@@ -309,6 +309,7 @@ type wave struct {
 	ids    []int64
 	states [][]float32
 	probs  [][]float32
+	rows   []int
 }
 
 func (w *wave) grow(n int) {
@@ -372,12 +373,21 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 
 // handleWave applies clicks of distinct users: every click extends its
 // history, one StepMany scores them all, then each is saved and prefetched.
+// Appends run in order and the first failure ends the wave there. A later
+// failure (rebuilding a state, scoring, saving) concerns one user only: the
+// other clicks are still finished, and the first failing click is reported;
+// handed again, the finished clicks after it are duplicates.
 func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []features.Event, metas []features.Meta, w *wave, b *buffers) (int, error) {
 	start := time.Now()
 	w.grow(len(evs))
-	// Histories first; a failure ends the wave at that click.
 	n := len(evs)
 	var failed error
+	failAt := n
+	fail := func(i int, err error) {
+		if i < failAt {
+			failAt, failed = i, err
+		}
+	}
 	for i := range evs {
 		ev, meta, rec := &evs[i], &metas[i], &w.recs[i]
 		page := e.deps.Canon.Canonical(ev.Page)
@@ -387,53 +397,84 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			if errors.Is(err, features.ErrDuplicate) {
 				e.counter.duplicates.Add(1)
 			}
-			n, failed = i, fmt.Errorf("append click: %w", err)
+			n = i
+			fail(i, fmt.Errorf("append click: %w", err))
 			break
 		}
 		e.deps.Evaluator.ObserveClick(ev.UserID, page, ev.TS)
 		e.counter.events.Add(1)
 		if rec.Epoch != l.Epoch {
 			if err := e.remapRecord(ctx, ev.UserID, l, rec, b); err != nil {
-				n, failed = i, err
+				n = i
+				fail(i, err)
 				break
 			}
 		}
 		w.pages[i], w.idx[i] = page, idx
 	}
 	// States: a missing or stale one is rebuilt from the history first, as
-	// in step.
+	// in step. rows lists the clicks still to score.
+	w.rows = w.rows[:0]
 	for i := range n {
 		rec := &w.recs[i]
 		state := rec.State
 		if len(state) != l.Bundle.StateSize() {
 			state = state[:0]
 			e.m.stateRebuilt.Inc()
+			var err error
 			for _, p := range rec.Pages[:len(rec.Pages)-1] {
-				var err error
 				if w.probs[i], state, err = l.Bundle.Step(ctx, int64(p), state, w.probs[i]); err != nil {
-					return i, fmt.Errorf("rebuild state with %s: %w", l.Version, err)
+					break
 				}
+			}
+			if err != nil {
+				fail(i, fmt.Errorf("rebuild state with %s: %w", l.Version, err))
+				continue
 			}
 		}
 		w.ids[i] = int64(rec.Pages[len(rec.Pages)-1])
 		w.states[i] = state
+		w.rows = append(w.rows, i)
 	}
-	e.counter.predictions.Add(uint64(n))
-	if err := l.Bundle.StepMany(ctx, w.ids[:n], w.states[:n], w.probs[:n]); err != nil {
-		return 0, fmt.Errorf("step with %s: %w", l.Version, err)
+	e.counter.predictions.Add(uint64(len(w.rows)))
+	if len(w.rows) == n {
+		if err := l.Bundle.StepMany(ctx, w.ids[:n], w.states[:n], w.probs[:n]); err != nil {
+			w.rows = w.rows[:0] // score them one by one below
+			for i := range n {
+				w.rows = append(w.rows, -1-i)
+			}
+		}
+	} else {
+		for j, i := range w.rows {
+			w.rows[j] = -1 - i
+		}
 	}
 	per := time.Since(start) / time.Duration(max(n, 1))
-	for i := range n {
+	for _, i := range w.rows {
 		t := time.Now()
+		if i < 0 {
+			// Not scored together (a row failed before, or StepMany did):
+			// this click alone, as step does.
+			i = -1 - i
+			var err error
+			if w.probs[i], w.states[i], err = l.Bundle.Step(ctx, w.ids[i], w.states[i], w.probs[i]); err != nil {
+				fail(i, fmt.Errorf("step with %s: %w", l.Version, err))
+				continue
+			}
+		}
 		rec := &w.recs[i]
 		rec.State = w.states[i]
 		if err := e.deps.Histories.Save(ctx, evs[i].UserID, rec); err != nil {
-			return i, fmt.Errorf("save state: %w", err)
+			fail(i, fmt.Errorf("save state: %w", err))
+			continue
 		}
 		e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(rec.Pages), w.probs[i], b)
 		e.m.handle.Observe((per + time.Since(t)).Seconds())
 	}
-	return n, failed
+	if failed != nil {
+		return failAt, failed
+	}
+	return n, nil
 }
 
 // remapRecord translates a history written under an earlier model into the

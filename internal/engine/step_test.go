@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -204,5 +205,68 @@ func TestHandleEventsMatchesHandleEvent(t *testing.T) {
 		if last1.Pages[j].Key != last2.Pages[j].Key || math.Abs(float64(last1.Pages[j].Probability-last2.Pages[j].Probability)) > 1e-5 {
 			t.Fatalf("after swap, page %d: %+v one by one, %+v in runs", j, last1.Pages[j], last2.Pages[j])
 		}
+	}
+}
+
+// failingSave is a Store whose Save fails for one user.
+type failingSave struct {
+	*features.Histories
+	user string
+}
+
+func (f failingSave) Save(ctx context.Context, user string, rec *features.Record) error {
+	if user == f.user {
+		return errors.New("store down for this user")
+	}
+	return f.Histories.Save(ctx, user, rec)
+}
+
+// TestHandleEventsSaveFailure: a wave where one user's state cannot be
+// saved reports that click, finishes the other users' clicks (scored,
+// saved, prefetched), and those come back as duplicates when handed again.
+func TestHandleEventsSaveFailure(t *testing.T) {
+	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatalf("load bundle: %v", err)
+	}
+	hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
+	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+	w := &allWarmer{}
+	src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
+	e, err := New(Config{}, Deps{Models: src, Histories: failingSave{hist, "b"}, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	v := bundle.Vocab()
+	at := time.Now().Add(-time.Minute)
+	var evs []features.Event
+	var metas []features.Meta
+	for i, u := range []string{"a", "b", "c", "d"} {
+		evs = append(evs, features.Event{UserID: u, Page: v.Page(int64(3 + i)), TS: at})
+		metas = append(metas, features.Meta{Offset: int64(10 + i)})
+	}
+	n, err := e.HandleEvents(ctx, evs, metas)
+	if n != 1 || err == nil || !strings.Contains(err.Error(), "save state") {
+		t.Fatalf("HandleEvents = %d, %v; want 1 and the save error of b", n, err)
+	}
+	warmed := map[string]bool{}
+	for _, r := range w.reqs {
+		warmed[r.UserID] = true
+	}
+	if !warmed["a"] || warmed["b"] || !warmed["c"] || !warmed["d"] {
+		t.Fatalf("prefetched for %v, want a, c and d only", warmed)
+	}
+	for _, u := range []string{"a", "c", "d"} {
+		var rec features.Record
+		if ok, _ := hist.Load(ctx, u, &rec); !ok || len(rec.State) != bundle.StateSize() {
+			t.Fatalf("user %s: state not saved (found %t, %d values)", u, ok, len(rec.State))
+		}
+	}
+	// The consumer hands the rest again: c comes back as a duplicate.
+	if n, err := e.HandleEvents(ctx, evs[2:], metas[2:]); n != 0 || !errors.Is(err, features.ErrDuplicate) {
+		t.Fatalf("handing c and d again = %d, %v; want 0, ErrDuplicate", n, err)
 	}
 }
