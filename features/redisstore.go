@@ -216,16 +216,80 @@ func (s *RedisStore) observe(op string, start time.Time, err error) {
 	}
 }
 
+// appendArgs are the script arguments of Append.
+func (s *RedisStore) appendArgs(c Click) []any {
+	page := make([]byte, 4)
+	binary.LittleEndian.PutUint32(page, uint32(c.Page))
+	return []any{page, c.TS.UnixMicro(), c.Epoch, c.Partition, c.Offset, s.cfg.History.MaxLen, s.gapArg, s.ttlArg}
+}
+
 // Append implements Store in one round trip.
 func (s *RedisStore) Append(ctx context.Context, user string, c Click, rec *Record) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
-	var page [4]byte
-	binary.LittleEndian.PutUint32(page[:], uint32(c.Page))
 	start := time.Now()
-	res, err := appendScript.Run(ctx, s.client, []string{s.Key(user)},
-		page[:], c.TS.UnixMicro(), c.Epoch, c.Partition, c.Offset, s.cfg.History.MaxLen, s.gapArg, s.ttlArg).Slice()
+	res, err := appendScript.Run(ctx, s.client, []string{s.Key(user)}, s.appendArgs(c)...).Slice()
 	s.observe("append", start, err)
+	return s.appendResult(user, res, err, rec)
+}
+
+// AppendMany implements BatchStore: every row's append script in one
+// pipeline (one round trip per Redis node).
+func (s *RedisStore) AppendMany(ctx context.Context, users []string, clicks []Click, recs []Record, errs []error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
+	start := time.Now()
+	cmds, err := s.pipeline(ctx, appendScript, len(users), func(pipe redis.Pipeliner, i int) *redis.Cmd {
+		return appendScript.EvalSha(ctx, pipe, []string{s.Key(users[i])}, s.appendArgs(clicks[i])...)
+	})
+	s.observe("append_many", start, err)
+	for i, cmd := range cmds {
+		res, err := cmd.Slice()
+		errs[i] = s.appendResult(users[i], res, err, &recs[i])
+	}
+}
+
+// pipeline queues n commands of script and runs them in one pipeline. Rows
+// that find the script missing from a server's cache (NOSCRIPT: the server
+// restarted or was flushed) were not run: the script is loaded and those
+// rows alone go again, once.
+func (s *RedisStore) pipeline(ctx context.Context, script *redis.Script, n int, queue func(redis.Pipeliner, int) *redis.Cmd) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, n)
+	pipe := s.client.Pipeline()
+	for i := range n {
+		cmds[i] = queue(pipe, i)
+	}
+	_, err := pipe.Exec(ctx)
+	var missing []int
+	for i, cmd := range cmds {
+		if e := cmd.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) == 0 {
+		return cmds, err
+	}
+	if lerr := script.Load(ctx, s.client).Err(); lerr != nil {
+		return cmds, err
+	}
+	pipe = s.client.Pipeline()
+	for _, i := range missing {
+		cmds[i] = queue(pipe, i)
+	}
+	_, _ = pipe.Exec(ctx)
+	err = nil
+	for _, cmd := range cmds {
+		if e := cmd.Err(); e != nil && !errors.Is(e, redis.Nil) {
+			err = e
+			break
+		}
+	}
+	return cmds, err
+}
+
+// appendResult turns the append script's reply into rec and the result of
+// Append.
+func (s *RedisStore) appendResult(user string, res []any, err error, rec *Record) error {
 	if err != nil {
 		s.cache.drop(user)
 		return fmt.Errorf("append history of %q: %w", user, err)
@@ -299,23 +363,53 @@ func (s *RedisStore) Load(ctx context.Context, user string, rec *Record) (bool, 
 	return s.load(ctx, user, rec)
 }
 
-// Save implements Store: an unconditional replace.
-func (s *RedisStore) Save(ctx context.Context, user string, rec *Record) error {
-	r := *rec
+// saveArgs are the script arguments of Save for r, cut to MaxLen pages.
+func (s *RedisStore) saveArgs(r *Record) []any {
 	if n := s.cfg.History.MaxLen; len(r.Pages) > n {
 		r.Pages = r.Pages[len(r.Pages)-n:]
 	}
-	f := encodeFields(&r)
+	f := encodeFields(r)
+	return []any{f[0], f[1], f[2], f[3], f[4], f[5], s.ttlArg}
+}
+
+// Save implements Store: an unconditional replace.
+func (s *RedisStore) Save(ctx context.Context, user string, rec *Record) error {
+	r := *rec
+	args := s.saveArgs(&r)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
 	start := time.Now()
-	err := saveScript.Run(ctx, s.client, []string{s.Key(user)}, f[0], f[1], f[2], f[3], f[4], f[5], s.ttlArg).Err()
+	err := saveScript.Run(ctx, s.client, []string{s.Key(user)}, args...).Err()
 	s.observe("save", start, err)
+	return s.saveResult(user, &r, err)
+}
+
+// SaveMany implements BatchStore: every row's save in one pipeline.
+func (s *RedisStore) SaveMany(ctx context.Context, users []string, recs []*Record, errs []error) {
+	rs := make([]Record, len(recs))
+	args := make([][]any, len(recs))
+	for i, rec := range recs {
+		rs[i] = *rec
+		args[i] = s.saveArgs(&rs[i])
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
+	start := time.Now()
+	cmds, err := s.pipeline(ctx, saveScript, len(users), func(pipe redis.Pipeliner, i int) *redis.Cmd {
+		return saveScript.EvalSha(ctx, pipe, []string{s.Key(users[i])}, args[i]...)
+	})
+	s.observe("save_many", start, err)
+	for i, cmd := range cmds {
+		errs[i] = s.saveResult(users[i], &rs[i], cmd.Err())
+	}
+}
+
+func (s *RedisStore) saveResult(user string, r *Record, err error) error {
 	if err != nil {
 		s.cache.drop(user)
 		return fmt.Errorf("save history of %q: %w", user, err)
 	}
-	s.cache.put(user, &r, true)
+	s.cache.put(user, r, true)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package features
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -376,4 +377,105 @@ func TestRedisStoreOnMiniredis(t *testing.T) {
 		n++
 		return newTestRedisStore(t, client, StoreConfig{History: cfg, KeyPrefix: fmt.Sprintf("m%d:", n)})
 	})
+}
+
+// batchContract applies the same waves of clicks to single (Append and
+// Save, one user at a time) and to many (AppendMany and SaveMany), then
+// compares every row's record and error, and the stored records.
+func batchContract(t *testing.T, single Store, many BatchStore, flush func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	t0 := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	users := []string{"a", "b", "c", "d", "e"}
+	type row struct {
+		user string
+		c    Click
+	}
+	var waves [][]row
+	for w := range 6 {
+		var wave []row
+		for u, user := range users {
+			if (w+u)%4 == 3 {
+				continue // not every user in every wave
+			}
+			c := Click{Page: int32(2 + w*5 + u), TS: t0.Add(time.Duration(w) * time.Minute), Partition: 1, Offset: int64(100*u + w), Epoch: 3}
+			switch {
+			case w == 3 && u == 1:
+				c.TS = t0.Add(3 * time.Hour) // a new session
+			case w == 4 && u == 2:
+				c.Offset = int64(100*u + 2) // a redelivery: a duplicate
+			case u == 4:
+				c.Offset = -1 // no position (gRPC)
+			}
+			wave = append(wave, row{user, c})
+		}
+		waves = append(waves, wave)
+	}
+	for wi, wave := range waves {
+		if wi == 2 && flush != nil {
+			flush() // the server forgets its scripts
+		}
+		names := make([]string, len(wave))
+		clicks := make([]Click, len(wave))
+		for i, r := range wave {
+			names[i], clicks[i] = r.user, r.c
+		}
+		recs := make([]Record, len(wave))
+		errs := make([]error, len(wave))
+		many.AppendMany(ctx, names, clicks, recs, errs)
+		saves := make([]*Record, len(wave))
+		for i, r := range wave {
+			var want Record
+			werr := single.Append(ctx, r.user, r.c, &want)
+			if (werr == nil) != (errs[i] == nil) || (werr != nil && !errors.Is(errs[i], ErrDuplicate)) {
+				t.Fatalf("wave %d user %s: AppendMany error %v, Append %v", wi, r.user, errs[i], werr)
+			}
+			if fmt.Sprint(recs[i].Pages, recs[i].Epoch, recs[i].Offset) != fmt.Sprint(want.Pages, want.Epoch, want.Offset) {
+				t.Fatalf("wave %d user %s: AppendMany %v/%d/%d, Append %v/%d/%d", wi, r.user,
+					recs[i].Pages, recs[i].Epoch, recs[i].Offset, want.Pages, want.Epoch, want.Offset)
+			}
+			// A state that depends on the wave, saved both ways.
+			want.State = []float32{float32(wi), float32(len(want.Pages))}
+			recs[i].State = []float32{float32(wi), float32(len(recs[i].Pages))}
+			if err := single.Save(ctx, r.user, &want); err != nil {
+				t.Fatal(err)
+			}
+			saves[i] = &recs[i]
+		}
+		many.SaveMany(ctx, names, saves, errs)
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("wave %d user %s: SaveMany: %v", wi, names[i], err)
+			}
+		}
+	}
+	for _, u := range users {
+		var a, b Record
+		oka, erra := single.Load(ctx, u, &a)
+		okb, errb := many.Load(ctx, u, &b)
+		if !oka || !okb || erra != nil || errb != nil || fmt.Sprint(a.Pages, a.State, a.Offset) != fmt.Sprint(b.Pages, b.State, b.Offset) {
+			t.Fatalf("user %s: stored one by one %v %v %d (%v), in batches %v %v %d (%v)", u, a.Pages, a.State, a.Offset, erra, b.Pages, b.State, b.Offset, errb)
+		}
+	}
+}
+
+func TestRedisStoreBatch(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newRedisClient(t, srv.Addr())
+	single := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "one:", CacheSize: -1})
+	many := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "many:", CacheSize: -1})
+	batchContract(t, single, many, func() {
+		if err := client.ScriptFlush(context.Background()).Err(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestRedisStoreBatchCluster(t *testing.T) {
+	addrs := startRedisCluster(t)
+	client := newRedisClient(t, addrs...)
+	single := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "one:"})
+	many := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "many:"})
+	batchContract(t, single, many, nil)
 }

@@ -69,6 +69,20 @@ type Store interface {
 	Save(ctx context.Context, user string, rec *Record) error
 }
 
+// BatchStore is a Store that also applies the clicks, or saves the records,
+// of several distinct users in one round trip (RedisStore pipelines them).
+// Row i has the effect of the single call on users[i], and errs[i] (len(errs)
+// == len(users)) is its result; rows are independent, so a failing row does
+// not stop the others.
+type BatchStore interface {
+	Store
+	// AppendMany is Append for every row: clicks[i] to users[i], the result
+	// in recs[i].
+	AppendMany(ctx context.Context, users []string, clicks []Click, recs []Record, errs []error)
+	// SaveMany is Save for every row: recs[i] as users[i]'s record.
+	SaveMany(ctx context.Context, users []string, recs []*Record, errs []error)
+}
+
 // StoreBackend names a Store implementation in configuration.
 const (
 	BackendMemory = "memory"
