@@ -2,6 +2,7 @@ package features
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -233,7 +234,7 @@ func (h *historyHandler) count() {
 
 // HandleEvents is the engine's batch path: clicks of distinct users in a
 // row share one StepMany call (see engine.HandleEvents).
-func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []Meta) (int, error) {
+func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []Meta, errs []error) int {
 	if h.model == nil {
 		buf, _ := h.bufs.Get().(*handlerBuf)
 		if buf == nil {
@@ -241,11 +242,11 @@ func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []
 		}
 		defer h.bufs.Put(buf)
 		for i := range evs {
-			if err := h.handleOne(ctx, evs[i], metas[i], buf); err != nil {
-				return i, err
+			if errs[i] = h.handleOne(ctx, evs[i], metas[i], buf); errs[i] != nil && !errors.Is(errs[i], ErrDuplicate) {
+				return i
 			}
 		}
-		return len(evs), nil
+		return len(evs)
 	}
 	w, _ := h.waves.Get().(*benchWave)
 	if w == nil {
@@ -272,26 +273,31 @@ func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []
 			ev, meta, rec := &evs[done+i], &metas[done+i], &w.recs[i]
 			if err := h.hist.Append(ctx, ev.UserID, Click{Page: h.canon.Index(h.vocab, ev.Page), TS: ev.TS,
 				Partition: meta.Partition, Offset: meta.Offset}, rec); err != nil {
-				return done + i, err
+				errs[done+i] = err
+				return done + i
 			}
 			w.ids = append(w.ids, int64(rec.Pages[len(rec.Pages)-1]))
 			w.states = append(w.states, rec.State)
 		}
 		if err := h.model.StepMany(ctx, w.ids, w.states, w.probs[:n]); err != nil {
-			return done, err
+			errs[done] = err
+			return done
 		}
 		for i := range n {
 			rec := &w.recs[i]
 			rec.State = w.states[i]
 			if err := h.hist.Save(ctx, evs[done+i].UserID, rec); err != nil {
-				return done + i, err
+				errs[done+i] = err
+				return done + i
 			}
 			h.count()
 		}
 		done = end
 	}
-	return len(evs), nil
+	return len(evs)
 }
+
+var _ BatchHandler = (*historyHandler)(nil)
 
 type benchWave struct {
 	users  map[string]struct{}

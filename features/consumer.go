@@ -190,12 +190,15 @@ type Handler interface {
 type BatchHandler interface {
 	Handler
 	// HandleEvents applies evs in order, with the effect of HandleEvent on
-	// each in turn, and stops at the first that fails: it returns how many
-	// were applied and, when that is fewer than len(evs), the error of
-	// evs[n], which the consumer then treats as HandleEvent's (retry,
-	// duplicate, rejected). Events after evs[n] must be left alone; the
-	// consumer hands them again. metas[i] locates evs[i].
-	HandleEvents(ctx context.Context, evs []Event, metas []Meta) (int, error)
+	// each, and reports each event's outcome in errs (len(errs) ==
+	// len(evs)): nil, or an error wrapping ErrDuplicate or ErrRejected,
+	// which are final. It stops at the first event that fails otherwise and
+	// returns its index n, with its error in errs[n]: the consumer retries
+	// that event alone (as a HandleEvent error) and hands the events after
+	// it again, so a handler that already applied some of them reports them
+	// as duplicates then. It returns len(evs) when none failed so. metas[i]
+	// locates evs[i].
+	HandleEvents(ctx context.Context, evs []Event, metas []Meta, errs []error) int
 }
 
 // HandlerFunc adapts a function to Handler.
@@ -579,6 +582,7 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 	size := c.cfg.BatchSize
 	evs := make([]Event, 0, size)
 	metas := make([]Meta, 0, size)
+	errs := make([]error, size)
 	idx := make([]int, 0, size) // job index of each event
 	flush := func() {
 		if len(done) > 0 && c.track.doneMany(done) >= c.cfg.CommitBatch {
@@ -628,12 +632,28 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 			if len(evs) == 0 {
 				continue
 			}
-			n, err := bh.HandleEvents(ctx, evs, metas)
+			clear(errs)
+			n := bh.HandleEvents(ctx, evs, metas, errs[:len(evs)])
 			n = min(max(n, 0), len(evs))
-			for _, k := range idx[:n] {
+			for j, k := range idx[:n] {
+				switch err := errs[j]; {
+				case err == nil:
+					applied++
+				case errors.Is(err, ErrDuplicate):
+					c.m.duplicates.Inc()
+				case errors.Is(err, ErrRejected):
+					if !c.rejected(&jobs[k].msg, jobs[k].seq, asReject(err)) {
+						continue // done once its dead letter is written
+					}
+				default:
+					// Not a final outcome: the contract was broken; count
+					// it as a handler error rather than retry out of order.
+					c.m.handlerErrors.Inc()
+					c.log.Warn("event skipped after handler error", "err", err, "user", evs[j].UserID,
+						"partition", jobs[k].msg.Partition, "offset", jobs[k].msg.Offset)
+				}
 				markDone(&jobs[k])
 			}
-			applied += n
 			if n == len(evs) {
 				evs, metas, idx = evs[:0], metas[:0], idx[:0]
 				continue
@@ -644,7 +664,7 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 			// evs[n] failed: finish it alone; the events after it (already
 			// decoded) start the next run.
 			j := &jobs[idx[n]]
-			if c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], err, &applied) {
+			if c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], errs[n], &applied) {
 				markDone(j)
 			} else if ctx.Err() != nil {
 				return

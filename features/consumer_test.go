@@ -563,15 +563,16 @@ func TestConsumerStopDuringRetries(t *testing.T) {
 }
 
 // batchRecorder is a recorder that also takes runs of events
-// (BatchHandler): it applies them one by one and stops at the first error,
-// as the contract asks, and remembers the largest run it was handed.
+// (BatchHandler): it applies them one by one, reports duplicates and
+// rejections in place and stops at the first other error, as the contract
+// asks, and remembers the largest run it was handed.
 type batchRecorder struct {
 	*recorder
 	largest atomic.Int64
 	runs    atomic.Int64
 }
 
-func (b *batchRecorder) HandleEvents(ctx context.Context, evs []Event, metas []Meta) (int, error) {
+func (b *batchRecorder) HandleEvents(ctx context.Context, evs []Event, metas []Meta, errs []error) int {
 	b.runs.Add(1)
 	for n := int64(len(evs)); ; {
 		cur := b.largest.Load()
@@ -580,12 +581,15 @@ func (b *batchRecorder) HandleEvents(ctx context.Context, evs []Event, metas []M
 		}
 	}
 	for i := range evs {
-		if err := b.HandleEvent(ctx, evs[i], metas[i]); err != nil {
-			return i, err
+		errs[i] = b.HandleEvent(ctx, evs[i], metas[i])
+		if errs[i] != nil && !errors.Is(errs[i], ErrDuplicate) && !errors.Is(errs[i], ErrRejected) {
+			return i
 		}
 	}
-	return len(evs), nil
+	return len(evs)
 }
+
+var _ BatchHandler = (*batchRecorder)(nil)
 
 // TestConsumerBatchHandler drives the batch path through the broker: runs
 // of events reach the handler, poison messages among them are rejected, an

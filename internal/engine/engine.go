@@ -167,7 +167,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 		subs:   make(map[string]map[*subscriber]struct{}),
 	}
 	e.scratch.New = func() any { return new(buffers) }
-	e.waves.New = func() any { return &wave{users: make(map[string]struct{})} }
+	e.waves.New = func() any { return &wave{seen: make(map[string]struct{})} }
 	return e, nil
 }
 
@@ -302,14 +302,21 @@ func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Ev
 // wave is the working memory of HandleEvents: one row per click of a run
 // of clicks by distinct users.
 type wave struct {
-	users  map[string]struct{}
+	seen   map[string]struct{} // users of the wave being cut
 	recs   []features.Record
 	pages  []string
 	idx    []int64
 	ids    []int64
 	states [][]float32
-	probs  [][]float32
-	rows   []int
+	probs  [][]float32 // by row
+	probs2 [][]float32 // by scored row, as ids and states
+	users  []string
+	clicks []features.Click
+	errs   []error
+	// ok, rows and saved are row numbers: appended, to score, scored.
+	ok, rows, saved []int
+	saveUsers       []string
+	saveRecs        []*features.Record
 }
 
 func (w *wave) grow(n int) {
@@ -319,103 +326,130 @@ func (w *wave) grow(n int) {
 	}
 	w.pages = append(w.pages[:0], make([]string, n)...)
 	w.idx = append(w.idx[:0], make([]int64, n)...)
-	w.ids = append(w.ids[:0], make([]int64, n)...)
-	w.states = append(w.states[:0], make([][]float32, n)...)
+	w.users = append(w.users[:0], make([]string, n)...)
+	w.clicks = append(w.clicks[:0], make([]features.Click, n)...)
+	w.errs = append(w.errs[:0], make([]error, n)...)
 }
 
 // HandleEvents applies a run of clicks in order with the effect of
-// HandleEvent on each (features.BatchHandler). With a step-form model the
-// run is cut into waves of consecutive clicks by distinct users, and each
-// wave's clicks share one run of the model (model.Bundle.StepMany), which
-// costs much less per click than one run each. It stops at the first click
-// that fails and returns how many were applied and that click's error. A
-// click of the same wave after the failing one may already be in its
-// user's history: handed again, it is reported as a duplicate, as a click
-// whose HandleEvent failed after its history was extended would be.
-func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas []features.Meta) (int, error) {
-	if len(evs) != len(metas) {
-		return 0, fmt.Errorf("handle events: %d events, %d metas", len(evs), len(metas))
+// HandleEvent on each (features.BatchHandler): errs[i] gets click i's
+// outcome, nil or a duplicate, and it returns the index of the first click
+// that failed otherwise (its error in errs), or len(evs). With a step-form
+// model the run is cut into waves of consecutive clicks by distinct users,
+// and each wave's clicks share one run of the model (model.Bundle.StepMany),
+// which costs much less per click than one run each; with a
+// features.BatchStore (Redis) a wave's histories are also appended and saved
+// in one round trip.
+func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas []features.Meta, errs []error) int {
+	if n := min(len(evs), len(metas), len(errs)); n < len(evs) {
+		evs = evs[:n] // a caller's mistake: apply what can be reported
 	}
+	if len(evs) == 0 {
+		return 0
+	}
+	clear(errs[:len(evs)])
 	l, err := e.live()
 	if err != nil {
-		return 0, err
+		errs[0] = err
+		return 0
 	}
 	b := e.scratch.Get().(*buffers)
 	defer e.scratch.Put(b)
 	if len(evs) == 1 || l.Bundle == nil || !l.Bundle.HasStep() {
 		for i := range evs {
-			if err := e.handleOne(ctx, l, evs[i], metas[i], b); err != nil {
-				return i, err
+			errs[i] = e.handleOne(ctx, l, evs[i], metas[i], b)
+			if errs[i] != nil && !errors.Is(errs[i], features.ErrDuplicate) {
+				return i
 			}
 		}
-		return len(evs), nil
+		return len(evs)
 	}
 	w := e.waves.Get().(*wave)
 	defer e.waves.Put(w)
 	done := 0
 	for done < len(evs) {
-		clear(w.users)
+		clear(w.seen)
 		end := done
 		for ; end < len(evs); end++ {
-			if _, dup := w.users[evs[end].UserID]; dup {
+			if _, dup := w.seen[evs[end].UserID]; dup {
 				break
 			}
-			w.users[evs[end].UserID] = struct{}{}
+			w.seen[evs[end].UserID] = struct{}{}
 		}
-		n, err := e.handleWave(ctx, l, evs[done:end], metas[done:end], w, b)
+		n := e.handleWave(ctx, l, evs[done:end], metas[done:end], errs[done:end], w, b)
 		done += n
-		if err != nil {
-			return done, err
+		if done < end {
+			return done
 		}
 	}
-	return len(evs), nil
+	return len(evs)
 }
 
 // handleWave applies clicks of distinct users: every click extends its
 // history, one StepMany scores them all, then each is saved and prefetched.
-// Appends run in order and the first failure ends the wave there. A later
-// failure (rebuilding a state, scoring, saving) concerns one user only: the
-// other clicks are still finished, and the first failing click is reported;
-// handed again, the finished clicks after it are duplicates.
-func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []features.Event, metas []features.Meta, w *wave, b *buffers) (int, error) {
+// It fills errs like HandleEvents and returns the first failing row. Appends
+// to a plain Store run in order and a failure other than a duplicate ends
+// the wave there. A later failure (rebuilding a state, scoring, saving)
+// concerns one user: the other clicks are still finished, and the first
+// failing row is reported; handed again, the finished clicks after it are
+// duplicates.
+func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []features.Event, metas []features.Meta, errs []error, w *wave, b *buffers) int {
 	start := time.Now()
 	w.grow(len(evs))
-	n := len(evs)
-	var failed error
+	n := len(evs) // rows attempted
 	failAt := n
 	fail := func(i int, err error) {
-		if i < failAt {
-			failAt, failed = i, err
-		}
+		errs[i] = err
+		failAt = min(failAt, i)
 	}
 	for i := range evs {
-		ev, meta, rec := &evs[i], &metas[i], &w.recs[i]
-		page := e.deps.Canon.Canonical(ev.Page)
-		idx := l.Vocab.Index(page)
-		click := features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Offset: meta.Offset}
-		if err := e.deps.Histories.Append(ctx, ev.UserID, click, rec); err != nil {
-			if errors.Is(err, features.ErrDuplicate) {
-				e.counter.duplicates.Add(1)
-			}
-			n = i
-			fail(i, fmt.Errorf("append click: %w", err))
-			break
+		ev, meta := &evs[i], &metas[i]
+		w.pages[i] = e.deps.Canon.Canonical(ev.Page)
+		w.idx[i] = l.Vocab.Index(w.pages[i])
+		w.users[i] = ev.UserID
+		w.clicks[i] = features.Click{Page: int32(w.idx[i]), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Offset: meta.Offset}
+	}
+	// Histories first: a BatchStore appends every click in one round trip,
+	// a plain Store one by one.
+	bs, batched := e.deps.Histories.(features.BatchStore)
+	if batched {
+		bs.AppendMany(ctx, w.users[:n], w.clicks[:n], w.recs[:n], w.errs[:n])
+	}
+	w.ok = w.ok[:0]
+	for i := 0; i < n; i++ {
+		ev, rec := &evs[i], &w.recs[i]
+		var err error
+		if batched {
+			err = w.errs[i]
+		} else {
+			err = e.deps.Histories.Append(ctx, ev.UserID, w.clicks[i], rec)
 		}
-		e.deps.Evaluator.ObserveClick(ev.UserID, page, ev.TS)
+		switch {
+		case errors.Is(err, features.ErrDuplicate):
+			e.counter.duplicates.Add(1)
+			errs[i] = fmt.Errorf("append click: %w", err)
+			continue
+		case err != nil:
+			fail(i, fmt.Errorf("append click: %w", err))
+			if !batched {
+				n = i // the rest is not attempted
+			}
+			continue
+		}
+		e.deps.Evaluator.ObserveClick(ev.UserID, w.pages[i], ev.TS)
 		e.counter.events.Add(1)
 		if rec.Epoch != l.Epoch {
 			if err := e.remapRecord(ctx, ev.UserID, l, rec, b); err != nil {
-				n = i
 				fail(i, err)
-				break
+				continue
 			}
 		}
-		w.pages[i], w.idx[i] = page, idx
+		w.ok = append(w.ok, i)
 	}
 	// States: a missing or stale one is rebuilt from the history first, as
-	// in step. rows lists the clicks still to score.
-	w.rows = w.rows[:0]
-	for i := range n {
+	// in step. Then the rows are scored together, compacted.
+	w.ids, w.states, w.probs2, w.rows = w.ids[:0], w.states[:0], w.probs2[:0], w.rows[:0]
+	for _, i := range w.ok {
 		rec := &w.recs[i]
 		state := rec.State
 		if len(state) != l.Bundle.StateSize() {
@@ -432,49 +466,53 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 				continue
 			}
 		}
-		w.ids[i] = int64(rec.Pages[len(rec.Pages)-1])
-		w.states[i] = state
 		w.rows = append(w.rows, i)
+		w.ids = append(w.ids, int64(rec.Pages[len(rec.Pages)-1]))
+		w.states = append(w.states, state)
+		w.probs2 = append(w.probs2, w.probs[i])
 	}
 	e.counter.predictions.Add(uint64(len(w.rows)))
-	if len(w.rows) == n {
-		if err := l.Bundle.StepMany(ctx, w.ids[:n], w.states[:n], w.probs[:n]); err != nil {
-			w.rows = w.rows[:0] // score them one by one below
-			for i := range n {
-				w.rows = append(w.rows, -1-i)
-			}
-		}
-	} else {
-		for j, i := range w.rows {
-			w.rows[j] = -1 - i
-		}
-	}
-	per := time.Since(start) / time.Duration(max(n, 1))
-	for _, i := range w.rows {
-		t := time.Now()
-		if i < 0 {
-			// Not scored together (a row failed before, or StepMany did):
-			// this click alone, as step does.
-			i = -1 - i
+	together := l.Bundle.StepMany(ctx, w.ids, w.states, w.probs2) == nil
+	w.saved = w.saved[:0]
+	for j, i := range w.rows {
+		if !together {
+			// StepMany failed: each click alone, as step does, so that one
+			// bad row does not fail the others.
 			var err error
-			if w.probs[i], w.states[i], err = l.Bundle.Step(ctx, w.ids[i], w.states[i], w.probs[i]); err != nil {
+			if w.probs2[j], w.states[j], err = l.Bundle.Step(ctx, w.ids[j], w.states[j], w.probs2[j]); err != nil {
 				fail(i, fmt.Errorf("step with %s: %w", l.Version, err))
 				continue
 			}
 		}
-		rec := &w.recs[i]
-		rec.State = w.states[i]
-		if err := e.deps.Histories.Save(ctx, evs[i].UserID, rec); err != nil {
+		w.probs[i] = w.probs2[j]
+		w.recs[i].State = w.states[j]
+		w.saved = append(w.saved, i)
+	}
+	if batched && len(w.saved) > 0 {
+		w.saveUsers, w.saveRecs = w.saveUsers[:0], w.saveRecs[:0]
+		for _, i := range w.saved {
+			w.saveUsers = append(w.saveUsers, w.users[i])
+			w.saveRecs = append(w.saveRecs, &w.recs[i])
+		}
+		bs.SaveMany(ctx, w.saveUsers, w.saveRecs, w.errs[:len(w.saved)])
+	}
+	per := time.Since(start) / time.Duration(max(n, 1))
+	for j, i := range w.saved {
+		t := time.Now()
+		var err error
+		if batched {
+			err = w.errs[j]
+		} else {
+			err = e.deps.Histories.Save(ctx, evs[i].UserID, &w.recs[i])
+		}
+		if err != nil {
 			fail(i, fmt.Errorf("save state: %w", err))
 			continue
 		}
-		e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(rec.Pages), w.probs[i], b)
+		e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(w.recs[i].Pages), w.probs[i], b)
 		e.m.handle.Observe((per + time.Since(t)).Seconds())
 	}
-	if failed != nil {
-		return failAt, failed
-	}
-	return n, nil
+	return failAt
 }
 
 // remapRecord translates a history written under an earlier model into the

@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/internal/redistest"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 )
@@ -95,21 +98,70 @@ func (w *allWarmer) Warm(_ context.Context, r prefetch.Request) int {
 // interleaved, a user twice in a row, a redelivered click, a model swap)
 // through HandleEvents in runs and through HandleEvent one by one on a
 // second engine: histories, recurrent states and prefetch requests must
-// agree, and HandleEvents must stop at the redelivered click.
+// agree, and HandleEvents must report the redelivered click as a duplicate
+// and go on. It runs on the in-memory store and on a RedisStore (a
+// features.BatchStore: a wave's appends and saves in one round trip) on a
+// real redis-server.
 func TestHandleEventsMatchesHandleEvent(t *testing.T) {
+	t.Run("memory", func(t *testing.T) {
+		handleEventsMatch(t, func(string) features.Store {
+			h, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			return h
+		})
+	})
+	t.Run("redis", func(t *testing.T) {
+		srv := redistest.Start(t)
+		client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+		t.Cleanup(func() { _ = client.Close() })
+		var counted *countingStore
+		handleEventsMatch(t, func(prefix string) features.Store {
+			s, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: prefix,
+				History: features.HistoryConfig{MaxLen: 20}}, client, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if prefix == "many:" {
+				counted = &countingStore{RedisStore: s}
+				return counted
+			}
+			return s
+		})
+		if counted.appends == 0 || counted.saves == 0 {
+			t.Fatalf("AppendMany called %d times, SaveMany %d: the batch store path was not taken", counted.appends, counted.saves)
+		}
+	})
+}
+
+// countingStore counts the batch calls made to a RedisStore.
+type countingStore struct {
+	*features.RedisStore
+	appends, saves int
+}
+
+func (c *countingStore) AppendMany(ctx context.Context, users []string, clicks []features.Click, recs []features.Record, errs []error) {
+	c.appends++
+	c.RedisStore.AppendMany(ctx, users, clicks, recs, errs)
+}
+
+func (c *countingStore) SaveMany(ctx context.Context, users []string, recs []*features.Record, errs []error) {
+	c.saves++
+	c.RedisStore.SaveMany(ctx, users, recs, errs)
+}
+
+func handleEventsMatch(t *testing.T, newStore func(prefix string) features.Store) {
 	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
 	if err != nil {
 		t.Fatalf("load bundle: %v", err)
 	}
 	type side struct {
 		e    *Engine
-		hist *features.Histories
+		hist features.Store
 		w    *allWarmer
 		src  *models
 	}
-	mk := func() side {
+	mk := func(prefix string) side {
 		src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
-		hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+		hist := newStore(prefix)
 		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
 		policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
 		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
@@ -120,7 +172,7 @@ func TestHandleEventsMatchesHandleEvent(t *testing.T) {
 		}
 		return side{e: e, hist: hist, w: w, src: src}
 	}
-	one, many := mk(), mk()
+	one, many := mk("one:"), mk("many:")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	v := bundle.Vocab()
@@ -137,16 +189,14 @@ func TestHandleEventsMatchesHandleEvent(t *testing.T) {
 			t.Fatalf("HandleEvent %d: %v", i, err)
 		}
 	}
-	if n, err := many.e.HandleEvents(ctx, evs[:7], metas[:7]); n != 7 || err != nil {
-		t.Fatalf("HandleEvents(first 7) = %d, %v", n, err)
+	errs := make([]error, len(evs))
+	if n := many.e.HandleEvents(ctx, evs[:7], metas[:7], errs); n != 7 || errors.Join(errs...) != nil {
+		t.Fatalf("HandleEvents(first 7) = %d, %v", n, errs)
 	}
-	// A run that begins with a redelivery of click 6 stops there.
-	n, err := many.e.HandleEvents(ctx, evs[6:], metas[6:])
-	if n != 0 || !errors.Is(err, features.ErrDuplicate) {
-		t.Fatalf("HandleEvents(redelivery first) = %d, %v; want 0, ErrDuplicate", n, err)
-	}
-	if n, err := many.e.HandleEvents(ctx, evs[7:], metas[7:]); n != len(evs)-7 || err != nil {
-		t.Fatalf("HandleEvents(rest) = %d, %v", n, err)
+	// A run that begins with a redelivery of click 6: a duplicate, then the rest.
+	clear(errs)
+	if n := many.e.HandleEvents(ctx, evs[6:], metas[6:], errs); n != len(evs)-6 || !errors.Is(errs[0], features.ErrDuplicate) || errors.Join(errs[1:]...) != nil {
+		t.Fatalf("HandleEvents(redelivery first) = %d, %v; want all, a duplicate first", n, errs)
 	}
 	for _, u := range []string{"a", "b", "c", "d", "e"} {
 		var r1, r2 features.Record
@@ -197,8 +247,8 @@ func TestHandleEventsMatchesHandleEvent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, err := many.e.HandleEvents(ctx, more, moreMeta); n != 2 || err != nil {
-		t.Fatalf("HandleEvents after swap = %d, %v", n, err)
+	if n := many.e.HandleEvents(ctx, more, moreMeta, errs[:2]); n != 2 || errors.Join(errs[:2]...) != nil {
+		t.Fatalf("HandleEvents after swap = %d, %v", n, errs[:2])
 	}
 	last1, last2 := one.w.reqs[len(one.w.reqs)-1], many.w.reqs[len(many.w.reqs)-1]
 	for j := range last1.Pages {
@@ -248,9 +298,10 @@ func TestHandleEventsSaveFailure(t *testing.T) {
 		evs = append(evs, features.Event{UserID: u, Page: v.Page(int64(3 + i)), TS: at})
 		metas = append(metas, features.Meta{Offset: int64(10 + i)})
 	}
-	n, err := e.HandleEvents(ctx, evs, metas)
-	if n != 1 || err == nil || !strings.Contains(err.Error(), "save state") {
-		t.Fatalf("HandleEvents = %d, %v; want 1 and the save error of b", n, err)
+	errs := make([]error, len(evs))
+	n := e.HandleEvents(ctx, evs, metas, errs)
+	if n != 1 || errs[1] == nil || !strings.Contains(errs[1].Error(), "save state") || errs[0] != nil {
+		t.Fatalf("HandleEvents = %d, %v; want 1 and the save error of b", n, errs)
 	}
 	warmed := map[string]bool{}
 	for _, r := range w.reqs {
@@ -265,8 +316,9 @@ func TestHandleEventsSaveFailure(t *testing.T) {
 			t.Fatalf("user %s: state not saved (found %t, %d values)", u, ok, len(rec.State))
 		}
 	}
-	// The consumer hands the rest again: c comes back as a duplicate.
-	if n, err := e.HandleEvents(ctx, evs[2:], metas[2:]); n != 0 || !errors.Is(err, features.ErrDuplicate) {
-		t.Fatalf("handing c and d again = %d, %v; want 0, ErrDuplicate", n, err)
+	// The consumer hands the rest again: c and d come back as duplicates.
+	clear(errs)
+	if n := e.HandleEvents(ctx, evs[2:], metas[2:], errs[:2]); n != 2 || !errors.Is(errs[0], features.ErrDuplicate) || !errors.Is(errs[1], features.ErrDuplicate) {
+		t.Fatalf("handing c and d again = %d, %v; want both duplicates", n, errs[:2])
 	}
 }
