@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -10,8 +11,10 @@ import (
 	"github.com/prefetchd/prefetchd/internal/embedded"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/internal/redistest"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/redis/go-redis/v9"
 )
 
 type nopWarmer struct{}
@@ -96,6 +99,80 @@ func BenchmarkPredict(b *testing.B) {
 	for b.Loop() {
 		if _, err := e.Predict(ctx, hint.Query{UserID: "u", Threshold: -1}); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkStepClicks is the engine's per-click cost with a GRU step-form
+// model (the PyTorch fixture) for 256 users, on the in-memory store and on a
+// RedisStore on a real redis-server: one HandleEvent per click (the gRPC
+// Ingest path) beside HandleEvents runs of 64 clicks (the Kafka path: one
+// StepMany per wave and, with Redis, one pipelined round trip for the
+// wave's appends and one for its saves), measured in the same run.
+func BenchmarkStepClicks(b *testing.B) {
+	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := redistest.Start(b)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	b.Cleanup(func() { _ = client.Close() })
+	stores := []struct {
+		name string
+		mk   func(prefix string) features.Store
+	}{
+		{"memory", func(string) features.Store {
+			h, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			return h
+		}},
+		{"redis", func(prefix string) features.Store {
+			s, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: prefix}, client, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return s
+		}},
+	}
+	ctx := context.Background()
+	v := bundle.Vocab()
+	for _, st := range stores {
+		for _, mode := range []string{"one-by-one", "runs-of-64"} {
+			b.Run(st.name+"/"+mode, func(b *testing.B) {
+				src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: v, Epoch: 1}}
+				canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+				policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{Threshold: 0.3})
+				eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+				e, err := New(Config{}, Deps{Models: src, Histories: st.mk(mode + ":"), Canon: canon, Policy: policy, Warmer: nopWarmer{}, Evaluator: eval}, nil, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				const run = 64
+				evs := make([]features.Event, run)
+				metas := make([]features.Meta, run)
+				errs := make([]error, run)
+				at := time.Now()
+				b.ReportAllocs()
+				clicks := 0
+				for i := 0; b.Loop(); i++ {
+					for j := range evs {
+						k := i*run + j
+						evs[j] = features.Event{UserID: "user-" + strconv.Itoa(k%256), Page: v.Page(int64(2 + (k*7)%(v.Len()-2))), TS: at}
+						metas[j] = features.Meta{Partition: 0, Offset: int64(k)}
+					}
+					if mode == "one-by-one" {
+						for j := range evs {
+							if err := e.HandleEvent(ctx, evs[j], metas[j]); err != nil {
+								b.Fatal(err)
+							}
+						}
+					} else if n := e.HandleEvents(ctx, evs, metas, errs); n != run || errors.Join(errs...) != nil {
+						b.Fatalf("HandleEvents = %d, %v", n, errs)
+					}
+					clicks += run
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(clicks), "ns/click")
+				b.ReportMetric(0, "ns/op")
+			})
 		}
 	}
 }
