@@ -250,6 +250,11 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	auxWG.Go(func() { watchHealth(srvCtx, log, models, rdb, dialer, brokers, srv, &ready) })
 	auxWG.Go(func() { progress(srvCtx, log, eng, eval) })
 	auxWG.Go(func() { feedPrecision(srvCtx, eval, models, time.Second) })
+	if mem, ok := hist.(*features.Histories); ok {
+		// Appends evict idle users lazily; this returns their memory when
+		// traffic stops too.
+		auxWG.Go(func() { _ = mem.Run(srvCtx, time.Minute) })
+	}
 	if cfg.Replay != ReplayNone {
 		if err := startReplay(replayCtx, &auxWG, cfg, brokers, kafkaTLS, kafkaSASL, log); err != nil {
 			errc <- err // shut down in order, like any component failure
