@@ -217,6 +217,8 @@ func (f HandlerFunc) HandleEvent(ctx context.Context, ev Event, msg Meta) error 
 //     events are handled in order while partitions and users run in parallel;
 //   - a worker decodes and validates the event; a rejected message is counted
 //     by reason, optionally copied to the dead-letter topic, and done;
+//   - the worker hands the events it has, in order, to the handler: in runs
+//     of up to BatchSize when the handler is a BatchHandler, else one by one;
 //   - a handler error is retried with backoff, then counted and skipped;
 //   - commits run every CommitInterval or CommitBatch messages and cover, per
 //     partition, only offsets whose message and all earlier ones are done; a
