@@ -335,11 +335,11 @@ func (w *wave) grow(n int) {
 // HandleEvent on each (features.BatchHandler): errs[i] gets click i's
 // outcome, nil or a duplicate, and it returns the index of the first click
 // that failed otherwise (its error in errs), or len(evs). With a step-form
-// model the run is cut into waves of consecutive clicks by distinct users,
-// and each wave's clicks share one run of the model (model.Bundle.StepMany),
-// which costs much less per click than one run each; with a
-// features.BatchStore (Redis) a wave's histories are also appended and saved
-// in one round trip.
+// model or a features.BatchStore (Redis) the run is cut into waves of
+// consecutive clicks by distinct users: a wave's clicks share one run of
+// the step form (model.Bundle.StepMany), which costs much less per click
+// than one run each, and a BatchStore appends (and saves) a wave's
+// histories in one round trip.
 func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas []features.Meta, errs []error) int {
 	if n := min(len(evs), len(metas), len(errs)); n < len(evs) {
 		evs = evs[:n] // a caller's mistake: apply what can be reported
@@ -355,7 +355,8 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	}
 	b := e.scratch.Get().(*buffers)
 	defer e.scratch.Put(b)
-	if len(evs) == 1 || l.Bundle == nil || !l.Bundle.HasStep() {
+	_, batchStore := e.deps.Histories.(features.BatchStore)
+	if len(evs) == 1 || !batchStore && (l.Bundle == nil || !l.Bundle.HasStep()) {
 		for i := range evs {
 			errs[i] = e.handleOne(ctx, l, evs[i], metas[i], b)
 			if errs[i] != nil && !errors.Is(errs[i], features.ErrDuplicate) {
@@ -445,6 +446,22 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			}
 		}
 		w.ok = append(w.ok, i)
+	}
+	if l.Bundle == nil || !l.Bundle.HasStep() {
+		// No step form (a BatchStore brought us here): each click is scored
+		// on its history, as in HandleEvent; there is no state to save.
+		for _, i := range w.ok {
+			t := time.Now()
+			b.hist = widen(b.hist, w.recs[i].Pages)
+			probs, err := e.predict(ctx, l, b.hist, b)
+			if err != nil {
+				fail(i, err)
+				continue
+			}
+			e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(w.recs[i].Pages), probs, b)
+			e.m.handle.Observe(time.Since(t).Seconds())
+		}
+		return failAt
 	}
 	// States: a missing or stale one is rebuilt from the history first, as
 	// in step. Then the rows are scored together, compacted.

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/embedded"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/internal/redistest"
 	"github.com/prefetchd/prefetchd/model"
@@ -103,33 +104,53 @@ func (w *allWarmer) Warm(_ context.Context, r prefetch.Request) int {
 // features.BatchStore: a wave's appends and saves in one round trip) on a
 // real redis-server.
 func TestHandleEventsMatchesHandleEvent(t *testing.T) {
-	t.Run("memory", func(t *testing.T) {
-		handleEventsMatch(t, func(string) features.Store {
-			h, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-			return h
-		})
-	})
-	t.Run("redis", func(t *testing.T) {
-		srv := redistest.Start(t)
-		client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
-		t.Cleanup(func() { _ = client.Close() })
-		var counted *countingStore
-		handleEventsMatch(t, func(prefix string) features.Store {
-			s, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: prefix,
-				History: features.HistoryConfig{MaxLen: 20}}, client, nil)
-			if err != nil {
-				t.Fatal(err)
+	gru, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatalf("load bundle: %v", err)
+	}
+	fsys, dir := embedded.Model()
+	markov, err := model.LoadBundleFS(fsys, dir)
+	if err != nil || markov.HasStep() {
+		t.Fatalf("load the bundled Markov model: %v (step form %t)", err, markov != nil && markov.HasStep())
+	}
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	for _, tc := range []struct {
+		name   string
+		bundle *model.Bundle
+		redis  bool
+	}{
+		{"gru/memory", gru, false},
+		{"gru/redis", gru, true},
+		{"markov/redis", markov, true}, // waves for the store's sake only
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !tc.redis {
+				handleEventsMatch(t, tc.bundle, func(string) features.Store {
+					h, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+					return h
+				})
+				return
 			}
-			if prefix == "many:" {
-				counted = &countingStore{RedisStore: s}
-				return counted
+			var counted *countingStore
+			handleEventsMatch(t, tc.bundle, func(prefix string) features.Store {
+				s, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: tc.name + prefix,
+					History: features.HistoryConfig{MaxLen: 20}}, client, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if prefix == "many:" {
+					counted = &countingStore{RedisStore: s}
+					return counted
+				}
+				return s
+			})
+			if counted.appends == 0 || (tc.bundle.HasStep() && counted.saves == 0) {
+				t.Fatalf("AppendMany called %d times, SaveMany %d: the batch store path was not taken", counted.appends, counted.saves)
 			}
-			return s
 		})
-		if counted.appends == 0 || counted.saves == 0 {
-			t.Fatalf("AppendMany called %d times, SaveMany %d: the batch store path was not taken", counted.appends, counted.saves)
-		}
-	})
+	}
 }
 
 // countingStore counts the batch calls made to a RedisStore.
@@ -148,11 +169,7 @@ func (c *countingStore) SaveMany(ctx context.Context, users []string, recs []*fe
 	c.RedisStore.SaveMany(ctx, users, recs, errs)
 }
 
-func handleEventsMatch(t *testing.T, newStore func(prefix string) features.Store) {
-	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
-	if err != nil {
-		t.Fatalf("load bundle: %v", err)
-	}
+func handleEventsMatch(t *testing.T, bundle *model.Bundle, newStore func(prefix string) features.Store) {
 	type side struct {
 		e    *Engine
 		hist features.Store
