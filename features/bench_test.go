@@ -268,29 +268,38 @@ func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []
 			w.recs = append(w.recs, Record{})
 			w.probs = append(w.probs, nil)
 		}
-		w.ids, w.states = w.ids[:0], w.states[:0]
+		w.ids, w.states, w.rows = w.ids[:0], w.states[:0], w.rows[:0]
+		failed := -1
 		for i := range n {
 			ev, meta, rec := &evs[done+i], &metas[done+i], &w.recs[i]
-			if err := h.hist.Append(ctx, ev.UserID, Click{Page: h.canon.Index(h.vocab, ev.Page), TS: ev.TS,
-				Partition: meta.Partition, Offset: meta.Offset}, rec); err != nil {
-				errs[done+i] = err
-				return done + i
+			err := h.hist.Append(ctx, ev.UserID, Click{Page: h.canon.Index(h.vocab, ev.Page), TS: ev.TS,
+				Partition: meta.Partition, Offset: meta.Offset}, rec)
+			if errs[done+i] = err; err != nil {
+				if errors.Is(err, ErrDuplicate) {
+					continue // final: reported, not scored
+				}
+				failed = done + i // the rest of the wave is handed again
+				break
 			}
+			w.rows = append(w.rows, i)
 			w.ids = append(w.ids, int64(rec.Pages[len(rec.Pages)-1]))
 			w.states = append(w.states, rec.State)
 		}
-		if err := h.model.StepMany(ctx, w.ids, w.states, w.probs[:n]); err != nil {
+		if err := h.model.StepMany(ctx, w.ids, w.states, w.probs[:len(w.rows)]); err != nil {
 			errs[done] = err
 			return done
 		}
-		for i := range n {
+		for j, i := range w.rows {
 			rec := &w.recs[i]
-			rec.State = w.states[i]
+			rec.State = w.states[j]
 			if err := h.hist.Save(ctx, evs[done+i].UserID, rec); err != nil {
 				errs[done+i] = err
 				return done + i
 			}
 			h.count()
+		}
+		if failed >= 0 {
+			return failed
 		}
 		done = end
 	}
@@ -305,6 +314,7 @@ type benchWave struct {
 	ids    []int64
 	states [][]float32
 	probs  [][]float32
+	rows   []int
 }
 
 // consumerLoop consumes n messages through Consumer into Histories and

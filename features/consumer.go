@@ -574,7 +574,7 @@ func (c *Consumer) work(ctx context.Context, q *workQueue) {
 
 // workBatches is work for a BatchHandler: it decodes the worker's queued
 // messages and hands the valid events to the handler in runs of up to
-// BatchSize. When the handler stops at a failing event, that event goes
+// BatchSize. When the handler stops at a retryable failure, that event goes
 // through the retry path of a single event and the run resumes after it, so
 // one user's events are still applied in order.
 func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandler) {

@@ -3,8 +3,9 @@
 // scores the next page with the live model (model, through the lifecycle
 // manager), chooses pages to prefetch (prefetch.Policy), hands them to the
 // warmer, feeds the online evaluation, and notifies hint watchers. The Kafka
-// consumer calls HandleEvents (runs of clicks, see features.BatchHandler);
-// the gRPC server calls HandleEvent, Predict and Subscribe.
+// consumer calls HandleEvents (runs of clicks, see features.BatchHandler;
+// HandleEvent when --ingest-batch is 1); the gRPC server calls HandleEvent,
+// Predict and Subscribe.
 package engine
 
 import (
@@ -338,8 +339,8 @@ func (w *wave) grow(n int) {
 // model or a features.BatchStore (Redis) the run is cut into waves of
 // consecutive clicks by distinct users: a wave's clicks share one run of
 // the step form (model.Bundle.StepMany), which costs much less per click
-// than one run each, and a BatchStore appends (and saves) a wave's
-// histories in one round trip.
+// than one run each, and a BatchStore appends a wave's histories in one
+// round trip (and saves their states in another).
 func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas []features.Meta, errs []error) int {
 	if n := min(len(evs), len(metas), len(errs)); n < len(evs) {
 		evs = evs[:n] // a caller's mistake: apply what can be reported
