@@ -20,6 +20,7 @@ const (
 	DefaultWorkers           = 4
 	DefaultWorkerQueue       = 1024
 	DefaultBatchSize         = 64
+	DefaultEventIDCache      = 100_000
 	DefaultCommitInterval    = time.Second
 	DefaultCommitBatch       = 5000
 	DefaultMinBytes          = 1
@@ -90,6 +91,13 @@ type ConsumerConfig struct {
 	HandlerRetries int
 	// HandlerBackoff is the first retry delay. Default 100 ms.
 	HandlerBackoff time.Duration
+	// EventIDCache is how many recent (user_id, event_id) pairs the consumer
+	// remembers: an event whose pair was applied recently is dropped as a
+	// duplicate even under a new Kafka position or from Apply (a producer's
+	// retry, a gRPC client's resend). Events without an event_id are not
+	// affected. Default 100,000; negative turns it off. The memory is this
+	// process's: it does not survive a restart.
+	EventIDCache int
 	// Decoder sets the validation limits of events.
 	Decoder DecoderConfig
 	// Dialer, when set, is used for broker connections (TLS, SASL).
@@ -141,6 +149,7 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	def(&c.Workers, DefaultWorkers)
 	def(&c.WorkerQueue, DefaultWorkerQueue)
 	def(&c.BatchSize, DefaultBatchSize)
+	def(&c.EventIDCache, DefaultEventIDCache)
 	def(&c.CommitBatch, DefaultCommitBatch)
 	def(&c.MinBytes, DefaultMinBytes)
 	def(&c.MaxBytes, DefaultMaxBytes)
@@ -227,7 +236,9 @@ func (f HandlerFunc) HandleEvent(ctx context.Context, ev Event, msg Meta) error 
 //     committed offset after every rebalance) are dropped by a per-partition
 //     watermark, the highest offset already fetched; redeliveries across
 //     restarts or consumers are dropped by the Store, which keeps the
-//     position of the last click applied per user (ErrDuplicate).
+//     position of the last click applied per user (ErrDuplicate);
+//   - an event sent twice under different positions (a producer's retry) is
+//     dropped when it carries an event_id applied recently (EventIDCache).
 type Consumer struct {
 	cfg     ConsumerConfig
 	handler Handler
@@ -237,6 +248,7 @@ type Consumer struct {
 	reader  *kafka.Reader
 	dlq     *kafka.Writer
 	track   *tracker
+	ids     *recentIDs // nil when EventIDCache is off
 
 	dlqTransport *kafka.Transport
 
@@ -292,6 +304,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 		log:       logger,
 		dec:       dec,
 		track:     newTracker(),
+		ids:       newRecentIDs(cfg.EventIDCache),
 		commitNow: make(chan struct{}, 1),
 	}
 	c.clock.Store(time.Now().UnixNano())
@@ -627,6 +640,11 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 					}
 					continue
 				}
+				if !c.ids.reserve(ev.UserID, ev.EventID) {
+					c.m.duplicates.Inc()
+					markDone(j)
+					continue
+				}
 				evs = append(evs, ev)
 				metas = append(metas, metaOf(&j.msg))
 				idx = append(idx, i)
@@ -644,12 +662,14 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 				case errors.Is(err, ErrDuplicate):
 					c.m.duplicates.Inc()
 				case errors.Is(err, ErrRejected):
+					c.ids.release(evs[j].UserID, evs[j].EventID)
 					if !c.rejected(&jobs[k].msg, jobs[k].seq, asReject(err)) {
 						continue // done once its dead letter is written
 					}
 				default:
 					// Not a final outcome: the contract was broken; count
 					// it as a handler error rather than retry out of order.
+					c.ids.release(evs[j].UserID, evs[j].EventID)
 					c.m.handlerErrors.Inc()
 					c.log.Warn("event skipped after handler error", "err", err, "user", evs[j].UserID,
 						"partition", jobs[k].msg.Partition, "offset", jobs[k].msg.Offset)
@@ -666,7 +686,11 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 			// evs[n] failed: finish it alone; the events after it (already
 			// decoded) start the next run.
 			j := &jobs[idx[n]]
-			if c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], errs[n], &applied) {
+			done, kept := c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], errs[n], &applied)
+			if !kept {
+				c.ids.release(evs[n].UserID, evs[n].EventID)
+			}
+			if done {
 				markDone(j)
 			} else if ctx.Err() != nil {
 				return
@@ -705,7 +729,15 @@ func (c *Consumer) process(ctx context.Context, msg *kafka.Message, seq int64, a
 	if !ok {
 		return done
 	}
-	return c.handle(ctx, msg, seq, ev, metaOf(msg), nil, applied)
+	if !c.ids.reserve(ev.UserID, ev.EventID) {
+		c.m.duplicates.Inc()
+		return true
+	}
+	done, keep := c.handle(ctx, msg, seq, ev, metaOf(msg), nil, applied)
+	if !keep {
+		c.ids.release(ev.UserID, ev.EventID)
+	}
+	return done
 }
 
 // decode decodes and validates msg. A bad message is counted and handed to
@@ -723,10 +755,11 @@ func metaOf(msg *kafka.Message) Meta {
 	return Meta{Topic: msg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time}
 }
 
-// handle applies ev with retries and reports whether its message is done;
-// it adds 1 to *applied when the handler applied the event. first, when not
-// nil, is the error of an attempt the caller already made.
-func (c *Consumer) handle(ctx context.Context, msg *kafka.Message, seq int64, ev Event, meta Meta, first error, applied *int) bool {
+// handle applies ev with retries and reports whether its message is done,
+// and whether the event is in its user's history (applied now, or before:
+// a duplicate); it adds 1 to *applied when the handler applied the event.
+// first, when not nil, is the error of an attempt the caller already made.
+func (c *Consumer) handle(ctx context.Context, msg *kafka.Message, seq int64, ev Event, meta Meta, first error, applied *int) (done, kept bool) {
 	backoff := c.cfg.HandlerBackoff
 	for attempt := 0; ; attempt++ {
 		err := first
@@ -736,23 +769,23 @@ func (c *Consumer) handle(ctx context.Context, msg *kafka.Message, seq int64, ev
 		switch {
 		case err == nil:
 			*applied++
-			return true
+			return true, true
 		case ctx.Err() != nil:
-			return false
+			return false, false
 		case errors.Is(err, ErrDuplicate):
 			c.m.duplicates.Inc()
-			return true
+			return true, true
 		case errors.Is(err, ErrRejected):
-			return c.rejected(msg, seq, asReject(err))
+			return c.rejected(msg, seq, asReject(err)), false
 		case attempt >= c.cfg.HandlerRetries:
 			c.m.handlerErrors.Inc()
 			c.log.Warn("event skipped after handler errors", "err", err, "user", ev.UserID,
 				"partition", msg.Partition, "offset", msg.Offset, "attempts", attempt+1)
-			return true
+			return true, false
 		}
 		c.m.handlerRetries.Inc()
 		if !sleepCtx(ctx, backoff) {
-			return false
+			return false, false
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
@@ -884,9 +917,11 @@ func (c *Consumer) commit(ctx context.Context) error {
 // Apply runs one raw event in the wire format through the same decoding,
 // validation, metrics and handler as a Kafka message, in the caller's
 // goroutine, with Meta{Partition: -1, Offset: -1}. It is the path of the gRPC
-// Ingest call. A bad event returns a *RejectError (wrapping ErrRejected); a
-// handler error is returned wrapped, without retry. Apply does not order
-// itself with the Kafka events of the same user.
+// Ingest call. A bad event returns a *RejectError (wrapping ErrRejected); an
+// event whose (user_id, event_id) was applied recently (EventIDCache), by
+// Apply or from Kafka, returns an error wrapping ErrDuplicate and is not
+// applied again; a handler error is returned wrapped, without retry. Apply
+// does not order itself with the Kafka events of the same user.
 func (c *Consumer) Apply(ctx context.Context, data []byte) error {
 	ev, err := c.dec.Decode(data, time.Now())
 	if err != nil {
@@ -896,7 +931,12 @@ func (c *Consumer) Apply(ctx context.Context, data []byte) error {
 		}
 		return err
 	}
+	if !c.ids.reserve(ev.UserID, ev.EventID) {
+		c.m.duplicates.Inc()
+		return fmt.Errorf("apply event %s of %s: %w", ev.EventID, ev.UserID, ErrDuplicate)
+	}
 	if err := c.handler.HandleEvent(ctx, ev, Meta{Partition: -1, Offset: -1}); err != nil {
+		c.ids.release(ev.UserID, ev.EventID)
 		var rej *RejectError
 		if errors.As(err, &rej) {
 			c.m.rejected(rej.Reason).Inc()

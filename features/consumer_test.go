@@ -647,3 +647,95 @@ func TestConsumerBatchHandler(t *testing.T) {
 		})
 	}
 }
+
+// TestConsumerEventIDs: an event sent twice with the same event_id is
+// applied once, whether it comes twice from Kafka (two offsets: a
+// producer's retry), from Apply after Kafka, or twice from Apply; events
+// without an event_id are never dropped for it; with EventIDCache negative
+// the check is off.
+func TestConsumerEventIDs(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	ts := time.Now().UTC().Format(time.RFC3339Nano)
+	event := func(user, page, id string) string {
+		s := `{"user_id":"` + user + `","page":"/page/` + page + `","ts":"` + ts + `"`
+		if id != "" {
+			s += `,"event_id":"` + id + `"`
+		}
+		return s + "}"
+	}
+	msgs := []kafka.Message{
+		kafkatest.Message("ann", event("ann", "1", "e1")),
+		kafkatest.Message("ann", event("ann", "2", "e2")),
+		kafkatest.Message("ann", event("ann", "2", "e2")), // the producer's retry
+		kafkatest.Message("ann", event("ann", "3", "")),
+		kafkatest.Message("ann", event("ann", "3", "")),   // no id: applied again
+		kafkatest.Message("bob", event("bob", "1", "e1")), // same id, other user
+	}
+	b.Produce(t, topic, msgs...)
+	for i, tc := range []struct {
+		name  string
+		cache int
+		batch bool
+		ann   []int32
+		dups  float64
+	}{
+		{name: "on, runs", cache: 0, batch: true, ann: []int32{1, 2, 3, 3}, dups: 1},
+		{name: "on, one by one", cache: 0, batch: false, ann: []int32{1, 2, 3, 3}, dups: 1},
+		{name: "off", cache: -1, batch: true, ann: []int32{1, 2, 2, 3, 3}, dups: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &batchRecorder{recorder: newRecorder(newTestHistories(t, HistoryConfig{}))}
+			var h Handler = rec
+			if !tc.batch {
+				h = rec.recorder
+			}
+			cfg := testConsumerConfig(b.Addr(), topic)
+			cfg.GroupID = fmt.Sprintf("ids-%d", i)
+			cfg.EventIDCache = tc.cache
+			c, err := NewConsumer(cfg, h, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := runConsumer(t, c)
+			eventually(t, 30*time.Second, "all messages done", func() bool {
+				return c.Lag() == 0 && testutil.ToFloat64(c.m.messages) == float64(len(msgs))
+			})
+			got := rec.snapshot()
+			if !slices.Equal(got["ann"], tc.ann) || !slices.Equal(got["bob"], []int32{1}) {
+				t.Fatalf("applied %v, want ann %v and bob [1]", got, tc.ann)
+			}
+			if n := testutil.ToFloat64(c.m.duplicates); n != tc.dups {
+				t.Fatalf("duplicates %v, want %v", n, tc.dups)
+			}
+			// The gRPC path shares the memory: e1 of ann came from Kafka.
+			ctx := context.Background()
+			err = c.Apply(ctx, []byte(event("ann", "4", "e1")))
+			if tc.cache < 0 {
+				if err != nil {
+					t.Fatalf("Apply with the check off: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrDuplicate) {
+				t.Fatalf("Apply of a Kafka event's id: %v, want ErrDuplicate", err)
+			}
+			if err := c.Apply(ctx, []byte(event("ann", "4", "e9"))); err != nil {
+				t.Fatalf("Apply of a new id: %v", err)
+			}
+			if err := c.Apply(ctx, []byte(event("ann", "4", "e9"))); !errors.Is(err, ErrDuplicate) {
+				t.Fatalf("second Apply of e9: %v, want ErrDuplicate", err)
+			}
+			// A failed Apply does not keep its id: the resend goes through.
+			rec.failUntil = 1
+			if err := c.Apply(ctx, []byte(event("cyd", "1", "e5"))); err == nil || errors.Is(err, ErrDuplicate) {
+				t.Fatalf("Apply with a failing handler: %v", err)
+			}
+			rec.failUntil = 0
+			if err := c.Apply(ctx, []byte(event("cyd", "1", "e5"))); err != nil {
+				t.Fatalf("resend after a failed Apply: %v", err)
+			}
+			stop()
+		})
+	}
+}

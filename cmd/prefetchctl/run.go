@@ -425,6 +425,9 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 	}
 	return o.print(sum, func(w io.Writer) {
 		fmt.Fprintf(w, "accepted %d, rejected %d, unreadable %d\n", sum.GetAccepted(), sum.GetRejected(), len(skipped))
+		if d := sum.GetDuplicates(); d > 0 {
+			fmt.Fprintf(w, "duplicates %d (event_id applied before; not applied again)\n", d)
+		}
 		reasons := make([]string, 0, len(sum.GetRejectedByReason()))
 		for r := range sum.GetRejectedByReason() {
 			reasons = append(reasons, r)

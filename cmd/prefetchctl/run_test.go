@@ -50,8 +50,9 @@ func serve(t *testing.T, tlsOn bool) *fixture {
 		pred: &servertest.Predictor{Result: hint.Result{ModelVersion: "v1", Hints: []hint.Hint{
 			{Page: "/next", Probability: 0.75, Warm: true}, {Page: "/other", Probability: 0.125},
 		}}},
-		watcher:   servertest.NewWatcher(),
-		ingester:  &servertest.Ingester{Reject: func(b []byte) bool { return strings.Contains(string(b), "/refused") }},
+		watcher: servertest.NewWatcher(),
+		ingester: &servertest.Ingester{Reject: func(b []byte) bool { return strings.Contains(string(b), "/refused") },
+			Duplicate: func(b []byte) bool { return strings.Contains(string(b), `"event_id":"seen"`) }},
 		models:    servertest.NewModels("v1", []string{"v1", "v2", "bad"}, "bad"),
 		tokenFile: filepath.Join(dir, "token"),
 	}
@@ -137,6 +138,8 @@ func TestCommands(t *testing.T) {
 			}},
 		{name: "ingest stdin", args: []string{"ingest", "--file", "-"}, stdin: `{"user_id":"u3","page":"/a","ts":"1995-07-01T00:00:01Z"}` + "\n",
 			wantOut: []string{"accepted 1, rejected 0"}},
+		{name: "ingest duplicate", args: []string{"ingest", "--file", "-"}, stdin: `{"user_id":"u3","page":"/a","ts":"1995-07-01T00:00:01Z","event_id":"seen"}` + "\n",
+			wantOut: []string{"accepted 0, rejected 0", "duplicates 1"}},
 		{name: "status without token", args: []string{"model", "status"}, wantCode: codes.Unauthenticated},
 		{name: "activate without token changes nothing", args: []string{"model", "activate", "v2"}, wantCode: codes.Unauthenticated,
 			check: func(t *testing.T) {

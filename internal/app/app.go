@@ -178,7 +178,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	}
 	consumer, err := features.NewConsumer(features.ConsumerConfig{
 		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
-		Workers: cfg.Workers, BatchSize: cfg.IngestBatch, CommitInterval: cfg.CommitInterval, CommitBatch: cfg.CommitBatch,
+		Workers: cfg.Workers, BatchSize: cfg.IngestBatch, EventIDCache: cfg.EventIDCache, CommitInterval: cfg.CommitInterval, CommitBatch: cfg.CommitBatch,
 		Decoder: features.DecoderConfig{MaxSkew: cfg.MaxSkew},
 	}, eng, log, reg)
 	if err != nil {
@@ -378,8 +378,11 @@ type ingester struct{ c *features.Consumer }
 
 func (i ingester) IngestJSON(ctx context.Context, event []byte) error {
 	err := i.c.Apply(ctx, event)
-	if errors.Is(err, features.ErrRejected) {
+	switch {
+	case errors.Is(err, features.ErrRejected):
 		return fmt.Errorf("%w: %w", hint.ErrInvalid, err)
+	case errors.Is(err, features.ErrDuplicate):
+		return fmt.Errorf("%w: %w", hint.ErrDuplicate, err)
 	}
 	return err
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/embedded"
@@ -126,6 +127,22 @@ func TestEndToEnd(t *testing.T) {
 	hc, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || hc.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health = %v, %v; want SERVING", hc, err)
+	}
+
+	// gRPC Ingest: the same event (same user and event_id) sent twice is
+	// applied once.
+	in, err := hints.Ingest(ctx)
+	if err != nil {
+		t.Fatalf("Ingest: %v", err)
+	}
+	click := &prefetchv1.ClickEvent{UserId: "e2e-grpc", Page: from, Ts: timestamppb.Now(), EventId: "e2e-1"}
+	for range 2 {
+		if err := in.Send(click); err != nil {
+			t.Fatalf("Ingest send: %v", err)
+		}
+	}
+	if sum, err := in.CloseAndRecv(); err != nil || sum.GetAccepted() != 1 || sum.GetDuplicates() != 1 || sum.GetRejected() != 0 {
+		t.Errorf("Ingest of one event twice = %v, %v; want 1 accepted, 1 duplicate", sum, err)
 	}
 
 	metrics := httpGet(t, ctx, "http://"+addrs.Admin+"/metrics")

@@ -41,6 +41,7 @@ type Config struct {
 	// and the accepted clock skew of event times.
 	Workers        int
 	IngestBatch    int
+	EventIDCache   int
 	CommitInterval time.Duration
 	CommitBatch    int
 	MaxSkew        time.Duration
@@ -226,6 +227,7 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.StringVar(&c.KafkaPassword, "kafka-password", c.KafkaPassword, "Kafka SASL password (prefer the environment variable)")
 	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", c.DeadLetterTopic, "topic receiving rejected events with the reason in a header; empty drops them after counting")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines applying events; one user always goes to the same one (0: 4)")
+	fs.IntVar(&c.EventIDCache, "event-id-cache", c.EventIDCache, "recent (user_id, event_id) pairs remembered to drop an event sent twice, from Kafka or gRPC (0: 100000; negative: off)")
 	fs.IntVar(&c.IngestBatch, "ingest-batch", c.IngestBatch, "most clicks a worker scores in one run of a step-form model, clicks of distinct users sharing it (0: 64; 1: one by one)")
 	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "longest time between offset commits (0: 1s)")
 	fs.IntVar(&c.CommitBatch, "commit-batch", c.CommitBatch, "commit early after this many events (0: 5000)")

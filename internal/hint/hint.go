@@ -21,6 +21,9 @@ var (
 	ErrRefused = errors.New("model version refused")
 	// ErrNoRollback means there is no earlier version to roll back to (codes.FailedPrecondition).
 	ErrNoRollback = errors.New("no earlier version to roll back to")
+	// ErrDuplicate means an ingested event was applied before (same user and
+	// event id) and is not applied again; Ingest counts it, it is no error.
+	ErrDuplicate = errors.New("event already applied")
 )
 
 // Query asks for the pages a user will need next.

@@ -198,6 +198,10 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 				sum.Accepted++
 				s.metrics.ingestEvents.WithLabelValues("accepted", "").Inc()
 				continue
+			case errors.Is(err, hint.ErrDuplicate):
+				sum.Duplicates++
+				s.metrics.ingestEvents.WithLabelValues("duplicate", "").Inc()
+				continue
 			case errors.Is(err, hint.ErrInvalid):
 				reason, msg = "invalid", err.Error()
 			default:

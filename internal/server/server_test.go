@@ -546,7 +546,8 @@ func TestWatchHints(t *testing.T) {
 
 func TestIngest(t *testing.T) {
 	ts := timestamppb.New(time.Date(1995, 7, 1, 0, 0, 1, 0, time.UTC))
-	ing := &servertest.Ingester{Reject: func(b []byte) bool { return strings.Contains(string(b), "/refused") }}
+	ing := &servertest.Ingester{Reject: func(b []byte) bool { return strings.Contains(string(b), "/refused") },
+		Duplicate: func(b []byte) bool { return strings.Contains(string(b), `"event_id":"seen"`) }}
 	h := start(t, Config{}, Deps{Predictor: &servertest.Predictor{}, Ingester: ing})
 	events := []*prefetchv1.ClickEvent{
 		{UserId: "u1", Page: "/a", Ts: ts, SessionId: "s1", Referrer: "/r", EventId: "e1"},
@@ -557,6 +558,7 @@ func TestIngest(t *testing.T) {
 		{UserId: "u1", Page: "/refused", Ts: ts},
 		{UserId: "u1", Page: "/a", Ts: &timestamppb.Timestamp{Seconds: 1, Nanos: -1}},
 		{UserId: "u2", Page: "/b", Ts: ts},
+		{UserId: "u2", Page: "/b", Ts: ts, EventId: "seen"},
 	}
 	stream, err := h.hints.Ingest(testCtx(t))
 	if err != nil {
@@ -572,8 +574,9 @@ func TestIngest(t *testing.T) {
 		t.Fatalf("CloseAndRecv: %v", err)
 	}
 	want := &prefetchv1.IngestSummary{
-		Accepted: 2,
-		Rejected: 6,
+		Accepted:   2,
+		Duplicates: 1,
+		Rejected:   6,
 		RejectedByReason: map[string]uint64{
 			"empty_user_id": 1, "empty_page": 1, "missing_ts": 1, "oversized_user_id": 1, "invalid": 1, "invalid_ts": 1,
 		},

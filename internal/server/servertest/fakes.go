@@ -74,8 +74,9 @@ func (w *Watcher) Subscribe(users []string, buffer int) (<-chan hint.Update, fun
 // Ingester records the events it accepts. Events for which Reject returns
 // true get hint.ErrInvalid; when Err is set every event gets it.
 type Ingester struct {
-	Reject func(event []byte) bool
-	Err    error
+	Reject    func(event []byte) bool
+	Duplicate func(event []byte) bool // answered with hint.ErrDuplicate
+	Err       error
 
 	mu     sync.Mutex
 	events [][]byte
@@ -88,6 +89,9 @@ func (in *Ingester) IngestJSON(_ context.Context, event []byte) error {
 	}
 	if in.Reject != nil && in.Reject(event) {
 		return hint.ErrInvalid
+	}
+	if in.Duplicate != nil && in.Duplicate(event) {
+		return hint.ErrDuplicate
 	}
 	in.mu.Lock()
 	in.events = append(in.events, event)

@@ -357,8 +357,9 @@ type ClickEvent struct {
 	SessionId string `protobuf:"bytes,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// referrer is the page the user came from; optional.
 	Referrer string `protobuf:"bytes,5,opt,name=referrer,proto3" json:"referrer,omitempty"`
-	// event_id uniquely identifies the event so duplicates can be dropped;
-	// optional, at most 256 bytes.
+	// event_id uniquely identifies the event so duplicates can be dropped: an
+	// event whose user_id and event_id were applied recently is not applied
+	// again (counted in IngestSummary.duplicates); optional, at most 256 bytes.
 	EventId       string `protobuf:"bytes,6,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -449,7 +450,11 @@ type IngestSummary struct {
 	// "invalid" when the event decoder refused it.
 	RejectedByReason map[string]uint64 `protobuf:"bytes,3,rep,name=rejected_by_reason,json=rejectedByReason,proto3" json:"rejected_by_reason,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// first_errors describes the first few rejected events (at most 10).
-	FirstErrors   []*IngestError `protobuf:"bytes,4,rep,name=first_errors,json=firstErrors,proto3" json:"first_errors,omitempty"`
+	FirstErrors []*IngestError `protobuf:"bytes,4,rep,name=first_errors,json=firstErrors,proto3" json:"first_errors,omitempty"`
+	// duplicates is the number of events not applied because an event with
+	// the same user_id and event_id was applied recently (by Ingest or from
+	// Kafka); they are neither accepted nor rejected.
+	Duplicates    uint64 `protobuf:"varint,5,opt,name=duplicates,proto3" json:"duplicates,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -510,6 +515,13 @@ func (x *IngestSummary) GetFirstErrors() []*IngestError {
 		return x.FirstErrors
 	}
 	return nil
+}
+
+func (x *IngestSummary) GetDuplicates() uint64 {
+	if x != nil {
+		return x.Duplicates
+	}
+	return 0
 }
 
 // IngestError describes one rejected event.
@@ -1080,12 +1092,15 @@ const file_prefetch_v1_prefetch_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x04 \x01(\tR\tsessionId\x12\x1a\n" +
 	"\breferrer\x18\x05 \x01(\tR\breferrer\x12\x19\n" +
-	"\bevent_id\x18\x06 \x01(\tR\aeventId\"\xa9\x02\n" +
+	"\bevent_id\x18\x06 \x01(\tR\aeventId\"\xc9\x02\n" +
 	"\rIngestSummary\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\x04R\baccepted\x12\x1a\n" +
 	"\brejected\x18\x02 \x01(\x04R\brejected\x12^\n" +
 	"\x12rejected_by_reason\x18\x03 \x03(\v20.prefetch.v1.IngestSummary.RejectedByReasonEntryR\x10rejectedByReason\x12;\n" +
-	"\ffirst_errors\x18\x04 \x03(\v2\x18.prefetch.v1.IngestErrorR\vfirstErrors\x1aC\n" +
+	"\ffirst_errors\x18\x04 \x03(\v2\x18.prefetch.v1.IngestErrorR\vfirstErrors\x12\x1e\n" +
+	"\n" +
+	"duplicates\x18\x05 \x01(\x04R\n" +
+	"duplicates\x1aC\n" +
 	"\x15RejectedByReasonEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"U\n" +
