@@ -686,11 +686,11 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 			// evs[n] failed: finish it alone; the events after it (already
 			// decoded) start the next run.
 			j := &jobs[idx[n]]
-			done, kept := c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], errs[n], &applied)
+			finished, kept := c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], errs[n], &applied)
 			if !kept {
 				c.ids.release(evs[n].UserID, evs[n].EventID)
 			}
-			if done {
+			if finished {
 				markDone(j)
 			} else if ctx.Err() != nil {
 				return
