@@ -5,6 +5,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
@@ -28,6 +29,9 @@ type Config struct {
 	// authentication with this user.
 	SCRAMUser     string
 	SCRAMPassword string
+	// TLS, when set, makes the broker accept TLS connections only, with
+	// this server configuration.
+	TLS *tls.Config
 }
 
 // Validate checks the configuration.
@@ -71,6 +75,9 @@ func Start(cfg Config) (*Broker, error) {
 	}
 	if cfg.SCRAMUser != "" {
 		opts = append(opts, kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", cfg.SCRAMUser, cfg.SCRAMPassword))
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, kfake.TLS(cfg.TLS))
 	}
 	if len(cfg.Topics) > 0 {
 		opts = append(opts, kfake.SeedTopics(int32(parts), cfg.Topics...))

@@ -16,11 +16,12 @@ import (
 
 // Server is a redis-server process owned by one test.
 type Server struct {
-	t    testing.TB
-	port int
-	dir  string
-	args []string
-	cmd  *exec.Cmd
+	t       testing.TB
+	port    int
+	tlsPort int // 0 without TLS
+	dir     string
+	args    []string
+	cmd     *exec.Cmd
 }
 
 // Start launches redis-server without persistence on 127.0.0.1 and a free
@@ -33,6 +34,22 @@ func Start(t testing.TB, extra ...string) *Server {
 	t.Cleanup(s.Stop)
 	return s
 }
+
+// StartTLS is Start with a second, TLS-only port (TLSAddr) serving the PEM
+// certificate and key; clients need not present certificates. The plain
+// port stays for the readiness check.
+func StartTLS(t testing.TB, certFile, keyFile, caFile string, extra ...string) *Server {
+	t.Helper()
+	s := &Server{t: t, port: freePort(t), tlsPort: freePort(t), dir: t.TempDir()}
+	s.args = append([]string{"--tls-port", strconv.Itoa(s.tlsPort), "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-ca-cert-file", caFile, "--tls-auth-clients", "no"}, extra...)
+	s.start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// TLSAddr is the host:port of the TLS port (StartTLS only).
+func (s *Server) TLSAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.tlsPort)) }
 
 // Addr is the server's host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
