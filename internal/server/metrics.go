@@ -17,6 +17,7 @@ type metrics struct {
 	authFailures *prometheus.CounterVec // method, code
 	ingestEvents *prometheus.CounterVec // result, reason
 	watchClosed  prometheus.Counter
+	certReloads  *prometheus.CounterVec // result
 }
 
 // newMetrics builds the metrics and registers them on reg unless it is nil.
@@ -46,12 +47,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"method", "code"}),
 		ingestEvents: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_grpc_ingest_events_total",
-			Help: "Click events received by HintService.Ingest, by result (accepted, rejected) and rejection reason.",
+			Help: "Click events received by HintService.Ingest, by result (accepted, duplicate, rejected) and rejection reason.",
 		}, []string{"result", "reason"}),
 		watchClosed: f.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_grpc_watch_closed_total",
 			Help: "WatchHints streams ended by the server (shutdown or subscription closed).",
 		}),
+		certReloads: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "prefetchd_grpc_tls_reloads_total",
+			Help: "Server certificate reloads after its files changed, by result (ok, failed: the previous certificate stays).",
+		}, []string{"result"}),
 	}
 	if reg != nil {
 		for _, c := range f.all {

@@ -94,17 +94,17 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
 	var creds grpc.ServerOption
 	if cfg.TLSCertFile != "" {
-		tc, err := cfg.serverTLS()
+		tc, err := cfg.serverTLS(logger, func(result string) { m.certReloads.WithLabelValues(result).Inc() })
 		if err != nil {
 			return nil, err
 		}
 		creds = grpc.Creds(credentials.NewTLS(tc))
-	}
-	m, err := newMetrics(reg)
-	if err != nil {
-		return nil, err
 	}
 	s := &Server{
 		cfg:        cfg,
@@ -158,16 +158,17 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	return s, nil
 }
 
-// serverTLS builds the TLS configuration: the server key pair and, with a
-// client CA, verification of client certificates (required or optional).
-func (c Config) serverTLS() (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+// serverTLS builds the TLS configuration: the server key pair (reloaded
+// when its files change, see keyPair) and, with a client CA, verification
+// of client certificates (required or optional).
+func (c Config) serverTLS(log *slog.Logger, reloads func(string)) (*tls.Config, error) {
+	kp, err := newKeyPair(c.TLSCertFile, c.TLSKeyFile, log, reloads)
 	if err != nil {
-		return nil, fmt.Errorf("server: load TLS key pair: %w", err)
+		return nil, err
 	}
 	tc := &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
+		GetCertificate: kp.get,
+		MinVersion:     tls.VersionTLS12,
 	}
 	if c.TLSClientCAFile != "" {
 		pem, err := os.ReadFile(c.TLSClientCAFile)

@@ -4,7 +4,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -92,5 +96,68 @@ func TestTLS(t *testing.T) {
 				t.Errorf("active %q after Activate with %v, want %q", active, tt.wantAdmin, want)
 			}
 		})
+	}
+}
+
+// TestTLSCertificateRotation: the server picks up a certificate rotated on
+// disk without a restart (new connections see it), and keeps the previous
+// one in service when the files hold a broken pair.
+func TestTLSCertificateRotation(t *testing.T) {
+	dir := t.TempDir()
+	first := servertest.WriteCerts(t, t.TempDir())
+	second := servertest.WriteCerts(t, t.TempDir()) // another CA
+	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
+	install := func(c servertest.Certs) {
+		t.Helper()
+		for src, dst := range map[string]string{c.ServerCert: certFile, c.ServerKey: keyFile} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	install(first)
+	h := start(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile}, Deps{Predictor: &servertest.Predictor{}}, clientTLS(t, first.CA, nil))
+	// ping dials a new connection trusting caFile and reports the result.
+	ping := func(caFile string) error {
+		conn, err := grpc.NewClient(h.addr, clientTLS(t, caFile, nil))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = prefetchv1.NewHintServiceClient(conn).Ping(testCtx(t), &prefetchv1.PingRequest{})
+		return err
+	}
+	if err := ping(first.CA); err != nil {
+		t.Fatalf("first certificate: %v", err)
+	}
+	install(second)
+	deadline := time.Now().Add(10 * time.Second)
+	for ping(second.CA) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the rotated certificate was not picked up within 10 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := ping(first.CA); err == nil {
+		t.Fatal("new connections still get the first certificate")
+	}
+	// A broken pair on disk: the second certificate stays in service.
+	if err := os.WriteFile(keyFile, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(certReloadEvery + 200*time.Millisecond)
+	for range 3 {
+		if err := ping(second.CA); err != nil {
+			t.Fatalf("after a broken key was written: %v", err)
+		}
+	}
+	ok := testutil.ToFloat64(h.srv.metrics.certReloads.WithLabelValues("ok"))
+	failed := testutil.ToFloat64(h.srv.metrics.certReloads.WithLabelValues("failed"))
+	if ok != 1 || failed < 1 {
+		t.Errorf("prefetchd_grpc_tls_reloads_total ok %v, failed %v; want 1 and at least 1", ok, failed)
 	}
 }
