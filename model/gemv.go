@@ -70,9 +70,9 @@ func (p *packedT) of(a []float32, m, k int) *packedT {
 }
 
 // gemvRowsPacked is gemvRows for A = p's matrix (m rows of n, contiguous;
-// p may be nil): blocks of
-// four vectors go through the transposed copy, with each weight loaded once
-// per block; the rest through gemvRows.
+// p may be nil): blocks of four vectors go through p's panels, each weight
+// loaded once per block; the rest, or everything when p does not pack a,
+// through gemvRows.
 func gemvRowsPacked(rows, m, n int, p *packedT, a []float32, x []float32, ldx int, out []float32, ldo int) {
 	r := 0
 	if p = p.of(a, m, n); p != nil && rows >= 4 {

@@ -632,7 +632,7 @@ func (k transposeK) run(in, out []*tens, _ *[]float32) error {
 type gemmK struct {
 	alpha, beta    float32
 	transA, transB bool
-	pb             *packedT // B transposed back, when B is a constant
+	pb             *packedT // B packed in panels, when B is a constant
 }
 
 func newGemm(a *attrs) (kernel, error) {
@@ -658,7 +658,7 @@ func newGemm(a *attrs) (kernel, error) {
 	return &gemmK{alpha: alpha, beta: beta, transA: ta != 0, transB: tb != 0}, nil
 }
 
-// pack keeps a transposed copy of a constant B for the batched Linear
+// pack keeps a panel-packed copy of a constant B for the batched Linear
 // layer path (transB, several rows).
 func (g *gemmK) pack(consts []*tens) {
 	if len(consts) > 1 && consts[1] != nil && consts[1].dt == dtFloat && consts[1].rank() == 2 && g.transB && !g.transA {
