@@ -250,72 +250,79 @@ func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []
 	}
 	w, _ := h.waves.Get().(*benchWave)
 	if w == nil {
-		w = &benchWave{users: make(map[string]struct{})}
+		w = &benchWave{seen: make(map[string]int)}
 	}
 	defer h.waves.Put(w)
-	done := 0
-	for done < len(evs) {
-		clear(w.users)
-		end := done
-		for ; end < len(evs); end++ {
-			if _, dup := w.users[evs[end].UserID]; dup {
+	// Wave k holds every user's k-th click of the run (as the engine cuts
+	// them); after a failure only clicks before it are still applied.
+	clear(w.seen)
+	w.layer = w.layer[:0]
+	waves := 0
+	for _, ev := range evs {
+		k := w.seen[ev.UserID]
+		w.seen[ev.UserID] = k + 1
+		w.layer = append(w.layer, k)
+		waves = max(waves, k+1)
+	}
+	failAt := len(evs)
+	for k := range waves {
+		w.rows, w.ids, w.states = w.rows[:0], w.ids[:0], w.states[:0]
+		for i, lk := range w.layer {
+			if i >= failAt {
 				break
 			}
-			w.users[evs[end].UserID] = struct{}{}
-		}
-		n := end - done
-		for len(w.recs) < n {
-			w.recs = append(w.recs, Record{})
-			w.probs = append(w.probs, nil)
-		}
-		w.ids, w.states, w.rows = w.ids[:0], w.states[:0], w.rows[:0]
-		failed := -1
-		for i := range n {
-			ev, meta, rec := &evs[done+i], &metas[done+i], &w.recs[i]
+			if lk != k {
+				continue
+			}
+			for len(w.recs) <= len(w.rows) {
+				w.recs = append(w.recs, Record{})
+				w.probs = append(w.probs, nil)
+			}
+			ev, meta, rec := &evs[i], &metas[i], &w.recs[len(w.rows)]
 			err := h.hist.Append(ctx, ev.UserID, Click{Page: h.canon.Index(h.vocab, ev.Page), TS: ev.TS,
 				Partition: meta.Partition, Offset: meta.Offset}, rec)
-			if errs[done+i] = err; err != nil {
-				if errors.Is(err, ErrDuplicate) {
-					continue // final: reported, not scored
+			if errs[i] = err; err != nil {
+				if !errors.Is(err, ErrDuplicate) {
+					failAt = i
 				}
-				failed = done + i // the rest of the wave is handed again
-				break
+				continue
 			}
 			w.rows = append(w.rows, i)
 			w.ids = append(w.ids, int64(rec.Pages[len(rec.Pages)-1]))
 			w.states = append(w.states, rec.State)
 		}
+		if len(w.rows) == 0 {
+			continue
+		}
 		if err := h.model.StepMany(ctx, w.ids, w.states, w.probs[:len(w.rows)]); err != nil {
-			errs[done] = err
-			return done
+			errs[w.rows[0]] = err
+			return min(failAt, w.rows[0])
 		}
 		for j, i := range w.rows {
-			rec := &w.recs[i]
+			rec := &w.recs[j]
 			rec.State = w.states[j]
-			if err := h.hist.Save(ctx, evs[done+i].UserID, rec); err != nil {
-				errs[done+i] = err
-				return done + i
+			if err := h.hist.Save(ctx, evs[i].UserID, rec); err != nil {
+				errs[i] = err
+				failAt = min(failAt, i)
+				continue
 			}
 			h.count()
 		}
-		if failed >= 0 {
-			return failed
-		}
-		done = end
 	}
-	return len(evs)
+	return failAt
 }
 
-var _ BatchHandler = (*historyHandler)(nil)
-
 type benchWave struct {
-	users  map[string]struct{}
+	seen   map[string]int
+	layer  []int
 	recs   []Record
 	ids    []int64
 	states [][]float32
 	probs  [][]float32
 	rows   []int
 }
+
+var _ BatchHandler = (*historyHandler)(nil)
 
 // consumerLoop consumes n messages through Consumer into Histories and
 // returns the time from the first event to the last.

@@ -19,7 +19,10 @@ import (
 // histories, model on every click, policy, pipelined warming into a real
 // redis-server, online evaluation) consumes them; beside it, in the same run
 // and over the same topic, a bare kafka-go consumer-group loop that only
-// fetches and commits. It reports both rates and their ratio.
+// fetches and commits. It reports both rates and their ratio, with the
+// bundled Markov model and with a GRU step-form model (the PyTorch export
+// of features/testdata/gru-step, vocabulary 200: other pages are unknown
+// and still stepped).
 //
 //	go test -run '^$' -bench ServiceThroughput -benchtime 1x ./internal/app
 func BenchmarkServiceThroughput(b *testing.B) {
@@ -43,43 +46,48 @@ func BenchmarkServiceThroughput(b *testing.B) {
 	}
 	rs := redistest.Start(b)
 
-	b.ReportAllocs()
 	round := 0
-	for b.Loop() {
-		round++
-		bare := bareConsume(b, kb.Addr(), fmt.Sprintf("bare-%d", round), events)
+	for _, model := range []struct{ name, dir string }{{"markov", ""}, {"gru-step", "../../features/testdata/gru-step"}} {
+		b.Run(model.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				round++
+				bare := bareConsume(b, kb.Addr(), fmt.Sprintf("bare-%d", round), events)
 
-		cfg := testConfig([]string{kb.Addr()}, rs.Addr())
-		cfg.Group = fmt.Sprintf("svc-%d", round)
-		cfg.KeyTemplate = fmt.Sprintf("r%d:page:{page}", round) // keys of earlier rounds are still warm
-		cfg.Threshold = 0.3
-		svc := startService(b, cfg, 5*time.Minute)
-		url := "http://" + svc.addrs.Admin + "/metrics"
-		// As for the bare loop, the rate counts from the first event
-		// consumed, after the group join.
-		var start time.Time
-		first := 0.0
-		for {
-			n := metricSum(httpGet(b, svc.ctx, url), "prefetchd_clicks_total")
-			if n > 0 && start.IsZero() {
-				start, first = time.Now(), n
+				cfg := testConfig([]string{kb.Addr()}, rs.Addr())
+				cfg.Model = model.dir
+				cfg.Group = fmt.Sprintf("svc-%d", round)
+				cfg.KeyTemplate = fmt.Sprintf("r%d:page:{page}", round) // keys of earlier rounds are still warm
+				cfg.Threshold = 0.3
+				svc := startService(b, cfg, 5*time.Minute)
+				url := "http://" + svc.addrs.Admin + "/metrics"
+				// As for the bare loop, the rate counts from the first event
+				// consumed, after the group join.
+				var start time.Time
+				first := 0.0
+				for {
+					n := metricSum(httpGet(b, svc.ctx, url), "prefetchd_clicks_total")
+					if n > 0 && start.IsZero() {
+						start, first = time.Now(), n
+					}
+					if n >= events {
+						break
+					}
+					select {
+					case <-svc.ctx.Done():
+						b.Fatal("service did not consume every event in time")
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
+				full := (events - first) / time.Since(start).Seconds()
+				warmed := metricSum(httpGet(b, svc.ctx, url), "prefetchd_prefetch_issued_total")
+				svc.shutdown(b)
+				b.ReportMetric(bare, "bare-events/s")
+				b.ReportMetric(full, "service-events/s")
+				b.ReportMetric(full/bare, "ratio")
+				b.ReportMetric(warmed, "keys-warmed")
 			}
-			if n >= events {
-				break
-			}
-			select {
-			case <-svc.ctx.Done():
-				b.Fatal("service did not consume every event in time")
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-		full := (events - first) / time.Since(start).Seconds()
-		warmed := metricSum(httpGet(b, svc.ctx, url), "prefetchd_prefetch_issued_total")
-		svc.shutdown(b)
-		b.ReportMetric(bare, "bare-events/s")
-		b.ReportMetric(full, "service-events/s")
-		b.ReportMetric(full/bare, "ratio")
-		b.ReportMetric(warmed, "keys-warmed")
+		})
 	}
 }
 

@@ -168,7 +168,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 		subs:   make(map[string]map[*subscriber]struct{}),
 	}
 	e.scratch.New = func() any { return new(buffers) }
-	e.waves.New = func() any { return &wave{seen: make(map[string]struct{})} }
+	e.waves.New = func() any { return &wave{seen: make(map[string]int)} }
 	return e, nil
 }
 
@@ -303,7 +303,7 @@ func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Ev
 // wave is the working memory of HandleEvents: one row per click of a run
 // of clicks by distinct users.
 type wave struct {
-	seen   map[string]struct{} // users of the wave being cut
+	seen   map[string]int // clicks per user so far in the run
 	recs   []features.Record
 	pages  []string
 	idx    []int64
@@ -318,6 +318,12 @@ type wave struct {
 	ok, rows, saved []int
 	saveUsers       []string
 	saveRecs        []*features.Record
+	// Cutting a run into waves: each click's wave, the run indices of the
+	// wave at hand, and its clicks gathered.
+	layer, in []int
+	wevs      []features.Event
+	wmetas    []features.Meta
+	werrs     []error
 }
 
 func (w *wave) grow(n int) {
@@ -368,23 +374,49 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	}
 	w := e.waves.Get().(*wave)
 	defer e.waves.Put(w)
-	done := 0
-	for done < len(evs) {
-		clear(w.seen)
-		end := done
-		for ; end < len(evs); end++ {
-			if _, dup := w.seen[evs[end].UserID]; dup {
+	// Wave k holds every user's k-th click of the run, in run order: each
+	// wave has distinct users, and a user's clicks go in order, one wave
+	// after the other.
+	clear(w.seen)
+	w.layer = w.layer[:0]
+	waves := 0
+	for _, ev := range evs {
+		k := w.seen[ev.UserID]
+		w.seen[ev.UserID] = k + 1
+		w.layer = append(w.layer, k)
+		waves = max(waves, k+1)
+	}
+	failAt := len(evs)
+	for k := range waves {
+		// The wave's clicks; after a failure only those before it, which
+		// must be settled when HandleEvents returns.
+		w.in = w.in[:0]
+		for i, lk := range w.layer {
+			if i >= failAt {
 				break
 			}
-			w.seen[evs[end].UserID] = struct{}{}
+			if lk == k {
+				w.in = append(w.in, i)
+			}
 		}
-		n := e.handleWave(ctx, l, evs[done:end], metas[done:end], errs[done:end], w, b)
-		done += n
-		if done < end {
-			return done
+		if len(w.in) == 0 {
+			continue
+		}
+		w.wevs, w.wmetas = w.wevs[:0], w.wmetas[:0]
+		for _, i := range w.in {
+			w.wevs = append(w.wevs, evs[i])
+			w.wmetas = append(w.wmetas, metas[i])
+		}
+		w.werrs = append(w.werrs[:0], make([]error, len(w.in))...)
+		f := e.handleWave(ctx, l, w.wevs, w.wmetas, w.werrs, w, b)
+		for j, i := range w.in {
+			errs[i] = w.werrs[j]
+		}
+		if f < len(w.in) {
+			failAt = min(failAt, w.in[f])
 		}
 	}
-	return len(evs)
+	return failAt
 }
 
 // handleWave applies clicks of distinct users: every click extends its

@@ -237,14 +237,30 @@ func handleEventsMatch(t *testing.T, bundle *model.Bundle, newStore func(prefix 
 	if len(one.w.reqs) != len(evs) || len(many.w.reqs) != len(one.w.reqs) {
 		t.Fatalf("%d prefetch requests one by one, %d in runs, %d clicks", len(one.w.reqs), len(many.w.reqs), len(evs))
 	}
-	for i, r1 := range one.w.reqs {
-		r2 := many.w.reqs[i]
-		if r1.UserID != r2.UserID || len(r1.Pages) != len(r2.Pages) {
-			t.Fatalf("request %d: %s %d pages one by one, %s %d in runs", i, r1.UserID, len(r1.Pages), r2.UserID, len(r2.Pages))
+	// Runs may interleave users differently; each user's requests come in
+	// the order of its clicks.
+	byUser := func(reqs []prefetch.Request) map[string][]prefetch.Request {
+		m := map[string][]prefetch.Request{}
+		for _, r := range reqs {
+			m[r.UserID] = append(m[r.UserID], r)
 		}
-		for j := range r1.Pages {
-			if r1.Pages[j].Key != r2.Pages[j].Key || math.Abs(float64(r1.Pages[j].Probability-r2.Pages[j].Probability)) > 1e-5 {
-				t.Fatalf("request %d page %d: %+v one by one, %+v in runs", i, j, r1.Pages[j], r2.Pages[j])
+		return m
+	}
+	u1, u2 := byUser(one.w.reqs), byUser(many.w.reqs)
+	for u, rs1 := range u1 {
+		rs2 := u2[u]
+		if len(rs1) != len(rs2) {
+			t.Fatalf("user %s: %d requests one by one, %d in runs", u, len(rs1), len(rs2))
+		}
+		for i, r1 := range rs1 {
+			r2 := rs2[i]
+			if len(r1.Pages) != len(r2.Pages) || !r1.At.Equal(r2.At) {
+				t.Fatalf("user %s request %d: %d pages at %v one by one, %d at %v in runs", u, i, len(r1.Pages), r1.At, len(r2.Pages), r2.At)
+			}
+			for j := range r1.Pages {
+				if r1.Pages[j].Key != r2.Pages[j].Key || math.Abs(float64(r1.Pages[j].Probability-r2.Pages[j].Probability)) > 1e-5 {
+					t.Fatalf("user %s request %d page %d: %+v one by one, %+v in runs", u, i, j, r1.Pages[j], r2.Pages[j])
+				}
 			}
 		}
 	}
@@ -337,5 +353,54 @@ func TestHandleEventsSaveFailure(t *testing.T) {
 	clear(errs)
 	if n := e.HandleEvents(ctx, evs[2:], metas[2:], errs[:2]); n != 2 || !errors.Is(errs[0], features.ErrDuplicate) || !errors.Is(errs[1], features.ErrDuplicate) {
 		t.Fatalf("handing c and d again = %d, %v; want both duplicates", n, errs[:2])
+	}
+}
+
+// TestHandleEventsWavesAcrossUsers: a run where one user clicks several
+// times in a row is cut into waves of distinct users (a user's k-th click in
+// wave k). A failure reports the first failing click; every click before it
+// is settled first, even one in a later wave, and the user's clicks keep
+// their order.
+func TestHandleEventsWavesAcrossUsers(t *testing.T) {
+	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatalf("load bundle: %v", err)
+	}
+	hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
+	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+	w := &allWarmer{}
+	src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
+	e, err := New(Config{}, Deps{Models: src, Histories: failingSave{hist, "b"}, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	v := bundle.Vocab()
+	at := time.Now().Add(-time.Minute)
+	users := []string{"a", "a", "a", "b", "c", "a"}
+	var evs []features.Event
+	var metas []features.Meta
+	for i, u := range users {
+		evs = append(evs, features.Event{UserID: u, Page: v.Page(int64(3 + i)), TS: at.Add(time.Duration(i) * time.Second)})
+		metas = append(metas, features.Meta{Offset: int64(i)})
+	}
+	errs := make([]error, len(evs))
+	n := e.HandleEvents(ctx, evs, metas, errs)
+	if n != 3 || errs[3] == nil || errors.Join(errs[:3]...) != nil {
+		t.Fatalf("HandleEvents = %d, %v; want 3 (b's save fails) with a's clicks settled", n, errs)
+	}
+	var rec features.Record
+	if ok, _ := hist.Load(ctx, "a", &rec); !ok || fmt.Sprint(rec.Pages) != fmt.Sprint([]int32{3, 4, 5}) {
+		t.Fatalf("a's history %v, want its three clicks before b's, in order", rec.Pages)
+	}
+	// a's later click (index 5, after the failure) was left alone.
+	clear(errs)
+	if n := e.HandleEvents(ctx, evs[4:], metas[4:], errs[:2]); n != 2 || !errors.Is(errs[0], features.ErrDuplicate) || errs[1] != nil {
+		t.Fatalf("handing c and a again = %d, %v; want c a duplicate (it was in the first wave) and a applied", n, errs[:2])
+	}
+	if ok, _ := hist.Load(ctx, "a", &rec); !ok || len(rec.Pages) != 4 {
+		t.Fatalf("a's history %v after its fourth click", rec.Pages)
 	}
 }
