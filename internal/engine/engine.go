@@ -338,15 +338,17 @@ func (w *wave) grow(n int) {
 	w.errs = append(w.errs[:0], make([]error, n)...)
 }
 
-// HandleEvents applies a run of clicks in order with the effect of
-// HandleEvent on each (features.BatchHandler): errs[i] gets click i's
-// outcome, nil or a duplicate, and it returns the index of the first click
-// that failed otherwise (its error in errs), or len(evs). With a step-form
-// model or a features.BatchStore (Redis) the run is cut into waves of
-// consecutive clicks by distinct users: a wave's clicks share one run of
-// the step form (model.Bundle.StepMany), which costs much less per click
+// HandleEvents applies a run of clicks with the effect of HandleEvent on
+// each, every user's clicks in order (features.BatchHandler): errs[i] gets
+// click i's outcome, nil or a duplicate, and it returns the index of the
+// first click that failed otherwise (its error in errs), or len(evs); every
+// click before that index is settled. With a step-form model or a
+// features.BatchStore (Redis) the run is cut into waves of distinct users,
+// a user's k-th click of the run in wave k: a wave's clicks share one run
+// of the step form (model.Bundle.StepMany), which costs much less per click
 // than one run each, and a BatchStore appends a wave's histories in one
-// round trip (and saves their states in another).
+// round trip (and saves their states in another). Clicks of different
+// users may therefore be applied in another order than the run's.
 func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas []features.Meta, errs []error) int {
 	if n := min(len(evs), len(metas), len(errs)); n < len(evs) {
 		evs = evs[:n] // a caller's mistake: apply what can be reported
