@@ -198,15 +198,17 @@ type Handler interface {
 // decoded events of one worker, in fetch order.
 type BatchHandler interface {
 	Handler
-	// HandleEvents applies evs in order, with the effect of HandleEvent on
-	// each, and reports each event's outcome in errs (len(errs) ==
-	// len(evs)): nil, or an error wrapping ErrDuplicate or ErrRejected,
-	// which are final. It stops at the first event that fails otherwise and
-	// returns its index n, with its error in errs[n]: the consumer retries
-	// that event alone (as a HandleEvent error) and hands the events after
-	// it again, so a handler that already applied some of them reports them
-	// as duplicates then. It returns len(evs) when none failed so. metas[i]
-	// locates evs[i].
+	// HandleEvents applies evs with the effect of HandleEvent on each,
+	// keeping the order of each user's events (events of different users
+	// may go in any order), and reports each event's outcome in errs
+	// (len(errs) == len(evs)): nil, or an error wrapping ErrDuplicate or
+	// ErrRejected, which are final. When an event fails otherwise it
+	// returns the smallest such index n, with its error in errs[n], once
+	// every event before n is settled: the consumer retries evs[n] alone
+	// (as a HandleEvent error) and hands the events after it again, so a
+	// handler that already applied some of them reports them as duplicates
+	// then. It returns len(evs) when none failed so. metas[i] locates
+	// evs[i].
 	HandleEvents(ctx context.Context, evs []Event, metas []Meta, errs []error) int
 }
 
