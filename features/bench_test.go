@@ -494,12 +494,12 @@ func BenchmarkConsumerProcess(b *testing.B) {
 	}
 	defer c.Close()
 	const n = 100_000
-	msgs := make([]kafka.Message, n)
+	msgs := make([]fetched, n)
 	ts := time.Now().Add(-time.Hour)
 	for i := range msgs {
 		user := "u" + strconv.Itoa(i%10_000)
 		v, _ := Encode(Event{UserID: user, Page: "/page/" + strconv.Itoa(i%5000), TS: ts.Add(time.Duration(i) * time.Millisecond)})
-		msgs[i] = kafka.Message{Topic: "t", Key: []byte(user), Value: v, Offset: int64(i)}
+		msgs[i] = fetched{Key: []byte(user), Value: v, Offset: int64(i)}
 	}
 	ctx := context.Background()
 	b.ReportAllocs()

@@ -270,13 +270,23 @@ type Consumer struct {
 	closed  bool
 }
 
+// fetched is what the workers need of a fetched message: 88 bytes instead
+// of kafka.Message's 152, which the worker queues (a thousand messages each)
+// copy and hold.
+type fetched struct {
+	Key, Value []byte
+	Time       time.Time
+	Offset     int64
+	Partition  int
+}
+
 type job struct {
-	msg kafka.Message
+	msg fetched
 	seq int64
 }
 
 type deadLetter struct {
-	msg    kafka.Message
+	msg    fetched
 	seq    int64
 	reason string
 	detail string
@@ -448,7 +458,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 			continue
 		}
 		q := queues[workerOf(msg.Key, msg.Partition, len(queues))]
-		if !q.push(ctx, job{msg: msg, seq: seq}) {
+		if !q.push(ctx, job{msg: fetched{Key: msg.Key, Value: msg.Value, Time: msg.Time, Offset: msg.Offset, Partition: msg.Partition}, seq: seq}) {
 			return nil
 		}
 	}
@@ -648,7 +658,7 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 					continue
 				}
 				evs = append(evs, ev)
-				metas = append(metas, metaOf(&j.msg))
+				metas = append(metas, c.metaOf(&j.msg))
 				idx = append(idx, i)
 			}
 			if len(evs) == 0 {
@@ -726,7 +736,7 @@ func (c *Consumer) kickCommit() {
 // it adds 1 to *applied when the handler applied the event.
 // The event's strings share msg.Value's memory (kafka-go allocates it per
 // message and nothing writes to it afterwards): no copy per event.
-func (c *Consumer) process(ctx context.Context, msg *kafka.Message, seq int64, applied *int) bool {
+func (c *Consumer) process(ctx context.Context, msg *fetched, seq int64, applied *int) bool {
 	ev, ok, done := c.decode(msg, seq)
 	if !ok {
 		return done
@@ -735,7 +745,7 @@ func (c *Consumer) process(ctx context.Context, msg *kafka.Message, seq int64, a
 		c.m.duplicates.Inc()
 		return true
 	}
-	done, keep := c.handle(ctx, msg, seq, ev, metaOf(msg), nil, applied)
+	done, keep := c.handle(ctx, msg, seq, ev, c.metaOf(msg), nil, applied)
 	if !keep {
 		c.ids.release(ev.UserID, ev.EventID)
 	}
@@ -745,7 +755,7 @@ func (c *Consumer) process(ctx context.Context, msg *kafka.Message, seq int64, a
 // decode decodes and validates msg. A bad message is counted and handed to
 // the dead-letter writer: ok is false and done reports whether the message
 // is done now.
-func (c *Consumer) decode(msg *kafka.Message, seq int64) (ev Event, ok, done bool) {
+func (c *Consumer) decode(msg *fetched, seq int64) (ev Event, ok, done bool) {
 	ev, err := c.dec.decode(msg.Value, time.Unix(0, c.clock.Load()), true)
 	if err != nil {
 		return ev, false, c.rejected(msg, seq, asReject(err))
@@ -753,15 +763,15 @@ func (c *Consumer) decode(msg *kafka.Message, seq int64) (ev Event, ok, done boo
 	return ev, true, false
 }
 
-func metaOf(msg *kafka.Message) Meta {
-	return Meta{Topic: msg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time}
+func (c *Consumer) metaOf(msg *fetched) Meta {
+	return Meta{Topic: c.cfg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time}
 }
 
 // handle applies ev with retries and reports whether its message is done,
 // and whether the event is in its user's history (applied now, or before:
 // a duplicate); it adds 1 to *applied when the handler applied the event.
 // first, when not nil, is the error of an attempt the caller already made.
-func (c *Consumer) handle(ctx context.Context, msg *kafka.Message, seq int64, ev Event, meta Meta, first error, applied *int) (done, kept bool) {
+func (c *Consumer) handle(ctx context.Context, msg *fetched, seq int64, ev Event, meta Meta, first error, applied *int) (done, kept bool) {
 	backoff := c.cfg.HandlerBackoff
 	for attempt := 0; ; attempt++ {
 		err := first
@@ -806,7 +816,7 @@ func asReject(err error) *RejectError {
 // rejected counts a bad message and hands it to the dead-letter writer. It
 // reports whether the message is done now (true) or once its dead letter is
 // written (false).
-func (c *Consumer) rejected(msg *kafka.Message, seq int64, rej *RejectError) bool {
+func (c *Consumer) rejected(msg *fetched, seq int64, rej *RejectError) bool {
 	c.m.rejected(rej.Reason).Inc()
 	c.log.Debug("event rejected", "reason", rej.Reason, "detail", rej.Detail,
 		"partition", msg.Partition, "offset", msg.Offset)
@@ -853,7 +863,7 @@ func (c *Consumer) deadLetterLoop(ctx context.Context) {
 				Headers: []kafka.Header{
 					{Key: "reason", Value: []byte(dl.reason)},
 					{Key: "detail", Value: []byte(dl.detail)},
-					{Key: "source_topic", Value: []byte(dl.msg.Topic)},
+					{Key: "source_topic", Value: []byte(c.cfg.Topic)},
 					{Key: "source_partition", Value: []byte(strconv.Itoa(dl.msg.Partition))},
 					{Key: "source_offset", Value: []byte(strconv.FormatInt(dl.msg.Offset, 10))},
 				},
