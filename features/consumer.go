@@ -959,6 +959,82 @@ func (c *Consumer) Apply(ctx context.Context, data []byte) error {
 	return nil
 }
 
+// ApplyMany is Apply for several raw events: bad events and repeated event
+// ids get their error in errs (len(errs) >= len(data)) and the valid ones
+// go to the handler together, through HandleEvents when it is a
+// BatchHandler (else one by one), each user's in order. errs[i] is event
+// i's outcome as Apply would return it. When an event fails with a handler
+// error that is neither a duplicate nor a rejection, ApplyMany returns its
+// index (every event before it settled; later ones may or may not be
+// applied); else it returns len(data).
+func (c *Consumer) ApplyMany(ctx context.Context, data [][]byte, errs []error) int {
+	bh, batch := c.handler.(BatchHandler)
+	if !batch {
+		for i, d := range data {
+			errs[i] = c.Apply(ctx, d)
+			if errs[i] != nil && !errors.Is(errs[i], ErrRejected) && !errors.Is(errs[i], ErrDuplicate) {
+				return i
+			}
+		}
+		return len(data)
+	}
+	now := time.Now()
+	evs := make([]Event, 0, len(data))
+	metas := make([]Meta, 0, len(data))
+	idx := make([]int, 0, len(data))
+	for i, d := range data {
+		ev, err := c.dec.Decode(d, now)
+		if err != nil {
+			var rej *RejectError
+			if errors.As(err, &rej) {
+				c.m.rejected(rej.Reason).Inc()
+			}
+			errs[i] = err
+			continue
+		}
+		if !c.ids.reserve(ev.UserID, ev.EventID) {
+			c.m.duplicates.Inc()
+			errs[i] = fmt.Errorf("apply event %s of %s: %w", ev.EventID, ev.UserID, ErrDuplicate)
+			continue
+		}
+		errs[i] = nil
+		evs = append(evs, ev)
+		metas = append(metas, Meta{Partition: -1, Offset: -1})
+		idx = append(idx, i)
+	}
+	if len(evs) == 0 {
+		return len(data)
+	}
+	herrs := make([]error, len(evs))
+	n := min(max(bh.HandleEvents(ctx, evs, metas, herrs), 0), len(evs))
+	for j, i := range idx {
+		err := herrs[j]
+		switch {
+		case j > n:
+			// Not settled: the caller stops at event n.
+			c.ids.release(evs[j].UserID, evs[j].EventID)
+			continue
+		case err == nil && j < n:
+			c.m.events.Inc()
+			continue
+		case err == nil:
+			err = errors.New("handler stopped without an error")
+		}
+		if !errors.Is(err, ErrDuplicate) {
+			c.ids.release(evs[j].UserID, evs[j].EventID)
+		}
+		var rej *RejectError
+		if errors.As(err, &rej) {
+			c.m.rejected(rej.Reason).Inc()
+		}
+		errs[i] = fmt.Errorf("apply event of %s: %w", evs[j].UserID, err)
+	}
+	if n < len(evs) {
+		return idx[n]
+	}
+	return len(data)
+}
+
 // Lag is the number of messages below the partitions' high-water marks that
 // are not yet done (a lower bound before every partition was fetched once).
 func (c *Consumer) Lag() int64 { return c.track.lag() }

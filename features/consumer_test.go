@@ -739,3 +739,64 @@ func TestConsumerEventIDs(t *testing.T) {
 		})
 	}
 }
+
+// TestConsumerApplyMany: several raw events at once go through the batch
+// handler; bad events and repeated event ids get their error in place and
+// the rest are applied, each user's in order; a failing handler stops at
+// that event.
+func TestConsumerApplyMany(t *testing.T) {
+	rec := &batchRecorder{recorder: newRecorder(newTestHistories(t, HistoryConfig{}))}
+	c, err := NewConsumer(ConsumerConfig{Brokers: []string{"127.0.0.1:1"}, Topic: "t", GroupID: "g"}, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	ts := time.Now().UTC().Format(time.RFC3339Nano)
+	ev := func(user, page, id string) []byte {
+		s := `{"user_id":"` + user + `","page":"/page/` + page + `","ts":"` + ts + `"`
+		if id != "" {
+			s += `,"event_id":"` + id + `"`
+		}
+		return []byte(s + "}")
+	}
+	data := [][]byte{
+		ev("ann", "1", "a1"),
+		[]byte(`{"user_id":"ann"}`), // no page
+		ev("bob", "5", ""),
+		ev("ann", "2", "a2"),
+		ev("ann", "2", "a2"), // the same event again
+		ev("bob", "6", ""),
+	}
+	errs := make([]error, len(data))
+	if n := c.ApplyMany(ctx, data, errs); n != len(data) {
+		t.Fatalf("ApplyMany = %d, %v; want all settled", n, errs)
+	}
+	var rej *RejectError
+	if !errors.As(errs[1], &rej) || rej.Reason != ReasonMissingPage || !errors.Is(errs[4], ErrDuplicate) ||
+		errs[0] != nil || errs[2] != nil || errs[3] != nil || errs[5] != nil {
+		t.Fatalf("outcomes %v", errs)
+	}
+	got := rec.snapshot()
+	if !slices.Equal(got["ann"], []int32{1, 2}) || !slices.Equal(got["bob"], []int32{5, 6}) {
+		t.Fatalf("applied %v", got)
+	}
+	if rec.largest.Load() != 4 {
+		t.Fatalf("largest run %d, want the 4 valid new events together", rec.largest.Load())
+	}
+	if n := testutil.ToFloat64(c.m.events); n != 4 {
+		t.Fatalf("events counted %v, want 4", n)
+	}
+	// A failing handler: ApplyMany stops at that event.
+	rec.failUntil = 1
+	clear(errs)
+	n := c.ApplyMany(ctx, [][]byte{ev("cyd", "1", "c1"), ev("cyd", "2", "c2")}, errs)
+	if n != 0 || errs[0] == nil || errors.Is(errs[0], ErrRejected) || errors.Is(errs[0], ErrDuplicate) {
+		t.Fatalf("with a failing handler ApplyMany = %d, %v", n, errs[:2])
+	}
+	rec.failUntil = 0
+	// Its id was not kept: the resend goes through.
+	if n := c.ApplyMany(ctx, [][]byte{ev("cyd", "1", "c1")}, errs); n != 1 || errs[0] != nil {
+		t.Fatalf("resend = %d, %v", n, errs[0])
+	}
+}

@@ -377,7 +377,21 @@ func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []
 type ingester struct{ c *features.Consumer }
 
 func (i ingester) IngestJSON(ctx context.Context, event []byte) error {
-	err := i.c.Apply(ctx, event)
+	return ingestError(i.c.Apply(ctx, event))
+}
+
+// IngestJSONMany implements hint.BatchIngester: the events go through the
+// engine together (shared model runs and Redis round trips).
+func (i ingester) IngestJSONMany(ctx context.Context, events [][]byte, errs []error) int {
+	n := i.c.ApplyMany(ctx, events, errs)
+	for k := range events {
+		errs[k] = ingestError(errs[k])
+	}
+	return n
+}
+
+// ingestError maps the consumer's rejection and duplicate to the hint API's.
+func ingestError(err error) error {
 	switch {
 	case errors.Is(err, features.ErrRejected):
 		return fmt.Errorf("%w: %w", hint.ErrInvalid, err)

@@ -83,6 +83,19 @@ type Ingester interface {
 	IngestJSON(ctx context.Context, event []byte) error
 }
 
+// BatchIngester is an Ingester that also applies several events in one
+// call, so that they can share model runs and store round trips.
+type BatchIngester interface {
+	Ingester
+	// IngestJSONMany applies events, each user's in order, and sets errs[i]
+	// (len(errs) >= len(events)) to event i's outcome: nil, or an error
+	// wrapping ErrInvalid or ErrDuplicate. When an event fails otherwise it
+	// returns the smallest such index, its error in errs, once every event
+	// before it is settled; events after it may or may not be applied. It
+	// returns len(events) when none failed so.
+	IngestJSONMany(ctx context.Context, events [][]byte, errs []error) int
+}
+
 // VersionStatus describes one model version the service knows.
 type VersionStatus struct {
 	Name     string

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -164,55 +166,146 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 	}
 }
 
+// maxIngestRun bounds how many received events Ingest hands to a
+// BatchIngester at once.
+const maxIngestRun = 64
+
 // Ingest validates each event, re-encodes it in the Kafka wire format and
-// hands it to the Ingester. Rejected events are counted by reason and
-// skipped; an engine failure other than a rejection ends the stream with its
-// status (events before it were applied).
+// hands it to the Ingester. Events the client has already sent go together
+// to a BatchIngester (up to maxIngestRun; never waiting for more). Rejected
+// events are counted by reason and skipped, duplicates counted; an engine
+// failure other than a rejection ends the stream with its status (events
+// before it were applied).
 func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickEvent, prefetchv1.IngestSummary]) error {
 	s := h.s
 	if s.deps.Ingester == nil {
 		return status.Error(codes.Unimplemented, "Ingest is not enabled on this server")
 	}
 	ctx := stream.Context()
+	batcher, _ := s.deps.Ingester.(hint.BatchIngester)
+	// A reader goroutine receives ahead, so that what the client has sent
+	// meanwhile forms the next run. It ends with the stream (EOF or error,
+	// forwarded) or when the handler returns (ctx ends).
+	type received struct {
+		ev  *prefetchv1.ClickEvent
+		err error
+	}
+	recv := make(chan received, maxIngestRun)
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			select {
+			case recv <- received{ev, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	sum := &prefetchv1.IngestSummary{RejectedByReason: map[string]uint64{}}
-	for index := uint64(0); ; index++ {
-		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return stream.SendAndClose(sum)
-		}
-		if err != nil {
-			return err
-		}
-		reason, msg := s.checkEvent(ev)
-		var wire []byte
-		if reason == "" {
-			// A fresh slice per event: the engine may keep it.
-			if wire, err = encodeWireEvent(ev); err != nil {
-				reason, msg = "invalid", err.Error()
-			}
-		}
-		if reason == "" {
-			err := s.deps.Ingester.IngestJSON(ctx, wire)
-			switch {
-			case err == nil:
-				sum.Accepted++
-				s.metrics.ingestEvents.WithLabelValues("accepted", "").Inc()
-				continue
-			case errors.Is(err, hint.ErrDuplicate):
-				sum.Duplicates++
-				s.metrics.ingestEvents.WithLabelValues("duplicate", "").Inc()
-				continue
-			case errors.Is(err, hint.ErrInvalid):
-				reason, msg = "invalid", err.Error()
-			default:
-				return s.engineError(ctx, "Ingest", err)
-			}
-		}
+	reject := func(index uint64, reason, msg string) {
 		sum.Rejected++
 		sum.RejectedByReason[reason]++
 		s.metrics.ingestEvents.WithLabelValues("rejected", reason).Inc()
 		if len(sum.FirstErrors) < maxIngestErrors {
 			sum.FirstErrors = append(sum.FirstErrors, &prefetchv1.IngestError{Index: index, Reason: reason, Message: msg})
+		}
+	}
+	type rejection struct {
+		index       uint64
+		reason, msg string
+	}
+	var (
+		index    uint64
+		run      []received
+		wires    [][]byte
+		pos      []uint64 // stream index of each wire
+		errs     []error
+		rejected []rejection // of the run, reported in stream order
+	)
+	for {
+		// The next run: one event (waiting for it), then what has arrived.
+		run = run[:0]
+		select {
+		case r := <-recv:
+			run = append(run, r)
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	fill:
+		for run[len(run)-1].err == nil && len(run) < maxIngestRun {
+			select {
+			case r := <-recv:
+				run = append(run, r)
+			default:
+				break fill
+			}
+		}
+		var end error // how the stream ended, after this run
+		wires, pos, rejected = wires[:0], pos[:0], rejected[:0]
+		for _, r := range run {
+			if r.err != nil {
+				end = r.err
+				break
+			}
+			reason, msg := s.checkEvent(r.ev)
+			var wire []byte
+			if reason == "" {
+				// A fresh slice per event: the engine may keep it.
+				var err error
+				if wire, err = encodeWireEvent(r.ev); err != nil {
+					reason, msg = "invalid", err.Error()
+				}
+			}
+			if reason != "" {
+				rejected = append(rejected, rejection{index, reason, msg})
+			} else {
+				wires = append(wires, wire)
+				pos = append(pos, index)
+			}
+			index++
+		}
+		errs = append(errs[:0], make([]error, len(wires))...)
+		n := len(wires)
+		if batcher != nil && len(wires) > 1 {
+			n = batcher.IngestJSONMany(ctx, wires, errs)
+		} else {
+			for i, w := range wires {
+				if errs[i] = s.deps.Ingester.IngestJSON(ctx, w); errs[i] != nil && !errors.Is(errs[i], hint.ErrInvalid) && !errors.Is(errs[i], hint.ErrDuplicate) {
+					n = i
+					break
+				}
+			}
+		}
+		for i := range min(n+1, len(wires)) {
+			err := errs[i]
+			switch {
+			case err == nil && i < n:
+				sum.Accepted++
+				s.metrics.ingestEvents.WithLabelValues("accepted", "").Inc()
+			case errors.Is(err, hint.ErrDuplicate):
+				sum.Duplicates++
+				s.metrics.ingestEvents.WithLabelValues("duplicate", "").Inc()
+			case errors.Is(err, hint.ErrInvalid):
+				rejected = append(rejected, rejection{pos[i], "invalid", err.Error()})
+			case i == n:
+				if err == nil {
+					err = errors.New("ingester stopped without an error")
+				}
+				return s.engineError(ctx, "Ingest", err)
+			}
+		}
+		slices.SortFunc(rejected, func(a, b rejection) int { return cmp.Compare(a.index, b.index) })
+		for _, r := range rejected {
+			reject(r.index, r.reason, r.msg)
+		}
+		switch {
+		case errors.Is(end, io.EOF):
+			return stream.SendAndClose(sum)
+		case end != nil:
+			return end
 		}
 	}
 }

@@ -787,3 +787,36 @@ func TestServeTwice(t *testing.T) {
 		t.Error("second Serve: no error")
 	}
 }
+
+// TestIngestRuns: events the client has already sent reach a BatchIngester
+// together, in stream order, and the summary counts them all.
+func TestIngestRuns(t *testing.T) {
+	ts := timestamppb.New(time.Date(1995, 7, 1, 0, 0, 1, 0, time.UTC))
+	ing := &servertest.Ingester{Hold: make(chan struct{})}
+	h := start(t, Config{}, Deps{Predictor: &servertest.Predictor{}, Ingester: ing})
+	stream, err := h.hints.Ingest(testCtx(t))
+	if err != nil {
+		t.Fatalf("Ingest: %v", err)
+	}
+	const n = 50
+	for i := range n {
+		if err := stream.Send(&prefetchv1.ClickEvent{UserId: fmt.Sprintf("u%d", i%3), Page: fmt.Sprintf("/p/%d", i), Ts: ts}); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	// The first event is held in the ingester while the rest arrive.
+	time.Sleep(200 * time.Millisecond)
+	close(ing.Hold)
+	sum, err := stream.CloseAndRecv()
+	if err != nil || sum.GetAccepted() != n || sum.GetRejected() != 0 {
+		t.Fatalf("summary %v, %v; want %d accepted", sum, err, n)
+	}
+	if ing.LargestRun() < 2 {
+		t.Fatalf("largest run %d: the events never went together", ing.LargestRun())
+	}
+	for i, ev := range ing.Events() {
+		if want := fmt.Sprintf(`"page":"/p/%d"`, i); !strings.Contains(string(ev), want) {
+			t.Fatalf("event %d is %s, want %s: stream order lost", i, ev, want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ package servertest
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -77,13 +78,19 @@ type Ingester struct {
 	Reject    func(event []byte) bool
 	Duplicate func(event []byte) bool // answered with hint.ErrDuplicate
 	Err       error
+	// Hold, when set, makes every call wait until it is closed.
+	Hold chan struct{}
 
-	mu     sync.Mutex
-	events [][]byte
+	mu      sync.Mutex
+	events  [][]byte
+	largest int
 }
 
 // IngestJSON implements hint.Ingester.
 func (in *Ingester) IngestJSON(_ context.Context, event []byte) error {
+	if in.Hold != nil {
+		<-in.Hold
+	}
 	if in.Err != nil {
 		return in.Err
 	}
@@ -97,6 +104,29 @@ func (in *Ingester) IngestJSON(_ context.Context, event []byte) error {
 	in.events = append(in.events, event)
 	in.mu.Unlock()
 	return nil
+}
+
+// IngestJSONMany implements hint.BatchIngester with IngestJSON on each event,
+// stopping at the first error that is neither a rejection nor a duplicate;
+// it remembers the largest run it was handed.
+func (in *Ingester) IngestJSONMany(ctx context.Context, events [][]byte, errs []error) int {
+	in.mu.Lock()
+	in.largest = max(in.largest, len(events))
+	in.mu.Unlock()
+	for i, ev := range events {
+		errs[i] = in.IngestJSON(ctx, ev)
+		if errs[i] != nil && !errors.Is(errs[i], hint.ErrInvalid) && !errors.Is(errs[i], hint.ErrDuplicate) {
+			return i
+		}
+	}
+	return len(events)
+}
+
+// LargestRun is the most events IngestJSONMany was handed at once.
+func (in *Ingester) LargestRun() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.largest
 }
 
 // Events returns the accepted events.
