@@ -342,6 +342,11 @@ func consumerLoop(tb testing.TB, addr, topic, group string, s benchSettings, n i
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	// As the service does: Run evicts idle users and keeps the clock
+	// that Append reads.
+	var evict sync.WaitGroup
+	defer evict.Wait()
+	evict.Go(func() { _ = hist.Run(ctx, time.Minute) })
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(ctx) }()
 	select {

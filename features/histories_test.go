@@ -356,3 +356,31 @@ func BenchmarkHistoriesAppend(b *testing.B) {
 		})
 	})
 }
+
+// TestHistoriesRunCoarseClock: with the real clock, Run keeps the clock
+// that Append reads moving, so idle users still age and get evicted.
+func TestHistoriesRunCoarseClock(t *testing.T) {
+	h := newTestHistories(t, HistoryConfig{IdleTTL: 100 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.Run(runCtx, 20*time.Millisecond) }()
+	eventually(t, 5*time.Second, "Run started", func() bool { return h.runs.Load() == 1 })
+	var rec Record
+	if err := h.Append(ctx, "u", Click{Page: 2, TS: time.Now(), Offset: -1}, &rec); err != nil {
+		t.Fatal(err)
+	}
+	before := h.now()
+	eventually(t, 5*time.Second, "idle user evicted by Run", func() bool { return h.Len() == 0 })
+	if after := h.now(); after-before < int64(100*time.Millisecond) {
+		t.Fatalf("the coarse clock moved %v, want at least the idle TTL", time.Duration(after-before))
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if h.runs.Load() != 0 {
+		t.Fatal("Run left the coarse clock on")
+	}
+}
