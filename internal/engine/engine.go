@@ -485,8 +485,8 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	if l.Bundle == nil || !l.Bundle.HasStep() {
 		// No step form (a BatchStore brought us here): each click is scored
 		// on its history, as in HandleEvent; there is no state to save.
+		done := 0
 		for _, i := range w.ok {
-			t := time.Now()
 			b.hist = widen(b.hist, w.recs[i].Pages)
 			probs, err := e.predict(ctx, l, b.hist, b)
 			if err != nil {
@@ -494,8 +494,9 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 				continue
 			}
 			e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(w.recs[i].Pages), probs, b)
-			e.m.handle.Observe(time.Since(t).Seconds())
+			done++
 		}
+		e.observeWave(start, done)
 		return failAt
 	}
 	// States: a missing or stale one is rebuilt from the history first, as
@@ -548,9 +549,8 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 		}
 		bs.SaveMany(ctx, w.saveUsers, w.saveRecs, w.errs[:len(w.saved)])
 	}
-	per := time.Since(start) / time.Duration(max(n, 1))
+	done := 0
 	for j, i := range w.saved {
-		t := time.Now()
 		var err error
 		if batched {
 			err = w.errs[j]
@@ -562,9 +562,23 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			continue
 		}
 		e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(w.recs[i].Pages), w.probs[i], b)
-		e.m.handle.Observe((per + time.Since(t)).Seconds())
+		done++
 	}
+	e.observeWave(start, done)
 	return failAt
+}
+
+// observeWave records the wave's time per applied click in the event
+// latency histogram, once per click (two clock reads per wave, not per
+// click).
+func (e *Engine) observeWave(start time.Time, clicks int) {
+	if clicks == 0 {
+		return
+	}
+	per := (time.Since(start) / time.Duration(clicks)).Seconds()
+	for range clicks {
+		e.m.handle.Observe(per)
+	}
 }
 
 // remapRecord translates a history written under an earlier model into the

@@ -16,7 +16,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	buckets := prometheus.ExponentialBuckets(10e-6, 2, 16)
 	m := &metrics{
 		handle: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "prefetchd_engine_event_seconds", Help: "Time to apply one click: history, prediction, prefetch decision.", Buckets: buckets,
+			Name: "prefetchd_engine_event_seconds", Help: "Time to apply one click: history, prediction, prefetch decision (for clicks applied in a wave, the wave's time per click).", Buckets: buckets,
 		}),
 		predict: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "prefetchd_engine_predict_seconds", Help: "Time to answer one hint query inside the engine.", Buckets: buckets,
