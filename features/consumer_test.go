@@ -455,7 +455,9 @@ func TestConsumerHandlerRetries(t *testing.T) {
 				t.Fatal(err)
 			}
 			stop := runConsumer(t, c)
-			eventually(t, 30*time.Second, "all messages done", func() bool { return c.Lag() == 0 && testutil.ToFloat64(c.m.messages) == 12 })
+			eventually(t, 30*time.Second, "all messages handled", func() bool {
+				return testutil.ToFloat64(c.m.events)+testutil.ToFloat64(c.m.handlerErrors) == 12 && c.Lag() == 0
+			})
 			stop()
 			if got := rec.total.Load(); got != tc.applied {
 				t.Errorf("applied %d, want %d", got, tc.applied)
@@ -627,8 +629,9 @@ func TestConsumerBatchHandler(t *testing.T) {
 				t.Fatal(err)
 			}
 			stop := runConsumer(t, c)
-			eventually(t, 30*time.Second, "all messages done", func() bool {
-				return c.Lag() == 0 && testutil.ToFloat64(c.m.messages) == float64(len(msgs))
+			eventually(t, 30*time.Second, "all messages handled", func() bool {
+				return testutil.ToFloat64(c.m.events) == float64(good) &&
+					testutil.ToFloat64(c.m.rejected(ReasonJSON)) == float64(len(msgs)-good) && c.Lag() == 0
 			})
 			stop()
 			checkApplied(t, rec.snapshot(), stream.want)
@@ -698,8 +701,8 @@ func TestConsumerEventIDs(t *testing.T) {
 				t.Fatal(err)
 			}
 			stop := runConsumer(t, c)
-			eventually(t, 30*time.Second, "all messages done", func() bool {
-				return c.Lag() == 0 && testutil.ToFloat64(c.m.messages) == float64(len(msgs))
+			eventually(t, 30*time.Second, "all messages handled", func() bool {
+				return testutil.ToFloat64(c.m.events)+testutil.ToFloat64(c.m.duplicates) == float64(len(msgs)) && c.Lag() == 0
 			})
 			got := rec.snapshot()
 			if !slices.Equal(got["ann"], tc.ann) || !slices.Equal(got["bob"], []int32{1}) {

@@ -80,7 +80,9 @@ func (t *tracker) add(partition int, offset, hwm int64) (seq int64, dup bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pt := t.part(partition)
-	if hwm > pt.hwm {
+	// A fetched message is below the high-water mark whatever the fetch
+	// reported (a response may carry none), so the lag counts it until done.
+	if hwm = max(hwm, offset+1); hwm > pt.hwm {
 		pt.hwm = hwm
 	}
 	if offset <= pt.maxSeen {
