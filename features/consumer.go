@@ -928,8 +928,8 @@ func (c *Consumer) commit(ctx context.Context) error {
 
 // Apply runs one raw event in the wire format through the same decoding,
 // validation, metrics and handler as a Kafka message, in the caller's
-// goroutine, with Meta{Partition: -1, Offset: -1}. It is the path of the gRPC
-// Ingest call. A bad event returns a *RejectError (wrapping ErrRejected); an
+// goroutine, with Meta{Partition: -1, Offset: -1}. It is the path of a
+// single event of the gRPC Ingest call (ApplyMany takes several). A bad event returns a *RejectError (wrapping ErrRejected); an
 // event whose (user_id, event_id) was applied recently (EventIDCache), by
 // Apply or from Kafka, returns an error wrapping ErrDuplicate and is not
 // applied again; a handler error is returned wrapped, without retry. Apply
@@ -1089,7 +1089,7 @@ func newIngestMetrics(reg prometheus.Registerer, lag func() int64) (*ingestMetri
 	m := &ingestMetrics{
 		messages:       counter("prefetchd_ingest_messages_total", "Messages fetched from Kafka."),
 		events:         counter("prefetchd_ingest_events_total", "Events applied by the handler."),
-		duplicates:     counter("prefetchd_ingest_duplicates_total", "Redelivered messages not applied again."),
+		duplicates:     counter("prefetchd_ingest_duplicates_total", "Events not applied again: Kafka redeliveries, and repeats of a recent (user_id, event_id) from Kafka or gRPC."),
 		handlerRetries: counter("prefetchd_ingest_handler_retries_total", "Handler calls retried after an error."),
 		handlerErrors:  counter("prefetchd_ingest_handler_errors_total", "Events skipped after the handler kept failing."),
 		fetchErrors:    counter("prefetchd_ingest_fetch_errors_total", "Errors fetching from Kafka."),

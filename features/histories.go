@@ -42,7 +42,8 @@ type HistoryConfig struct {
 	// holds at least 256 users (LRU order is kept per shard).
 	Shards int
 	// Now is the wall clock for idle eviction. Default time.Now at
-	// construction plus the monotonic time since (cheaper than time.Now).
+	// construction plus the monotonic time since (cheaper than time.Now),
+	// or, while Run runs, a copy of it refreshed every 10 ms.
 	Now func() time.Time
 }
 
@@ -353,9 +354,10 @@ func (h *Histories) EvictIdle() int {
 
 // Run calls EvictIdle every interval (a minute when interval <= 0) until ctx
 // ends, then returns nil. It is optional: Append and Get evict idle users
-// lazily; Run returns their memory when traffic stops. While it runs, the
-// wall clock of idle eviction is read from a value it refreshes every 10 ms
-// (cheaper per click than reading the clock).
+// lazily; Run returns their memory when traffic stops. While it runs, and
+// unless HistoryConfig.Now is set (which always wins), the wall clock of
+// idle eviction is read from a value it refreshes every 10 ms (cheaper per
+// click than reading the clock).
 func (h *Histories) Run(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		interval = time.Minute

@@ -105,10 +105,11 @@ func BenchmarkPredict(b *testing.B) {
 
 // BenchmarkStepClicks is the engine's per-click cost with a GRU step-form
 // model (the PyTorch fixture) for 256 users, on the in-memory store and on a
-// RedisStore on a real redis-server: one HandleEvent per click (the gRPC
-// Ingest path) beside HandleEvents runs of 64 clicks (the Kafka path: one
-// StepMany per wave and, with Redis, one pipelined round trip for the
-// wave's appends and one for its saves), measured in the same run.
+// RedisStore on a real redis-server: one HandleEvent per click (as with
+// --ingest-batch 1, or a gRPC stream of single events) beside HandleEvents
+// runs of 64 clicks (one StepMany per wave and, with Redis, one pipelined
+// round trip for the wave's appends and one for its saves), measured in the
+// same run.
 func BenchmarkStepClicks(b *testing.B) {
 	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
 	if err != nil {

@@ -4,8 +4,9 @@
 // manager), chooses pages to prefetch (prefetch.Policy), hands them to the
 // warmer, feeds the online evaluation, and notifies hint watchers. The Kafka
 // consumer calls HandleEvents (runs of clicks, see features.BatchHandler;
-// HandleEvent when --ingest-batch is 1); the gRPC server calls HandleEvent,
-// Predict and Subscribe.
+// HandleEvent when --ingest-batch is 1), and so does the gRPC Ingest call
+// for the events a client has already sent (HandleEvent for a single one);
+// the gRPC server also calls Predict and Subscribe.
 package engine
 
 import (

@@ -79,7 +79,9 @@ type Watcher interface {
 // the Kafka consumer.
 type Ingester interface {
 	// IngestJSON decodes, validates and applies one event in the Kafka wire
-	// format. A rejected event returns an error wrapping ErrInvalid.
+	// format. A rejected event returns an error wrapping ErrInvalid, a
+	// repeat of a recently applied (user_id, event_id) one wrapping
+	// ErrDuplicate.
 	IngestJSON(ctx context.Context, event []byte) error
 }
 
