@@ -961,15 +961,17 @@ func (c *Consumer) Apply(ctx context.Context, data []byte) error {
 
 // ApplyMany is Apply for several raw events: bad events and repeated event
 // ids get their error in errs (len(errs) >= len(data)) and the valid ones
-// go to the handler together, through HandleEvents when it is a
-// BatchHandler (else one by one), each user's in order. errs[i] is event
-// i's outcome as Apply would return it. When an event fails with a handler
-// error that is neither a duplicate nor a rejection, ApplyMany returns its
-// index (every event before it settled; later ones may or may not be
-// applied); else it returns len(data).
+// go to the handler together, in runs of up to BatchSize through
+// HandleEvents when it is a BatchHandler (else one by one), each user's in
+// order. errs[i] is event i's outcome as Apply would return it. When an
+// event fails with a handler error that is neither a duplicate nor a
+// rejection, ApplyMany returns its index: every event before it is settled,
+// later ones may or may not have been applied, and their event ids are
+// forgotten (a resend of one that was applied is applied again). Else it
+// returns len(data).
 func (c *Consumer) ApplyMany(ctx context.Context, data [][]byte, errs []error) int {
 	bh, batch := c.handler.(BatchHandler)
-	if !batch {
+	if !batch || c.cfg.BatchSize <= 1 {
 		for i, d := range data {
 			errs[i] = c.Apply(ctx, d)
 			if errs[i] != nil && !errors.Is(errs[i], ErrRejected) && !errors.Is(errs[i], ErrDuplicate) {
@@ -978,6 +980,17 @@ func (c *Consumer) ApplyMany(ctx context.Context, data [][]byte, errs []error) i
 		}
 		return len(data)
 	}
+	for off := 0; off < len(data); off += c.cfg.BatchSize {
+		end := min(off+c.cfg.BatchSize, len(data))
+		if n := c.applyRun(ctx, bh, data[off:end], errs[off:end]); n < end-off {
+			return off + n
+		}
+	}
+	return len(data)
+}
+
+// applyRun is ApplyMany for at most BatchSize events.
+func (c *Consumer) applyRun(ctx context.Context, bh BatchHandler, data [][]byte, errs []error) int {
 	now := time.Now()
 	evs := make([]Event, 0, len(data))
 	metas := make([]Meta, 0, len(data))

@@ -803,3 +803,26 @@ func TestConsumerApplyMany(t *testing.T) {
 		t.Fatalf("resend = %d, %v", n, errs[0])
 	}
 }
+
+// TestConsumerApplyManyBatchSize: ApplyMany hands the handler runs of at
+// most BatchSize events.
+func TestConsumerApplyManyBatchSize(t *testing.T) {
+	rec := &batchRecorder{recorder: newRecorder(newTestHistories(t, HistoryConfig{}))}
+	c, err := NewConsumer(ConsumerConfig{Brokers: []string{"127.0.0.1:1"}, Topic: "t", GroupID: "g", BatchSize: 3}, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ts := time.Now().UTC().Format(time.RFC3339Nano)
+	var data [][]byte
+	for i := range 10 {
+		data = append(data, []byte(`{"user_id":"u`+strconv.Itoa(i)+`","page":"/page/1","ts":"`+ts+`"}`))
+	}
+	errs := make([]error, len(data))
+	if n := c.ApplyMany(context.Background(), data, errs); n != len(data) || errors.Join(errs...) != nil {
+		t.Fatalf("ApplyMany = %d, %v", n, errs)
+	}
+	if rec.largest.Load() != 3 || rec.runs.Load() != 4 || rec.total.Load() != 10 {
+		t.Fatalf("largest run %d, %d runs, %d applied; want 3, 4, 10", rec.largest.Load(), rec.runs.Load(), rec.total.Load())
+	}
+}

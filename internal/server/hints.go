@@ -175,7 +175,8 @@ const maxIngestRun = 64
 // to a BatchIngester (up to maxIngestRun; never waiting for more). Rejected
 // events are counted by reason and skipped, duplicates counted; an engine
 // failure other than a rejection ends the stream with its status (events
-// before it were applied).
+// before it were applied; events of the same run after it may or may not
+// have been).
 func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickEvent, prefetchv1.IngestSummary]) error {
 	s := h.s
 	if s.deps.Ingester == nil {

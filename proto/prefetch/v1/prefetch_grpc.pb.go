@@ -47,7 +47,10 @@ type HintServiceClient interface {
 	WatchHints(ctx context.Context, in *WatchHintsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HintUpdate], error)
 	// Ingest takes a stream of click events down the same path as the Kafka
 	// consumer and answers with a summary when the caller closes its side.
-	// Events that fail validation are counted and skipped, never fatal.
+	// Events that fail validation are counted and skipped, never fatal. An
+	// engine failure ends the stream with its status: the events before the
+	// failing one were applied, later ones received with it may or may not
+	// have been, and a resend of one that was is applied again.
 	Ingest(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ClickEvent, IngestSummary], error)
 	// Ping does nothing and answers at once. It is the baseline for latency
 	// measurements and a cheap liveness probe through the full interceptor chain.
@@ -132,7 +135,10 @@ type HintServiceServer interface {
 	WatchHints(*WatchHintsRequest, grpc.ServerStreamingServer[HintUpdate]) error
 	// Ingest takes a stream of click events down the same path as the Kafka
 	// consumer and answers with a summary when the caller closes its side.
-	// Events that fail validation are counted and skipped, never fatal.
+	// Events that fail validation are counted and skipped, never fatal. An
+	// engine failure ends the stream with its status: the events before the
+	// failing one were applied, later ones received with it may or may not
+	// have been, and a resend of one that was is applied again.
 	Ingest(grpc.ClientStreamingServer[ClickEvent, IngestSummary]) error
 	// Ping does nothing and answers at once. It is the baseline for latency
 	// measurements and a cheap liveness probe through the full interceptor chain.
