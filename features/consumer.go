@@ -549,30 +549,50 @@ func (q *workQueue) take(ctx context.Context, buf []job) []job {
 // them done in the tracker (one lock for all of them).
 const doneFlush = 64
 
+// finished collects a worker's finished messages and applied events and
+// reports them together: one tracker lock for up to doneFlush messages, and
+// one shared counter update per flush, not per event (workers on other
+// cores would fight over its cache line).
+type finished struct {
+	c       *Consumer
+	done    []partSeq
+	applied int
+}
+
+func (c *Consumer) newFinished() *finished {
+	return &finished{c: c, done: make([]partSeq, 0, doneFlush)}
+}
+
+// mark records j as done (committable), flushing when full.
+func (f *finished) mark(j *job) {
+	f.done = append(f.done, partSeq{partition: j.msg.Partition, seq: j.seq})
+	if len(f.done) == cap(f.done) {
+		f.flush()
+	}
+}
+
+func (f *finished) flush() {
+	if len(f.done) > 0 && f.c.track.doneMany(f.done) >= f.c.cfg.CommitBatch {
+		f.c.kickCommit()
+	}
+	f.done = f.done[:0]
+	if f.applied > 0 {
+		f.c.m.events.Add(float64(f.applied))
+		f.applied = 0
+	}
+}
+
 func (c *Consumer) work(ctx context.Context, q *workQueue) {
 	if bh, ok := c.handler.(BatchHandler); ok && c.cfg.BatchSize > 1 {
 		c.workBatches(ctx, q, bh)
 		return
 	}
 	buf := make([]job, 0, q.limit)
-	done := make([]partSeq, 0, doneFlush)
-	applied := 0
-	flush := func() {
-		if len(done) > 0 && c.track.doneMany(done) >= c.cfg.CommitBatch {
-			c.kickCommit()
-		}
-		done = done[:0]
-		if applied > 0 {
-			// One shared counter update per flush, not per event: workers on
-			// other cores would fight over its cache line.
-			c.m.events.Add(float64(applied))
-			applied = 0
-		}
-	}
-	defer flush()
+	fin := c.newFinished()
+	defer fin.flush()
 	stop := ctx.Done()
 	for {
-		flush()
+		fin.flush()
 		jobs := q.take(ctx, buf)
 		if jobs == nil {
 			return
@@ -585,11 +605,8 @@ func (c *Consumer) work(ctx context.Context, q *workQueue) {
 			default:
 			}
 			j := &jobs[i]
-			if c.process(ctx, &j.msg, j.seq, &applied) {
-				done = append(done, partSeq{partition: j.msg.Partition, seq: j.seq})
-				if len(done) == cap(done) {
-					flush()
-				}
+			if c.process(ctx, &j.msg, j.seq, &fin.applied) {
+				fin.mark(j)
 			}
 		}
 		clear(jobs) // drop the messages for the garbage collector
@@ -604,33 +621,17 @@ func (c *Consumer) work(ctx context.Context, q *workQueue) {
 // one user's events are still applied in order.
 func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandler) {
 	buf := make([]job, 0, q.limit)
-	done := make([]partSeq, 0, doneFlush)
-	applied := 0
+	fin := c.newFinished()
 	size := c.cfg.BatchSize
 	evs := make([]Event, 0, size)
 	metas := make([]Meta, 0, size)
 	errs := make([]error, size)
 	idx := make([]int, 0, size) // job index of each event
-	flush := func() {
-		if len(done) > 0 && c.track.doneMany(done) >= c.cfg.CommitBatch {
-			c.kickCommit()
-		}
-		done = done[:0]
-		if applied > 0 {
-			c.m.events.Add(float64(applied))
-			applied = 0
-		}
-	}
-	markDone := func(j *job) {
-		done = append(done, partSeq{partition: j.msg.Partition, seq: j.seq})
-		if len(done) == cap(done) {
-			flush()
-		}
-	}
-	defer flush()
+	markDone := fin.mark
+	defer fin.flush()
 	stop := ctx.Done()
 	for {
-		flush()
+		fin.flush()
 		jobs := q.take(ctx, buf)
 		if jobs == nil {
 			return
@@ -670,7 +671,7 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 			for j, k := range idx[:n] {
 				switch err := errs[j]; {
 				case err == nil:
-					applied++
+					fin.applied++
 				case errors.Is(err, ErrDuplicate):
 					c.m.duplicates.Inc()
 				case errors.Is(err, ErrRejected):
@@ -698,11 +699,11 @@ func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandle
 			// evs[n] failed: finish it alone; the events after it (already
 			// decoded) start the next run.
 			j := &jobs[idx[n]]
-			finished, kept := c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], errs[n], &applied)
+			ok, kept := c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], errs[n], &fin.applied)
 			if !kept {
 				c.ids.release(evs[n].UserID, evs[n].EventID)
 			}
-			if finished {
+			if ok {
 				markDone(j)
 			} else if ctx.Err() != nil {
 				return

@@ -304,10 +304,11 @@ func (f failingSave) Save(ctx context.Context, user string, rec *features.Record
 	return f.Histories.Save(ctx, user, rec)
 }
 
-// TestHandleEventsSaveFailure: a wave where one user's state cannot be
-// saved reports that click, finishes the other users' clicks (scored,
-// saved, prefetched), and those come back as duplicates when handed again.
-func TestHandleEventsSaveFailure(t *testing.T) {
+// saveFailingEngine is an engine on the PyTorch GRU fixture whose store
+// (in-memory histories, returned) fails every Save for user, and whose
+// warmer records every request.
+func saveFailingEngine(t *testing.T, user string) (*Engine, *features.Histories, *allWarmer, *model.Bundle) {
+	t.Helper()
 	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
 	if err != nil {
 		t.Fatalf("load bundle: %v", err)
@@ -318,10 +319,18 @@ func TestHandleEventsSaveFailure(t *testing.T) {
 	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
 	w := &allWarmer{}
 	src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
-	e, err := New(Config{}, Deps{Models: src, Histories: failingSave{hist, "b"}, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
+	e, err := New(Config{}, Deps{Models: src, Histories: failingSave{hist, user}, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e, hist, w, bundle
+}
+
+// TestHandleEventsSaveFailure: a wave where one user's state cannot be
+// saved reports that click, finishes the other users' clicks (scored,
+// saved, prefetched), and those come back as duplicates when handed again.
+func TestHandleEventsSaveFailure(t *testing.T) {
+	e, hist, w, bundle := saveFailingEngine(t, "b")
 	ctx := context.Background()
 	v := bundle.Vocab()
 	at := time.Now().Add(-time.Minute)
@@ -362,20 +371,7 @@ func TestHandleEventsSaveFailure(t *testing.T) {
 // is settled first, even one in a later wave, and the user's clicks keep
 // their order.
 func TestHandleEventsWavesAcrossUsers(t *testing.T) {
-	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
-	if err != nil {
-		t.Fatalf("load bundle: %v", err)
-	}
-	hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
-	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
-	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
-	w := &allWarmer{}
-	src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
-	e, err := New(Config{}, Deps{Models: src, Histories: failingSave{hist, "b"}, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, hist, _, bundle := saveFailingEngine(t, "b")
 	ctx := context.Background()
 	v := bundle.Vocab()
 	at := time.Now().Add(-time.Minute)
