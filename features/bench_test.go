@@ -255,15 +255,8 @@ func (h *historyHandler) HandleEvents(ctx context.Context, evs []Event, metas []
 	defer h.waves.Put(w)
 	// Wave k holds every user's k-th click of the run (as the engine cuts
 	// them); after a failure only clicks before it are still applied.
-	clear(w.seen)
-	w.layer = w.layer[:0]
-	waves := 0
-	for _, ev := range evs {
-		k := w.seen[ev.UserID]
-		w.seen[ev.UserID] = k + 1
-		w.layer = append(w.layer, k)
-		waves = max(waves, k+1)
-	}
+	var waves int
+	w.layer, waves = Waves(evs, w.seen, w.layer)
 	failAt := len(evs)
 	for k := range waves {
 		w.rows, w.ids, w.states = w.rows[:0], w.ids[:0], w.states[:0]

@@ -1144,3 +1144,21 @@ func newIngestMetrics(reg prometheus.Registerer, lag func() int64) (*ingestMetri
 	}
 	return m, nil
 }
+
+// Waves cuts a run of events into waves of distinct users, as a
+// BatchHandler may: wave k holds every user's k-th event of the run, so the
+// events of one wave can be applied together and a user's events keep their
+// order when the waves go one after the other. It appends each event's wave
+// to dst[:0] and returns it with the number of waves; seen is scratch
+// (cleared here).
+func Waves(evs []Event, seen map[string]int, dst []int) (wave []int, waves int) {
+	clear(seen)
+	dst = dst[:0]
+	for _, ev := range evs {
+		k := seen[ev.UserID]
+		seen[ev.UserID] = k + 1
+		dst = append(dst, k)
+		waves = max(waves, k+1)
+	}
+	return dst, waves
+}

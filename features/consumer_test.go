@@ -826,3 +826,15 @@ func TestConsumerApplyManyBatchSize(t *testing.T) {
 		t.Fatalf("largest run %d, %d runs, %d applied; want 3, 4, 10", rec.largest.Load(), rec.runs.Load(), rec.total.Load())
 	}
 }
+
+func TestWaves(t *testing.T) {
+	evs := []Event{{UserID: "a"}, {UserID: "a"}, {UserID: "b"}, {UserID: "a"}, {UserID: "c"}, {UserID: "b"}}
+	seen := map[string]int{"stale": 3}
+	wave, n := Waves(evs, seen, []int{9, 9})
+	if !slices.Equal(wave, []int{0, 1, 0, 2, 0, 1}) || n != 3 {
+		t.Fatalf("Waves = %v, %d; want [0 1 0 2 0 1], 3", wave, n)
+	}
+	if wave, n := Waves(nil, seen, wave); len(wave) != 0 || n != 0 {
+		t.Fatalf("Waves of nothing = %v, %d", wave, n)
+	}
+}

@@ -380,15 +380,8 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	// Wave k holds every user's k-th click of the run, in run order: each
 	// wave has distinct users, and a user's clicks go in order, one wave
 	// after the other.
-	clear(w.seen)
-	w.layer = w.layer[:0]
-	waves := 0
-	for _, ev := range evs {
-		k := w.seen[ev.UserID]
-		w.seen[ev.UserID] = k + 1
-		w.layer = append(w.layer, k)
-		waves = max(waves, k+1)
-	}
+	var waves int
+	w.layer, waves = features.Waves(evs, w.seen, w.layer)
 	failAt := len(evs)
 	for k := range waves {
 		// The wave's clicks; after a failure only those before it, which
