@@ -500,16 +500,26 @@ func BenchmarkConsumerProcess(b *testing.B) {
 		msgs[i] = fetched{Key: []byte(user), Value: v, Offset: int64(i)}
 	}
 	ctx := context.Background()
+	fin := c.newFinished()
+	var rn runner
+	rows := make([]row, 1)
+	jobs := make([]job, 1)
 	b.ReportAllocs()
-	i, applied := 0, 0
+	i := 0
 	for b.Loop() {
 		m := msgs[i%n]
 		m.Offset = int64(i)
-		seq, _ := c.track.add(0, m.Offset, m.Offset+1)
-		if !c.process(ctx, &m, seq, &applied) {
-			b.Fatal("not done")
+		a := c.track.add(0, m.Offset, m.Offset+1)
+		jobs[0] = job{msg: m, seq: a.seq}
+		ev, err := c.dec.decode(m.Value, ts.Add(time.Hour), true)
+		if err != nil {
+			b.Fatal(err)
 		}
-		c.markDone(0, seq)
+		rows[0] = row{ev: ev, meta: c.metaOf(&jobs[0].msg)}
+		if !c.settle(ctx, 0, &rn, rows, jobs, fin) {
+			b.Fatal("not settled")
+		}
 		i++
 	}
+	fin.flush()
 }

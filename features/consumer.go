@@ -1,6 +1,7 @@
 package features
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,8 +31,12 @@ const (
 	DefaultSessionTimeout    = 10 * time.Second
 	DefaultHeartbeatInterval = time.Second
 	DefaultRebalanceTimeout  = 10 * time.Second
-	DefaultHandlerRetries    = 3
 	DefaultHandlerBackoff    = 100 * time.Millisecond
+	DefaultMaxBackoff        = 5 * time.Second
+	DefaultLagInterval       = 5 * time.Second
+	// DefaultDeadLetterMaxBytes keeps a dead letter, headers included,
+	// under Kafka's default message.max.bytes (1 MiB and a little).
+	DefaultDeadLetterMaxBytes = 1_000_000
 	// MinSessionTimeout is the smallest session timeout brokers accept by
 	// default (group.min.session.timeout.ms); below it kafka-go retries
 	// joining forever.
@@ -85,12 +90,27 @@ type ConsumerConfig struct {
 	// DeadLetterTopic, when set, receives rejected messages unchanged with
 	// headers reason, detail, source_topic, source_partition, source_offset.
 	DeadLetterTopic string
-	// HandlerRetries is how many times a failing handler is retried (with
-	// doubling backoff from HandlerBackoff) before the event is counted and
-	// skipped. Default 3; negative means no retry.
-	HandlerRetries int
-	// HandlerBackoff is the first retry delay. Default 100 ms.
+	// HandlerBackoff is the first delay before retrying an event whose
+	// handler failed with a transient error, or a dead letter that could not
+	// be written; it doubles up to MaxBackoff. Nothing is ever skipped: the
+	// worker (and, once its queue is full, the fetch loop) waits, and
+	// Ready reports why. Default 100 ms.
 	HandlerBackoff time.Duration
+	// MaxBackoff caps the retry delay. Default 5 s.
+	MaxBackoff time.Duration
+	// LagInterval is how often the group's committed offsets and the
+	// partitions' high-water marks are read from the brokers for
+	// prefetchd_ingest_lag_messages and Lag. Default 5 s.
+	LagInterval time.Duration
+	// DeadLetterMaxBytes bounds a dead letter's value and headers: a longer
+	// value is cut, with header original_size giving its length; a letter
+	// the broker still refuses as too large is cut further. Default
+	// 1,000,000.
+	DeadLetterMaxBytes int
+	// Marks keeps each partition's generation and committed offset beside
+	// the histories (RedisMarks with the Redis history store). Default an
+	// in-process MemoryMarks, right for in-process histories.
+	Marks Marks
 	// EventIDCache is how many recent (user_id, event_id) pairs the consumer
 	// remembers: an event whose pair was applied recently is dropped as a
 	// duplicate even under a new Kafka position or from Apply (a producer's
@@ -113,12 +133,16 @@ func (c ConsumerConfig) Validate() error {
 		return errors.New("consumer: no topic")
 	case c.GroupID == "":
 		return errors.New("consumer: no group id")
-	case c.Workers < 0 || c.WorkerQueue < 0 || c.BatchSize < 0 || c.CommitBatch < 0 || c.MinBytes < 0 || c.MaxBytes < 0 || c.QueueCapacity < 0:
+	case c.Workers < 0 || c.WorkerQueue < 0 || c.BatchSize < 0 || c.CommitBatch < 0 || c.MinBytes < 0 || c.MaxBytes < 0 || c.QueueCapacity < 0 || c.DeadLetterMaxBytes < 0:
 		return errors.New("consumer: negative count or size")
-	case c.CommitInterval < 0 || c.MaxWait < 0 || c.HeartbeatInterval < 0 || c.RebalanceTimeout < 0 || c.HandlerBackoff < 0:
+	case c.CommitInterval < 0 || c.MaxWait < 0 || c.HeartbeatInterval < 0 || c.RebalanceTimeout < 0 || c.HandlerBackoff < 0 || c.MaxBackoff < 0 || c.LagInterval < 0:
 		return errors.New("consumer: negative duration")
 	case c.SessionTimeout != 0 && c.SessionTimeout < MinSessionTimeout:
-		return fmt.Errorf("consumer: session timeout %s below %s", c.SessionTimeout, MinSessionTimeout)
+		return fmt.Errorf("consumer: session timeout %s below the brokers' default minimum %s", c.SessionTimeout, MinSessionTimeout)
+	case c.HeartbeatInterval != 0 && c.HeartbeatInterval >= cmp.Or(c.SessionTimeout, DefaultSessionTimeout):
+		return fmt.Errorf("consumer: heartbeat interval %s not below the session timeout", c.HeartbeatInterval)
+	case c.DeadLetterMaxBytes != 0 && c.DeadLetterMaxBytes < 1024:
+		return fmt.Errorf("consumer: dead-letter limit %d below 1024 bytes", c.DeadLetterMaxBytes)
 	case c.StartOffset != 0 && c.StartOffset != kafka.FirstOffset && c.StartOffset != kafka.LastOffset:
 		return fmt.Errorf("consumer: start offset %d is neither kafka.FirstOffset nor kafka.LastOffset", c.StartOffset)
 	case c.DeadLetterTopic != "" && c.DeadLetterTopic == c.Topic:
@@ -154,18 +178,20 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	def(&c.MinBytes, DefaultMinBytes)
 	def(&c.MaxBytes, DefaultMaxBytes)
 	def(&c.QueueCapacity, DefaultQueueCapacity)
-	def(&c.HandlerRetries, DefaultHandlerRetries)
+	def(&c.DeadLetterMaxBytes, DefaultDeadLetterMaxBytes)
 	defD(&c.CommitInterval, DefaultCommitInterval)
 	defD(&c.MaxWait, DefaultMaxWait)
 	defD(&c.SessionTimeout, DefaultSessionTimeout)
 	defD(&c.HeartbeatInterval, DefaultHeartbeatInterval)
 	defD(&c.RebalanceTimeout, DefaultRebalanceTimeout)
 	defD(&c.HandlerBackoff, DefaultHandlerBackoff)
+	defD(&c.MaxBackoff, DefaultMaxBackoff)
+	defD(&c.LagInterval, DefaultLagInterval)
 	if c.StartOffset == 0 {
 		c.StartOffset = kafka.FirstOffset
 	}
-	if c.HandlerRetries < 0 {
-		c.HandlerRetries = 0
+	if c.Marks == nil {
+		c.Marks = NewMemoryMarks()
 	}
 	return c
 }
@@ -178,6 +204,9 @@ type Meta struct {
 	Offset    int64
 	// Time is the broker timestamp of the message (zero for Apply).
 	Time time.Time
+	// Gen is the partition's generation (PartitionMark.Gen): a click is a
+	// redelivery of another only within one generation.
+	Gen uint32
 }
 
 // Handler applies a decoded event (the engine: history, model, prefetch).
@@ -186,9 +215,12 @@ type Meta struct {
 type Handler interface {
 	// HandleEvent applies ev. An error wrapping ErrDuplicate counts the event
 	// as a duplicate and an error wrapping ErrRejected (for example a
-	// *RejectError) as rejected; neither is retried. Other errors are retried
-	// (ConsumerConfig.HandlerRetries) and then counted and skipped. ctx ends
-	// when the consumer stops; an event interrupted so is not committed.
+	// *RejectError, for an event that can never be applied) as rejected: it
+	// is dead-lettered. Neither is retried. Any other error is transient
+	// (a store down, a timeout, no model yet): the event is retried with
+	// backoff until it succeeds or ctx ends, never skipped, so the handler
+	// must be idempotent. ctx ends when the consumer stops; an event
+	// interrupted so is not committed.
 	HandleEvent(ctx context.Context, ev Event, msg Meta) error
 }
 
@@ -221,16 +253,20 @@ func (f HandlerFunc) HandleEvent(ctx context.Context, ev Event, msg Meta) error 
 }
 
 // Consumer reads the clickstream with a kafka-go consumer group and applies
-// each valid event through a Handler, at least once:
+// each valid event through a handler, at least once:
 //
 //   - FetchMessage, then the message goes to a worker chosen by a hash of its
 //     key (the user id; the partition when the key is empty), so one user's
 //     events are handled in order while partitions and users run in parallel;
-//   - a worker decodes and validates the event; a rejected message is counted
-//     by reason, optionally copied to the dead-letter topic, and done;
-//   - the worker hands the events it has, in order, to the handler: in runs
-//     of up to BatchSize when the handler is a BatchHandler, else one by one;
-//   - a handler error is retried with backoff, then counted and skipped;
+//   - a worker decodes and validates the events it has and hands the valid
+//     ones to the handler in runs of up to BatchSize (a plain Handler, or
+//     BatchSize 1, gets runs of one: there is one path);
+//   - a rejected message (malformed, invalid, or refused by the handler as
+//     one that can never be applied) is counted by reason and is done once
+//     its dead letter is written (when a dead-letter topic is set);
+//   - a transient failure (the handler's, or the dead-letter topic's) is
+//     retried with backoff until it succeeds: the worker waits, its queue
+//     fills, the fetch loop waits, memory stays bounded; Ready says why;
 //   - commits run every CommitInterval or CommitBatch messages and cover, per
 //     partition, only offsets whose message and all earlier ones are done; a
 //     crash or rebalance redelivers at most the uncommitted tail;
@@ -238,24 +274,29 @@ func (f HandlerFunc) HandleEvent(ctx context.Context, ev Event, msg Meta) error 
 //     committed offset after every rebalance) are dropped by a per-partition
 //     watermark, the highest offset already fetched; redeliveries across
 //     restarts or consumers are dropped by the Store, which keeps the
-//     position of the last click applied per user (ErrDuplicate);
+//     position (generation, partition, offset) of the last click applied per
+//     user (ErrDuplicate);
+//   - offsets that go backwards (a topic recreated, a partition truncated,
+//     a group reset) are detected against the partition's committed offset
+//     and watermark, which Marks keeps beside the histories: the partition
+//     starts a new generation and its events are applied as new;
 //   - an event sent twice under different positions (a producer's retry) is
 //     dropped when it carries an event_id applied recently (EventIDCache).
 type Consumer struct {
 	cfg     ConsumerConfig
-	handler Handler
+	handler BatchHandler
 	log     *slog.Logger
 	dec     *Decoder
 	m       *ingestMetrics
 	reader  *kafka.Reader
-	dlq     *kafka.Writer
+	dlq     *deadLetters // nil without a dead-letter topic
 	track   *tracker
 	ids     *recentIDs // nil when EventIDCache is off
-
-	dlqTransport *kafka.Transport
+	lag     *lagWatch
+	stalls  *stalls
+	assign  *assignments
 
 	commitNow chan struct{}
-	dlqQueue  chan deadLetter
 
 	// clock is the wall clock of the skew check in Unix ns, refreshed every
 	// clockTick while Run runs: one atomic load per event instead of a
@@ -270,14 +311,14 @@ type Consumer struct {
 	closed  bool
 }
 
-// fetched is what the workers need of a fetched message: 88 bytes instead
-// of kafka.Message's 152, which the worker queues (a thousand messages each)
-// copy and hold.
+// fetched is what the workers need of a fetched message: a smaller copy of
+// kafka.Message, which the worker queues (a thousand messages each) hold.
 type fetched struct {
 	Key, Value []byte
 	Time       time.Time
 	Offset     int64
 	Partition  int
+	Gen        uint32
 }
 
 type job struct {
@@ -285,12 +326,23 @@ type job struct {
 	seq int64
 }
 
-type deadLetter struct {
-	msg    fetched
-	seq    int64
-	reason string
-	detail string
+// oneByOne adapts a plain Handler to BatchHandler: events one by one,
+// stopping at the first that fails with a non-final error.
+type oneByOne struct{ Handler }
+
+func (h oneByOne) HandleEvents(ctx context.Context, evs []Event, metas []Meta, errs []error) int {
+	for i := range evs {
+		errs[i] = h.HandleEvent(ctx, evs[i], metas[i])
+		if errs[i] != nil && !final(errs[i]) {
+			return i
+		}
+	}
+	return len(evs)
 }
+
+// final reports whether a handler error settles its event: a duplicate or
+// a rejection.
+func final(err error) bool { return errors.Is(err, ErrDuplicate) || errors.Is(err, ErrRejected) }
 
 // NewConsumer validates cfg and prepares a consumer; it does not contact the
 // brokers until Run. logger and reg may be nil. Metrics are
@@ -310,20 +362,27 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 	if err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
+	bh, ok := handler.(BatchHandler)
+	if !ok {
+		bh = oneByOne{handler}
+	}
 	c := &Consumer{
 		cfg:       cfg,
-		handler:   handler,
+		handler:   bh,
 		log:       logger,
 		dec:       dec,
 		track:     newTracker(),
 		ids:       newRecentIDs(cfg.EventIDCache),
+		stalls:    newStalls(cfg.Workers + 2), // workers, the fetch loop, the dead-letter writer
 		commitNow: make(chan struct{}, 1),
 	}
 	c.clock.Store(time.Now().UnixNano())
-	c.m, err = newIngestMetrics(reg, c.track.lag)
+	c.lag = newLagWatch(cfg, logger)
+	c.m, err = newIngestMetrics(reg, cfg.Topic, c.lag.total, c.stalls.count)
 	if err != nil {
 		return nil, err
 	}
+	c.assign = newAssignments(cfg.Topic, logger, c.m.rebalances)
 	c.reader = kafka.NewReader(kafka.ReaderConfig{
 		Brokers:           cfg.Brokers,
 		GroupID:           cfg.GroupID,
@@ -339,29 +398,13 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 		JoinGroupBackoff:  500 * time.Millisecond,
 		StartOffset:       cfg.StartOffset,
 		CommitInterval:    0, // synchronous: we batch commits ourselves
+		Logger:            kafka.LoggerFunc(c.assign.observe),
 		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
 			logger.Debug("kafka reader", "detail", fmt.Sprintf(format, args...))
 		}),
 	})
 	if cfg.DeadLetterTopic != "" {
-		// An own transport (not kafka-go's process-wide default) so that Close
-		// can release its connections.
-		c.dlqTransport = &kafka.Transport{}
-		if cfg.Dialer != nil {
-			c.dlqTransport = &kafka.Transport{Dial: cfg.Dialer.DialFunc, TLS: cfg.Dialer.TLS, SASL: cfg.Dialer.SASLMechanism}
-		}
-		c.dlq = &kafka.Writer{
-			Addr:                   kafka.TCP(cfg.Brokers...),
-			Topic:                  cfg.DeadLetterTopic,
-			Balancer:               &kafka.Hash{},
-			BatchTimeout:           5 * time.Millisecond,
-			RequiredAcks:           kafka.RequireAll,
-			AllowAutoTopicCreation: true,
-			MaxAttempts:            3,
-			WriteTimeout:           5 * time.Second,
-			Transport:              c.dlqTransport,
-		}
-		c.dlqQueue = make(chan deadLetter, 1024)
+		c.dlq = newDeadLetters(cfg, logger, c.m, c.stalls, cfg.Workers+1)
 	}
 	return c, nil
 }
@@ -393,13 +436,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	queues := make([]*workQueue, c.cfg.Workers)
 	for i := range queues {
 		queues[i] = newWorkQueue(c.cfg.WorkerQueue)
-		wg.Go(func() { c.work(ctx, queues[i]) })
+		wg.Go(func() { c.work(ctx, i, queues[i]) })
 	}
 	var side sync.WaitGroup
 	side.Go(func() { c.commitLoop(ctx) })
 	side.Go(func() { c.clockLoop(ctx) })
+	side.Go(func() { c.lag.run(ctx, c.m) })
 	if c.dlq != nil {
-		side.Go(func() { c.deadLetterLoop(ctx) })
+		side.Go(func() { c.dlq.run(ctx, c.markDone) })
 	}
 
 	err := c.fetchLoop(ctx, queues)
@@ -414,6 +458,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	return err
 }
+
+// Ready reports nil while ingestion flows, or why it is paused: a worker
+// retrying an event after a transient failure (the store down), or dead
+// letters that cannot be written. It is true of now: the reason goes away
+// as soon as the retry succeeds.
+func (c *Consumer) Ready() error { return c.stalls.err() }
 
 // clockTick is how often Run refreshes the clock of the skew check.
 const clockTick = 10 * time.Millisecond
@@ -432,7 +482,7 @@ func (c *Consumer) clockLoop(ctx context.Context) {
 }
 
 func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
-	backoff := 100 * time.Millisecond
+	backoff := c.cfg.HandlerBackoff
 	for {
 		msg, err := c.reader.FetchMessage(ctx)
 		if err != nil {
@@ -447,20 +497,96 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 			if !sleepCtx(ctx, backoff) {
 				return nil
 			}
-			backoff = min(2*backoff, 5*time.Second)
+			backoff = min(2*backoff, c.cfg.MaxBackoff)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		backoff = c.cfg.HandlerBackoff
 		c.m.messages.Inc()
-		seq, dup := c.track.add(msg.Partition, msg.Offset, msg.HighWaterMark)
-		if dup {
+		if !c.track.known(msg.Partition) && !c.loadMark(ctx, msg.Partition) {
+			return nil
+		}
+		a := c.track.add(msg.Partition, msg.Offset, msg.HighWaterMark)
+		if a.reset && !c.offsetsReset(ctx, msg.Partition, msg.Offset, a) {
+			return nil
+		}
+		if a.dup {
 			c.m.duplicates.Inc()
 			continue
 		}
 		q := queues[workerOf(msg.Key, msg.Partition, len(queues))]
-		if !q.push(ctx, job{msg: fetched{Key: msg.Key, Value: msg.Value, Time: msg.Time, Offset: msg.Offset, Partition: msg.Partition}, seq: seq}) {
+		if !q.push(ctx, job{msg: fetched{Key: msg.Key, Value: msg.Value, Time: msg.Time, Offset: msg.Offset, Partition: msg.Partition, Gen: a.gen}, seq: a.seq}) {
 			return nil
 		}
+	}
+}
+
+// loadMark reads a partition's mark the first time this consumer sees the
+// partition, retrying until it succeeds; false when ctx ended first.
+func (c *Consumer) loadMark(ctx context.Context, partition int) bool {
+	return c.retry(ctx, c.cfg.Workers, func() error {
+		mk, err := c.cfg.Marks.LoadMark(ctx, partition)
+		if err != nil {
+			return fmt.Errorf("load mark of partition %d: %w", partition, err)
+		}
+		c.track.init(partition, mk)
+		return nil
+	})
+}
+
+// offsetsReset reports a partition whose offsets went backwards and stores
+// its new generation before any of its events is applied; false when ctx
+// ended first.
+func (c *Consumer) offsetsReset(ctx context.Context, partition int, offset int64, a added) bool {
+	c.m.offsetResets.WithLabelValues(c.cfg.Topic, strconv.Itoa(partition)).Inc()
+	c.log.Warn("partition offsets went backwards: new generation, events applied as new",
+		"topic", c.cfg.Topic, "partition", partition, "offset", offset,
+		"committed", a.from, "watermark", a.to, "generation", a.gen)
+	return c.retry(ctx, c.cfg.Workers, func() error { return c.saveMarks(ctx, true) })
+}
+
+// saveMarks stores the partitions' marks (only those whose generation is not
+// stored yet when onlyUnsaved).
+func (c *Consumer) saveMarks(ctx context.Context, onlyUnsaved bool) error {
+	marks := c.track.marks(make(map[int]PartitionMark), onlyUnsaved)
+	if len(marks) == 0 {
+		return nil
+	}
+	if err := c.cfg.Marks.SaveMarks(ctx, marks); err != nil {
+		return err
+	}
+	c.track.marksSaved(marks)
+	return nil
+}
+
+// retry calls f until it succeeds, waiting with doubling backoff between
+// attempts and reporting the failure in Ready under slot; false when ctx
+// ended first.
+func (c *Consumer) retry(ctx context.Context, slot int, f func() error) bool {
+	backoff := c.cfg.HandlerBackoff
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil {
+			if attempt > 1 {
+				c.stalls.clear(slot)
+				c.log.Info("ingest resumed", "attempts", attempt)
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		c.m.handlerErrors.Inc()
+		c.stalls.set(slot, err)
+		// Log the first failures and then about every minute, not every
+		// attempt.
+		if attempt <= 3 || attempt%max(1, int(time.Minute/c.cfg.MaxBackoff)) == 0 {
+			c.log.Warn("ingest paused: retrying", "err", err, "attempt", attempt, "backoff", backoff)
+		}
+		if !sleepCtx(ctx, backoff) {
+			return false
+		}
+		c.m.handlerRetries.Inc()
+		backoff = min(2*backoff, c.cfg.MaxBackoff)
 	}
 }
 
@@ -549,14 +675,11 @@ func (q *workQueue) take(ctx context.Context, buf []job) []job {
 // them done in the tracker (one lock for all of them).
 const doneFlush = 64
 
-// finished collects a worker's finished messages and applied events and
-// reports them together: one tracker lock for up to doneFlush messages, and
-// one shared counter update per flush, not per event (workers on other
-// cores would fight over its cache line).
+// finished collects a worker's finished messages and reports them
+// together: one tracker lock for up to doneFlush messages.
 type finished struct {
-	c       *Consumer
-	done    []partSeq
-	applied int
+	c    *Consumer
+	done []partSeq
 }
 
 func (c *Consumer) newFinished() *finished {
@@ -576,147 +699,182 @@ func (f *finished) flush() {
 		f.c.kickCommit()
 	}
 	f.done = f.done[:0]
-	if f.applied > 0 {
-		f.c.m.events.Add(float64(f.applied))
-		f.applied = 0
-	}
 }
 
-func (c *Consumer) work(ctx context.Context, q *workQueue) {
-	if bh, ok := c.handler.(BatchHandler); ok && c.cfg.BatchSize > 1 {
-		c.workBatches(ctx, q, bh)
-		return
+// row is one event of a run handed to the handler, and its outcome.
+type row struct {
+	ev   Event
+	meta Meta
+	job  int   // index of its job (Kafka) or of its raw event (Apply)
+	err  error // outcome: nil (applied), a duplicate, a rejection or a failure
+}
+
+// runner holds the scratch slices of the handler's batch interface.
+type runner struct {
+	evs   []Event
+	metas []Meta
+	errs  []error
+}
+
+// apply hands rows to the handler and settles their bookkeeping (metrics
+// and event ids), the one place that does so for Kafka and Apply alike. It
+// fills each row's err and returns the index of the first row that failed
+// with a transient error (its err set; rows after it are not settled and
+// their event ids are released), or len(rows).
+func (c *Consumer) apply(ctx context.Context, rn *runner, rows []row) int {
+	rn.evs, rn.metas, rn.errs = rn.evs[:0], rn.metas[:0], rn.errs[:0]
+	for i := range rows {
+		rn.evs = append(rn.evs, rows[i].ev)
+		rn.metas = append(rn.metas, rows[i].meta)
+		rn.errs = append(rn.errs, nil)
 	}
+	n := min(max(c.handler.HandleEvents(ctx, rn.evs, rn.metas, rn.errs), 0), len(rows))
+	applied := 0
+	for i := range rows {
+		r := &rows[i]
+		switch err := rn.errs[i]; {
+		case i > n:
+			r.err = nil
+			c.ids.release(r.ev.UserID, r.ev.EventID)
+		case i == n:
+			// The first transient failure: retried by the caller.
+			if err == nil || final(err) {
+				err = fmt.Errorf("event of %s: handler stopped without a transient error (%v)", r.ev.UserID, err)
+			}
+			r.err = err
+			c.ids.release(r.ev.UserID, r.ev.EventID)
+		case err == nil:
+			r.err = nil
+			applied++
+		case errors.Is(err, ErrDuplicate):
+			r.err = err
+			c.m.duplicates.Inc()
+		case errors.Is(err, ErrRejected):
+			r.err = err
+			c.m.rejected(asReject(err).Reason).Inc()
+			c.ids.release(r.ev.UserID, r.ev.EventID)
+		default:
+			// A transient error before n breaks the contract; stop there
+			// rather than settle it (the rows after it are handed again).
+			r.err = err
+			c.ids.release(r.ev.UserID, r.ev.EventID)
+			for k := i + 1; k < len(rows); k++ {
+				c.ids.release(rows[k].ev.UserID, rows[k].ev.EventID)
+			}
+			n = i
+			c.m.events.Add(float64(applied))
+			return n
+		}
+	}
+	c.m.events.Add(float64(applied))
+	return n
+}
+
+// work is a worker: it decodes its queued messages and hands the valid
+// events to the handler in runs of up to BatchSize. A run that stops at a
+// transient failure has that event retried alone until it settles, then
+// the events after it start the next run, so one user's events are applied
+// in order and none is skipped.
+func (c *Consumer) work(ctx context.Context, slot int, q *workQueue) {
 	buf := make([]job, 0, q.limit)
 	fin := c.newFinished()
 	defer fin.flush()
-	stop := ctx.Done()
-	for {
-		fin.flush()
-		jobs := q.take(ctx, buf)
-		if jobs == nil {
-			return
-		}
-		for i := range jobs {
-			select {
-			case <-stop:
-				// Stopping: the rest stays uncommitted and is redelivered.
-				return
-			default:
-			}
-			j := &jobs[i]
-			if c.process(ctx, &j.msg, j.seq, &fin.applied) {
-				fin.mark(j)
-			}
-		}
-		clear(jobs) // drop the messages for the garbage collector
-		buf = jobs
-	}
-}
-
-// workBatches is work for a BatchHandler: it decodes the worker's queued
-// messages and hands the valid events to the handler in runs of up to
-// BatchSize. When the handler stops at a retryable failure, that event goes
-// through the retry path of a single event and the run resumes after it, so
-// one user's events are still applied in order.
-func (c *Consumer) workBatches(ctx context.Context, q *workQueue, bh BatchHandler) {
-	buf := make([]job, 0, q.limit)
-	fin := c.newFinished()
 	size := c.cfg.BatchSize
-	evs := make([]Event, 0, size)
-	metas := make([]Meta, 0, size)
-	errs := make([]error, size)
-	idx := make([]int, 0, size) // job index of each event
-	markDone := fin.mark
-	defer fin.flush()
-	stop := ctx.Done()
+	rows := make([]row, 0, size)
+	var rn runner
 	for {
 		fin.flush()
 		jobs := q.take(ctx, buf)
 		if jobs == nil {
 			return
 		}
-		evs, metas, idx = evs[:0], metas[:0], idx[:0]
-		for i := 0; i < len(jobs) || len(evs) > 0; {
-			select {
-			case <-stop:
+		for i := 0; i < len(jobs); {
+			if ctx.Err() != nil {
 				// Stopping: the rest stays uncommitted and is redelivered.
 				return
-			default:
 			}
-			for ; i < len(jobs) && len(evs) < size; i++ {
+			rows = rows[:0]
+			now := time.Unix(0, c.clock.Load())
+			for ; i < len(jobs) && len(rows) < size; i++ {
 				j := &jobs[i]
-				ev, ok, isDone := c.decode(&j.msg, j.seq)
-				if !ok {
-					if isDone {
-						markDone(j)
+				ev, err := c.dec.decode(j.msg.Value, now, true)
+				if err != nil {
+					rej := asReject(err)
+					c.m.rejected(rej.Reason).Inc()
+					if !c.settled(ctx, fin, j, err) {
+						return
 					}
 					continue
 				}
 				if !c.ids.reserve(ev.UserID, ev.EventID) {
 					c.m.duplicates.Inc()
-					markDone(j)
+					fin.mark(j)
 					continue
 				}
-				evs = append(evs, ev)
-				metas = append(metas, c.metaOf(&j.msg))
-				idx = append(idx, i)
+				rows = append(rows, row{ev: ev, meta: c.metaOf(&j.msg), job: i})
 			}
-			if len(evs) == 0 {
-				continue
-			}
-			clear(errs)
-			n := bh.HandleEvents(ctx, evs, metas, errs[:len(evs)])
-			n = min(max(n, 0), len(evs))
-			for j, k := range idx[:n] {
-				switch err := errs[j]; {
-				case err == nil:
-					fin.applied++
-				case errors.Is(err, ErrDuplicate):
-					c.m.duplicates.Inc()
-				case errors.Is(err, ErrRejected):
-					c.ids.release(evs[j].UserID, evs[j].EventID)
-					if !c.rejected(&jobs[k].msg, jobs[k].seq, asReject(err)) {
-						continue // done once its dead letter is written
-					}
-				default:
-					// Not a final outcome: the contract was broken; count
-					// it as a handler error rather than retry out of order.
-					c.ids.release(evs[j].UserID, evs[j].EventID)
-					c.m.handlerErrors.Inc()
-					c.log.Warn("event skipped after handler error", "err", err, "user", evs[j].UserID,
-						"partition", jobs[k].msg.Partition, "offset", jobs[k].msg.Offset)
-				}
-				markDone(&jobs[k])
-			}
-			if n == len(evs) {
-				evs, metas, idx = evs[:0], metas[:0], idx[:0]
-				continue
-			}
-			if ctx.Err() != nil {
+			if !c.settle(ctx, slot, &rn, rows, jobs, fin) {
 				return
 			}
-			// evs[n] failed: finish it alone; the events after it (already
-			// decoded) start the next run.
-			j := &jobs[idx[n]]
-			ok, kept := c.handle(ctx, &j.msg, j.seq, evs[n], metas[n], errs[n], &fin.applied)
-			if !kept {
-				c.ids.release(evs[n].UserID, evs[n].EventID)
-			}
-			if ok {
-				markDone(j)
-			} else if ctx.Err() != nil {
-				return
-			}
-			rest := len(evs) - n - 1
-			copy(evs, evs[n+1:])
-			copy(metas, metas[n+1:])
-			copy(idx, idx[n+1:])
-			evs, metas, idx = evs[:rest], metas[:rest], idx[:rest]
 		}
 		clear(jobs) // drop the messages for the garbage collector
 		buf = jobs
 	}
+}
+
+// settle applies a run until every row is settled, retrying a failing row
+// alone with backoff; false when ctx ended first.
+func (c *Consumer) settle(ctx context.Context, slot int, rn *runner, rows []row, jobs []job, fin *finished) bool {
+	for len(rows) > 0 {
+		n := c.apply(ctx, rn, rows)
+		for k := range rows[:n] {
+			if !c.settled(ctx, fin, &jobs[rows[k].job], rows[k].err) {
+				return false
+			}
+		}
+		if n == len(rows) {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		r := rows[n : n+1]
+		first := true
+		ok := c.retry(ctx, slot, func() error {
+			if !first && !c.ids.reserve(r[0].ev.UserID, r[0].ev.EventID) {
+				r[0].err = fmt.Errorf("event %s of %s: %w", r[0].ev.EventID, r[0].ev.UserID, ErrDuplicate)
+				c.m.duplicates.Inc()
+				return nil
+			}
+			if !first && c.apply(ctx, rn, r) == 1 {
+				return nil
+			}
+			first = false
+			return fmt.Errorf("apply partition %d offset %d: %w", r[0].meta.Partition, r[0].meta.Offset, r[0].err)
+		})
+		if !ok || !c.settled(ctx, fin, &jobs[r[0].job], r[0].err) {
+			return false
+		}
+		rows = rows[n+1:]
+	}
+	return true
+}
+
+// settled finishes a message whose event has its final outcome: done now,
+// or once its dead letter is written when err is a rejection. False when ctx
+// ended first.
+func (c *Consumer) settled(ctx context.Context, fin *finished, j *job, err error) bool {
+	if err == nil || !errors.Is(err, ErrRejected) || c.dlq == nil {
+		if errors.Is(err, ErrRejected) {
+			rej := asReject(err)
+			c.log.Debug("event rejected", "reason", rej.Reason, "detail", rej.Detail,
+				"partition", j.msg.Partition, "offset", j.msg.Offset)
+		}
+		fin.mark(j)
+		return true
+	}
+	rej := asReject(err)
+	return c.dlq.add(ctx, deadLetter{msg: j.msg, seq: j.seq, reason: rej.Reason, detail: rej.Detail})
 }
 
 func (c *Consumer) markDone(partition int, seq int64) {
@@ -733,75 +891,8 @@ func (c *Consumer) kickCommit() {
 	}
 }
 
-// process handles one message and reports whether it is done (committable);
-// it adds 1 to *applied when the handler applied the event.
-// The event's strings share msg.Value's memory (kafka-go allocates it per
-// message and nothing writes to it afterwards): no copy per event.
-func (c *Consumer) process(ctx context.Context, msg *fetched, seq int64, applied *int) bool {
-	ev, ok, done := c.decode(msg, seq)
-	if !ok {
-		return done
-	}
-	if !c.ids.reserve(ev.UserID, ev.EventID) {
-		c.m.duplicates.Inc()
-		return true
-	}
-	done, keep := c.handle(ctx, msg, seq, ev, c.metaOf(msg), nil, applied)
-	if !keep {
-		c.ids.release(ev.UserID, ev.EventID)
-	}
-	return done
-}
-
-// decode decodes and validates msg. A bad message is counted and handed to
-// the dead-letter writer: ok is false and done reports whether the message
-// is done now.
-func (c *Consumer) decode(msg *fetched, seq int64) (ev Event, ok, done bool) {
-	ev, err := c.dec.decode(msg.Value, time.Unix(0, c.clock.Load()), true)
-	if err != nil {
-		return ev, false, c.rejected(msg, seq, asReject(err))
-	}
-	return ev, true, false
-}
-
 func (c *Consumer) metaOf(msg *fetched) Meta {
-	return Meta{Topic: c.cfg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time}
-}
-
-// handle applies ev with retries and reports whether its message is done,
-// and whether the event is in its user's history (applied now, or before:
-// a duplicate); it adds 1 to *applied when the handler applied the event.
-// first, when not nil, is the error of an attempt the caller already made.
-func (c *Consumer) handle(ctx context.Context, msg *fetched, seq int64, ev Event, meta Meta, first error, applied *int) (done, kept bool) {
-	backoff := c.cfg.HandlerBackoff
-	for attempt := 0; ; attempt++ {
-		err := first
-		if attempt > 0 || first == nil {
-			err = c.handler.HandleEvent(ctx, ev, meta)
-		}
-		switch {
-		case err == nil:
-			*applied++
-			return true, true
-		case ctx.Err() != nil:
-			return false, false
-		case errors.Is(err, ErrDuplicate):
-			c.m.duplicates.Inc()
-			return true, true
-		case errors.Is(err, ErrRejected):
-			return c.rejected(msg, seq, asReject(err)), false
-		case attempt >= c.cfg.HandlerRetries:
-			c.m.handlerErrors.Inc()
-			c.log.Warn("event skipped after handler errors", "err", err, "user", ev.UserID,
-				"partition", msg.Partition, "offset", msg.Offset, "attempts", attempt+1)
-			return true, false
-		}
-		c.m.handlerRetries.Inc()
-		if !sleepCtx(ctx, backoff) {
-			return false, false
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	return Meta{Topic: c.cfg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time, Gen: msg.Gen}
 }
 
 // asReject returns the *RejectError in err, or one with reason "handler" for
@@ -812,78 +903,6 @@ func asReject(err error) *RejectError {
 		return rej
 	}
 	return &RejectError{Reason: "handler", Detail: err.Error()}
-}
-
-// rejected counts a bad message and hands it to the dead-letter writer. It
-// reports whether the message is done now (true) or once its dead letter is
-// written (false).
-func (c *Consumer) rejected(msg *fetched, seq int64, rej *RejectError) bool {
-	c.m.rejected(rej.Reason).Inc()
-	c.log.Debug("event rejected", "reason", rej.Reason, "detail", rej.Detail,
-		"partition", msg.Partition, "offset", msg.Offset)
-	if c.dlqQueue == nil {
-		return true
-	}
-	select {
-	case c.dlqQueue <- deadLetter{msg: *msg, seq: seq, reason: rej.Reason, detail: rej.Detail}:
-		return false
-	default:
-		c.m.deadLetters.WithLabelValues("dropped").Inc()
-		return true
-	}
-}
-
-// deadLetterLoop writes dead letters in batches and marks their offsets done
-// once written (or once writing failed). Letters still queued when ctx ends
-// stay uncommitted and are redelivered.
-func (c *Consumer) deadLetterLoop(ctx context.Context) {
-	batch := make([]deadLetter, 0, 128)
-	msgs := make([]kafka.Message, 0, 128)
-	for {
-		batch = batch[:0]
-		select {
-		case <-ctx.Done():
-			return
-		case dl := <-c.dlqQueue:
-			batch = append(batch, dl)
-		}
-	fill:
-		for len(batch) < cap(batch) {
-			select {
-			case dl := <-c.dlqQueue:
-				batch = append(batch, dl)
-			default:
-				break fill
-			}
-		}
-		msgs = msgs[:0]
-		for _, dl := range batch {
-			msgs = append(msgs, kafka.Message{
-				Key:   dl.msg.Key,
-				Value: dl.msg.Value,
-				Headers: []kafka.Header{
-					{Key: "reason", Value: []byte(dl.reason)},
-					{Key: "detail", Value: []byte(dl.detail)},
-					{Key: "source_topic", Value: []byte(c.cfg.Topic)},
-					{Key: "source_partition", Value: []byte(strconv.Itoa(dl.msg.Partition))},
-					{Key: "source_offset", Value: []byte(strconv.FormatInt(dl.msg.Offset, 10))},
-				},
-			})
-		}
-		err := c.dlq.WriteMessages(ctx, msgs...)
-		if ctx.Err() != nil {
-			return
-		}
-		result := "written"
-		if err != nil {
-			result = "failed"
-			c.log.Warn("write dead letters", "err", err, "topic", c.cfg.DeadLetterTopic, "count", len(msgs))
-		}
-		c.m.deadLetters.WithLabelValues(result).Add(float64(len(batch)))
-		for _, dl := range batch {
-			c.markDone(dl.msg.Partition, dl.seq)
-		}
-	}
 }
 
 func (c *Consumer) commitLoop(ctx context.Context) {
@@ -904,8 +923,8 @@ func (c *Consumer) commitLoop(ctx context.Context) {
 	}
 }
 
-// commit commits every done offset not yet committed. Only one goroutine
-// calls it at a time.
+// commit commits every done offset not yet committed, then stores the
+// partitions' marks. Only one goroutine calls it at a time.
 func (c *Consumer) commit(ctx context.Context) error {
 	offs := c.track.pending(nil)
 	if len(offs) == 0 || c.noCommit {
@@ -924,134 +943,77 @@ func (c *Consumer) commit(ctx context.Context) error {
 	}
 	c.m.commits.Inc()
 	c.track.committed(offs)
+	// A mark that lags the commit is harmless (a later reset is still seen
+	// against it); one saved ahead of a commit would not be.
+	if err := c.saveMarks(ctx, false); err != nil {
+		return fmt.Errorf("after committing %s: %w", c.cfg.Topic, err)
+	}
 	return nil
 }
 
 // Apply runs one raw event in the wire format through the same decoding,
 // validation, metrics and handler as a Kafka message, in the caller's
-// goroutine, with Meta{Partition: -1, Offset: -1}. It is the path of a
-// single event of the gRPC Ingest call (ApplyMany takes several). A bad event returns a *RejectError (wrapping ErrRejected); an
+// goroutine, with Meta{Partition: -1, Offset: -1}. It is ApplyMany of one
+// event: a bad event returns a *RejectError (wrapping ErrRejected); an
 // event whose (user_id, event_id) was applied recently (EventIDCache), by
 // Apply or from Kafka, returns an error wrapping ErrDuplicate and is not
-// applied again; a handler error is returned wrapped, without retry. Apply
-// does not order itself with the Kafka events of the same user.
+// applied again; a transient handler error is returned wrapped, without
+// retry (the client retries). Apply does not order itself with the Kafka
+// events of the same user.
 func (c *Consumer) Apply(ctx context.Context, data []byte) error {
-	ev, err := c.dec.Decode(data, time.Now())
-	if err != nil {
-		var rej *RejectError
-		if errors.As(err, &rej) {
-			c.m.rejected(rej.Reason).Inc()
-		}
-		return err
-	}
-	if !c.ids.reserve(ev.UserID, ev.EventID) {
-		c.m.duplicates.Inc()
-		return fmt.Errorf("apply event %s of %s: %w", ev.EventID, ev.UserID, ErrDuplicate)
-	}
-	if err := c.handler.HandleEvent(ctx, ev, Meta{Partition: -1, Offset: -1}); err != nil {
-		c.ids.release(ev.UserID, ev.EventID)
-		var rej *RejectError
-		if errors.As(err, &rej) {
-			c.m.rejected(rej.Reason).Inc()
-		}
-		return fmt.Errorf("apply event of %s: %w", ev.UserID, err)
-	}
-	c.m.events.Inc()
-	return nil
+	var errs [1]error
+	c.ApplyMany(ctx, [][]byte{data}, errs[:])
+	return errs[0]
 }
 
-// ApplyMany is Apply for several raw events: bad events and repeated event
-// ids get their error in errs (len(errs) >= len(data)) and the valid ones
-// go to the handler together, in runs of up to BatchSize through
-// HandleEvents when it is a BatchHandler (else one by one), each user's in
-// order. errs[i] is event i's outcome as Apply would return it. When an
-// event fails with a handler error that is neither a duplicate nor a
-// rejection, ApplyMany returns its index: every event before it is settled,
-// later ones may or may not have been applied, and their event ids are
-// forgotten (a resend of one that was applied is applied again). Else it
-// returns len(data).
+// ApplyMany is Apply for several raw events: errs[i] (len(errs) >=
+// len(data)) is event i's outcome as Apply would return it. The valid
+// events go to the handler together, in runs of up to BatchSize, each
+// user's in order. When an event fails with a transient error ApplyMany
+// returns its index: every event before it is settled, later ones may or
+// may not have been applied (their errs are nil and their event ids
+// forgotten: a resend is applied, or found a duplicate by the store). Else
+// it returns len(data).
 func (c *Consumer) ApplyMany(ctx context.Context, data [][]byte, errs []error) int {
-	bh, batch := c.handler.(BatchHandler)
-	if !batch || c.cfg.BatchSize <= 1 {
-		for i, d := range data {
-			errs[i] = c.Apply(ctx, d)
-			if errs[i] != nil && !errors.Is(errs[i], ErrRejected) && !errors.Is(errs[i], ErrDuplicate) {
-				return i
-			}
-		}
-		return len(data)
-	}
-	for off := 0; off < len(data); off += c.cfg.BatchSize {
-		end := min(off+c.cfg.BatchSize, len(data))
-		if n := c.applyRun(ctx, bh, data[off:end], errs[off:end]); n < end-off {
-			return off + n
-		}
-	}
-	return len(data)
-}
-
-// applyRun is ApplyMany for at most BatchSize events.
-func (c *Consumer) applyRun(ctx context.Context, bh BatchHandler, data [][]byte, errs []error) int {
+	var rn runner
+	rows := make([]row, 0, min(len(data), c.cfg.BatchSize))
 	now := time.Now()
-	evs := make([]Event, 0, len(data))
-	metas := make([]Meta, 0, len(data))
-	idx := make([]int, 0, len(data))
-	for i, d := range data {
-		ev, err := c.dec.Decode(d, now)
-		if err != nil {
-			var rej *RejectError
-			if errors.As(err, &rej) {
-				c.m.rejected(rej.Reason).Inc()
+	for off := 0; off < len(data); {
+		rows = rows[:0]
+		for ; off < len(data) && len(rows) < c.cfg.BatchSize; off++ {
+			ev, err := c.dec.Decode(data[off], now)
+			switch {
+			case err != nil:
+				c.m.rejected(asReject(err).Reason).Inc()
+				errs[off] = err
+			case !c.ids.reserve(ev.UserID, ev.EventID):
+				c.m.duplicates.Inc()
+				errs[off] = fmt.Errorf("apply event %s of %s: %w", ev.EventID, ev.UserID, ErrDuplicate)
+			default:
+				errs[off] = nil
+				rows = append(rows, row{ev: ev, meta: Meta{Partition: -1, Offset: -1}, job: off})
 			}
-			errs[i] = err
+		}
+		if len(rows) == 0 {
 			continue
 		}
-		if !c.ids.reserve(ev.UserID, ev.EventID) {
-			c.m.duplicates.Inc()
-			errs[i] = fmt.Errorf("apply event %s of %s: %w", ev.EventID, ev.UserID, ErrDuplicate)
-			continue
+		n := c.apply(ctx, &rn, rows)
+		for k := range rows[:min(n+1, len(rows))] {
+			if err := rows[k].err; err != nil {
+				errs[rows[k].job] = fmt.Errorf("apply event of %s: %w", rows[k].ev.UserID, err)
+			}
 		}
-		errs[i] = nil
-		evs = append(evs, ev)
-		metas = append(metas, Meta{Partition: -1, Offset: -1})
-		idx = append(idx, i)
-	}
-	if len(evs) == 0 {
-		return len(data)
-	}
-	herrs := make([]error, len(evs))
-	n := min(max(bh.HandleEvents(ctx, evs, metas, herrs), 0), len(evs))
-	for j, i := range idx {
-		err := herrs[j]
-		switch {
-		case j > n:
-			// Not settled: the caller stops at event n.
-			c.ids.release(evs[j].UserID, evs[j].EventID)
-			continue
-		case err == nil && j < n:
-			c.m.events.Inc()
-			continue
-		case err == nil:
-			err = errors.New("handler stopped without an error")
+		if n < len(rows) {
+			return rows[n].job
 		}
-		if !errors.Is(err, ErrDuplicate) {
-			c.ids.release(evs[j].UserID, evs[j].EventID)
-		}
-		var rej *RejectError
-		if errors.As(err, &rej) {
-			c.m.rejected(rej.Reason).Inc()
-		}
-		errs[i] = fmt.Errorf("apply event of %s: %w", evs[j].UserID, err)
-	}
-	if n < len(evs) {
-		return idx[n]
 	}
 	return len(data)
 }
 
-// Lag is the number of messages below the partitions' high-water marks that
-// are not yet done (a lower bound before every partition was fetched once).
-func (c *Consumer) Lag() int64 { return c.track.lag() }
+// Lag is the number of messages of the topic above the group's committed
+// offsets, as last read from the brokers (every LagInterval); -1 before the
+// first reading or while the brokers cannot be read.
+func (c *Consumer) Lag() int64 { return c.lag.total() }
 
 // Close releases the reader (leaving the group) and the dead-letter writer.
 // Call it after Run returned; it is safe to call more than once.
@@ -1063,9 +1025,9 @@ func (c *Consumer) Close() error {
 	}
 	c.closed = true
 	err := c.reader.Close()
+	c.lag.close()
 	if c.dlq != nil {
-		err = errors.Join(err, c.dlq.Close())
-		c.dlqTransport.CloseIdleConnections()
+		err = errors.Join(err, c.dlq.close())
 	}
 	if err != nil {
 		return fmt.Errorf("close consumer: %w", err)
@@ -1082,67 +1044,6 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
-}
-
-type ingestMetrics struct {
-	messages, events, duplicates       prometheus.Counter
-	handlerRetries, handlerErrors      prometheus.Counter
-	fetchErrors, commits, commitErrors prometheus.Counter
-	rejectedVec, deadLetters           *prometheus.CounterVec
-	commitSeconds                      prometheus.Histogram
-}
-
-func (m *ingestMetrics) rejected(reason string) prometheus.Counter {
-	return m.rejectedVec.WithLabelValues(reason)
-}
-
-func newIngestMetrics(reg prometheus.Registerer, lag func() int64) (*ingestMetrics, error) {
-	counter := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
-	}
-	m := &ingestMetrics{
-		messages:       counter("prefetchd_ingest_messages_total", "Messages fetched from Kafka."),
-		events:         counter("prefetchd_ingest_events_total", "Events applied by the handler."),
-		duplicates:     counter("prefetchd_ingest_duplicates_total", "Events not applied again: Kafka redeliveries, and repeats of a recent (user_id, event_id) from Kafka or gRPC."),
-		handlerRetries: counter("prefetchd_ingest_handler_retries_total", "Handler calls retried after an error."),
-		handlerErrors:  counter("prefetchd_ingest_handler_errors_total", "Events skipped after the handler kept failing."),
-		fetchErrors:    counter("prefetchd_ingest_fetch_errors_total", "Errors fetching from Kafka."),
-		commits:        counter("prefetchd_ingest_commits_total", "Offset commits."),
-		commitErrors:   counter("prefetchd_ingest_commit_errors_total", "Failed offset commits."),
-		rejectedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "prefetchd_ingest_rejected_total",
-			Help: "Messages rejected, by reason.",
-		}, []string{"reason"}),
-		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "prefetchd_ingest_deadletter_total",
-			Help: "Rejected messages sent to the dead-letter topic, by result (written, failed, dropped).",
-		}, []string{"result"}),
-		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "prefetchd_ingest_commit_seconds",
-			Help:    "Time to commit offsets.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
-		}),
-	}
-	for _, r := range []string{ReasonEmpty, ReasonTooLarge, ReasonUTF8, ReasonJSON, ReasonMissingUserID,
-		ReasonMissingPage, ReasonMissingTS, ReasonUserIDTooLong, ReasonPageTooLong, ReasonFieldTooLong,
-		ReasonBadTS, ReasonTSSkew} {
-		m.rejectedVec.WithLabelValues(r)
-	}
-	if reg == nil {
-		return m, nil
-	}
-	lagGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "prefetchd_ingest_lag_messages",
-		Help: "Messages below the partitions' high-water marks not yet handled.",
-	}, func() float64 { return float64(lag()) })
-	for _, col := range []prometheus.Collector{m.messages, m.events, m.duplicates, m.handlerRetries,
-		m.handlerErrors, m.fetchErrors, m.commits, m.commitErrors, m.rejectedVec, m.deadLetters,
-		m.commitSeconds, lagGauge} {
-		if err := reg.Register(col); err != nil {
-			return nil, fmt.Errorf("register ingest metrics: %w", err)
-		}
-	}
-	return m, nil
 }
 
 // Waves cuts a run of events into waves of distinct users, as a

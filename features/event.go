@@ -42,6 +42,9 @@ const (
 	ReasonFieldTooLong  = "field_too_long" // session_id, event_id or referrer too long
 	ReasonBadTS         = "bad_ts"         // ts not RFC 3339
 	ReasonTSSkew        = "ts_skew"        // ts further than MaxSkew from now
+	// ReasonModel: the handler's model cannot score the event (a failure
+	// that retrying would repeat).
+	ReasonModel = "model"
 )
 
 // ErrRejected is wrapped by every *RejectError, so that callers can test for

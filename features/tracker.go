@@ -25,6 +25,10 @@ type partTrack struct {
 	ready     int64 // highest offset with it and everything before done, -1 when none
 	committed int64 // highest offset committed, -1 when none
 	hwm       int64 // high-water mark reported by the last fetch
+	gen       uint32
+	// markSaved is false while the partition's mark (generation) has
+	// changed and is not yet stored.
+	markSaved bool
 }
 
 type trackEntry struct {
@@ -45,11 +49,26 @@ func (t *tracker) lookup(p int) *partTrack {
 	return t.far[p]
 }
 
+// known reports whether the partition's mark was given (init).
+func (t *tracker) known(p int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lookup(p) != nil
+}
+
+// init starts tracking a partition from its stored mark.
+func (t *tracker) init(p int, mk PartitionMark) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pt := t.part(p)
+	pt.gen, pt.committed, pt.markSaved = mk.Gen, mk.Committed, true
+}
+
 func (t *tracker) part(p int) *partTrack {
 	if pt := t.lookup(p); pt != nil {
 		return pt
 	}
-	pt := &partTrack{maxSeen: -1, ready: -1, committed: -1}
+	pt := &partTrack{maxSeen: -1, ready: -1, committed: -1, markSaved: true}
 	if p >= 0 && p < maxDensePartition {
 		for len(t.parts) <= p {
 			t.parts = append(t.parts, nil)
@@ -73,20 +92,53 @@ func (t *tracker) each(f func(p int, pt *partTrack)) {
 	}
 }
 
-// add registers a fetched message and returns its sequence number, or
-// dup=true when the offset is at or below the partition's watermark (a
-// redelivery of a message this consumer already took; it is not tracked).
-func (t *tracker) add(partition int, offset, hwm int64) (seq int64, dup bool) {
+// added is what add tells of a fetched message.
+type added struct {
+	seq int64
+	gen uint32
+	// dup: the offset is at or below the partition's watermark, a
+	// redelivery of a message this consumer already took (not tracked).
+	dup bool
+	// reset: the partition's offsets went backwards (the message is at or
+	// below the committed offset, or the high-water mark fell below what was
+	// fetched): the partition starts a new generation with this message.
+	reset bool
+	// from is the committed offset and to the watermark before a reset.
+	from, to int64
+}
+
+// add registers a fetched message and returns its sequence number and
+// generation, or tells it is a redelivery.
+//
+// A message at or below the offset committed in this generation cannot be a
+// redelivery (the group restarts after its committed offset): the topic was
+// recreated, the partition truncated or the group's offsets reset. Nor can a
+// message at or below the watermark when the high-water mark is at or below
+// the watermark (the log lost its end). Either starts a new generation: what
+// is in flight of the old one is forgotten (its completions no longer
+// count), and the message is tracked as new.
+func (t *tracker) add(partition int, offset, hwm int64) added {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pt := t.part(partition)
+	var out added
+	if offset <= pt.committed || (pt.maxSeen >= 0 && offset <= pt.maxSeen && hwm > 0 && hwm <= pt.maxSeen) {
+		out.reset, out.from, out.to = true, pt.committed, pt.maxSeen
+		pt.gen++
+		pt.markSaved = false
+		pt.base += int64(len(pt.q) - pt.head)
+		pt.q, pt.head = pt.q[:0], 0
+		pt.maxSeen, pt.ready, pt.committed, pt.hwm = -1, -1, -1, 0
+	}
+	out.gen = pt.gen
 	// A fetched message is below the high-water mark whatever the fetch
 	// reported (a response may carry none), so the lag counts it until done.
-	if hwm = max(hwm, offset+1); hwm > pt.hwm {
+	if hwm = max(hwm, offset+1); hwm > pt.hwm || out.reset {
 		pt.hwm = hwm
 	}
 	if offset <= pt.maxSeen {
-		return 0, true
+		out.dup = true
+		return out
 	}
 	// Offsets skipped while nothing is in flight were never delivered to this
 	// consumer in this assignment (processed elsewhere, or not data): they
@@ -96,11 +148,36 @@ func (t *tracker) add(partition int, offset, hwm int64) (seq int64, dup bool) {
 		pt.ready = offset - 1
 	}
 	if pt.maxSeen < 0 {
-		pt.committed = offset - 1
+		pt.committed = max(pt.committed, offset-1)
 	}
 	pt.maxSeen = offset
 	pt.q = append(pt.q, trackEntry{offset: offset})
-	return pt.base + int64(len(pt.q)-pt.head) - 1, false
+	out.seq = pt.base + int64(len(pt.q)-pt.head) - 1
+	return out
+}
+
+// marks returns the marks of partitions whose generation changed or whose
+// committed offset moved, for storing.
+func (t *tracker) marks(dst map[int]PartitionMark, onlyUnsaved bool) map[int]PartitionMark {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.each(func(p int, pt *partTrack) {
+		if !onlyUnsaved || !pt.markSaved {
+			dst[p] = PartitionMark{Gen: pt.gen, Committed: pt.committed}
+		}
+	})
+	return dst
+}
+
+// marksSaved records that the given marks are stored.
+func (t *tracker) marksSaved(marks map[int]PartitionMark) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for p, mk := range marks {
+		if pt := t.lookup(p); pt != nil && pt.gen == mk.Gen {
+			pt.markSaved = true
+		}
+	}
 }
 
 // done marks a message finished and returns how many messages are done since
@@ -153,10 +230,12 @@ func (t *tracker) doneMany(msgs []partSeq) int {
 	return t.doneSinceCommit
 }
 
-// commitOffset is a committable position: the last done message's offset.
+// commitOffset is a committable position: the last done message's offset,
+// in generation gen.
 type commitOffset struct {
 	partition int
 	offset    int64
+	gen       uint32
 }
 
 // pending appends to dst the partitions whose ready offset is past the
@@ -166,7 +245,7 @@ func (t *tracker) pending(dst []commitOffset) []commitOffset {
 	defer t.mu.Unlock()
 	t.each(func(p int, pt *partTrack) {
 		if pt.ready > pt.committed {
-			dst = append(dst, commitOffset{partition: p, offset: pt.ready})
+			dst = append(dst, commitOffset{partition: p, offset: pt.ready, gen: pt.gen})
 		}
 	})
 	return dst
@@ -177,7 +256,7 @@ func (t *tracker) committed(offsets []commitOffset) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, o := range offsets {
-		if pt := t.lookup(o.partition); pt != nil && o.offset > pt.committed {
+		if pt := t.lookup(o.partition); pt != nil && pt.gen == o.gen && o.offset > pt.committed {
 			pt.committed = o.offset
 		}
 	}

@@ -13,8 +13,11 @@ func TestTracker(t *testing.T) {
 		op        string // add, done, commit
 		partition int
 		offset    int64 // for add
+		hwm       int64 // for add; 0: offset+1
 		seq       int64 // for done
 		dup       bool  // for add
+		reset     bool  // for add
+		gen       uint32
 	}
 	cases := []struct {
 		name  string
@@ -23,22 +26,32 @@ func TestTracker(t *testing.T) {
 	}{
 		{name: "nothing done", steps: []step{{op: "add", offset: 5}, {op: "add", offset: 6}}, want: nil},
 		{name: "in order", steps: []step{{op: "add", offset: 5}, {op: "add", offset: 6}, {op: "done", seq: 0}, {op: "done", seq: 1}},
-			want: []commitOffset{{0, 6}}},
+			want: []commitOffset{{partition: 0, offset: 6}}},
 		{name: "gap waits for the earlier message", steps: []step{{op: "add", offset: 5}, {op: "add", offset: 6}, {op: "add", offset: 7},
 			{op: "done", seq: 1}, {op: "done", seq: 2}}, want: nil},
 		{name: "gap closed", steps: []step{{op: "add", offset: 5}, {op: "add", offset: 6}, {op: "add", offset: 7},
-			{op: "done", seq: 2}, {op: "done", seq: 0}}, want: []commitOffset{{0, 5}}},
+			{op: "done", seq: 2}, {op: "done", seq: 0}}, want: []commitOffset{{partition: 0, offset: 5}}},
 		{name: "redelivery is a duplicate", steps: []step{{op: "add", offset: 5}, {op: "add", offset: 6},
-			{op: "add", offset: 5, dup: true}, {op: "add", offset: 6, dup: true}, {op: "add", offset: 7}}, want: nil},
+			{op: "add", offset: 5, hwm: 7, dup: true}, {op: "add", offset: 6, hwm: 7, dup: true}, {op: "add", offset: 7}}, want: nil},
 		{name: "committed not pending again", steps: []step{{op: "add", offset: 5}, {op: "done", seq: 0}, {op: "commit"},
 			{op: "add", offset: 6}}, want: nil},
 		{name: "offsets skipped while idle count as done", steps: []step{{op: "add", offset: 5}, {op: "done", seq: 0}, {op: "commit"},
-			{op: "add", offset: 40}}, want: []commitOffset{{0, 39}}},
+			{op: "add", offset: 40}}, want: []commitOffset{{partition: 0, offset: 39}}},
 		{name: "partitions apart", steps: []step{{op: "add", partition: 0, offset: 1}, {op: "add", partition: 1, offset: 9},
-			{op: "done", partition: 1, seq: 0}}, want: []commitOffset{{1, 9}}},
+			{op: "done", partition: 1, seq: 0}}, want: []commitOffset{{partition: 1, offset: 9}}},
 		{name: "sparse partition numbers", steps: []step{{op: "add", partition: 3, offset: 1}, {op: "add", partition: 70000, offset: 4},
 			{op: "add", partition: 70000, offset: 4, dup: true}, {op: "done", partition: 70000, seq: 0}, {op: "done", partition: 3, seq: 0}},
-			want: []commitOffset{{3, 1}, {70000, 4}}},
+			want: []commitOffset{{partition: 3, offset: 1}, {partition: 70000, offset: 4}}},
+		{name: "offset at or below the committed one starts a generation", steps: []step{{op: "add", offset: 5}, {op: "add", offset: 6},
+			{op: "done", seq: 0}, {op: "done", seq: 1}, {op: "commit"}, {op: "add", offset: 0, reset: true, gen: 1},
+			{op: "add", offset: 1, gen: 1}, {op: "done", seq: 2}}, want: []commitOffset{{partition: 0, offset: 0, gen: 1}}},
+		{name: "in-flight messages of the old generation no longer count", steps: []step{{op: "add", offset: 5}, {op: "done", seq: 0},
+			{op: "commit"}, {op: "add", offset: 6}, {op: "add", offset: 3, reset: true, gen: 1}, {op: "done", seq: 1}},
+			want: nil},
+		{name: "high-water mark below the watermark starts a generation", steps: []step{{op: "add", offset: 5}, {op: "add", offset: 6},
+			{op: "add", offset: 6, hwm: 6, reset: true, gen: 1}, {op: "done", seq: 2}}, want: []commitOffset{{partition: 0, offset: 6, gen: 1}}},
+		{name: "redelivery above the committed offset is no reset", steps: []step{{op: "add", offset: 5}, {op: "done", seq: 0},
+			{op: "commit"}, {op: "add", offset: 6}, {op: "add", offset: 6, dup: true}}, want: nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,8 +59,13 @@ func TestTracker(t *testing.T) {
 			for i, s := range tc.steps {
 				switch s.op {
 				case "add":
-					if _, dup := tr.add(s.partition, s.offset, s.offset+1); dup != s.dup {
-						t.Fatalf("step %d: add offset %d dup=%v, want %v", i, s.offset, dup, s.dup)
+					hwm := s.hwm
+					if hwm == 0 {
+						hwm = s.offset + 1
+					}
+					a := tr.add(s.partition, s.offset, hwm)
+					if a.dup != s.dup || a.reset != s.reset || a.gen != s.gen {
+						t.Fatalf("step %d: add offset %d: dup=%v reset=%v gen=%d, want %v %v %d", i, s.offset, a.dup, a.reset, a.gen, s.dup, s.reset, s.gen)
 					}
 				case "done":
 					tr.done(s.partition, s.seq)
@@ -96,8 +114,9 @@ func TestTrackerRandom(t *testing.T) {
 	for step := range 20000 {
 		if len(inflight) == 0 || rng.IntN(3) > 0 && len(inflight) < 3000 {
 			next += 1 + int64(rng.IntN(2)) // gaps happen (compaction, markers)
-			seq, dup := tr.add(0, next, next+1)
-			if dup {
+			a := tr.add(0, next, next+1)
+			seq := a.seq
+			if a.dup {
 				t.Fatalf("step %d: offset %d reported as duplicate", step, next)
 			}
 			offsets = append(offsets, next)

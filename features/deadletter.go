@@ -1,0 +1,230 @@
+package features
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// deadLetter is a rejected message waiting for its copy in the dead-letter
+// topic; its offset is done once the copy is written.
+type deadLetter struct {
+	msg    fetched
+	seq    int64
+	reason string
+	detail string
+	// limit is the most bytes of value and headers this letter may take;
+	// it shrinks when the broker refuses the letter as too large.
+	limit int
+}
+
+// deadLetters writes rejected messages to the dead-letter topic in
+// batches, retrying a failed write until it succeeds: a rejected message is
+// done only once it is durably in that topic. A letter over the size limit
+// (ConsumerConfig.DeadLetterMaxBytes, or the broker's, learnt from its
+// refusal) is cut, never dropped.
+type deadLetters struct {
+	cfg       ConsumerConfig
+	log       *slog.Logger
+	m         *ingestMetrics
+	stalls    *stalls
+	slot      int
+	writer    *kafka.Writer
+	transport *kafka.Transport
+	queue     chan deadLetter
+}
+
+func newDeadLetters(cfg ConsumerConfig, log *slog.Logger, m *ingestMetrics, st *stalls, slot int) *deadLetters {
+	// An own transport (not kafka-go's process-wide default) so that close
+	// can release its connections.
+	transport := &kafka.Transport{}
+	if cfg.Dialer != nil {
+		transport = &kafka.Transport{Dial: cfg.Dialer.DialFunc, TLS: cfg.Dialer.TLS, SASL: cfg.Dialer.SASLMechanism}
+	}
+	return &deadLetters{
+		cfg: cfg, log: log, m: m, stalls: st, slot: slot, transport: transport,
+		writer: &kafka.Writer{
+			Addr:                   kafka.TCP(cfg.Brokers...),
+			Topic:                  cfg.DeadLetterTopic,
+			Balancer:               &kafka.Hash{},
+			BatchTimeout:           5 * time.Millisecond,
+			BatchBytes:             int64(cfg.DeadLetterMaxBytes) + 4096,
+			RequiredAcks:           kafka.RequireAll,
+			AllowAutoTopicCreation: true,
+			MaxAttempts:            3,
+			WriteTimeout:           5 * time.Second,
+			Transport:              transport,
+		},
+		queue: make(chan deadLetter, 1024),
+	}
+}
+
+// add queues a letter, waiting while the queue is full (the writer is
+// retrying); false when ctx ended first.
+func (d *deadLetters) add(ctx context.Context, dl deadLetter) bool {
+	dl.limit = d.cfg.DeadLetterMaxBytes
+	select {
+	case d.queue <- dl:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// headerBudget bounds the detail header, which quotes the bad input.
+const headerBudget = 1024
+
+// message builds the letter's Kafka message within its limit.
+func (d *deadLetters) message(dl *deadLetter) (kafka.Message, bool) {
+	detail := dl.detail
+	if len(detail) > headerBudget {
+		detail = detail[:headerBudget]
+	}
+	headers := []kafka.Header{
+		{Key: "reason", Value: []byte(dl.reason)},
+		{Key: "detail", Value: []byte(detail)},
+		{Key: "source_topic", Value: []byte(d.cfg.Topic)},
+		{Key: "source_partition", Value: []byte(strconv.Itoa(dl.msg.Partition))},
+		{Key: "source_offset", Value: []byte(strconv.FormatInt(dl.msg.Offset, 10))},
+	}
+	size := len(dl.msg.Key)
+	for _, h := range headers {
+		size += len(h.Key) + len(h.Value)
+	}
+	value := dl.msg.Value
+	// Room for the original_size header, and a margin for the record's own
+	// framing.
+	room := dl.limit - size - 64
+	cut := len(value) > room
+	if cut {
+		value = value[:max(room, 0)]
+		headers = append(headers, kafka.Header{Key: "original_size", Value: []byte(strconv.Itoa(len(dl.msg.Value)))})
+	}
+	return kafka.Message{Key: dl.msg.Key, Value: value, Headers: headers}, cut
+}
+
+// run writes letters until ctx ends, calling done for each once written.
+// Letters not written when ctx ends stay uncommitted and are redelivered.
+func (d *deadLetters) run(ctx context.Context, done func(partition int, seq int64)) {
+	batch := make([]deadLetter, 0, 128)
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case dl := <-d.queue:
+			batch = append(batch, dl)
+		}
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case dl := <-d.queue:
+				batch = append(batch, dl)
+			default:
+				break fill
+			}
+		}
+		if !d.write(ctx, batch) {
+			return
+		}
+		for _, dl := range batch {
+			done(dl.msg.Partition, dl.seq)
+		}
+	}
+}
+
+// write writes the batch, retrying with backoff until every letter is in;
+// false when ctx ended first.
+func (d *deadLetters) write(ctx context.Context, batch []deadLetter) bool {
+	backoff := d.cfg.HandlerBackoff
+	for attempt := 1; ; attempt++ {
+		msgs := make([]kafka.Message, len(batch))
+		truncated := 0
+		for i := range batch {
+			var cut bool
+			msgs[i], cut = d.message(&batch[i])
+			if cut {
+				truncated++
+			}
+		}
+		err := d.writer.WriteMessages(ctx, msgs...)
+		if ctx.Err() != nil {
+			return false
+		}
+		if err == nil {
+			d.m.deadLetters.WithLabelValues("written").Add(float64(len(batch)))
+			d.m.deadLetters.WithLabelValues("truncated").Add(float64(truncated))
+			if attempt > 1 {
+				d.stalls.clear(d.slot)
+				d.log.Info("dead letters written after retries", "count", len(batch), "attempts", attempt)
+			}
+			return true
+		}
+		// A letter the broker finds too large is cut to half its limit for
+		// the next attempt; everything else is retried as it is.
+		shrunk := d.shrink(batch, err)
+		d.m.deadLetters.WithLabelValues("failed").Add(float64(len(batch)))
+		d.stalls.set(d.slot, fmt.Errorf("write %d dead letters to %s: %w", len(batch), d.cfg.DeadLetterTopic, err))
+		if attempt <= 3 || attempt%12 == 0 {
+			d.log.Warn("write dead letters: retrying", "err", err, "topic", d.cfg.DeadLetterTopic,
+				"count", len(batch), "attempt", attempt, "shrunk", shrunk)
+		}
+		if shrunk > 0 {
+			continue // at once: the cut letters may now pass
+		}
+		if !sleepCtx(ctx, backoff) {
+			return false
+		}
+		backoff = min(2*backoff, d.cfg.MaxBackoff)
+	}
+}
+
+// shrink halves the limit of the letters err says are too large and
+// returns how many it shrank.
+func (d *deadLetters) shrink(batch []deadLetter, err error) int {
+	tooLarge := func(e error) bool {
+		var mtl kafka.MessageTooLargeError
+		return errors.Is(e, kafka.MessageSizeTooLarge) || errors.As(e, &mtl)
+	}
+	n := 0
+	half := func(dl *deadLetter) {
+		if dl.limit > 256 {
+			dl.limit /= 2
+			n++
+		}
+	}
+	var werrs kafka.WriteErrors
+	if errors.As(err, &werrs) && len(werrs) == len(batch) {
+		for i, e := range werrs {
+			if e != nil && tooLarge(e) {
+				half(&batch[i])
+			}
+		}
+		return n
+	}
+	if tooLarge(err) {
+		// Which letter is unknown: shrink the largest.
+		big := 0
+		for i := range batch {
+			if len(batch[i].msg.Value) > len(batch[big].msg.Value) {
+				big = i
+			}
+		}
+		half(&batch[big])
+	}
+	return n
+}
+
+func (d *deadLetters) close() error {
+	err := d.writer.Close()
+	d.transport.CloseIdleConnections()
+	if err != nil {
+		return fmt.Errorf("close dead-letter writer: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package features
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+)
+
+// lagWatch reads, every LagInterval, the group's committed offsets and the
+// topic's high-water marks from the brokers: the lag is what Kafka says, not
+// what the consumer believes it did.
+type lagWatch struct {
+	cfg       ConsumerConfig
+	log       *slog.Logger
+	client    *kafka.Client
+	transport *kafka.Transport
+	lag       atomic.Int64 // -1: unknown
+}
+
+func newLagWatch(cfg ConsumerConfig, log *slog.Logger) *lagWatch {
+	transport := &kafka.Transport{}
+	if cfg.Dialer != nil {
+		transport = &kafka.Transport{Dial: cfg.Dialer.DialFunc, TLS: cfg.Dialer.TLS, SASL: cfg.Dialer.SASLMechanism}
+	}
+	w := &lagWatch{cfg: cfg, log: log, transport: transport,
+		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 5 * time.Second, Transport: transport}}
+	w.lag.Store(-1)
+	return w
+}
+
+func (w *lagWatch) total() int64 { return w.lag.Load() }
+
+func (w *lagWatch) run(ctx context.Context, m *ingestMetrics) {
+	t := time.NewTicker(w.cfg.LagInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		n, err := w.read(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			w.lag.Store(-1)
+			m.lagErrors.Inc()
+			if !failing {
+				w.log.Warn("read consumer lag", "err", err, "topic", w.cfg.Topic, "group", w.cfg.GroupID)
+			}
+			failing = true
+		default:
+			w.lag.Store(n)
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// read returns the sum over the topic's partitions of the high-water mark
+// minus the group's committed offset (minus the log start when the group has
+// committed nothing there).
+func (w *lagWatch) read(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	meta, err := w.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{w.cfg.Topic}})
+	if err != nil {
+		return 0, fmt.Errorf("metadata of %s: %w", w.cfg.Topic, err)
+	}
+	var parts []int
+	for _, t := range meta.Topics {
+		if t.Name != w.cfg.Topic {
+			continue
+		}
+		if t.Error != nil {
+			return 0, fmt.Errorf("metadata of %s: %w", w.cfg.Topic, t.Error)
+		}
+		for _, p := range t.Partitions {
+			parts = append(parts, p.ID)
+		}
+	}
+	if len(parts) == 0 {
+		return 0, fmt.Errorf("topic %s has no partitions", w.cfg.Topic)
+	}
+	reqs := make([]kafka.OffsetRequest, 0, 2*len(parts))
+	for _, p := range parts {
+		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
+	}
+	offs, err := w.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{w.cfg.Topic: reqs}})
+	if err != nil {
+		return 0, fmt.Errorf("list offsets of %s: %w", w.cfg.Topic, err)
+	}
+	committed, err := w.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: w.cfg.GroupID, Topics: map[string][]int{w.cfg.Topic: parts}})
+	if err != nil {
+		return 0, fmt.Errorf("committed offsets of group %s: %w", w.cfg.GroupID, err)
+	}
+	if committed.Error != nil {
+		return 0, fmt.Errorf("committed offsets of group %s: %w", w.cfg.GroupID, committed.Error)
+	}
+	next := make(map[int]int64, len(parts))
+	for _, p := range committed.Topics[w.cfg.Topic] {
+		if p.Error != nil {
+			return 0, fmt.Errorf("committed offset of %s/%d: %w", w.cfg.Topic, p.Partition, p.Error)
+		}
+		next[p.Partition] = p.CommittedOffset
+	}
+	var total int64
+	for _, po := range offs.Topics[w.cfg.Topic] {
+		if po.Error != nil {
+			return 0, fmt.Errorf("offsets of %s/%d: %w", w.cfg.Topic, po.Partition, po.Error)
+		}
+		from, ok := next[po.Partition]
+		if !ok || from < po.FirstOffset {
+			from = po.FirstOffset // nothing committed, or committed before the log's start
+		}
+		total += max(po.LastOffset-from, 0)
+	}
+	return total, nil
+}
+
+func (w *lagWatch) close() { w.transport.CloseIdleConnections() }
+
+// assignments follows the partitions the group gives this consumer, from
+// kafka-go's log line at each new generation (kafka-go has no callback for
+// it), and logs what was gained and lost.
+type assignments struct {
+	topic      string
+	log        *slog.Logger
+	rebalances prometheus.Counter
+	mu         sync.Mutex
+	owned      []int // guarded by mu
+}
+
+func newAssignments(topic string, log *slog.Logger, rebalances prometheus.Counter) *assignments {
+	return &assignments{topic: topic, log: log, rebalances: rebalances}
+}
+
+// subscribedLine matches kafka-go's "subscribed to topics and partitions:
+// map[{topic:clicks partition:0}:-2 ...]" (offsets are the group's committed
+// offsets, negative when none).
+var (
+	subscribedLine = regexp.MustCompile(`^subscribed to topics and partitions: `)
+	subscribedPart = regexp.MustCompile(`\{topic:(\S+) partition:(\d+)\}:(-?\d+)`)
+)
+
+// observe is kafka-go's Logger.
+func (a *assignments) observe(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	if !subscribedLine.MatchString(line) {
+		return
+	}
+	var now []int
+	offsets := map[int]int64{}
+	for _, m := range subscribedPart.FindAllStringSubmatch(line, -1) {
+		if m[1] != a.topic {
+			continue
+		}
+		p, err1 := strconv.Atoi(m[2])
+		o, err2 := strconv.ParseInt(m[3], 10, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		now = append(now, p)
+		offsets[p] = o
+	}
+	slices.Sort(now)
+	a.mu.Lock()
+	before := a.owned
+	a.owned = now
+	a.mu.Unlock()
+	var gained, lost []int
+	for _, p := range now {
+		if !slices.Contains(before, p) {
+			gained = append(gained, p)
+		}
+	}
+	for _, p := range before {
+		if !slices.Contains(now, p) {
+			lost = append(lost, p)
+		}
+	}
+	a.rebalances.Inc()
+	a.log.Info("partitions assigned", "topic", a.topic, "partitions", now, "gained", gained, "lost", lost, "committed", offsets)
+}
