@@ -18,8 +18,8 @@ type deadLetter struct {
 	seq    int64
 	reason string
 	detail string
-	// limit is the most bytes of value and headers this letter may take;
-	// it shrinks when the broker refuses the letter as too large.
+	// limit is the most bytes of key, value and headers this letter may
+	// take at the next attempt.
 	limit int
 }
 
@@ -42,10 +42,7 @@ type deadLetters struct {
 func newDeadLetters(cfg ConsumerConfig, log *slog.Logger, m *ingestMetrics, st *stalls, slot int) *deadLetters {
 	// An own transport (not kafka-go's process-wide default) so that close
 	// can release its connections.
-	transport := &kafka.Transport{}
-	if cfg.Dialer != nil {
-		transport = &kafka.Transport{Dial: cfg.Dialer.DialFunc, TLS: cfg.Dialer.TLS, SASL: cfg.Dialer.SASLMechanism}
-	}
+	transport := cfg.transport()
 	return &deadLetters{
 		cfg: cfg, log: log, m: m, stalls: st, slot: slot, transport: transport,
 		writer: &kafka.Writer{
@@ -67,7 +64,6 @@ func newDeadLetters(cfg ConsumerConfig, log *slog.Logger, m *ingestMetrics, st *
 // add queues a letter, waiting while the queue is full (the writer is
 // retrying); false when ctx ended first.
 func (d *deadLetters) add(ctx context.Context, dl deadLetter) bool {
-	dl.limit = d.cfg.DeadLetterMaxBytes
 	select {
 	case d.queue <- dl:
 		return true
@@ -97,9 +93,8 @@ func (d *deadLetters) message(dl *deadLetter) (kafka.Message, bool) {
 		size += len(h.Key) + len(h.Value)
 	}
 	value := dl.msg.Value
-	// Room for the original_size header, and a margin for the record's own
-	// framing.
-	room := dl.limit - size - 64
+	// Room for the original_size header.
+	room := dl.limit - size - 32
 	cut := len(value) > room
 	if cut {
 		value = value[:max(room, 0)]
@@ -139,13 +134,24 @@ func (d *deadLetters) run(ctx context.Context, done func(partition int, seq int6
 }
 
 // write writes the batch, retrying with backoff until every letter is in;
-// false when ctx ended first.
+// false when ctx ended first. A batch the broker refuses as too large is
+// cut to the topic's max.message.bytes, read from the broker, and written
+// again at once; the limit is read again before every later attempt, so a
+// topic whose limit is raised meanwhile gets the letters whole.
 func (d *deadLetters) write(ctx context.Context, batch []deadLetter) bool {
 	backoff := d.cfg.HandlerBackoff
+	limit := d.cfg.DeadLetterMaxBytes
+	tooLarge := false
 	for attempt := 1; ; attempt++ {
+		if tooLarge {
+			if l, err := d.topicLimit(ctx); err == nil {
+				limit = min(d.cfg.DeadLetterMaxBytes, max(l-recordOverhead, 0))
+			}
+		}
 		msgs := make([]kafka.Message, len(batch))
 		truncated := 0
 		for i := range batch {
+			batch[i].limit = limit
 			var cut bool
 			msgs[i], cut = d.message(&batch[i])
 			if cut {
@@ -165,17 +171,16 @@ func (d *deadLetters) write(ctx context.Context, batch []deadLetter) bool {
 			}
 			return true
 		}
-		// A letter the broker finds too large is cut to half its limit for
-		// the next attempt; everything else is retried as it is.
-		shrunk := d.shrink(batch, err)
 		d.m.deadLetters.WithLabelValues("failed").Add(float64(len(batch)))
 		d.stalls.set(d.slot, fmt.Errorf("write %d dead letters to %s: %w", len(batch), d.cfg.DeadLetterTopic, err))
 		if attempt <= 3 || attempt%12 == 0 {
 			d.log.Warn("write dead letters: retrying", "err", err, "topic", d.cfg.DeadLetterTopic,
-				"count", len(batch), "attempt", attempt, "shrunk", shrunk)
+				"count", len(batch), "attempt", attempt, "limit", limit)
 		}
-		if shrunk > 0 {
-			continue // at once: the cut letters may now pass
+		wasTooLarge := tooLarge
+		tooLarge = isTooLarge(err)
+		if tooLarge && !wasTooLarge {
+			continue // at once, cut to the topic's limit
 		}
 		if !sleepCtx(ctx, backoff) {
 			return false
@@ -184,40 +189,51 @@ func (d *deadLetters) write(ctx context.Context, batch []deadLetter) bool {
 	}
 }
 
-// shrink halves the limit of the letters err says are too large and
-// returns how many it shrank.
-func (d *deadLetters) shrink(batch []deadLetter, err error) int {
-	tooLarge := func(e error) bool {
-		var mtl kafka.MessageTooLargeError
-		return errors.Is(e, kafka.MessageSizeTooLarge) || errors.As(e, &mtl)
-	}
-	n := 0
-	half := func(dl *deadLetter) {
-		if dl.limit > 256 {
-			dl.limit /= 2
-			n++
-		}
-	}
+// recordOverhead is what a record batch of one letter takes beside the
+// letter's key, value and headers (batch header, record framing).
+const recordOverhead = 256
+
+// isTooLarge reports whether a write failed because a message was over the
+// broker's or the writer's size limit.
+func isTooLarge(err error) bool {
 	var werrs kafka.WriteErrors
-	if errors.As(err, &werrs) && len(werrs) == len(batch) {
-		for i, e := range werrs {
-			if e != nil && tooLarge(e) {
-				half(&batch[i])
+	if errors.As(err, &werrs) {
+		for _, e := range werrs {
+			if e != nil && isTooLarge(e) {
+				return true
 			}
 		}
-		return n
+		return false
 	}
-	if tooLarge(err) {
-		// Which letter is unknown: shrink the largest.
-		big := 0
-		for i := range batch {
-			if len(batch[i].msg.Value) > len(batch[big].msg.Value) {
-				big = i
+	var mtl kafka.MessageTooLargeError
+	return errors.Is(err, kafka.MessageSizeTooLarge) || errors.As(err, &mtl)
+}
+
+// topicLimit reads the dead-letter topic's max.message.bytes.
+func (d *deadLetters) topicLimit(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cl := &kafka.Client{Addr: kafka.TCP(d.cfg.Brokers...), Transport: d.transport}
+	res, err := cl.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: d.cfg.DeadLetterTopic, ConfigNames: []string{"max.message.bytes"}}}})
+	if err != nil {
+		return 0, fmt.Errorf("describe %s: %w", d.cfg.DeadLetterTopic, err)
+	}
+	for _, r := range res.Resources {
+		if r.Error != nil {
+			return 0, fmt.Errorf("describe %s: %w", d.cfg.DeadLetterTopic, r.Error)
+		}
+		for _, e := range r.ConfigEntries {
+			if e.ConfigName == "max.message.bytes" {
+				n, err := strconv.Atoi(e.ConfigValue)
+				if err != nil {
+					return 0, fmt.Errorf("max.message.bytes of %s: %w", d.cfg.DeadLetterTopic, err)
+				}
+				return n, nil
 			}
 		}
-		half(&batch[big])
 	}
-	return n
+	return 0, fmt.Errorf("describe %s: no max.message.bytes", d.cfg.DeadLetterTopic)
 }
 
 func (d *deadLetters) close() error {

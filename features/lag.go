@@ -27,10 +27,7 @@ type lagWatch struct {
 }
 
 func newLagWatch(cfg ConsumerConfig, log *slog.Logger) *lagWatch {
-	transport := &kafka.Transport{}
-	if cfg.Dialer != nil {
-		transport = &kafka.Transport{Dial: cfg.Dialer.DialFunc, TLS: cfg.Dialer.TLS, SASL: cfg.Dialer.SASLMechanism}
-	}
+	transport := cfg.transport()
 	w := &lagWatch{cfg: cfg, log: log, transport: transport,
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 5 * time.Second, Transport: transport}}
 	w.lag.Store(-1)
@@ -191,4 +188,14 @@ func (a *assignments) observe(format string, args ...any) {
 	}
 	a.rebalances.Inc()
 	a.log.Info("partitions assigned", "topic", a.topic, "partitions", now, "gained", gained, "lost", lost, "committed", offsets)
+}
+
+// transport is an own kafka-go transport (not kafka-go's process-wide
+// default, so that its connections can be released) with the Dialer's TLS
+// and SASL.
+func (c ConsumerConfig) transport() *kafka.Transport {
+	if c.Dialer == nil {
+		return &kafka.Transport{}
+	}
+	return &kafka.Transport{Dial: c.Dialer.DialFunc, TLS: c.Dialer.TLS, SASL: c.Dialer.SASLMechanism}
 }

@@ -176,10 +176,17 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if err != nil {
 		return err
 	}
+	// Partition marks live where the histories do: a restart with shared
+	// histories must still tell redeliveries from offsets that went back.
+	var marks features.Marks = features.NewMemoryMarks()
+	if cfg.HistoryStore == features.BackendRedis {
+		marks = features.NewRedisMarks(rdb, features.DefaultKeyPrefix, cfg.Group, cfg.Topic)
+	}
 	consumer, err := features.NewConsumer(features.ConsumerConfig{
 		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
 		Workers: cfg.Workers, BatchSize: cfg.IngestBatch, EventIDCache: cfg.EventIDCache, CommitInterval: cfg.CommitInterval, CommitBatch: cfg.CommitBatch,
-		Decoder: features.DecoderConfig{MaxSkew: cfg.MaxSkew},
+		SessionTimeout: cfg.KafkaSessionTimeout, HeartbeatInterval: cfg.KafkaHeartbeatInterval,
+		Decoder: features.DecoderConfig{MaxSkew: cfg.MaxSkew}, Marks: marks,
 	}, eng, log, reg)
 	if err != nil {
 		return err
@@ -247,7 +254,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			errc <- fmt.Errorf("admin http: %w", err)
 		}
 	})
-	auxWG.Go(func() { watchHealth(srvCtx, log, models, rdb, dialer, brokers, srv, &ready) })
+	auxWG.Go(func() { watchHealth(srvCtx, log, models, rdb, dialer, brokers, consumer, srv, &ready) })
 	auxWG.Go(func() { progress(srvCtx, log, eng, eval) })
 	auxWG.Go(func() { feedPrecision(srvCtx, eval, models, time.Second) })
 	if mem, ok := hist.(*features.Histories); ok {
@@ -491,10 +498,13 @@ func feedPrecision(ctx context.Context, eval *prefetch.Evaluator, models *lifecy
 
 // watchHealth sets gRPC health and /readyz: SERVING only while a model is
 // loaded and Kafka and Redis answer.
-func watchHealth(ctx context.Context, log *slog.Logger, models *lifecycle.Manager, rdb redis.UniversalClient, dialer *kafka.Dialer, brokers []string, srv *server.Server, ready *atomic.Bool) {
+func watchHealth(ctx context.Context, log *slog.Logger, models *lifecycle.Manager, rdb redis.UniversalClient, dialer *kafka.Dialer, brokers []string, consumer *features.Consumer, srv *server.Server, ready *atomic.Bool) {
 	check := func() error {
 		if models.Current() == nil {
 			return hint.ErrNoModel
+		}
+		if err := consumer.Ready(); err != nil {
+			return err
 		}
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -89,7 +90,25 @@ func redisClient(cfg Config, addr string) (redis.UniversalClient, error) {
 		}
 		opts.TLSConfig = tc
 	}
+	if len(opts.Addrs) == 1 && clusterEnabled(opts) {
+		// One seed address of a Redis Cluster: without cluster mode every
+		// command on a key of another master would fail with MOVED.
+		opts.IsClusterMode = true
+	}
 	return redis.NewUniversalClient(opts), nil
+}
+
+// clusterEnabled asks the single Redis in opts whether it is a cluster
+// node. A server that does not answer within a few seconds is taken for a
+// standalone one; commands then fail (and are retried) rather than go to
+// the wrong node silently.
+func clusterEnabled(opts *redis.UniversalOptions) bool {
+	c := redis.NewClient(opts.Simple())
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	info, err := c.Info(ctx, "cluster").Result()
+	return err == nil && strings.Contains(info, "cluster_enabled:1")
 }
 
 // canonicalizer builds the page canonicalization from the JSON file named by

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/prefetchd/prefetchd/features"
 )
 
 // EnvPrefix starts the environment variable that matches each flag: --kafka-brokers
@@ -45,6 +48,10 @@ type Config struct {
 	CommitInterval time.Duration
 	CommitBatch    int
 	MaxSkew        time.Duration
+	// Group membership: how long the group waits for a silent member
+	// (failover gap when a replica dies) and how often members heartbeat.
+	KafkaSessionTimeout    time.Duration
+	KafkaHeartbeatInterval time.Duration
 
 	// Redis. Empty RedisAddr starts an in-process Redis-protocol store.
 	RedisAddr     string
@@ -185,6 +192,12 @@ func (c *Config) Validate() error {
 	if c.Workers < 0 || c.IngestBatch < 0 || c.CommitBatch < 0 || c.CommitInterval < 0 {
 		errs = append(errs, errors.New("--workers, --ingest-batch, --commit-batch and --commit-interval must not be negative"))
 	}
+	if c.KafkaSessionTimeout != 0 && c.KafkaSessionTimeout < features.MinSessionTimeout {
+		errs = append(errs, fmt.Errorf("--kafka-session-timeout %s below %s, the brokers' default minimum (group.min.session.timeout.ms)", c.KafkaSessionTimeout, features.MinSessionTimeout))
+	}
+	if c.KafkaHeartbeatInterval < 0 || c.KafkaHeartbeatInterval != 0 && c.KafkaHeartbeatInterval >= cmp.Or(c.KafkaSessionTimeout, features.DefaultSessionTimeout) {
+		errs = append(errs, errors.New("--kafka-heartbeat-interval must be positive and below the session timeout"))
+	}
 	if c.GlobalRate < 0 || c.PerUserRate < 0 || c.BudgetKeys < 0 || c.HistoryMaxUsers < 0 {
 		errs = append(errs, errors.New("rates, budgets and --history-max-users must not be negative"))
 	}
@@ -231,6 +244,8 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.IntVar(&c.IngestBatch, "ingest-batch", c.IngestBatch, "most clicks a worker scores in one run of a step-form model, clicks of distinct users sharing it (0: 64; 1: one by one)")
 	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "longest time between offset commits (0: 1s)")
 	fs.IntVar(&c.CommitBatch, "commit-batch", c.CommitBatch, "commit early after this many events (0: 5000)")
+	fs.DurationVar(&c.KafkaSessionTimeout, "kafka-session-timeout", c.KafkaSessionTimeout, "consumer group session timeout: a replica that stops heartbeating loses its partitions after this (0: 10s; at least 6s, the brokers' default minimum)")
+	fs.DurationVar(&c.KafkaHeartbeatInterval, "kafka-heartbeat-interval", c.KafkaHeartbeatInterval, "consumer group heartbeat interval, below the session timeout (0: 1s)")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "events whose ts is further than this from now are rejected (negative: no check)")
 	fs.StringVar(&c.RedisAddr, "redis-addr", c.RedisAddr, "Redis host:port, or several comma-separated for a Redis Cluster; empty starts an in-process store")
 	fs.StringVar(&c.RedisUsername, "redis-username", c.RedisUsername, "Redis ACL user")
