@@ -178,6 +178,8 @@ type Meta struct {
 	Offset    int64
 	// Time is the broker timestamp of the message (zero for Apply).
 	Time time.Time
+	// Gen is the partition's generation, bumped when its offsets go backwards.
+	Gen uint32
 }
 
 // Handler applies a decoded event (the engine: history, model, prefetch).
