@@ -132,7 +132,10 @@ type slot struct {
 	prev      int32
 	next      int32
 	partition int32
+	gen       uint32
 	epoch     uint32
+	seq       uint32
+	stateSeq  uint32
 	n         uint16
 }
 
@@ -208,7 +211,10 @@ func (s *shard) view(i int32, maxLen int, r *Record) {
 	r.Epoch = sl.epoch
 	r.Last = time.Unix(0, sl.last)
 	r.Partition = sl.partition
+	r.Gen = sl.gen
 	r.Offset = sl.offset
+	r.Seq = sl.seq
+	r.StateSeq = sl.stateSeq
 }
 
 // store writes the fields of a Record view back into slot i.
@@ -219,7 +225,10 @@ func (s *shard) store(i int32, r *Record) {
 	sl.epoch = r.Epoch
 	sl.last = r.Last.UnixNano()
 	sl.partition = r.Partition
+	sl.gen = r.Gen
 	sl.offset = r.Offset
+	sl.seq = r.Seq
+	sl.stateSeq = r.StateSeq
 }
 
 func copyRecord(dst *Record, src *Record) {
@@ -228,7 +237,10 @@ func copyRecord(dst *Record, src *Record) {
 	dst.Epoch = src.Epoch
 	dst.Last = src.Last
 	dst.Partition = src.Partition
+	dst.Gen = src.Gen
 	dst.Offset = src.Offset
+	dst.Seq = src.Seq
+	dst.StateSeq = src.StateSeq
 }
 
 // now is the wall clock of idle eviction in Unix ns; 0 when idle eviction is
@@ -258,7 +270,8 @@ func (h *Histories) slotFor(s *shard, user string, now int64) (int32, bool) {
 	return h.insert(s, user, now), false
 }
 
-// Append implements Store. It never fails except with ErrDuplicate.
+// Append implements Store. It never fails except with ErrDuplicate or
+// ErrUnsettled.
 func (h *Histories) Append(_ context.Context, user string, c Click, rec *Record) error {
 	now := h.now()
 	s := h.shardOf(user)
@@ -267,9 +280,9 @@ func (h *Histories) Append(_ context.Context, user string, c Click, rec *Record)
 	i, ok := h.slotFor(s, user, now)
 	var view Record
 	s.view(i, h.cfg.MaxLen, &view)
-	if !applyClick(&view, c, h.cfg.MaxLen, h.cfg.SessionGap, ok) {
+	if out := applyClick(&view, c, h.cfg.MaxLen, h.cfg.SessionGap, ok); out != clickApplied {
 		copyRecord(rec, &view)
-		return ErrDuplicate
+		return out.err()
 	}
 	if len(view.Pages) == 1 {
 		h.sessions.Inc()
@@ -327,7 +340,9 @@ func (h *Histories) Save(_ context.Context, user string, rec *Record) error {
 	}
 	view.Pages = append(view.Pages[:0], pages...)
 	view.State = append(view.State[:0], rec.State...)
-	view.Epoch, view.Last, view.Partition, view.Offset = rec.Epoch, rec.Last, rec.Partition, rec.Offset
+	view.Epoch, view.Last = rec.Epoch, rec.Last
+	view.Partition, view.Gen, view.Offset = rec.Partition, rec.Gen, rec.Offset
+	view.Seq, view.StateSeq = rec.Seq, rec.StateSeq
 	s.store(i, &view)
 	return nil
 }

@@ -89,11 +89,11 @@ func NewStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus.Regi
 }
 
 // appendScript applies one click to the record hash KEYS[1] inside Redis,
-// with the same rules as applyClick, and returns {applied (1 or 0 for a
-// duplicate), e, l, p, o, h, s}: epoch, last event time (Unix µs), partition,
-// offset, pages (int32 little endian, packed) and state (float32 little
-// endian, packed). ARGV: page (4 bytes), ts (Unix µs), epoch, partition,
-// offset, max length, session gap (µs, 0 = none), TTL (ms, 0 = none).
+// with the same rules as applyClick, and returns {outcome (1 applied, 0
+// duplicate, 2 unsettled), e, l, p, o, h, s, g, q, c}: the record's fields
+// (see fieldNames). ARGV: page (4 bytes), ts (Unix µs), epoch, partition,
+// offset, max length, session gap (µs, 0 = none), TTL (ms, 0 = none),
+// generation. A record without q (written before stamps) reads as q 1, c 0.
 var appendScript = redis.NewScript(`
 local k = KEYS[1]
 local t = redis.call('TYPE', k)['ok']
@@ -101,10 +101,14 @@ if t ~= 'hash' and t ~= 'none' then redis.call('DEL', k); t = 'none' end
 local exists = (t == 'hash')
 local ts, off = tonumber(ARGV[2]), tonumber(ARGV[5])
 local maxlen, gap, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local r = redis.call('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's')
-local e, l, p, o, h, s = r[1] or ARGV[3], r[2] or ARGV[2], r[3] or '0', r[4] or '-1', r[5] or '', r[6] or ''
-if exists and off >= 0 and tonumber(o) >= 0 and p == ARGV[4] and off <= tonumber(o) then
-  return {0, e, l, p, o, h, s}
+local r = redis.call('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's', 'g', 'q', 'c')
+local e, l, p, o, h, s, g = r[1] or ARGV[3], r[2] or ARGV[2], r[3] or '0', r[4] or '-1', r[5] or '', r[6] or '', r[7] or '0'
+local q, c = tonumber(r[8] or '1'), tonumber(r[9] or '0')
+if not exists then q, c = 0, 0 end
+if exists and off >= 0 and tonumber(o) >= 0 and p == ARGV[4] and g == ARGV[9] and off <= tonumber(o) then
+  local out = 0
+  if off == tonumber(o) and q ~= c then out = 2 end
+  return {out, e, l, p, o, h, s, g, tostring(q), tostring(c)}
 end
 if (not exists) or (gap > 0 and ts - tonumber(l) > gap) then
   h, s, e = '', '', ARGV[3]
@@ -113,28 +117,37 @@ if #h % 4 ~= 0 then h = '' end
 h = h .. ARGV[1]
 if #h > 4 * maxlen then h = string.sub(h, #h - 4 * maxlen + 1) end
 if (not exists) or ts > tonumber(l) then l = ARGV[2] end
-if off >= 0 then p, o = ARGV[4], ARGV[5] end
-redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 's', s)
+if off >= 0 then p, o, g = ARGV[4], ARGV[5], ARGV[9] end
+q = (q + 1) % 4294967296
+redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 's', s, 'g', g, 'q', tostring(q), 'c', tostring(c))
 if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
-return {1, e, l, p, o, h, s}
+return {1, e, l, p, o, h, s, g, tostring(q), tostring(c)}
 `)
 
-// saveScript replaces the record hash KEYS[1]. ARGV: e, l, p, o, h, s, TTL (ms, 0 = none).
+// saveScript replaces the record hash KEYS[1]. ARGV: the fields in the order
+// of fieldNames, TTL (ms, 0 = none).
 var saveScript = redis.NewScript(`
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'e', ARGV[1], 'l', ARGV[2], 'p', ARGV[3], 'o', ARGV[4], 'h', ARGV[5], 's', ARGV[6])
-if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+redis.call('HSET', KEYS[1], 'e', ARGV[1], 'l', ARGV[2], 'p', ARGV[3], 'o', ARGV[4], 'h', ARGV[5], 's', ARGV[6], 'g', ARGV[7], 'q', ARGV[8], 'c', ARGV[9])
+if tonumber(ARGV[10]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
 return 1
 `)
+
+// fieldNames are the hash fields of a record: epoch, last event time in µs,
+// Kafka partition and offset, packed pages, packed state, generation, Seq
+// and StateSeq.
+var fieldNames = [numFields]string{"e", "l", "p", "o", "h", "s", "g", "q", "c"}
+
+const numFields = 9
 
 // RedisStore is a Store in Redis (standalone, Sentinel or Cluster through
 // go-redis's UniversalClient), so that every replica sees every user's
 // history and a partition moved by a rebalance resumes where it was. Each
-// user is one hash (fields e, l, p, o, h, s: epoch, last event time in µs,
-// Kafka partition and offset, packed pages, packed state) under a hash-tagged
-// key, expiring after IdleTTL. Append runs entirely inside Redis as one Lua
-// script (one round trip, atomic), so concurrent replicas never lose or
-// double a click. Get and Load are served from an in-process LRU cache of
+// user is one hash (fieldNames: epoch, last event time in µs, Kafka
+// position, packed pages, packed state, Seq and StateSeq) under a
+// hash-tagged key, expiring after IdleTTL. Append runs entirely inside Redis
+// as one Lua script (one round trip, atomic), so concurrent replicas never
+// lose or double a click. Get and Load are served from an in-process LRU cache of
 // records up to CacheTTL old, then from Redis. Save is an unconditional
 // replace (last writer wins). Errors from Redis (including timeouts,
 // OpTimeout per round trip) are returned wrapped; build the client with
@@ -220,7 +233,7 @@ func (s *RedisStore) observe(op string, start time.Time, err error) {
 func (s *RedisStore) appendArgs(c Click) []any {
 	page := make([]byte, 4)
 	binary.LittleEndian.PutUint32(page, uint32(c.Page))
-	return []any{page, c.TS.UnixMicro(), c.Epoch, c.Partition, c.Offset, s.cfg.History.MaxLen, s.gapArg, s.ttlArg}
+	return []any{page, c.TS.UnixMicro(), c.Epoch, c.Partition, c.Offset, s.cfg.History.MaxLen, s.gapArg, s.ttlArg, c.Gen}
 }
 
 // Append implements Store in one round trip.
@@ -294,11 +307,11 @@ func (s *RedisStore) appendResult(user string, res []any, err error, rec *Record
 		s.cache.drop(user)
 		return fmt.Errorf("append history of %q: %w", user, err)
 	}
-	if len(res) != 7 {
+	if len(res) != numFields+1 {
 		s.cache.drop(user)
 		return fmt.Errorf("append history of %q: script returned %d values", user, len(res))
 	}
-	var f [6]string
+	var f [numFields]string
 	for i := range f {
 		f[i], _ = res[i+1].(string)
 	}
@@ -307,10 +320,13 @@ func (s *RedisStore) appendResult(user string, res []any, err error, rec *Record
 		return fmt.Errorf("append history of %q: %w", user, err)
 	}
 	s.cache.put(user, rec, true)
-	if n, _ := res[0].(int64); n != 1 {
-		return ErrDuplicate
+	switch n, _ := res[0].(int64); n {
+	case 1:
+		return nil
+	case 2:
+		return ErrUnsettled
 	}
-	return nil
+	return ErrDuplicate
 }
 
 // load reads user's record from the cache (at most CacheTTL old) or Redis.
@@ -323,13 +339,13 @@ func (s *RedisStore) load(ctx context.Context, user string, rec *Record) (bool, 
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
 	start := time.Now()
-	vals, err := s.client.HMGet(ctx, s.Key(user), "e", "l", "p", "o", "h", "s").Result()
+	vals, err := s.client.HMGet(ctx, s.Key(user), fieldNames[:]...).Result()
 	s.observe("load", start, err)
 	if err != nil {
 		resetRecord(rec)
 		return false, fmt.Errorf("load history of %q: %w", user, err)
 	}
-	var f [6]string
+	var f [numFields]string
 	exists := false
 	for i := range f {
 		if v, ok := vals[i].(string); ok {
@@ -369,7 +385,11 @@ func (s *RedisStore) saveArgs(r *Record) []any {
 		r.Pages = r.Pages[len(r.Pages)-n:]
 	}
 	f := encodeFields(r)
-	return []any{f[0], f[1], f[2], f[3], f[4], f[5], s.ttlArg}
+	args := make([]any, 0, numFields+1)
+	for _, v := range f {
+		args = append(args, v)
+	}
+	return append(args, s.ttlArg)
 }
 
 // Save implements Store: an unconditional replace.
@@ -416,11 +436,11 @@ func (s *RedisStore) saveResult(user string, r *Record, err error) error {
 func resetRecord(r *Record) {
 	r.Pages = r.Pages[:0]
 	r.State = r.State[:0]
-	r.Epoch, r.Last, r.Partition, r.Offset = 0, time.Time{}, 0, -1
+	r.Epoch, r.Last, r.Partition, r.Gen, r.Offset, r.Seq, r.StateSeq = 0, time.Time{}, 0, 0, -1, 0, 0
 }
 
-// encodeFields renders a record as the hash fields e, l, p, o, h, s.
-func encodeFields(r *Record) [6]string {
+// encodeFields renders a record as the hash fields of fieldNames.
+func encodeFields(r *Record) [numFields]string {
 	var last int64
 	if !r.Last.IsZero() {
 		last = r.Last.UnixMicro()
@@ -433,29 +453,37 @@ func encodeFields(r *Record) [6]string {
 	for _, v := range r.State {
 		st = binary.LittleEndian.AppendUint32(st, math.Float32bits(v))
 	}
-	return [6]string{
+	return [numFields]string{
 		strconv.FormatUint(uint64(r.Epoch), 10),
 		strconv.FormatInt(last, 10),
 		strconv.FormatInt(int64(r.Partition), 10),
 		strconv.FormatInt(r.Offset, 10),
 		string(h),
 		string(st),
+		strconv.FormatUint(uint64(r.Gen), 10),
+		strconv.FormatUint(uint64(r.Seq), 10),
+		strconv.FormatUint(uint64(r.StateSeq), 10),
 	}
 }
 
 var errCorrupt = errors.New("corrupt history record")
 
-// decodeFields parses the hash fields e, l, p, o, h, s into r (reusing its
-// slices).
-func decodeFields(f [6]string, r *Record) error {
+// decodeFields parses the hash fields of fieldNames into r (reusing its
+// slices). A missing (empty) g reads as 0, and missing q and c as 1 and 0:
+// a record written before stamps, whose state is unknown.
+func decodeFields(f [numFields]string, r *Record) error {
 	epoch, err1 := strconv.ParseUint(f[0], 10, 32)
 	last, err2 := strconv.ParseInt(f[1], 10, 64)
 	part, err3 := strconv.ParseInt(f[2], 10, 32)
 	off, err4 := strconv.ParseInt(f[3], 10, 64)
-	if err := errors.Join(err1, err2, err3, err4); err != nil || len(f[4])%4 != 0 || len(f[5])%4 != 0 {
+	gen, err5 := parseUint32(f[6], 0)
+	seq, err6 := parseUint32(f[7], 1)
+	stateSeq, err7 := parseUint32(f[8], 0)
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil || len(f[4])%4 != 0 || len(f[5])%4 != 0 {
 		return errCorrupt
 	}
-	r.Epoch, r.Partition, r.Offset = uint32(epoch), int32(part), off
+	r.Epoch, r.Partition, r.Gen, r.Offset = uint32(epoch), int32(part), gen, off
+	r.Seq, r.StateSeq = seq, stateSeq
 	r.Last = time.Time{}
 	if last != 0 {
 		r.Last = time.UnixMicro(last)
@@ -470,6 +498,15 @@ func decodeFields(f [6]string, r *Record) error {
 		r.State = append(r.State, math.Float32frombits(bits))
 	}
 	return nil
+}
+
+// parseUint32 parses a decimal field, def when it is missing.
+func parseUint32(s string, def uint32) (uint32, error) {
+	if s == "" {
+		return def, nil
+	}
+	v, err := strconv.ParseUint(s, 10, 32)
+	return uint32(v), err
 }
 
 // recordCache is a bounded LRU of record copies with their fetch time. A nil

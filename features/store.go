@@ -3,6 +3,7 @@ package features
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -10,6 +11,15 @@ import (
 // not after the last position applied to the user's record: a redelivery that
 // must not be applied twice. The record is still filled in.
 var ErrDuplicate = errors.New("duplicate click")
+
+// ErrUnsettled is returned by Store.Append for a redelivery of the record's
+// latest positioned click whose effect is not settled (Record.StateSeq !=
+// Record.Seq): an earlier attempt appended it and stopped before saving the
+// state. The click is not appended again; the record is filled in, and the
+// caller finishes the click (state, Save with StateSeq = Seq) without
+// counting it again. It wraps ErrDuplicate, so a caller that keeps no state
+// may treat it as one.
+var ErrUnsettled = fmt.Errorf("unsettled click: %w", ErrDuplicate)
 
 // Click is one page view to append to a user's history.
 type Click struct {
@@ -21,9 +31,11 @@ type Click struct {
 	// Epoch tags the vocabulary Page belongs to. It becomes the record's epoch
 	// when the click starts a new record or a new session.
 	Epoch uint32
-	// Partition and Offset locate the event in Kafka. Offset < 0 means the
-	// click has no position (gRPC Ingest) and is never a duplicate.
+	// Partition, Gen and Offset locate the event in Kafka: Gen is the
+	// partition's generation (Meta.Gen). Offset < 0 means the click has no
+	// position (gRPC Ingest) and is never a duplicate.
 	Partition int32
+	Gen       uint32
 	Offset    int64
 }
 
@@ -31,22 +43,37 @@ type Click struct {
 type Record struct {
 	// Pages are the current session's page indices, oldest first, at most MaxLen.
 	Pages []int32
-	// State is the model's opaque recurrent state; empty when none. A new
-	// session clears it.
+	// State is the model's opaque recurrent state after click StateSeq;
+	// empty when none. A new session clears it.
 	State []float32
 	// Epoch is the vocabulary epoch of the indices in Pages (and of State).
 	Epoch uint32
 	// Last is the event time of the latest click.
 	Last time.Time
-	// Partition and Offset are the Kafka position of the latest click applied
-	// with a position; Offset is -1 when there is none.
+	// Partition, Gen and Offset are the Kafka position of the latest click
+	// applied with a position; Offset is -1 when there is none.
 	Partition int32
+	Gen       uint32
 	Offset    int64
+	// Seq counts the clicks applied to the record (Append adds one, modulo
+	// 2^32). StateSeq is the Seq of the click that State covers: the caller
+	// stamps it when it saves a state. StateSeq == Seq means the latest
+	// click is settled; after Append, State is usable for the new click only
+	// when StateSeq == Seq-1, and is rebuilt from Pages otherwise. A record
+	// stored before stamps existed reads as Seq 1, StateSeq 0 (state unknown).
+	Seq      uint32
+	StateSeq uint32
 }
 
 // Store keeps bounded per-user histories. Implementations are safe for
 // concurrent use; callers keep the clicks of one user in order (the Consumer
 // does, by routing a user to one worker).
+//
+// A click's effect is Append (history, position, Seq) and, for a model with
+// recurrent state, a Save of the new state stamped StateSeq = Seq. Retrying
+// after any prefix of that work converges: a redelivery finds the click in
+// the history and gets ErrUnsettled until the stamped Save is done,
+// ErrDuplicate after.
 //
 // Remapping after a vocabulary change: each record carries the Epoch of its
 // indices. Append stores Click.Page as given and only sets the record's epoch
@@ -57,15 +84,18 @@ type Record struct {
 type Store interface {
 	// Append applies c to user's record and fills rec with the result (reusing
 	// rec's slices). A click whose position is not after the record's
-	// position in the same partition is not applied: Append fills rec and
-	// returns ErrDuplicate.
+	// position in the same partition and generation is not applied: Append
+	// fills rec and returns ErrUnsettled when it is the record's latest
+	// click and unsettled, ErrDuplicate otherwise. A click of another
+	// generation is applied whatever its offset.
 	Append(ctx context.Context, user string, c Click, rec *Record) error
 	// Get appends user's current-session pages, oldest first, to dst[:0]. An
 	// unknown or evicted user has an empty history and no error.
 	Get(ctx context.Context, user string, dst []int32) ([]int32, error)
 	// Load fills rec with user's record and reports whether it exists.
 	Load(ctx context.Context, user string, rec *Record) (bool, error)
-	// Save replaces user's record with rec (Pages cut to the newest MaxLen).
+	// Save replaces user's record with rec (Pages cut to the newest MaxLen),
+	// stamps included.
 	Save(ctx context.Context, user string, rec *Record) error
 }
 
@@ -89,19 +119,42 @@ const (
 	BackendRedis  = "redis"
 )
 
-// applyClick is the shared Append logic on a record held by a store.
-// It reports false when c is a duplicate.
-func applyClick(r *Record, c Click, maxLen int, gap time.Duration, exists bool) bool {
-	if exists && c.Offset >= 0 && r.Offset >= 0 && r.Partition == c.Partition && c.Offset <= r.Offset {
-		return false
+// appendOutcome is what applyClick did with a click.
+type appendOutcome int
+
+const (
+	clickApplied appendOutcome = iota
+	clickDuplicate
+	clickUnsettled
+)
+
+// err is the Append error of the outcome.
+func (o appendOutcome) err() error {
+	switch o {
+	case clickDuplicate:
+		return ErrDuplicate
+	case clickUnsettled:
+		return ErrUnsettled
+	}
+	return nil
+}
+
+// applyClick is the shared Append logic on a record held by a store (the
+// Redis script mirrors it).
+func applyClick(r *Record, c Click, maxLen int, gap time.Duration, exists bool) appendOutcome {
+	if exists && c.Offset >= 0 && r.Offset >= 0 && r.Partition == c.Partition && r.Gen == c.Gen && c.Offset <= r.Offset {
+		if c.Offset == r.Offset && r.StateSeq != r.Seq {
+			return clickUnsettled
+		}
+		return clickDuplicate
+	}
+	if !exists {
+		r.Offset, r.Seq, r.StateSeq = -1, 0, 0
 	}
 	if !exists || (gap > 0 && c.TS.Sub(r.Last) > gap) {
 		r.Pages = r.Pages[:0]
 		r.State = r.State[:0]
 		r.Epoch = c.Epoch
-		if !exists {
-			r.Offset = -1
-		}
 	}
 	if len(r.Pages) >= maxLen {
 		n := copy(r.Pages, r.Pages[len(r.Pages)-maxLen+1:])
@@ -112,7 +165,8 @@ func applyClick(r *Record, c Click, maxLen int, gap time.Duration, exists bool) 
 		r.Last = c.TS
 	}
 	if c.Offset >= 0 {
-		r.Partition, r.Offset = c.Partition, c.Offset
+		r.Partition, r.Gen, r.Offset = c.Partition, c.Gen, c.Offset
 	}
-	return true
+	r.Seq++
+	return clickApplied
 }

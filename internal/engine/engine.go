@@ -224,10 +224,30 @@ func (e *Engine) policyFor(l *lifecycle.Live) *prefetch.Policy {
 	return p.policy
 }
 
+// ReasonModel is the features.RejectError reason of a click the model fails
+// on (scoring it, or rebuilding the user's state from the history).
+const ReasonModel = "model"
+
 // HandleEvent applies one click: history, prediction, prefetch, evaluation
-// and watchers. It returns an error wrapping features.ErrDuplicate for a
-// redelivered click (not applied twice), hint.ErrNoModel before a model is
-// loaded, and ctx.Err() when ctx ends.
+// and watchers. Errors tell the consumer what to do with the event:
+//   - one wrapping features.ErrDuplicate: a redelivered click, already
+//     applied (final);
+//   - a *features.RejectError (reason ReasonModel): the model failed on this
+//     click, which retrying would not change (final; the consumer
+//     dead-letters it);
+//   - anything else is transient and the click is to be retried: a store
+//     error, hint.ErrNoModel before a model is loaded, ctx.Err() when ctx
+//     ends.
+//
+// With a step-form model a click is settled by saving the new state stamped
+// with the click (features.Record.StateSeq); a redelivery of an unsettled
+// click (features.ErrUnsettled from the store) is finished, not applied
+// again or counted twice, and HandleEvent returns nil for it. The prefetch is
+// handed to the warmer before that Save, so a Save whose reply is lost has
+// nothing left undone; a redelivery may prefetch again, which is harmless.
+// Without a step form Append is the whole effect; a redelivery of a user's
+// latest click is still re-scored and prefetched (its first attempt may
+// have stopped before) and reported as a duplicate.
 func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta features.Meta) error {
 	l, err := e.live()
 	if err != nil {
@@ -244,37 +264,115 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	page := e.deps.Canon.Canonical(ev.Page)
 
 	idx := l.Vocab.Index(page)
-	click := features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Offset: meta.Offset}
-	if err := e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec); err != nil {
-		if errors.Is(err, features.ErrDuplicate) {
-			e.counter.duplicates.Add(1)
-		}
-		return fmt.Errorf("append click: %w", err)
+	click := newClick(l, idx, ev, meta)
+	resumed, err := e.appended(e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec), ev.UserID, page, ev.TS)
+	if err != nil {
+		return err
 	}
-	// The click counts for the evaluation once it is applied, so a
-	// redelivery does not count it twice.
-	e.deps.Evaluator.ObserveClick(ev.UserID, page, ev.TS)
-	e.counter.events.Add(1)
-
 	if b.rec.Epoch != l.Epoch {
-		if err := e.remapRecord(ctx, ev.UserID, l, &b.rec, b); err != nil {
+		if err := e.remapRecord(ctx, ev.UserID, l, idx, &b.rec, b); err != nil {
 			return err
 		}
 	}
-	var probs []float32
-	var err error
-	if l.Bundle != nil && l.Bundle.HasStep() {
-		probs, err = e.step(ctx, ev.UserID, l, &b.rec, b)
-	} else {
+	if l.Bundle == nil || !l.Bundle.HasStep() {
 		b.hist = widen(b.hist, b.rec.Pages)
-		probs, err = e.predict(ctx, l, b.hist, b)
+		probs, err := e.predict(ctx, l, b.hist, b)
+		if err != nil {
+			return modelError(ctx, err)
+		}
+		e.prefetch(ctx, l, ev, page, idx, len(b.rec.Pages), probs, b)
+		if resumed {
+			return e.redelivered()
+		}
+		e.m.handle.Observe(time.Since(start).Seconds())
+		return nil
 	}
+	e.counter.predictions.Add(1)
+	state, probs, err := e.stateBefore(ctx, l, &b.rec, b.probs)
+	if err == nil {
+		probs, state, err = l.Bundle.Step(ctx, int64(b.rec.Pages[len(b.rec.Pages)-1]), state, probs)
+		if err != nil {
+			err = modelError(ctx, fmt.Errorf("step with %s: %w", l.Version, err))
+		}
+	}
+	b.probs = probs
 	if err != nil {
 		return err
 	}
 	e.prefetch(ctx, l, ev, page, idx, len(b.rec.Pages), probs, b)
+	b.rec.State, b.rec.StateSeq = state, b.rec.Seq
+	if err := e.deps.Histories.Save(ctx, ev.UserID, &b.rec); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
 	e.m.handle.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// newClick is the history entry of ev, page index idx under l.
+func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Meta) features.Click {
+	return features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Gen: meta.Gen, Offset: meta.Offset}
+}
+
+// appended classifies the result of appending a click: a new click is
+// counted (evaluation, totals); resumed is a click an earlier attempt
+// appended and did not settle (features.ErrUnsettled), which the caller
+// finishes without counting it again. A duplicate or a store error comes
+// back as err.
+func (e *Engine) appended(err error, user, page string, at time.Time) (resumed bool, _ error) {
+	switch {
+	case err == nil:
+		e.deps.Evaluator.ObserveClick(user, page, at)
+		e.counter.events.Add(1)
+		return false, nil
+	case errors.Is(err, features.ErrUnsettled):
+		return true, nil
+	case errors.Is(err, features.ErrDuplicate):
+		e.counter.duplicates.Add(1)
+	}
+	return false, fmt.Errorf("append click: %w", err)
+}
+
+// redelivered is the outcome of a resumed click of a model without state:
+// Append was its whole effect, so it is a duplicate once prefetched again.
+func (e *Engine) redelivered() error {
+	e.counter.duplicates.Add(1)
+	return fmt.Errorf("append click: %w", features.ErrDuplicate)
+}
+
+// modelError classifies a model failure on a click: when ctx has ended it
+// is returned as is (the click is retried); otherwise the model fails on
+// this input and the click is rejected.
+func modelError(ctx context.Context, err error) error {
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return &features.RejectError{Reason: ReasonModel, Detail: err.Error()}
+}
+
+// final reports whether err is a final outcome of a click (duplicate or
+// rejected), as opposed to a failure to retry.
+func final(err error) bool {
+	return errors.Is(err, features.ErrDuplicate) || errors.Is(err, features.ErrRejected)
+}
+
+// stateBefore returns the recurrent state before rec's newest click: the
+// stored one when its stamp says it covers exactly the history before that
+// click (StateSeq == Seq-1), else one rebuilt from the history (a new
+// session, a swapped model, an unsettled or unknown state). probs is
+// scratch space, returned grown. A model failure is classified by
+// modelError.
+func (e *Engine) stateBefore(ctx context.Context, l *lifecycle.Live, rec *features.Record, probs []float32) (state, _ []float32, err error) {
+	if len(rec.State) == l.Bundle.StateSize() && rec.StateSeq == rec.Seq-1 {
+		return rec.State, probs, nil
+	}
+	e.m.stateRebuilt.Inc()
+	state = rec.State[:0]
+	for _, p := range rec.Pages[:len(rec.Pages)-1] {
+		if probs, state, err = l.Bundle.Step(ctx, int64(p), state, probs); err != nil {
+			return nil, probs, modelError(ctx, fmt.Errorf("rebuild state with %s: %w", l.Version, err))
+		}
+	}
+	return state, probs, nil
 }
 
 // prefetch is the end of a click, once scored: policy, warming, watchers and
@@ -315,6 +413,8 @@ type wave struct {
 	users  []string
 	clicks []features.Click
 	errs   []error
+	// resumed marks rows whose click an earlier attempt appended.
+	resumed []bool
 	// ok, rows and saved are row numbers: appended, to score, scored.
 	ok, rows, saved []int
 	saveUsers       []string
@@ -337,13 +437,15 @@ func (w *wave) grow(n int) {
 	w.users = append(w.users[:0], make([]string, n)...)
 	w.clicks = append(w.clicks[:0], make([]features.Click, n)...)
 	w.errs = append(w.errs[:0], make([]error, n)...)
+	w.resumed = append(w.resumed[:0], make([]bool, n)...)
 }
 
 // HandleEvents applies a run of clicks with the effect of HandleEvent on
 // each, every user's clicks in order (features.BatchHandler): errs[i] gets
-// click i's outcome, nil or a duplicate, and it returns the index of the
-// first click that failed otherwise (its error in errs), or len(evs); every
-// click before that index is settled. With a step-form model or a
+// click i's outcome, nil or a final error (a duplicate, or a rejection when
+// the model fails on the click: see HandleEvent), and it returns the index
+// of the first click that failed with a transient error (its error in
+// errs), or len(evs); every click before that index is settled. With a step-form model or a
 // features.BatchStore (Redis) the run is cut into waves of distinct users,
 // a user's k-th click of the run in wave k: a wave's clicks share one run
 // of the step form (model.Bundle.StepMany), which costs much less per click
@@ -369,7 +471,7 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	if len(evs) == 1 || !batchStore && (l.Bundle == nil || !l.Bundle.HasStep()) {
 		for i := range evs {
 			errs[i] = e.handleOne(ctx, l, evs[i], metas[i], b)
-			if errs[i] != nil && !errors.Is(errs[i], features.ErrDuplicate) {
+			if errs[i] != nil && !final(errs[i]) {
 				return i
 			}
 		}
@@ -416,13 +518,14 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 }
 
 // handleWave applies clicks of distinct users: every click extends its
-// history, one StepMany scores them all, then each is saved and prefetched.
-// It fills errs like HandleEvents and returns the first failing row. Appends
-// to a plain Store run in order and a failure other than a duplicate ends
-// the wave there. A later failure (rebuilding a state, scoring, saving)
-// concerns one user: the other clicks are still finished, and the first
-// failing row is reported; handed again, the finished clicks after it are
-// duplicates.
+// history, one StepMany scores them all, then each is prefetched and its
+// state saved. It fills errs like HandleEvents and returns the first row
+// that failed other than finally (duplicate, rejected). Appends to a plain
+// Store run in order and a store failure ends the wave there. A later
+// failure (saving a state, a remap) concerns one user: the other clicks are
+// still finished, and the first failing row is reported; handed again, the
+// finished clicks after it are duplicates, and the failed one, when its
+// Append had succeeded, is resumed (features.ErrUnsettled).
 func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []features.Event, metas []features.Meta, errs []error, w *wave, b *buffers) int {
 	start := time.Now()
 	w.grow(len(evs))
@@ -430,14 +533,16 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	failAt := n
 	fail := func(i int, err error) {
 		errs[i] = err
-		failAt = min(failAt, i)
+		if !final(err) {
+			failAt = min(failAt, i)
+		}
 	}
 	for i := range evs {
-		ev, meta := &evs[i], &metas[i]
+		ev := &evs[i]
 		w.pages[i] = e.deps.Canon.Canonical(ev.Page)
 		w.idx[i] = l.Vocab.Index(w.pages[i])
 		w.users[i] = ev.UserID
-		w.clicks[i] = features.Click{Page: int32(w.idx[i]), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Offset: meta.Offset}
+		w.clicks[i] = newClick(l, w.idx[i], *ev, metas[i])
 	}
 	// Histories first: a BatchStore appends every click in one round trip,
 	// a plain Store one by one.
@@ -448,28 +553,21 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	w.ok = w.ok[:0]
 	for i := 0; i < n; i++ {
 		ev, rec := &evs[i], &w.recs[i]
-		var err error
-		if batched {
-			err = w.errs[i]
-		} else {
+		err := w.errs[i]
+		if !batched {
 			err = e.deps.Histories.Append(ctx, ev.UserID, w.clicks[i], rec)
 		}
-		switch {
-		case errors.Is(err, features.ErrDuplicate):
-			e.counter.duplicates.Add(1)
-			errs[i] = fmt.Errorf("append click: %w", err)
-			continue
-		case err != nil:
-			fail(i, fmt.Errorf("append click: %w", err))
-			if !batched {
+		resumed, err := e.appended(err, ev.UserID, w.pages[i], ev.TS)
+		if err != nil {
+			fail(i, err)
+			if !batched && !final(err) {
 				n = i // the rest is not attempted
 			}
 			continue
 		}
-		e.deps.Evaluator.ObserveClick(ev.UserID, w.pages[i], ev.TS)
-		e.counter.events.Add(1)
+		w.resumed[i] = resumed
 		if rec.Epoch != l.Epoch {
-			if err := e.remapRecord(ctx, ev.UserID, l, rec, b); err != nil {
+			if err := e.remapRecord(ctx, ev.UserID, l, w.idx[i], rec, b); err != nil {
 				fail(i, err)
 				continue
 			}
@@ -484,34 +582,29 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			b.hist = widen(b.hist, w.recs[i].Pages)
 			probs, err := e.predict(ctx, l, b.hist, b)
 			if err != nil {
-				fail(i, err)
+				fail(i, modelError(ctx, err))
 				continue
 			}
 			e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(w.recs[i].Pages), probs, b)
+			if w.resumed[i] {
+				errs[i] = e.redelivered()
+				continue
+			}
 			done++
 		}
 		e.observeWave(start, done)
 		return failAt
 	}
-	// States: a missing or stale one is rebuilt from the history first, as
-	// in step. Then the rows are scored together, compacted.
+	// Each row's state before its click (stored or rebuilt), then the rows
+	// are scored together, compacted.
 	w.ids, w.states, w.probs2, w.rows = w.ids[:0], w.states[:0], w.probs2[:0], w.rows[:0]
 	for _, i := range w.ok {
 		rec := &w.recs[i]
-		state := rec.State
-		if len(state) != l.Bundle.StateSize() {
-			state = state[:0]
-			e.m.stateRebuilt.Inc()
-			var err error
-			for _, p := range rec.Pages[:len(rec.Pages)-1] {
-				if w.probs[i], state, err = l.Bundle.Step(ctx, int64(p), state, w.probs[i]); err != nil {
-					break
-				}
-			}
-			if err != nil {
-				fail(i, fmt.Errorf("rebuild state with %s: %w", l.Version, err))
-				continue
-			}
+		state, probs, err := e.stateBefore(ctx, l, rec, w.probs[i])
+		w.probs[i] = probs
+		if err != nil {
+			fail(i, err)
+			continue
 		}
 		w.rows = append(w.rows, i)
 		w.ids = append(w.ids, int64(rec.Pages[len(rec.Pages)-1]))
@@ -520,19 +613,23 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	}
 	e.counter.predictions.Add(uint64(len(w.rows)))
 	together := l.Bundle.StepMany(ctx, w.ids, w.states, w.probs2) == nil
+	// Prefetch before saving: a settled click (its state saved) has been
+	// handed to the warmer.
 	w.saved = w.saved[:0]
 	for j, i := range w.rows {
 		if !together {
-			// StepMany failed: each click alone, as step does, so that one
-			// bad row does not fail the others.
+			// StepMany failed: each click alone, so that one bad row does
+			// not fail the others.
 			var err error
 			if w.probs2[j], w.states[j], err = l.Bundle.Step(ctx, w.ids[j], w.states[j], w.probs2[j]); err != nil {
-				fail(i, fmt.Errorf("step with %s: %w", l.Version, err))
+				fail(i, modelError(ctx, fmt.Errorf("step with %s: %w", l.Version, err)))
 				continue
 			}
 		}
 		w.probs[i] = w.probs2[j]
-		w.recs[i].State = w.states[j]
+		rec := &w.recs[i]
+		rec.State, rec.StateSeq = w.states[j], rec.Seq
+		e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(rec.Pages), w.probs[i], b)
 		w.saved = append(w.saved, i)
 	}
 	if batched && len(w.saved) > 0 {
@@ -555,7 +652,6 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			fail(i, fmt.Errorf("save state: %w", err))
 			continue
 		}
-		e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(w.recs[i].Pages), w.probs[i], b)
 		done++
 	}
 	e.observeWave(start, done)
@@ -577,8 +673,10 @@ func (e *Engine) observeWave(start time.Time, clicks int) {
 
 // remapRecord translates a history written under an earlier model into the
 // live vocabulary through page keys, drops the old recurrent state (it is
-// recomputed from the history), and saves the record.
-func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live, rec *features.Record, b *buffers) error {
+// recomputed from the history), and saves the record. The newest page is
+// set to idx, the click's page under l: a resumed click may have been
+// appended under an earlier model.
+func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live, idx int64, rec *features.Record, b *buffers) error {
 	old := e.vocabOf(rec.Epoch)
 	n := len(rec.Pages)
 	switch {
@@ -586,13 +684,14 @@ func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live
 	case old == nil:
 		// The old vocabulary is gone: keep the newest click only, which was
 		// encoded with the live vocabulary.
-		rec.Pages = append(rec.Pages[:0], rec.Pages[n-1])
+		rec.Pages = append(rec.Pages[:0], int32(idx))
 	default:
 		b.hist = widen(b.hist, rec.Pages[:n-1])
 		b.remap = lifecycle.Remap(b.remap, b.hist, old, l.Vocab)
 		for i, x := range b.remap {
 			rec.Pages[i] = int32(x)
 		}
+		rec.Pages[n-1] = int32(idx)
 	}
 	rec.State = rec.State[:0]
 	rec.Epoch = l.Epoch
@@ -618,37 +717,6 @@ func (e *Engine) predict(ctx context.Context, l *lifecycle.Live, hist []int64, b
 		return nil, fmt.Errorf("predict with %s: %w", l.Version, err)
 	}
 	return out[0], nil
-}
-
-// step scores a click with the model's step form: the user's recurrent state
-// advances by the new page only. A missing or stale state (new session, new
-// model: Remap clears it) is recomputed from the history first, so a state
-// made by one model is never fed to another. The state then covers the whole
-// session, while the sequence form sees its last MaxSeqLen pages.
-func (e *Engine) step(ctx context.Context, user string, l *lifecycle.Live, rec *features.Record, b *buffers) ([]float32, error) {
-	e.counter.predictions.Add(1)
-	pages := rec.Pages
-	state := rec.State
-	if len(state) != l.Bundle.StateSize() {
-		state = state[:0]
-		e.m.stateRebuilt.Inc()
-		for _, p := range pages[:len(pages)-1] {
-			var err error
-			if b.probs, state, err = l.Bundle.Step(ctx, int64(p), state, b.probs); err != nil {
-				return nil, fmt.Errorf("rebuild state with %s: %w", l.Version, err)
-			}
-		}
-	}
-	probs, state, err := l.Bundle.Step(ctx, int64(pages[len(pages)-1]), state, b.probs)
-	b.probs = probs
-	if err != nil {
-		return nil, fmt.Errorf("step with %s: %w", l.Version, err)
-	}
-	rec.State = state
-	if err := e.deps.Histories.Save(ctx, user, rec); err != nil {
-		return nil, fmt.Errorf("save state: %w", err)
-	}
-	return probs, nil
 }
 
 func widen(dst []int64, src []int32) []int64 {
