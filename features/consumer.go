@@ -288,7 +288,6 @@ type Consumer struct {
 	log     *slog.Logger
 	dec     *Decoder
 	m       *ingestMetrics
-	reader  *kafka.Reader
 	dlq     *deadLetters // nil without a dead-letter topic
 	track   *tracker
 	ids     *recentIDs // nil when EventIDCache is off
@@ -297,6 +296,16 @@ type Consumer struct {
 	assign  *assignments
 
 	commitNow chan struct{}
+
+	// readerMu guards the group reader, which is replaced when a
+	// partition's offsets went backwards under it (kafka-go keeps reading
+	// from its own position until the group rebalances).
+	readerMu sync.Mutex
+	reader   *kafka.Reader // guarded by readerMu
+	// stopFetch interrupts the fetch in progress; backwards lists the
+	// partitions found gone backwards by the lag watch.
+	stopFetch context.CancelFunc // guarded by readerMu
+	backwards []int              // guarded by readerMu
 
 	// clock is the wall clock of the skew check in Unix ns, refreshed every
 	// clockTick while Run runs: one atomic load per event instead of a
@@ -309,6 +318,38 @@ type Consumer struct {
 	mu      sync.Mutex
 	running bool
 	closed  bool
+}
+
+// newReader builds the group reader.
+func (c *Consumer) newReader() *kafka.Reader {
+	cfg := c.cfg
+	return kafka.NewReader(kafka.ReaderConfig{
+		Brokers:           cfg.Brokers,
+		GroupID:           cfg.GroupID,
+		Topic:             cfg.Topic,
+		Dialer:            cfg.Dialer,
+		QueueCapacity:     cfg.QueueCapacity,
+		MinBytes:          cfg.MinBytes,
+		MaxBytes:          cfg.MaxBytes,
+		MaxWait:           cfg.MaxWait,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		SessionTimeout:    cfg.SessionTimeout,
+		RebalanceTimeout:  cfg.RebalanceTimeout,
+		JoinGroupBackoff:  500 * time.Millisecond,
+		StartOffset:       cfg.StartOffset,
+		CommitInterval:    0, // synchronous: we batch commits ourselves
+		Logger:            kafka.LoggerFunc(c.assign.observe),
+		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
+			c.log.Debug("kafka reader", "detail", fmt.Sprintf(format, args...))
+		}),
+	})
+}
+
+// currentReader is the group reader in use.
+func (c *Consumer) currentReader() *kafka.Reader {
+	c.readerMu.Lock()
+	defer c.readerMu.Unlock()
+	return c.reader
 }
 
 // fetched is what the workers need of a fetched message: a smaller copy of
@@ -383,26 +424,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 		return nil, err
 	}
 	c.assign = newAssignments(cfg.Topic, logger, c.m.rebalances)
-	c.reader = kafka.NewReader(kafka.ReaderConfig{
-		Brokers:           cfg.Brokers,
-		GroupID:           cfg.GroupID,
-		Topic:             cfg.Topic,
-		Dialer:            cfg.Dialer,
-		QueueCapacity:     cfg.QueueCapacity,
-		MinBytes:          cfg.MinBytes,
-		MaxBytes:          cfg.MaxBytes,
-		MaxWait:           cfg.MaxWait,
-		HeartbeatInterval: cfg.HeartbeatInterval,
-		SessionTimeout:    cfg.SessionTimeout,
-		RebalanceTimeout:  cfg.RebalanceTimeout,
-		JoinGroupBackoff:  500 * time.Millisecond,
-		StartOffset:       cfg.StartOffset,
-		CommitInterval:    0, // synchronous: we batch commits ourselves
-		Logger:            kafka.LoggerFunc(c.assign.observe),
-		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
-			logger.Debug("kafka reader", "detail", fmt.Sprintf(format, args...))
-		}),
-	})
+	c.reader = c.newReader()
 	if cfg.DeadLetterTopic != "" {
 		c.dlq = newDeadLetters(cfg, logger, c.m, c.stalls, cfg.Workers+1)
 	}
@@ -441,7 +463,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	var side sync.WaitGroup
 	side.Go(func() { c.commitLoop(ctx) })
 	side.Go(func() { c.clockLoop(ctx) })
-	side.Go(func() { c.lag.run(ctx, c.m) })
+	side.Go(func() { c.lag.run(ctx, c.m, c.track.snapshot, c.wentBackwards) })
 	if c.dlq != nil {
 		side.Go(func() { c.dlq.run(ctx, c.markDone) })
 	}
@@ -483,11 +505,24 @@ func (c *Consumer) clockLoop(ctx context.Context) {
 
 func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 	backoff := c.cfg.HandlerBackoff
+	fctx, stop := c.fetchContext(ctx)
+	defer func() { stop() }()
 	for {
-		msg, err := c.reader.FetchMessage(ctx)
+		msg, err := c.currentReader().FetchMessage(fctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if fctx.Err() != nil {
+				// The lag watch found offsets gone backwards under the
+				// reader: start the partitions' new generation and read
+				// again from the group's committed offsets.
+				stop()
+				if !c.restartReader(ctx) {
+					return nil
+				}
+				fctx, stop = c.fetchContext(ctx)
+				continue
 			}
 			if errors.Is(err, io.EOF) {
 				return errors.New("consumer: reader closed")
@@ -518,6 +553,55 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 			return nil
 		}
 	}
+}
+
+// fetchContext returns the context of the next fetches, which the lag
+// watch cancels to have the reader replaced.
+func (c *Consumer) fetchContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	fctx, cancel := context.WithCancel(ctx)
+	c.readerMu.Lock()
+	c.stopFetch = cancel
+	c.readerMu.Unlock()
+	return fctx, cancel
+}
+
+// wentBackwards is the lag watch's report: the group's committed offset
+// or the high-water mark of the given partitions is below what this
+// consumer committed or fetched.
+func (c *Consumer) wentBackwards(parts []int) {
+	c.readerMu.Lock()
+	defer c.readerMu.Unlock()
+	c.backwards = append(c.backwards, parts...)
+	if c.stopFetch != nil {
+		c.stopFetch()
+	}
+}
+
+// restartReader starts a new generation of the partitions gone backwards
+// and replaces the reader, so that the group hands them again from its
+// committed offsets (none, when the topic was recreated); false when ctx
+// ended first.
+func (c *Consumer) restartReader(ctx context.Context) bool {
+	c.readerMu.Lock()
+	parts := c.backwards
+	c.backwards = nil
+	old := c.reader
+	c.readerMu.Unlock()
+	for _, p := range parts {
+		if a, ok := c.track.restart(p); ok {
+			c.m.offsetResets.WithLabelValues(c.cfg.Topic, strconv.Itoa(p)).Inc()
+			c.log.Warn("partition offsets went backwards under the reader: new generation, reading again from the group's committed offset",
+				"topic", c.cfg.Topic, "partition", p, "committed", a.from, "watermark", a.to, "generation", a.gen)
+		}
+	}
+	if err := old.Close(); err != nil {
+		c.log.Debug("close replaced reader", "err", err)
+	}
+	r := c.newReader()
+	c.readerMu.Lock()
+	c.reader = r
+	c.readerMu.Unlock()
+	return c.retry(ctx, c.cfg.Workers, func() error { return c.saveMarks(ctx, true) })
 }
 
 // loadMark reads a partition's mark the first time this consumer sees the
@@ -935,7 +1019,7 @@ func (c *Consumer) commit(ctx context.Context) error {
 		msgs[i] = kafka.Message{Topic: c.cfg.Topic, Partition: o.partition, Offset: o.offset}
 	}
 	start := time.Now()
-	err := c.reader.CommitMessages(ctx, msgs...)
+	err := c.currentReader().CommitMessages(ctx, msgs...)
 	c.m.commitSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		c.m.commitErrors.Inc()
@@ -1024,7 +1108,7 @@ func (c *Consumer) Close() error {
 		return nil
 	}
 	c.closed = true
-	err := c.reader.Close()
+	err := c.currentReader().Close()
 	c.lag.close()
 	if c.dlq != nil {
 		err = errors.Join(err, c.dlq.close())

@@ -82,7 +82,7 @@ func (r *recorder) HandleEvent(ctx context.Context, ev Event, msg Meta) error {
 		}
 	}
 	var rec Record
-	err = r.store.Append(ctx, ev.UserID, Click{Page: int32(page), TS: ev.TS, Partition: msg.Partition, Offset: msg.Offset}, &rec)
+	err = r.store.Append(ctx, ev.UserID, Click{Page: int32(page), TS: ev.TS, Partition: msg.Partition, Gen: msg.Gen, Offset: msg.Offset}, &rec)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {

@@ -36,12 +36,24 @@ func newLagWatch(cfg ConsumerConfig, log *slog.Logger) *lagWatch {
 
 func (w *lagWatch) total() int64 { return w.lag.Load() }
 
-func (w *lagWatch) run(ctx context.Context, m *ingestMetrics) {
+// run reads the lag every LagInterval until ctx ends. positions gives what
+// this consumer committed and fetched per partition, read before the
+// brokers are asked; a partition whose group offset or high-water mark is
+// now below that went backwards under the reader (a topic deleted and
+// created again keeps kafka-go reading at its old position): backwards is
+// told which.
+func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() map[int]position, backwards func([]int)) {
 	t := time.NewTicker(w.cfg.LagInterval)
 	defer t.Stop()
 	failing := false
 	for {
-		n, err := w.read(ctx)
+		before := positions()
+		n, parts, err := w.read(ctx)
+		if err == nil {
+			if gone := wentBack(before, parts); len(gone) > 0 {
+				backwards(gone)
+			}
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -64,15 +76,38 @@ func (w *lagWatch) run(ctx context.Context, m *ingestMetrics) {
 	}
 }
 
+// brokerView is a partition as the brokers see it: the group's committed
+// offset (the next to read, -1 when none) and the high-water mark.
+type brokerView struct {
+	committed, hwm int64
+}
+
+// wentBack returns the partitions whose group offset fell below what this
+// consumer committed, or whose high-water mark fell below what it fetched.
+func wentBack(before map[int]position, now map[int]brokerView) []int {
+	var out []int
+	for p, pos := range before {
+		v, ok := now[p]
+		if !ok {
+			continue
+		}
+		if (pos.committed >= 0 && v.committed < pos.committed+1) || (pos.fetched >= 0 && v.hwm < pos.fetched+1) {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // read returns the sum over the topic's partitions of the high-water mark
 // minus the group's committed offset (minus the log start when the group has
-// committed nothing there).
-func (w *lagWatch) read(ctx context.Context) (int64, error) {
+// committed nothing there), and each partition's view.
+func (w *lagWatch) read(ctx context.Context) (int64, map[int]brokerView, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	meta, err := w.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{w.cfg.Topic}})
 	if err != nil {
-		return 0, fmt.Errorf("metadata of %s: %w", w.cfg.Topic, err)
+		return 0, nil, fmt.Errorf("metadata of %s: %w", w.cfg.Topic, err)
 	}
 	var parts []int
 	for _, t := range meta.Topics {
@@ -80,14 +115,14 @@ func (w *lagWatch) read(ctx context.Context) (int64, error) {
 			continue
 		}
 		if t.Error != nil {
-			return 0, fmt.Errorf("metadata of %s: %w", w.cfg.Topic, t.Error)
+			return 0, nil, fmt.Errorf("metadata of %s: %w", w.cfg.Topic, t.Error)
 		}
 		for _, p := range t.Partitions {
 			parts = append(parts, p.ID)
 		}
 	}
 	if len(parts) == 0 {
-		return 0, fmt.Errorf("topic %s has no partitions", w.cfg.Topic)
+		return 0, nil, fmt.Errorf("topic %s has no partitions", w.cfg.Topic)
 	}
 	reqs := make([]kafka.OffsetRequest, 0, 2*len(parts))
 	for _, p := range parts {
@@ -95,34 +130,40 @@ func (w *lagWatch) read(ctx context.Context) (int64, error) {
 	}
 	offs, err := w.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{w.cfg.Topic: reqs}})
 	if err != nil {
-		return 0, fmt.Errorf("list offsets of %s: %w", w.cfg.Topic, err)
+		return 0, nil, fmt.Errorf("list offsets of %s: %w", w.cfg.Topic, err)
 	}
 	committed, err := w.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: w.cfg.GroupID, Topics: map[string][]int{w.cfg.Topic: parts}})
 	if err != nil {
-		return 0, fmt.Errorf("committed offsets of group %s: %w", w.cfg.GroupID, err)
+		return 0, nil, fmt.Errorf("committed offsets of group %s: %w", w.cfg.GroupID, err)
 	}
 	if committed.Error != nil {
-		return 0, fmt.Errorf("committed offsets of group %s: %w", w.cfg.GroupID, committed.Error)
+		return 0, nil, fmt.Errorf("committed offsets of group %s: %w", w.cfg.GroupID, committed.Error)
 	}
 	next := make(map[int]int64, len(parts))
 	for _, p := range committed.Topics[w.cfg.Topic] {
 		if p.Error != nil {
-			return 0, fmt.Errorf("committed offset of %s/%d: %w", w.cfg.Topic, p.Partition, p.Error)
+			return 0, nil, fmt.Errorf("committed offset of %s/%d: %w", w.cfg.Topic, p.Partition, p.Error)
 		}
 		next[p.Partition] = p.CommittedOffset
 	}
 	var total int64
+	views := make(map[int]brokerView, len(parts))
 	for _, po := range offs.Topics[w.cfg.Topic] {
 		if po.Error != nil {
-			return 0, fmt.Errorf("offsets of %s/%d: %w", w.cfg.Topic, po.Partition, po.Error)
+			return 0, nil, fmt.Errorf("offsets of %s/%d: %w", w.cfg.Topic, po.Partition, po.Error)
 		}
-		from, ok := next[po.Partition]
-		if !ok || from < po.FirstOffset {
+		com, ok := next[po.Partition]
+		if !ok {
+			com = -1
+		}
+		views[po.Partition] = brokerView{committed: com, hwm: po.LastOffset}
+		from := com
+		if from < po.FirstOffset {
 			from = po.FirstOffset // nothing committed, or committed before the log's start
 		}
 		total += max(po.LastOffset-from, 0)
 	}
-	return total, nil
+	return total, views, nil
 }
 
 func (w *lagWatch) close() { w.transport.CloseIdleConnections() }

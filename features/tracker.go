@@ -26,6 +26,10 @@ type partTrack struct {
 	committed int64 // highest offset committed, -1 when none
 	hwm       int64 // high-water mark reported by the last fetch
 	gen       uint32
+	// ours is the highest offset committed by this consumer (or stored in
+	// the mark) in this generation, -1 when none; committed may also be
+	// inferred from where the group started the partition.
+	ours int64
 	// markSaved is false while the partition's mark (generation) has
 	// changed and is not yet stored.
 	markSaved bool
@@ -61,14 +65,14 @@ func (t *tracker) init(p int, mk PartitionMark) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pt := t.part(p)
-	pt.gen, pt.committed, pt.markSaved = mk.Gen, mk.Committed, true
+	pt.gen, pt.committed, pt.ours, pt.markSaved = mk.Gen, mk.Committed, mk.Committed, true
 }
 
 func (t *tracker) part(p int) *partTrack {
 	if pt := t.lookup(p); pt != nil {
 		return pt
 	}
-	pt := &partTrack{maxSeen: -1, ready: -1, committed: -1, markSaved: true}
+	pt := &partTrack{maxSeen: -1, ready: -1, committed: -1, ours: -1, markSaved: true}
 	if p >= 0 && p < maxDensePartition {
 		for len(t.parts) <= p {
 			t.parts = append(t.parts, nil)
@@ -123,12 +127,7 @@ func (t *tracker) add(partition int, offset, hwm int64) added {
 	pt := t.part(partition)
 	var out added
 	if offset <= pt.committed || (pt.maxSeen >= 0 && offset <= pt.maxSeen && hwm > 0 && hwm <= pt.maxSeen) {
-		out.reset, out.from, out.to = true, pt.committed, pt.maxSeen
-		pt.gen++
-		pt.markSaved = false
-		pt.base += int64(len(pt.q) - pt.head)
-		pt.q, pt.head = pt.q[:0], 0
-		pt.maxSeen, pt.ready, pt.committed, pt.hwm = -1, -1, -1, 0
+		out = pt.newGeneration()
 	}
 	out.gen = pt.gen
 	// A fetched message is below the high-water mark whatever the fetch
@@ -153,6 +152,51 @@ func (t *tracker) add(partition int, offset, hwm int64) added {
 	pt.maxSeen = offset
 	pt.q = append(pt.q, trackEntry{offset: offset})
 	out.seq = pt.base + int64(len(pt.q)-pt.head) - 1
+	return out
+}
+
+// restart starts a new generation of a partition found gone backwards by
+// other means than a fetched message (the lag watch): in-flight messages
+// are forgotten and the next fetched offset starts the generation. ok is
+// false for an unknown partition.
+func (t *tracker) restart(partition int) (added, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pt := t.lookup(partition)
+	if pt == nil {
+		return added{}, false
+	}
+	return pt.newGeneration(), true
+}
+
+// newGeneration starts the partition's next generation: what is in flight
+// is forgotten (its completions no longer count), nothing is committed or
+// fetched in it yet.
+func (pt *partTrack) newGeneration() added {
+	out := added{reset: true, from: pt.committed, to: pt.maxSeen}
+	pt.gen++
+	out.gen = pt.gen
+	pt.markSaved = false
+	pt.base += int64(len(pt.q) - pt.head)
+	pt.q, pt.head = pt.q[:0], 0
+	pt.maxSeen, pt.ready, pt.committed, pt.ours, pt.hwm = -1, -1, -1, -1, 0
+	return out
+}
+
+// position is what a partition's reader has reached: the highest offset
+// this consumer committed and the highest it fetched, -1 when none.
+type position struct {
+	committed, fetched int64
+}
+
+// snapshot returns every partition's position.
+func (t *tracker) snapshot() map[int]position {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[int]position)
+	t.each(func(p int, pt *partTrack) {
+		out[p] = position{committed: pt.ours, fetched: pt.maxSeen}
+	})
 	return out
 }
 
@@ -258,6 +302,7 @@ func (t *tracker) committed(offsets []commitOffset) {
 	for _, o := range offsets {
 		if pt := t.lookup(o.partition); pt != nil && pt.gen == o.gen && o.offset > pt.committed {
 			pt.committed = o.offset
+			pt.ours = o.offset
 		}
 	}
 	t.doneSinceCommit = 0

@@ -1,0 +1,133 @@
+package features
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/prefetchd/prefetchd/internal/redistest"
+)
+
+// recreateTopic deletes topic and creates it again, empty, with 4
+// partitions: its offsets start again at 0.
+func recreateTopic(t *testing.T, addr, topic string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	cl := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr}
+	if _, err := cl.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{topic}}); err != nil {
+		t.Fatalf("delete topic %s: %v", topic, err)
+	}
+	for {
+		res, err := cl.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: 4, ReplicationFactor: 1}}})
+		if err == nil && res.Errors[topic] == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("create topic %s again: %v %v", topic, err, res)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestConsumerOffsetsGoBackwards: when a partition's offsets start again
+// (topic recreated, broker replaced), the new events are applied, not taken
+// for redeliveries, in this process (watermarks) and across a restart with
+// durable shared histories (marks in Redis); the reset is counted. A true
+// redelivery in the same generation is still dropped.
+func TestConsumerOffsetsGoBackwards(t *testing.T) {
+	const topic = "clicks"
+	t.Run("topic recreated while consuming", func(t *testing.T) {
+		b := kafkatest.Start(t, topic)
+		stream := newClickStream()
+		b.Produce(t, topic, stream.batch(6, 5)...)
+		store := newTestHistories(t, HistoryConfig{MaxLen: 1000})
+		rec := newRecorder(store)
+		cfg := testConsumerConfig(b.Addr(), topic)
+		c, err := NewConsumer(cfg, rec, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runConsumer(t, c)
+		eventually(t, 20*time.Second, "the first events applied and committed", func() bool { return rec.total.Load() == 30 && c.Lag() == 0 })
+		recreateTopic(t, b.Addr(), topic)
+		b.Produce(t, topic, stream.batch(6, 5)...)
+		eventually(t, 40*time.Second, "the events of the new topic applied", func() bool { return rec.total.Load() == 60 })
+		eventually(t, 10*time.Second, "the new topic's offsets committed", func() bool { return c.Lag() == 0 })
+		stop()
+		checkApplied(t, rec.snapshot(), stream.want)
+		var resets float64
+		for p := range 4 {
+			resets += testutil.ToFloat64(c.m.offsetResets.WithLabelValues(topic, fmt.Sprint(p)))
+		}
+		if resets < 1 {
+			t.Errorf("offset resets %v, want at least one", resets)
+		}
+	})
+	t.Run("broker replaced while stopped, shared histories in Redis", func(t *testing.T) {
+		srv := redistest.Start(t)
+		client := newRedisClient(t, srv.Addr())
+		store := newTestRedisStore(t, client, StoreConfig{History: HistoryConfig{MaxLen: 1000}})
+		stream := newClickStream()
+
+		b1 := kafkatest.Start(t, topic)
+		b1.Produce(t, topic, stream.batch(6, 5)...)
+		rec := newRecorder(store)
+		cfg := testConsumerConfig(b1.Addr(), topic)
+		cfg.Marks = NewRedisMarks(client, DefaultKeyPrefix, cfg.GroupID, topic)
+		c1, err := NewConsumer(cfg, rec, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop1 := runConsumer(t, c1)
+		eventually(t, 20*time.Second, "the first events applied and committed", func() bool { return rec.total.Load() == 30 && c1.Lag() == 0 })
+		stop1()
+
+		// A new broker (offsets from 0, no committed offsets), the same
+		// histories and marks.
+		b2 := kafkatest.Start(t, topic)
+		b2.Produce(t, topic, stream.batch(6, 5)...)
+		cfg.Brokers = []string{b2.Addr()}
+		rec2 := rec.replica(store)
+		c2, err := NewConsumer(cfg, rec2, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop2 := runConsumer(t, c2)
+		eventually(t, 30*time.Second, "the new broker's events applied", func() bool { return rec.total.Load() == 60 && c2.Lag() == 0 })
+		stop2()
+		checkApplied(t, rec.snapshot(), stream.want)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for u, want := range stream.want {
+			got, err := store.Get(ctx, u, nil)
+			if err != nil || !slices.Equal(got, want) {
+				t.Fatalf("user %s history in Redis %v (%v), want %v", u, got, err, want)
+			}
+		}
+		if d := testutil.ToFloat64(c2.m.duplicates); d != 0 {
+			t.Errorf("%v new events taken for duplicates", d)
+		}
+
+		// A third member on the same broker: nothing new, nothing applied
+		// twice (the generation is the same, the offsets committed).
+		b2.Produce(t, topic, stream.next("user-00"))
+		rec3 := rec.replica(store)
+		c3, err := NewConsumer(cfg, rec3, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop3 := runConsumer(t, c3)
+		eventually(t, 30*time.Second, "the one new event", func() bool { return rec.total.Load() == 61 && c3.Lag() == 0 })
+		stop3()
+		checkApplied(t, rec.snapshot(), stream.want)
+	})
+}
