@@ -509,7 +509,7 @@ func BenchmarkConsumerProcess(b *testing.B) {
 	for b.Loop() {
 		m := msgs[i%n]
 		m.Offset = int64(i)
-		a := c.track.add(0, m.Offset, m.Offset+1)
+		a := c.track.add(0, m.Offset, m.Offset+1, m.Time)
 		jobs[0] = job{msg: m, seq: a.seq}
 		ev, err := c.dec.decode(m.Value, ts.Add(time.Hour), true)
 		if err != nil {

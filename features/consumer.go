@@ -419,7 +419,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 	}
 	c.clock.Store(time.Now().UnixNano())
 	c.lag = newLagWatch(cfg, logger)
-	c.m, err = newIngestMetrics(reg, cfg.Topic, c.lag.total, c.stalls.count)
+	c.m, err = newIngestMetrics(reg, cfg.Topic, c.lag.total, c.lagSeconds, c.stalls.count)
 	if err != nil {
 		return nil, err
 	}
@@ -540,7 +540,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 		if !c.track.known(msg.Partition) && !c.loadMark(ctx, msg.Partition) {
 			return nil
 		}
-		a := c.track.add(msg.Partition, msg.Offset, msg.HighWaterMark)
+		a := c.track.add(msg.Partition, msg.Offset, msg.HighWaterMark, msg.Time)
 		if a.reset && !c.offsetsReset(ctx, msg.Partition, msg.Offset, a) {
 			return nil
 		}
@@ -1092,6 +1092,16 @@ func (c *Consumer) ApplyMany(ctx context.Context, data [][]byte, errs []error) i
 		}
 	}
 	return len(data)
+}
+
+// lagSeconds is the age of the oldest record fetched and not yet settled
+// (0 when none is in flight).
+func (c *Consumer) lagSeconds() float64 {
+	ts, ok := c.track.oldest()
+	if !ok || ts.IsZero() || ts.Unix() <= 0 {
+		return 0
+	}
+	return max(time.Since(ts).Seconds(), 0)
 }
 
 // Lag is the number of messages of the topic above the group's committed

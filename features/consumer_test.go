@@ -460,10 +460,12 @@ func TestConsumerHandlerRetries(t *testing.T) {
 			}
 			stop := runConsumer(t, c)
 			var pausedSeen atomic.Bool
+			var oldest float64
 			eventually(t, 30*time.Second, "all messages applied and committed", func() bool {
 				if err := c.Ready(); err != nil && strings.Contains(err.Error(), "transient failure") {
 					pausedSeen.Store(true)
 				}
+				oldest = max(oldest, c.lagSeconds())
 				return rec.total.Load() == 12 && c.Lag() == 0
 			})
 			stop()
@@ -476,6 +478,14 @@ func TestConsumerHandlerRetries(t *testing.T) {
 			}
 			if err := c.Ready(); err != nil {
 				t.Errorf("Ready after recovery: %v", err)
+			}
+			// The messages were produced before the consumer started and
+			// waited at least the retries' backoff.
+			if oldest < 0.05 {
+				t.Errorf("age of the oldest unsettled record peaked at %.3f s, want it to show the wait", oldest)
+			}
+			if age := c.lagSeconds(); age != 0 {
+				t.Errorf("age of the oldest unsettled record %.3f s with nothing in flight, want 0", age)
 			}
 		})
 	}

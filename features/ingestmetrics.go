@@ -22,9 +22,9 @@ func (m *ingestMetrics) rejected(reason string) prometheus.Counter {
 }
 
 // newIngestMetrics builds the metrics and registers them with reg (nil: not
-// registered). lag gives prefetchd_ingest_lag_messages (negative: unknown)
-// and stalled the number of paused workers.
-func newIngestMetrics(reg prometheus.Registerer, topic string, lag func() int64, stalled func() int) (*ingestMetrics, error) {
+// registered). lag gives prefetchd_ingest_lag_messages (negative: unknown),
+// lagSeconds prefetchd_ingest_lag_seconds and stalled the number of paused workers.
+func newIngestMetrics(reg prometheus.Registerer, topic string, lag func() int64, lagSeconds func() float64, stalled func() int) (*ingestMetrics, error) {
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
@@ -77,13 +77,17 @@ func newIngestMetrics(reg prometheus.Registerer, topic string, lag func() int64,
 		}
 		return nan
 	})
+	lagSecondsGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "prefetchd_ingest_lag_seconds",
+		Help: "Age (by its Kafka timestamp) of the oldest record fetched and not yet settled; 0 when none is waiting.",
+	}, lagSeconds)
 	stalledGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "prefetchd_ingest_paused",
 		Help: "Ingest loops (workers, dead-letter writer) paused, retrying after a transient failure.",
 	}, func() float64 { return float64(stalled()) })
 	for _, col := range []prometheus.Collector{m.messages, m.events, m.duplicates, m.handlerRetries,
 		m.handlerErrors, m.fetchErrors, m.commits, m.commitErrors, m.rebalances, m.lagErrors,
-		m.rejectedVec, m.deadLetters, m.offsetResets, m.commitSeconds, lagGauge, stalledGauge} {
+		m.rejectedVec, m.deadLetters, m.offsetResets, m.commitSeconds, lagGauge, lagSecondsGauge, stalledGauge} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("register ingest metrics: %w", err)
 		}

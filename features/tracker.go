@@ -1,6 +1,9 @@
 package features
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // tracker follows, per partition, the offsets handed to workers in fetch
 // order and which of them are done, so that only an offset whose message and
@@ -37,6 +40,7 @@ type partTrack struct {
 
 type trackEntry struct {
 	offset int64
+	ts     int64 // the message's timestamp, Unix ns
 	done   bool
 }
 
@@ -121,7 +125,7 @@ type added struct {
 // the watermark (the log lost its end). Either starts a new generation: what
 // is in flight of the old one is forgotten (its completions no longer
 // count), and the message is tracked as new.
-func (t *tracker) add(partition int, offset, hwm int64) added {
+func (t *tracker) add(partition int, offset, hwm int64, ts time.Time) added {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pt := t.part(partition)
@@ -150,7 +154,7 @@ func (t *tracker) add(partition int, offset, hwm int64) added {
 		pt.committed = max(pt.committed, offset-1)
 	}
 	pt.maxSeen = offset
-	pt.q = append(pt.q, trackEntry{offset: offset})
+	pt.q = append(pt.q, trackEntry{offset: offset, ts: ts.UnixNano()})
 	out.seq = pt.base + int64(len(pt.q)-pt.head) - 1
 	return out
 }
@@ -306,6 +310,26 @@ func (t *tracker) committed(offsets []commitOffset) {
 		}
 	}
 	t.doneSinceCommit = 0
+}
+
+// oldest returns the timestamp of the oldest message fetched and not done,
+// and false when none is in flight.
+func (t *tracker) oldest() (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var min int64
+	found := false
+	t.each(func(_ int, pt *partTrack) {
+		for i := pt.head; i < len(pt.q); i++ {
+			if !pt.q[i].done {
+				if !found || pt.q[i].ts < min {
+					min, found = pt.q[i].ts, true
+				}
+				break
+			}
+		}
+	})
+	return time.Unix(0, min), found
 }
 
 // lag is the number of messages below the high-water marks that are not done.

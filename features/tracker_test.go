@@ -63,7 +63,7 @@ func TestTracker(t *testing.T) {
 					if hwm == 0 {
 						hwm = s.offset + 1
 					}
-					a := tr.add(s.partition, s.offset, hwm)
+					a := tr.add(s.partition, s.offset, hwm, time.Time{})
 					if a.dup != s.dup || a.reset != s.reset || a.gen != s.gen {
 						t.Fatalf("step %d: add offset %d: dup=%v reset=%v gen=%d, want %v %v %d", i, s.offset, a.dup, a.reset, a.gen, s.dup, s.reset, s.gen)
 					}
@@ -114,7 +114,7 @@ func TestTrackerRandom(t *testing.T) {
 	for step := range 20000 {
 		if len(inflight) == 0 || rng.IntN(3) > 0 && len(inflight) < 3000 {
 			next += 1 + int64(rng.IntN(2)) // gaps happen (compaction, markers)
-			a := tr.add(0, next, next+1)
+			a := tr.add(0, next, next+1, time.Time{})
 			seq := a.seq
 			if a.dup {
 				t.Fatalf("step %d: offset %d reported as duplicate", step, next)
