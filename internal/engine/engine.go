@@ -234,7 +234,8 @@ const ReasonModel = "model"
 //     applied (final);
 //   - a *features.RejectError (reason ReasonModel): the model failed on this
 //     click, which retrying would not change (final; the consumer
-//     dead-letters it);
+//     dead-letters it). The page stays in the history, unsettled: the
+//     user's next click rebuilds the state;
 //   - anything else is transient and the click is to be retried: a store
 //     error, hint.ErrNoModel before a model is loaded, ctx.Err() when ctx
 //     ends.
