@@ -471,43 +471,39 @@ func batchContract(t *testing.T, single Store, many BatchStore, flush func()) {
 		if wi == 2 && flush != nil {
 			flush() // the server forgets its scripts
 		}
-		names := make([]string, len(wave))
-		clicks := make([]Click, len(wave))
+		rows := make([]*BatchRow, len(wave))
 		for i, r := range wave {
-			names[i], clicks[i] = r.user, r.c
+			rows[i] = &BatchRow{User: r.user, Click: r.c}
 		}
-		recs := make([]Record, len(wave))
-		errs := make([]error, len(wave))
-		many.AppendMany(ctx, names, clicks, recs, errs)
-		saves := make([]*Record, len(wave))
+		many.AppendMany(ctx, rows)
 		for i, r := range wave {
 			var want Record
 			werr := single.Append(ctx, r.user, r.c, &want)
-			if outcome(werr) != outcome(errs[i]) || strings.HasPrefix(outcome(werr), "failed") {
-				t.Fatalf("wave %d user %s: AppendMany error %v, Append %v", wi, r.user, errs[i], werr)
+			got := rows[i]
+			if outcome(werr) != outcome(got.Err) || strings.HasPrefix(outcome(werr), "failed") {
+				t.Fatalf("wave %d user %s: AppendMany error %v, Append %v", wi, r.user, got.Err, werr)
 			}
 			if wi == 5 && r.user == "d" && outcome(werr) != "unsettled" || wi == 5 && r.user == "a" && werr != nil {
 				t.Fatalf("wave 5 user %s: Append %v", r.user, werr)
 			}
-			if got, exp := fields(&recs[i]), fields(&want); got != exp {
-				t.Fatalf("wave %d user %s: AppendMany %s, Append %s", wi, r.user, got, exp)
+			if g, exp := fields(&got.Rec), fields(&want); g != exp {
+				t.Fatalf("wave %d user %s: AppendMany %s, Append %s", wi, r.user, g, exp)
 			}
 			// A state that depends on the wave, saved both ways, settling
 			// the click in even waves.
 			want.State = []float32{float32(wi), float32(len(want.Pages))}
-			recs[i].State = []float32{float32(wi), float32(len(recs[i].Pages))}
+			got.Rec.State = []float32{float32(wi), float32(len(got.Rec.Pages))}
 			if wi%2 == 0 {
-				want.StateSeq, recs[i].StateSeq = want.Seq, recs[i].Seq
+				want.StateSeq, got.Rec.StateSeq = want.Seq, got.Rec.Seq
 			}
 			if err := single.Save(ctx, r.user, &want); err != nil {
 				t.Fatal(err)
 			}
-			saves[i] = &recs[i]
 		}
-		many.SaveMany(ctx, names, saves, errs)
-		for i, err := range errs {
-			if err != nil {
-				t.Fatalf("wave %d user %s: SaveMany: %v", wi, names[i], err)
+		many.SaveMany(ctx, rows)
+		for _, row := range rows {
+			if row.Err != nil {
+				t.Fatalf("wave %d user %s: SaveMany: %v", wi, row.User, row.Err)
 			}
 		}
 	}

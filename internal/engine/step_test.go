@@ -160,14 +160,14 @@ type countingStore struct {
 	appends, saves int
 }
 
-func (c *countingStore) AppendMany(ctx context.Context, users []string, clicks []features.Click, recs []features.Record, errs []error) {
+func (c *countingStore) AppendMany(ctx context.Context, rows []*features.BatchRow) {
 	c.appends++
-	c.RedisStore.AppendMany(ctx, users, clicks, recs, errs)
+	c.RedisStore.AppendMany(ctx, rows)
 }
 
-func (c *countingStore) SaveMany(ctx context.Context, users []string, recs []*features.Record, errs []error) {
+func (c *countingStore) SaveMany(ctx context.Context, rows []*features.BatchRow) {
 	c.saves++
-	c.RedisStore.SaveMany(ctx, users, recs, errs)
+	c.RedisStore.SaveMany(ctx, rows)
 }
 
 func handleEventsMatch(t *testing.T, bundle *model.Bundle, newStore func(prefix string) features.Store) {
@@ -362,25 +362,20 @@ type faultyBatch struct {
 	bs features.BatchStore
 }
 
-func (f faultyBatch) AppendMany(ctx context.Context, users []string, clicks []features.Click, recs []features.Record, errs []error) {
-	f.bs.AppendMany(ctx, users, clicks, recs, errs)
+func (f faultyBatch) AppendMany(ctx context.Context, rows []*features.BatchRow) {
+	f.bs.AppendMany(ctx, rows)
 }
 
-func (f faultyBatch) SaveMany(ctx context.Context, users []string, recs []*features.Record, errs []error) {
-	row := slices.IndexFunc(users, f.trip)
-	if row < 0 || f.lost {
-		f.bs.SaveMany(ctx, users, recs, errs)
-	} else {
-		// The row's write is not made: save the others.
-		others := slices.Delete(slices.Clone(users), row, row+1)
-		otherRecs := slices.Delete(slices.Clone(recs), row, row+1)
-		oerrs := make([]error, len(others))
-		f.bs.SaveMany(ctx, others, otherRecs, oerrs)
-		copy(errs, oerrs[:row])
-		copy(errs[row+1:], oerrs[row:])
+func (f faultyBatch) SaveMany(ctx context.Context, rows []*features.BatchRow) {
+	i := slices.IndexFunc(rows, func(r *features.BatchRow) bool { return f.trip(r.User) })
+	switch {
+	case i < 0 || f.lost:
+		f.bs.SaveMany(ctx, rows)
+	default: // the row's write is not made: save the others
+		f.bs.SaveMany(ctx, slices.Delete(slices.Clone(rows), i, i+1))
 	}
-	if row >= 0 && errs[row] == nil {
-		errs[row] = errSaveFault
+	if i >= 0 && (!f.lost || rows[i].Err == nil) {
+		rows[i].Err = errSaveFault
 	}
 }
 
