@@ -71,9 +71,10 @@ type Record struct {
 //
 // A click's effect is Append (history, position, Seq) and, for a model with
 // recurrent state, a Save of the new state stamped StateSeq = Seq. Retrying
-// after any prefix of that work converges: a redelivery finds the click in
-// the history and gets ErrUnsettled until the stamped Save is done,
-// ErrDuplicate after.
+// after any prefix of that work converges: a redelivery of the latest click
+// finds it in the history and gets ErrUnsettled until the stamped Save is
+// done, ErrDuplicate after. Without a state nothing stamps a click, so a
+// redelivery of the latest click always gets ErrUnsettled.
 //
 // Remapping after a vocabulary change: each record carries the Epoch of its
 // indices. Append stores Click.Page as given and only sets the record's epoch
