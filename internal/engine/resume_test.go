@@ -57,28 +57,34 @@ func evaluatedClicks(eval *prefetch.Evaluator) uint64 {
 }
 
 // TestResumeHalfAppliedClick: a click whose state Save fails after its
-// Append succeeded (the write not made, or made with its reply lost) is
-// handed again with the same position. It must end as if applied once: the
-// page in the history once, the state of a clean run, stamped with the
-// click, a prefetch request made for it, counted once by the evaluator,
-// and the next click continuing from that state without a rebuild. On the
+// Append succeeded (the write not made, or made with its reply lost), or
+// whose Append reply is lost, is handed again with the same position. It
+// must end as if applied once: the page in the history once, the state of
+// a clean run, stamped with the click, a prefetch request made for it,
+// counted at most once by the evaluator (not at all when the Append reply
+// was lost: a known gap), and the next click continuing from that state
+// without a rebuild. On the
 // in-memory store and on a RedisStore on a real redis-server, one click at
 // a time (HandleEvent, Append and Save) and in runs (HandleEvents: waves,
 // AppendMany and SaveMany with Redis).
 func TestResumeHalfAppliedClick(t *testing.T) {
 	stores := storeBackends(t)
 	faults := []struct {
-		name string
-		lost bool
+		name     string
+		onAppend bool
+		lost     bool
 		// resend is the outcome of handing the click again: finished (nil)
 		// or, when the stamped state was written, a duplicate.
 		resend error
 		// warms is the prefetch requests made for the click: before the
 		// failed Save, and again when resumed.
 		warms int
+		// uncounted is 1 when the click is not counted.
+		uncounted int
 	}{
 		{name: "save fails", lost: false, resend: nil, warms: 2},
 		{name: "save reply lost", lost: true, resend: features.ErrDuplicate, warms: 1},
+		{name: "append reply lost", onAppend: true, lost: true, resend: nil, warms: 1, uncounted: 1},
 	}
 	const clicks, failing = 5, 3 // click 3 of 0..4 fails to save once
 	for _, st := range stores {
@@ -111,7 +117,7 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 					}
 					refRebuilt := testutil.ToFloat64(ref.m.stateRebuilt)
 
-					faulty := &faultyStore{user: "u", lost: fault.lost}
+					faulty := &faultyStore{user: "u", lost: fault.lost, onAppend: fault.onAppend}
 					hist := newFaulty(st.mk(name+":"), faulty)
 					eng, w, eval, _ := gruEngine(t, hist)
 					// handle hands click k of u (with v's click k in the same
@@ -162,8 +168,8 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 					faulty.mu.Lock()
 					faulty.fails = 1
 					faulty.mu.Unlock()
-					if err := handle(failing); !errors.Is(err, errSaveFault) || final(err) {
-						t.Fatalf("click %d with its save failing: %v, want the save error, to be retried", failing, err)
+					if err := handle(failing); !errors.Is(err, errSaveFault) && !errors.Is(err, errAppendFault) || final(err) {
+						t.Fatalf("click %d with a store call failing: %v, want the injected error, to be retried", failing, err)
 					}
 					if err := handle(failing); !errors.Is(err, fault.resend) || (fault.resend == nil) != (err == nil) {
 						t.Fatalf("click %d handed again: %v, want %v", failing, err, fault.resend)
@@ -192,11 +198,12 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 					if path == "runs" {
 						users = 2
 					}
-					if got := evaluatedClicks(eval); got != uint64(users*(failing+1)) {
-						t.Fatalf("evaluator counted %d clicks, want %d (each once)", got, users*(failing+1))
+					counted := uint64(users*(failing+1) - fault.uncounted)
+					if got := evaluatedClicks(eval); got != counted {
+						t.Fatalf("evaluator counted %d clicks, want %d", got, counted)
 					}
-					if tot := eng.Totals(); tot.Events != uint64(users*(failing+1)) {
-						t.Fatalf("%d events applied, want %d", tot.Events, users*(failing+1))
+					if tot := eng.Totals(); tot.Events != counted {
+						t.Fatalf("%d events applied, want %d", tot.Events, counted)
 					}
 					// The next click steps on from the stamped state.
 					if err := handle(failing + 1); err != nil {
@@ -394,5 +401,31 @@ func TestHandleEventErrorClasses(t *testing.T) {
 			}
 			check("HandleEvents first row", errs[0])
 		})
+	}
+}
+
+// TestStatelessRedeliveryPrefetched: without a step form Append is a
+// click's whole effect. When its reply is lost, the click handed again is a
+// duplicate (not appended twice) and is prefetched then.
+func TestStatelessRedeliveryPrefetched(t *testing.T) {
+	f := newFixture(t, 0.5)
+	f.eng.deps.Histories = newFaulty(f.hist, &faultyStore{user: "u", fails: 1, lost: true, onAppend: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, meta := click("u", "/a", 7, time.Now())
+	if err := f.eng.HandleEvent(ctx, ev, meta); !errors.Is(err, errAppendFault) || final(err) {
+		t.Fatalf("HandleEvent with the append reply lost: %v, want the injected error, to be retried", err)
+	}
+	if len(f.warmer.calls) != 0 {
+		t.Fatalf("warm calls %+v before the retry, want none", f.warmer.calls)
+	}
+	if err := f.eng.HandleEvent(ctx, ev, meta); !errors.Is(err, features.ErrDuplicate) {
+		t.Fatalf("handed again: %v, want a duplicate", err)
+	}
+	if h, _ := f.hist.Get(ctx, "u", nil); len(h) != 1 {
+		t.Fatalf("history %v, want the page once", h)
+	}
+	if len(f.warmer.calls) != 1 || !slices.Equal(f.warmer.calls[0].pages, []string{"/b"}) {
+		t.Fatalf("warm calls %+v, want one for /b", f.warmer.calls)
 	}
 }

@@ -309,25 +309,30 @@ func handleEventsMatch(t *testing.T, bundle *model.Bundle, newStore func(prefix 
 	}
 }
 
-// errSaveFault is the error of an injected Save failure.
-var errSaveFault = errors.New("injected save failure")
+// errSaveFault and errAppendFault are the errors of injected failures.
+var (
+	errSaveFault   = errors.New("injected save failure")
+	errAppendFault = errors.New("injected append failure")
+)
 
-// faultyStore is a Store whose Save fails for one user while fails > 0
-// (each failure counts one down; < 0 fails for good). With lost the write
-// is made before the error: a reply lost after the store applied it.
+// faultyStore is a Store whose Save (or, with onAppend, Append) fails for
+// one user while fails > 0 (each failure counts one down; < 0 fails for
+// good). With lost the write is made before the error: a reply lost after
+// the store applied it.
 type faultyStore struct {
 	features.Store
-	mu    sync.Mutex
-	user  string
-	fails int
-	lost  bool
+	mu       sync.Mutex
+	user     string
+	fails    int
+	lost     bool
+	onAppend bool
 }
 
 // trip reports whether a Save for user fails now.
 func (f *faultyStore) trip(user string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if user != f.user || f.fails == 0 {
+	if user != f.user || f.fails == 0 || f.onAppend {
 		return false
 	}
 	if f.fails > 0 {
@@ -341,6 +346,27 @@ func (f *faultyStore) heal() {
 	f.mu.Lock()
 	f.fails = 0
 	f.mu.Unlock()
+}
+
+// tripAppend reports whether an Append for user fails now, after its write.
+func (f *faultyStore) tripAppend(user string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if user != f.user || f.fails == 0 || !f.onAppend {
+		return false
+	}
+	if f.fails > 0 {
+		f.fails--
+	}
+	return true
+}
+
+func (f *faultyStore) Append(ctx context.Context, user string, c features.Click, rec *features.Record) error {
+	err := f.Store.Append(ctx, user, c, rec)
+	if err == nil && f.tripAppend(user) {
+		return errAppendFault
+	}
+	return err
 }
 
 func (f *faultyStore) Save(ctx context.Context, user string, rec *features.Record) error {
@@ -364,6 +390,11 @@ type faultyBatch struct {
 
 func (f faultyBatch) AppendMany(ctx context.Context, rows []*features.BatchRow) {
 	f.bs.AppendMany(ctx, rows)
+	for _, r := range rows {
+		if r.Err == nil && f.tripAppend(r.User) {
+			r.Err = errAppendFault
+		}
+	}
 }
 
 func (f faultyBatch) SaveMany(ctx context.Context, rows []*features.BatchRow) {
