@@ -519,12 +519,11 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 // click extends its history, one StepMany scores them all, then each is
 // prefetched and its state saved. It fills errs[i] like HandleEvents and
 // returns the first i that failed other than finally (duplicate, rejected),
-// or len(evs). Appends to a plain
-// Store run in order and a store failure ends the wave there. A later
-// failure (saving a state, a remap) concerns one user: the other clicks are
-// still finished, and the first failing row is reported; handed again, the
-// finished clicks after it are duplicates, and the failed one, when its
-// Append had succeeded, is resumed (features.ErrUnsettled).
+// or len(evs). Appends to a plain Store run in order and a store failure
+// ends the wave there. A later failure (saving a state, a remap) concerns
+// one user: the other clicks are still finished; handed again, they are
+// duplicates, and the failed one, when its Append had succeeded, is
+// resumed (features.ErrUnsettled).
 func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []features.Event, metas []features.Meta, in []int, errs []error, w *wave, b *buffers) int {
 	start := time.Now()
 	rows := w.reset(len(in))
