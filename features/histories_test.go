@@ -27,6 +27,19 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// outcome names what an Append error says about the click.
+func outcome(err error) string {
+	switch {
+	case err == nil:
+		return "applied"
+	case errors.Is(err, ErrUnsettled):
+		return "unsettled"
+	case errors.Is(err, ErrDuplicate):
+		return "duplicate"
+	}
+	return "failed: " + err.Error()
+}
+
 func newTestHistories(t testing.TB, cfg HistoryConfig) *Histories {
 	t.Helper()
 	h, err := NewHistories(cfg, nil)
@@ -137,6 +150,55 @@ func storeContract(t *testing.T, newStore func(t *testing.T, cfg HistoryConfig) 
 		ok, err = s.Load(ctx, "nobody", &got)
 		if err != nil || ok || len(got.Pages) != 0 {
 			t.Fatalf("Load unknown = %+v %v %v, want not found", got, ok, err)
+		}
+	})
+	t.Run("generations and stamps", func(t *testing.T) {
+		at := func(page int32, min int, gen uint32, off int64) Click {
+			c := click(page, min, off)
+			c.Gen = gen
+			return c
+		}
+		type step struct {
+			name     string
+			c        Click
+			settle   bool // then Save the record with its latest click settled
+			want     error
+			pages    []int32
+			seq      uint32
+			stateSeq uint32
+		}
+		steps := []step{
+			{name: "first click", c: at(1, 0, 0, 10), want: nil, pages: []int32{1}, seq: 1, stateSeq: 0},
+			{name: "latest again, unsettled", c: at(1, 0, 0, 10), want: ErrUnsettled, pages: []int32{1}, seq: 1, stateSeq: 0, settle: true},
+			{name: "latest again, settled", c: at(1, 0, 0, 10), want: ErrDuplicate, pages: []int32{1}, seq: 1, stateSeq: 1},
+			{name: "next click", c: at(2, 1, 0, 11), want: nil, pages: []int32{1, 2}, seq: 2, stateSeq: 1},
+			{name: "older click while unsettled", c: at(1, 0, 0, 10), want: ErrDuplicate, pages: []int32{1, 2}, seq: 2, stateSeq: 1},
+			{name: "latest again, unsettled twice", c: at(2, 1, 0, 11), want: ErrUnsettled, pages: []int32{1, 2}, seq: 2, stateSeq: 1},
+			{name: "new generation, lower offset", c: at(3, 2, 1, 0), want: nil, pages: []int32{1, 2, 3}, seq: 3, stateSeq: 1, settle: true},
+			{name: "same generation again", c: at(3, 2, 1, 0), want: ErrDuplicate, pages: []int32{1, 2, 3}, seq: 3, stateSeq: 3},
+			{name: "next in the new generation", c: at(4, 3, 1, 1), want: nil, pages: []int32{1, 2, 3, 4}, seq: 4, stateSeq: 3},
+		}
+		s := newStore(t, HistoryConfig{})
+		var rec Record
+		for _, st := range steps {
+			err := s.Append(ctx, "u", st.c, &rec)
+			if outcome(err) != outcome(st.want) {
+				t.Fatalf("%s: Append = %v, want %v", st.name, err, st.want)
+			}
+			if !slices.Equal(rec.Pages, st.pages) || rec.Seq != st.seq || rec.StateSeq != st.stateSeq || rec.Gen != st.c.Gen && st.want == nil {
+				t.Fatalf("%s: record pages %v seq %d stateSeq %d gen %d, want %v %d %d %d", st.name, rec.Pages, rec.Seq, rec.StateSeq, rec.Gen, st.pages, st.seq, st.stateSeq, st.c.Gen)
+			}
+			if st.settle {
+				rec.State, rec.StateSeq = append(rec.State[:0], float32(rec.Seq)), rec.Seq
+				if err := s.Save(ctx, "u", &rec); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		// The state saved with click 3 is kept by Append and stamped with it.
+		var got Record
+		if ok, err := s.Load(ctx, "u", &got); !ok || err != nil || !slices.Equal(got.State, []float32{3}) || got.Seq != 4 || got.StateSeq != 3 || got.Gen != 1 || got.Offset != 1 {
+			t.Fatalf("Load = %+v %v %v, want state [3] stamped 3 of 4 at generation 1 offset 1", got, ok, err)
 		}
 	})
 	t.Run("save cuts to max length", func(t *testing.T) {

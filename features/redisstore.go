@@ -248,17 +248,17 @@ func (s *RedisStore) Append(ctx context.Context, user string, c Click, rec *Reco
 
 // AppendMany implements BatchStore: every row's append script in one
 // pipeline (one round trip per Redis node).
-func (s *RedisStore) AppendMany(ctx context.Context, users []string, clicks []Click, recs []Record, errs []error) {
+func (s *RedisStore) AppendMany(ctx context.Context, rows []*BatchRow) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
 	start := time.Now()
-	cmds, err := s.pipeline(ctx, appendScript, len(users), func(pipe redis.Pipeliner, i int) *redis.Cmd {
-		return appendScript.EvalSha(ctx, pipe, []string{s.Key(users[i])}, s.appendArgs(clicks[i])...)
+	cmds, err := s.pipeline(ctx, appendScript, len(rows), func(pipe redis.Pipeliner, i int) *redis.Cmd {
+		return appendScript.EvalSha(ctx, pipe, []string{s.Key(rows[i].User)}, s.appendArgs(rows[i].Click)...)
 	})
 	s.observe("append_many", start, err)
 	for i, cmd := range cmds {
 		res, err := cmd.Slice()
-		errs[i] = s.appendResult(users[i], res, err, &recs[i])
+		rows[i].Err = s.appendResult(rows[i].User, res, err, &rows[i].Rec)
 	}
 }
 
@@ -405,22 +405,22 @@ func (s *RedisStore) Save(ctx context.Context, user string, rec *Record) error {
 }
 
 // SaveMany implements BatchStore: every row's save in one pipeline.
-func (s *RedisStore) SaveMany(ctx context.Context, users []string, recs []*Record, errs []error) {
-	rs := make([]Record, len(recs))
-	args := make([][]any, len(recs))
-	for i, rec := range recs {
-		rs[i] = *rec
+func (s *RedisStore) SaveMany(ctx context.Context, rows []*BatchRow) {
+	rs := make([]Record, len(rows))
+	args := make([][]any, len(rows))
+	for i, row := range rows {
+		rs[i] = row.Rec
 		args[i] = s.saveArgs(&rs[i])
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
 	start := time.Now()
-	cmds, err := s.pipeline(ctx, saveScript, len(users), func(pipe redis.Pipeliner, i int) *redis.Cmd {
-		return saveScript.EvalSha(ctx, pipe, []string{s.Key(users[i])}, args[i]...)
+	cmds, err := s.pipeline(ctx, saveScript, len(rows), func(pipe redis.Pipeliner, i int) *redis.Cmd {
+		return saveScript.EvalSha(ctx, pipe, []string{s.Key(rows[i].User)}, args[i]...)
 	})
 	s.observe("save_many", start, err)
 	for i, cmd := range cmds {
-		errs[i] = s.saveResult(users[i], &rs[i], cmd.Err())
+		rows[i].Err = s.saveResult(rows[i].User, &rs[i], cmd.Err())
 	}
 }
 

@@ -71,9 +71,10 @@ type Record struct {
 //
 // A click's effect is Append (history, position, Seq) and, for a model with
 // recurrent state, a Save of the new state stamped StateSeq = Seq. Retrying
-// after any prefix of that work converges: a redelivery finds the click in
-// the history and gets ErrUnsettled until the stamped Save is done,
-// ErrDuplicate after.
+// after any prefix of that work converges: a redelivery of the latest click
+// finds it in the history and gets ErrUnsettled until the stamped Save is
+// done, ErrDuplicate after. Without a state nothing stamps a click, so a
+// redelivery of the latest click always gets ErrUnsettled.
 //
 // Remapping after a vocabulary change: each record carries the Epoch of its
 // indices. Append stores Click.Page as given and only sets the record's epoch
@@ -99,18 +100,30 @@ type Store interface {
 	Save(ctx context.Context, user string, rec *Record) error
 }
 
+// BatchRow is one user's row of a BatchStore call.
+type BatchRow struct {
+	// User is whose record the row concerns.
+	User string
+	// Click is what AppendMany applies; SaveMany ignores it.
+	Click Click
+	// Rec is filled by AppendMany (reusing its slices) and saved by SaveMany.
+	Rec Record
+	// Err is the row's result: what the single call would return.
+	Err error
+}
+
 // BatchStore is a Store that also applies the clicks, or saves the records,
 // of several distinct users in one round trip (RedisStore pipelines them).
-// Row i has the effect of the single call on users[i], and errs[i] (len(errs)
-// == len(users)) is its result; rows are independent, so a failing row does
-// not stop the others.
+// Each row has the effect of the single call on its user; rows are
+// independent, so a failing row does not stop the others.
 type BatchStore interface {
 	Store
-	// AppendMany is Append for every row: clicks[i] to users[i], the result
-	// in recs[i].
-	AppendMany(ctx context.Context, users []string, clicks []Click, recs []Record, errs []error)
-	// SaveMany is Save for every row: recs[i] as users[i]'s record.
-	SaveMany(ctx context.Context, users []string, recs []*Record, errs []error)
+	// AppendMany is Append for every row: row.Click to row.User, the
+	// result in row.Rec and row.Err.
+	AppendMany(ctx context.Context, rows []*BatchRow)
+	// SaveMany is Save for every row: row.Rec as row.User's record, the
+	// result in row.Err.
+	SaveMany(ctx context.Context, rows []*BatchRow)
 }
 
 // StoreBackend names a Store implementation in configuration.

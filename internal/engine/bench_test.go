@@ -11,10 +11,8 @@ import (
 	"github.com/prefetchd/prefetchd/internal/embedded"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
-	"github.com/prefetchd/prefetchd/internal/redistest"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
-	"github.com/redis/go-redis/v9"
 )
 
 type nopWarmer struct{}
@@ -115,25 +113,7 @@ func BenchmarkStepClicks(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := redistest.Start(b)
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
-	b.Cleanup(func() { _ = client.Close() })
-	stores := []struct {
-		name string
-		mk   func(prefix string) features.Store
-	}{
-		{"memory", func(string) features.Store {
-			h, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-			return h
-		}},
-		{"redis", func(prefix string) features.Store {
-			s, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: prefix}, client, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return s
-		}},
-	}
+	stores := storeBackends(b)
 	ctx := context.Background()
 	v := bundle.Vocab()
 	for _, st := range stores {

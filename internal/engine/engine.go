@@ -234,7 +234,8 @@ const ReasonModel = "model"
 //     applied (final);
 //   - a *features.RejectError (reason ReasonModel): the model failed on this
 //     click, which retrying would not change (final; the consumer
-//     dead-letters it);
+//     dead-letters it). The page stays in the history, unsettled: the
+//     user's next click rebuilds the state;
 //   - anything else is transient and the click is to be retried: a store
 //     error, hint.ErrNoModel before a model is loaded, ctx.Err() when ctx
 //     ends.
@@ -399,45 +400,54 @@ func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Ev
 	}
 }
 
-// wave is the working memory of HandleEvents: one row per click of a run
-// of clicks by distinct users.
+// wave is the working memory of HandleEvents.
 type wave struct {
-	seen   map[string]int // clicks per user so far in the run
-	recs   []features.Record
-	pages  []string
-	idx    []int64
-	ids    []int64
-	states [][]float32
-	probs  [][]float32 // by row
-	probs2 [][]float32 // by scored row, as ids and states
-	users  []string
-	clicks []features.Click
-	errs   []error
-	// resumed marks rows whose click an earlier attempt appended.
-	resumed []bool
-	// ok, rows and saved are row numbers: appended, to score, scored.
-	ok, rows, saved []int
-	saveUsers       []string
-	saveRecs        []*features.Record
-	// Cutting a run into waves: each click's wave, the run indices of the
-	// wave at hand, and its clicks gathered.
+	seen map[string]int // clicks per user so far in the run
+	// rows are the clicks of the wave at hand, their buffers (record,
+	// scores) kept from wave to wave.
+	rows []waveRow
+	// batch are rows handed to a BatchStore; live the rows still going
+	// (appended, then scored), scored those whose state is ready to step.
+	batch        []*features.BatchRow
+	live, scored []*waveRow
+	// StepMany's arguments, by scored row: page ids, states and scores.
+	ids           []int64
+	states, probs [][]float32
+	// Cutting a run into waves: each click's wave, and the run indices of
+	// the wave at hand.
 	layer, in []int
-	wevs      []features.Event
-	wmetas    []features.Meta
-	werrs     []error
 }
 
-func (w *wave) grow(n int) {
-	for len(w.recs) < n {
-		w.recs = append(w.recs, features.Record{})
-		w.probs = append(w.probs, nil)
+// waveRow is one click of a wave.
+type waveRow struct {
+	// BatchRow is the user, the click, the record after Append and the
+	// store's result of the latest call.
+	features.BatchRow
+	at      int // index in the run
+	ev      *features.Event
+	page    string    // canonical
+	idx     int64     // page index under the live model
+	probs   []float32 // scores of the next page
+	resumed bool      // an earlier attempt appended the click (features.ErrUnsettled)
+	err     error     // the click's outcome
+}
+
+// reset makes n rows, keeping the buffers of earlier ones.
+func (w *wave) reset(n int) []waveRow {
+	if n > cap(w.rows) {
+		w.rows = append(w.rows[:cap(w.rows)], make([]waveRow, n-cap(w.rows))...)
 	}
-	w.pages = append(w.pages[:0], make([]string, n)...)
-	w.idx = append(w.idx[:0], make([]int64, n)...)
-	w.users = append(w.users[:0], make([]string, n)...)
-	w.clicks = append(w.clicks[:0], make([]features.Click, n)...)
-	w.errs = append(w.errs[:0], make([]error, n)...)
-	w.resumed = append(w.resumed[:0], make([]bool, n)...)
+	w.rows = w.rows[:n]
+	return w.rows
+}
+
+// batchOf returns the store rows of rows, for a BatchStore.
+func (w *wave) batchOf(rows []*waveRow) []*features.BatchRow {
+	w.batch = w.batch[:0]
+	for _, r := range rows {
+		w.batch = append(w.batch, &r.BatchRow)
+	}
+	return w.batch
 }
 
 // HandleEvents applies a run of clicks with the effect of HandleEvent on
@@ -445,13 +455,14 @@ func (w *wave) grow(n int) {
 // click i's outcome, nil or a final error (a duplicate, or a rejection when
 // the model fails on the click: see HandleEvent), and it returns the index
 // of the first click that failed with a transient error (its error in
-// errs), or len(evs); every click before that index is settled. With a step-form model or a
-// features.BatchStore (Redis) the run is cut into waves of distinct users,
-// a user's k-th click of the run in wave k: a wave's clicks share one run
-// of the step form (model.Bundle.StepMany), which costs much less per click
-// than one run each, and a BatchStore appends a wave's histories in one
-// round trip (and saves their states in another). Clicks of different
-// users may therefore be applied in another order than the run's.
+// errs), or len(evs); every click before that index is settled. With a
+// step-form model or a features.BatchStore (Redis) the run is cut into
+// waves of distinct users, a user's k-th click of the run in wave k: a
+// wave's clicks share one run of the step form (model.Bundle.StepMany),
+// which costs much less per click than one run each, and a BatchStore
+// appends a wave's histories in one round trip (and saves their states in
+// another). Clicks of different users may therefore be applied in another
+// order than the run's.
 func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas []features.Meta, errs []error) int {
 	if n := min(len(evs), len(metas), len(errs)); n < len(evs) {
 		evs = evs[:n] // a caller's mistake: apply what can be reported
@@ -497,165 +508,144 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 				w.in = append(w.in, i)
 			}
 		}
-		if len(w.in) == 0 {
-			continue
-		}
-		w.wevs, w.wmetas = w.wevs[:0], w.wmetas[:0]
-		for _, i := range w.in {
-			w.wevs = append(w.wevs, evs[i])
-			w.wmetas = append(w.wmetas, metas[i])
-		}
-		w.werrs = append(w.werrs[:0], make([]error, len(w.in))...)
-		f := e.handleWave(ctx, l, w.wevs, w.wmetas, w.werrs, w, b)
-		for j, i := range w.in {
-			errs[i] = w.werrs[j]
-		}
-		if f < len(w.in) {
-			failAt = min(failAt, w.in[f])
+		if len(w.in) > 0 {
+			failAt = min(failAt, e.handleWave(ctx, l, evs, metas, w.in, errs, w, b))
 		}
 	}
 	return failAt
 }
 
-// handleWave applies clicks of distinct users: every click extends its
-// history, one StepMany scores them all, then each is prefetched and its
-// state saved. It fills errs like HandleEvents and returns the first row
-// that failed other than finally (duplicate, rejected). Appends to a plain
-// Store run in order and a store failure ends the wave there. A later
-// failure (saving a state, a remap) concerns one user: the other clicks are
-// still finished, and the first failing row is reported; handed again, the
-// finished clicks after it are duplicates, and the failed one, when its
-// Append had succeeded, is resumed (features.ErrUnsettled).
-func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []features.Event, metas []features.Meta, errs []error, w *wave, b *buffers) int {
+// handleWave applies the clicks evs[i], i in in, of distinct users: every
+// click extends its history, one StepMany scores them all, then each is
+// prefetched and its state saved. It fills errs[i] like HandleEvents and
+// returns the first i that failed other than finally (duplicate, rejected),
+// or len(evs). Appends to a plain Store run in order and a store failure
+// ends the wave there. A later failure (saving a state, a remap) concerns
+// one user: the other clicks are still finished; handed again, they are
+// duplicates, and the failed one, when its Append had succeeded, is
+// resumed (features.ErrUnsettled).
+func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []features.Event, metas []features.Meta, in []int, errs []error, w *wave, b *buffers) int {
 	start := time.Now()
-	w.grow(len(evs))
-	n := len(evs) // rows attempted
-	failAt := n
-	fail := func(i int, err error) {
-		errs[i] = err
-		if !final(err) {
-			failAt = min(failAt, i)
-		}
-	}
-	for i := range evs {
-		ev := &evs[i]
-		w.pages[i] = e.deps.Canon.Canonical(ev.Page)
-		w.idx[i] = l.Vocab.Index(w.pages[i])
-		w.users[i] = ev.UserID
-		w.clicks[i] = newClick(l, w.idx[i], *ev, metas[i])
+	rows := w.reset(len(in))
+	w.live = w.live[:0]
+	for j, i := range in {
+		r, ev := &rows[j], &evs[i]
+		r.at, r.ev, r.page, r.resumed, r.err, r.Err = i, ev, e.deps.Canon.Canonical(ev.Page), false, nil, nil
+		r.idx = l.Vocab.Index(r.page)
+		r.User, r.Click = ev.UserID, newClick(l, r.idx, *ev, metas[i])
+		w.live = append(w.live, r)
 	}
 	// Histories first: a BatchStore appends every click in one round trip,
 	// a plain Store one by one.
 	bs, batched := e.deps.Histories.(features.BatchStore)
 	if batched {
-		bs.AppendMany(ctx, w.users[:n], w.clicks[:n], w.recs[:n], w.errs[:n])
+		bs.AppendMany(ctx, w.batchOf(w.live))
 	}
-	w.ok = w.ok[:0]
-	for i := 0; i < n; i++ {
-		ev, rec := &evs[i], &w.recs[i]
-		err := w.errs[i]
+	w.live = w.live[:0]
+	for i := range rows {
+		r := &rows[i]
 		if !batched {
-			err = e.deps.Histories.Append(ctx, ev.UserID, w.clicks[i], rec)
+			r.Err = e.deps.Histories.Append(ctx, r.User, r.Click, &r.Rec)
 		}
-		resumed, err := e.appended(err, ev.UserID, w.pages[i], ev.TS)
-		if err != nil {
-			fail(i, err)
+		var err error
+		if r.resumed, err = e.appended(r.Err, r.User, r.page, r.ev.TS); err != nil {
+			r.err = err
 			if !batched && !final(err) {
-				n = i // the rest is not attempted
+				rows = rows[:i+1] // the rest is not attempted
+				break
 			}
 			continue
 		}
-		w.resumed[i] = resumed
-		if rec.Epoch != l.Epoch {
-			if err := e.remapRecord(ctx, ev.UserID, l, w.idx[i], rec, b); err != nil {
-				fail(i, err)
+		if r.Rec.Epoch != l.Epoch {
+			if r.err = e.remapRecord(ctx, r.User, l, r.idx, &r.Rec, b); r.err != nil {
 				continue
 			}
 		}
-		w.ok = append(w.ok, i)
+		w.live = append(w.live, r)
 	}
+	done := 0
 	if l.Bundle == nil || !l.Bundle.HasStep() {
 		// No step form (a BatchStore brought us here): each click is scored
 		// on its history, as in HandleEvent; there is no state to save.
-		done := 0
-		for _, i := range w.ok {
-			b.hist = widen(b.hist, w.recs[i].Pages)
+		for _, r := range w.live {
+			b.hist = widen(b.hist, r.Rec.Pages)
 			probs, err := e.predict(ctx, l, b.hist, b)
 			if err != nil {
-				fail(i, modelError(ctx, err))
+				r.err = modelError(ctx, err)
 				continue
 			}
-			e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(w.recs[i].Pages), probs, b)
-			if w.resumed[i] {
-				errs[i] = e.redelivered()
+			e.prefetch(ctx, l, *r.ev, r.page, r.idx, len(r.Rec.Pages), probs, b)
+			if r.resumed {
+				r.err = e.redelivered()
 				continue
 			}
 			done++
 		}
-		e.observeWave(start, done)
-		return failAt
+	} else {
+		done = e.stepWave(ctx, l, w, b)
 	}
-	// Each row's state before its click (stored or rebuilt), then the rows
-	// are scored together, compacted.
-	w.ids, w.states, w.probs2, w.rows = w.ids[:0], w.states[:0], w.probs2[:0], w.rows[:0]
-	for _, i := range w.ok {
-		rec := &w.recs[i]
-		state, probs, err := e.stateBefore(ctx, l, rec, w.probs[i])
-		w.probs[i] = probs
-		if err != nil {
-			fail(i, err)
+	e.observeWave(start, done)
+	failAt := len(evs)
+	for _, r := range rows {
+		if errs[r.at] = r.err; r.err != nil && !final(r.err) {
+			failAt = min(failAt, r.at)
+		}
+	}
+	return failAt
+}
+
+// stepWave finishes the live rows of w with the step form: each row's state
+// before its click (stored or rebuilt), one StepMany for all, then each
+// click is prefetched and its state saved, stamped with the click. It
+// returns the rows finished.
+func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *buffers) int {
+	w.ids, w.states, w.probs, w.scored = w.ids[:0], w.states[:0], w.probs[:0], w.scored[:0]
+	for _, r := range w.live {
+		state, probs, err := e.stateBefore(ctx, l, &r.Rec, r.probs)
+		if r.probs = probs; err != nil {
+			r.err = err
 			continue
 		}
-		w.rows = append(w.rows, i)
-		w.ids = append(w.ids, int64(rec.Pages[len(rec.Pages)-1]))
+		w.scored = append(w.scored, r)
+		w.ids = append(w.ids, int64(r.Rec.Pages[len(r.Rec.Pages)-1]))
 		w.states = append(w.states, state)
-		w.probs2 = append(w.probs2, w.probs[i])
+		w.probs = append(w.probs, r.probs)
 	}
-	e.counter.predictions.Add(uint64(len(w.rows)))
-	together := l.Bundle.StepMany(ctx, w.ids, w.states, w.probs2) == nil
-	// Prefetch before saving: a settled click (its state saved) has been
-	// handed to the warmer.
-	w.saved = w.saved[:0]
-	for j, i := range w.rows {
+	e.counter.predictions.Add(uint64(len(w.scored)))
+	together := l.Bundle.StepMany(ctx, w.ids, w.states, w.probs) == nil
+	// Prefetch before saving: a settled click has been handed to the warmer.
+	w.live = w.live[:0]
+	for j, r := range w.scored {
 		if !together {
 			// StepMany failed: each click alone, so that one bad row does
 			// not fail the others.
 			var err error
-			if w.probs2[j], w.states[j], err = l.Bundle.Step(ctx, w.ids[j], w.states[j], w.probs2[j]); err != nil {
-				fail(i, modelError(ctx, fmt.Errorf("step with %s: %w", l.Version, err)))
+			if w.probs[j], w.states[j], err = l.Bundle.Step(ctx, w.ids[j], w.states[j], w.probs[j]); err != nil {
+				r.err = modelError(ctx, fmt.Errorf("step with %s: %w", l.Version, err))
 				continue
 			}
 		}
-		w.probs[i] = w.probs2[j]
-		rec := &w.recs[i]
-		rec.State, rec.StateSeq = w.states[j], rec.Seq
-		e.prefetch(ctx, l, evs[i], w.pages[i], w.idx[i], len(rec.Pages), w.probs[i], b)
-		w.saved = append(w.saved, i)
+		r.probs = w.probs[j]
+		r.Rec.State, r.Rec.StateSeq = w.states[j], r.Rec.Seq
+		e.prefetch(ctx, l, *r.ev, r.page, r.idx, len(r.Rec.Pages), r.probs, b)
+		w.live = append(w.live, r)
 	}
-	if batched && len(w.saved) > 0 {
-		w.saveUsers, w.saveRecs = w.saveUsers[:0], w.saveRecs[:0]
-		for _, i := range w.saved {
-			w.saveUsers = append(w.saveUsers, w.users[i])
-			w.saveRecs = append(w.saveRecs, &w.recs[i])
+	if bs, batched := e.deps.Histories.(features.BatchStore); batched && len(w.live) > 0 {
+		bs.SaveMany(ctx, w.batchOf(w.live))
+	} else if !batched {
+		for _, r := range w.live {
+			r.Err = e.deps.Histories.Save(ctx, r.User, &r.Rec)
 		}
-		bs.SaveMany(ctx, w.saveUsers, w.saveRecs, w.errs[:len(w.saved)])
 	}
 	done := 0
-	for j, i := range w.saved {
-		var err error
-		if batched {
-			err = w.errs[j]
-		} else {
-			err = e.deps.Histories.Save(ctx, evs[i].UserID, &w.recs[i])
-		}
-		if err != nil {
-			fail(i, fmt.Errorf("save state: %w", err))
+	for _, r := range w.live {
+		if r.Err != nil {
+			r.err = fmt.Errorf("save state: %w", r.Err)
 			continue
 		}
 		done++
 	}
-	e.observeWave(start, done)
-	return failAt
+	return done
 }
 
 // observeWave records the wave's time per applied click in the event

@@ -21,9 +21,16 @@ type chainModel struct {
 	vocab *model.Vocab
 	mu    sync.Mutex
 	seen  [][]int64
+	fail  bool // Predict fails
 }
 
-func (m *chainModel) Predict(_ context.Context, hs [][]int64) ([][]float32, error) {
+func (m *chainModel) Predict(ctx context.Context, hs [][]int64) ([][]float32, error) {
+	m.mu.Lock()
+	fail := m.fail
+	m.mu.Unlock()
+	if fail {
+		return nil, errors.New("chain model: cannot score")
+	}
 	out := make([][]float32, len(hs))
 	n := m.vocab.Len()
 	for b, h := range hs {
@@ -135,6 +142,14 @@ func newFixture(t *testing.T, threshold float64) *fixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// failModel makes the live model fail every prediction.
+func (f *fixture) failModel() {
+	m := f.models.Current().Model.(*chainModel)
+	m.mu.Lock()
+	m.fail = true
+	m.mu.Unlock()
 }
 
 func click(user, page string, offset int64, at time.Time) (features.Event, features.Meta) {

@@ -160,14 +160,14 @@ type countingStore struct {
 	appends, saves int
 }
 
-func (c *countingStore) AppendMany(ctx context.Context, users []string, clicks []features.Click, recs []features.Record, errs []error) {
+func (c *countingStore) AppendMany(ctx context.Context, rows []*features.BatchRow) {
 	c.appends++
-	c.RedisStore.AppendMany(ctx, users, clicks, recs, errs)
+	c.RedisStore.AppendMany(ctx, rows)
 }
 
-func (c *countingStore) SaveMany(ctx context.Context, users []string, recs []*features.Record, errs []error) {
+func (c *countingStore) SaveMany(ctx context.Context, rows []*features.BatchRow) {
 	c.saves++
-	c.RedisStore.SaveMany(ctx, users, recs, errs)
+	c.RedisStore.SaveMany(ctx, rows)
 }
 
 func handleEventsMatch(t *testing.T, bundle *model.Bundle, newStore func(prefix string) features.Store) {
@@ -309,25 +309,30 @@ func handleEventsMatch(t *testing.T, bundle *model.Bundle, newStore func(prefix 
 	}
 }
 
-// errSaveFault is the error of an injected Save failure.
-var errSaveFault = errors.New("injected save failure")
+// errSaveFault and errAppendFault are the errors of injected failures.
+var (
+	errSaveFault   = errors.New("injected save failure")
+	errAppendFault = errors.New("injected append failure")
+)
 
-// faultyStore is a Store whose Save fails for one user while fails > 0
-// (each failure counts one down; < 0 fails for good). With lost the write
-// is made before the error: a reply lost after the store applied it.
+// faultyStore is a Store whose Save (or, with onAppend, Append) fails for
+// one user while fails > 0 (each failure counts one down; < 0 fails for
+// good). With lost the write is made before the error: a reply lost after
+// the store applied it.
 type faultyStore struct {
 	features.Store
-	mu    sync.Mutex
-	user  string
-	fails int
-	lost  bool
+	mu       sync.Mutex
+	user     string
+	fails    int
+	lost     bool
+	onAppend bool
 }
 
 // trip reports whether a Save for user fails now.
 func (f *faultyStore) trip(user string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if user != f.user || f.fails == 0 {
+	if user != f.user || f.fails == 0 || f.onAppend {
 		return false
 	}
 	if f.fails > 0 {
@@ -341,6 +346,27 @@ func (f *faultyStore) heal() {
 	f.mu.Lock()
 	f.fails = 0
 	f.mu.Unlock()
+}
+
+// tripAppend reports whether an Append for user fails now, after its write.
+func (f *faultyStore) tripAppend(user string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if user != f.user || f.fails == 0 || !f.onAppend {
+		return false
+	}
+	if f.fails > 0 {
+		f.fails--
+	}
+	return true
+}
+
+func (f *faultyStore) Append(ctx context.Context, user string, c features.Click, rec *features.Record) error {
+	err := f.Store.Append(ctx, user, c, rec)
+	if err == nil && f.tripAppend(user) {
+		return errAppendFault
+	}
+	return err
 }
 
 func (f *faultyStore) Save(ctx context.Context, user string, rec *features.Record) error {
@@ -362,25 +388,25 @@ type faultyBatch struct {
 	bs features.BatchStore
 }
 
-func (f faultyBatch) AppendMany(ctx context.Context, users []string, clicks []features.Click, recs []features.Record, errs []error) {
-	f.bs.AppendMany(ctx, users, clicks, recs, errs)
+func (f faultyBatch) AppendMany(ctx context.Context, rows []*features.BatchRow) {
+	f.bs.AppendMany(ctx, rows)
+	for _, r := range rows {
+		if r.Err == nil && f.tripAppend(r.User) {
+			r.Err = errAppendFault
+		}
+	}
 }
 
-func (f faultyBatch) SaveMany(ctx context.Context, users []string, recs []*features.Record, errs []error) {
-	row := slices.IndexFunc(users, f.trip)
-	if row < 0 || f.lost {
-		f.bs.SaveMany(ctx, users, recs, errs)
-	} else {
-		// The row's write is not made: save the others.
-		others := slices.Delete(slices.Clone(users), row, row+1)
-		otherRecs := slices.Delete(slices.Clone(recs), row, row+1)
-		oerrs := make([]error, len(others))
-		f.bs.SaveMany(ctx, others, otherRecs, oerrs)
-		copy(errs, oerrs[:row])
-		copy(errs[row+1:], oerrs[row:])
+func (f faultyBatch) SaveMany(ctx context.Context, rows []*features.BatchRow) {
+	i := slices.IndexFunc(rows, func(r *features.BatchRow) bool { return f.trip(r.User) })
+	switch {
+	case i < 0 || f.lost:
+		f.bs.SaveMany(ctx, rows)
+	default: // the row's write is not made: save the others
+		f.bs.SaveMany(ctx, slices.Delete(slices.Clone(rows), i, i+1))
 	}
-	if row >= 0 && errs[row] == nil {
-		errs[row] = errSaveFault
+	if i >= 0 && (!f.lost || rows[i].Err == nil) {
+		rows[i].Err = errSaveFault
 	}
 }
 

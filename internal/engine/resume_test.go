@@ -1,0 +1,431 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/redistest"
+	"github.com/prefetchd/prefetchd/prefetch"
+)
+
+// storeBackend makes a history store (MaxLen 20) whose keys, if any, start
+// with prefix.
+type storeBackend struct {
+	name string
+	mk   func(prefix string) features.Store
+}
+
+// storeBackends are the in-memory store and a RedisStore on a real
+// redis-server started for tb.
+func storeBackends(tb testing.TB) []storeBackend {
+	srv := redistest.Start(tb)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	tb.Cleanup(func() { _ = client.Close() })
+	return []storeBackend{
+		{"memory", func(string) features.Store {
+			h, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			return h
+		}},
+		{"redis", func(prefix string) features.Store {
+			s, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: prefix,
+				History: features.HistoryConfig{MaxLen: 20}}, client, nil)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return s
+		}},
+	}
+}
+
+// evaluatedClicks is the number of clicks the evaluator counted.
+func evaluatedClicks(eval *prefetch.Evaluator) uint64 {
+	var n uint64
+	for _, s := range eval.Stats() {
+		n += s.Clicks
+	}
+	return n
+}
+
+// TestResumeHalfAppliedClick: a click whose state Save fails after its
+// Append succeeded (the write not made, or made with its reply lost), or
+// whose Append reply is lost, is handed again with the same position. It
+// must end as if applied once: the page in the history once, the state of
+// a clean run, stamped with the click, a prefetch request made for it,
+// counted at most once by the evaluator (not at all when the Append reply
+// was lost: a known gap), and the next click continuing from that state
+// without a rebuild. On the
+// in-memory store and on a RedisStore on a real redis-server, one click at
+// a time (HandleEvent, Append and Save) and in runs (HandleEvents: waves,
+// AppendMany and SaveMany with Redis).
+func TestResumeHalfAppliedClick(t *testing.T) {
+	stores := storeBackends(t)
+	faults := []struct {
+		name     string
+		onAppend bool
+		lost     bool
+		// resend is the outcome of handing the click again: finished (nil)
+		// or, when the stamped state was written, a duplicate.
+		resend error
+		// warms is the prefetch requests made for the click: before the
+		// failed Save, and again when resumed.
+		warms int
+		// uncounted is 1 when the click is not counted.
+		uncounted int
+	}{
+		{name: "save fails", lost: false, resend: nil, warms: 2},
+		{name: "save reply lost", lost: true, resend: features.ErrDuplicate, warms: 1},
+		{name: "append reply lost", onAppend: true, lost: true, resend: nil, warms: 1, uncounted: 1},
+	}
+	const clicks, failing = 5, 3 // click 3 of 0..4 fails to save once
+	for _, st := range stores {
+		for _, path := range []string{"one", "runs"} {
+			for _, fault := range faults {
+				name := st.name + "/" + path + "/" + fault.name
+				t.Run(name, func(t *testing.T) {
+					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					defer cancel()
+					// The clean run.
+					refHist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+					ref, _, _, bundle := gruEngine(t, refHist)
+					v := bundle.Vocab()
+					at := time.Now().Add(-time.Hour)
+					ev := func(user string, k int) (features.Event, features.Meta) {
+						return features.Event{UserID: user, Page: v.Page(int64(2 + (k*11+len(user))%(v.Len()-2))), TS: at.Add(time.Duration(k) * time.Second)},
+							features.Meta{Partition: 0, Offset: int64(2*k + len(user))}
+					}
+					refStates := make([][]float32, clicks)
+					for k := range clicks {
+						e, m := ev("u", k)
+						if err := ref.HandleEvent(ctx, e, m); err != nil {
+							t.Fatal(err)
+						}
+						var rec features.Record
+						if _, err := refHist.Load(ctx, "u", &rec); err != nil {
+							t.Fatal(err)
+						}
+						refStates[k] = slices.Clone(rec.State)
+					}
+					refRebuilt := testutil.ToFloat64(ref.m.stateRebuilt)
+
+					faulty := &faultyStore{user: "u", lost: fault.lost, onAppend: fault.onAppend}
+					hist := newFaulty(st.mk(name+":"), faulty)
+					eng, w, eval, _ := gruEngine(t, hist)
+					// handle hands click k of u (with v's click k in the same
+					// run on the runs path) and returns u's outcome.
+					handle := func(k int) error {
+						eu, mu := ev("u", k)
+						if path == "one" {
+							return eng.HandleEvent(ctx, eu, mu)
+						}
+						evv, mv := ev("ww", k)
+						evs, metas, errs := []features.Event{eu, evv}, []features.Meta{mu, mv}, make([]error, 2)
+						n := eng.HandleEvents(ctx, evs, metas, errs)
+						if errs[1] != nil && !errors.Is(errs[1], features.ErrDuplicate) {
+							t.Fatalf("click %d of the other user: %v", k, errs[1])
+						}
+						if (n == 0) != (errs[0] != nil && !final(errs[0])) {
+							t.Fatalf("HandleEvents = %d with %v", n, errs)
+						}
+						return errs[0]
+					}
+					check := func(k int) features.Record {
+						t.Helper()
+						var rec features.Record
+						if ok, err := hist.Load(ctx, "u", &rec); !ok || err != nil {
+							t.Fatalf("Load: %t %v", ok, err)
+						}
+						if len(rec.Pages) != k+1 {
+							t.Fatalf("after click %d: history %v, want %d pages", k, rec.Pages, k+1)
+						}
+						if rec.Seq != uint32(k+1) || rec.StateSeq != rec.Seq {
+							t.Fatalf("after click %d: stamp %d of %d, want %d of %d", k, rec.StateSeq, rec.Seq, k+1, k+1)
+						}
+						if len(rec.State) != len(refStates[k]) {
+							t.Fatalf("after click %d: %d state values, want %d", k, len(rec.State), len(refStates[k]))
+						}
+						for i := range rec.State {
+							if d := math.Abs(float64(rec.State[i] - refStates[k][i])); d > 1e-5 {
+								t.Fatalf("after click %d: state differs from a clean run by %g at %d", k, d, i)
+							}
+						}
+						return rec
+					}
+					for k := range failing {
+						if err := handle(k); err != nil {
+							t.Fatalf("click %d: %v", k, err)
+						}
+					}
+					faulty.mu.Lock()
+					faulty.fails = 1
+					faulty.mu.Unlock()
+					if err := handle(failing); !errors.Is(err, errSaveFault) && !errors.Is(err, errAppendFault) || final(err) {
+						t.Fatalf("click %d with a store call failing: %v, want the injected error, to be retried", failing, err)
+					}
+					if err := handle(failing); !errors.Is(err, fault.resend) || (fault.resend == nil) != (err == nil) {
+						t.Fatalf("click %d handed again: %v, want %v", failing, err, fault.resend)
+					}
+					rec := check(failing)
+					var refRec features.Record
+					_, _ = refHist.Load(ctx, "u", &refRec)
+					if !slices.Equal(rec.Pages, refRec.Pages[:failing+1]) {
+						t.Fatalf("history %v, want %v: the page once", rec.Pages, refRec.Pages[:failing+1])
+					}
+					_, mu := ev("u", failing)
+					if rec.Offset != mu.Offset {
+						t.Fatalf("position %d, want %d", rec.Offset, mu.Offset)
+					}
+					warms := 0
+					eu, _ := ev("u", failing)
+					for _, r := range w.reqs {
+						if r.UserID == "u" && r.At.Equal(eu.TS) {
+							warms++
+						}
+					}
+					if warms != fault.warms {
+						t.Fatalf("%d prefetch requests for the click, want %d", warms, fault.warms)
+					}
+					users := 1
+					if path == "runs" {
+						users = 2
+					}
+					counted := uint64(users*(failing+1) - fault.uncounted)
+					if got := evaluatedClicks(eval); got != counted {
+						t.Fatalf("evaluator counted %d clicks, want %d", got, counted)
+					}
+					if tot := eng.Totals(); tot.Events != counted {
+						t.Fatalf("%d events applied, want %d", tot.Events, counted)
+					}
+					// The next click steps on from the stamped state.
+					if err := handle(failing + 1); err != nil {
+						t.Fatalf("click %d: %v", failing+1, err)
+					}
+					rec = check(failing + 1)
+					if !slices.Equal(rec.Pages, refRec.Pages) {
+						t.Fatalf("history %v, want %v", rec.Pages, refRec.Pages)
+					}
+					if got := testutil.ToFloat64(eng.m.stateRebuilt); got != float64(users)*refRebuilt {
+						t.Fatalf("%v states rebuilt, want %v (the first click of each user)", got, float64(users)*refRebuilt)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestStateStampDecidesRebuild: after Append the engine steps on from the
+// stored state only when its stamp covers exactly the history before the
+// click; otherwise it rebuilds the state from the history.
+func TestStateStampDecidesRebuild(t *testing.T) {
+	tests := []struct {
+		name    string
+		stamp   func(seq uint32) uint32
+		rebuilt float64
+	}{
+		{name: "stamped with the click before", stamp: func(seq uint32) uint32 { return seq }, rebuilt: 0},
+		{name: "unknown (no stamp)", stamp: func(uint32) uint32 { return 0 }, rebuilt: 1},
+		{name: "one click behind", stamp: func(seq uint32) uint32 { return seq - 1 }, rebuilt: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			e, _, _, bundle := gruEngine(t, hist)
+			refHist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			ref, _, _, _ := gruEngine(t, refHist)
+			v := bundle.Vocab()
+			at := time.Now().Add(-time.Hour)
+			for k := range 4 {
+				if k == 3 {
+					// Replace the stored state by the state of another
+					// history, with the stamp under test.
+					var rec features.Record
+					_, _ = hist.Load(ctx, "u", &rec)
+					for i := range rec.State {
+						rec.State[i] = -rec.State[i]
+					}
+					rec.StateSeq = tc.stamp(rec.Seq)
+					if err := hist.Save(ctx, "u", &rec); err != nil {
+						t.Fatal(err)
+					}
+				}
+				ev := features.Event{UserID: "u", Page: v.Page(int64(5 + 3*k)), TS: at.Add(time.Duration(k) * time.Second)}
+				before := testutil.ToFloat64(e.m.stateRebuilt)
+				if err := e.HandleEvent(ctx, ev, features.Meta{Offset: int64(k)}); err != nil {
+					t.Fatal(err)
+				}
+				if err := ref.HandleEvent(ctx, ev, features.Meta{Offset: int64(k)}); err != nil {
+					t.Fatal(err)
+				}
+				if k < 3 {
+					continue
+				}
+				if got := testutil.ToFloat64(e.m.stateRebuilt) - before; got != tc.rebuilt {
+					t.Fatalf("%v rebuilds for the click, want %v", got, tc.rebuilt)
+				}
+				var got, want features.Record
+				_, _ = hist.Load(ctx, "u", &got)
+				_, _ = refHist.Load(ctx, "u", &want)
+				same := true
+				for i := range want.State {
+					same = same && math.Abs(float64(got.State[i]-want.State[i])) <= 1e-5
+				}
+				if same != (tc.rebuilt == 1) {
+					t.Fatalf("state equals a clean run's: %t, want %t (rebuilt from the history, not stepped from the planted state)", same, tc.rebuilt == 1)
+				}
+			}
+		})
+	}
+}
+
+// TestGenerations: a click of another partition generation is applied even
+// at a lower offset; a redelivery within the generation is a duplicate.
+func TestGenerations(t *testing.T) {
+	f := newFixture(t, 0.5)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	now := time.Now()
+	tests := []struct {
+		name   string
+		page   string
+		gen    uint32
+		offset int64
+		dup    bool
+		pages  int
+	}{
+		{"first", "/a", 0, 10, false, 1},
+		{"next", "/b", 0, 11, false, 2},
+		{"redelivered, same generation", "/b", 0, 11, true, 2},
+		{"new generation, lower offset", "/c", 1, 0, false, 3},
+		{"redelivered in the new generation", "/c", 1, 0, true, 3},
+		{"next in the new generation", "/d", 1, 1, false, 4},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := features.Event{UserID: "u", Page: tc.page, TS: now}
+			err := f.eng.HandleEvent(ctx, ev, features.Meta{Partition: 2, Gen: tc.gen, Offset: tc.offset})
+			if errors.Is(err, features.ErrDuplicate) != tc.dup || (!tc.dup && err != nil) {
+				t.Fatalf("HandleEvent: %v, want duplicate %t", err, tc.dup)
+			}
+			var rec features.Record
+			if _, err := f.hist.Load(ctx, "u", &rec); err != nil || len(rec.Pages) != tc.pages {
+				t.Fatalf("history %v (%v), want %d pages", rec.Pages, err, tc.pages)
+			}
+			if !tc.dup && (rec.Gen != tc.gen || rec.Offset != tc.offset) {
+				t.Fatalf("position generation %d offset %d, want %d %d", rec.Gen, rec.Offset, tc.gen, tc.offset)
+			}
+		})
+	}
+	if tot := f.eng.Totals(); tot.Events != 4 || tot.Duplicates != 2 {
+		t.Fatalf("totals %+v, want 4 events and 2 duplicates", tot)
+	}
+}
+
+// failingAppend is a Store whose Append always fails.
+type failingAppend struct{ *features.Histories }
+
+func (failingAppend) Append(context.Context, string, features.Click, *features.Record) error {
+	return errors.New("store down")
+}
+
+// TestHandleEventErrorClasses: a model failing on a click rejects it (final,
+// dead-lettered by the consumer); the end of ctx, a store failure and no
+// model are transient (retried).
+func TestHandleEventErrorClasses(t *testing.T) {
+	tests := []struct {
+		name     string
+		setup    func(f *fixture)
+		cancel   bool
+		rejected bool
+		is       error
+	}{
+		{name: "model fails", setup: func(f *fixture) { f.failModel() }, rejected: true},
+		{name: "model fails as ctx ends", setup: func(f *fixture) { f.failModel() }, cancel: true},
+		{name: "store fails", setup: func(f *fixture) { f.eng.deps.Histories = failingAppend{f.hist} }},
+		{name: "no model", setup: func(f *fixture) { f.models.live = nil }, is: hint.ErrNoModel},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, 0.5)
+			tc.setup(f)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if tc.cancel {
+				cancel()
+			}
+			check := func(what string, err error) {
+				t.Helper()
+				var rej *features.RejectError
+				switch {
+				case err == nil:
+					t.Fatalf("%s: no error", what)
+				case errors.As(err, &rej) != tc.rejected:
+					t.Fatalf("%s: %v, rejected %t, want %t", what, err, !tc.rejected, tc.rejected)
+				case tc.rejected && rej.Reason != ReasonModel:
+					t.Fatalf("%s: reason %q, want %q", what, rej.Reason, ReasonModel)
+				case tc.is != nil && !errors.Is(err, tc.is):
+					t.Fatalf("%s: %v, want %v", what, err, tc.is)
+				}
+			}
+			ev, meta := click("u", "/a", 0, time.Now())
+			check("HandleEvent", f.eng.HandleEvent(ctx, ev, meta))
+			// In a run a rejection is final and the run goes on; a
+			// transient failure stops it at that click.
+			var evs []features.Event
+			var metas []features.Meta
+			for i, u := range []string{"v", "w", "v"} {
+				ev, meta := click(u, "/b", int64(1+i), time.Now())
+				evs, metas = append(evs, ev), append(metas, meta)
+			}
+			errs := make([]error, len(evs))
+			n := f.eng.HandleEvents(ctx, evs, metas, errs)
+			want := 0
+			if tc.rejected {
+				want = len(evs)
+			}
+			if n != want {
+				t.Fatalf("HandleEvents = %d, %v; want %d", n, errs, want)
+			}
+			for i := range want {
+				check(fmt.Sprintf("HandleEvents row %d", i), errs[i])
+			}
+			check("HandleEvents first row", errs[0])
+		})
+	}
+}
+
+// TestStatelessRedeliveryPrefetched: without a step form Append is a
+// click's whole effect. When its reply is lost, the click handed again is a
+// duplicate (not appended twice) and is prefetched then.
+func TestStatelessRedeliveryPrefetched(t *testing.T) {
+	f := newFixture(t, 0.5)
+	f.eng.deps.Histories = newFaulty(f.hist, &faultyStore{user: "u", fails: 1, lost: true, onAppend: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, meta := click("u", "/a", 7, time.Now())
+	if err := f.eng.HandleEvent(ctx, ev, meta); !errors.Is(err, errAppendFault) || final(err) {
+		t.Fatalf("HandleEvent with the append reply lost: %v, want the injected error, to be retried", err)
+	}
+	if len(f.warmer.calls) != 0 {
+		t.Fatalf("warm calls %+v before the retry, want none", f.warmer.calls)
+	}
+	if err := f.eng.HandleEvent(ctx, ev, meta); !errors.Is(err, features.ErrDuplicate) {
+		t.Fatalf("handed again: %v, want a duplicate", err)
+	}
+	if h, _ := f.hist.Get(ctx, "u", nil); len(h) != 1 {
+		t.Fatalf("history %v, want the page once", h)
+	}
+	if len(f.warmer.calls) != 1 || !slices.Equal(f.warmer.calls[0].pages, []string{"/b"}) {
+		t.Fatalf("warm calls %+v, want one for /b", f.warmer.calls)
+	}
+}
