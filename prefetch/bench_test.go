@@ -31,6 +31,8 @@ func (c *countObserver) ObservePrefetchBytes(string, string, string, time.Time, 
 	}
 }
 
+func (c *countObserver) ForgetPrefetches() {}
+
 // expect arms the observer for n more writes and returns the channel closed
 // when they are seen.
 func (c *countObserver) expect(n int64) <-chan struct{} {

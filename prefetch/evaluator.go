@@ -278,6 +278,16 @@ func (e *Evaluator) retire(en *expiryEntry[evalEntry]) {
 	}
 }
 
+// ForgetPrefetches drops every prefetch tracked, counting the unused ones
+// as wasted: the Warmer calls it when the Redis serving now has lost them
+// (restart, failover, flush), so that later clicks on those pages count as
+// cold.
+func (e *Evaluator) ForgetPrefetches() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.entries.drain(e.retire)
+}
+
 // Tracked is the number of prefetches currently tracked.
 func (e *Evaluator) Tracked() int {
 	e.mu.Lock()
