@@ -437,6 +437,81 @@ func TestWarmerCloseFlushes(t *testing.T) {
 	}
 }
 
+// TestWarmerZeroIsAValue checks the Config fields where 0 is a value: unset
+// takes the default, 0 is honoured (with its Set flag where the default is
+// not 0), and non-zero values are used as given.
+func TestWarmerZeroIsAValue(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  Config
+		get  func(Config) float64
+		want float64
+	}{
+		{"flush timeout unset", Config{}, func(c Config) float64 { return c.FlushTimeout.Seconds() }, DefaultFlushTimeout.Seconds()},
+		{"flush timeout zero", Config{FlushTimeoutSet: true}, func(c Config) float64 { return c.FlushTimeout.Seconds() }, 0},
+		{"flush timeout 3s", Config{FlushTimeout: 3 * time.Second}, func(c Config) float64 { return c.FlushTimeout.Seconds() }, 3},
+		{"linger unset is zero", Config{}, func(c Config) float64 { return c.Linger.Seconds() }, 0},
+		{"per-user rate zero is no limit", Config{}, func(c Config) float64 { return c.PerUserRate }, 0},
+		{"global rate zero is no limit", Config{}, func(c Config) float64 { return c.GlobalRate }, 0},
+		{"budget keys zero is no cap", Config{}, func(c Config) float64 { return float64(c.BudgetKeys) }, 0},
+		{"budget bytes zero is no cap", Config{}, func(c Config) float64 { return float64(c.BudgetBytes) }, 0},
+		{"check interval unset", Config{}, func(c Config) float64 { return c.CheckInterval.Seconds() }, DefaultCheckInterval.Seconds()},
+		{"presence timeout unset", Config{}, func(c Config) float64 { return c.PresenceTimeout.Seconds() }, DefaultPresenceTimeout.Seconds()},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.cfg.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			if got := tc.get(tc.cfg.withDefaults()); got != tc.want {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestWarmerFlushTimeoutZero checks that FlushTimeout 0 (set) drops what is
+// queued at Close without writing it, and that unset it is written.
+func TestWarmerFlushTimeoutZero(t *testing.T) {
+	_, rdb := newRedis(t)
+	cases := []struct {
+		name             string
+		cfg              Config
+		written, dropped float64
+	}{
+		{"unset flushes", Config{}, 50, 0},
+		{"zero drops", Config{FlushTimeoutSet: true}, 0, 50},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			if err := rdb.FlushAll(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			w, err := NewWarmer(tc.cfg, rdb, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pages []Page
+			for i := range 50 {
+				pages = append(pages, Page{Key: fmt.Sprintf("/z/%d", i), Probability: 0.9})
+			}
+			if n := w.Warm(ctx, Request{UserID: "u", Pages: pages}); n != 50 {
+				t.Fatalf("Warm queued %d, want 50", n)
+			}
+			if err := w.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got, dropped := counter(w.m.written), counter(w.m.dropped[dropShutdown]); got != tc.written || dropped != tc.dropped {
+				t.Errorf("written %v, dropped at shutdown %v; want %v and %v", got, dropped, tc.written, tc.dropped)
+			}
+			if n := len(pageKeys(t, rdb)); float64(n) != tc.written {
+				t.Errorf("%d keys in Redis, want %v", n, tc.written)
+			}
+		})
+	}
+}
+
 // origin is an httptest origin whose behaviour per path prefix is set by the
 // test; it counts requests.
 type origin struct {
