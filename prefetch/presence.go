@@ -214,14 +214,24 @@ func (dialHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proces
 	return next
 }
 
-// addDialHook installs the dial hook on rdb (on every node of a cluster).
-func (w *Warmer) addDialHook() {
+// addDialHook installs the dial hook on rdb: on every node of a cluster,
+// those known now (as far as ctx allows) and those found later.
+func (w *Warmer) addDialHook(ctx context.Context) {
 	h := dialHook{w}
-	if c, ok := w.rdb.(*redis.ClusterClient); ok {
-		c.OnNewNode(func(n *redis.Client) { n.AddHook(h) })
+	c, ok := w.rdb.(*redis.ClusterClient)
+	if !ok {
+		w.rdb.AddHook(h)
 		return
 	}
-	w.rdb.AddHook(h)
+	c.OnNewNode(func(n *redis.Client) { n.AddHook(h) })
+	hctx, cancel := context.WithTimeout(ctx, w.cfg.WriteTimeout)
+	defer cancel()
+	// A node found meanwhile may get the hook twice: it then wakes the
+	// watcher twice, which is harmless.
+	_ = c.ForEachShard(hctx, func(_ context.Context, n *redis.Client) error {
+		n.AddHook(h)
+		return nil
+	})
 }
 
 // Present reports in dst[:0], for each page, whether user's key for it

@@ -498,7 +498,7 @@ func (w *Warmer) Run(ctx context.Context) error {
 		}
 	}
 	defer close(w.stopped)
-	w.addDialHook()
+	w.addDialHook(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { w.watch(ctx) })
 	for range w.cfg.Workers {
