@@ -81,7 +81,9 @@ func TestPredictWarmIsInRedis(t *testing.T) {
 		}
 		return out
 	}
-	both := func(want bool) bool { return slices.Equal(warm(e1), []bool{want}) && slices.Equal(warm(e2), []bool{want}) }
+	both := func(want bool) bool {
+		return slices.Equal(warm(e1), []bool{want}) && slices.Equal(warm(e2), []bool{want})
+	}
 	poll := func(what string, cond func() bool) {
 		t.Helper()
 		for !cond() {
