@@ -140,7 +140,7 @@ func TestZeroIsAValue(t *testing.T) {
 // TestThresholdZeroService runs the service with --threshold 0 and --k 3:
 // a hint query that leaves the threshold to the service gets 3 hints, which
 // the default threshold of 0.5 could never give (probabilities sum to 1, so
-// at most one page is at or above 0.5).
+// at most two pages are at or above 0.5).
 func TestThresholdZeroService(t *testing.T) {
 	cfg, err := ParseFlags([]string{"--threshold", "0", "--k", "3", "--replay", "none",
 		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, func(string) string { return "" }, io.Discard)
@@ -166,8 +166,8 @@ func TestThresholdZeroService(t *testing.T) {
 			below++
 		}
 	}
-	if below < 2 {
-		t.Errorf("hints %v: %d below 0.5, want at least 2", resp.Hints, below)
+	if below == 0 {
+		t.Errorf("hints %v: none below 0.5, want at least one", resp.Hints)
 	}
 	svc.shutdown(t)
 }
