@@ -20,17 +20,21 @@ func TestWarmerCacheLost(t *testing.T) {
 	cases := []struct {
 		name   string
 		reason string
-		lose   func(t *testing.T, srv *redistest.Server, rdb *redis.Client, w *Warmer, pages []Page)
+		// lose loses the cache and returns the pages whose writes failed
+		// meanwhile.
+		lose func(t *testing.T, srv *redistest.Server, rdb *redis.Client, w *Warmer) []Page
 	}{
-		{"restart", resetRestart, func(t *testing.T, srv *redistest.Server, _ *redis.Client, _ *Warmer, _ []Page) {
+		{"restart", resetRestart, func(t *testing.T, srv *redistest.Server, _ *redis.Client, _ *Warmer) []Page {
 			srv.Restart()
+			return nil
 		}},
-		{"flushall", resetFlush, func(t *testing.T, _ *redistest.Server, rdb *redis.Client, _ *Warmer, _ []Page) {
+		{"flushall", resetFlush, func(t *testing.T, _ *redistest.Server, rdb *redis.Client, _ *Warmer) []Page {
 			if err := rdb.FlushAll(testCtx(t)).Err(); err != nil {
 				t.Fatalf("FLUSHALL: %v", err)
 			}
+			return nil
 		}},
-		{"outage with predictions", resetRestart, func(t *testing.T, srv *redistest.Server, _ *redis.Client, w *Warmer, pages []Page) {
+		{"outage with predictions", resetRestart, func(t *testing.T, srv *redistest.Server, _ *redis.Client, w *Warmer) []Page {
 			srv.Stop()
 			// Predictions during the outage: the writes fail and must not
 			// leave anything believed warm.
@@ -48,6 +52,7 @@ func TestWarmerCacheLost(t *testing.T) {
 			}
 			w.mu.Unlock()
 			srv.Restart()
+			return more
 		}},
 	}
 	for _, tc := range cases {
@@ -80,7 +85,7 @@ func TestWarmerCacheLost(t *testing.T) {
 			// Let the watcher see the server once (run_id and sentinel).
 			eventually(t, 5*time.Second, "sentinel written", func() bool { return rdb.Exists(ctx, w.sentinel).Val() == 1 })
 
-			tc.lose(t, srv, rdb, w, pages)
+			failed := tc.lose(t, srv, rdb, w)
 			eventually(t, 10*time.Second, "the loss noticed", func() bool { return counter(w.m.resets[tc.reason]) >= 1 })
 			w.mu.Lock()
 			tracked := w.keys.Len()
@@ -110,6 +115,14 @@ func TestWarmerCacheLost(t *testing.T) {
 			eventually(t, 5*time.Second, "pages written again", func() bool { return counter(w.m.written) == 6 })
 			if got := w.Present(ctx, "u", names, nil); !slices.Equal(got, []bool{true, true, true}) {
 				t.Errorf("Present after rewarming = %v, want all true", got)
+			}
+			// Pages whose writes failed during the outage are warmed on
+			// their next prediction.
+			if len(failed) > 0 {
+				if n := w.Warm(ctx, Request{UserID: "u", ModelVersion: "v1", Pages: failed, At: t0.Add(4 * time.Second)}); n != len(failed) {
+					t.Errorf("Warm of the pages that failed queued %d, want %d", n, len(failed))
+				}
+				eventually(t, 5*time.Second, "failed pages written", func() bool { return counter(w.m.written) == float64(6+len(failed)) })
 			}
 			ev.ObserveClick("u", "/b", t0.Add(5*time.Second))
 			if s := ev.Stats(); s[0].WarmClicks != 2 || s[0].Used != 2 {
