@@ -1,7 +1,9 @@
 package prefetch
 
 import (
+	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -227,4 +229,51 @@ func TestRunID(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWarmerCacheLostCluster runs the Warmer on a Redis Cluster of one
+// master holding every slot: the watcher reads the masters' run_ids and
+// notices a FLUSHALL and a restart (empty, same node from its nodes.conf).
+func TestWarmerCacheLostCluster(t *testing.T) {
+	srv := redistest.Start(t, "--cluster-enabled", "yes")
+	ctx := testCtx(t)
+	node := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { _ = node.Close() })
+	if err := node.ClusterAddSlotsRange(ctx, 0, 16383).Err(); err != nil {
+		t.Fatalf("add slots: %v", err)
+	}
+	clusterOK := func() bool {
+		info, err := node.ClusterInfo(ctx).Result()
+		return err == nil && strings.Contains(info, "cluster_state:ok")
+	}
+	eventually(t, 10*time.Second, "cluster state ok", clusterOK)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr()}, ContextTimeoutEnabled: true,
+		DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	w := startWarmer(t, Config{CheckInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond}, rdb)
+	names := []string{"/a", "/b"}
+	pages := []Page{{Key: "/a", Probability: 0.9}, {Key: "/b", Probability: 0.8}}
+	rewarm := func(what string) {
+		t.Helper()
+		eventually(t, 10*time.Second, what, func() bool {
+			w.Warm(ctx, Request{UserID: "u", Pages: pages})
+			return slices.Equal(w.Present(ctx, "u", names, nil), []bool{true, true})
+		})
+	}
+	rewarm("pages warm on the cluster")
+	eventually(t, 5*time.Second, "sentinel written", func() bool { return node.Exists(ctx, w.sentinel).Val() == 1 })
+
+	if err := rdb.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.FlushAll(ctx).Err() }); err != nil {
+		t.Fatalf("FLUSHALL: %v", err)
+	}
+	eventually(t, 10*time.Second, "flush noticed", func() bool { return counter(w.m.resets[resetFlush]) == 1 })
+	if got := w.Present(ctx, "u", names, nil); !slices.Equal(got, []bool{false, false}) {
+		t.Errorf("Present after FLUSHALL = %v, want all false", got)
+	}
+	rewarm("pages warmed again after the flush")
+
+	srv.Restart()
+	eventually(t, 10*time.Second, "cluster state ok after restart", clusterOK)
+	eventually(t, 10*time.Second, "restart noticed", func() bool { return counter(w.m.resets[resetRestart]) == 1 })
+	rewarm("pages warmed again after the restart")
 }
