@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -191,7 +192,7 @@ func runID(info string) (string, error) {
 			return strings.TrimSpace(v), nil
 		}
 	}
-	return "", fmt.Errorf("no run_id in INFO server")
+	return "", errors.New("no run_id in INFO server")
 }
 
 // dialHook wakes the watcher whenever the client dials a new connection: a
