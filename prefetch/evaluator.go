@@ -84,6 +84,9 @@ type VersionStats struct {
 // removed when they expire, so memory follows the prefetches made within
 // one TTL, capped by MaxEntries. Events may arrive slightly out of order; a
 // click older than the latest event sees entries as of the latest event.
+// Prefetches are those the Warmer reports as acknowledged by Redis; when the
+// Warmer sees that Redis lost them (restart, failover, flush) it calls
+// ForgetPrefetches, and clicks on those pages count as cold from then on.
 //
 // Safe for concurrent use.
 type Evaluator struct {
@@ -239,7 +242,9 @@ func (e *Evaluator) ObserveClick(user, page string, at time.Time) {
 	c.clicks.Inc()
 }
 
-// IsWarm reports whether page is warm for user at time at.
+// IsWarm reports whether page is warm for user at time at, as the Evaluator
+// believes from the prefetches reported to it. Hint answers ask Redis
+// instead (Warmer.Present).
 func (e *Evaluator) IsWarm(user, page string, at time.Time) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -276,6 +281,16 @@ func (e *Evaluator) retire(en *expiryEntry[evalEntry]) {
 		c.s.WastedBytes += uint64(en.value.bytes)
 		c.bytes.Add(float64(en.value.bytes))
 	}
+}
+
+// ForgetPrefetches drops every prefetch tracked, counting the unused ones
+// as wasted: the Warmer calls it when the Redis serving now has lost them
+// (restart, failover, flush), so that later clicks on those pages count as
+// cold.
+func (e *Evaluator) ForgetPrefetches() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.entries.drain(e.retire)
 }
 
 // Tracked is the number of prefetches currently tracked.

@@ -67,6 +67,18 @@ func (s *expirySet[V]) expire(now time.Time, fn func(*expiryEntry[V])) {
 	}
 }
 
+// drain removes every entry, in expiry order, passing each to fn (which may
+// be nil).
+func (s *expirySet[V]) drain(fn func(*expiryEntry[V])) {
+	for len(s.order) > 0 {
+		e := heap.Pop(&s.order).(*expiryEntry[V])
+		delete(s.byKey, e.key)
+		if fn != nil {
+			fn(e)
+		}
+	}
+}
+
 type expiryHeap[V any] []*expiryEntry[V]
 
 func (h expiryHeap[V]) Len() int           { return len(h) }

@@ -56,7 +56,19 @@ type warmerMetrics struct {
 	writeSeconds     prometheus.Histogram
 	originRequests   map[string]prometheus.Counter
 	breakerState     prometheus.Gauge
+	// resets counts the times the Warmer forgot its keys because the Redis
+	// serving now is not the one that acknowledged them.
+	resets map[string]prometheus.Counter
+	// presenceErrors counts Present calls answered cold because Redis failed.
+	presenceErrors prometheus.Counter
 }
+
+// Reasons the Warmer forgets its keys (label reason of
+// prefetchd_prefetch_cache_resets_total).
+const (
+	resetRestart = "restart" // the server's run_id changed: restart or failover
+	resetFlush   = "flush"   // the sentinel key is gone: FLUSHALL, FLUSHDB or eviction
+)
 
 func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, error) {
 	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -66,6 +78,10 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 	skipped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "prefetchd_prefetch_skipped_total",
 		Help: "Pages not written because they were warm already (warm), queued already (coalesced) or held in Redis by someone else (exists).",
+	}, []string{"reason"})
+	resets := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prefetchd_prefetch_cache_resets_total",
+		Help: "Times the warmer forgot every key it believed warm: the cache Redis restarted or failed over (restart) or lost the warmer's sentinel key (flush).",
 	}, []string{"reason"})
 	origin := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "prefetchd_prefetch_origin_requests_total",
@@ -94,6 +110,14 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
 		}),
 		originRequests: make(map[string]prometheus.Counter, len(originResults)),
+		resets: map[string]prometheus.Counter{
+			resetRestart: resets.WithLabelValues(resetRestart),
+			resetFlush:   resets.WithLabelValues(resetFlush),
+		},
+		presenceErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_prefetch_presence_errors_total",
+			Help: "Hint queries whose pages were reported cold because the presence check in Redis failed.",
+		}),
 		breakerState: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "prefetchd_prefetch_breaker_state",
 			Help: "Origin circuit breaker: 0 closed, 1 open, 2 half-open.",
@@ -118,7 +142,7 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 		return float64(w.keys.Len())
 	})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requested, dropped, skipped, m.written, m.writtenBytes, m.writeSeconds, origin, m.breakerState, queue, tracked} {
+		for _, c := range []prometheus.Collector{m.requested, dropped, skipped, m.written, m.writtenBytes, m.writeSeconds, origin, m.breakerState, queue, tracked, resets, m.presenceErrors} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register warmer metrics: %w", err)
 			}

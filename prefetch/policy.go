@@ -8,10 +8,11 @@ import (
 
 // Policy defaults.
 const (
-	// DefaultK is the number of pages prefetched per event when PolicyConfig.K is 0.
+	// DefaultK is the number of pages prefetched per event when
+	// PolicyConfig.K is unset.
 	DefaultK = 3
 	// DefaultThreshold is the minimum probability (or expected utility) when
-	// PolicyConfig.Threshold is 0.
+	// PolicyConfig.Threshold is unset.
 	DefaultThreshold = 0.5
 )
 
@@ -26,14 +27,20 @@ const (
 var ErrInvalidConfig = errors.New("invalid config")
 
 // PolicyConfig configures a Policy. The zero value is valid and means the
-// defaults.
+// defaults. K and Threshold accept 0 as a value: each has a Set flag, and it
+// is used as given when it is non-zero or its flag is true; zero with the
+// flag false means the default.
 type PolicyConfig struct {
-	// K is the maximum number of pages prefetched per event. 0 means DefaultK.
-	K int
-	// Threshold is the minimum score a page needs to be prefetched, in (0, 1].
-	// 0 means DefaultThreshold. Without UseExpectedUtility the score is the
-	// page's probability.
-	Threshold float64
+	// K is the maximum number of pages prefetched per event. Unset means
+	// DefaultK; 0 (with KSet) selects nothing.
+	K    int
+	KSet bool
+	// Threshold is the minimum score a page needs to be prefetched, in
+	// [0, 1]. Unset means DefaultThreshold; 0 (with ThresholdSet) admits
+	// every page, k still applying. Without UseExpectedUtility the score is
+	// the page's probability.
+	Threshold    float64
+	ThresholdSet bool
 	// CostWeights maps a page (as named by the vocabulary) to the cost weight
 	// used by the expected-utility rule: how much a hit on that page is worth
 	// relative to an ordinary page (for example its origin latency or size).
@@ -104,10 +111,10 @@ func NewPolicy(cfg PolicyConfig) (*Policy, error) {
 		return nil, err
 	}
 	p := &Policy{k: cfg.K, threshold: cfg.Threshold, utility: cfg.UseExpectedUtility}
-	if p.k == 0 {
+	if p.k == 0 && !cfg.KSet {
 		p.k = DefaultK
 	}
-	if p.threshold == 0 {
+	if p.threshold == 0 && !cfg.ThresholdSet {
 		p.threshold = DefaultThreshold
 	}
 	if len(cfg.CostWeights) > 0 {
@@ -147,12 +154,16 @@ func (p *Policy) Threshold() float64 { return p.threshold }
 // probabilities indexed by vocabulary index, and current, the index of the
 // page the user is on. k <= 0 means the policy's K; threshold < 0 means the
 // policy's threshold (a per-request override may be 0 to accept every
-// page). The result is ordered by score, highest first. With a dst of
-// capacity at least k it allocates nothing.
+// page). The result is ordered by score, highest first; it is empty when
+// the policy's K is 0 and no k is given. With a dst of capacity at least k
+// it allocates nothing.
 func (p *Policy) Select(probs []float32, current int64, k int, threshold float64, dst []Candidate) []Candidate {
 	dst = dst[:0]
 	if k <= 0 {
 		k = p.k
+	}
+	if k == 0 {
+		return dst
 	}
 	if threshold < 0 || math.IsNaN(threshold) {
 		threshold = p.threshold

@@ -60,6 +60,10 @@ func TestPolicySelect(t *testing.T) {
 		{"threshold zero accepts all", PolicyConfig{}, 0, 10, 0, []int64{5, 3, 4, 6, 2}},
 		{"configured k and threshold", PolicyConfig{K: 2, Threshold: 0.05}, 5, 0, -1, []int64{3, 4}},
 		{"nothing passes", PolicyConfig{}, 2, 0, 0.95, nil},
+		{"configured threshold zero admits every page, top k", PolicyConfig{Threshold: 0, ThresholdSet: true}, 0, 0, -1, []int64{5, 3, 4}},
+		{"configured threshold zero with a large k", PolicyConfig{K: 10, Threshold: 0, ThresholdSet: true}, 0, 0, -1, []int64{5, 3, 4, 6, 2}},
+		{"configured k zero selects nothing", PolicyConfig{K: 0, KSet: true, Threshold: 0, ThresholdSet: true}, 0, 0, -1, nil},
+		{"configured k zero, request k", PolicyConfig{K: 0, KSet: true}, 0, 1, -1, []int64{5}},
 		{"expected utility reorders", PolicyConfig{UseExpectedUtility: true, CostWeights: map[string]float64{"p2": 10, "p5": 0.5}}, 0, 0, -1, []int64{2, 3, 4}},
 	}
 	vocab := pageList{"<pad>", "<unk>", "p2", "p3", "p4", "p5", "p6", "p7"}
@@ -80,6 +84,38 @@ func TestPolicySelect(t *testing.T) {
 			}
 			if !slices.Equal(idx, tc.want) {
 				t.Fatalf("Select = %v, want %v", idx, tc.want)
+			}
+		})
+	}
+}
+
+// TestPolicyZeroIsAValue checks each PolicyConfig field that accepts 0:
+// unset takes the default, 0 with its Set flag is honoured, and a non-zero
+// value is used as given with or without the flag.
+func TestPolicyZeroIsAValue(t *testing.T) {
+	cases := []struct {
+		name          string
+		cfg           PolicyConfig
+		wantK         int
+		wantThreshold float64
+	}{
+		{"k unset", PolicyConfig{}, DefaultK, DefaultThreshold},
+		{"k zero", PolicyConfig{KSet: true}, 0, DefaultThreshold},
+		{"k two", PolicyConfig{K: 2}, 2, DefaultThreshold},
+		{"k two, set", PolicyConfig{K: 2, KSet: true}, 2, DefaultThreshold},
+		{"threshold unset", PolicyConfig{K: 1}, 1, DefaultThreshold},
+		{"threshold zero", PolicyConfig{ThresholdSet: true}, DefaultK, 0},
+		{"threshold 0.2", PolicyConfig{Threshold: 0.2}, DefaultK, 0.2},
+		{"threshold 0.2, set", PolicyConfig{Threshold: 0.2, ThresholdSet: true}, DefaultK, 0.2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := NewPolicy(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.K() != tc.wantK || p.Threshold() != tc.wantThreshold {
+				t.Errorf("K %d threshold %v, want %d and %v", p.K(), p.Threshold(), tc.wantK, tc.wantThreshold)
 			}
 		})
 	}

@@ -48,6 +48,8 @@ const (
 	DefaultWriteTimeout      = time.Second
 	DefaultFlushTimeout      = 2 * time.Second
 	DefaultMaxTracked        = 100_000
+	DefaultCheckInterval     = time.Second
+	DefaultPresenceTimeout   = 200 * time.Millisecond
 )
 
 // Template placeholders.
@@ -56,7 +58,11 @@ const (
 	placeholderUser = "{user}"
 )
 
-// Config configures a Warmer. Zero fields take the documented defaults.
+// Config configures a Warmer. Zero fields take the documented defaults,
+// except where 0 is a valid value: such a field has a companion XSet flag,
+// and it is used as given when it is non-zero or XSet is true (so
+// FlushTimeout: 0 with FlushTimeoutSet: true means "no flush"). Fields
+// without a Set flag do not accept 0 as a value (or 0 is their default).
 type Config struct {
 	// Mode is ModeHint (default) or ModeOrigin.
 	Mode Mode
@@ -107,8 +113,21 @@ type Config struct {
 	// client should have ContextTimeoutEnabled so that it applies to socket
 	// reads and writes as well.
 	WriteTimeout time.Duration
-	// FlushTimeout bounds the flush of queued pages at shutdown. Default 2s.
-	FlushTimeout time.Duration
+	// FlushTimeout bounds the flush of queued pages at shutdown. Default 2s;
+	// 0 with FlushTimeoutSet drops what is queued at shutdown without
+	// writing it.
+	FlushTimeout    time.Duration
+	FlushTimeoutSet bool
+
+	// CheckInterval is how often the Warmer checks that the Redis serving
+	// now is the one that acknowledged its writes (run_id and a sentinel
+	// key); a restart, failover or flush makes it forget every key it
+	// believed warm. It also checks at once after a new connection and
+	// after a failed write. Default 1s.
+	CheckInterval time.Duration
+	// PresenceTimeout bounds Present, the EXISTS round trip behind the warm
+	// flag of hint answers. Default 200ms.
+	PresenceTimeout time.Duration
 
 	// PerUserRate is the most prefetches per second for one user, 0 for no
 	// limit; PerUserBurst is its bucket size (default max(1, PerUserRate)).
@@ -127,7 +146,7 @@ type Config struct {
 	BudgetWindow time.Duration
 
 	// MaxTracked bounds the keys remembered as warm and the users with a rate
-	// limit bucket. Default 100000.
+	// limit bucket. Default 100000; at least 1.
 	MaxTracked int
 }
 
@@ -162,14 +181,18 @@ func (c Config) withDefaults() Config {
 	def(&c.Workers, DefaultWorkers)
 	def(&c.PipelineSize, DefaultPipelineSize)
 	defDur(&c.WriteTimeout, DefaultWriteTimeout)
-	defDur(&c.FlushTimeout, DefaultFlushTimeout)
+	if !c.FlushTimeoutSet {
+		defDur(&c.FlushTimeout, DefaultFlushTimeout)
+	}
+	defDur(&c.CheckInterval, DefaultCheckInterval)
+	defDur(&c.PresenceTimeout, DefaultPresenceTimeout)
 	defDur(&c.BudgetWindow, c.TTL)
 	def(&c.MaxTracked, DefaultMaxTracked)
 	return c
 }
 
 // Validate reports a configuration error wrapping ErrInvalidConfig. Zero
-// fields are valid (they mean the defaults).
+// fields are valid (they mean the defaults, or 0 where the Set flag says so).
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	var errs []error
@@ -198,7 +221,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"origin timeout": c.OriginTimeout, "breaker cooldown": c.BreakerCooldown,
 		"write timeout": c.WriteTimeout, "flush timeout": c.FlushTimeout, "budget window": c.BudgetWindow,
-		"linger": c.Linger,
+		"linger": c.Linger, "check interval": c.CheckInterval, "presence timeout": c.PresenceTimeout,
 	} {
 		if d < 0 {
 			bad("%s %v is negative", name, d)
@@ -258,14 +281,21 @@ type Observer interface {
 	// ObservePrefetchBytes records a prefetch of page for user made by model
 	// version at event time at, warm for ttl, holding bytes in the cache.
 	ObservePrefetchBytes(user, page, version string, at time.Time, ttl time.Duration, bytes int64)
+	// ForgetPrefetches drops every prefetch reported so far: the Redis
+	// serving now does not hold them (it restarted, failed over or was
+	// flushed).
+	ForgetPrefetches()
 }
 
 // Warmer writes predicted pages to Redis in the background. Warm never
 // blocks; Run drains the queue with pipelined SET key value EX ttl NX. Pages
-// still warm (written by this Warmer less than a TTL ago) are skipped and a
-// page already queued or being written is not queued twice. When Redis is
-// down or slow, pages are dropped and counted, never retried, and writing
-// resumes by itself when Redis answers again.
+// still warm (acknowledged by the Redis serving now less than a TTL ago) are
+// skipped and a page already queued or being written is not queued twice.
+// When Redis is down or slow, pages are dropped and counted, never retried,
+// and writing resumes by itself when Redis answers again. When the Redis
+// serving now is not the one that acknowledged the writes (a restart,
+// failover or flush, seen by Run's checks), the Warmer forgets them, so the
+// pages are warmed again on their next prediction.
 type Warmer struct {
 	cfg     Config
 	rdb     redis.UniversalClient
@@ -285,6 +315,14 @@ type Warmer struct {
 	started   atomic.Bool
 	failing   atomic.Bool // Redis writes are failing (for log transitions)
 	observer  atomic.Pointer[Observer]
+	wake      chan struct{} // asks the watcher for a check now
+	sentinel  string        // this Warmer's sentinel key
+	// gen counts resets; a write that straddles one is not believed.
+	gen atomic.Uint64
+	// resetMu orders resets against recording writes: write holds it for
+	// reading from its check of gen to its report to the observer, reset
+	// for writing.
+	resetMu sync.RWMutex
 
 	// mu guards the fields below.
 	mu     sync.Mutex
@@ -331,6 +369,7 @@ func NewWarmer(cfg Config, rdb redis.UniversalClient, logger *slog.Logger, reg p
 		done:    make(chan struct{}),
 		stopped: make(chan struct{}),
 		now:     time.Now,
+		wake:    make(chan struct{}, 1),
 		keys:    newKeyTable(cfg.MaxTracked),
 		users:   newUserLimiter(cfg.PerUserRate, cfg.PerUserBurst, cfg.MaxTracked),
 		global:  newTokenBucket(cfg.GlobalRate, cfg.GlobalBurst),
@@ -346,6 +385,7 @@ func NewWarmer(cfg Config, rdb redis.UniversalClient, logger *slog.Logger, reg p
 		return nil, err
 	}
 	w.m = m
+	w.sentinel = newSentinelKey(w.key)
 	if cfg.Mode == ModeOrigin {
 		w.origin = newOriginClient(cfg, w.m, w.now)
 	}
@@ -443,7 +483,9 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 var ErrRunning = errors.New("warmer already running")
 
 // Run writes queued pages until ctx ends or Close is called, then flushes
-// what is still queued within Config.FlushTimeout and returns nil. Redis and
+// what is still queued within Config.FlushTimeout and returns nil. While it
+// runs it checks every Config.CheckInterval that the Redis serving now is
+// the one that acknowledged the writes (see Config.CheckInterval). Redis and
 // origin errors are counted and logged, never returned. A second call while
 // running returns ErrRunning; a call after Close returns nil at once.
 func (w *Warmer) Run(ctx context.Context) error {
@@ -456,7 +498,9 @@ func (w *Warmer) Run(ctx context.Context) error {
 		}
 	}
 	defer close(w.stopped)
+	w.addDialHook(ctx)
 	var wg sync.WaitGroup
+	wg.Go(func() { w.watch(ctx) })
 	for range w.cfg.Workers {
 		wg.Go(func() { w.work(ctx) })
 	}
@@ -646,6 +690,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	}
 
 	n := 0
+	gen := w.gen.Load()
 	if ctx.Err() == nil {
 		wctx, cancel := context.WithTimeout(ctx, w.cfg.WriteTimeout)
 		pipe := w.rdb.Pipeline()
@@ -669,6 +714,11 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	expires := now.Add(w.cfg.TTL).UnixNano()
 	var firstErr error
 	failed, written, exists, bytes := 0, 0, 0, 0
+	// A reset since the pipeline was sent means the keys may have been
+	// acknowledged by the Redis that was lost: written, but not believed.
+	w.resetMu.RLock()
+	defer w.resetMu.RUnlock()
+	stale := w.gen.Load() != gen
 	w.mu.Lock()
 	w.keys.expire(now.UnixNano())
 	for i, it := range batch {
@@ -695,12 +745,21 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		case set:
 			written++
 			bytes += len(values[i])
-			w.keys.done(it.slot, expires)
+			if stale {
+				w.keys.abort(it.slot)
+				values[i] = nil
+			} else {
+				w.keys.done(it.slot, expires)
+			}
 		default:
 			// Someone else holds the key (another instance, or ours after
 			// the local memory forgot it): it is warm, leave it alone.
 			exists++
-			w.keys.done(it.slot, expires)
+			if stale {
+				w.keys.abort(it.slot)
+			} else {
+				w.keys.done(it.slot, expires)
+			}
 			values[i] = nil
 		}
 	}
@@ -713,15 +772,13 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		if w.failing.CompareAndSwap(false, true) {
 			w.log.Warn("prefetch writes failing, dropping", "err", firstErr)
 		}
+		// Redis may be restarting: check its identity as soon as it answers.
+		w.wakeWatcher()
 	} else if written+exists > 0 && w.failing.CompareAndSwap(true, false) {
-		// Redis may have restarted empty: forget what we wrote before, so
-		// those pages are warmed again (NX keeps the ones that survived).
-		w.mu.Lock()
-		w.keys.forgetWritten()
-		w.mu.Unlock()
 		w.log.Info("prefetch writes recovered")
+		w.wakeWatcher()
 	}
-	if o := w.observer.Load(); o != nil && written > 0 {
+	if o := w.observer.Load(); o != nil && written > 0 && !stale {
 		for i, it := range batch {
 			if values[i] != nil {
 				(*o).ObservePrefetchBytes(it.user, it.page, it.version, it.at, w.cfg.TTL, int64(len(values[i])))

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -74,6 +75,18 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// pageKeys lists the keys in Redis other than Warmer sentinels.
+func pageKeys(t *testing.T, rdb redis.UniversalClient) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatalf("KEYS: %v", err)
+	}
+	return slices.DeleteFunc(keys, func(k string) bool { return strings.Contains(k, sentinelPage) })
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -270,7 +283,7 @@ func TestWarmerCoalesce(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := rdb.DBSize(ctx).Result(); n != 1 {
+	if n := len(pageKeys(t, rdb)); n != 1 {
 		t.Fatalf("DBSIZE = %d, want 1", n)
 	}
 }
@@ -316,7 +329,7 @@ func TestWarmerLimits(t *testing.T) {
 			if got := counter(w.m.dropped[tc.reason]); got != tc.dropped {
 				t.Errorf("dropped %s = %v, want %v", tc.reason, got, tc.dropped)
 			}
-			if n, _ := rdb.DBSize(ctx).Result(); float64(n) != tc.written {
+			if n := len(pageKeys(t, rdb)); float64(n) != tc.written {
 				t.Errorf("DBSIZE = %d, want %v", n, tc.written)
 			}
 		})
@@ -413,7 +426,7 @@ func TestWarmerCloseFlushes(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if n, _ := rdb.DBSize(ctx).Result(); n != 500 {
+	if n := len(pageKeys(t, rdb)); n != 500 {
 		t.Fatalf("DBSIZE after Close = %d, want 500", n)
 	}
 	if n := w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/late"}}}); n != 0 || counter(w.m.dropped[dropClosed]) != 1 {
@@ -421,6 +434,81 @@ func TestWarmerCloseFlushes(t *testing.T) {
 	}
 	if err := w.Run(ctx); err != nil {
 		t.Fatalf("Run after Close = %v, want nil", err)
+	}
+}
+
+// TestWarmerZeroIsAValue checks the Config fields where 0 is a value: unset
+// takes the default, 0 is honoured (with its Set flag where the default is
+// not 0), and non-zero values are used as given.
+func TestWarmerZeroIsAValue(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  Config
+		get  func(Config) float64
+		want float64
+	}{
+		{"flush timeout unset", Config{}, func(c Config) float64 { return c.FlushTimeout.Seconds() }, DefaultFlushTimeout.Seconds()},
+		{"flush timeout zero", Config{FlushTimeoutSet: true}, func(c Config) float64 { return c.FlushTimeout.Seconds() }, 0},
+		{"flush timeout 3s", Config{FlushTimeout: 3 * time.Second}, func(c Config) float64 { return c.FlushTimeout.Seconds() }, 3},
+		{"linger unset is zero", Config{}, func(c Config) float64 { return c.Linger.Seconds() }, 0},
+		{"per-user rate zero is no limit", Config{}, func(c Config) float64 { return c.PerUserRate }, 0},
+		{"global rate zero is no limit", Config{}, func(c Config) float64 { return c.GlobalRate }, 0},
+		{"budget keys zero is no cap", Config{}, func(c Config) float64 { return float64(c.BudgetKeys) }, 0},
+		{"budget bytes zero is no cap", Config{}, func(c Config) float64 { return float64(c.BudgetBytes) }, 0},
+		{"check interval unset", Config{}, func(c Config) float64 { return c.CheckInterval.Seconds() }, DefaultCheckInterval.Seconds()},
+		{"presence timeout unset", Config{}, func(c Config) float64 { return c.PresenceTimeout.Seconds() }, DefaultPresenceTimeout.Seconds()},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.cfg.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			if got := tc.get(tc.cfg.withDefaults()); got != tc.want {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestWarmerFlushTimeoutZero checks that FlushTimeout 0 (set) drops what is
+// queued at Close without writing it, and that unset it is written.
+func TestWarmerFlushTimeoutZero(t *testing.T) {
+	_, rdb := newRedis(t)
+	cases := []struct {
+		name             string
+		cfg              Config
+		written, dropped float64
+	}{
+		{"unset flushes", Config{}, 50, 0},
+		{"zero drops", Config{FlushTimeoutSet: true}, 0, 50},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			if err := rdb.FlushAll(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			w, err := NewWarmer(tc.cfg, rdb, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pages []Page
+			for i := range 50 {
+				pages = append(pages, Page{Key: fmt.Sprintf("/z/%d", i), Probability: 0.9})
+			}
+			if n := w.Warm(ctx, Request{UserID: "u", Pages: pages}); n != 50 {
+				t.Fatalf("Warm queued %d, want 50", n)
+			}
+			if err := w.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got, dropped := counter(w.m.written), counter(w.m.dropped[dropShutdown]); got != tc.written || dropped != tc.dropped {
+				t.Errorf("written %v, dropped at shutdown %v; want %v and %v", got, dropped, tc.written, tc.dropped)
+			}
+			if n := len(pageKeys(t, rdb)); float64(n) != tc.written {
+				t.Errorf("%d keys in Redis, want %v", n, tc.written)
+			}
+		})
 	}
 }
 
@@ -491,11 +579,7 @@ func TestWarmerOrigin(t *testing.T) {
 			t.Errorf("dropped %s = %v, want 1", reason, got)
 		}
 	}
-	keys, err := rdb.Keys(ctx, "*").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(keys) != 2 {
+	if keys := pageKeys(t, rdb); len(keys) != 2 {
 		t.Fatalf("keys = %v, want only the two 2xx pages", keys)
 	}
 	if v, _ := rdb.Get(ctx, "page:/ok/1").Result(); v != "body of /ok/1" {

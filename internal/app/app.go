@@ -141,7 +141,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if err != nil {
 		return err
 	}
-	pcfg := prefetch.PolicyConfig{K: cfg.K, Threshold: cfg.Threshold}
+	pcfg := prefetch.PolicyConfig{K: cfg.K, KSet: true, Threshold: cfg.Threshold, ThresholdSet: true}
 	if cfg.CostWeights != "" {
 		if pcfg.CostWeights, err = readWeights(cfg.CostWeights); err != nil {
 			return err

@@ -60,15 +60,9 @@ func clickJSON(user, page string, at time.Time) string {
 // predicted page warmed in a real redis-server with a TTL, and the same page
 // with the model's probability from Predict over gRPC.
 func TestEndToEnd(t *testing.T) {
-	from, to, prob, version := strongestTransition(t)
-	rs := redistest.Start(t)
-	kb := kafkatest.Start(t, "clicks")
-
-	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
-	cfg.Threshold = float64(prob) * 0.99
-	cfg.TTL = time.Minute
-
-	svc := startService(t, cfg, 90*time.Second)
+	ts := startTransitionService(t)
+	from, to, prob, version, rs, kb, cfg := ts.from, ts.to, ts.prob, ts.version, ts.rs, ts.kb, ts.cfg
+	svc := ts.svc
 	ctx, addrs := svc.ctx, svc.addrs
 
 	// A malformed event first: it must be skipped without blocking the

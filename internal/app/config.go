@@ -1,16 +1,18 @@
 package app
 
 import (
-	"cmp"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strings"
 	"time"
 
 	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/prefetch"
 )
 
 // EnvPrefix starts the environment variable that matches each flag: --kafka-brokers
@@ -25,6 +27,12 @@ const (
 )
 
 // Config is everything the service is told at start.
+//
+// Zero is a value: Default holds every default, so a field's value is
+// always what is meant, 0 included. Where 0 is meaningful it is honoured
+// (--threshold 0 admits every page; rates and budgets of 0 mean no limit);
+// where the component behind a field cannot take 0, Validate rejects it
+// rather than letting it silently become the default.
 type Config struct {
 	// Kafka. Empty KafkaBrokers starts an in-process broker (the embedded default).
 	KafkaBrokers []string
@@ -123,8 +131,8 @@ func Default() Config {
 		Topic:        "clicks",
 		Group:        "prefetchd",
 		ModelName:    "default",
-		Threshold:    0.5,
-		K:            3,
+		Threshold:    prefetch.DefaultThreshold,
+		K:            prefetch.DefaultK,
 		TTL:          5 * time.Minute,
 		KeyTemplate:  "page:{page}",
 		PrefetchMode: "hint",
@@ -135,6 +143,17 @@ func Default() Config {
 		ReplayRate:   200,
 		MaxSkew:      24 * time.Hour,
 		LogLevel:     "info",
+
+		Workers:                features.DefaultWorkers,
+		KafkaSessionTimeout:    features.DefaultSessionTimeout,
+		KafkaHeartbeatInterval: features.DefaultHeartbeatInterval,
+		IngestBatch:            features.DefaultBatchSize,
+		EventIDCache:           features.DefaultEventIDCache,
+		CommitInterval:         features.DefaultCommitInterval,
+		CommitBatch:            features.DefaultCommitBatch,
+		HistoryMaxUsers:        features.DefaultMaxUsers,
+		RollbackMinFraction:    lifecycle.DefaultMinFraction,
+		RollbackWindow:         lifecycle.DefaultWindow,
 	}
 }
 
@@ -150,7 +169,7 @@ func (c *Config) Validate() error {
 	if c.Group == "" {
 		errs = append(errs, errors.New("--group is empty"))
 	}
-	if c.Threshold < 0 || c.Threshold > 1 {
+	if math.IsNaN(c.Threshold) || c.Threshold < 0 || c.Threshold > 1 {
 		errs = append(errs, fmt.Errorf("--threshold %v outside [0, 1]", c.Threshold))
 	}
 	if c.K < 1 || c.K > 100 {
@@ -189,17 +208,35 @@ func (c *Config) Validate() error {
 	if c.KafkaSASLMechanism != "" && c.KafkaUsername == "" {
 		errs = append(errs, errors.New("--kafka-sasl-mechanism needs --kafka-username"))
 	}
-	if c.Workers < 0 || c.IngestBatch < 0 || c.CommitBatch < 0 || c.CommitInterval < 0 {
-		errs = append(errs, errors.New("--workers, --ingest-batch, --commit-batch and --commit-interval must not be negative"))
+	// The components behind these fields read 0 as "use the default", so
+	// an explicit 0 is refused here rather than silently changed.
+	for name, v := range map[string]float64{
+		"--workers": float64(c.Workers), "--ingest-batch": float64(c.IngestBatch),
+		"--commit-batch": float64(c.CommitBatch), "--commit-interval": c.CommitInterval.Seconds(),
+		"--history-max-users": float64(c.HistoryMaxUsers), "--session-gap": c.SessionGap.Seconds(),
+		"--rollback-window": c.RollbackWindow.Seconds(),
+	} {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s %v is not positive", name, v))
+		}
 	}
-	if c.KafkaSessionTimeout != 0 && c.KafkaSessionTimeout < features.MinSessionTimeout {
+	if c.KafkaSessionTimeout < features.MinSessionTimeout {
 		errs = append(errs, fmt.Errorf("--kafka-session-timeout %s below %s, the brokers' default minimum (group.min.session.timeout.ms)", c.KafkaSessionTimeout, features.MinSessionTimeout))
 	}
-	if c.KafkaHeartbeatInterval < 0 || c.KafkaHeartbeatInterval != 0 && c.KafkaHeartbeatInterval >= cmp.Or(c.KafkaSessionTimeout, features.DefaultSessionTimeout) {
-		errs = append(errs, errors.New("--kafka-heartbeat-interval must be positive and below the session timeout"))
+	if c.KafkaHeartbeatInterval <= 0 || c.KafkaHeartbeatInterval >= c.KafkaSessionTimeout {
+		errs = append(errs, fmt.Errorf("--kafka-heartbeat-interval %s must be positive and below the session timeout", c.KafkaHeartbeatInterval))
 	}
-	if c.GlobalRate < 0 || c.PerUserRate < 0 || c.BudgetKeys < 0 || c.HistoryMaxUsers < 0 {
-		errs = append(errs, errors.New("rates, budgets and --history-max-users must not be negative"))
+	if c.EventIDCache == 0 {
+		errs = append(errs, errors.New("--event-id-cache 0: give a negative value to turn the cache off"))
+	}
+	if c.MaxSkew == 0 {
+		errs = append(errs, errors.New("--max-skew 0: give a negative value to turn the check off"))
+	}
+	if math.IsNaN(c.RollbackMinFraction) || c.RollbackMinFraction <= 0 || c.RollbackMinFraction > 1 {
+		errs = append(errs, fmt.Errorf("--rollback-min-fraction %v outside (0, 1] (turn rollback off with --auto-rollback=false)", c.RollbackMinFraction))
+	}
+	if c.GlobalRate < 0 || c.PerUserRate < 0 || c.BudgetKeys < 0 {
+		errs = append(errs, errors.New("rates and budgets must not be negative (0 means no limit)"))
 	}
 	if c.Model != "" && c.ModelRepo != "" {
 		errs = append(errs, errors.New("--model and --model-repo are exclusive"))
@@ -239,13 +276,13 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.StringVar(&c.KafkaUsername, "kafka-username", c.KafkaUsername, "Kafka SASL user")
 	fs.StringVar(&c.KafkaPassword, "kafka-password", c.KafkaPassword, "Kafka SASL password (prefer the environment variable)")
 	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", c.DeadLetterTopic, "topic receiving rejected events with the reason in a header; empty drops them after counting")
-	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines applying events; one user always goes to the same one (0: 4)")
-	fs.IntVar(&c.EventIDCache, "event-id-cache", c.EventIDCache, "recent (user_id, event_id) pairs remembered to drop an event sent twice, from Kafka or gRPC (0: 100000; negative: off)")
-	fs.IntVar(&c.IngestBatch, "ingest-batch", c.IngestBatch, "most clicks a worker scores in one run of a step-form model, clicks of distinct users sharing it (0: 64; 1: one by one)")
-	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "longest time between offset commits (0: 1s)")
-	fs.IntVar(&c.CommitBatch, "commit-batch", c.CommitBatch, "commit early after this many events (0: 5000)")
-	fs.DurationVar(&c.KafkaSessionTimeout, "kafka-session-timeout", c.KafkaSessionTimeout, "consumer group session timeout: a replica that stops heartbeating loses its partitions after this (0: 10s; at least 6s, the brokers' default minimum)")
-	fs.DurationVar(&c.KafkaHeartbeatInterval, "kafka-heartbeat-interval", c.KafkaHeartbeatInterval, "consumer group heartbeat interval, below the session timeout (0: 1s)")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines applying events; one user always goes to the same one")
+	fs.IntVar(&c.EventIDCache, "event-id-cache", c.EventIDCache, "recent (user_id, event_id) pairs remembered to drop an event sent twice, from Kafka or gRPC (negative: off)")
+	fs.IntVar(&c.IngestBatch, "ingest-batch", c.IngestBatch, "most clicks a worker scores in one run of a step-form model, clicks of distinct users sharing it (1: one by one)")
+	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "longest time between offset commits")
+	fs.IntVar(&c.CommitBatch, "commit-batch", c.CommitBatch, "commit early after this many events")
+	fs.DurationVar(&c.KafkaSessionTimeout, "kafka-session-timeout", c.KafkaSessionTimeout, "consumer group session timeout: a replica that stops heartbeating loses its partitions after this (at least 6s, the brokers' default minimum)")
+	fs.DurationVar(&c.KafkaHeartbeatInterval, "kafka-heartbeat-interval", c.KafkaHeartbeatInterval, "consumer group heartbeat interval, below the session timeout")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "events whose ts is further than this from now are rejected (negative: no check)")
 	fs.StringVar(&c.RedisAddr, "redis-addr", c.RedisAddr, "Redis host:port, or several comma-separated for a Redis Cluster; empty starts an in-process store")
 	fs.StringVar(&c.RedisUsername, "redis-username", c.RedisUsername, "Redis ACL user")
@@ -253,17 +290,17 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.BoolVar(&c.RedisTLS, "redis-tls", c.RedisTLS, "connect to Redis over TLS")
 	fs.StringVar(&c.RedisCA, "redis-ca", c.RedisCA, "CA bundle (PEM) for Redis TLS; default the system roots")
 	fs.StringVar(&c.HistoryStore, "history-store", c.HistoryStore, "where histories live: memory (per process) or redis (shared by replicas)")
-	fs.IntVar(&c.HistoryMaxUsers, "history-max-users", c.HistoryMaxUsers, "most users held in memory, least recently seen evicted first (0: 1,048,576)")
+	fs.IntVar(&c.HistoryMaxUsers, "history-max-users", c.HistoryMaxUsers, "most users held in memory, least recently seen evicted first")
 	fs.DurationVar(&c.SessionGap, "session-gap", c.SessionGap, "inactivity that starts a new session")
 	fs.StringVar(&c.CanonicalConfig, "canonical-config", c.CanonicalConfig, "JSON file of page canonicalization settings (keep_host, query_allow, rules)")
 	fs.StringVar(&c.Model, "model", c.Model, "model bundle folder; empty uses the bundled model")
 	fs.StringVar(&c.ModelRepo, "model-repo", c.ModelRepo, "model repository folder <repo>/<name>/<version>/, watched for new versions")
 	fs.StringVar(&c.ModelName, "model-name", c.ModelName, "model name inside --model-repo")
 	fs.BoolVar(&c.AutoRollback, "auto-rollback", c.AutoRollback, "roll a new model version back when its live precision falls below --rollback-min-fraction of its predecessor's")
-	fs.Float64Var(&c.RollbackMinFraction, "rollback-min-fraction", c.RollbackMinFraction, "fraction of the predecessor's precision a new version must keep (0: 0.5)")
-	fs.DurationVar(&c.RollbackWindow, "rollback-window", c.RollbackWindow, "window over which live precision is judged (0: 10m)")
-	fs.Float64Var(&c.Threshold, "threshold", c.Threshold, "minimum probability for a prefetch, in [0, 1]")
-	fs.IntVar(&c.K, "k", c.K, "maximum prefetches per click")
+	fs.Float64Var(&c.RollbackMinFraction, "rollback-min-fraction", c.RollbackMinFraction, "fraction of the predecessor's precision a new version must keep, in (0, 1]")
+	fs.DurationVar(&c.RollbackWindow, "rollback-window", c.RollbackWindow, "window over which live precision is judged")
+	fs.Float64Var(&c.Threshold, "threshold", c.Threshold, "minimum probability (or expected utility) for a prefetch, in [0, 1]; 0 admits every page, --k still applying")
+	fs.IntVar(&c.K, "k", c.K, "maximum prefetches per click, 1..100")
 	fs.DurationVar(&c.TTL, "ttl", c.TTL, "time a warmed key lives in Redis")
 	fs.StringVar(&c.KeyTemplate, "key-template", c.KeyTemplate, "Redis key of a warmed page: page:{page} (shared) or user:{user}:page:{page}")
 	fs.StringVar(&c.PrefetchMode, "prefetch-mode", c.PrefetchMode, "hint (store a hint record) or origin (store the body fetched from --origin-url)")

@@ -5,6 +5,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -74,4 +79,95 @@ func TestParseFlags(t *testing.T) {
 			tc.check(t, c)
 		})
 	}
+}
+
+// TestZeroIsAValue goes through every numeric flag: unset gives the
+// default, and 0 is either honoured or refused with an error naming the
+// flag, never silently replaced by the default.
+func TestZeroIsAValue(t *testing.T) {
+	def := Default()
+	tests := []struct {
+		flag    string
+		unset   func(Config) bool // the default applies when the flag is not given
+		zero    func(Config) bool // nil: 0 is refused
+		wantErr string
+	}{
+		{flag: "threshold", unset: func(c Config) bool { return c.Threshold == 0.5 }, zero: func(c Config) bool { return c.Threshold == 0 }},
+		{flag: "global-rate", unset: func(c Config) bool { return c.GlobalRate == 0 }, zero: func(c Config) bool { return c.GlobalRate == 0 }},
+		{flag: "per-user-rate", unset: func(c Config) bool { return c.PerUserRate == 0 }, zero: func(c Config) bool { return c.PerUserRate == 0 }},
+		{flag: "budget-keys", unset: func(c Config) bool { return c.BudgetKeys == 0 }, zero: func(c Config) bool { return c.BudgetKeys == 0 }},
+		{flag: "k", unset: func(c Config) bool { return c.K == 3 }, wantErr: "--k"},
+		{flag: "ttl", unset: func(c Config) bool { return c.TTL == def.TTL }, wantErr: "--ttl"},
+		{flag: "workers", unset: func(c Config) bool { return c.Workers == 4 }, wantErr: "--workers"},
+		{flag: "ingest-batch", unset: func(c Config) bool { return c.IngestBatch == 64 }, wantErr: "--ingest-batch"},
+		{flag: "event-id-cache", unset: func(c Config) bool { return c.EventIDCache == 100_000 }, wantErr: "--event-id-cache"},
+		{flag: "commit-interval", unset: func(c Config) bool { return c.CommitInterval == time.Second }, wantErr: "--commit-interval"},
+		{flag: "commit-batch", unset: func(c Config) bool { return c.CommitBatch == 5000 }, wantErr: "--commit-batch"},
+		{flag: "max-skew", unset: func(c Config) bool { return c.MaxSkew == 24*time.Hour }, wantErr: "--max-skew"},
+		{flag: "history-max-users", unset: func(c Config) bool { return c.HistoryMaxUsers == 1<<20 }, wantErr: "--history-max-users"},
+		{flag: "session-gap", unset: func(c Config) bool { return c.SessionGap == 30*time.Minute }, wantErr: "--session-gap"},
+		{flag: "rollback-min-fraction", unset: func(c Config) bool { return c.RollbackMinFraction == 0.5 }, wantErr: "--rollback-min-fraction"},
+		{flag: "rollback-window", unset: func(c Config) bool { return c.RollbackWindow == 10*time.Minute }, wantErr: "--rollback-window"},
+		{flag: "replay-rate", unset: func(c Config) bool { return c.ReplayRate == 200 }, wantErr: "--replay-rate"},
+	}
+	getenv := func(string) string { return "" }
+	for _, tc := range tests {
+		t.Run(tc.flag, func(t *testing.T) {
+			c, err := ParseFlags(nil, getenv, io.Discard)
+			if err != nil {
+				t.Fatalf("ParseFlags without --%s: %v", tc.flag, err)
+			}
+			if !tc.unset(c) {
+				t.Errorf("without --%s: config %+v, want the default", tc.flag, c)
+			}
+			c, err = ParseFlags([]string{"--" + tc.flag, "0"}, getenv, io.Discard)
+			if tc.zero == nil {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("--%s 0: err %v, want one naming %s", tc.flag, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("--%s 0: %v", tc.flag, err)
+			}
+			if !tc.zero(c) {
+				t.Errorf("--%s 0: config %+v, want 0 kept", tc.flag, c)
+			}
+		})
+	}
+}
+
+// TestThresholdZeroService runs the service with --threshold 0 and --k 3:
+// a hint query that leaves the threshold to the service gets 3 hints, which
+// the default threshold of 0.5 could never give (probabilities sum to 1, so
+// at most two pages are at or above 0.5).
+func TestThresholdZeroService(t *testing.T) {
+	cfg, err := ParseFlags([]string{"--threshold", "0", "--k", "3", "--replay", "none",
+		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := startService(t, cfg, 60*time.Second)
+	conn, err := grpc.NewClient(svc.addrs.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial gRPC: %v", err)
+	}
+	defer conn.Close()
+	resp, err := prefetchv1.NewHintServiceClient(conn).Predict(svc.ctx, &prefetchv1.PredictRequest{Pages: []string{"/page/1"}})
+	if err != nil {
+		t.Fatalf("Predict: %v", err)
+	}
+	if len(resp.Hints) != 3 {
+		t.Fatalf("hints %v, want 3 (threshold 0 admits every page, k 3)", resp.Hints)
+	}
+	below := 0
+	for _, h := range resp.Hints {
+		if h.Probability < 0.5 {
+			below++
+		}
+	}
+	if below == 0 {
+		t.Errorf("hints %v: none below 0.5, want at least one", resp.Hints)
+	}
+	svc.shutdown(t)
 }

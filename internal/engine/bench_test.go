@@ -19,6 +19,15 @@ type nopWarmer struct{}
 
 func (nopWarmer) Warm(context.Context, prefetch.Request) int { return 0 }
 
+func (nopWarmer) Present(_ context.Context, _ string, pages []string, dst []bool) []bool {
+	return absent(pages, dst)
+}
+
+// absent reports every page absent from the cache.
+func absent(pages []string, dst []bool) []bool {
+	return append(dst[:0], make([]bool, len(pages))...)
+}
+
 // benchEngine is an engine on the bundled Markov model with real histories,
 // policy and evaluator; only the Redis writer is left out.
 func benchEngine(b *testing.B) (*Engine, *model.Bundle) {

@@ -35,15 +35,19 @@ type Models interface {
 	RecordRequest(version string, latency time.Duration)
 }
 
-// Warmer takes prefetch requests without blocking; *prefetch.Warmer implements it.
+// Warmer takes prefetch requests without blocking and says which pages are
+// in the cache now; *prefetch.Warmer implements it.
 type Warmer interface {
 	Warm(ctx context.Context, req prefetch.Request) int
+	// Present reports in dst[:0], for each page, whether user's key for it
+	// is in the cache now; when the cache fails it reports every page
+	// absent.
+	Present(ctx context.Context, user string, pages []string, dst []bool) []bool
 }
 
 // Evaluator joins prefetches with later clicks; *prefetch.Evaluator implements it.
 type Evaluator interface {
 	ObserveClick(user, page string, at time.Time)
-	IsWarm(user, page string, at time.Time) bool
 }
 
 // Deps are the engine's collaborators. All are required.
@@ -759,10 +763,15 @@ func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error)
 	current := b.hist[len(b.hist)-1]
 	b.cands = e.policyFor(l).Select(probs, current, q.K, q.Threshold, b.cands)
 	res := hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(b.cands))}
-	now := e.cfg.Now()
+	pages := make([]string, len(b.cands))
 	for i, c := range b.cands {
-		page := l.Vocab.Page(c.Index)
-		res.Hints[i] = hint.Hint{Page: page, Probability: c.Probability, Warm: e.deps.Evaluator.IsWarm(q.UserID, page, now)}
+		pages[i] = l.Vocab.Page(c.Index)
+	}
+	// Warm means in the cache now: one round trip, the same answer from
+	// every replica sharing the cache.
+	warm := e.deps.Warmer.Present(ctx, q.UserID, pages, nil)
+	for i, c := range b.cands {
+		res.Hints[i] = hint.Hint{Page: pages[i], Probability: c.Probability, Warm: warm[i]}
 	}
 	d := time.Since(start)
 	e.deps.Models.RecordRequest(l.Version, d)

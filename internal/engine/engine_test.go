@@ -85,9 +85,22 @@ type warmCall struct {
 	version string
 }
 
+// recWarmer records prefetch requests; its cache holds the keys user+page
+// put in present.
 type recWarmer struct {
-	mu    sync.Mutex
-	calls []warmCall
+	mu      sync.Mutex
+	calls   []warmCall
+	present map[string]bool
+}
+
+func (w *recWarmer) Present(_ context.Context, user string, pages []string, dst []bool) []bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	dst = dst[:0]
+	for _, p := range pages {
+		dst = append(dst, w.present[user+p])
+	}
+	return dst
 }
 
 func (w *recWarmer) Warm(_ context.Context, r prefetch.Request) int {
@@ -265,8 +278,10 @@ func TestPredict(t *testing.T) {
 	if err := f.eng.HandleEvent(ctx, ev, meta); err != nil {
 		t.Fatal(err)
 	}
-	// Pretend the warmer wrote /b, as the real one tells the evaluator.
-	f.eval.ObservePrefetch("u1", "/b", "v1", time.Now(), time.Minute)
+	// Pretend the cache holds /b for u1: warm is what the cache holds.
+	f.warmer.mu.Lock()
+	f.warmer.present = map[string]bool{"u1/b": true}
+	f.warmer.mu.Unlock()
 
 	tests := []struct {
 		name  string

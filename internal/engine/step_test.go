@@ -87,6 +87,10 @@ func (w *probWarmer) Warm(_ context.Context, r prefetch.Request) int {
 	return len(r.Pages)
 }
 
+func (*probWarmer) Present(_ context.Context, _ string, pages []string, dst []bool) []bool {
+	return absent(pages, dst)
+}
+
 // allWarmer records every prefetch request.
 type allWarmer struct{ reqs []prefetch.Request }
 
@@ -94,6 +98,10 @@ func (w *allWarmer) Warm(_ context.Context, r prefetch.Request) int {
 	r.Pages = append([]prefetch.Page(nil), r.Pages...)
 	w.reqs = append(w.reqs, r)
 	return len(r.Pages)
+}
+
+func (*allWarmer) Present(_ context.Context, _ string, pages []string, dst []bool) []bool {
+	return absent(pages, dst)
 }
 
 // TestHandleEventsMatchesHandleEvent applies the same clicks (users
