@@ -5,7 +5,7 @@ BENCH   ?= .
 # Test timeout per package binary; the whole suite runs in a few minutes.
 TESTFLAGS ?= -race -count=1 -timeout 10m
 
-.PHONY: all build run test bench proto lint fmt tidy clean
+.PHONY: all build run test setup bench proto lint fmt tidy clean
 
 all: build test
 
@@ -16,12 +16,20 @@ build:
 ## run: start the service on embedded defaults (in-process Kafka broker and
 ## Redis store, bundled model, replay of NASA July 1995 sessions).
 run:
+	@./scripts/setup.sh run
+	@echo "building bin/prefetchd (the first build compiles every dependency: a minute or two)"
 	@$(GO) build -o bin/prefetchd ./cmd/prefetchd
+	@echo "starting bin/prefetchd $(ARGS)"
 	@exec bin/prefetchd $(ARGS)
 
-## test: every test, with the race detector (needs redis-server on PATH).
-test:
+## test: every test, with the race detector; installs redis-server and a C
+## toolchain first when they are missing (see scripts/setup.sh).
+test: setup
 	$(GO) test $(TESTFLAGS) $(PKGS)
+
+## setup: install what the tests need beyond Go, or say how.
+setup:
+	@./scripts/setup.sh test
 
 ## bench: every benchmark once, with allocations.
 bench:
