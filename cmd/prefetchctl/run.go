@@ -23,14 +23,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
 	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
 )
 
 // defaultAddr is prefetchd's default gRPC listen address.
 const defaultAddr = "127.0.0.1:50051"
-
-// errUsage marks a command-line mistake (exit status 2).
-var errUsage = errors.New("usage")
 
 const usage = `usage: prefetchctl [flags] COMMAND [flags]
 
@@ -42,14 +40,19 @@ commands:
   model activate VERSION
   model rollback
 
+Run "prefetchctl COMMAND --help" for the flags of one command.
+PREFETCHCTL_ADDR sets the default of --addr.
+
 flags (before or after the command):`
 
-// exitCode maps an error from run to the process exit status.
-func exitCode(err error) int {
-	if errors.Is(err, errUsage) {
-		return 2
-	}
-	return 1
+// synopsis is each command's line of the usage.
+var synopsis = map[string]string{
+	"predict":        "predict --user U [--pages a,b] [--k N] [--threshold F]",
+	"watch":          "watch --user U [--user V ...]",
+	"ingest":         "ingest --file events.jsonl",
+	"model status":   "model status",
+	"model activate": "model activate VERSION",
+	"model rollback": "model rollback",
 }
 
 // options are the flags every command accepts.
@@ -80,31 +83,31 @@ func (o *options) register(fs *flag.FlagSet) {
 }
 
 // run parses args, connects to prefetchd and runs one command. It returns
-// when the command is done or ctx ends (watch runs until then).
-func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+// when the command is done or ctx ends (watch runs until then). --help and
+// --version print to stdout and return cli.ErrPrinted; command-line mistakes
+// return errors matching cli.ErrUsage.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout io.Writer) error {
 	o := &options{addr: defaultAddr, timeout: 10 * time.Second, out: stdout, in: stdin}
-	if a := os.Getenv("PREFETCHCTL_ADDR"); a != "" {
+	if a := getenv("PREFETCHCTL_ADDR"); a != "" {
 		o.addr = a
 	}
 	top := flag.NewFlagSet("prefetchctl", flag.ContinueOnError)
-	top.SetOutput(io.Discard)
 	o.register(top)
-	if err := top.Parse(args); err != nil {
-		return usageError(top, err)
+	if err := cli.Parse(top, args, stdout, cli.Help{Usage: usage}); err != nil {
+		return err
 	}
 	rest := top.Args()
 	if len(rest) == 0 {
-		return usageError(top, errors.New("no command"))
+		return cli.Usagef("no command")
 	}
 	cmd, rest := rest[0], rest[1:]
 	if cmd == "model" {
 		if len(rest) == 0 {
-			return usageError(top, errors.New("model needs status, activate VERSION or rollback"))
+			return cli.Usagef("model needs status, activate VERSION or rollback")
 		}
 		cmd, rest = "model "+rest[0], rest[1:]
 	}
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := flag.NewFlagSet("prefetchctl "+cmd, flag.ContinueOnError)
 	o.register(fs)
 	var c command
 	switch cmd {
@@ -121,13 +124,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) 
 	case "model rollback":
 		c = &modelRollback{}
 	default:
-		return usageError(top, fmt.Errorf("unknown command %q", cmd))
+		return cli.Usagef("unknown command %q", cmd)
 	}
-	if err := fs.Parse(rest); err != nil {
-		return usageError(fs, err)
+	if err := cli.Parse(fs, rest, stdout, cli.Help{Usage: "usage: prefetchctl [flags] " + synopsis[cmd]}); err != nil {
+		return err
 	}
 	if err := c.check(fs.Args()); err != nil {
-		return usageError(fs, err)
+		return cli.UsageError(err)
 	}
 	conn, err := o.dial()
 	if err != nil {
@@ -144,26 +147,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) 
 	return c.run(ctx, o)
 }
 
-// usageError wraps err with errUsage and the flag summary.
-func usageError(fs *flag.FlagSet, err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		err = errors.New("help requested")
-	}
-	var b strings.Builder
-	fs.SetOutput(&b)
-	fs.PrintDefaults()
-	return fmt.Errorf("%w: %v\n%s\n%s", errUsage, err, usage, b.String())
-}
-
 // dial builds the client connection: TLS when --tls-ca is set, mutual TLS
 // with --tls-cert and --tls-key.
 func (o *options) dial() (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
 	if (o.tlsCert == "") != (o.tlsKey == "") {
-		return nil, fmt.Errorf("%w: --tls-cert and --tls-key go together", errUsage)
+		return nil, cli.Usagef("--tls-cert and --tls-key go together")
 	}
 	if o.tlsCert != "" && o.tlsCA == "" {
-		return nil, fmt.Errorf("%w: --tls-cert needs --tls-ca", errUsage)
+		return nil, cli.Usagef("--tls-cert needs --tls-ca")
 	}
 	if o.tlsCA != "" {
 		pem, err := os.ReadFile(o.tlsCA)
@@ -380,7 +372,7 @@ type fileEvent struct {
 
 func (c *ingest) run(ctx context.Context, o *options) error {
 	if c.file == "" {
-		return fmt.Errorf("%w: ingest needs --file", errUsage)
+		return cli.Usagef("ingest needs --file")
 	}
 	in := o.in
 	if c.file != "-" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
+	"github.com/prefetchd/prefetchd/internal/cli/clitest"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/server"
 	"github.com/prefetchd/prefetchd/internal/server/servertest"
@@ -154,6 +157,10 @@ func TestCommands(t *testing.T) {
 		{name: "activate", args: []string{"--token-file", f.tokenFile, "model", "activate", "v2"}, wantOut: []string{"active v2"}},
 		{name: "rollback", args: []string{"model", "rollback", "--token-file", f.tokenFile}, wantOut: []string{"active v1"}},
 		{name: "rollback without history", args: []string{"--token-file", f.tokenFile, "model", "rollback"}, wantCode: codes.FailedPrecondition},
+		{name: "help", args: []string{"--help"}, wantOut: []string{"usage: prefetchctl", "model status", "--addr string"}},
+		{name: "command help", args: []string{"watch", "-h"}, wantOut: []string{"usage: prefetchctl [flags] watch", "--user value"}},
+		{name: "model command help", args: []string{"model", "activate", "--help"}, wantOut: []string{"usage: prefetchctl [flags] model activate VERSION", "--token-file string"}},
+		{name: "version", args: []string{"--version"}, wantOut: []string{"prefetchctl ", "go1."}},
 		{name: "no command", args: []string{}, usage: true},
 		{name: "unknown command", args: []string{"frobnicate"}, usage: true},
 		{name: "unknown flag", args: []string{"predict", "--nope"}, usage: true},
@@ -165,11 +172,14 @@ func TestCommands(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
 			args := append([]string{"--addr", f.addr}, tt.args...)
-			err := run(testCtx(t), args, strings.NewReader(tt.stdin), &out)
+			err := run(testCtx(t), args, noEnv, strings.NewReader(tt.stdin), &out)
 			switch {
 			case tt.usage:
-				if !errors.Is(err, errUsage) || exitCode(err) != 2 {
+				if !errors.Is(err, cli.ErrUsage) || exitCode(err) != 2 {
 					t.Fatalf("run: %v, want a usage error (exit 2)", err)
+				}
+				if out.Len() > 0 {
+					t.Errorf("a usage error printed to stdout: %q", out.String())
 				}
 				return
 			case tt.wantCode != codes.OK:
@@ -182,7 +192,7 @@ func TestCommands(t *testing.T) {
 				if !strings.Contains(err.Error(), tt.wantCode.String()) {
 					t.Errorf("error %q does not show the code %v", err, tt.wantCode)
 				}
-			case err != nil:
+			case exitCode(err) != 0:
 				t.Fatalf("run: %v", err)
 			}
 			rest := out.String()
@@ -217,7 +227,7 @@ func TestWatch(t *testing.T) {
 	out := &servertest.Buffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--addr", f.addr, "watch", "--user", "alice", "--user", "bob,carol"}, nil, out)
+		done <- run(ctx, []string{"--addr", f.addr, "watch", "--user", "alice", "--user", "bob,carol"}, noEnv, nil, out)
 	}()
 	var sub *servertest.Sub
 	select {
@@ -264,7 +274,7 @@ func TestMutualTLS(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			err := run(testCtx(t), append([]string{"--addr", f.addr, "--timeout", "3s"}, tt.args...), nil, &out)
+			err := run(testCtx(t), append([]string{"--addr", f.addr, "--timeout", "3s"}, tt.args...), noEnv, nil, &out)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("run: %v", err)
@@ -276,4 +286,22 @@ func TestMutualTLS(t *testing.T) {
 			}
 		})
 	}
+}
+
+// noEnv is an empty environment.
+func noEnv(string) string { return "" }
+
+// exitCode is the process exit status main gives err.
+func exitCode(err error) int { return cli.Exit("prefetchctl", err, io.Discard) }
+
+func TestFlags(t *testing.T) {
+	cases := append(clitest.Common("prefetchctl"),
+		clitest.Case{Name: "no command", Exit: 2, Stderr: "no command"},
+		clitest.Case{Name: "unknown command", Args: []string{"frobnicate"}, Exit: 2, Stderr: `unknown command "frobnicate"`},
+		clitest.Case{Name: "command help", Args: []string{"predict", "--help"}, Stdout: []string{"usage: prefetchctl [flags] predict", "--threshold float"}},
+		clitest.Case{Name: "bad command flag", Args: []string{"watch", "--nope"}, Exit: 2, Stderr: "-nope"},
+	)
+	clitest.Check(t, "prefetchctl", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
+		return run(ctx, args, noEnv, nil, stdout)
+	}, cases)
 }
