@@ -36,14 +36,18 @@ func (m *Manager) Run(ctx context.Context) error {
 		events, errs = w.Events, w.Errors
 		m.watch(w)
 	}
-	m.sync(ctx)
-
 	poll := time.NewTicker(m.cfg.PollInterval)
 	defer poll.Stop()
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
 	defer debounce.Stop()
+	m.sync(ctx)
 	for {
+		// A bare export still settling is complete once its quiet period
+		// ends; rescan then rather than at the next poll.
+		if d := m.retryIn(); d > 0 {
+			debounce.Reset(d + m.cfg.Debounce)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
