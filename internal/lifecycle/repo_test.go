@@ -139,11 +139,26 @@ func TestBareExport(t *testing.T) {
 		}
 		writeFiles(t, filepath.Join(parent, name), f)
 	}
+	if err := m.Waiting(); err == nil || !strings.Contains(err.Error(), "not scanned yet") {
+		t.Errorf("Waiting before the first scan = %v, want not scanned yet", err)
+	}
 	start := time.Now()
+	if err := m.Sync(testCtx(t, 5*time.Second)); err == nil {
+		t.Fatal("Sync found a version before the quiet period")
+	}
+	m.sync(testCtx(t, 5*time.Second)) // records the error for Waiting
+	for _, want := range []string{"no valid model version", "broken: vocab.txt missing", "pytorch-1: no manifest.json"} {
+		if err := m.Waiting(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Waiting = %v, want it to mention %q", err, want)
+		}
+	}
 	runManager(t, m)
 	waitFor(t, 10*time.Second, "the bare export active", func() bool { return activeVersion(m) == "pytorch-1" })
 	if waited := time.Since(start); waited < quiet/2 {
 		t.Errorf("bare export served after %v, before its quiet period of %v", waited, quiet)
+	}
+	if err := m.Waiting(); err != nil {
+		t.Errorf("Waiting with a version active = %v, want nil", err)
 	}
 	if l := m.Current(); l.Manifest.Name != testName || l.Manifest.Version != "pytorch-1" {
 		t.Errorf("derived manifest %s/%s, want %s/pytorch-1", l.Manifest.Name, l.Manifest.Version, testName)
