@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -34,7 +35,7 @@ const usage = `usage: prefetchctl [flags] COMMAND [flags]
 
 commands:
   predict --user U [--pages a,b] [--k N] [--threshold F]
-  watch --user U [--user V ...]
+  watch --user U [--user V ...] | watch --any  [--threshold F]
   ingest --file events.jsonl            (one JSON click per line, "-" for stdin)
   model status
   model activate VERSION
@@ -48,7 +49,7 @@ flags (before or after the command):`
 // synopsis is each command's line of the usage.
 var synopsis = map[string]string{
 	"predict":        "predict --user U [--pages a,b] [--k N] [--threshold F]",
-	"watch":          "watch --user U [--user V ...]",
+	"watch":          "watch (--user U [--user V ...] | --any) [--threshold F]",
 	"ingest":         "ingest --file events.jsonl",
 	"model status":   "model status",
 	"model activate": "model activate VERSION",
@@ -311,20 +312,47 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
+// anyUser is the WatchHints user id that asks prefetchd for a sample of
+// every user's clicks.
+const anyUser = "*"
+
 // watch streams hints for users until ctx ends.
 type watch struct {
 	noArgs
-	users stringList
+	users     stringList
+	any       bool
+	threshold float64
 }
 
 func newWatch(fs *flag.FlagSet) *watch {
 	w := &watch{}
 	fs.Var(&w.users, "user", "user id to watch (repeatable, or comma-separated)")
+	fs.BoolVar(&w.any, "any", false, "watch every user: a sample of all clicks (at most 10 a second), each with the user's top hints at any probability")
+	fs.Float64Var(&w.threshold, "threshold", 0, "show only hints at or above this probability (the server sends a watched user's hints at or above its own --threshold)")
 	return w
 }
 
+func (c *watch) check(args []string) error {
+	if err := c.noArgs.check(args); err != nil {
+		return err
+	}
+	switch {
+	case c.any && len(c.users) > 0:
+		return errors.New("watch takes --user or --any, not both")
+	case !c.any && len(c.users) == 0:
+		return errors.New("watch needs --user U (repeatable) or --any")
+	case c.threshold < 0 || c.threshold > 1:
+		return fmt.Errorf("--threshold %v outside [0, 1]", c.threshold)
+	}
+	return nil
+}
+
 func (c *watch) run(ctx context.Context, o *options) error {
-	stream, err := o.hints.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: c.users})
+	users := []string(c.users)
+	if c.any {
+		users = []string{anyUser}
+	}
+	stream, err := o.hints.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: users})
 	if err != nil {
 		return fmt.Errorf("watch: %w", err)
 	}
@@ -338,6 +366,10 @@ func (c *watch) run(ctx context.Context, o *options) error {
 				return nil // interrupted by the user
 			}
 			return fmt.Errorf("watch: %w", err)
+		}
+		u.Hints = slices.DeleteFunc(u.Hints, func(h *prefetchv1.Hint) bool { return float64(h.GetProbability()) < c.threshold })
+		if c.any && len(u.Hints) == 0 {
+			continue
 		}
 		if err := o.print(u, func(w io.Writer) {
 			fmt.Fprintf(w, "%s user %s, model %s\n", u.GetAt().AsTime().Format(time.RFC3339Nano), u.GetUserId(), u.GetModelVersion())

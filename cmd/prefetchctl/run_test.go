@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -222,37 +223,86 @@ func last(t *testing.T, qs []hint.Query) hint.Query {
 }
 
 func TestWatch(t *testing.T) {
-	f := serve(t, false)
-	ctx, cancel := context.WithCancel(testCtx(t))
-	out := &servertest.Buffer{}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--addr", f.addr, "watch", "--user", "alice", "--user", "bob,carol"}, noEnv, nil, out)
-	}()
-	var sub *servertest.Sub
-	select {
-	case sub = <-f.watcher.Subs:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no subscription within 5 s")
-	}
-	if got := strings.Join(sub.Users, ","); got != "alice,bob,carol" {
-		t.Errorf("watching %s, want alice,bob,carol", got)
-	}
-	sub.Updates <- hint.Update{UserID: "bob", At: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC),
-		Result: hint.Result{ModelVersion: "v1", Hints: []hint.Hint{{Page: "/n", Probability: 0.5}}}}
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), "0.5000\t/n") {
-		if time.Now().After(deadline) {
-			t.Fatalf("update not printed within 5 s; output:\n%s", out.String())
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	update := func(user string, probs ...float32) hint.Update {
+		u := hint.Update{UserID: user, At: at, Result: hint.Result{ModelVersion: "v1"}}
+		for i, p := range probs {
+			u.Result.Hints = append(u.Result.Hints, hint.Hint{Page: fmt.Sprintf("/p%d", i), Probability: p})
 		}
-		time.Sleep(10 * time.Millisecond)
+		return u
 	}
-	if !strings.Contains(out.String(), "2026-11-26T12:00:00Z user bob, model v1") {
-		t.Errorf("output lacks the update header:\n%s", out.String())
+	tests := []struct {
+		name      string
+		args      []string
+		env       map[string]string
+		wantUsers string
+		updates   []hint.Update // sent in order; the last one must be printed
+		want      []string
+		notWant   []string
+	}{
+		{name: "users", args: []string{"watch", "--user", "alice", "--user", "bob,carol"}, wantUsers: "alice,bob,carol",
+			updates: []hint.Update{update("bob", 0.5)},
+			want:    []string{"2026-11-26T12:00:00Z user bob, model v1", "0.5000\t/p0"}},
+		{name: "threshold hides low hints", args: []string{"watch", "--user", "bob", "--threshold", "0.3"}, wantUsers: "bob",
+			updates: []hint.Update{update("bob", 0.5, 0.2)},
+			want:    []string{"user bob", "0.5000\t/p0"}, notWant: []string{"/p1"}},
+		{name: "any user skips updates with nothing left", args: []string{"watch", "--any", "--threshold", "0.3"}, wantUsers: "*",
+			updates: []hint.Update{update("quiet", 0.1), update("nasa-7", 0.4)},
+			want:    []string{"user nasa-7", "0.4000\t/p0"}, notWant: []string{"quiet"}},
+		{name: "address from the environment", args: []string{"watch", "--any"}, env: map[string]string{"PREFETCHCTL_ADDR": "ADDR"}, wantUsers: "*",
+			updates: []hint.Update{update("u", 0.05)},
+			want:    []string{"user u", "0.0500\t/p0"}},
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("watch after Ctrl-C: %v, want nil", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := serve(t, false)
+			ctx, cancel := context.WithCancel(testCtx(t))
+			defer cancel()
+			args := tt.args
+			getenv := func(k string) string { return strings.ReplaceAll(tt.env[k], "ADDR", f.addr) }
+			if tt.env == nil {
+				args = append([]string{"--addr", f.addr}, args...)
+			}
+			out := &servertest.Buffer{}
+			done := make(chan error, 1)
+			go func() { done <- run(ctx, args, getenv, nil, out) }()
+			var sub *servertest.Sub
+			select {
+			case sub = <-f.watcher.Subs:
+			case err := <-done:
+				t.Fatalf("watch ended before subscribing: %v", err)
+			case <-time.After(5 * time.Second):
+				t.Fatal("no subscription within 5 s")
+			}
+			if got := strings.Join(sub.Users, ","); got != tt.wantUsers {
+				t.Errorf("watching %s, want %s", got, tt.wantUsers)
+			}
+			for _, u := range tt.updates {
+				sub.Updates <- u
+			}
+			last := tt.updates[len(tt.updates)-1].UserID
+			deadline := time.Now().Add(5 * time.Second)
+			for !strings.Contains(out.String(), "user "+last) {
+				if time.Now().After(deadline) {
+					t.Fatalf("update not printed within 5 s; output:\n%s", out.String())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("watch after Ctrl-C: %v, want nil", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output shows %q:\n%s", w, out.String())
+				}
+			}
+		})
 	}
 }
 
@@ -300,6 +350,9 @@ func TestFlags(t *testing.T) {
 		clitest.Case{Name: "unknown command", Args: []string{"frobnicate"}, Exit: 2, Stderr: `unknown command "frobnicate"`},
 		clitest.Case{Name: "command help", Args: []string{"predict", "--help"}, Stdout: []string{"usage: prefetchctl [flags] predict", "--threshold float"}},
 		clitest.Case{Name: "bad command flag", Args: []string{"watch", "--nope"}, Exit: 2, Stderr: "-nope"},
+		clitest.Case{Name: "watch nobody", Args: []string{"watch"}, Exit: 2, Stderr: "watch needs --user U (repeatable) or --any"},
+		clitest.Case{Name: "watch any and users", Args: []string{"watch", "--any", "--user", "u"}, Exit: 2, Stderr: "not both"},
+		clitest.Case{Name: "watch threshold above one", Args: []string{"watch", "--any", "--threshold", "2"}, Exit: 2, Stderr: "--threshold 2 outside [0, 1]"},
 	)
 	clitest.Check(t, "prefetchctl", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
 		return run(ctx, args, noEnv, nil, stdout)

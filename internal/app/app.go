@@ -289,11 +289,12 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if err != nil {
 		return err
 	}
+	hub := newAnyHub(eng.Predict, anyEvery)
 	consumer, err := features.NewConsumer(features.ConsumerConfig{
 		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
 		Workers: cfg.Workers, BatchSize: cfg.IngestBatch, EventIDCache: cfg.EventIDCache, CommitInterval: cfg.CommitInterval, CommitBatch: cfg.CommitBatch,
 		Decoder: features.DecoderConfig{MaxSkew: cfg.MaxSkew},
-	}, eng, log, reg)
+	}, clickTap{eng, hub}, log, reg)
 	if err != nil {
 		return err
 	}
@@ -318,8 +319,9 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			errc <- fmt.Errorf("consumer: %w", err)
 		}
 	})
-	pipe.set(eng, ingester{consumer})
+	pipe.set(eng, ingester{consumer}, hub)
 	ready.poke()
+	auxWG.Go(func() { hub.run(srvCtx) })
 	auxWG.Go(func() { progress(srvCtx, log, eng, eval) })
 	auxWG.Go(func() { feedPrecision(srvCtx, eval, models, time.Second) })
 	if mem, ok := hist.(*features.Histories); ok {
@@ -373,14 +375,17 @@ type lateParts struct {
 
 // pending is the gRPC server's engine and ingester before the pipeline is
 // built: Predict and Ingest return hint.ErrNoModel (UNAVAILABLE) and
-// WatchHints ends at once; after set it passes everything through.
+// WatchHints ends at once; after set it passes everything through, and
+// sends WatchHints for AnyUser to the hub.
 type pending struct {
 	eng atomic.Pointer[engine.Engine]
 	ing atomic.Pointer[ingester]
+	hub atomic.Pointer[anyHub]
 }
 
-func (p *pending) set(eng *engine.Engine, ing ingester) {
+func (p *pending) set(eng *engine.Engine, ing ingester, hub *anyHub) {
 	p.ing.Store(&ing)
+	p.hub.Store(hub)
 	p.eng.Store(eng)
 }
 
@@ -396,6 +401,9 @@ func (p *pending) Predict(ctx context.Context, q hint.Query) (hint.Result, error
 // closed, which ends the stream.
 func (p *pending) Subscribe(users []string, buffer int) (<-chan hint.Update, func()) {
 	if e := p.eng.Load(); e != nil {
+		if watchesAny(users) {
+			return p.hub.Load().subscribe(buffer)
+		}
 		return e.Subscribe(users, buffer)
 	}
 	ch := make(chan hint.Update)
