@@ -14,13 +14,13 @@ build:
 	$(GO) build -o bin/ ./cmd/...
 
 ## run: start the service on embedded defaults (in-process Kafka broker and
-## Redis store, bundled model, replay of NASA July 1995 sessions).
+## Redis store, bundled model, replay of NASA July 1995 sessions), with a
+## demo threshold and a fresh admin token (scripts/demo.sh prints its path).
 run:
 	@./scripts/setup.sh run
 	@echo "building bin/prefetchd (the first build compiles every dependency: a minute or two)"
 	@$(GO) build -o bin/prefetchd ./cmd/prefetchd
-	@echo "starting bin/prefetchd $(ARGS)"
-	@exec bin/prefetchd $(ARGS)
+	@./scripts/demo.sh bin/prefetchd $(ARGS)
 
 ## test: every test, with the race detector; installs redis-server and a C
 ## toolchain first when they are missing (see scripts/setup.sh).

@@ -672,15 +672,17 @@ func feedPrecision(ctx context.Context, eval *prefetch.Evaluator, models *lifecy
 	}
 }
 
-// progress logs what flowed through the pipeline every 10 s.
+// progress logs what flowed through the pipeline 3 s after the start, then
+// every 10 s.
 func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *prefetch.Evaluator) {
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTimer(3 * time.Second) // the first report early, so a start shows life
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			t.Reset(10 * time.Second)
 		}
 		tot := eng.Totals()
 		var issued, used, clicks, warm uint64
