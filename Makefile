@@ -5,7 +5,7 @@ BENCH   ?= .
 # Test timeout per package binary; the whole suite runs in a few minutes.
 TESTFLAGS ?= -race -count=1 -timeout 10m
 
-.PHONY: all build run test setup bench proto lint fmt tidy clean
+.PHONY: all build run test setup bench proto lint lint-ops fmt tidy clean
 
 all: build test
 
@@ -44,6 +44,15 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+
+## lint-ops: check the operations files: Prometheus alert rules and their unit
+## tests (promtool, installed when missing), the Dockerfile and the Kubernetes
+## manifests (go test ./deploy).
+lint-ops:
+	@./scripts/setup.sh ops
+	promtool check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && promtool test rules rules_test.yml
+	$(GO) test -count=1 ./deploy/...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -7,6 +7,7 @@
 #
 #   scripts/setup.sh test   # what `make test` needs
 #   scripts/setup.sh run    # what `make run` needs (Go only)
+#   scripts/setup.sh ops    # what `make lint-ops` needs: promtool (Debian's prometheus)
 set -eu
 
 want=${1:-test}
@@ -22,9 +23,13 @@ fi
 [ "$want" = run ] && exit 0
 
 missing=""
-command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+if [ "$want" = ops ]; then
+	command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+else
+	command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+fi
 # -race needs cgo: a C compiler that can build against the C library.
-if ! printf '#include <stdlib.h>\nint main(void){return 0;}\n' |
+if [ "$want" = test ] && ! printf '#include <stdlib.h>\nint main(void){return 0;}\n' |
 	"$(go env CC)" -x c - -o /dev/null >/dev/null 2>&1; then
 	missing="$missing gcc libc6-dev"
 fi
@@ -45,8 +50,8 @@ if [ "$(id -u)" -ne 0 ]; then
 	fi
 fi
 echo "setup: installing$missing"
-# redis-server's post-install would start a system daemon; the tests start
-# their own servers on free ports, so tell invoke-rc.d not to start it.
+# redis-server's (and prometheus') post-install would start a system daemon;
+# the tests start their own servers on free ports, so tell invoke-rc.d not to.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
 	printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null

@@ -80,7 +80,10 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	var addrs Addrs
 
 	// Readiness: a list of named checks; each part below adds its own.
-	ready := newReadiness()
+	ready, err := newReadiness(reg)
+	if err != nil {
+		return err
+	}
 	var parts lateParts
 	ready.add("model", func(context.Context) error {
 		m := parts.models.Load()

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // readiness is the list of named checks behind /readyz and the gRPC health
@@ -21,6 +23,9 @@ type readiness struct {
 
 	last atomic.Pointer[readyState] // nil before the first evaluation
 	kick chan struct{}
+
+	ready   prometheus.Gauge     // prefetchd_ready
+	failing *prometheus.GaugeVec // prefetchd_ready_check_failing{check}
 }
 
 // readyCheck is one named condition; fn returns why it fails, or nil.
@@ -36,8 +41,26 @@ type readyState struct {
 
 func (s *readyState) ok() bool { return s != nil && len(s.failures) == 0 }
 
-func newReadiness() *readiness {
-	return &readiness{kick: make(chan struct{}, 1)}
+// newReadiness returns an empty list of checks whose outcome is exported to
+// reg (nil allowed) as prefetchd_ready and prefetchd_ready_check_failing.
+func newReadiness(reg prometheus.Registerer) (*readiness, error) {
+	r := &readiness{
+		kick: make(chan struct{}, 1),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "prefetchd_ready", Help: "1 while every readiness check passes (/readyz is 200), else 0.",
+		}),
+		failing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "prefetchd_ready_check_failing", Help: "1 while the named readiness check fails.",
+		}, []string{"check"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{r.ready, r.failing} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register readiness metrics: %w", err)
+			}
+		}
+	}
+	return r, nil
 }
 
 // add appends a check. fn gets a context bounded by checkTimeout and should
@@ -46,6 +69,7 @@ func (r *readiness) add(name string, fn func(ctx context.Context) error) {
 	r.mu.Lock()
 	r.checks = append(r.checks, readyCheck{name, fn})
 	r.mu.Unlock()
+	r.failing.WithLabelValues(name) // present at zero from the first scrape
 	r.poke()
 }
 
@@ -70,11 +94,19 @@ func (r *readiness) evaluate(ctx context.Context) *readyState {
 		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 		err := c.fn(cctx)
 		cancel()
+		fail := 0.0
 		if err != nil {
 			st.failures = append(st.failures, c.name+": "+strings.ReplaceAll(err.Error(), "\n", " "))
+			fail = 1
 		}
+		r.failing.WithLabelValues(c.name).Set(fail)
 	}
 	r.last.Store(st)
+	if st.ok() {
+		r.ready.Set(1)
+	} else {
+		r.ready.Set(0)
+	}
 	return st
 }
 

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -208,7 +210,11 @@ func TestReadiness(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newReadiness()
+			reg := prometheus.NewRegistry()
+			r, err := newReadiness(reg)
+			if err != nil {
+				t.Fatal(err)
+			}
 			for _, n := range tc.names {
 				err := tc.checks[n]
 				r.add(n, func(ctx context.Context) error {
@@ -225,6 +231,22 @@ func TestReadiness(t *testing.T) {
 			r.serve(rec, func() string { return "v7" })
 			if rec.Code != tc.wantCode || rec.Body.String() != tc.wantBody {
 				t.Errorf("/readyz = %d %q, want %d %q", rec.Code, rec.Body.String(), tc.wantCode, tc.wantBody)
+			}
+			wantReady := 0.0
+			if tc.wantCode == http.StatusOK {
+				wantReady = 1
+			}
+			if got := testutil.ToFloat64(r.ready); got != wantReady {
+				t.Errorf("prefetchd_ready = %v, want %v", got, wantReady)
+			}
+			for _, n := range tc.names {
+				want := 0.0
+				if tc.checks[n] != nil {
+					want = 1
+				}
+				if got := testutil.ToFloat64(r.failing.WithLabelValues(n)); got != want {
+					t.Errorf("prefetchd_ready_check_failing{check=%q} = %v, want %v", n, got, want)
+				}
 			}
 		})
 	}
