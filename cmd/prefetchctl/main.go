@@ -5,9 +5,10 @@
 // Usage:
 //
 //	prefetchctl [flags] predict --user U [--pages a,b] [--k N] [--threshold F]
-//	prefetchctl [flags] watch --user U [--user V ...]
+//	prefetchctl [flags] watch (--user U [--user V ...] | --any) [--threshold F]
 //	prefetchctl [flags] ingest --file events.jsonl
 //	prefetchctl [flags] model status | model activate VERSION | model rollback
+//	prefetchctl [flags] health
 //
 // Flags (before or after the command): --addr (default 127.0.0.1:50051, prefetchd's default --listen),
 // --tls-ca, --tls-cert, --tls-key, --token-file, --timeout, --json; --help

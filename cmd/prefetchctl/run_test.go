@@ -37,6 +37,7 @@ type fixture struct {
 	models    *servertest.Models
 	tokenFile string
 	certs     servertest.Certs
+	srv       *server.Server
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -77,7 +78,7 @@ func serve(t *testing.T, tlsOn bool) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.addr = lis.Addr().String()
+	f.addr, f.srv = lis.Addr().String(), srv
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, lis) }()
@@ -357,4 +358,32 @@ func TestFlags(t *testing.T) {
 	clitest.Check(t, "prefetchctl", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
 		return run(ctx, args, noEnv, nil, stdout)
 	}, cases)
+}
+
+func TestHealth(t *testing.T) {
+	f := serve(t, false)
+	for _, tc := range []struct {
+		name    string
+		serving bool
+		exit    int
+		out     string
+	}{
+		{name: "not serving", serving: false, exit: 1},
+		{name: "serving", serving: true, exit: 0, out: "SERVING"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f.srv.SetServing(tc.serving)
+			var out bytes.Buffer
+			err := run(testCtx(t), []string{"--addr", f.addr, "health"}, noEnv, nil, &out)
+			if got := exitCode(err); got != tc.exit {
+				t.Fatalf("health: exit %d (err %v), want %d", got, err, tc.exit)
+			}
+			if tc.exit != 0 && !strings.Contains(err.Error(), "NOT_SERVING") {
+				t.Errorf("error %q does not name the status", err)
+			}
+			if strings.TrimSpace(out.String()) != tc.out {
+				t.Errorf("output %q, want %q", out.String(), tc.out)
+			}
+		})
+	}
 }
