@@ -521,6 +521,8 @@ func (modelStatus) run(ctx context.Context, o *options) error {
 			switch {
 			case v.GetActive():
 				state = "active"
+			case strings.HasPrefix(v.GetRefusedReason(), "not served:"):
+				state = v.GetRefusedReason() // a folder that is not a complete version
 			case v.GetRefusedReason() != "":
 				state = "refused: " + v.GetRefusedReason()
 			case v.GetLoaded():

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/internal/cli/clitest"
 	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/internal/server"
 	"github.com/prefetchd/prefetchd/internal/server/servertest"
 )
@@ -74,11 +76,18 @@ func serve(t *testing.T, tlsOn bool) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.addr, f.srv = listenAndServe(t, srv), srv
+	return f
+}
+
+// listenAndServe serves srv on a loopback port until the test ends and
+// returns the address.
+func listenAndServe(t *testing.T, srv *server.Server) string {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.addr, f.srv = lis.Addr().String(), srv
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, lis) }()
@@ -88,7 +97,7 @@ func serve(t *testing.T, tlsOn bool) *fixture {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return f
+	return lis.Addr().String()
 }
 
 func TestCommands(t *testing.T) {
@@ -385,5 +394,44 @@ func TestHealth(t *testing.T) {
 				t.Errorf("output %q, want %q", out.String(), tc.out)
 			}
 		})
+	}
+}
+
+// TestModelStatusNotServed: a repository folder that is not a complete
+// version shows in model status with the reason, through a real model
+// manager behind the server.
+func TestModelStatusNotServed(t *testing.T) {
+	repo := t.TempDir()
+	half := filepath.Join(repo, "default", "half")
+	if err := os.MkdirAll(half, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(half, "model.onnx"), []byte("onnx"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	models, err := lifecycle.New(lifecycle.Config{Repo: repo}, lifecycle.LoadBundle, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := models.Sync(testCtx(t)); err == nil {
+		t.Fatal("Sync of a repository without a complete version succeeded")
+	}
+	srv, err := server.New(server.Config{AdminToken: token}, server.Deps{
+		Predictor: &servertest.Predictor{}, Watcher: servertest.NewWatcher(), Ingester: &servertest.Ingester{}, Models: models,
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := listenAndServe(t, srv)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(testCtx(t), []string{"--addr", addr, "--token-file", tokenFile, "model", "status"}, noEnv, nil, &out); err != nil {
+		t.Fatalf("model status: %v", err)
+	}
+	if want := "half\tdefault\tnot served: vocab.txt missing or empty"; !strings.Contains(out.String(), want) {
+		t.Errorf("model status lacks %q:\n%s", want, out.String())
 	}
 }
