@@ -5,7 +5,7 @@ BENCH   ?= .
 # Test timeout per package binary; the whole suite runs in a few minutes.
 TESTFLAGS ?= -race -count=1 -timeout 10m
 
-.PHONY: all build run test bench proto lint fmt tidy clean
+.PHONY: all build run test setup bench proto lint lint-ops fmt tidy clean
 
 all: build test
 
@@ -14,14 +14,22 @@ build:
 	$(GO) build -o bin/ ./cmd/...
 
 ## run: start the service on embedded defaults (in-process Kafka broker and
-## Redis store, bundled model, replay of NASA July 1995 sessions).
+## Redis store, bundled model, replay of NASA July 1995 sessions), with a
+## demo threshold and a fresh admin token (scripts/demo.sh prints its path).
 run:
+	@./scripts/setup.sh run
+	@echo "building bin/prefetchd (the first build compiles every dependency: a minute or two)"
 	@$(GO) build -o bin/prefetchd ./cmd/prefetchd
-	@exec bin/prefetchd $(ARGS)
+	@./scripts/demo.sh bin/prefetchd $(ARGS)
 
-## test: every test, with the race detector (needs redis-server on PATH).
-test:
+## test: every test, with the race detector; installs redis-server and a C
+## toolchain first when they are missing (see scripts/setup.sh).
+test: setup
 	$(GO) test $(TESTFLAGS) $(PKGS)
+
+## setup: install what the tests need beyond Go, or say how.
+setup:
+	@./scripts/setup.sh test
 
 ## bench: every benchmark once, with allocations.
 bench:
@@ -36,6 +44,15 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+
+## lint-ops: check the operations files: Prometheus alert rules and their unit
+## tests (promtool, installed when missing), the Dockerfile and the Kubernetes
+## manifests (go test ./deploy).
+lint-ops:
+	@./scripts/setup.sh ops
+	promtool check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && promtool test rules rules_test.yml
+	$(GO) test -count=1 ./deploy/...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

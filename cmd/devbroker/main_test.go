@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"strings"
@@ -9,7 +10,20 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/prefetchd/prefetchd/internal/cli/clitest"
 )
+
+func TestFlags(t *testing.T) {
+	cases := append(clitest.Common("devbroker"),
+		clitest.Case{Name: "help lists flags", Args: []string{"--help"}, Stdout: []string{"usage: devbroker", "--partitions int", "(default 4)"}},
+		clitest.Case{Name: "no partitions", Args: []string{"--partitions", "0"}, Exit: 2, Stderr: "--partitions"},
+		clitest.Case{Name: "stray argument", Args: []string{"extra"}, Exit: 2, Stderr: "unexpected arguments"},
+	)
+	clitest.Check(t, "devbroker", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
+		return run(ctx, args, stdout)
+	}, cases)
+}
 
 func TestDevbrokerServesKafkaGo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

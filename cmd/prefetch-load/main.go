@@ -12,18 +12,16 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/prefetchd/prefetchd/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "prefetch-load:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.Exit("prefetch-load", err, os.Stderr))
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/server"
 	"github.com/prefetchd/prefetchd/internal/server/servertest"
@@ -45,10 +45,16 @@ type config struct {
 	jsonOut     bool
 }
 
-func parseFlags(args []string) (config, error) {
+const usage = `usage: prefetch-load [flags]
+
+Measures HintService.Predict beside HintService.Ping at each concurrency level,
+against --addr or an in-process server with a fake engine.`
+
+// parseFlags reads the flags; --help and --version print to stdout and return
+// cli.ErrPrinted, mistakes return errors matching cli.ErrUsage.
+func parseFlags(args []string, stdout io.Writer) (config, error) {
 	c := config{}
 	fs := flag.NewFlagSet("prefetch-load", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.addr, "addr", "", "prefetchd gRPC address; empty starts an in-process server with a fake engine on 127.0.0.1")
 	fs.DurationVar(&c.duration, "duration", 30*time.Second, "measured time per RPC per concurrency level")
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured time per RPC before each concurrency level")
@@ -63,19 +69,16 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "deadline of each call")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA of the server certificate (enables TLS; with --addr only)")
 	fs.BoolVar(&c.jsonOut, "json", false, "print results as JSON lines instead of a table")
-	if err := fs.Parse(args); err != nil {
-		var b strings.Builder
-		fs.SetOutput(&b)
-		fs.PrintDefaults()
-		return c, fmt.Errorf("%w\nusage: prefetch-load [flags]\n%s", err, b.String())
+	if err := cli.Parse(fs, args, stdout, cli.Help{Usage: usage}); err != nil {
+		return c, err
 	}
 	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+		return c, cli.Usagef("unexpected arguments %q", fs.Args())
 	}
 	for _, s := range strings.Split(*conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
-			return c, fmt.Errorf("--concurrency: %q is not a positive integer", s)
+			return c, cli.Usagef("--concurrency: %q is not a positive integer", s)
 		}
 		c.concurrency = append(c.concurrency, n)
 	}
@@ -84,17 +87,17 @@ func parseFlags(args []string) (config, error) {
 	}
 	switch {
 	case c.duration <= 0:
-		return c, errors.New("--duration must be positive")
+		return c, cli.Usagef("--duration must be positive")
 	case c.slice <= 0:
-		return c, errors.New("--slice must be positive")
+		return c, cli.Usagef("--slice must be positive")
 	case c.warmup < 0:
-		return c, errors.New("--warmup must not be negative")
+		return c, cli.Usagef("--warmup must not be negative")
 	case c.users < 1:
-		return c, errors.New("--users must be positive")
+		return c, cli.Usagef("--users must be positive")
 	case c.conns < 1:
-		return c, errors.New("--conns must be positive")
+		return c, cli.Usagef("--conns must be positive")
 	case c.tlsCA != "" && c.addr == "":
-		return c, errors.New("--tls-ca needs --addr")
+		return c, cli.Usagef("--tls-ca needs --addr")
 	}
 	return c, nil
 }
@@ -103,7 +106,7 @@ func parseFlags(args []string) (config, error) {
 // and measures Ping and Predict at each concurrency level, writing results
 // to out. It stops early, with ctx's error, when ctx ends.
 func run(ctx context.Context, args []string, out io.Writer) error {
-	cfg, err := parseFlags(args)
+	cfg, err := parseFlags(args, out)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/prefetchd/prefetchd/internal/cli/clitest"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/server"
 	"github.com/prefetchd/prefetchd/internal/server/servertest"
@@ -113,20 +114,19 @@ func TestAgainstAddrJSON(t *testing.T) {
 	}
 }
 
-func TestBadFlags(t *testing.T) {
-	for _, args := range [][]string{
-		{"--concurrency", "0"},
-		{"--concurrency", "a"},
-		{"--duration", "0s"},
-		{"--conns", "0"},
-		{"--tls-ca", "ca.pem"},
-		{"--nope"},
-		{"extra"},
-	} {
-		if err := run(testCtx(t), args, &bytes.Buffer{}); err == nil {
-			t.Errorf("run(%q): no error", args)
-		}
-	}
+func TestFlags(t *testing.T) {
+	cases := append(clitest.Common("prefetch-load"),
+		clitest.Case{Name: "help lists flags", Args: []string{"--help"}, Stdout: []string{"usage: prefetch-load [flags]", "--concurrency string", "(default 1,16,64)"}},
+		clitest.Case{Name: "zero concurrency", Args: []string{"--concurrency", "0"}, Exit: 2, Stderr: "--concurrency"},
+		clitest.Case{Name: "bad concurrency", Args: []string{"--concurrency", "a"}, Exit: 2, Stderr: "--concurrency"},
+		clitest.Case{Name: "zero duration", Args: []string{"--duration", "0s"}, Exit: 2, Stderr: "--duration must be positive"},
+		clitest.Case{Name: "zero conns", Args: []string{"--conns", "0"}, Exit: 2, Stderr: "--conns must be positive"},
+		clitest.Case{Name: "tls without addr", Args: []string{"--tls-ca", "ca.pem"}, Exit: 2, Stderr: "--tls-ca needs --addr"},
+		clitest.Case{Name: "stray argument", Args: []string{"extra"}, Exit: 2, Stderr: "unexpected arguments"},
+	)
+	clitest.Check(t, "prefetch-load", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
+		return run(ctx, args, stdout)
+	}, cases)
 }
 
 func TestUnreachableAddr(t *testing.T) {

@@ -11,39 +11,23 @@
 // error per case and overall, also runs the reference's step_check when a
 // step.onnx sits beside the model, and exits non-zero above the tolerance.
 // bench reports the latency per call for a batch of histories of a given
-// length.
+// length. Every command takes --help; prefetch-model --version prints the
+// build. Exit status: 0 on success, 2 for a usage error, 1 otherwise
+// (including a verification above tolerance).
 package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/prefetchd/prefetchd/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout)
 	stop()
-	os.Exit(exitCode(err, os.Stderr))
-}
-
-// exitCode reports err and maps it to the process status: 0 on success, 2
-// for a usage error, 1 otherwise (including a verification above tolerance).
-func exitCode(err error, stderr io.Writer) int {
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 2
-	}
-	fmt.Fprintln(stderr, "prefetch-model:", err)
-	if errors.Is(err, errUsage) {
-		return 2
-	}
-	return 1
+	os.Exit(cli.Exit("prefetch-model", err, os.Stderr))
 }

@@ -14,23 +14,37 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/model"
 )
 
-var (
-	errUsage     = errors.New("usage")
-	errTolerance = errors.New("error above tolerance")
-)
+var errTolerance = errors.New("error above tolerance")
 
 const usage = `usage:
   prefetch-model inspect MODEL.onnx
   prefetch-model verify --reference FILE [--tolerance 1e-5] MODEL.onnx
-  prefetch-model bench [--batch 1] [--len 20] [--duration 2s] MODEL.onnx`
+  prefetch-model bench [--batch 1] [--len 20] [--duration 2s] MODEL.onnx
 
-// run executes one subcommand, writing its report to out.
+Run "prefetch-model COMMAND --help" for the flags of one command.`
+
+// subcommands maps each command to its synopsis.
+var subcommands = map[string]string{
+	"inspect": "usage: prefetch-model inspect MODEL.onnx\n\nPrints the graph's inputs, outputs, opset, operators and sizes.",
+	"verify":  "usage: prefetch-model verify --reference FILE [--tolerance 1e-5] MODEL.onnx\n\nRuns every case of a reference file and fails above the tolerance.",
+	"bench":   "usage: prefetch-model bench [--batch 1] [--len 20] [--duration 2s] MODEL.onnx\n\nReports the latency per call for a batch of histories.",
+}
+
+// run executes one subcommand, writing its report to out. --help and
+// --version print to out and return cli.ErrPrinted; command-line mistakes
+// return errors matching cli.ErrUsage.
 func run(ctx context.Context, args []string, out io.Writer) error {
+	top := flag.NewFlagSet("prefetch-model", flag.ContinueOnError)
+	if err := cli.Parse(top, args, out, cli.Help{Usage: usage}); err != nil {
+		return err
+	}
+	args = top.Args()
 	if len(args) == 0 {
-		return fmt.Errorf("%w: no command\n%s", errUsage, usage)
+		return cli.Usagef("no command")
 	}
 	switch args[0] {
 	case "inspect":
@@ -39,22 +53,21 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return verify(ctx, args[1:], out)
 	case "bench":
 		return bench(ctx, args[1:], out)
-	case "help", "-h", "--help":
+	case "help":
 		fmt.Fprintln(out, usage)
-		return nil
+		return cli.ErrPrinted
 	default:
-		return fmt.Errorf("%w: unknown command %q\n%s", errUsage, args[0], usage)
+		return cli.Usagef("unknown command %q", args[0])
 	}
 }
 
 // parse parses flags that may come before or after the single positional
 // MODEL.onnx argument.
-func parse(fs *flag.FlagSet, args []string) (string, error) {
-	fs.SetOutput(io.Discard)
+func parse(fs *flag.FlagSet, args []string, out io.Writer) (string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return "", fmt.Errorf("%w: %s: %w", errUsage, fs.Name(), err)
+		if err := cli.Parse(fs, args, out, cli.Help{Usage: subcommands[fs.Name()]}); err != nil {
+			return "", err
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -64,18 +77,50 @@ func parse(fs *flag.FlagSet, args []string) (string, error) {
 		args = args[1:]
 	}
 	if len(pos) != 1 {
-		return "", fmt.Errorf("%w: %s wants one MODEL.onnx, got %d arguments\n%s", errUsage, fs.Name(), len(pos), usage)
+		return "", cli.Usagef("%s wants one MODEL.onnx, got %d arguments", fs.Name(), len(pos))
 	}
 	return pos[0], nil
 }
 
+// loadModel reads and compiles an ONNX file, refusing what is not a regular
+// file or is larger than model.MaxModelBytes before reading it whole.
+func loadModel(path string) (*model.Model, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, st.Mode().Type())
+	}
+	if st.Size() > model.MaxModelBytes {
+		return nil, fmt.Errorf("%s: %d bytes exceeds the limit of %d", path, st.Size(), model.MaxModelBytes)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, model.MaxModelBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > model.MaxModelBytes {
+		return nil, fmt.Errorf("%s grew beyond the limit of %d bytes while read", path, model.MaxModelBytes)
+	}
+	m, err := model.ParseModel(data)
+	if err != nil {
+		return nil, fmt.Errorf("load model %s: %w", path, err)
+	}
+	return m, nil
+}
+
 func inspect(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
-	path, err := parse(fs, args)
+	path, err := parse(fs, args, out)
 	if err != nil {
 		return err
 	}
-	m, err := model.LoadModel(path)
+	m, err := loadModel(path)
 	if err != nil {
 		return err
 	}
@@ -119,14 +164,14 @@ func verify(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	refPath := fs.String("reference", "", "reference file (cases with page_ids and expected output, optional step_check)")
 	tol := fs.Float64("tolerance", 1e-5, "maximum absolute error")
-	path, err := parse(fs, args)
+	path, err := parse(fs, args, out)
 	if err != nil {
 		return err
 	}
 	if *refPath == "" {
-		return fmt.Errorf("%w: verify needs --reference", errUsage)
+		return cli.Usagef("verify needs --reference")
 	}
-	seq, err := model.LoadModel(path)
+	seq, err := loadModel(path)
 	if err != nil {
 		return err
 	}
@@ -143,7 +188,7 @@ func verify(ctx context.Context, args []string, out io.Writer) error {
 	stepPath := filepath.Join(filepath.Dir(path), model.StepFile)
 	if ref.StepCheck != nil {
 		if _, err := os.Stat(stepPath); err == nil {
-			if step, err = model.LoadModel(stepPath); err != nil {
+			if step, err = loadModel(stepPath); err != nil {
 				return err
 			}
 		}
@@ -191,14 +236,14 @@ func bench(ctx context.Context, args []string, out io.Writer) error {
 	length := fs.Int("len", 20, "pages per history")
 	dur := fs.Duration("duration", 2*time.Second, "how long to measure")
 	vocab := fs.Int("vocab", 0, "page indices are drawn from [2, vocab); 0 takes vocab from the output shape")
-	path, err := parse(fs, args)
+	path, err := parse(fs, args, out)
 	if err != nil {
 		return err
 	}
 	if *batch < 1 || *length < 1 || *dur <= 0 {
-		return fmt.Errorf("%w: --batch, --len and --duration must be positive", errUsage)
+		return cli.Usagef("--batch, --len and --duration must be positive")
 	}
-	m, err := model.LoadModel(path)
+	m, err := loadModel(path)
 	if err != nil {
 		return err
 	}
@@ -213,7 +258,7 @@ func bench(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	if v < 3 {
-		return fmt.Errorf("%w: cannot tell the vocabulary size; pass --vocab", errUsage)
+		return cli.Usagef("cannot tell the vocabulary size; pass --vocab")
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	ids := make([]int64, *batch**length)

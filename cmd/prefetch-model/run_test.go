@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prefetchd/prefetchd/internal/cli"
+	"github.com/prefetchd/prefetchd/internal/cli/clitest"
 )
 
 // The tool is tested on the model package's fixtures.
@@ -38,11 +41,18 @@ func TestRun(t *testing.T) {
 		{"verify wrong reference", []string{"verify", "--reference", logits + "/reference.json", probs + "/model.onnx"}, nil, nil},
 		{"bench", []string{"bench", "--batch", "2", "--len", "5", "--duration", "50ms", probs + "/model.onnx"}, nil,
 			[]string{"2 × 5", "mean per call", "p50 / p99"}},
-		{"no command", nil, errUsage, nil},
-		{"unknown command", []string{"frobnicate"}, errUsage, nil},
-		{"verify without reference", []string{"verify", probs + "/model.onnx"}, errUsage, nil},
-		{"two models", []string{"inspect", "a.onnx", "b.onnx"}, errUsage, nil},
+		{"no command", nil, cli.ErrUsage, nil},
+		{"unknown command", []string{"frobnicate"}, cli.ErrUsage, nil},
+		{"verify without reference", []string{"verify", probs + "/model.onnx"}, cli.ErrUsage, nil},
+		{"two models", []string{"inspect", "a.onnx", "b.onnx"}, cli.ErrUsage, nil},
 		{"missing file", []string{"inspect", "nope.onnx"}, os.ErrNotExist, nil},
+		{"unknown flag", []string{"bench", "--nope", probs + "/model.onnx"}, cli.ErrUsage, nil},
+		{"help", []string{"--help"}, cli.ErrPrinted, []string{"prefetch-model inspect MODEL.onnx", "COMMAND --help"}},
+		{"help command", []string{"help"}, cli.ErrPrinted, []string{"prefetch-model verify"}},
+		{"version", []string{"--version"}, cli.ErrPrinted, []string{"prefetch-model ", "go1."}},
+		{"inspect help", []string{"inspect", "--help"}, cli.ErrPrinted, []string{"usage: prefetch-model inspect MODEL.onnx"}},
+		{"verify help", []string{"verify", "-h"}, cli.ErrPrinted, []string{"--reference string", "--tolerance float", "(default 1e-05)"}},
+		{"bench help", []string{"bench", "--help"}, cli.ErrPrinted, []string{"--batch int", "--duration duration"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,17 +87,32 @@ func TestExitCode(t *testing.T) {
 		want int
 	}{
 		{nil, 0},
-		{errUsage, 2},
+		{cli.ErrPrinted, 0},
+		{cli.ErrUsage, 2},
 		{fmt.Errorf("wrapped: %w", errTolerance), 1},
 		{os.ErrNotExist, 1},
 	}
 	for _, tt := range tests {
 		var stderr bytes.Buffer
-		if got := exitCode(tt.err, &stderr); got != tt.want {
+		if got := cli.Exit("prefetch-model", tt.err, &stderr); got != tt.want {
 			t.Errorf("exitCode(%v) = %d, want %d", tt.err, got, tt.want)
 		}
-		if (tt.err != nil) != (stderr.Len() > 0) {
+		if (tt.want != 0) != (stderr.Len() > 0) {
 			t.Errorf("exitCode(%v) wrote %q", tt.err, stderr.String())
 		}
 	}
+}
+
+func TestFlags(t *testing.T) {
+	model := filepath.Join(fixtures, "gru-probs-opset13", "model.onnx")
+	cases := append(clitest.Common("prefetch-model"),
+		clitest.Case{Name: "no command", Exit: 2, Stderr: "no command"},
+		clitest.Case{Name: "subcommand help", Args: []string{"bench", "-h"}, Stdout: []string{"usage: prefetch-model bench", "--len int"}},
+		clitest.Case{Name: "subcommand bad flag", Args: []string{"inspect", "--nope", model}, Exit: 2, Stderr: "-nope"},
+		clitest.Case{Name: "device", Args: []string{"inspect", "/dev/zero"}, Exit: 1, Stderr: "/dev/zero is not a regular file"},
+		clitest.Case{Name: "folder", Args: []string{"inspect", filepath.Dir(model)}, Exit: 1, Stderr: "is not a regular file"},
+	)
+	clitest.Check(t, "prefetch-model", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
+		return run(ctx, args, stdout)
+	}, cases)
 }

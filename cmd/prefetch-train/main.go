@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/training"
 )
 
@@ -29,17 +30,21 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "prefetch-train:", err)
-		}
-		os.Exit(2)
-	}
+	os.Exit(cli.Exit("prefetch-train", err, os.Stderr))
 }
 
+const usage = `usage: prefetch-train --input FILE --format jsonl|msnbc|spmf --out DIR [flags]
+       prefetch-train --format kafka --kafka-brokers B --out DIR [flags]
+
+Trains popularity, first-order Markov and GRU models on logged sessions,
+evaluates them on the last sessions held out, and writes the chosen one as a
+bundle folder with report.json, report.txt and recall.svg.`
+
+// run trains as the flags say, logging to stderr and printing the evaluation
+// table to stdout. --help and --version print to stdout and return
+// cli.ErrPrinted; flag mistakes return errors matching cli.ErrUsage.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("prefetch-train", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var (
 		input    = fs.String("input", "", "input file (gzip is detected)")
 		format   = fs.String("format", "", "input format: jsonl, msnbc, spmf, or kafka (reads --topic from --kafka-brokers)")
@@ -52,7 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		out      = fs.String("out", "", "output folder: the bundle plus report.json, report.txt, recall.svg")
 		publish  = fs.String("publish", "", "model repository: also publish the bundle as <publish>/<name>/<version>/")
 		name     = fs.String("name", "prefetchd", "bundle name")
-		version  = fs.String("version", "", "bundle version (default: creation time, 20060102T150405Z)")
+		version  = fs.String("bundle-version", "", "bundle version (default: creation time, 20060102T150405Z)")
 		export   = fs.String("model", training.ModelGRU, "model written as the bundle: gru or markov1")
 		noGRU    = fs.Bool("no-gru", false, "train only the baselines (implies --model markov1)")
 		vocabMin = fs.Int("vocab-min-count", 2, "fewest views a page needs to enter the vocabulary")
@@ -71,12 +76,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		verbose  = fs.Bool("v", false, "debug logging")
 	)
 	gruFlags := registerGRUFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, cli.Help{Usage: usage}); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("unexpected arguments %q", fs.Args())
+	}
 	if (*input == "" && *format != "kafka") || *format == "" || *out == "" {
-		fs.Usage()
-		return errors.New("--input (or --format kafka), --format and --out are required")
+		return cli.Usagef("--input (or --format kafka), --format and --out are required")
 	}
 	if *cpuProf != "" {
 		f, err := os.Create(*cpuProf)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/prefetchd/prefetchd/internal/cli/clitest"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/training"
@@ -66,7 +68,7 @@ func TestTrainPublishServe(t *testing.T) {
 
 	// Version 1: the Markov baseline, already live when the service starts.
 	var out bytes.Buffer
-	args := []string{"--input", clicks, "--format", "jsonl", "--no-gru", "--name", "shop", "--version", "v1",
+	args := []string{"--input", clicks, "--format", "jsonl", "--no-gru", "--name", "shop", "--bundle-version", "v1",
 		"--vocab-min-count", "1", "--out", filepath.Join(dir, "v1"), "--publish", repo}
 	if err := run(ctx, args, &out, &out); err != nil {
 		t.Fatalf("prefetch-train v1: %v\n%s", err, out.String())
@@ -92,7 +94,7 @@ func TestTrainPublishServe(t *testing.T) {
 
 	// Version 2: the GRU, trained while the service runs.
 	out.Reset()
-	args = []string{"--input", clicks, "--format", "jsonl", "--name", "shop", "--version", "v2",
+	args = []string{"--input", clicks, "--format", "jsonl", "--name", "shop", "--bundle-version", "v2",
 		"--vocab-min-count", "1", "--gru-hidden", "8", "--gru-embedding", "4", "--gru-epochs", "2",
 		"--out", filepath.Join(dir, "v2"), "--publish", repo}
 	if err := run(ctx, args, &out, &out); err != nil {
@@ -148,6 +150,17 @@ func TestTrainPublishServe(t *testing.T) {
 	if live.Manifest.Cell != training.CellGRU || !live.Manifest.HasForm(model.FormStep) {
 		t.Errorf("live manifest cell %q forms %v, want the gru with its step form", live.Manifest.Cell, live.Manifest.Forms)
 	}
+}
+
+func TestFlags(t *testing.T) {
+	cases := append(clitest.Common("prefetch-train"),
+		clitest.Case{Name: "help lists flags", Args: []string{"--help"}, Stdout: []string{"usage: prefetch-train", "--gru-hidden int", "--format string"}},
+		clitest.Case{Name: "missing out", Args: []string{"--input", "x", "--format", "spmf"}, Exit: 2, Stderr: "--out are required"},
+		clitest.Case{Name: "stray argument", Args: []string{"--input", "x", "--format", "spmf", "--out", t.TempDir(), "extra"}, Exit: 2, Stderr: "unexpected arguments"},
+	)
+	clitest.Check(t, "prefetch-train", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
+		return run(ctx, args, stdout, io.Discard)
+	}, cases)
 }
 
 func TestRunRejectsBadFlags(t *testing.T) {

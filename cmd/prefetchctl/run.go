@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -18,38 +19,44 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
 	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
 )
 
 // defaultAddr is prefetchd's default gRPC listen address.
 const defaultAddr = "127.0.0.1:50051"
 
-// errUsage marks a command-line mistake (exit status 2).
-var errUsage = errors.New("usage")
-
 const usage = `usage: prefetchctl [flags] COMMAND [flags]
 
 commands:
   predict --user U [--pages a,b] [--k N] [--threshold F]
-  watch --user U [--user V ...]
+  watch --user U [--user V ...] | watch --any  [--threshold F]
   ingest --file events.jsonl            (one JSON click per line, "-" for stdin)
   model status
   model activate VERSION
   model rollback
+  health                                (exit 0 when prefetchd reports SERVING; for health checks)
+
+Run "prefetchctl COMMAND --help" for the flags of one command.
+PREFETCHCTL_ADDR sets the default of --addr.
 
 flags (before or after the command):`
 
-// exitCode maps an error from run to the process exit status.
-func exitCode(err error) int {
-	if errors.Is(err, errUsage) {
-		return 2
-	}
-	return 1
+// synopsis is each command's line of the usage.
+var synopsis = map[string]string{
+	"predict":        "predict --user U [--pages a,b] [--k N] [--threshold F]",
+	"watch":          "watch (--user U [--user V ...] | --any) [--threshold F]",
+	"ingest":         "ingest --file events.jsonl",
+	"model status":   "model status",
+	"model activate": "model activate VERSION",
+	"model rollback": "model rollback",
+	"health":         "health",
 }
 
 // options are the flags every command accepts.
@@ -63,6 +70,7 @@ type options struct {
 	jsonOut  bool
 	out      io.Writer
 	in       io.Reader
+	health   healthpb.HealthClient
 	hints    prefetchv1.HintServiceClient
 	models   prefetchv1.ModelServiceClient
 	authMeta metadata.MD
@@ -80,31 +88,31 @@ func (o *options) register(fs *flag.FlagSet) {
 }
 
 // run parses args, connects to prefetchd and runs one command. It returns
-// when the command is done or ctx ends (watch runs until then).
-func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+// when the command is done or ctx ends (watch runs until then). --help and
+// --version print to stdout and return cli.ErrPrinted; command-line mistakes
+// return errors matching cli.ErrUsage.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout io.Writer) error {
 	o := &options{addr: defaultAddr, timeout: 10 * time.Second, out: stdout, in: stdin}
-	if a := os.Getenv("PREFETCHCTL_ADDR"); a != "" {
+	if a := getenv("PREFETCHCTL_ADDR"); a != "" {
 		o.addr = a
 	}
 	top := flag.NewFlagSet("prefetchctl", flag.ContinueOnError)
-	top.SetOutput(io.Discard)
 	o.register(top)
-	if err := top.Parse(args); err != nil {
-		return usageError(top, err)
+	if err := cli.Parse(top, args, stdout, cli.Help{Usage: usage}); err != nil {
+		return err
 	}
 	rest := top.Args()
 	if len(rest) == 0 {
-		return usageError(top, errors.New("no command"))
+		return cli.Usagef("no command")
 	}
 	cmd, rest := rest[0], rest[1:]
 	if cmd == "model" {
 		if len(rest) == 0 {
-			return usageError(top, errors.New("model needs status, activate VERSION or rollback"))
+			return cli.Usagef("model needs status, activate VERSION or rollback")
 		}
 		cmd, rest = "model "+rest[0], rest[1:]
 	}
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := flag.NewFlagSet("prefetchctl "+cmd, flag.ContinueOnError)
 	o.register(fs)
 	var c command
 	switch cmd {
@@ -120,20 +128,23 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) 
 		c = &modelActivate{}
 	case "model rollback":
 		c = &modelRollback{}
+	case "health":
+		c = &healthCheck{}
 	default:
-		return usageError(top, fmt.Errorf("unknown command %q", cmd))
+		return cli.Usagef("unknown command %q", cmd)
 	}
-	if err := fs.Parse(rest); err != nil {
-		return usageError(fs, err)
+	if err := cli.Parse(fs, rest, stdout, cli.Help{Usage: "usage: prefetchctl [flags] " + synopsis[cmd]}); err != nil {
+		return err
 	}
 	if err := c.check(fs.Args()); err != nil {
-		return usageError(fs, err)
+		return cli.UsageError(err)
 	}
 	conn, err := o.dial()
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	o.health = healthpb.NewHealthClient(conn)
 	o.hints = prefetchv1.NewHintServiceClient(conn)
 	o.models = prefetchv1.NewModelServiceClient(conn)
 	if strings.HasPrefix(cmd, "model ") {
@@ -144,26 +155,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) 
 	return c.run(ctx, o)
 }
 
-// usageError wraps err with errUsage and the flag summary.
-func usageError(fs *flag.FlagSet, err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		err = errors.New("help requested")
-	}
-	var b strings.Builder
-	fs.SetOutput(&b)
-	fs.PrintDefaults()
-	return fmt.Errorf("%w: %v\n%s\n%s", errUsage, err, usage, b.String())
-}
-
 // dial builds the client connection: TLS when --tls-ca is set, mutual TLS
 // with --tls-cert and --tls-key.
 func (o *options) dial() (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
 	if (o.tlsCert == "") != (o.tlsKey == "") {
-		return nil, fmt.Errorf("%w: --tls-cert and --tls-key go together", errUsage)
+		return nil, cli.Usagef("--tls-cert and --tls-key go together")
 	}
 	if o.tlsCert != "" && o.tlsCA == "" {
-		return nil, fmt.Errorf("%w: --tls-cert needs --tls-ca", errUsage)
+		return nil, cli.Usagef("--tls-cert needs --tls-ca")
 	}
 	if o.tlsCA != "" {
 		pem, err := os.ReadFile(o.tlsCA)
@@ -319,20 +319,47 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
+// anyUser is the WatchHints user id that asks prefetchd for a sample of
+// every user's clicks.
+const anyUser = "*"
+
 // watch streams hints for users until ctx ends.
 type watch struct {
 	noArgs
-	users stringList
+	users     stringList
+	any       bool
+	threshold float64
 }
 
 func newWatch(fs *flag.FlagSet) *watch {
 	w := &watch{}
 	fs.Var(&w.users, "user", "user id to watch (repeatable, or comma-separated)")
+	fs.BoolVar(&w.any, "any", false, "watch every user: a sample of all clicks (at most 10 a second), each with the user's top hints at any probability")
+	fs.Float64Var(&w.threshold, "threshold", 0, "show only hints at or above this probability (the server sends a watched user's hints at or above its own --threshold)")
 	return w
 }
 
+func (c *watch) check(args []string) error {
+	if err := c.noArgs.check(args); err != nil {
+		return err
+	}
+	switch {
+	case c.any && len(c.users) > 0:
+		return errors.New("watch takes --user or --any, not both")
+	case !c.any && len(c.users) == 0:
+		return errors.New("watch needs --user U (repeatable) or --any")
+	case c.threshold < 0 || c.threshold > 1:
+		return fmt.Errorf("--threshold %v outside [0, 1]", c.threshold)
+	}
+	return nil
+}
+
 func (c *watch) run(ctx context.Context, o *options) error {
-	stream, err := o.hints.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: c.users})
+	users := []string(c.users)
+	if c.any {
+		users = []string{anyUser}
+	}
+	stream, err := o.hints.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: users})
 	if err != nil {
 		return fmt.Errorf("watch: %w", err)
 	}
@@ -346,6 +373,10 @@ func (c *watch) run(ctx context.Context, o *options) error {
 				return nil // interrupted by the user
 			}
 			return fmt.Errorf("watch: %w", err)
+		}
+		u.Hints = slices.DeleteFunc(u.Hints, func(h *prefetchv1.Hint) bool { return float64(h.GetProbability()) < c.threshold })
+		if c.any && len(u.Hints) == 0 {
+			continue
 		}
 		if err := o.print(u, func(w io.Writer) {
 			fmt.Fprintf(w, "%s user %s, model %s\n", u.GetAt().AsTime().Format(time.RFC3339Nano), u.GetUserId(), u.GetModelVersion())
@@ -380,7 +411,7 @@ type fileEvent struct {
 
 func (c *ingest) run(ctx context.Context, o *options) error {
 	if c.file == "" {
-		return fmt.Errorf("%w: ingest needs --file", errUsage)
+		return cli.Usagef("ingest needs --file")
 	}
 	in := o.in
 	if c.file != "-" {
@@ -490,6 +521,8 @@ func (modelStatus) run(ctx context.Context, o *options) error {
 			switch {
 			case v.GetActive():
 				state = "active"
+			case strings.HasPrefix(v.GetRefusedReason(), "not served:"):
+				state = v.GetRefusedReason() // a folder that is not a complete version
 			case v.GetRefusedReason() != "":
 				state = "refused: " + v.GetRefusedReason()
 			case v.GetLoaded():
@@ -533,4 +566,23 @@ func (modelRollback) run(ctx context.Context, o *options) error {
 		return fmt.Errorf("model rollback: %w", err)
 	}
 	return o.print(resp, func(w io.Writer) { fmt.Fprintf(w, "active %s\n", resp.GetActive()) })
+}
+
+// healthCheck asks the gRPC health service about the whole server: SERVING
+// prints and exits 0, anything else is an error (exit 1). Container health
+// checks use it (the image has no shell or curl).
+type healthCheck struct{ noArgs }
+
+func (healthCheck) run(ctx context.Context, o *options) error {
+	ctx, cancel := o.unaryCtx(ctx)
+	defer cancel()
+	resp, err := o.health.Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return fmt.Errorf("health: %w", err)
+	}
+	if st := resp.GetStatus(); st != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health: %s", st)
+	}
+	fmt.Fprintln(o.out, resp.GetStatus())
+	return nil
 }

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,7 +18,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
+	"github.com/prefetchd/prefetchd/internal/cli/clitest"
 	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/internal/server"
 	"github.com/prefetchd/prefetchd/internal/server/servertest"
 )
@@ -33,6 +39,7 @@ type fixture struct {
 	models    *servertest.Models
 	tokenFile string
 	certs     servertest.Certs
+	srv       *server.Server
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -69,11 +76,18 @@ func serve(t *testing.T, tlsOn bool) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.addr, f.srv = listenAndServe(t, srv), srv
+	return f
+}
+
+// listenAndServe serves srv on a loopback port until the test ends and
+// returns the address.
+func listenAndServe(t *testing.T, srv *server.Server) string {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.addr = lis.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, lis) }()
@@ -83,7 +97,7 @@ func serve(t *testing.T, tlsOn bool) *fixture {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return f
+	return lis.Addr().String()
 }
 
 func TestCommands(t *testing.T) {
@@ -154,6 +168,10 @@ func TestCommands(t *testing.T) {
 		{name: "activate", args: []string{"--token-file", f.tokenFile, "model", "activate", "v2"}, wantOut: []string{"active v2"}},
 		{name: "rollback", args: []string{"model", "rollback", "--token-file", f.tokenFile}, wantOut: []string{"active v1"}},
 		{name: "rollback without history", args: []string{"--token-file", f.tokenFile, "model", "rollback"}, wantCode: codes.FailedPrecondition},
+		{name: "help", args: []string{"--help"}, wantOut: []string{"usage: prefetchctl", "model status", "--addr string"}},
+		{name: "command help", args: []string{"watch", "-h"}, wantOut: []string{"usage: prefetchctl [flags] watch", "--user value"}},
+		{name: "model command help", args: []string{"model", "activate", "--help"}, wantOut: []string{"usage: prefetchctl [flags] model activate VERSION", "--token-file string"}},
+		{name: "version", args: []string{"--version"}, wantOut: []string{"prefetchctl ", "go1."}},
 		{name: "no command", args: []string{}, usage: true},
 		{name: "unknown command", args: []string{"frobnicate"}, usage: true},
 		{name: "unknown flag", args: []string{"predict", "--nope"}, usage: true},
@@ -165,11 +183,14 @@ func TestCommands(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
 			args := append([]string{"--addr", f.addr}, tt.args...)
-			err := run(testCtx(t), args, strings.NewReader(tt.stdin), &out)
+			err := run(testCtx(t), args, noEnv, strings.NewReader(tt.stdin), &out)
 			switch {
 			case tt.usage:
-				if !errors.Is(err, errUsage) || exitCode(err) != 2 {
+				if !errors.Is(err, cli.ErrUsage) || exitCode(err) != 2 {
 					t.Fatalf("run: %v, want a usage error (exit 2)", err)
+				}
+				if out.Len() > 0 {
+					t.Errorf("a usage error printed to stdout: %q", out.String())
 				}
 				return
 			case tt.wantCode != codes.OK:
@@ -182,7 +203,7 @@ func TestCommands(t *testing.T) {
 				if !strings.Contains(err.Error(), tt.wantCode.String()) {
 					t.Errorf("error %q does not show the code %v", err, tt.wantCode)
 				}
-			case err != nil:
+			case exitCode(err) != 0:
 				t.Fatalf("run: %v", err)
 			}
 			rest := out.String()
@@ -212,37 +233,86 @@ func last(t *testing.T, qs []hint.Query) hint.Query {
 }
 
 func TestWatch(t *testing.T) {
-	f := serve(t, false)
-	ctx, cancel := context.WithCancel(testCtx(t))
-	out := &servertest.Buffer{}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--addr", f.addr, "watch", "--user", "alice", "--user", "bob,carol"}, nil, out)
-	}()
-	var sub *servertest.Sub
-	select {
-	case sub = <-f.watcher.Subs:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no subscription within 5 s")
-	}
-	if got := strings.Join(sub.Users, ","); got != "alice,bob,carol" {
-		t.Errorf("watching %s, want alice,bob,carol", got)
-	}
-	sub.Updates <- hint.Update{UserID: "bob", At: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC),
-		Result: hint.Result{ModelVersion: "v1", Hints: []hint.Hint{{Page: "/n", Probability: 0.5}}}}
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), "0.5000\t/n") {
-		if time.Now().After(deadline) {
-			t.Fatalf("update not printed within 5 s; output:\n%s", out.String())
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	update := func(user string, probs ...float32) hint.Update {
+		u := hint.Update{UserID: user, At: at, Result: hint.Result{ModelVersion: "v1"}}
+		for i, p := range probs {
+			u.Result.Hints = append(u.Result.Hints, hint.Hint{Page: fmt.Sprintf("/p%d", i), Probability: p})
 		}
-		time.Sleep(10 * time.Millisecond)
+		return u
 	}
-	if !strings.Contains(out.String(), "2026-11-26T12:00:00Z user bob, model v1") {
-		t.Errorf("output lacks the update header:\n%s", out.String())
+	tests := []struct {
+		name      string
+		args      []string
+		env       map[string]string
+		wantUsers string
+		updates   []hint.Update // sent in order; the last one must be printed
+		want      []string
+		notWant   []string
+	}{
+		{name: "users", args: []string{"watch", "--user", "alice", "--user", "bob,carol"}, wantUsers: "alice,bob,carol",
+			updates: []hint.Update{update("bob", 0.5)},
+			want:    []string{"2026-11-26T12:00:00Z user bob, model v1", "0.5000\t/p0"}},
+		{name: "threshold hides low hints", args: []string{"watch", "--user", "bob", "--threshold", "0.3"}, wantUsers: "bob",
+			updates: []hint.Update{update("bob", 0.5, 0.2)},
+			want:    []string{"user bob", "0.5000\t/p0"}, notWant: []string{"/p1"}},
+		{name: "any user skips updates with nothing left", args: []string{"watch", "--any", "--threshold", "0.3"}, wantUsers: "*",
+			updates: []hint.Update{update("quiet", 0.1), update("nasa-7", 0.4)},
+			want:    []string{"user nasa-7", "0.4000\t/p0"}, notWant: []string{"quiet"}},
+		{name: "address from the environment", args: []string{"watch", "--any"}, env: map[string]string{"PREFETCHCTL_ADDR": "ADDR"}, wantUsers: "*",
+			updates: []hint.Update{update("u", 0.05)},
+			want:    []string{"user u", "0.0500\t/p0"}},
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("watch after Ctrl-C: %v, want nil", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := serve(t, false)
+			ctx, cancel := context.WithCancel(testCtx(t))
+			defer cancel()
+			args := tt.args
+			getenv := func(k string) string { return strings.ReplaceAll(tt.env[k], "ADDR", f.addr) }
+			if tt.env == nil {
+				args = append([]string{"--addr", f.addr}, args...)
+			}
+			out := &servertest.Buffer{}
+			done := make(chan error, 1)
+			go func() { done <- run(ctx, args, getenv, nil, out) }()
+			var sub *servertest.Sub
+			select {
+			case sub = <-f.watcher.Subs:
+			case err := <-done:
+				t.Fatalf("watch ended before subscribing: %v", err)
+			case <-time.After(5 * time.Second):
+				t.Fatal("no subscription within 5 s")
+			}
+			if got := strings.Join(sub.Users, ","); got != tt.wantUsers {
+				t.Errorf("watching %s, want %s", got, tt.wantUsers)
+			}
+			for _, u := range tt.updates {
+				sub.Updates <- u
+			}
+			last := tt.updates[len(tt.updates)-1].UserID
+			deadline := time.Now().Add(5 * time.Second)
+			for !strings.Contains(out.String(), "user "+last) {
+				if time.Now().After(deadline) {
+					t.Fatalf("update not printed within 5 s; output:\n%s", out.String())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("watch after Ctrl-C: %v, want nil", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output shows %q:\n%s", w, out.String())
+				}
+			}
+		})
 	}
 }
 
@@ -264,7 +334,7 @@ func TestMutualTLS(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			err := run(testCtx(t), append([]string{"--addr", f.addr, "--timeout", "3s"}, tt.args...), nil, &out)
+			err := run(testCtx(t), append([]string{"--addr", f.addr, "--timeout", "3s"}, tt.args...), noEnv, nil, &out)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("run: %v", err)
@@ -275,5 +345,93 @@ func TestMutualTLS(t *testing.T) {
 				t.Fatalf("run: %v, want an error with %s", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// noEnv is an empty environment.
+func noEnv(string) string { return "" }
+
+// exitCode is the process exit status main gives err.
+func exitCode(err error) int { return cli.Exit("prefetchctl", err, io.Discard) }
+
+func TestFlags(t *testing.T) {
+	cases := append(clitest.Common("prefetchctl"),
+		clitest.Case{Name: "no command", Exit: 2, Stderr: "no command"},
+		clitest.Case{Name: "unknown command", Args: []string{"frobnicate"}, Exit: 2, Stderr: `unknown command "frobnicate"`},
+		clitest.Case{Name: "command help", Args: []string{"predict", "--help"}, Stdout: []string{"usage: prefetchctl [flags] predict", "--threshold float"}},
+		clitest.Case{Name: "bad command flag", Args: []string{"watch", "--nope"}, Exit: 2, Stderr: "-nope"},
+		clitest.Case{Name: "watch nobody", Args: []string{"watch"}, Exit: 2, Stderr: "watch needs --user U (repeatable) or --any"},
+		clitest.Case{Name: "watch any and users", Args: []string{"watch", "--any", "--user", "u"}, Exit: 2, Stderr: "not both"},
+		clitest.Case{Name: "watch threshold above one", Args: []string{"watch", "--any", "--threshold", "2"}, Exit: 2, Stderr: "--threshold 2 outside [0, 1]"},
+	)
+	clitest.Check(t, "prefetchctl", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
+		return run(ctx, args, noEnv, nil, stdout)
+	}, cases)
+}
+
+func TestHealth(t *testing.T) {
+	f := serve(t, false)
+	for _, tc := range []struct {
+		name    string
+		serving bool
+		exit    int
+		out     string
+	}{
+		{name: "not serving", serving: false, exit: 1},
+		{name: "serving", serving: true, exit: 0, out: "SERVING"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f.srv.SetServing(tc.serving)
+			var out bytes.Buffer
+			err := run(testCtx(t), []string{"--addr", f.addr, "health"}, noEnv, nil, &out)
+			if got := exitCode(err); got != tc.exit {
+				t.Fatalf("health: exit %d (err %v), want %d", got, err, tc.exit)
+			}
+			if tc.exit != 0 && !strings.Contains(err.Error(), "NOT_SERVING") {
+				t.Errorf("error %q does not name the status", err)
+			}
+			if strings.TrimSpace(out.String()) != tc.out {
+				t.Errorf("output %q, want %q", out.String(), tc.out)
+			}
+		})
+	}
+}
+
+// TestModelStatusNotServed: a repository folder that is not a complete
+// version shows in model status with the reason, through a real model
+// manager behind the server.
+func TestModelStatusNotServed(t *testing.T) {
+	repo := t.TempDir()
+	half := filepath.Join(repo, "default", "half")
+	if err := os.MkdirAll(half, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(half, "model.onnx"), []byte("onnx"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	models, err := lifecycle.New(lifecycle.Config{Repo: repo}, lifecycle.LoadBundle, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := models.Sync(testCtx(t)); err == nil {
+		t.Fatal("Sync of a repository without a complete version succeeded")
+	}
+	srv, err := server.New(server.Config{AdminToken: token}, server.Deps{
+		Predictor: &servertest.Predictor{}, Watcher: servertest.NewWatcher(), Ingester: &servertest.Ingester{}, Models: models,
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := listenAndServe(t, srv)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(testCtx(t), []string{"--addr", addr, "--token-file", tokenFile, "model", "status"}, noEnv, nil, &out); err != nil {
+		t.Fatalf("model status: %v", err)
+	}
+	if want := "half\tdefault\tnot served: vocab.txt missing or empty"; !strings.Contains(out.String(), want) {
+		t.Errorf("model status lacks %q:\n%s", want, out.String())
 	}
 }

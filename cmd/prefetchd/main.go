@@ -7,8 +7,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,29 +17,27 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/prefetchd/prefetchd/internal/app"
+	"github.com/prefetchd/prefetchd/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stderr)
+	err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "prefetchd:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.Exit("prefetchd", err, os.Stderr))
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, err := app.ParseFlags(args, getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
+// run parses the flags and the PREFETCHD_* variables of environ, then runs
+// the service until ctx ends, logging to stderr. --help and --version print
+// to stdout and return cli.ErrPrinted.
+func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+	cfg, err := app.ParseFlags(args, environ, stdout)
 	if err != nil {
 		return err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return fmt.Errorf("log level: %w", err)
+		return cli.Usagef("--log-level: %w", err)
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	// go-redis reports connection trouble through a logger of its own; route

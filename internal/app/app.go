@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,7 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 
@@ -45,6 +45,9 @@ type Addrs struct {
 
 // Options are test hooks; the zero value is what the binary uses.
 type Options struct {
+	// Listening, when set, receives the admin and gRPC addresses as soon as
+	// both listen, before the model is loaded.
+	Listening func(Addrs)
 	// Ready, when set, receives the bound addresses once the service serves.
 	Ready func(Addrs)
 	// Registerer replaces the service's own Prometheus registry.
@@ -56,6 +59,10 @@ type Options struct {
 // consuming (the consumer commits what is done), flush the cache writer, stop
 // watching the model repository. It returns the first error that stopped a
 // component early.
+//
+// The admin HTTP port listens first, then the gRPC port, before the model is
+// loaded and before the backends answer: /healthz says the process is alive
+// and /readyz (like gRPC health) says what the service still waits for.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return RunWith(ctx, cfg, log, Options{})
 }
@@ -71,6 +78,62 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	var addrs Addrs
+
+	// Readiness: a list of named checks; each part below adds its own.
+	ready, err := newReadiness(reg)
+	if err != nil {
+		return err
+	}
+	var parts lateParts
+	ready.add("model", func(context.Context) error {
+		m := parts.models.Load()
+		if m == nil {
+			return errors.New("loading")
+		}
+		return m.Waiting()
+	})
+
+	// The admin port listens from the first moment.
+	alis, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		return fmt.Errorf("listen admin: %w", err)
+	}
+	addrs.Admin = alis.Addr().String()
+	errc := make(chan error, 8)
+	admin := &http.Server{Handler: adminMux(reg, ready, &parts, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	var adminWG, auxWG sync.WaitGroup
+	adminWG.Go(func() {
+		if err := admin.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin http: %w", err)
+		}
+	})
+	defer func() {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = admin.Shutdown(shutCtx)
+		adminWG.Wait()
+	}()
+	// The readiness watch drives gRPC health once the server exists; it
+	// stops first at shutdown, so nothing sets SERVING again.
+	var grpcSrv atomic.Pointer[server.Server]
+	healthCtx, stopHealth := context.WithCancel(context.WithoutCancel(ctx))
+	var healthWG sync.WaitGroup
+	healthWG.Go(func() {
+		ready.watch(healthCtx, log, 2*time.Second, func(ok bool) {
+			if s := grpcSrv.Load(); s != nil {
+				s.SetServing(ok)
+			}
+		})
+	})
+	defer func() {
+		stopHealth()
+		healthWG.Wait()
+	}()
+	srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		stopSrv()
+		auxWG.Wait()
+	}()
 
 	// Backends: the in-process ones when no real ones are named.
 	brokers := cfg.KafkaBrokers
@@ -100,19 +163,22 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		return err
 	}
 	defer rdb.Close()
+	ready.add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	kafkaTLS, kafkaSASL, err := kafkaSecurity(cfg)
 	if err != nil {
 		return err
 	}
 	dialer := kafkaDialer(kafkaTLS, kafkaSASL)
+	ready.add("kafka", func(ctx context.Context) error { return dialAny(ctx, dialer, brokers) })
 
 	// The model.
 	models, err := openModels(ctx, cfg, log, reg)
 	if err != nil {
 		return err
 	}
+	parts.models.Store(models)
+	ready.poke()
 	var wg sync.WaitGroup
-	errc := make(chan error, 8)
 	lcCtx, stopModels := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {
 		stopModels()
@@ -123,9 +189,58 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			errc <- fmt.Errorf("model repository: %w", err)
 		}
 	})
-	live, err := waitForModel(ctx, log, models)
+
+	// gRPC listens before the model is live: until the pipeline is built,
+	// Predict and Ingest answer UNAVAILABLE and ModelService works.
+	scfg := server.Config{
+		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, TLSClientCAFile: cfg.TLSClientCA,
+		RequireClientCert: cfg.TLSClientCA != "", AllowedClientCNs: cfg.AdminClientCNs,
+	}
+	if cfg.AdminTokenFile != "" {
+		tok, err := server.ReadSecretFile(cfg.AdminTokenFile)
+		if err != nil {
+			return err
+		}
+		scfg.AdminToken = tok
+	}
+	pipe := &pending{}
+	srv, err := server.New(scfg, server.Deps{Predictor: pipe, Watcher: pipe, Ingester: pipe, Models: models}, log, reg)
 	if err != nil {
 		return err
+	}
+	srv.SetServing(false)
+	glis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen grpc: %w", err)
+	}
+	addrs.GRPC = glis.Addr().String()
+	var srvWG sync.WaitGroup
+	srvWG.Go(func() {
+		if err := srv.Serve(srvCtx, glis); err != nil {
+			errc <- err
+		}
+	})
+	defer func() {
+		stopHealth()
+		healthWG.Wait()
+		srv.SetServing(false)
+		stopSrv()
+		srvWG.Wait()
+	}()
+	grpcSrv.Store(srv)
+	ready.poke()
+	log.Info("listening; waiting for the model", "grpc", addrs.GRPC, "admin", addrs.Admin)
+	if opts.Listening != nil {
+		opts.Listening(addrs)
+	}
+
+	live, err := waitForModel(ctx, log, models, errc)
+	if err != nil {
+		return err
+	}
+	if live == nil {
+		log.Info("prefetchd stopped before a model was loaded")
+		return nil
 	}
 	log.Info("model loaded", "name", live.Manifest.Name, "version", live.Version, "vocab", live.Vocab.Len(), "max_seq_len", live.Manifest.MaxSeqLen)
 
@@ -170,6 +285,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		}
 	})
 	eval.SetModelVersion(live.Version)
+	parts.eval.Store(eval)
 	eng, err := engine.New(engine.Config{}, engine.Deps{
 		Models: models, Histories: hist, Canon: canon, Policy: policy, Warmer: warmer, Evaluator: eval,
 	}, log, reg)
@@ -182,58 +298,27 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if cfg.HistoryStore == features.BackendRedis {
 		marks = features.NewRedisMarks(rdb, features.DefaultKeyPrefix, cfg.Group, cfg.Topic)
 	}
+	hub := newAnyHub(eng.Predict, anyEvery)
 	consumer, err := features.NewConsumer(features.ConsumerConfig{
 		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
 		Workers: cfg.Workers, BatchSize: cfg.IngestBatch, EventIDCache: cfg.EventIDCache, CommitInterval: cfg.CommitInterval, CommitBatch: cfg.CommitBatch,
 		SessionTimeout: cfg.KafkaSessionTimeout, HeartbeatInterval: cfg.KafkaHeartbeatInterval,
 		Decoder: features.DecoderConfig{MaxSkew: cfg.MaxSkew}, Marks: marks,
-	}, eng, log, reg)
+	}, clickTap{eng, hub}, log, reg)
 	if err != nil {
 		return err
 	}
 	defer consumer.Close()
-
-	// Servers.
-	scfg := server.Config{
-		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, TLSClientCAFile: cfg.TLSClientCA,
-		RequireClientCert: cfg.TLSClientCA != "", AllowedClientCNs: cfg.AdminClientCNs,
-	}
-	if cfg.AdminTokenFile != "" {
-		tok, err := server.ReadSecretFile(cfg.AdminTokenFile)
-		if err != nil {
-			return err
-		}
-		scfg.AdminToken = tok
-	}
-	srv, err := server.New(scfg, server.Deps{Predictor: eng, Watcher: eng, Ingester: ingester{consumer}, Models: models}, log, reg)
-	if err != nil {
-		return err
-	}
-	glis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen grpc: %w", err)
-	}
-	addrs.GRPC = glis.Addr().String()
-	alis, err := net.Listen("tcp", cfg.AdminListen)
-	if err != nil {
-		glis.Close()
-		return fmt.Errorf("listen admin: %w", err)
-	}
-	addrs.Admin = alis.Addr().String()
-	var ready atomic.Bool
-	admin := &http.Server{Handler: adminMux(reg, &ready, models, eval, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
 
 	// Start, each with its own context so shutdown can go in order.
 	warmCtx, stopWarm := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWarm()
 	consCtx, stopCons := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopCons()
-	srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopSrv()
 	replayCtx, stopReplay := context.WithCancel(ctx)
 	defer stopReplay()
 
-	var warmWG, consWG, srvWG, auxWG sync.WaitGroup
+	var warmWG, consWG sync.WaitGroup
 	warmWG.Go(func() {
 		if err := warmer.Run(warmCtx); err != nil {
 			errc <- fmt.Errorf("warmer: %w", err)
@@ -244,17 +329,10 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			errc <- fmt.Errorf("consumer: %w", err)
 		}
 	})
-	srvWG.Go(func() {
-		if err := srv.Serve(srvCtx, glis); err != nil {
-			errc <- err
-		}
-	})
-	auxWG.Go(func() {
-		if err := admin.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("admin http: %w", err)
-		}
-	})
-	auxWG.Go(func() { watchHealth(srvCtx, log, models, rdb, dialer, brokers, consumer, srv, &ready) })
+	ready.add("ingest", func(context.Context) error { return consumer.Ready() })
+	pipe.set(eng, ingester{consumer}, hub)
+	ready.poke()
+	auxWG.Go(func() { hub.run(srvCtx) })
 	auxWG.Go(func() { progress(srvCtx, log, eng, eval) })
 	auxWG.Go(func() { feedPrecision(srvCtx, eval, models, time.Second) })
 	if mem, ok := hist.(*features.Histories); ok {
@@ -279,8 +357,10 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	case runErr = <-errc:
 		log.Error("component failed, shutting down", "err", runErr)
 	}
-	// 1. health NOT_SERVING and drain gRPC (Serve does both when its context ends).
-	ready.Store(false)
+	// 1. health NOT_SERVING (the readiness watch stopped first) and drain
+	// gRPC (Serve does both when its context ends).
+	stopHealth()
+	healthWG.Wait()
 	srv.SetServing(false)
 	stopSrv()
 	srvWG.Wait()
@@ -291,13 +371,75 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	// 3. flush the cache writer.
 	stopWarm()
 	warmWG.Wait()
-	// 4. the rest; the model repository watcher stops on return.
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = admin.Shutdown(shutCtx)
+	// 4. the rest (deferred): the admin port, the model repository watcher.
 	auxWG.Wait()
 	log.Info("prefetchd stopped")
 	return runErr
+}
+
+// lateParts are the parts the admin port shows that exist only once the
+// model is open or the pipeline built; nil until then.
+type lateParts struct {
+	models atomic.Pointer[lifecycle.Manager]
+	eval   atomic.Pointer[prefetch.Evaluator]
+}
+
+// pending is the gRPC server's engine and ingester before the pipeline is
+// built: Predict and Ingest return hint.ErrNoModel (UNAVAILABLE) and
+// WatchHints ends at once; after set it passes everything through, and
+// sends WatchHints for AnyUser to the hub.
+type pending struct {
+	eng atomic.Pointer[engine.Engine]
+	ing atomic.Pointer[ingester]
+	hub atomic.Pointer[anyHub]
+}
+
+func (p *pending) set(eng *engine.Engine, ing ingester, hub *anyHub) {
+	p.ing.Store(&ing)
+	p.hub.Store(hub)
+	p.eng.Store(eng)
+}
+
+// Predict implements hint.Predictor.
+func (p *pending) Predict(ctx context.Context, q hint.Query) (hint.Result, error) {
+	if e := p.eng.Load(); e != nil {
+		return e.Predict(ctx, q)
+	}
+	return hint.Result{}, hint.ErrNoModel
+}
+
+// Subscribe implements hint.Watcher; before the pipeline the channel is
+// closed, which ends the stream.
+func (p *pending) Subscribe(users []string, buffer int) (<-chan hint.Update, func()) {
+	if e := p.eng.Load(); e != nil {
+		if watchesAny(users) {
+			return p.hub.Load().subscribe(buffer)
+		}
+		return e.Subscribe(users, buffer)
+	}
+	ch := make(chan hint.Update)
+	close(ch)
+	return ch, func() {}
+}
+
+// IngestJSON implements hint.Ingester.
+func (p *pending) IngestJSON(ctx context.Context, event []byte) error {
+	if i := p.ing.Load(); i != nil {
+		return i.IngestJSON(ctx, event)
+	}
+	return hint.ErrNoModel
+}
+
+// IngestJSONMany implements hint.BatchIngester.
+func (p *pending) IngestJSONMany(ctx context.Context, events [][]byte, errs []error) int {
+	if i := p.ing.Load(); i != nil {
+		return i.IngestJSONMany(ctx, events, errs)
+	}
+	if len(events) == 0 {
+		return 0
+	}
+	errs[0] = hint.ErrNoModel
+	return 0
 }
 
 // openModels returns the model manager: a watched repository, or one fixed
@@ -314,20 +456,45 @@ func openModels(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		err error
 	)
 	if cfg.Model != "" {
-		b, err = model.LoadBundle(cfg.Model)
+		b, err = loadModelFolder(cfg.Model)
 	} else {
 		fsys, dir := embedded.Model()
-		b, err = model.LoadBundleFS(fsys, dir)
+		if b, err = model.LoadBundleFS(fsys, dir); err != nil {
+			err = fmt.Errorf("load model: %w", err)
+		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load model: %w", err)
+		return nil, err
 	}
 	return lifecycle.Static(ctx, b, lifecycle.Config{}, log, reg)
 }
 
+// loadModelFolder loads --model, naming its absolute path in errors and
+// saying what to give instead of a file.
+func loadModelFolder(dir string) (*model.Bundle, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("load model %s: %w", dir, err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("load model: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("load model: --model %s is a file; give the bundle folder that holds %s and %s (and optionally %s)",
+			abs, model.ModelFile, model.VocabFile, model.ManifestFile)
+	}
+	b, err := model.LoadBundle(abs)
+	if err != nil {
+		return nil, fmt.Errorf("load model: %w", err)
+	}
+	return b, nil
+}
+
 // waitForModel waits until the manager serves a model, so that no event is
-// consumed before it can be scored.
-func waitForModel(ctx context.Context, log *slog.Logger, m *lifecycle.Manager) (*lifecycle.Live, error) {
+// consumed before it can be scored. It returns nil, nil when ctx ends first
+// (a clean stop) and the error of a component that failed meanwhile.
+func waitForModel(ctx context.Context, log *slog.Logger, m *lifecycle.Manager, errc <-chan error) (*lifecycle.Live, error) {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	warned := time.Now()
@@ -337,14 +504,30 @@ func waitForModel(ctx context.Context, log *slog.Logger, m *lifecycle.Manager) (
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("wait for a valid model: %w", ctx.Err())
+			return nil, nil
+		case err := <-errc:
+			return nil, err
 		case <-t.C:
-			if time.Since(warned) > 10*time.Second {
-				log.Warn("still waiting for a valid model version in the repository")
+			if time.Since(warned) > 30*time.Second {
+				log.Warn("still waiting for a valid model version", "why", m.Waiting())
 				warned = time.Now()
 			}
 		}
 	}
+}
+
+// dialAny reports whether one of the brokers accepts a connection.
+func dialAny(ctx context.Context, dialer *kafka.Dialer, brokers []string) error {
+	var errs []error
+	for _, b := range brokers {
+		conn, err := dialer.DialContext(ctx, "tcp", b)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("unreachable: %w", errors.Join(errs...))
 }
 
 func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []string, tc *tls.Config, mech sasl.Mechanism, log *slog.Logger) error {
@@ -408,13 +591,18 @@ func ingestError(err error) error {
 	return err
 }
 
-// adminMux serves /metrics, /healthz (the process is alive), /readyz (a
-// model is loaded and Kafka and Redis answer; the body names the active model
-// version), /stats (online evaluation per model version) and, when enabled,
-// /debug/pprof.
-func adminMux(reg *prometheus.Registry, ready *atomic.Bool, models *lifecycle.Manager, eval *prefetch.Evaluator, withPprof bool) *http.ServeMux {
+// adminMux serves /metrics, /healthz (the process is alive), /readyz (every
+// readiness check passes; the body names the active model version, or each
+// failing check and why), /stats (online evaluation per model version) and,
+// when enabled, /debug/pprof.
+func adminMux(reg *prometheus.Registry, ready *readiness, parts *lateParts, withPprof bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		eval := parts.eval.Load()
+		if eval == nil {
+			http.Error(w, "no statistics yet: waiting for the model", http.StatusServiceUnavailable)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(statsView(eval.Stats()))
 	})
@@ -423,15 +611,14 @@ func adminMux(reg *prometheus.Registry, ready *atomic.Bool, models *lifecycle.Ma
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		version := "none"
-		if l := models.Current(); l != nil {
-			version = l.Version
-		}
-		if !ready.Load() {
-			http.Error(w, "not ready model_version="+version, http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready model_version="+version)
+		ready.serve(w, func() string {
+			if m := parts.models.Load(); m != nil {
+				if l := m.Current(); l != nil {
+					return l.Version
+				}
+			}
+			return "none"
+		})
 	})
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -496,65 +683,17 @@ func feedPrecision(ctx context.Context, eval *prefetch.Evaluator, models *lifecy
 	}
 }
 
-// watchHealth sets gRPC health and /readyz: SERVING only while a model is
-// loaded and Kafka and Redis answer.
-func watchHealth(ctx context.Context, log *slog.Logger, models *lifecycle.Manager, rdb redis.UniversalClient, dialer *kafka.Dialer, brokers []string, consumer *features.Consumer, srv *server.Server, ready *atomic.Bool) {
-	check := func() error {
-		if models.Current() == nil {
-			return hint.ErrNoModel
-		}
-		if err := consumer.Ready(); err != nil {
-			return err
-		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		if err := rdb.Ping(cctx).Err(); err != nil {
-			return fmt.Errorf("redis: %w", err)
-		}
-		var lastErr error
-		for _, b := range brokers {
-			conn, err := dialer.DialContext(cctx, "tcp", b)
-			if err == nil {
-				conn.Close()
-				return nil
-			}
-			lastErr = err
-		}
-		return fmt.Errorf("kafka: %w", lastErr)
-	}
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
-	first := true
-	for {
-		err := check()
-		ok := err == nil
-		if ok != ready.Load() || first {
-			if ok {
-				log.Info("ready", "serving", true)
-			} else {
-				log.Warn("not ready", "err", err)
-			}
-			first = false
-		}
-		ready.Store(ok)
-		srv.SetServing(ok)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// progress logs what flowed through the pipeline every 10 s.
+// progress logs what flowed through the pipeline 3 s after the start, then
+// every 10 s.
 func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *prefetch.Evaluator) {
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTimer(3 * time.Second) // the first report early, so a start shows life
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			t.Reset(10 * time.Second)
 		}
 		tot := eng.Totals()
 		var issued, used, clicks, warm uint64

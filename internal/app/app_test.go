@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -186,14 +185,8 @@ func TestEmbeddedDefaults(t *testing.T) {
 
 func httpGet(t testing.TB, ctx context.Context, url string) string {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
+	_, body := get(t, ctx, url)
+	return body
 }
 
 // metricSum adds the values of every series of a metric in Prometheus text form.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/prefetch"
 )
@@ -261,12 +262,23 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// Usage is the first part of `prefetchd --help`; the flags follow.
+const Usage = `usage: prefetchd [flags]
+
+Predicts each user's next pages from a Kafka click stream and warms them in
+Redis. With no flags it runs on embedded defaults (in-process broker and store,
+bundled model, replay of the NASA July 1995 sessions). Every flag can also be
+set by the environment variable shown beside it; a flag given on the command
+line wins. An unknown PREFETCHD_* variable is an error.`
+
 // ParseFlags reads the configuration from flags and, for flags not given,
-// from PREFETCHD_* environment variables (getenv may be os.Getenv).
-func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+// from PREFETCHD_* variables in environ ("KEY=value" entries, as
+// os.Environ). --help and --version print to stdout and return
+// cli.ErrPrinted; a mistake in the flags, the environment or the resulting
+// configuration returns an error matching cli.ErrUsage.
+func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, error) {
 	c := Default()
 	fs := flag.NewFlagSet("prefetchd", flag.ContinueOnError)
-	fs.SetOutput(usage)
 	brokers := fs.String("kafka-brokers", "", "comma-separated Kafka brokers; empty starts an in-process broker")
 	fs.StringVar(&c.Topic, "topic", c.Topic, "Kafka topic of click events")
 	fs.StringVar(&c.Group, "group", c.Group, "Kafka consumer group")
@@ -321,28 +333,14 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 	fs.Float64Var(&c.ReplayRate, "replay-rate", c.ReplayRate, "replayed events per second")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, cli.Help{Usage: Usage, EnvPrefix: EnvPrefix}); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+		return Config{}, cli.Usagef("unexpected arguments %q", fs.Args())
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || envErr != nil {
-			return
-		}
-		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(name); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("%s=%q: %w", name, v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return Config{}, envErr
+	if err := cli.ApplyEnv(fs, EnvPrefix, environ); err != nil {
+		return Config{}, cli.UsageError(err)
 	}
 	for _, b := range strings.Split(*brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {
@@ -361,7 +359,7 @@ func ParseFlags(args []string, getenv func(string) string, usage io.Writer) (Con
 		}
 	}
 	if err := c.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, cli.UsageError(err)
 	}
 	return c, nil
 }

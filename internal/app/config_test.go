@@ -1,11 +1,13 @@
 package app
 
 import (
+	"errors"
 	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -63,10 +65,12 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad listen address", args: []string{"--listen", "nope"}, wantErr: "--listen"},
 		{name: "model and repo together", args: []string{"--model", "a", "--model-repo", "b"}, wantErr: "exclusive"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected"},
+		{name: "misspelled variable", env: map[string]string{"PREFETCHD_TRESHOLD": "0.2"}, wantErr: "unknown environment variable PREFETCHD_TRESHOLD (did you mean PREFETCHD_THRESHOLD?)"},
+		{name: "help", args: []string{"--help"}, wantErr: "help or version printed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := ParseFlags(tc.args, func(k string) string { return tc.env[k] }, io.Discard)
+			c, err := ParseFlags(tc.args, environ(tc.env), io.Discard)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want one mentioning %q", err, tc.wantErr)
@@ -110,7 +114,7 @@ func TestZeroIsAValue(t *testing.T) {
 		{flag: "rollback-window", unset: func(c Config) bool { return c.RollbackWindow == 10*time.Minute }, wantErr: "--rollback-window"},
 		{flag: "replay-rate", unset: func(c Config) bool { return c.ReplayRate == 200 }, wantErr: "--replay-rate"},
 	}
-	getenv := func(string) string { return "" }
+	var getenv []string
 	for _, tc := range tests {
 		t.Run(tc.flag, func(t *testing.T) {
 			c, err := ParseFlags(nil, getenv, io.Discard)
@@ -143,7 +147,7 @@ func TestZeroIsAValue(t *testing.T) {
 // at most two pages are at or above 0.5).
 func TestThresholdZeroService(t *testing.T) {
 	cfg, err := ParseFlags([]string{"--threshold", "0", "--k", "3", "--replay", "none",
-		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, func(string) string { return "" }, io.Discard)
+		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,4 +174,28 @@ func TestThresholdZeroService(t *testing.T) {
 		t.Errorf("hints %v: none below 0.5, want at least one", resp.Hints)
 	}
 	svc.shutdown(t)
+}
+
+// environ turns a map into os.Environ's form.
+func environ(env map[string]string) []string {
+	var out []string
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// TestParseFlagsHelp checks that --help goes to stdout and names each flag's
+// environment variable.
+func TestParseFlagsHelp(t *testing.T) {
+	var out strings.Builder
+	_, err := ParseFlags([]string{"--help"}, nil, &out)
+	if !errors.Is(err, cli.ErrPrinted) {
+		t.Fatalf("ParseFlags(--help) = %v, want cli.ErrPrinted", err)
+	}
+	for _, want := range []string{"usage: prefetchd", "--kafka-brokers string  [$PREFETCHD_KAFKA_BROKERS]", "--threshold float  [$PREFETCHD_THRESHOLD]", "(default 0.5)", "--version"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help lacks %q:\n%s", want, out.String())
+		}
+	}
 }

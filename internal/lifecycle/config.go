@@ -12,6 +12,7 @@ const (
 	DefaultKeep            = 3
 	DefaultPollInterval    = 10 * time.Second
 	DefaultDebounce        = 200 * time.Millisecond
+	DefaultQuietPeriod     = 3 * time.Second
 	DefaultTolerance       = 1e-5
 	DefaultWarmup          = 3
 	DefaultValidateTimeout = 60 * time.Second
@@ -39,6 +40,12 @@ type Config struct {
 	// Debounce is how long the watcher waits after the last file-system
 	// event before it rescans; default 200ms.
 	Debounce time.Duration
+	// QuietPeriod is how long the files of a version folder without a
+	// manifest.json (a bare export: model.onnx and vocab.txt) must stay
+	// unchanged before the folder counts as complete and a manifest is
+	// derived for it; default 3s, negative for none. Folders with a manifest
+	// are complete as soon as every file it implies is there.
+	QuietPeriod time.Duration
 	// Tolerance is the maximum absolute error allowed on golden cases when
 	// the manifest does not set its own; default 1e-5.
 	Tolerance float64
@@ -77,6 +84,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
+	}
+	if c.QuietPeriod == 0 {
+		c.QuietPeriod = DefaultQuietPeriod
 	}
 	if c.Debounce == 0 {
 		c.Debounce = DefaultDebounce

@@ -13,7 +13,11 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prefetchd/prefetchd/internal/hint"
@@ -40,12 +44,20 @@ type Loader func(ctx context.Context, dir string) (Model, error)
 
 // LoadBundle is the Loader for real bundles: model.LoadBundle, which parses
 // the ONNX graphs, checks them against the model contract and runs the
-// manifest's golden cases. It does not observe ctx; the Manager bounds the
-// rest of the validation with it.
+// manifest's golden cases. A folder without manifest.json (a bare export)
+// gets the manifest model.LoadBundle derives, named after the repository's
+// model folder and versioned by its own folder name, as the repository
+// layout <repo>/<name>/<version>/ says. It does not observe ctx; the Manager
+// bounds the rest of the validation with it.
 func LoadBundle(_ context.Context, dir string) (Model, error) {
 	b, err := model.LoadBundle(dir)
 	if err != nil {
 		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, model.ManifestFile)); errors.Is(err, fs.ErrNotExist) {
+		m := b.Manifest()
+		m.Version = filepath.Base(dir)
+		m.Name = filepath.Base(filepath.Dir(dir))
 	}
 	return b, nil
 }

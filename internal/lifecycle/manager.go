@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +62,10 @@ type Manager struct {
 	recent   []string // most recently active first; the first Keep stay loaded
 	onSwap   []func(old, new *Live)
 	lastErr  string // last Sync error logged, to log repeats once
+	// skipped are the version folders the last scan found not servable, by
+	// name; retry is the soonest a rescan may find one complete by itself.
+	skipped map[string]skip
+	retry   time.Duration
 }
 
 // version is what the Manager knows about one version. Its fields are
@@ -201,9 +206,35 @@ func (m *Manager) Sync(ctx context.Context) error {
 		}
 	}
 	if m.current.Load() == nil {
-		return fmt.Errorf("no valid model version in %s", m.dir)
+		return fmt.Errorf("no valid model version in %s%s", m.dir, m.unservedSummary())
 	}
 	return nil
+}
+
+// unservedSummary names up to three folders that are not served and why,
+// for the error of a repository with no servable version.
+func (m *Manager) unservedSummary() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var parts []string
+	for name, v := range m.versions {
+		if v.refused != "" {
+			parts = append(parts, name+": refused: "+v.refused)
+		}
+	}
+	for name, sk := range m.skipped {
+		parts = append(parts, name+": "+sk.why)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	sort.Strings(parts)
+	more := ""
+	if len(parts) > 3 {
+		more = fmt.Sprintf("; and %d more", len(parts)-3)
+		parts = parts[:3]
+	}
+	return " (" + strings.Join(parts, "; ") + more + ")"
 }
 
 // refreshLocked rescans the repository and records what is on disk, newest
@@ -217,15 +248,13 @@ func (m *Manager) refreshLocked() ([]*candidate, error) {
 		}
 	}
 	m.mu.Unlock()
-	found, skipped, err := scanRepo(m.dir, prev)
+	found, skipped, err := scanRepo(m.dir, prev, m.cfg.QuietPeriod, m.now())
 	if err != nil {
 		return nil, err
 	}
-	for name, why := range skipped {
-		m.log.Debug("incomplete model version ignored", "version", name, "why", why)
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.noteSkippedLocked(skipped)
 	seen := make(map[string]bool, len(found))
 	for _, c := range found {
 		seen[c.version] = true
@@ -239,6 +268,36 @@ func (m *Manager) refreshLocked() ([]*candidate, error) {
 		}
 	}
 	return found, nil
+}
+
+// noteSkippedLocked records the folders a scan could not serve: each is
+// logged and counted once when it first shows up or its reason changes, and
+// shown by Status until it is complete or gone. The caller holds mu.
+func (m *Manager) noteSkippedLocked(skipped map[string]skip) {
+	m.retry = 0
+	for name, sk := range skipped {
+		if old, ok := m.skipped[name]; !ok || old.reason != sk.reason {
+			m.met.skipped.WithLabelValues(sk.reason).Inc()
+			if sk.reason == SkipSettling {
+				m.log.Info("model version folder not served yet", "version", name, "dir", filepath.Join(m.dir, name), "reason", sk.reason, "why", sk.why)
+			} else {
+				m.log.Warn("model version folder not served", "version", name, "dir", filepath.Join(m.dir, name), "reason", sk.reason, "why", sk.why)
+			}
+		}
+		if sk.retry > 0 && (m.retry == 0 || sk.retry < m.retry) {
+			m.retry = sk.retry
+		}
+	}
+	m.skipped = skipped
+	m.met.unserved.Set(float64(len(skipped)))
+}
+
+// retryIn is when a rescan may find a settling folder complete without any
+// further file-system event; 0 when none is settling.
+func (m *Manager) retryIn() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.retry
 }
 
 // versionLocked returns the record of a version, creating it. The caller
@@ -613,7 +672,9 @@ func (m *Manager) autoRollback(ctx context.Context) {
 }
 
 // Status describes the versions the Manager knows, newest first: those on
-// disk and those held in memory.
+// disk and those held in memory, then the folders of the repository that are
+// not servable (incomplete, an unparsable manifest, a bare export still
+// settling) with the reason in Refused.
 func (m *Manager) Status(ctx context.Context) (hint.ModelStatus, error) {
 	if err := ctx.Err(); err != nil {
 		return hint.ModelStatus{}, fmt.Errorf("model status: %w", err)
@@ -654,6 +715,11 @@ func (m *Manager) Status(ctx context.Context) (hint.ModelStatus, error) {
 			r.vs.Precision = precisionOf(r.vs.Issued, r.vs.Used)
 		}
 		rows = append(rows, r)
+	}
+	for name, sk := range m.skipped {
+		if _, known := m.versions[name]; !known {
+			rows = append(rows, row{vs: hint.VersionStatus{Name: m.cfg.Name, Version: name, Refused: "not served: " + sk.why}})
+		}
 	}
 	m.mu.Unlock()
 	sort.Slice(rows, func(i, j int) bool {

@@ -14,6 +14,8 @@ type metrics struct {
 	active     *prometheus.GaugeVec
 	swaps      *prometheus.CounterVec
 	refused    *prometheus.CounterVec
+	skipped    *prometheus.CounterVec
+	unserved   prometheus.Gauge
 	rollbacks  *prometheus.CounterVec
 	loaded     prometheus.Gauge
 	validation prometheus.Histogram
@@ -35,6 +37,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_model_refused_total", Help: "Model versions refused by validation, by reason.",
 		}, []string{"reason"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "prefetchd_model_skipped_total",
+			Help: "Version folders found not servable by a scan, counted once per folder and reason (incomplete, manifest, settling).",
+		}, []string{"reason"}),
+		unserved: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "prefetchd_model_unserved_folders", Help: "Version folders the last scan found not servable.",
+		}),
 		rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_model_rollbacks_total", Help: "Rollbacks by cause (manual, auto).",
 		}, []string{"cause"}),
@@ -62,10 +71,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "prefetchd_model_precision", Help: "Live prefetch precision (used/issued) of a model version over the auto-rollback window.",
 		}, []string{"version"}),
 	}
+	for _, r := range []string{SkipIncomplete, SkipManifest, SkipSettling} {
+		m.skipped.WithLabelValues(r) // present at zero from the first scrape
+	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.active, m.swaps, m.refused, m.rollbacks, m.loaded,
+	for _, c := range []prometheus.Collector{m.active, m.swaps, m.refused, m.skipped, m.unserved, m.rollbacks, m.loaded,
 		m.validation, m.requests, m.latency, m.issued, m.used, m.precision} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register model lifecycle metrics: %w", err)

@@ -25,7 +25,7 @@ type candidate struct {
 	version  string
 	dir      string
 	created  time.Time
-	manifest *model.Manifest
+	manifest *model.Manifest // nil for a bare export (the loader derives one)
 	// fp fingerprints the folder (names, sizes and modification times of its
 	// bundle files): a changed fingerprint means the folder was rewritten.
 	fp string
@@ -52,13 +52,32 @@ func ignoredName(name string) bool {
 		strings.HasSuffix(name, "~")
 }
 
+// skip is why a version folder is not a candidate, for Status and logs.
+type skip struct {
+	// reason is a short label for metrics: incomplete, manifest or settling.
+	reason string
+	// why is the detail shown to the operator.
+	why string
+	// retry, when positive, is when a rescan may find the folder complete
+	// without any further file-system event (its quiet period ends).
+	retry time.Duration
+}
+
+// Skip reasons (the reason label of prefetchd_model_skipped_total).
+const (
+	SkipIncomplete = "incomplete" // a required file is missing or empty
+	SkipManifest   = "manifest"   // manifest.json does not parse
+	SkipSettling   = "settling"   // a bare export whose files changed within the quiet period
+)
+
 // scanRepo lists the complete versions under dir, newest first. A folder is
 // complete when its manifest parses and every file it implies is present and
-// not empty; incomplete folders are returned by name in skipped. A missing
-// dir is not an error: the repository may not exist yet. prev holds the
-// candidates of the previous scan by version: a folder whose fingerprint is
-// unchanged is not parsed again.
-func scanRepo(dir string, prev map[string]*candidate) (found []*candidate, skipped map[string]string, err error) {
+// not empty, or, without a manifest, when model.onnx and vocab.txt are
+// present and none of its files changed for quiet; other folders are
+// returned by name in skipped. A missing dir is not an error: the repository
+// may not exist yet. prev holds the candidates of the previous scan by
+// version: a folder whose fingerprint is unchanged is not parsed again.
+func scanRepo(dir string, prev map[string]*candidate, quiet time.Duration, now time.Time) (found []*candidate, skipped map[string]skip, err error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
@@ -66,13 +85,13 @@ func scanRepo(dir string, prev map[string]*candidate) (found []*candidate, skipp
 	if err != nil {
 		return nil, nil, fmt.Errorf("scan model repository %s: %w", dir, err)
 	}
-	skipped = make(map[string]string)
+	skipped = make(map[string]skip)
 	for _, e := range entries {
 		name := e.Name()
 		if !e.IsDir() || ignoredName(name) {
 			continue
 		}
-		c, why := inspect(filepath.Join(dir, name), name, prev[name])
+		c, why := inspect(filepath.Join(dir, name), name, prev[name], quiet, now)
 		if c == nil {
 			skipped[name] = why
 			continue
@@ -85,9 +104,10 @@ func scanRepo(dir string, prev map[string]*candidate) (found []*candidate, skipp
 
 // inspect checks one version folder for completeness. prev, when not nil,
 // is the folder's candidate from the previous scan.
-func inspect(dir, version string, prev *candidate) (*candidate, string) {
+func inspect(dir, version string, prev *candidate, quiet time.Duration, now time.Time) (*candidate, skip) {
 	var fp strings.Builder
 	present := map[string]bool{}
+	var newest time.Time
 	for _, name := range []string{model.ManifestFile, ModelFile, VocabFile, StepFile} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
@@ -98,23 +118,26 @@ func inspect(dir, version string, prev *candidate) (*candidate, string) {
 			continue
 		}
 		present[name] = true
+		if fi.ModTime().After(newest) {
+			newest = fi.ModTime()
+		}
 		fmt.Fprintf(&fp, "%s:%d:%d;", name, fi.Size(), fi.ModTime().UnixNano())
 	}
 	if prev != nil && prev.fp == fp.String() {
-		return prev, ""
+		return prev, skip{}
 	}
 	if !present[model.ManifestFile] {
-		return nil, model.ManifestFile + " missing or empty"
+		return inspectBare(dir, version, present, newest, fp.String(), quiet, now)
 	}
 	f, err := os.Open(filepath.Join(dir, model.ManifestFile))
 	if err != nil {
-		return nil, "manifest unreadable"
+		return nil, skip{reason: SkipManifest, why: "manifest unreadable: " + err.Error()}
 	}
 	m, err := model.ReadManifest(f)
 	f.Close()
 	if err != nil {
 		// A half-written manifest does not parse; wait for it to be whole.
-		return nil, "manifest: " + err.Error()
+		return nil, skip{reason: SkipManifest, why: "manifest: " + err.Error()}
 	}
 	files := []string{ModelFile, VocabFile}
 	if m.HasForm(model.FormStep) {
@@ -122,10 +145,29 @@ func inspect(dir, version string, prev *candidate) (*candidate, string) {
 	}
 	for _, name := range files {
 		if !present[name] {
-			return nil, name + " missing or empty"
+			return nil, skip{reason: SkipIncomplete, why: name + " missing or empty"}
 		}
 	}
-	return &candidate{version: version, dir: dir, created: m.Created, manifest: m, fp: fp.String()}, ""
+	return &candidate{version: version, dir: dir, created: m.Created, manifest: m, fp: fp.String()}, skip{}
+}
+
+// inspectBare checks a folder without a manifest: a bare export is complete
+// once model.onnx and vocab.txt are there and no file changed for quiet. Its
+// created time is that of its newest file, as the derived manifest says.
+func inspectBare(dir, version string, present map[string]bool, newest time.Time, fp string, quiet time.Duration, now time.Time) (*candidate, skip) {
+	for _, name := range []string{ModelFile, VocabFile} {
+		if !present[name] {
+			return nil, skip{reason: SkipIncomplete, why: fmt.Sprintf("%s missing or empty (and no %s)", name, model.ManifestFile)}
+		}
+	}
+	if age := now.Sub(newest); quiet > 0 && age < quiet {
+		return nil, skip{
+			reason: SkipSettling,
+			why:    fmt.Sprintf("no %s; served once its files are unchanged for %v", model.ManifestFile, quiet),
+			retry:  quiet - age,
+		}
+	}
+	return &candidate{version: version, dir: dir, created: newest.UTC().Truncate(time.Second), fp: fp}, skip{}
 }
 
 // naturalLess orders strings with digit runs compared as numbers, so that

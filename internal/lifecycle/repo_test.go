@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,23 +24,28 @@ func TestScanRepo(t *testing.T) {
 		}
 		return out
 	}
+	const quiet = time.Minute
 	tests := []struct {
 		name     string
 		folder   string
 		files    map[string][]byte
+		age      time.Duration // how long ago the files were last changed
 		complete bool
+		reason   string // of an incomplete folder
 	}{
 		{name: "complete", folder: "v1", files: good, complete: true},
 		{name: "hidden folder", folder: ".v1", files: good},
 		{name: "underscore folder", folder: "_v1", files: good},
 		{name: "tmp suffix", folder: "v1.tmp", files: good},
 		{name: "partial suffix", folder: "v1.partial", files: good},
-		{name: "no manifest", folder: "v1", files: without(good, model.ManifestFile)},
-		{name: "no model", folder: "v1", files: without(good, ModelFile)},
-		{name: "no vocabulary", folder: "v1", files: without(good, VocabFile)},
-		{name: "empty model", folder: "v1", files: map[string][]byte{ModelFile: nil, VocabFile: good[VocabFile], model.ManifestFile: good[model.ManifestFile]}},
-		{name: "manifest is not json", folder: "v1", files: map[string][]byte{ModelFile: good[ModelFile], VocabFile: good[VocabFile], model.ManifestFile: []byte("{")}},
-		{name: "step form without step.onnx", folder: "v1", files: withStep},
+		{name: "bare export settling", folder: "v1", files: without(good, model.ManifestFile), age: quiet / 2, reason: SkipSettling},
+		{name: "bare export settled", folder: "v1", files: without(good, model.ManifestFile), age: 2 * quiet, complete: true},
+		{name: "bare export without vocabulary", folder: "v1", files: without(without(good, model.ManifestFile), VocabFile), age: 2 * quiet, reason: SkipIncomplete},
+		{name: "no model", folder: "v1", files: without(good, ModelFile), reason: SkipIncomplete},
+		{name: "no vocabulary", folder: "v1", files: without(good, VocabFile), reason: SkipIncomplete},
+		{name: "empty model", folder: "v1", files: map[string][]byte{ModelFile: nil, VocabFile: good[VocabFile], model.ManifestFile: good[model.ManifestFile]}, reason: SkipIncomplete},
+		{name: "manifest is not json", folder: "v1", files: map[string][]byte{ModelFile: good[ModelFile], VocabFile: good[VocabFile], model.ManifestFile: []byte("{")}, reason: SkipManifest},
+		{name: "step form without step.onnx", folder: "v1", files: withStep, reason: SkipIncomplete},
 		{name: "step form with step.onnx", folder: "v1", files: func() map[string][]byte {
 			f := without(withStep, "")
 			f[StepFile] = []byte("step")
@@ -53,16 +59,31 @@ func TestScanRepo(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeFiles(t, filepath.Join(dir, tt.folder), tt.files)
-			found, _, err := scanRepo(dir, nil)
+			now := time.Now()
+			for name := range tt.files {
+				when := now.Add(-tt.age)
+				if err := os.Chtimes(filepath.Join(dir, tt.folder, name), when, when); err != nil {
+					t.Fatal(err)
+				}
+			}
+			found, skipped, err := scanRepo(dir, nil, quiet, now)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got := len(found) == 1; got != tt.complete {
-				t.Fatalf("folder %s found complete: %t, want %t", tt.folder, got, tt.complete)
+				t.Fatalf("folder %s found complete: %t, want %t (skipped: %+v)", tt.folder, got, tt.complete, skipped)
+			}
+			if got := skipped[tt.folder].reason; got != tt.reason {
+				t.Errorf("skip reason %q, want %q (%+v)", got, tt.reason, skipped[tt.folder])
+			}
+			if tt.reason == SkipSettling {
+				if r := skipped[tt.folder].retry; r <= 0 || r > quiet-tt.age {
+					t.Errorf("retry in %v, want in (0, %v]", r, quiet-tt.age)
+				}
 			}
 		})
 	}
-	if found, _, err := scanRepo(filepath.Join(t.TempDir(), "missing"), nil); err != nil || found != nil {
+	if found, _, err := scanRepo(filepath.Join(t.TempDir(), "missing"), nil, 0, time.Now()); err != nil || found != nil {
 		t.Fatalf("scan of a missing repository = %v, %v, want nothing and no error", found, err)
 	}
 }
@@ -73,12 +94,12 @@ func TestScanReusesUnchanged(t *testing.T) {
 	dir := t.TempDir()
 	publishSpec(t, dir, spec{version: "v1"})
 	parent := filepath.Join(dir, testName)
-	first, _, err := scanRepo(parent, nil)
+	first, _, err := scanRepo(parent, nil, 0, time.Now())
 	if err != nil || len(first) != 1 {
 		t.Fatalf("scan = %v, %v", first, err)
 	}
 	prev := map[string]*candidate{"v1": first[0]}
-	again, _, err := scanRepo(parent, prev)
+	again, _, err := scanRepo(parent, prev, 0, time.Now())
 	if err != nil || len(again) != 1 || again[0] != first[0] {
 		t.Fatalf("rescan of an unchanged folder returned a new candidate")
 	}
@@ -86,7 +107,7 @@ func TestScanReusesUnchanged(t *testing.T) {
 	if err := os.Chtimes(filepath.Join(parent, "v1", model.ManifestFile), later, later); err != nil {
 		t.Fatal(err)
 	}
-	changed, _, err := scanRepo(parent, prev)
+	changed, _, err := scanRepo(parent, prev, 0, time.Now())
 	if err != nil || len(changed) != 1 || changed[0] == first[0] || changed[0].fp == first[0].fp {
 		t.Fatalf("rescan of a changed folder reused the old candidate")
 	}
@@ -96,5 +117,78 @@ func TestScanReusesUnchanged(t *testing.T) {
 	}
 	if !slices.Equal(names, []string{"v1"}) {
 		t.Fatalf("versions %v, want [v1]", names)
+	}
+}
+
+// TestBareExport: a folder with model.onnx and vocab.txt but no manifest is
+// served once its files have been quiet for QuietPeriod, versioned by its
+// folder name; folders that are not servable show in Status with the reason
+// and are counted once each.
+func TestBareExport(t *testing.T) {
+	const quiet = 300 * time.Millisecond
+	m, repo, reg := newTest(t, Config{PollInterval: time.Hour, Debounce: 20 * time.Millisecond, QuietPeriod: quiet})
+	parent := filepath.Join(repo, testName)
+	files := spec{version: "ignored"}.files(t)
+	delete(files, model.ManifestFile)
+	for name, f := range map[string]map[string][]byte{
+		"pytorch-1": files,
+		"broken":    {ModelFile: files[ModelFile]},
+	} {
+		if err := os.MkdirAll(filepath.Join(parent, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFiles(t, filepath.Join(parent, name), f)
+	}
+	if err := m.Waiting(); err == nil || !strings.Contains(err.Error(), "not scanned yet") {
+		t.Errorf("Waiting before the first scan = %v, want not scanned yet", err)
+	}
+	start := time.Now()
+	if err := m.Sync(testCtx(t, 5*time.Second)); err == nil {
+		t.Fatal("Sync found a version before the quiet period")
+	}
+	m.sync(testCtx(t, 5*time.Second)) // records the error for Waiting
+	for _, want := range []string{"no valid model version", "broken: vocab.txt missing", "pytorch-1: no manifest.json"} {
+		if err := m.Waiting(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Waiting = %v, want it to mention %q", err, want)
+		}
+	}
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "the bare export active", func() bool { return activeVersion(m) == "pytorch-1" })
+	if waited := time.Since(start); waited < quiet/2 {
+		t.Errorf("bare export served after %v, before its quiet period of %v", waited, quiet)
+	}
+	if err := m.Waiting(); err != nil {
+		t.Errorf("Waiting with a version active = %v, want nil", err)
+	}
+	if l := m.Current(); l.Manifest.Name != testName || l.Manifest.Version != "pytorch-1" {
+		t.Errorf("derived manifest %s/%s, want %s/pytorch-1", l.Manifest.Name, l.Manifest.Version, testName)
+	}
+	// More scans: the incomplete folder is still counted once.
+	for range 3 {
+		if err := m.Sync(testCtx(t, 5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := m.Status(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var broken string
+	for _, v := range st.Versions {
+		if v.Version == "broken" {
+			broken = v.Refused
+		}
+	}
+	if want := "not served: vocab.txt missing or empty"; !strings.HasPrefix(broken, want) {
+		t.Errorf("Status of the incomplete folder: %q, want %q...", broken, want)
+	}
+	if got := metric(t, reg, "prefetchd_model_skipped_total", "reason", SkipIncomplete); got != 1 {
+		t.Errorf("prefetchd_model_skipped_total{reason=incomplete} = %v, want 1", got)
+	}
+	if got := metric(t, reg, "prefetchd_model_skipped_total", "reason", SkipSettling); got != 1 {
+		t.Errorf("prefetchd_model_skipped_total{reason=settling} = %v, want 1 (the export before it was quiet)", got)
+	}
+	if got := metric(t, reg, "prefetchd_model_unserved_folders"); got != 1 {
+		t.Errorf("prefetchd_model_unserved_folders = %v, want 1", got)
 	}
 }

@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,14 +37,18 @@ func (m *Manager) Run(ctx context.Context) error {
 		events, errs = w.Events, w.Errors
 		m.watch(w)
 	}
-	m.sync(ctx)
-
 	poll := time.NewTicker(m.cfg.PollInterval)
 	defer poll.Stop()
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
 	defer debounce.Stop()
+	m.sync(ctx)
 	for {
+		// A bare export still settling is complete once its quiet period
+		// ends; rescan then rather than at the next poll.
+		if d := m.retryIn(); d > 0 {
+			debounce.Reset(d + m.cfg.Debounce)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -75,6 +80,21 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.autoRollback(ctx)
 		}
 	}
+}
+
+// Waiting says why no version serves yet: nil once one does; before that the
+// last scan's error (which names the folders not served and why), or an
+// error saying the repository has not been scanned yet.
+func (m *Manager) Waiting() error {
+	if m.current.Load() != nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lastErr == "" {
+		return fmt.Errorf("model repository %s not scanned yet", m.dir)
+	}
+	return errors.New(m.lastErr)
 }
 
 // sync runs Sync and logs its error once until it changes.

@@ -1,0 +1,67 @@
+package app
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/prefetchd/prefetchd/internal/redistest"
+	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
+)
+
+// TestWatchAnyUser: a WatchHints for AnyUser receives the hints of users it
+// never named as they click through Kafka, at any probability (the service
+// threshold is above every prediction here, so a per-user watch would get
+// none).
+func TestWatchAnyUser(t *testing.T) {
+	from, to, prob, _ := strongestTransition(t)
+	rs := redistest.Start(t)
+	kb := kafkatest.Start(t, "clicks")
+	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
+	cfg.Threshold = 1
+	svc := startService(t, cfg, 60*time.Second)
+	ctx := svc.ctx
+
+	conn, err := grpc.NewClient(svc.addrs.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := prefetchv1.NewHintServiceClient(conn).WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: []string{AnyUser}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Header(); err != nil { // subscribed
+		t.Fatal(err)
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			u := "walker-" + strconv.Itoa(i)
+			kb.Produce(t, "clicks", kafkatest.Message(u, clickJSON(u, from, time.Now())))
+		}
+	}()
+	u, err := stream.Recv()
+	close(stop)
+	<-stopped
+	if err != nil {
+		t.Fatalf("Recv: %v", err)
+	}
+	if len(u.GetUserId()) < len("walker-") || u.GetUserId()[:len("walker-")] != "walker-" {
+		t.Errorf("update for %q, want one of the walkers", u.GetUserId())
+	}
+	if len(u.GetHints()) == 0 || u.GetHints()[0].GetPage() != to || u.GetHints()[0].GetProbability() != prob {
+		t.Errorf("hints %v, want %s at %v first", u.GetHints(), to, prob)
+	}
+	svc.shutdown(t)
+}
