@@ -23,6 +23,12 @@ run:
 test:
 	$(GO) test $(TESTFLAGS) $(PKGS)
 
+## chaos: the long fault-injection soak against real processes (devbroker,
+## redis-server, Redis Cluster, prefetchd); `make test` runs its short set.
+.PHONY: chaos
+chaos:
+	$(GO) test -tags chaos -count=1 -timeout 30m -v ./internal/chaos/
+
 ## bench: every benchmark once, with allocations.
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count 1 $(PKGS)
