@@ -243,17 +243,17 @@ func (e *env) checkMetrics(ctx context.Context, x expect, o *outcome) {
 // test with the problems and the services' last log lines.
 func (e *env) verify(x expect) *outcome {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	defer cancel()
 	start := time.Now()
 	var (
 		o       *outcome
 		last    string
-		changed = time.Now()
+		changed = start
 	)
 	for {
+		ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
 		o = e.check(ctx, x)
-		if len(o.problems) == 0 || ctx.Err() != nil {
+		cancel()
+		if len(o.problems) == 0 || time.Since(start) > settleTimeout {
 			break
 		}
 		if f := o.figures() + strings.Join(o.problems, ""); f != last {
@@ -261,10 +261,7 @@ func (e *env) verify(x expect) *outcome {
 		} else if time.Since(changed) > quietFor {
 			break
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(500 * time.Millisecond):
-		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	e.t.Logf("figures after %v: %s producer_retries=%d", time.Since(start).Round(100*time.Millisecond), o.figures(), e.prod.retry.Load())
 	if len(o.problems) > 0 {

@@ -29,6 +29,7 @@ const (
 	produceBudget = 3 * time.Minute  // one producer run
 	settleTimeout = 60 * time.Second // the service until it converges after the stream
 	quietFor      = 10 * time.Second // no change at all: stop waiting for convergence
+	checkTimeout  = 30 * time.Second // one pass of the checker
 	topic         = "clicks"
 	group         = "prefetchd"
 	partitions    = 4
