@@ -78,11 +78,11 @@ func scenarios(l load) []scenario {
 			wait()
 			e.verify(expect{})
 		}},
-		{"two_replicas_one_killed", envConfig{history: features.BackendRedis, persist: true, replicas: 2, load: l}, func(e *env) {
+		{"replicas_one_killed", envConfig{history: features.BackendRedis, persist: true, replicas: 3, load: l}, func(e *env) {
 			wait := e.prod.background(e.t, l.events())
 			e.prod.waitAcked(e.t, l.events()/3, time.Minute)
-			e.t.Logf("fault: kill -9 %s for good at event %d", e.svcs[1].name, e.prod.acked.Load())
-			e.svcs[1].kill()
+			e.t.Logf("fault: kill -9 %s for good at event %d", e.svcs[2].name, e.prod.acked.Load())
+			e.svcs[2].kill()
 			wait()
 			e.verify(expect{})
 		}},

@@ -37,6 +37,7 @@ type outcome struct {
 	fewHints   int // Predict answers with fewer than hintsPerClick hints
 	falseWarm  int // hints said warm whose key is not in Redis
 	cold       int // hints of the final history whose key is not in Redis
+	disagree   int // users whose Predict answer differs between live replicas
 	applied    float64
 	clicks     float64
 	handlerErr float64
@@ -52,9 +53,9 @@ func (o *outcome) problem(format string, args ...any) {
 
 // figures is the one-line summary logged for every scenario.
 func (o *outcome) figures() string {
-	return fmt.Sprintf("sent=%d users=%d wrong_users=%d lost=%d doubled=%d reordered=%d hints=%d few_hints=%d false_warm=%d cold=%d "+
+	return fmt.Sprintf("sent=%d users=%d wrong_users=%d lost=%d doubled=%d reordered=%d hints=%d few_hints=%d false_warm=%d cold=%d replicas_disagree=%d "+
 		"events_total=%g clicks_total=%g handler_errors=%g lag_metric=%g offset_resets=%g uncommitted=%d",
-		o.sent, o.users, o.wrongUsers, o.lost, o.doubled, o.reordered, o.hints, o.fewHints, o.falseWarm, o.cold,
+		o.sent, o.users, o.wrongUsers, o.lost, o.doubled, o.reordered, o.hints, o.fewHints, o.falseWarm, o.cold, o.disagree,
 		o.applied, o.clicks, o.handlerErr, o.lagMetric, o.resets, o.uncommit)
 }
 
@@ -138,7 +139,8 @@ func (e *env) check(ctx context.Context, x expect) *outcome {
 // each one said warm is in Redis (no false warm), and that every hint of the
 // final history was warmed by the user's last click (rewarmed after faults).
 func (e *env) checkWarm(ctx context.Context, o *outcome) {
-	var falseWarm, cold, few []string
+	var falseWarm, cold, few, disagree []string
+	first := map[string]string{} // user -> the first live service's answer
 	for _, s := range e.live() {
 		for _, user := range e.plan.users {
 			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -149,6 +151,19 @@ func (e *env) checkWarm(ctx context.Context, o *outcome) {
 				return
 			}
 			hints := resp.GetHints()
+			var answer strings.Builder
+			for _, h := range hints {
+				fmt.Fprintf(&answer, "%s warm=%t ", h.GetPage(), h.GetWarm())
+			}
+			if ref, ok := first[user]; !ok {
+				first[user] = answer.String()
+			} else if ref != answer.String() {
+				// Replicas share the histories and the cache: same answer.
+				o.disagree++
+				if len(disagree) < 3 {
+					disagree = append(disagree, fmt.Sprintf("%s: %s[%s] vs %s[%s]", user, e.live()[0].name, ref, s.name, answer.String()))
+				}
+			}
 			if len(hints) < hintsPerClick {
 				// --threshold 0 admits every page: K hints for any history.
 				o.fewHints++
@@ -188,6 +203,9 @@ func (e *env) checkWarm(ctx context.Context, o *outcome) {
 	}
 	if o.fewHints > 0 {
 		o.problem("%d Predict answers had fewer than --k %d hints under --threshold 0, e.g. %v", o.fewHints, hintsPerClick, few)
+	}
+	if o.disagree > 0 {
+		o.problem("%d Predict answers differ between replicas sharing Redis, e.g.\n    %s", o.disagree, strings.Join(disagree, "\n    "))
 	}
 	if o.falseWarm > 0 {
 		o.problem("%d hints answered warm=true whose key %s<page> is not in Redis, e.g. %v", o.falseWarm, warmKeyPrefix, falseWarm)
