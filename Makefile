@@ -31,6 +31,12 @@ test: setup
 setup:
 	@./scripts/setup.sh test
 
+## chaos: the long fault-injection soak against real processes (devbroker,
+## redis-server, Redis Cluster, prefetchd); `make test` runs its short set.
+.PHONY: chaos
+chaos: setup build
+	$(GO) test -tags chaos -count=1 -timeout 30m -v ./internal/chaos/
+
 ## bench: every benchmark once, with allocations.
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count 1 $(PKGS)
