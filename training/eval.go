@@ -64,11 +64,15 @@ func (c EvalConfig) Validate() error {
 // vocabulary is a miss for every model, and the padding and unknown indices
 // are never candidates.
 type Result struct {
-	Model      string  `json:"model"`
-	RecallAt1  float64 `json:"recall_at_1"`
-	RecallAt5  float64 `json:"recall_at_5"`
-	RecallAt20 float64 `json:"recall_at_20"`
-	MRRAt20    float64 `json:"mrr_at_20"`
+	Model string `json:"model"`
+	// Params are the hyperparameters chosen on the validation split.
+	Params Params `json:"params,omitempty"`
+	// TrainSeconds is the time taken to tune and train the model.
+	TrainSeconds float64 `json:"train_seconds"`
+	RecallAt1    float64 `json:"recall_at_1"`
+	RecallAt5    float64 `json:"recall_at_5"`
+	RecallAt20   float64 `json:"recall_at_20"`
+	MRRAt20      float64 `json:"mrr_at_20"`
 	// RecallCurve[k-1] is Recall@k for k = 1..MaxK.
 	RecallCurve []float64 `json:"recall_curve"`
 	// Prefetch simulation at Threshold (at most TopK pages per click,
