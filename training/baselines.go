@@ -112,7 +112,7 @@ func baselineSpecs(v int, alpha float64, mkAlpha *float64) []baselineSpec {
 					return &Markov2{counts: c, first: first, minCount: p["min_count"]}, nil
 				}, nil
 			}},
-		{name: ModelNGram, params: []tuneParam{{"order", []float64{4, 2, 3, 5}}, {"discount", []float64{0.5, 0.1, 0.3, 0.7, 0.9}}},
+		{name: ModelNGram, params: []tuneParam{{"order", []float64{4, 2, 3, 5}}, {"discount", []float64{0.5, 0.1, 0.3, 0.7, 0.9, 0.95}}},
 			prepare: func(seqs [][]int64) (func(Params) (Predictor, error), error) {
 				c := countNgrams(seqs, v)
 				return func(p Params) (Predictor, error) {

@@ -33,8 +33,11 @@ type tuneParam struct {
 	values []float64
 }
 
-// tuneGrid searches params by coordinate ascent on the MRR@20 of val: one
-// pass over the parameters in order, each tried at every value with the
+// tunePasses is the number of coordinate-ascent passes of tuneGrid.
+const tunePasses = 2
+
+// tuneGrid searches params by coordinate ascent on the MRR@20 of val:
+// tunePasses passes over the parameters in order, each tried at every value with the
 // others at their best so far (the first value of each to start). build
 // makes the model of a setting. It returns the best setting.
 func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int64, eval EvalConfig,
@@ -71,19 +74,21 @@ func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range params {
-		if len(p.values) < 2 {
-			continue
-		}
-		for _, v := range p.values {
-			set := maps.Clone(best)
-			set[p.name] = v
-			s, err := score(set)
-			if err != nil {
-				return nil, err
+	for range tunePasses {
+		for _, p := range params {
+			if len(p.values) < 2 {
+				continue
 			}
-			if s > bestScore {
-				best, bestScore = set, s
+			for _, v := range p.values {
+				set := maps.Clone(best)
+				set[p.name] = v
+				s, err := score(set)
+				if err != nil {
+					return nil, err
+				}
+				if s > bestScore {
+					best, bestScore = set, s
+				}
 			}
 		}
 	}
