@@ -26,7 +26,10 @@ type Baseline struct {
 	Name      string
 	Predictor Predictor
 	Params    Params
-	Seconds   float64
+	// ValMRR20 is the MRR@20 of the chosen setting on the validation
+	// sessions (fitted on the rest of the training sessions).
+	ValMRR20 float64
+	Seconds  float64
 }
 
 // baselineSpec is how one baseline is tuned and trained: prepare does the
@@ -63,9 +66,9 @@ func TrainBaselines(ctx context.Context, logger *slog.Logger, train [][]int64, v
 		}
 		sval := val
 		if spec.maxVal > 0 && len(sval) > spec.maxVal {
-			sval = sval[:spec.maxVal]
+			sval = sval[len(sval)-spec.maxVal:]
 		}
-		best, err := tuneGrid(ctx, logger, spec.name, sval, eval, spec.params, build)
+		best, valMRR, err := tuneGrid(ctx, logger, spec.name, sval, eval, spec.params, build)
 		if err != nil {
 			return nil, err
 		}
@@ -80,7 +83,8 @@ func TrainBaselines(ctx context.Context, logger *slog.Logger, train [][]int64, v
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Baseline{Name: spec.name, Predictor: p, Params: best, Seconds: time.Since(start).Seconds()})
+		out = append(out, Baseline{Name: spec.name, Predictor: p, Params: best, ValMRR20: valMRR,
+			Seconds: time.Since(start).Seconds()})
 		logger.Info("baseline trained", "model", spec.name, "params", best.String(), "seconds", time.Since(start).Seconds())
 	}
 	return out, nil

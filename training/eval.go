@@ -69,10 +69,13 @@ type Result struct {
 	Params Params `json:"params,omitempty"`
 	// TrainSeconds is the time taken to tune and train the model.
 	TrainSeconds float64 `json:"train_seconds"`
-	RecallAt1    float64 `json:"recall_at_1"`
-	RecallAt5    float64 `json:"recall_at_5"`
-	RecallAt20   float64 `json:"recall_at_20"`
-	MRRAt20      float64 `json:"mrr_at_20"`
+	// ValMRRAt20 is the MRR@20 on the validation sessions (the last of the
+	// training sessions), on which the model was tuned or stopped.
+	ValMRRAt20 float64 `json:"val_mrr_at_20"`
+	RecallAt1  float64 `json:"recall_at_1"`
+	RecallAt5  float64 `json:"recall_at_5"`
+	RecallAt20 float64 `json:"recall_at_20"`
+	MRRAt20    float64 `json:"mrr_at_20"`
 	// RecallCurve[k-1] is Recall@k for k = 1..MaxK.
 	RecallCurve []float64 `json:"recall_curve"`
 	// Prefetch simulation at Threshold (at most TopK pages per click,

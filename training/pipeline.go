@@ -166,7 +166,11 @@ func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Se
 			return nil, nil, err
 		}
 		rep.GRU = stats
-		baselines = append(baselines, Baseline{Name: ModelGRU, Predictor: gru, Seconds: stats.Seconds})
+		var val float64
+		if stats.BestEpoch > 0 {
+			val = stats.History[stats.BestEpoch-1].ValMRR20
+		}
+		baselines = append(baselines, Baseline{Name: ModelGRU, Predictor: gru, ValMRR20: val, Seconds: stats.Seconds})
 	}
 	for _, m := range baselines {
 		start := time.Now()
@@ -174,7 +178,7 @@ func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Se
 		if err != nil {
 			return nil, nil, err
 		}
-		res.Params, res.TrainSeconds = m.Params, m.Seconds
+		res.Params, res.TrainSeconds, res.ValMRRAt20 = m.Params, m.Seconds, m.ValMRR20
 		logger.Info("evaluated", "model", m.Name, "recall_at_1", res.RecallAt1, "recall_at_5", res.RecallAt5,
 			"recall_at_20", res.RecallAt20, "mrr_at_20", res.MRRAt20, "seconds", time.Since(start).Seconds())
 		rep.Results = append(rep.Results, res)

@@ -27,10 +27,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&sb, "dataset %s: %d sessions (%d train, %d held out), vocabulary %d\n\n",
 		r.Dataset, r.Sessions, r.TrainSessions, r.TestSessions, r.VocabSize)
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "model\tRecall@1\tRecall@5\tRecall@20\tMRR@20\tprecision\tcoverage\tprefetch/click\ttrain s\t")
+	fmt.Fprintln(tw, "model\tRecall@1\tRecall@5\tRecall@20\tMRR@20\tprecision\tcoverage\tprefetch/click\tval MRR@20\ttrain s\t")
 	for _, res := range r.Results {
-		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t%.1f\t\n", res.Model, res.RecallAt1, res.RecallAt5,
-			res.RecallAt20, res.MRRAt20, res.Precision, res.Coverage, res.PrefetchesPerClick, res.TrainSeconds)
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t%.3f\t%.1f\t\n", res.Model, res.RecallAt1, res.RecallAt5,
+			res.RecallAt20, res.MRRAt20, res.Precision, res.Coverage, res.PrefetchesPerClick, res.ValMRRAt20, res.TrainSeconds)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

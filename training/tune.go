@@ -10,8 +10,9 @@ import (
 	"strings"
 )
 
-// maxTuneSessions caps the validation sessions a baseline is tuned on.
-const maxTuneSessions = 5000
+// maxTuneSessions caps the validation sessions a baseline is tuned on: the
+// last ones, the same the GRU stops early on.
+const maxTuneSessions = maxValidation
 
 // Params are the hyperparameters of a model, by name.
 type Params map[string]float64
@@ -39,9 +40,10 @@ const tunePasses = 2
 // tuneGrid searches params by coordinate ascent on the MRR@20 of val:
 // tunePasses passes over the parameters in order, each tried at every value with the
 // others at their best so far (the first value of each to start). build
-// makes the model of a setting. It returns the best setting.
+// makes the model of a setting. It returns the best setting and its
+// validation MRR@20.
 func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int64, eval EvalConfig,
-	params []tuneParam, build func(Params) (Predictor, error)) (Params, error) {
+	params []tuneParam, build func(Params) (Predictor, error)) (Params, float64, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -50,7 +52,7 @@ func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int
 		best[p.name] = p.values[0]
 	}
 	if len(val) == 0 {
-		return best, nil
+		return best, 0, nil
 	}
 	scores := map[string]float64{}
 	score := func(set Params) (float64, error) {
@@ -72,7 +74,7 @@ func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int
 	}
 	bestScore, err := score(best)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	for range tunePasses {
 		for _, p := range params {
@@ -84,7 +86,7 @@ func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int
 				set[p.name] = v
 				s, err := score(set)
 				if err != nil {
-					return nil, err
+					return nil, 0, err
 				}
 				if s > bestScore {
 					best, bestScore = set, s
@@ -93,17 +95,17 @@ func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int
 		}
 	}
 	logger.Info("tuned", "model", name, "params", best.String(), "val_mrr_at_20", bestScore, "settings_tried", len(scores))
-	return best, nil
+	return best, bestScore, nil
 }
 
 // tuneSplit returns the part of the training sequences a baseline is fitted
-// on while tuning and the validation part (the last fraction, at most
-// maxTuneSessions of them).
+// on while tuning and the validation part (the last fraction, at most its
+// last maxTuneSessions sessions).
 func tuneSplit(train [][]int64, fraction float64) (fit, val [][]int64) {
 	n := int(float64(len(train)) * fraction)
 	fit, val = train[:len(train)-n], train[len(train)-n:]
 	if len(val) > maxTuneSessions {
-		val = val[:maxTuneSessions]
+		val = val[len(val)-maxTuneSessions:]
 	}
 	return fit, val
 }
