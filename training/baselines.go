@@ -1,6 +1,7 @@
 package training
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -17,8 +18,9 @@ const (
 )
 
 // maxKNNTuneSessions caps the validation sessions of the session-kNN
-// models, whose predictions cost the most.
-const maxKNNTuneSessions = 2000
+// models, whose predictions cost the most; they are also tuned in one
+// coordinate pass.
+const maxKNNTuneSessions = 1000
 
 // Baseline is a trained baseline with the hyperparameters chosen on the
 // validation split and the time its tuning and training took.
@@ -38,6 +40,7 @@ type Baseline struct {
 type baselineSpec struct {
 	name    string
 	maxVal  int // validation sessions scored per setting; 0: maxTuneSessions
+	passes  int // coordinate-ascent passes; 0: tunePasses
 	params  []tuneParam
 	prepare func(seqs [][]int64) (func(Params) (Predictor, error), error)
 }
@@ -68,7 +71,7 @@ func TrainBaselines(ctx context.Context, logger *slog.Logger, train [][]int64, v
 		if spec.maxVal > 0 && len(sval) > spec.maxVal {
 			sval = sval[len(sval)-spec.maxVal:]
 		}
-		best, valMRR, err := tuneGrid(ctx, logger, spec.name, sval, eval, spec.params, build)
+		best, valMRR, err := tuneGrid(ctx, logger, spec.name, sval, eval, cmp.Or(spec.passes, tunePasses), spec.params, build)
 		if err != nil {
 			return nil, err
 		}
@@ -130,7 +133,7 @@ func baselineSpecs(v int, alpha float64, mkAlpha *float64) []baselineSpec {
 					return TrainSR(seqs, v, int(p["steps"]), int(p["weighting"]), pop), nil
 				}, err
 			}},
-		{name: ModelVSKNN, maxVal: maxKNNTuneSessions, params: []tuneParam{{"skip_current", []float64{1, 0}},
+		{name: ModelVSKNN, maxVal: maxKNNTuneSessions, passes: 1, params: []tuneParam{{"skip_current", []float64{1, 0}},
 			{"k", []float64{100, 50, 200, 500}}, {"sample", []float64{1000, 500, 2000}},
 			{"weighting", []float64{KNNDiv, KNNLinear, KNNSame, KNNQuadratic}}},
 			prepare: func(seqs [][]int64) (func(Params) (Predictor, error), error) {
@@ -140,7 +143,7 @@ func baselineSpecs(v int, alpha float64, mkAlpha *float64) []baselineSpec {
 						skipCurrent: p["skip_current"] == 1}, nil
 				}, err
 			}},
-		{name: ModelSTAN, maxVal: maxKNNTuneSessions, params: []tuneParam{{"skip_current", []float64{1, 0}},
+		{name: ModelSTAN, maxVal: maxKNNTuneSessions, passes: 1, params: []tuneParam{{"skip_current", []float64{1, 0}},
 			{"k", []float64{100, 50, 200, 500}}, {"lambda1", []float64{2, 1, 4, 8}},
 			{"lambda2_share", []float64{0.3, 0.03, 0.1, 1, 0}}, {"lambda3", []float64{2, 1, 4, 8}}, {"sample", []float64{1000}}},
 			prepare: func(seqs [][]int64) (func(Params) (Predictor, error), error) {

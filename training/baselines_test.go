@@ -215,7 +215,7 @@ func TestTuneGridPicksBest(t *testing.T) {
 		probs[int(p["a"])], probs[int(p["b"])] = 0.6, 0.4
 		return &Popularity{probs: probs}, nil
 	}
-	got, score, err := tuneGrid(ctx, slog.New(slog.DiscardHandler), "test", val, EvalConfig{},
+	got, score, err := tuneGrid(ctx, slog.New(slog.DiscardHandler), "test", val, EvalConfig{}, 2,
 		[]tuneParam{{"a", []float64{2, 3, 4, 5}}, {"b", []float64{5, 3}}}, build)
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +223,7 @@ func TestTuneGridPicksBest(t *testing.T) {
 	if got["a"] != 4 || got["b"] != 5 || score != 1 {
 		t.Errorf("tuned %v with MRR@20 %v, want a=4 b=5 with 1", got, score)
 	}
-	got, _, err = tuneGrid(ctx, nil, "test", nil, EvalConfig{}, []tuneParam{{"a", []float64{2, 3}}}, build)
+	got, _, err = tuneGrid(ctx, nil, "test", nil, EvalConfig{}, 1, []tuneParam{{"a", []float64{2, 3}}}, build)
 	if err != nil || got["a"] != 2 {
 		t.Errorf("tuning without validation = %v, %v; want the first value", got, err)
 	}

@@ -34,15 +34,15 @@ type tuneParam struct {
 	values []float64
 }
 
-// tunePasses is the number of coordinate-ascent passes of tuneGrid.
+// tunePasses is the default number of coordinate-ascent passes.
 const tunePasses = 2
 
 // tuneGrid searches params by coordinate ascent on the MRR@20 of val:
-// tunePasses passes over the parameters in order, each tried at every value with the
+// passes over the parameters in order, each tried at every value with the
 // others at their best so far (the first value of each to start). build
 // makes the model of a setting. It returns the best setting and its
 // validation MRR@20.
-func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int64, eval EvalConfig,
+func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int64, eval EvalConfig, passes int,
 	params []tuneParam, build func(Params) (Predictor, error)) (Params, float64, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -76,7 +76,7 @@ func tuneGrid(ctx context.Context, logger *slog.Logger, name string, val [][]int
 	if err != nil {
 		return nil, 0, err
 	}
-	for range tunePasses {
+	for range passes {
 		for _, p := range params {
 			if len(p.values) < 2 {
 				continue
