@@ -64,7 +64,14 @@ func (c EvalConfig) Validate() error {
 // vocabulary is a miss for every model, and the padding and unknown indices
 // are never candidates.
 type Result struct {
-	Model      string  `json:"model"`
+	Model string `json:"model"`
+	// Params are the hyperparameters chosen on the validation split.
+	Params Params `json:"params,omitempty"`
+	// TrainSeconds is the time taken to tune and train the model.
+	TrainSeconds float64 `json:"train_seconds"`
+	// ValMRRAt20 is the MRR@20 on the validation sessions (the last of the
+	// training sessions), on which the model was tuned or stopped.
+	ValMRRAt20 float64 `json:"val_mrr_at_20"`
 	RecallAt1  float64 `json:"recall_at_1"`
 	RecallAt5  float64 `json:"recall_at_5"`
 	RecallAt20 float64 `json:"recall_at_20"`

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -138,21 +139,79 @@ func TestTrainGRULearnsCycle(t *testing.T) {
 		name    string
 		full    bool
 		sampled int
-	}{{"full softmax", true, 0}, {"sampled softmax", false, 2}} {
+		tied    bool
+		emb     int
+		dropout float64
+	}{{"full softmax", true, 0, false, 8, 0}, {"sampled softmax", false, 2, false, 8, 0},
+		{"tied embeddings with dropout", false, 2, true, 16, 0.1}} {
 		t.Run(tc.name, func(t *testing.T) {
-			g, stats, err := TrainGRU(ctx, nil, train, 7, GRUConfig{Embedding: 8, Hidden: 16, Epochs: 15, Patience: 5,
-				BatchSize: 16, LearningRate: 0.02, LRDecay: 1, FullSoftmax: tc.full, Sampled: tc.sampled, Seed: 1})
+			g, stats, err := TrainGRU(ctx, nil, train, 7, GRUConfig{Embedding: tc.emb, Hidden: 16, Epochs: 15, Patience: 5,
+				BatchSize: 16, LearningRate: 0.02, LRDecay: 1, FullSoftmax: tc.full, Sampled: tc.sampled, Seed: 1,
+				Tied: tc.tied, DropoutEmbedding: tc.dropout, DropoutHidden: tc.dropout})
 			if err != nil {
 				t.Fatalf("TrainGRU: %v", err)
 			}
 			if stats.Epochs == 0 || stats.SequencesPerSecond <= 0 || stats.PeakMemoryBytes == 0 {
 				t.Errorf("stats = %+v, want epochs, throughput and memory", stats)
 			}
+			if tc.tied && !slices.Equal(g.p.Wo, g.p.Emb) {
+				t.Error("tied model's output weights differ from its embeddings")
+			}
 			gr, _ := Evaluate(ctx, "gru", g, test, EvalConfig{})
 			if gr.RecallAt1 <= mr.RecallAt1+0.05 {
 				t.Errorf("gru Recall@1 %.3f, markov %.3f: want the gru clearly ahead", gr.RecallAt1, mr.RecallAt1)
 			}
 		})
+	}
+}
+
+func TestDropout(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, tc := range []struct {
+		name string
+		rate float32
+	}{{"none", 0}, {"quarter", 0.25}, {"half", 0.5}} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := make([]float32, 20000)
+			for i := range x {
+				x[i] = 1
+			}
+			mask := dropout(x, nil, tc.rate, rng)
+			if tc.rate == 0 {
+				if mask != nil || slices.ContainsFunc(x, func(v float32) bool { return v != 1 }) {
+					t.Fatal("rate 0 changed the input or returned a mask")
+				}
+				return
+			}
+			zeros := 0
+			for i, v := range x {
+				if v != mask[i] || (v != 0 && math.Abs(float64(v)-1/float64(1-tc.rate)) > 1e-6) {
+					t.Fatalf("x[%d] = %v with mask %v, want 0 or 1/(1-rate)", i, v, mask[i])
+				}
+				if v == 0 {
+					zeros++
+				}
+			}
+			if got := float64(zeros) / float64(len(x)); math.Abs(got-float64(tc.rate)) > 0.02 {
+				t.Errorf("dropped %.3f of the elements, want %.2f", got, tc.rate)
+			}
+			g := make([]float32, len(x))
+			for i := range g {
+				g[i] = 2
+			}
+			applyMask(g, mask)
+			for i := range g {
+				if g[i] != 2*mask[i] {
+					t.Fatalf("gradient %d = %v, want %v", i, g[i], 2*mask[i])
+				}
+			}
+		})
+	}
+	if err := (GRUConfig{Tied: true, Embedding: 8, Hidden: 16}).Validate(); err == nil {
+		t.Error("tied embeddings with embedding 8 and hidden 16 validated")
+	}
+	if err := (GRUConfig{DropoutHidden: 1}).Validate(); err == nil {
+		t.Error("dropout rate 1 validated")
 	}
 }
 

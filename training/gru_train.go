@@ -42,7 +42,14 @@ type GRUConfig struct {
 	Sampled int
 	// FullSoftmax trains with the softmax over the whole vocabulary.
 	FullSoftmax bool
-	Seed        uint64
+	// Tied shares the embedding matrix with the output layer's weights
+	// (Embedding must equal Hidden); the exported graph is unchanged.
+	Tied bool
+	// DropoutEmbedding and DropoutHidden are the dropout rates of the
+	// embeddings fed to the GRU and of the states fed to the output layer,
+	// during training only [0: none].
+	DropoutEmbedding, DropoutHidden float64
+	Seed                            uint64
 }
 
 func (c GRUConfig) withDefaults() GRUConfig {
@@ -84,6 +91,11 @@ func (c GRUConfig) Validate() error {
 		return fmt.Errorf("gru learning rate decay %v outside [0, 1]", c.LRDecay)
 	case c.LearningRate < 0 || math.IsNaN(c.LearningRate) || c.ClipNorm < 0:
 		return fmt.Errorf("gru learning rate %v and clip norm %v must not be negative", c.LearningRate, c.ClipNorm)
+	case c.DropoutEmbedding < 0 || c.DropoutEmbedding >= 1 || c.DropoutHidden < 0 || c.DropoutHidden >= 1:
+		return fmt.Errorf("gru dropout %v, %v outside [0, 1)", c.DropoutEmbedding, c.DropoutHidden)
+	case c.Tied && c.withDefaults().Embedding != c.withDefaults().Hidden:
+		d := c.withDefaults()
+		return fmt.Errorf("gru tied embeddings need embedding %d equal to hidden %d", d.Embedding, d.Hidden)
 	case c.ValidationFraction < 0 || c.ValidationFraction >= 1:
 		return fmt.Errorf("gru validation fraction %v outside [0, 1)", c.ValidationFraction)
 	}
@@ -158,7 +170,11 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	p.init(rng)
 	grad := newGRUParams(vocabSize, cfg.Embedding, cfg.Hidden)
 	opt := newAdam(&p, cfg.LearningRate)
-	work := &gruWork{}
+	if cfg.Tied {
+		copy(p.Wo, p.Emb)
+		p.Wo = p.Emb // one matrix; its gradient is the sum of both uses
+	}
+	work := &gruWork{rng: rng, dropEmb: float32(cfg.DropoutEmbedding), dropHid: float32(cfg.DropoutHidden)}
 	var sampler *negSampler
 	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
 		sampler = newNegSampler(seqs, vocabSize)
@@ -169,6 +185,7 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	for epoch := 1; epoch <= cfg.Epochs; epoch++ {
 		epochStart := time.Now()
 		batches := makeBatches(windows, cfg.BatchSize, rng)
+		prog := newEpochProgress(logger, epoch, cfg.Epochs, epochStart)
 		var lossSum float64
 		var lossN int
 		for i, b := range batches {
@@ -192,9 +209,16 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 			}
 			lossSum += loss * float64(n)
 			lossN += n
+			if cfg.Tied {
+				for j, v := range grad.Wo {
+					grad.Emb[j] += v
+				}
+				clear(grad.Wo)
+			}
 			clipGrad(&grad, cfg.ClipNorm)
 			opt.update(&p, &grad)
 			seen += b.B
+			prog.step(i, len(batches), time.Now())
 		}
 		opt.lr *= cfg.LRDecay
 		st := EpochStat{Epoch: epoch, TrainLoss: lossSum / float64(max(lossN, 1))}
@@ -208,8 +232,9 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 		st.Seconds = time.Since(epochStart).Seconds()
 		stats.History = append(stats.History, st)
 		stats.Epochs = epoch
-		logger.Info("gru epoch", "epoch", epoch, "train_loss", st.TrainLoss, "val_mrr_at_20", st.ValMRR20,
-			"val_recall_at_5", st.ValRecall5, "seconds", st.Seconds)
+		logger.Info("gru epoch", "epoch", epoch, "epochs", cfg.Epochs, "train_loss", st.TrainLoss, "val_mrr_at_20", st.ValMRR20,
+			"val_recall_at_5", st.ValRecall5, "seconds", st.Seconds,
+			"run_eta_max", (time.Duration(cfg.Epochs-epoch) * time.Since(start) / time.Duration(epoch)).Round(time.Second).String())
 		if len(valSeqs) == 0 || st.ValMRR20 > bestMRR {
 			best, bestMRR, bad = p.clone(), st.ValMRR20, 0
 			stats.BestEpoch = epoch
@@ -285,6 +310,9 @@ type gruWork struct {
 	x, gx, gh, hs, z, r, n []float32
 	dh, dgx, dgh, dhNext   []float32
 	dx, hout, logits       []float32
+	maskX, maskH           []float32 // dropout: 0 or 1/(1-rate)
+	rng                    *rand.Rand
+	dropEmb, dropHid       float32
 	pos                    []int
 	tgt                    []int64
 }
@@ -314,6 +342,7 @@ func (p *gruParams) forward(b gruBatch, w *gruWork) {
 			copy(w.x[(t*B+i)*D:(t*B+i+1)*D], p.Emb[int(id)*D:int(id+1)*D])
 		}
 	}
+	w.maskX = dropout(w.x, w.maskX, w.dropEmb, w.rng)
 	blas32.Gemm(blas.NoTrans, blas.Trans, 1, general(S*B, D, w.x), general(3*H, D, p.Wx), 0, general(S*B, 3*H, w.gx))
 	for row := 0; row < S*B; row++ {
 		g := w.gx[row*3*H : (row+1)*3*H]
@@ -355,6 +384,7 @@ func (p *gruParams) forward(b gruBatch, w *gruWork) {
 	for k, row := range w.pos {
 		copy(w.hout[k*H:(k+1)*H], w.hs[(B+row)*H:(B+row+1)*H])
 	}
+	w.maskH = dropout(w.hout, w.maskH, w.dropHid, w.rng)
 }
 
 // lossAndGrad computes the mean cross-entropy over the batch's predicting
@@ -397,6 +427,7 @@ func (p *gruParams) lossAndGrad(b gruBatch, grad *gruParams, w *gruWork) (float6
 // time and adds the parameter gradients to grad.
 func (p *gruParams) backward(b gruBatch, grad *gruParams, w *gruWork, dhout []float32) {
 	B, S, D, H := b.B, b.S, p.D, p.H
+	applyMask(dhout, w.maskH)
 	w.dh = grow(w.dh, S*B*H)
 	for k, row := range w.pos {
 		d := w.dh[row*H : (row+1)*H]
@@ -441,6 +472,7 @@ func (p *gruParams) backward(b gruBatch, grad *gruParams, w *gruWork, dhout []fl
 	}
 	w.dx = grow(w.dx, S*B*D)
 	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, general(S*B, 3*H, w.dgx), general(3*H, D, p.Wx), 0, general(S*B, D, w.dx))
+	applyMask(w.dx, w.maskX)
 	for t := 0; t < S; t++ {
 		for i := 0; i < B; i++ {
 			id := b.ids[i*S+t]
@@ -452,6 +484,30 @@ func (p *gruParams) backward(b gruBatch, grad *gruParams, w *gruWork, dhout []fl
 				g[j] += v
 			}
 		}
+	}
+}
+
+// dropout zeroes each element of x with probability rate and scales the
+// others by 1/(1-rate); it returns the mask applied (nil when rate is 0).
+func dropout(x, mask []float32, rate float32, rng *rand.Rand) []float32 {
+	if rate <= 0 || rng == nil {
+		return nil
+	}
+	mask = grow(mask, len(x))
+	keep := 1 / (1 - rate)
+	for i := range x {
+		if rng.Float32() >= rate {
+			mask[i] = keep
+		}
+		x[i] *= mask[i]
+	}
+	return mask
+}
+
+// applyMask multiplies g by mask element-wise; a nil mask leaves g alone.
+func applyMask(g, mask []float32) {
+	for i := range mask {
+		g[i] *= mask[i]
 	}
 }
 

@@ -61,15 +61,22 @@ func (c Config) Validate() error {
 
 // Report is the outcome of a run, written as report.json.
 type Report struct {
-	Dataset       string    `json:"dataset"`
-	Sessions      int       `json:"sessions"`
-	TrainSessions int       `json:"train_sessions"`
-	TestSessions  int       `json:"test_sessions"`
-	VocabSize     int       `json:"vocab_size"`
-	Exported      string    `json:"exported"`
-	Results       []Result  `json:"results"`
-	GRU           *GRUStats `json:"gru_training,omitempty"`
-	Created       time.Time `json:"created"`
+	Dataset       string `json:"dataset"`
+	Sessions      int    `json:"sessions"`
+	TrainSessions int    `json:"train_sessions"`
+	TestSessions  int    `json:"test_sessions"`
+	VocabSize     int    `json:"vocab_size"`
+	Exported      string `json:"exported"`
+	// BestBaseline is the baseline (any model but the exported one) with
+	// the highest held-out MRR@20, and ExportedGain the exported model's
+	// relative MRR@20 gain over it (0.05 is 5% better, negative is worse).
+	BestBaseline string  `json:"best_baseline,omitempty"`
+	ExportedGain float64 `json:"exported_gain_over_best_baseline"`
+	// Verdict says in words whether the exported model beats BestBaseline.
+	Verdict string    `json:"verdict,omitempty"`
+	Results []Result  `json:"results"`
+	GRU     *GRUStats `json:"gru_training,omitempty"`
+	Created time.Time `json:"created"`
 }
 
 // Result returns the result of the named model, or nil.
@@ -80,6 +87,34 @@ func (r *Report) Result(name string) *Result {
 		}
 	}
 	return nil
+}
+
+// compareExported sets BestBaseline, ExportedGain and Verdict from the
+// results.
+func (r *Report) compareExported() {
+	exp := r.Result(r.Exported)
+	if exp == nil {
+		return
+	}
+	var best *Result
+	for i := range r.Results {
+		res := &r.Results[i]
+		if res.Model != r.Exported && (best == nil || res.MRRAt20 > best.MRRAt20) {
+			best = res
+		}
+	}
+	if best == nil {
+		return
+	}
+	r.BestBaseline = best.Model
+	r.ExportedGain = (exp.MRRAt20 - best.MRRAt20) / max(best.MRRAt20, 1e-12)
+	if r.ExportedGain > 0 {
+		r.Verdict = fmt.Sprintf("exported %s beats best baseline %s by %.1f%% MRR@20 (%.4f vs %.4f)",
+			r.Exported, best.Model, 100*r.ExportedGain, exp.MRRAt20, best.MRRAt20)
+	} else {
+		r.Verdict = fmt.Sprintf("exported %s does not beat best baseline %s: MRR@20 %.4f vs %.4f (%+.1f%%)",
+			r.Exported, best.Model, exp.MRRAt20, best.MRRAt20, 100*r.ExportedGain)
+	}
 }
 
 // Run builds the vocabulary on the training part of sessions, trains the
@@ -113,18 +148,16 @@ func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Se
 	}
 	logger.Info("data split", "sessions", len(sessions), "train", len(train), "test", len(test), "vocab", vocab.Len())
 
-	pop, err := TrainPopularity(trainSeq, vocab.Len())
+	baselines, err := TrainBaselines(ctx, logger, trainSeq, vocab.Len(), cfg.GRU.withDefaults().ValidationFraction, cfg.Markov.Alpha, cfg.Eval)
 	if err != nil {
 		return nil, nil, err
 	}
-	mk, err := TrainMarkov(trainSeq, vocab.Len(), cfg.Markov)
-	if err != nil {
-		return nil, nil, err
+	var mk *Markov
+	for _, b := range baselines {
+		if m, ok := b.Predictor.(*Markov); ok {
+			mk = m
+		}
 	}
-	models := []struct {
-		name string
-		p    Predictor
-	}{{ModelPopularity, pop}, {ModelMarkov, mk}}
 	var gru *GRU
 	if !cfg.SkipGRU {
 		var stats *GRUStats
@@ -133,21 +166,24 @@ func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Se
 			return nil, nil, err
 		}
 		rep.GRU = stats
-		models = append(models, struct {
-			name string
-			p    Predictor
-		}{ModelGRU, gru})
+		var val float64
+		if stats.BestEpoch > 0 {
+			val = stats.History[stats.BestEpoch-1].ValMRR20
+		}
+		baselines = append(baselines, Baseline{Name: ModelGRU, Predictor: gru, ValMRR20: val, Seconds: stats.Seconds})
 	}
-	for _, m := range models {
+	for _, m := range baselines {
 		start := time.Now()
-		res, err := Evaluate(ctx, m.name, m.p, testSeq, cfg.Eval)
+		res, err := Evaluate(ctx, m.Name, m.Predictor, testSeq, cfg.Eval)
 		if err != nil {
 			return nil, nil, err
 		}
-		logger.Info("evaluated", "model", m.name, "recall_at_1", res.RecallAt1, "recall_at_5", res.RecallAt5,
+		res.Params, res.TrainSeconds, res.ValMRRAt20 = m.Params, m.Seconds, m.ValMRR20
+		logger.Info("evaluated", "model", m.Name, "recall_at_1", res.RecallAt1, "recall_at_5", res.RecallAt5,
 			"recall_at_20", res.RecallAt20, "mrr_at_20", res.MRRAt20, "seconds", time.Since(start).Seconds())
 		rep.Results = append(rep.Results, res)
 	}
+	rep.compareExported()
 
 	mcfg := ManifestConfig{Name: cfg.Name, Version: cfg.Version, Created: created, MaxSeqLen: cfg.Eval.withDefaults().MaxSeqLen}
 	res := rep.Result(cfg.Export)

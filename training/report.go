@@ -27,10 +27,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&sb, "dataset %s: %d sessions (%d train, %d held out), vocabulary %d\n\n",
 		r.Dataset, r.Sessions, r.TrainSessions, r.TestSessions, r.VocabSize)
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "model\tRecall@1\tRecall@5\tRecall@20\tMRR@20\tprecision\tcoverage\tprefetch/click\t")
+	fmt.Fprintln(tw, "model\tRecall@1\tRecall@5\tRecall@20\tMRR@20\tprecision\tcoverage\tprefetch/click\tval MRR@20\ttrain s\t")
 	for _, res := range r.Results {
-		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t\n", res.Model, res.RecallAt1, res.RecallAt5,
-			res.RecallAt20, res.MRRAt20, res.Precision, res.Coverage, res.PrefetchesPerClick)
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t%.3f\t%.1f\t\n", res.Model, res.RecallAt1, res.RecallAt5,
+			res.RecallAt20, res.MRRAt20, res.Precision, res.Coverage, res.PrefetchesPerClick, res.ValMRRAt20, res.TrainSeconds)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -39,6 +39,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 		res := r.Results[0]
 		fmt.Fprintf(&sb, "\n%d held-out transitions, %d to pages outside the vocabulary; prefetch at threshold %.2f\n",
 			res.Transitions, res.UnknownTargets, res.Threshold)
+	}
+	for _, res := range r.Results {
+		if len(res.Params) > 0 {
+			fmt.Fprintf(&sb, "%s tuned on validation: %s\n", res.Model, res.Params)
+		}
+	}
+	if r.Verdict != "" {
+		fmt.Fprintf(&sb, "%s\n", r.Verdict)
 	}
 	if m, g := r.Result(ModelMarkov), r.Result(ModelGRU); m != nil && g != nil {
 		fmt.Fprintf(&sb, "gru vs markov1: Recall@1 %+.3f, Recall@5 %+.3f, Recall@20 %+.3f, MRR@20 %+.3f (%+.1f%%)\n",
@@ -59,7 +67,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 		width, height          = 640, 420
 		left, right, top, bott = 60, 170, 40, 50
 	)
-	colors := []string{"#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"}
+	colors := []string{"#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#d62728"}
 	pw, ph := float64(width-left-right), float64(height-top-bott)
 	maxK := 1
 	for _, res := range r.Results {

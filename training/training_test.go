@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -266,8 +267,32 @@ func TestRunPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if rep.TrainSessions != 160 || rep.TestSessions != 40 || len(rep.Results) != 2 || rep.Exported != ModelMarkov {
-		t.Fatalf("report %+v, want 160/40 sessions, popularity and markov1, markov1 exported", rep)
+	if rep.TrainSessions != 160 || rep.TestSessions != 40 || rep.Exported != ModelMarkov {
+		t.Fatalf("report %+v, want 160/40 sessions, markov1 exported", rep)
+	}
+	var names []string
+	for _, res := range rep.Results {
+		names = append(names, res.Model)
+	}
+	want := []string{ModelPopularity, ModelMarkov, ModelMarkov2, ModelNGram, ModelSR, ModelVSKNN, ModelSTAN}
+	if !slices.Equal(names, want) {
+		t.Errorf("report models %v, want %v", names, want)
+	}
+	if p := rep.Result(ModelNGram).Params; p["order"] < 2 || p["discount"] <= 0 {
+		t.Errorf("ngram params %v, want a tuned order and discount", p)
+	}
+	best := rep.Result(rep.BestBaseline)
+	if rep.BestBaseline == ModelMarkov || best == nil {
+		t.Fatalf("best baseline %q, want a model other than the exported markov1", rep.BestBaseline)
+	}
+	for _, res := range rep.Results {
+		if res.Model != ModelMarkov && res.MRRAt20 > best.MRRAt20 {
+			t.Errorf("%s MRR@20 %v above best baseline %s %v", res.Model, res.MRRAt20, rep.BestBaseline, best.MRRAt20)
+		}
+	}
+	wantGain := (rep.Result(ModelMarkov).MRRAt20 - best.MRRAt20) / best.MRRAt20
+	if math.Abs(rep.ExportedGain-wantGain) > 1e-12 || !strings.Contains(rep.Verdict, rep.BestBaseline) {
+		t.Errorf("gain %v, verdict %q; want gain %v naming %s", rep.ExportedGain, rep.Verdict, wantGain, rep.BestBaseline)
 	}
 	if b.Manifest.Cell != CellMarkov || b.Manifest.Metrics["mrr_at_20"] != rep.Result(ModelMarkov).MRRAt20 {
 		t.Errorf("bundle manifest %+v does not carry the markov1 evaluation", b.Manifest)

@@ -9,8 +9,8 @@ import (
 // gruFlags are the GRU's command-line settings; zero means the trainer's default.
 type gruFlags struct {
 	embedding, hidden, epochs, patience, batch, sampled *int
-	lr, decay                                           *float64
-	full                                                *bool
+	lr, decay, dropEmb, dropHid                         *float64
+	full, tied                                          *bool
 }
 
 func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
@@ -22,6 +22,9 @@ func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
 		batch:     fs.Int("gru-batch", 0, "GRU batch size (0: 64)"),
 		sampled:   fs.Int("gru-sampled", 0, "negative pages per step of the sampled softmax (0: 512)"),
 		full:      fs.Bool("gru-full-softmax", false, "train with the full softmax instead of the sampled one"),
+		tied:      fs.Bool("gru-tied", false, "share the embedding matrix with the output layer (embedding = hidden)"),
+		dropEmb:   fs.Float64("gru-dropout-embedding", 0, "dropout rate of the embeddings during training"),
+		dropHid:   fs.Float64("gru-dropout-hidden", 0, "dropout rate of the GRU states fed to the output layer during training"),
 		lr:        fs.Float64("gru-lr", 0, "Adam learning rate of the first epoch (0: 0.005)"),
 		decay:     fs.Float64("gru-lr-decay", 0, "learning rate factor after each epoch (0: 0.6)"),
 	}
@@ -31,5 +34,6 @@ func (g *gruFlags) config(seed uint64, window int) training.GRUConfig {
 	return training.GRUConfig{
 		Embedding: *g.embedding, Hidden: *g.hidden, Epochs: *g.epochs, Patience: *g.patience,
 		BatchSize: *g.batch, Sampled: *g.sampled, FullSoftmax: *g.full, LearningRate: *g.lr, LRDecay: *g.decay, Window: window, Seed: seed,
+		Tied: *g.tied, DropoutEmbedding: *g.dropEmb, DropoutHidden: *g.dropHid,
 	}
 }

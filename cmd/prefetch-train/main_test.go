@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,8 +109,12 @@ func TestTrainPublishServe(t *testing.T) {
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatalf("report.json: %v", err)
 	}
-	if len(rep.Results) != 3 || rep.Result(training.ModelGRU) == nil || rep.Result(training.ModelGRU).Transitions == 0 {
-		t.Fatalf("report results %+v, want popularity, markov1 and gru scored on held-out transitions", rep.Results)
+	if len(rep.Results) != 8 || rep.Result(training.ModelGRU) == nil || rep.Result(training.ModelGRU).Transitions == 0 {
+		t.Fatalf("report results %+v, want the seven baselines and gru scored on held-out transitions", rep.Results)
+	}
+	if rep.Exported != training.ModelGRU || rep.BestBaseline == "" || !strings.Contains(rep.Verdict, rep.BestBaseline) {
+		t.Errorf("report exports %q, best baseline %q, verdict %q; want gru compared with the best baseline",
+			rep.Exported, rep.BestBaseline, rep.Verdict)
 	}
 	for _, f := range []string{"report.txt", "recall.svg", model.ModelFile, training.StepFile} {
 		if _, err := os.Stat(filepath.Join(dir, "v2", f)); err != nil {
