@@ -34,7 +34,7 @@ setup:
 ## chaos: the long fault-injection soak against real processes (devbroker,
 ## redis-server, Redis Cluster, prefetchd); `make test` runs its short set.
 .PHONY: chaos
-chaos: setup build
+chaos: setup
 	$(GO) test -tags chaos -count=1 -timeout 30m -v ./internal/chaos/
 
 ## bench: every benchmark once, with allocations.
