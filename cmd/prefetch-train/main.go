@@ -65,7 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		holdout  = fs.Float64("holdout", 0.2, "share of sessions held out for evaluation (the last ones)")
 		shuffle  = fs.Bool("shuffle", false, "shuffle sessions with --seed before the split")
 		seed     = fs.Uint64("seed", 1, "random seed (split shuffle, GRU initialization and batches)")
-		alpha    = fs.Float64("alpha", 0.01, "markov add-alpha smoothing")
+		alpha    = fs.Float64("alpha", 0.01, "markov1 add-alpha smoothing tried first on validation (also 0.001, 0.1, 1)")
 		thresh   = fs.Float64("threshold", training.DefaultThreshold, "prefetch threshold for precision and coverage")
 		topK     = fs.Int("top-k", training.DefaultTopK, "most pages prefetched per click")
 		maxLen   = fs.Int("max-seq-len", training.DefaultMaxSeqLen, "history length the bundle declares and evaluation uses")
