@@ -124,9 +124,14 @@ if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
 return {1, e, l, p, o, h, s, g, tostring(q), tostring(c)}
 `)
 
-// saveScript replaces the record hash KEYS[1]. ARGV: the fields in the order
-// of fieldNames, TTL (ms, 0 = none).
+// saveScript replaces the record hash KEYS[1] and returns 1, unless its q
+// differs from the one saved (ARGV[8]): then it returns 0. ARGV: the fields
+// in the order of fieldNames, TTL (ms, 0 = none).
 var saveScript = redis.NewScript(`
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
+  local q = redis.call('HGET', KEYS[1], 'q')
+  if q and q ~= ARGV[8] then return 0 end
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'e', ARGV[1], 'l', ARGV[2], 'p', ARGV[3], 'o', ARGV[4], 'h', ARGV[5], 's', ARGV[6], 'g', ARGV[7], 'q', ARGV[8], 'c', ARGV[9])
 if tonumber(ARGV[10]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
@@ -148,8 +153,8 @@ const numFields = 9
 // hash-tagged key, expiring after IdleTTL. Append runs entirely inside Redis
 // as one Lua script (one round trip, atomic), so concurrent replicas never
 // lose or double a click. Get and Load are served from an in-process LRU cache of
-// records up to CacheTTL old, then from Redis. Save is an unconditional
-// replace (last writer wins). Errors from Redis (including timeouts,
+// records up to CacheTTL old, then from Redis. Save replaces the record in
+// one script, unless another writer appended since (ErrStale). Errors from Redis (including timeouts,
 // OpTimeout per round trip) are returned wrapped; build the client with
 // ContextTimeoutEnabled so that go-redis honours OpTimeout (otherwise its own
 // ReadTimeout, 3 s by default, applies).
@@ -392,16 +397,16 @@ func (s *RedisStore) saveArgs(r *Record) []any {
 	return append(args, s.ttlArg)
 }
 
-// Save implements Store: an unconditional replace.
+// Save implements Store in one round trip.
 func (s *RedisStore) Save(ctx context.Context, user string, rec *Record) error {
 	r := *rec
 	args := s.saveArgs(&r)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
 	start := time.Now()
-	err := saveScript.Run(ctx, s.client, []string{s.Key(user)}, args...).Err()
-	s.observe("save", start, err)
-	return s.saveResult(user, &r, err)
+	cmd := saveScript.Run(ctx, s.client, []string{s.Key(user)}, args...)
+	s.observe("save", start, cmd.Err())
+	return s.saveResult(user, &r, cmd)
 }
 
 // SaveMany implements BatchStore: every row's save in one pipeline.
@@ -420,11 +425,16 @@ func (s *RedisStore) SaveMany(ctx context.Context, rows []*BatchRow) {
 	})
 	s.observe("save_many", start, err)
 	for i, cmd := range cmds {
-		rows[i].Err = s.saveResult(rows[i].User, &rs[i], cmd.Err())
+		rows[i].Err = s.saveResult(rows[i].User, &rs[i], cmd)
 	}
 }
 
-func (s *RedisStore) saveResult(user string, r *Record, err error) error {
+// saveResult turns the save script's reply into the result of Save.
+func (s *RedisStore) saveResult(user string, r *Record, cmd *redis.Cmd) error {
+	n, err := cmd.Int()
+	if err == nil && n != 1 {
+		err = ErrStale
+	}
 	if err != nil {
 		s.cache.drop(user)
 		return fmt.Errorf("save history of %q: %w", user, err)

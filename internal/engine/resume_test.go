@@ -429,3 +429,67 @@ func TestStatelessRedeliveryPrefetched(t *testing.T) {
 		t.Fatalf("warm calls %+v, want one for /b", f.warmer.calls)
 	}
 }
+
+// interleaved is a Store on which another writer (a second replica during
+// a rebalance) appends a click for the same user between this writer's
+// Append and its next Save, once.
+type interleaved struct {
+	features.Store
+	other features.Click
+	done  bool
+}
+
+func (s *interleaved) Save(ctx context.Context, user string, rec *features.Record) error {
+	if !s.done && rec.Seq == 3 {
+		s.done = true
+		var r features.Record
+		if err := s.Store.Append(ctx, user, s.other, &r); err != nil {
+			return err
+		}
+	}
+	return s.Store.Save(ctx, user, rec)
+}
+
+// TestSaveAfterAnotherWriter: a state Save that finds the record moved on
+// (another writer appended a click since this one's Append) writes nothing
+// and is no error, so the other click is not overwritten; the next click
+// rebuilds the state over both, as a clean run would have it.
+func TestSaveAfterAnotherWriter(t *testing.T) {
+	for _, st := range storeBackends(t) {
+		t.Run(st.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			refHist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			ref, _, _, bundle := gruEngine(t, refHist)
+			v := bundle.Vocab()
+			at := time.Now().Add(-time.Hour)
+			evs := make([]features.Event, 5)
+			for k := range evs {
+				evs[k] = features.Event{UserID: "u", Page: v.Page(int64(4 + 5*k)), TS: at.Add(time.Duration(k) * time.Second)}
+				if err := ref.HandleEvent(ctx, evs[k], features.Meta{Offset: int64(k)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Click 3 comes from the other writer, during click 2's Save.
+			other := features.Click{Page: int32(v.Index(evs[3].Page)), TS: evs[3].TS, Epoch: 1, Offset: 3}
+			store := &interleaved{Store: st.mk("interleaved:"), other: other}
+			e, _, _, _ := gruEngine(t, store)
+			for _, k := range []int{0, 1, 2, 4} {
+				if err := e.HandleEvent(ctx, evs[k], features.Meta{Offset: int64(k)}); err != nil {
+					t.Fatalf("click %d: %v", k, err)
+				}
+			}
+			var got, want features.Record
+			_, _ = store.Load(ctx, "u", &got)
+			_, _ = refHist.Load(ctx, "u", &want)
+			if !slices.Equal(got.Pages, want.Pages) || got.Seq != 5 || got.StateSeq != 5 {
+				t.Fatalf("history %v stamp %d of %d, want %v stamp 5 of 5", got.Pages, got.StateSeq, got.Seq, want.Pages)
+			}
+			for i := range want.State {
+				if d := math.Abs(float64(got.State[i] - want.State[i])); d > 1e-5 {
+					t.Fatalf("state differs from a clean run by %g at %d", d, i)
+				}
+			}
+		})
+	}
+}
