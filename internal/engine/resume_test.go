@@ -15,6 +15,7 @@ import (
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/redistest"
+	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 )
 
@@ -45,6 +46,15 @@ func storeBackends(tb testing.TB) []storeBackend {
 			return s
 		}},
 	}
+}
+
+// cleanEngine is an engine on the GRU fixture and in-memory histories
+// (returned), for the clean run a test compares with.
+func cleanEngine(t *testing.T) (*Engine, *features.Histories, *model.Bundle) {
+	t.Helper()
+	h, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+	e, _, _, bundle := gruEngine(t, h)
+	return e, h, bundle
 }
 
 // evaluatedClicks is the number of clicks the evaluator counted.
@@ -94,9 +104,7 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 					defer cancel()
-					// The clean run.
-					refHist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-					ref, _, _, bundle := gruEngine(t, refHist)
+					ref, refHist, bundle := cleanEngine(t)
 					v := bundle.Vocab()
 					at := time.Now().Add(-time.Hour)
 					ev := func(user string, k int) (features.Event, features.Meta) {
@@ -241,8 +249,7 @@ func TestStateStampDecidesRebuild(t *testing.T) {
 			defer cancel()
 			hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
 			e, _, _, bundle := gruEngine(t, hist)
-			refHist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-			ref, _, _, _ := gruEngine(t, refHist)
+			ref, refHist, _ := cleanEngine(t)
 			v := bundle.Vocab()
 			at := time.Now().Add(-time.Hour)
 			for k := range 4 {
@@ -459,8 +466,7 @@ func TestSaveAfterAnotherWriter(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			refHist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-			ref, _, _, bundle := gruEngine(t, refHist)
+			ref, refHist, bundle := cleanEngine(t)
 			v := bundle.Vocab()
 			at := time.Now().Add(-time.Hour)
 			evs := make([]features.Event, 5)
