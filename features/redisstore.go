@@ -389,12 +389,7 @@ func (s *RedisStore) saveArgs(r *Record) []any {
 	if n := s.cfg.History.MaxLen; len(r.Pages) > n {
 		r.Pages = r.Pages[len(r.Pages)-n:]
 	}
-	f := encodeFields(r)
-	args := make([]any, 0, numFields+1)
-	for _, v := range f {
-		args = append(args, v)
-	}
-	return append(args, s.ttlArg)
+	return append(appendFields(make([]any, 0, numFields+1), r), s.ttlArg)
 }
 
 // Save implements Store in one round trip.
@@ -449,8 +444,10 @@ func resetRecord(r *Record) {
 	r.Epoch, r.Last, r.Partition, r.Gen, r.Offset, r.Seq, r.StateSeq = 0, time.Time{}, 0, 0, -1, 0, 0
 }
 
-// encodeFields renders a record as the hash fields of fieldNames.
-func encodeFields(r *Record) [numFields]string {
+// appendFields appends the hash fields of fieldNames for r to dst, as
+// script arguments: integers (Redis stores them in decimal) and pages and
+// state packed little endian.
+func appendFields(dst []any, r *Record) []any {
 	var last int64
 	if !r.Last.IsZero() {
 		last = r.Last.UnixMicro()
@@ -463,17 +460,7 @@ func encodeFields(r *Record) [numFields]string {
 	for _, v := range r.State {
 		st = binary.LittleEndian.AppendUint32(st, math.Float32bits(v))
 	}
-	return [numFields]string{
-		strconv.FormatUint(uint64(r.Epoch), 10),
-		strconv.FormatInt(last, 10),
-		strconv.FormatInt(int64(r.Partition), 10),
-		strconv.FormatInt(r.Offset, 10),
-		string(h),
-		string(st),
-		strconv.FormatUint(uint64(r.Gen), 10),
-		strconv.FormatUint(uint64(r.Seq), 10),
-		strconv.FormatUint(uint64(r.StateSeq), 10),
-	}
+	return append(dst, r.Epoch, last, r.Partition, r.Offset, h, st, r.Gen, r.Seq, r.StateSeq)
 }
 
 var errCorrupt = errors.New("corrupt history record")
