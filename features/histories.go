@@ -331,7 +331,10 @@ func (h *Histories) Save(_ context.Context, user string, rec *Record) error {
 	s := h.shardOf(user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, _ := h.slotFor(s, user, now)
+	i, ok := h.slotFor(s, user, now)
+	if ok && s.slots[i].seq != rec.Seq {
+		return ErrStale
+	}
 	var view Record
 	s.view(i, h.cfg.MaxLen, &view)
 	pages := rec.Pages

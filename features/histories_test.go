@@ -201,6 +201,25 @@ func storeContract(t *testing.T, newStore func(t *testing.T, cfg HistoryConfig) 
 			t.Fatalf("Load = %+v %v %v, want state [3] stamped 3 of 4 at generation 1 offset 1", got, ok, err)
 		}
 	})
+	t.Run("stale save", func(t *testing.T) {
+		s := newStore(t, HistoryConfig{})
+		var first, second Record
+		_ = s.Append(ctx, "u", click(1, 0, 1), &first)
+		_ = s.Append(ctx, "u", click(2, 1, 2), &second)
+		// A writer that read the record before the second click saves.
+		first.State, first.StateSeq = append(first.State[:0], 0.5), first.Seq
+		if err := s.Save(ctx, "u", &first); !errors.Is(err, ErrStale) {
+			t.Fatalf("Save of a record read before the latest click: %v, want ErrStale", err)
+		}
+		var got Record
+		if _, err := s.Load(ctx, "u", &got); err != nil || !slices.Equal(got.Pages, []int32{1, 2}) || len(got.State) != 0 || got.Seq != 2 {
+			t.Fatalf("Load = %+v, %v; want both clicks, no state, seq 2", got, err)
+		}
+		second.State, second.StateSeq = append(second.State[:0], 0.25), second.Seq
+		if err := s.Save(ctx, "u", &second); err != nil {
+			t.Fatalf("Save of the latest record: %v", err)
+		}
+	})
 	t.Run("save cuts to max length", func(t *testing.T) {
 		s := newStore(t, HistoryConfig{MaxLen: 2})
 		if err := s.Save(ctx, "u", &Record{Pages: []int32{1, 2, 3}, Offset: -1, Last: t0}); err != nil {

@@ -124,9 +124,14 @@ if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
 return {1, e, l, p, o, h, s, g, tostring(q), tostring(c)}
 `)
 
-// saveScript replaces the record hash KEYS[1]. ARGV: the fields in the order
-// of fieldNames, TTL (ms, 0 = none).
+// saveScript replaces the record hash KEYS[1] and returns 1, unless its q
+// differs from the one saved (ARGV[8]): then it returns 0. ARGV: the fields
+// in the order of fieldNames, TTL (ms, 0 = none).
 var saveScript = redis.NewScript(`
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
+  local q = redis.call('HGET', KEYS[1], 'q')
+  if q and q ~= ARGV[8] then return 0 end
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'e', ARGV[1], 'l', ARGV[2], 'p', ARGV[3], 'o', ARGV[4], 'h', ARGV[5], 's', ARGV[6], 'g', ARGV[7], 'q', ARGV[8], 'c', ARGV[9])
 if tonumber(ARGV[10]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
@@ -148,8 +153,8 @@ const numFields = 9
 // hash-tagged key, expiring after IdleTTL. Append runs entirely inside Redis
 // as one Lua script (one round trip, atomic), so concurrent replicas never
 // lose or double a click. Get and Load are served from an in-process LRU cache of
-// records up to CacheTTL old, then from Redis. Save is an unconditional
-// replace (last writer wins). Errors from Redis (including timeouts,
+// records up to CacheTTL old, then from Redis. Save replaces the record in
+// one script, unless another writer appended since (ErrStale). Errors from Redis (including timeouts,
 // OpTimeout per round trip) are returned wrapped; build the client with
 // ContextTimeoutEnabled so that go-redis honours OpTimeout (otherwise its own
 // ReadTimeout, 3 s by default, applies).
@@ -384,24 +389,19 @@ func (s *RedisStore) saveArgs(r *Record) []any {
 	if n := s.cfg.History.MaxLen; len(r.Pages) > n {
 		r.Pages = r.Pages[len(r.Pages)-n:]
 	}
-	f := encodeFields(r)
-	args := make([]any, 0, numFields+1)
-	for _, v := range f {
-		args = append(args, v)
-	}
-	return append(args, s.ttlArg)
+	return append(appendFields(make([]any, 0, numFields+1), r), s.ttlArg)
 }
 
-// Save implements Store: an unconditional replace.
+// Save implements Store in one round trip.
 func (s *RedisStore) Save(ctx context.Context, user string, rec *Record) error {
 	r := *rec
 	args := s.saveArgs(&r)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
 	start := time.Now()
-	err := saveScript.Run(ctx, s.client, []string{s.Key(user)}, args...).Err()
-	s.observe("save", start, err)
-	return s.saveResult(user, &r, err)
+	cmd := saveScript.Run(ctx, s.client, []string{s.Key(user)}, args...)
+	s.observe("save", start, cmd.Err())
+	return s.saveResult(user, &r, cmd)
 }
 
 // SaveMany implements BatchStore: every row's save in one pipeline.
@@ -420,11 +420,16 @@ func (s *RedisStore) SaveMany(ctx context.Context, rows []*BatchRow) {
 	})
 	s.observe("save_many", start, err)
 	for i, cmd := range cmds {
-		rows[i].Err = s.saveResult(rows[i].User, &rs[i], cmd.Err())
+		rows[i].Err = s.saveResult(rows[i].User, &rs[i], cmd)
 	}
 }
 
-func (s *RedisStore) saveResult(user string, r *Record, err error) error {
+// saveResult turns the save script's reply into the result of Save.
+func (s *RedisStore) saveResult(user string, r *Record, cmd *redis.Cmd) error {
+	n, err := cmd.Int()
+	if err == nil && n != 1 {
+		err = ErrStale
+	}
 	if err != nil {
 		s.cache.drop(user)
 		return fmt.Errorf("save history of %q: %w", user, err)
@@ -439,8 +444,10 @@ func resetRecord(r *Record) {
 	r.Epoch, r.Last, r.Partition, r.Gen, r.Offset, r.Seq, r.StateSeq = 0, time.Time{}, 0, 0, -1, 0, 0
 }
 
-// encodeFields renders a record as the hash fields of fieldNames.
-func encodeFields(r *Record) [numFields]string {
+// appendFields appends the hash fields of fieldNames for r to dst, as
+// script arguments: integers (Redis stores them in decimal) and pages and
+// state packed little endian.
+func appendFields(dst []any, r *Record) []any {
 	var last int64
 	if !r.Last.IsZero() {
 		last = r.Last.UnixMicro()
@@ -453,17 +460,7 @@ func encodeFields(r *Record) [numFields]string {
 	for _, v := range r.State {
 		st = binary.LittleEndian.AppendUint32(st, math.Float32bits(v))
 	}
-	return [numFields]string{
-		strconv.FormatUint(uint64(r.Epoch), 10),
-		strconv.FormatInt(last, 10),
-		strconv.FormatInt(int64(r.Partition), 10),
-		strconv.FormatInt(r.Offset, 10),
-		string(h),
-		string(st),
-		strconv.FormatUint(uint64(r.Gen), 10),
-		strconv.FormatUint(uint64(r.Seq), 10),
-		strconv.FormatUint(uint64(r.StateSeq), 10),
-	}
+	return append(dst, r.Epoch, last, r.Partition, r.Offset, h, st, r.Gen, r.Seq, r.StateSeq)
 }
 
 var errCorrupt = errors.New("corrupt history record")

@@ -164,6 +164,18 @@ func TestNewStoreBackend(t *testing.T) {
 	}
 }
 
+// encodeFields renders r as Redis stores the arguments of the save script.
+func encodeFields(r *Record) (f [numFields]string) {
+	for i, v := range appendFields(nil, r) {
+		if b, ok := v.([]byte); ok {
+			f[i] = string(b)
+		} else {
+			f[i] = fmt.Sprint(v)
+		}
+	}
+	return f
+}
+
 func TestRecordFields(t *testing.T) {
 	in := Record{Pages: []int32{1, -2, 1 << 30}, State: []float32{0.5, -1}, Epoch: 9,
 		Last: time.UnixMicro(1_800_000_000_123456), Partition: 3, Gen: 4, Offset: 1 << 40, Seq: 1<<32 - 1, StateSeq: 1<<32 - 2}

@@ -21,6 +21,12 @@ var ErrDuplicate = errors.New("duplicate click")
 // may treat it as one.
 var ErrUnsettled = fmt.Errorf("unsettled click: %w", ErrDuplicate)
 
+// ErrStale is returned by Store.Save when the stored record has moved on
+// since rec was read (its Seq differs: another writer appended a click in
+// between). Nothing is written; the newer click's state is rebuilt from the
+// history when it is saved.
+var ErrStale = errors.New("stale record")
+
 // Click is one page view to append to a user's history.
 type Click struct {
 	// Page is the page's index in the model vocabulary of epoch Epoch.
@@ -96,7 +102,9 @@ type Store interface {
 	// Load fills rec with user's record and reports whether it exists.
 	Load(ctx context.Context, user string, rec *Record) (bool, error)
 	// Save replaces user's record with rec (Pages cut to the newest MaxLen),
-	// stamps included.
+	// stamps included, unless the stored record's Seq differs from rec.Seq
+	// (ErrStale). A missing record, or one written before stamps, is
+	// replaced.
 	Save(ctx context.Context, user string, rec *Record) error
 }
 

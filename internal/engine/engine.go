@@ -252,7 +252,9 @@ const ReasonModel = "model"
 // nothing left undone; a redelivery may prefetch again, which is harmless.
 // Without a step form Append is the whole effect; a redelivery of a user's
 // latest click is still re-scored and prefetched (its first attempt may
-// have stopped before) and reported as a duplicate.
+// have stopped before) and reported as a duplicate. A Save that finds the
+// record moved on (features.ErrStale: another replica appended a later
+// click in between) writes nothing and is no error.
 func (e *Engine) HandleEvent(ctx context.Context, ev features.Event, meta features.Meta) error {
 	l, err := e.live()
 	if err != nil {
@@ -306,7 +308,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	}
 	e.prefetch(ctx, l, ev, page, idx, len(b.rec.Pages), probs, b)
 	b.rec.State, b.rec.StateSeq = state, b.rec.Seq
-	if err := e.deps.Histories.Save(ctx, ev.UserID, &b.rec); err != nil {
+	if err := saved(e.deps.Histories.Save(ctx, ev.UserID, &b.rec)); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
 	e.m.handle.Observe(time.Since(start).Seconds())
@@ -643,13 +645,23 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 	}
 	done := 0
 	for _, r := range w.live {
-		if r.Err != nil {
-			r.err = fmt.Errorf("save state: %w", r.Err)
+		if err := saved(r.Err); err != nil {
+			r.err = fmt.Errorf("save state: %w", err)
 			continue
 		}
 		done++
 	}
 	return done
+}
+
+// saved is the error of a Save: none when the record had moved on
+// (features.ErrStale: another writer appended a later click, whose state
+// supersedes this one).
+func saved(err error) error {
+	if errors.Is(err, features.ErrStale) {
+		return nil
+	}
+	return err
 }
 
 // observeWave records the wave's time per applied click in the event
@@ -690,7 +702,7 @@ func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live
 	rec.State = rec.State[:0]
 	rec.Epoch = l.Epoch
 	e.m.remapped.Inc()
-	if err := e.deps.Histories.Save(ctx, user, rec); err != nil {
+	if err := saved(e.deps.Histories.Save(ctx, user, rec)); err != nil {
 		return fmt.Errorf("save remapped history: %w", err)
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/redistest"
+	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 )
 
@@ -45,6 +46,15 @@ func storeBackends(tb testing.TB) []storeBackend {
 			return s
 		}},
 	}
+}
+
+// cleanEngine is an engine on the GRU fixture and in-memory histories
+// (returned), for the clean run a test compares with.
+func cleanEngine(t *testing.T) (*Engine, *features.Histories, *model.Bundle) {
+	t.Helper()
+	h, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+	e, _, _, bundle := gruEngine(t, h)
+	return e, h, bundle
 }
 
 // evaluatedClicks is the number of clicks the evaluator counted.
@@ -94,9 +104,7 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 					defer cancel()
-					// The clean run.
-					refHist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-					ref, _, _, bundle := gruEngine(t, refHist)
+					ref, refHist, bundle := cleanEngine(t)
 					v := bundle.Vocab()
 					at := time.Now().Add(-time.Hour)
 					ev := func(user string, k int) (features.Event, features.Meta) {
@@ -241,8 +249,7 @@ func TestStateStampDecidesRebuild(t *testing.T) {
 			defer cancel()
 			hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
 			e, _, _, bundle := gruEngine(t, hist)
-			refHist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-			ref, _, _, _ := gruEngine(t, refHist)
+			ref, refHist, _ := cleanEngine(t)
 			v := bundle.Vocab()
 			at := time.Now().Add(-time.Hour)
 			for k := range 4 {
@@ -427,5 +434,68 @@ func TestStatelessRedeliveryPrefetched(t *testing.T) {
 	}
 	if len(f.warmer.calls) != 1 || !slices.Equal(f.warmer.calls[0].pages, []string{"/b"}) {
 		t.Fatalf("warm calls %+v, want one for /b", f.warmer.calls)
+	}
+}
+
+// interleaved is a Store on which another writer (a second replica during
+// a rebalance) appends a click for the same user between this writer's
+// Append and its next Save, once.
+type interleaved struct {
+	features.Store
+	other features.Click
+	done  bool
+}
+
+func (s *interleaved) Save(ctx context.Context, user string, rec *features.Record) error {
+	if !s.done && rec.Seq == 3 {
+		s.done = true
+		var r features.Record
+		if err := s.Store.Append(ctx, user, s.other, &r); err != nil {
+			return err
+		}
+	}
+	return s.Store.Save(ctx, user, rec)
+}
+
+// TestSaveAfterAnotherWriter: a state Save that finds the record moved on
+// (another writer appended a click since this one's Append) writes nothing
+// and is no error, so the other click is not overwritten; the next click
+// rebuilds the state over both, as a clean run would have it.
+func TestSaveAfterAnotherWriter(t *testing.T) {
+	for _, st := range storeBackends(t) {
+		t.Run(st.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ref, refHist, bundle := cleanEngine(t)
+			v := bundle.Vocab()
+			at := time.Now().Add(-time.Hour)
+			evs := make([]features.Event, 5)
+			for k := range evs {
+				evs[k] = features.Event{UserID: "u", Page: v.Page(int64(4 + 5*k)), TS: at.Add(time.Duration(k) * time.Second)}
+				if err := ref.HandleEvent(ctx, evs[k], features.Meta{Offset: int64(k)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Click 3 comes from the other writer, during click 2's Save.
+			other := features.Click{Page: int32(v.Index(evs[3].Page)), TS: evs[3].TS, Epoch: 1, Offset: 3}
+			store := &interleaved{Store: st.mk("interleaved:"), other: other}
+			e, _, _, _ := gruEngine(t, store)
+			for _, k := range []int{0, 1, 2, 4} {
+				if err := e.HandleEvent(ctx, evs[k], features.Meta{Offset: int64(k)}); err != nil {
+					t.Fatalf("click %d: %v", k, err)
+				}
+			}
+			var got, want features.Record
+			_, _ = store.Load(ctx, "u", &got)
+			_, _ = refHist.Load(ctx, "u", &want)
+			if !slices.Equal(got.Pages, want.Pages) || got.Seq != 5 || got.StateSeq != 5 {
+				t.Fatalf("history %v stamp %d of %d, want %v stamp 5 of 5", got.Pages, got.StateSeq, got.Seq, want.Pages)
+			}
+			for i := range want.State {
+				if d := math.Abs(float64(got.State[i] - want.State[i])); d > 1e-5 {
+					t.Fatalf("state differs from a clean run by %g at %d", d, i)
+				}
+			}
+		})
 	}
 }
