@@ -80,6 +80,10 @@ type Engine struct {
 	scratch sync.Pool // *buffers
 	waves   sync.Pool // *wave
 
+	// unanswered holds clicks whose Append failed, to count them when a
+	// retry finds them applied.
+	unanswered unanswered
+
 	// vocabs remembers the vocabulary of recent model epochs, so histories
 	// written under an earlier model are remapped through page keys.
 	vocabMu sync.Mutex
@@ -272,7 +276,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 
 	idx := l.Vocab.Index(page)
 	click := newClick(l, idx, ev, meta)
-	resumed, err := e.appended(e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec), ev.UserID, page, ev.TS)
+	resumed, err := e.appended(e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec), ev.UserID, click, page, ev.TS)
 	if err != nil {
 		return err
 	}
@@ -320,23 +324,86 @@ func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Met
 	return features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Gen: meta.Gen, Offset: meta.Offset}
 }
 
-// appended classifies the result of appending a click: a new click is
+// appended classifies the result of appending click c: a new click is
 // counted (evaluation, totals); resumed is a click an earlier attempt
 // appended and did not settle (features.ErrUnsettled), which the caller
 // finishes without counting it again. A duplicate or a store error comes
-// back as err.
-func (e *Engine) appended(err error, user, page string, at time.Time) (resumed bool, _ error) {
+// back as err. A click whose earlier Append failed without a reply (a
+// timeout after the script ran) was never counted: when it comes back as
+// unsettled or a duplicate it is counted then, and is not resumed.
+func (e *Engine) appended(err error, user string, c features.Click, page string, at time.Time) (resumed bool, _ error) {
 	switch {
 	case err == nil:
-		e.deps.Evaluator.ObserveClick(user, page, at)
-		e.counter.events.Add(1)
+		e.unanswered.forget(user)
+		e.count(user, page, at)
 		return false, nil
 	case errors.Is(err, features.ErrUnsettled):
+		if e.unanswered.take(user, c) {
+			e.count(user, page, at)
+			return false, nil
+		}
 		return true, nil
 	case errors.Is(err, features.ErrDuplicate):
+		if e.unanswered.take(user, c) {
+			e.count(user, page, at)
+		}
 		e.counter.duplicates.Add(1)
+	case c.Offset >= 0 && !errors.Is(err, features.ErrRejected):
+		e.unanswered.put(user, c)
 	}
 	return false, fmt.Errorf("append click: %w", err)
+}
+
+// count counts an applied click in the evaluation and the totals.
+func (e *Engine) count(user, page string, at time.Time) {
+	e.deps.Evaluator.ObserveClick(user, page, at)
+	e.counter.events.Add(1)
+}
+
+// unanswered remembers, per user, the position of a click whose Append
+// failed: the store may have applied it without the reply getting back.
+// Bounded: past maxUnanswered users it starts afresh (a click then
+// forgotten is at worst not counted in the evaluation, as before).
+type unanswered struct {
+	n  atomic.Int32 // len(m), read without the lock
+	mu sync.Mutex
+	m  map[string]features.Click // guarded by mu
+}
+
+const maxUnanswered = 1 << 16
+
+func (u *unanswered) put(user string, c features.Click) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.m == nil || len(u.m) >= maxUnanswered {
+		u.m = make(map[string]features.Click)
+	}
+	u.m[user] = c
+	u.n.Store(int32(len(u.m)))
+}
+
+// take reports whether c is the user's unanswered click, and forgets it.
+func (u *unanswered) take(user string, c features.Click) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	p, ok := u.m[user]
+	if !ok {
+		return false
+	}
+	delete(u.m, user)
+	u.n.Store(int32(len(u.m)))
+	return p.Partition == c.Partition && p.Gen == c.Gen && p.Offset == c.Offset
+}
+
+// forget drops the user's unanswered click (a later click was appended).
+func (u *unanswered) forget(user string) {
+	if u.n.Load() == 0 {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	delete(u.m, user)
+	u.n.Store(int32(len(u.m)))
 }
 
 // redelivered is the outcome of a resumed click of a model without state:
@@ -554,7 +621,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			r.Err = e.deps.Histories.Append(ctx, r.User, r.Click, &r.Rec)
 		}
 		var err error
-		if r.resumed, err = e.appended(r.Err, r.User, r.page, r.ev.TS); err != nil {
+		if r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, r.ev.TS); err != nil {
 			r.err = err
 			if !batched && !final(err) {
 				rows = rows[:i+1] // the rest is not attempted

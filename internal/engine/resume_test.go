@@ -89,12 +89,10 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 		// warms is the prefetch requests made for the click: before the
 		// failed Save, and again when resumed.
 		warms int
-		// uncounted is 1 when the click is not counted.
-		uncounted int
 	}{
 		{name: "save fails", lost: false, resend: nil, warms: 2},
 		{name: "save reply lost", lost: true, resend: features.ErrDuplicate, warms: 1},
-		{name: "append reply lost", onAppend: true, lost: true, resend: nil, warms: 1, uncounted: 1},
+		{name: "append reply lost", onAppend: true, lost: true, resend: nil, warms: 1},
 	}
 	const clicks, failing = 5, 3 // click 3 of 0..4 fails to save once
 	for _, st := range stores {
@@ -206,7 +204,9 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 					if path == "runs" {
 						users = 2
 					}
-					counted := uint64(users*(failing+1) - fault.uncounted)
+					// Every click counted once, a click whose Append reply
+					// was lost included (counted on the retry).
+					counted := uint64(users * (failing + 1))
 					if got := evaluatedClicks(eval); got != counted {
 						t.Fatalf("evaluator counted %d clicks, want %d", got, counted)
 					}
@@ -412,8 +412,10 @@ func TestHandleEventErrorClasses(t *testing.T) {
 }
 
 // TestStatelessRedeliveryPrefetched: without a step form Append is a
-// click's whole effect. When its reply is lost, the click handed again is a
-// duplicate (not appended twice) and is prefetched then.
+// click's whole effect. When its reply is lost, the click handed again is
+// found applied (not appended twice), is prefetched then, and counts once:
+// as applied, and as one click of the evaluation. Handed a third time it is
+// a plain duplicate.
 func TestStatelessRedeliveryPrefetched(t *testing.T) {
 	f := newFixture(t, 0.5)
 	f.eng.deps.Histories = newFaulty(f.hist, &faultyStore{user: "u", fails: 1, lost: true, onAppend: true})
@@ -426,14 +428,24 @@ func TestStatelessRedeliveryPrefetched(t *testing.T) {
 	if len(f.warmer.calls) != 0 {
 		t.Fatalf("warm calls %+v before the retry, want none", f.warmer.calls)
 	}
-	if err := f.eng.HandleEvent(ctx, ev, meta); !errors.Is(err, features.ErrDuplicate) {
-		t.Fatalf("handed again: %v, want a duplicate", err)
+	if err := f.eng.HandleEvent(ctx, ev, meta); err != nil {
+		t.Fatalf("handed again: %v, want it applied (its first Append ran)", err)
 	}
 	if h, _ := f.hist.Get(ctx, "u", nil); len(h) != 1 {
 		t.Fatalf("history %v, want the page once", h)
 	}
 	if len(f.warmer.calls) != 1 || !slices.Equal(f.warmer.calls[0].pages, []string{"/b"}) {
 		t.Fatalf("warm calls %+v, want one for /b", f.warmer.calls)
+	}
+	if err := f.eng.HandleEvent(ctx, ev, meta); !errors.Is(err, features.ErrDuplicate) {
+		t.Fatalf("handed a third time: %v, want a duplicate", err)
+	}
+	var clicks uint64
+	for _, st := range f.eval.Stats() {
+		clicks += st.Clicks
+	}
+	if tot := f.eng.Totals(); clicks != 1 || tot.Events != 1 {
+		t.Fatalf("evaluation clicks %d, events %d; want the click counted once in each", clicks, tot.Events)
 	}
 }
 
