@@ -331,16 +331,3 @@ func (t *tracker) oldest() (time.Time, bool) {
 	})
 	return time.Unix(0, min), found
 }
-
-// lag is the number of messages below the high-water marks that are not done.
-func (t *tracker) lag() int64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var n int64
-	t.each(func(_ int, pt *partTrack) {
-		if l := pt.hwm - pt.ready - 1; l > 0 {
-			n += l
-		}
-	})
-	return n
-}
