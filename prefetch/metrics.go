@@ -14,6 +14,7 @@ const (
 	dropUserRate       = "user_rate"
 	dropGlobalRate     = "global_rate"
 	dropQueueFull      = "queue_full"
+	dropShed           = "shed"
 	dropBudget         = "budget"
 	dropRedis          = "redis"
 	dropShutdown       = "shutdown"
@@ -26,7 +27,7 @@ const (
 )
 
 var dropReasons = []string{
-	dropInvalid, dropCanceled, dropClosed, dropUserRate, dropGlobalRate, dropQueueFull,
+	dropInvalid, dropCanceled, dropClosed, dropUserRate, dropGlobalRate, dropQueueFull, dropShed,
 	dropBudget, dropRedis, dropShutdown, dropBreakerOpen, dropOriginError, dropOriginTimeout,
 	dropOrigin5xx, dropOriginStatus, dropOriginTooLarge,
 }
@@ -54,8 +55,15 @@ type warmerMetrics struct {
 	written          prometheus.Counter
 	writtenBytes     prometheus.Counter
 	writeSeconds     prometheus.Histogram
-	originRequests   map[string]prometheus.Counter
-	breakerState     prometheus.Gauge
+	// clickToWarm is the time from a click to Redis acknowledging the
+	// write of a page predicted from it.
+	clickToWarm prometheus.Histogram
+	// late counts clicks on a page whose prefetch had not landed yet.
+	late prometheus.Counter
+	// blocked counts pages that waited for room in a full queue (Block).
+	blocked        prometheus.Counter
+	originRequests map[string]prometheus.Counter
+	breakerState   prometheus.Gauge
 	// resets counts the times the Warmer forgot its keys because the Redis
 	// serving now is not the one that acknowledged them.
 	resets map[string]prometheus.Counter
@@ -109,6 +117,19 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 			Help:    "Duration of one pipelined write to Redis.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
 		}),
+		clickToWarm: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "prefetchd_click_to_warm_seconds",
+			Help:    "Time from a click (its event ts, or its Kafka record timestamp when ts is more than a minute off) to Redis acknowledging the write of a page predicted from it.",
+			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 18),
+		}),
+		late: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_prefetch_late_total",
+			Help: "Clicks on a page whose prefetch for the user was issued but not yet acknowledged by Redis.",
+		}),
+		blocked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_prefetch_blocked_total",
+			Help: "Pages that waited for room in the warmer's full queue (backpressure into the consumer).",
+		}),
 		originRequests: make(map[string]prometheus.Counter, len(originResults)),
 		resets: map[string]prometheus.Counter{
 			resetRestart: resets.WithLabelValues(resetRestart),
@@ -142,7 +163,7 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 		return float64(w.keys.Len())
 	})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requested, dropped, skipped, m.written, m.writtenBytes, m.writeSeconds, origin, m.breakerState, queue, tracked, resets, m.presenceErrors} {
+		for _, c := range []prometheus.Collector{m.requested, dropped, skipped, m.written, m.writtenBytes, m.writeSeconds, m.clickToWarm, m.late, m.blocked, origin, m.breakerState, queue, tracked, resets, m.presenceErrors} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register warmer metrics: %w", err)
 			}

@@ -99,10 +99,23 @@ type Config struct {
 	BreakerProbes int
 
 	// QueueSize bounds the pages waiting to be written; Warm drops pages
-	// when it is full. Default 4096.
+	// when it is full (or waits, with Block). Default 4096.
 	QueueSize int
-	// Workers is the number of goroutines writing to Redis. Default 2.
+	// Workers is the number of goroutines writing to Redis, each with one
+	// pipeline in flight. Default 2.
 	Workers int
+	// Block makes Warm wait for room in a full queue (until its ctx ends or
+	// the Warmer closes) instead of dropping the page: backpressure into
+	// the caller, the consumer, whose lag then shows it. Default false.
+	Block bool
+	// ShedFrom is the queue fill, a fraction of QueueSize in [0, 1], from
+	// which Warm sheds pages of low probability: past it a page is shed
+	// when its probability is below (fill - ShedFrom) / (1 - ShedFrom), so
+	// the least likely go first and, near full, all but each request's most
+	// likely page (which is never shed). Default 1 (no shedding); 0 with
+	// ShedFromSet sheds from an empty queue.
+	ShedFrom    float64
+	ShedFromSet bool
 	// PipelineSize is the most SET commands sent in one pipeline. Default 128.
 	PipelineSize int
 	// Linger is how long a worker holding a partial pipeline waits for more
@@ -178,6 +191,9 @@ func (c Config) withDefaults() Config {
 	defDur(&c.BreakerCooldown, DefaultBreakerCooldown)
 	def(&c.BreakerProbes, DefaultBreakerProbes)
 	def(&c.QueueSize, DefaultQueueSize)
+	if c.ShedFrom == 0 && !c.ShedFromSet {
+		c.ShedFrom = 1
+	}
 	def(&c.Workers, DefaultWorkers)
 	def(&c.PipelineSize, DefaultPipelineSize)
 	defDur(&c.WriteTimeout, DefaultWriteTimeout)
@@ -236,6 +252,9 @@ func (c Config) Validate() error {
 			bad("%s %d below 1", name, n)
 		}
 	}
+	if !(c.ShedFrom >= 0 && c.ShedFrom <= 1) {
+		bad("shed from %v is not within [0, 1]", c.ShedFrom)
+	}
 	if c.MaxBodyBytes < 1 {
 		bad("max body bytes %d below 1", c.MaxBodyBytes)
 	}
@@ -265,6 +284,36 @@ type Request struct {
 	// At is the event time of the click that led to the prediction; the
 	// Evaluator joins prefetches and clicks on it. Zero means now.
 	At time.Time
+	// Recorded is the time the click was recorded upstream (the Kafka
+	// record timestamp), zero if unknown. prefetchd_click_to_warm_seconds
+	// counts from At, or from Recorded when At is further than MaxClockSkew
+	// from it (a client clock that is off).
+	Recorded time.Time
+	// Page is the page clicked, as the model's vocabulary names it; empty
+	// if unknown. A click on a page whose prefetch for the user is still on
+	// its way to Redis is counted in prefetchd_prefetch_late_total.
+	Page string
+}
+
+// MaxClockSkew is how far a click's event time may lie from its record
+// timestamp before the latency of its prefetches is counted from the
+// record timestamp instead.
+const MaxClockSkew = time.Minute
+
+// clickTime is when req's click happened, as the latency metric counts it.
+func (req *Request) clickTime(now time.Time) time.Time {
+	switch {
+	case req.At.IsZero() && req.Recorded.IsZero():
+		return now
+	case req.At.IsZero():
+		return req.Recorded
+	case req.Recorded.IsZero():
+		return req.At
+	}
+	if d := req.At.Sub(req.Recorded); d > MaxClockSkew || d < -MaxClockSkew {
+		return req.Recorded
+	}
+	return req.At
 }
 
 // HintRecord is the value stored in hint mode, JSON encoded.
@@ -313,10 +362,12 @@ type Warmer struct {
 
 	closeOnce sync.Once
 	started   atomic.Bool
-	failing   atomic.Bool // Redis writes are failing (for log transitions)
-	observer  atomic.Pointer[Observer]
-	wake      chan struct{} // asks the watcher for a check now
-	sentinel  string        // this Warmer's sentinel key
+	// inFlight counts pages queued or being written (for the late check).
+	inFlight atomic.Int64
+	failing  atomic.Bool // Redis writes are failing (for log transitions)
+	observer atomic.Pointer[Observer]
+	wake     chan struct{} // asks the watcher for a check now
+	sentinel string        // this Warmer's sentinel key
 	// gen counts resets; a write that straddles one is not believed.
 	gen atomic.Uint64
 	// resetMu orders resets against recording writes: write holds it for
@@ -342,6 +393,7 @@ type item struct {
 	prob    float32
 	version string
 	at      time.Time
+	clicked time.Time // the click's time for prefetchd_click_to_warm_seconds
 }
 
 // NewWarmer validates cfg and builds a Warmer writing through rdb. logger may
@@ -417,30 +469,38 @@ func (w *Warmer) BreakerState() BreakerState {
 	return w.origin.breaker.current()
 }
 
-// Warm queues req's pages for writing and returns how many it queued. It
-// never blocks and never fails: pages that are still warm or already queued
-// are skipped; pages over a rate limit, or that find the queue full, the
-// Warmer closed (by Close, or by Run returning) or ctx done, are dropped and
-// counted in prefetchd_prefetch_dropped_total.
+// Warm queues req's pages for writing and returns how many it queued.
+// Pages that are still warm or already queued are skipped. Pages over a rate
+// limit, shed (see Config.ShedFrom), or that find the queue full (without
+// Config.Block), the Warmer closed (by Close, or by Run returning) or ctx
+// done, are dropped and counted in prefetchd_prefetch_dropped_total. It
+// blocks only with Config.Block, while the queue is full, until there is
+// room, ctx ends or the Warmer closes. A click (req.Page) on a page whose
+// prefetch is still on its way is counted as late.
 func (w *Warmer) Warm(ctx context.Context, req Request) int {
+	now := w.now()
+	if req.Page != "" && w.inFlight.Load() > 0 {
+		w.countLate(req.UserID, req.Page)
+	}
 	if len(req.Pages) == 0 {
 		return 0
 	}
 	at := req.At
-	now := w.now()
 	if at.IsZero() {
 		at = now
 	}
+	clicked := req.clickTime(now)
 	w.m.requested.Add(float64(len(req.Pages)))
 	if ctx.Err() != nil {
 		w.m.drop(dropCanceled, len(req.Pages))
 		return 0
 	}
-	queued := 0
+	var buf [8]item
+	items := buf[:0]
 	nowNs := now.UnixNano()
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.closed {
+		w.mu.Unlock()
 		w.m.drop(dropClosed, len(req.Pages))
 		return 0
 	}
@@ -467,16 +527,78 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 			w.m.drop(dropGlobalRate, 1)
 			continue
 		}
-		if len(w.queue) == cap(w.queue) {
-			w.m.drop(dropQueueFull, 1)
+		slot = w.keys.start(key, slot)
+		items = append(items, item{key: key, slot: slot, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: at, clicked: clicked})
+	}
+	w.inFlight.Add(int64(len(items)))
+	w.mu.Unlock()
+	top := 0
+	for i := range items {
+		if items[i].prob > items[top].prob {
+			top = i
+		}
+	}
+	queued := 0
+	for i, it := range items {
+		if reason := w.enqueue(ctx, it, i == top); reason != "" {
+			w.m.drop(reason, 1)
+			w.finish(it.slot)
 			continue
 		}
-		// Only Warm sends, under mu: the send below cannot block.
-		slot = w.keys.start(key, slot)
-		w.queue <- item{key: key, slot: slot, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: at}
 		queued++
 	}
 	return queued
+}
+
+// enqueue puts it on the queue and returns "", or the reason it was
+// dropped. top is the request's most likely page, which is never shed.
+func (w *Warmer) enqueue(ctx context.Context, it item, top bool) string {
+	if !top && w.shed(it.prob) {
+		return dropShed
+	}
+	select {
+	case w.queue <- it:
+		return ""
+	default:
+	}
+	if !w.cfg.Block {
+		return dropQueueFull
+	}
+	w.m.blocked.Inc()
+	select {
+	case w.queue <- it:
+		return ""
+	case <-ctx.Done():
+		return dropCanceled
+	case <-w.done:
+		return dropClosed
+	}
+}
+
+// shed reports whether a page of probability prob is shed at the queue's
+// present fill (Config.ShedFrom).
+func (w *Warmer) shed(prob float32) bool {
+	from := w.cfg.ShedFrom
+	if from >= 1 {
+		return false
+	}
+	fill := float64(len(w.queue)) / float64(cap(w.queue))
+	if fill < from {
+		return false
+	}
+	return float64(prob) < (fill-from)/(1-from)
+}
+
+// countLate counts a click by user on page as late when the page's
+// prefetch for the user is queued or being written.
+func (w *Warmer) countLate(user, page string) {
+	key := w.key.render(user, page)
+	w.mu.Lock()
+	_, _, flying := w.keys.lookup(key)
+	w.mu.Unlock()
+	if flying {
+		w.m.late.Inc()
+	}
 }
 
 // ErrRunning is returned by a second call to Run.
@@ -627,6 +749,7 @@ func (w *Warmer) finish(slot int32) {
 	w.mu.Lock()
 	w.keys.abort(slot)
 	w.mu.Unlock()
+	w.inFlight.Add(-1)
 }
 
 // scratch is a worker's reusable batch state.
@@ -690,6 +813,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	}
 
 	n := 0
+	var acked time.Time // when Redis answered the pipeline
 	gen := w.gen.Load()
 	if ctx.Err() == nil {
 		wctx, cancel := context.WithTimeout(ctx, w.cfg.WriteTimeout)
@@ -707,6 +831,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 			start := time.Now()
 			_, _ = pipe.Exec(wctx) // errors are per command, below
 			w.m.writeSeconds.Observe(time.Since(start).Seconds())
+			acked = w.now()
 		}
 		cancel()
 	}
@@ -745,6 +870,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		case set:
 			written++
 			bytes += len(values[i])
+			w.m.clickToWarm.Observe(max(acked.Sub(it.clicked), 0).Seconds())
 			if stale {
 				w.keys.abort(it.slot)
 				values[i] = nil
@@ -764,6 +890,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		}
 	}
 	w.mu.Unlock()
+	w.inFlight.Add(-int64(len(batch)))
 	w.m.written.Add(float64(written))
 	w.m.writtenBytes.Add(float64(bytes))
 	w.m.skippedExists.Add(float64(exists))

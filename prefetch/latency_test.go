@@ -1,0 +1,295 @@
+package prefetch
+
+import (
+	"context"
+	"errors"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// histogram reads a histogram's sample count and sum.
+func histogram(t *testing.T, h prometheus.Histogram) (uint64, float64) {
+	t.Helper()
+	var d dto.Metric
+	if err := h.Write(&d); err != nil {
+		t.Fatalf("read histogram: %v", err)
+	}
+	return d.Histogram.GetSampleCount(), d.Histogram.GetSampleSum()
+}
+
+func TestShedFromValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"unset is no shedding", Config{}, true},
+		{"half", Config{ShedFrom: 0.5}, true},
+		{"zero when set", Config{ShedFromSet: true}, true},
+		{"above one", Config{ShedFrom: 1.5}, false},
+		{"negative", Config{ShedFrom: -0.1}, false},
+		{"not a number", Config{ShedFrom: math.NaN()}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.ok != (err == nil) || (!tc.ok && !errors.Is(err, ErrInvalidConfig)) {
+				t.Fatalf("Validate() = %v, want ok %v", err, tc.ok)
+			}
+		})
+	}
+	if got := (Config{}).withDefaults().ShedFrom; got != 1 {
+		t.Errorf("default ShedFrom = %v, want 1 (off)", got)
+	}
+	if got := (Config{ShedFromSet: true}).withDefaults().ShedFrom; got != 0 {
+		t.Errorf("ShedFrom 0 with ShedFromSet became %v, want 0", got)
+	}
+}
+
+// TestLatencyMetricsAtZero checks that the latency metrics are in the first
+// scrape, before any click.
+func TestLatencyMetricsAtZero(t *testing.T) {
+	_, rdb := newRedis(t)
+	reg := prometheus.NewRegistry()
+	if _, err := NewWarmer(Config{}, rdb, nil, reg); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"prefetchd_click_to_warm_seconds": false, "prefetchd_prefetch_late_total": false,
+		"prefetchd_prefetch_blocked_total": false, `prefetchd_prefetch_dropped_total{reason="shed"}`: false}
+	for _, mf := range mfs {
+		name := mf.GetName()
+		for _, m := range mf.GetMetric() {
+			key := name
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" {
+					key = name + `{reason="` + l.GetValue() + `"}`
+				}
+			}
+			if _, ok := want[key]; ok {
+				want[key] = true
+			}
+			if _, ok := want[name]; ok {
+				want[name] = true
+			}
+		}
+	}
+	for k, seen := range want {
+		if !seen {
+			t.Errorf("%s not in the first scrape", k)
+		}
+	}
+}
+
+// TestClickToWarm writes one page per case and checks which clock the
+// latency was counted from.
+func TestClickToWarm(t *testing.T) {
+	_, rdb := newRedis(t)
+	now := time.Now()
+	cases := []struct {
+		name     string
+		at, rec  time.Time
+		min, max float64 // bounds of the observed seconds
+	}{
+		{"event time near the record time", now.Add(-300 * time.Millisecond), now.Add(-250 * time.Millisecond), 0.3, 5},
+		{"event time an hour off: record time", now.Add(-time.Hour), now.Add(-200 * time.Millisecond), 0.2, 5},
+		{"event time in the future: record time", now.Add(time.Hour), now.Add(-200 * time.Millisecond), 0.2, 5},
+		{"no record time: event time", now.Add(-400 * time.Millisecond), time.Time{}, 0.4, 5},
+		{"neither: now", time.Time{}, time.Time{}, 0, 5},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := startWarmer(t, Config{}, rdb)
+			page := "/case/" + string(rune('a'+i))
+			if n := w.Warm(testCtx(t), Request{UserID: "u", At: tc.at, Recorded: tc.rec, Pages: []Page{{Key: page, Probability: 0.5}}}); n != 1 {
+				t.Fatalf("queued %d, want 1", n)
+			}
+			eventually(t, 5*time.Second, "page written", func() bool { return counter(w.m.written) == 1 })
+			n, sum := histogram(t, w.m.clickToWarm)
+			if n != 1 || sum < tc.min || sum >= tc.max {
+				t.Errorf("click_to_warm: %d samples, sum %.3fs; want 1 sample in [%v, %v)", n, sum, tc.min, tc.max)
+			}
+		})
+	}
+}
+
+// TestWarmerLate clicks pages whose prefetch is queued (the Warmer is not
+// running, so nothing lands) and pages that have landed.
+func TestWarmerLate(t *testing.T) {
+	_, rdb := newRedis(t)
+	cases := []struct {
+		name     string
+		template string
+		user     string
+		page     string
+		late     bool
+	}{
+		{"same user, page in flight", "user:{user}:page:{page}", "u", "/b", true},
+		{"other user, per-user keys", "user:{user}:page:{page}", "v", "/b", false},
+		{"other user, shared keys", "page:{page}", "v", "/b", true},
+		{"page never prefetched", "user:{user}:page:{page}", "u", "/z", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			w, err := NewWarmer(Config{KeyTemplate: tc.template}, rdb, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := w.Warm(ctx, Request{UserID: "u", Page: "/a", Pages: []Page{{Key: "/b", Probability: 0.9}}}); n != 1 {
+				t.Fatalf("queued %d, want 1", n)
+			}
+			if got := counter(w.m.late); got != 0 {
+				t.Fatalf("late after the first click = %v, want 0", got)
+			}
+			w.Warm(ctx, Request{UserID: tc.user, Page: tc.page})
+			want := 0.0
+			if tc.late {
+				want = 1
+			}
+			if got := counter(w.m.late); got != want {
+				t.Errorf("late = %v, want %v", got, want)
+			}
+			// Once written (Close flushes), the same click is not late.
+			if err := w.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			w.Warm(ctx, Request{UserID: tc.user, Page: tc.page})
+			if got := counter(w.m.late); got != want {
+				t.Errorf("late after the write = %v, want still %v", got, want)
+			}
+			_ = rdb.FlushAll(ctx).Err()
+		})
+	}
+}
+
+// TestWarmerShed fills the queue of a Warmer that is not running, past
+// ShedFrom, and checks that the least likely pages go first and each
+// request's most likely page never.
+func TestWarmerShed(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w, err := NewWarmer(Config{QueueSize: 10, ShedFrom: 0.5}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := 0
+	warm := func(probs ...float32) int {
+		req := Request{UserID: "u"}
+		for _, p := range probs {
+			page++
+			req.Pages = append(req.Pages, Page{Key: "/p/" + string(rune('a'+page)), Probability: p})
+		}
+		return w.Warm(ctx, req)
+	}
+	steps := []struct {
+		probs          []float32
+		queued         int
+		shed, fullDrop float64 // totals after the step
+	}{
+		// Below half full nothing is shed, however unlikely.
+		{[]float32{0.01, 0.01, 0.01, 0.01, 0.01}, 5, 0, 0},
+		// At half full the floor is 0: all three go in (fill 0.8).
+		{[]float32{0.02, 0.9, 0.5}, 3, 0, 0},
+		// Fill 0.8: the top page (0.95) goes in; then fill 0.9, floor 0.8:
+		// 0.85 goes in, 0.3 is shed (floor 1 at fill 1.0).
+		{[]float32{0.85, 0.95, 0.3}, 2, 1, 0},
+		// Full: the top page is not shed but finds no room.
+		{[]float32{0.01}, 0, 1, 1},
+	}
+	for i, s := range steps {
+		if got := warm(s.probs...); got != s.queued {
+			t.Errorf("step %d: queued %d, want %d", i, got, s.queued)
+		}
+		if shed, full := counter(w.m.dropped[dropShed]), counter(w.m.dropped[dropQueueFull]); shed != s.shed || full != s.fullDrop {
+			t.Errorf("step %d: shed %v, queue_full %v; want %v and %v", i, shed, full, s.shed, s.fullDrop)
+		}
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := counter(w.m.written); got != 10 {
+		t.Errorf("written %v, want the 10 queued", got)
+	}
+}
+
+// TestWarmerBlock checks backpressure: with Block, Warm on a full queue
+// waits for room, and gives up when its ctx ends or the Warmer closes.
+func TestWarmerBlock(t *testing.T) {
+	_, rdb := newRedis(t)
+	cases := []struct {
+		name   string
+		end    func(w *Warmer, cancel context.CancelFunc, run func())
+		queued int
+		reason string // the drop counted, if any
+	}{
+		{"room frees up", func(_ *Warmer, _ context.CancelFunc, run func()) { run() }, 1, ""},
+		{"ctx ends", func(_ *Warmer, cancel context.CancelFunc, _ func()) { cancel() }, 0, dropCanceled},
+		{"warmer closes", func(w *Warmer, _ context.CancelFunc, _ func()) {
+			go func() { _ = w.Close(context.Background()) }()
+		}, 0, dropClosed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			_ = rdb.FlushAll(ctx).Err()
+			w, err := NewWarmer(Config{QueueSize: 2, Block: true}, rdb, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runCtx, stopRun := context.WithCancel(context.Background())
+			ran := make(chan error, 1)
+			run := func() { go func() { ran <- w.Run(runCtx) }() }
+			defer func() {
+				stopRun()
+				_ = w.Close(ctx)
+				select {
+				case <-ran:
+				default:
+				}
+			}()
+			if n := w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/1"}, {Key: "/2"}}}); n != 2 {
+				t.Fatalf("queued %d, want 2", n)
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			got := make(chan int, 1)
+			go func() { got <- w.Warm(wctx, Request{UserID: "u", Pages: []Page{{Key: "/3"}}}) }()
+			select {
+			case n := <-got:
+				t.Fatalf("Warm on a full queue returned %d without waiting", n)
+			case <-time.After(100 * time.Millisecond):
+			}
+			if b := counter(w.m.blocked); b != 1 {
+				t.Errorf("blocked = %v, want 1", b)
+			}
+			tc.end(w, cancel, run)
+			select {
+			case n := <-got:
+				if n != tc.queued {
+					t.Errorf("Warm queued %d, want %d", n, tc.queued)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Warm still blocked")
+			}
+			if tc.reason != "" {
+				if d := counter(w.m.dropped[tc.reason]); d != 1 {
+					t.Errorf("dropped{%s} = %v, want 1", tc.reason, d)
+				}
+			}
+			if d := counter(w.m.dropped[dropQueueFull]); d != 0 {
+				t.Errorf("queue_full = %v with Block, want 0", d)
+			}
+			if tc.queued == 1 {
+				eventually(t, 5*time.Second, "3 pages written", func() bool { return counter(w.m.written) == 3 })
+			}
+		})
+	}
+}
