@@ -125,6 +125,11 @@ func TestConfigValidate(t *testing.T) {
 		{"negative rate", Config{GlobalRate: -1}, false},
 		{"negative budget", Config{BudgetBytes: -1}, false},
 		{"negative timeout", Config{WriteTimeout: -time.Second}, false},
+		{"shed from half", Config{ShedFrom: 0.5}, true},
+		{"shed from zero when set", Config{ShedFromSet: true}, true},
+		{"shed from above one", Config{ShedFrom: 1.5}, false},
+		{"shed from negative", Config{ShedFrom: -0.1}, false},
+		{"shed from not a number", Config{ShedFrom: math.NaN()}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -291,7 +291,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 		if err != nil {
 			return modelError(ctx, err)
 		}
-		e.prefetch(ctx, l, ev, page, idx, len(b.rec.Pages), probs, b)
+		e.prefetch(ctx, l, ev, meta.Time, page, idx, len(b.rec.Pages), probs, b)
 		if resumed {
 			return e.redelivered()
 		}
@@ -310,7 +310,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	if err != nil {
 		return err
 	}
-	e.prefetch(ctx, l, ev, page, idx, len(b.rec.Pages), probs, b)
+	e.prefetch(ctx, l, ev, meta.Time, page, idx, len(b.rec.Pages), probs, b)
 	b.rec.State, b.rec.StateSeq = state, b.rec.Seq
 	if err := saved(e.deps.Histories.Save(ctx, ev.UserID, &b.rec)); err != nil {
 		return fmt.Errorf("save state: %w", err)
@@ -450,17 +450,18 @@ func (e *Engine) stateBefore(ctx context.Context, l *lifecycle.Live, rec *featur
 }
 
 // prefetch is the end of a click, once scored: policy, warming, watchers and
-// the progress sample. histLen is the user's history length.
-func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Event, page string, idx int64, histLen int, probs []float32, b *buffers) {
+// the progress sample. histLen is the user's history length; recorded is
+// the click's record timestamp (features.Meta.Time).
+func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Event, recorded time.Time, page string, idx int64, histLen int, probs []float32, b *buffers) {
 	b.cands = e.policyFor(l).Select(probs, idx, 0, -1, b.cands)
-	if len(b.cands) > 0 {
-		b.pages = b.pages[:0]
-		for _, c := range b.cands {
-			b.pages = append(b.pages, prefetch.Page{Key: l.Vocab.Page(c.Index), Probability: c.Probability})
-		}
-		n := e.deps.Warmer.Warm(ctx, prefetch.Request{UserID: ev.UserID, Pages: b.pages, ModelVersion: l.Version, At: ev.TS})
-		e.counter.prefetches.Add(uint64(n))
+	b.pages = b.pages[:0]
+	for _, c := range b.cands {
+		b.pages = append(b.pages, prefetch.Page{Key: l.Vocab.Page(c.Index), Probability: c.Probability})
 	}
+	// Without pages too: the warmer counts a click on a page still on its way.
+	n := e.deps.Warmer.Warm(ctx, prefetch.Request{UserID: ev.UserID, Pages: b.pages, ModelVersion: l.Version,
+		At: ev.TS, Recorded: recorded, Page: page})
+	e.counter.prefetches.Add(uint64(n))
 	if e.nsubs.Load() > 0 {
 		e.publish(ev.UserID, l, b.cands, ev.TS)
 	}
@@ -496,13 +497,14 @@ type waveRow struct {
 	// BatchRow is the user, the click, the record after Append and the
 	// store's result of the latest call.
 	features.BatchRow
-	at      int // index in the run
-	ev      *features.Event
-	page    string    // canonical
-	idx     int64     // page index under the live model
-	probs   []float32 // scores of the next page
-	resumed bool      // an earlier attempt appended the click (features.ErrUnsettled)
-	err     error     // the click's outcome
+	at       int // index in the run
+	ev       *features.Event
+	recorded time.Time // the record timestamp (features.Meta.Time)
+	page     string    // canonical
+	idx      int64     // page index under the live model
+	probs    []float32 // scores of the next page
+	resumed  bool      // an earlier attempt appended the click (features.ErrUnsettled)
+	err      error     // the click's outcome
 }
 
 // reset makes n rows, keeping the buffers of earlier ones.
@@ -604,7 +606,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	for j, i := range in {
 		r, ev := &rows[j], &evs[i]
 		r.at, r.ev, r.page, r.resumed, r.err, r.Err = i, ev, e.deps.Canon.Canonical(ev.Page), false, nil, nil
-		r.idx = l.Vocab.Index(r.page)
+		r.idx, r.recorded = l.Vocab.Index(r.page), metas[i].Time
 		r.User, r.Click = ev.UserID, newClick(l, r.idx, *ev, metas[i])
 		w.live = append(w.live, r)
 	}
@@ -647,7 +649,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 				r.err = modelError(ctx, err)
 				continue
 			}
-			e.prefetch(ctx, l, *r.ev, r.page, r.idx, len(r.Rec.Pages), probs, b)
+			e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), probs, b)
 			if r.resumed {
 				r.err = e.redelivered()
 				continue
@@ -700,7 +702,7 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 		}
 		r.probs = w.probs[j]
 		r.Rec.State, r.Rec.StateSeq = w.states[j], r.Rec.Seq
-		e.prefetch(ctx, l, *r.ev, r.page, r.idx, len(r.Rec.Pages), r.probs, b)
+		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), r.probs, b)
 		w.live = append(w.live, r)
 	}
 	if bs, batched := e.deps.Histories.(features.BatchStore); batched && len(w.live) > 0 {

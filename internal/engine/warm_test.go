@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -126,5 +127,61 @@ func TestPredictWarmIsInRedis(t *testing.T) {
 	srv.Stop()
 	if got := warm(e1); !slices.Equal(got, []bool{false}) {
 		t.Errorf("Redis down: warm %v, want false", got)
+	}
+}
+
+// TestRequestCarriesClick checks that every prefetch request names the
+// click's page and record timestamp, one click at a time and in runs (waves).
+func TestRequestCarriesClick(t *testing.T) {
+	base := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	evs := []features.Event{
+		{UserID: "a", Page: "/page/2", TS: base},
+		{UserID: "b", Page: "/page/3", TS: base.Add(time.Second)},
+		{UserID: "a", Page: "/page/4", TS: base.Add(2 * time.Second)},
+	}
+	metas := make([]features.Meta, len(evs))
+	for i := range metas {
+		metas[i] = features.Meta{Offset: int64(i), Time: base.Add(time.Duration(i)*time.Second + 5*time.Millisecond)}
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(ctx context.Context, e *Engine) error
+	}{
+		{"HandleEvent", func(ctx context.Context, e *Engine) error {
+			for i := range evs {
+				if err := e.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"HandleEvents", func(ctx context.Context, e *Engine) error {
+			errs := make([]error, len(evs))
+			e.HandleEvents(ctx, evs, metas, errs)
+			return errors.Join(errs...)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			e, w, _, _ := gruEngine(t, hist)
+			if err := tc.run(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+			if len(w.reqs) != len(evs) {
+				t.Fatalf("%d requests, want %d", len(w.reqs), len(evs))
+			}
+			for _, r := range w.reqs {
+				i := slices.IndexFunc(evs, func(ev features.Event) bool { return ev.TS.Equal(r.At) })
+				if i < 0 {
+					t.Fatalf("request at %v matches no click", r.At)
+				}
+				if r.UserID != evs[i].UserID || r.Page != evs[i].Page || !r.Recorded.Equal(metas[i].Time) {
+					t.Errorf("request %s %s recorded %v; want %s %s recorded %v",
+						r.UserID, r.Page, r.Recorded, evs[i].UserID, evs[i].Page, metas[i].Time)
+				}
+			}
+		})
 	}
 }
