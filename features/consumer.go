@@ -1104,6 +1104,11 @@ func (c *Consumer) lagSeconds() float64 {
 	return max(time.Since(ts).Seconds(), 0)
 }
 
+// LagSeconds is prefetchd_ingest_lag_seconds: the age, by its Kafka
+// timestamp, of the oldest record fetched and not yet settled (0 when none
+// is waiting).
+func (c *Consumer) LagSeconds() float64 { return c.lagSeconds() }
+
 // Lag is the number of messages of the topic above the group's committed
 // offsets, as last read from the brokers (every LagInterval); -1 before the
 // first reading or while the brokers cannot be read.

@@ -274,6 +274,8 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	warmer, err := prefetch.NewWarmer(prefetch.Config{
 		Mode: prefetch.Mode(cfg.PrefetchMode), OriginURL: cfg.OriginURL, TTL: cfg.TTL, KeyTemplate: cfg.KeyTemplate,
 		GlobalRate: cfg.GlobalRate, PerUserRate: cfg.PerUserRate, BudgetKeys: cfg.BudgetKeys,
+		QueueSize: cfg.WarmQueue, Workers: cfg.WarmWorkers, Block: cfg.WarmBackpressure,
+		ShedFrom: cfg.WarmShedFrom, ShedFromSet: true,
 	}, rdb, log, reg)
 	if err != nil {
 		return err
@@ -330,6 +332,9 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		}
 	})
 	ready.add("ingest", func(context.Context) error { return consumer.Ready() })
+	if cfg.OverloadLag > 0 {
+		ready.add("overloaded", func(context.Context) error { return overloaded(consumer.LagSeconds(), cfg.OverloadLag) })
+	}
 	pipe.set(eng, ingester{consumer}, hub)
 	ready.poke()
 	auxWG.Go(func() { hub.run(srvCtx) })

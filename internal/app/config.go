@@ -105,6 +105,19 @@ type Config struct {
 	CostWeights string
 	PerUserRate float64
 	BudgetKeys  int
+	// The warmer: queue length and writers (each with a pipeline in
+	// flight); WarmBackpressure makes a full queue slow the consumer down
+	// instead of dropping pages; past WarmShedFrom (a fraction of the
+	// queue) pages of low probability are shed, the least likely first
+	// (prefetch.Config.ShedFrom; 1 never sheds).
+	WarmQueue        int
+	WarmWorkers      int
+	WarmBackpressure bool
+	WarmShedFrom     float64
+	// OverloadLag fails the "overloaded" readiness check while the oldest
+	// unsettled record is older than this (prefetchd_ingest_lag_seconds);
+	// 0 turns the check off.
+	OverloadLag time.Duration
 
 	// Servers.
 	Listen         string // gRPC
@@ -126,6 +139,14 @@ type Config struct {
 	LogLevel string
 }
 
+// Warmer and overload defaults of the service.
+const (
+	DefaultWarmQueue    = 16384
+	DefaultWarmWorkers  = 4
+	DefaultWarmShedFrom = 0.75
+	DefaultOverloadLag  = 10 * time.Second
+)
+
 // Default returns the configuration of `make run`.
 func Default() Config {
 	return Config{
@@ -142,8 +163,14 @@ func Default() Config {
 		Listen:       "127.0.0.1:50051",
 		AdminListen:  "127.0.0.1:8081",
 		ReplayRate:   200,
-		MaxSkew:      24 * time.Hour,
-		LogLevel:     "info",
+
+		WarmQueue:        DefaultWarmQueue,
+		WarmWorkers:      DefaultWarmWorkers,
+		WarmBackpressure: true,
+		WarmShedFrom:     DefaultWarmShedFrom,
+		OverloadLag:      DefaultOverloadLag,
+		MaxSkew:          24 * time.Hour,
+		LogLevel:         "info",
 
 		Workers:                features.DefaultWorkers,
 		KafkaSessionTimeout:    features.DefaultSessionTimeout,
@@ -216,6 +243,7 @@ func (c *Config) Validate() error {
 		"--commit-batch": float64(c.CommitBatch), "--commit-interval": c.CommitInterval.Seconds(),
 		"--history-max-users": float64(c.HistoryMaxUsers), "--session-gap": c.SessionGap.Seconds(),
 		"--rollback-window": c.RollbackWindow.Seconds(),
+		"--warm-queue":      float64(c.WarmQueue), "--warm-workers": float64(c.WarmWorkers),
 	} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v is not positive", name, v))
@@ -238,6 +266,12 @@ func (c *Config) Validate() error {
 	}
 	if c.GlobalRate < 0 || c.PerUserRate < 0 || c.BudgetKeys < 0 {
 		errs = append(errs, errors.New("rates and budgets must not be negative (0 means no limit)"))
+	}
+	if math.IsNaN(c.WarmShedFrom) || c.WarmShedFrom < 0 || c.WarmShedFrom > 1 {
+		errs = append(errs, fmt.Errorf("--warm-shed-from %v outside [0, 1] (1: never shed)", c.WarmShedFrom))
+	}
+	if c.OverloadLag < 0 {
+		errs = append(errs, fmt.Errorf("--overload-lag %v is negative (0: no check)", c.OverloadLag))
 	}
 	if c.Model != "" && c.ModelRepo != "" {
 		errs = append(errs, errors.New("--model and --model-repo are exclusive"))
@@ -321,6 +355,11 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.Float64Var(&c.GlobalRate, "global-rate", c.GlobalRate, "most prefetches per second over all users (0: no limit)")
 	fs.Float64Var(&c.PerUserRate, "per-user-rate", c.PerUserRate, "most prefetches per second for one user (0: no limit)")
 	fs.IntVar(&c.BudgetKeys, "budget-keys", c.BudgetKeys, "most keys the prefetcher writes per TTL window (0: no cap)")
+	fs.IntVar(&c.WarmQueue, "warm-queue", c.WarmQueue, "pages waiting to be written to Redis")
+	fs.IntVar(&c.WarmWorkers, "warm-workers", c.WarmWorkers, "goroutines writing to Redis, each with one pipeline in flight")
+	fs.BoolVar(&c.WarmBackpressure, "warm-backpressure", c.WarmBackpressure, "a full warm queue slows the consumer down instead of dropping pages")
+	fs.Float64Var(&c.WarmShedFrom, "warm-shed-from", c.WarmShedFrom, "warm queue fill, in [0, 1], past which pages of low probability are shed, least likely first (1: never)")
+	fs.DurationVar(&c.OverloadLag, "overload-lag", c.OverloadLag, "readiness check overloaded fails while the oldest unsettled click is older than this (0: no check)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "gRPC listen address")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "HTTP admin listen address (/metrics, /healthz, /readyz, /stats; /debug/pprof with --pprof)")
 	fs.StringVar(&c.AdminTokenFile, "admin-token-file", c.AdminTokenFile, "file holding the bearer token ModelService requires")

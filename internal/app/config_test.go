@@ -67,6 +67,17 @@ func TestParseFlags(t *testing.T) {
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected"},
 		{name: "misspelled variable", env: map[string]string{"PREFETCHD_TRESHOLD": "0.2"}, wantErr: "unknown environment variable PREFETCHD_TRESHOLD (did you mean PREFETCHD_THRESHOLD?)"},
 		{name: "help", args: []string{"--help"}, wantErr: "help or version printed"},
+		{
+			name: "warmer and overload flags",
+			args: []string{"--warm-queue", "100", "--warm-workers", "8", "--warm-backpressure=false", "--warm-shed-from", "0.9", "--overload-lag", "3s"},
+			check: func(t *testing.T, c Config) {
+				if c.WarmQueue != 100 || c.WarmWorkers != 8 || c.WarmBackpressure || c.WarmShedFrom != 0.9 || c.OverloadLag != 3*time.Second {
+					t.Errorf("config = %+v, want warm queue 100, 8 workers, no backpressure, shed from 0.9, overload lag 3s", c)
+				}
+			},
+		},
+		{name: "shed from above one", args: []string{"--warm-shed-from", "1.5"}, wantErr: "--warm-shed-from"},
+		{name: "negative overload lag", args: []string{"--overload-lag", "-1s"}, wantErr: "--overload-lag"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -113,6 +124,10 @@ func TestZeroIsAValue(t *testing.T) {
 		{flag: "rollback-min-fraction", unset: func(c Config) bool { return c.RollbackMinFraction == 0.5 }, wantErr: "--rollback-min-fraction"},
 		{flag: "rollback-window", unset: func(c Config) bool { return c.RollbackWindow == 10*time.Minute }, wantErr: "--rollback-window"},
 		{flag: "replay-rate", unset: func(c Config) bool { return c.ReplayRate == 200 }, wantErr: "--replay-rate"},
+		{flag: "warm-queue", unset: func(c Config) bool { return c.WarmQueue == DefaultWarmQueue }, wantErr: "--warm-queue"},
+		{flag: "warm-workers", unset: func(c Config) bool { return c.WarmWorkers == DefaultWarmWorkers }, wantErr: "--warm-workers"},
+		{flag: "warm-shed-from", unset: func(c Config) bool { return c.WarmShedFrom == DefaultWarmShedFrom }, zero: func(c Config) bool { return c.WarmShedFrom == 0 }},
+		{flag: "overload-lag", unset: func(c Config) bool { return c.OverloadLag == DefaultOverloadLag }, zero: func(c Config) bool { return c.OverloadLag == 0 }},
 	}
 	var getenv []string
 	for _, tc := range tests {

@@ -161,3 +161,13 @@ func (r *readiness) serve(w http.ResponseWriter, version func() string) {
 		fmt.Fprintln(w, "ready model_version="+version())
 	}
 }
+
+// overloaded is the "overloaded" readiness check: it fails while the oldest
+// unsettled click (lagSeconds, prefetchd_ingest_lag_seconds) is older than
+// limit, the service then falling behind the click stream.
+func overloaded(lagSeconds float64, limit time.Duration) error {
+	if lag := time.Duration(lagSeconds * float64(time.Second)); lag > limit {
+		return fmt.Errorf("oldest unsettled click %s old, over --overload-lag %s", lag.Round(time.Millisecond), limit)
+	}
+	return nil
+}

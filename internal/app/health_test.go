@@ -251,3 +251,26 @@ func TestReadiness(t *testing.T) {
 		})
 	}
 }
+
+func TestOverloaded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lag  float64
+		fail bool
+	}{
+		{"nothing waiting", 0, false},
+		{"under the limit", 1.5, false},
+		{"at the limit", 2, false},
+		{"over the limit", 2.5, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := overloaded(tc.lag, 2*time.Second)
+			if (err != nil) != tc.fail {
+				t.Fatalf("overloaded(%v, 2s) = %v, want failing %v", tc.lag, err, tc.fail)
+			}
+			if err != nil && !strings.Contains(err.Error(), "2.5s old") {
+				t.Errorf("reason %q does not say how old", err)
+			}
+		})
+	}
+}
