@@ -8,6 +8,12 @@
 // are those of the gRPC layer); with --addr it loads a running prefetchd.
 //
 //	prefetch-load [--addr host:port] [--duration 30s] [--concurrency 1,16,64]
+//
+// The clicks mode measures, at steady click rates, the time from producing a
+// click into Kafka to Redis setting a key prefetchd warmed for its user,
+// beside a bare kafka-go group reader of the same stream in the same run:
+//
+//	prefetch-load clicks --kafka-brokers host:port --redis-addr host:port [--rates 1000,5000,10000,20000]
 package main
 
 import (

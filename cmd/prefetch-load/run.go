@@ -46,6 +46,7 @@ type config struct {
 }
 
 const usage = `usage: prefetch-load [flags]
+       prefetch-load clicks [flags]   (click-to-warm latency; clicks --help)
 
 Measures HintService.Predict beside HintService.Ping at each concurrency level,
 against --addr or an in-process server with a fake engine.`
@@ -102,10 +103,14 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	return c, nil
 }
 
-// run parses flags, starts the in-process server when no --addr is given,
+// run runs the clicks mode when the first argument is "clicks". Otherwise it
+// parses flags, starts the in-process server when no --addr is given,
 // and measures Ping and Predict at each concurrency level, writing results
 // to out. It stops early, with ctx's error, when ctx ends.
 func run(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) > 0 && args[0] == "clicks" {
+		return runClicks(ctx, args[1:], out)
+	}
 	cfg, err := parseFlags(args, out)
 	if err != nil {
 		return err
