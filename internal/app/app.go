@@ -274,7 +274,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	warmer, err := prefetch.NewWarmer(prefetch.Config{
 		Mode: prefetch.Mode(cfg.PrefetchMode), OriginURL: cfg.OriginURL, TTL: cfg.TTL, KeyTemplate: cfg.KeyTemplate,
 		GlobalRate: cfg.GlobalRate, PerUserRate: cfg.PerUserRate, BudgetKeys: cfg.BudgetKeys,
-		QueueSize: cfg.WarmQueue, Workers: cfg.WarmWorkers, Block: cfg.WarmBackpressure,
+		QueueSize: cfg.WarmQueue, Workers: cfg.WarmWorkers, PipelineSize: cfg.WarmPipeline, Block: cfg.WarmBackpressure,
 		ShedFrom: cfg.WarmShedFrom, ShedFromSet: true,
 	}, rdb, log, reg)
 	if err != nil {

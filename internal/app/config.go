@@ -112,6 +112,7 @@ type Config struct {
 	// (prefetch.Config.ShedFrom; 1 never sheds).
 	WarmQueue        int
 	WarmWorkers      int
+	WarmPipeline     int
 	WarmBackpressure bool
 	WarmShedFrom     float64
 	// OverloadLag fails the "overloaded" readiness check while the oldest
@@ -143,6 +144,7 @@ type Config struct {
 const (
 	DefaultWarmQueue    = 16384
 	DefaultWarmWorkers  = 4
+	DefaultWarmPipeline = 512
 	DefaultWarmShedFrom = 0.75
 	DefaultOverloadLag  = 10 * time.Second
 )
@@ -166,6 +168,7 @@ func Default() Config {
 
 		WarmQueue:        DefaultWarmQueue,
 		WarmWorkers:      DefaultWarmWorkers,
+		WarmPipeline:     DefaultWarmPipeline,
 		WarmBackpressure: true,
 		WarmShedFrom:     DefaultWarmShedFrom,
 		OverloadLag:      DefaultOverloadLag,
@@ -244,6 +247,7 @@ func (c *Config) Validate() error {
 		"--history-max-users": float64(c.HistoryMaxUsers), "--session-gap": c.SessionGap.Seconds(),
 		"--rollback-window": c.RollbackWindow.Seconds(),
 		"--warm-queue":      float64(c.WarmQueue), "--warm-workers": float64(c.WarmWorkers),
+		"--warm-pipeline": float64(c.WarmPipeline),
 	} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v is not positive", name, v))
@@ -357,6 +361,7 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.IntVar(&c.BudgetKeys, "budget-keys", c.BudgetKeys, "most keys the prefetcher writes per TTL window (0: no cap)")
 	fs.IntVar(&c.WarmQueue, "warm-queue", c.WarmQueue, "pages waiting to be written to Redis")
 	fs.IntVar(&c.WarmWorkers, "warm-workers", c.WarmWorkers, "goroutines writing to Redis, each with one pipeline in flight")
+	fs.IntVar(&c.WarmPipeline, "warm-pipeline", c.WarmPipeline, "most SET commands a warm writer sends in one pipeline (one round trip)")
 	fs.BoolVar(&c.WarmBackpressure, "warm-backpressure", c.WarmBackpressure, "a full warm queue slows the consumer down instead of dropping pages")
 	fs.Float64Var(&c.WarmShedFrom, "warm-shed-from", c.WarmShedFrom, "warm queue fill, in [0, 1], past which pages of low probability are shed, least likely first (1: never)")
 	fs.DurationVar(&c.OverloadLag, "overload-lag", c.OverloadLag, "readiness check overloaded fails while the oldest unsettled click is older than this (0: no check)")

@@ -69,10 +69,10 @@ func TestParseFlags(t *testing.T) {
 		{name: "help", args: []string{"--help"}, wantErr: "help or version printed"},
 		{
 			name: "warmer and overload flags",
-			args: []string{"--warm-queue", "100", "--warm-workers", "8", "--warm-backpressure=false", "--warm-shed-from", "0.9", "--overload-lag", "3s"},
+			args: []string{"--warm-queue", "100", "--warm-workers", "8", "--warm-pipeline", "64", "--warm-backpressure=false", "--warm-shed-from", "0.9", "--overload-lag", "3s"},
 			check: func(t *testing.T, c Config) {
-				if c.WarmQueue != 100 || c.WarmWorkers != 8 || c.WarmBackpressure || c.WarmShedFrom != 0.9 || c.OverloadLag != 3*time.Second {
-					t.Errorf("config = %+v, want warm queue 100, 8 workers, no backpressure, shed from 0.9, overload lag 3s", c)
+				if c.WarmQueue != 100 || c.WarmWorkers != 8 || c.WarmPipeline != 64 || c.WarmBackpressure || c.WarmShedFrom != 0.9 || c.OverloadLag != 3*time.Second {
+					t.Errorf("config = %+v, want warm queue 100, 8 workers, pipelines of 64, no backpressure, shed from 0.9, overload lag 3s", c)
 				}
 			},
 		},
@@ -126,6 +126,7 @@ func TestZeroIsAValue(t *testing.T) {
 		{flag: "replay-rate", unset: func(c Config) bool { return c.ReplayRate == 200 }, wantErr: "--replay-rate"},
 		{flag: "warm-queue", unset: func(c Config) bool { return c.WarmQueue == DefaultWarmQueue }, wantErr: "--warm-queue"},
 		{flag: "warm-workers", unset: func(c Config) bool { return c.WarmWorkers == DefaultWarmWorkers }, wantErr: "--warm-workers"},
+		{flag: "warm-pipeline", unset: func(c Config) bool { return c.WarmPipeline == DefaultWarmPipeline }, wantErr: "--warm-pipeline"},
 		{flag: "warm-shed-from", unset: func(c Config) bool { return c.WarmShedFrom == DefaultWarmShedFrom }, zero: func(c Config) bool { return c.WarmShedFrom == 0 }},
 		{flag: "overload-lag", unset: func(c Config) bool { return c.OverloadLag == DefaultOverloadLag }, zero: func(c Config) bool { return c.OverloadLag == 0 }},
 	}
