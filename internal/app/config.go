@@ -142,10 +142,10 @@ type Config struct {
 
 // Warmer and overload defaults of the service.
 const (
-	DefaultWarmQueue    = 16384
+	DefaultWarmQueue    = 8192
 	DefaultWarmWorkers  = 4
 	DefaultWarmPipeline = 512
-	DefaultWarmShedFrom = 0.75
+	DefaultWarmShedFrom = 0.5
 	DefaultOverloadLag  = 10 * time.Second
 )
 
