@@ -52,6 +52,13 @@ func (t *keyTable) lookup(key string) (slot int32, expires int64, flying bool) {
 	return i, 0, true
 }
 
+// flying reports whether the key spelled by b is in flight, without
+// allocating.
+func (t *keyTable) flyingKey(b []byte) bool {
+	i, ok := t.index[string(b)]
+	return ok && t.slots[i].at == inFlight
+}
+
 // start marks key in flight and returns its slot; slot is what lookup
 // returned for key.
 func (t *keyTable) start(key string, slot int32) int32 {

@@ -273,3 +273,23 @@ func TestWarmerBlock(t *testing.T) {
 		})
 	}
 }
+
+// TestLateCheckAllocatesNothing: the check runs on every click.
+func TestLateCheckAllocatesNothing(t *testing.T) {
+	_, rdb := newRedis(t)
+	w, err := NewWarmer(Config{KeyTemplate: "user:{user}:page:{page}"}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/b", Probability: 1}}})
+	if n := testing.AllocsPerRun(100, func() { w.countLate("u", "/b") }); n != 0 {
+		t.Errorf("countLate allocates %v times, want 0", n)
+	}
+	if got := counter(w.m.late); got != 101 {
+		t.Errorf("late = %v after 101 checks of a page in flight, want 101", got)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

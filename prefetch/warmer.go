@@ -592,9 +592,10 @@ func (w *Warmer) shed(prob float32) bool {
 // countLate counts a click by user on page as late when the page's
 // prefetch for the user is queued or being written.
 func (w *Warmer) countLate(user, page string) {
-	key := w.key.render(user, page)
+	var buf [128]byte
+	key := w.key.appendTo(buf[:0], user, page)
 	w.mu.Lock()
-	_, _, flying := w.keys.lookup(key)
+	flying := w.keys.flyingKey(key)
 	w.mu.Unlock()
 	if flying {
 		w.m.late.Inc()
@@ -995,6 +996,21 @@ func parseTemplate(s string) template {
 		s = s[i+n:]
 	}
 	return t
+}
+
+// appendTo appends the filled template to b.
+func (t template) appendTo(b []byte, user, page string) []byte {
+	for _, p := range t.parts {
+		switch p.ph {
+		case 'p':
+			b = append(b, page...)
+		case 'u':
+			b = append(b, user...)
+		default:
+			b = append(b, p.lit...)
+		}
+	}
+	return b
 }
 
 // render fills the template verbatim.
