@@ -200,6 +200,34 @@ func TestWarmerShed(t *testing.T) {
 	}
 }
 
+// TestWarmerBlockNotDuringOutage: while writes fail, a full queue drops
+// rather than stall the consumer.
+func TestWarmerBlockNotDuringOutage(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	w, err := NewWarmer(Config{QueueSize: 1, Block: true}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.failing.Store(true) // as write does when a pipeline fails
+	if n := w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/1"}}}); n != 1 {
+		t.Fatalf("queued %d, want 1", n)
+	}
+	done := make(chan int, 1)
+	go func() { done <- w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/2"}}}) }()
+	select {
+	case n := <-done:
+		if n != 0 || counter(w.m.dropped[dropQueueFull]) != 1 || counter(w.m.blocked) != 0 {
+			t.Errorf("queued %d, queue_full %v, blocked %v; want 0, 1, 0", n, counter(w.m.dropped[dropQueueFull]), counter(w.m.blocked))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Warm waited during an outage")
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestWarmerBlock checks backpressure: with Block, Warm on a full queue
 // waits for room, and gives up when its ctx ends or the Warmer closes.
 func TestWarmerBlock(t *testing.T) {

@@ -106,7 +106,9 @@ type Config struct {
 	Workers int
 	// Block makes Warm wait for room in a full queue (until its ctx ends or
 	// the Warmer closes) instead of dropping the page: backpressure into
-	// the caller, the consumer, whose lag then shows it. Default false.
+	// the caller, the consumer, whose lag then shows it. While Redis writes
+	// are failing it drops all the same, so an outage does not stall the
+	// caller. Default false.
 	Block bool
 	// ShedFrom is the queue fill, a fraction of QueueSize in [0, 1], from
 	// which Warm sheds pages of low probability: past it a page is shed
@@ -561,7 +563,9 @@ func (w *Warmer) enqueue(ctx context.Context, it item, top bool) string {
 		return ""
 	default:
 	}
-	if !w.cfg.Block {
+	if !w.cfg.Block || w.failing.Load() {
+		// While Redis writes fail, waiting would stall the consumer on an
+		// outage: drop instead.
 		return dropQueueFull
 	}
 	w.m.blocked.Inc()
