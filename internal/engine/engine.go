@@ -35,7 +35,8 @@ type Models interface {
 	RecordRequest(version string, latency time.Duration)
 }
 
-// Warmer takes prefetch requests without blocking and says which pages are
+// Warmer takes prefetch requests (blocking only while a full queue pushes
+// back, prefetch.Config.Block) and says which pages are
 // in the cache now; *prefetch.Warmer implements it.
 type Warmer interface {
 	Warm(ctx context.Context, req prefetch.Request) int
