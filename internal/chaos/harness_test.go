@@ -50,11 +50,6 @@ type load struct {
 
 func (l load) events() int { return l.users * l.clicks }
 
-// duration is how long the stream lasts at its rate.
-func (l load) duration() time.Duration {
-	return time.Duration(float64(l.events()) / l.rate * float64(time.Second))
-}
-
 // vocabulary is the bundled model's vocabulary and history length: the
 // checker maps pages to indices with it, as the service does.
 type vocabulary struct {

@@ -144,15 +144,6 @@ func (p *proc) tail(n int) string {
 	return fmt.Sprintf("--- last %d lines of %s log ---\n%s", len(lines), p.name, bytes.Join(lines, []byte("\n")))
 }
 
-// grepLog counts the log lines that contain s.
-func (p *proc) grepLog(s string) int {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return 0
-	}
-	return bytes.Count(b, []byte(s))
-}
-
 // freePorts returns n distinct TCP ports on 127.0.0.1 that were free a
 // moment ago (all are held open together, so none is returned twice).
 func freePorts(t testing.TB, n int) []int {
@@ -171,16 +162,6 @@ func freePorts(t testing.TB, n int) []int {
 
 // loopback is 127.0.0.1:port.
 func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
-
-// dialable reports whether something accepts TCP connections at addr.
-func dialable(ctx context.Context, addr string) error {
-	d := net.Dialer{Timeout: 200 * time.Millisecond}
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	return c.Close()
-}
 
 // errNotReady is a readiness probe's answer while a server starts.
 var errNotReady = errors.New("not ready")
