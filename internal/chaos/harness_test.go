@@ -160,8 +160,10 @@ func newProducer(p *plan, broker string) *producer {
 // send writes events [acked, to) and returns when they are acknowledged,
 // ctx ends, or a write keeps failing for 30 s.
 func (pr *producer) send(ctx context.Context, to int) error {
+	tr := &kafka.Transport{} // its own pool, closed on return
+	defer tr.CloseIdleConnections()
 	w := &kafka.Writer{
-		Addr: kafka.TCP(pr.broker), Topic: topic, Balancer: &kafka.Hash{},
+		Addr: kafka.TCP(pr.broker), Topic: topic, Balancer: &kafka.Hash{}, Transport: tr,
 		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 1,
 		MaxAttempts: 3, WriteTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second,
 	}
