@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// outageFor is how long a killed Redis or a broker stays down.
+// outageFor is how long a killed Redis stays down.
 const outageFor = 8 * time.Second
 
 // scenario is one fault injected into a running pipeline.

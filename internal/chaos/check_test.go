@@ -85,6 +85,11 @@ func diffHistory(want, got []int32) (lost, doubled int, reordered bool) {
 // check compares the state of the world with the ground truth once.
 func (e *env) check(ctx context.Context, x expect) *outcome {
 	o := &outcome{sent: int(e.prod.acked.Load()), users: len(e.plan.users)}
+	for _, p := range append(append([]*proc{e.broker}, e.redis...), e.procs()...) {
+		if p.exited() {
+			o.problem("%s exited by itself:\n%s", p.name, p.tail(20))
+		}
+	}
 	perUser := e.plan.sentPerUser(o.sent)
 	var diffs []string
 	if e.cfg.history == features.BackendRedis {

@@ -237,6 +237,15 @@ func (e *env) startService() *service {
 	return s
 }
 
+// procs are the services' processes, running or not.
+func (e *env) procs() []*proc {
+	out := make([]*proc, len(e.svcs))
+	for i, s := range e.svcs {
+		out[i] = s.proc
+	}
+	return out
+}
+
 // live are the services whose process runs now.
 func (e *env) live() []*service {
 	var out []*service

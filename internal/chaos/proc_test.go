@@ -117,6 +117,21 @@ func (p *proc) running() bool {
 	return p.cmd != nil
 }
 
+// exited reports whether the process ended by itself (not by kill).
+func (p *proc) exited() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // signal sends sig to the running process (SIGSTOP, SIGCONT).
 func (p *proc) signal(sig syscall.Signal) {
 	p.t.Helper()
