@@ -79,6 +79,14 @@ func scenarios(l load) []scenario {
 			e.prod.background(e.t, l.events())()
 			e.verify(expect{exactCounts: true, resets: true})
 		}},
+		{"group_offsets_reset_redelivery", shared, func(e *env) {
+			e.prod.background(e.t, l.events())()
+			e.verify(expect{exactCounts: true})
+			e.svcs[0].stop(20 * time.Second)
+			e.rewindGroup()
+			e.svcs[0].start()
+			e.verify(expect{redelivered: l.events()})
+		}},
 		{"prefetchd_kill9_restart", shared, func(e *env) {
 			wait := e.prod.background(e.t, l.events())
 			e.prod.waitAcked(e.t, l.events()/3, time.Minute)

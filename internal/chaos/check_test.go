@@ -23,6 +23,10 @@ type expect struct {
 	// resets: the topic was recreated; the service must count an offset
 	// reset in prefetchd_ingest_offset_resets_total.
 	resets bool
+	// redelivered: the live services were started after the whole stream
+	// had been applied and the group rewound; they must apply nothing and
+	// count this many duplicates.
+	redelivered int
 }
 
 // outcome is what the checker found, in figures, with the first problems.
@@ -39,6 +43,7 @@ type outcome struct {
 	cold       int // hints of the final history whose key is not in Redis
 	disagree   int // users whose Predict answer differs between live replicas
 	applied    float64
+	dups       float64
 	clicks     float64
 	handlerErr float64
 	lagMetric  float64
@@ -54,9 +59,9 @@ func (o *outcome) problem(format string, args ...any) {
 // figures is the one-line summary logged for every scenario.
 func (o *outcome) figures() string {
 	return fmt.Sprintf("sent=%d users=%d wrong_users=%d lost=%d doubled=%d reordered=%d hints=%d few_hints=%d false_warm=%d cold=%d replicas_disagree=%d "+
-		"events_total=%g clicks_total=%g handler_errors=%g lag_metric=%g offset_resets=%g uncommitted=%d",
+		"events_total=%g duplicates_total=%g clicks_total=%g handler_errors=%g lag_metric=%g offset_resets=%g uncommitted=%d",
 		o.sent, o.users, o.wrongUsers, o.lost, o.doubled, o.reordered, o.hints, o.fewHints, o.falseWarm, o.cold, o.disagree,
-		o.applied, o.clicks, o.handlerErr, o.lagMetric, o.resets, o.uncommit)
+		o.applied, o.dups, o.clicks, o.handlerErr, o.lagMetric, o.resets, o.uncommit)
 }
 
 // diffHistory compares a stored history with the pages sent, which are
@@ -231,6 +236,7 @@ func (e *env) checkMetrics(ctx context.Context, x expect, o *outcome) {
 		}
 		m := parseMetrics(body)
 		o.applied += m.sum["prefetchd_ingest_events_total"]
+		o.dups += m.sum["prefetchd_ingest_duplicates_total"]
 		o.clicks += m.sum["prefetchd_clicks_total"]
 		o.handlerErr += m.sum["prefetchd_ingest_handler_errors_total"]
 		o.lagMetric += m.sum["prefetchd_ingest_lag_messages"]
@@ -249,6 +255,14 @@ func (e *env) checkMetrics(ctx context.Context, x expect, o *outcome) {
 		}
 		if o.clicks != float64(o.sent) {
 			o.problem("prefetchd_clicks_total = %g, want %d", o.clicks, o.sent)
+		}
+	}
+	if x.redelivered > 0 {
+		if o.applied != 0 {
+			o.problem("prefetchd_ingest_events_total = %g after a rewind over events already applied, want 0", o.applied)
+		}
+		if o.dups != float64(x.redelivered) {
+			o.problem("prefetchd_ingest_duplicates_total = %g, want %d (every redelivered event recognised)", o.dups, x.redelivered)
 		}
 	}
 	if x.resets {

@@ -110,6 +110,23 @@ func (p *proc) kill() {
 	}
 }
 
+// stop asks the process to end (SIGTERM) and waits up to d, then kills it.
+func (p *proc) stop(d time.Duration) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(d):
+		p.t.Errorf("%s did not stop within %v of SIGTERM", p.name, d)
+	}
+	p.kill()
+}
+
 // running reports whether the process was started and not killed since.
 func (p *proc) running() bool {
 	p.mu.Lock()
