@@ -58,6 +58,7 @@ type vocabulary struct {
 	maxLen int
 }
 
+// loadVocabulary loads the bundled model, the one prefetchd serves without --model.
 func loadVocabulary(t testing.TB) vocabulary {
 	t.Helper()
 	fsys, dir := embedded.Model()
@@ -74,7 +75,7 @@ func loadVocabulary(t testing.TB) vocabulary {
 
 // plan is the ground truth of a stream: every user's pages in click order,
 // distinct within a user (so that a lost or doubled click shows in the
-// history), and the global order in which the producer sends them.
+// history), sent with users taking turns (see event).
 type plan struct {
 	runID string
 	load  load
@@ -84,6 +85,9 @@ type plan struct {
 	start time.Time  // event time of event 0
 }
 
+// newPlan draws each user's pages from the vocabulary (seeded, so a
+// scenario sends the same pages every run) and checks that each maps back to
+// its own index through the service's canonicalization.
 func newPlan(t testing.TB, v vocabulary, l load, seed uint64) *plan {
 	t.Helper()
 	if l.clicks > v.maxLen {
