@@ -277,6 +277,9 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	idx := l.Vocab.Index(page)
 	click := newClick(l, idx, ev, meta)
 	resumed, err := e.appended(e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec), ev.UserID, click, page, ev.TS)
+	if errors.Is(err, errSettled) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -313,6 +316,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	e.prefetch(ctx, l, ev, page, idx, len(b.rec.Pages), probs, b)
 	b.rec.State, b.rec.StateSeq = state, b.rec.Seq
 	if err := saved(e.deps.Histories.Save(ctx, ev.UserID, &b.rec)); err != nil {
+		e.unanswered.put(ev.UserID, click, true)
 		return fmt.Errorf("save state: %w", err)
 	}
 	e.m.handle.Observe(time.Since(start).Seconds())
@@ -328,9 +332,14 @@ func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Met
 // counted (evaluation, totals); resumed is a click an earlier attempt
 // appended and did not settle (features.ErrUnsettled), which the caller
 // finishes without counting it again. A duplicate or a store error comes
-// back as err. A click whose earlier Append failed without a reply (a
-// timeout after the script ran) was never counted: when it comes back as
-// unsettled or a duplicate it is counted then, and is not resumed.
+// back as err.
+//
+// A click whose earlier attempt failed in a store call (an Append or Save
+// whose reply may be lost: a timeout after the script ran) is remembered.
+// When its retry finds it appended, it was this engine's own work: counted
+// now if the Append's reply never came back, and reported applied, not as
+// a duplicate (errSettled when nothing is left to do, resumed false when
+// the state is still to be saved).
 func (e *Engine) appended(err error, user string, c features.Click, page string, at time.Time) (resumed bool, _ error) {
 	switch {
 	case err == nil:
@@ -338,21 +347,30 @@ func (e *Engine) appended(err error, user string, c features.Click, page string,
 		e.count(user, page, at)
 		return false, nil
 	case errors.Is(err, features.ErrUnsettled):
-		if e.unanswered.take(user, c) {
-			e.count(user, page, at)
+		if counted, ok := e.unanswered.take(user, c); ok {
+			if !counted {
+				e.count(user, page, at)
+			}
 			return false, nil
 		}
 		return true, nil
 	case errors.Is(err, features.ErrDuplicate):
-		if e.unanswered.take(user, c) {
-			e.count(user, page, at)
+		if counted, ok := e.unanswered.take(user, c); ok {
+			if !counted {
+				e.count(user, page, at)
+			}
+			return false, errSettled
 		}
 		e.counter.duplicates.Add(1)
 	case c.Offset >= 0 && !errors.Is(err, features.ErrRejected):
-		e.unanswered.put(user, c)
+		e.unanswered.put(user, c, false)
 	}
 	return false, fmt.Errorf("append click: %w", err)
 }
+
+// errSettled tells that a retried click was found fully applied by the
+// attempt that failed to hear back.
+var errSettled = errors.New("click settled by an earlier attempt")
 
 // count counts an applied click in the evaluation and the totals.
 func (e *Engine) count(user, page string, at time.Time) {
@@ -360,39 +378,52 @@ func (e *Engine) count(user, page string, at time.Time) {
 	e.counter.events.Add(1)
 }
 
-// unanswered remembers, per user, the position of a click whose Append
-// failed: the store may have applied it without the reply getting back.
-// Bounded: past maxUnanswered users it starts afresh (a click then
-// forgotten is at worst not counted in the evaluation, as before).
+// unanswered remembers, per user, the position of a click whose Append or
+// Save failed: the store may have applied it without the reply getting
+// back. Bounded: past maxUnanswered users it starts afresh (a click then
+// forgotten is at worst reported a duplicate, or not counted in the
+// evaluation).
 type unanswered struct {
 	n  atomic.Int32 // len(m), read without the lock
 	mu sync.Mutex
-	m  map[string]features.Click // guarded by mu
+	m  map[string]unansweredClick // guarded by mu
+}
+
+type unansweredClick struct {
+	c       features.Click
+	counted bool // its Append was answered (only a Save failed)
 }
 
 const maxUnanswered = 1 << 16
 
-func (u *unanswered) put(user string, c features.Click) {
+func (u *unanswered) put(user string, c features.Click, counted bool) {
+	if c.Offset < 0 {
+		return // no position: a retry is never found a duplicate
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.m == nil || len(u.m) >= maxUnanswered {
-		u.m = make(map[string]features.Click)
+		u.m = make(map[string]unansweredClick)
 	}
-	u.m[user] = c
+	u.m[user] = unansweredClick{c: c, counted: counted}
 	u.n.Store(int32(len(u.m)))
 }
 
-// take reports whether c is the user's unanswered click, and forgets it.
-func (u *unanswered) take(user string, c features.Click) bool {
+// take reports whether c is the user's unanswered click, and whether it was
+// counted, and forgets it.
+func (u *unanswered) take(user string, c features.Click) (counted, ok bool) {
+	if u.n.Load() == 0 {
+		return false, false
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	p, ok := u.m[user]
-	if !ok {
-		return false
+	p, found := u.m[user]
+	if !found {
+		return false, false
 	}
 	delete(u.m, user)
 	u.n.Store(int32(len(u.m)))
-	return p.Partition == c.Partition && p.Gen == c.Gen && p.Offset == c.Offset
+	return p.counted, p.c.Partition == c.Partition && p.c.Gen == c.Gen && p.c.Offset == c.Offset
 }
 
 // forget drops the user's unanswered click (a later click was appended).
@@ -621,7 +652,9 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			r.Err = e.deps.Histories.Append(ctx, r.User, r.Click, &r.Rec)
 		}
 		var err error
-		if r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, r.ev.TS); err != nil {
+		if r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, r.ev.TS); errors.Is(err, errSettled) {
+			continue // applied by an attempt whose reply was lost: nothing left to do
+		} else if err != nil {
 			r.err = err
 			if !batched && !final(err) {
 				rows = rows[:i+1] // the rest is not attempted
@@ -713,6 +746,7 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 	done := 0
 	for _, r := range w.live {
 		if err := saved(r.Err); err != nil {
+			e.unanswered.put(r.User, r.Click, true)
 			r.err = fmt.Errorf("save state: %w", err)
 			continue
 		}
