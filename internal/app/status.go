@@ -413,6 +413,16 @@ func countsOf(s statusSample, version string) (versionCounts, bool) {
 
 // charts draws the page's charts from the samples, oldest first.
 func charts(ss []statusSample) []template.HTML {
+	list := chartData(ss)
+	out := make([]template.HTML, 0, len(list))
+	for _, c := range list {
+		out = append(out, c.svg())
+	}
+	return out
+}
+
+// chartData computes the charts' series from the samples, oldest first.
+func chartData(ss []statusSample) []chart {
 	rates := func(get func(statusSample) uint64) []point {
 		var pts []point
 		for i := 1; i < len(ss); i++ {
@@ -455,7 +465,7 @@ func charts(ss []statusSample) []template.HTML {
 		}
 		return out
 	}
-	list := []chart{
+	return []chart{
 		{ID: "throughput", Title: "Throughput", Unit: "per second", Series: []series{
 			{Name: "events", Color: palette[0], Points: rates(func(s statusSample) uint64 { return s.events })},
 			{Name: "predictions", Color: palette[1], Dashed: true, Points: rates(func(s statusSample) uint64 { return s.predictions })},
@@ -472,11 +482,6 @@ func charts(ss []statusSample) []template.HTML {
 			{Name: "seconds", Color: palette[1], Points: gauge(func(s statusSample) float64 { return s.lagSeconds })},
 		}},
 	}
-	out := make([]template.HTML, 0, len(list))
-	for _, c := range list {
-		out = append(out, c.svg())
-	}
-	return out
 }
 
 // palette colours the series; each is a plain sRGB value so a screenshot

@@ -333,3 +333,137 @@ func countColours(img image.Image) map[[3]uint8]int {
 	}
 	return out
 }
+
+// TestStatusChartData checks the numbers behind the charts: rates between
+// samples, precision and coverage per version over the trailing minute
+// (gaps where nothing was counted), and that the ring keeps the last hour.
+func TestStatusChartData(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	ss := []statusSample{
+		{at: at(0), events: 0, predictions: 0, warms: 0, versions: []versionCounts{{"v1", 0, 0, 0, 0}}},
+		{at: at(10), events: 1000, predictions: 900, warms: 100, versions: []versionCounts{{"v1", 100, 50, 200, 40}}},
+		{at: at(20), events: 3000, predictions: 2900, warms: 100, versions: []versionCounts{{"v1", 100, 50, 300, 40}}},
+		// v2 appears; v1 counts nothing more
+		{at: at(80), events: 3000, predictions: 2900, warms: 200, versions: []versionCounts{{"v1", 100, 50, 300, 40}, {"v2", 100, 90, 100, 25}}},
+	}
+	charts := map[string]chart{}
+	for _, c := range chartData(ss) {
+		charts[c.ID] = c
+	}
+	values := func(id, name string) []float64 {
+		t.Helper()
+		for _, s := range charts[id].Series {
+			if s.Name == name {
+				out := make([]float64, len(s.Points))
+				for i, p := range s.Points {
+					out[i] = p.v
+				}
+				return out
+			}
+		}
+		t.Fatalf("chart %s has no series %s", id, name)
+		return nil
+	}
+	nan := math.NaN()
+	for _, c := range []struct {
+		chart, series string
+		want          []float64
+	}{
+		{"throughput", "events", []float64{100, 200, 0}},
+		{"throughput", "predictions", []float64{90, 200, 0}},
+		{"throughput", "warms", []float64{10, 0, 100.0 / 60}},
+		// trailing minute: at 80 s the window starts at the 20 s sample
+		{"precision", "v1", []float64{0.5, 0.5, nan}},
+		{"precision", "v2", []float64{nan, nan, 0.9}},
+		{"coverage", "v1", []float64{0.2, 40.0 / 300, nan}},
+		{"coverage", "v2", []float64{nan, nan, 0.25}},
+	} {
+		t.Run(c.chart+"/"+c.series, func(t *testing.T) {
+			got := values(c.chart, c.series)
+			if len(got) != len(c.want) {
+				t.Fatalf("%d points %v, want %v", len(got), got, c.want)
+			}
+			for i := range got {
+				if math.IsNaN(c.want[i]) != math.IsNaN(got[i]) || (!math.IsNaN(got[i]) && math.Abs(got[i]-c.want[i]) > 1e-9) {
+					t.Fatalf("points %v, want %v", got, c.want)
+				}
+			}
+		})
+	}
+	t.Run("ring keeps the last hour", func(t *testing.T) {
+		p := newStatusPage(Default(), nil, nil, &lateParts{})
+		n := len(p.ring)
+		if n != int(time.Hour/statusEvery) {
+			t.Fatalf("ring of %d samples, want an hour's (%d)", n, int(time.Hour/statusEvery))
+		}
+		for i := range n + 7 {
+			p.record(statusSample{at: at(i), events: uint64(i)})
+		}
+		got := p.samples()
+		if len(got) != n || got[0].events != 7 || got[n-1].events != uint64(n+6) {
+			t.Fatalf("%d samples from %d to %d, want %d from 7 to %d", len(got), got[0].events, got[len(got)-1].events, n, n+6)
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i].events != got[i-1].events+1 {
+				t.Fatalf("samples out of order at %d: %d after %d", i, got[i].events, got[i-1].events)
+			}
+		}
+	})
+}
+
+// TestStatusPageBeforeModel opens the status page of a service whose model
+// repository holds no valid version yet: the page answers, says not ready
+// and why, and that there is no model.
+func TestStatusPageBeforeModel(t *testing.T) {
+	repo := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(repo, "default", "half"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(repo, "default", "half", "model.onnx"), []byte("onnx"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Default()
+	cfg.Listen, cfg.AdminListen, cfg.Replay, cfg.ModelRepo = "127.0.0.1:0", "127.0.0.1:0", ReplayNone, repo
+	ctx, addrs := startListening(t, cfg, 60*time.Second)
+	var page string
+	eventually(t, ctx, "the status page naming the missing model", func() bool {
+		var code int
+		code, page = get(t, ctx, "http://"+addrs.Admin+"/")
+		return code == http.StatusOK && strings.Contains(page, "<li>model: no valid model version")
+	})
+	for _, want := range []string{`<span class="badge notready">not ready</span>`, "<p>no model yet: ", "half", "the pipeline starts once a model is live"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("page lacks %q:\n%s", want, page)
+		}
+	}
+}
+
+// startListening runs the service with cfg until the test ends and returns
+// as soon as its ports listen (before the model is loaded), with a context
+// that ends at timeout.
+func startListening(t *testing.T, cfg Config, timeout time.Duration) (context.Context, Addrs) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	runCtx, stop := context.WithCancel(ctx)
+	listening, done := make(chan Addrs, 1), make(chan error, 1)
+	go func() {
+		done <- RunWith(runCtx, cfg, slog.New(slog.DiscardHandler), Options{Listening: func(a Addrs) { listening <- a }})
+	}()
+	var addrs Addrs
+	select {
+	case addrs = <-listening:
+	case err := <-done:
+		t.Fatalf("service stopped before listening: %v", err)
+	case <-ctx.Done():
+		t.Fatal("service did not listen in time")
+	}
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run after cancel: %v", err)
+		}
+	})
+	return ctx, addrs
+}
