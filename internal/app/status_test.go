@@ -29,14 +29,18 @@ import (
 )
 
 // startDemo runs the service as `make run` does (embedded broker, store,
-// model and replay, threshold 0.2) on ephemeral ports and waits until the
-// status page holds at least n samples.
+// model and replay, threshold 0.2) on ephemeral ports and waits until it is
+// ready and the status page holds at least n samples.
 func startDemo(t *testing.T, n int, timeout time.Duration) *service {
 	t.Helper()
 	cfg := Default()
 	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Replay, cfg.Threshold = ReplayEmbedded, 0.2
 	svc := startService(t, cfg, timeout)
+	eventually(t, svc.ctx, "ready", func() bool {
+		code, _ := get(t, svc.ctx, "http://"+svc.addrs.Admin+"/readyz")
+		return code == http.StatusOK
+	})
 	samples := regexp.MustCompile(`(\d+) samples, one every`)
 	eventually(t, svc.ctx, strconv.Itoa(n)+" status samples", func() bool {
 		_, body := get(t, svc.ctx, "http://"+svc.addrs.Admin+"/")
