@@ -15,6 +15,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -132,6 +133,7 @@ func (p *statusPage) take(now time.Time) statusSample {
 			s.warms += v.Issued
 			s.versions = append(s.versions, versionCounts{v.ModelVersion, v.Issued, v.Used, v.Clicks, v.WarmClicks})
 		}
+		slices.SortFunc(s.versions, func(a, b versionCounts) int { return strings.Compare(a.version, b.version) })
 	}
 	if p.gather != nil {
 		s.lagMessages, s.lagSeconds = p.lag()
