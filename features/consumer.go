@@ -676,16 +676,14 @@ func (c *Consumer) retry(ctx context.Context, slot int, f func() error) bool {
 	}
 }
 
+// workerOf picks the worker of a message: by key, so one user's clicks stay
+// in order on one worker, or by partition for a message without a key. The
+// choice is stable within a process (hashSeed), which is all ordering needs.
 func workerOf(key []byte, partition, n int) int {
 	if len(key) == 0 {
 		return partition % n
 	}
-	x := uint64(14695981039346656037)
-	for _, b := range key {
-		x ^= uint64(b)
-		x *= 1099511628211
-	}
-	return int(x % uint64(n))
+	return int(hashBytes(key) % uint64(n))
 }
 
 // workQueue hands fetched messages to one worker in batches: the fetch loop

@@ -100,7 +100,8 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	}
 	addrs.Admin = alis.Addr().String()
 	errc := make(chan error, 8)
-	admin := &http.Server{Handler: adminMux(reg, ready, &parts, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	status := newStatusPage(cfg, reg, ready, &parts)
+	admin := &http.Server{Handler: adminMux(reg, ready, &parts, status, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
 	var adminWG, auxWG sync.WaitGroup
 	adminWG.Go(func() {
 		if err := admin.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -134,6 +135,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		stopSrv()
 		auxWG.Wait()
 	}()
+	auxWG.Go(func() { status.run(srvCtx, statusEvery) })
 
 	// Backends: the in-process ones when no real ones are named.
 	brokers := cfg.KafkaBrokers
@@ -298,6 +300,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if cfg.HistoryStore == features.BackendRedis {
 		marks = features.NewRedisMarks(rdb, features.DefaultKeyPrefix, cfg.Group, cfg.Topic)
 	}
+	parts.eng.Store(eng)
 	hub := newAnyHub(eng.Predict, anyEvery)
 	consumer, err := features.NewConsumer(features.ConsumerConfig{
 		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
@@ -382,6 +385,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 type lateParts struct {
 	models atomic.Pointer[lifecycle.Manager]
 	eval   atomic.Pointer[prefetch.Evaluator]
+	eng    atomic.Pointer[engine.Engine]
 }
 
 // pending is the gRPC server's engine and ingester before the pipeline is
@@ -591,12 +595,13 @@ func ingestError(err error) error {
 	return err
 }
 
-// adminMux serves /metrics, /healthz (the process is alive), /readyz (every
-// readiness check passes; the body names the active model version, or each
-// failing check and why), /stats (online evaluation per model version) and,
-// when enabled, /debug/pprof.
-func adminMux(reg *prometheus.Registry, ready *readiness, parts *lateParts, withPprof bool) *http.ServeMux {
+// adminMux serves / (the status page), /metrics, /healthz (the process is
+// alive), /readyz (every readiness check passes; the body names the active
+// model version, or each failing check and why), /stats (online evaluation
+// per model version) and, when enabled, /debug/pprof.
+func adminMux(reg *prometheus.Registry, ready *readiness, parts *lateParts, status http.Handler, withPprof bool) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", status)
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		eval := parts.eval.Load()
 		if eval == nil {

@@ -39,7 +39,7 @@ func NASASessions() ([]training.Session, error) {
 // bundledModel is the model `make run` serves: a first-order Markov model
 // trained on the bundled NASA July 1995 sessions (see model/manifest.json).
 //
-//go:embed model/model.onnx model/vocab.txt model/manifest.json
+//go:embed model/model.onnx model/vocab.txt model/manifest.json model/report.json
 var bundledModel embed.FS
 
 // Model returns the bundled model bundle as a file system and the folder
