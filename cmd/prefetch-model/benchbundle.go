@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prefetchd/prefetchd/model"
+)
+
+// formFlag is --form: the form of a bundle that bench measures.
+type formFlag string
+
+func (f *formFlag) String() string { return string(*f) }
+
+func (f *formFlag) Set(s string) error {
+	if s != model.FormStep && s != model.FormSequence {
+		return fmt.Errorf("want %s or %s, got %q", model.FormStep, model.FormSequence, s)
+	}
+	*f = formFlag(s)
+	return nil
+}
+
+// countFlag is a flag holding a count of at least 1.
+type countFlag int
+
+func (c *countFlag) String() string { return strconv.Itoa(int(*c)) }
+
+func (c *countFlag) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return fmt.Errorf("want a whole number of at least 1, got %q", s)
+	}
+	*c = countFlag(n)
+	return nil
+}
+
+// bundleBench is a bench of a bundle folder: the hints of one click at a
+// time, as the service asks for them.
+type bundleBench struct {
+	dir       string
+	form      string
+	length    int     // clicks per session (step), pages per history (sequence)
+	k         int     // hints per click
+	threshold float32 // least probability of a hint
+	dur       time.Duration
+}
+
+// hintTol is how far a probability may be from exact scoring's for the
+// hints to count as equal.
+const hintTol = 1e-3
+
+// run loads the bundle and measures StepTopK (form step) or PredictTopK
+// (form sequence) click by click on random pages until the duration is
+// spent. When the bundle's scoring is approximate it also runs exact
+// scoring on every click (Step or PredictOne, then SelectTopK), alternating
+// which goes first, reports its latency beside the fast path's and the
+// share of clicks whose hints equal it.
+func (bb bundleBench) run(ctx context.Context, out io.Writer) error {
+	b, err := model.LoadBundle(bb.dir)
+	if err != nil {
+		return err
+	}
+	if bb.form == model.FormStep && !b.HasStep() {
+		return fmt.Errorf("bench %s: %w: bundle has no step form", bb.dir, model.ErrUnsupported)
+	}
+	sc := b.Scoring()
+	vocab := b.Vocab().Len()
+	if vocab < 3 {
+		return fmt.Errorf("bench %s: vocabulary of %d pages has no page to click", bb.dir, vocab)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var (
+		fastState, exactState []float32
+		fast, exact           []model.Hint
+		probs                 []float32
+		history               []int64
+		fastLat, exactLat     []time.Duration
+		same                  int
+	)
+	timeFast := func(page int64) error {
+		t0 := time.Now()
+		var err error
+		if bb.form == model.FormStep {
+			fast, fastState, err = b.StepTopK(ctx, page, fastState, bb.k, bb.threshold, fast)
+		} else {
+			fast, err = b.PredictTopK(ctx, history, bb.k, bb.threshold, fast)
+		}
+		fastLat = append(fastLat, time.Since(t0))
+		return err
+	}
+	timeExact := func(page int64) error {
+		t0 := time.Now()
+		var err error
+		if bb.form == model.FormStep {
+			probs, exactState, err = b.Step(ctx, page, exactState, probs)
+		} else {
+			probs, err = b.PredictOne(ctx, history, probs)
+		}
+		exact = model.SelectTopK(probs, bb.k, bb.threshold, exact)
+		exactLat = append(exactLat, time.Since(t0))
+		return err
+	}
+	start := time.Now()
+	for i := 0; i == 0 || time.Since(start) < bb.dur; i++ {
+		if i%bb.length == 0 {
+			fastState, exactState, history = fastState[:0], exactState[:0], history[:0]
+		}
+		page := 2 + rng.Int64N(int64(vocab-2))
+		history = append(history, page)
+		if !sc.Approximate {
+			if err := timeFast(page); err != nil {
+				return err
+			}
+			continue
+		}
+		first, second := timeFast, timeExact
+		if i%2 == 1 {
+			first, second = timeExact, timeFast
+		}
+		if err := first(page); err != nil {
+			return err
+		}
+		if err := second(page); err != nil {
+			return err
+		}
+		if sameHints(fast, exact) {
+			same++
+		}
+	}
+	w := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+	fmt.Fprintf(w, "bundle\t%s\n", bb.dir)
+	fmt.Fprintf(w, "form\t%s (%d pages, %d clicks per %s)\n", bb.form, vocab, bb.length, map[string]string{model.FormStep: "session", model.FormSequence: "history"}[bb.form])
+	fmt.Fprintf(w, "hints\ttop %d at or above %g\n", bb.k, bb.threshold)
+	if sc.Approximate {
+		fmt.Fprintf(w, "scoring\tapproximate: %d clusters, index %.1f MB\n", sc.Clusters, float64(sc.IndexBytes)/1e6)
+	} else {
+		fmt.Fprintf(w, "scoring\texact\n")
+	}
+	fmt.Fprintf(w, "clicks\t%d\n", len(fastLat))
+	fmt.Fprintf(w, "p50 / p99\t%v / %v\n", quantile(fastLat, 0.5), quantile(fastLat, 0.99))
+	if sc.Approximate {
+		fmt.Fprintf(w, "exact scoring p50 / p99\t%v / %v\n", quantile(exactLat, 0.5), quantile(exactLat, 0.99))
+		fmt.Fprintf(w, "exact agreement\t%.4f\n", float64(same)/float64(len(fastLat)))
+	}
+	return w.Flush()
+}
+
+// sameHints reports whether two hint lists name the same pages in the same
+// order with probabilities within hintTol.
+func sameHints(a, b []model.Hint) bool {
+	return slices.EqualFunc(a, b, func(x, y model.Hint) bool {
+		return x.Page == y.Page && math.Abs(float64(x.Prob-y.Prob)) <= hintTol
+	})
+}
+
+// quantile returns the q-quantile of lat (not empty), sorting it.
+func quantile(lat []time.Duration, q float64) time.Duration {
+	slices.Sort(lat)
+	return lat[int(q*float64(len(lat)-1))]
+}
