@@ -44,7 +44,7 @@ const (
 	// clusterEstError is the relative error assumed of the normaliser
 	// estimate of the clusters left unscored together (measured on
 	// TestTopKAgreement's model: 1% to 3%).
-	clusterEstError = 0.05
+	clusterEstError = 0.1
 	// clusterProbTol is the largest change of a reported probability the
 	// assumed estimate error may cause.
 	clusterProbTol = 5e-4
@@ -52,6 +52,9 @@ const (
 	// below clusterFloor/clusters are never scored (together they hold
 	// less than clusterFloor of it).
 	clusterFloor = 1e-5
+	// clusterRescore is the number of candidates, by quantized logit,
+	// scored again in float32 (at least k).
+	clusterRescore = 16
 	// kmeansIters and kmeansSample: Lloyd iterations on a sample of rows,
 	// then one assignment of every row.
 	kmeansIters  = 6
@@ -65,7 +68,11 @@ type clusterIndex struct {
 	// Stopping rule of topK (see enough): clusterHintMargin,
 	// clusterEstError, clusterProbTol.
 	hintMargin, estError, probTol float64
-	rows                          []float32 // [V, H], the rows in cluster order
+	hp                            int       // H rounded up to 16
+	extraBytes                    int64     // of w, when it is a copy
+	w                             []float32 // [V, H] the rows in vocabulary order (the graph's own when it can)
+	q                             []int8    // [V, hp] the rows in cluster order, quantized
+	qscale                        []float32 // per row of q: the value of 1
 	bias                          []float32 // [V] in cluster order
 	page                          []int32   // cluster order -> vocabulary index
 	start                         []int32   // cluster c holds rows start[c] to start[c+1]
@@ -81,13 +88,16 @@ type clusterScratch struct {
 	logit []float32 // logits of one cluster's rows
 	ex    []float32 // exp of one cluster's logits
 	order []int32   // clusters to consider, largest estimate first
-	hints []scored  // top k so far
+	cands []scored  // top candidates so far, by quantized logit
+	xq    []int16   // the hidden vector, quantized
+	acc   []int32   // int32 dot products of one cluster's rows
+	one   [1]float32
 }
 
 // scored is a row's logit and vocabulary index.
 type scored struct {
 	logit float32
-	page  int32
+	pos   int32 // row in cluster order
 }
 
 // newClusterIndex clusters the rows of w ([v, h], bias b or nil). It
@@ -117,7 +127,8 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	ix := &clusterIndex{
 		h: h, v: v,
 		hintMargin: clusterHintMargin, estError: clusterEstError, probTol: clusterProbTol,
-		rows:    make([]float32, v*h),
+		hp:      (h + 15) &^ 15,
+		w:       w,
 		bias:    make([]float32, v),
 		page:    make([]int32, v),
 		start:   make([]int32, nc+1),
@@ -134,7 +145,6 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		j := next[c]
 		next[c]++
 		ix.page[j] = int32(i)
-		copy(ix.rows[int(j)*h:int(j+1)*h], w[i*h:(i+1)*h])
 		if b != nil {
 			ix.bias[j] = b[i]
 		}
@@ -152,14 +162,14 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		for j := lo; j < hi; j++ {
 			wt := math.Exp(float64(ix.bias[j] - bmax))
 			mass += wt
-			for d, x := range ix.rows[j*h : (j+1)*h] {
+			for d, x := range ix.row(j) {
 				mu[d] += wt * float64(x)
 			}
 		}
 		var dev float64
 		for j := lo; j < hi; j++ {
 			wt := math.Exp(float64(ix.bias[j] - bmax))
-			for d, x := range ix.rows[j*h : (j+1)*h] {
+			for d, x := range ix.row(j) {
 				e := float64(x) - mu[d]/mass
 				dev += wt * e * e
 			}
@@ -170,10 +180,48 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		ix.logMass[c] = bmax + float32(math.Log(mass))
 		ix.spread[c] = float32(0.5 * dev / mass / float64(h))
 	}
+	ix.quantize()
+	maxSize := 0
+	for c := range nc {
+		maxSize = max(maxSize, int(ix.start[c+1]-ix.start[c]))
+	}
 	ix.scratch.New = func() any {
-		return &clusterScratch{est: make([]float32, nc), order: make([]int32, 0, nc)}
+		return &clusterScratch{
+			est:   make([]float32, nc),
+			order: make([]int32, 0, nc),
+			xq:    make([]int16, ix.hp),
+			acc:   make([]int32, maxSize),
+			cands: make([]scored, 0, clusterRescore+1),
+		}
 	}
 	return ix
+}
+
+// row returns row j (in cluster order) in float32.
+func (ix *clusterIndex) row(j int) []float32 {
+	i := int(ix.page[j])
+	return ix.w[i*ix.h : (i+1)*ix.h]
+}
+
+// quantize fills q and qscale: each row scaled so that its largest
+// magnitude is 127, rounded to int8, zero-padded to hp.
+func (ix *clusterIndex) quantize() {
+	ix.q = make([]int8, ix.v*ix.hp)
+	ix.qscale = make([]float32, ix.v)
+	for j := range ix.v {
+		var amax float32
+		for _, x := range ix.row(j) {
+			amax = max(amax, float32(math.Abs(float64(x))))
+		}
+		if amax == 0 {
+			continue
+		}
+		ix.qscale[j] = amax / 127
+		inv := 127 / amax
+		for d, x := range ix.row(j) {
+			ix.q[j*ix.hp+d] = int8(math.Round(float64(x * inv)))
+		}
+	}
 }
 
 // kmeans assigns each of the v rows of w to one of nc clusters by Lloyd's
@@ -368,7 +416,7 @@ func bisect(w []float32, h int, rows []int32) []int32 {
 
 // bytes is the memory the index holds.
 func (ix *clusterIndex) bytes() int64 {
-	return 4 * int64(len(ix.rows)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.mean)+len(ix.logMass)+len(ix.spread))
+	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.mean)+len(ix.logMass)+len(ix.spread))
 }
 
 // clusters is the number of clusters.
@@ -413,12 +461,15 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	// Clusters come off a max-heap of their estimates: only the few
 	// scored are ordered.
 	heapInit(s.order, est)
-	var exact float64 // exact mass of the scored clusters, relative to exp(top)
-	s.hints = s.hints[:0]
+	// x quantized to int16 for the int8 rows.
+	xq, inv := ix.quantizeX(x, s)
+	m := max(k, clusterRescore)
+	var mass float64 // mass of the scored clusters, relative to exp(top)
+	s.cands = s.cands[:0]
 	rows := 0
 	for len(s.order) > 0 {
 		c := s.order[0]
-		if ix.enough(s.hints, k, threshold, top, exact, rest, est[c]) {
+		if ix.enough(s.cands, k, threshold, top, mass, rest, est[c]) {
 			break
 		}
 		s.order = heapPop(s.order, est)
@@ -426,29 +477,72 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		n := hi - lo
 		rows += n
+		acc := s.acc[:n]
+		dotI8(ix.q[lo*ix.hp:hi*ix.hp], n, ix.hp, xq, acc)
 		logit := growF(&s.logit, n)
-		gemv(n, h, ix.rows[lo*h:], h, x, logit)
 		mx := float32(math.Inf(-1))
-		for j := range logit {
-			logit[j] += ix.bias[lo+j]
+		for j, a := range acc {
+			logit[j] = float32(a)*ix.qscale[lo+j]*inv + ix.bias[lo+j]
 			mx = max(mx, logit[j])
 		}
 		sum := expSum(growF(&s.ex, n), logit, mx)
-		exact += float64(sum) * math.Exp(float64(mx-top))
+		mass += float64(sum) * math.Exp(float64(mx-top))
 		for j, l := range logit {
-			s.hints = keepTop(s.hints, k, scored{logit: l, page: ix.page[lo+j]})
+			s.cands = keepTop(s.cands, m, scored{logit: l, pos: int32(lo + j)})
 		}
 	}
-	rest = max(rest, 0)
-	logZ := float64(top) + math.Log(exact+rest)
-	for _, sc := range s.hints {
+	// Re-score the candidates in float32 and put their exact mass in place
+	// of the quantized one.
+	for i := range s.cands {
+		c := &s.cands[i]
+		gemv(1, h, ix.row(int(c.pos)), h, x, s.one[:])
+		l := s.one[0] + ix.bias[c.pos]
+		mass += math.Exp(float64(l-top)) - math.Exp(float64(c.logit-top))
+		c.logit = l
+	}
+	// Insertion sort of the few candidates by exact logit, ties to the
+	// lower page as SelectTopK.
+	for i := 1; i < len(s.cands); i++ {
+		c := s.cands[i]
+		j := i
+		for ; j > 0; j-- {
+			p := s.cands[j-1]
+			if p.logit > c.logit || p.logit == c.logit && ix.page[p.pos] < ix.page[c.pos] {
+				break
+			}
+			s.cands[j] = p
+		}
+		s.cands[j] = c
+	}
+	logZ := float64(top) + math.Log(max(mass, 0)+max(rest, 0))
+	for _, sc := range s.cands[:min(k, len(s.cands))] {
 		p := float32(math.Exp(float64(sc.logit) - logZ))
 		if p < threshold {
 			break
 		}
-		dst = append(dst, Hint{Page: int64(sc.page), Prob: p})
+		dst = append(dst, Hint{Page: int64(ix.page[sc.pos]), Prob: p})
 	}
 	return dst, rows
+}
+
+// quantizeX returns x scaled to int16 (zero-padded to hp, in s) and the
+// inverse of the scale. The scale keeps hp·127·max|xq| within int32.
+func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, float32) {
+	var amax float32
+	for _, v := range x {
+		amax = max(amax, float32(math.Abs(float64(v))))
+	}
+	xq := s.xq
+	clear(xq)
+	if amax == 0 {
+		return xq, 1
+	}
+	top := float32(min(math.MaxInt16, math.MaxInt32/(ix.hp*127)))
+	scale := top / amax
+	for d, v := range x {
+		xq[d] = int16(math.Round(float64(v * scale)))
+	}
+	return xq, 1 / scale
 }
 
 // enough reports whether the clusters scored so far settle the hints:
@@ -528,7 +622,7 @@ func keepTop(top []scored, k int, c scored) []scored {
 }
 
 func better(a, b scored) bool {
-	return a.logit > b.logit || (a.logit == b.logit && a.page < b.page)
+	return a.logit > b.logit || (a.logit == b.logit && a.pos < b.pos)
 }
 
 // expSum sets dst[i] = exp(src[i] - shift) and returns their sum; dst may

@@ -189,3 +189,19 @@ func ratioAsm(x []float32, a, b float32) bool {
 	}
 	return true
 }
+
+//go:noescape
+func dotI8AVX2(a *int8, n, h int, x *int16, out *int32)
+
+// dotI8Asm sets out[i] to the int32 dot product of row i of a (n rows of
+// h int8, h a multiple of 16) with x, and reports whether it could (CPU
+// support).
+func dotI8Asm(a []int8, n, h int, x []int16, out []int32) bool {
+	if !cpu.X86.HasAVX2 {
+		return false
+	}
+	if n > 0 {
+		dotI8AVX2(&a[0], n, h, &x[0], &out[0])
+	}
+	return true
+}

@@ -427,3 +427,44 @@ ratioloop:
 ratiofin:
 	VZEROUPPER
 	RET
+
+// func dotI8AVX2(a *int8, n, h int, x *int16, out *int32)
+// out[i] = sum over j < h of a[i*h+j] * x[j], for i < n, in int32. h must
+// be a multiple of 16; the caller keeps the sums within int32.
+TEXT ·dotI8AVX2(SB), NOSPLIT, $0-40
+	MOVQ a+0(FP), SI
+	MOVQ n+8(FP), CX
+	MOVQ h+16(FP), DX
+	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R8
+
+i8row:
+	TESTQ CX, CX
+	JZ    i8done
+	VPXOR Y0, Y0, Y0
+	VPXOR Y2, Y2, Y2
+	XORQ  R9, R9
+
+i8inner:
+	VPMOVSXBW (SI)(R9*1), Y1
+	VPMADDWD  (DI)(R9*2), Y1, Y1
+	VPADDD    Y1, Y0, Y0
+	ADDQ      $16, R9
+	CMPQ      R9, DX
+	JLT       i8inner
+
+	VEXTRACTI128 $1, Y0, X1
+	VPADDD       X1, X0, X0
+	VPSHUFD      $0x4E, X0, X1
+	VPADDD       X1, X0, X0
+	VPSHUFD      $0xB1, X0, X1
+	VPADDD       X1, X0, X0
+	VMOVD        X0, (R8)
+	ADDQ         DX, SI
+	ADDQ         $4, R8
+	DECQ         CX
+	JMP          i8row
+
+i8done:
+	VZEROUPPER
+	RET

@@ -14,6 +14,7 @@ type head struct {
 	pool   sync.Pool // execs of trunk
 	hidden int       // slot of the Gemm's input: [rows, H]
 	w      []float32 // [V, H] row-major, alpha applied
+	ownW   bool      // w is a copy, not the graph's constant
 	bias   []float32 // [V] with beta applied, nil when there is none
 	h      int
 }
@@ -66,14 +67,18 @@ func findHead(p *plan, out, vocab int, logits bool) *head {
 	if v != vocab || h == 0 {
 		return nil
 	}
-	hd := &head{hidden: st.in[0], h: h, w: make([]float32, v*h)}
-	for r := range v {
-		for c := range h {
-			x := B.f[r*h+c]
-			if !g.transB {
-				x = B.f[c*v+r]
+	hd := &head{hidden: st.in[0], h: h, w: B.f[:v*h]}
+	if !g.transB || g.alpha != 1 {
+		// Rows laid out [V, H] with alpha applied: a copy of B.
+		hd.w, hd.ownW = make([]float32, v*h), true
+		for r := range v {
+			for c := range h {
+				x := B.f[r*h+c]
+				if !g.transB {
+					x = B.f[c*v+r]
+				}
+				hd.w[r*h+c] = g.alpha * x
 			}
-			hd.w[r*h+c] = g.alpha * x
 		}
 	}
 	if len(st.in) > 2 && st.in[2] >= 0 && g.beta != 0 {

@@ -58,7 +58,11 @@ func (b *Bundle) attachIndex() {
 	if b.index == nil {
 		return
 	}
-	// The index holds its own copy; the heads need only their trunks.
+	if src.ownW {
+		b.index.extraBytes = 4 * int64(len(src.w))
+	}
+	// The index keeps src's weights for re-scoring; the heads need only
+	// their trunks.
 	for _, h := range []*head{seq, step} {
 		if h != nil {
 			h.w, h.bias = nil, nil
