@@ -49,12 +49,9 @@ const (
 	// clusterProbTol is the largest change of a reported probability the
 	// assumed estimate error may cause.
 	clusterProbTol = 5e-4
-	// clusterFloor: clusters whose estimated share of the normaliser is
-	// below clusterFloor/clusters are never scored (together they hold
-	// less than clusterFloor of it).
-	clusterFloor = 1e-5
 	// clusterRescore is the number of candidates, by quantized logit,
-	// scored again in float32 (at least k).
+	// scored again in float32 (at least k): int8 rows put logits off by a
+	// few hundredths, which matters for the mass of the likeliest pages.
 	clusterRescore = 16
 	// kmeansIters and kmeansSample: Lloyd iterations on a sample of rows,
 	// then one assignment of every row.
@@ -446,11 +443,12 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 		est[c] += ix.logMass[c] + ix.spread[c]*xx
 		top = max(top, est[c])
 	}
-	// Shares of the estimated normaliser, relative to the largest cluster;
-	// clusters below clusterFloor/nc of it together hold less than
-	// clusterFloor and are never scored.
+	// Shares of the estimated normaliser, relative to the largest cluster.
+	// Clusters below probTol/(estError·nc) of it are never scored: an
+	// error of estError in their total moves no probability by more than
+	// probTol, and none could hold a hint.
 	expSum(est, est, top)
-	cut := float32(clusterFloor / float64(nc))
+	cut := float32(ix.probTol / (ix.estError * float64(nc)))
 	s.order = s.order[:0]
 	var rest float64 // estimated mass of the clusters not scored
 	for c, e := range est {
@@ -489,11 +487,22 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 		sum := expSum(growF(&s.ex, n), logit, mx)
 		mass += float64(sum) * math.Exp(float64(mx-top))
 		for j, l := range logit {
-			s.cands = keepTop(s.cands, m, scored{logit: l, pos: int32(lo + j)})
+			if len(s.cands) < m || l >= s.cands[m-1].logit {
+				s.cands = keepTop(s.cands, m, scored{logit: l, pos: int32(lo + j)})
+			}
 		}
 	}
 	// Re-score the candidates in float32 and put their exact mass in place
-	// of the quantized one.
+	// of the quantized one. Their rows are touched first, one load per
+	// cache line, so that the misses overlap.
+	var sink float32
+	for _, c := range s.cands {
+		row := ix.row(int(c.pos))
+		for d := 0; d < len(row); d += 16 {
+			sink += row[d]
+		}
+	}
+	s.one[0] = sink
 	for i := range s.cands {
 		c := &s.cands[i]
 		gemv(1, h, ix.row(int(c.pos)), h, x, s.one[:])
@@ -585,22 +594,26 @@ func heapPop(h []int32, key []float32) []int32 {
 }
 
 func siftDown(h []int32, i int, key []float32) {
-	above := func(a, b int32) bool { return key[a] > key[b] || key[a] == key[b] && a < b }
 	for {
 		l := 2*i + 1
 		if l >= len(h) {
 			return
 		}
 		c := l
-		if r := l + 1; r < len(h) && above(h[r], h[l]) {
+		if r := l + 1; r < len(h) && above(h[r], h[l], key) {
 			c = r
 		}
-		if !above(h[c], h[i]) {
+		if !above(h[c], h[i], key) {
 			return
 		}
 		h[i], h[c] = h[c], h[i]
 		i = c
 	}
+}
+
+// above orders the heap: larger key first, ties to the lower index.
+func above(a, b int32, key []float32) bool {
+	return key[a] > key[b] || key[a] == key[b] && a < b
 }
 
 // keepTop inserts c into top (at most k entries, highest logit first, ties

@@ -200,8 +200,15 @@ func dotI8Asm(a []int8, n, h int, x []int16, out []int32) bool {
 	if !cpu.X86.HasAVX2 {
 		return false
 	}
-	if n > 0 {
-		dotI8AVX2(&a[0], n, h, &x[0], &out[0])
+	n4 := n &^ 3
+	if n4 > 0 {
+		dotI84AVX2(&a[0], n4, h, &x[0], &out[0])
+	}
+	if n4 < n {
+		dotI8AVX2(&a[n4*h], n-n4, h, &x[0], &out[n4])
 	}
 	return true
 }
+
+//go:noescape
+func dotI84AVX2(a *int8, n, h int, x *int16, out *int32)

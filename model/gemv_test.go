@@ -144,7 +144,7 @@ func TestGemvRowsPacked(t *testing.T) {
 // TestDotI8 checks the int8 row products against a plain loop, at the
 // extremes of int8 and int16.
 func TestDotI8(t *testing.T) {
-	for _, tt := range []struct{ n, h int }{{1, 16}, {3, 32}, {17, 128}, {5, 512}} {
+	for _, tt := range []struct{ n, h int }{{1, 16}, {3, 32}, {4, 16}, {8, 48}, {17, 128}, {5, 512}} {
 		t.Run(fmt.Sprintf("%dx%d", tt.n, tt.h), func(t *testing.T) {
 			a := make([]int8, tt.n*tt.h)
 			x := make([]int16, tt.h)
