@@ -71,7 +71,8 @@ type checked struct {
 
 // run loads the bundle and measures StepTopK (form step) or PredictTopK
 // (form sequence) click by click on random pages until the duration is
-// spent. When the bundle's scoring is approximate it then runs exact
+// spent, in wall time and, where there is a per-thread clock, in CPU
+// time. When the bundle's scoring is approximate it then runs exact
 // scoring (Step or PredictOne, then SelectTopK) on up to maxChecked of
 // those clicks, evenly spaced, reports its latency and the share of them
 // whose hints equal the fast path's. The phases run apart, so that exact
@@ -96,8 +97,11 @@ func (bb bundleBench) run(ctx context.Context, out io.Writer) error {
 		hints   []model.Hint
 		history []int64
 		lat     []time.Duration
+		cpu     []time.Duration
 		keep    []checked
 	)
+	cpuNow, release, hasCPU := threadCPU()
+	defer release()
 	stride := 1
 	start := time.Now()
 	for i := 0; i == 0 || time.Since(start) < bb.dur; i++ {
@@ -111,7 +115,7 @@ func (bb bundleBench) run(ctx context.Context, out io.Writer) error {
 		if check {
 			c = checked{page: page, state: slices.Clone(state), history: slices.Clone(history)}
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpuNow()
 		var err error
 		if bb.form == model.FormStep {
 			hints, state, err = b.StepTopK(ctx, page, state, bb.k, bb.threshold, hints)
@@ -119,6 +123,7 @@ func (bb bundleBench) run(ctx context.Context, out io.Writer) error {
 			hints, err = b.PredictTopK(ctx, history, bb.k, bb.threshold, hints)
 		}
 		lat = append(lat, time.Since(t0))
+		cpu = append(cpu, time.Duration(cpuNow()-c0))
 		if err != nil {
 			return err
 		}
@@ -172,6 +177,9 @@ func (bb bundleBench) run(ctx context.Context, out io.Writer) error {
 	}
 	fmt.Fprintf(w, "clicks\t%d\n", len(lat))
 	fmt.Fprintf(w, "p50 / p99\t%v / %v\n", quantile(lat, 0.5), quantile(lat, 0.99))
+	if hasCPU {
+		fmt.Fprintf(w, "cpu p50 / p99\t%v / %v\n", quantile(cpu, 0.5), quantile(cpu, 0.99))
+	}
 	if sc.Approximate {
 		fmt.Fprintf(w, "clicks checked\t%d\n", len(keep))
 		fmt.Fprintf(w, "exact scoring p50 / p99\t%v / %v\n", quantile(exactLat, 0.5), quantile(exactLat, 0.99))

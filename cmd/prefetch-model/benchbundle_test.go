@@ -137,7 +137,12 @@ func TestBenchBundle(t *testing.T) {
 			if err != nil {
 				t.Fatalf("run: %v\n%s", err, out.String())
 			}
-			for _, w := range tt.want {
+			want := tt.want
+			if _, release, ok := threadCPU(); ok && tt.wantErr == "" {
+				release()
+				want = append(want, "cpu p50 / p99")
+			}
+			for _, w := range want {
 				if !strings.Contains(out.String(), w) {
 					t.Errorf("output lacks %q:\n%s", w, out.String())
 				}
