@@ -77,6 +77,44 @@ func sessionClicks(vocab, n int, seed uint64) (pages []int64, newSession []bool)
 	return pages, newSession
 }
 
+// compareSteps runs the clicks (a new session where fresh) through
+// StepTopK and through Step with SelectTopK, and returns the clicks with
+// identical hints (probabilities within 1e-3), the clicks exact scoring
+// gives hints for, and the largest probability error on a page both name
+// at the same rank.
+func compareSteps(ctx context.Context, t *testing.T, b *Bundle, pages []int64, fresh []bool, k int, threshold float32) (same, hinted int, worst float64) {
+	t.Helper()
+	var fast, exact, probs []float32
+	var got, want []Hint
+	for i, p := range pages {
+		if fresh[i] {
+			fast, exact = fast[:0], exact[:0]
+		}
+		var err error
+		if got, fast, err = b.StepTopK(ctx, p, fast, k, threshold, got); err != nil {
+			t.Fatal(err)
+		}
+		if probs, exact, err = b.Step(ctx, p, exact, probs); err != nil {
+			t.Fatal(err)
+		}
+		want = SelectTopK(probs, k, threshold, want)
+		if agreement(got, want, 1e-3) {
+			same++
+		} else if testing.Verbose() {
+			t.Logf("click %d: got %v, want %v", i, got, want)
+		}
+		if len(want) > 0 {
+			hinted++
+		}
+		for j := range min(len(got), len(want)) {
+			if got[j].Page == want[j].Page {
+				worst = max(worst, math.Abs(float64(got[j].Prob-want[j].Prob)))
+			}
+		}
+	}
+	return same, hinted, worst
+}
+
 // TestTopKAgreement runs a click stream through StepTopK (clustered
 // scoring) and through Step with SelectTopK (exact) at vocabulary 100,000
 // and hidden 128, and requires identical hints for at least 99% of clicks
@@ -98,37 +136,7 @@ func TestTopKAgreement(t *testing.T) {
 		threshold float32
 	}{{3, 0.05}, {5, 0.01}} {
 		t.Run(fmt.Sprintf("step_k%d_threshold%g", c.k, c.threshold), func(t *testing.T) {
-			var fast, exact []float32
-			var got, want []Hint
-			var probs []float32
-			same, hinted := 0, 0
-			var worst float64
-			for i, p := range pages {
-				if fresh[i] {
-					fast, exact = fast[:0], exact[:0]
-				}
-				var err error
-				if got, fast, err = b.StepTopK(ctx, p, fast, c.k, c.threshold, got); err != nil {
-					t.Fatal(err)
-				}
-				if probs, exact, err = b.Step(ctx, p, exact, probs); err != nil {
-					t.Fatal(err)
-				}
-				want = SelectTopK(probs, c.k, c.threshold, want)
-				if agreement(got, want, 1e-3) {
-					same++
-				} else if testing.Verbose() {
-					t.Logf("click %d: got %v, want %v", i, got, want)
-				}
-				if len(want) > 0 {
-					hinted++
-				}
-				for j := range min(len(got), len(want)) {
-					if got[j].Page == want[j].Page {
-						worst = max(worst, math.Abs(float64(got[j].Prob-want[j].Prob)))
-					}
-				}
-			}
+			same, hinted, worst := compareSteps(ctx, t, b, pages, fresh, c.k, c.threshold)
 			frac := float64(same) / float64(len(pages))
 			t.Logf("identical hints for %d of %d clicks (%.4f); %d clicks have hints; worst probability error %.2g", same, len(pages), frac, hinted, worst)
 			if frac < 0.99 {
@@ -339,4 +347,67 @@ func BenchmarkTopK(b *testing.B) {
 		}
 		hints = SelectTopK(probs, 5, 0.01, hints)
 	})
+}
+
+// TestTopKLayouts checks the clustered scorer on the output layers it
+// accepts (Gemm with transB, without it, with alpha) against exact
+// scoring, and that forms with different output weights score exactly.
+func TestTopKLayouts(t *testing.T) {
+	const vocab, hidden = 20_000, 16
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	w, bias := topicOutput(vocab, hidden, 3)
+	// wT is w transposed: [hidden, vocab].
+	wT := make([]float32, len(w))
+	for r := range vocab {
+		for c := range hidden {
+			wT[c*vocab+r] = w[r*hidden+c]
+		}
+	}
+	half := make([]float32, len(w))
+	for i, x := range w {
+		half[i] = x / 2
+	}
+	// withHead replaces the output layer of g: weights (dims) and the Gemm
+	// attributes.
+	withHead := func(g tGraph, weights []float32, dims []int64, attrs ...[]byte) tGraph {
+		g.inits = append([][]byte(nil), g.inits...)
+		g.inits[4] = tFloatTensor("out.weight", dims, weights)
+		g.nodes = append([]tNode(nil), g.nodes...)
+		for i, n := range g.nodes {
+			if n.name == "out" {
+				g.nodes[i].attrs = attrs
+			}
+		}
+		return g
+	}
+	seq, step := gruGraphsOut(vocab, 8, hidden, w, bias)
+	tests := []struct {
+		name        string
+		seq, step   tGraph
+		approximate bool
+		copied      bool // the scorer holds its own float copy of the rows
+	}{
+		{"transB", seq, step, true, false},
+		{"B as hidden×vocab", withHead(seq, wT, []int64{hidden, vocab}), withHead(step, wT, []int64{hidden, vocab}), true, true},
+		{"alpha 2", withHead(seq, half, []int64{vocab, hidden}, tAttrInt("transB", 1), tAttrFloat("alpha", 2)),
+			withHead(step, half, []int64{vocab, hidden}, tAttrInt("transB", 1), tAttrFloat("alpha", 2)), true, true},
+		{"forms differ", seq, withHead(step, half, []int64{vocab, hidden}, tAttrInt("transB", 1)), false, false},
+	}
+	pages, fresh := sessionClicks(vocab, 300, 4)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := graphsBundle(t, vocab, tt.seq, tt.step)
+			if got := b.Scoring().Approximate; got != tt.approximate {
+				t.Fatalf("Scoring().Approximate = %t, want %t", got, tt.approximate)
+			}
+			if copied := b.Scoring().IndexBytes >= 4*vocab*hidden; tt.approximate && copied != tt.copied {
+				t.Errorf("IndexBytes %d: float copy %t, want %t", b.Scoring().IndexBytes, copied, tt.copied)
+			}
+			same, _, _ := compareSteps(ctx, t, b, pages, fresh, 5, 0.01)
+			if need := len(pages) * 99 / 100; same < need {
+				t.Errorf("identical hints for %d of %d clicks, want at least %d", same, len(pages), need)
+			}
+		})
+	}
 }
