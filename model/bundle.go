@@ -77,7 +77,10 @@ func LoadBundle(dir string) (*Bundle, error) {
 // default one is derived from the files (name from the folder, version from
 // the model's SHA-256, max_seq_len DefaultMaxSeqLen). The graphs are checked
 // against the model contract (ErrContract) and the manifest's golden cases
-// are run (ErrGolden) before the bundle is returned.
+// are run (ErrGolden) before the bundle is returned. A bundle of 16,384
+// pages or more whose output layer is a constant Gemm also gets a clustered
+// scorer for StepTopK and PredictTopK (see Scoring), built from its weights
+// at load: a few seconds at 100,000 pages.
 func LoadBundleFS(fsys fs.FS, dir string) (*Bundle, error) {
 	b, err := loadBundle(fsys, dir)
 	if err != nil {
