@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
@@ -18,6 +19,7 @@ import (
 // real redis-server.
 func backends(t *testing.T) map[string]func(Config, prometheus.Registerer) *Stats {
 	srv := redistest.Start(t)
+	mini := miniredis.RunT(t)
 	n := 0
 	return map[string]func(Config, prometheus.Registerer) *Stats{
 		"memory": func(cfg Config, reg prometheus.Registerer) *Stats {
@@ -28,17 +30,27 @@ func backends(t *testing.T) map[string]func(Config, prometheus.Registerer) *Stat
 			return s
 		},
 		"redis": func(cfg Config, reg prometheus.Registerer) *Stats {
-			c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-			t.Cleanup(func() { c.Close() })
-			n++ // each test its own keys
-			cfg.KeyPrefix = fmt.Sprintf("t%d:", n)
-			s, err := NewRedis(cfg, c, reg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
+			return onRedis(t, srv.Addr(), &n, cfg, reg)
+		},
+		// miniredis: the in-process store of the service's embedded defaults.
+		"miniredis": func(cfg Config, reg prometheus.Registerer) *Stats {
+			return onRedis(t, mini.Addr(), &n, cfg, reg)
 		},
 	}
+}
+
+// onRedis builds the statistics on the Redis at addr, under a key prefix
+// of their own (n counts them).
+func onRedis(t *testing.T, addr string, n *int, cfg Config, reg prometheus.Registerer) *Stats {
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { c.Close() })
+	*n++
+	cfg.KeyPrefix = fmt.Sprintf("t%d:", *n)
+	s, err := NewRedis(cfg, c, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func lookup(ctx context.Context, t *testing.T, s *Stats, page string, at time.Time) Dist {
