@@ -237,3 +237,46 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("metric %s not registered", name)
 	return 0
 }
+
+// BenchmarkHandleEventOnline is the per-click cost of the engine on the
+// bundled Markov model with in-process online statistics (every click
+// observed and its page looked up, hints blended) beside the same engine
+// without them, measured in the same run.
+func BenchmarkHandleEventOnline(b *testing.B) {
+	pages := make([]string, 128)
+	for i := range pages {
+		pages[i] = fmt.Sprintf("/page/%d", 2+i)
+		if i%2 == 1 {
+			pages[i] = fmt.Sprintf("/new/%d", i) // outside the vocabulary
+		}
+	}
+	users := make([]string, 1024)
+	for i := range users {
+		users[i] = fmt.Sprintf("user-%d", i)
+	}
+	for _, online := range []bool{true, false} {
+		name := "online"
+		if !online {
+			name = "baseline-off"
+		}
+		b.Run(name, func(b *testing.B) {
+			var stats *transitions.Stats
+			if online {
+				var err error
+				if stats, err = transitions.NewMemory(transitions.Config{}, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			e, _ := benchEngineWith(b, stats)
+			ctx := context.Background()
+			b.ReportAllocs()
+			at := time.Now()
+			for i := 0; b.Loop(); i++ {
+				ev := features.Event{UserID: users[i%len(users)], Page: pages[(i*7)%len(pages)], TS: at}
+				if err := e.HandleEvent(ctx, ev, features.Meta{Offset: int64(i)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
