@@ -204,20 +204,26 @@ func (r *replayer) blended(probs []float32, to string, target int64, d transitio
 	if target > model.UnknownIndex {
 		own = r.scores[target]
 	}
+	var cOut float64
 	for _, n := range d.Next {
-		share := w * n.Count / d.N
+		if r.v.Index(n.Page) <= model.UnknownIndex {
+			cOut += n.Count
+		}
+	}
+	for _, n := range d.Next {
 		if j := r.v.Index(n.Page); j > model.UnknownIndex {
-			r.scores[j] += share
+			r.scores[j] = r.stats.Blend.Next(w, d, n, float64(probs[j]), true, cOut)
 			if j == target {
 				own = r.scores[j]
 			}
 			continue
 		}
+		p := r.stats.Blend.Next(w, d, n, float64(probs[model.UnknownIndex]), false, cOut)
 		if n.Page == to {
-			own = share
+			own = p
 			continue
 		}
-		r.extra = append(r.extra, share)
+		r.extra = append(r.extra, p)
 	}
 	if !(own > 0) {
 		return 0

@@ -27,7 +27,7 @@ import (
 // Defaults of Config.
 const (
 	DefaultHalfLife = time.Hour
-	DefaultEvidence = 20
+	DefaultEvidence = 50
 	DefaultMaxPages = 100_000
 	DefaultMaxNext  = 32
 )
@@ -122,14 +122,17 @@ type Dist struct {
 }
 
 // Blend is the rule that mixes online statistics into a model's
-// probabilities. For a source page with evidence n (Dist.N) and a next page
-// d with decayed count c:
+// probabilities. For a source page with evidence n (Dist.N), a next page d
+// with decayed count c, and the online share w = n / (n + k), k =
+// Config.Evidence:
 //
-//	p(d) = (1 - w) · p_model(d) + w · c / n,   w = n / (n + k)
+//	p(d) = (1 - w) · p_model(d) + w · c / n                 d in the vocabulary
+//	p(d) = (1 - w) · p_model(<unk>) · c / c_out + w · c / n   d outside it
 //
-// with k = Config.Evidence. A page outside the model's vocabulary has
-// p_model 0: it gets only the online share. A source page the model does not
-// know has p_model of the unknown page's context, which the same weight
+// where c_out is the total count of the source's next pages outside the
+// vocabulary: the model's probability of "a page I do not know" is shared
+// among them as the stream saw them. A source page the model does not know
+// has p_model of the unknown page's context, which the same weight
 // discounts as evidence grows. Without evidence (n = 0) p is p_model.
 type Blend struct{ k float64 }
 
@@ -139,6 +142,21 @@ func (b Blend) Weight(n float64) float64 {
 		return 0
 	}
 	return n / (n + b.k)
+}
+
+// Next is p(d) for next page nx of d, w = Weight(d.N). For a page in the
+// vocabulary pModel is its model probability; for one outside it (inVocab
+// false) pModel is the model's probability of the unknown page and cOut
+// the total count of d's next pages outside the vocabulary.
+func (Blend) Next(w float64, d Dist, nx Next, pModel float64, inVocab bool, cOut float64) float64 {
+	p := w * nx.Count / d.N
+	switch {
+	case inVocab:
+		p += (1 - w) * pModel
+	case cOut > 0:
+		p += (1 - w) * pModel * nx.Count / cOut
+	}
+	return p
 }
 
 // Store keeps the statistics. Implementations are safe for concurrent use.

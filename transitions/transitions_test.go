@@ -267,7 +267,7 @@ func TestBlendWeight(t *testing.T) {
 		n, w float64
 	}{
 		{"default k, no evidence", Config{}, 0, 0},
-		{"default k", Config{}, 20, 0.5},
+		{"default k", Config{}, 50, 0.5},
 		{"k 10", Config{Evidence: 10}, 30, 0.75},
 		{"k 0 set: all online", Config{EvidenceSet: true}, 0.5, 1},
 		{"k 0 set, no evidence", Config{EvidenceSet: true}, 0, 0},
@@ -279,6 +279,31 @@ func TestBlendWeight(t *testing.T) {
 			}
 			if got := s.Blend.Weight(c.n); !near(got, c.w) {
 				t.Errorf("Weight(%v) = %v, want %v", c.n, got, c.w)
+			}
+		})
+	}
+}
+
+func TestBlendNext(t *testing.T) {
+	d := Dist{N: 10, Next: []Next{{"/a", 4}, {"/new1", 3}, {"/new2", 1}}}
+	const w = 0.5
+	var b Blend
+	for _, c := range []struct {
+		name    string
+		nx      Next
+		pModel  float64
+		inVocab bool
+		want    float64
+	}{
+		{"in the vocabulary", d.Next[0], 0.2, true, 0.5*0.2 + 0.5*0.4},
+		// The model's 0.08 for an unknown page, shared 3:1 by the two
+		// pages outside the vocabulary.
+		{"outside, 3 of 4", d.Next[1], 0.08, false, 0.5*0.08*0.75 + 0.5*0.3},
+		{"outside, 1 of 4", d.Next[2], 0.08, false, 0.5*0.08*0.25 + 0.5*0.1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := b.Next(w, d, c.nx, c.pModel, c.inVocab, 4); !near(got, c.want) {
+				t.Errorf("Next = %v, want %v", got, c.want)
 			}
 		})
 	}

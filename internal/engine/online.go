@@ -211,8 +211,13 @@ func (e *Engine) choose(l *lifecycle.Live, probs []float32, current int64, page 
 	}
 	b.cands = pol.Select(probs, current, k+len(d.Next), mthr, b.cands)
 	b.nextIdx = b.nextIdx[:0]
+	var cOut float64 // the counts of next pages outside the vocabulary
 	for _, n := range d.Next {
-		b.nextIdx = append(b.nextIdx, l.Vocab.Index(n.Page))
+		idx := l.Vocab.Index(n.Page)
+		b.nextIdx = append(b.nextIdx, idx)
+		if idx <= model.UnknownIndex {
+			cOut += n.Count
+		}
 	}
 	mixed := b.mixed[:0]
 	for _, c := range b.cands {
@@ -226,15 +231,16 @@ func (e *Engine) choose(l *lifecycle.Live, probs []float32, current int64, page 
 		if n.Page == page || idx == current && idx > model.UnknownIndex {
 			continue
 		}
+		known := idx > model.UnknownIndex
 		var pm float64
-		if idx > model.UnknownIndex && idx < int64(len(probs)) {
-			pm = float64(probs[idx])
+		if j := max(idx, model.UnknownIndex); j < int64(len(probs)) {
+			pm = float64(probs[j])
 		}
-		p := (1-w)*pm + w*n.Count/d.N
+		p := e.deps.Transitions.Blend.Next(w, *d, n, pm, known, cOut)
 		if !(p >= threshold) {
 			continue
 		}
-		if idx <= model.UnknownIndex {
+		if !known {
 			b.extra = append(b.extra, n.Page)
 			idx = -int64(len(b.extra))
 		}

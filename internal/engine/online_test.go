@@ -55,7 +55,7 @@ func onlineEngine(t *testing.T, c onlineCase, client *redis.Client, prefix strin
 		t.Fatal(err)
 	}
 	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
-	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.5})
+	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.3})
 	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
 	w = &recWarmer{}
 	e, err = New(Config{}, Deps{Models: &models{live: live}, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval, Transitions: stats}, nil, nil)
@@ -112,11 +112,13 @@ func hintPages(r hint.Result) []string {
 }
 
 // TestNewPageBecomesHint: a page outside the model's vocabulary, opened
-// from a known page by 30 users, is the first hint for that page within
-// seconds, with no new model: warmed for the next user who opens the known
-// page (the policy's threshold 0.5), answered by Predict, and, with Redis,
-// by another engine sharing the statistics. A page followed from the new
-// page is learned too (the engine remembers the unknown page by name).
+// from a known page by 30 users, is a hint for that page within seconds,
+// with no new model: with the default evidence k = 50 its probability is
+// at least w = 30/80 = 0.375, so it is warmed for the next user who opens
+// the known page (the policy's threshold 0.3), answered by Predict, and,
+// with Redis, by another engine sharing the statistics. A page followed
+// from the new page is learned too (the engine remembers the unknown page
+// by name).
 func TestNewPageBecomesHint(t *testing.T) {
 	srv := redistest.Start(t)
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
@@ -160,19 +162,19 @@ func TestNewPageBecomesHint(t *testing.T) {
 			// The next user on the known page gets the new page warmed.
 			w.calls = nil
 			apply(ctx, t, e, false, []features.Event{{UserID: "next", Page: known, TS: time.Now()}}, []features.Meta{{Offset: int64(len(metas))}})
-			if len(w.calls) != 1 || len(w.calls[0].pages) == 0 || w.calls[0].pages[0] != fresh {
-				t.Fatalf("warmed for the next user on %s: %+v, want %s first", known, w.calls, fresh)
+			if len(w.calls) != 1 || !slices.Contains(w.calls[0].pages, fresh) {
+				t.Fatalf("warmed for the next user on %s: %+v, want %s among them", known, w.calls, fresh)
 			}
-			got := ask(e)
-			if len(got) == 0 || got[0] != fresh {
-				t.Fatalf("hints for %s after 30 users = %v, want %s first", known, got, fresh)
+			if got := ask(e); !slices.Contains(got, fresh) {
+				t.Fatalf("hints for %s after 30 users = %v, want %s among them", known, got, fresh)
 			}
 			r, err := e.Predict(ctx, hint.Query{Pages: []string{fresh}, K: 3, Threshold: 0})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h := r.Hints; len(h) == 0 || h[0].Page != after || h[0].Probability < 0.59 {
-				t.Errorf("hints for the new page %s = %+v, want %s first with p >= 0.6 (30 of 30, w = 30/50)", fresh, h, after)
+			i := slices.IndexFunc(r.Hints, func(h hint.Hint) bool { return h.Page == after })
+			if i < 0 || r.Hints[i].Probability < 0.374 {
+				t.Errorf("hints for the new page %s = %+v, want %s with p >= 0.375 (30 of 30, w = 30/80)", fresh, r.Hints, after)
 			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("learning took %v, want seconds", d)
@@ -180,8 +182,8 @@ func TestNewPageBecomesHint(t *testing.T) {
 			if c.redis {
 				// A replica sharing the statistics answers the same.
 				other, _, _ := onlineEngine(t, c, client, c.name+":", newStats(t, c, client, c.name+":", nil))
-				if got := ask(other); len(got) == 0 || got[0] != fresh {
-					t.Errorf("another replica's hints for %s = %v, want %s first", known, got, fresh)
+				if got := ask(other); !slices.Contains(got, fresh) {
+					t.Errorf("another replica's hints for %s = %v, want %s among them", known, got, fresh)
 				}
 			}
 			if got := metricValue(t, reg, "prefetchd_transitions_online_only_pages"); got != 2 {
