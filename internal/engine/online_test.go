@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -281,4 +282,26 @@ func BenchmarkHandleEventOnline(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkNewPagesMemory reports the heap held per user whose latest page
+// is outside the vocabulary (the engine remembers it by name), for user ids
+// and pages of typical length.
+func BenchmarkNewPagesMemory(b *testing.B) {
+	const users = 50_000
+	var perUser float64
+	for range b.N {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var n newPages
+		for i := range users {
+			n.set(fmt.Sprintf("user-%08d", i), fmt.Sprintf("/news/2026/12/article-%d", i), true)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perUser = float64(after.HeapAlloc-before.HeapAlloc) / users
+		runtime.KeepAlive(&n)
+	}
+	b.ReportMetric(perUser, "B/user")
 }
