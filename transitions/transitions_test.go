@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -306,5 +307,36 @@ func TestBlendNext(t *testing.T) {
 				t.Errorf("Next = %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// TestRedisScriptFlushed: after the server loses its scripts (a restart, a
+// SCRIPT FLUSH) one Observe fails, and the next loads the script again.
+func TestRedisScriptFlushed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	s, err := NewRedis(Config{}, c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	tr := []Transition{{From: "/a", To: "/b", At: t0}}
+	if err := s.Observe(ctx, tr); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Observe(ctx, tr); err == nil || !strings.Contains(err.Error(), "NOSCRIPT") {
+		t.Fatalf("Observe after SCRIPT FLUSH: %v, want NOSCRIPT", err)
+	}
+	if err := s.Observe(ctx, tr); err != nil {
+		t.Fatalf("Observe after the failure: %v, want the script loaded again", err)
+	}
+	if d := lookup(ctx, t, s, "/a", t0); !near(d.N, 2) {
+		t.Errorf("evidence %v, want 2 (the failed Observe added nothing)", d.N)
 	}
 }
