@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 
@@ -36,6 +37,7 @@ import (
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 	"github.com/prefetchd/prefetchd/training"
+	"github.com/prefetchd/prefetchd/transitions"
 )
 
 // Addrs are the addresses the running service bound, for tests and logs.
@@ -288,8 +290,13 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	})
 	eval.SetModelVersion(live.Version)
 	parts.eval.Store(eval)
+	online, err := onlineStats(cfg, rdb, reg)
+	if err != nil {
+		return err
+	}
 	eng, err := engine.New(engine.Config{}, engine.Deps{
 		Models: models, Histories: hist, Canon: canon, Policy: policy, Warmer: warmer, Evaluator: eval,
+		Transitions: online,
 	}, log, reg)
 	if err != nil {
 		return err
@@ -719,4 +726,20 @@ func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *p
 			log.Info("sample prediction", "user", s.UserID, "page", s.Page, "history", s.History, "model_version", s.ModelVersion, "prefetch", hints)
 		}
 	}
+}
+
+// onlineStats builds the online transition statistics where the histories
+// live, or none when --online is off.
+func onlineStats(cfg Config, rdb redis.UniversalClient, reg prometheus.Registerer) (*transitions.Stats, error) {
+	if !cfg.Online {
+		return nil, nil
+	}
+	tcfg := transitions.Config{
+		HalfLife: cfg.OnlineHalfLife, Evidence: cfg.OnlineEvidence, EvidenceSet: true,
+		MaxPages: cfg.OnlineMaxPages, MaxNext: cfg.OnlineMaxNext,
+	}
+	if cfg.HistoryStore == features.BackendRedis {
+		return transitions.NewRedis(tcfg, rdb, reg)
+	}
+	return transitions.NewMemory(tcfg, reg)
 }

@@ -113,6 +113,10 @@ func TestZeroIsAValue(t *testing.T) {
 		{flag: "rollback-min-fraction", unset: func(c Config) bool { return c.RollbackMinFraction == 0.5 }, wantErr: "--rollback-min-fraction"},
 		{flag: "rollback-window", unset: func(c Config) bool { return c.RollbackWindow == 10*time.Minute }, wantErr: "--rollback-window"},
 		{flag: "replay-rate", unset: func(c Config) bool { return c.ReplayRate == 200 }, wantErr: "--replay-rate"},
+		{flag: "online-evidence", unset: func(c Config) bool { return c.OnlineEvidence == 50 }, zero: func(c Config) bool { return c.OnlineEvidence == 0 }},
+		{flag: "online-half-life", unset: func(c Config) bool { return c.OnlineHalfLife == time.Hour }, wantErr: "--online-half-life"},
+		{flag: "online-max-pages", unset: func(c Config) bool { return c.OnlineMaxPages == 100_000 }, wantErr: "--online-max-pages"},
+		{flag: "online-max-next", unset: func(c Config) bool { return c.OnlineMaxNext == 32 }, wantErr: "--online-max-next"},
 	}
 	var getenv []string
 	for _, tc := range tests {

@@ -25,6 +25,7 @@ import (
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/prefetchd/prefetchd/transitions"
 )
 
 // Models yields the live model; *lifecycle.Manager implements it.
@@ -50,7 +51,7 @@ type Evaluator interface {
 	ObserveClick(user, page string, at time.Time)
 }
 
-// Deps are the engine's collaborators. All are required.
+// Deps are the engine's collaborators. All are required but Transitions.
 type Deps struct {
 	Models    Models
 	Histories features.Store
@@ -58,6 +59,9 @@ type Deps struct {
 	Policy    *prefetch.Policy
 	Warmer    Warmer
 	Evaluator Evaluator
+	// Transitions, when set, learns page transitions from the clicks and
+	// blends them into every prediction (see online.go).
+	Transitions *transitions.Stats
 }
 
 // Config tunes the engine. The zero value is valid.
@@ -100,6 +104,8 @@ type Engine struct {
 	subs    map[string]map[*subscriber]struct{} // guarded by subsMu
 	nsubs   atomic.Int64
 	counter stats
+
+	onlineState
 }
 
 type policyForEpoch struct {
@@ -115,6 +121,17 @@ type buffers struct {
 	probs []float32
 	cands []prefetch.Candidate
 	pages []prefetch.Page
+
+	// Online statistics (online.go): those of the page at hand (nil:
+	// none), looked up into dists for the pages from; transitions to learn;
+	// the blend's scratch and the names of pages outside the vocabulary.
+	dist    *transitions.Dist
+	dists   []transitions.Dist
+	from    []string
+	learn   []transitions.Transition
+	nextIdx []int64
+	mixed   []prefetch.Candidate
+	extra   []string
 }
 
 // stats are running totals for the service's progress log.
@@ -288,6 +305,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 			return err
 		}
 	}
+	e.learnOne(ctx, l, ev.UserID, page, idx, ev.TS, &b.rec, !resumed, b)
 	if l.Bundle == nil || !l.Bundle.HasStep() {
 		b.hist = widen(b.hist, b.rec.Pages)
 		probs, err := e.predict(ctx, l, b.hist, b)
@@ -483,22 +501,22 @@ func (e *Engine) stateBefore(ctx context.Context, l *lifecycle.Live, rec *featur
 // prefetch is the end of a click, once scored: policy, warming, watchers and
 // the progress sample. histLen is the user's history length.
 func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Event, page string, idx int64, histLen int, probs []float32, b *buffers) {
-	b.cands = e.policyFor(l).Select(probs, idx, 0, -1, b.cands)
+	b.cands = e.choose(l, probs, idx, page, 0, -1, b)
 	if len(b.cands) > 0 {
 		b.pages = b.pages[:0]
 		for _, c := range b.cands {
-			b.pages = append(b.pages, prefetch.Page{Key: l.Vocab.Page(c.Index), Probability: c.Probability})
+			b.pages = append(b.pages, prefetch.Page{Key: b.page(l, c.Index), Probability: c.Probability})
 		}
 		n := e.deps.Warmer.Warm(ctx, prefetch.Request{UserID: ev.UserID, Pages: b.pages, ModelVersion: l.Version, At: ev.TS})
 		e.counter.prefetches.Add(uint64(n))
 	}
 	if e.nsubs.Load() > 0 {
-		e.publish(ev.UserID, l, b.cands, ev.TS)
+		e.publish(ev.UserID, l, b, ev.TS)
 	}
 	if n := e.counter.events.Load(); n%256 == 1 || (len(b.cands) > 0 && e.sample.Load() == nil) {
 		s := &Sample{UserID: ev.UserID, Page: page, History: histLen, ModelVersion: l.Version}
 		for _, c := range b.cands {
-			s.Hints = append(s.Hints, hint.Hint{Page: l.Vocab.Page(c.Index), Probability: c.Probability})
+			s.Hints = append(s.Hints, hint.Hint{Page: b.page(l, c.Index), Probability: c.Probability})
 		}
 		e.sample.Store(s)
 	}
@@ -534,6 +552,8 @@ type waveRow struct {
 	probs   []float32 // scores of the next page
 	resumed bool      // an earlier attempt appended the click (features.ErrUnsettled)
 	err     error     // the click's outcome
+	// dist are the online statistics of page (in the wave's buffers), or nil.
+	dist *transitions.Dist
 }
 
 // reset makes n rows, keeping the buffers of earlier ones.
@@ -669,6 +689,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 		}
 		w.live = append(w.live, r)
 	}
+	e.learnWave(ctx, l, w.live, b)
 	done := 0
 	if l.Bundle == nil || !l.Bundle.HasStep() {
 		// No step form (a BatchStore brought us here): each click is scored
@@ -680,6 +701,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 				r.err = modelError(ctx, err)
 				continue
 			}
+			b.dist = r.dist
 			e.prefetch(ctx, l, *r.ev, r.page, r.idx, len(r.Rec.Pages), probs, b)
 			if r.resumed {
 				r.err = e.redelivered()
@@ -733,6 +755,7 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 		}
 		r.probs = w.probs[j]
 		r.Rec.State, r.Rec.StateSeq = w.states[j], r.Rec.Seq
+		b.dist = r.dist
 		e.prefetch(ctx, l, *r.ev, r.page, r.idx, len(r.Rec.Pages), r.probs, b)
 		w.live = append(w.live, r)
 	}
@@ -874,11 +897,12 @@ func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error)
 		return hint.Result{}, err
 	}
 	current := b.hist[len(b.hist)-1]
-	b.cands = e.policyFor(l).Select(probs, current, q.K, q.Threshold, b.cands)
+	page := e.lookupQuery(ctx, l, q, current, b)
+	b.cands = e.choose(l, probs, current, page, q.K, q.Threshold, b)
 	res := hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(b.cands))}
 	pages := make([]string, len(b.cands))
 	for i, c := range b.cands {
-		pages[i] = l.Vocab.Page(c.Index)
+		pages[i] = b.page(l, c.Index)
 	}
 	// Warm means in the cache now: one round trip, the same answer from
 	// every replica sharing the cache.
