@@ -82,7 +82,7 @@ func TestStatusPage(t *testing.T) {
 		{"auto-refresh", `<meta http-equiv="refresh" content="5">`},
 		{"readiness", `<span class="badge ready">ready</span>`},
 		{"active model version", "<td>" + version + "</td>"},
-		{"offline report from the bundle", "exported <b>markov1</b>"},
+		{"offline report from the bundle", "exported <b>gru</b>"},
 		{"offline results", "<td>popularity</td>"},
 		{"throughput chart", `id="chart-throughput"`},
 		{"precision chart", `id="chart-precision"`},
@@ -169,7 +169,7 @@ func TestStatusPageEscapes(t *testing.T) {
 	// A bundle folder whose report.json names things with markup.
 	dir := t.TempDir()
 	fsys, mdir := embedded.Model()
-	for _, name := range []string{"model.onnx", "vocab.txt", "manifest.json"} {
+	for _, name := range []string{"model.onnx", "step.onnx", "vocab.txt", "manifest.json"} {
 		b, err := fs.ReadFile(fsys, mdir+"/"+name)
 		if err != nil {
 			t.Fatal(err)
