@@ -52,12 +52,16 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
 ## lint-ops: check the operations files: Prometheus alert rules and their unit
-## tests (promtool, installed when missing), the Dockerfile and the Kubernetes
-## manifests (go test ./deploy).
+## tests (promtool, installed when missing), the Grafana dashboard (its queries
+## parsed by promtool, its metrics checked against prefetchd's first scrape),
+## the Dockerfile and the Kubernetes manifests (go test ./deploy).
 lint-ops:
 	@./scripts/setup.sh ops
 	promtool check rules deploy/prometheus/rules.yml
 	cd deploy/prometheus && promtool test rules rules_test.yml
+	@tmp=$$(mktemp -d) && \
+	$(GO) test -count=1 -run '^TestDashboard$$' ./deploy -args -dashboard-rules=$$tmp/dashboard.yml && \
+	promtool check rules $$tmp/dashboard.yml; rc=$$?; rm -rf $$tmp; exit $$rc
 	$(GO) test -count=1 ./deploy/...
 
 fmt:

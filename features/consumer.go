@@ -544,6 +544,12 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 		if a.reset && !c.offsetsReset(ctx, msg.Partition, msg.Offset, a) {
 			return nil
 		}
+		if a.rewound {
+			c.m.offsetResets.WithLabelValues(c.cfg.Topic, strconv.Itoa(msg.Partition)).Inc()
+			c.log.Warn("group offset went back on an unchanged log: its records are redeliveries",
+				"topic", c.cfg.Topic, "partition", msg.Partition, "offset", msg.Offset,
+				"committed", a.from, "watermark", a.to, "generation", a.gen)
+		}
 		if a.dup {
 			c.m.duplicates.Inc()
 			continue
@@ -577,23 +583,19 @@ func (c *Consumer) wentBackwards(parts []int) {
 	}
 }
 
-// restartReader starts a new generation of the partitions gone backwards
-// and replaces the reader, so that the group hands them again from its
-// committed offsets (none, when the topic was recreated); false when ctx
-// ended first.
+// restartReader replaces the reader after the lag watch found partitions
+// gone backwards under it, so that the group hands them again from its
+// committed offsets (none, when the topic was recreated); the records then
+// fetched tell a changed log from a redelivery (tracker.add). False when
+// ctx ended first.
 func (c *Consumer) restartReader(ctx context.Context) bool {
 	c.readerMu.Lock()
 	parts := c.backwards
 	c.backwards = nil
 	old := c.reader
 	c.readerMu.Unlock()
-	for _, p := range parts {
-		if a, ok := c.track.restart(p); ok {
-			c.m.offsetResets.WithLabelValues(c.cfg.Topic, strconv.Itoa(p)).Inc()
-			c.log.Warn("partition offsets went backwards under the reader: new generation, reading again from the group's committed offset",
-				"topic", c.cfg.Topic, "partition", p, "committed", a.from, "watermark", a.to, "generation", a.gen)
-		}
-	}
+	c.log.Warn("partition offsets went backwards under the reader: reading again from the group's committed offsets",
+		"topic", c.cfg.Topic, "partitions", parts)
 	if err := old.Close(); err != nil {
 		c.log.Debug("close replaced reader", "err", err)
 	}
@@ -601,7 +603,7 @@ func (c *Consumer) restartReader(ctx context.Context) bool {
 	c.readerMu.Lock()
 	c.reader = r
 	c.readerMu.Unlock()
-	return c.retry(ctx, c.cfg.Workers, func() error { return c.saveMarks(ctx, true) })
+	return ctx.Err() == nil
 }
 
 // loadMark reads a partition's mark the first time this consumer sees the
@@ -674,16 +676,14 @@ func (c *Consumer) retry(ctx context.Context, slot int, f func() error) bool {
 	}
 }
 
+// workerOf picks the worker of a message: by key, so one user's clicks stay
+// in order on one worker, or by partition for a message without a key. The
+// choice is stable within a process (hashSeed), which is all ordering needs.
 func workerOf(key []byte, partition, n int) int {
 	if len(key) == 0 {
 		return partition % n
 	}
-	x := uint64(14695981039346656037)
-	for _, b := range key {
-		x ^= uint64(b)
-		x *= 1099511628211
-	}
-	return int(x % uint64(n))
+	return int(hashBytes(key) % uint64(n))
 }
 
 // workQueue hands fetched messages to one worker in batches: the fetch loop

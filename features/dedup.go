@@ -1,6 +1,9 @@
 package features
 
-import "sync"
+import (
+	"hash/maphash"
+	"sync"
+)
 
 // recentIDs remembers recently applied (user, event id) pairs so that an
 // event sent twice under different Kafka positions (a producer's retry, a
@@ -34,13 +37,15 @@ func newRecentIDs(capacity int) *recentIDs {
 func idKey(user, id string) string { return user + "\x00" + id }
 
 func (r *recentIDs) shard(key string) *idShard {
-	x := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		x ^= uint32(key[i])
-		x *= 16777619
-	}
-	return &r.shards[x%uint32(len(r.shards))]
+	return &r.shards[maphash.String(hashSeed, key)%uint64(len(r.shards))]
 }
+
+// hashSeed seeds the hashes that spread keys over workers and shards; it is
+// chosen once per process and never changes.
+var hashSeed = maphash.MakeSeed()
+
+// hashBytes hashes b with hashSeed.
+func hashBytes(b []byte) uint64 { return maphash.Bytes(hashSeed, b) }
 
 // reserve records the pair and reports whether it was new. A nil set or an
 // empty id always reports new.

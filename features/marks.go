@@ -21,6 +21,10 @@ type PartitionMark struct {
 	// Committed is the highest offset committed in this generation, -1 when
 	// none.
 	Committed int64
+	// MaxTime is the newest record timestamp seen in this generation (Unix
+	// ms), 0 when unknown: a record at or below Committed that is newer
+	// cannot be a redelivery.
+	MaxTime int64
 }
 
 // Marks stores partition marks of one consumer group and topic. It must be
@@ -66,7 +70,7 @@ func (m *MemoryMarks) SaveMarks(_ context.Context, marks map[int]PartitionMark) 
 
 // RedisMarks is Marks in Redis, beside RedisStore's histories: one hash per
 // group and topic (hash-tagged, so one Redis Cluster slot), a field per
-// partition holding "gen committed".
+// partition holding "gen committed maxtime".
 type RedisMarks struct {
 	client redis.UniversalClient
 	key    string
@@ -106,7 +110,7 @@ func (m *RedisMarks) SaveMarks(ctx context.Context, marks map[int]PartitionMark)
 	}
 	vals := make([]any, 0, 2*len(marks))
 	for p, mk := range marks {
-		vals = append(vals, strconv.Itoa(p), strconv.FormatUint(uint64(mk.Gen), 10)+" "+strconv.FormatInt(mk.Committed, 10))
+		vals = append(vals, strconv.Itoa(p), strconv.FormatUint(uint64(mk.Gen), 10)+" "+strconv.FormatInt(mk.Committed, 10)+" "+strconv.FormatInt(mk.MaxTime, 10))
 	}
 	if err := m.client.HSet(ctx, m.key, vals...).Err(); err != nil {
 		return fmt.Errorf("save %d partition marks: %w", len(marks), err)
@@ -119,6 +123,14 @@ func parseMark(v string) (PartitionMark, error) {
 	if !ok {
 		return PartitionMark{}, fmt.Errorf("mark %q: no separator", v)
 	}
+	c, t, _ := strings.Cut(c, " ")
+	var maxTime int64
+	if t != "" {
+		var err error
+		if maxTime, err = strconv.ParseInt(t, 10, 64); err != nil {
+			return PartitionMark{}, fmt.Errorf("mark %q: %w", v, err)
+		}
+	}
 	gen, err := strconv.ParseUint(g, 10, 32)
 	if err != nil {
 		return PartitionMark{}, fmt.Errorf("mark %q: %w", v, err)
@@ -127,5 +139,5 @@ func parseMark(v string) (PartitionMark, error) {
 	if err != nil {
 		return PartitionMark{}, fmt.Errorf("mark %q: %w", v, err)
 	}
-	return PartitionMark{Gen: uint32(gen), Committed: max(com, -1)}, nil
+	return PartitionMark{Gen: uint32(gen), Committed: max(com, -1), MaxTime: max(maxTime, 0)}, nil
 }

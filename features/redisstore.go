@@ -1,7 +1,6 @@
 package features
 
 import (
-	"container/list"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -11,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -506,24 +506,30 @@ func parseUint32(s string, def uint32) (uint32, error) {
 	return uint32(v), err
 }
 
-// recordCache is a bounded LRU of record copies with their fetch time. A nil
-// *recordCache caches nothing.
+// recordCache is a bounded LRU (hashicorp/golang-lru's simplelru, under
+// the cache's own mutex so that an update copies into the cached item's
+// buffers) of record copies with their fetch time. A nil *recordCache caches
+// nothing.
 type recordCache struct {
-	mu    sync.Mutex
-	max   int
-	items map[string]*list.Element
-	lru   list.List // front is most recent
+	// mu guards lru and spare.
+	mu  sync.Mutex
+	lru *simplelru.LRU[string, *cacheItem]
+	// spare is the item last evicted or dropped, whose buffers the next new
+	// entry reuses.
+	spare *cacheItem
 }
 
 type cacheItem struct {
-	user   string
 	rec    Record
 	exists bool
 	at     time.Time
 }
 
-func newRecordCache(max int) *recordCache {
-	return &recordCache{max: max, items: make(map[string]*list.Element)}
+func newRecordCache(size int) *recordCache {
+	c := &recordCache{}
+	// NewLRU fails only for a size below 1, which the caller rules out.
+	c.lru, _ = simplelru.NewLRU(max(1, size), func(_ string, it *cacheItem) { c.spare = it })
+	return c
 }
 
 // get copies user's record into dst when it is cached and at most maxAge
@@ -534,15 +540,10 @@ func (c *recordCache) get(user string, maxAge time.Duration, dst *Record) (exist
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.items[user]
-	if !ok {
+	it, ok := c.lru.Get(user)
+	if !ok || time.Since(it.at) > maxAge {
 		return false, false
 	}
-	it := e.Value.(*cacheItem)
-	if time.Since(it.at) > maxAge {
-		return false, false
-	}
-	c.lru.MoveToFront(e)
 	copyRecord(dst, &it.rec)
 	return it.exists, true
 }
@@ -553,22 +554,19 @@ func (c *recordCache) put(user string, rec *Record, exists bool) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.items[user]; ok {
-		it := e.Value.(*cacheItem)
+	if it, ok := c.lru.Get(user); ok {
 		copyRecord(&it.rec, rec)
 		it.exists, it.at = exists, time.Now()
-		c.lru.MoveToFront(e)
 		return
 	}
-	if len(c.items) >= c.max {
-		if e := c.lru.Back(); e != nil {
-			delete(c.items, e.Value.(*cacheItem).user)
-			c.lru.Remove(e)
-		}
+	it := c.spare
+	c.spare = nil
+	if it == nil {
+		it = &cacheItem{}
 	}
-	it := &cacheItem{user: user, exists: exists, at: time.Now()}
 	copyRecord(&it.rec, rec)
-	c.items[user] = c.lru.PushFront(it)
+	it.exists, it.at = exists, time.Now()
+	c.lru.Add(user, it)
 }
 
 func (c *recordCache) drop(user string) {
@@ -577,8 +575,5 @@ func (c *recordCache) drop(user string) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.items[user]; ok {
-		delete(c.items, user)
-		c.lru.Remove(e)
-	}
+	c.lru.Remove(user)
 }

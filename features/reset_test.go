@@ -38,11 +38,36 @@ func recreateTopic(t *testing.T, addr, topic string) {
 	}
 }
 
+// rewindGroup commits offset 0 for every partition of topic in group, as
+// an operator's reset of an inactive group does.
+func rewindGroup(t *testing.T, addr, group, topic string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	cl := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr}
+	commits := make([]kafka.OffsetCommit, 4)
+	for p := range commits {
+		commits[p] = kafka.OffsetCommit{Partition: p, Offset: 0}
+	}
+	res, err := cl.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1, Topics: map[string][]kafka.OffsetCommit{topic: commits}})
+	if err != nil {
+		t.Fatalf("reset the group's offsets: %v", err)
+	}
+	for _, p := range res.Topics[topic] {
+		if p.Error != nil {
+			t.Fatalf("reset the offset of partition %d: %v", p.Partition, p.Error)
+		}
+	}
+}
+
 // TestConsumerOffsetsGoBackwards: when a partition's offsets start again
 // (topic recreated, broker replaced), the new events are applied, not taken
 // for redeliveries, in this process (watermarks) and across a restart with
-// durable shared histories (marks in Redis); the reset is counted. A true
-// redelivery in the same generation is still dropped.
+// durable shared histories (marks in Redis); the reset is counted. A group
+// reset on the same log is told apart by the records' timestamps: its
+// records are redeliveries and are not applied again.
 func TestConsumerOffsetsGoBackwards(t *testing.T) {
 	const topic = "clicks"
 	t.Run("topic recreated while consuming", func(t *testing.T) {
@@ -116,6 +141,22 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 		if d := testutil.ToFloat64(c2.m.duplicates); d != 0 {
 			t.Errorf("%v new events taken for duplicates", d)
 		}
+
+		// The group's offsets reset to 0 on the same log: every record is
+		// a redelivery, none is applied again, and the offsets are
+		// committed to the end again.
+		rewindGroup(t, b2.Addr(), cfg.GroupID, topic)
+		rec2b := rec.replica(store)
+		c2b, err := NewConsumer(cfg, rec2b, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop2b := runConsumer(t, c2b)
+		eventually(t, 30*time.Second, "the rewound records taken for redeliveries and committed", func() bool {
+			return testutil.ToFloat64(c2b.m.duplicates) == 30 && c2b.Lag() == 0
+		})
+		stop2b()
+		checkApplied(t, rec.snapshot(), stream.want)
 
 		// A third member on the same broker: nothing new, nothing applied
 		// twice (the generation is the same, the offsets committed).

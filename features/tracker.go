@@ -28,7 +28,10 @@ type partTrack struct {
 	ready     int64 // highest offset with it and everything before done, -1 when none
 	committed int64 // highest offset committed, -1 when none
 	hwm       int64 // high-water mark reported by the last fetch
-	gen       uint32
+	// maxTS is the newest record timestamp (Unix ns) fetched in this
+	// generation, or stored in the mark; 0 when unknown.
+	maxTS int64
+	gen   uint32
 	// ours is the highest offset committed by this consumer (or stored in
 	// the mark) in this generation, -1 when none; committed may also be
 	// inferred from where the group started the partition.
@@ -70,6 +73,9 @@ func (t *tracker) init(p int, mk PartitionMark) {
 	defer t.mu.Unlock()
 	pt := t.part(p)
 	pt.gen, pt.committed, pt.ours, pt.markSaved = mk.Gen, mk.Committed, mk.Committed, true
+	if mk.MaxTime > 0 {
+		pt.maxTS = mk.MaxTime * int64(time.Millisecond)
+	}
 }
 
 func (t *tracker) part(p int) *partTrack {
@@ -107,10 +113,13 @@ type added struct {
 	// dup: the offset is at or below the partition's watermark, a
 	// redelivery of a message this consumer already took (not tracked).
 	dup bool
-	// reset: the partition's offsets went backwards (the message is at or
-	// below the committed offset, or the high-water mark fell below what was
-	// fetched): the partition starts a new generation with this message.
+	// reset: the partition's log changed under its offsets (a topic
+	// recreated, a partition truncated): the partition starts a new
+	// generation with this message.
 	reset bool
+	// rewound: the group's offset went back on an unchanged log (a group
+	// reset): the message is a redelivery; the generation stays.
+	rewound bool
 	// from is the committed offset and to the watermark before a reset.
 	from, to int64
 }
@@ -118,20 +127,37 @@ type added struct {
 // add registers a fetched message and returns its sequence number and
 // generation, or tells it is a redelivery.
 //
-// A message at or below the offset committed in this generation cannot be a
-// redelivery (the group restarts after its committed offset): the topic was
-// recreated, the partition truncated or the group's offsets reset. Nor can a
-// message at or below the watermark when the high-water mark is at or below
-// the watermark (the log lost its end). Either starts a new generation: what
-// is in flight of the old one is forgotten (its completions no longer
-// count), and the message is tracked as new.
+// A message at or below the offset committed in this generation means the
+// offsets went backwards: the group restarts after its committed offset.
+// Either the log changed (a topic recreated, a partition truncated) or the
+// group's offsets were reset on the same log. The record tells which: a
+// record newer than every record seen in this generation cannot be one of
+// them again (a redelivery keeps its timestamp), nor can any record once the
+// high-water mark fell to or below the watermark (the log lost its end);
+// then the partition starts a new generation, what is in flight of the old
+// one is forgotten (its completions no longer count), and the message is
+// tracked as new. Otherwise (a group reset) the generation stays, so the
+// stores take the records for the redeliveries they are, and the committed
+// offset is lowered to the group's, to be committed forward again. A record
+// without a timestamp, or a partition whose newest timestamp is unknown,
+// counts as a changed log.
 func (t *tracker) add(partition int, offset, hwm int64, ts time.Time) added {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pt := t.part(partition)
 	var out added
-	if offset <= pt.committed || (pt.maxSeen >= 0 && offset <= pt.maxSeen && hwm > 0 && hwm <= pt.maxSeen) {
-		out = pt.newGeneration()
+	truncated := pt.maxSeen >= 0 && offset <= pt.maxSeen && hwm > 0 && hwm <= pt.maxSeen
+	if offset <= pt.committed || truncated {
+		tsn := ts.UnixNano()
+		if truncated || ts.IsZero() || tsn <= 0 || pt.maxTS == 0 || tsn > pt.maxTS {
+			out = pt.newGeneration()
+		} else {
+			out.rewound, out.from, out.to = true, pt.committed, pt.maxSeen
+			pt.committed, pt.ours = offset-1, offset-1
+		}
+	}
+	if tsn := ts.UnixNano(); tsn > pt.maxTS {
+		pt.maxTS = tsn
 	}
 	out.gen = pt.gen
 	// A fetched message is below the high-water mark whatever the fetch
@@ -159,20 +185,6 @@ func (t *tracker) add(partition int, offset, hwm int64, ts time.Time) added {
 	return out
 }
 
-// restart starts a new generation of a partition found gone backwards by
-// other means than a fetched message (the lag watch): in-flight messages
-// are forgotten and the next fetched offset starts the generation. ok is
-// false for an unknown partition.
-func (t *tracker) restart(partition int) (added, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	pt := t.lookup(partition)
-	if pt == nil {
-		return added{}, false
-	}
-	return pt.newGeneration(), true
-}
-
 // newGeneration starts the partition's next generation: what is in flight
 // is forgotten (its completions no longer count), nothing is committed or
 // fetched in it yet.
@@ -183,7 +195,7 @@ func (pt *partTrack) newGeneration() added {
 	pt.markSaved = false
 	pt.base += int64(len(pt.q) - pt.head)
 	pt.q, pt.head = pt.q[:0], 0
-	pt.maxSeen, pt.ready, pt.committed, pt.ours, pt.hwm = -1, -1, -1, -1, 0
+	pt.maxSeen, pt.ready, pt.committed, pt.ours, pt.hwm, pt.maxTS = -1, -1, -1, -1, 0, 0
 	return out
 }
 
@@ -199,7 +211,9 @@ func (t *tracker) snapshot() map[int]position {
 	defer t.mu.Unlock()
 	out := make(map[int]position)
 	t.each(func(p int, pt *partTrack) {
-		out[p] = position{committed: pt.ours, fetched: pt.maxSeen}
+		if pt.maxSeen >= 0 { // only partitions this process has read
+			out[p] = position{committed: pt.ours, fetched: pt.maxSeen}
+		}
 	})
 	return out
 }
@@ -211,7 +225,7 @@ func (t *tracker) marks(dst map[int]PartitionMark, onlyUnsaved bool) map[int]Par
 	defer t.mu.Unlock()
 	t.each(func(p int, pt *partTrack) {
 		if !onlyUnsaved || !pt.markSaved {
-			dst[p] = PartitionMark{Gen: pt.gen, Committed: pt.committed}
+			dst[p] = PartitionMark{Gen: pt.gen, Committed: pt.committed, MaxTime: pt.maxTS / int64(time.Millisecond)}
 		}
 	})
 	return dst

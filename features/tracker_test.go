@@ -17,7 +17,9 @@ func TestTracker(t *testing.T) {
 		seq       int64 // for done
 		dup       bool  // for add
 		reset     bool  // for add
+		rewound   bool  // for add
 		gen       uint32
+		ts        int64 // for add: record timestamp, seconds (0: none)
 	}
 	cases := []struct {
 		name  string
@@ -50,6 +52,12 @@ func TestTracker(t *testing.T) {
 			want: nil},
 		{name: "high-water mark below the watermark starts a generation", steps: []step{{op: "add", offset: 5}, {op: "add", offset: 6},
 			{op: "add", offset: 6, hwm: 6, reset: true, gen: 1}, {op: "done", seq: 2}}, want: []commitOffset{{partition: 0, offset: 6, gen: 1}}},
+		{name: "group reset on the same log is a redelivery", steps: []step{{op: "add", offset: 5, ts: 5}, {op: "add", offset: 6, ts: 6},
+			{op: "done", seq: 0}, {op: "done", seq: 1}, {op: "commit"}, {op: "add", offset: 0, ts: 1, hwm: 7, dup: true, rewound: true},
+			{op: "add", offset: 6, ts: 6, hwm: 7, dup: true}}, want: []commitOffset{{partition: 0, offset: 6}}},
+		{name: "a newer record at the committed offset is a changed log", steps: []step{{op: "add", offset: 5, ts: 5}, {op: "done", seq: 0},
+			{op: "commit"}, {op: "add", offset: 0, ts: 9, hwm: 7, reset: true, gen: 1}, {op: "done", seq: 1}},
+			want: []commitOffset{{partition: 0, offset: 0, gen: 1}}},
 		{name: "redelivery above the committed offset is no reset", steps: []step{{op: "add", offset: 5}, {op: "done", seq: 0},
 			{op: "commit"}, {op: "add", offset: 6}, {op: "add", offset: 6, dup: true}}, want: nil},
 	}
@@ -63,9 +71,14 @@ func TestTracker(t *testing.T) {
 					if hwm == 0 {
 						hwm = s.offset + 1
 					}
-					a := tr.add(s.partition, s.offset, hwm, time.Time{})
-					if a.dup != s.dup || a.reset != s.reset || a.gen != s.gen {
-						t.Fatalf("step %d: add offset %d: dup=%v reset=%v gen=%d, want %v %v %d", i, s.offset, a.dup, a.reset, a.gen, s.dup, s.reset, s.gen)
+					var ts time.Time
+					if s.ts > 0 {
+						ts = time.Unix(s.ts, 0)
+					}
+					a := tr.add(s.partition, s.offset, hwm, ts)
+					if a.dup != s.dup || a.reset != s.reset || a.rewound != s.rewound || a.gen != s.gen {
+						t.Fatalf("step %d: add offset %d: dup=%v reset=%v rewound=%v gen=%d, want %v %v %v %d",
+							i, s.offset, a.dup, a.reset, a.rewound, a.gen, s.dup, s.reset, s.rewound, s.gen)
 					}
 				case "done":
 					tr.done(s.partition, s.seq)

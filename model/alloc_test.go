@@ -7,7 +7,8 @@ import (
 	"testing"
 )
 
-// TestHotPathAllocs checks that PredictOne and Step do not allocate in
+// TestHotPathAllocs checks that PredictOne, Step, StepTopK and PredictTopK
+// (exact and clustered) do not allocate in
 // steady state. (The race detector makes sync.Pool drop items on purpose,
 // so this test only builds without it.)
 func TestHotPathAllocs(t *testing.T) {
@@ -16,10 +17,11 @@ func TestHotPathAllocs(t *testing.T) {
 	h := history(20, 300)
 	dst := make([]float32, 300)
 	state := make([]float32, b.StateSize())
-	tests := []struct {
+	type allocCase struct {
 		name string
 		f    func()
-	}{
+	}
+	tests := []allocCase{
 		{"PredictOne", func() {
 			if _, err := b.PredictOne(ctx, h, dst); err != nil {
 				t.Fatal(err)
@@ -30,6 +32,29 @@ func TestHotPathAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
+	}
+	big := topicBundle(t, 20_000, 32)
+	if !big.Scoring().Approximate {
+		t.Fatalf("Scoring() = %+v, want a clustered scorer", big.Scoring())
+	}
+	bigState := make([]float32, big.StateSize())
+	hints := make([]Hint, 0, 5)
+	for _, bb := range []struct {
+		name  string
+		b     *Bundle
+		state []float32
+	}{{"exact", b, state}, {"clustered", big, bigState}} {
+		tests = append(tests,
+			allocCase{"StepTopK " + bb.name, func() {
+				if _, _, err := bb.b.StepTopK(ctx, 7, bb.state, 5, 0.01, hints); err != nil {
+					t.Fatal(err)
+				}
+			}},
+			allocCase{"PredictTopK " + bb.name, func() {
+				if _, err := bb.b.PredictTopK(ctx, h, 5, 0.01, hints); err != nil {
+					t.Fatal(err)
+				}
+			}})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,6 +16,12 @@ import (
 func gruBundle(t testing.TB, vocab, emb, hidden int) *Bundle {
 	t.Helper()
 	seq, step := gruGraphs(vocab, emb, hidden)
+	return graphsBundle(t, vocab, seq, step)
+}
+
+// graphsBundle loads a bundle of the two forms from memory.
+func graphsBundle(t testing.TB, vocab int, seq, step tGraph) *Bundle {
+	t.Helper()
 	var v strings.Builder
 	v.WriteString("<pad>\n<unk>\n")
 	for i := 2; i < vocab; i++ {

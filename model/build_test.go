@@ -175,14 +175,20 @@ func lcgWeights(n int, seed uint64, scale float32) []float32 {
 // gruGraphs builds a GRU model shaped like a PyTorch export (Embedding ->
 // GRU -> Linear on the last position -> Softmax) in sequence and step form.
 func gruGraphs(vocab, emb, hidden int) (seq, step tGraph) {
+	return gruGraphsOut(vocab, emb, hidden, lcgWeights(vocab*hidden, 5, 0.5), lcgWeights(vocab, 6, 0.1))
+}
+
+// gruGraphsOut is gruGraphs with the given output layer: outW [vocab,
+// hidden] and outB [vocab].
+func gruGraphsOut(vocab, emb, hidden int, outW, outB []float32) (seq, step tGraph) {
 	v, e, h := int64(vocab), int64(emb), int64(hidden)
 	inits := [][]byte{
 		tFloatTensor("emb", []int64{v, e}, lcgWeights(vocab*emb, 1, 1)),
 		tFloatTensor("W", []int64{1, 3 * h, e}, lcgWeights(3*hidden*emb, 2, 0.3)),
 		tFloatTensor("R", []int64{1, 3 * h, h}, lcgWeights(3*hidden*hidden, 3, 0.3)),
 		tFloatTensor("B", []int64{1, 6 * h}, lcgWeights(6*hidden, 4, 0.1)),
-		tFloatTensor("out.weight", []int64{v, h}, lcgWeights(vocab*hidden, 5, 0.5)),
-		tFloatTensor("out.bias", []int64{v}, lcgWeights(vocab, 6, 0.1)),
+		tFloatTensor("out.weight", []int64{v, h}, outW),
+		tFloatTensor("out.bias", []int64{v}, outB),
 		tIntTensor("one", []int64{1}, []int64{1}),
 		tIntTensor("minus_one", nil, []int64{-1}),
 	}

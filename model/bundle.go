@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -54,6 +55,12 @@ type Bundle struct {
 	stepStateOut  int // state_out output slot
 	stateDims     [3]int
 	stepBatches   bool // the step form takes more than one row per run
+
+	// Clustered scoring of large vocabularies (nil when not used): the
+	// forms' output layers split off and one index of their weights.
+	seqHead, stepHead *head
+	index             *clusterIndex
+	probsPool         sync.Pool // *[]float32 of vsize, for exact TopK
 }
 
 // LoadBundle loads a bundle folder from disk. See LoadBundleFS.
@@ -70,7 +77,10 @@ func LoadBundle(dir string) (*Bundle, error) {
 // default one is derived from the files (name from the folder, version from
 // the model's SHA-256, max_seq_len DefaultMaxSeqLen). The graphs are checked
 // against the model contract (ErrContract) and the manifest's golden cases
-// are run (ErrGolden) before the bundle is returned.
+// are run (ErrGolden) before the bundle is returned. A bundle of 16,384
+// pages or more whose output layer is a constant Gemm also gets a clustered
+// scorer for StepTopK and PredictTopK (see Scoring), built from its weights
+// at load: a few seconds at 100,000 pages.
 func LoadBundleFS(fsys fs.FS, dir string) (*Bundle, error) {
 	b, err := loadBundle(fsys, dir)
 	if err != nil {
@@ -123,6 +133,7 @@ func loadBundle(fsys fs.FS, dir string) (*Bundle, error) {
 	if err := b.runGolden(); err != nil {
 		return nil, err
 	}
+	b.attachIndex()
 	return b, nil
 }
 
@@ -383,14 +394,8 @@ func (b *Bundle) PredictOne(ctx context.Context, history []int64, dst []float32)
 	dst = sized(dst, b.vsize)
 	ex := b.seq.pool.Get().(*exec)
 	defer b.seq.pool.Put(ex)
-	feed := &ex.feed[b.seqIn]
-	if err := feed.reshape(dtInt, 1, max(len(h), 1)); err != nil {
+	if err := b.runSeq(ctx, b.seq.plan, ex, h); err != nil {
 		return dst, err
-	}
-	feed.i[0] = PadIndex // an empty history is one padding index
-	copy(feed.i, h)
-	if err := b.seq.plan.run(ctx, ex); err != nil {
-		return dst, fmt.Errorf("predict: %w", err)
 	}
 	res := ex.cur[b.seqOut]
 	if len(res.f) != b.vsize {
@@ -398,6 +403,20 @@ func (b *Bundle) PredictOne(ctx context.Context, history []int64, dst []float32)
 	}
 	b.finish(dst, res.f)
 	return dst, nil
+}
+
+// runSeq runs p (the sequence form or its trunk) on one prepared history.
+func (b *Bundle) runSeq(ctx context.Context, p *plan, ex *exec, h []int64) error {
+	feed := &ex.feed[b.seqIn]
+	if err := feed.reshape(dtInt, 1, max(len(h), 1)); err != nil {
+		return err
+	}
+	feed.i[0] = PadIndex // an empty history is one padding index
+	copy(feed.i, h)
+	if err := p.run(ctx, ex); err != nil {
+		return fmt.Errorf("predict: %w", err)
+	}
+	return nil
 }
 
 // Step feeds one click to the step form. state is the user's recurrent
@@ -409,14 +428,36 @@ func (b *Bundle) PredictOne(ctx context.Context, history []int64, dst []float32)
 // state scores like Predict on the whole history (up to MaxSeqLen). It
 // returns an error wrapping ErrUnsupported when the bundle has no step form.
 func (b *Bundle) Step(ctx context.Context, pageID int64, state []float32, dst []float32) (probs, newState []float32, err error) {
-	if b.step == nil {
-		return dst, state, fmt.Errorf("step: %w: bundle has no step form", ErrUnsupported)
-	}
-	if err := ctx.Err(); err != nil {
+	if state, err = b.stepState(ctx, pageID, state); err != nil {
 		return dst, state, err
 	}
+	dst = sized(dst, b.vsize)
+	ex := b.step.pool.Get().(*exec)
+	defer b.step.pool.Put(ex)
+	if err := b.runStep(ctx, b.step.plan, ex, pageID, state); err != nil {
+		return dst, state, err
+	}
+	res, so := ex.cur[b.stepOut], ex.cur[b.stepStateOut]
+	if len(res.f) != b.vsize || len(so.f) != len(state) {
+		return dst, state, fmt.Errorf("step: %w: outputs %v and %v", ErrContract, res.shape, so.shape)
+	}
+	b.finish(dst, res.f)
+	copy(state, so.f)
+	return dst, state, nil
+}
+
+// stepState checks a click for the step form and returns the state it
+// updates: state itself when it has StateSize elements, a zero state
+// (within state's capacity when it can be) when it is empty.
+func (b *Bundle) stepState(ctx context.Context, pageID int64, state []float32) ([]float32, error) {
+	if b.step == nil {
+		return state, fmt.Errorf("step: %w: bundle has no step form", ErrUnsupported)
+	}
+	if err := ctx.Err(); err != nil {
+		return state, err
+	}
 	if pageID < 0 || pageID >= int64(b.vsize) {
-		return dst, state, fmt.Errorf("step: %w: page index %d outside the vocabulary of %d", ErrBadInput, pageID, b.vsize)
+		return state, fmt.Errorf("step: %w: page index %d outside the vocabulary of %d", ErrBadInput, pageID, b.vsize)
 	}
 	n := b.StateSize()
 	switch {
@@ -427,31 +468,27 @@ func (b *Bundle) Step(ctx context.Context, pageID int64, state []float32, dst []
 	case len(state) == 0:
 		state = make([]float32, n)
 	default:
-		return dst, state, fmt.Errorf("step: %w: state has %d values, want %d", ErrBadInput, len(state), n)
+		return state, fmt.Errorf("step: %w: state has %d values, want %d", ErrBadInput, len(state), n)
 	}
-	dst = sized(dst, b.vsize)
-	ex := b.step.pool.Get().(*exec)
-	defer b.step.pool.Put(ex)
+	return state, nil
+}
+
+// runStep runs p (the step form or its trunk) on one click.
+func (b *Bundle) runStep(ctx context.Context, p *plan, ex *exec, pageID int64, state []float32) error {
 	id := &ex.feed[b.stepIn]
 	if err := id.reshape(dtInt, 1, 1); err != nil {
-		return dst, state, err
+		return err
 	}
 	id.i[0] = pageID
 	st := &ex.feed[b.stepStateIn]
 	if err := st.reshape(dtFloat, b.stateDims[:]...); err != nil {
-		return dst, state, err
+		return err
 	}
 	copy(st.f, state)
-	if err := b.step.plan.run(ctx, ex); err != nil {
-		return dst, state, fmt.Errorf("step: %w", err)
+	if err := p.run(ctx, ex); err != nil {
+		return fmt.Errorf("step: %w", err)
 	}
-	res, so := ex.cur[b.stepOut], ex.cur[b.stepStateOut]
-	if len(res.f) != b.vsize || len(so.f) != n {
-		return dst, state, fmt.Errorf("step: %w: outputs %v and %v", ErrContract, res.shape, so.shape)
-	}
-	b.finish(dst, res.f)
-	copy(state, so.f)
-	return dst, state, nil
+	return nil
 }
 
 // StepMany is Step for several users at once: row i advances states[i] by

@@ -14,4 +14,10 @@
 // Embedding → GRU/LSTM/RNN → Linear → Softmax, plus the Markov lookup graph
 // of the trainer; anything else is refused at load time. Loaded models and
 // bundles are immutable and safe for concurrent use.
+//
+// Callers that need only the hints of a click (the top k pages at or above
+// a threshold) use Bundle.StepTopK or Bundle.PredictTopK: on bundles of
+// 16,384 pages or more they score only the output rows of the likeliest
+// clusters (an approximation, measured against exact scoring; see
+// CONTRACT.md), and exactly otherwise.
 package model

@@ -66,3 +66,31 @@ func ExampleBundle_Step() {
 	// Output:
 	// step 0.0380, sequence 0.0380
 }
+
+// Ask for the hints of each click: the three most probable next pages at
+// or above 2%. On a bundle of 16,384 pages or more Scoring reports a
+// clustered scorer and the same call scores only the likeliest clusters.
+func ExampleBundle_StepTopK() {
+	b, err := model.LoadBundle("testdata/gru-probs-opset13")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var state []float32
+	var hints []model.Hint
+	for _, page := range []int64{26, 127, 79} {
+		if hints, state, err = b.StepTopK(ctx, page, state, 3, 0.02, hints); err != nil {
+			log.Fatal(err)
+		}
+	}
+	fmt.Println("approximate:", b.Scoring().Approximate)
+	for _, h := range hints {
+		fmt.Printf("%s %.4f\n", b.Vocab().Page(h.Page), h.Prob)
+	}
+	// Output:
+	// approximate: false
+	// /page/115 0.0380
+	// /page/66 0.0349
+	// /page/26 0.0279
+}

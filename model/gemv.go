@@ -109,3 +109,25 @@ func gemvRows(rows, m, n int, a []float32, lda int, x []float32, ldx int, out []
 		gemv(m, n, a, lda, x[r*ldx:r*ldx+n], out[r*ldo:r*ldo+m])
 	}
 }
+
+// dotI8 sets out[i] to the int32 dot product of row i of a (n rows of h
+// int8, h a multiple of 16) with x (h int16): the quantized pass of the
+// clustered scorer. The caller keeps h·127·max|x| within int32.
+func dotI8(a []int8, n, h int, x []int16, out []int32) {
+	if n == 0 {
+		return
+	}
+	_ = a[n*h-1]
+	_ = x[h-1]
+	_ = out[n-1]
+	if dotI8Asm(a, n, h, x, out) {
+		return
+	}
+	for i := range n {
+		var s int32
+		for j, v := range a[i*h : (i+1)*h] {
+			s += int32(v) * int32(x[j])
+		}
+		out[i] = s
+	}
+}

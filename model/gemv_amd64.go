@@ -189,3 +189,26 @@ func ratioAsm(x []float32, a, b float32) bool {
 	}
 	return true
 }
+
+//go:noescape
+func dotI8AVX2(a *int8, n, h int, x *int16, out *int32)
+
+// dotI8Asm sets out[i] to the int32 dot product of row i of a (n rows of
+// h int8, h a multiple of 16) with x, and reports whether it could (CPU
+// support).
+func dotI8Asm(a []int8, n, h int, x []int16, out []int32) bool {
+	if !cpu.X86.HasAVX2 {
+		return false
+	}
+	n4 := n &^ 3
+	if n4 > 0 {
+		dotI84AVX2(&a[0], n4, h, &x[0], &out[0])
+	}
+	if n4 < n {
+		dotI8AVX2(&a[n4*h], n-n4, h, &x[0], &out[n4])
+	}
+	return true
+}
+
+//go:noescape
+func dotI84AVX2(a *int8, n, h int, x *int16, out *int32)

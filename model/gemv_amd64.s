@@ -427,3 +427,104 @@ ratioloop:
 ratiofin:
 	VZEROUPPER
 	RET
+
+// func dotI8AVX2(a *int8, n, h int, x *int16, out *int32)
+// out[i] = sum over j < h of a[i*h+j] * x[j], for i < n, in int32. h must
+// be a multiple of 16; the caller keeps the sums within int32.
+TEXT ·dotI8AVX2(SB), NOSPLIT, $0-40
+	MOVQ a+0(FP), SI
+	MOVQ n+8(FP), CX
+	MOVQ h+16(FP), DX
+	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R8
+
+i8row:
+	TESTQ CX, CX
+	JZ    i8done
+	VPXOR Y0, Y0, Y0
+	VPXOR Y2, Y2, Y2
+	XORQ  R9, R9
+
+i8inner:
+	VPMOVSXBW (SI)(R9*1), Y1
+	VPMADDWD  (DI)(R9*2), Y1, Y1
+	VPADDD    Y1, Y0, Y0
+	ADDQ      $16, R9
+	CMPQ      R9, DX
+	JLT       i8inner
+
+	VEXTRACTI128 $1, Y0, X1
+	VPADDD       X1, X0, X0
+	VPSHUFD      $0x4E, X0, X1
+	VPADDD       X1, X0, X0
+	VPSHUFD      $0xB1, X0, X1
+	VPADDD       X1, X0, X0
+	VMOVD        X0, (R8)
+	ADDQ         DX, SI
+	ADDQ         $4, R8
+	DECQ         CX
+	JMP          i8row
+
+i8done:
+	VZEROUPPER
+	RET
+
+// func dotI84AVX2(a *int8, n, h int, x *int16, out *int32)
+// dotI8AVX2 for n a multiple of 4: four rows at a time, each load of x
+// shared by the four.
+TEXT ·dotI84AVX2(SB), NOSPLIT, $0-40
+	MOVQ a+0(FP), SI
+	MOVQ n+8(FP), CX
+	MOVQ h+16(FP), DX
+	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R8
+	LEAQ (SI)(DX*1), R10
+	LEAQ (R10)(DX*1), R11
+	LEAQ (R11)(DX*1), R12
+	MOVQ DX, R13
+	SHLQ $2, R13
+
+q4row:
+	CMPQ  CX, $4
+	JL    q4done
+	VPXOR Y0, Y0, Y0
+	VPXOR Y1, Y1, Y1
+	VPXOR Y2, Y2, Y2
+	VPXOR Y3, Y3, Y3
+	XORQ  R9, R9
+
+q4inner:
+	VMOVDQU   (DI)(R9*2), Y4
+	VPMOVSXBW (SI)(R9*1), Y5
+	VPMADDWD  Y4, Y5, Y5
+	VPADDD    Y5, Y0, Y0
+	VPMOVSXBW (R10)(R9*1), Y6
+	VPMADDWD  Y4, Y6, Y6
+	VPADDD    Y6, Y1, Y1
+	VPMOVSXBW (R11)(R9*1), Y7
+	VPMADDWD  Y4, Y7, Y7
+	VPADDD    Y7, Y2, Y2
+	VPMOVSXBW (R12)(R9*1), Y8
+	VPMADDWD  Y4, Y8, Y8
+	VPADDD    Y8, Y3, Y3
+	ADDQ      $16, R9
+	CMPQ      R9, DX
+	JLT       q4inner
+
+	VPHADDD      Y1, Y0, Y0
+	VPHADDD      Y3, Y2, Y2
+	VPHADDD      Y2, Y0, Y0
+	VEXTRACTI128 $1, Y0, X1
+	VPADDD       X1, X0, X0
+	VMOVDQU      X0, (R8)
+	ADDQ         R13, SI
+	ADDQ         R13, R10
+	ADDQ         R13, R11
+	ADDQ         R13, R12
+	ADDQ         $16, R8
+	SUBQ         $4, CX
+	JMP          q4row
+
+q4done:
+	VZEROUPPER
+	RET

@@ -21,3 +21,5 @@ func gemmPacked4Asm(p *packedT, a, x []float32, ldx int, out []float32, ldo int)
 func addAsm(dst, src []float32) bool { return false }
 
 func ratioAsm(x []float32, a, b float32) bool { return false }
+
+func dotI8Asm(a []int8, n, h int, x []int16, out []int32) bool { return false }

@@ -140,3 +140,34 @@ func TestGemvRowsPacked(t *testing.T) {
 		})
 	}
 }
+
+// TestDotI8 checks the int8 row products against a plain loop, at the
+// extremes of int8 and int16.
+func TestDotI8(t *testing.T) {
+	for _, tt := range []struct{ n, h int }{{1, 16}, {3, 32}, {4, 16}, {8, 48}, {17, 128}, {5, 512}} {
+		t.Run(fmt.Sprintf("%dx%d", tt.n, tt.h), func(t *testing.T) {
+			a := make([]int8, tt.n*tt.h)
+			x := make([]int16, tt.h)
+			w := lcgWeights(len(a)+len(x), uint64(tt.n*tt.h), 1)
+			for i := range a {
+				a[i] = int8(w[i] * 127)
+			}
+			a[0] = -128
+			for i := range x {
+				x[i] = int16(w[len(a)+i] * 32767)
+			}
+			x[0] = 32767
+			got := make([]int32, tt.n)
+			dotI8(a, tt.n, tt.h, x, got)
+			for i := range tt.n {
+				var want int32
+				for j := range tt.h {
+					want += int32(a[i*tt.h+j]) * int32(x[j])
+				}
+				if got[i] != want {
+					t.Errorf("row %d: %d, want %d", i, got[i], want)
+				}
+			}
+		})
+	}
+}

@@ -2,52 +2,36 @@ package prefetch
 
 import (
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // tokenBucket allows rate events per second with bursts of up to burst
-// events. A rate of 0 means unlimited. Not safe for concurrent use.
+// events (default max(1, rate)). A rate of 0 means unlimited. It wraps
+// golang.org/x/time/rate; the zero value is unlimited.
 type tokenBucket struct {
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
+	lim *rate.Limiter // nil: unlimited
 }
 
-func newTokenBucket(rate float64, burst int) tokenBucket {
-	b := float64(burst)
-	if b < 1 {
-		b = max(1, rate)
+func newTokenBucket(r float64, burst int) tokenBucket {
+	if r <= 0 {
+		return tokenBucket{}
 	}
-	return tokenBucket{rate: rate, burst: b, tokens: b}
+	if burst < 1 {
+		burst = max(1, int(r))
+	}
+	return tokenBucket{lim: rate.NewLimiter(rate.Limit(r), burst)}
 }
 
 // allow takes one token at now if one is available.
-func (b *tokenBucket) allow(now time.Time) bool {
-	if b.rate <= 0 {
-		return true
-	}
-	b.refill(now)
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
-func (b *tokenBucket) refill(now time.Time) {
-	if !b.last.IsZero() && now.After(b.last) {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-	}
-	if b.last.IsZero() || now.After(b.last) {
-		b.last = now
-	}
+func (b tokenBucket) allow(now time.Time) bool {
+	return b.lim == nil || b.lim.AllowN(now, 1)
 }
 
 // full reports whether the bucket has refilled completely at now, that is
 // whether forgetting it would change nothing.
-func (b *tokenBucket) full(now time.Time) bool {
-	b.refill(now)
-	return b.tokens >= b.burst
+func (b tokenBucket) full(now time.Time) bool {
+	return b.lim == nil || b.lim.TokensAt(now) >= float64(b.lim.Burst())
 }
 
 // userLimiter is a token bucket per user with a bounded number of users.
@@ -56,11 +40,11 @@ type userLimiter struct {
 	rate    float64
 	burst   int
 	max     int
-	buckets map[string]*tokenBucket
+	buckets map[string]tokenBucket
 }
 
 func newUserLimiter(rate float64, burst, maxUsers int) *userLimiter {
-	return &userLimiter{rate: rate, burst: burst, max: maxUsers, buckets: make(map[string]*tokenBucket)}
+	return &userLimiter{rate: rate, burst: burst, max: maxUsers, buckets: make(map[string]tokenBucket)}
 }
 
 // allow takes one token from user's bucket at now.
@@ -73,8 +57,7 @@ func (l *userLimiter) allow(user string, now time.Time) bool {
 		if len(l.buckets) >= l.max {
 			l.sweep(now)
 		}
-		nb := newTokenBucket(l.rate, l.burst)
-		b = &nb
+		b = newTokenBucket(l.rate, l.burst)
 		l.buckets[user] = b
 	}
 	return b.allow(now)

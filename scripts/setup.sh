@@ -1,7 +1,8 @@
 #!/bin/sh
 # setup.sh makes sure this machine has what `make run` and `make test` need
-# beyond Go: redis-server (the Redis-backed tests start their own) and, for
-# the race detector, a C toolchain (gcc, libc6-dev). It installs what is
+# beyond Go: redis-server (the Redis-backed tests start their own), for the
+# race detector a C toolchain (gcc, libc6-dev), and chromium (the status
+# page's browser test runs it headless). It installs what is
 # missing with apt-get when it can (root, or sudo without a password) and
 # otherwise stops, printing the one command to run.
 #
@@ -27,6 +28,9 @@ if [ "$want" = ops ]; then
 	command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 else
 	command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+	if [ "$want" = test ]; then
+		command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+	fi
 fi
 # -race needs cgo: a C compiler that can build against the C library.
 if [ "$want" = test ] && ! printf '#include <stdlib.h>\nint main(void){return 0;}\n' |

@@ -31,11 +31,13 @@ func TestSetup(t *testing.T) {
 		wantErr  string   // in stderr
 		wantSudo []string // sudo invocations, in order, as substrings
 	}{
-		{name: "everything there", mode: "test", tools: []string{"redis-server"}, wantExit: 0},
+		{name: "everything there", mode: "test", tools: []string{"redis-server", "chromium"}, wantExit: 0},
 		{name: "run needs only go", mode: "run", wantExit: 0},
-		{name: "no redis, no sudo", mode: "test", wantExit: 1,
+		{name: "no redis, no sudo", mode: "test", tools: []string{"chromium"}, wantExit: 1,
 			wantErr: "setup: missing: redis-server; run: sudo sh -c 'apt-get update && apt-get install -y --no-install-recommends redis-server'"},
-		{name: "no redis, password-less sudo", mode: "test", sudo: true, wantExit: 0,
+		{name: "no redis nor chromium, no sudo", mode: "test", wantExit: 1,
+			wantErr: "setup: missing: redis-server chromium; run: sudo sh -c 'apt-get update && apt-get install -y --no-install-recommends redis-server chromium'"},
+		{name: "no redis, password-less sudo", mode: "test", tools: []string{"chromium"}, sudo: true, wantExit: 0,
 			wantSudo: []string{"-n true", "apt-get update -q", "apt-get install -y -q --no-install-recommends redis-server"}},
 		{name: "no promtool, no sudo", mode: "ops", wantExit: 1, wantErr: "install -y --no-install-recommends prometheus'"},
 	}

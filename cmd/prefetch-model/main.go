@@ -4,6 +4,7 @@
 //	prefetch-model inspect MODEL.onnx
 //	prefetch-model verify --reference reference.json [--tolerance 1e-5] MODEL.onnx
 //	prefetch-model bench --batch 1 --len 20 MODEL.onnx
+//	prefetch-model bench --form step|sequence [--len 20] [--k 5] [--threshold 0.01] BUNDLE
 //
 // inspect prints the graph's inputs, outputs, opset, operators and sizes (and
 // refuses, naming each node, what the runtime cannot run). verify runs every

@@ -234,11 +234,20 @@ func bench(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	batch := fs.Int("batch", 1, "histories per call")
 	length := fs.Int("len", 20, "pages per history")
+	form := formFlag(model.FormStep)
+	fs.Var(&form, "form", "for a bundle folder: step (StepTopK, one click at a time) or sequence (PredictTopK on the history)")
+	k := countFlag(5)
+	fs.Var(&k, "k", "for a bundle folder: hints per click")
+	threshold := fs.Float64("threshold", 0.01, "for a bundle folder: least probability of a hint")
 	dur := fs.Duration("duration", 2*time.Second, "how long to measure")
 	vocab := fs.Int("vocab", 0, "page indices are drawn from [2, vocab); 0 takes vocab from the output shape")
 	path, err := parse(fs, args, out)
 	if err != nil {
 		return err
+	}
+	if st, err := os.Stat(path); err == nil && st.IsDir() && *length >= 1 && *dur > 0 {
+		// A bundle folder; bad --len or --duration fall to the check below.
+		return bundleBench{dir: path, form: string(form), length: *length, k: int(k), threshold: float32(*threshold), dur: *dur}.run(ctx, out)
 	}
 	if *batch < 1 || *length < 1 || *dur <= 0 {
 		return cli.Usagef("--batch, --len and --duration must be positive")

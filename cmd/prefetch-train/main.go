@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		export   = fs.String("model", training.ModelGRU, "model written as the bundle: gru or markov1")
 		noGRU    = fs.Bool("no-gru", false, "train only the baselines (implies --model markov1)")
 		vocabMin = fs.Int("vocab-min-count", 2, "fewest views a page needs to enter the vocabulary")
-		vocabMax = fs.Int("vocab-max", 5000, "vocabulary size cap, padding and unknown included (0: no cap)")
+		vocabMax = fs.Int("vocab-max", 100_000, "vocabulary size cap, padding and unknown included (0: no cap)")
 		holdout  = fs.Float64("holdout", 0.2, "share of sessions held out for evaluation (the last ones)")
 		shuffle  = fs.Bool("shuffle", false, "shuffle sessions with --seed before the split")
 		seed     = fs.Uint64("seed", 1, "random seed (split shuffle, GRU initialization and batches)")

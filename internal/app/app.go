@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 
@@ -36,6 +37,7 @@ import (
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 	"github.com/prefetchd/prefetchd/training"
+	"github.com/prefetchd/prefetchd/transitions"
 )
 
 // Addrs are the addresses the running service bound, for tests and logs.
@@ -100,7 +102,8 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	}
 	addrs.Admin = alis.Addr().String()
 	errc := make(chan error, 8)
-	admin := &http.Server{Handler: adminMux(reg, ready, &parts, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	status := newStatusPage(cfg, reg, ready, &parts)
+	admin := &http.Server{Handler: adminMux(reg, ready, &parts, status, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
 	var adminWG, auxWG sync.WaitGroup
 	adminWG.Go(func() {
 		if err := admin.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -134,6 +137,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		stopSrv()
 		auxWG.Wait()
 	}()
+	auxWG.Go(func() { status.run(srvCtx, statusEvery) })
 
 	// Backends: the in-process ones when no real ones are named.
 	brokers := cfg.KafkaBrokers
@@ -288,8 +292,13 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	})
 	eval.SetModelVersion(live.Version)
 	parts.eval.Store(eval)
+	online, err := onlineStats(cfg, rdb, reg)
+	if err != nil {
+		return err
+	}
 	eng, err := engine.New(engine.Config{}, engine.Deps{
 		Models: models, Histories: hist, Canon: canon, Policy: policy, Warmer: warmer, Evaluator: eval,
+		Transitions: online,
 	}, log, reg)
 	if err != nil {
 		return err
@@ -300,6 +309,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if cfg.HistoryStore == features.BackendRedis {
 		marks = features.NewRedisMarks(rdb, features.DefaultKeyPrefix, cfg.Group, cfg.Topic)
 	}
+	parts.eng.Store(eng)
 	hub := newAnyHub(eng.Predict, anyEvery)
 	consumer, err := features.NewConsumer(features.ConsumerConfig{
 		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
@@ -387,6 +397,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 type lateParts struct {
 	models atomic.Pointer[lifecycle.Manager]
 	eval   atomic.Pointer[prefetch.Evaluator]
+	eng    atomic.Pointer[engine.Engine]
 }
 
 // pending is the gRPC server's engine and ingester before the pipeline is
@@ -596,12 +607,13 @@ func ingestError(err error) error {
 	return err
 }
 
-// adminMux serves /metrics, /healthz (the process is alive), /readyz (every
-// readiness check passes; the body names the active model version, or each
-// failing check and why), /stats (online evaluation per model version) and,
-// when enabled, /debug/pprof.
-func adminMux(reg *prometheus.Registry, ready *readiness, parts *lateParts, withPprof bool) *http.ServeMux {
+// adminMux serves / (the status page), /metrics, /healthz (the process is
+// alive), /readyz (every readiness check passes; the body names the active
+// model version, or each failing check and why), /stats (online evaluation
+// per model version) and, when enabled, /debug/pprof.
+func adminMux(reg *prometheus.Registry, ready *readiness, parts *lateParts, status http.Handler, withPprof bool) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", status)
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		eval := parts.eval.Load()
 		if eval == nil {
@@ -719,4 +731,20 @@ func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *p
 			log.Info("sample prediction", "user", s.UserID, "page", s.Page, "history", s.History, "model_version", s.ModelVersion, "prefetch", hints)
 		}
 	}
+}
+
+// onlineStats builds the online transition statistics where the histories
+// live, or none when --online is off.
+func onlineStats(cfg Config, rdb redis.UniversalClient, reg prometheus.Registerer) (*transitions.Stats, error) {
+	if !cfg.Online {
+		return nil, nil
+	}
+	tcfg := transitions.Config{
+		HalfLife: cfg.OnlineHalfLife, Evidence: cfg.OnlineEvidence, EvidenceSet: true,
+		MaxPages: cfg.OnlineMaxPages, MaxNext: cfg.OnlineMaxNext,
+	}
+	if cfg.HistoryStore == features.BackendRedis {
+		return transitions.NewRedis(tcfg, rdb, reg)
+	}
+	return transitions.NewMemory(tcfg, reg)
 }

@@ -20,9 +20,11 @@ import (
 // redis-server, online evaluation) consumes them; beside it, in the same run
 // and over the same topic, a bare kafka-go consumer-group loop that only
 // fetches and commits. It reports both rates and their ratio, with the
-// bundled Markov model and with a GRU step-form model (the PyTorch export
+// first-order Markov model (features/testdata/markov1, the model `make run` served
+// before the GRU), with a GRU step-form model (the PyTorch export
 // of features/testdata/gru-step, vocabulary 200: other pages are unknown
-// and still stepped).
+// and still stepped), and with the bundled GRU (vocabulary 2,027, hidden
+// 128).
 //
 //	go test -run '^$' -bench ServiceThroughput -benchtime 1x ./internal/app
 func BenchmarkServiceThroughput(b *testing.B) {
@@ -47,7 +49,7 @@ func BenchmarkServiceThroughput(b *testing.B) {
 	rs := redistest.Start(b)
 
 	round := 0
-	for _, model := range []struct{ name, dir string }{{"markov", ""}, {"gru-step", "../../features/testdata/gru-step"}} {
+	for _, model := range []struct{ name, dir string }{{"markov", "../../features/testdata/markov1"}, {"gru-step", "../../features/testdata/gru-step"}, {"bundled-gru", ""}} {
 		b.Run(model.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

@@ -14,6 +14,7 @@ import (
 	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/prefetchd/prefetchd/transitions"
 )
 
 // EnvPrefix starts the environment variable that matches each flag: --kafka-brokers
@@ -87,6 +88,16 @@ type Config struct {
 	AutoRollback        bool
 	RollbackMinFraction float64
 	RollbackWindow      time.Duration
+
+	// Online transition statistics (package transitions): learned from the
+	// clicks, kept where the histories are (in process, or in Redis shared
+	// by replicas), blended into every prediction with the online share
+	// n / (n + OnlineEvidence) for a page with n decayed transitions out.
+	Online         bool
+	OnlineEvidence float64 // 0: the online statistics alone once a page has any
+	OnlineHalfLife time.Duration
+	OnlineMaxPages int
+	OnlineMaxNext  int
 
 	// Prefetch policy.
 	Threshold float64
@@ -183,6 +194,11 @@ func Default() Config {
 		CommitInterval:         features.DefaultCommitInterval,
 		CommitBatch:            features.DefaultCommitBatch,
 		HistoryMaxUsers:        features.DefaultMaxUsers,
+		Online:                 true,
+		OnlineEvidence:         transitions.DefaultEvidence,
+		OnlineHalfLife:         transitions.DefaultHalfLife,
+		OnlineMaxPages:         transitions.DefaultMaxPages,
+		OnlineMaxNext:          transitions.DefaultMaxNext,
 		RollbackMinFraction:    lifecycle.DefaultMinFraction,
 		RollbackWindow:         lifecycle.DefaultWindow,
 	}
@@ -245,7 +261,9 @@ func (c *Config) Validate() error {
 		"--workers": float64(c.Workers), "--ingest-batch": float64(c.IngestBatch),
 		"--commit-batch": float64(c.CommitBatch), "--commit-interval": c.CommitInterval.Seconds(),
 		"--history-max-users": float64(c.HistoryMaxUsers), "--session-gap": c.SessionGap.Seconds(),
-		"--rollback-window": c.RollbackWindow.Seconds(),
+		"--rollback-window":  c.RollbackWindow.Seconds(),
+		"--online-half-life": c.OnlineHalfLife.Seconds(), "--online-max-pages": float64(c.OnlineMaxPages),
+		"--online-max-next": float64(c.OnlineMaxNext),
 		"--warm-queue":      float64(c.WarmQueue), "--warm-workers": float64(c.WarmWorkers),
 		"--warm-pipeline": float64(c.WarmPipeline),
 	} {
@@ -258,6 +276,9 @@ func (c *Config) Validate() error {
 	}
 	if c.KafkaHeartbeatInterval <= 0 || c.KafkaHeartbeatInterval >= c.KafkaSessionTimeout {
 		errs = append(errs, fmt.Errorf("--kafka-heartbeat-interval %s must be positive and below the session timeout", c.KafkaHeartbeatInterval))
+	}
+	if math.IsNaN(c.OnlineEvidence) || math.IsInf(c.OnlineEvidence, 0) || c.OnlineEvidence < 0 {
+		errs = append(errs, fmt.Errorf("--online-evidence %v is not a finite number >= 0", c.OnlineEvidence))
 	}
 	if c.EventIDCache == 0 {
 		errs = append(errs, errors.New("--event-id-cache 0: give a negative value to turn the cache off"))
@@ -349,6 +370,11 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.BoolVar(&c.AutoRollback, "auto-rollback", c.AutoRollback, "roll a new model version back when its live precision falls below --rollback-min-fraction of its predecessor's")
 	fs.Float64Var(&c.RollbackMinFraction, "rollback-min-fraction", c.RollbackMinFraction, "fraction of the predecessor's precision a new version must keep, in (0, 1]")
 	fs.DurationVar(&c.RollbackWindow, "rollback-window", c.RollbackWindow, "window over which live precision is judged")
+	fs.BoolVar(&c.Online, "online", c.Online, "learn page transitions from the clicks (pages outside the model's vocabulary too) and blend them into every prediction")
+	fs.Float64Var(&c.OnlineEvidence, "online-evidence", c.OnlineEvidence, "k of the online share n/(n+k) of a page with n decayed transitions out of it (0: the online statistics alone once there are any)")
+	fs.DurationVar(&c.OnlineHalfLife, "online-half-life", c.OnlineHalfLife, "time after which an observed transition counts half")
+	fs.IntVar(&c.OnlineMaxPages, "online-max-pages", c.OnlineMaxPages, "most source pages held in memory (least recently updated evicted first) and online-only pages remembered")
+	fs.IntVar(&c.OnlineMaxNext, "online-max-next", c.OnlineMaxNext, "most next pages kept per source page (the smallest count makes room)")
 	fs.Float64Var(&c.Threshold, "threshold", c.Threshold, "minimum probability (or expected utility) for a prefetch, in [0, 1]; 0 admits every page, --k still applying")
 	fs.IntVar(&c.K, "k", c.K, "maximum prefetches per click, 1..100")
 	fs.DurationVar(&c.TTL, "ttl", c.TTL, "time a warmed key lives in Redis")

@@ -56,6 +56,7 @@ func TestOnlineEvaluationMatchesOffline(t *testing.T) {
 	cfg.Threshold, cfg.K = threshold, k
 	cfg.TTL = time.Hour
 	cfg.KeyTemplate = "user:{user}:page:{page}"
+	cfg.Online = false // the offline computation is the model's alone
 
 	svc := startService(t, cfg, 120*time.Second)
 	ctx, addrs := svc.ctx, svc.addrs

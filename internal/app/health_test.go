@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -76,28 +75,7 @@ func TestServesBeforeModel(t *testing.T) {
 	cfg.ModelRepo = repo
 	cfg.AdminTokenFile = tokenFile
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	listening := make(chan Addrs, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- RunWith(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Listening: func(a Addrs) { listening <- a }})
-	}()
-	var addrs Addrs
-	select {
-	case addrs = <-listening:
-	case err := <-done:
-		t.Fatalf("service stopped before listening: %v", err)
-	case <-ctx.Done():
-		t.Fatal("service did not listen in time")
-	}
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run after cancel: %v", err)
-		}
-	}()
+	ctx, addrs := startListening(t, cfg, 90*time.Second)
 	admin := "http://" + addrs.Admin
 
 	if code, body := get(t, ctx, admin+"/healthz"); code != http.StatusOK || !strings.Contains(body, "ok") {

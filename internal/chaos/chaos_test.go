@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/prefetchd/prefetchd/features"
 )
 
@@ -23,11 +25,17 @@ func TestMain(m *testing.M) {
 	}
 	binDir = dir
 	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "chaos: goroutines left behind:", err)
+			code = 1
+		}
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
-// outageFor is how long a killed Redis or a broker stays down.
+// outageFor is how long a killed Redis stays down.
 const outageFor = 8 * time.Second
 
 // scenario is one fault injected into a running pipeline.
@@ -70,6 +78,14 @@ func scenarios(l load) []scenario {
 			e.outage(e.broker, time.Second)
 			e.prod.background(e.t, l.events())()
 			e.verify(expect{exactCounts: true, resets: true})
+		}},
+		{"group_offsets_reset_redelivery", shared, func(e *env) {
+			e.prod.background(e.t, l.events())()
+			e.verify(expect{exactCounts: true})
+			e.svcs[0].stop(20 * time.Second)
+			e.rewindGroup()
+			e.svcs[0].start()
+			e.verify(expect{redelivered: l.events()})
 		}},
 		{"prefetchd_kill9_restart", shared, func(e *env) {
 			wait := e.prod.background(e.t, l.events())

@@ -23,6 +23,10 @@ type expect struct {
 	// resets: the topic was recreated; the service must count an offset
 	// reset in prefetchd_ingest_offset_resets_total.
 	resets bool
+	// redelivered: the live services were started after the whole stream
+	// had been applied and the group rewound; they must apply nothing and
+	// count this many duplicates.
+	redelivered int
 }
 
 // outcome is what the checker found, in figures, with the first problems.
@@ -39,6 +43,7 @@ type outcome struct {
 	cold       int // hints of the final history whose key is not in Redis
 	disagree   int // users whose Predict answer differs between live replicas
 	applied    float64
+	dups       float64
 	clicks     float64
 	handlerErr float64
 	paused     float64
@@ -55,9 +60,9 @@ func (o *outcome) problem(format string, args ...any) {
 // figures is the one-line summary logged for every scenario.
 func (o *outcome) figures() string {
 	return fmt.Sprintf("sent=%d users=%d wrong_users=%d lost=%d doubled=%d reordered=%d hints=%d few_hints=%d false_warm=%d cold=%d replicas_disagree=%d "+
-		"events_total=%g clicks_total=%g transient_failures=%g paused=%g lag_metric=%g offset_resets=%g uncommitted=%d",
+		"events_total=%g duplicates_total=%g clicks_total=%g transient_failures=%g paused=%g lag_metric=%g offset_resets=%g uncommitted=%d",
 		o.sent, o.users, o.wrongUsers, o.lost, o.doubled, o.reordered, o.hints, o.fewHints, o.falseWarm, o.cold, o.disagree,
-		o.applied, o.clicks, o.handlerErr, o.paused, o.lagMetric, o.resets, o.uncommit)
+		o.applied, o.dups, o.clicks, o.handlerErr, o.paused, o.lagMetric, o.resets, o.uncommit)
 }
 
 // diffHistory compares a stored history with the pages sent, which are
@@ -86,6 +91,11 @@ func diffHistory(want, got []int32) (lost, doubled int, reordered bool) {
 // check compares the state of the world with the ground truth once.
 func (e *env) check(ctx context.Context, x expect) *outcome {
 	o := &outcome{sent: int(e.prod.acked.Load()), users: len(e.plan.users)}
+	for _, p := range append(append([]*proc{e.broker}, e.redis...), e.procs()...) {
+		if p.exited() {
+			o.problem("%s exited by itself:\n%s", p.name, p.tail(20))
+		}
+	}
 	perUser := e.plan.sentPerUser(o.sent)
 	var diffs []string
 	if e.cfg.history == features.BackendRedis {
@@ -227,6 +237,7 @@ func (e *env) checkMetrics(ctx context.Context, x expect, o *outcome) {
 		}
 		m := parseMetrics(body)
 		o.applied += m.sum["prefetchd_ingest_events_total"]
+		o.dups += m.sum["prefetchd_ingest_duplicates_total"]
 		o.clicks += m.sum["prefetchd_clicks_total"]
 		o.handlerErr += m.sum["prefetchd_ingest_handler_errors_total"]
 		o.paused += m.sum["prefetchd_ingest_paused"]
@@ -249,6 +260,14 @@ func (e *env) checkMetrics(ctx context.Context, x expect, o *outcome) {
 		}
 		if o.clicks != float64(o.sent) {
 			o.problem("prefetchd_clicks_total = %g, want %d", o.clicks, o.sent)
+		}
+	}
+	if x.redelivered > 0 {
+		if o.applied != 0 {
+			o.problem("prefetchd_ingest_events_total = %g after a rewind over events already applied, want 0", o.applied)
+		}
+		if o.dups != float64(x.redelivered) {
+			o.problem("prefetchd_ingest_duplicates_total = %g, want %d (every redelivered event recognised)", o.dups, x.redelivered)
 		}
 	}
 	if x.resets {

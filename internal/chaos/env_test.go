@@ -237,6 +237,15 @@ func (e *env) startService() *service {
 	return s
 }
 
+// procs are the services' processes, running or not.
+func (e *env) procs() []*proc {
+	out := make([]*proc, len(e.svcs))
+	for i, s := range e.svcs {
+		out[i] = s.proc
+	}
+	return out
+}
+
 // live are the services whose process runs now.
 func (e *env) live() []*service {
 	var out []*service
@@ -288,6 +297,32 @@ func (e *env) expectUnready(d time.Duration) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// rewindGroup commits offset 0 for every partition on behalf of the
+// (empty) group, as an operator resetting the group's offsets would.
+func (e *env) rewindGroup() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &kafka.Client{Addr: kafka.TCP(e.brokerAddr), Timeout: 3 * time.Second, Transport: tr}
+	commits := make([]kafka.OffsetCommit, partitions)
+	for i := range partitions {
+		commits[i] = kafka.OffsetCommit{Partition: i, Offset: 0}
+	}
+	resp, err := c.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1,
+		Topics: map[string][]kafka.OffsetCommit{topic: commits}})
+	if err != nil {
+		e.t.Fatalf("reset the group's offsets: %v", err)
+	}
+	for _, p := range resp.Topics[topic] {
+		if p.Error != nil {
+			e.t.Fatalf("reset the group's offset of partition %d: %v", p.Partition, p.Error)
+		}
+	}
+	e.t.Log("fault: the group's offsets reset to 0 (every event will be delivered again)")
 }
 
 // committedLag is the sum over partitions of the high-water mark minus the

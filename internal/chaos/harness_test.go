@@ -50,11 +50,6 @@ type load struct {
 
 func (l load) events() int { return l.users * l.clicks }
 
-// duration is how long the stream lasts at its rate.
-func (l load) duration() time.Duration {
-	return time.Duration(float64(l.events()) / l.rate * float64(time.Second))
-}
-
 // vocabulary is the bundled model's vocabulary and history length: the
 // checker maps pages to indices with it, as the service does.
 type vocabulary struct {
@@ -63,6 +58,7 @@ type vocabulary struct {
 	maxLen int
 }
 
+// loadVocabulary loads the bundled model, the one prefetchd serves without --model.
 func loadVocabulary(t testing.TB) vocabulary {
 	t.Helper()
 	fsys, dir := embedded.Model()
@@ -79,7 +75,7 @@ func loadVocabulary(t testing.TB) vocabulary {
 
 // plan is the ground truth of a stream: every user's pages in click order,
 // distinct within a user (so that a lost or doubled click shows in the
-// history), and the global order in which the producer sends them.
+// history), sent with users taking turns (see event).
 type plan struct {
 	runID string
 	load  load
@@ -89,6 +85,9 @@ type plan struct {
 	start time.Time  // event time of event 0
 }
 
+// newPlan draws each user's pages from the vocabulary (seeded, so a
+// scenario sends the same pages every run) and checks that each maps back to
+// its own index through the service's canonicalization.
 func newPlan(t testing.TB, v vocabulary, l load, seed uint64) *plan {
 	t.Helper()
 	if l.clicks > v.maxLen {
@@ -165,8 +164,10 @@ func newProducer(p *plan, broker string) *producer {
 // send writes events [acked, to) and returns when they are acknowledged,
 // ctx ends, or a write keeps failing for 30 s.
 func (pr *producer) send(ctx context.Context, to int) error {
+	tr := &kafka.Transport{} // its own pool, closed on return
+	defer tr.CloseIdleConnections()
 	w := &kafka.Writer{
-		Addr: kafka.TCP(pr.broker), Topic: topic, Balancer: &kafka.Hash{},
+		Addr: kafka.TCP(pr.broker), Topic: topic, Balancer: &kafka.Hash{}, Transport: tr,
 		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 1,
 		MaxAttempts: 3, WriteTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second,
 	}

@@ -110,11 +110,43 @@ func (p *proc) kill() {
 	}
 }
 
+// stop asks the process to end (SIGTERM) and waits up to d, then kills it.
+func (p *proc) stop(d time.Duration) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(d):
+		p.t.Errorf("%s did not stop within %v of SIGTERM", p.name, d)
+	}
+	p.kill()
+}
+
 // running reports whether the process was started and not killed since.
 func (p *proc) running() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.cmd != nil
+}
+
+// exited reports whether the process ended by itself (not by kill).
+func (p *proc) exited() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // signal sends sig to the running process (SIGSTOP, SIGCONT).
@@ -144,15 +176,6 @@ func (p *proc) tail(n int) string {
 	return fmt.Sprintf("--- last %d lines of %s log ---\n%s", len(lines), p.name, bytes.Join(lines, []byte("\n")))
 }
 
-// grepLog counts the log lines that contain s.
-func (p *proc) grepLog(s string) int {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return 0
-	}
-	return bytes.Count(b, []byte(s))
-}
-
 // freePorts returns n distinct TCP ports on 127.0.0.1 that were free a
 // moment ago (all are held open together, so none is returned twice).
 func freePorts(t testing.TB, n int) []int {
@@ -171,16 +194,6 @@ func freePorts(t testing.TB, n int) []int {
 
 // loopback is 127.0.0.1:port.
 func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
-
-// dialable reports whether something accepts TCP connections at addr.
-func dialable(ctx context.Context, addr string) error {
-	d := net.Dialer{Timeout: 200 * time.Millisecond}
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	return c.Close()
-}
 
 // errNotReady is a readiness probe's answer while a server starts.
 var errNotReady = errors.New("not ready")

@@ -36,10 +36,10 @@ func NASASessions() ([]training.Session, error) {
 	return s, nil
 }
 
-// bundledModel is the model `make run` serves: a first-order Markov model
+// bundledModel is the model `make run` serves: a GRU (with its step form)
 // trained on the bundled NASA July 1995 sessions (see model/manifest.json).
 //
-//go:embed model/model.onnx model/vocab.txt model/manifest.json
+//go:embed model/model.onnx model/step.onnx model/vocab.txt model/manifest.json model/report.json model/report.txt model/recall.svg
 var bundledModel embed.FS
 
 // Model returns the bundled model bundle as a file system and the folder

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"strings"
@@ -84,9 +85,10 @@ func TestReplayWritesEvents(t *testing.T) {
 	}
 }
 
-// TestBundledModel checks the shipped bundle: a first-order Markov model over
-// 512 pages whose rows are probability distributions that never predict
-// padding.
+// TestBundledModel checks the shipped bundle: a GRU over the NASA pages seen
+// at least twice, with a step form that agrees with the sequence form, whose
+// outputs are probability distributions that never predict padding, and
+// whose report sits beside it.
 func TestBundledModel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -95,10 +97,31 @@ func TestBundledModel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("load bundled model: %v", err)
 	}
-	if m := b.Manifest(); m.Cell != training.CellMarkov || m.VocabSize != 512 || b.Vocab().Len() != 512 {
-		t.Fatalf("manifest cell %q vocab %d, want markov1 over 512", m.Cell, m.VocabSize)
+	if m := b.Manifest(); m.Cell != training.CellGRU || m.VocabSize != b.Vocab().Len() || m.VocabSize < 2000 || !b.HasStep() {
+		t.Fatalf("manifest cell %q vocab %d (vocabulary %d), step form %v; want a GRU over the 2,000+ NASA pages with a step form",
+			m.Cell, m.VocabSize, b.Vocab().Len(), b.HasStep())
 	}
-	for _, h := range [][]int64{{}, {2}, {2, 3}, {511}} {
+	if _, err := fs.Stat(fsys, dir+"/report.json"); err != nil {
+		t.Errorf("no report beside the bundled model: %v", err)
+	}
+	// The step form over a history gives the sequence form's answer.
+	hist := []int64{2, 3, 4}
+	var state, probs []float32
+	for _, p := range hist {
+		if probs, state, err = b.Step(ctx, p, state, probs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seq, err := b.PredictOne(ctx, hist, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range seq {
+		if d := math.Abs(float64(seq[i] - probs[i])); d > 1e-4 {
+			t.Fatalf("page %d: step form %v, sequence form %v", i, probs[i], seq[i])
+		}
+	}
+	for _, h := range [][]int64{{2}, {2, 3}, {int64(b.Vocab().Len() - 1)}} {
 		p, err := b.PredictOne(ctx, h, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -107,8 +130,8 @@ func TestBundledModel(t *testing.T) {
 		for _, x := range p {
 			sum += float64(x)
 		}
-		if math.Abs(sum-1) > 1e-4 || p[0] != 0 {
-			t.Errorf("history %v: probabilities sum to %v with padding %v, want 1 and 0", h, sum, p[0])
+		if math.Abs(sum-1) > 1e-4 || p[0] > 1e-3 {
+			t.Errorf("history %v: probabilities sum to %v with padding %v, want 1 and next to nothing", h, sum, p[0])
 		}
 	}
 }

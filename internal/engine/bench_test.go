@@ -13,6 +13,7 @@ import (
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/prefetchd/prefetchd/transitions"
 )
 
 type nopWarmer struct{}
@@ -32,6 +33,12 @@ func absent(pages []string, dst []bool) []bool {
 // policy and evaluator; only the Redis writer is left out.
 func benchEngine(b *testing.B) (*Engine, *model.Bundle) {
 	b.Helper()
+	return benchEngineWith(b, nil)
+}
+
+// benchEngineWith is benchEngine with online statistics (nil: none).
+func benchEngineWith(b *testing.B, stats *transitions.Stats) (*Engine, *model.Bundle) {
+	b.Helper()
 	fsys, dir := embedded.Model()
 	bundle, err := model.LoadBundleFS(fsys, dir)
 	if err != nil {
@@ -45,7 +52,7 @@ func benchEngine(b *testing.B) (*Engine, *model.Bundle) {
 	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
 	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{Threshold: 0.3})
 	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
-	e, err := New(Config{}, Deps{Models: mgr, Histories: hist, Canon: canon, Policy: policy, Warmer: nopWarmer{}, Evaluator: eval}, nil, nil)
+	e, err := New(Config{}, Deps{Models: mgr, Histories: hist, Canon: canon, Policy: policy, Warmer: nopWarmer{}, Evaluator: eval, Transitions: stats}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/prefetchd/prefetchd/transitions"
 )
 
 // Models yields the live model; *lifecycle.Manager implements it.
@@ -51,7 +52,7 @@ type Evaluator interface {
 	ObserveClick(user, page string, at time.Time)
 }
 
-// Deps are the engine's collaborators. All are required.
+// Deps are the engine's collaborators. All are required but Transitions.
 type Deps struct {
 	Models    Models
 	Histories features.Store
@@ -59,6 +60,9 @@ type Deps struct {
 	Policy    *prefetch.Policy
 	Warmer    Warmer
 	Evaluator Evaluator
+	// Transitions, when set, learns page transitions from the clicks and
+	// blends them into every prediction (see online.go).
+	Transitions *transitions.Stats
 }
 
 // Config tunes the engine. The zero value is valid.
@@ -101,6 +105,8 @@ type Engine struct {
 	subs    map[string]map[*subscriber]struct{} // guarded by subsMu
 	nsubs   atomic.Int64
 	counter stats
+
+	onlineState
 }
 
 type policyForEpoch struct {
@@ -116,6 +122,17 @@ type buffers struct {
 	probs []float32
 	cands []prefetch.Candidate
 	pages []prefetch.Page
+
+	// Online statistics (online.go): those of the page at hand (nil:
+	// none), looked up into dists for the pages from; transitions to learn;
+	// the blend's scratch and the names of pages outside the vocabulary.
+	dist    *transitions.Dist
+	dists   []transitions.Dist
+	from    []string
+	learn   []transitions.Transition
+	nextIdx []int64
+	mixed   []prefetch.Candidate
+	extra   []string
 }
 
 // stats are running totals for the service's progress log.
@@ -278,6 +295,9 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	idx := l.Vocab.Index(page)
 	click := newClick(l, idx, ev, meta)
 	resumed, err := e.appended(e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec), ev.UserID, click, page, ev.TS)
+	if errors.Is(err, errSettled) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -286,6 +306,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 			return err
 		}
 	}
+	e.learnOne(ctx, l, ev.UserID, page, idx, ev.TS, &b.rec, !resumed, b)
 	if l.Bundle == nil || !l.Bundle.HasStep() {
 		b.hist = widen(b.hist, b.rec.Pages)
 		probs, err := e.predict(ctx, l, b.hist, b)
@@ -314,6 +335,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	e.prefetch(ctx, l, ev, meta.Time, page, idx, len(b.rec.Pages), probs, b)
 	b.rec.State, b.rec.StateSeq = state, b.rec.Seq
 	if err := saved(e.deps.Histories.Save(ctx, ev.UserID, &b.rec)); err != nil {
+		e.unanswered.put(ev.UserID, click, true)
 		return fmt.Errorf("save state: %w", err)
 	}
 	e.m.handle.Observe(time.Since(start).Seconds())
@@ -329,9 +351,14 @@ func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Met
 // counted (evaluation, totals); resumed is a click an earlier attempt
 // appended and did not settle (features.ErrUnsettled), which the caller
 // finishes without counting it again. A duplicate or a store error comes
-// back as err. A click whose earlier Append failed without a reply (a
-// timeout after the script ran) was never counted: when it comes back as
-// unsettled or a duplicate it is counted then, and is not resumed.
+// back as err.
+//
+// A click whose earlier attempt failed in a store call (an Append or Save
+// whose reply may be lost: a timeout after the script ran) is remembered.
+// When its retry finds it appended, it was this engine's own work: counted
+// now if the Append's reply never came back, and reported applied, not as
+// a duplicate (errSettled when nothing is left to do, resumed false when
+// the state is still to be saved).
 func (e *Engine) appended(err error, user string, c features.Click, page string, at time.Time) (resumed bool, _ error) {
 	switch {
 	case err == nil:
@@ -339,21 +366,30 @@ func (e *Engine) appended(err error, user string, c features.Click, page string,
 		e.count(user, page, at)
 		return false, nil
 	case errors.Is(err, features.ErrUnsettled):
-		if e.unanswered.take(user, c) {
-			e.count(user, page, at)
+		if counted, ok := e.unanswered.take(user, c); ok {
+			if !counted {
+				e.count(user, page, at)
+			}
 			return false, nil
 		}
 		return true, nil
 	case errors.Is(err, features.ErrDuplicate):
-		if e.unanswered.take(user, c) {
-			e.count(user, page, at)
+		if counted, ok := e.unanswered.take(user, c); ok {
+			if !counted {
+				e.count(user, page, at)
+			}
+			return false, errSettled
 		}
 		e.counter.duplicates.Add(1)
 	case c.Offset >= 0 && !errors.Is(err, features.ErrRejected):
-		e.unanswered.put(user, c)
+		e.unanswered.put(user, c, false)
 	}
 	return false, fmt.Errorf("append click: %w", err)
 }
+
+// errSettled tells that a retried click was found fully applied by the
+// attempt that failed to hear back.
+var errSettled = errors.New("click settled by an earlier attempt")
 
 // count counts an applied click in the evaluation and the totals.
 func (e *Engine) count(user, page string, at time.Time) {
@@ -361,39 +397,52 @@ func (e *Engine) count(user, page string, at time.Time) {
 	e.counter.events.Add(1)
 }
 
-// unanswered remembers, per user, the position of a click whose Append
-// failed: the store may have applied it without the reply getting back.
-// Bounded: past maxUnanswered users it starts afresh (a click then
-// forgotten is at worst not counted in the evaluation, as before).
+// unanswered remembers, per user, the position of a click whose Append or
+// Save failed: the store may have applied it without the reply getting
+// back. Bounded: past maxUnanswered users it starts afresh (a click then
+// forgotten is at worst reported a duplicate, or not counted in the
+// evaluation).
 type unanswered struct {
 	n  atomic.Int32 // len(m), read without the lock
 	mu sync.Mutex
-	m  map[string]features.Click // guarded by mu
+	m  map[string]unansweredClick // guarded by mu
+}
+
+type unansweredClick struct {
+	c       features.Click
+	counted bool // its Append was answered (only a Save failed)
 }
 
 const maxUnanswered = 1 << 16
 
-func (u *unanswered) put(user string, c features.Click) {
+func (u *unanswered) put(user string, c features.Click, counted bool) {
+	if c.Offset < 0 {
+		return // no position: a retry is never found a duplicate
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.m == nil || len(u.m) >= maxUnanswered {
-		u.m = make(map[string]features.Click)
+		u.m = make(map[string]unansweredClick)
 	}
-	u.m[user] = c
+	u.m[user] = unansweredClick{c: c, counted: counted}
 	u.n.Store(int32(len(u.m)))
 }
 
-// take reports whether c is the user's unanswered click, and forgets it.
-func (u *unanswered) take(user string, c features.Click) bool {
+// take reports whether c is the user's unanswered click, and whether it was
+// counted, and forgets it.
+func (u *unanswered) take(user string, c features.Click) (counted, ok bool) {
+	if u.n.Load() == 0 {
+		return false, false
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	p, ok := u.m[user]
-	if !ok {
-		return false
+	p, found := u.m[user]
+	if !found {
+		return false, false
 	}
 	delete(u.m, user)
 	u.n.Store(int32(len(u.m)))
-	return p.Partition == c.Partition && p.Gen == c.Gen && p.Offset == c.Offset
+	return p.counted, p.c.Partition == c.Partition && p.c.Gen == c.Gen && p.c.Offset == c.Offset
 }
 
 // forget drops the user's unanswered click (a later click was appended).
@@ -454,22 +503,22 @@ func (e *Engine) stateBefore(ctx context.Context, l *lifecycle.Live, rec *featur
 // the progress sample. histLen is the user's history length; recorded is
 // the click's record timestamp (features.Meta.Time).
 func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Event, recorded time.Time, page string, idx int64, histLen int, probs []float32, b *buffers) {
-	b.cands = e.policyFor(l).Select(probs, idx, 0, -1, b.cands)
+	b.cands = e.choose(l, probs, idx, page, 0, -1, b)
 	b.pages = b.pages[:0]
 	for _, c := range b.cands {
-		b.pages = append(b.pages, prefetch.Page{Key: l.Vocab.Page(c.Index), Probability: c.Probability})
+		b.pages = append(b.pages, prefetch.Page{Key: b.page(l, c.Index), Probability: c.Probability})
 	}
 	// Without pages too: the warmer counts a click on a page still on its way.
 	n := e.deps.Warmer.Warm(ctx, prefetch.Request{UserID: ev.UserID, Pages: b.pages, ModelVersion: l.Version,
 		At: ev.TS, Recorded: recorded, Page: page})
 	e.counter.prefetches.Add(uint64(n))
 	if e.nsubs.Load() > 0 {
-		e.publish(ev.UserID, l, b.cands, ev.TS)
+		e.publish(ev.UserID, l, b, ev.TS)
 	}
 	if n := e.counter.events.Load(); n%256 == 1 || (len(b.cands) > 0 && e.sample.Load() == nil) {
 		s := &Sample{UserID: ev.UserID, Page: page, History: histLen, ModelVersion: l.Version}
 		for _, c := range b.cands {
-			s.Hints = append(s.Hints, hint.Hint{Page: l.Vocab.Page(c.Index), Probability: c.Probability})
+			s.Hints = append(s.Hints, hint.Hint{Page: b.page(l, c.Index), Probability: c.Probability})
 		}
 		e.sample.Store(s)
 	}
@@ -506,6 +555,8 @@ type waveRow struct {
 	probs    []float32 // scores of the next page
 	resumed  bool      // an earlier attempt appended the click (features.ErrUnsettled)
 	err      error     // the click's outcome
+	// dist are the online statistics of page (in the wave's buffers), or nil.
+	dist *transitions.Dist
 }
 
 // reset makes n rows, keeping the buffers of earlier ones.
@@ -624,7 +675,9 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			r.Err = e.deps.Histories.Append(ctx, r.User, r.Click, &r.Rec)
 		}
 		var err error
-		if r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, r.ev.TS); err != nil {
+		if r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, r.ev.TS); errors.Is(err, errSettled) {
+			continue // applied by an attempt whose reply was lost: nothing left to do
+		} else if err != nil {
 			r.err = err
 			if !batched && !final(err) {
 				rows = rows[:i+1] // the rest is not attempted
@@ -639,6 +692,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 		}
 		w.live = append(w.live, r)
 	}
+	e.learnWave(ctx, l, w.live, b)
 	done := 0
 	if l.Bundle == nil || !l.Bundle.HasStep() {
 		// No step form (a BatchStore brought us here): each click is scored
@@ -650,6 +704,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 				r.err = modelError(ctx, err)
 				continue
 			}
+			b.dist = r.dist
 			e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), probs, b)
 			if r.resumed {
 				r.err = e.redelivered()
@@ -703,6 +758,7 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 		}
 		r.probs = w.probs[j]
 		r.Rec.State, r.Rec.StateSeq = w.states[j], r.Rec.Seq
+		b.dist = r.dist
 		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), r.probs, b)
 		w.live = append(w.live, r)
 	}
@@ -716,6 +772,7 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 	done := 0
 	for _, r := range w.live {
 		if err := saved(r.Err); err != nil {
+			e.unanswered.put(r.User, r.Click, true)
 			r.err = fmt.Errorf("save state: %w", err)
 			continue
 		}
@@ -843,11 +900,12 @@ func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error)
 		return hint.Result{}, err
 	}
 	current := b.hist[len(b.hist)-1]
-	b.cands = e.policyFor(l).Select(probs, current, q.K, q.Threshold, b.cands)
+	page := e.lookupQuery(ctx, l, q, current, b)
+	b.cands = e.choose(l, probs, current, page, q.K, q.Threshold, b)
 	res := hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(b.cands))}
 	pages := make([]string, len(b.cands))
 	for i, c := range b.cands {
-		pages[i] = l.Vocab.Page(c.Index)
+		pages[i] = b.page(l, c.Index)
 	}
 	// Warm means in the cache now: one round trip, the same answer from
 	// every replica sharing the cache.

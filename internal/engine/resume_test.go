@@ -83,15 +83,16 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 		name     string
 		onAppend bool
 		lost     bool
-		// resend is the outcome of handing the click again: finished (nil)
-		// or, when the stamped state was written, a duplicate.
+		// resend is the outcome of handing the click again: nil, as every
+		// case is this engine's own unanswered attempt (finished now, or
+		// found settled).
 		resend error
 		// warms is the prefetch requests made for the click: before the
 		// failed Save, and again when resumed.
 		warms int
 	}{
 		{name: "save fails", lost: false, resend: nil, warms: 2},
-		{name: "save reply lost", lost: true, resend: features.ErrDuplicate, warms: 1},
+		{name: "save reply lost", lost: true, resend: nil, warms: 1},
 		{name: "append reply lost", onAppend: true, lost: true, resend: nil, warms: 1},
 	}
 	const clicks, failing = 5, 3 // click 3 of 0..4 fails to save once

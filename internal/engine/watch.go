@@ -5,7 +5,6 @@ import (
 
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
-	"github.com/prefetchd/prefetchd/prefetch"
 )
 
 type subscriber struct {
@@ -57,16 +56,16 @@ func (e *Engine) Subscribe(users []string, buffer int) (<-chan hint.Update, func
 
 // publish sends the hints of one click to the user's subscribers without
 // blocking.
-func (e *Engine) publish(user string, l *lifecycle.Live, cands []prefetch.Candidate, at time.Time) {
+func (e *Engine) publish(user string, l *lifecycle.Live, b *buffers, at time.Time) {
 	e.subsMu.RLock()
 	defer e.subsMu.RUnlock()
 	set := e.subs[user]
 	if len(set) == 0 {
 		return
 	}
-	u := hint.Update{UserID: user, At: at, Result: hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(cands))}}
-	for i, c := range cands {
-		u.Result.Hints[i] = hint.Hint{Page: l.Vocab.Page(c.Index), Probability: c.Probability}
+	u := hint.Update{UserID: user, At: at, Result: hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(b.cands))}}
+	for i, c := range b.cands {
+		u.Result.Hints[i] = hint.Hint{Page: b.page(l, c.Index), Probability: c.Probability}
 	}
 	for s := range set {
 		select {

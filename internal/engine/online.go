@@ -1,0 +1,284 @@
+package engine
+
+import (
+	"context"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+
+	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/prefetchd/prefetchd/transitions"
+)
+
+// This file wires the online transition statistics (Deps.Transitions) into
+// the engine: every applied click that follows another in its session is
+// observed as a transition (a wave's in one call), and every prediction
+// blends the statistics of the page the user is on into the model's
+// probabilities by transitions.Blend, so pages outside the vocabulary can
+// be chosen. Such a page is a candidate with a negative index, -(i+1) for
+// buffers.extra[i].
+
+// maxNewPageUsers bounds the users whose latest page is outside the
+// vocabulary that the engine remembers by name (the history only holds the
+// unknown index): least recently clicking users are forgotten first.
+const maxNewPageUsers = 1 << 16
+
+// newPages remembers, per user, the latest page when it is outside the
+// vocabulary, so that the transition out of it can be learned and
+// predicted. Per replica: users stay on one replica as Kafka partitions by
+// user.
+type newPages struct {
+	mu  sync.Mutex
+	lru *simplelru.LRU[string, string] // guarded by mu; nil until first use
+}
+
+func (n *newPages) get(user string) (string, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.lru == nil {
+		return "", false
+	}
+	return n.lru.Peek(user)
+}
+
+// set remembers page as user's latest when unknown, else forgets the user.
+func (n *newPages) set(user, page string, unknown bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !unknown {
+		if n.lru != nil {
+			n.lru.Remove(user)
+		}
+		return
+	}
+	if n.lru == nil {
+		n.lru, _ = simplelru.NewLRU[string, string](maxNewPageUsers, nil) // size > 0: no error
+	}
+	n.lru.Add(user, page)
+}
+
+// named is the page of vocabulary index idx, or for the unknown index the
+// user's latest page outside the vocabulary ("" when not remembered).
+func (e *Engine) named(l *lifecycle.Live, user string, idx int32) string {
+	if idx > model.UnknownIndex {
+		return l.Vocab.Page(int64(idx))
+	}
+	if idx == model.UnknownIndex {
+		p, _ := e.newPages.get(user)
+		return p
+	}
+	return ""
+}
+
+// transition is the transition of a just appended click into rec (its
+// newest page, named page, index idx), and whether there is one: the click
+// follows another of the session whose page is known by name.
+func (e *Engine) transition(l *lifecycle.Live, user, page string, idx int64, at time.Time, rec *features.Record) (transitions.Transition, bool) {
+	unknown := idx <= model.UnknownIndex
+	var from string
+	if n := len(rec.Pages); n >= 2 {
+		from = e.named(l, user, rec.Pages[n-2])
+	}
+	e.newPages.set(user, page, unknown)
+	if from == "" || strings.HasPrefix(from, "\x00") || strings.HasPrefix(page, "\x00") {
+		return transitions.Transition{}, false
+	}
+	return transitions.Transition{From: from, To: page, At: at, FromUnknown: rec.Pages[len(rec.Pages)-2] <= model.UnknownIndex, ToUnknown: unknown}, true
+}
+
+// learnOne observes the transition of one applied click (unless observe is
+// false: a resumed click, whose first attempt may have) and looks up the
+// statistics of its page into b.dist for the prefetch decision.
+func (e *Engine) learnOne(ctx context.Context, l *lifecycle.Live, user, page string, idx int64, at time.Time, rec *features.Record, observe bool, b *buffers) {
+	b.dist = nil
+	if e.deps.Transitions == nil {
+		return
+	}
+	b.learn = b.learn[:0]
+	if t, ok := e.transition(l, user, page, idx, at, rec); ok && observe {
+		b.learn = append(b.learn, t)
+		e.onlineErr(e.deps.Transitions.Observe(ctx, b.learn))
+	}
+	b.from = append(b.from[:0], page)
+	var err error
+	b.dists, err = e.deps.Transitions.Lookup(ctx, b.from, at, b.dists)
+	if e.onlineErr(err) {
+		b.dist = &b.dists[0]
+	}
+}
+
+// learnWave is learnOne for the live rows of a wave: one Observe and one
+// Lookup for all, each row's statistics in its dist.
+func (e *Engine) learnWave(ctx context.Context, l *lifecycle.Live, rows []*waveRow, b *buffers) {
+	b.learn, b.from = b.learn[:0], b.from[:0]
+	for _, r := range rows {
+		r.dist = nil
+		if e.deps.Transitions == nil {
+			continue
+		}
+		if t, ok := e.transition(l, r.User, r.page, r.idx, r.ev.TS, &r.Rec); ok && !r.resumed {
+			b.learn = append(b.learn, t)
+		}
+		b.from = append(b.from, r.page)
+	}
+	if len(b.from) == 0 {
+		return
+	}
+	at := time.Time{}
+	if len(rows) > 0 {
+		at = rows[len(rows)-1].ev.TS
+	}
+	e.onlineErr(e.deps.Transitions.Observe(ctx, b.learn))
+	var err error
+	if b.dists, err = e.deps.Transitions.Lookup(ctx, b.from, at, b.dists); e.onlineErr(err) {
+		for i, r := range rows {
+			r.dist = &b.dists[i]
+		}
+	}
+}
+
+// lookupQuery looks up the online statistics of the page a hint query is
+// on (index current) into b.dist, and returns the page's name.
+func (e *Engine) lookupQuery(ctx context.Context, l *lifecycle.Live, q hint.Query, current int64, b *buffers) string {
+	b.dist = nil
+	if e.deps.Transitions == nil {
+		return ""
+	}
+	var page string
+	if len(q.Pages) > 0 {
+		page = e.deps.Canon.Canonical(q.Pages[len(q.Pages)-1])
+	} else {
+		page = e.named(l, q.UserID, int32(current))
+	}
+	if page == "" {
+		return ""
+	}
+	b.from = append(b.from[:0], page)
+	var err error
+	if b.dists, err = e.deps.Transitions.Lookup(ctx, b.from, e.cfg.Now(), b.dists); e.onlineErr(err) {
+		b.dist = &b.dists[0]
+	}
+	return page
+}
+
+// onlineErr logs a failure of the online statistics, at most every 10 s,
+// and reports whether err is nil. The statistics are best effort: a click
+// is never retried for them.
+func (e *Engine) onlineErr(err error) bool {
+	if err == nil {
+		return true
+	}
+	now := time.Now().UnixNano()
+	if last := e.onlineErrAt.Load(); now-last > int64(10*time.Second) && e.onlineErrAt.CompareAndSwap(last, now) {
+		e.log.Warn("online transitions failed", "err", err)
+	}
+	return false
+}
+
+// choose is the policy's choice from probs, blended with the online
+// statistics b.dist of the page the user is on (page, index current) when
+// there are any: see transitions.Blend. k <= 0 and threshold < 0 mean the
+// policy's. Pages outside the vocabulary are named in b.extra.
+func (e *Engine) choose(l *lifecycle.Live, probs []float32, current int64, page string, k int, threshold float64, b *buffers) []prefetch.Candidate {
+	pol := e.policyFor(l)
+	b.extra = b.extra[:0]
+	d := b.dist
+	if e.deps.Transitions == nil || d == nil || !(d.N > 0) || len(d.Next) == 0 {
+		return pol.Select(probs, current, k, threshold, b.cands)
+	}
+	if k <= 0 {
+		k = pol.K()
+	}
+	if threshold < 0 || math.IsNaN(threshold) {
+		threshold = pol.Threshold()
+	}
+	w := e.deps.Transitions.Blend.Weight(d.N)
+	// The model's share: (1 - w) p_model, for pages without online counts
+	// the order of the model; enough of them to fill k after dropping
+	// those with online counts, which are scored below.
+	mthr := 2.0 // nothing: the online statistics take the whole share
+	if w < 1 {
+		mthr = threshold / (1 - w)
+	}
+	b.cands = pol.Select(probs, current, k+len(d.Next), mthr, b.cands)
+	b.nextIdx = b.nextIdx[:0]
+	var cOut float64 // the counts of next pages outside the vocabulary
+	for _, n := range d.Next {
+		idx := l.Vocab.Index(n.Page)
+		b.nextIdx = append(b.nextIdx, idx)
+		if idx <= model.UnknownIndex {
+			cOut += n.Count
+		}
+	}
+	mixed := b.mixed[:0]
+	for _, c := range b.cands {
+		if !slices.Contains(b.nextIdx, c.Index) {
+			mixed = append(mixed, prefetch.Candidate{Index: c.Index, Probability: float32((1 - w) * float64(c.Probability))})
+		}
+	}
+	served := false
+	for i, n := range d.Next {
+		idx := b.nextIdx[i]
+		if n.Page == page || idx == current && idx > model.UnknownIndex {
+			continue
+		}
+		known := idx > model.UnknownIndex
+		var pm float64
+		if j := max(idx, model.UnknownIndex); j < int64(len(probs)) {
+			pm = float64(probs[j])
+		}
+		p := e.deps.Transitions.Blend.Next(w, *d, n, pm, known, cOut)
+		if !(p >= threshold) {
+			continue
+		}
+		if !known {
+			b.extra = append(b.extra, n.Page)
+			idx = -int64(len(b.extra))
+		}
+		mixed = append(mixed, prefetch.Candidate{Index: idx, Probability: float32(p)})
+		served = true
+	}
+	slices.SortStableFunc(mixed, func(a, b prefetch.Candidate) int {
+		switch {
+		case a.Probability > b.Probability:
+			return -1
+		case a.Probability < b.Probability:
+			return 1
+		}
+		return 0
+	})
+	mixed = mixed[:min(k, len(mixed))]
+	if served {
+		for _, c := range mixed {
+			if c.Index < 0 || slices.Contains(b.nextIdx, c.Index) {
+				e.deps.Transitions.Served()
+				break
+			}
+		}
+	}
+	b.mixed, b.cands = b.cands, mixed
+	return mixed
+}
+
+// page names candidate index i: a vocabulary page, or an online page.
+func (b *buffers) page(l *lifecycle.Live, i int64) string {
+	if i < 0 {
+		return b.extra[-i-1]
+	}
+	return l.Vocab.Page(i)
+}
+
+// onlineState is the engine's part of the online statistics.
+type onlineState struct {
+	newPages    newPages
+	onlineErrAt atomic.Int64 // unix nanoseconds of the last logged failure
+}

@@ -1,0 +1,307 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/internal/redistest"
+	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/prefetchd/prefetchd/transitions"
+)
+
+// onlineCase is an engine setup for the online statistics: a model, a
+// history store, statistics, and how clicks are handed (one by one or in
+// runs cut into waves).
+type onlineCase struct {
+	name  string
+	gru   bool // the PyTorch GRU fixture (step form), else the chain model
+	redis bool // histories and statistics in redis-server, else in memory
+	runs  bool // HandleEvents, else HandleEvent
+}
+
+// onlineEngine builds an engine for c with the given statistics; known is
+// a page of its vocabulary.
+func onlineEngine(t *testing.T, c onlineCase, client *redis.Client, prefix string, stats *transitions.Stats) (e *Engine, w *recWarmer, known string) {
+	t.Helper()
+	var live *lifecycle.Live
+	if c.gru {
+		bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
+		if err != nil {
+			t.Fatalf("load bundle: %v", err)
+		}
+		live = &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}
+	} else {
+		m := &chainModel{vocab: vocab(t, "/a", "/b", "/c", "/d", "/e")}
+		live = &lifecycle.Live{Version: "chain", Model: m, Manifest: m.Manifest(), Vocab: m.vocab, Epoch: 1}
+	}
+	var hist features.Store
+	var err error
+	if c.redis {
+		hist, err = features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: prefix, History: features.HistoryConfig{MaxLen: 20}}, client, nil)
+	} else {
+		hist, err = features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.3})
+	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+	w = &recWarmer{}
+	e, err = New(Config{}, Deps{Models: &models{live: live}, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval, Transitions: stats}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, w, live.Vocab.Page(2)
+}
+
+// newStats builds the statistics in memory or in redis under prefix.
+func newStats(t *testing.T, c onlineCase, client *redis.Client, prefix string, reg prometheus.Registerer) *transitions.Stats {
+	t.Helper()
+	var s *transitions.Stats
+	var err error
+	if c.redis {
+		s, err = transitions.NewRedis(transitions.Config{KeyPrefix: prefix + "tr:"}, client, reg)
+	} else {
+		s, err = transitions.NewMemory(transitions.Config{}, reg)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// apply hands the engine clicks, one by one or as one run.
+func apply(ctx context.Context, t *testing.T, e *Engine, runs bool, evs []features.Event, metas []features.Meta) {
+	t.Helper()
+	if !runs {
+		for i := range evs {
+			if err := e.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+				t.Fatalf("HandleEvent %+v: %v", evs[i], err)
+			}
+		}
+		return
+	}
+	errs := make([]error, len(evs))
+	if n := e.HandleEvents(ctx, evs, metas, errs); n != len(evs) {
+		t.Fatalf("HandleEvents stopped at %d of %d: %v", n, len(evs), errs[n])
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("click %d %+v: %v", i, evs[i], err)
+		}
+	}
+}
+
+func hintPages(r hint.Result) []string {
+	var out []string
+	for _, h := range r.Hints {
+		out = append(out, h.Page)
+	}
+	return out
+}
+
+// TestNewPageBecomesHint: a page outside the model's vocabulary, opened
+// from a known page by 30 users, is a hint for that page within seconds,
+// with no new model: with the default evidence k = 50 its probability is
+// at least w = 30/80 = 0.375, so it is warmed for the next user who opens
+// the known page (the policy's threshold 0.3), answered by Predict, and,
+// with Redis, by another engine sharing the statistics. A page followed
+// from the new page is learned too (the engine remembers the unknown page
+// by name).
+func TestNewPageBecomesHint(t *testing.T) {
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	for _, c := range []onlineCase{
+		{name: "chain/memory/one-by-one"},
+		{name: "chain/redis/runs", redis: true, runs: true},
+		{name: "gru/memory/runs", gru: true, runs: true},
+		{name: "gru/redis/one-by-one", gru: true, redis: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			reg := prometheus.NewRegistry()
+			stats := newStats(t, c, client, c.name+":", reg)
+			e, w, known := onlineEngine(t, c, client, c.name+":", stats)
+			const fresh, after = "/news/just-published", "/news/follow-up"
+
+			ask := func(e *Engine) []string {
+				t.Helper()
+				r, err := e.Predict(ctx, hint.Query{Pages: []string{known}, K: 3, Threshold: 0})
+				if err != nil {
+					t.Fatalf("Predict: %v", err)
+				}
+				return hintPages(r)
+			}
+			if got := ask(e); slices.Contains(got, fresh) {
+				t.Fatalf("hints before any traffic %v contain %s", got, fresh)
+			}
+			start := time.Now()
+			var evs []features.Event
+			var metas []features.Meta
+			for u := range 30 {
+				for j, p := range []string{known, fresh, after} {
+					evs = append(evs, features.Event{UserID: fmt.Sprintf("u%d", u), Page: p, TS: start.Add(time.Duration(u*3+j) * time.Millisecond)})
+					metas = append(metas, features.Meta{Partition: 0, Offset: int64(len(metas))})
+				}
+			}
+			apply(ctx, t, e, c.runs, evs, metas)
+
+			// The next user on the known page gets the new page warmed.
+			w.calls = nil
+			apply(ctx, t, e, false, []features.Event{{UserID: "next", Page: known, TS: time.Now()}}, []features.Meta{{Offset: int64(len(metas))}})
+			if len(w.calls) != 1 || !slices.Contains(w.calls[0].pages, fresh) {
+				t.Fatalf("warmed for the next user on %s: %+v, want %s among them", known, w.calls, fresh)
+			}
+			if got := ask(e); !slices.Contains(got, fresh) {
+				t.Fatalf("hints for %s after 30 users = %v, want %s among them", known, got, fresh)
+			}
+			r, err := e.Predict(ctx, hint.Query{Pages: []string{fresh}, K: 3, Threshold: 0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := slices.IndexFunc(r.Hints, func(h hint.Hint) bool { return h.Page == after })
+			if i < 0 || r.Hints[i].Probability < 0.374 {
+				t.Errorf("hints for the new page %s = %+v, want %s with p >= 0.375 (30 of 30, w = 30/80)", fresh, r.Hints, after)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("learning took %v, want seconds", d)
+			}
+			if c.redis {
+				// A replica sharing the statistics answers the same.
+				other, _, _ := onlineEngine(t, c, client, c.name+":", newStats(t, c, client, c.name+":", nil))
+				if got := ask(other); !slices.Contains(got, fresh) {
+					t.Errorf("another replica's hints for %s = %v, want %s among them", known, got, fresh)
+				}
+			}
+			if got := metricValue(t, reg, "prefetchd_transitions_online_only_pages"); got != 2 {
+				t.Errorf("pages known online only = %v, want 2", got)
+			}
+			if got := metricValue(t, reg, "prefetchd_transitions_served_predictions_total"); got < 3 {
+				t.Errorf("predictions served from online statistics = %v, want at least 3", got)
+			}
+		})
+	}
+}
+
+// TestOnlineOff: without statistics the engine chooses as the model says.
+func TestOnlineOff(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, _, known := onlineEngine(t, onlineCase{}, nil, "", nil)
+	var evs []features.Event
+	var metas []features.Meta
+	for u := range 30 {
+		for j, p := range []string{known, "/news/x"} {
+			evs = append(evs, features.Event{UserID: fmt.Sprintf("u%d", u), Page: p, TS: time.Now()})
+			metas = append(metas, features.Meta{Offset: int64(u*2 + j)})
+		}
+	}
+	apply(ctx, t, e, false, evs, metas)
+	r, err := e.Predict(ctx, hint.Query{Pages: []string{known}, K: 3, Threshold: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := hintPages(r), []string{"/b", "/c", "/d"}; !slices.Equal(got, want) {
+		t.Errorf("hints %v, want the model's %v", got, want)
+	}
+}
+
+// metricValue is the value of the unlabelled gauge or counter name in reg.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name || len(mf.GetMetric()) != 1 {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		if g := m.GetGauge(); g != nil {
+			return g.GetValue()
+		}
+		return m.GetCounter().GetValue()
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
+
+// BenchmarkHandleEventOnline is the per-click cost of the engine on the
+// bundled Markov model with in-process online statistics (every click
+// observed and its page looked up, hints blended) beside the same engine
+// without them, measured in the same run.
+func BenchmarkHandleEventOnline(b *testing.B) {
+	pages := make([]string, 128)
+	for i := range pages {
+		pages[i] = fmt.Sprintf("/page/%d", 2+i)
+		if i%2 == 1 {
+			pages[i] = fmt.Sprintf("/new/%d", i) // outside the vocabulary
+		}
+	}
+	users := make([]string, 1024)
+	for i := range users {
+		users[i] = fmt.Sprintf("user-%d", i)
+	}
+	for _, online := range []bool{true, false} {
+		name := "online"
+		if !online {
+			name = "baseline-off"
+		}
+		b.Run(name, func(b *testing.B) {
+			var stats *transitions.Stats
+			if online {
+				var err error
+				if stats, err = transitions.NewMemory(transitions.Config{}, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			e, _ := benchEngineWith(b, stats)
+			ctx := context.Background()
+			b.ReportAllocs()
+			at := time.Now()
+			for i := 0; b.Loop(); i++ {
+				ev := features.Event{UserID: users[i%len(users)], Page: pages[(i*7)%len(pages)], TS: at}
+				if err := e.HandleEvent(ctx, ev, features.Meta{Offset: int64(i)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkNewPagesMemory reports the heap held per user whose latest page
+// is outside the vocabulary (the engine remembers it by name), for user ids
+// and pages of typical length.
+func BenchmarkNewPagesMemory(b *testing.B) {
+	const users = 50_000
+	var perUser float64
+	for range b.N {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var n newPages
+		for i := range users {
+			n.set(fmt.Sprintf("user-%08d", i), fmt.Sprintf("/news/2026/12/article-%d", i), true)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perUser = float64(after.HeapAlloc-before.HeapAlloc) / users
+		runtime.KeepAlive(&n)
+	}
+	b.ReportMetric(perUser, "B/user")
+}

@@ -1,0 +1,716 @@
+package model
+
+import (
+	"math"
+	"slices"
+	"sync"
+)
+
+// Clustered scoring of a large output layer.
+//
+// Exact scoring computes every logit w_i·h + b_i of a V-row output layer and
+// normalises them: at V = 100,000 and H = 128 that is 12.8 million
+// multiply-adds and 51 MB of weights per click. The clustered scorer groups
+// the rows by k-means at load (then splits, by 2-means, clusters whose rows
+// spread far more than the median cluster's), keeps per cluster the log of
+// its bias mass log Σ exp(b_i), the bias-weighted mean row μ and the
+// spread of its rows around μ, and per click:
+//
+//  1. estimates every cluster's part of the softmax normaliser,
+//     log Σ_i exp(w_i·h + b_i) ≈ log Σ exp(b_i) + μ·h + ½λ(v·h)² +
+//     ½σ²(‖h‖² − (v·h)²), the second-order term of exp(δ·h) with the
+//     deviations δ of the rows from μ spread λ along their main direction v
+//     (by power iteration at load) and σ² per dimension across it;
+//  2. scores the rows of the clusters, in int8 (rows quantized at load with
+//     one scale per row, h to int16), largest estimate first, until no
+//     cluster left could hold a hint (its estimated share is below 1/1.5 of
+//     the threshold and of the k-th hint so far) and an error of
+//     clusterEstError in the estimate of the clusters left would move no
+//     hint's probability by more than clusterProbTol;
+//  3. scores the clusterRescore best rows again in float32, takes the top
+//     k and normalises them by the mass of the scored clusters plus the
+//     estimate of the rest.
+//
+// Both the estimate error and the hints it could miss are measured, not
+// proven: see TestTopKAgreement. The work per click follows how spread the
+// next-page distribution is: a peaked one is settled by a few clusters, a
+// flat one scores most of them (and is then exact).
+
+const (
+	// clusterMinVocab is the smallest vocabulary that gets a clustered
+	// scorer; below it exact scoring is cheap enough.
+	clusterMinVocab = 16384
+	// clusterSize is the mean number of rows per cluster.
+	clusterSize = 128
+	// clusterHintMargin: a cluster is scored when its estimated share of
+	// the normaliser could hold a hint were the estimate 1.5 times too low.
+	clusterHintMargin = 1.5
+	// clusterEstError is the relative error assumed of the normaliser
+	// estimate of the clusters left unscored together. On
+	// TestTopKAgreement's model the worst probability error over 1,500
+	// clicks is 7e-4 at 0.1 to 0.03 assumed, 8.4e-4 at 0.02 and 1.2e-3 at
+	// 0.01.
+	clusterEstError = 0.03
+	// clusterProbTol is the largest change of a reported probability the
+	// assumed estimate error may cause.
+	clusterProbTol = 5e-4
+	// clusterRescore is the number of candidates, by quantized logit,
+	// scored again in float32 (at least k): int8 rows put logits off by a
+	// few hundredths, which matters for the mass of the likeliest pages.
+	clusterRescore = 16
+	// kmeansIters and kmeansSample: Lloyd iterations on a sample of rows,
+	// then one assignment of every row.
+	kmeansIters  = 6
+	kmeansSample = 64
+)
+
+// clusterIndex is the clustered scorer of one output layer. It is immutable
+// after newClusterIndex and safe for concurrent use.
+type clusterIndex struct {
+	h, v int
+	// Stopping rule of topK (see enough): clusterHintMargin,
+	// clusterEstError, clusterProbTol.
+	hintMargin, estError, probTol float64
+	hp                            int       // H rounded up to 16
+	extraBytes                    int64     // of w, when it is a copy
+	w                             []float32 // [V, H] the rows in vocabulary order (the graph's own when it can)
+	q                             []int8    // [V, hp] the rows in cluster order, quantized
+	qscale                        []float32 // per row of q: the value of 1
+	bias                          []float32 // [V] in cluster order
+	page                          []int32   // cluster order -> vocabulary index
+	start                         []int32   // cluster c holds rows start[c] to start[c+1]
+	mean                          []float32 // [C, H] bias-weighted mean row of each cluster
+	logMass                       []float32 // log Σ exp(b_i) over the cluster
+	spread                        []float32 // ½ · mean squared deviation per dimension, off dir
+	dir                           []float32 // [C, H] main direction of the deviations
+	lam                           []float32 // ½ · variance along dir
+	scratch                       sync.Pool // *clusterScratch
+}
+
+// clusterScratch is the per-call working memory of a clustered scoring.
+type clusterScratch struct {
+	est   []float32 // per cluster: estimated log mass, then exp(est - max)
+	proj  []float32 // per cluster: hidden vector along dir
+	logit []float32 // logits of one cluster's rows
+	ex    []float32 // exp of one cluster's logits
+	order []int32   // clusters to consider, largest estimate first
+	cands []scored  // top candidates so far, by quantized logit
+	xq    []int16   // the hidden vector, quantized
+	acc   []int32   // int32 dot products of one cluster's rows
+	one   [1]float32
+}
+
+// scored is a row's logit and vocabulary index.
+type scored struct {
+	logit float32
+	pos   int32 // row in cluster order
+}
+
+// newClusterIndex clusters the rows of w ([v, h], bias b or nil). It
+// returns nil when the vocabulary is below clusterMinVocab.
+func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
+	if v < clusterMinVocab || h == 0 {
+		return nil
+	}
+	nc := max(1, v/clusterSize)
+	assign := kmeans(w, v, h, nc)
+	nc = splitWide(w, h, assign, nc)
+	count := make([]int32, nc)
+	for _, c := range assign {
+		count[c]++
+	}
+	// Drop empty clusters, renumbering the others.
+	renum := make([]int32, nc)
+	k := int32(0)
+	for c, n := range count {
+		renum[c] = k
+		if n > 0 {
+			count[k] = n
+			k++
+		}
+	}
+	nc = int(k)
+	ix := &clusterIndex{
+		h: h, v: v,
+		hintMargin: clusterHintMargin, estError: clusterEstError, probTol: clusterProbTol,
+		hp:      (h + 15) &^ 15,
+		w:       w,
+		bias:    make([]float32, v),
+		page:    make([]int32, v),
+		start:   make([]int32, nc+1),
+		mean:    make([]float32, nc*h),
+		logMass: make([]float32, nc),
+		spread:  make([]float32, nc),
+		dir:     make([]float32, nc*h),
+		lam:     make([]float32, nc),
+	}
+	for c := range nc {
+		ix.start[c+1] = ix.start[c] + count[c]
+	}
+	next := slices.Clone(ix.start[:nc])
+	for i, c := range assign {
+		c = renum[c]
+		j := next[c]
+		next[c]++
+		ix.page[j] = int32(i)
+		if b != nil {
+			ix.bias[j] = b[i]
+		}
+	}
+	mu := make([]float64, h)
+	dv := make([]float64, h)
+	for c := range nc {
+		lo, hi := int(ix.start[c]), int(ix.start[c+1])
+		// Bias weights relative to the cluster's largest bias.
+		bmax := ix.bias[lo]
+		for j := lo; j < hi; j++ {
+			bmax = max(bmax, ix.bias[j])
+		}
+		clear(mu)
+		var mass float64
+		for j := lo; j < hi; j++ {
+			wt := math.Exp(float64(ix.bias[j] - bmax))
+			mass += wt
+			for d, x := range ix.row(j) {
+				mu[d] += wt * float64(x)
+			}
+		}
+		var dev float64
+		for j := lo; j < hi; j++ {
+			wt := math.Exp(float64(ix.bias[j] - bmax))
+			for d, x := range ix.row(j) {
+				e := float64(x) - mu[d]/mass
+				dev += wt * e * e
+			}
+		}
+		for d := range h {
+			ix.mean[c*h+d] = float32(mu[d] / mass)
+		}
+		ix.logMass[c] = bmax + float32(math.Log(mass))
+		// The deviations' main direction v and its variance λ, by power
+		// iteration on their weighted covariance; the rest isotropic.
+		v := ix.dir[c*h : (c+1)*h]
+		lam := ix.principal(lo, hi, bmax, mass, ix.mean[c*h:(c+1)*h], v, dv)
+		ix.lam[c] = float32(0.5 * lam)
+		ix.spread[c] = float32(0.5 * max(dev/mass-lam, 0) / float64(max(h-1, 1)))
+	}
+	ix.quantize()
+	maxSize := 0
+	for c := range nc {
+		maxSize = max(maxSize, int(ix.start[c+1]-ix.start[c]))
+	}
+	ix.scratch.New = func() any {
+		return &clusterScratch{
+			est:   make([]float32, nc),
+			proj:  make([]float32, nc),
+			order: make([]int32, 0, nc),
+			xq:    make([]int16, ix.hp),
+			acc:   make([]int32, maxSize),
+			cands: make([]scored, 0, clusterRescore+1),
+		}
+	}
+	return ix
+}
+
+// principal returns the largest eigenvalue of the weighted covariance of
+// rows lo to hi around mean (weights exp(bias - bmax), summing to mass)
+// and leaves its unit eigenvector in v; dv is scratch of length H.
+func (ix *clusterIndex) principal(lo, hi int, bmax float32, mass float64, mean, v []float32, dv []float64) float64 {
+	h := ix.h
+	for d := range v {
+		v[d] = float32(1 / math.Sqrt(float64(h)))
+	}
+	v[0] += 0.5 // not orthogonal to the main direction by symmetry
+	var lam float64
+	for range 12 {
+		clear(dv)
+		for j := lo; j < hi; j++ {
+			wt := math.Exp(float64(ix.bias[j] - bmax))
+			var p float64
+			row := ix.row(j)
+			for d, x := range row {
+				p += float64(x-mean[d]) * float64(v[d])
+			}
+			for d, x := range row {
+				dv[d] += wt * p * float64(x-mean[d])
+			}
+		}
+		var n float64
+		for _, x := range dv {
+			n += x * x
+		}
+		n = math.Sqrt(n)
+		if n == 0 {
+			return 0
+		}
+		var vn float64
+		for _, x := range v {
+			vn += float64(x) * float64(x)
+		}
+		lam = n / mass / math.Sqrt(vn)
+		for d := range v {
+			v[d] = float32(dv[d] / n)
+		}
+	}
+	return lam
+}
+
+// row returns row j (in cluster order) in float32.
+func (ix *clusterIndex) row(j int) []float32 {
+	i := int(ix.page[j])
+	return ix.w[i*ix.h : (i+1)*ix.h]
+}
+
+// quantize fills q and qscale: each row scaled so that its largest
+// magnitude is 127, rounded to int8, zero-padded to hp.
+func (ix *clusterIndex) quantize() {
+	ix.q = make([]int8, ix.v*ix.hp)
+	ix.qscale = make([]float32, ix.v)
+	for j := range ix.v {
+		var amax float32
+		for _, x := range ix.row(j) {
+			amax = max(amax, float32(math.Abs(float64(x))))
+		}
+		if amax == 0 {
+			continue
+		}
+		ix.qscale[j] = amax / 127
+		inv := 127 / amax
+		for d, x := range ix.row(j) {
+			ix.q[j*ix.hp+d] = int8(math.Round(float64(x * inv)))
+		}
+	}
+}
+
+// kmeans assigns each of the v rows of w to one of nc clusters by Lloyd's
+// algorithm (squared Euclidean distance), started from evenly spaced rows
+// and iterated on an evenly spaced sample of about kmeansSample rows per
+// cluster. It is deterministic.
+func kmeans(w []float32, v, h, nc int) []int32 {
+	cent := make([]float32, nc*h)
+	for c := range nc {
+		i := int(int64(c) * int64(v) / int64(nc))
+		copy(cent[c*h:(c+1)*h], w[i*h:(i+1)*h])
+	}
+	sample := make([]int, 0, min(v, nc*kmeansSample))
+	for i := range cap(sample) {
+		sample = append(sample, int(int64(i)*int64(v)/int64(cap(sample))))
+	}
+	sums := make([]float64, nc*h)
+	counts := make([]int, nc)
+	norms := make([]float32, nc)
+	dots := make([]float32, nc)
+	nearest := func(row []float32) int32 {
+		gemv(nc, h, cent, h, row, dots)
+		best, bd := int32(0), float32(math.Inf(1))
+		for c, d := range dots {
+			if dist := norms[c] - 2*d; dist < bd {
+				best, bd = int32(c), dist
+			}
+		}
+		return best
+	}
+	setNorms := func() {
+		for c := range nc {
+			var s float32
+			for _, x := range cent[c*h : (c+1)*h] {
+				s += x * x
+			}
+			norms[c] = s
+		}
+	}
+	for range kmeansIters {
+		setNorms()
+		clear(sums)
+		clear(counts)
+		for _, i := range sample {
+			row := w[i*h : (i+1)*h]
+			c := int(nearest(row))
+			counts[c]++
+			for d, x := range row {
+				sums[c*h+d] += float64(x)
+			}
+		}
+		for c := range nc {
+			if counts[c] == 0 {
+				continue // keep the old centre
+			}
+			for d := range h {
+				cent[c*h+d] = float32(sums[c*h+d] / float64(counts[c]))
+			}
+		}
+	}
+	setNorms()
+	assign := make([]int32, v)
+	for i := range v {
+		assign[i] = nearest(w[i*h : (i+1)*h])
+	}
+	return assign
+}
+
+// splitWide splits, by 2-means, the clusters of assign whose rows spread
+// more than splitSpread times the median cluster's (mean squared distance
+// to the centre), a few passes over, so that no cluster mixes two groups of
+// rows: the normaliser estimate assumes a cluster's rows lie close around
+// its mean. It returns the number of clusters.
+func splitWide(w []float32, h int, assign []int32, nc int) int {
+	for range splitPasses {
+		members := make([][]int32, nc)
+		for i, c := range assign {
+			members[c] = append(members[c], int32(i))
+		}
+		msd := make([]float64, nc)
+		for c, rows := range members {
+			msd[c] = spreadOf(w, h, rows, nil)
+		}
+		sorted := slices.Clone(msd)
+		slices.Sort(sorted)
+		limit := splitSpread * sorted[len(sorted)/2]
+		split := false
+		for c, rows := range members {
+			if msd[c] <= limit || len(rows) < 4 {
+				continue
+			}
+			half := bisect(w, h, rows)
+			for _, i := range half {
+				assign[i] = int32(nc)
+			}
+			nc++
+			split = true
+		}
+		if !split {
+			break
+		}
+	}
+	return nc
+}
+
+const (
+	splitSpread = 2.5
+	splitPasses = 6
+)
+
+// spreadOf returns the mean squared distance of rows to their mean, which
+// it leaves in mean when mean is not nil.
+func spreadOf(w []float32, h int, rows []int32, mean []float64) float64 {
+	if len(rows) == 0 {
+		return 0
+	}
+	if mean == nil {
+		mean = make([]float64, h)
+	}
+	clear(mean)
+	for _, i := range rows {
+		for d, x := range w[int(i)*h : int(i+1)*h] {
+			mean[d] += float64(x)
+		}
+	}
+	for d := range mean {
+		mean[d] /= float64(len(rows))
+	}
+	var ss float64
+	for _, i := range rows {
+		for d, x := range w[int(i)*h : int(i+1)*h] {
+			e := float64(x) - mean[d]
+			ss += e * e
+		}
+	}
+	return ss / float64(len(rows))
+}
+
+// bisect splits rows in two by 2-means started from the row farthest from
+// their mean and the row farthest from that one, and returns the second
+// group.
+func bisect(w []float32, h int, rows []int32) []int32 {
+	mean := make([]float64, h)
+	spreadOf(w, h, rows, mean)
+	dist := func(i int32, c []float64) float64 {
+		var s float64
+		for d, x := range w[int(i)*h : int(i+1)*h] {
+			e := float64(x) - c[d]
+			s += e * e
+		}
+		return s
+	}
+	far := func(c []float64) int32 {
+		best, bd := rows[0], -1.0
+		for _, i := range rows {
+			if d := dist(i, c); d > bd {
+				best, bd = i, d
+			}
+		}
+		return best
+	}
+	row := func(i int32) []float64 {
+		c := make([]float64, h)
+		for d, x := range w[int(i)*h : int(i+1)*h] {
+			c[d] = float64(x)
+		}
+		return c
+	}
+	a := row(far(mean))
+	b := row(far(a))
+	var ga, gb []int32
+	for range 4 {
+		ga, gb = ga[:0], gb[:0]
+		for _, i := range rows {
+			if dist(i, a) <= dist(i, b) {
+				ga = append(ga, i)
+			} else {
+				gb = append(gb, i)
+			}
+		}
+		if len(ga) == 0 || len(gb) == 0 {
+			break
+		}
+		spreadOf(w, h, ga, a)
+		spreadOf(w, h, gb, b)
+	}
+	if len(gb) == 0 {
+		return rows[len(rows)/2:]
+	}
+	return gb
+}
+
+// bytes is the memory the index holds.
+func (ix *clusterIndex) bytes() int64 {
+	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.mean)+len(ix.logMass)+len(ix.spread)+len(ix.dir)+len(ix.lam))
+}
+
+// clusters is the number of clusters.
+func (ix *clusterIndex) clusters() int { return len(ix.logMass) }
+
+// topK scores the hidden vector x (length H) and writes into dst the k
+// pages with the highest probabilities at or above threshold, highest
+// first, and returns it with the number of rows it scored exactly. It does
+// not allocate in steady state.
+func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) ([]Hint, int) {
+	dst = dst[:0]
+	if k <= 0 {
+		return dst, 0
+	}
+	s := ix.scratch.Get().(*clusterScratch)
+	defer ix.scratch.Put(s)
+	h, nc := ix.h, len(ix.logMass)
+	var xx float32
+	for _, v := range x {
+		xx += v * v
+	}
+	est, proj := s.est, s.proj
+	gemv(nc, h, ix.mean, h, x, est)
+	gemv(nc, h, ix.dir, h, x, proj)
+	top := float32(math.Inf(-1))
+	for c := range est {
+		p2 := proj[c] * proj[c]
+		est[c] += ix.logMass[c] + ix.lam[c]*p2 + ix.spread[c]*(xx-p2)
+		top = max(top, est[c])
+	}
+	// Shares of the estimated normaliser, relative to the largest cluster.
+	// Clusters below probTol/(estError·nc) of it are never scored: an
+	// error of estError in their total moves no probability by more than
+	// probTol, and none could hold a hint.
+	expSum(est, est, top)
+	cut := float32(ix.probTol / (ix.estError * float64(nc)))
+	s.order = s.order[:0]
+	var rest float64 // estimated mass of the clusters not scored
+	for c, e := range est {
+		if e >= cut {
+			s.order = append(s.order, int32(c))
+		}
+		rest += float64(e)
+	}
+	// Clusters come off a max-heap of their estimates: only the few
+	// scored are ordered.
+	heapInit(s.order, est)
+	// x quantized to int16 for the int8 rows.
+	xq, inv := ix.quantizeX(x, s)
+	m := max(k, clusterRescore)
+	var mass float64 // mass of the scored clusters, relative to exp(top)
+	s.cands = s.cands[:0]
+	rows := 0
+	for len(s.order) > 0 {
+		c := s.order[0]
+		if ix.enough(s.cands, k, threshold, top, mass, rest, est[c]) {
+			break
+		}
+		s.order = heapPop(s.order, est)
+		rest -= float64(est[c])
+		lo, hi := int(ix.start[c]), int(ix.start[c+1])
+		n := hi - lo
+		rows += n
+		acc := s.acc[:n]
+		dotI8(ix.q[lo*ix.hp:hi*ix.hp], n, ix.hp, xq, acc)
+		logit := growF(&s.logit, n)
+		mx := float32(math.Inf(-1))
+		for j, a := range acc {
+			logit[j] = float32(a)*ix.qscale[lo+j]*inv + ix.bias[lo+j]
+			mx = max(mx, logit[j])
+		}
+		sum := expSum(growF(&s.ex, n), logit, mx)
+		mass += float64(sum) * math.Exp(float64(mx-top))
+		for j, l := range logit {
+			if len(s.cands) < m || l >= s.cands[m-1].logit {
+				s.cands = keepTop(s.cands, m, scored{logit: l, pos: int32(lo + j)})
+			}
+		}
+	}
+	// Re-score the candidates in float32 and put their exact mass in place
+	// of the quantized one. Their rows are touched first, one load per
+	// cache line, so that the misses overlap.
+	var sink float32
+	for _, c := range s.cands {
+		row := ix.row(int(c.pos))
+		for d := 0; d < len(row); d += 16 {
+			sink += row[d]
+		}
+	}
+	s.one[0] = sink
+	for i := range s.cands {
+		c := &s.cands[i]
+		gemv(1, h, ix.row(int(c.pos)), h, x, s.one[:])
+		l := s.one[0] + ix.bias[c.pos]
+		mass += math.Exp(float64(l-top)) - math.Exp(float64(c.logit-top))
+		c.logit = l
+	}
+	// Insertion sort of the few candidates by exact logit, ties to the
+	// lower page as SelectTopK.
+	for i := 1; i < len(s.cands); i++ {
+		c := s.cands[i]
+		j := i
+		for ; j > 0; j-- {
+			p := s.cands[j-1]
+			if p.logit > c.logit || p.logit == c.logit && ix.page[p.pos] < ix.page[c.pos] {
+				break
+			}
+			s.cands[j] = p
+		}
+		s.cands[j] = c
+	}
+	logZ := float64(top) + math.Log(max(mass, 0)+max(rest, 0))
+	for _, sc := range s.cands[:min(k, len(s.cands))] {
+		p := float32(math.Exp(float64(sc.logit) - logZ))
+		if p < threshold {
+			break
+		}
+		dst = append(dst, Hint{Page: int64(ix.page[sc.pos]), Prob: p})
+	}
+	return dst, rows
+}
+
+// quantizeX returns x scaled to int16 (zero-padded to hp, in s) and the
+// inverse of the scale. The scale keeps hp·127·max|xq| within int32.
+func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, float32) {
+	var amax float32
+	for _, v := range x {
+		amax = max(amax, float32(math.Abs(float64(v))))
+	}
+	xq := s.xq
+	clear(xq)
+	if amax == 0 {
+		return xq, 1
+	}
+	top := float32(min(math.MaxInt16, math.MaxInt32/(ix.hp*127)))
+	scale := top / amax
+	for d, v := range x {
+		xq[d] = int16(math.Round(float64(v * scale)))
+	}
+	return xq, 1 / scale
+}
+
+// enough reports whether the clusters scored so far settle the hints:
+// no cluster left could hold a hint (its estimated share of the normaliser,
+// next for the largest one, is below hintMargin times less than the
+// threshold and the k-th hint), and the error of the estimate of the rest,
+// estError of it, moves no hint's probability by more than probTol. Masses
+// are relative to exp(top).
+func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, exact, rest float64, next float32) bool {
+	z := exact + rest
+	if len(hints) == 0 {
+		return false
+	}
+	bar := float64(threshold)
+	if len(hints) == k {
+		bar = max(bar, math.Exp(float64(hints[k-1].logit-top))/z)
+	}
+	if float64(next)/z > bar/ix.hintMargin {
+		return false
+	}
+	pTop := math.Exp(float64(hints[0].logit-top)) / z
+	return ix.estError*rest*pTop <= ix.probTol*z
+}
+
+// heapInit orders h as a max-heap of key[h[i]], ties to the lower index.
+func heapInit(h []int32, key []float32) {
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		siftDown(h, i, key)
+	}
+}
+
+// heapPop removes the top of the max-heap h and returns the shorter heap.
+func heapPop(h []int32, key []float32) []int32 {
+	n := len(h) - 1
+	h[0] = h[n]
+	h = h[:n]
+	siftDown(h, 0, key)
+	return h
+}
+
+func siftDown(h []int32, i int, key []float32) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		c := l
+		if r := l + 1; r < len(h) && above(h[r], h[l], key) {
+			c = r
+		}
+		if !above(h[c], h[i], key) {
+			return
+		}
+		h[i], h[c] = h[c], h[i]
+		i = c
+	}
+}
+
+// above orders the heap: larger key first, ties to the lower index.
+func above(a, b int32, key []float32) bool {
+	return key[a] > key[b] || key[a] == key[b] && a < b
+}
+
+// keepTop inserts c into top (at most k entries, highest logit first, ties
+// by lower page) when it belongs there.
+func keepTop(top []scored, k int, c scored) []scored {
+	n := len(top)
+	if n == k && !better(c, top[n-1]) {
+		return top
+	}
+	if n < k {
+		top = append(top, c)
+	}
+	i := len(top) - 1
+	for i > 0 && better(c, top[i-1]) {
+		top[i] = top[i-1]
+		i--
+	}
+	top[i] = c
+	return top
+}
+
+func better(a, b scored) bool {
+	return a.logit > b.logit || (a.logit == b.logit && a.pos < b.pos)
+}
+
+// expSum sets dst[i] = exp(src[i] - shift) and returns their sum; dst may
+// be src.
+func expSum(dst, src []float32, shift float32) float32 {
+	if sum, ok := expAsm(dst, src, 1, shift); ok {
+		return sum
+	}
+	var sum float32
+	for i, v := range src {
+		dst[i] = expf(v - shift)
+		sum += dst[i]
+	}
+	return sum
+}

@@ -1,0 +1,342 @@
+package transitions
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/prefetchd/prefetchd/internal/redistest"
+)
+
+// backends builds the statistics on every backend: in process and in a
+// real redis-server.
+func backends(t *testing.T) map[string]func(Config, prometheus.Registerer) *Stats {
+	srv := redistest.Start(t)
+	mini := miniredis.RunT(t)
+	n := 0
+	return map[string]func(Config, prometheus.Registerer) *Stats{
+		"memory": func(cfg Config, reg prometheus.Registerer) *Stats {
+			s, err := NewMemory(cfg, reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+		"redis": func(cfg Config, reg prometheus.Registerer) *Stats {
+			return onRedis(t, srv.Addr(), &n, cfg, reg)
+		},
+		// miniredis: the in-process store of the service's embedded defaults.
+		"miniredis": func(cfg Config, reg prometheus.Registerer) *Stats {
+			return onRedis(t, mini.Addr(), &n, cfg, reg)
+		},
+	}
+}
+
+// onRedis builds the statistics on the Redis at addr, under a key prefix
+// of their own (n counts them).
+func onRedis(t *testing.T, addr string, n *int, cfg Config, reg prometheus.Registerer) *Stats {
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { c.Close() })
+	*n++
+	cfg.KeyPrefix = fmt.Sprintf("t%d:", *n)
+	s, err := NewRedis(cfg, c, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func lookup(ctx context.Context, t *testing.T, s *Stats, page string, at time.Time) Dist {
+	t.Helper()
+	d, err := s.Lookup(ctx, []string{page}, at, nil)
+	if err != nil {
+		t.Fatalf("lookup %s: %v", page, err)
+	}
+	return d[0]
+}
+
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-6*math.Max(1, math.Abs(b)) }
+
+func TestNewPageBecomesLikeliest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for name, mk := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			s := mk(Config{}, reg)
+			// Earlier traffic: /home → /a 10 times.
+			var ts []Transition
+			for i := range 10 {
+				ts = append(ts, Transition{From: "/home", To: "/a", At: t0.Add(time.Duration(i) * time.Second)})
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			// 30 users go from /home to a page nobody knew, in one wave.
+			ts = ts[:0]
+			for i := range 30 {
+				ts = append(ts, Transition{From: "/home", To: "/news/new", ToUnknown: true, At: t0.Add(time.Minute + time.Duration(i)*time.Millisecond)})
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			d := lookup(ctx, t, s, "/home", t0.Add(time.Minute))
+			if len(d.Next) != 2 || d.Next[0].Page != "/news/new" || d.Next[1].Page != "/a" {
+				t.Fatalf("next of /home = %+v, want /news/new then /a", d.Next)
+			}
+			if !(d.N > 39 && d.N < 40.01) || !near(d.N, d.Next[0].Count+d.Next[1].Count) {
+				t.Errorf("evidence %v, want about 40 (10 decayed a little, 30 now) = the sum of the counts %+v", d.N, d.Next)
+			}
+			if got := testutil.ToFloat64(s.m.onlineOnly); got != 1 {
+				t.Errorf("online-only pages = %v, want 1", got)
+			}
+			if got := testutil.ToFloat64(s.m.observed); got != 40 {
+				t.Errorf("observed = %v, want 40", got)
+			}
+			if d := lookup(ctx, t, s, "/nowhere", t0); d.N != 0 || len(d.Next) != 0 {
+				t.Errorf("unknown page: %+v, want nothing", d)
+			}
+		})
+	}
+}
+
+func TestDecay(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	const hl = 10 * time.Minute
+	for name, mk := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			s := mk(Config{HalfLife: hl}, nil)
+			// /x at t0 (4 times), /y one half-life later (2 times).
+			ts := []Transition{
+				{From: "/s", To: "/x", At: t0}, {From: "/s", To: "/x", At: t0},
+				{From: "/s", To: "/x", At: t0}, {From: "/s", To: "/x", At: t0},
+				{From: "/s", To: "/y", At: t0.Add(hl)}, {From: "/s", To: "/y", At: t0.Add(hl)},
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []struct {
+				at   time.Duration
+				x, y float64
+			}{
+				{hl, 2, 2},         // /x halved once
+				{3 * hl, 0.5, 0.5}, // both halved twice more
+				{hl * 5 / 2, 0.707106781, 0.707106781},
+			} {
+				d := lookup(ctx, t, s, "/s", t0.Add(c.at))
+				got := map[string]float64{}
+				for _, n := range d.Next {
+					got[n.Page] = n.Count
+				}
+				if !near(got["/x"], c.x) || !near(got["/y"], c.y) || !near(d.N, c.x+c.y) {
+					t.Errorf("at t0+%v: counts %v, N %v; want /x %v, /y %v, N %v", c.at, got, d.N, c.x, c.y, c.x+c.y)
+				}
+			}
+			// Long after (past the rebase point), a new transition weighs 1
+			// and the old ones nothing measurable.
+			late := t0.Add(60 * hl)
+			if err := s.Observe(ctx, []Transition{{From: "/s", To: "/z", At: late}}); err != nil {
+				t.Fatal(err)
+			}
+			d := lookup(ctx, t, s, "/s", late)
+			if len(d.Next) == 0 || d.Next[0].Page != "/z" || !near(d.Next[0].Count, 1) || !near(d.N, 1) {
+				t.Errorf("after 60 half-lives: %+v, want /z first with count 1 and N 1", d)
+			}
+		})
+	}
+}
+
+func TestBoundedMemory(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for name, mk := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			s := mk(Config{MaxNext: 2, MaxPages: 3}, nil)
+			// Next pages: /a 3 times, /b 2 times, then /c once: /c takes the
+			// place of the smallest, /b.
+			ts := []Transition{
+				{From: "/s", To: "/a", At: t0}, {From: "/s", To: "/a", At: t0}, {From: "/s", To: "/a", At: t0},
+				{From: "/s", To: "/b", At: t0}, {From: "/s", To: "/b", At: t0},
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Observe(ctx, []Transition{{From: "/s", To: "/c", At: t0}}); err != nil {
+				t.Fatal(err)
+			}
+			d := lookup(ctx, t, s, "/s", t0)
+			if len(d.Next) != 2 || d.Next[0].Page != "/a" || d.Next[1].Page != "/c" || !near(d.N, 6) {
+				t.Errorf("next of /s = %+v (N %v), want /a then /c (the smallest, /b, dropped) and N 6", d.Next, d.N)
+			}
+			// Online-only pages: at most MaxPages remembered, newest kept.
+			ts = ts[:0]
+			for i := range 10 {
+				ts = append(ts, Transition{From: "/s", To: fmt.Sprintf("/new/%d", i), ToUnknown: true, At: t0.Add(time.Duration(i) * time.Second)})
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(s.m.onlineOnly); got != 3 {
+				t.Errorf("online-only pages = %v, want 3 (the max pages)", got)
+			}
+			// Past the retention the online-only pages are forgotten.
+			late := t0.Add(11 * DefaultHalfLife)
+			if err := s.Observe(ctx, []Transition{{From: "/s", To: "/a", At: late}}); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(s.m.onlineOnly); got != 0 {
+				t.Errorf("online-only pages after the retention = %v, want 0", got)
+			}
+		})
+	}
+}
+
+// TestMemoryEvictsSources: the in-process store keeps MaxPages source
+// pages, least recently updated evicted first, and its memory stays flat
+// however many pages pass.
+func TestMemoryEvictsSources(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	s, err := NewMemory(Config{MaxPages: 100}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1000 {
+		at := t0.Add(time.Duration(i) * time.Millisecond)
+		ts := []Transition{{From: fmt.Sprintf("/p/%d", i), To: "/x", At: at}}
+		if i%10 == 0 { // /p/0 kept alive by updates
+			ts = append(ts, Transition{From: "/p/0", To: "/y", At: at})
+		}
+		if err := s.Observe(ctx, ts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mem := s.Store.(*memory)
+	if n := mem.pages.Len(); n != 100 {
+		t.Errorf("source pages kept = %d, want 100", n)
+	}
+	if got := testutil.ToFloat64(s.m.evicted); got != 900 {
+		t.Errorf("evicted = %v, want 900 (1,000 distinct sources, 100 kept)", got)
+	}
+	if d := lookup(ctx, t, s, "/p/0", t0); d.N == 0 {
+		t.Error("/p/0, updated every 10 clicks, was evicted")
+	}
+	if d := lookup(ctx, t, s, "/p/5", t0); d.N != 0 {
+		t.Errorf("/p/5, updated once long ago, still kept: %+v", d)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"zero", Config{}, true},
+		{"evidence zero set", Config{Evidence: 0, EvidenceSet: true}, true},
+		{"negative evidence", Config{Evidence: -1}, false},
+		{"NaN evidence", Config{Evidence: math.NaN()}, false},
+		{"negative half-life", Config{HalfLife: -time.Second}, false},
+		{"negative max pages", Config{MaxPages: -1}, false},
+		{"negative max next", Config{MaxNext: -1}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if err := c.cfg.Validate(); (err == nil) != c.ok {
+				t.Errorf("Validate() = %v, want ok %v", err, c.ok)
+			}
+		})
+	}
+}
+
+func TestBlendWeight(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		n, w float64
+	}{
+		{"default k, no evidence", Config{}, 0, 0},
+		{"default k", Config{}, 50, 0.5},
+		{"k 10", Config{Evidence: 10}, 30, 0.75},
+		{"k 0 set: all online", Config{EvidenceSet: true}, 0.5, 1},
+		{"k 0 set, no evidence", Config{EvidenceSet: true}, 0, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := NewMemory(c.cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Blend.Weight(c.n); !near(got, c.w) {
+				t.Errorf("Weight(%v) = %v, want %v", c.n, got, c.w)
+			}
+		})
+	}
+}
+
+func TestBlendNext(t *testing.T) {
+	d := Dist{N: 10, Next: []Next{{"/a", 4}, {"/new1", 3}, {"/new2", 1}}}
+	const w = 0.5
+	var b Blend
+	for _, c := range []struct {
+		name    string
+		nx      Next
+		pModel  float64
+		inVocab bool
+		want    float64
+	}{
+		{"in the vocabulary", d.Next[0], 0.2, true, 0.5*0.2 + 0.5*0.4},
+		// The model's 0.08 for an unknown page, shared 3:1 by the two
+		// pages outside the vocabulary.
+		{"outside, 3 of 4", d.Next[1], 0.08, false, 0.5*0.08*0.75 + 0.5*0.3},
+		{"outside, 1 of 4", d.Next[2], 0.08, false, 0.5*0.08*0.25 + 0.5*0.1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := b.Next(w, d, c.nx, c.pModel, c.inVocab, 4); !near(got, c.want) {
+				t.Errorf("Next = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// TestRedisScriptFlushed: after the server loses its scripts (a restart, a
+// SCRIPT FLUSH) one Observe fails, and the next loads the script again.
+func TestRedisScriptFlushed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	s, err := NewRedis(Config{}, c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	tr := []Transition{{From: "/a", To: "/b", At: t0}}
+	if err := s.Observe(ctx, tr); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Observe(ctx, tr); err == nil || !strings.Contains(err.Error(), "NOSCRIPT") {
+		t.Fatalf("Observe after SCRIPT FLUSH: %v, want NOSCRIPT", err)
+	}
+	if err := s.Observe(ctx, tr); err != nil {
+		t.Fatalf("Observe after the failure: %v, want the script loaded again", err)
+	}
+	if d := lookup(ctx, t, s, "/a", t0); !near(d.N, 2) {
+		t.Errorf("evidence %v, want 2 (the failed Observe added nothing)", d.N)
+	}
+}
