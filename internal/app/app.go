@@ -744,7 +744,12 @@ func onlineStats(cfg Config, rdb redis.UniversalClient, reg prometheus.Registere
 		MaxPages: cfg.OnlineMaxPages, MaxNext: cfg.OnlineMaxNext,
 	}
 	if cfg.HistoryStore == features.BackendRedis {
-		return transitions.NewRedis(tcfg, rdb, reg)
+		st, err := transitions.NewRedis(tcfg, rdb, reg)
+		if err != nil {
+			return nil, err
+		}
+		// Off the click path: writes batched, reads cached briefly.
+		return transitions.Share(st, transitions.SharedConfig{FlushInterval: cfg.OnlineFlushInterval, CacheTTL: cfg.OnlineCacheTTL}), nil
 	}
 	return transitions.NewMemory(tcfg, reg)
 }

@@ -98,6 +98,11 @@ type Config struct {
 	OnlineHalfLife time.Duration
 	OnlineMaxPages int
 	OnlineMaxNext  int
+	// With shared (Redis) statistics: how often a replica sends the
+	// transitions it observed, and how long it reuses a page's statistics
+	// read from Redis (0: every click waits for its round trips).
+	OnlineFlushInterval time.Duration
+	OnlineCacheTTL      time.Duration
 
 	// Prefetch policy.
 	Threshold float64
@@ -199,6 +204,8 @@ func Default() Config {
 		OnlineHalfLife:         transitions.DefaultHalfLife,
 		OnlineMaxPages:         transitions.DefaultMaxPages,
 		OnlineMaxNext:          transitions.DefaultMaxNext,
+		OnlineFlushInterval:    100 * time.Millisecond,
+		OnlineCacheTTL:         time.Second,
 		RollbackMinFraction:    lifecycle.DefaultMinFraction,
 		RollbackWindow:         lifecycle.DefaultWindow,
 	}
@@ -276,6 +283,9 @@ func (c *Config) Validate() error {
 	}
 	if c.KafkaHeartbeatInterval <= 0 || c.KafkaHeartbeatInterval >= c.KafkaSessionTimeout {
 		errs = append(errs, fmt.Errorf("--kafka-heartbeat-interval %s must be positive and below the session timeout", c.KafkaHeartbeatInterval))
+	}
+	if c.OnlineFlushInterval < 0 || c.OnlineCacheTTL < 0 {
+		errs = append(errs, errors.New("--online-flush-interval and --online-cache-ttl must not be negative (0: off)"))
 	}
 	if math.IsNaN(c.OnlineEvidence) || math.IsInf(c.OnlineEvidence, 0) || c.OnlineEvidence < 0 {
 		errs = append(errs, fmt.Errorf("--online-evidence %v is not a finite number >= 0", c.OnlineEvidence))
@@ -375,6 +385,8 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.DurationVar(&c.OnlineHalfLife, "online-half-life", c.OnlineHalfLife, "time after which an observed transition counts half")
 	fs.IntVar(&c.OnlineMaxPages, "online-max-pages", c.OnlineMaxPages, "most source pages held in memory (least recently updated evicted first) and online-only pages remembered")
 	fs.IntVar(&c.OnlineMaxNext, "online-max-next", c.OnlineMaxNext, "most next pages kept per source page (the smallest count makes room)")
+	fs.DurationVar(&c.OnlineFlushInterval, "online-flush-interval", c.OnlineFlushInterval, "with --history-store redis: how often observed transitions are sent to Redis in one batch (0: with every click)")
+	fs.DurationVar(&c.OnlineCacheTTL, "online-cache-ttl", c.OnlineCacheTTL, "with --history-store redis: how long a page's statistics read from Redis are reused (0: read with every click)")
 	fs.Float64Var(&c.Threshold, "threshold", c.Threshold, "minimum probability (or expected utility) for a prefetch, in [0, 1]; 0 admits every page, --k still applying")
 	fs.IntVar(&c.K, "k", c.K, "maximum prefetches per click, 1..100")
 	fs.DurationVar(&c.TTL, "ttl", c.TTL, "time a warmed key lives in Redis")
