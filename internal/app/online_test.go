@@ -26,6 +26,7 @@ func TestNewPageFromTraffic(t *testing.T) {
 	kb := kafkatest.Start(t, "clicks")
 	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
 	cfg.HistoryStore = "redis"
+	cfg.Online = true
 	a := startService(t, cfg, 90*time.Second)
 	b := startService(t, cfg, 90*time.Second)
 	ctx := a.ctx
