@@ -102,33 +102,33 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 		client := newRedisClient(t, srv.Addr())
 		store := newTestRedisStore(t, client, StoreConfig{History: HistoryConfig{MaxLen: 1000}})
 		stream := newClickStream()
+		rec := newRecorder(store)
 
 		b1 := kafkatest.Start(t, topic)
 		b1.Produce(t, topic, stream.batch(6, 5)...)
-		rec := newRecorder(store)
 		cfg := testConsumerConfig(b1.Addr(), topic)
 		cfg.Marks = NewRedisMarks(client, DefaultKeyPrefix, cfg.GroupID, topic)
-		c1, err := NewConsumer(cfg, rec, nil, nil)
-		if err != nil {
-			t.Fatal(err)
+		// member runs a member of the group over the shared histories
+		// until until holds and its offsets are committed.
+		member := func(what string, until func(c *Consumer) bool) *Consumer {
+			t.Helper()
+			c, err := NewConsumer(cfg, rec.replica(store), nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := runConsumer(t, c)
+			eventually(t, 30*time.Second, what, func() bool { return until(c) && c.Lag() == 0 })
+			stop()
+			return c
 		}
-		stop1 := runConsumer(t, c1)
-		eventually(t, 20*time.Second, "the first events applied and committed", func() bool { return rec.total.Load() == 30 && c1.Lag() == 0 })
-		stop1()
+		member("the first events applied and committed", func(*Consumer) bool { return rec.total.Load() == 30 })
 
 		// A new broker (offsets from 0, no committed offsets), the same
 		// histories and marks.
 		b2 := kafkatest.Start(t, topic)
 		b2.Produce(t, topic, stream.batch(6, 5)...)
 		cfg.Brokers = []string{b2.Addr()}
-		rec2 := rec.replica(store)
-		c2, err := NewConsumer(cfg, rec2, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		stop2 := runConsumer(t, c2)
-		eventually(t, 30*time.Second, "the new broker's events applied", func() bool { return rec.total.Load() == 60 && c2.Lag() == 0 })
-		stop2()
+		c2 := member("the new broker's events applied", func(*Consumer) bool { return rec.total.Load() == 60 })
 		checkApplied(t, rec.snapshot(), stream.want)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -146,29 +146,15 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 		// a redelivery, none is applied again, and the offsets are
 		// committed to the end again.
 		rewindGroup(t, b2.Addr(), cfg.GroupID, topic)
-		rec2b := rec.replica(store)
-		c2b, err := NewConsumer(cfg, rec2b, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		stop2b := runConsumer(t, c2b)
-		eventually(t, 30*time.Second, "the rewound records taken for redeliveries and committed", func() bool {
-			return testutil.ToFloat64(c2b.m.duplicates) == 30 && c2b.Lag() == 0
+		member("the rewound records taken for redeliveries and committed", func(c *Consumer) bool {
+			return testutil.ToFloat64(c.m.duplicates) == 30
 		})
-		stop2b()
 		checkApplied(t, rec.snapshot(), stream.want)
 
-		// A third member on the same broker: nothing new, nothing applied
+		// Another member on the same broker: nothing new, nothing applied
 		// twice (the generation is the same, the offsets committed).
 		b2.Produce(t, topic, stream.next("user-00"))
-		rec3 := rec.replica(store)
-		c3, err := NewConsumer(cfg, rec3, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		stop3 := runConsumer(t, c3)
-		eventually(t, 30*time.Second, "the one new event", func() bool { return rec.total.Load() == 61 && c3.Lag() == 0 })
-		stop3()
+		member("the one new event", func(*Consumer) bool { return rec.total.Load() == 61 })
 		checkApplied(t, rec.snapshot(), stream.want)
 	})
 }
