@@ -609,7 +609,7 @@ func (c *Consumer) restartReader(ctx context.Context) bool {
 // loadMark reads a partition's mark the first time this consumer sees the
 // partition, retrying until it succeeds; false when ctx ended first.
 func (c *Consumer) loadMark(ctx context.Context, partition int) bool {
-	return c.retry(ctx, c.cfg.Workers, func() error {
+	return c.retry(ctx, c.cfg.Workers, nil, func() error {
 		mk, err := c.cfg.Marks.LoadMark(ctx, partition)
 		if err != nil {
 			return fmt.Errorf("load mark of partition %d: %w", partition, err)
@@ -627,7 +627,7 @@ func (c *Consumer) offsetsReset(ctx context.Context, partition int, offset int64
 	c.log.Warn("partition offsets went backwards: new generation, events applied as new",
 		"topic", c.cfg.Topic, "partition", partition, "offset", offset,
 		"committed", a.from, "watermark", a.to, "generation", a.gen)
-	return c.retry(ctx, c.cfg.Workers, func() error { return c.saveMarks(ctx, true) })
+	return c.retry(ctx, c.cfg.Workers, nil, func() error { return c.saveMarks(ctx, true) })
 }
 
 // saveMarks stores the partitions' marks (only those whose generation is not
@@ -645,12 +645,16 @@ func (c *Consumer) saveMarks(ctx context.Context, onlyUnsaved bool) error {
 }
 
 // retry calls f until it succeeds, waiting with doubling backoff between
-// attempts and reporting the failure in Ready under slot; false when ctx
+// attempts and reporting the failure in Ready under slot; failed, when not
+// nil, is the error of an attempt the caller already made. False when ctx
 // ended first.
-func (c *Consumer) retry(ctx context.Context, slot int, f func() error) bool {
+func (c *Consumer) retry(ctx context.Context, slot int, failed error, f func() error) bool {
 	backoff := c.cfg.HandlerBackoff
 	for attempt := 1; ; attempt++ {
-		err := f()
+		err := failed
+		if attempt > 1 || err == nil {
+			err = f()
+		}
 		if err == nil {
 			if attempt > 1 {
 				c.stalls.clear(slot)
@@ -923,18 +927,19 @@ func (c *Consumer) settle(ctx context.Context, slot int, rn *runner, rows []row,
 			return false
 		}
 		r := rows[n : n+1]
-		first := true
-		ok := c.retry(ctx, slot, func() error {
-			if !first && !c.ids.reserve(r[0].ev.UserID, r[0].ev.EventID) {
+		failed := func() error {
+			return fmt.Errorf("apply partition %d offset %d: %w", r[0].meta.Partition, r[0].meta.Offset, r[0].err)
+		}
+		ok := c.retry(ctx, slot, failed(), func() error {
+			if !c.ids.reserve(r[0].ev.UserID, r[0].ev.EventID) {
 				r[0].err = fmt.Errorf("event %s of %s: %w", r[0].ev.EventID, r[0].ev.UserID, ErrDuplicate)
 				c.m.duplicates.Inc()
 				return nil
 			}
-			if !first && c.apply(ctx, rn, r) == 1 {
+			if c.apply(ctx, rn, r) == 1 {
 				return nil
 			}
-			first = false
-			return fmt.Errorf("apply partition %d offset %d: %w", r[0].meta.Partition, r[0].meta.Offset, r[0].err)
+			return failed()
 		})
 		if !ok || !c.settled(ctx, fin, &jobs[r[0].job], r[0].err) {
 			return false

@@ -27,7 +27,6 @@ type partTrack struct {
 	maxSeen   int64 // highest offset fetched, -1 before the first
 	ready     int64 // highest offset with it and everything before done, -1 when none
 	committed int64 // highest offset committed, -1 when none
-	hwm       int64 // high-water mark reported by the last fetch
 	// maxTS is the newest record timestamp (Unix ns) fetched in this
 	// generation, or stored in the mark; 0 when unknown.
 	maxTS int64
@@ -160,11 +159,6 @@ func (t *tracker) add(partition int, offset, hwm int64, ts time.Time) added {
 		pt.maxTS = tsn
 	}
 	out.gen = pt.gen
-	// A fetched message is below the high-water mark whatever the fetch
-	// reported (a response may carry none), so the lag counts it until done.
-	if hwm = max(hwm, offset+1); hwm > pt.hwm || out.reset {
-		pt.hwm = hwm
-	}
 	if offset <= pt.maxSeen {
 		out.dup = true
 		return out
@@ -195,7 +189,7 @@ func (pt *partTrack) newGeneration() added {
 	pt.markSaved = false
 	pt.base += int64(len(pt.q) - pt.head)
 	pt.q, pt.head = pt.q[:0], 0
-	pt.maxSeen, pt.ready, pt.committed, pt.ours, pt.hwm, pt.maxTS = -1, -1, -1, -1, 0, 0
+	pt.maxSeen, pt.ready, pt.committed, pt.ours, pt.maxTS = -1, -1, -1, -1, 0
 	return out
 }
 
