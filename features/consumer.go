@@ -374,16 +374,16 @@ type oneByOne struct{ Handler }
 func (h oneByOne) HandleEvents(ctx context.Context, evs []Event, metas []Meta, errs []error) int {
 	for i := range evs {
 		errs[i] = h.HandleEvent(ctx, evs[i], metas[i])
-		if errs[i] != nil && !final(errs[i]) {
+		if errs[i] != nil && !Final(errs[i]) {
 			return i
 		}
 	}
 	return len(evs)
 }
 
-// final reports whether a handler error settles its event: a duplicate or
-// a rejection.
-func final(err error) bool { return errors.Is(err, ErrDuplicate) || errors.Is(err, ErrRejected) }
+// Final reports whether a handler error settles its event: a duplicate or
+// a rejection (BatchHandler implementations stop at the first other error).
+func Final(err error) bool { return errors.Is(err, ErrDuplicate) || errors.Is(err, ErrRejected) }
 
 // NewConsumer validates cfg and prepares a consumer; it does not contact the
 // brokers until Run. logger and reg may be nil. Metrics are
@@ -826,7 +826,7 @@ func (c *Consumer) apply(ctx context.Context, rn *runner, rows []row) int {
 			c.ids.release(r.ev.UserID, r.ev.EventID)
 		case i == n:
 			// The first transient failure: retried by the caller.
-			if err == nil || final(err) {
+			if err == nil || Final(err) {
 				err = fmt.Errorf("event of %s: handler stopped without a transient error (%v)", r.ev.UserID, err)
 			}
 			r.err = err

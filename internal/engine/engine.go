@@ -365,20 +365,19 @@ func (e *Engine) appended(err error, user string, c features.Click, page string,
 		e.unanswered.forget(user)
 		e.count(user, page, at)
 		return false, nil
-	case errors.Is(err, features.ErrUnsettled):
+	case errors.Is(err, features.ErrDuplicate): // ErrUnsettled included
+		unsettled := errors.Is(err, features.ErrUnsettled)
 		if counted, ok := e.unanswered.take(user, c); ok {
 			if !counted {
 				e.count(user, page, at)
 			}
-			return false, nil
-		}
-		return true, nil
-	case errors.Is(err, features.ErrDuplicate):
-		if counted, ok := e.unanswered.take(user, c); ok {
-			if !counted {
-				e.count(user, page, at)
+			if unsettled {
+				return false, nil
 			}
 			return false, errSettled
+		}
+		if unsettled {
+			return true, nil
 		}
 		e.counter.duplicates.Add(1)
 	case c.Offset >= 0 && !errors.Is(err, features.ErrRejected):
@@ -471,12 +470,6 @@ func modelError(ctx context.Context, err error) error {
 		return err
 	}
 	return &features.RejectError{Reason: ReasonModel, Detail: err.Error()}
-}
-
-// final reports whether err is a final outcome of a click (duplicate or
-// rejected), as opposed to a failure to retry.
-func final(err error) bool {
-	return errors.Is(err, features.ErrDuplicate) || errors.Is(err, features.ErrRejected)
 }
 
 // stateBefore returns the recurrent state before rec's newest click: the
@@ -609,7 +602,7 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	if len(evs) == 1 || !batchStore && (l.Bundle == nil || !l.Bundle.HasStep()) {
 		for i := range evs {
 			errs[i] = e.handleOne(ctx, l, evs[i], metas[i], b)
-			if errs[i] != nil && !final(errs[i]) {
+			if errs[i] != nil && !features.Final(errs[i]) {
 				return i
 			}
 		}
@@ -679,7 +672,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			continue // applied by an attempt whose reply was lost: nothing left to do
 		} else if err != nil {
 			r.err = err
-			if !batched && !final(err) {
+			if !batched && !features.Final(err) {
 				rows = rows[:i+1] // the rest is not attempted
 				break
 			}
@@ -718,7 +711,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	e.observeWave(start, done)
 	failAt := len(evs)
 	for _, r := range rows {
-		if errs[r.at] = r.err; r.err != nil && !final(r.err) {
+		if errs[r.at] = r.err; r.err != nil && !features.Final(r.err) {
 			failAt = min(failAt, r.at)
 		}
 	}

@@ -140,7 +140,7 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 						if errs[1] != nil && !errors.Is(errs[1], features.ErrDuplicate) {
 							t.Fatalf("click %d of the other user: %v", k, errs[1])
 						}
-						if (n == 0) != (errs[0] != nil && !final(errs[0])) {
+						if (n == 0) != (errs[0] != nil && !features.Final(errs[0])) {
 							t.Fatalf("HandleEvents = %d with %v", n, errs)
 						}
 						return errs[0]
@@ -175,7 +175,7 @@ func TestResumeHalfAppliedClick(t *testing.T) {
 					faulty.mu.Lock()
 					faulty.fails = 1
 					faulty.mu.Unlock()
-					if err := handle(failing); !errors.Is(err, errSaveFault) && !errors.Is(err, errAppendFault) || final(err) {
+					if err := handle(failing); !errors.Is(err, errSaveFault) && !errors.Is(err, errAppendFault) || features.Final(err) {
 						t.Fatalf("click %d with a store call failing: %v, want the injected error, to be retried", failing, err)
 					}
 					if err := handle(failing); !errors.Is(err, fault.resend) || (fault.resend == nil) != (err == nil) {
@@ -423,7 +423,7 @@ func TestStatelessRedeliveryPrefetched(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ev, meta := click("u", "/a", 7, time.Now())
-	if err := f.eng.HandleEvent(ctx, ev, meta); !errors.Is(err, errAppendFault) || final(err) {
+	if err := f.eng.HandleEvent(ctx, ev, meta); !errors.Is(err, errAppendFault) || features.Final(err) {
 		t.Fatalf("HandleEvent with the append reply lost: %v, want the injected error, to be retried", err)
 	}
 	if len(f.warmer.calls) != 0 {
