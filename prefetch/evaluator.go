@@ -2,6 +2,7 @@ package prefetch
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -94,11 +95,13 @@ type Evaluator struct {
 	m       evaluatorMetrics
 
 	mu       sync.Mutex
-	now      time.Time // latest event time seen
+	now      int64 // latest event time seen, Unix nanoseconds
 	active   string
 	explicit bool // active was set by SetModelVersion
 	entries  *expirySet[evalEntry]
 	versions map[string]*versionCounters
+	kb       []byte // scratch for per-user keys
+	retireFn func(*expiryEntry[evalEntry])
 }
 
 type evalEntry struct {
@@ -148,23 +151,39 @@ func NewEvaluator(cfg EvaluatorConfig, reg prometheus.Registerer) (*Evaluator, e
 			}
 		}
 	}
-	return &Evaluator{
+	e := &Evaluator{
 		perUser:  strings.Contains(cfg.KeyTemplate, placeholderUser),
 		m:        m,
+		now:      math.MinInt64,
 		active:   NoVersion,
 		entries:  newExpirySet[evalEntry](cfg.MaxEntries),
 		versions: make(map[string]*versionCounters),
-	}, nil
+	}
+	e.retireFn = e.retire
+	return e, nil
 }
 
 // PerUser reports whether warmth is per user (the key template has {user}).
 func (e *Evaluator) PerUser() bool { return e.perUser }
 
-func (e *Evaluator) key(user, page string) string {
+// key spells the entry key of user and page into e.kb and returns it.
+// Callers hold mu; the result is valid until the next call.
+func (e *Evaluator) key(user, page string) []byte {
+	e.kb = e.kb[:0]
 	if e.perUser {
-		return user + "\x00" + page
+		e.kb = append(append(e.kb, user...), 0)
 	}
-	return page
+	e.kb = append(e.kb, page...)
+	return e.kb
+}
+
+// lookup returns the entry for user and page, whether or not it expired.
+// Callers hold mu.
+func (e *Evaluator) lookup(user, page string) (*expiryEntry[evalEntry], bool) {
+	if !e.perUser {
+		return e.entries.get(page)
+	}
+	return e.entries.getBytes(e.key(user, page))
 }
 
 // version returns the counters of v, creating them. Callers hold mu.
@@ -205,16 +224,19 @@ func (e *Evaluator) ObservePrefetch(user, page, version string, at time.Time, tt
 func (e *Evaluator) ObservePrefetchBytes(user, page, version string, at time.Time, ttl time.Duration, bytes int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.advance(at)
+	t := e.advance(at)
 	if !e.explicit {
 		e.active = version
 	}
-	k := e.key(user, page)
-	if old, ok := e.entries.get(k); ok && old.at.After(at) {
+	if old, ok := e.lookup(user, page); ok && old.at > t {
 		return // still warm: SET NX would not have set it
 	}
+	k := page
+	if e.perUser {
+		k = string(e.key(user, page))
+	}
 	c := e.version(version)
-	e.entries.put(k, evalEntry{v: c, bytes: bytes}, at.Add(ttl), e.retire)
+	e.entries.put(k, evalEntry{v: c, bytes: bytes}, addNanos(t, ttl), e.retireFn)
 	c.s.Issued++
 	c.issued.Inc()
 }
@@ -223,8 +245,8 @@ func (e *Evaluator) ObservePrefetchBytes(user, page, version string, at time.Tim
 func (e *Evaluator) ObserveClick(user, page string, at time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.advance(at)
-	if en, ok := e.entries.get(e.key(user, page)); ok && en.at.After(at) {
+	t := e.advance(at)
+	if en, ok := e.lookup(user, page); ok && en.at > t {
 		c := en.value.v
 		c.s.Clicks++
 		c.clicks.Inc()
@@ -248,8 +270,8 @@ func (e *Evaluator) ObserveClick(user, page string, at time.Time) {
 func (e *Evaluator) IsWarm(user, page string, at time.Time) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	en, ok := e.entries.get(e.key(user, page))
-	return ok && en.at.After(at)
+	en, ok := e.lookup(user, page)
+	return ok && en.at > unixNanos(at)
 }
 
 // Advance expires the prefetches whose TTL ended by at, counting the unused
@@ -261,12 +283,15 @@ func (e *Evaluator) Advance(at time.Time) {
 	e.advance(at)
 }
 
-// advance moves event time forward to at and expires entries. Callers hold mu.
-func (e *Evaluator) advance(at time.Time) {
-	if at.After(e.now) {
-		e.now = at
+// advance moves event time forward to at, expires entries and returns at in
+// Unix nanoseconds. Callers hold mu.
+func (e *Evaluator) advance(at time.Time) int64 {
+	t := unixNanos(at)
+	if t > e.now {
+		e.now = t
 	}
-	e.entries.expire(e.now, e.retire)
+	e.entries.expire(e.now, e.retireFn)
+	return t
 }
 
 // retire accounts for an entry leaving the set. Callers hold mu.
@@ -290,7 +315,7 @@ func (e *Evaluator) retire(en *expiryEntry[evalEntry]) {
 func (e *Evaluator) ForgetPrefetches() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.entries.drain(e.retire)
+	e.entries.drain(e.retireFn)
 }
 
 // Tracked is the number of prefetches currently tracked.

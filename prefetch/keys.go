@@ -70,13 +70,7 @@ func (t *keyTable) start(key string, slot int32) int32 {
 		s.at = inFlight
 		return slot
 	}
-	if n := len(t.free); n > 0 {
-		slot = t.free[n-1]
-		t.free = t.free[:n-1]
-	} else {
-		slot = int32(len(t.slots))
-		t.slots = append(t.slots, keySlot{})
-	}
+	slot = takeSlot(&t.slots, &t.free)
 	t.slots[slot].key, t.slots[slot].at = key, inFlight
 	t.index[key] = slot
 	return slot
