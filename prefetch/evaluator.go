@@ -224,19 +224,40 @@ func (e *Evaluator) ObservePrefetch(user, page, version string, at time.Time, tt
 func (e *Evaluator) ObservePrefetchBytes(user, page, version string, at time.Time, ttl time.Duration, bytes int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.observePrefetch(user, page, version, at, ttl, bytes)
+}
+
+// observeWritten is ObservePrefetchBytes for each page of a pipeline the
+// Warmer wrote (values[i] nil: not written), under one lock.
+func (e *Evaluator) observeWritten(batch []item, values [][]byte, ttl time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := range batch {
+		if values[i] != nil {
+			it := &batch[i]
+			e.observePrefetch(it.user, it.page, it.version, it.at, ttl, int64(len(values[i])))
+		}
+	}
+}
+
+// observePrefetch is ObservePrefetchBytes. Callers hold mu.
+func (e *Evaluator) observePrefetch(user, page, version string, at time.Time, ttl time.Duration, bytes int64) {
 	t := e.advance(at)
 	if !e.explicit {
 		e.active = version
 	}
-	if old, ok := e.lookup(user, page); ok && old.at > t {
-		return // still warm: SET NX would not have set it
+	if _, ok := e.lookup(user, page); ok {
+		// Present after advance means still warm (advance removed every
+		// expiry up to the latest event time, at least t): SET NX would
+		// not have set it.
+		return
 	}
 	k := page
 	if e.perUser {
 		k = string(e.key(user, page))
 	}
 	c := e.version(version)
-	e.entries.put(k, evalEntry{v: c, bytes: bytes}, addNanos(t, ttl), e.retireFn)
+	e.entries.insert(k, evalEntry{v: c, bytes: bytes}, addNanos(t, ttl), e.retireFn)
 	c.s.Issued++
 	c.issued.Inc()
 }

@@ -102,6 +102,11 @@ func (s *expirySet[V]) put(key string, v V, at int64, evicted func(*expiryEntry[
 		s.file(i)
 		return
 	}
+	s.insert(key, v, at, evicted)
+}
+
+// insert is put for a key known to be absent: one map operation fewer.
+func (s *expirySet[V]) insert(key string, v V, at int64, evicted func(*expiryEntry[V])) {
 	for s.max > 0 && s.live >= s.max && s.pop(math.MaxInt64, evicted) {
 	}
 	i := takeSlot(&s.slots, &s.free)

@@ -911,6 +911,10 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		w.wakeWatcher()
 	}
 	if o := w.observer.Load(); o != nil && written > 0 && !stale {
+		if ev, ok := (*o).(*Evaluator); ok {
+			ev.observeWritten(batch, values, w.cfg.TTL) // one lock for the pipeline
+			return
+		}
 		for i, it := range batch {
 			if values[i] != nil {
 				(*o).ObservePrefetchBytes(it.user, it.page, it.version, it.at, w.cfg.TTL, int64(len(values[i])))
