@@ -92,6 +92,8 @@ type VersionStats struct {
 // Safe for concurrent use.
 type Evaluator struct {
 	perUser bool
+	tmpl    template // the key template, to spell per-user keys
+	tmplStr string
 	m       evaluatorMetrics
 
 	mu       sync.Mutex
@@ -153,6 +155,8 @@ func NewEvaluator(cfg EvaluatorConfig, reg prometheus.Registerer) (*Evaluator, e
 	}
 	e := &Evaluator{
 		perUser:  strings.Contains(cfg.KeyTemplate, placeholderUser),
+		tmpl:     parseTemplate(cfg.KeyTemplate),
+		tmplStr:  cfg.KeyTemplate,
 		m:        m,
 		now:      math.MinInt64,
 		active:   NoVersion,
@@ -166,14 +170,16 @@ func NewEvaluator(cfg EvaluatorConfig, reg prometheus.Registerer) (*Evaluator, e
 // PerUser reports whether warmth is per user (the key template has {user}).
 func (e *Evaluator) PerUser() bool { return e.perUser }
 
-// key spells the entry key of user and page into e.kb and returns it.
-// Callers hold mu; the result is valid until the next call.
+// key spells the entry key of user and page into e.kb and returns it: the
+// Redis key the template gives when it names the user (two users whose
+// keys are spelled alike share them in Redis too), else the page. Callers
+// hold mu; the result is valid until the next call.
 func (e *Evaluator) key(user, page string) []byte {
-	e.kb = e.kb[:0]
 	if e.perUser {
-		e.kb = append(append(e.kb, user...), 0)
+		e.kb = e.tmpl.appendTo(e.kb[:0], user, page)
+	} else {
+		e.kb = append(e.kb[:0], page...)
 	}
-	e.kb = append(e.kb, page...)
 	return e.kb
 }
 
@@ -224,24 +230,31 @@ func (e *Evaluator) ObservePrefetch(user, page, version string, at time.Time, tt
 func (e *Evaluator) ObservePrefetchBytes(user, page, version string, at time.Time, ttl time.Duration, bytes int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.observePrefetch(user, page, version, at, ttl, bytes)
+	e.observePrefetch(user, page, "", version, at, ttl, bytes)
 }
 
 // observeWritten is ObservePrefetchBytes for each page of a pipeline the
-// Warmer wrote (values[i] nil: not written), under one lock.
-func (e *Evaluator) observeWritten(batch []item, values [][]byte, ttl time.Duration) {
+// Warmer wrote (values[i] nil: not written), under one lock. keyTemplate
+// is the Warmer's: when it is the Evaluator's, the items' keys are reused.
+func (e *Evaluator) observeWritten(batch []item, values [][]byte, ttl time.Duration, keyTemplate string) {
+	reuse := e.perUser && keyTemplate == e.tmplStr
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for i := range batch {
 		if values[i] != nil {
 			it := &batch[i]
-			e.observePrefetch(it.user, it.page, it.version, it.at, ttl, int64(len(values[i])))
+			key := ""
+			if reuse {
+				key = it.key
+			}
+			e.observePrefetch(it.user, it.page, key, it.version, it.at, ttl, int64(len(values[i])))
 		}
 	}
 }
 
-// observePrefetch is ObservePrefetchBytes. Callers hold mu.
-func (e *Evaluator) observePrefetch(user, page, version string, at time.Time, ttl time.Duration, bytes int64) {
+// observePrefetch is ObservePrefetchBytes; key, when not empty, is the
+// entry key of user and page already spelled. Callers hold mu.
+func (e *Evaluator) observePrefetch(user, page, key, version string, at time.Time, ttl time.Duration, bytes int64) {
 	t := e.advance(at)
 	if !e.explicit {
 		e.active = version
@@ -252,12 +265,14 @@ func (e *Evaluator) observePrefetch(user, page, version string, at time.Time, tt
 		// not have set it.
 		return
 	}
-	k := page
-	if e.perUser {
-		k = string(e.key(user, page))
+	switch {
+	case !e.perUser:
+		key = page
+	case key == "":
+		key = string(e.key(user, page))
 	}
 	c := e.version(version)
-	e.entries.insert(k, evalEntry{v: c, bytes: bytes}, addNanos(t, ttl), e.retireFn)
+	e.entries.insert(key, evalEntry{v: c, bytes: bytes}, addNanos(t, ttl), e.retireFn)
 	c.s.Issued++
 	c.issued.Inc()
 }

@@ -437,8 +437,30 @@ func BenchmarkExpirySet(b *testing.B) {
 
 // BenchmarkEvaluatorStream is the Evaluator at 20,000 clicks/s with a 1 s
 // TTL and per-user keys: per click, ObserveClick and three prefetches
-// reported, ~60,000 prefetches tracked.
+// reported with ObservePrefetchBytes, ~60,000 prefetches tracked.
 func BenchmarkEvaluatorStream(b *testing.B) {
+	benchEvaluatorStream(b, func(ev *Evaluator, user string, pages []string, at time.Time, _ []item, _ [][]byte) {
+		for _, p := range pages {
+			ev.ObservePrefetchBytes(user, p, "v1", at, time.Second, 100)
+		}
+	})
+}
+
+// BenchmarkEvaluatorWritten is BenchmarkEvaluatorStream with the three
+// prefetches reported as the Warmer does, a written pipeline at once with
+// its keys spelled.
+func BenchmarkEvaluatorWritten(b *testing.B) {
+	benchEvaluatorStream(b, func(ev *Evaluator, user string, pages []string, at time.Time, items []item, values [][]byte) {
+		for i, p := range pages {
+			items[i] = item{key: ev.tmpl.render(user, p), user: user, page: p, version: "v1", at: at}
+		}
+		ev.observeWritten(items, values, time.Second, ev.tmplStr)
+	})
+}
+
+// benchEvaluatorStream feeds ev a click of a random user on a random page
+// and reports three prefetches for it through report, per iteration.
+func benchEvaluatorStream(b *testing.B, report func(ev *Evaluator, user string, pages []string, at time.Time, items []item, values [][]byte)) {
 	ev, err := NewEvaluator(EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}"}, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -454,14 +476,17 @@ func BenchmarkEvaluatorStream(b *testing.B) {
 	for i := range pageNames {
 		pageNames[i] = "/p" + strconv.Itoa(i)
 	}
+	items, values := make([]item, 3), [][]byte{make([]byte, 100), make([]byte, 100), make([]byte, 100)}
+	picked := make([]string, 3)
 	i := 0
 	click := func() {
 		at := t0.Add(time.Duration(i) * (time.Second / 20_000))
 		u := userNames[rng.IntN(users)]
 		ev.ObserveClick(u, pageNames[rng.IntN(pages)], at)
-		for range 3 {
-			ev.ObservePrefetchBytes(u, pageNames[rng.IntN(pages)], "v1", at, time.Second, 100)
+		for j := range picked {
+			picked[j] = pageNames[rng.IntN(pages)]
 		}
+		report(ev, u, picked, at, items, values)
 		i++
 	}
 	for range 40_000 {

@@ -912,7 +912,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	}
 	if o := w.observer.Load(); o != nil && written > 0 && !stale {
 		if ev, ok := (*o).(*Evaluator); ok {
-			ev.observeWritten(batch, values, w.cfg.TTL) // one lock for the pipeline
+			ev.observeWritten(batch, values, w.cfg.TTL, w.cfg.KeyTemplate) // one lock for the pipeline
 			return
 		}
 		for i, it := range batch {

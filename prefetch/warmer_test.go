@@ -256,6 +256,10 @@ func TestWarmerHint(t *testing.T) {
 			if len(stats) != 1 || stats[0].ModelVersion != "v7" || stats[0].Issued != uint64(2+wantBob) {
 				t.Errorf("evaluator stats %+v, want %d issued for v7", stats, 2+wantBob)
 			}
+			if !ev.IsWarm("alice", "/page/1", time.Now()) || ev.IsWarm("alice", "/held", time.Now()) {
+				t.Errorf("IsWarm(alice) = %v for /page/1, %v for /held; want true, false",
+					ev.IsWarm("alice", "/page/1", time.Now()), ev.IsWarm("alice", "/held", time.Now()))
+			}
 			if got, want := ev.IsWarm("carol", "/page/1", time.Now()), !w.PerUser(); got != want {
 				t.Errorf("IsWarm(carol) = %v, want %v (per-user keys %v)", got, want, w.PerUser())
 			}
