@@ -163,10 +163,6 @@ const (
 	DefaultWarmPipeline = 512
 	DefaultWarmShedFrom = 0.5
 	DefaultOverloadLag  = 10 * time.Second
-	// DefaultRedisWorkers is --workers when it is not given and histories
-	// live in Redis: a worker waits one round trip per run of clicks, so
-	// more of them keep more round trips in flight.
-	DefaultRedisWorkers = 16
 )
 
 // Default returns the configuration of `make run`.
@@ -361,7 +357,7 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.StringVar(&c.KafkaUsername, "kafka-username", c.KafkaUsername, "Kafka SASL user")
 	fs.StringVar(&c.KafkaPassword, "kafka-password", c.KafkaPassword, "Kafka SASL password (prefer the environment variable)")
 	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", c.DeadLetterTopic, "topic receiving rejected events with the reason in a header; empty drops them after counting")
-	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines applying events; one user always goes to the same one (default 16 with --history-store redis)")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines applying events; one user always goes to the same one")
 	fs.IntVar(&c.EventIDCache, "event-id-cache", c.EventIDCache, "recent (user_id, event_id) pairs remembered to drop an event sent twice, from Kafka or gRPC (negative: off)")
 	fs.IntVar(&c.IngestBatch, "ingest-batch", c.IngestBatch, "most clicks a worker scores in one run of a step-form model, clicks of distinct users sharing it (1: one by one)")
 	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "longest time between offset commits")
@@ -427,11 +423,6 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	}
 	if err := cli.ApplyEnv(fs, EnvPrefix, environ); err != nil {
 		return Config{}, cli.UsageError(err)
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	if !given["workers"] && c.HistoryStore == features.BackendRedis {
-		c.Workers = DefaultRedisWorkers
 	}
 	for _, b := range strings.Split(*brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {

@@ -76,34 +76,6 @@ func TestParseFlags(t *testing.T) {
 				}
 			},
 		},
-		{
-			name: "redis histories get more workers",
-			args: []string{"--history-store", "redis"},
-			check: func(t *testing.T, c Config) {
-				if c.Workers != DefaultRedisWorkers {
-					t.Errorf("Workers = %d with --history-store redis, want %d", c.Workers, DefaultRedisWorkers)
-				}
-			},
-		},
-		{
-			name: "workers given with redis histories",
-			args: []string{"--history-store", "redis", "--workers", "4"},
-			check: func(t *testing.T, c Config) {
-				if c.Workers != 4 {
-					t.Errorf("Workers = %d, want the 4 given", c.Workers)
-				}
-			},
-		},
-		{
-			name: "workers from the environment with redis histories",
-			args: []string{"--history-store", "redis"},
-			env:  map[string]string{"PREFETCHD_WORKERS": "6"},
-			check: func(t *testing.T, c Config) {
-				if c.Workers != 6 {
-					t.Errorf("Workers = %d, want 6 from PREFETCHD_WORKERS", c.Workers)
-				}
-			},
-		},
 		{name: "shed from above one", args: []string{"--warm-shed-from", "1.5"}, wantErr: "--warm-shed-from"},
 		{name: "negative overload lag", args: []string{"--overload-lag", "-1s"}, wantErr: "--overload-lag"},
 	}
