@@ -2,6 +2,8 @@ package prefetch
 
 import (
 	"errors"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -251,5 +253,66 @@ func BenchmarkEvaluatorClick(b *testing.B) {
 	for b.Loop() {
 		ev.ObserveClick("u", pages[i%len(pages)], t0.Add(time.Duration(i)))
 		i++
+	}
+}
+
+// TestEvaluatorObserveWritten checks that a pipeline reported at once, more
+// than one lock's worth with unwritten pages and repeated keys, leaves the
+// same figures and warm keys as the pages reported one by one, whether the
+// Warmer's keys are reused (same template) or spelled again.
+func TestEvaluatorObserveWritten(t *testing.T) {
+	cases := []struct {
+		name, evalTemplate, warmTemplate string
+	}{
+		{"same per-user template", "user:{user}:page:{page}", "user:{user}:page:{page}"},
+		{"other warmer template", "user:{user}:page:{page}", "u:{user}:p:{page}"},
+		{"shared key", "page:{page}", "page:{page}"},
+	}
+	t0 := time.Date(1995, 7, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			batched, err := NewEvaluator(EvaluatorConfig{KeyTemplate: tc.evalTemplate}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			single, err := NewEvaluator(EvaluatorConfig{KeyTemplate: tc.evalTemplate}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			warm := parseTemplate(tc.warmTemplate)
+			var batch []item
+			var values [][]byte
+			for i := range 3*observeChunk + 5 {
+				user, page := "u"+strconv.Itoa(i%7), "/p"+strconv.Itoa(i%23)
+				at := t0.Add(time.Duration(i) * time.Millisecond)
+				batch = append(batch, item{key: warm.render(user, page), user: user, page: page, version: "v1", at: at})
+				v := make([]byte, 1+i%5)
+				if i%4 == 3 {
+					v = nil // not written
+				}
+				values = append(values, v)
+				if v != nil {
+					single.ObservePrefetchBytes(user, page, "v1", at, time.Minute, int64(len(v)))
+				}
+			}
+			batched.observeWritten(batch, values, time.Minute, tc.warmTemplate)
+			end := t0.Add(time.Second)
+			for _, it := range batch {
+				if got, want := batched.IsWarm(it.user, it.page, end), single.IsWarm(it.user, it.page, end); got != want {
+					t.Fatalf("IsWarm(%s, %s) = %v, one by one %v", it.user, it.page, got, want)
+				}
+			}
+			for _, ev := range []*Evaluator{batched, single} {
+				ev.ObserveClick("u1", "/p1", end)
+				ev.ObserveClick("u2", "/p1", end)
+				ev.Advance(end.Add(time.Hour))
+			}
+			if got, want := batched.Stats(), single.Stats(); !slices.Equal(got, want) {
+				t.Fatalf("Stats() = %+v, one by one %+v", got, want)
+			}
+			if got := batched.Stats()[0].Issued; got == 0 {
+				t.Fatal("nothing issued")
+			}
+		})
 	}
 }
