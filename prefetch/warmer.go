@@ -764,13 +764,19 @@ type scratch struct {
 	buf    []byte
 	exp    []byte // the batch's expiry, formatted
 	cmds   []*redis.BoolCmd
+	args   []any // the commands' arguments, setArgs per command
 }
+
+// setArgs is the number of words of SET key value EX ttl NX.
+const setArgs = 6
 
 func (sc *scratch) reset(n int) {
 	sc.values = slices.Grow(sc.values[:0], n)[:n]
 	clear(sc.values)
 	sc.cmds = slices.Grow(sc.cmds[:0], n)[:n]
 	clear(sc.cmds)
+	clear(sc.args)
+	sc.args = slices.Grow(sc.args[:0], setArgs*n)[:setArgs*n]
 	sc.ends = sc.ends[:0]
 	sc.buf = sc.buf[:0]
 }
@@ -804,7 +810,7 @@ func (w *Warmer) process(ctx context.Context, batch []item, sc *scratch) {
 // pipeline, and records the outcome. Items without a value were already
 // counted as dropped.
 func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
-	values, cmds := sc.values, sc.cmds
+	values, cmds, args := sc.values, sc.cmds, sc.args
 	now := w.now()
 	if w.budget.maxKeys > 0 || w.budget.maxBytes > 0 {
 		w.mu.Lock()
@@ -826,8 +832,11 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		for i, it := range batch {
 			if values[i] != nil {
 				// SET key value EX ttl NX, as SetNX sends it, with the
-				// TTL argument formatted once.
-				cmds[i] = redis.NewBoolCmd(wctx, "set", it.key, values[i], w.ttlUnit, w.ttlValue, "nx")
+				// TTL argument formatted once and the arguments in the
+				// worker's scratch (no slice allocated per command).
+				a := args[setArgs*i : setArgs*(i+1) : setArgs*(i+1)]
+				a[0], a[1], a[2], a[3], a[4], a[5] = "set", it.key, values[i], w.ttlUnit, w.ttlValue, "nx"
+				cmds[i] = redis.NewBoolCmd(wctx, a...)
 				_ = pipe.Process(wctx, cmds[i])
 				n++
 			}
