@@ -43,7 +43,18 @@ func newKeyTable(max int) *keyTable {
 // unknown or in flight) and whether it is in flight.
 func (t *keyTable) lookup(key string) (slot int32, expires int64, flying bool) {
 	i, ok := t.index[key]
-	if !ok {
+	return t.state(i, ok)
+}
+
+// lookupBytes is lookup for the key spelled by b, without allocating.
+func (t *keyTable) lookupBytes(b []byte) (slot int32, expires int64, flying bool) {
+	i, ok := t.index[string(b)]
+	return t.state(i, ok)
+}
+
+// state is lookup's answer for slot i, found or not.
+func (t *keyTable) state(i int32, found bool) (slot int32, expires int64, flying bool) {
+	if !found {
 		return noSlot, 0, false
 	}
 	if at := t.slots[i].at; at != inFlight {

@@ -321,3 +321,27 @@ func TestLateCheckAllocatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWarmSkipAllocatesNothing: a page still warm or already on its way is
+// skipped without building its key, on every click that predicts it.
+func TestWarmSkipAllocatesNothing(t *testing.T) {
+	_, rdb := newRedis(t)
+	w, err := NewWarmer(Config{KeyTemplate: "user:{user}:page:{page}"}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	req := Request{UserID: "u", Pages: []Page{{Key: "/a", Probability: 0.9}, {Key: "/b", Probability: 0.5}}}
+	if n := w.Warm(ctx, req); n != 2 {
+		t.Fatalf("first Warm queued %d pages, want 2", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { w.Warm(ctx, req) }); n != 0 {
+		t.Errorf("Warm of pages on their way allocates %v times, want 0", n)
+	}
+	if got := counter(w.m.skippedCoalesced); got != 202 {
+		t.Errorf("coalesced = %v after 101 repeats of 2 pages in flight, want 202", got)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

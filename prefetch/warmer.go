@@ -499,6 +499,7 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 	}
 	var buf [8]item
 	items := buf[:0]
+	var kb [128]byte // a page's key, spelled before it is known to be new
 	nowNs := now.UnixNano()
 	w.mu.Lock()
 	if w.closed {
@@ -511,8 +512,8 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 			w.m.drop(dropInvalid, 1)
 			continue
 		}
-		key := w.key.render(req.UserID, p.Key)
-		slot, exp, flying := w.keys.lookup(key)
+		spelled := w.key.appendTo(kb[:0], req.UserID, p.Key)
+		slot, exp, flying := w.keys.lookupBytes(spelled)
 		if flying {
 			w.m.skippedCoalesced.Inc()
 			continue
@@ -529,6 +530,7 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 			w.m.drop(dropGlobalRate, 1)
 			continue
 		}
+		key := string(spelled) // only a page queued keeps its key
 		slot = w.keys.start(key, slot)
 		items = append(items, item{key: key, slot: slot, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: at, clicked: clicked})
 	}
