@@ -267,7 +267,13 @@ func (e *Evaluator) observePrefetch(user, page, key, version string, at time.Tim
 	if !e.explicit {
 		e.active = version
 	}
-	if _, ok := e.lookup(user, page); ok {
+	var found bool
+	if key != "" && e.perUser {
+		_, found = e.entries.get(key)
+	} else {
+		_, found = e.lookup(user, page)
+	}
+	if found {
 		// Present after advance means still warm (advance removed every
 		// expiry up to the latest event time, at least t): SET NX would
 		// not have set it.
