@@ -404,6 +404,56 @@ func TestBlendNext(t *testing.T) {
 
 // TestRedisScriptFlushed: after the server loses its scripts (a restart, a
 // SCRIPT FLUSH) one Observe fails, and the next loads the script again.
+// TestRedisManySources: one Observe with more source pages than one
+// script call takes (maxScriptKeys), on one redis-server and on a 3-master
+// cluster (where each source page is a call of its own, its key on its
+// node), counts every transition of every source.
+func TestRedisManySources(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		name  string
+		addrs []string
+	}{
+		{"server", []string{redistest.Start(t).Addr()}},
+		{"cluster", redistest.StartCluster(t)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: c.addrs, IsClusterMode: len(c.addrs) > 1})
+			t.Cleanup(func() { _ = client.Close() })
+			s, err := NewRedis(Config{}, client, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+			const sources = 3*maxScriptKeys + 5
+			var ts []Transition
+			var from []string
+			for i := range sources {
+				src := fmt.Sprintf("/s/%d", i)
+				from = append(from, src)
+				for j := range i%3 + 1 { // 1, 2 or 3 transitions to /a, then /b, /c
+					ts = append(ts, Transition{From: src, To: "/" + string(rune('a'+j)), At: t0})
+				}
+				ts = append(ts, Transition{From: src, To: "/a", At: t0})
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			ds, err := s.Lookup(ctx, from, t0, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, d := range ds {
+				n := i%3 + 2
+				if !near(d.N, float64(n)) || len(d.Next) != n-1 || d.Next[0].Page != "/a" || !near(d.Next[0].Count, 2) {
+					t.Errorf("%s: %+v, want N %d, /a first with 2, %d next pages", from[i], d, n, n-1)
+				}
+			}
+		})
+	}
+}
+
 func TestRedisScriptFlushed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -70,7 +69,7 @@ func BenchmarkServiceThroughput(b *testing.B) {
 		if err := rdb.FlushAll(b.Context()).Err(); err != nil {
 			b.Fatalf("FLUSHALL: %v", err)
 		}
-		cpu0, rcpu0 := cputime.Used(), redisCPUSeconds(b, rdb)
+		cpu0, rcpu0 := cputime.Used(), redistest.CPUTime(b, rdb).Seconds()
 		svc := startService(b, cfg, 5*time.Minute)
 		url := "http://" + svc.addrs.Admin + "/metrics"
 		// As for the bare loop, the rate counts from the first event
@@ -94,7 +93,7 @@ func BenchmarkServiceThroughput(b *testing.B) {
 		rate = (events - first) / time.Since(start).Seconds()
 		warmed = metricSum(httpGet(b, svc.ctx, url), "prefetchd_prefetch_issued_total")
 		svc.shutdown(b)
-		return rate, warmed, (cputime.Used() - cpu0).Seconds(), redisCPUSeconds(b, rdb) - rcpu0
+		return rate, warmed, (cputime.Used() - cpu0).Seconds(), redistest.CPUTime(b, rdb).Seconds() - rcpu0
 	}
 	for _, bc := range []struct{ name, dir, store string }{
 		{"markov", "../../features/testdata/markov1", features.BackendMemory},
@@ -128,30 +127,6 @@ func BenchmarkServiceThroughput(b *testing.B) {
 			}
 		})
 	}
-}
-
-// redisCPUSeconds is the CPU time (user and system) redis-server has used
-// since it started, from INFO cpu.
-func redisCPUSeconds(b *testing.B, rdb *redis.Client) float64 {
-	b.Helper()
-	ctx, cancel := context.WithTimeout(b.Context(), 10*time.Second)
-	defer cancel()
-	info, err := rdb.Info(ctx, "cpu").Result()
-	if err != nil {
-		b.Fatalf("INFO cpu: %v", err)
-	}
-	var sum float64
-	for _, line := range strings.Split(info, "\n") {
-		name, v, _ := strings.Cut(strings.TrimSpace(line), ":")
-		if name == "used_cpu_user" || name == "used_cpu_sys" {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				b.Fatalf("INFO cpu %s: %v", line, err)
-			}
-			sum += f
-		}
-	}
-	return sum
 }
 
 // bareConsume reads n messages with a kafka-go consumer group, committing

@@ -387,29 +387,13 @@ func BenchmarkHandleEventOnline(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	sessions, err := embedded.NASASessions()
+	nasa, err := embedded.NASAClicks(1024, 200_000, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Clicks of 1,024 users at a time, each user on one session after the
-	// other.
-	var clicks []features.Event
-	var users [1024]struct{ session, page int }
-	next := 0
-	at := time.Now()
-	for len(clicks) < 200_000 && next < len(sessions) {
-		for u := range users {
-			c := &users[u]
-			for c.page >= len(sessions[c.session].Pages) && next < len(sessions) {
-				c.session, c.page = next, 0
-				next++
-			}
-			if c.page < len(sessions[c.session].Pages) {
-				at = at.Add(time.Millisecond)
-				clicks = append(clicks, features.Event{UserID: fmt.Sprintf("user-%d", c.session), Page: sessions[c.session].Pages[c.page], TS: at})
-				c.page++
-			}
-		}
+	clicks := make([]features.Event, len(nasa))
+	for i, c := range nasa {
+		clicks[i] = features.Event{UserID: c.User, Page: c.Page, TS: c.At}
 	}
 	for _, online := range []bool{true, false} {
 		name := "online"
