@@ -15,14 +15,14 @@ import (
 // NewRedis returns statistics kept in Redis, shared by every replica using
 // the same client and KeyPrefix. reg may be nil.
 //
-// Layout: one hash per source page, <prefix>p:<page>, whose fields are the
-// next pages with their counts (stored with forward decay, see decay) and
-// two fields of its own, "\x00b" (the base time, unix seconds) and "\x00n"
-// (the total); it expires once unchanged for Config.Retention. A hash
-// holds up to MaxNext + MaxNext/4 next pages between trims (Lookup returns
-// the MaxNext highest). The pages outside the vocabulary are a sorted set,
-// <prefix>online-only, scored by the time last seen, trimmed to the
-// retention and to MaxPages.
+// Layout: one hash per source page, <prefix>c:<page>, whose fields are the
+// next pages with their counts (integers, see fixedScale, stored with
+// forward decay, see decay) and two fields of its own, "\x00b" (the base
+// time, unix seconds) and "\x00n" (the total); it expires once unchanged
+// for Config.Retention. A hash holds up to MaxNext + MaxNext/4 next pages
+// between trims (Lookup returns the MaxNext highest). The pages outside the
+// vocabulary are a sorted set, <prefix>online-only, scored by the time
+// last seen, trimmed to the retention and to MaxPages.
 func NewRedis(cfg Config, client redis.UniversalClient, reg prometheus.Registerer) (*Stats, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -72,6 +72,10 @@ const (
 	fixedScale  = 1000
 	redisRebase = 10
 )
+
+// key is the hash of source page from. (Hashes of counts in floating
+// point, of earlier versions, were named <prefix>p:<page>.)
+func (s *redisStore) key(from string) string { return s.cfg.KeyPrefix + "c:" + from }
 
 // observeScript adds one batch's transitions out of source pages, one
 // hash per key. ARGV: lambda, max next, slack, ttl seconds, fixedScale,
@@ -220,7 +224,7 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 		keys := make([]string, 0, len(call))
 		args := append(make([]any, 0, 2*len(ts)), s.consts...)
 		for _, src := range call {
-			keys = append(keys, s.cfg.KeyPrefix+"p:"+src.from)
+			keys = append(keys, s.key(src.from))
 			args = append(args, strconv.FormatFloat(src.ref, 'g', -1, 64), len(src.next))
 			for _, n := range src.next {
 				args = append(args, n.page, strconv.FormatFloat(n.w, 'g', -1, 64))
@@ -254,7 +258,7 @@ func (s *redisStore) Lookup(ctx context.Context, from []string, at time.Time, ds
 	pipe := s.c.Pipeline()
 	cmds := make([]*redis.MapStringStringCmd, len(from))
 	for i, p := range from {
-		cmds[i] = pipe.HGetAll(ctx, s.cfg.KeyPrefix+"p:"+p)
+		cmds[i] = pipe.HGetAll(ctx, s.key(p))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return dst, fmt.Errorf("look up transitions: %w", err)
