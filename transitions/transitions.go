@@ -10,8 +10,10 @@
 // Memory is bounded: at most Config.MaxPages source pages (least recently
 // updated evicted first) with at most Config.MaxNext next pages each (the
 // smallest count replaced first). The statistics live in the process
-// (NewMemory) or in Redis (NewRedis), where replicas share them: one hash
-// per source page, updated by a script per source and wave in one pipeline.
+// (NewMemory, sharded by source page) or in Redis (NewRedis), where
+// replicas share them: one hash per source page, updated by script calls
+// of up to 64 source pages each, one pipeline per Observe (Share batches
+// the Observes of a flush interval).
 package transitions
 
 import (
@@ -106,9 +108,10 @@ type Transition struct {
 	// FromUnknown and ToUnknown say that the page is outside the model's
 	// vocabulary (for the online-only gauge).
 	FromUnknown, ToUnknown bool
-	// ToIndex is To's index in the model's vocabulary when the caller has
-	// it (0: not given). The in-process store keeps the latest with the
-	// next page and returns it in Next.Index.
+	// ToIndex is the caller's name for To's place in its vocabulary (the
+	// engine: the index, with the model's epoch in the high 32 bits; 0:
+	// none). The in-process store keeps the latest with the next page and
+	// returns it in Next.Index; the store never reads it.
 	ToIndex int64
 }
 
