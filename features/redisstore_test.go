@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,7 +48,7 @@ func TestRedisStore(t *testing.T) {
 }
 
 func TestRedisStoreCluster(t *testing.T) {
-	addrs := startRedisCluster(t)
+	addrs := redistest.StartCluster(t)
 	client := newRedisClient(t, addrs...)
 	n := 0
 	storeContract(t, func(t *testing.T, cfg HistoryConfig) Store {
@@ -372,63 +371,6 @@ func startSlowProxy(t *testing.T, target string) *slowProxy {
 	return p
 }
 
-// startRedisCluster starts three redis-server masters on loopback, gives each
-// a third of the slots, joins them and waits until the cluster is ok.
-func startRedisCluster(t *testing.T) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var addrs []string
-	var busPorts []int
-	var clients []*redis.Client
-	for range 3 {
-		busPort := freeTCPPort(t)
-		busPorts = append(busPorts, busPort)
-		srv := redistest.Start(t, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(busPort),
-			"--cluster-node-timeout", "3000", "--cluster-require-full-coverage", "yes")
-		addrs = append(addrs, srv.Addr())
-		c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-		t.Cleanup(func() { _ = c.Close() })
-		clients = append(clients, c)
-	}
-	for i, c := range clients {
-		lo, hi := i*16384/3, (i+1)*16384/3-1
-		if err := c.ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
-			t.Fatalf("add slots %d-%d to %s: %v", lo, hi, addrs[i], err)
-		}
-	}
-	for i, a := range addrs[1:] {
-		host, port, _ := net.SplitHostPort(a)
-		if err := clients[0].Do(ctx, "CLUSTER", "MEET", host, port, busPorts[i+1]).Err(); err != nil {
-			t.Fatalf("cluster meet %s: %v", a, err)
-		}
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for _, c := range clients {
-		for {
-			info, err := c.ClusterInfo(ctx).Result()
-			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:3") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("cluster not ok after 20s: %v %s", err, info)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return addrs
-}
-
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // TestRedisStoreOnMiniredis checks the store's Lua scripts on miniredis, the
 // in-process Redis of prefetchd's embedded default (real Redis is tested above).
 func TestRedisStoreOnMiniredis(t *testing.T) {
@@ -554,7 +496,7 @@ func TestRedisStoreBatchMatchesMemory(t *testing.T) {
 }
 
 func TestRedisStoreBatchCluster(t *testing.T) {
-	addrs := startRedisCluster(t)
+	addrs := redistest.StartCluster(t)
 	client := newRedisClient(t, addrs...)
 	single := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "one:"})
 	many := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "many:"})

@@ -74,7 +74,7 @@ func BenchmarkRedisMemoryPerPage(b *testing.B) {
 				fill(ctx, b, s, 100, next)
 				usage = 0
 				for p := range 100 {
-					usage += c.MemoryUsage(ctx, fmt.Sprintf("b%d-%d:p:/page/%d", next, i, p)).Val()
+					usage += c.MemoryUsage(ctx, fmt.Sprintf("b%d-%d:c:/page/%d", next, i, p)).Val()
 				}
 			}
 			b.ReportMetric(float64(usage)/100, "B/page")

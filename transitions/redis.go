@@ -15,12 +15,14 @@ import (
 // NewRedis returns statistics kept in Redis, shared by every replica using
 // the same client and KeyPrefix. reg may be nil.
 //
-// Layout: one hash per source page, <prefix>p:<page>, whose fields are the
-// next pages with their counts (stored with forward decay, see decay) and
-// two fields of its own, "\x00b" (the base time, unix seconds) and "\x00n"
-// (the total); it expires once unchanged for Config.Retention. The pages
-// outside the vocabulary are a sorted set, <prefix>online-only, scored by
-// the time last seen, trimmed to the retention and to MaxPages.
+// Layout: one hash per source page, <prefix>c:<page>, whose fields are the
+// next pages with their counts (integers, see fixedScale, stored with
+// forward decay, see decay) and two fields of its own, "\x00b" (the base
+// time, unix seconds) and "\x00n" (the total); it expires once unchanged
+// for Config.Retention. A hash holds up to MaxNext + MaxNext/4 next pages
+// between trims (Lookup returns the MaxNext highest). The pages outside the
+// vocabulary are a sorted set, <prefix>online-only, scored by the time
+// last seen, trimmed to the retention and to MaxPages.
 func NewRedis(cfg Config, client redis.UniversalClient, reg prometheus.Registerer) (*Stats, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -33,96 +35,167 @@ func NewRedis(cfg Config, client redis.UniversalClient, reg prometheus.Registere
 	if err != nil {
 		return nil, err
 	}
-	s := &redisStore{cfg: cfg, c: client, d: newDecay(cfg.HalfLife), m: m}
+	s := &redisStore{
+		cfg: cfg, c: client, d: newDecay(cfg.HalfLife), m: m,
+		retention: cfg.Retention().Seconds(),
+		freshKey:  cfg.KeyPrefix + "online-only",
+	}
+	s.consts = []any{
+		strconv.FormatFloat(s.d.lambda, 'g', -1, 64),
+		cfg.MaxNext,
+		cfg.MaxNext / 4,
+		int64(math.Ceil(s.retention)),
+		fixedScale,
+	}
 	return &Stats{Store: s, Blend: Blend{k: cfg.Evidence}, m: m}, nil
 }
 
 type redisStore struct {
-	cfg Config
-	c   redis.UniversalClient
-	d   decay
-	m   *metrics
+	cfg       Config
+	c         redis.UniversalClient
+	d         decay
+	m         *metrics
+	retention float64 // seconds
+	freshKey  string
+	// consts are the script's first arguments, the same in every call.
+	consts []any
 	// loaded says the script is believed loaded in the servers.
 	loaded atomic.Bool
 }
 
-// observeScript adds one wave's transitions out of one source page.
-// KEYS[1] the page's hash; ARGV: lambda, max next, ttl seconds, then
-// (time, next page) pairs. Counts are added as exp(λ (t - base)); past
-// e^rebase the hash is scaled back and its base moved. Past max next pages
-// the smallest counts of pages this call did not touch are dropped first,
-// so that a newcomer takes the place of the smallest, as in memory (the
-// total keeps the dropped counts).
+// Counts in Redis are integers, in units of 1/fixedScale of a click at the
+// hash's base time, so that the script adds them with HINCRBY (a float
+// addition, HINCRBYFLOAT, costs Redis several times more). A click weighs
+// at most e^redisRebase · fixedScale units before the hash is rebased,
+// which leaves room for 4·10^11 clicks per hash and rebase in an int64.
+const (
+	fixedScale  = 1000
+	redisRebase = 10
+)
+
+// key is the hash of source page from. (Hashes of counts in floating
+// point, of earlier versions, were named <prefix>p:<page>.)
+func (s *redisStore) key(from string) string { return s.cfg.KeyPrefix + "c:" + from }
+
+// observeScript adds one batch's transitions out of source pages, one
+// hash per key. ARGV: lambda, max next, slack, ttl seconds, fixedScale,
+// then for each key: the batch's time t_ref for the page (unix seconds),
+// the number of pairs, and (next page, weight) pairs, a weight being the
+// sum of exp(λ (t - t_ref)) over the page's transitions in the batch.
+// Counts are added as weight · exp(λ (t_ref - base)) · fixedScale,
+// rounded; past e^redisRebase the hash is scaled back and its base moved.
+// Past max next pages plus the slack, the smallest counts of pages this
+// call did not touch are dropped down to max next, so that a newcomer
+// takes the place of the smallest, as in memory (the total keeps the
+// dropped counts), and the sort that finds them runs once per slack
+// newcomers.
 var observeScript = redis.NewScript(`
-local k = KEYS[1]
-local lambda, maxn, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local base = tonumber(redis.call('HGET', k, '\0b'))
-local first = tonumber(ARGV[4])
-if not base then
-  base = first
-  redis.call('HSET', k, '\0b', string.format('%.17g', base))
-end
-local newest = first
-for i = 4, #ARGV, 2 do
-  local t = tonumber(ARGV[i])
-  if t > newest then newest = t end
-end
-if lambda * (newest - base) > ` + strconv.Itoa(rebase) + ` then
-  local f = math.exp(-lambda * (newest - base))
-  local all = redis.call('HGETALL', k)
-  for i = 1, #all, 2 do
-    if all[i] ~= '\0b' then
-      redis.call('HSET', k, all[i], string.format('%.17g', tonumber(all[i+1]) * f))
+local lambda, maxn, slack, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local scale = tonumber(ARGV[5])
+local a = 6
+for _, k in ipairs(KEYS) do
+  local ref = tonumber(ARGV[a])
+  local first = a + 2
+  local last = a + 1 + 2 * tonumber(ARGV[a+1])
+  local base = tonumber(redis.call('HGET', k, '\0b'))
+  if not base then
+    base = ref
+    redis.call('HSET', k, '\0b', ARGV[a])
+  elseif lambda * (ref - base) > ` + strconv.Itoa(redisRebase) + ` then
+    local f = math.exp(-lambda * (ref - base))
+    local all = redis.call('HGETALL', k)
+    for i = 1, #all, 2 do
+      if all[i] ~= '\0b' then
+        redis.call('HSET', k, all[i], string.format('%d', math.floor(tonumber(all[i+1]) * f + 0.5)))
+      end
+    end
+    base = ref
+    redis.call('HSET', k, '\0b', ARGV[a])
+  end
+  a = last + 1
+  local g = math.exp(lambda * (ref - base)) * scale
+  local total = 0
+  for i = first, last, 2 do
+    local w = math.floor(tonumber(ARGV[i+1]) * g + 0.5)
+    total = total + w
+    redis.call('HINCRBY', k, ARGV[i], w)
+  end
+  redis.call('HINCRBY', k, '\0n', total)
+  local over = redis.call('HLEN', k) - 2 - maxn
+  if over > slack then
+    local all = redis.call('HGETALL', k)
+    local touched = {}
+    for i = first, last, 2 do touched[ARGV[i]] = 1 end
+    local rows = {}
+    for i = 1, #all, 2 do
+      if string.byte(all[i], 1) ~= 0 then
+        rows[#rows+1] = {all[i], tonumber(all[i+1]), touched[all[i]] or 0}
+      end
+    end
+    table.sort(rows, function(x, y) return x[3] < y[3] or (x[3] == y[3] and x[2] < y[2]) end)
+    for i = 1, over do
+      redis.call('HDEL', k, rows[i][1])
     end
   end
-  base = newest
-  redis.call('HSET', k, '\0b', string.format('%.17g', base))
+  redis.call('EXPIRE', k, ttl)
 end
-local total = 0
-for i = 4, #ARGV, 2 do
-  local w = math.exp(lambda * (tonumber(ARGV[i]) - base))
-  total = total + w
-  redis.call('HINCRBYFLOAT', k, ARGV[i+1], string.format('%.17g', w))
-end
-redis.call('HINCRBYFLOAT', k, '\0n', string.format('%.17g', total))
-local over = redis.call('HLEN', k) - 2 - maxn
-if over > 0 then
-  local all = redis.call('HGETALL', k)
-  local touched = {}
-  for i = 5, #ARGV, 2 do touched[ARGV[i]] = 1 end
-  local rows = {}
-  for i = 1, #all, 2 do
-    if string.byte(all[i], 1) ~= 0 then
-      rows[#rows+1] = {all[i], tonumber(all[i+1]), touched[all[i]] or 0}
-    end
-  end
-  table.sort(rows, function(a, b) return a[3] < b[3] or (a[3] == b[3] and a[2] < b[2]) end)
-  for i = 1, over do
-    redis.call('HDEL', k, rows[i][1])
-  end
-end
-redis.call('EXPIRE', k, ttl)
 return 0
 `)
 
-// Observe adds the transitions: one script per source page, and the
-// online-only pages, in one pipeline.
+// maxScriptKeys bounds the source pages of one script call, which holds
+// the server for its duration.
+const maxScriptKeys = 64
+
+// sourceBatch is one source page's part of an Observe: the newest time of
+// its transitions, and its next pages with their weights (see
+// observeScript).
+type sourceBatch struct {
+	from string
+	ref  float64 // unix seconds
+	next []nextWeight
+}
+
+type nextWeight struct {
+	page string
+	w    float64
+}
+
+// Observe adds the transitions: a script call per maxScriptKeys source
+// pages (per page with a cluster), with the transitions to one next page
+// summed into one weight, and the online-only pages, in one pipeline.
 func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 	if len(ts) == 0 {
 		return nil
 	}
-	bySource := make(map[string][]any, len(ts))
+	// The sources, each with its newest time, then each (source, next)
+	// pair's weight relative to it.
+	var batches []sourceBatch
+	bySource := make(map[string]int, len(ts))
+	for i := range ts {
+		at := unix(ts[i].At)
+		j, ok := bySource[ts[i].From]
+		if !ok {
+			j = len(batches)
+			bySource[ts[i].From] = j
+			batches = append(batches, sourceBatch{from: ts[i].From, ref: at})
+		}
+		batches[j].ref = max(batches[j].ref, at)
+	}
+	byPair := make(map[[2]string]int, len(ts))
 	var fresh []redis.Z
 	var newest float64
-	ttl := int64(math.Ceil(s.cfg.Retention().Seconds()))
-	for _, t := range ts {
+	for i := range ts {
+		t := &ts[i]
 		at := unix(t.At)
 		newest = max(newest, at)
-		args, ok := bySource[t.From]
-		if !ok {
-			args = []any{strconv.FormatFloat(s.d.lambda, 'g', -1, 64), s.cfg.MaxNext, ttl}
+		src := &batches[bySource[t.From]]
+		w := s.d.weight(src.ref, at)
+		if j, ok := byPair[[2]string{t.From, t.To}]; ok {
+			src.next[j].w += w
+		} else {
+			byPair[[2]string{t.From, t.To}] = len(src.next)
+			src.next = append(src.next, nextWeight{page: t.To, w: w})
 		}
-		bySource[t.From] = append(args, strconv.FormatFloat(at, 'f', 6, 64), t.To)
 		if t.FromUnknown {
 			fresh = append(fresh, redis.Z{Score: at, Member: t.From})
 		}
@@ -138,17 +211,33 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 		}
 		s.loaded.Store(true)
 	}
-	freshKey := s.cfg.KeyPrefix + "online-only"
+	// A plain client sends up to maxScriptKeys sources per script call; a
+	// cluster or ring sends one, as the keys live on different nodes.
+	per := 1
+	if _, plain := s.c.(*redis.Client); plain {
+		per = maxScriptKeys
+	}
 	pipe := s.c.Pipeline()
-	for from, args := range bySource {
-		observeScript.EvalSha(ctx, pipe, []string{s.cfg.KeyPrefix + "p:" + from}, args...)
+	for len(batches) > 0 {
+		call := batches[:min(per, len(batches))]
+		batches = batches[len(call):]
+		keys := make([]string, 0, len(call))
+		args := append(make([]any, 0, 2*len(ts)), s.consts...)
+		for _, src := range call {
+			keys = append(keys, s.key(src.from))
+			args = append(args, strconv.FormatFloat(src.ref, 'g', -1, 64), len(src.next))
+			for _, n := range src.next {
+				args = append(args, n.page, strconv.FormatFloat(n.w, 'g', -1, 64))
+			}
+		}
+		observeScript.EvalSha(ctx, pipe, keys, args...)
 	}
 	if len(fresh) > 0 {
-		pipe.ZAdd(ctx, freshKey, fresh...)
+		pipe.ZAdd(ctx, s.freshKey, fresh...)
 	}
-	pipe.ZRemRangeByScore(ctx, freshKey, "-inf", "("+strconv.FormatFloat(newest-s.cfg.Retention().Seconds(), 'f', 6, 64))
-	pipe.ZRemRangeByRank(ctx, freshKey, 0, int64(-s.cfg.MaxPages-1))
-	card := pipe.ZCard(ctx, freshKey)
+	pipe.ZRemRangeByScore(ctx, s.freshKey, "-inf", "("+strconv.FormatFloat(newest-s.retention, 'f', 6, 64))
+	pipe.ZRemRangeByRank(ctx, s.freshKey, 0, int64(-s.cfg.MaxPages-1))
+	card := pipe.ZCard(ctx, s.freshKey)
 	if _, err := pipe.Exec(ctx); err != nil {
 		if redis.HasErrorPrefix(err, "NOSCRIPT") {
 			s.loaded.Store(false)
@@ -169,7 +258,7 @@ func (s *redisStore) Lookup(ctx context.Context, from []string, at time.Time, ds
 	pipe := s.c.Pipeline()
 	cmds := make([]*redis.MapStringStringCmd, len(from))
 	for i, p := range from {
-		cmds[i] = pipe.HGetAll(ctx, s.cfg.KeyPrefix+"p:"+p)
+		cmds[i] = pipe.HGetAll(ctx, s.key(p))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return dst, fmt.Errorf("look up transitions: %w", err)
@@ -181,7 +270,7 @@ func (s *redisStore) Lookup(ctx context.Context, from []string, at time.Time, ds
 		if err != nil {
 			continue // no such page (or a hash being created)
 		}
-		f := 1 / s.d.weight(base, max(now, base))
+		f := 1 / s.d.weight(base, max(now, base)) / fixedScale
 		d := &dst[i]
 		for field, v := range h {
 			c, err := strconv.ParseFloat(v, 64)
@@ -196,6 +285,7 @@ func (s *redisStore) Lookup(ctx context.Context, from []string, at time.Time, ds
 			}
 		}
 		sortNext(d.Next)
+		d.Next = d.Next[:min(len(d.Next), s.cfg.MaxNext)] // between trims
 	}
 	return dst, nil
 }

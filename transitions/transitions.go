@@ -10,8 +10,10 @@
 // Memory is bounded: at most Config.MaxPages source pages (least recently
 // updated evicted first) with at most Config.MaxNext next pages each (the
 // smallest count replaced first). The statistics live in the process
-// (NewMemory) or in Redis (NewRedis), where replicas share them: one hash
-// per source page, updated by a script per source and wave in one pipeline.
+// (NewMemory, sharded by source page) or in Redis (NewRedis), where
+// replicas share them: one hash per source page, updated by script calls
+// of up to 64 source pages each, one pipeline per Observe (Share batches
+// the Observes of a flush interval).
 package transitions
 
 import (
@@ -48,9 +50,11 @@ type Config struct {
 	Evidence    float64
 	EvidenceSet bool
 	// MaxPages bounds the source pages kept (least recently updated evicted
-	// first), and the pages outside the vocabulary remembered for the
-	// online-only gauge. In Redis a source's hash also expires once
-	// unchanged for Retention. Default DefaultMaxPages.
+	// first; in process, among the pages of one shard: past 2,048 pages the
+	// pages are spread over up to 64 shards of MaxPages / shards each), and
+	// the pages outside the vocabulary remembered for the online-only
+	// gauge. In Redis a source's hash also expires once unchanged for
+	// Retention. Default DefaultMaxPages.
 	MaxPages int
 	// MaxNext bounds the next pages kept per source page; past it the
 	// smallest count makes room. Default DefaultMaxNext.
@@ -104,12 +108,22 @@ type Transition struct {
 	// FromUnknown and ToUnknown say that the page is outside the model's
 	// vocabulary (for the online-only gauge).
 	FromUnknown, ToUnknown bool
+	// ToIndex is the caller's name for To's place in its vocabulary (the
+	// engine: the index, with the model's epoch in the high 32 bits; 0:
+	// none). The in-process store keeps the latest with the next page and
+	// returns it in Next.Index; the store never reads it.
+	ToIndex int64
 }
 
 // Next is a next page and its decayed count.
 type Next struct {
 	Page  string
 	Count float64
+	// Index is the latest Transition.ToIndex observed for Page by the
+	// in-process store, 0 from the Redis store. It saves the caller a
+	// vocabulary lookup, but the model may have changed since: the caller
+	// checks it against its vocabulary.
+	Index int64
 }
 
 // Dist is what is known online of the pages that follow a source page.
@@ -236,12 +250,19 @@ func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 // weight is the stored increment of a count added at t for base.
 func (d decay) weight(base, t float64) float64 { return math.Exp(d.lambda * (t - base)) }
 
-// sortNext orders next pages by count, highest first, ties by page.
+// sortNext orders next pages by count, highest first, ties by page: an
+// insertion sort, as the pages are kept in order and arrive nearly so.
 func sortNext(next []Next) {
 	for i := 1; i < len(next); i++ {
-		for j := i; j > 0 && less(next[j], next[j-1]); j-- {
-			next[j], next[j-1] = next[j-1], next[j]
-		}
+		up(next, i)
+	}
+}
+
+// up moves next[i] ahead of the pages it now precedes in the order of
+// sortNext, next[:i] being in order.
+func up(next []Next, i int) {
+	for ; i > 0 && less(next[i], next[i-1]); i-- {
+		next[i], next[i-1] = next[i-1], next[i]
 	}
 }
 

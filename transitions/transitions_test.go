@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -225,7 +226,7 @@ func TestMemoryEvictsSources(t *testing.T) {
 		}
 	}
 	mem := s.Store.(*memory)
-	if n := mem.pages.Len(); n != 100 {
+	if n := mem.len(); n != 100 {
 		t.Errorf("source pages kept = %d, want 100", n)
 	}
 	if got := testutil.ToFloat64(s.m.evicted); got != 900 {
@@ -236,6 +237,97 @@ func TestMemoryEvictsSources(t *testing.T) {
 	}
 	if d := lookup(ctx, t, s, "/p/5", t0); d.N != 0 {
 		t.Errorf("/p/5, updated once long ago, still kept: %+v", d)
+	}
+}
+
+// TestMemoryShardsStayBounded: with MaxPages of several shards, the
+// in-process store still keeps exactly MaxPages source pages once more
+// have passed, each eviction counted.
+func TestMemoryShardsStayBounded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const maxPages, sources = 8 * minShardPages, 20_000
+	s, err := NewMemory(Config{MaxPages: maxPages}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := s.Store.(*memory)
+	if len(mem.shards) != 8 {
+		t.Fatalf("shards = %d, want 8 of %d pages", len(mem.shards), minShardPages)
+	}
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for i := range sources {
+		if err := s.Observe(ctx, []Transition{{From: fmt.Sprintf("/p/%d", i), To: "/x", At: t0}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := mem.len(); n != maxPages {
+		t.Errorf("source pages kept = %d, want %d", n, maxPages)
+	}
+	if got := testutil.ToFloat64(s.m.evicted); got != sources-maxPages {
+		t.Errorf("evicted = %v, want %d", got, sources-maxPages)
+	}
+	if d := lookup(ctx, t, s, fmt.Sprintf("/p/%d", sources-1), t0); !near(d.N, 1) {
+		t.Errorf("the last source observed: %+v, want N 1", d)
+	}
+}
+
+// TestMemoryNextInOrder: the in-process store keeps each source's next
+// pages in order as counts grow and decay (rebasing included), and
+// returns the latest index given with each; the counts match the decayed
+// sums computed from scratch.
+func TestMemoryNextInOrder(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const halfLife = time.Minute
+	s, err := NewMemory(Config{HalfLife: halfLife, MaxNext: 64}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	at := t0
+	want := map[string]map[string]float64{} // source → next → decayed count at the end
+	index := map[string]int64{}
+	var times []time.Time
+	var ts []Transition
+	for i := range 5000 {
+		// Up to 40 half-lives in all: past e^20 the store rebases.
+		at = at.Add(time.Duration(rng.ExpFloat64() * float64(halfLife) / 125))
+		from := fmt.Sprintf("/s/%d", rng.IntN(3))
+		to := fmt.Sprintf("/n/%d", int(math.Sqrt(float64(rng.IntN(40*40))))) // some far more often
+		ts = append(ts, Transition{From: from, To: to, At: at, ToIndex: int64(i)})
+		times = append(times, at)
+	}
+	for i := 0; i < len(ts); i += 7 {
+		if err := s.Observe(ctx, ts[i:min(i+7, len(ts))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lambda := math.Ln2 / halfLife.Seconds()
+	for i, tr := range ts {
+		if want[tr.From] == nil {
+			want[tr.From] = map[string]float64{}
+		}
+		want[tr.From][tr.To] += math.Exp(-lambda * at.Sub(times[i]).Seconds())
+		index[tr.From+" "+tr.To] = tr.ToIndex
+	}
+	for from, next := range want {
+		d := lookup(ctx, t, s, from, at)
+		if len(d.Next) != len(next) {
+			t.Fatalf("%s: %d next pages, want %d", from, len(d.Next), len(next))
+		}
+		for j, n := range d.Next {
+			if j > 0 && less(n, d.Next[j-1]) {
+				t.Errorf("%s: next page %d %+v comes after %+v", from, j, n, d.Next[j-1])
+			}
+			if w := next[n.Page]; !near(n.Count, w) {
+				t.Errorf("%s → %s: count %v, want %v", from, n.Page, n.Count, w)
+			}
+			if w := index[from+" "+n.Page]; n.Index != w {
+				t.Errorf("%s → %s: index %d, want the latest given, %d", from, n.Page, n.Index, w)
+			}
+		}
 	}
 }
 
@@ -286,7 +378,7 @@ func TestBlendWeight(t *testing.T) {
 }
 
 func TestBlendNext(t *testing.T) {
-	d := Dist{N: 10, Next: []Next{{"/a", 4}, {"/new1", 3}, {"/new2", 1}}}
+	d := Dist{N: 10, Next: []Next{{Page: "/a", Count: 4}, {Page: "/new1", Count: 3}, {Page: "/new2", Count: 1}}}
 	const w = 0.5
 	var b Blend
 	for _, c := range []struct {
@@ -312,6 +404,56 @@ func TestBlendNext(t *testing.T) {
 
 // TestRedisScriptFlushed: after the server loses its scripts (a restart, a
 // SCRIPT FLUSH) one Observe fails, and the next loads the script again.
+// TestRedisManySources: one Observe with more source pages than one
+// script call takes (maxScriptKeys), on one redis-server and on a 3-master
+// cluster (where each source page is a call of its own, its key on its
+// node), counts every transition of every source.
+func TestRedisManySources(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		name  string
+		addrs []string
+	}{
+		{"server", []string{redistest.Start(t).Addr()}},
+		{"cluster", redistest.StartCluster(t)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: c.addrs, IsClusterMode: len(c.addrs) > 1})
+			t.Cleanup(func() { _ = client.Close() })
+			s, err := NewRedis(Config{}, client, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+			const sources = 3*maxScriptKeys + 5
+			var ts []Transition
+			var from []string
+			for i := range sources {
+				src := fmt.Sprintf("/s/%d", i)
+				from = append(from, src)
+				for j := range i%3 + 1 { // 1, 2 or 3 transitions to /a, then /b, /c
+					ts = append(ts, Transition{From: src, To: "/" + string(rune('a'+j)), At: t0})
+				}
+				ts = append(ts, Transition{From: src, To: "/a", At: t0})
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			ds, err := s.Lookup(ctx, from, t0, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, d := range ds {
+				n := i%3 + 2
+				if !near(d.N, float64(n)) || len(d.Next) != n-1 || d.Next[0].Page != "/a" || !near(d.Next[0].Count, 2) {
+					t.Errorf("%s: %+v, want N %d, /a first with 2, %d next pages", from[i], d, n, n-1)
+				}
+			}
+		})
+	}
+}
+
 func TestRedisScriptFlushed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/cputime"
 	"github.com/prefetchd/prefetchd/internal/embedded"
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
 	"github.com/prefetchd/prefetchd/internal/redistest"
@@ -16,15 +20,19 @@ import (
 
 // BenchmarkServiceThroughput is an end-to-end load run: NASA July 1995 clicks
 // are produced to the broker, then the whole service (consumer group,
-// histories, model on every click, policy, pipelined warming into a real
-// redis-server, online evaluation) consumes them; beside it, in the same run
-// and over the same topic, a bare kafka-go consumer-group loop that only
-// fetches and commits. It reports both rates and their ratio, with the
-// first-order Markov model (features/testdata/markov1, the model `make run` served
-// before the GRU), with a GRU step-form model (the PyTorch export
-// of features/testdata/gru-step, vocabulary 200: other pages are unknown
-// and still stepped), and with the bundled GRU (vocabulary 2,027, hidden
-// 128).
+// histories, model on every click, online transition statistics, policy,
+// pipelined warming into a real redis-server, online evaluation) consumes
+// them; beside it, in the same run and over the same topic, a bare kafka-go
+// consumer-group loop that only fetches and commits, and the service with
+// --online=false, the two services alternating which goes first. It reports
+// the rates, the ratios to the bare loop and the redis-server CPU time per
+// 100,000 clicks of each service, with the first-order Markov model
+// (features/testdata/markov1, the model `make run` served before the GRU),
+// with a GRU step-form model (the PyTorch export of
+// features/testdata/gru-step, vocabulary 200: other pages are unknown and
+// still stepped), with the bundled GRU (vocabulary 2,027, hidden 128), and
+// with the Markov model and --history-store redis (histories and online
+// statistics in Redis).
 //
 //	go test -run '^$' -bench ServiceThroughput -benchtime 1x ./internal/app
 func BenchmarkServiceThroughput(b *testing.B) {
@@ -47,50 +55,100 @@ func BenchmarkServiceThroughput(b *testing.B) {
 		kb.Produce(b, "clicks", msgs[i:min(i+5000, len(msgs))]...)
 	}
 	rs := redistest.Start(b)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
 
 	round := 0
-	for _, model := range []struct{ name, dir string }{{"markov", "../../features/testdata/markov1"}, {"gru-step", "../../features/testdata/gru-step"}, {"bundled-gru", ""}} {
-		b.Run(model.name, func(b *testing.B) {
+	// run drains the topic with the service and returns its rate, the keys
+	// it warmed, and the CPU seconds it took in this process (the broker's
+	// included) and in redis-server.
+	run := func(b *testing.B, cfg Config) (rate, warmed, cpu, redisCPU float64) {
+		round++
+		cfg.Group = fmt.Sprintf("svc-%d", round)
+		// Every service starts on an empty Redis: no warm keys, histories
+		// or statistics of earlier rounds.
+		if err := rdb.FlushAll(b.Context()).Err(); err != nil {
+			b.Fatalf("FLUSHALL: %v", err)
+		}
+		cpu0, rcpu0 := cputime.Used(), redistest.CPUTime(b, rdb).Seconds()
+		// The clicks are counted from the service's registry directly:
+		// scraping /metrics every few milliseconds would cost the service
+		// CPU in proportion to how long it runs.
+		reg := prometheus.NewRegistry()
+		svc := startServiceWith(b, cfg, 5*time.Minute, Options{Registry: reg})
+		// As for the bare loop, the rate counts from the first event
+		// consumed, after the group join.
+		var start time.Time
+		first := 0.0
+		for {
+			n := gathered(b, reg, "prefetchd_clicks_total")
+			if n > 0 && start.IsZero() {
+				start, first = time.Now(), n
+			}
+			if n >= events {
+				break
+			}
+			select {
+			case <-svc.ctx.Done():
+				b.Fatal("service did not consume every event in time")
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		rate = (events - first) / time.Since(start).Seconds()
+		warmed = gathered(b, reg, "prefetchd_prefetch_issued_total")
+		svc.shutdown(b)
+		return rate, warmed, (cputime.Used() - cpu0).Seconds(), redistest.CPUTime(b, rdb).Seconds() - rcpu0
+	}
+	for _, bc := range []struct{ name, dir, store string }{
+		{"markov", "../../features/testdata/markov1", features.BackendMemory},
+		{"gru-step", "../../features/testdata/gru-step", features.BackendMemory},
+		{"bundled-gru", "", features.BackendMemory},
+		{"redis-store/markov", "../../features/testdata/markov1", features.BackendRedis},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
-			for b.Loop() {
-				round++
-				bare := bareConsume(b, kb.Addr(), fmt.Sprintf("bare-%d", round), events)
-
-				cfg := testConfig([]string{kb.Addr()}, rs.Addr())
-				cfg.Model = model.dir
-				cfg.Group = fmt.Sprintf("svc-%d", round)
-				cfg.KeyTemplate = fmt.Sprintf("r%d:page:{page}", round) // keys of earlier rounds are still warm
-				cfg.Threshold = 0.3
-				svc := startService(b, cfg, 5*time.Minute)
-				url := "http://" + svc.addrs.Admin + "/metrics"
-				// As for the bare loop, the rate counts from the first event
-				// consumed, after the group join.
-				var start time.Time
-				first := 0.0
-				for {
-					n := metricSum(httpGet(b, svc.ctx, url), "prefetchd_clicks_total")
-					if n > 0 && start.IsZero() {
-						start, first = time.Now(), n
-					}
-					if n >= events {
-						break
-					}
-					select {
-					case <-svc.ctx.Done():
-						b.Fatal("service did not consume every event in time")
-					case <-time.After(5 * time.Millisecond):
-					}
+			for i := 0; b.Loop(); i++ {
+				bare := bareConsume(b, kb.Addr(), fmt.Sprintf("bare-%d-%d", round, i), events)
+				var rate, warmed, cpu, rcpu [2]float64 // [0] online on (the default), [1] off
+				for j := range 2 {
+					k := (i + j) % 2
+					cfg := testConfig([]string{kb.Addr()}, rs.Addr())
+					cfg.Model, cfg.HistoryStore = bc.dir, bc.store
+					cfg.Threshold = 0.3
+					cfg.Online = k == 0
+					rate[k], warmed[k], cpu[k], rcpu[k] = run(b, cfg)
 				}
-				full := (events - first) / time.Since(start).Seconds()
-				warmed := metricSum(httpGet(b, svc.ctx, url), "prefetchd_prefetch_issued_total")
-				svc.shutdown(b)
 				b.ReportMetric(bare, "bare-events/s")
-				b.ReportMetric(full, "service-events/s")
-				b.ReportMetric(full/bare, "ratio")
-				b.ReportMetric(warmed, "keys-warmed")
+				b.ReportMetric(rate[0], "service-events/s")
+				b.ReportMetric(rate[0]/bare, "ratio")
+				b.ReportMetric(rate[1]/bare, "ratio-online-off")
+				b.ReportMetric(warmed[0], "keys-warmed")
+				b.ReportMetric(warmed[1], "keys-warmed-online-off")
+				b.ReportMetric(cpu[0]*1e9/events, "cpu-ns/event")
+				b.ReportMetric(cpu[1]*1e9/events, "cpu-ns/event-online-off")
+				b.ReportMetric(rcpu[0]*1e3*1e5/events, "redis-cpu-ms/100k")
+				b.ReportMetric(rcpu[1]*1e3*1e5/events, "redis-cpu-ms/100k-online-off")
 			}
 		})
 	}
+}
+
+// gathered is the sum of the counter name's series in reg.
+func gathered(b *testing.B, reg *prometheus.Registry, name string) float64 {
+	b.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		b.Fatalf("gather metrics: %v", err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() == name {
+			for _, m := range f.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // bareConsume reads n messages with a kafka-go consumer group, committing

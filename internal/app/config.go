@@ -93,6 +93,7 @@ type Config struct {
 	// clicks, kept where the histories are (in process, or in Redis shared
 	// by replicas), blended into every prediction with the online share
 	// n / (n + OnlineEvidence) for a page with n decayed transitions out.
+	// On by default.
 	Online         bool
 	OnlineEvidence float64 // 0: the online statistics alone once a page has any
 	OnlineHalfLife time.Duration
@@ -199,7 +200,7 @@ func Default() Config {
 		CommitInterval:         features.DefaultCommitInterval,
 		CommitBatch:            features.DefaultCommitBatch,
 		HistoryMaxUsers:        features.DefaultMaxUsers,
-		Online:                 false,
+		Online:                 true,
 		OnlineEvidence:         transitions.DefaultEvidence,
 		OnlineHalfLife:         transitions.DefaultHalfLife,
 		OnlineMaxPages:         transitions.DefaultMaxPages,
@@ -380,7 +381,7 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.BoolVar(&c.AutoRollback, "auto-rollback", c.AutoRollback, "roll a new model version back when its live precision falls below --rollback-min-fraction of its predecessor's")
 	fs.Float64Var(&c.RollbackMinFraction, "rollback-min-fraction", c.RollbackMinFraction, "fraction of the predecessor's precision a new version must keep, in (0, 1]")
 	fs.DurationVar(&c.RollbackWindow, "rollback-window", c.RollbackWindow, "window over which live precision is judged")
-	fs.BoolVar(&c.Online, "online", c.Online, "learn page transitions from the clicks (pages outside the model's vocabulary too) and blend them into every prediction (off by default: it costs drain throughput, see README)")
+	fs.BoolVar(&c.Online, "online", c.Online, "learn page transitions from the clicks (pages outside the model's vocabulary too) and blend them into every prediction (--online=false: the model alone)")
 	fs.Float64Var(&c.OnlineEvidence, "online-evidence", c.OnlineEvidence, "k of the online share n/(n+k) of a page with n decayed transitions out of it (0: the online statistics alone once there are any)")
 	fs.DurationVar(&c.OnlineHalfLife, "online-half-life", c.OnlineHalfLife, "time after which an observed transition counts half")
 	fs.IntVar(&c.OnlineMaxPages, "online-max-pages", c.OnlineMaxPages, "most source pages held in memory (least recently updated evicted first) and online-only pages remembered")

@@ -96,6 +96,34 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+// TestOnlineByDefault: the online statistics are on unless --online=false
+// (or PREFETCHD_ONLINE=false) turns them off; the command line wins over
+// the environment.
+func TestOnlineByDefault(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		args   []string
+		getenv []string
+		want   bool
+	}{
+		{"default", nil, nil, true},
+		{"flag off", []string{"--online=false"}, nil, false},
+		{"flag on", []string{"--online"}, nil, true},
+		{"environment off", nil, []string{"PREFETCHD_ONLINE=false"}, false},
+		{"flag over environment", []string{"--online=true"}, []string{"PREFETCHD_ONLINE=false"}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := ParseFlags(c.args, c.getenv, io.Discard)
+			if err != nil {
+				t.Fatalf("ParseFlags(%q, env %q): %v", c.args, c.getenv, err)
+			}
+			if cfg.Online != c.want {
+				t.Errorf("ParseFlags(%q, env %q).Online = %v, want %v", c.args, c.getenv, cfg.Online, c.want)
+			}
+		})
+	}
+}
+
 // TestZeroIsAValue goes through every numeric flag: unset gives the
 // default, and 0 is either honoured or refused with an error naming the
 // flag, never silently replaced by the default.

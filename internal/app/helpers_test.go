@@ -21,13 +21,20 @@ type service struct {
 // called, and waits until it serves. timeout bounds the whole test.
 func startService(t testing.TB, cfg Config, timeout time.Duration) *service {
 	t.Helper()
+	return startServiceWith(t, cfg, timeout, Options{})
+}
+
+// startServiceWith is startService with opts (its Ready is the helper's).
+func startServiceWith(t testing.TB, cfg Config, timeout time.Duration, opts Options) *service {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	runCtx, stop := context.WithCancel(ctx)
 	s := &service{ctx: ctx, stop: stop, done: make(chan error, 1)}
 	ready := make(chan Addrs, 1)
 	go func() {
-		s.done <- RunWith(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Ready: func(a Addrs) { ready <- a }})
+		opts.Ready = func(a Addrs) { ready <- a }
+		s.done <- RunWith(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
 	}()
 	select {
 	case s.addrs = <-ready:

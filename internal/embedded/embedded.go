@@ -8,6 +8,8 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"strconv"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 
@@ -34,6 +36,48 @@ func NASASessions() ([]training.Session, error) {
 		return nil, fmt.Errorf("bundled sessions: %w", err)
 	}
 	return s, nil
+}
+
+// NASAClick is one click of the bundled sessions; User names the session.
+type NASAClick struct {
+	User, Page string
+	At         time.Time
+}
+
+// NASAClicks returns up to n clicks of the bundled sessions as a busy site
+// sees them: users sessions side by side, one click of each in turn, a
+// millisecond apart from start; a session that ends is followed by the
+// next one.
+func NASAClicks(users, n int, start time.Time) ([]NASAClick, error) {
+	sessions, err := NASASessions()
+	if err != nil {
+		return nil, err
+	}
+	var clicks []NASAClick
+	type cursor struct{ session, page int } // session -1: none yet
+	open := make([]cursor, users)
+	for u := range open {
+		open[u].session = -1
+	}
+	next := 0
+	for len(clicks) < n && next < len(sessions) {
+		for u := range open {
+			c := &open[u]
+			for (c.session < 0 || c.page >= len(sessions[c.session].Pages)) && next < len(sessions) {
+				*c = cursor{session: next}
+				next++
+			}
+			if c.session < 0 {
+				break
+			}
+			if pages := sessions[c.session].Pages; c.page < len(pages) && len(clicks) < n {
+				start = start.Add(time.Millisecond)
+				clicks = append(clicks, NASAClick{User: "user-" + strconv.Itoa(c.session), Page: pages[c.page], At: start})
+				c.page++
+			}
+		}
+	}
+	return clicks, nil
 }
 
 // bundledModel is the model `make run` serves: a GRU (with its step form)

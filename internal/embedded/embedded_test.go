@@ -3,6 +3,7 @@ package embedded
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -38,6 +39,47 @@ func TestBundledData(t *testing.T) {
 	}
 	if b.Vocab().Index(s[0].Pages[0]) == model.UnknownIndex {
 		t.Errorf("first replayed page %s is outside the bundled model's vocabulary", s[0].Pages[0])
+	}
+}
+
+// TestNASAClicks: the clicks interleave the sessions, each session's pages
+// in their order and every click a millisecond after the one before.
+func TestNASAClicks(t *testing.T) {
+	sessions, err := NASASessions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	for _, c := range []struct{ users, n int }{{1, 10}, {3, 50}, {1024, 20_000}} {
+		clicks, err := NASAClicks(c.users, c.n, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(clicks) != c.n {
+			t.Fatalf("%d users: %d clicks, want %d", c.users, len(clicks), c.n)
+		}
+		next := map[string]int{} // user → index of its next page
+		for i, k := range clicks {
+			var s int
+			if _, err := fmt.Sscanf(k.User, "user-%d", &s); err != nil {
+				t.Fatalf("click %d: user %q: %v", i, k.User, err)
+			}
+			j := next[k.User]
+			if j >= len(sessions[s].Pages) || sessions[s].Pages[j] != k.Page {
+				t.Fatalf("%d users, click %d: %s on %s, want page %d of session %d", c.users, i, k.User, k.Page, j, s)
+			}
+			next[k.User] = j + 1
+			if want := start.Add(time.Duration(i+1) * time.Millisecond); !k.At.Equal(want) {
+				t.Fatalf("click %d at %v, want %v", i, k.At, want)
+			}
+		}
+		if len(next) < min(c.users, 2) {
+			t.Errorf("%d users: clicks of %d sessions", c.users, len(next))
+		}
+		// The first clicks are of as many sessions side by side.
+		if c.users > 1 && clicks[0].User == clicks[1].User {
+			t.Errorf("%d users: the first two clicks are both %s's", c.users, clicks[0].User)
+		}
 	}
 }
 

@@ -33,17 +33,18 @@ func absent(pages []string, dst []bool) []bool {
 // policy and evaluator; only the Redis writer is left out.
 func benchEngine(b *testing.B) (*Engine, *model.Bundle) {
 	b.Helper()
-	return benchEngineWith(b, nil)
-}
-
-// benchEngineWith is benchEngine with online statistics (nil: none).
-func benchEngineWith(b *testing.B, stats *transitions.Stats) (*Engine, *model.Bundle) {
-	b.Helper()
 	fsys, dir := embedded.Model()
 	bundle, err := model.LoadBundleFS(fsys, dir)
 	if err != nil {
 		b.Fatal(err)
 	}
+	return benchEngineWith(b, bundle, nil), bundle
+}
+
+// benchEngineWith is benchEngine on bundle with online statistics (nil:
+// none).
+func benchEngineWith(b *testing.B, bundle *model.Bundle, stats *transitions.Stats) *Engine {
+	b.Helper()
 	mgr, err := lifecycle.Static(context.Background(), bundle, lifecycle.Config{}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -56,7 +57,7 @@ func benchEngineWith(b *testing.B, stats *transitions.Stats) (*Engine, *model.Bu
 	if err != nil {
 		b.Fatal(err)
 	}
-	return e, bundle
+	return e
 }
 
 // BenchmarkHandleEvent is the per-click cost of the engine (canonicalize,

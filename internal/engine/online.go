@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"hash/maphash"
 	"math"
 	"slices"
 	"strings"
@@ -29,41 +30,61 @@ import (
 
 // maxNewPageUsers bounds the users whose latest page is outside the
 // vocabulary that the engine remembers by name (the history only holds the
-// unknown index): least recently clicking users are forgotten first.
-const maxNewPageUsers = 1 << 16
+// unknown index): least recently clicking users are forgotten first, among
+// the users of one of newPageShards shards.
+const (
+	maxNewPageUsers = 1 << 16
+	newPageShards   = 16
+)
 
 // newPages remembers, per user, the latest page when it is outside the
 // vocabulary, so that the transition out of it can be learned and
 // predicted. Per replica: users stay on one replica as Kafka partitions by
-// user.
+// user. Users are spread over shards, each with its lock, as every click
+// passes here.
 type newPages struct {
+	seedOnce sync.Once
+	seed     maphash.Seed
+	shards   [newPageShards]newPageShard
+}
+
+// newPageShard is the part of newPages of some users.
+type newPageShard struct {
 	mu  sync.Mutex
 	lru *simplelru.LRU[string, string] // guarded by mu; nil until first use
 }
 
+// shard returns user's shard.
+func (n *newPages) shard(user string) *newPageShard {
+	n.seedOnce.Do(func() { n.seed = maphash.MakeSeed() })
+	return &n.shards[maphash.String(n.seed, user)%newPageShards]
+}
+
 func (n *newPages) get(user string) (string, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.lru == nil {
+	sh := n.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.lru == nil {
 		return "", false
 	}
-	return n.lru.Peek(user)
+	return sh.lru.Peek(user)
 }
 
 // set remembers page as user's latest when unknown, else forgets the user.
 func (n *newPages) set(user, page string, unknown bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	sh := n.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	if !unknown {
-		if n.lru != nil {
-			n.lru.Remove(user)
+		if sh.lru != nil {
+			sh.lru.Remove(user)
 		}
 		return
 	}
-	if n.lru == nil {
-		n.lru, _ = simplelru.NewLRU[string, string](maxNewPageUsers, nil) // size > 0: no error
+	if sh.lru == nil {
+		sh.lru, _ = simplelru.NewLRU[string, string](maxNewPageUsers/newPageShards, nil) // size > 0: no error
 	}
-	n.lru.Add(user, page)
+	sh.lru.Add(user, page)
 }
 
 // named is the page of vocabulary index idx, or for the unknown index the
@@ -92,7 +113,36 @@ func (e *Engine) transition(l *lifecycle.Live, user, page string, idx int64, at 
 	if from == "" || strings.HasPrefix(from, "\x00") || strings.HasPrefix(page, "\x00") {
 		return transitions.Transition{}, false
 	}
-	return transitions.Transition{From: from, To: page, At: at, FromUnknown: rec.Pages[len(rec.Pages)-2] <= model.UnknownIndex, ToUnknown: unknown}, true
+	t := transitions.Transition{From: from, To: page, At: at, FromUnknown: rec.Pages[len(rec.Pages)-2] <= model.UnknownIndex, ToUnknown: unknown}
+	if unknown {
+		t.ToIndex = nextTag(l, model.UnknownIndex)
+	} else {
+		// The vocabulary's own string: the store keeps no copy of the
+		// event's, and nextIndex compares it by address.
+		t.To, t.ToIndex = l.Vocab.Page(idx), nextTag(l, idx)
+	}
+	return t, true
+}
+
+// nextTag is the Transition.ToIndex of a page of index idx in l's
+// vocabulary: the index with l's epoch in the high 32 bits.
+func nextTag(l *lifecycle.Live, idx int64) int64 { return int64(l.Epoch)<<32 | idx }
+
+// nextIndex is the index in l's vocabulary of next page n: the one it was
+// observed with (nextTag) when that is still l's, else looked up. A page
+// in the vocabulary is also checked by name, which is cheap when n.Page is
+// the vocabulary's string (see transition): equal strings at one address
+// compare without reading them.
+func nextIndex(l *lifecycle.Live, n *transitions.Next) int64 {
+	if uint32(n.Index>>32) == l.Epoch {
+		switch i := n.Index & (1<<32 - 1); {
+		case i == model.UnknownIndex:
+			return i
+		case i > model.UnknownIndex && l.Vocab.Page(i) == n.Page:
+			return i
+		}
+	}
+	return l.Vocab.Index(n.Page)
 }
 
 // learnOne observes the transition of one applied click (unless observe is
@@ -210,10 +260,26 @@ func (e *Engine) choose(l *lifecycle.Live, probs []float32, current int64, page 
 		mthr = threshold / (1 - w)
 	}
 	b.cands = pol.Select(probs, current, k+len(d.Next), mthr, b.cands)
+	// The next pages come highest count first: from the first whose
+	// probability could not reach the threshold even with a model
+	// probability of 1, none can, and they are not scored below. Their
+	// indices are still needed to take them out of the model's candidates
+	// and for c_out when a page outside the vocabulary is scored.
+	scored := len(d.Next)
+	for i := range d.Next {
+		if w*d.Next[i].Count/d.N+(1-w) < threshold*(1-1e-9) {
+			scored = i
+			break
+		}
+	}
 	b.nextIdx = b.nextIdx[:0]
 	var cOut float64 // the counts of next pages outside the vocabulary
-	for _, n := range d.Next {
-		idx := l.Vocab.Index(n.Page)
+	for i := range d.Next {
+		if i == scored && len(b.cands) == 0 && cOut == 0 {
+			break // neither needed
+		}
+		n := &d.Next[i]
+		idx := nextIndex(l, n)
 		b.nextIdx = append(b.nextIdx, idx)
 		if idx <= model.UnknownIndex {
 			cOut += n.Count
@@ -226,7 +292,7 @@ func (e *Engine) choose(l *lifecycle.Live, probs []float32, current int64, page 
 		}
 	}
 	served := false
-	for i, n := range d.Next {
+	for i, n := range d.Next[:scored] {
 		idx := b.nextIdx[i]
 		if n.Page == page || idx == current && idx > model.UnknownIndex {
 			continue

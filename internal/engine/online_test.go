@@ -1,8 +1,11 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"runtime"
 	"slices"
 	"testing"
@@ -12,6 +15,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/cputime"
+	"github.com/prefetchd/prefetchd/internal/embedded"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/internal/redistest"
@@ -197,6 +202,136 @@ func TestNewPageBecomesHint(t *testing.T) {
 	}
 }
 
+// TestChooseFollowsBlend compares the engine's blended choice with the
+// rule of transitions.Blend applied to every page, on random model
+// probabilities and online statistics: evidence from a few clicks (the
+// model's share large) to thousands (the online share near 1), next pages
+// in and outside the vocabulary, and next pages tagged with the current
+// epoch, a stale one, a wrong index or none (as from Redis).
+func TestChooseFollowsBlend(t *testing.T) {
+	const epoch = 7
+	pages := []string{"<pad>", "<unk>"}
+	for i := range 60 {
+		pages = append(pages, fmt.Sprintf("/p/%d", i))
+	}
+	v, err := model.NewVocab(pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := &lifecycle.Live{Version: "v", Vocab: v, Epoch: epoch}
+	stats, err := transitions.NewMemory(transitions.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist, _ := features.NewHistories(features.HistoryConfig{}, nil)
+	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{})
+	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+	e, err := New(Config{}, Deps{Models: &models{live: live}, Histories: hist, Canon: canon, Policy: policy, Warmer: nopWarmer{}, Evaluator: eval, Transitions: stats}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 2000 {
+		// A few large, many small: from nearly even to one page taking
+		// nearly all.
+		probs := make([]float32, v.Len())
+		var sum float32
+		peak := float64(1 + rng.IntN(60))
+		for i := range probs {
+			probs[i] = float32(math.Pow(rng.Float64(), peak))
+			sum += probs[i]
+		}
+		for i := range probs {
+			probs[i] /= sum
+		}
+		current := int64(2 + rng.IntN(v.Len()-2))
+		page := v.Page(current)
+		// Next pages: distinct, some outside the vocabulary, with counts
+		// summing to at most N.
+		scale := math.Pow(10, 4*rng.Float64())
+		var d transitions.Dist
+		seen := map[string]bool{}
+		for range rng.IntN(32) + 1 {
+			name := fmt.Sprintf("/p/%d", rng.IntN(60))
+			idx := v.Index(name)
+			if rng.IntN(4) == 0 {
+				name, idx = fmt.Sprintf("/new/%d", rng.IntN(20)), model.UnknownIndex
+			}
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			n := transitions.Next{Page: name, Count: scale * rng.ExpFloat64()}
+			switch rng.IntN(4) {
+			case 0:
+				n.Index = nextTag(live, idx)
+			case 1:
+				n.Index = int64(epoch-1)<<32 | idx // a model swapped since
+			case 2:
+				n.Index = nextTag(live, 2+int64(rng.IntN(60))) // another page's
+			}
+			d.Next = append(d.Next, n)
+			d.N += n.Count
+		}
+		d.N *= 1 + rng.Float64()
+		slices.SortFunc(d.Next, func(a, b transitions.Next) int { return cmp.Compare(b.Count, a.Count) })
+		k, threshold := 1+rng.IntN(6), 0.4*rng.Float64()
+
+		want := blendByRule(stats.Blend, v, probs, current, page, d, k, threshold)
+		b := &buffers{dist: &d}
+		var got []choice
+		for _, c := range e.choose(live, probs, current, page, k, threshold, b) {
+			got = append(got, choice{page: b.page(live, c.Index), p: float64(c.Probability)})
+		}
+		same := len(got) == len(want)
+		for i := 0; same && i < len(got); i++ {
+			same = got[i].page == want[i].page && math.Abs(got[i].p-want[i].p) <= 1e-6
+		}
+		if !same {
+			t.Fatalf("trial %d (k %d, threshold %.3f, N %.1f, w %.3f): chose %v, the rule gives %v", trial, k, threshold, d.N, stats.Blend.Weight(d.N), got, want)
+		}
+	}
+}
+
+// choice is a page chosen and its probability.
+type choice struct {
+	page string
+	p    float64
+}
+
+// blendByRule is the k most likely pages at or above threshold when every
+// page's probability is blended by b, the page the user is on (index
+// current, named page) left out.
+func blendByRule(b transitions.Blend, v *model.Vocab, probs []float32, current int64, page string, d transitions.Dist, k int, threshold float64) []choice {
+	w := b.Weight(d.N)
+	var cOut float64
+	for _, n := range d.Next {
+		if v.Index(n.Page) == model.UnknownIndex {
+			cOut += n.Count
+		}
+	}
+	var all []choice
+	for i := int64(model.UnknownIndex + 1); i < int64(v.Len()); i++ {
+		if i == current {
+			continue
+		}
+		p := (1 - w) * float64(probs[i])
+		if j := slices.IndexFunc(d.Next, func(n transitions.Next) bool { return n.Page == v.Page(i) }); j >= 0 {
+			p = b.Next(w, d, d.Next[j], float64(probs[i]), true, cOut)
+		}
+		all = append(all, choice{v.Page(i), float64(float32(p))})
+	}
+	for _, n := range d.Next {
+		if n.Page != page && v.Index(n.Page) == model.UnknownIndex {
+			all = append(all, choice{n.Page, float64(float32(b.Next(w, d, n, float64(probs[model.UnknownIndex]), false, cOut)))})
+		}
+	}
+	all = slices.DeleteFunc(all, func(h choice) bool { return !(h.p >= threshold) })
+	slices.SortStableFunc(all, func(a, b choice) int { return cmp.Compare(b.p, a.p) })
+	return all[:min(k, len(all))]
+}
+
 // TestOnlineOff: without statistics the engine chooses as the model says.
 func TestOnlineOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -242,20 +377,23 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 }
 
 // BenchmarkHandleEventOnline is the per-click cost of the engine on the
-// bundled Markov model with in-process online statistics (every click
+// first-order Markov model of the service benchmark with in-process online statistics (every click
 // observed and its page looked up, hints blended) beside the same engine
-// without them, measured in the same run.
+// without them, measured in the same run, on NASA July 1995 sessions, 1,024
+// users at a time, a millisecond apart: popular pages keep many next pages,
+// as in the service.
 func BenchmarkHandleEventOnline(b *testing.B) {
-	pages := make([]string, 128)
-	for i := range pages {
-		pages[i] = fmt.Sprintf("/page/%d", 2+i)
-		if i%2 == 1 {
-			pages[i] = fmt.Sprintf("/new/%d", i) // outside the vocabulary
-		}
+	bundle, err := model.LoadBundle("../../features/testdata/markov1")
+	if err != nil {
+		b.Fatal(err)
 	}
-	users := make([]string, 1024)
-	for i := range users {
-		users[i] = fmt.Sprintf("user-%d", i)
+	nasa, err := embedded.NASAClicks(1024, 200_000, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	clicks := make([]features.Event, len(nasa))
+	for i, c := range nasa {
+		clicks[i] = features.Event{UserID: c.User, Page: c.Page, TS: c.At}
 	}
 	for _, online := range []bool{true, false} {
 		name := "online"
@@ -270,16 +408,17 @@ func BenchmarkHandleEventOnline(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			e, _ := benchEngineWith(b, stats)
+			e := benchEngineWith(b, bundle, stats)
 			ctx := context.Background()
 			b.ReportAllocs()
-			at := time.Now()
-			for i := 0; b.Loop(); i++ {
-				ev := features.Event{UserID: users[i%len(users)], Page: pages[(i*7)%len(pages)], TS: at}
-				if err := e.HandleEvent(ctx, ev, features.Meta{Offset: int64(i)}); err != nil {
+			cpu := cputime.Used()
+			n := 0
+			for ; b.Loop(); n++ {
+				if err := e.HandleEvent(ctx, clicks[n%len(clicks)], features.Meta{Offset: int64(n)}); err != nil {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(float64(cputime.Used()-cpu)/float64(n), "cpu-ns/op")
 		})
 	}
 }
