@@ -1,8 +1,10 @@
 package training
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/prefetchd/prefetchd/internal/onnxenc"
 	"github.com/prefetchd/prefetchd/model"
@@ -27,15 +29,32 @@ func (c MarkovConfig) Validate() error {
 }
 
 // Markov is a first-order Markov model: the next page depends only on the
-// last one. Row i of the transition matrix is the distribution of the page
-// that follows index i. Row 0 (padding, an empty history) and rows of pages
-// never seen followed by another are the popularity distribution. Column 0
-// (padding) is always 0; column 1 is the probability that the next page is
-// outside the vocabulary.
+// last one. Row i is the distribution of the page that follows index i.
+// Row 0 (padding, an empty history) and rows of pages never seen followed by
+// another are the popularity distribution. Column 0 (padding) is always 0;
+// column 1 is the probability that the next page is outside the vocabulary.
+//
+// Rows are kept sparse (the counted next pages of each page, plus the
+// add-alpha share every other page gets), so memory grows with the
+// transitions seen, not with the square of the vocabulary: a catalog of
+// 200,000 pages would need 160 GB as a dense table.
 type Markov struct {
 	vocab int
-	probs []float32 // vocab x vocab, row-major
+	alpha float64
+	pop   []float32   // the popularity row, smoothed
+	rows  []markovRow // by source index; a row with no next pages is pop
 }
+
+// markovRow is one source page's counted next pages and their total.
+type markovRow struct {
+	next  []int32
+	count []float32
+	total float64
+}
+
+// maxMarkovExport is the most table entries (vocab²) Markov.ONNX writes:
+// 1 GiB of float32.
+const maxMarkovExport = 1 << 28
 
 // TrainMarkov counts transitions in seqs (vocabulary indices) and smooths
 // each row with add-alpha. The unknown index takes part like any page.
@@ -51,8 +70,8 @@ func TrainMarkov(seqs [][]int64, vocabSize int, cfg MarkovConfig) (*Markov, erro
 		alpha = 0.01
 	}
 	v := vocabSize
-	counts := make([]float64, v*v)
 	pop := make([]float64, v)
+	pairs := make(map[[2]int32]float32)
 	for _, seq := range seqs {
 		for t, p := range seq {
 			if p <= 0 || p >= int64(v) {
@@ -60,24 +79,27 @@ func TrainMarkov(seqs [][]int64, vocabSize int, cfg MarkovConfig) (*Markov, erro
 			}
 			pop[p]++
 			if t > 0 {
-				counts[seq[t-1]*int64(v)+p]++
+				pairs[[2]int32{int32(seq[t-1]), int32(p)}]++
 			}
 		}
 	}
-	m := &Markov{vocab: v, probs: make([]float32, v*v)}
-	popRow := smoothRow(pop, alpha)
-	copy(m.probs[:v], popRow)
-	for i := 1; i < v; i++ {
-		row := counts[i*v : (i+1)*v]
-		var n float64
-		for _, c := range row {
-			n += c
+	m := &Markov{vocab: v, alpha: alpha, pop: smoothRow(pop, alpha), rows: make([]markovRow, v)}
+	keys := make([][2]int32, 0, len(pairs))
+	for k := range pairs {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b [2]int32) int {
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
 		}
-		if n == 0 {
-			copy(m.probs[i*v:(i+1)*v], popRow)
-			continue
-		}
-		copy(m.probs[i*v:(i+1)*v], smoothRow(row, alpha))
+		return cmp.Compare(a[1], b[1])
+	})
+	for _, k := range keys {
+		r := &m.rows[k[0]]
+		c := pairs[k]
+		r.next = append(r.next, k[1])
+		r.count = append(r.count, c)
+		r.total += float64(c)
 	}
 	return m, nil
 }
@@ -100,12 +122,32 @@ func smoothRow(counts []float64, alpha float64) []float32 {
 // VocabSize is the number of indices the model scores.
 func (m *Markov) VocabSize() int { return m.vocab }
 
-// Row returns the distribution that follows index i (shared, do not modify).
+// Row returns a new slice holding the distribution that follows index i.
 func (m *Markov) Row(i int64) []float32 {
+	return m.fillRow(i, make([]float32, m.vocab))
+}
+
+// fillRow writes the distribution that follows index i into dst (of length
+// vocab): the smoothed counts of its next pages, or the popularity row.
+func (m *Markov) fillRow(i int64, dst []float32) []float32 {
 	if i < 0 || i >= int64(m.vocab) {
 		i = model.UnknownIndex
 	}
-	return m.probs[i*int64(m.vocab) : (i+1)*int64(m.vocab)]
+	r := m.rows[i]
+	if i == model.PadIndex || len(r.next) == 0 {
+		copy(dst, m.pop)
+		return dst
+	}
+	den := r.total + m.alpha*float64(m.vocab-1)
+	base := float32(m.alpha / den)
+	dst[0] = 0
+	for j := 1; j < len(dst); j++ {
+		dst[j] = base
+	}
+	for k, j := range r.next {
+		dst[j] = float32((float64(r.count[k]) + m.alpha) / den)
+	}
+	return dst
 }
 
 // Predict writes into dst (grown as needed) the distribution of the page
@@ -119,9 +161,7 @@ func (m *Markov) Predict(history []int64, dst []float32) []float32 {
 	if cap(dst) < m.vocab {
 		dst = make([]float32, m.vocab)
 	}
-	dst = dst[:m.vocab]
-	copy(dst, m.Row(last))
-	return dst
+	return m.fillRow(last, dst[:m.vocab])
 }
 
 // ONNX returns the model as an ONNX graph in the sequence form:
@@ -129,6 +169,13 @@ func (m *Markov) Predict(history []int64, dst []float32) []float32 {
 // [batch] -> Gather(T, axis 0) -> probs float32 [batch, vocab].
 func (m *Markov) ONNX() ([]byte, error) {
 	v := int64(m.vocab)
+	if v*v > maxMarkovExport {
+		return nil, fmt.Errorf("export markov model: a vocabulary of %d pages needs a dense table of %d entries, more than %d; export the GRU instead", v, v*v, maxMarkovExport)
+	}
+	table := make([]float32, v*v)
+	for i := range v {
+		m.fillRow(i, table[i*v:(i+1)*v])
+	}
 	om := &onnxenc.Model{
 		ProducerName:    "prefetchd-train",
 		ProducerVersion: "1",
@@ -145,7 +192,7 @@ func (m *Markov) ONNX() ([]byte, error) {
 			},
 			Initializers: []onnxenc.Tensor{
 				onnxenc.Int64Tensor("last_position", []int64{-1}),
-				onnxenc.FloatTensor("transitions", m.probs, v, v),
+				onnxenc.FloatTensor("transitions", table, v, v),
 			},
 			Inputs: []onnxenc.ValueInfo{{Name: "page_ids", ElemType: onnxenc.Int64,
 				Dims: []onnxenc.Dim{onnxenc.Symbolic("batch"), onnxenc.Symbolic("seq")}}},

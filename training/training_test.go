@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -301,5 +302,52 @@ func TestRunPipeline(t *testing.T) {
 		if _, _, err := Run(ctx, nil, "synthetic", sessions, cfg); err == nil {
 			t.Errorf("Run with %+v succeeded, want a config error", cfg)
 		}
+	}
+}
+
+// TestMarkovLargeVocabulary trains first-order Markov over a catalog of
+// 200,000 pages: memory follows the transitions seen (a dense table would
+// be 160 GB), rows are still distributions, and exporting the dense graph
+// is refused with an error instead of exhausting memory.
+func TestMarkovLargeVocabulary(t *testing.T) {
+	const v = 200_000
+	var seqs [][]int64
+	for s := range 2_000 {
+		seq := make([]int64, 10)
+		for i := range seq {
+			seq[i] = int64(2 + (s*7919+i*104729)%(v-2))
+		}
+		seqs = append(seqs, seq)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	m, err := TrainMarkov(seqs, v, MarkovConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 64<<20 {
+		t.Errorf("model of %d pages holds %d MB, want under 64 MB", v, grown>>20)
+	}
+	from := seqs[5][3]
+	row := m.Predict([]int64{from}, nil)
+	var sum float64
+	best := 0
+	for j, p := range row {
+		sum += float64(p)
+		if p > row[best] {
+			best = j
+		}
+	}
+	if math.Abs(sum-1) > 1e-3 {
+		t.Errorf("row of %d sums to %v, want 1", from, sum)
+	}
+	if want := seqs[5][4]; int64(best) != want {
+		t.Errorf("likeliest page after %d is %d, want %d (the only one counted)", from, best, want)
+	}
+	if _, err := m.ONNX(); err == nil || !strings.Contains(err.Error(), "dense table") {
+		t.Errorf("ONNX at %d pages: err %v, want the dense table refused", v, err)
 	}
 }
