@@ -20,21 +20,30 @@ import (
 //     log Σ_i exp(w_i·h + b_i) ≈ log Σ exp(b_i) + μ·h + ½λ(v·h)² +
 //     ½σ²(‖h‖² − (v·h)²), the second-order term of exp(δ·h) with the
 //     deviations δ of the rows from μ spread λ along their main direction v
-//     (by power iteration at load) and σ² per dimension across it;
-//  2. scores the rows of the clusters, in int8 (rows quantized at load with
-//     one scale per row, h to int16), largest estimate first, until no
-//     cluster left could hold a hint (its estimated share is below 1/1.5 of
-//     the threshold and of the k-th hint so far) and an error of
-//     clusterEstError in the estimate of the clusters left would move no
-//     hint's probability by more than clusterProbTol;
+//     (by power iteration at load) and σ² per dimension across it, and
+//     the estimate's relative error u = uncBase + uncSpread·s², where s² =
+//     λ(v·h)² + σ²(‖h‖² − (v·h)²) is the variance of the deviations'
+//     logits: the expansion is worse the wider they spread;
+//  2. scores the rows of the clusters, in int8 (each row's deviation from
+//     its cluster's mean quantized at load with one scale per row, h to
+//     int16, μ·h from step 1 added back), largest estimate first, until no
+//     cluster left could hold a hint (its estimated share is below
+//     1/hintMargin of the threshold and of the k-th hint so far) and the
+//     error of the estimate of the clusters left would move no hint's
+//     probability by more than probTol. That error is taken as uncZ
+//     standard deviations of a sum of independent errors, uncZ·√Σ(u·e)²
+//     over the clusters left (e their estimates): the clusters' errors
+//     are measured to be about independent, so a rest spread over many
+//     clusters is known far better than each of them;
 //  3. scores the clusterRescore best rows again in float32, takes the top
 //     k and normalises them by the mass of the scored clusters plus the
 //     estimate of the rest.
 //
-// Both the estimate error and the hints it could miss are measured, not
-// proven: see TestTopKAgreement. The work per click follows how spread the
-// next-page distribution is: a peaked one is settled by a few clusters, a
-// flat one scores most of them (and is then exact).
+// Both the estimate's error model and the hints it could miss are
+// measured, not proven: see TestTopKAgreement and TestClusterEstimateError.
+// The work per click follows how spread the next-page distribution is: a
+// peaked one is settled by a few clusters, a flat one scores most of them
+// (and is then exact).
 
 const (
 	// clusterMinVocab is the smallest vocabulary that gets a clustered
@@ -43,17 +52,28 @@ const (
 	// clusterSize is the mean number of rows per cluster.
 	clusterSize = 128
 	// clusterHintMargin: a cluster is scored when its estimated share of
-	// the normaliser could hold a hint were the estimate 1.5 times too low.
-	clusterHintMargin = 1.5
-	// clusterEstError is the relative error assumed of the normaliser
-	// estimate of the clusters left unscored together. On
-	// TestTopKAgreement's model the worst probability error over 1,500
-	// clicks is 7e-4 at 0.1 to 0.03 assumed, 8.4e-4 at 0.02 and 1.2e-3 at
-	// 0.01.
-	clusterEstError = 0.03
+	// the normaliser could hold a hint were the estimate 1.2 times too low.
+	clusterHintMargin = 1.2
+	// clusterUncBase and clusterUncSpread give the relative error of a
+	// cluster's normaliser estimate, uncBase + uncSpread·s² (s² the
+	// variance of its rows' deviation logits, step 1 above), and
+	// clusterUncZ how many standard deviations of the rest's error the
+	// stopping rule allows for. Fitted on TestClusterEstimateError's model
+	// (the root mean square of log(actual/estimate) is 0.024 at s² below
+	// 0.25, 0.038 from 0.25 to 0.75, 0.061 from 0.5 to 1.25, 0.11 above);
+	// there the rest's error is within 3 of these standard deviations for
+	// 99% of cuts and beyond 5 for 1 of 800 (6.1); a reported probability
+	// moves by more than 1e-3 only beyond uncZ·1e-3/probTol = 7.1.
+	clusterUncBase   = 0.015
+	clusterUncSpread = 0.055
+	clusterUncZ      = 5
 	// clusterProbTol is the largest change of a reported probability the
-	// assumed estimate error may cause.
-	clusterProbTol = 5e-4
+	// estimate's error may cause.
+	clusterProbTol = 7e-4
+	// clusterNeglect: clusters whose estimates, all together wrong by
+	// this share, would move no probability by more than clusterProbTol
+	// are never scored (they stay in the estimate of the rest).
+	clusterNeglect = 0.03
 	// clusterRescore is the number of candidates, by quantized logit,
 	// scored again in float32 (at least k): int8 rows put logits off by a
 	// few hundredths, which matters for the mass of the likeliest pages.
@@ -69,28 +89,36 @@ const (
 type clusterIndex struct {
 	h, v int
 	// Stopping rule of topK (see enough): clusterHintMargin,
-	// clusterEstError, clusterProbTol.
-	hintMargin, estError, probTol float64
-	hp                            int       // H rounded up to 16
-	extraBytes                    int64     // of w, when it is a copy
-	w                             []float32 // [V, H] the rows in vocabulary order (the graph's own when it can)
-	q                             []int8    // [V, hp] the rows in cluster order, quantized
-	qscale                        []float32 // per row of q: the value of 1
-	bias                          []float32 // [V] in cluster order
-	page                          []int32   // cluster order -> vocabulary index
-	start                         []int32   // cluster c holds rows start[c] to start[c+1]
-	mean                          []float32 // [C, H] bias-weighted mean row of each cluster
-	logMass                       []float32 // log Σ exp(b_i) over the cluster
-	spread                        []float32 // ½ · mean squared deviation per dimension, off dir
-	dir                           []float32 // [C, H] main direction of the deviations
-	lam                           []float32 // ½ · variance along dir
-	scratch                       sync.Pool // *clusterScratch
+	// clusterUncBase, clusterUncSpread, clusterUncZ, clusterProbTol.
+	hintMargin, uncBase, uncSpread, uncZ, probTol float64
+	hp                                            int       // H rounded up to 16
+	extraBytes                                    int64     // of w, when it is a copy
+	w                                             []float32 // [V, H] the rows in vocabulary order (the graph's own when it can)
+	q                                             []int8    // [V, hp] the rows in cluster order, quantized
+	qscale                                        []float32 // per row of q: the value of 1
+	bias                                          []float32 // [V] in cluster order
+	page                                          []int32   // cluster order -> vocabulary index
+	start                                         []int32   // cluster c holds rows start[c] to start[c+1]
+	// dirs holds two rows of H8 per cluster, in int16 with one scale
+	// each (dirScale): its bias-weighted mean row μ (rounded so: the rows'
+	// deviations in q are from the rounded μ, so that μ·h read from here
+	// is their logits' offset) and the main direction v of the deviations.
+	dirs     []int16
+	dirScale []float32
+	h8       int       // H rounded up to 8
+	logMass  []float32 // log Σ exp(b_i) over the cluster
+	spread   []float32 // ½ · mean squared deviation per dimension, off dir
+	lam      []float32 // ½ · variance along dir
+	scratch  sync.Pool // *clusterScratch
 }
 
 // clusterScratch is the per-call working memory of a clustered scoring.
 type clusterScratch struct {
 	est   []float32 // per cluster: estimated log mass, then exp(est - max)
-	proj  []float32 // per cluster: hidden vector along dir
+	mh    []float32 // per cluster: mean·x, the offset of its rows' logits
+	unc   []float32 // per cluster: relative error of est
+	dots  []float32 // per cluster: μ·x and v·x
+	xf    []float32 // x zero-padded to H8
 	logit []float32 // logits of one cluster's rows
 	ex    []float32 // exp of one cluster's logits
 	order []int32   // clusters to consider, largest estimate first
@@ -132,16 +160,16 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	nc = int(k)
 	ix := &clusterIndex{
 		h: h, v: v,
-		hintMargin: clusterHintMargin, estError: clusterEstError, probTol: clusterProbTol,
+		hintMargin: clusterHintMargin, probTol: clusterProbTol,
+		uncBase: clusterUncBase, uncSpread: clusterUncSpread, uncZ: clusterUncZ,
 		hp:      (h + 15) &^ 15,
+		h8:      (h + 7) &^ 7,
 		w:       w,
 		bias:    make([]float32, v),
 		page:    make([]int32, v),
 		start:   make([]int32, nc+1),
-		mean:    make([]float32, nc*h),
 		logMass: make([]float32, nc),
 		spread:  make([]float32, nc),
-		dir:     make([]float32, nc*h),
 		lam:     make([]float32, nc),
 	}
 	for c := range nc {
@@ -159,6 +187,10 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	}
 	mu := make([]float64, h)
 	dv := make([]float64, h)
+	mean := make([]float32, nc*h) // then rounded as stored in dirs
+	dir := make([]float32, h)
+	ix.dirs = make([]int16, 2*nc*ix.h8)
+	ix.dirScale = make([]float32, 2*nc)
 	for c := range nc {
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		// Bias weights relative to the cluster's largest bias.
@@ -184,17 +216,23 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 			}
 		}
 		for d := range h {
-			ix.mean[c*h+d] = float32(mu[d] / mass)
+			mean[c*h+d] = float32(mu[d] / mass)
 		}
 		ix.logMass[c] = bmax + float32(math.Log(mass))
 		// The deviations' main direction v and its variance λ, by power
 		// iteration on their weighted covariance; the rest isotropic.
-		v := ix.dir[c*h : (c+1)*h]
-		lam := ix.principal(lo, hi, bmax, mass, ix.mean[c*h:(c+1)*h], v, dv)
+		mc := mean[c*h : (c+1)*h]
+		lam := ix.principal(lo, hi, bmax, mass, mc, dir, dv)
 		ix.lam[c] = float32(0.5 * lam)
 		ix.spread[c] = float32(0.5 * max(dev/mass-lam, 0) / float64(max(h-1, 1)))
+		m16 := ix.dirs[2*c*ix.h8 : 2*c*ix.h8+h]
+		ix.dirScale[2*c] = quantizeI16(m16, mc)
+		ix.dirScale[2*c+1] = quantizeI16(ix.dirs[(2*c+1)*ix.h8:(2*c+1)*ix.h8+h], dir)
+		for d, q := range m16 {
+			mc[d] = float32(q) * ix.dirScale[2*c]
+		}
 	}
-	ix.quantize()
+	ix.quantize(mean)
 	maxSize := 0
 	for c := range nc {
 		maxSize = max(maxSize, int(ix.start[c+1]-ix.start[c]))
@@ -202,7 +240,10 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	ix.scratch.New = func() any {
 		return &clusterScratch{
 			est:   make([]float32, nc),
-			proj:  make([]float32, nc),
+			unc:   make([]float32, nc),
+			mh:    make([]float32, nc),
+			dots:  make([]float32, 2*nc),
+			xf:    make([]float32, ix.h8),
 			order: make([]int32, 0, nc),
 			xq:    make([]int16, ix.hp),
 			acc:   make([]int32, maxSize),
@@ -261,23 +302,30 @@ func (ix *clusterIndex) row(j int) []float32 {
 	return ix.w[i*ix.h : (i+1)*ix.h]
 }
 
-// quantize fills q and qscale: each row scaled so that its largest
-// magnitude is 127, rounded to int8, zero-padded to hp.
-func (ix *clusterIndex) quantize() {
+// quantize fills q and qscale: each row's deviation from its cluster's
+// mean (means, [C, H]), scaled so that its largest magnitude is 127, rounded to int8,
+// zero-padded to hp. Rows lie close to their cluster's mean, so the
+// deviations quantize far finer than the rows would.
+func (ix *clusterIndex) quantize(means []float32) {
 	ix.q = make([]int8, ix.v*ix.hp)
 	ix.qscale = make([]float32, ix.v)
-	for j := range ix.v {
-		var amax float32
-		for _, x := range ix.row(j) {
-			amax = max(amax, float32(math.Abs(float64(x))))
-		}
-		if amax == 0 {
-			continue
-		}
-		ix.qscale[j] = amax / 127
-		inv := 127 / amax
-		for d, x := range ix.row(j) {
-			ix.q[j*ix.hp+d] = int8(math.Round(float64(x * inv)))
+	dev := make([]float32, ix.h)
+	for c := range ix.clusters() {
+		mean := means[c*ix.h : (c+1)*ix.h]
+		for j := int(ix.start[c]); j < int(ix.start[c+1]); j++ {
+			var amax float32
+			for d, x := range ix.row(j) {
+				dev[d] = x - mean[d]
+				amax = max(amax, float32(math.Abs(float64(dev[d]))))
+			}
+			if amax == 0 {
+				continue
+			}
+			ix.qscale[j] = amax / 127
+			inv := 127 / amax
+			for d, x := range dev {
+				ix.q[j*ix.hp+d] = int8(math.Round(float64(x * inv)))
+			}
 		}
 	}
 }
@@ -474,7 +522,7 @@ func bisect(w []float32, h int, rows []int32) []int32 {
 
 // bytes is the memory the index holds.
 func (ix *clusterIndex) bytes() int64 {
-	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.mean)+len(ix.logMass)+len(ix.spread)+len(ix.dir)+len(ix.lam))
+	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.dirScale)+len(ix.logMass)+len(ix.spread)+len(ix.lam)) + 2*int64(len(ix.dirs))
 }
 
 // clusters is the number of clusters.
@@ -496,28 +544,35 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	for _, v := range x {
 		xx += v * v
 	}
-	est, proj := s.est, s.proj
-	gemv(nc, h, ix.mean, h, x, est)
-	gemv(nc, h, ix.dir, h, x, proj)
+	est := s.est
+	copy(s.xf, x)
+	gemvI16(2*nc, ix.h8, ix.dirs, ix.dirScale, s.xf, s.dots)
 	top := float32(math.Inf(-1))
 	for c := range est {
-		p2 := proj[c] * proj[c]
-		est[c] += ix.logMass[c] + ix.lam[c]*p2 + ix.spread[c]*(xx-p2)
+		mh, p := s.dots[2*c], s.dots[2*c+1]
+		p2 := p * p
+		q := ix.lam[c]*p2 + ix.spread[c]*(xx-p2) // ½s²
+		s.unc[c] = float32(ix.uncBase + ix.uncSpread*2*float64(q))
+		s.mh[c] = mh
+		est[c] = mh + ix.logMass[c] + q
 		top = max(top, est[c])
 	}
 	// Shares of the estimated normaliser, relative to the largest cluster.
-	// Clusters below probTol/(estError·nc) of it are never scored: an
-	// error of estError in their total moves no probability by more than
-	// probTol, and none could hold a hint.
+	// Clusters below probTol/(clusterNeglect·nc) of it are never scored:
+	// an error of clusterNeglect in their total moves no probability by
+	// more than probTol, and none could hold a hint.
 	expSum(est, est, top)
-	cut := float32(ix.probTol / (ix.estError * float64(nc)))
+	cut := float32(ix.probTol / (clusterNeglect * float64(nc)))
 	s.order = s.order[:0]
-	var rest float64 // estimated mass of the clusters not scored
+	var rest float64    // estimated mass of the clusters not scored
+	var restVar float64 // variance of its error
 	for c, e := range est {
 		if e >= cut {
 			s.order = append(s.order, int32(c))
 		}
 		rest += float64(e)
+		u := float64(s.unc[c] * e)
+		restVar += u * u
 	}
 	// Clusters come off a max-heap of their estimates: only the few
 	// scored are ordered.
@@ -530,24 +585,28 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	rows := 0
 	for len(s.order) > 0 {
 		c := s.order[0]
-		if ix.enough(s.cands, k, threshold, top, mass, rest, est[c]) {
+		if ix.enough(s.cands, k, threshold, top, mass, rest, restVar, est[c]) {
 			break
 		}
 		s.order = heapPop(s.order, est)
 		rest -= float64(est[c])
+		u := float64(s.unc[c] * est[c])
+		restVar = max(0, restVar-u*u)
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		n := hi - lo
 		rows += n
-		acc := s.acc[:n]
-		dotI8(ix.q[lo*ix.hp:hi*ix.hp], n, ix.hp, xq, acc)
-		logit := growF(&s.logit, n)
-		mx := float32(math.Inf(-1))
-		for j, a := range acc {
-			logit[j] = float32(a)*ix.qscale[lo+j]*inv + ix.bias[lo+j]
-			mx = max(mx, logit[j])
+		if len(s.order) > 0 {
+			// The next cluster's rows, on their way while these are scored.
+			nx := s.order[0]
+			prefetchAsm(ix.q[int(ix.start[nx])*ix.hp : int(ix.start[nx+1])*ix.hp])
 		}
+		logit := growF(&s.logit, n)
+		mx := logitsI8(ix.q[lo*ix.hp:hi*ix.hp], n, ix.hp, xq, ix.qscale[lo:hi], ix.bias[lo:hi], inv, s.mh[c], logit, s.acc)
 		sum := expSum(growF(&s.ex, n), logit, mx)
 		mass += float64(sum) * math.Exp(float64(mx-top))
+		if len(s.cands) == m && mx < s.cands[m-1].logit {
+			continue
+		}
 		for j, l := range logit {
 			if len(s.cands) < m || l >= s.cands[m-1].logit {
 				s.cands = keepTop(s.cands, m, scored{logit: l, pos: int32(lo + j)})
@@ -621,9 +680,9 @@ func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, floa
 // no cluster left could hold a hint (its estimated share of the normaliser,
 // next for the largest one, is below hintMargin times less than the
 // threshold and the k-th hint), and the error of the estimate of the rest,
-// estError of it, moves no hint's probability by more than probTol. Masses
-// are relative to exp(top).
-func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, exact, rest float64, next float32) bool {
+// uncZ times its standard deviation √restVar, moves no hint's probability
+// by more than probTol. Masses are relative to exp(top).
+func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, exact, rest, restVar float64, next float32) bool {
 	z := exact + rest
 	if len(hints) == 0 {
 		return false
@@ -636,7 +695,7 @@ func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, ex
 		return false
 	}
 	pTop := math.Exp(float64(hints[0].logit-top)) / z
-	return ix.estError*rest*pTop <= ix.probTol*z
+	return ix.uncZ*math.Sqrt(restVar)*pTop <= ix.probTol*z
 }
 
 // heapInit orders h as a max-heap of key[h[i]], ties to the lower index.

@@ -1,6 +1,8 @@
 package model
 
 import (
+	"math"
+
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
 )
@@ -130,4 +132,70 @@ func dotI8(a []int8, n, h int, x []int16, out []int32) {
 		}
 		out[i] = s
 	}
+}
+
+// logitsI8 sets out[i] = float32(dot(row i of a, x))·(scale[i]·inv) +
+// bias[i] + off for the n rows of a (n rows of h int8, h a multiple of 16, as
+// dotI8) and returns the largest out[i] (n > 0). acc is scratch of n
+// int32: the kernel's rows four at a time need none, the remainder does.
+func logitsI8(a []int8, n, h int, x []int16, scale, bias []float32, inv, off float32, out []float32, acc []int32) float32 {
+	_ = a[n*h-1]
+	_ = x[h-1]
+	_ = scale[n-1]
+	_ = bias[n-1]
+	_ = out[n-1]
+	done, mx := logitsI8Asm(a, n, h, x, scale, bias, inv, off, out)
+	if done == 0 {
+		mx = float32(math.Inf(-1))
+	}
+	if rest := n - done; rest > 0 {
+		dotI8(a[done*h:n*h], rest, h, x, acc[:rest])
+		for j, s := range acc[:rest] {
+			l := float32(s)*(scale[done+j]*inv) + bias[done+j] + off
+			out[done+j] = l
+			mx = max(mx, l)
+		}
+	}
+	return mx
+}
+
+// gemvI16 computes y = A·x for the m×n row-major A stored as int16 with
+// one scale per row: y[i] = scale[i]·Σ_j a[i*n+j]·x[j]. Half the bytes of
+// float32 rows, to 2^-15 of each row's largest value.
+func gemvI16(m, n int, a []int16, scale, x, y []float32) {
+	if m == 0 {
+		return
+	}
+	_ = a[m*n-1]
+	_ = scale[m-1]
+	_ = x[n-1]
+	_ = y[m-1]
+	if gemvI16Asm(m, n, a, scale, x, y) {
+		return
+	}
+	for i := range m {
+		var s float32
+		for j, v := range a[i*n : (i+1)*n] {
+			s += float32(v) * x[j]
+		}
+		y[i] = scale[i] * s
+	}
+}
+
+// quantizeI16 rounds row to int16 with one scale, its largest magnitude
+// to 32767, into dst, and returns the scale (0 for a zero row).
+func quantizeI16(dst []int16, row []float32) float32 {
+	var amax float32
+	for _, x := range row {
+		amax = max(amax, float32(math.Abs(float64(x))))
+	}
+	if amax == 0 {
+		clear(dst)
+		return 0
+	}
+	inv := math.MaxInt16 / amax
+	for d, x := range row {
+		dst[d] = int16(math.Round(float64(x * inv)))
+	}
+	return amax / math.MaxInt16
 }

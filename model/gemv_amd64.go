@@ -200,15 +200,45 @@ func dotI8Asm(a []int8, n, h int, x []int16, out []int32) bool {
 	if !cpu.X86.HasAVX2 {
 		return false
 	}
-	n4 := n &^ 3
-	if n4 > 0 {
-		dotI84AVX2(&a[0], n4, h, &x[0], &out[0])
-	}
-	if n4 < n {
-		dotI8AVX2(&a[n4*h], n-n4, h, &x[0], &out[n4])
-	}
+	dotI8AVX2(&a[0], n, h, &x[0], &out[0])
 	return true
 }
 
 //go:noescape
-func dotI84AVX2(a *int8, n, h int, x *int16, out *int32)
+func logitsI8AVX2(a *int8, n, h int, x *int16, scale, bias *float32, inv, off float32, out *float32) float32
+
+// logitsI8Asm sets out[i] = dot(row i of a, x)·scale[i]·inv + bias[i] + off for
+// the first n rounded down to a multiple of 4 rows (a as in dotI8), and
+// returns how many it set and their largest value; 0 rows when the CPU has
+// no AVX2 and FMA.
+func logitsI8Asm(a []int8, n, h int, x []int16, scale, bias []float32, inv, off float32, out []float32) (int, float32) {
+	n4 := n &^ 3
+	if n4 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0, 0
+	}
+	mx := logitsI8AVX2(&a[0], n4, h, &x[0], &scale[0], &bias[0], inv, off, &out[0])
+	return n4, mx
+}
+
+//go:noescape
+func prefetchAVX2(p *int8, n int)
+
+// prefetchAsm asks for a to be brought into the cache.
+func prefetchAsm(a []int8) {
+	if len(a) > 0 {
+		prefetchAVX2(&a[0], len(a))
+	}
+}
+
+//go:noescape
+func gemvI16AVX2(m, n int, a *int16, scale *float32, x *float32, y *float32)
+
+// gemvI16Asm is gemvI16 for n a multiple of 8 and reports whether it
+// could (CPU support).
+func gemvI16Asm(m, n int, a []int16, scale, x, y []float32) bool {
+	if n%8 != 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return false
+	}
+	gemvI16AVX2(m, n, &a[0], &scale[0], &x[0], &y[0])
+	return true
+}

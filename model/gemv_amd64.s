@@ -1,5 +1,14 @@
 #include "textflag.h"
 
+// Y0 to Y3 zeroed: the accumulators of four rows.
+#define ZERO4 VXORPS Y0, Y0, Y0; VXORPS Y1, Y1, Y1; VXORPS Y2, Y2, Y2; VXORPS Y3, Y3, Y3
+
+// R11 to R14 point at four rows from base, stride bytes apart.
+#define ROWS4(base, stride) MOVQ base, R11; LEAQ (R11)(stride*1), R12; LEAQ (R12)(stride*1), R13; LEAQ (R13)(stride*1), R14
+
+// X0 holds the horizontal sums of Y0 to Y3, in order.
+#define HSUM4 VHADDPS Y1, Y0, Y0; VHADDPS Y3, Y2, Y2; VHADDPS Y2, Y0, Y0; VEXTRACTF128 $1, Y0, X1; VADDPS X1, X0, X0
+
 // func gemvAVX2(m, n int, a *float32, lda int, x *float32, y *float32)
 // y[i] = sum over j < n of a[i*lda+j] * x[j], for i < m. n must be a
 // multiple of 8 (the caller adds the remaining columns).
@@ -16,14 +25,8 @@ TEXT ·gemvAVX2(SB), NOSPLIT, $0-48
 rows4:
 	CMPQ R8, $4
 	JL   rows1
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	MOVQ SI, R11
-	LEAQ (R11)(R10*1), R12
-	LEAQ (R12)(R10*1), R13
-	LEAQ (R13)(R10*1), R14
+	ZERO4
+	ROWS4(SI, R10)
 	XORQ CX, CX
 
 cols4:
@@ -38,11 +41,7 @@ cols4:
 	JMP         cols4
 
 sum4:
-	VHADDPS      Y1, Y0, Y0
-	VHADDPS      Y3, Y2, Y2
-	VHADDPS      Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
+	HSUM4
 	VMOVUPS      X0, (DX)
 	LEAQ         (SI)(R10*4), SI
 	ADDQ         $16, DX
@@ -469,31 +468,40 @@ i8done:
 	VZEROUPPER
 	RET
 
-// func dotI84AVX2(a *int8, n, h int, x *int16, out *int32)
-// dotI8AVX2 for n a multiple of 4: four rows at a time, each load of x
-// shared by the four.
-TEXT ·dotI84AVX2(SB), NOSPLIT, $0-40
-	MOVQ a+0(FP), SI
-	MOVQ n+8(FP), CX
-	MOVQ h+16(FP), DX
-	MOVQ x+24(FP), DI
-	MOVQ out+32(FP), R8
-	LEAQ (SI)(DX*1), R10
-	LEAQ (R10)(DX*1), R11
-	LEAQ (R11)(DX*1), R12
-	MOVQ DX, R13
-	SHLQ $2, R13
+// func logitsI8AVX2(a *int8, n, h int, x *int16, scale, bias *float32, inv, off float32, out *float32) float32
+// out[i] = float32(sum over j < h of a[i*h+j] * x[j]) * scale[i] * inv +
+// bias[i] + off for i < n (n a positive multiple of 4, h a multiple of
+// 16), four rows at a time, each load of x shared by the four; returns
+// the largest out[i].
+TEXT ·logitsI8AVX2(SB), NOSPLIT, $0-68
+	MOVQ         a+0(FP), SI
+	MOVQ         n+8(FP), CX
+	MOVQ         h+16(FP), DX
+	MOVQ         x+24(FP), DI
+	MOVQ         scale+32(FP), R14
+	MOVQ         bias+40(FP), R15
+	VBROADCASTSS inv+48(FP), X15
+	VBROADCASTSS off+52(FP), X13
+	MOVQ         out+56(FP), R8
+	LEAQ         (SI)(DX*1), R10
+	LEAQ         (R10)(DX*1), R11
+	LEAQ         (R11)(DX*1), R12
+	MOVQ         DX, R13
+	SHLQ         $2, R13
+	VPCMPEQD     X14, X14, X14 // running max, from -inf
+	VPSLLD       $23, X14, X14 // 0xff800000 = -inf
+	XORQ         BX, BX
 
-q4row:
+l4row:
 	CMPQ  CX, $4
-	JL    q4done
+	JL    l4done
 	VPXOR Y0, Y0, Y0
 	VPXOR Y1, Y1, Y1
 	VPXOR Y2, Y2, Y2
 	VPXOR Y3, Y3, Y3
 	XORQ  R9, R9
 
-q4inner:
+l4inner:
 	VMOVDQU   (DI)(R9*2), Y4
 	VPMOVSXBW (SI)(R9*1), Y5
 	VPMADDWD  Y4, Y5, Y5
@@ -509,22 +517,140 @@ q4inner:
 	VPADDD    Y8, Y3, Y3
 	ADDQ      $16, R9
 	CMPQ      R9, DX
-	JLT       q4inner
+	JLT       l4inner
 
 	VPHADDD      Y1, Y0, Y0
 	VPHADDD      Y3, Y2, Y2
 	VPHADDD      Y2, Y0, Y0
 	VEXTRACTI128 $1, Y0, X1
 	VPADDD       X1, X0, X0
-	VMOVDQU      X0, (R8)
+	VCVTDQ2PS    X0, X0
+	VMULPS       (R14)(BX*4), X15, X1 // scale * inv
+	VFMADD213PS  (R15)(BX*4), X1, X0  // sum * scale * inv + bias
+	VADDPS       X13, X0, X0
+	VMOVUPS      X0, (R8)(BX*4)
+	VMAXPS       X0, X14, X14
 	ADDQ         R13, SI
 	ADDQ         R13, R10
 	ADDQ         R13, R11
 	ADDQ         R13, R12
-	ADDQ         $16, R8
+	ADDQ         $4, BX
 	SUBQ         $4, CX
-	JMP          q4row
+	JMP          l4row
 
-q4done:
+l4done:
+	VPERMILPS $0x4e, X14, X1
+	VMAXPS    X1, X14, X14
+	VPERMILPS $0xb1, X14, X1
+	VMAXPS    X1, X14, X14
+	VMOVSS    X14, ret+64(FP)
+	VZEROUPPER
+	RET
+
+// func prefetchAVX2(p *int8, n int)
+// Asks for the n bytes from p to be brought into the cache, one
+// PREFETCHT0 per 64-byte line.
+TEXT ·prefetchAVX2(SB), NOSPLIT, $0-16
+	MOVQ p+0(FP), SI
+	MOVQ n+8(FP), CX
+	ADDQ SI, CX
+
+pfloop:
+	CMPQ       SI, CX
+	JGE        pfdone
+	PREFETCHT0 (SI)
+	ADDQ       $64, SI
+	JMP        pfloop
+
+pfdone:
+	RET
+
+// func gemvI16AVX2(m, n int, a *int16, scale *float32, x *float32, y *float32)
+// y[i] = scale[i] * sum over j < n of float32(a[i*n+j]) * x[j], for i < m
+// (n a multiple of 8): a matrix stored as int16 with one scale per row,
+// four rows at a time.
+TEXT ·gemvI16AVX2(SB), NOSPLIT, $0-48
+	MOVQ m+0(FP), R8
+	MOVQ n+8(FP), BX
+	MOVQ a+16(FP), SI
+	MOVQ scale+24(FP), R15
+	MOVQ x+32(FP), DI
+	MOVQ y+40(FP), DX
+	MOVQ BX, R10
+	SHLQ $1, R10 // bytes per row of a
+	SHLQ $2, BX  // bytes of x
+
+w4rows:
+	CMPQ   R8, $4
+	JL     w1rows
+	ZERO4
+	ROWS4(SI, R10)
+	XORQ CX, CX
+
+w4cols:
+	CMPQ        CX, BX
+	JGE         w4sum
+	VMOVUPS     (DI)(CX*1), Y4
+	VPMOVSXWD   (R11), Y5
+	VCVTDQ2PS   Y5, Y5
+	VFMADD231PS Y5, Y4, Y0
+	VPMOVSXWD   (R12), Y6
+	VCVTDQ2PS   Y6, Y6
+	VFMADD231PS Y6, Y4, Y1
+	VPMOVSXWD   (R13), Y7
+	VCVTDQ2PS   Y7, Y7
+	VFMADD231PS Y7, Y4, Y2
+	VPMOVSXWD   (R14), Y8
+	VCVTDQ2PS   Y8, Y8
+	VFMADD231PS Y8, Y4, Y3
+	ADDQ        $16, R11
+	ADDQ        $16, R12
+	ADDQ        $16, R13
+	ADDQ        $16, R14
+	ADDQ        $32, CX
+	JMP         w4cols
+
+w4sum:
+	HSUM4
+	VMULPS       (R15), X0, X0
+	VMOVUPS      X0, (DX)
+	LEAQ         (SI)(R10*4), SI
+	ADDQ         $16, R15
+	ADDQ         $16, DX
+	SUBQ         $4, R8
+	JMP          w4rows
+
+w1rows:
+	CMPQ   R8, $0
+	JLE    w1done
+	VXORPS Y0, Y0, Y0
+	MOVQ   SI, R11
+	XORQ   CX, CX
+
+w1cols:
+	CMPQ        CX, BX
+	JGE         w1sum
+	VMOVUPS     (DI)(CX*1), Y4
+	VPMOVSXWD   (R11), Y5
+	VCVTDQ2PS   Y5, Y5
+	VFMADD231PS Y5, Y4, Y0
+	ADDQ        $16, R11
+	ADDQ        $32, CX
+	JMP         w1cols
+
+w1sum:
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VHADDPS      X0, X0, X0
+	VHADDPS      X0, X0, X0
+	VMULSS       (R15), X0, X0
+	VMOVSS       X0, (DX)
+	ADDQ         R10, SI
+	ADDQ         $4, R15
+	ADDQ         $4, DX
+	DECQ         R8
+	JMP          w1rows
+
+w1done:
 	VZEROUPPER
 	RET
