@@ -99,13 +99,12 @@ type clusterIndex struct {
 	bias                                          []float32 // [V] in cluster order
 	page                                          []int32   // cluster order -> vocabulary index
 	start                                         []int32   // cluster c holds rows start[c] to start[c+1]
-	// dirs holds two rows of H8 per cluster, in int16 with one scale
-	// each (dirScale): its bias-weighted mean row μ (rounded so: the rows'
-	// deviations in q are from the rounded μ, so that μ·h read from here
-	// is their logits' offset) and the main direction v of the deviations.
+	// dirs holds rows of hp int16 with one scale each (dirScale): the C
+	// clusters' bias-weighted mean rows μ (rounded so: the rows' deviations
+	// in q are from the rounded μ, so that μ·h read from here is their
+	// logits' offset), then their main directions v of the deviations.
 	dirs     []int16
 	dirScale []float32
-	h8       int       // H rounded up to 8
 	logMass  []float32 // log Σ exp(b_i) over the cluster
 	spread   []float32 // ½ · mean squared deviation per dimension, off dir
 	lam      []float32 // ½ · variance along dir
@@ -115,13 +114,11 @@ type clusterIndex struct {
 // clusterScratch is the per-call working memory of a clustered scoring.
 type clusterScratch struct {
 	est   []float32 // per cluster: estimated log mass, then exp(est - max)
-	mh    []float32 // per cluster: mean·x, the offset of its rows' logits
 	unc   []float32 // per cluster: relative error of est
-	dots  []float32 // per cluster: μ·x and v·x
-	xf    []float32 // x zero-padded to H8
+	dots  []float32 // μ·x of each cluster (the offset of its rows' logits), then v·x
 	logit []float32 // logits of one cluster's rows
 	ex    []float32 // exp of one cluster's logits
-	order []int32   // clusters to consider, largest estimate first
+	order []uint64  // clusters to consider (clusterKey), a max-heap
 	cands []scored  // top candidates so far, by quantized logit
 	xq    []int16   // the hidden vector, quantized
 	acc   []int32   // int32 dot products of one cluster's rows
@@ -163,7 +160,6 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		hintMargin: clusterHintMargin, probTol: clusterProbTol,
 		uncBase: clusterUncBase, uncSpread: clusterUncSpread, uncZ: clusterUncZ,
 		hp:      (h + 15) &^ 15,
-		h8:      (h + 7) &^ 7,
 		w:       w,
 		bias:    make([]float32, v),
 		page:    make([]int32, v),
@@ -189,7 +185,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	dv := make([]float64, h)
 	mean := make([]float32, nc*h) // then rounded as stored in dirs
 	dir := make([]float32, h)
-	ix.dirs = make([]int16, 2*nc*ix.h8)
+	ix.dirs = make([]int16, 2*nc*ix.hp)
 	ix.dirScale = make([]float32, 2*nc)
 	for c := range nc {
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
@@ -225,11 +221,11 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		lam := ix.principal(lo, hi, bmax, mass, mc, dir, dv)
 		ix.lam[c] = float32(0.5 * lam)
 		ix.spread[c] = float32(0.5 * max(dev/mass-lam, 0) / float64(max(h-1, 1)))
-		m16 := ix.dirs[2*c*ix.h8 : 2*c*ix.h8+h]
-		ix.dirScale[2*c] = quantizeI16(m16, mc)
-		ix.dirScale[2*c+1] = quantizeI16(ix.dirs[(2*c+1)*ix.h8:(2*c+1)*ix.h8+h], dir)
+		m16 := ix.dirs[c*ix.hp : c*ix.hp+h]
+		ix.dirScale[c] = quantizeI16(m16, mc)
+		ix.dirScale[nc+c] = quantizeI16(ix.dirs[(nc+c)*ix.hp:(nc+c)*ix.hp+h], dir)
 		for d, q := range m16 {
-			mc[d] = float32(q) * ix.dirScale[2*c]
+			mc[d] = float32(q) * ix.dirScale[c]
 		}
 	}
 	ix.quantize(mean)
@@ -241,10 +237,8 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		return &clusterScratch{
 			est:   make([]float32, nc),
 			unc:   make([]float32, nc),
-			mh:    make([]float32, nc),
 			dots:  make([]float32, 2*nc),
-			xf:    make([]float32, ix.h8),
-			order: make([]int32, 0, nc),
+			order: make([]uint64, 0, nc),
 			xq:    make([]int16, ix.hp),
 			acc:   make([]int32, maxSize),
 			cands: make([]scored, 0, clusterRescore+1),
@@ -544,19 +538,11 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	for _, v := range x {
 		xx += v * v
 	}
+	// x quantized to int16 for the int16 means and directions and the
+	// int8 rows.
+	xq, inv := ix.quantizeX(x, s)
 	est := s.est
-	copy(s.xf, x)
-	gemvI16(2*nc, ix.h8, ix.dirs, ix.dirScale, s.xf, s.dots)
-	top := float32(math.Inf(-1))
-	for c := range est {
-		mh, p := s.dots[2*c], s.dots[2*c+1]
-		p2 := p * p
-		q := ix.lam[c]*p2 + ix.spread[c]*(xx-p2) // ½s²
-		s.unc[c] = float32(ix.uncBase + ix.uncSpread*2*float64(q))
-		s.mh[c] = mh
-		est[c] = mh + ix.logMass[c] + q
-		top = max(top, est[c])
-	}
+	top := ix.estimate(s, xq, inv, xx)
 	// Shares of the estimated normaliser, relative to the largest cluster.
 	// Clusters below probTol/(clusterNeglect·nc) of it are never scored:
 	// an error of clusterNeglect in their total moves no probability by
@@ -568,7 +554,7 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	var restVar float64 // variance of its error
 	for c, e := range est {
 		if e >= cut {
-			s.order = append(s.order, int32(c))
+			s.order = append(s.order, clusterKey(e, c))
 		}
 		rest += float64(e)
 		u := float64(s.unc[c] * e)
@@ -576,32 +562,25 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	}
 	// Clusters come off a max-heap of their estimates: only the few
 	// scored are ordered.
-	heapInit(s.order, est)
-	// x quantized to int16 for the int8 rows.
-	xq, inv := ix.quantizeX(x, s)
+	heapInit(s.order)
 	m := max(k, clusterRescore)
 	var mass float64 // mass of the scored clusters, relative to exp(top)
 	s.cands = s.cands[:0]
 	rows := 0
 	for len(s.order) > 0 {
-		c := s.order[0]
+		c := keyCluster(s.order[0])
 		if ix.enough(s.cands, k, threshold, top, mass, rest, restVar, est[c]) {
 			break
 		}
-		s.order = heapPop(s.order, est)
+		s.order = heapPop(s.order)
 		rest -= float64(est[c])
 		u := float64(s.unc[c] * est[c])
 		restVar = max(0, restVar-u*u)
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		n := hi - lo
 		rows += n
-		if len(s.order) > 0 {
-			// The next cluster's rows, on their way while these are scored.
-			nx := s.order[0]
-			prefetchAsm(ix.q[int(ix.start[nx])*ix.hp : int(ix.start[nx+1])*ix.hp])
-		}
 		logit := growF(&s.logit, n)
-		mx := logitsI8(ix.q[lo*ix.hp:hi*ix.hp], n, ix.hp, xq, ix.qscale[lo:hi], ix.bias[lo:hi], inv, s.mh[c], logit, s.acc)
+		mx := logitsI8(ix.q[lo*ix.hp:hi*ix.hp], n, ix.hp, xq, ix.qscale[lo:hi], ix.bias[lo:hi], inv, s.dots[c], logit, s.acc)
 		sum := expSum(growF(&s.ex, n), logit, mx)
 		mass += float64(sum) * math.Exp(float64(mx-top))
 		if len(s.cands) == m && mx < s.cands[m-1].logit {
@@ -656,6 +635,27 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	return dst, rows
 }
 
+// estimate is step 1 of topK for the hidden vector xq·inv (xx its
+// squared norm): it sets s.dots, the estimated log mass of every cluster
+// (s.est) and its relative error (s.unc), and returns the largest estimate.
+func (ix *clusterIndex) estimate(s *clusterScratch, xq []int16, inv, xx float32) float32 {
+	nc := len(ix.logMass)
+	gemvI16(2*nc, ix.hp, ix.dirs, xq, ix.dirScale, inv, s.dots)
+	ua, ub := float32(ix.uncBase), float32(2*ix.uncSpread)
+	done, top := estAsm(nc, s.dots, ix.lam, ix.spread, ix.logMass, xx, ua, ub, s.est, s.unc)
+	if done == 0 {
+		top = float32(math.Inf(-1))
+	}
+	for c := done; c < nc; c++ {
+		p2 := s.dots[nc+c] * s.dots[nc+c]
+		q := ix.lam[c]*p2 + ix.spread[c]*(xx-p2) // ½s²
+		s.unc[c] = ua + ub*q
+		s.est[c] = s.dots[c] + ix.logMass[c] + q
+		top = max(top, s.est[c])
+	}
+	return top
+}
+
 // quantizeX returns x scaled to int16 (zero-padded to hp, in s) and the
 // inverse of the scale. The scale keeps hp·127·max|xq| within int32.
 func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, float32) {
@@ -698,43 +698,48 @@ func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, ex
 	return ix.uncZ*math.Sqrt(restVar)*pTop <= ix.probTol*z
 }
 
-// heapInit orders h as a max-heap of key[h[i]], ties to the lower index.
-func heapInit(h []int32, key []float32) {
+// clusterKey orders cluster c by its estimate e (not negative) as an
+// integer: larger e first, ties to the lower index. The bits of positive
+// float32s order as the floats do.
+func clusterKey(e float32, c int) uint64 {
+	return uint64(math.Float32bits(e))<<32 | uint64(^uint32(c))
+}
+
+// keyCluster is the cluster of a clusterKey.
+func keyCluster(key uint64) int32 { return int32(^uint32(key)) }
+
+// heapInit orders h as a max-heap.
+func heapInit(h []uint64) {
 	for i := len(h)/2 - 1; i >= 0; i-- {
-		siftDown(h, i, key)
+		siftDown(h, i)
 	}
 }
 
 // heapPop removes the top of the max-heap h and returns the shorter heap.
-func heapPop(h []int32, key []float32) []int32 {
+func heapPop(h []uint64) []uint64 {
 	n := len(h) - 1
 	h[0] = h[n]
 	h = h[:n]
-	siftDown(h, 0, key)
+	siftDown(h, 0)
 	return h
 }
 
-func siftDown(h []int32, i int, key []float32) {
+func siftDown(h []uint64, i int) {
 	for {
 		l := 2*i + 1
 		if l >= len(h) {
 			return
 		}
 		c := l
-		if r := l + 1; r < len(h) && above(h[r], h[l], key) {
+		if r := l + 1; r < len(h) && h[r] > h[l] {
 			c = r
 		}
-		if !above(h[c], h[i], key) {
+		if h[c] <= h[i] {
 			return
 		}
 		h[i], h[c] = h[c], h[i]
 		i = c
 	}
-}
-
-// above orders the heap: larger key first, ties to the lower index.
-func above(a, b int32, key []float32) bool {
-	return key[a] > key[b] || key[a] == key[b] && a < b
 }
 
 // keepTop inserts c into top (at most k entries, highest logit first, ties

@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"slices"
 	"testing"
@@ -42,22 +43,21 @@ func clusterMasses(ix *clusterIndex, x []float32) (exact, est, unc []float64) {
 	nc := ix.clusters()
 	s := ix.scratch.Get().(*clusterScratch)
 	defer ix.scratch.Put(s)
-	copy(s.xf, x)
-	gemvI16(2*nc, ix.h8, ix.dirs, ix.dirScale, s.xf, s.dots)
 	var xx float32
 	for _, v := range x {
 		xx += v * v
 	}
+	xq, inv := ix.quantizeX(x, s)
+	ix.estimate(s, xq, inv, xx)
 	logits := make([]float32, ix.v)
 	gemv(ix.v, ix.h, ix.w, ix.h, x, logits)
 	top := math.Inf(-1)
 	for c := range nc {
-		p2 := s.dots[2*c+1] * s.dots[2*c+1]
-		q := ix.lam[c]*p2 + ix.spread[c]*(xx-p2)
-		e := float64(s.dots[2*c] + ix.logMass[c] + q)
-		top = max(top, e)
-		est = append(est, e)
-		unc = append(unc, ix.uncBase+ix.uncSpread*2*float64(q))
+		top = max(top, float64(s.est[c]))
+	}
+	for c := range nc {
+		est = append(est, float64(s.est[c]))
+		unc = append(unc, float64(s.unc[c]))
 	}
 	exact = make([]float64, nc)
 	for c := range nc {
@@ -148,4 +148,64 @@ func cmpDesc(a, b float64) int {
 		return 1
 	}
 	return 0
+}
+
+// TestEstimate checks step 1 of the clustered scorer (the int16 products,
+// then the estimates and their errors, in blocks of eight and the rest)
+// against the formula in float64, for cluster counts with and without a
+// remainder.
+func TestEstimate(t *testing.T) {
+	const h = 32
+	for _, nc := range []int{8, 13, 24} {
+		t.Run(fmt.Sprint(nc), func(t *testing.T) {
+			w := lcgWeights(2*nc*h+3*nc+h, uint64(nc), 1)
+			ix := &clusterIndex{
+				h: h, hp: h, uncBase: 0.015, uncSpread: 0.055,
+				dirs:     make([]int16, 2*nc*h),
+				dirScale: make([]float32, 2*nc),
+				lam:      make([]float32, nc),
+				spread:   make([]float32, nc),
+				logMass:  w[2*nc*h+2*nc : 2*nc*h+3*nc],
+			}
+			for r := range 2 * nc {
+				ix.dirScale[r] = quantizeI16(ix.dirs[r*h:(r+1)*h], w[r*h:(r+1)*h])
+			}
+			for c := range nc {
+				ix.lam[c] = w[2*nc*h+c] * w[2*nc*h+c]
+				ix.spread[c] = w[2*nc*h+nc+c] * w[2*nc*h+nc+c] / 10
+			}
+			x := w[len(w)-h:]
+			var xx float32
+			for _, v := range x {
+				xx += v * v
+			}
+			s := &clusterScratch{est: make([]float32, nc), unc: make([]float32, nc), dots: make([]float32, 2*nc), xq: make([]int16, h)}
+			xq, inv := ix.quantizeX(x, s)
+			top := ix.estimate(s, xq, inv, xx)
+			wantTop := math.Inf(-1)
+			for c := range nc {
+				dot := func(r int) float64 {
+					var d float64
+					for j := range h {
+						d += float64(ix.dirs[r*h+j]) * float64(ix.dirScale[r]) * float64(x[j])
+					}
+					return d
+				}
+				mh, p := dot(c), dot(nc+c)
+				q := float64(ix.lam[c])*p*p + float64(ix.spread[c])*(float64(xx)-p*p)
+				est := mh + float64(ix.logMass[c]) + q
+				unc := ix.uncBase + 2*ix.uncSpread*q
+				wantTop = max(wantTop, est)
+				if d := math.Abs(float64(s.est[c]) - est); d > 1e-4*(1+math.Abs(est)) {
+					t.Errorf("cluster %d: estimate %v, want %v", c, s.est[c], est)
+				}
+				if d := math.Abs(float64(s.unc[c]) - unc); d > 1e-4*(1+unc) {
+					t.Errorf("cluster %d: error %v, want %v", c, s.unc[c], unc)
+				}
+			}
+			if d := math.Abs(float64(top) - wantTop); d > 1e-3 {
+				t.Errorf("largest estimate %v, want %v", top, wantTop)
+			}
+		})
+	}
 }

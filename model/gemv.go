@@ -160,9 +160,11 @@ func logitsI8(a []int8, n, h int, x []int16, scale, bias []float32, inv, off flo
 }
 
 // gemvI16 computes y = A·x for the m×n row-major A stored as int16 with
-// one scale per row: y[i] = scale[i]·Σ_j a[i*n+j]·x[j]. Half the bytes of
-// float32 rows, to 2^-15 of each row's largest value.
-func gemvI16(m, n int, a []int16, scale, x, y []float32) {
+// one scale per row and x as int16 with one scale inv for all:
+// y[i] = scale[i]·inv·Σ_j a[i*n+j]·x[j]. a and x must lie within ±32767
+// (quantizeI16 and clusterIndex.quantizeX keep them so). Rows are half the
+// bytes of float32 ones and kept to 2^-15 of their largest value.
+func gemvI16(m, n int, a, x []int16, scale []float32, inv float32, y []float32) {
 	if m == 0 {
 		return
 	}
@@ -170,15 +172,15 @@ func gemvI16(m, n int, a []int16, scale, x, y []float32) {
 	_ = scale[m-1]
 	_ = x[n-1]
 	_ = y[m-1]
-	if gemvI16Asm(m, n, a, scale, x, y) {
+	if gemvI16Asm(m, n, a, x, scale, inv, y) {
 		return
 	}
 	for i := range m {
-		var s float32
+		var s int64
 		for j, v := range a[i*n : (i+1)*n] {
-			s += float32(v) * x[j]
+			s += int64(v) * int64(x[j])
 		}
-		y[i] = scale[i] * s
+		y[i] = float32(s) * scale[i] * inv
 	}
 }
 

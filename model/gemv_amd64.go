@@ -221,24 +221,28 @@ func logitsI8Asm(a []int8, n, h int, x []int16, scale, bias []float32, inv, off 
 }
 
 //go:noescape
-func prefetchAVX2(p *int8, n int)
+func gemvI16AVX2(m, n int, a *int16, x *int16, scale *float32, inv float32, y *float32)
 
-// prefetchAsm asks for a to be brought into the cache.
-func prefetchAsm(a []int8) {
-	if len(a) > 0 {
-		prefetchAVX2(&a[0], len(a))
+// gemvI16Asm is gemvI16 and reports whether it could (CPU support).
+func gemvI16Asm(m, n int, a, x []int16, scale []float32, inv float32, y []float32) bool {
+	if n%16 != 0 || !cpu.X86.HasAVX2 {
+		return false
 	}
+	gemvI16AVX2(m, n, &a[0], &x[0], &scale[0], inv, &y[0])
+	return true
 }
 
 //go:noescape
-func gemvI16AVX2(m, n int, a *int16, scale *float32, x *float32, y *float32)
+func estAVX2(n, half int, dots, lam, spread, logMass *float32, xx, ua, ub float32, est, unc *float32) float32
 
-// gemvI16Asm is gemvI16 for n a multiple of 8 and reports whether it
-// could (CPU support).
-func gemvI16Asm(m, n int, a []int16, scale, x, y []float32) bool {
-	if n%8 != 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
-		return false
+// estAsm is the vector part of clusterIndex.estimate: it sets the first
+// n rounded down to a multiple of 8 of the n clusters and returns how many
+// and the largest estimate among them; 0 when the CPU has no AVX2 and FMA.
+func estAsm(n int, dots, lam, spread, logMass []float32, xx, ua, ub float32, est, unc []float32) (int, float32) {
+	n8 := n &^ 7
+	if n8 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0, 0
 	}
-	gemvI16AVX2(m, n, &a[0], &scale[0], &x[0], &y[0])
-	return true
+	_ = dots[2*n-1]
+	return n8, estAVX2(n8, n, &dots[0], &lam[0], &spread[0], &logMass[0], xx, ua, ub, &est[0], &unc[0])
 }

@@ -547,96 +547,74 @@ l4done:
 	VZEROUPPER
 	RET
 
-// func prefetchAVX2(p *int8, n int)
-// Asks for the n bytes from p to be brought into the cache, one
-// PREFETCHT0 per 64-byte line.
-TEXT ·prefetchAVX2(SB), NOSPLIT, $0-16
-	MOVQ p+0(FP), SI
-	MOVQ n+8(FP), CX
-	ADDQ SI, CX
-
-pfloop:
-	CMPQ       SI, CX
-	JGE        pfdone
-	PREFETCHT0 (SI)
-	ADDQ       $64, SI
-	JMP        pfloop
-
-pfdone:
-	RET
-
-// func gemvI16AVX2(m, n int, a *int16, scale *float32, x *float32, y *float32)
-// y[i] = scale[i] * sum over j < n of float32(a[i*n+j]) * x[j], for i < m
-// (n a multiple of 8): a matrix stored as int16 with one scale per row,
-// four rows at a time.
-TEXT ·gemvI16AVX2(SB), NOSPLIT, $0-48
-	MOVQ m+0(FP), R8
-	MOVQ n+8(FP), BX
-	MOVQ a+16(FP), SI
-	MOVQ scale+24(FP), R15
-	MOVQ x+32(FP), DI
-	MOVQ y+40(FP), DX
-	MOVQ BX, R10
-	SHLQ $1, R10 // bytes per row of a
-	SHLQ $2, BX  // bytes of x
+// func gemvI16AVX2(m, n int, a *int16, x *int16, scale *float32, inv float32, y *float32)
+// y[i] = scale[i] * inv * sum over j < n of a[i*n+j] * x[j], for i < m
+// (n a multiple of 16): int16 rows with one scale each against an int16
+// vector, four rows at a time. Each VPMADDWD pair sum fits int32 (the
+// caller keeps a and x within ±32767) and is converted to float32 at once.
+TEXT ·gemvI16AVX2(SB), NOSPLIT, $0-56
+	MOVQ         m+0(FP), R8
+	MOVQ         n+8(FP), BX
+	MOVQ         a+16(FP), SI
+	MOVQ         x+24(FP), DI
+	MOVQ         scale+32(FP), R15
+	VBROADCASTSS inv+40(FP), X15
+	MOVQ         y+48(FP), DX
+	SHLQ         $1, BX // bytes per row of a and of x
+	MOVQ         BX, R10
 
 w4rows:
-	CMPQ   R8, $4
-	JL     w1rows
+	CMPQ R8, $4
+	JL   w1rows
 	ZERO4
 	ROWS4(SI, R10)
 	XORQ CX, CX
 
 w4cols:
-	CMPQ        CX, BX
-	JGE         w4sum
-	VMOVUPS     (DI)(CX*1), Y4
-	VPMOVSXWD   (R11), Y5
-	VCVTDQ2PS   Y5, Y5
-	VFMADD231PS Y5, Y4, Y0
-	VPMOVSXWD   (R12), Y6
-	VCVTDQ2PS   Y6, Y6
-	VFMADD231PS Y6, Y4, Y1
-	VPMOVSXWD   (R13), Y7
-	VCVTDQ2PS   Y7, Y7
-	VFMADD231PS Y7, Y4, Y2
-	VPMOVSXWD   (R14), Y8
-	VCVTDQ2PS   Y8, Y8
-	VFMADD231PS Y8, Y4, Y3
-	ADDQ        $16, R11
-	ADDQ        $16, R12
-	ADDQ        $16, R13
-	ADDQ        $16, R14
-	ADDQ        $32, CX
-	JMP         w4cols
+	CMPQ      CX, BX
+	JGE       w4sum
+	VMOVDQU   (DI)(CX*1), Y4
+	VPMADDWD  (R11)(CX*1), Y4, Y5
+	VCVTDQ2PS Y5, Y5
+	VADDPS    Y5, Y0, Y0
+	VPMADDWD  (R12)(CX*1), Y4, Y6
+	VCVTDQ2PS Y6, Y6
+	VADDPS    Y6, Y1, Y1
+	VPMADDWD  (R13)(CX*1), Y4, Y7
+	VCVTDQ2PS Y7, Y7
+	VADDPS    Y7, Y2, Y2
+	VPMADDWD  (R14)(CX*1), Y4, Y8
+	VCVTDQ2PS Y8, Y8
+	VADDPS    Y8, Y3, Y3
+	ADDQ      $32, CX
+	JMP       w4cols
 
 w4sum:
 	HSUM4
-	VMULPS       (R15), X0, X0
-	VMOVUPS      X0, (DX)
-	LEAQ         (SI)(R10*4), SI
-	ADDQ         $16, R15
-	ADDQ         $16, DX
-	SUBQ         $4, R8
-	JMP          w4rows
+	VMULPS  (R15), X0, X0
+	VMULPS  X15, X0, X0
+	VMOVUPS X0, (DX)
+	LEAQ    (SI)(R10*4), SI
+	ADDQ    $16, R15
+	ADDQ    $16, DX
+	SUBQ    $4, R8
+	JMP     w4rows
 
 w1rows:
 	CMPQ   R8, $0
 	JLE    w1done
 	VXORPS Y0, Y0, Y0
-	MOVQ   SI, R11
 	XORQ   CX, CX
 
 w1cols:
-	CMPQ        CX, BX
-	JGE         w1sum
-	VMOVUPS     (DI)(CX*1), Y4
-	VPMOVSXWD   (R11), Y5
-	VCVTDQ2PS   Y5, Y5
-	VFMADD231PS Y5, Y4, Y0
-	ADDQ        $16, R11
-	ADDQ        $32, CX
-	JMP         w1cols
+	CMPQ      CX, BX
+	JGE       w1sum
+	VMOVDQU   (DI)(CX*1), Y4
+	VPMADDWD  (SI)(CX*1), Y4, Y5
+	VCVTDQ2PS Y5, Y5
+	VADDPS    Y5, Y0, Y0
+	ADDQ      $32, CX
+	JMP       w1cols
 
 w1sum:
 	VEXTRACTF128 $1, Y0, X1
@@ -644,6 +622,7 @@ w1sum:
 	VHADDPS      X0, X0, X0
 	VHADDPS      X0, X0, X0
 	VMULSS       (R15), X0, X0
+	VMULSS       X15, X0, X0
 	VMOVSS       X0, (DX)
 	ADDQ         R10, SI
 	ADDQ         $4, R15
@@ -652,5 +631,57 @@ w1sum:
 	JMP          w1rows
 
 w1done:
+	VZEROUPPER
+	RET
+
+// func estAVX2(n, half int, dots, lam, spread, logMass *float32, xx, ua, ub float32, est, unc *float32) float32
+// For the first n clusters (n a positive multiple of 8), with m = dots[i]
+// (μ·h) and p = dots[half+i] (v·h): q = lam[i]·p² + spread[i]·(xx − p²),
+// est[i] = m + logMass[i] + q, unc[i] = ua + ub·q; returns the largest
+// est[i].
+TEXT ·estAVX2(SB), NOSPLIT, $0-84
+	MOVQ         n+0(FP), CX
+	MOVQ         half+8(FP), AX
+	MOVQ         dots+16(FP), SI
+	MOVQ         lam+24(FP), R9
+	MOVQ         spread+32(FP), R10
+	MOVQ         logMass+40(FP), R11
+	VBROADCASTSS xx+48(FP), Y13
+	VBROADCASTSS ua+52(FP), Y12
+	VBROADCASTSS ub+56(FP), Y11
+	MOVQ         est+64(FP), DI
+	MOVQ         unc+72(FP), DX
+	LEAQ         (SI)(AX*4), R8 // the v·h half of dots
+	SHLQ         $2, CX
+	XORQ         BX, BX
+	VPCMPEQD     Y14, Y14, Y14
+	VPSLLD       $23, Y14, Y14 // running max, from -inf
+
+estloop:
+	CMPQ        BX, CX
+	JGE         estdone
+	VMOVUPS     (R8)(BX*1), Y0
+	VMULPS      Y0, Y0, Y0          // p²
+	VSUBPS      Y0, Y13, Y1         // xx − p²
+	VMULPS      (R10)(BX*1), Y1, Y1 // spread·(xx − p²)
+	VFMADD231PS (R9)(BX*1), Y0, Y1  // q = lam·p² + that
+	VMOVAPS     Y12, Y2
+	VFMADD231PS Y11, Y1, Y2         // ua + ub·q
+	VMOVUPS     Y2, (DX)(BX*1)
+	VADDPS      (SI)(BX*1), Y1, Y1
+	VADDPS      (R11)(BX*1), Y1, Y1 // m + logMass + q
+	VMOVUPS     Y1, (DI)(BX*1)
+	VMAXPS      Y1, Y14, Y14
+	ADDQ        $32, BX
+	JMP         estloop
+
+estdone:
+	VEXTRACTF128 $1, Y14, X1
+	VMAXPS       X1, X14, X14
+	VPERMILPS    $0x4e, X14, X1
+	VMAXPS       X1, X14, X14
+	VPERMILPS    $0xb1, X14, X1
+	VMAXPS       X1, X14, X14
+	VMOVSS       X14, ret+80(FP)
 	VZEROUPPER
 	RET

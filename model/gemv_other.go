@@ -28,6 +28,10 @@ func logitsI8Asm(a []int8, n, h int, x []int16, scale, bias []float32, inv, off 
 	return 0, 0
 }
 
-func prefetchAsm(a []int8) {}
+func gemvI16Asm(m, n int, a, x []int16, scale []float32, inv float32, y []float32) bool {
+	return false
+}
 
-func gemvI16Asm(m, n int, a []int16, scale, x, y []float32) bool { return false }
+func estAsm(n int, dots, lam, spread, logMass []float32, xx, ua, ub float32, est, unc []float32) (int, float32) {
+	return 0, 0
+}

@@ -216,11 +216,12 @@ func TestLogitsI8(t *testing.T) {
 	}
 }
 
-// TestGemvI16 checks the int16-row product against float64 on the rows as
-// stored (quantizeI16, then scale), and that quantizeI16 keeps each row to
-// 2^-15 of its largest value.
+// TestGemvI16 checks the int16 product against float64 on the rows and
+// the vector as stored (quantizeI16, then scale), at the extremes of the
+// range, and that quantizeI16 keeps each row to 2^-15 of its largest
+// value.
 func TestGemvI16(t *testing.T) {
-	for _, tt := range []struct{ m, n int }{{1, 8}, {3, 16}, {4, 8}, {9, 128}, {10, 24}, {5, 12}} {
+	for _, tt := range []struct{ m, n int }{{1, 16}, {3, 16}, {4, 32}, {9, 128}, {10, 48}, {5, 12}} {
 		t.Run(fmt.Sprintf("%dx%d", tt.m, tt.n), func(t *testing.T) {
 			rows := lcgWeights(tt.m*tt.n, uint64(tt.m*tt.n), 3)
 			rows[0] = 0 // a row with a zero
@@ -239,15 +240,20 @@ func TestGemvI16(t *testing.T) {
 					}
 				}
 			}
-			x := lcgWeights(tt.n, 9, 1)
+			// The largest products of pairs: both ends of int16.
+			a[1], a[2] = 32767, 32767
+			x := make([]int16, tt.n)
+			xs := quantizeI16(x, lcgWeights(tt.n, 9, 1))
+			x[1], x[2] = 32767, 32767
 			y := make([]float32, tt.m+1)
 			y[tt.m] = 42
-			gemvI16(tt.m, tt.n, a, scale, x, y)
+			gemvI16(tt.m, tt.n, a, x, scale, xs, y)
 			for i := range tt.m {
 				var want float64
 				for j := range tt.n {
-					want += float64(a[i*tt.n+j]) * float64(scale[i]) * float64(x[j])
+					want += float64(a[i*tt.n+j]) * float64(x[j])
 				}
+				want *= float64(scale[i]) * float64(xs)
 				if d := math.Abs(float64(y[i]) - want); d > 1e-5*(1+math.Abs(want)) {
 					t.Errorf("row %d: %v, want %v", i, y[i], want)
 				}
