@@ -12,7 +12,9 @@ import (
 // normalises them: at V = 100,000 and H = 128 that is 12.8 million
 // multiply-adds and 51 MB of weights per click. The clustered scorer groups
 // the rows by k-means at load (then splits, by 2-means, clusters whose rows
-// spread far more than the median cluster's), keeps per cluster the log of
+// spread far more than the median cluster's, then moves each cluster's
+// most popular quarter, by bias, to a cluster of its own), keeps per
+// cluster the log of
 // its bias mass log Σ exp(b_i), the bias-weighted mean row μ and the
 // spread of its rows around μ, and per click:
 //
@@ -49,8 +51,13 @@ const (
 	// clusterMinVocab is the smallest vocabulary that gets a clustered
 	// scorer; below it exact scoring is cheap enough.
 	clusterMinVocab = 16384
-	// clusterSize is the mean number of rows per cluster.
-	clusterSize = 128
+	// clusterSize is the mean number of rows per cluster of k-means
+	// (before splitWide and splitHeads: about 90 rows per cluster at the
+	// end on TestTopKAgreement's model).
+	clusterSize = 256
+	// clusterHeadShare is the share of each cluster's rows, those of the
+	// largest biases, that splitHeads moves to a cluster of their own.
+	clusterHeadShare = 0.25
 	// clusterHintMargin: a cluster is scored when its estimated share of
 	// the normaliser could hold a hint were the estimate 1.2 times too low.
 	clusterHintMargin = 1.2
@@ -58,18 +65,21 @@ const (
 	// cluster's normaliser estimate, uncBase + uncSpread·s² (s² the
 	// variance of its rows' deviation logits, step 1 above), and
 	// clusterUncZ how many standard deviations of the rest's error the
-	// stopping rule allows for. Fitted on TestClusterEstimateError's model
-	// (the root mean square of log(actual/estimate) is 0.024 at s² below
-	// 0.25, 0.038 from 0.25 to 0.75, 0.061 from 0.5 to 1.25, 0.11 above);
-	// there the rest's error is within 3 of these standard deviations for
-	// 99% of cuts and beyond 5 for 1 of 800 (6.1); a reported probability
-	// moves by more than 1e-3 only beyond uncZ·1e-3/probTol = 7.1.
+	// stopping rule allows for. Fitted on TestClusterEstimateError's
+	// model with the clusters of 128 rows this scorer had before
+	// splitHeads (the root mean square of log(actual/estimate) was 0.024
+	// at s² below 0.25, 0.038 from 0.25 to 0.75, 0.061 from 0.5 to 1.25,
+	// 0.11 above; the rest's error within 3 standard deviations for 99%
+	// of cuts). With the clusters it has now, that test finds the rest's
+	// error beyond 5 standard deviations at 1 of 800 cuts (5.3 at most);
+	// a reported probability moves by more than 1e-3 only beyond
+	// uncZ·1e-3/probTol = 8.3.
 	clusterUncBase   = 0.015
 	clusterUncSpread = 0.055
 	clusterUncZ      = 5
 	// clusterProbTol is the largest change of a reported probability the
 	// estimate's error may cause.
-	clusterProbTol = 7e-4
+	clusterProbTol = 6e-4
 	// clusterNeglect: clusters whose estimates, all together wrong by
 	// this share, would move no probability by more than clusterProbTol
 	// are never scored (they stay in the estimate of the rest).
@@ -140,6 +150,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	nc := max(1, v/clusterSize)
 	assign := kmeans(w, v, h, nc)
 	nc = splitWide(w, h, assign, nc)
+	nc = splitHeads(b, assign, nc)
 	count := make([]int32, nc)
 	for _, c := range assign {
 		count[c]++
@@ -777,4 +788,41 @@ func expSum(dst, src []float32, shift float32) float32 {
 		sum += dst[i]
 	}
 	return sum
+}
+
+// splitHeads moves, in each cluster of at least 8 rows, the rows of the
+// largest biases (the first clusterHeadShare of them: the most popular
+// pages) to a cluster of their own, and returns the number of clusters.
+// Biases spread over several nats (popularity is Zipf-like), so a head
+// holds most of its cluster's mass in a quarter of its rows: the few
+// pages likely enough to be hints are scored without the many that are
+// not, and the mass left unscored is spread over many small clusters.
+func splitHeads(b []float32, assign []int32, nc int) int {
+	if b == nil {
+		return nc
+	}
+	members := make([][]int32, nc)
+	for i, c := range assign {
+		members[c] = append(members[c], int32(i))
+	}
+	for _, rows := range members {
+		if len(rows) < 8 {
+			continue
+		}
+		slices.SortFunc(rows, func(x, y int32) int {
+			switch {
+			case b[x] > b[y]:
+				return -1
+			case b[x] < b[y]:
+				return 1
+			}
+			return int(x - y)
+		})
+		n := max(1, int(float64(len(rows))*clusterHeadShare))
+		for _, i := range rows[:n] {
+			assign[i] = int32(nc)
+		}
+		nc++
+	}
+	return nc
 }

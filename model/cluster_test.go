@@ -209,3 +209,34 @@ func TestEstimate(t *testing.T) {
 		})
 	}
 }
+
+// TestSplitHeads checks that each cluster of at least 8 rows gives its
+// rows of the largest biases (a quarter, ties to the lower row) to a new
+// cluster, and that smaller clusters and bundles without biases stay.
+func TestSplitHeads(t *testing.T) {
+	bias := []float32{0, 5, 1, 4, 2, 3, 9, 7, 3, -1, 6, 8, 2}
+	tests := []struct {
+		name   string
+		bias   []float32
+		assign []int32
+		want   []int32
+		nc     int
+	}{
+		{"one cluster of 12, one of 1", bias, []int32{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, []int32{0, 0, 0, 0, 0, 0, 2, 2, 0, 0, 0, 2, 1}, 3},
+		{"two clusters of 8 and 5", bias, []int32{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1}, []int32{0, 0, 0, 0, 0, 0, 2, 2, 1, 1, 1, 1, 1}, 3},
+		{"ties to the lower row", make([]float32, 13), make([]int32, 13), []int32{1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 2},
+		{"no biases", nil, make([]int32, 13), make([]int32, 13), 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assign := slices.Clone(tt.assign)
+			nc := 0
+			for _, c := range assign {
+				nc = max(nc, int(c)+1)
+			}
+			if got := splitHeads(tt.bias, assign, nc); got != tt.nc || !slices.Equal(assign, tt.want) {
+				t.Errorf("splitHeads = %d clusters, %v; want %d, %v", got, assign, tt.nc, tt.want)
+			}
+		})
+	}
+}
