@@ -109,16 +109,21 @@ type clusterIndex struct {
 	bias                                          []float32 // [V] in cluster order
 	page                                          []int32   // cluster order -> vocabulary index
 	start                                         []int32   // cluster c holds rows start[c] to start[c+1]
-	// dirs holds rows of hp int16 with one scale each (dirScale): the C
-	// clusters' bias-weighted mean rows μ (rounded so: the rows' deviations
-	// in q are from the rounded μ, so that μ·h read from here is their
-	// logits' offset), then their main directions v of the deviations.
-	dirs     []int16
-	dirScale []float32
-	logMass  []float32 // log Σ exp(b_i) over the cluster
-	spread   []float32 // ½ · mean squared deviation per dimension, off dir
-	lam      []float32 // ½ · variance along dir
-	scratch  sync.Pool // *clusterScratch
+	// means holds the C clusters' bias-weighted mean rows μ, hp int16
+	// each with one scale (meanScale), rounded so: the rows' deviations in
+	// q are from the rounded μ, so that μ·h read from here is their
+	// logits' offset. dirs holds their main directions v of the
+	// deviations, hp int8 each with one scale (dirScale): v·h only weighs
+	// the spread along v.
+	means     []int16
+	meanScale []float32
+	dirs      []int8
+	dirScale  []float32
+	zeros     []float32 // C zeros: the biases of dirs
+	logMass   []float32 // log Σ exp(b_i) over the cluster
+	spread    []float32 // ½ · mean squared deviation per dimension, off dir
+	lam       []float32 // ½ · variance along dir
+	scratch   sync.Pool // *clusterScratch
 }
 
 // clusterScratch is the per-call working memory of a clustered scoring.
@@ -194,10 +199,13 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	}
 	mu := make([]float64, h)
 	dv := make([]float64, h)
-	mean := make([]float32, nc*h) // then rounded as stored in dirs
+	mean := make([]float32, nc*h) // then rounded as stored in means
 	dir := make([]float32, h)
-	ix.dirs = make([]int16, 2*nc*ix.hp)
-	ix.dirScale = make([]float32, 2*nc)
+	ix.means = make([]int16, nc*ix.hp)
+	ix.meanScale = make([]float32, nc)
+	ix.dirs = make([]int8, nc*ix.hp)
+	ix.dirScale = make([]float32, nc)
+	ix.zeros = make([]float32, nc)
 	for c := range nc {
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		// Bias weights relative to the cluster's largest bias.
@@ -232,11 +240,11 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		lam := ix.principal(lo, hi, bmax, mass, mc, dir, dv)
 		ix.lam[c] = float32(0.5 * lam)
 		ix.spread[c] = float32(0.5 * max(dev/mass-lam, 0) / float64(max(h-1, 1)))
-		m16 := ix.dirs[c*ix.hp : c*ix.hp+h]
-		ix.dirScale[c] = quantizeI16(m16, mc)
-		ix.dirScale[nc+c] = quantizeI16(ix.dirs[(nc+c)*ix.hp:(nc+c)*ix.hp+h], dir)
+		m16 := ix.means[c*ix.hp : c*ix.hp+h]
+		ix.meanScale[c] = quantizeRow(m16, mc)
+		ix.dirScale[c] = quantizeRow(ix.dirs[c*ix.hp:c*ix.hp+h], dir)
 		for d, q := range m16 {
-			mc[d] = float32(q) * ix.dirScale[c]
+			mc[d] = float32(q) * ix.meanScale[c]
 		}
 	}
 	ix.quantize(mean)
@@ -251,7 +259,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 			dots:  make([]float32, 2*nc),
 			order: make([]uint64, 0, nc),
 			xq:    make([]int16, ix.hp),
-			acc:   make([]int32, maxSize),
+			acc:   make([]int32, max(maxSize, 4)), // and the remainder of the dirs
 			cands: make([]scored, 0, clusterRescore+1),
 		}
 	}
@@ -318,19 +326,10 @@ func (ix *clusterIndex) quantize(means []float32) {
 	for c := range ix.clusters() {
 		mean := means[c*ix.h : (c+1)*ix.h]
 		for j := int(ix.start[c]); j < int(ix.start[c+1]); j++ {
-			var amax float32
 			for d, x := range ix.row(j) {
 				dev[d] = x - mean[d]
-				amax = max(amax, float32(math.Abs(float64(dev[d]))))
 			}
-			if amax == 0 {
-				continue
-			}
-			ix.qscale[j] = amax / 127
-			inv := 127 / amax
-			for d, x := range dev {
-				ix.q[j*ix.hp+d] = int8(math.Round(float64(x * inv)))
-			}
+			ix.qscale[j] = quantizeRow(ix.q[j*ix.hp:j*ix.hp+ix.h], dev)
 		}
 	}
 }
@@ -527,7 +526,7 @@ func bisect(w []float32, h int, rows []int32) []int32 {
 
 // bytes is the memory the index holds.
 func (ix *clusterIndex) bytes() int64 {
-	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.dirScale)+len(ix.logMass)+len(ix.spread)+len(ix.lam)) + 2*int64(len(ix.dirs))
+	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.meanScale)+len(ix.dirScale)+len(ix.zeros)+len(ix.logMass)+len(ix.spread)+len(ix.lam)) + 2*int64(len(ix.means)) + int64(len(ix.dirs))
 }
 
 // clusters is the number of clusters.
@@ -651,7 +650,8 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 // (s.est) and its relative error (s.unc), and returns the largest estimate.
 func (ix *clusterIndex) estimate(s *clusterScratch, xq []int16, inv, xx float32) float32 {
 	nc := len(ix.logMass)
-	gemvI16(2*nc, ix.hp, ix.dirs, xq, ix.dirScale, inv, s.dots)
+	gemvI16(nc, ix.hp, ix.means, xq, ix.meanScale, inv, s.dots[:nc])
+	logitsI8(ix.dirs, nc, ix.hp, xq, ix.dirScale, ix.zeros, inv, 0, s.dots[nc:], s.acc)
 	ua, ub := float32(ix.uncBase), float32(2*ix.uncSpread)
 	done, top := estAsm(nc, s.dots, ix.lam, ix.spread, ix.logMass, xx, ua, ub, s.est, s.unc)
 	if done == 0 {

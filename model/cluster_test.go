@@ -161,14 +161,18 @@ func TestEstimate(t *testing.T) {
 			w := lcgWeights(2*nc*h+3*nc+h, uint64(nc), 1)
 			ix := &clusterIndex{
 				h: h, hp: h, uncBase: 0.015, uncSpread: 0.055,
-				dirs:     make([]int16, 2*nc*h),
-				dirScale: make([]float32, 2*nc),
-				lam:      make([]float32, nc),
-				spread:   make([]float32, nc),
-				logMass:  w[2*nc*h+2*nc : 2*nc*h+3*nc],
+				means:     make([]int16, nc*h),
+				meanScale: make([]float32, nc),
+				dirs:      make([]int8, nc*h),
+				dirScale:  make([]float32, nc),
+				zeros:     make([]float32, nc),
+				lam:       make([]float32, nc),
+				spread:    make([]float32, nc),
+				logMass:   w[2*nc*h+2*nc : 2*nc*h+3*nc],
 			}
-			for r := range 2 * nc {
-				ix.dirScale[r] = quantizeI16(ix.dirs[r*h:(r+1)*h], w[r*h:(r+1)*h])
+			for c := range nc {
+				ix.meanScale[c] = quantizeRow(ix.means[c*h:(c+1)*h], w[c*h:(c+1)*h])
+				ix.dirScale[c] = quantizeRow(ix.dirs[c*h:(c+1)*h], w[(nc+c)*h:(nc+c+1)*h])
 			}
 			for c := range nc {
 				ix.lam[c] = w[2*nc*h+c] * w[2*nc*h+c]
@@ -179,19 +183,16 @@ func TestEstimate(t *testing.T) {
 			for _, v := range x {
 				xx += v * v
 			}
-			s := &clusterScratch{est: make([]float32, nc), unc: make([]float32, nc), dots: make([]float32, 2*nc), xq: make([]int16, h)}
+			s := &clusterScratch{est: make([]float32, nc), unc: make([]float32, nc), dots: make([]float32, 2*nc), xq: make([]int16, h), acc: make([]int32, 4)}
 			xq, inv := ix.quantizeX(x, s)
 			top := ix.estimate(s, xq, inv, xx)
 			wantTop := math.Inf(-1)
 			for c := range nc {
-				dot := func(r int) float64 {
-					var d float64
-					for j := range h {
-						d += float64(ix.dirs[r*h+j]) * float64(ix.dirScale[r]) * float64(x[j])
-					}
-					return d
+				var mh, p float64
+				for j := range h {
+					mh += float64(ix.means[c*h+j]) * float64(ix.meanScale[c]) * float64(x[j])
+					p += float64(ix.dirs[c*h+j]) * float64(ix.dirScale[c]) * float64(x[j])
 				}
-				mh, p := dot(c), dot(nc+c)
 				q := float64(ix.lam[c])*p*p + float64(ix.spread[c])*(float64(xx)-p*p)
 				est := mh + float64(ix.logMass[c]) + q
 				unc := ix.uncBase + 2*ix.uncSpread*q

@@ -162,7 +162,7 @@ func logitsI8(a []int8, n, h int, x []int16, scale, bias []float32, inv, off flo
 // gemvI16 computes y = A·x for the m×n row-major A stored as int16 with
 // one scale per row and x as int16 with one scale inv for all:
 // y[i] = scale[i]·inv·Σ_j a[i*n+j]·x[j]. a and x must lie within ±32767
-// (quantizeI16 and clusterIndex.quantizeX keep them so). Rows are half the
+// (quantizeRow and clusterIndex.quantizeX keep them so). Rows are half the
 // bytes of float32 ones and kept to 2^-15 of their largest value.
 func gemvI16(m, n int, a, x []int16, scale []float32, inv float32, y []float32) {
 	if m == 0 {
@@ -184,9 +184,14 @@ func gemvI16(m, n int, a, x []int16, scale []float32, inv float32, y []float32) 
 	}
 }
 
-// quantizeI16 rounds row to int16 with one scale, its largest magnitude
-// to 32767, into dst, and returns the scale (0 for a zero row).
-func quantizeI16(dst []int16, row []float32) float32 {
+// quantizeRow rounds row into dst with one scale, its largest magnitude
+// to the largest value of T (127 or 32767, so that -128 or -32768 never
+// occurs), and returns the scale (0 for a zero row).
+func quantizeRow[T int8 | int16](dst []T, row []float32) float32 {
+	top := float32(math.MaxInt8)
+	if _, wide := any(dst).([]int16); wide {
+		top = math.MaxInt16
+	}
 	var amax float32
 	for _, x := range row {
 		amax = max(amax, float32(math.Abs(float64(x))))
@@ -195,9 +200,9 @@ func quantizeI16(dst []int16, row []float32) float32 {
 		clear(dst)
 		return 0
 	}
-	inv := math.MaxInt16 / amax
+	inv := top / amax
 	for d, x := range row {
-		dst[d] = int16(math.Round(float64(x * inv)))
+		dst[d] = T(math.Round(float64(x * inv)))
 	}
-	return amax / math.MaxInt16
+	return amax / top
 }

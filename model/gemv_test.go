@@ -217,8 +217,8 @@ func TestLogitsI8(t *testing.T) {
 }
 
 // TestGemvI16 checks the int16 product against float64 on the rows and
-// the vector as stored (quantizeI16, then scale), at the extremes of the
-// range, and that quantizeI16 keeps each row to 2^-15 of its largest
+// the vector as stored (quantizeRow, then scale), at the extremes of the
+// range, and that quantizeRow keeps each row to 2^-15 of its largest
 // value.
 func TestGemvI16(t *testing.T) {
 	for _, tt := range []struct{ m, n int }{{1, 16}, {3, 16}, {4, 32}, {9, 128}, {10, 48}, {5, 12}} {
@@ -229,7 +229,7 @@ func TestGemvI16(t *testing.T) {
 			scale := make([]float32, tt.m)
 			for i := range tt.m {
 				row := rows[i*tt.n : (i+1)*tt.n]
-				scale[i] = quantizeI16(a[i*tt.n:(i+1)*tt.n], row)
+				scale[i] = quantizeRow(a[i*tt.n:(i+1)*tt.n], row)
 				var amax float64
 				for _, v := range row {
 					amax = max(amax, math.Abs(float64(v)))
@@ -243,7 +243,7 @@ func TestGemvI16(t *testing.T) {
 			// The largest products of pairs: both ends of int16.
 			a[1], a[2] = 32767, 32767
 			x := make([]int16, tt.n)
-			xs := quantizeI16(x, lcgWeights(tt.n, 9, 1))
+			xs := quantizeRow(x, lcgWeights(tt.n, 9, 1))
 			x[1], x[2] = 32767, 32767
 			y := make([]float32, tt.m+1)
 			y[tt.m] = 42
