@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -81,19 +82,27 @@ func sessionClicks(vocab, n int, seed uint64) (pages []int64, newSession []bool)
 // StepTopK and through Step with SelectTopK, and returns the clicks with
 // identical hints (probabilities within 1e-3), the clicks exact scoring
 // gives hints for, and the largest probability error on a page both name
-// at the same rank.
+// at the same rank. It logs the output rows StepTopK scored per click.
 func compareSteps(ctx context.Context, t *testing.T, b *Bundle, pages []int64, fresh []bool, k int, threshold float32) (same, hinted int, worst float64) {
 	t.Helper()
 	var fast, exact, probs []float32
 	var got, want []Hint
+	var rows []int
+	defer func() {
+		slices.Sort(rows)
+		q := func(f float64) int { return rows[int(f*float64(len(rows)-1))] }
+		t.Logf("rows scored per click: p50 %d, p90 %d, p99 %d, max %d of %d", q(0.5), q(0.9), q(0.99), q(1), b.vsize)
+	}()
 	for i, p := range pages {
 		if fresh[i] {
 			fast, exact = fast[:0], exact[:0]
 		}
 		var err error
-		if got, fast, err = b.StepTopK(ctx, p, fast, k, threshold, got); err != nil {
+		var n int
+		if got, fast, n, err = b.stepTopK(ctx, p, fast, k, threshold, got); err != nil {
 			t.Fatal(err)
 		}
+		rows = append(rows, n)
 		if probs, exact, err = b.Step(ctx, p, exact, probs); err != nil {
 			t.Fatal(err)
 		}
