@@ -107,6 +107,7 @@ type clusterIndex struct {
 	q                                             []int8    // [V, hp] the rows in cluster order, quantized
 	qscale                                        []float32 // per row of q: the value of 1
 	bias                                          []float32 // [V] in cluster order
+	vbias                                         []float32 // [V] in vocabulary order (the graph's own), or nil
 	page                                          []int32   // cluster order -> vocabulary index
 	start                                         []int32   // cluster c holds rows start[c] to start[c+1]
 	// means holds the C clusters' bias-weighted mean rows μ, hp int16
@@ -178,6 +179,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		hp:      (h + 15) &^ 15,
 		w:       w,
 		bias:    make([]float32, v),
+		vbias:   b,
 		page:    make([]int32, v),
 		start:   make([]int32, nc+1),
 		logMass: make([]float32, nc),
@@ -534,12 +536,13 @@ func (ix *clusterIndex) clusters() int { return len(ix.logMass) }
 
 // topK scores the hidden vector x (length H) and writes into dst the k
 // pages with the highest probabilities at or above threshold, highest
-// first, and returns it with the number of rows it scored exactly. It does
-// not allocate in steady state.
-func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) ([]Hint, int) {
+// first, and returns it with the number of rows it scored exactly and the
+// log of the normaliser (NaN when k <= 0: nothing is scored). It does not
+// allocate in steady state.
+func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) ([]Hint, int, float64) {
 	dst = dst[:0]
 	if k <= 0 {
-		return dst, 0
+		return dst, 0, math.NaN()
 	}
 	s := ix.scratch.Get().(*clusterScratch)
 	defer ix.scratch.Put(s)
@@ -642,7 +645,27 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 		}
 		dst = append(dst, Hint{Page: int64(ix.page[sc.pos]), Prob: p})
 	}
-	return dst, rows
+	return dst, rows, logZ
+}
+
+// probsOf sets probs[i] to the probability of page pages[i] for the
+// hidden vector x, exactly in float32 against the normaliser logZ that
+// topK returned for x; pages outside the vocabulary get 0.
+func (ix *clusterIndex) probsOf(x []float32, logZ float64, pages []int64, probs []float32) {
+	s := ix.scratch.Get().(*clusterScratch)
+	defer ix.scratch.Put(s)
+	for i, p := range pages {
+		if p < 0 || p >= int64(ix.v) {
+			probs[i] = 0
+			continue
+		}
+		gemv(1, ix.h, ix.w[int(p)*ix.h:int(p+1)*ix.h], ix.h, x, s.one[:])
+		l := float64(s.one[0])
+		if ix.vbias != nil {
+			l += float64(ix.vbias[p])
+		}
+		probs[i] = float32(math.Exp(l - logZ))
+	}
 }
 
 // estimate is step 1 of topK for the hidden vector xq·inv (xx its

@@ -3,6 +3,7 @@ package model
 import (
 	"context"
 	"fmt"
+	"math"
 )
 
 // Hint is a page the model predicts next, with its probability.
@@ -106,12 +107,25 @@ func SelectTopK(probs []float32, k int, threshold float32, dst []Hint) []Hint {
 // figures); without one it is exactly Step and SelectTopK. Errors are
 // Step's; on error state is unchanged.
 func (b *Bundle) StepTopK(ctx context.Context, pageID int64, state []float32, k int, threshold float32, dst []Hint) (hints []Hint, newState []float32, err error) {
-	hints, newState, _, err = b.stepTopK(ctx, pageID, state, k, threshold, dst)
+	hints, newState, _, err = b.stepTopK(ctx, pageID, state, k, threshold, dst, nil, nil)
 	return hints, newState, err
 }
 
-// stepTopK is StepTopK, also returning the number of output rows scored.
-func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k int, threshold float32, dst []Hint) ([]Hint, []float32, int, error) {
+// StepTopKWith is StepTopK that also sets probs[i] (len(probs) at least
+// len(pages)) to the probability of page pages[i] from the same scoring:
+// for a caller that blends the model with other evidence about a few
+// pages. With a clustered scorer those pages' logits are computed exactly
+// and divided by the normaliser the hints are (so their error is that of
+// the hints'); without one they are Step's. Pages outside the vocabulary
+// get 0. Errors are Step's.
+func (b *Bundle) StepTopKWith(ctx context.Context, pageID int64, state []float32, k int, threshold float32, dst []Hint, pages []int64, probs []float32) (hints []Hint, newState []float32, err error) {
+	hints, newState, _, err = b.stepTopK(ctx, pageID, state, k, threshold, dst, pages, probs[:len(pages)])
+	return hints, newState, err
+}
+
+// stepTopK is StepTopKWith, also returning the number of output rows
+// scored.
+func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k int, threshold float32, dst []Hint, pages []int64, probs []float32) ([]Hint, []float32, int, error) {
 	hd := b.stepHead
 	if hd == nil {
 		buf := b.probsBuf()
@@ -119,6 +133,12 @@ func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k 
 		var err error
 		if *buf, state, err = b.Step(ctx, pageID, state, *buf); err != nil {
 			return dst[:0], state, 0, err
+		}
+		for i, p := range pages {
+			probs[i] = 0
+			if p >= 0 && p < int64(len(*buf)) {
+				probs[i] = (*buf)[p]
+			}
 		}
 		return SelectTopK(*buf, k, threshold, dst), state, b.vsize, nil
 	}
@@ -136,7 +156,15 @@ func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k 
 		return dst[:0], state, 0, fmt.Errorf("step: %w: hidden %v and state %v for one row", ErrContract, x.shape, so.shape)
 	}
 	copy(state, so.f)
-	hints, rows := b.index.topK(x.f, k, threshold, dst)
+	if len(pages) > 0 && k <= 0 {
+		// The normaliser is needed all the same: score for a hint no
+		// page can reach.
+		k, threshold = 1, float32(math.Inf(1))
+	}
+	hints, rows, logZ := b.index.topK(x.f, k, threshold, dst)
+	if len(pages) > 0 {
+		b.index.probsOf(x.f, logZ, pages, probs)
+	}
 	return hints, state, rows, nil
 }
 
@@ -169,7 +197,7 @@ func (b *Bundle) PredictTopK(ctx context.Context, history []int64, k int, thresh
 	if len(x.f) != hd.h {
 		return dst[:0], fmt.Errorf("%w: hidden %v for one history", ErrContract, x.shape)
 	}
-	hints, _ := b.index.topK(x.f, k, threshold, dst)
+	hints, _, _ := b.index.topK(x.f, k, threshold, dst)
 	return hints, nil
 }
 
