@@ -1,0 +1,171 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/model"
+	"github.com/prefetchd/prefetchd/prefetch"
+	"github.com/prefetchd/prefetchd/training"
+)
+
+// largeBundle trains a small GRU (embedding 8, hidden 16) on sessions over
+// 20,000 pages and loads it: a vocabulary large enough for a clustered
+// scorer. Every page opens one session, then three clicks go to pages of a
+// Zipf popularity over 300, so that the next-page distribution is peaked
+// enough for hints at 0.01.
+func largeBundle(t *testing.T) *model.Bundle {
+	t.Helper()
+	const pages, popular = 20_000, 300
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rng := rand.New(rand.NewPCG(4, 2))
+	zipf := rand.NewZipf(rng, 1.2, 1, popular-1)
+	sessions := make([]training.Session, pages)
+	for i := range sessions {
+		s := &sessions[i]
+		s.Pages = append(s.Pages, fmt.Sprintf("/p/%d", i))
+		for range 3 {
+			s.Pages = append(s.Pages, fmt.Sprintf("/p/%d", zipf.Uint64()))
+		}
+	}
+	v, err := training.BuildVocab(sessions, training.VocabConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _, err := training.TrainGRU(ctx, nil, training.Encode(v, sessions), v.Len(), training.GRUConfig{Embedding: 8, Hidden: 16, Epochs: 1, Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := training.GRUBundle(g, v, training.ManifestConfig{Name: "large", Version: "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "large")
+	if err := training.WriteBundle(dir, tb); err != nil {
+		t.Fatal(err)
+	}
+	b, err := model.LoadBundle(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.Scoring().Approximate || !b.HasStep() {
+		t.Fatalf("bundle of %d pages: Scoring() = %+v, step form %t; want a clustered scorer and a step form", v.Len(), b.Scoring(), b.HasStep())
+	}
+	return b
+}
+
+// TestClusteredScoringMatchesExact applies the same clicks (users
+// interleaved, a model swap that rebuilds the states from the histories)
+// to two engines on a bundle with a clustered scorer: one whose policy
+// ranks by probability, which takes the clustered path, and one whose
+// policy ranks by expected utility with every weight 1 (the same choice),
+// which scores every page exactly. Through HandleEvent and through
+// HandleEvents in runs, the prefetch requests must name the same pages in
+// the same order, with probabilities within 1e-3, for at least 99% of the
+// clicks, and some clicks must have hints.
+func TestClusteredScoringMatchesExact(t *testing.T) {
+	bundle := largeBundle(t)
+	v := bundle.Vocab()
+	newEngine := func(utility bool) (*Engine, *allWarmer, *models) {
+		hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+		policy, err := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.01, UseExpectedUtility: utility})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+		w := &allWarmer{}
+		src := &models{live: &lifecycle.Live{Version: "large", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: v, Epoch: 1}}
+		e, err := New(Config{}, Deps{Models: src, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e, w, src
+	}
+	rng := rand.New(rand.NewPCG(8, 8))
+	var evs []features.Event
+	for i := range 400 {
+		evs = append(evs, features.Event{UserID: fmt.Sprintf("u%d", rng.IntN(40)), Page: v.Page(2 + rng.Int64N(int64(v.Len()-2))), TS: time.Unix(1000+int64(i), 0)})
+	}
+	for _, batched := range []bool{false, true} {
+		t.Run(map[bool]string{false: "HandleEvent", true: "HandleEvents"}[batched], func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			fast, fw, fsrc := newEngine(false)
+			exact, ew, esrc := newEngine(true)
+			if !fast.fastScoring(fsrc.Current()) || exact.fastScoring(esrc.Current()) {
+				t.Fatalf("clustered path: %t and %t, want true for the probability policy and false for expected utility", fast.fastScoring(fsrc.Current()), exact.fastScoring(esrc.Current()))
+			}
+			for i := 0; i < len(evs); i += 20 {
+				if i == len(evs)/2 {
+					// A swap: both rebuild every user's state.
+					for _, src := range []*models{fsrc, esrc} {
+						live := *src.Current()
+						live.Epoch = 2
+						src.mu.Lock()
+						src.live = &live
+						src.mu.Unlock()
+					}
+				}
+				run := evs[i : i+20]
+				for _, e := range []*Engine{fast, exact} {
+					if batched {
+						metas := make([]features.Meta, len(run))
+						for j := range metas {
+							metas[j] = features.Meta{Offset: int64(i + j)}
+						}
+						errs := make([]error, len(run))
+						if n := e.HandleEvents(ctx, run, metas, errs); n != len(run) {
+							t.Fatalf("click %d: %v", i+n, errs[n])
+						}
+						for j, err := range errs {
+							if err != nil {
+								t.Fatalf("click %d: %v", i+j, err)
+							}
+						}
+						continue
+					}
+					for j, ev := range run {
+						if err := e.HandleEvent(ctx, ev, features.Meta{Offset: int64(i + j)}); err != nil {
+							t.Fatalf("click %d: %v", i+j, err)
+						}
+					}
+				}
+			}
+			if len(fw.reqs) != len(evs) || len(ew.reqs) != len(evs) {
+				t.Fatalf("%d and %d prefetch requests, want %d each", len(fw.reqs), len(ew.reqs), len(evs))
+			}
+			same, hinted := 0, 0
+			for i := range fw.reqs {
+				got, want := fw.reqs[i].Pages, ew.reqs[i].Pages
+				if len(want) > 0 {
+					hinted++
+				}
+				ok := len(got) == len(want)
+				for j := 0; ok && j < len(got); j++ {
+					ok = got[j].Key == want[j].Key && math.Abs(float64(got[j].Probability-want[j].Probability)) <= 1e-3
+				}
+				if ok {
+					same++
+				} else {
+					t.Logf("click %d: clustered %v, exact %v", i, got, want)
+				}
+			}
+			t.Logf("identical prefetch requests for %d of %d clicks; %d with pages", same, len(evs), hinted)
+			if same*100 < 99*len(evs) {
+				t.Errorf("identical prefetch requests for %d of %d clicks, want at least 99%%", same, len(evs))
+			}
+			if hinted < len(evs)/4 {
+				t.Errorf("only %d of %d clicks have pages to prefetch: the fixture is too flat to test hints", hinted, len(evs))
+			}
+		})
+	}
+}
