@@ -14,6 +14,7 @@ import (
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 	"github.com/prefetchd/prefetchd/training"
+	"github.com/prefetchd/prefetchd/transitions"
 )
 
 // largeBundle trains a small GRU (embedding 8, hidden 16) on sessions over
@@ -74,7 +75,7 @@ func largeBundle(t *testing.T) *model.Bundle {
 func TestClusteredScoringMatchesExact(t *testing.T) {
 	bundle := largeBundle(t)
 	v := bundle.Vocab()
-	newEngine := func(utility bool) (*Engine, *allWarmer, *models) {
+	newEngine := func(utility, online bool) (*Engine, *allWarmer, *models) {
 		hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
 		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
 		policy, err := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.01, UseExpectedUtility: utility})
@@ -84,23 +85,41 @@ func TestClusteredScoringMatchesExact(t *testing.T) {
 		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
 		w := &allWarmer{}
 		src := &models{live: &lifecycle.Live{Version: "large", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: v, Epoch: 1}}
-		e, err := New(Config{}, Deps{Models: src, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
+		deps := Deps{Models: src, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}
+		if online {
+			if deps.Transitions, err = transitions.NewMemory(transitions.Config{}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e, err := New(Config{}, deps, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return e, w, src
 	}
-	rng := rand.New(rand.NewPCG(8, 8))
-	var evs []features.Event
-	for i := range 400 {
-		evs = append(evs, features.Event{UserID: fmt.Sprintf("u%d", rng.IntN(40)), Page: v.Page(2 + rng.Int64N(int64(v.Len()-2))), TS: time.Unix(1000+int64(i), 0)})
-	}
-	for _, batched := range []bool{false, true} {
-		t.Run(map[bool]string{false: "HandleEvent", true: "HandleEvents"}[batched], func(t *testing.T) {
+	for _, c := range []struct {
+		name            string
+		batched, online bool
+		pages           int64 // clicks go to pages 2 to pages+1
+	}{
+		{"HandleEvent", false, false, int64(v.Len() - 2)},
+		{"HandleEvents", true, false, int64(v.Len() - 2)},
+		// Clicks among 60 pages: the online statistics soon know their
+		// transitions, and the blend reads the model's probabilities of
+		// the pages they name.
+		{"HandleEvents with online statistics", true, true, 60},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			batched := c.batched
+			rng := rand.New(rand.NewPCG(8, 8))
+			var evs []features.Event
+			for i := range 400 {
+				evs = append(evs, features.Event{UserID: fmt.Sprintf("u%d", rng.IntN(40)), Page: v.Page(2 + rng.Int64N(c.pages)), TS: time.Unix(1000+int64(i), 0)})
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			fast, fw, fsrc := newEngine(false)
-			exact, ew, esrc := newEngine(true)
+			fast, fw, fsrc := newEngine(false, c.online)
+			exact, ew, esrc := newEngine(true, c.online)
 			if !fast.fastScoring(fsrc.Current()) || exact.fastScoring(esrc.Current()) {
 				t.Fatalf("clustered path: %t and %t, want true for the probability policy and false for expected utility", fast.fastScoring(fsrc.Current()), exact.fastScoring(esrc.Current()))
 			}
