@@ -37,9 +37,9 @@ func (e *Engine) stepOne(ctx context.Context, l *lifecycle.Live, pageID int64, s
 }
 
 // stepFast feeds one click with model.Bundle.StepTopKWith and returns a
-// vocabulary-sized vector (b.fast's, valid until the next call) that holds
-// the probabilities of every page choose can pick and read, zero
-// elsewhere: the policy's K most probable pages at or above its threshold,
+// score vector (b.fast's, valid until the next call, cut after its last
+// non-zero entry) that holds the probabilities of every page choose can
+// pick and read, zero elsewhere: the policy's K most probable pages at or above its threshold,
 // three more for the pages it skips (the current page, <pad>, <unk>) and
 // one more per page the online statistics b.dist name; and those pages'
 // own probabilities and <unk>'s, which the blend reads. Errors are
@@ -77,13 +77,19 @@ func (e *Engine) stepFast(ctx context.Context, l *lifecycle.Live, pageID int64, 
 	if err != nil {
 		return f.vec, state, err
 	}
+	end := int64(0) // past the last entry written
 	for _, h := range f.hints {
 		f.vec[h.Page] = h.Prob
 		f.written = append(f.written, h.Page)
+		end = max(end, h.Page+1)
 	}
 	for i, p := range f.pages {
 		f.vec[p] = f.probs[i]
 		f.written = append(f.written, p)
+		end = max(end, p+1)
 	}
-	return f.vec, state, nil
+	// The rest is zeros: the policy and the blend read a missing entry as
+	// zero, so the vector stops at the last one written and the policy
+	// scans no further.
+	return f.vec[:end], state, nil
 }
