@@ -22,7 +22,7 @@ import (
 // scorer. Every page opens one session, then three clicks go to pages of a
 // Zipf popularity over 300, so that the next-page distribution is peaked
 // enough for hints at 0.01.
-func largeBundle(t *testing.T) *model.Bundle {
+func largeBundle(t testing.TB) *model.Bundle {
 	t.Helper()
 	const pages, popular = 20_000, 300
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -76,25 +76,8 @@ func TestClusteredScoringMatchesExact(t *testing.T) {
 	bundle := largeBundle(t)
 	v := bundle.Vocab()
 	newEngine := func(utility, online bool) (*Engine, *allWarmer, *models) {
-		hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
-		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
-		policy, err := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.01, UseExpectedUtility: utility})
-		if err != nil {
-			t.Fatal(err)
-		}
-		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
 		w := &allWarmer{}
-		src := &models{live: &lifecycle.Live{Version: "large", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: v, Epoch: 1}}
-		deps := Deps{Models: src, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}
-		if online {
-			if deps.Transitions, err = transitions.NewMemory(transitions.Config{}, nil); err != nil {
-				t.Fatal(err)
-			}
-		}
-		e, err := New(Config{}, deps, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		e, src := largeEngine(t, bundle, utility, online, w)
 		return e, w, src
 	}
 	for _, c := range []struct {
@@ -184,6 +167,60 @@ func TestClusteredScoringMatchesExact(t *testing.T) {
 			}
 			if hinted < len(evs)/4 {
 				t.Errorf("only %d of %d clicks have pages to prefetch: the fixture is too flat to test hints", hinted, len(evs))
+			}
+		})
+	}
+}
+
+// largeEngine is an engine on bundle (in-memory histories, K 3 at 0.01,
+// warmer w) whose policy ranks by probability, or
+// with utility by expected utility with every weight 1; with online it
+// keeps online statistics in memory.
+func largeEngine(t testing.TB, bundle *model.Bundle, utility, online bool, w Warmer) (*Engine, *models) {
+	t.Helper()
+	hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	policy, err := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.01, UseExpectedUtility: utility})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+	src := &models{live: &lifecycle.Live{Version: "large", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
+	deps := Deps{Models: src, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}
+	if online {
+		if deps.Transitions, err = transitions.NewMemory(transitions.Config{}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := New(Config{}, deps, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, src
+}
+
+// BenchmarkHandleEventClustered measures HandleEvent on largeBundle's
+// 20,000 pages (hidden 16) through the clustered path and, in the same
+// run, through exact scoring (expected utility, every weight 1).
+func BenchmarkHandleEventClustered(b *testing.B) {
+	bundle := largeBundle(b)
+	v := bundle.Vocab()
+	ctx := context.Background()
+	for _, c := range []struct {
+		name    string
+		utility bool
+	}{{"clustered", false}, {"exact", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			e, _ := largeEngine(b, bundle, c.utility, false, nopWarmer{})
+			b.ReportAllocs()
+			rng := rand.New(rand.NewPCG(1, 1))
+			i := 0
+			for b.Loop() {
+				ev := features.Event{UserID: fmt.Sprintf("u%d", i%64), Page: v.Page(2 + rng.Int64N(int64(v.Len()-2))), TS: time.Unix(int64(i), 0)}
+				if err := e.HandleEvent(ctx, ev, features.Meta{Offset: int64(i)}); err != nil {
+					b.Fatal(err)
+				}
+				i++
 			}
 		})
 	}
