@@ -648,6 +648,21 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	return dst, rows, logZ
 }
 
+// topKWith is topK that also sets probs[i] to the probability of page
+// pages[i] (probsOf), and returns the hints and the rows scored.
+func (ix *clusterIndex) topKWith(x []float32, k int, threshold float32, dst []Hint, pages []int64, probs []float32) ([]Hint, int) {
+	if len(pages) > 0 && k <= 0 {
+		// The normaliser is needed all the same: score for a hint no page
+		// can reach.
+		k, threshold = 1, float32(math.Inf(1))
+	}
+	dst, rows, logZ := ix.topK(x, k, threshold, dst)
+	if len(pages) > 0 {
+		ix.probsOf(x, logZ, pages, probs)
+	}
+	return dst, rows
+}
+
 // probsOf sets probs[i] to the probability of page pages[i] for the
 // hidden vector x, exactly in float32 against the normaliser logZ that
 // topK returned for x; pages outside the vocabulary get 0.

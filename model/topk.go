@@ -3,7 +3,6 @@ package model
 import (
 	"context"
 	"fmt"
-	"math"
 )
 
 // Hint is a page the model predicts next, with its probability.
@@ -134,12 +133,7 @@ func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k 
 		if *buf, state, err = b.Step(ctx, pageID, state, *buf); err != nil {
 			return dst[:0], state, 0, err
 		}
-		for i, p := range pages {
-			probs[i] = 0
-			if p >= 0 && p < int64(len(*buf)) {
-				probs[i] = (*buf)[p]
-			}
-		}
+		probsAt(*buf, pages, probs)
 		return SelectTopK(*buf, k, threshold, dst), state, b.vsize, nil
 	}
 	state, err := b.stepState(ctx, pageID, state)
@@ -156,21 +150,25 @@ func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k 
 		return dst[:0], state, 0, fmt.Errorf("step: %w: hidden %v and state %v for one row", ErrContract, x.shape, so.shape)
 	}
 	copy(state, so.f)
-	if len(pages) > 0 && k <= 0 {
-		// The normaliser is needed all the same: score for a hint no
-		// page can reach.
-		k, threshold = 1, float32(math.Inf(1))
-	}
-	hints, rows, logZ := b.index.topK(x.f, k, threshold, dst)
-	if len(pages) > 0 {
-		b.index.probsOf(x.f, logZ, pages, probs)
-	}
-	return hints, state, rows, nil
+	var rows int
+	dst, rows = b.index.topKWith(x.f, k, threshold, dst, pages, probs)
+	return dst, state, rows, nil
 }
 
 // PredictTopK is PredictOne followed by SelectTopK, with the clustered
 // scorer when the bundle has one (see StepTopK). Errors are PredictOne's.
 func (b *Bundle) PredictTopK(ctx context.Context, history []int64, k int, threshold float32, dst []Hint) ([]Hint, error) {
+	return b.predictTopK(ctx, history, k, threshold, dst, nil, nil)
+}
+
+// PredictTopKWith is PredictTopK that also sets probs[i] (len(probs) at
+// least len(pages)) to the probability of page pages[i] from the same
+// scoring, as StepTopKWith does. Errors are PredictOne's.
+func (b *Bundle) PredictTopKWith(ctx context.Context, history []int64, k int, threshold float32, dst []Hint, pages []int64, probs []float32) ([]Hint, error) {
+	return b.predictTopK(ctx, history, k, threshold, dst, pages, probs[:len(pages)])
+}
+
+func (b *Bundle) predictTopK(ctx context.Context, history []int64, k int, threshold float32, dst []Hint, pages []int64, probs []float32) ([]Hint, error) {
 	hd := b.seqHead
 	if hd == nil {
 		buf := b.probsBuf()
@@ -179,6 +177,7 @@ func (b *Bundle) PredictTopK(ctx context.Context, history []int64, k int, thresh
 		if *buf, err = b.PredictOne(ctx, history, *buf); err != nil {
 			return dst[:0], err
 		}
+		probsAt(*buf, pages, probs)
 		return SelectTopK(*buf, k, threshold, dst), nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -197,8 +196,18 @@ func (b *Bundle) PredictTopK(ctx context.Context, history []int64, k int, thresh
 	if len(x.f) != hd.h {
 		return dst[:0], fmt.Errorf("%w: hidden %v for one history", ErrContract, x.shape)
 	}
-	hints, _, _ := b.index.topK(x.f, k, threshold, dst)
-	return hints, nil
+	dst, _ = b.index.topKWith(x.f, k, threshold, dst, pages, probs)
+	return dst, nil
+}
+
+// probsAt sets probs[i] to all[pages[i]], 0 for a page outside all.
+func probsAt(all []float32, pages []int64, probs []float32) {
+	for i, p := range pages {
+		probs[i] = 0
+		if p >= 0 && p < int64(len(all)) {
+			probs[i] = all[p]
+		}
+	}
 }
 
 // probsBuf takes a vocabulary-sized buffer from the bundle's pool.

@@ -421,10 +421,11 @@ func TestTopKLayouts(t *testing.T) {
 	}
 }
 
-// TestStepTopKWith checks the probabilities StepTopKWith gives for named
-// pages (the hints, pages picked at random, the edges of the vocabulary and
-// pages outside it) against Step's, with and without a clustered scorer,
-// and that its hints and state are StepTopK's.
+// TestStepTopKWith checks the probabilities StepTopKWith and
+// PredictTopKWith give for named pages (the hints, pages picked at random,
+// the edges of the vocabulary and pages outside it) against Step's and
+// PredictOne's, with and without a clustered scorer, and that their hints
+// (and state) are StepTopK's and PredictTopK's.
 func TestStepTopKWith(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -465,15 +466,37 @@ func TestStepTopKWith(t *testing.T) {
 				if !agreement(hw, hp, 0) || !slices.Equal(with, plain) {
 					t.Fatalf("click %d: StepTopKWith hints %v and state differ from StepTopK's %v", i, hw, hp)
 				}
-				for j, pg := range pages {
-					var want float32
-					if pg >= 0 && pg < int64(tt.vocab) {
-						want = probs[pg]
-					}
-					if d := math.Abs(float64(got[j] - want)); d > tt.tol {
-						t.Errorf("click %d, page %d: probability %g, want %g", i, pg, got[j], want)
+				checkProbs := func(form string) {
+					for j, pg := range pages {
+						var want float32
+						if pg >= 0 && pg < int64(tt.vocab) {
+							want = probs[pg]
+						}
+						if d := math.Abs(float64(got[j] - want)); d > tt.tol {
+							t.Errorf("click %d, %s, page %d: probability %g, want %g", i, form, pg, got[j], want)
+						}
 					}
 				}
+				checkProbs("step")
+				// The sequence form on the session so far, likewise.
+				start := i
+				for start > 0 && !fresh[start] {
+					start--
+				}
+				hist := clicks[start : i+1]
+				if hw, err = b.PredictTopKWith(ctx, hist, 5, 0.01, hw, pages, got); err != nil {
+					t.Fatal(err)
+				}
+				if hp, err = b.PredictTopK(ctx, hist, 5, 0.01, hp); err != nil {
+					t.Fatal(err)
+				}
+				if probs, err = b.PredictOne(ctx, hist, probs); err != nil {
+					t.Fatal(err)
+				}
+				if !agreement(hw, hp, 0) {
+					t.Fatalf("history %d: PredictTopKWith hints %v differ from PredictTopK's %v", i, hw, hp)
+				}
+				checkProbs("sequence")
 			}
 		})
 	}
