@@ -907,12 +907,17 @@ func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error)
 			}
 		}
 	}
-	probs, err := e.predict(ctx, l, b.hist, b)
+	current := b.hist[len(b.hist)-1]
+	page := e.lookupQuery(ctx, l, q, current, b)
+	var probs []float32
+	if e.fastScoring(l) {
+		probs, err = e.predictFast(ctx, l, b.hist, q.K, q.Threshold, b)
+	} else {
+		probs, err = e.predict(ctx, l, b.hist, b)
+	}
 	if err != nil {
 		return hint.Result{}, err
 	}
-	current := b.hist[len(b.hist)-1]
-	page := e.lookupQuery(ctx, l, q, current, b)
 	b.cands = e.choose(l, probs, current, page, q.K, q.Threshold, b)
 	res := hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(b.cands))}
 	pages := make([]string, len(b.cands))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
@@ -71,7 +72,8 @@ func largeBundle(t testing.TB) *model.Bundle {
 // which scores every page exactly. Through HandleEvent and through
 // HandleEvents in runs, the prefetch requests must name the same pages in
 // the same order, with probabilities within 1e-3, for at least 99% of the
-// clicks, and some clicks must have hints.
+// clicks, and some clicks must have hints; so must the answers to hint
+// queries, every one.
 func TestClusteredScoringMatchesExact(t *testing.T) {
 	bundle := largeBundle(t)
 	v := bundle.Vocab()
@@ -159,6 +161,30 @@ func TestClusteredScoringMatchesExact(t *testing.T) {
 					same++
 				} else {
 					t.Logf("click %d: clustered %v, exact %v", i, got, want)
+				}
+			}
+			// Hint queries: each user's history (the policy's K and
+			// threshold), and explicit pages with K 5 at 0.02.
+			for u := range 40 {
+				for _, q := range []hint.Query{
+					{UserID: fmt.Sprintf("u%d", u), Threshold: -1},
+					{Pages: []string{evs[u].Page, evs[u+1].Page}, K: 5, Threshold: 0.02},
+				} {
+					got, err := fast.Predict(ctx, q)
+					if err != nil {
+						t.Fatal(err)
+					}
+					want, err := exact.Predict(ctx, q)
+					if err != nil {
+						t.Fatal(err)
+					}
+					ok := len(got.Hints) == len(want.Hints) && len(want.Hints) > 0
+					for j := 0; ok && j < len(got.Hints); j++ {
+						ok = got.Hints[j].Page == want.Hints[j].Page && math.Abs(float64(got.Hints[j].Probability-want.Hints[j].Probability)) <= 1e-3
+					}
+					if !ok {
+						t.Errorf("query %+v: clustered %v, exact %v", q, got.Hints, want.Hints)
+					}
 				}
 			}
 			t.Logf("identical prefetch requests for %d of %d clicks; %d with pages", same, len(evs), hinted)
