@@ -12,7 +12,9 @@ import (
 // normalises them: at V = 100,000 and H = 128 that is 12.8 million
 // multiply-adds and 51 MB of weights per click. The clustered scorer groups
 // the rows by k-means at load (then splits, by 2-means, clusters whose rows
-// spread far more than the median cluster's), keeps per cluster the log of
+// spread far more than the median cluster's, then moves each cluster's
+// most popular quarter, by bias, to a cluster of its own), keeps per
+// cluster the log of
 // its bias mass log Σ exp(b_i), the bias-weighted mean row μ and the
 // spread of its rows around μ, and per click:
 //
@@ -20,40 +22,68 @@ import (
 //     log Σ_i exp(w_i·h + b_i) ≈ log Σ exp(b_i) + μ·h + ½λ(v·h)² +
 //     ½σ²(‖h‖² − (v·h)²), the second-order term of exp(δ·h) with the
 //     deviations δ of the rows from μ spread λ along their main direction v
-//     (by power iteration at load) and σ² per dimension across it;
-//  2. scores the rows of the clusters, in int8 (rows quantized at load with
-//     one scale per row, h to int16), largest estimate first, until no
-//     cluster left could hold a hint (its estimated share is below 1/1.5 of
-//     the threshold and of the k-th hint so far) and an error of
-//     clusterEstError in the estimate of the clusters left would move no
-//     hint's probability by more than clusterProbTol;
+//     (by power iteration at load) and σ² per dimension across it, and
+//     the estimate's relative error u = uncBase + uncSpread·s², where s² =
+//     λ(v·h)² + σ²(‖h‖² − (v·h)²) is the variance of the deviations'
+//     logits: the expansion is worse the wider they spread;
+//  2. scores the rows of the clusters, in int8 (each row's deviation from
+//     its cluster's mean quantized at load with one scale per row, h to
+//     int16, μ·h from step 1 added back), largest estimate first, until no
+//     cluster left could hold a hint (its estimated share is below
+//     1/hintMargin of the threshold and of the k-th hint so far) and the
+//     error of the estimate of the clusters left would move no hint's
+//     probability by more than probTol. That error is taken as uncZ
+//     standard deviations of a sum of independent errors, uncZ·√Σ(u·e)²
+//     over the clusters left (e their estimates): the clusters' errors
+//     are measured to be about independent, so a rest spread over many
+//     clusters is known far better than each of them;
 //  3. scores the clusterRescore best rows again in float32, takes the top
 //     k and normalises them by the mass of the scored clusters plus the
 //     estimate of the rest.
 //
-// Both the estimate error and the hints it could miss are measured, not
-// proven: see TestTopKAgreement. The work per click follows how spread the
-// next-page distribution is: a peaked one is settled by a few clusters, a
-// flat one scores most of them (and is then exact).
+// Both the estimate's error model and the hints it could miss are
+// measured, not proven: see TestTopKAgreement and TestClusterEstimateError.
+// The work per click follows how spread the next-page distribution is: a
+// peaked one is settled by a few clusters, a flat one scores most of them
+// (and is then exact).
 
 const (
 	// clusterMinVocab is the smallest vocabulary that gets a clustered
 	// scorer; below it exact scoring is cheap enough.
 	clusterMinVocab = 16384
-	// clusterSize is the mean number of rows per cluster.
-	clusterSize = 128
+	// clusterSize is the mean number of rows per cluster of k-means
+	// (before splitWide and splitHeads: about 90 rows per cluster at the
+	// end on TestTopKAgreement's model).
+	clusterSize = 256
+	// clusterHeadShare is the share of each cluster's rows, those of the
+	// largest biases, that splitHeads moves to a cluster of their own.
+	clusterHeadShare = 0.25
 	// clusterHintMargin: a cluster is scored when its estimated share of
-	// the normaliser could hold a hint were the estimate 1.5 times too low.
-	clusterHintMargin = 1.5
-	// clusterEstError is the relative error assumed of the normaliser
-	// estimate of the clusters left unscored together. On
-	// TestTopKAgreement's model the worst probability error over 1,500
-	// clicks is 7e-4 at 0.1 to 0.03 assumed, 8.4e-4 at 0.02 and 1.2e-3 at
-	// 0.01.
-	clusterEstError = 0.03
+	// the normaliser could hold a hint were the estimate 1.2 times too low.
+	clusterHintMargin = 1.2
+	// clusterUncBase and clusterUncSpread give the relative error of a
+	// cluster's normaliser estimate, uncBase + uncSpread·s² (s² the
+	// variance of its rows' deviation logits, step 1 above), and
+	// clusterUncZ how many standard deviations of the rest's error the
+	// stopping rule allows for. Fitted on TestClusterEstimateError's
+	// model with the clusters of 128 rows this scorer had before
+	// splitHeads (the root mean square of log(actual/estimate) was 0.024
+	// at s² below 0.25, 0.038 from 0.25 to 0.75, 0.061 from 0.5 to 1.25,
+	// 0.11 above; the rest's error within 3 standard deviations for 99%
+	// of cuts). With the clusters it has now, that test finds the rest's
+	// error beyond 5 standard deviations at 1 of 800 cuts (5.3 at most);
+	// a reported probability moves by more than 1e-3 only beyond
+	// uncZ·1e-3/probTol = 8.3.
+	clusterUncBase   = 0.015
+	clusterUncSpread = 0.055
+	clusterUncZ      = 5
 	// clusterProbTol is the largest change of a reported probability the
-	// assumed estimate error may cause.
-	clusterProbTol = 5e-4
+	// estimate's error may cause.
+	clusterProbTol = 6e-4
+	// clusterNeglect: clusters whose estimates, all together wrong by
+	// this share, would move no probability by more than clusterProbTol
+	// are never scored (they stay in the estimate of the rest).
+	clusterNeglect = 0.03
 	// clusterRescore is the number of candidates, by quantized logit,
 	// scored again in float32 (at least k): int8 rows put logits off by a
 	// few hundredths, which matters for the mass of the likeliest pages.
@@ -69,31 +99,42 @@ const (
 type clusterIndex struct {
 	h, v int
 	// Stopping rule of topK (see enough): clusterHintMargin,
-	// clusterEstError, clusterProbTol.
-	hintMargin, estError, probTol float64
-	hp                            int       // H rounded up to 16
-	extraBytes                    int64     // of w, when it is a copy
-	w                             []float32 // [V, H] the rows in vocabulary order (the graph's own when it can)
-	q                             []int8    // [V, hp] the rows in cluster order, quantized
-	qscale                        []float32 // per row of q: the value of 1
-	bias                          []float32 // [V] in cluster order
-	page                          []int32   // cluster order -> vocabulary index
-	start                         []int32   // cluster c holds rows start[c] to start[c+1]
-	mean                          []float32 // [C, H] bias-weighted mean row of each cluster
-	logMass                       []float32 // log Σ exp(b_i) over the cluster
-	spread                        []float32 // ½ · mean squared deviation per dimension, off dir
-	dir                           []float32 // [C, H] main direction of the deviations
-	lam                           []float32 // ½ · variance along dir
-	scratch                       sync.Pool // *clusterScratch
+	// clusterUncBase, clusterUncSpread, clusterUncZ, clusterProbTol.
+	hintMargin, uncBase, uncSpread, uncZ, probTol float64
+	hp                                            int       // H rounded up to 16
+	extraBytes                                    int64     // of w, when it is a copy
+	w                                             []float32 // [V, H] the rows in vocabulary order (the graph's own when it can)
+	q                                             []int8    // [V, hp] the rows in cluster order, quantized
+	qscale                                        []float32 // per row of q: the value of 1
+	bias                                          []float32 // [V] in cluster order
+	vbias                                         []float32 // [V] in vocabulary order (the graph's own), or nil
+	page                                          []int32   // cluster order -> vocabulary index
+	start                                         []int32   // cluster c holds rows start[c] to start[c+1]
+	// means holds the C clusters' bias-weighted mean rows μ, hp int16
+	// each with one scale (meanScale), rounded so: the rows' deviations in
+	// q are from the rounded μ, so that μ·h read from here is their
+	// logits' offset. dirs holds their main directions v of the
+	// deviations, hp int8 each with one scale (dirScale): v·h only weighs
+	// the spread along v.
+	means     []int16
+	meanScale []float32
+	dirs      []int8
+	dirScale  []float32
+	zeros     []float32 // C zeros: the biases of dirs
+	logMass   []float32 // log Σ exp(b_i) over the cluster
+	spread    []float32 // ½ · mean squared deviation per dimension, off dir
+	lam       []float32 // ½ · variance along dir
+	scratch   sync.Pool // *clusterScratch
 }
 
 // clusterScratch is the per-call working memory of a clustered scoring.
 type clusterScratch struct {
 	est   []float32 // per cluster: estimated log mass, then exp(est - max)
-	proj  []float32 // per cluster: hidden vector along dir
+	unc   []float32 // per cluster: relative error of est
+	dots  []float32 // μ·x of each cluster (the offset of its rows' logits), then v·x
 	logit []float32 // logits of one cluster's rows
 	ex    []float32 // exp of one cluster's logits
-	order []int32   // clusters to consider, largest estimate first
+	order []uint64  // clusters to consider (clusterKey), a max-heap
 	cands []scored  // top candidates so far, by quantized logit
 	xq    []int16   // the hidden vector, quantized
 	acc   []int32   // int32 dot products of one cluster's rows
@@ -115,6 +156,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	nc := max(1, v/clusterSize)
 	assign := kmeans(w, v, h, nc)
 	nc = splitWide(w, h, assign, nc)
+	nc = splitHeads(b, assign, nc)
 	count := make([]int32, nc)
 	for _, c := range assign {
 		count[c]++
@@ -132,16 +174,16 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	nc = int(k)
 	ix := &clusterIndex{
 		h: h, v: v,
-		hintMargin: clusterHintMargin, estError: clusterEstError, probTol: clusterProbTol,
+		hintMargin: clusterHintMargin, probTol: clusterProbTol,
+		uncBase: clusterUncBase, uncSpread: clusterUncSpread, uncZ: clusterUncZ,
 		hp:      (h + 15) &^ 15,
 		w:       w,
 		bias:    make([]float32, v),
+		vbias:   b,
 		page:    make([]int32, v),
 		start:   make([]int32, nc+1),
-		mean:    make([]float32, nc*h),
 		logMass: make([]float32, nc),
 		spread:  make([]float32, nc),
-		dir:     make([]float32, nc*h),
 		lam:     make([]float32, nc),
 	}
 	for c := range nc {
@@ -159,6 +201,13 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	}
 	mu := make([]float64, h)
 	dv := make([]float64, h)
+	mean := make([]float32, nc*h) // then rounded as stored in means
+	dir := make([]float32, h)
+	ix.means = make([]int16, nc*ix.hp)
+	ix.meanScale = make([]float32, nc)
+	ix.dirs = make([]int8, nc*ix.hp)
+	ix.dirScale = make([]float32, nc)
+	ix.zeros = make([]float32, nc)
 	for c := range nc {
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		// Bias weights relative to the cluster's largest bias.
@@ -184,17 +233,23 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 			}
 		}
 		for d := range h {
-			ix.mean[c*h+d] = float32(mu[d] / mass)
+			mean[c*h+d] = float32(mu[d] / mass)
 		}
 		ix.logMass[c] = bmax + float32(math.Log(mass))
 		// The deviations' main direction v and its variance λ, by power
 		// iteration on their weighted covariance; the rest isotropic.
-		v := ix.dir[c*h : (c+1)*h]
-		lam := ix.principal(lo, hi, bmax, mass, ix.mean[c*h:(c+1)*h], v, dv)
+		mc := mean[c*h : (c+1)*h]
+		lam := ix.principal(lo, hi, bmax, mass, mc, dir, dv)
 		ix.lam[c] = float32(0.5 * lam)
 		ix.spread[c] = float32(0.5 * max(dev/mass-lam, 0) / float64(max(h-1, 1)))
+		m16 := ix.means[c*ix.hp : c*ix.hp+h]
+		ix.meanScale[c] = quantizeRow(m16, mc)
+		ix.dirScale[c] = quantizeRow(ix.dirs[c*ix.hp:c*ix.hp+h], dir)
+		for d, q := range m16 {
+			mc[d] = float32(q) * ix.meanScale[c]
+		}
 	}
-	ix.quantize()
+	ix.quantize(mean)
 	maxSize := 0
 	for c := range nc {
 		maxSize = max(maxSize, int(ix.start[c+1]-ix.start[c]))
@@ -202,10 +257,11 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	ix.scratch.New = func() any {
 		return &clusterScratch{
 			est:   make([]float32, nc),
-			proj:  make([]float32, nc),
-			order: make([]int32, 0, nc),
+			unc:   make([]float32, nc),
+			dots:  make([]float32, 2*nc),
+			order: make([]uint64, 0, nc),
 			xq:    make([]int16, ix.hp),
-			acc:   make([]int32, maxSize),
+			acc:   make([]int32, max(maxSize, 4)), // and the remainder of the dirs
 			cands: make([]scored, 0, clusterRescore+1),
 		}
 	}
@@ -261,23 +317,21 @@ func (ix *clusterIndex) row(j int) []float32 {
 	return ix.w[i*ix.h : (i+1)*ix.h]
 }
 
-// quantize fills q and qscale: each row scaled so that its largest
-// magnitude is 127, rounded to int8, zero-padded to hp.
-func (ix *clusterIndex) quantize() {
+// quantize fills q and qscale: each row's deviation from its cluster's
+// mean (means, [C, H]), scaled so that its largest magnitude is 127, rounded to int8,
+// zero-padded to hp. Rows lie close to their cluster's mean, so the
+// deviations quantize far finer than the rows would.
+func (ix *clusterIndex) quantize(means []float32) {
 	ix.q = make([]int8, ix.v*ix.hp)
 	ix.qscale = make([]float32, ix.v)
-	for j := range ix.v {
-		var amax float32
-		for _, x := range ix.row(j) {
-			amax = max(amax, float32(math.Abs(float64(x))))
-		}
-		if amax == 0 {
-			continue
-		}
-		ix.qscale[j] = amax / 127
-		inv := 127 / amax
-		for d, x := range ix.row(j) {
-			ix.q[j*ix.hp+d] = int8(math.Round(float64(x * inv)))
+	dev := make([]float32, ix.h)
+	for c := range ix.clusters() {
+		mean := means[c*ix.h : (c+1)*ix.h]
+		for j := int(ix.start[c]); j < int(ix.start[c+1]); j++ {
+			for d, x := range ix.row(j) {
+				dev[d] = x - mean[d]
+			}
+			ix.qscale[j] = quantizeRow(ix.q[j*ix.hp:j*ix.hp+ix.h], dev)
 		}
 	}
 }
@@ -474,7 +528,7 @@ func bisect(w []float32, h int, rows []int32) []int32 {
 
 // bytes is the memory the index holds.
 func (ix *clusterIndex) bytes() int64 {
-	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.mean)+len(ix.logMass)+len(ix.spread)+len(ix.dir)+len(ix.lam))
+	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.meanScale)+len(ix.dirScale)+len(ix.zeros)+len(ix.logMass)+len(ix.spread)+len(ix.lam)) + 2*int64(len(ix.means)) + int64(len(ix.dirs))
 }
 
 // clusters is the number of clusters.
@@ -482,12 +536,13 @@ func (ix *clusterIndex) clusters() int { return len(ix.logMass) }
 
 // topK scores the hidden vector x (length H) and writes into dst the k
 // pages with the highest probabilities at or above threshold, highest
-// first, and returns it with the number of rows it scored exactly. It does
-// not allocate in steady state.
-func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) ([]Hint, int) {
+// first, and returns it with the number of rows it scored exactly and the
+// log of the normaliser (NaN when k <= 0: nothing is scored). It does not
+// allocate in steady state.
+func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) ([]Hint, int, float64) {
 	dst = dst[:0]
 	if k <= 0 {
-		return dst, 0
+		return dst, 0, math.NaN()
 	}
 	s := ix.scratch.Get().(*clusterScratch)
 	defer ix.scratch.Put(s)
@@ -496,58 +551,54 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	for _, v := range x {
 		xx += v * v
 	}
-	est, proj := s.est, s.proj
-	gemv(nc, h, ix.mean, h, x, est)
-	gemv(nc, h, ix.dir, h, x, proj)
-	top := float32(math.Inf(-1))
-	for c := range est {
-		p2 := proj[c] * proj[c]
-		est[c] += ix.logMass[c] + ix.lam[c]*p2 + ix.spread[c]*(xx-p2)
-		top = max(top, est[c])
-	}
+	// x quantized to int16 for the int16 means and directions and the
+	// int8 rows.
+	xq, inv := ix.quantizeX(x, s)
+	est := s.est
+	top := ix.estimate(s, xq, inv, xx)
 	// Shares of the estimated normaliser, relative to the largest cluster.
-	// Clusters below probTol/(estError·nc) of it are never scored: an
-	// error of estError in their total moves no probability by more than
-	// probTol, and none could hold a hint.
+	// Clusters below probTol/(clusterNeglect·nc) of it are never scored:
+	// an error of clusterNeglect in their total moves no probability by
+	// more than probTol, and none could hold a hint.
 	expSum(est, est, top)
-	cut := float32(ix.probTol / (ix.estError * float64(nc)))
+	cut := float32(ix.probTol / (clusterNeglect * float64(nc)))
 	s.order = s.order[:0]
-	var rest float64 // estimated mass of the clusters not scored
+	var rest float64    // estimated mass of the clusters not scored
+	var restVar float64 // variance of its error
 	for c, e := range est {
 		if e >= cut {
-			s.order = append(s.order, int32(c))
+			s.order = append(s.order, clusterKey(e, c))
 		}
 		rest += float64(e)
+		u := float64(s.unc[c] * e)
+		restVar += u * u
 	}
 	// Clusters come off a max-heap of their estimates: only the few
 	// scored are ordered.
-	heapInit(s.order, est)
-	// x quantized to int16 for the int8 rows.
-	xq, inv := ix.quantizeX(x, s)
+	heapInit(s.order)
 	m := max(k, clusterRescore)
 	var mass float64 // mass of the scored clusters, relative to exp(top)
 	s.cands = s.cands[:0]
 	rows := 0
 	for len(s.order) > 0 {
-		c := s.order[0]
-		if ix.enough(s.cands, k, threshold, top, mass, rest, est[c]) {
+		c := keyCluster(s.order[0])
+		if ix.enough(s.cands, k, threshold, top, mass, rest, restVar, est[c]) {
 			break
 		}
-		s.order = heapPop(s.order, est)
+		s.order = heapPop(s.order)
 		rest -= float64(est[c])
+		u := float64(s.unc[c] * est[c])
+		restVar = max(0, restVar-u*u)
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		n := hi - lo
 		rows += n
-		acc := s.acc[:n]
-		dotI8(ix.q[lo*ix.hp:hi*ix.hp], n, ix.hp, xq, acc)
 		logit := growF(&s.logit, n)
-		mx := float32(math.Inf(-1))
-		for j, a := range acc {
-			logit[j] = float32(a)*ix.qscale[lo+j]*inv + ix.bias[lo+j]
-			mx = max(mx, logit[j])
-		}
+		mx := logitsI8(ix.q[lo*ix.hp:hi*ix.hp], n, ix.hp, xq, ix.qscale[lo:hi], ix.bias[lo:hi], inv, s.dots[c], logit, s.acc)
 		sum := expSum(growF(&s.ex, n), logit, mx)
 		mass += float64(sum) * math.Exp(float64(mx-top))
+		if len(s.cands) == m && mx < s.cands[m-1].logit {
+			continue
+		}
 		for j, l := range logit {
 			if len(s.cands) < m || l >= s.cands[m-1].logit {
 				s.cands = keepTop(s.cands, m, scored{logit: l, pos: int32(lo + j)})
@@ -594,7 +645,64 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 		}
 		dst = append(dst, Hint{Page: int64(ix.page[sc.pos]), Prob: p})
 	}
+	return dst, rows, logZ
+}
+
+// topKWith is topK that also sets probs[i] to the probability of page
+// pages[i] (probsOf), and returns the hints and the rows scored.
+func (ix *clusterIndex) topKWith(x []float32, k int, threshold float32, dst []Hint, pages []int64, probs []float32) ([]Hint, int) {
+	if len(pages) > 0 && k <= 0 {
+		// The normaliser is needed all the same: score for a hint no page
+		// can reach.
+		k, threshold = 1, float32(math.Inf(1))
+	}
+	dst, rows, logZ := ix.topK(x, k, threshold, dst)
+	if len(pages) > 0 {
+		ix.probsOf(x, logZ, pages, probs)
+	}
 	return dst, rows
+}
+
+// probsOf sets probs[i] to the probability of page pages[i] for the
+// hidden vector x, exactly in float32 against the normaliser logZ that
+// topK returned for x; pages outside the vocabulary get 0.
+func (ix *clusterIndex) probsOf(x []float32, logZ float64, pages []int64, probs []float32) {
+	s := ix.scratch.Get().(*clusterScratch)
+	defer ix.scratch.Put(s)
+	for i, p := range pages {
+		if p < 0 || p >= int64(ix.v) {
+			probs[i] = 0
+			continue
+		}
+		gemv(1, ix.h, ix.w[int(p)*ix.h:int(p+1)*ix.h], ix.h, x, s.one[:])
+		l := float64(s.one[0])
+		if ix.vbias != nil {
+			l += float64(ix.vbias[p])
+		}
+		probs[i] = float32(math.Exp(l - logZ))
+	}
+}
+
+// estimate is step 1 of topK for the hidden vector xq·inv (xx its
+// squared norm): it sets s.dots, the estimated log mass of every cluster
+// (s.est) and its relative error (s.unc), and returns the largest estimate.
+func (ix *clusterIndex) estimate(s *clusterScratch, xq []int16, inv, xx float32) float32 {
+	nc := len(ix.logMass)
+	gemvI16(nc, ix.hp, ix.means, xq, ix.meanScale, inv, s.dots[:nc])
+	logitsI8(ix.dirs, nc, ix.hp, xq, ix.dirScale, ix.zeros, inv, 0, s.dots[nc:], s.acc)
+	ua, ub := float32(ix.uncBase), float32(2*ix.uncSpread)
+	done, top := estAsm(nc, s.dots, ix.lam, ix.spread, ix.logMass, xx, ua, ub, s.est, s.unc)
+	if done == 0 {
+		top = float32(math.Inf(-1))
+	}
+	for c := done; c < nc; c++ {
+		p2 := s.dots[nc+c] * s.dots[nc+c]
+		q := ix.lam[c]*p2 + ix.spread[c]*(xx-p2) // ½s²
+		s.unc[c] = ua + ub*q
+		s.est[c] = s.dots[c] + ix.logMass[c] + q
+		top = max(top, s.est[c])
+	}
+	return top
 }
 
 // quantizeX returns x scaled to int16 (zero-padded to hp, in s) and the
@@ -621,9 +729,9 @@ func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, floa
 // no cluster left could hold a hint (its estimated share of the normaliser,
 // next for the largest one, is below hintMargin times less than the
 // threshold and the k-th hint), and the error of the estimate of the rest,
-// estError of it, moves no hint's probability by more than probTol. Masses
-// are relative to exp(top).
-func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, exact, rest float64, next float32) bool {
+// uncZ times its standard deviation √restVar, moves no hint's probability
+// by more than probTol. Masses are relative to exp(top).
+func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, exact, rest, restVar float64, next float32) bool {
 	z := exact + rest
 	if len(hints) == 0 {
 		return false
@@ -636,46 +744,51 @@ func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, ex
 		return false
 	}
 	pTop := math.Exp(float64(hints[0].logit-top)) / z
-	return ix.estError*rest*pTop <= ix.probTol*z
+	return ix.uncZ*math.Sqrt(restVar)*pTop <= ix.probTol*z
 }
 
-// heapInit orders h as a max-heap of key[h[i]], ties to the lower index.
-func heapInit(h []int32, key []float32) {
+// clusterKey orders cluster c by its estimate e (not negative) as an
+// integer: larger e first, ties to the lower index. The bits of positive
+// float32s order as the floats do.
+func clusterKey(e float32, c int) uint64 {
+	return uint64(math.Float32bits(e))<<32 | uint64(^uint32(c))
+}
+
+// keyCluster is the cluster of a clusterKey.
+func keyCluster(key uint64) int32 { return int32(^uint32(key)) }
+
+// heapInit orders h as a max-heap.
+func heapInit(h []uint64) {
 	for i := len(h)/2 - 1; i >= 0; i-- {
-		siftDown(h, i, key)
+		siftDown(h, i)
 	}
 }
 
 // heapPop removes the top of the max-heap h and returns the shorter heap.
-func heapPop(h []int32, key []float32) []int32 {
+func heapPop(h []uint64) []uint64 {
 	n := len(h) - 1
 	h[0] = h[n]
 	h = h[:n]
-	siftDown(h, 0, key)
+	siftDown(h, 0)
 	return h
 }
 
-func siftDown(h []int32, i int, key []float32) {
+func siftDown(h []uint64, i int) {
 	for {
 		l := 2*i + 1
 		if l >= len(h) {
 			return
 		}
 		c := l
-		if r := l + 1; r < len(h) && above(h[r], h[l], key) {
+		if r := l + 1; r < len(h) && h[r] > h[l] {
 			c = r
 		}
-		if !above(h[c], h[i], key) {
+		if h[c] <= h[i] {
 			return
 		}
 		h[i], h[c] = h[c], h[i]
 		i = c
 	}
-}
-
-// above orders the heap: larger key first, ties to the lower index.
-func above(a, b int32, key []float32) bool {
-	return key[a] > key[b] || key[a] == key[b] && a < b
 }
 
 // keepTop inserts c into top (at most k entries, highest logit first, ties
@@ -713,4 +826,41 @@ func expSum(dst, src []float32, shift float32) float32 {
 		sum += dst[i]
 	}
 	return sum
+}
+
+// splitHeads moves, in each cluster of at least 8 rows, the rows of the
+// largest biases (the first clusterHeadShare of them: the most popular
+// pages) to a cluster of their own, and returns the number of clusters.
+// Biases spread over several nats (popularity is Zipf-like), so a head
+// holds most of its cluster's mass in a quarter of its rows: the few
+// pages likely enough to be hints are scored without the many that are
+// not, and the mass left unscored is spread over many small clusters.
+func splitHeads(b []float32, assign []int32, nc int) int {
+	if b == nil {
+		return nc
+	}
+	members := make([][]int32, nc)
+	for i, c := range assign {
+		members[c] = append(members[c], int32(i))
+	}
+	for _, rows := range members {
+		if len(rows) < 8 {
+			continue
+		}
+		slices.SortFunc(rows, func(x, y int32) int {
+			switch {
+			case b[x] > b[y]:
+				return -1
+			case b[x] < b[y]:
+				return 1
+			}
+			return int(x - y)
+		})
+		n := max(1, int(float64(len(rows))*clusterHeadShare))
+		for _, i := range rows[:n] {
+			assign[i] = int32(nc)
+		}
+		nc++
+	}
+	return nc
 }

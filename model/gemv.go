@@ -1,6 +1,8 @@
 package model
 
 import (
+	"math"
+
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
 )
@@ -130,4 +132,77 @@ func dotI8(a []int8, n, h int, x []int16, out []int32) {
 		}
 		out[i] = s
 	}
+}
+
+// logitsI8 sets out[i] = float32(dot(row i of a, x))·(scale[i]·inv) +
+// bias[i] + off for the n rows of a (n rows of h int8, h a multiple of 16, as
+// dotI8) and returns the largest out[i] (n > 0). acc is scratch of n
+// int32: the kernel's rows four at a time need none, the remainder does.
+func logitsI8(a []int8, n, h int, x []int16, scale, bias []float32, inv, off float32, out []float32, acc []int32) float32 {
+	_ = a[n*h-1]
+	_ = x[h-1]
+	_ = scale[n-1]
+	_ = bias[n-1]
+	_ = out[n-1]
+	done, mx := logitsI8Asm(a, n, h, x, scale, bias, inv, off, out)
+	if done == 0 {
+		mx = float32(math.Inf(-1))
+	}
+	if rest := n - done; rest > 0 {
+		dotI8(a[done*h:n*h], rest, h, x, acc[:rest])
+		for j, s := range acc[:rest] {
+			l := float32(s)*(scale[done+j]*inv) + bias[done+j] + off
+			out[done+j] = l
+			mx = max(mx, l)
+		}
+	}
+	return mx
+}
+
+// gemvI16 computes y = A·x for the m×n row-major A stored as int16 with
+// one scale per row and x as int16 with one scale inv for all:
+// y[i] = scale[i]·inv·Σ_j a[i*n+j]·x[j]. a and x must lie within ±32767
+// (quantizeRow and clusterIndex.quantizeX keep them so). Rows are half the
+// bytes of float32 ones and kept to 2^-15 of their largest value.
+func gemvI16(m, n int, a, x []int16, scale []float32, inv float32, y []float32) {
+	if m == 0 {
+		return
+	}
+	_ = a[m*n-1]
+	_ = scale[m-1]
+	_ = x[n-1]
+	_ = y[m-1]
+	if gemvI16Asm(m, n, a, x, scale, inv, y) {
+		return
+	}
+	for i := range m {
+		var s int64
+		for j, v := range a[i*n : (i+1)*n] {
+			s += int64(v) * int64(x[j])
+		}
+		y[i] = float32(s) * scale[i] * inv
+	}
+}
+
+// quantizeRow rounds row into dst with one scale, its largest magnitude
+// to the largest value of T (127 or 32767, so that -128 or -32768 never
+// occurs), and returns the scale (0 for a zero row).
+func quantizeRow[T int8 | int16](dst []T, row []float32) float32 {
+	top := float32(math.MaxInt8)
+	if _, wide := any(dst).([]int16); wide {
+		top = math.MaxInt16
+	}
+	var amax float32
+	for _, x := range row {
+		amax = max(amax, float32(math.Abs(float64(x))))
+	}
+	if amax == 0 {
+		clear(dst)
+		return 0
+	}
+	inv := top / amax
+	for d, x := range row {
+		dst[d] = T(math.Round(float64(x * inv)))
+	}
+	return amax / top
 }

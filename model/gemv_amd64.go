@@ -200,15 +200,49 @@ func dotI8Asm(a []int8, n, h int, x []int16, out []int32) bool {
 	if !cpu.X86.HasAVX2 {
 		return false
 	}
-	n4 := n &^ 3
-	if n4 > 0 {
-		dotI84AVX2(&a[0], n4, h, &x[0], &out[0])
-	}
-	if n4 < n {
-		dotI8AVX2(&a[n4*h], n-n4, h, &x[0], &out[n4])
-	}
+	dotI8AVX2(&a[0], n, h, &x[0], &out[0])
 	return true
 }
 
 //go:noescape
-func dotI84AVX2(a *int8, n, h int, x *int16, out *int32)
+func logitsI8AVX2(a *int8, n, h int, x *int16, scale, bias *float32, inv, off float32, out *float32) float32
+
+// logitsI8Asm sets out[i] = dot(row i of a, x)·scale[i]·inv + bias[i] + off for
+// the first n rounded down to a multiple of 4 rows (a as in dotI8), and
+// returns how many it set and their largest value; 0 rows when the CPU has
+// no AVX2 and FMA.
+func logitsI8Asm(a []int8, n, h int, x []int16, scale, bias []float32, inv, off float32, out []float32) (int, float32) {
+	n4 := n &^ 3
+	if n4 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0, 0
+	}
+	mx := logitsI8AVX2(&a[0], n4, h, &x[0], &scale[0], &bias[0], inv, off, &out[0])
+	return n4, mx
+}
+
+//go:noescape
+func gemvI16AVX2(m, n int, a *int16, x *int16, scale *float32, inv float32, y *float32)
+
+// gemvI16Asm is gemvI16 and reports whether it could (CPU support).
+func gemvI16Asm(m, n int, a, x []int16, scale []float32, inv float32, y []float32) bool {
+	if n%16 != 0 || !cpu.X86.HasAVX2 {
+		return false
+	}
+	gemvI16AVX2(m, n, &a[0], &x[0], &scale[0], inv, &y[0])
+	return true
+}
+
+//go:noescape
+func estAVX2(n, half int, dots, lam, spread, logMass *float32, xx, ua, ub float32, est, unc *float32) float32
+
+// estAsm is the vector part of clusterIndex.estimate: it sets the first
+// n rounded down to a multiple of 8 of the n clusters and returns how many
+// and the largest estimate among them; 0 when the CPU has no AVX2 and FMA.
+func estAsm(n int, dots, lam, spread, logMass []float32, xx, ua, ub float32, est, unc []float32) (int, float32) {
+	n8 := n &^ 7
+	if n8 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0, 0
+	}
+	_ = dots[2*n-1]
+	return n8, estAVX2(n8, n, &dots[0], &lam[0], &spread[0], &logMass[0], xx, ua, ub, &est[0], &unc[0])
+}

@@ -1,5 +1,14 @@
 #include "textflag.h"
 
+// Y0 to Y3 zeroed: the accumulators of four rows.
+#define ZERO4 VXORPS Y0, Y0, Y0; VXORPS Y1, Y1, Y1; VXORPS Y2, Y2, Y2; VXORPS Y3, Y3, Y3
+
+// R11 to R14 point at four rows from base, stride bytes apart.
+#define ROWS4(base, stride) MOVQ base, R11; LEAQ (R11)(stride*1), R12; LEAQ (R12)(stride*1), R13; LEAQ (R13)(stride*1), R14
+
+// X0 holds the horizontal sums of Y0 to Y3, in order.
+#define HSUM4 VHADDPS Y1, Y0, Y0; VHADDPS Y3, Y2, Y2; VHADDPS Y2, Y0, Y0; VEXTRACTF128 $1, Y0, X1; VADDPS X1, X0, X0
+
 // func gemvAVX2(m, n int, a *float32, lda int, x *float32, y *float32)
 // y[i] = sum over j < n of a[i*lda+j] * x[j], for i < m. n must be a
 // multiple of 8 (the caller adds the remaining columns).
@@ -16,14 +25,8 @@ TEXT ·gemvAVX2(SB), NOSPLIT, $0-48
 rows4:
 	CMPQ R8, $4
 	JL   rows1
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	MOVQ SI, R11
-	LEAQ (R11)(R10*1), R12
-	LEAQ (R12)(R10*1), R13
-	LEAQ (R13)(R10*1), R14
+	ZERO4
+	ROWS4(SI, R10)
 	XORQ CX, CX
 
 cols4:
@@ -38,11 +41,7 @@ cols4:
 	JMP         cols4
 
 sum4:
-	VHADDPS      Y1, Y0, Y0
-	VHADDPS      Y3, Y2, Y2
-	VHADDPS      Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
+	HSUM4
 	VMOVUPS      X0, (DX)
 	LEAQ         (SI)(R10*4), SI
 	ADDQ         $16, DX
@@ -469,31 +468,40 @@ i8done:
 	VZEROUPPER
 	RET
 
-// func dotI84AVX2(a *int8, n, h int, x *int16, out *int32)
-// dotI8AVX2 for n a multiple of 4: four rows at a time, each load of x
-// shared by the four.
-TEXT ·dotI84AVX2(SB), NOSPLIT, $0-40
-	MOVQ a+0(FP), SI
-	MOVQ n+8(FP), CX
-	MOVQ h+16(FP), DX
-	MOVQ x+24(FP), DI
-	MOVQ out+32(FP), R8
-	LEAQ (SI)(DX*1), R10
-	LEAQ (R10)(DX*1), R11
-	LEAQ (R11)(DX*1), R12
-	MOVQ DX, R13
-	SHLQ $2, R13
+// func logitsI8AVX2(a *int8, n, h int, x *int16, scale, bias *float32, inv, off float32, out *float32) float32
+// out[i] = float32(sum over j < h of a[i*h+j] * x[j]) * scale[i] * inv +
+// bias[i] + off for i < n (n a positive multiple of 4, h a multiple of
+// 16), four rows at a time, each load of x shared by the four; returns
+// the largest out[i].
+TEXT ·logitsI8AVX2(SB), NOSPLIT, $0-68
+	MOVQ         a+0(FP), SI
+	MOVQ         n+8(FP), CX
+	MOVQ         h+16(FP), DX
+	MOVQ         x+24(FP), DI
+	MOVQ         scale+32(FP), R14
+	MOVQ         bias+40(FP), R15
+	VBROADCASTSS inv+48(FP), X15
+	VBROADCASTSS off+52(FP), X13
+	MOVQ         out+56(FP), R8
+	LEAQ         (SI)(DX*1), R10
+	LEAQ         (R10)(DX*1), R11
+	LEAQ         (R11)(DX*1), R12
+	MOVQ         DX, R13
+	SHLQ         $2, R13
+	VPCMPEQD     X14, X14, X14 // running max, from -inf
+	VPSLLD       $23, X14, X14 // 0xff800000 = -inf
+	XORQ         BX, BX
 
-q4row:
+l4row:
 	CMPQ  CX, $4
-	JL    q4done
+	JL    l4done
 	VPXOR Y0, Y0, Y0
 	VPXOR Y1, Y1, Y1
 	VPXOR Y2, Y2, Y2
 	VPXOR Y3, Y3, Y3
 	XORQ  R9, R9
 
-q4inner:
+l4inner:
 	VMOVDQU   (DI)(R9*2), Y4
 	VPMOVSXBW (SI)(R9*1), Y5
 	VPMADDWD  Y4, Y5, Y5
@@ -509,22 +517,171 @@ q4inner:
 	VPADDD    Y8, Y3, Y3
 	ADDQ      $16, R9
 	CMPQ      R9, DX
-	JLT       q4inner
+	JLT       l4inner
 
 	VPHADDD      Y1, Y0, Y0
 	VPHADDD      Y3, Y2, Y2
 	VPHADDD      Y2, Y0, Y0
 	VEXTRACTI128 $1, Y0, X1
 	VPADDD       X1, X0, X0
-	VMOVDQU      X0, (R8)
+	VCVTDQ2PS    X0, X0
+	VMULPS       (R14)(BX*4), X15, X1 // scale * inv
+	VFMADD213PS  (R15)(BX*4), X1, X0  // sum * scale * inv + bias
+	VADDPS       X13, X0, X0
+	VMOVUPS      X0, (R8)(BX*4)
+	VMAXPS       X0, X14, X14
 	ADDQ         R13, SI
 	ADDQ         R13, R10
 	ADDQ         R13, R11
 	ADDQ         R13, R12
-	ADDQ         $16, R8
+	ADDQ         $4, BX
 	SUBQ         $4, CX
-	JMP          q4row
+	JMP          l4row
 
-q4done:
+l4done:
+	VPERMILPS $0x4e, X14, X1
+	VMAXPS    X1, X14, X14
+	VPERMILPS $0xb1, X14, X1
+	VMAXPS    X1, X14, X14
+	VMOVSS    X14, ret+64(FP)
+	VZEROUPPER
+	RET
+
+// func gemvI16AVX2(m, n int, a *int16, x *int16, scale *float32, inv float32, y *float32)
+// y[i] = scale[i] * inv * sum over j < n of a[i*n+j] * x[j], for i < m
+// (n a multiple of 16): int16 rows with one scale each against an int16
+// vector, four rows at a time. Each VPMADDWD pair sum fits int32 (the
+// caller keeps a and x within ±32767) and is converted to float32 at once.
+TEXT ·gemvI16AVX2(SB), NOSPLIT, $0-56
+	MOVQ         m+0(FP), R8
+	MOVQ         n+8(FP), BX
+	MOVQ         a+16(FP), SI
+	MOVQ         x+24(FP), DI
+	MOVQ         scale+32(FP), R15
+	VBROADCASTSS inv+40(FP), X15
+	MOVQ         y+48(FP), DX
+	SHLQ         $1, BX // bytes per row of a and of x
+	MOVQ         BX, R10
+
+w4rows:
+	CMPQ R8, $4
+	JL   w1rows
+	ZERO4
+	ROWS4(SI, R10)
+	XORQ CX, CX
+
+w4cols:
+	CMPQ      CX, BX
+	JGE       w4sum
+	VMOVDQU   (DI)(CX*1), Y4
+	VPMADDWD  (R11)(CX*1), Y4, Y5
+	VCVTDQ2PS Y5, Y5
+	VADDPS    Y5, Y0, Y0
+	VPMADDWD  (R12)(CX*1), Y4, Y6
+	VCVTDQ2PS Y6, Y6
+	VADDPS    Y6, Y1, Y1
+	VPMADDWD  (R13)(CX*1), Y4, Y7
+	VCVTDQ2PS Y7, Y7
+	VADDPS    Y7, Y2, Y2
+	VPMADDWD  (R14)(CX*1), Y4, Y8
+	VCVTDQ2PS Y8, Y8
+	VADDPS    Y8, Y3, Y3
+	ADDQ      $32, CX
+	JMP       w4cols
+
+w4sum:
+	HSUM4
+	VMULPS  (R15), X0, X0
+	VMULPS  X15, X0, X0
+	VMOVUPS X0, (DX)
+	LEAQ    (SI)(R10*4), SI
+	ADDQ    $16, R15
+	ADDQ    $16, DX
+	SUBQ    $4, R8
+	JMP     w4rows
+
+w1rows:
+	CMPQ   R8, $0
+	JLE    w1done
+	VXORPS Y0, Y0, Y0
+	XORQ   CX, CX
+
+w1cols:
+	CMPQ      CX, BX
+	JGE       w1sum
+	VMOVDQU   (DI)(CX*1), Y4
+	VPMADDWD  (SI)(CX*1), Y4, Y5
+	VCVTDQ2PS Y5, Y5
+	VADDPS    Y5, Y0, Y0
+	ADDQ      $32, CX
+	JMP       w1cols
+
+w1sum:
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VHADDPS      X0, X0, X0
+	VHADDPS      X0, X0, X0
+	VMULSS       (R15), X0, X0
+	VMULSS       X15, X0, X0
+	VMOVSS       X0, (DX)
+	ADDQ         R10, SI
+	ADDQ         $4, R15
+	ADDQ         $4, DX
+	DECQ         R8
+	JMP          w1rows
+
+w1done:
+	VZEROUPPER
+	RET
+
+// func estAVX2(n, half int, dots, lam, spread, logMass *float32, xx, ua, ub float32, est, unc *float32) float32
+// For the first n clusters (n a positive multiple of 8), with m = dots[i]
+// (μ·h) and p = dots[half+i] (v·h): q = lam[i]·p² + spread[i]·(xx − p²),
+// est[i] = m + logMass[i] + q, unc[i] = ua + ub·q; returns the largest
+// est[i].
+TEXT ·estAVX2(SB), NOSPLIT, $0-84
+	MOVQ         n+0(FP), CX
+	MOVQ         half+8(FP), AX
+	MOVQ         dots+16(FP), SI
+	MOVQ         lam+24(FP), R9
+	MOVQ         spread+32(FP), R10
+	MOVQ         logMass+40(FP), R11
+	VBROADCASTSS xx+48(FP), Y13
+	VBROADCASTSS ua+52(FP), Y12
+	VBROADCASTSS ub+56(FP), Y11
+	MOVQ         est+64(FP), DI
+	MOVQ         unc+72(FP), DX
+	LEAQ         (SI)(AX*4), R8 // the v·h half of dots
+	SHLQ         $2, CX
+	XORQ         BX, BX
+	VPCMPEQD     Y14, Y14, Y14
+	VPSLLD       $23, Y14, Y14 // running max, from -inf
+
+estloop:
+	CMPQ        BX, CX
+	JGE         estdone
+	VMOVUPS     (R8)(BX*1), Y0
+	VMULPS      Y0, Y0, Y0          // p²
+	VSUBPS      Y0, Y13, Y1         // xx − p²
+	VMULPS      (R10)(BX*1), Y1, Y1 // spread·(xx − p²)
+	VFMADD231PS (R9)(BX*1), Y0, Y1  // q = lam·p² + that
+	VMOVAPS     Y12, Y2
+	VFMADD231PS Y11, Y1, Y2         // ua + ub·q
+	VMOVUPS     Y2, (DX)(BX*1)
+	VADDPS      (SI)(BX*1), Y1, Y1
+	VADDPS      (R11)(BX*1), Y1, Y1 // m + logMass + q
+	VMOVUPS     Y1, (DI)(BX*1)
+	VMAXPS      Y1, Y14, Y14
+	ADDQ        $32, BX
+	JMP         estloop
+
+estdone:
+	VEXTRACTF128 $1, Y14, X1
+	VMAXPS       X1, X14, X14
+	VPERMILPS    $0x4e, X14, X1
+	VMAXPS       X1, X14, X14
+	VPERMILPS    $0xb1, X14, X1
+	VMAXPS       X1, X14, X14
+	VMOVSS       X14, ret+80(FP)
 	VZEROUPPER
 	RET

@@ -23,3 +23,15 @@ func addAsm(dst, src []float32) bool { return false }
 func ratioAsm(x []float32, a, b float32) bool { return false }
 
 func dotI8Asm(a []int8, n, h int, x []int16, out []int32) bool { return false }
+
+func logitsI8Asm(a []int8, n, h int, x []int16, scale, bias []float32, inv, off float32, out []float32) (int, float32) {
+	return 0, 0
+}
+
+func gemvI16Asm(m, n int, a, x []int16, scale []float32, inv float32, y []float32) bool {
+	return false
+}
+
+func estAsm(n int, dots, lam, spread, logMass []float32, xx, ua, ub float32, est, unc []float32) (int, float32) {
+	return 0, 0
+}

@@ -171,3 +171,96 @@ func TestDotI8(t *testing.T) {
 		})
 	}
 }
+
+// TestLogitsI8 checks the fused int8 logits (product, scale, bias, offset,
+// largest value) against a plain loop in float64, for row counts with and
+// without a remainder past the kernel's blocks of four.
+func TestLogitsI8(t *testing.T) {
+	for _, tt := range []struct{ n, h int }{{1, 16}, {3, 32}, {4, 16}, {7, 48}, {8, 128}, {130, 128}} {
+		t.Run(fmt.Sprintf("%dx%d", tt.n, tt.h), func(t *testing.T) {
+			a := make([]int8, tt.n*tt.h)
+			x := make([]int16, tt.h)
+			w := lcgWeights(len(a)+len(x)+2*tt.n, uint64(tt.n+tt.h), 1)
+			for i := range a {
+				a[i] = int8(w[i] * 127)
+			}
+			a[0] = -128
+			for i := range x {
+				x[i] = int16(w[len(a)+i] * 32767)
+			}
+			scale := w[len(a)+len(x) : len(a)+len(x)+tt.n]
+			bias := w[len(a)+len(x)+tt.n:]
+			const inv, off = 1.0 / 4096, -0.75
+			out := make([]float32, tt.n+1)
+			out[tt.n] = 42
+			mx := logitsI8(a, tt.n, tt.h, x, scale, bias, inv, off, out, make([]int32, tt.n))
+			wantMax := math.Inf(-1)
+			for i := range tt.n {
+				var dot int64
+				for j := range tt.h {
+					dot += int64(a[i*tt.h+j]) * int64(x[j])
+				}
+				want := float64(dot)*float64(scale[i])*inv + float64(bias[i]) + off
+				wantMax = max(wantMax, want)
+				if d := math.Abs(float64(out[i]) - want); d > 1e-5*(1+math.Abs(want)) {
+					t.Errorf("row %d: %v, want %v", i, out[i], want)
+				}
+			}
+			if d := math.Abs(float64(mx) - wantMax); d > 1e-5*(1+math.Abs(wantMax)) {
+				t.Errorf("largest %v, want %v", mx, wantMax)
+			}
+			if out[tt.n] != 42 {
+				t.Errorf("wrote past n rows")
+			}
+		})
+	}
+}
+
+// TestGemvI16 checks the int16 product against float64 on the rows and
+// the vector as stored (quantizeRow, then scale), at the extremes of the
+// range, and that quantizeRow keeps each row to 2^-15 of its largest
+// value.
+func TestGemvI16(t *testing.T) {
+	for _, tt := range []struct{ m, n int }{{1, 16}, {3, 16}, {4, 32}, {9, 128}, {10, 48}, {5, 12}} {
+		t.Run(fmt.Sprintf("%dx%d", tt.m, tt.n), func(t *testing.T) {
+			rows := lcgWeights(tt.m*tt.n, uint64(tt.m*tt.n), 3)
+			rows[0] = 0 // a row with a zero
+			a := make([]int16, tt.m*tt.n)
+			scale := make([]float32, tt.m)
+			for i := range tt.m {
+				row := rows[i*tt.n : (i+1)*tt.n]
+				scale[i] = quantizeRow(a[i*tt.n:(i+1)*tt.n], row)
+				var amax float64
+				for _, v := range row {
+					amax = max(amax, math.Abs(float64(v)))
+				}
+				for j, v := range row {
+					if d := math.Abs(float64(a[i*tt.n+j])*float64(scale[i]) - float64(v)); d > amax/32767 {
+						t.Fatalf("row %d col %d: stored %v, want %v", i, j, float64(a[i*tt.n+j])*float64(scale[i]), v)
+					}
+				}
+			}
+			// The largest products of pairs: both ends of int16.
+			a[1], a[2] = 32767, 32767
+			x := make([]int16, tt.n)
+			xs := quantizeRow(x, lcgWeights(tt.n, 9, 1))
+			x[1], x[2] = 32767, 32767
+			y := make([]float32, tt.m+1)
+			y[tt.m] = 42
+			gemvI16(tt.m, tt.n, a, x, scale, xs, y)
+			for i := range tt.m {
+				var want float64
+				for j := range tt.n {
+					want += float64(a[i*tt.n+j]) * float64(x[j])
+				}
+				want *= float64(scale[i]) * float64(xs)
+				if d := math.Abs(float64(y[i]) - want); d > 1e-5*(1+math.Abs(want)) {
+					t.Errorf("row %d: %v, want %v", i, y[i], want)
+				}
+			}
+			if y[tt.m] != 42 {
+				t.Errorf("wrote past m rows")
+			}
+		})
+	}
+}

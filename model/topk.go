@@ -106,12 +106,25 @@ func SelectTopK(probs []float32, k int, threshold float32, dst []Hint) []Hint {
 // figures); without one it is exactly Step and SelectTopK. Errors are
 // Step's; on error state is unchanged.
 func (b *Bundle) StepTopK(ctx context.Context, pageID int64, state []float32, k int, threshold float32, dst []Hint) (hints []Hint, newState []float32, err error) {
-	hints, newState, _, err = b.stepTopK(ctx, pageID, state, k, threshold, dst)
+	hints, newState, _, err = b.stepTopK(ctx, pageID, state, k, threshold, dst, nil, nil)
 	return hints, newState, err
 }
 
-// stepTopK is StepTopK, also returning the number of output rows scored.
-func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k int, threshold float32, dst []Hint) ([]Hint, []float32, int, error) {
+// StepTopKWith is StepTopK that also sets probs[i] (len(probs) at least
+// len(pages)) to the probability of page pages[i] from the same scoring:
+// for a caller that blends the model with other evidence about a few
+// pages. With a clustered scorer those pages' logits are computed exactly
+// and divided by the normaliser the hints are (so their error is that of
+// the hints'); without one they are Step's. Pages outside the vocabulary
+// get 0. Errors are Step's.
+func (b *Bundle) StepTopKWith(ctx context.Context, pageID int64, state []float32, k int, threshold float32, dst []Hint, pages []int64, probs []float32) (hints []Hint, newState []float32, err error) {
+	hints, newState, _, err = b.stepTopK(ctx, pageID, state, k, threshold, dst, pages, probs[:len(pages)])
+	return hints, newState, err
+}
+
+// stepTopK is StepTopKWith, also returning the number of output rows
+// scored.
+func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k int, threshold float32, dst []Hint, pages []int64, probs []float32) ([]Hint, []float32, int, error) {
 	hd := b.stepHead
 	if hd == nil {
 		buf := b.probsBuf()
@@ -120,6 +133,7 @@ func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k 
 		if *buf, state, err = b.Step(ctx, pageID, state, *buf); err != nil {
 			return dst[:0], state, 0, err
 		}
+		probsAt(*buf, pages, probs)
 		return SelectTopK(*buf, k, threshold, dst), state, b.vsize, nil
 	}
 	state, err := b.stepState(ctx, pageID, state)
@@ -136,13 +150,25 @@ func (b *Bundle) stepTopK(ctx context.Context, pageID int64, state []float32, k 
 		return dst[:0], state, 0, fmt.Errorf("step: %w: hidden %v and state %v for one row", ErrContract, x.shape, so.shape)
 	}
 	copy(state, so.f)
-	hints, rows := b.index.topK(x.f, k, threshold, dst)
-	return hints, state, rows, nil
+	var rows int
+	dst, rows = b.index.topKWith(x.f, k, threshold, dst, pages, probs)
+	return dst, state, rows, nil
 }
 
 // PredictTopK is PredictOne followed by SelectTopK, with the clustered
 // scorer when the bundle has one (see StepTopK). Errors are PredictOne's.
 func (b *Bundle) PredictTopK(ctx context.Context, history []int64, k int, threshold float32, dst []Hint) ([]Hint, error) {
+	return b.predictTopK(ctx, history, k, threshold, dst, nil, nil)
+}
+
+// PredictTopKWith is PredictTopK that also sets probs[i] (len(probs) at
+// least len(pages)) to the probability of page pages[i] from the same
+// scoring, as StepTopKWith does. Errors are PredictOne's.
+func (b *Bundle) PredictTopKWith(ctx context.Context, history []int64, k int, threshold float32, dst []Hint, pages []int64, probs []float32) ([]Hint, error) {
+	return b.predictTopK(ctx, history, k, threshold, dst, pages, probs[:len(pages)])
+}
+
+func (b *Bundle) predictTopK(ctx context.Context, history []int64, k int, threshold float32, dst []Hint, pages []int64, probs []float32) ([]Hint, error) {
 	hd := b.seqHead
 	if hd == nil {
 		buf := b.probsBuf()
@@ -151,6 +177,7 @@ func (b *Bundle) PredictTopK(ctx context.Context, history []int64, k int, thresh
 		if *buf, err = b.PredictOne(ctx, history, *buf); err != nil {
 			return dst[:0], err
 		}
+		probsAt(*buf, pages, probs)
 		return SelectTopK(*buf, k, threshold, dst), nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -169,8 +196,18 @@ func (b *Bundle) PredictTopK(ctx context.Context, history []int64, k int, thresh
 	if len(x.f) != hd.h {
 		return dst[:0], fmt.Errorf("%w: hidden %v for one history", ErrContract, x.shape)
 	}
-	hints, _ := b.index.topK(x.f, k, threshold, dst)
-	return hints, nil
+	dst, _ = b.index.topKWith(x.f, k, threshold, dst, pages, probs)
+	return dst, nil
+}
+
+// probsAt sets probs[i] to all[pages[i]], 0 for a page outside all.
+func probsAt(all []float32, pages []int64, probs []float32) {
+	for i, p := range pages {
+		probs[i] = 0
+		if p >= 0 && p < int64(len(all)) {
+			probs[i] = all[p]
+		}
+	}
 }
 
 // probsBuf takes a vocabulary-sized buffer from the bundle's pool.

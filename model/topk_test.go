@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -81,19 +82,27 @@ func sessionClicks(vocab, n int, seed uint64) (pages []int64, newSession []bool)
 // StepTopK and through Step with SelectTopK, and returns the clicks with
 // identical hints (probabilities within 1e-3), the clicks exact scoring
 // gives hints for, and the largest probability error on a page both name
-// at the same rank.
+// at the same rank. It logs the output rows StepTopK scored per click.
 func compareSteps(ctx context.Context, t *testing.T, b *Bundle, pages []int64, fresh []bool, k int, threshold float32) (same, hinted int, worst float64) {
 	t.Helper()
 	var fast, exact, probs []float32
 	var got, want []Hint
+	var rows []int
+	defer func() {
+		slices.Sort(rows)
+		q := func(f float64) int { return rows[int(f*float64(len(rows)-1))] }
+		t.Logf("rows scored per click: p50 %d, p90 %d, p99 %d, max %d of %d", q(0.5), q(0.9), q(0.99), q(1), b.vsize)
+	}()
 	for i, p := range pages {
 		if fresh[i] {
 			fast, exact = fast[:0], exact[:0]
 		}
 		var err error
-		if got, fast, err = b.StepTopK(ctx, p, fast, k, threshold, got); err != nil {
+		var n int
+		if got, fast, n, err = b.stepTopK(ctx, p, fast, k, threshold, got, nil, nil); err != nil {
 			t.Fatal(err)
 		}
+		rows = append(rows, n)
 		if probs, exact, err = b.Step(ctx, p, exact, probs); err != nil {
 			t.Fatal(err)
 		}
@@ -312,7 +321,7 @@ func BenchmarkTopK(b *testing.B) {
 			step(i)
 			var err error
 			var n int
-			if hints, state, n, err = bun.stepTopK(ctx, pages[i], state, 5, 0.01, hints); err != nil {
+			if hints, state, n, err = bun.stepTopK(ctx, pages[i], state, 5, 0.01, hints, nil, nil); err != nil {
 				b.Fatal(err)
 			}
 			rows += n
@@ -407,6 +416,87 @@ func TestTopKLayouts(t *testing.T) {
 			same, _, _ := compareSteps(ctx, t, b, pages, fresh, 5, 0.01)
 			if need := len(pages) * 99 / 100; same < need {
 				t.Errorf("identical hints for %d of %d clicks, want at least %d", same, len(pages), need)
+			}
+		})
+	}
+}
+
+// TestStepTopKWith checks the probabilities StepTopKWith and
+// PredictTopKWith give for named pages (the hints, pages picked at random,
+// the edges of the vocabulary and pages outside it) against Step's and
+// PredictOne's, with and without a clustered scorer, and that their hints
+// (and state) are StepTopK's and PredictTopK's.
+func TestStepTopKWith(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, tt := range []struct {
+		name        string
+		vocab       int
+		approximate bool
+		tol         float64
+	}{{"clustered", 20_000, true, 1e-3}, {"exact", 2000, false, 0}} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := topicBundle(t, tt.vocab, 16)
+			if got := b.Scoring().Approximate; got != tt.approximate {
+				t.Fatalf("Scoring().Approximate = %t, want %t", got, tt.approximate)
+			}
+			clicks, fresh := sessionClicks(tt.vocab, 100, 7)
+			var with, plain, exact, probs []float32
+			var hw, hp []Hint
+			pages := make([]int64, 0, 12)
+			got := make([]float32, 12)
+			for i, p := range clicks {
+				if fresh[i] {
+					with, plain, exact = with[:0], plain[:0], exact[:0]
+				}
+				pages = append(pages[:0], 0, 1, int64(tt.vocab-1), int64(tt.vocab), -1, clicks[(i+7)%len(clicks)], int64(i*37%tt.vocab))
+				var err error
+				if hp, plain, err = b.StepTopK(ctx, p, plain, 5, 0.01, hp); err != nil {
+					t.Fatal(err)
+				}
+				for _, h := range hp {
+					pages = append(pages, h.Page)
+				}
+				if hw, with, err = b.StepTopKWith(ctx, p, with, 5, 0.01, hw, pages, got); err != nil {
+					t.Fatal(err)
+				}
+				if probs, exact, err = b.Step(ctx, p, exact, probs); err != nil {
+					t.Fatal(err)
+				}
+				if !agreement(hw, hp, 0) || !slices.Equal(with, plain) {
+					t.Fatalf("click %d: StepTopKWith hints %v and state differ from StepTopK's %v", i, hw, hp)
+				}
+				checkProbs := func(form string) {
+					for j, pg := range pages {
+						var want float32
+						if pg >= 0 && pg < int64(tt.vocab) {
+							want = probs[pg]
+						}
+						if d := math.Abs(float64(got[j] - want)); d > tt.tol {
+							t.Errorf("click %d, %s, page %d: probability %g, want %g", i, form, pg, got[j], want)
+						}
+					}
+				}
+				checkProbs("step")
+				// The sequence form on the session so far, likewise.
+				start := i
+				for start > 0 && !fresh[start] {
+					start--
+				}
+				hist := clicks[start : i+1]
+				if hw, err = b.PredictTopKWith(ctx, hist, 5, 0.01, hw, pages, got); err != nil {
+					t.Fatal(err)
+				}
+				if hp, err = b.PredictTopK(ctx, hist, 5, 0.01, hp); err != nil {
+					t.Fatal(err)
+				}
+				if probs, err = b.PredictOne(ctx, hist, probs); err != nil {
+					t.Fatal(err)
+				}
+				if !agreement(hw, hp, 0) {
+					t.Fatalf("history %d: PredictTopKWith hints %v differ from PredictTopK's %v", i, hw, hp)
+				}
+				checkProbs("sequence")
 			}
 		})
 	}

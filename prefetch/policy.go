@@ -150,6 +150,10 @@ func (p *Policy) K() int { return p.k }
 // Threshold is the default minimum score.
 func (p *Policy) Threshold() float64 { return p.threshold }
 
+// Utility reports whether pages are ranked by expected utility
+// (UseExpectedUtility) rather than by probability.
+func (p *Policy) Utility() bool { return p.utility }
+
 // Select appends to dst[:0] the pages to prefetch given probs, the model's
 // probabilities indexed by vocabulary index, and current, the index of the
 // page the user is on. k <= 0 means the policy's K; threshold < 0 means the

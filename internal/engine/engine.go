@@ -122,6 +122,7 @@ type buffers struct {
 	probs []float32
 	cands []prefetch.Candidate
 	pages []prefetch.Page
+	fast  fastScores // the clustered path's scores (fastscore.go)
 
 	// Online statistics (online.go): those of the page at hand (nil:
 	// none), looked up into dists for the pages from; transitions to learn;
@@ -321,18 +322,23 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 		return nil
 	}
 	e.counter.predictions.Add(1)
+	fast := e.fastScoring(l)
 	state, probs, err := e.stateBefore(ctx, l, &b.rec, b.probs)
+	scores := probs
 	if err == nil {
-		probs, state, err = l.Bundle.Step(ctx, int64(b.rec.Pages[len(b.rec.Pages)-1]), state, probs)
+		scores, state, err = e.stepOne(ctx, l, int64(b.rec.Pages[len(b.rec.Pages)-1]), state, probs, fast, b)
 		if err != nil {
 			err = modelError(ctx, fmt.Errorf("step with %s: %w", l.Version, err))
 		}
+	}
+	if !fast {
+		probs = scores
 	}
 	b.probs = probs
 	if err != nil {
 		return err
 	}
-	e.prefetch(ctx, l, ev, meta.Time, page, idx, len(b.rec.Pages), probs, b)
+	e.prefetch(ctx, l, ev, meta.Time, page, idx, len(b.rec.Pages), scores, b)
 	b.rec.State, b.rec.StateSeq = state, b.rec.Seq
 	if err := saved(e.deps.Histories.Save(ctx, ev.UserID, &b.rec)); err != nil {
 		e.unanswered.put(ev.UserID, click, true)
@@ -484,8 +490,15 @@ func (e *Engine) stateBefore(ctx context.Context, l *lifecycle.Live, rec *featur
 	}
 	e.m.stateRebuilt.Inc()
 	state = rec.State[:0]
+	fast := l.Bundle.Scoring().Approximate
 	for _, p := range rec.Pages[:len(rec.Pages)-1] {
-		if probs, state, err = l.Bundle.Step(ctx, int64(p), state, probs); err != nil {
+		if fast {
+			// Only the state is wanted: no output row is scored.
+			_, state, err = l.Bundle.StepTopK(ctx, int64(p), state, 0, 0, nil)
+		} else {
+			probs, state, err = l.Bundle.Step(ctx, int64(p), state, probs)
+		}
+		if err != nil {
 			return nil, probs, modelError(ctx, fmt.Errorf("rebuild state with %s: %w", l.Version, err))
 		}
 	}
@@ -736,23 +749,29 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 		w.probs = append(w.probs, r.probs)
 	}
 	e.counter.predictions.Add(uint64(len(w.scored)))
-	together := l.Bundle.StepMany(ctx, w.ids, w.states, w.probs) == nil
+	// The clustered path scores click by click.
+	fast := e.fastScoring(l)
+	together := !fast && l.Bundle.StepMany(ctx, w.ids, w.states, w.probs) == nil
 	// Prefetch before saving: a settled click has been handed to the warmer.
 	w.live = w.live[:0]
 	for j, r := range w.scored {
+		b.dist = r.dist
+		scores := w.probs[j]
 		if !together {
 			// StepMany failed: each click alone, so that one bad row does
 			// not fail the others.
 			var err error
-			if w.probs[j], w.states[j], err = l.Bundle.Step(ctx, w.ids[j], w.states[j], w.probs[j]); err != nil {
+			if scores, w.states[j], err = e.stepOne(ctx, l, w.ids[j], w.states[j], w.probs[j], fast, b); err != nil {
 				r.err = modelError(ctx, fmt.Errorf("step with %s: %w", l.Version, err))
 				continue
 			}
 		}
+		if !fast {
+			w.probs[j] = scores
+		}
 		r.probs = w.probs[j]
 		r.Rec.State, r.Rec.StateSeq = w.states[j], r.Rec.Seq
-		b.dist = r.dist
-		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), r.probs, b)
+		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), scores, b)
 		w.live = append(w.live, r)
 	}
 	if bs, batched := e.deps.Histories.(features.BatchStore); batched && len(w.live) > 0 {
@@ -888,12 +907,17 @@ func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error)
 			}
 		}
 	}
-	probs, err := e.predict(ctx, l, b.hist, b)
+	current := b.hist[len(b.hist)-1]
+	page := e.lookupQuery(ctx, l, q, current, b)
+	var probs []float32
+	if e.fastScoring(l) {
+		probs, err = e.predictFast(ctx, l, b.hist, q.K, q.Threshold, b)
+	} else {
+		probs, err = e.predict(ctx, l, b.hist, b)
+	}
 	if err != nil {
 		return hint.Result{}, err
 	}
-	current := b.hist[len(b.hist)-1]
-	page := e.lookupQuery(ctx, l, q, current, b)
 	b.cands = e.choose(l, probs, current, page, q.K, q.Threshold, b)
 	res := hint.Result{ModelVersion: l.Version, Hints: make([]hint.Hint, len(b.cands))}
 	pages := make([]string, len(b.cands))
