@@ -49,7 +49,11 @@ type GRUConfig struct {
 	// embeddings fed to the GRU and of the states fed to the output layer,
 	// during training only [0: none].
 	DropoutEmbedding, DropoutHidden float64
-	Seed                            uint64
+	// Workers is the number of goroutines that share each batch's forward
+	// and backward pass, each over a slice of its rows; the gradient is the
+	// same for any number, up to rounding [GOMAXPROCS, at most 4].
+	Workers int
+	Seed    uint64
 }
 
 func (c GRUConfig) withDefaults() GRUConfig {
@@ -65,6 +69,7 @@ func (c GRUConfig) withDefaults() GRUConfig {
 	def(&c.BatchSize, 64)
 	def(&c.Window, DefaultMaxSeqLen)
 	def(&c.Sampled, 512)
+	def(&c.Workers, min(runtime.GOMAXPROCS(0), 4))
 	if c.LearningRate == 0 {
 		c.LearningRate = 0.005
 	}
@@ -85,8 +90,8 @@ func (c GRUConfig) Validate() error {
 	switch {
 	case c.Embedding < 0 || c.Embedding > 4096, c.Hidden < 0 || c.Hidden > 4096:
 		return fmt.Errorf("gru sizes embedding %d, hidden %d outside 1..4096", c.Embedding, c.Hidden)
-	case c.Epochs < 0 || c.Patience < 0 || c.BatchSize < 0 || c.Window < 0 || c.Sampled < 0:
-		return fmt.Errorf("gru epochs, patience, batch size, window and sampled must not be negative")
+	case c.Epochs < 0 || c.Patience < 0 || c.BatchSize < 0 || c.Window < 0 || c.Sampled < 0 || c.Workers < 0:
+		return fmt.Errorf("gru epochs, patience, batch size, window, sampled and workers must not be negative")
 	case c.LRDecay < 0 || c.LRDecay > 1:
 		return fmt.Errorf("gru learning rate decay %v outside [0, 1]", c.LRDecay)
 	case c.LearningRate < 0 || math.IsNaN(c.LearningRate) || c.ClipNorm < 0:
@@ -168,13 +173,12 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
 	p := newGRUParams(vocabSize, cfg.Embedding, cfg.Hidden)
 	p.init(rng)
-	grad := newGRUParams(vocabSize, cfg.Embedding, cfg.Hidden)
 	opt := newAdam(&p, cfg.LearningRate)
 	if cfg.Tied {
 		copy(p.Wo, p.Emb)
 		p.Wo = p.Emb // one matrix; its gradient is the sum of both uses
 	}
-	work := &gruWork{rng: rng, dropEmb: float32(cfg.DropoutEmbedding), dropHid: float32(cfg.DropoutHidden)}
+	workers := newGradWorkers(&p, cfg.Workers, rng, cfg.DropoutEmbedding, cfg.DropoutHidden)
 	var sampler *negSampler
 	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
 		sampler = newNegSampler(seqs, vocabSize)
@@ -194,19 +198,15 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 					return nil, nil, fmt.Errorf("train gru: %w", err)
 				}
 			}
-			for _, t := range grad.tensors() {
-				clear(t)
-			}
-			var loss float64
-			var n int
+			var head *sampledHead
 			if sampler != nil {
-				loss, n = p.lossAndGradSampled(b, &grad, work, sampler, cfg.Sampled, sampler.draw(rng, cfg.Sampled, b))
-			} else {
-				loss, n = p.lossAndGrad(b, &grad, work)
+				head = p.newSampledHead(b, sampler, cfg.Sampled, sampler.draw(rng, cfg.Sampled, b))
 			}
+			loss, n := p.batchGrad(b, workers, head)
 			if n == 0 {
 				continue
 			}
+			grad := &workers[0].grad
 			lossSum += loss * float64(n)
 			lossN += n
 			if cfg.Tied {
@@ -215,8 +215,8 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 				}
 				clear(grad.Wo)
 			}
-			clipGrad(&grad, cfg.ClipNorm)
-			opt.update(&p, &grad)
+			clipGrad(grad, cfg.ClipNorm)
+			opt.update(&p, grad)
 			seen += b.B
 			prog.step(i, len(batches), time.Now())
 		}
@@ -309,7 +309,7 @@ func packBatch(rows [][]int64) gruBatch {
 type gruWork struct {
 	x, gx, gh, hs, z, r, n []float32
 	dh, dgx, dgh, dhNext   []float32
-	dx, hout, logits       []float32
+	dx, hout, logits, dwc  []float32
 	maskX, maskH           []float32 // dropout: 0 or 1/(1-rate)
 	rng                    *rand.Rand
 	dropEmb, dropHid       float32

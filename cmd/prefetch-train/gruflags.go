@@ -8,9 +8,9 @@ import (
 
 // gruFlags are the GRU's command-line settings; zero means the trainer's default.
 type gruFlags struct {
-	embedding, hidden, epochs, patience, batch, sampled *int
-	lr, decay, dropEmb, dropHid                         *float64
-	full, tied                                          *bool
+	embedding, hidden, epochs, patience, batch, sampled, workers *int
+	lr, decay, dropEmb, dropHid                                  *float64
+	full, tied                                                   *bool
 }
 
 func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
@@ -27,6 +27,7 @@ func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
 		dropHid:   fs.Float64("gru-dropout-hidden", 0, "dropout rate of the GRU states fed to the output layer during training"),
 		lr:        fs.Float64("gru-lr", 0, "Adam learning rate of the first epoch (0: 0.005)"),
 		decay:     fs.Float64("gru-lr-decay", 0, "learning rate factor after each epoch (0: 0.6)"),
+		workers:   fs.Int("gru-workers", 0, "goroutines sharing each training batch (0: GOMAXPROCS, at most 4)"),
 	}
 }
 
@@ -34,6 +35,6 @@ func (g *gruFlags) config(seed uint64, window int) training.GRUConfig {
 	return training.GRUConfig{
 		Embedding: *g.embedding, Hidden: *g.hidden, Epochs: *g.epochs, Patience: *g.patience,
 		BatchSize: *g.batch, Sampled: *g.sampled, FullSoftmax: *g.full, LearningRate: *g.lr, LRDecay: *g.decay, Window: window, Seed: seed,
-		Tied: *g.tied, DropoutEmbedding: *g.dropEmb, DropoutHidden: *g.dropHid,
+		Tied: *g.tied, DropoutEmbedding: *g.dropEmb, DropoutHidden: *g.dropHid, Workers: *g.workers,
 	}
 }
