@@ -73,7 +73,7 @@ func (s *negSampler) draw(rng *rand.Rand, k int, b gruBatch) []int64 {
 type sampledHead struct {
 	cand []int64
 	corr []float32
-	col  map[int64]int
+	col  []int32   // candidate index of each page, -1 for none
 	wc   []float32 // [len(cand), H]
 }
 
@@ -87,12 +87,15 @@ func (p *gruParams) newSampledHead(b gruBatch, s *negSampler, k int, cand []int6
 	for _, id := range b.ids {
 		inBatch[id] = true
 	}
-	h := &sampledHead{cand: cand, corr: make([]float32, C), col: make(map[int64]int, C), wc: make([]float32, C*H)}
+	h := &sampledHead{cand: cand, corr: make([]float32, C), col: make([]int32, p.V), wc: make([]float32, C*H)}
+	for i := range h.col {
+		h.col[i] = -1
+	}
 	for c, id := range cand {
 		if !inBatch[id] {
 			h.corr[c] = float32(math.Log(-math.Expm1(float64(k) * math.Log1p(-math.Exp(s.logq[id])))))
 		}
-		h.col[id] = c
+		h.col[id] = int32(c)
 		copy(h.wc[c*H:(c+1)*H], p.Wo[int(id)*H:int(id+1)*H])
 	}
 	return h
@@ -124,15 +127,15 @@ func (p *gruParams) lossAndGradHead(b gruBatch, grad *gruParams, w *gruWork, hea
 	var loss float64
 	inv := float32(1 / float64(N))
 	w.dwc = grow(w.dwc, C*H)
+	w.q = grow(w.q, C)
 	for i := 0; i < N; i++ {
 		row := w.logits[i*C : (i+1)*C]
-		tc := head.col[w.tgt[i]]
+		tc := int(head.col[w.tgt[i]])
 		for c := range row {
 			row[c] -= head.corr[c]
 		}
 		softmaxTrain(row)
-		loss -= math.Log(math.Max(float64(row[tc]), 1e-30))
-		row[tc] -= 1
+		loss += w.kd.subtractTarget(row, tc, historyAt(b, w.pos[i]), w.tgt[i], head.cand, head.col, w.q, w.exactLoss)
 		for c := range row {
 			row[c] *= inv
 			grad.Bo[head.cand[c]] += row[c]

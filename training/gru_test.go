@@ -25,12 +25,14 @@ func tinyGRU(t *testing.T, v, d, h int) gruParams {
 }
 
 // TestGRUGradientCheck compares backpropagation through time with central
-// finite differences of the loss, for the full and the sampled softmax.
+// finite differences of the loss, for the full and the sampled softmax,
+// with and without an n-gram teacher in the target.
 func TestGRUGradientCheck(t *testing.T) {
 	const v, d, h = 7, 3, 4
 	batch := packBatch([][]int64{{2, 3, 4, 1, 6}, {5, 2}, {3, 3, 6, 2}})
 	sampler := newNegSampler([][]int64{{2, 3, 4, 5, 6, 1}}, v)
 	cand := []int64{1, 2, 3, 4, 5, 6} // every page: the batch holds them all
+	kd := newDistiller([][]int64{{2, 3, 4, 5}, {3, 4, 6}, {2, 3, 4, 6, 1}}, v, 3, 0.5, 0.4)
 	tests := []struct {
 		name string
 		loss func(p *gruParams, grad *gruParams) float64
@@ -40,7 +42,15 @@ func TestGRUGradientCheck(t *testing.T) {
 			return l
 		}},
 		{"sampled softmax", func(p, grad *gruParams) float64 {
-			l, _ := p.lossAndGradSampled(batch, grad, &gruWork{}, sampler, 3, cand[:5])
+			l, _ := p.lossAndGradSampled(batch, grad, &gruWork{}, sampler, 3, cand)
+			return l
+		}},
+		{"full softmax distilled", func(p, grad *gruParams) float64 {
+			l, _ := p.lossAndGrad(batch, grad, &gruWork{kd: kd, exactLoss: true})
+			return l
+		}},
+		{"sampled softmax distilled", func(p, grad *gruParams) float64 {
+			l, _ := p.lossAndGradSampled(batch, grad, &gruWork{kd: kd, exactLoss: true}, sampler, 3, cand)
 			return l
 		}},
 	}

@@ -49,6 +49,14 @@ type GRUConfig struct {
 	// embeddings fed to the GRU and of the states fed to the output layer,
 	// during training only [0: none].
 	DropoutEmbedding, DropoutHidden float64
+	// Distill is the weight of the n-gram teacher's next-page distribution
+	// in the training target (knowledge distillation), the rest going to
+	// the observed next page; nil means the default [0], 0 none.
+	Distill *float64
+	// TeacherOrder and TeacherDiscount set the n-gram teacher, fitted on
+	// the GRU's training sessions [5, 0.95].
+	TeacherOrder    int
+	TeacherDiscount float64
 	// Workers is the number of goroutines that share each batch's forward
 	// and backward pass, each over a slice of its rows; the gradient is the
 	// same for any number, up to rounding [GOMAXPROCS, at most 4].
@@ -70,6 +78,13 @@ func (c GRUConfig) withDefaults() GRUConfig {
 	def(&c.Window, DefaultMaxSeqLen)
 	def(&c.Sampled, 512)
 	def(&c.Workers, min(runtime.GOMAXPROCS(0), 4))
+	def(&c.TeacherOrder, ngramMaxOrder)
+	if c.TeacherDiscount == 0 {
+		c.TeacherDiscount = 0.95
+	}
+	if c.Distill == nil {
+		c.Distill = new(float64)
+	}
 	if c.LearningRate == 0 {
 		c.LearningRate = 0.005
 	}
@@ -101,6 +116,10 @@ func (c GRUConfig) Validate() error {
 	case c.Tied && c.withDefaults().Embedding != c.withDefaults().Hidden:
 		d := c.withDefaults()
 		return fmt.Errorf("gru tied embeddings need embedding %d equal to hidden %d", d.Embedding, d.Hidden)
+	case c.Distill != nil && (*c.Distill < 0 || *c.Distill > 1 || math.IsNaN(*c.Distill)):
+		return fmt.Errorf("gru distillation weight %v outside [0, 1]", *c.Distill)
+	case c.TeacherOrder < 0 || c.TeacherOrder > ngramMaxOrder || c.TeacherDiscount < 0 || c.TeacherDiscount > 1:
+		return fmt.Errorf("gru teacher order %d outside 0..%d or discount %v outside [0, 1]", c.TeacherOrder, ngramMaxOrder, c.TeacherDiscount)
 	case c.ValidationFraction < 0 || c.ValidationFraction >= 1:
 		return fmt.Errorf("gru validation fraction %v outside [0, 1)", c.ValidationFraction)
 	}
@@ -179,6 +198,12 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 		p.Wo = p.Emb // one matrix; its gradient is the sum of both uses
 	}
 	workers := newGradWorkers(&p, cfg.Workers, rng, cfg.DropoutEmbedding, cfg.DropoutHidden)
+	if *cfg.Distill > 0 {
+		kd := newDistiller(trainSeqs, vocabSize, cfg.TeacherOrder, cfg.TeacherDiscount, *cfg.Distill)
+		for _, w := range workers {
+			w.work.kd = kd
+		}
+	}
 	var sampler *negSampler
 	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
 		sampler = newNegSampler(seqs, vocabSize)
@@ -310,6 +335,9 @@ type gruWork struct {
 	x, gx, gh, hs, z, r, n []float32
 	dh, dgx, dgh, dhNext   []float32
 	dx, hout, logits, dwc  []float32
+	q                      []float32 // the distillation target of one position
+	kd                     *distiller
+	exactLoss              bool      // the loss includes the distillation term (tests)
 	maskX, maskH           []float32 // dropout: 0 or 1/(1-rate)
 	rng                    *rand.Rand
 	dropEmb, dropHid       float32
@@ -403,12 +431,12 @@ func (p *gruParams) lossAndGrad(b gruBatch, grad *gruParams, w *gruWork) (float6
 	blas32.Gemm(blas.NoTrans, blas.Trans, 1, general(N, H, w.hout), general(V, H, p.Wo), 1, general(N, V, w.logits))
 	var loss float64
 	inv := float32(1 / float64(N))
+	w.q = grow(w.q, V)
 	for k := 0; k < N; k++ {
 		row := w.logits[k*V : (k+1)*V]
 		softmaxTrain(row)
 		tg := w.tgt[k]
-		loss -= math.Log(math.Max(float64(row[tg]), 1e-30))
-		row[tg] -= 1
+		loss += w.kd.subtractTarget(row, int(tg), historyAt(b, w.pos[k]), tg, nil, nil, w.q, w.exactLoss)
 		for j := range row {
 			row[j] *= inv
 		}
