@@ -1,9 +1,11 @@
 package training
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"testing"
+	"time"
 )
 
 // TestDistillerSoftMatchesNGram checks the teacher's candidate-restricted
@@ -122,6 +124,37 @@ func TestDistillerLeavesOccurrenceOut(t *testing.T) {
 			without.soft(tc.history, 0, nil, nil, want)
 			if !closeTo(got, want, 1e-6) {
 				t.Errorf("left out %v, fitted without it %v", got, want)
+			}
+		})
+	}
+}
+
+// TestRunDistillsTunedNGram checks that the pipeline's GRU learns from the
+// n-gram with the setting tuned on validation, with the default weight
+// when none is given and none when the weight is 0.
+func TestRunDistillsTunedNGram(t *testing.T) {
+	sessions := synthSessions(200, 11)
+	for _, tc := range []struct {
+		name    string
+		distill *float64
+		want    float64
+	}{{"default weight", nil, defaultDistill}, {"weight 0", new(0.0), 0}, {"weight 0.3", new(0.3), 0.3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			rep, _, err := Run(ctx, nil, "synthetic", sessions, Config{Vocab: VocabConfig{MinCount: 1},
+				GRU: GRUConfig{Embedding: 4, Hidden: 8, Epochs: 1, Distill: tc.distill}})
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			ng := rep.Result(ModelNGram).Params
+			wantOrder, wantDiscount := int(ng["order"]), ng["discount"]
+			if tc.want == 0 {
+				wantOrder, wantDiscount = 0, 0
+			}
+			if g := rep.GRU; g.Distill != tc.want || g.TeacherOrder != wantOrder || g.TeacherDiscount != wantDiscount {
+				t.Errorf("gru distill %v from order %d discount %v, want %v from order %d discount %v (ngram %v)",
+					g.Distill, g.TeacherOrder, g.TeacherDiscount, tc.want, wantOrder, wantDiscount, ng)
 			}
 		})
 	}

@@ -152,12 +152,14 @@ func TestTrainGRULearnsCycle(t *testing.T) {
 		tied    bool
 		emb     int
 		dropout float64
-	}{{"full softmax", true, 0, false, 8, 0}, {"sampled softmax", false, 2, false, 8, 0},
-		{"tied embeddings with dropout", false, 2, true, 16, 0.1}} {
+		distill float64
+	}{{"full softmax", true, 0, false, 8, 0, 0}, {"sampled softmax", false, 2, false, 8, 0, 0},
+		{"tied embeddings with dropout", false, 2, true, 16, 0.1, 0},
+		{"full softmax distilled", true, 0, false, 8, 0, 0.8}, {"sampled softmax distilled", false, 2, false, 8, 0, 0.5}} {
 		t.Run(tc.name, func(t *testing.T) {
 			g, stats, err := TrainGRU(ctx, nil, train, 7, GRUConfig{Embedding: tc.emb, Hidden: 16, Epochs: 15, Patience: 5,
 				BatchSize: 16, LearningRate: 0.02, LRDecay: 1, FullSoftmax: tc.full, Sampled: tc.sampled, Seed: 1,
-				Tied: tc.tied, DropoutEmbedding: tc.dropout, DropoutHidden: tc.dropout})
+				Tied: tc.tied, DropoutEmbedding: tc.dropout, DropoutHidden: tc.dropout, Distill: &tc.distill})
 			if err != nil {
 				t.Fatalf("TrainGRU: %v", err)
 			}
@@ -222,6 +224,14 @@ func TestDropout(t *testing.T) {
 	}
 	if err := (GRUConfig{DropoutHidden: 1}).Validate(); err == nil {
 		t.Error("dropout rate 1 validated")
+	}
+	for _, w := range []float64{-0.1, 1.5, math.NaN()} {
+		if err := (GRUConfig{Distill: &w}).Validate(); err == nil {
+			t.Errorf("distillation weight %v validated", w)
+		}
+	}
+	if err := (GRUConfig{TeacherOrder: ngramMaxOrder + 1}).Validate(); err == nil {
+		t.Errorf("teacher order %d validated", ngramMaxOrder+1)
 	}
 }
 

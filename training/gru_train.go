@@ -22,11 +22,11 @@ import (
 type GRUConfig struct {
 	Embedding    int     // embedding size [48]
 	Hidden       int     // recurrent state size [128]
-	Epochs       int     // most passes over the training sessions [5]
+	Epochs       int     // most passes over the training sessions [8]
 	Patience     int     // epochs without a better validation MRR@20 before stopping [2]
 	BatchSize    int     // sequences per step [64]
 	LearningRate float64 // Adam step size of the first epoch [0.005]
-	LRDecay      float64 // factor applied to the step size after each epoch [0.6]
+	LRDecay      float64 // factor applied to the step size after each epoch [0.7]
 	ClipNorm     float64 // global gradient norm clip [5]
 	// Window is the longest training sequence: sessions are cut into
 	// windows of Window inputs, matching the service's history length
@@ -51,7 +51,7 @@ type GRUConfig struct {
 	DropoutEmbedding, DropoutHidden float64
 	// Distill is the weight of the n-gram teacher's next-page distribution
 	// in the training target (knowledge distillation), the rest going to
-	// the observed next page; nil means the default [0], 0 none.
+	// the observed next page; nil means the default [0.8], 0 none.
 	Distill *float64
 	// TeacherOrder and TeacherDiscount set the n-gram teacher, fitted on
 	// the GRU's training sessions [5, 0.95].
@@ -72,7 +72,7 @@ func (c GRUConfig) withDefaults() GRUConfig {
 	}
 	def(&c.Embedding, 48)
 	def(&c.Hidden, 128)
-	def(&c.Epochs, 5)
+	def(&c.Epochs, 8)
 	def(&c.Patience, 2)
 	def(&c.BatchSize, 64)
 	def(&c.Window, DefaultMaxSeqLen)
@@ -83,13 +83,13 @@ func (c GRUConfig) withDefaults() GRUConfig {
 		c.TeacherDiscount = 0.95
 	}
 	if c.Distill == nil {
-		c.Distill = new(float64)
+		c.Distill = new(float64(defaultDistill))
 	}
 	if c.LearningRate == 0 {
 		c.LearningRate = 0.005
 	}
 	if c.LRDecay == 0 {
-		c.LRDecay = 0.6
+		c.LRDecay = 0.7
 	}
 	if c.ClipNorm == 0 {
 		c.ClipNorm = 5
@@ -126,16 +126,24 @@ func (c GRUConfig) Validate() error {
 	return nil
 }
 
+// defaultDistill is the teacher's default weight in the training target.
+const defaultDistill = 0.8
+
 // maxValidation caps the sessions scored after every epoch.
 const maxValidation = 4000
 
 // GRUStats describes a GRU training run.
 type GRUStats struct {
-	Embedding          int         `json:"embedding"`
-	Hidden             int         `json:"hidden"`
-	Epochs             int         `json:"epochs"`
-	BestEpoch          int         `json:"best_epoch"`
-	TrainSequences     int         `json:"train_sequences"` // windows per epoch
+	Embedding      int `json:"embedding"`
+	Hidden         int `json:"hidden"`
+	Epochs         int `json:"epochs"`
+	BestEpoch      int `json:"best_epoch"`
+	TrainSequences int `json:"train_sequences"` // windows per epoch
+	// Distill is the n-gram teacher's weight in the training target, and
+	// TeacherOrder and TeacherDiscount its settings (unset without one).
+	Distill            float64     `json:"distill"`
+	TeacherOrder       int         `json:"teacher_order,omitempty"`
+	TeacherDiscount    float64     `json:"teacher_discount,omitempty"`
 	Seconds            float64     `json:"seconds"`
 	SequencesPerSecond float64     `json:"sequences_per_second"`
 	PeakMemoryBytes    uint64      `json:"peak_memory_bytes"`
@@ -198,7 +206,9 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 		p.Wo = p.Emb // one matrix; its gradient is the sum of both uses
 	}
 	workers := newGradWorkers(&p, cfg.Workers, rng, cfg.DropoutEmbedding, cfg.DropoutHidden)
+	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows), Distill: *cfg.Distill}
 	if *cfg.Distill > 0 {
+		stats.TeacherOrder, stats.TeacherDiscount = cfg.TeacherOrder, cfg.TeacherDiscount
 		kd := newDistiller(trainSeqs, vocabSize, cfg.TeacherOrder, cfg.TeacherDiscount, *cfg.Distill)
 		for _, w := range workers {
 			w.work.kd = kd
@@ -208,43 +218,16 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
 		sampler = newNegSampler(seqs, vocabSize)
 	}
-	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows)}
 	best, bestMRR, bad := p.clone(), -1.0, 0
 	seen := 0
 	for epoch := 1; epoch <= cfg.Epochs; epoch++ {
 		epochStart := time.Now()
-		batches := makeBatches(windows, cfg.BatchSize, rng)
-		prog := newEpochProgress(logger, epoch, cfg.Epochs, epochStart)
-		var lossSum float64
-		var lossN int
-		for i, b := range batches {
-			if i%16 == 0 {
-				if err := ctx.Err(); err != nil {
-					return nil, nil, fmt.Errorf("train gru: %w", err)
-				}
-			}
-			var head *sampledHead
-			if sampler != nil {
-				head = p.newSampledHead(b, sampler, cfg.Sampled, sampler.draw(rng, cfg.Sampled, b))
-			}
-			loss, n := p.batchGrad(b, workers, head)
-			if n == 0 {
-				continue
-			}
-			grad := &workers[0].grad
-			lossSum += loss * float64(n)
-			lossN += n
-			if cfg.Tied {
-				for j, v := range grad.Wo {
-					grad.Emb[j] += v
-				}
-				clear(grad.Wo)
-			}
-			clipGrad(grad, cfg.ClipNorm)
-			opt.update(&p, grad)
-			seen += b.B
-			prog.step(i, len(batches), time.Now())
+		lossSum, lossN, err := p.fitEpoch(ctx, makeBatches(windows, cfg.BatchSize, rng), workers, sampler, opt, cfg, rng,
+			newEpochProgress(logger, epoch, cfg.Epochs, epochStart))
+		if err != nil {
+			return nil, nil, err
 		}
+		seen += len(windows)
 		opt.lr *= cfg.LRDecay
 		st := EpochStat{Epoch: epoch, TrainLoss: lossSum / float64(max(lossN, 1))}
 		if len(valSeqs) > 0 {
@@ -273,6 +256,40 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	stats.SequencesPerSecond = float64(seen) / stats.Seconds
 	stats.PeakMemoryBytes = peakMemory()
 	return &GRU{p: best}, stats, nil
+}
+
+// fitEpoch takes one Adam step per batch and returns the summed loss of
+// the batches' positions and their number.
+func (p *gruParams) fitEpoch(ctx context.Context, batches []gruBatch, workers []*gradWorker, sampler *negSampler, opt *adam,
+	cfg GRUConfig, rng *rand.Rand, prog *epochProgress) (lossSum float64, lossN int, err error) {
+	for i, b := range batches {
+		if i%16 == 0 {
+			if err := ctx.Err(); err != nil {
+				return 0, 0, fmt.Errorf("train gru: %w", err)
+			}
+		}
+		var head *sampledHead
+		if sampler != nil {
+			head = p.newSampledHead(b, sampler, cfg.Sampled, sampler.draw(rng, cfg.Sampled, b))
+		}
+		loss, n := p.batchGrad(b, workers, head)
+		if n == 0 {
+			continue
+		}
+		grad := &workers[0].grad
+		lossSum += loss * float64(n)
+		lossN += n
+		if cfg.Tied {
+			for j, v := range grad.Wo {
+				grad.Emb[j] += v
+			}
+			clear(grad.Wo)
+		}
+		clipGrad(grad, cfg.ClipNorm)
+		opt.update(p, grad)
+		prog.step(i, len(batches), time.Now())
+	}
+	return lossSum, lossN, nil
 }
 
 // windowed cuts sequences into windows of at most window inputs and their
