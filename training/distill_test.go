@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -155,6 +156,9 @@ func TestRunDistillsTunedNGram(t *testing.T) {
 			if g := rep.GRU; g.Distill != tc.want || g.TeacherOrder != wantOrder || g.TeacherDiscount != wantDiscount {
 				t.Errorf("gru distill %v from order %d discount %v, want %v from order %d discount %v (ngram %v)",
 					g.Distill, g.TeacherOrder, g.TeacherDiscount, tc.want, wantOrder, wantDiscount, ng)
+			}
+			if got := strings.Contains(rep.GRU.Summary(), "n-gram teacher"); got != (tc.want > 0) {
+				t.Errorf("summary %q names a teacher: %v, want %v", rep.GRU.Summary(), got, tc.want > 0)
 			}
 		})
 	}

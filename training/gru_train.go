@@ -54,7 +54,9 @@ type GRUConfig struct {
 	// the observed next page; nil means the default [0.8], 0 none.
 	Distill *float64
 	// TeacherOrder and TeacherDiscount set the n-gram teacher, fitted on
-	// the GRU's training sessions [5, 0.95].
+	// the GRU's training sessions [5, 0.95; Run sets both to the ngram
+	// baseline's tuned setting when both are 0]. A discount of 0 is not a
+	// setting: the teacher needs its backoff.
 	TeacherOrder    int
 	TeacherDiscount float64
 	// Workers is the number of goroutines that share each batch's forward
@@ -161,8 +163,12 @@ type EpochStat struct {
 
 // Summary is a one-line description of the run.
 func (s *GRUStats) Summary() string {
-	return fmt.Sprintf("embedding %d, hidden %d, %d epochs (best %d), %.1f s, %.0f sequences/s, peak memory %.0f MiB",
-		s.Embedding, s.Hidden, s.Epochs, s.BestEpoch, s.Seconds, s.SequencesPerSecond, float64(s.PeakMemoryBytes)/(1<<20))
+	teacher := ""
+	if s.Distill > 0 {
+		teacher = fmt.Sprintf(", n-gram teacher weight %g (order %d, discount %g)", s.Distill, s.TeacherOrder, s.TeacherDiscount)
+	}
+	return fmt.Sprintf("embedding %d, hidden %d%s, %d epochs (best %d), %.1f s, %.0f sequences/s, peak memory %.0f MiB",
+		s.Embedding, s.Hidden, teacher, s.Epochs, s.BestEpoch, s.Seconds, s.SequencesPerSecond, float64(s.PeakMemoryBytes)/(1<<20))
 }
 
 // TrainGRU trains a GRU on seqs (vocabulary indices) with backpropagation
