@@ -58,3 +58,30 @@ func BenchmarkGRUPredictSession(b *testing.B) {
 		g.PredictSession(seq, 20, func(int, []float32) {})
 	}
 }
+
+// BenchmarkGRUTrain200kPages trains one short epoch over synthetic
+// sessions on a vocabulary of 200,000 pages (Zipf-distributed visits,
+// sampled softmax, embedding 16, hidden 32) and reports the seconds per
+// epoch and the process's peak resident memory.
+func BenchmarkGRUTrain200kPages(b *testing.B) {
+	const pages, sessions = 200_000, 20_000
+	rng := rand.New(rand.NewPCG(7, 8))
+	zipf := rand.NewZipf(rng, 1.1, 1, pages-3)
+	seqs := make([][]int64, sessions)
+	for i := range seqs {
+		seqs[i] = make([]int64, 2+rng.IntN(9))
+		for j := range seqs[i] {
+			seqs[i][j] = 2 + int64(zipf.Uint64())
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		_, stats, err := TrainGRU(b.Context(), nil, seqs, pages, GRUConfig{Embedding: 16, Hidden: 32, Epochs: 1,
+			ValidationFraction: 0.01, Seed: 1})
+		if err != nil {
+			b.Fatalf("TrainGRU: %v", err)
+		}
+		b.ReportMetric(stats.Seconds, "s/epoch")
+		b.ReportMetric(float64(stats.PeakMemoryBytes)/(1<<20), "peak-MiB")
+	}
+}
