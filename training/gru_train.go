@@ -51,7 +51,7 @@ type GRUConfig struct {
 	DropoutEmbedding, DropoutHidden float64
 	// Distill is the weight of the n-gram teacher's next-page distribution
 	// in the training target (knowledge distillation), the rest going to
-	// the observed next page; nil means the default [0.8], 0 none.
+	// the observed next page; nil means the default [0.5], 0 none.
 	Distill *float64
 	// TeacherOrder and TeacherDiscount set the n-gram teacher, fitted on
 	// the GRU's training sessions [5, 0.95; Run sets both to the ngram
@@ -129,7 +129,7 @@ func (c GRUConfig) Validate() error {
 }
 
 // defaultDistill is the teacher's default weight in the training target.
-const defaultDistill = 0.8
+const defaultDistill = 0.5
 
 // maxValidation caps the sessions scored after every epoch.
 const maxValidation = 4000

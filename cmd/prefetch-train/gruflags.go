@@ -50,7 +50,7 @@ func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
 		decay:     fs.Float64("gru-lr-decay", 0, "learning rate factor after each epoch (0: 0.7)"),
 		workers:   fs.Int("gru-workers", 0, "goroutines sharing each training batch (0: GOMAXPROCS, at most 4)"),
 	}
-	fs.Var(&g.distill, "gru-distill", "weight of the tuned n-gram's distribution in the GRU's training target, 0 to 1 (default 0.8; 0: none)")
+	fs.Var(&g.distill, "gru-distill", "weight of the tuned n-gram's distribution in the GRU's training target, 0 to 1 (default 0.5; 0: none)")
 	return g
 }
 
