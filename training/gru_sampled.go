@@ -67,68 +67,89 @@ func (s *negSampler) draw(rng *rand.Rand, k int, b gruBatch) []int64 {
 	return out
 }
 
-// lossAndGradSampled is lossAndGrad with the softmax restricted to the
-// candidate pages cand (the batch's pages and k pages drawn by s), each
-// logit corrected by the log of its inclusion probability.
-func (p *gruParams) lossAndGradSampled(b gruBatch, grad *gruParams, w *gruWork, s *negSampler, k int, cand []int64) (float64, int) {
-	p.forward(b, w)
-	N, H, C := len(w.pos), p.H, len(cand)
-	if N == 0 {
-		return 0, 0
-	}
-	// logQ correction: a page is a candidate for sure when it is in the
-	// batch, else with probability 1-(1-q)^k; its logit is lowered by the
-	// log of that inclusion probability.
+// sampledHead is the output layer of one batch's sampled softmax: the
+// candidate pages, the logQ correction of each and their output weights,
+// shared read-only by the goroutines that split the batch.
+type sampledHead struct {
+	cand []int64
+	corr []float32
+	col  []int32   // candidate index of each page, -1 for none
+	wc   []float32 // [len(cand), H]
+}
+
+// newSampledHead gathers the candidates cand (the pages of batch b and k
+// pages drawn by s). A page is a candidate for sure when it is in the
+// batch, else with probability 1-(1-q)^k; its logit is lowered by the log
+// of that inclusion probability.
+func (p *gruParams) newSampledHead(b gruBatch, s *negSampler, k int, cand []int64) *sampledHead {
+	H, C := p.H, len(cand)
 	inBatch := make(map[int64]bool, len(b.ids))
 	for _, id := range b.ids {
 		inBatch[id] = true
 	}
-	corr := make([]float32, C)
+	h := &sampledHead{cand: cand, corr: make([]float32, C), col: make([]int32, p.V), wc: make([]float32, C*H)}
+	for i := range h.col {
+		h.col[i] = -1
+	}
 	for c, id := range cand {
 		if !inBatch[id] {
-			corr[c] = float32(math.Log(-math.Expm1(float64(k) * math.Log1p(-math.Exp(s.logq[id])))))
+			h.corr[c] = float32(math.Log(-math.Expm1(float64(k) * math.Log1p(-math.Exp(s.logq[id])))))
 		}
+		h.col[id] = int32(c)
+		copy(h.wc[c*H:(c+1)*H], p.Wo[int(id)*H:int(id+1)*H])
 	}
-	col := make(map[int64]int, C)
-	wc := make([]float32, C*H)
-	for c, id := range cand {
-		col[id] = c
-		copy(wc[c*H:(c+1)*H], p.Wo[int(id)*H:int(id+1)*H])
+	return h
+}
+
+// lossAndGradSampled is lossAndGrad with the softmax restricted to the
+// candidate pages cand (the batch's pages and k pages drawn by s), each
+// logit corrected by the log of its inclusion probability.
+func (p *gruParams) lossAndGradSampled(b gruBatch, grad *gruParams, w *gruWork, s *negSampler, k int, cand []int64) (float64, int) {
+	return p.lossAndGradHead(b, grad, w, p.newSampledHead(b, s, k, cand))
+}
+
+// lossAndGradHead is lossAndGradSampled over a prepared head; b may be a
+// share of the rows of the batch the head was made for.
+func (p *gruParams) lossAndGradHead(b gruBatch, grad *gruParams, w *gruWork, head *sampledHead) (float64, int) {
+	p.forward(b, w)
+	N, H, C := len(w.pos), p.H, len(head.cand)
+	if N == 0 {
+		return 0, 0
 	}
 	w.logits = grow(w.logits, N*C)
 	for i := 0; i < N; i++ {
 		row := w.logits[i*C : (i+1)*C]
-		for c, id := range cand {
+		for c, id := range head.cand {
 			row[c] = p.Bo[id]
 		}
 	}
-	blas32.Gemm(blas.NoTrans, blas.Trans, 1, general(N, H, w.hout), general(C, H, wc), 1, general(N, C, w.logits))
+	blas32.Gemm(blas.NoTrans, blas.Trans, 1, general(N, H, w.hout), general(C, H, head.wc), 1, general(N, C, w.logits))
 	var loss float64
 	inv := float32(1 / float64(N))
-	dwc := make([]float32, C*H)
+	w.dwc = grow(w.dwc, C*H)
+	w.q = grow(w.q, C)
 	for i := 0; i < N; i++ {
 		row := w.logits[i*C : (i+1)*C]
-		tc := col[w.tgt[i]]
+		tc := int(head.col[w.tgt[i]])
 		for c := range row {
-			row[c] -= corr[c]
+			row[c] -= head.corr[c]
 		}
 		softmaxTrain(row)
-		loss -= math.Log(math.Max(float64(row[tc]), 1e-30))
-		row[tc] -= 1
+		loss += w.kd.subtractTarget(row, tc, historyAt(b, w.pos[i]), w.tgt[i], head.cand, head.col, w.q, w.exactLoss)
 		for c := range row {
 			row[c] *= inv
-			grad.Bo[cand[c]] += row[c]
+			grad.Bo[head.cand[c]] += row[c]
 		}
 	}
-	blas32.Gemm(blas.Trans, blas.NoTrans, 1, general(N, C, w.logits), general(N, H, w.hout), 0, general(C, H, dwc))
-	for c, id := range cand {
+	blas32.Gemm(blas.Trans, blas.NoTrans, 1, general(N, C, w.logits), general(N, H, w.hout), 0, general(C, H, w.dwc))
+	for c, id := range head.cand {
 		g := grad.Wo[int(id)*H : int(id+1)*H]
-		for j, v := range dwc[c*H : (c+1)*H] {
+		for j, v := range w.dwc[c*H : (c+1)*H] {
 			g[j] += v
 		}
 	}
 	dhout := grow(w.dx, N*H)
-	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, general(N, C, w.logits), general(C, H, wc), 0, general(N, H, dhout))
+	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, general(N, C, w.logits), general(C, H, head.wc), 0, general(N, H, dhout))
 	p.backward(b, grad, w, dhout)
 	return loss / float64(N), N
 }

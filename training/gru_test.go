@@ -25,12 +25,14 @@ func tinyGRU(t *testing.T, v, d, h int) gruParams {
 }
 
 // TestGRUGradientCheck compares backpropagation through time with central
-// finite differences of the loss, for the full and the sampled softmax.
+// finite differences of the loss, for the full and the sampled softmax,
+// with and without an n-gram teacher in the target.
 func TestGRUGradientCheck(t *testing.T) {
 	const v, d, h = 7, 3, 4
 	batch := packBatch([][]int64{{2, 3, 4, 1, 6}, {5, 2}, {3, 3, 6, 2}})
 	sampler := newNegSampler([][]int64{{2, 3, 4, 5, 6, 1}}, v)
 	cand := []int64{1, 2, 3, 4, 5, 6} // every page: the batch holds them all
+	kd := newDistiller([][]int64{{2, 3, 4, 5}, {3, 4, 6}, {2, 3, 4, 6, 1}}, v, 3, 0.5, 0.4)
 	tests := []struct {
 		name string
 		loss func(p *gruParams, grad *gruParams) float64
@@ -40,7 +42,15 @@ func TestGRUGradientCheck(t *testing.T) {
 			return l
 		}},
 		{"sampled softmax", func(p, grad *gruParams) float64 {
-			l, _ := p.lossAndGradSampled(batch, grad, &gruWork{}, sampler, 3, cand[:5])
+			l, _ := p.lossAndGradSampled(batch, grad, &gruWork{}, sampler, 3, cand)
+			return l
+		}},
+		{"full softmax distilled", func(p, grad *gruParams) float64 {
+			l, _ := p.lossAndGrad(batch, grad, &gruWork{kd: kd, exactLoss: true})
+			return l
+		}},
+		{"sampled softmax distilled", func(p, grad *gruParams) float64 {
+			l, _ := p.lossAndGradSampled(batch, grad, &gruWork{kd: kd, exactLoss: true}, sampler, 3, cand)
 			return l
 		}},
 	}
@@ -142,12 +152,14 @@ func TestTrainGRULearnsCycle(t *testing.T) {
 		tied    bool
 		emb     int
 		dropout float64
-	}{{"full softmax", true, 0, false, 8, 0}, {"sampled softmax", false, 2, false, 8, 0},
-		{"tied embeddings with dropout", false, 2, true, 16, 0.1}} {
+		distill float64
+	}{{"full softmax", true, 0, false, 8, 0, 0}, {"sampled softmax", false, 2, false, 8, 0, 0},
+		{"tied embeddings with dropout", false, 2, true, 16, 0.1, 0},
+		{"full softmax distilled", true, 0, false, 8, 0, 0.8}, {"sampled softmax distilled", false, 2, false, 8, 0, 0.5}} {
 		t.Run(tc.name, func(t *testing.T) {
 			g, stats, err := TrainGRU(ctx, nil, train, 7, GRUConfig{Embedding: tc.emb, Hidden: 16, Epochs: 15, Patience: 5,
 				BatchSize: 16, LearningRate: 0.02, LRDecay: 1, FullSoftmax: tc.full, Sampled: tc.sampled, Seed: 1,
-				Tied: tc.tied, DropoutEmbedding: tc.dropout, DropoutHidden: tc.dropout})
+				Tied: tc.tied, DropoutEmbedding: tc.dropout, DropoutHidden: tc.dropout, Distill: &tc.distill})
 			if err != nil {
 				t.Fatalf("TrainGRU: %v", err)
 			}
@@ -212,6 +224,14 @@ func TestDropout(t *testing.T) {
 	}
 	if err := (GRUConfig{DropoutHidden: 1}).Validate(); err == nil {
 		t.Error("dropout rate 1 validated")
+	}
+	for _, w := range []float64{-0.1, 1.5, math.NaN()} {
+		if err := (GRUConfig{Distill: &w}).Validate(); err == nil {
+			t.Errorf("distillation weight %v validated", w)
+		}
+	}
+	if err := (GRUConfig{TeacherOrder: ngramMaxOrder + 1}).Validate(); err == nil {
+		t.Errorf("teacher order %d validated", ngramMaxOrder+1)
 	}
 }
 

@@ -22,11 +22,11 @@ import (
 type GRUConfig struct {
 	Embedding    int     // embedding size [48]
 	Hidden       int     // recurrent state size [128]
-	Epochs       int     // most passes over the training sessions [5]
+	Epochs       int     // most passes over the training sessions [8]
 	Patience     int     // epochs without a better validation MRR@20 before stopping [2]
 	BatchSize    int     // sequences per step [64]
 	LearningRate float64 // Adam step size of the first epoch [0.005]
-	LRDecay      float64 // factor applied to the step size after each epoch [0.6]
+	LRDecay      float64 // factor applied to the step size after each epoch [0.7]
 	ClipNorm     float64 // global gradient norm clip [5]
 	// Window is the longest training sequence: sessions are cut into
 	// windows of Window inputs, matching the service's history length
@@ -49,7 +49,21 @@ type GRUConfig struct {
 	// embeddings fed to the GRU and of the states fed to the output layer,
 	// during training only [0: none].
 	DropoutEmbedding, DropoutHidden float64
-	Seed                            uint64
+	// Distill is the weight of the n-gram teacher's next-page distribution
+	// in the training target (knowledge distillation), the rest going to
+	// the observed next page; nil means the default [0.5], 0 none.
+	Distill *float64
+	// TeacherOrder and TeacherDiscount set the n-gram teacher, fitted on
+	// the GRU's training sessions [5, 0.95; Run sets both to the ngram
+	// baseline's tuned setting when both are 0]. A discount of 0 is not a
+	// setting: the teacher needs its backoff.
+	TeacherOrder    int
+	TeacherDiscount float64
+	// Workers is the number of goroutines that share each batch's forward
+	// and backward pass, each over a slice of its rows; the gradient is the
+	// same for any number, up to rounding [GOMAXPROCS, at most 4].
+	Workers int
+	Seed    uint64
 }
 
 func (c GRUConfig) withDefaults() GRUConfig {
@@ -60,16 +74,24 @@ func (c GRUConfig) withDefaults() GRUConfig {
 	}
 	def(&c.Embedding, 48)
 	def(&c.Hidden, 128)
-	def(&c.Epochs, 5)
+	def(&c.Epochs, 8)
 	def(&c.Patience, 2)
 	def(&c.BatchSize, 64)
 	def(&c.Window, DefaultMaxSeqLen)
 	def(&c.Sampled, 512)
+	def(&c.Workers, min(runtime.GOMAXPROCS(0), 4))
+	def(&c.TeacherOrder, ngramMaxOrder)
+	if c.TeacherDiscount == 0 {
+		c.TeacherDiscount = 0.95
+	}
+	if c.Distill == nil {
+		c.Distill = new(float64(defaultDistill))
+	}
 	if c.LearningRate == 0 {
 		c.LearningRate = 0.005
 	}
 	if c.LRDecay == 0 {
-		c.LRDecay = 0.6
+		c.LRDecay = 0.7
 	}
 	if c.ClipNorm == 0 {
 		c.ClipNorm = 5
@@ -85,8 +107,8 @@ func (c GRUConfig) Validate() error {
 	switch {
 	case c.Embedding < 0 || c.Embedding > 4096, c.Hidden < 0 || c.Hidden > 4096:
 		return fmt.Errorf("gru sizes embedding %d, hidden %d outside 1..4096", c.Embedding, c.Hidden)
-	case c.Epochs < 0 || c.Patience < 0 || c.BatchSize < 0 || c.Window < 0 || c.Sampled < 0:
-		return fmt.Errorf("gru epochs, patience, batch size, window and sampled must not be negative")
+	case c.Epochs < 0 || c.Patience < 0 || c.BatchSize < 0 || c.Window < 0 || c.Sampled < 0 || c.Workers < 0:
+		return fmt.Errorf("gru epochs, patience, batch size, window, sampled and workers must not be negative")
 	case c.LRDecay < 0 || c.LRDecay > 1:
 		return fmt.Errorf("gru learning rate decay %v outside [0, 1]", c.LRDecay)
 	case c.LearningRate < 0 || math.IsNaN(c.LearningRate) || c.ClipNorm < 0:
@@ -96,22 +118,34 @@ func (c GRUConfig) Validate() error {
 	case c.Tied && c.withDefaults().Embedding != c.withDefaults().Hidden:
 		d := c.withDefaults()
 		return fmt.Errorf("gru tied embeddings need embedding %d equal to hidden %d", d.Embedding, d.Hidden)
+	case c.Distill != nil && (*c.Distill < 0 || *c.Distill > 1 || math.IsNaN(*c.Distill)):
+		return fmt.Errorf("gru distillation weight %v outside [0, 1]", *c.Distill)
+	case c.TeacherOrder < 0 || c.TeacherOrder > ngramMaxOrder || c.TeacherDiscount < 0 || c.TeacherDiscount > 1:
+		return fmt.Errorf("gru teacher order %d outside 0..%d or discount %v outside [0, 1]", c.TeacherOrder, ngramMaxOrder, c.TeacherDiscount)
 	case c.ValidationFraction < 0 || c.ValidationFraction >= 1:
 		return fmt.Errorf("gru validation fraction %v outside [0, 1)", c.ValidationFraction)
 	}
 	return nil
 }
 
+// defaultDistill is the teacher's default weight in the training target.
+const defaultDistill = 0.5
+
 // maxValidation caps the sessions scored after every epoch.
 const maxValidation = 4000
 
 // GRUStats describes a GRU training run.
 type GRUStats struct {
-	Embedding          int         `json:"embedding"`
-	Hidden             int         `json:"hidden"`
-	Epochs             int         `json:"epochs"`
-	BestEpoch          int         `json:"best_epoch"`
-	TrainSequences     int         `json:"train_sequences"` // windows per epoch
+	Embedding      int `json:"embedding"`
+	Hidden         int `json:"hidden"`
+	Epochs         int `json:"epochs"`
+	BestEpoch      int `json:"best_epoch"`
+	TrainSequences int `json:"train_sequences"` // windows per epoch
+	// Distill is the n-gram teacher's weight in the training target, and
+	// TeacherOrder and TeacherDiscount its settings (unset without one).
+	Distill            float64     `json:"distill"`
+	TeacherOrder       int         `json:"teacher_order,omitempty"`
+	TeacherDiscount    float64     `json:"teacher_discount,omitempty"`
 	Seconds            float64     `json:"seconds"`
 	SequencesPerSecond float64     `json:"sequences_per_second"`
 	PeakMemoryBytes    uint64      `json:"peak_memory_bytes"`
@@ -129,8 +163,12 @@ type EpochStat struct {
 
 // Summary is a one-line description of the run.
 func (s *GRUStats) Summary() string {
-	return fmt.Sprintf("embedding %d, hidden %d, %d epochs (best %d), %.1f s, %.0f sequences/s, peak memory %.0f MiB",
-		s.Embedding, s.Hidden, s.Epochs, s.BestEpoch, s.Seconds, s.SequencesPerSecond, float64(s.PeakMemoryBytes)/(1<<20))
+	teacher := ""
+	if s.Distill > 0 {
+		teacher = fmt.Sprintf(", n-gram teacher weight %g (order %d, discount %g)", s.Distill, s.TeacherOrder, s.TeacherDiscount)
+	}
+	return fmt.Sprintf("embedding %d, hidden %d%s, %d epochs (best %d), %.1f s, %.0f sequences/s, peak memory %.0f MiB",
+		s.Embedding, s.Hidden, teacher, s.Epochs, s.BestEpoch, s.Seconds, s.SequencesPerSecond, float64(s.PeakMemoryBytes)/(1<<20))
 }
 
 // TrainGRU trains a GRU on seqs (vocabulary indices) with backpropagation
@@ -168,58 +206,34 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
 	p := newGRUParams(vocabSize, cfg.Embedding, cfg.Hidden)
 	p.init(rng)
-	grad := newGRUParams(vocabSize, cfg.Embedding, cfg.Hidden)
 	opt := newAdam(&p, cfg.LearningRate)
 	if cfg.Tied {
 		copy(p.Wo, p.Emb)
 		p.Wo = p.Emb // one matrix; its gradient is the sum of both uses
 	}
-	work := &gruWork{rng: rng, dropEmb: float32(cfg.DropoutEmbedding), dropHid: float32(cfg.DropoutHidden)}
+	workers := newGradWorkers(&p, cfg.Workers, rng, cfg.DropoutEmbedding, cfg.DropoutHidden)
+	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows), Distill: *cfg.Distill}
+	if *cfg.Distill > 0 {
+		stats.TeacherOrder, stats.TeacherDiscount = cfg.TeacherOrder, cfg.TeacherDiscount
+		kd := newDistiller(trainSeqs, vocabSize, cfg.TeacherOrder, cfg.TeacherDiscount, *cfg.Distill)
+		for _, w := range workers {
+			w.work.kd = kd
+		}
+	}
 	var sampler *negSampler
 	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
 		sampler = newNegSampler(seqs, vocabSize)
 	}
-	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows)}
 	best, bestMRR, bad := p.clone(), -1.0, 0
 	seen := 0
 	for epoch := 1; epoch <= cfg.Epochs; epoch++ {
 		epochStart := time.Now()
-		batches := makeBatches(windows, cfg.BatchSize, rng)
-		prog := newEpochProgress(logger, epoch, cfg.Epochs, epochStart)
-		var lossSum float64
-		var lossN int
-		for i, b := range batches {
-			if i%16 == 0 {
-				if err := ctx.Err(); err != nil {
-					return nil, nil, fmt.Errorf("train gru: %w", err)
-				}
-			}
-			for _, t := range grad.tensors() {
-				clear(t)
-			}
-			var loss float64
-			var n int
-			if sampler != nil {
-				loss, n = p.lossAndGradSampled(b, &grad, work, sampler, cfg.Sampled, sampler.draw(rng, cfg.Sampled, b))
-			} else {
-				loss, n = p.lossAndGrad(b, &grad, work)
-			}
-			if n == 0 {
-				continue
-			}
-			lossSum += loss * float64(n)
-			lossN += n
-			if cfg.Tied {
-				for j, v := range grad.Wo {
-					grad.Emb[j] += v
-				}
-				clear(grad.Wo)
-			}
-			clipGrad(&grad, cfg.ClipNorm)
-			opt.update(&p, &grad)
-			seen += b.B
-			prog.step(i, len(batches), time.Now())
+		lossSum, lossN, err := p.fitEpoch(ctx, makeBatches(windows, cfg.BatchSize, rng), workers, sampler, opt, cfg, rng,
+			newEpochProgress(logger, epoch, cfg.Epochs, epochStart))
+		if err != nil {
+			return nil, nil, err
 		}
+		seen += len(windows)
 		opt.lr *= cfg.LRDecay
 		st := EpochStat{Epoch: epoch, TrainLoss: lossSum / float64(max(lossN, 1))}
 		if len(valSeqs) > 0 {
@@ -248,6 +262,40 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	stats.SequencesPerSecond = float64(seen) / stats.Seconds
 	stats.PeakMemoryBytes = peakMemory()
 	return &GRU{p: best}, stats, nil
+}
+
+// fitEpoch takes one Adam step per batch and returns the summed loss of
+// the batches' positions and their number.
+func (p *gruParams) fitEpoch(ctx context.Context, batches []gruBatch, workers []*gradWorker, sampler *negSampler, opt *adam,
+	cfg GRUConfig, rng *rand.Rand, prog *epochProgress) (lossSum float64, lossN int, err error) {
+	for i, b := range batches {
+		if i%16 == 0 {
+			if err := ctx.Err(); err != nil {
+				return 0, 0, fmt.Errorf("train gru: %w", err)
+			}
+		}
+		var head *sampledHead
+		if sampler != nil {
+			head = p.newSampledHead(b, sampler, cfg.Sampled, sampler.draw(rng, cfg.Sampled, b))
+		}
+		loss, n := p.batchGrad(b, workers, head)
+		if n == 0 {
+			continue
+		}
+		grad := &workers[0].grad
+		lossSum += loss * float64(n)
+		lossN += n
+		if cfg.Tied {
+			for j, v := range grad.Wo {
+				grad.Emb[j] += v
+			}
+			clear(grad.Wo)
+		}
+		clipGrad(grad, cfg.ClipNorm)
+		opt.update(p, grad)
+		prog.step(i, len(batches), time.Now())
+	}
+	return lossSum, lossN, nil
 }
 
 // windowed cuts sequences into windows of at most window inputs and their
@@ -309,7 +357,10 @@ func packBatch(rows [][]int64) gruBatch {
 type gruWork struct {
 	x, gx, gh, hs, z, r, n []float32
 	dh, dgx, dgh, dhNext   []float32
-	dx, hout, logits       []float32
+	dx, hout, logits, dwc  []float32
+	q                      []float32 // the distillation target of one position
+	kd                     *distiller
+	exactLoss              bool      // the loss includes the distillation term (tests)
 	maskX, maskH           []float32 // dropout: 0 or 1/(1-rate)
 	rng                    *rand.Rand
 	dropEmb, dropHid       float32
@@ -403,12 +454,12 @@ func (p *gruParams) lossAndGrad(b gruBatch, grad *gruParams, w *gruWork) (float6
 	blas32.Gemm(blas.NoTrans, blas.Trans, 1, general(N, H, w.hout), general(V, H, p.Wo), 1, general(N, V, w.logits))
 	var loss float64
 	inv := float32(1 / float64(N))
+	w.q = grow(w.q, V)
 	for k := 0; k < N; k++ {
 		row := w.logits[k*V : (k+1)*V]
 		softmaxTrain(row)
 		tg := w.tgt[k]
-		loss -= math.Log(math.Max(float64(row[tg]), 1e-30))
-		row[tg] -= 1
+		loss += w.kd.subtractTarget(row, int(tg), historyAt(b, w.pos[k]), tg, nil, nil, w.q, w.exactLoss)
 		for j := range row {
 			row[j] *= inv
 		}

@@ -160,8 +160,14 @@ func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Se
 	}
 	var gru *GRU
 	if !cfg.SkipGRU {
+		gcfg := cfg.GRU
+		for _, b := range baselines {
+			if b.Name == ModelNGram && gcfg.TeacherOrder == 0 && gcfg.TeacherDiscount == 0 {
+				gcfg.TeacherOrder, gcfg.TeacherDiscount = int(b.Params["order"]), b.Params["discount"] // the tuned n-gram teaches
+			}
+		}
 		var stats *GRUStats
-		gru, stats, err = TrainGRU(ctx, logger, trainSeq, vocab.Len(), cfg.GRU)
+		gru, stats, err = TrainGRU(ctx, logger, trainSeq, vocab.Len(), gcfg)
 		if err != nil {
 			return nil, nil, err
 		}
