@@ -24,6 +24,7 @@ const usage = `usage:
   prefetch-model inspect MODEL.onnx
   prefetch-model verify --reference FILE [--tolerance 1e-5] MODEL.onnx
   prefetch-model bench [--batch 1] [--len 20] [--duration 2s] MODEL.onnx
+  prefetch-model bench [--form step|sequence] [--k 5] [--threshold 0.01] [--duration 2s] BUNDLE_DIR
 
 Run "prefetch-model COMMAND --help" for the flags of one command.`
 
@@ -31,7 +32,7 @@ Run "prefetch-model COMMAND --help" for the flags of one command.`
 var subcommands = map[string]string{
 	"inspect": "usage: prefetch-model inspect MODEL.onnx\n\nPrints the graph's inputs, outputs, opset, operators and sizes.",
 	"verify":  "usage: prefetch-model verify --reference FILE [--tolerance 1e-5] MODEL.onnx\n\nRuns every case of a reference file and fails above the tolerance.",
-	"bench":   "usage: prefetch-model bench [--batch 1] [--len 20] [--duration 2s] MODEL.onnx\n\nReports the latency per call for a batch of histories.",
+	"bench":   "usage: prefetch-model bench [--batch 1] [--len 20] [--duration 2s] MODEL.onnx\n       prefetch-model bench [--form step|sequence] [--k 5] [--threshold 0.01] [--len 20] [--duration 2s] BUNDLE_DIR\n\nFor a model file, reports the latency per call for a batch of histories. For a bundle folder,\nreports p50 / p99 per click of the form's top-k scoring and, when scoring is approximate,\n\"exact agreement <fraction>\": the share of clicks whose hints equal exact scoring.",
 }
 
 // run executes one subcommand, writing its report to out. --help and
