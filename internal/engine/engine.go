@@ -368,7 +368,7 @@ func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Met
 func (e *Engine) appended(err error, user string, c features.Click, page string, at time.Time) (resumed bool, _ error) {
 	switch {
 	case err == nil:
-		e.unanswered.forget(user)
+		e.unanswered.applied(user, c) // a retry of its wave may bring it back
 		e.count(user, page, at)
 		return false, nil
 	case errors.Is(err, features.ErrDuplicate): // ErrUnsettled included
@@ -402,63 +402,80 @@ func (e *Engine) count(user, page string, at time.Time) {
 	e.counter.events.Add(1)
 }
 
-// unanswered remembers, per user, the position of a click whose Append or
-// Save failed: the store may have applied it without the reply getting
-// back. Bounded: past maxUnanswered users it starts afresh (a click then
-// forgotten is at worst reported a duplicate, or not counted in the
-// evaluation).
+// unanswered remembers, for the clicks of the last moments, what this
+// engine knows of their outcome across retries: a click whose Append or
+// Save failed (the store may have applied it without the reply getting
+// back), and whether a click was counted. The consumer retries a wave from
+// its first failed click, so a click this engine applied and counted can
+// come back, fail in a store call, and come back again found applied: it
+// is then settled, not counted a second time. A click counted and found
+// applied again with no failure in between is a redelivery (a duplicate).
+// Keyed by the click's position in Kafka (a user may have several clicks
+// in one wave). Bounded: two generations of at most maxUnanswered clicks
+// each, the older dropped when the newer fills (a click then forgotten is
+// at worst reported a duplicate, or not counted in the evaluation).
 type unanswered struct {
-	n  atomic.Int32 // len(m), read without the lock
-	mu sync.Mutex
-	m  map[string]unansweredClick // guarded by mu
+	mu        sync.Mutex
+	cur, prev map[clickKey]outcome // guarded by mu
 }
 
-type unansweredClick struct {
-	c       features.Click
-	counted bool // its Append was answered (only a Save failed)
+// clickKey is a click's identity: its user and position in Kafka.
+type clickKey struct {
+	user      string
+	partition int32
+	gen       uint32
+	offset    int64
+}
+
+// outcome is what an engine knows of a click it handled.
+type outcome struct {
+	counted bool // in the evaluation and totals
+	failed  bool // a store call of its last attempt failed: its reply may be lost
 }
 
 const maxUnanswered = 1 << 16
 
-func (u *unanswered) put(user string, c features.Click, counted bool) {
+// set records o for c (a click with a position in Kafka).
+func (u *unanswered) set(user string, c features.Click, o func(was outcome) outcome) {
 	if c.Offset < 0 {
 		return // no position: a retry is never found a duplicate
 	}
+	k := clickKey{user: user, partition: c.Partition, gen: c.Gen, offset: c.Offset}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.m == nil || len(u.m) >= maxUnanswered {
-		u.m = make(map[string]unansweredClick)
+	was, ok := u.cur[k]
+	if !ok {
+		was = u.prev[k]
 	}
-	u.m[user] = unansweredClick{c: c, counted: counted}
-	u.n.Store(int32(len(u.m)))
+	if u.cur == nil || len(u.cur) >= maxUnanswered {
+		u.prev, u.cur = u.cur, make(map[clickKey]outcome)
+	}
+	u.cur[k] = o(was)
 }
 
-// take reports whether c is the user's unanswered click, and whether it was
-// counted, and forgets it.
+// applied records that c was appended and counted by this attempt.
+func (u *unanswered) applied(user string, c features.Click) {
+	u.set(user, c, func(outcome) outcome { return outcome{counted: true} })
+}
+
+// put records that a store call of c failed; counted tells that its
+// Append was answered. A click once counted stays counted.
+func (u *unanswered) put(user string, c features.Click, counted bool) {
+	u.set(user, c, func(was outcome) outcome { return outcome{counted: counted || was.counted, failed: true} })
+}
+
+// take reports whether a store call of c failed in an earlier attempt of
+// this engine, and whether c was counted; from then on c is remembered as
+// counted and settled, as the caller counts it if it was not.
 func (u *unanswered) take(user string, c features.Click) (counted, ok bool) {
-	if u.n.Load() == 0 {
-		return false, false
-	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	p, found := u.m[user]
-	if !found {
-		return false, false
-	}
-	delete(u.m, user)
-	u.n.Store(int32(len(u.m)))
-	return p.counted, p.c.Partition == c.Partition && p.c.Gen == c.Gen && p.c.Offset == c.Offset
-}
-
-// forget drops the user's unanswered click (a later click was appended).
-func (u *unanswered) forget(user string) {
-	if u.n.Load() == 0 {
-		return
-	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	delete(u.m, user)
-	u.n.Store(int32(len(u.m)))
+	u.set(user, c, func(was outcome) outcome {
+		counted, ok = was.counted, was.failed
+		if !ok {
+			return was
+		}
+		return outcome{counted: true}
+	})
+	return counted, ok
 }
 
 // redelivered is the outcome of a resumed click of a model without state:

@@ -512,3 +512,59 @@ func TestSaveAfterAnotherWriter(t *testing.T) {
 		})
 	}
 }
+
+// TestRetriedAppliedClickCountedOnce: the consumer retries a wave from its
+// first failed click, so a click already applied and counted comes back;
+// if its Append then fails before reaching the store (Redis down) and the
+// next retry finds it applied, it is settled (no error, no duplicate) and
+// still counted once. A click handed again with no failure in between is
+// a redelivery: a duplicate, not counted again. One click at a time and in
+// runs, on the in-memory store and on a real redis-server.
+func TestRetriedAppliedClickCountedOnce(t *testing.T) {
+	for _, st := range storeBackends(t) {
+		for _, path := range []string{"one", "runs"} {
+			name := st.name + "/" + path
+			t.Run(name, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				faulty := &faultyStore{user: "u", refuse: true}
+				eng, _, eval, bundle := gruEngine(t, newFaulty(st.mk(name+":"), faulty))
+				v := bundle.Vocab()
+				at := time.Now().Add(-time.Hour)
+				handle := func(k int) error {
+					e := features.Event{UserID: "u", Page: v.Page(int64(2 + k%(v.Len()-2))), TS: at.Add(time.Duration(k) * time.Second)}
+					m := features.Meta{Partition: 1, Offset: int64(10 + k)}
+					if path == "one" {
+						return eng.HandleEvent(ctx, e, m)
+					}
+					errs := make([]error, 1)
+					eng.HandleEvents(ctx, []features.Event{e}, []features.Meta{m}, errs)
+					return errs[0]
+				}
+				for k := range 3 {
+					if err := handle(k); err != nil {
+						t.Fatalf("click %d: %v", k, err)
+					}
+				}
+				faulty.mu.Lock()
+				faulty.fails = 1
+				faulty.mu.Unlock()
+				if err := handle(2); !errors.Is(err, errAppendFault) || features.Final(err) {
+					t.Fatalf("click 2 again, its Append refused: %v, want the injected error, to be retried", err)
+				}
+				if err := handle(2); err != nil {
+					t.Fatalf("click 2 retried after the refusal: %v, want settled", err)
+				}
+				if got := evaluatedClicks(eval); got != 3 {
+					t.Fatalf("evaluator counted %d clicks, want 3 (click 2 once)", got)
+				}
+				if err := handle(1); !errors.Is(err, features.ErrDuplicate) {
+					t.Fatalf("click 1 redelivered: %v, want a duplicate", err)
+				}
+				if got, tot := evaluatedClicks(eval), eng.Totals(); got != 3 || tot.Events != 3 {
+					t.Fatalf("after a redelivery: evaluator %d clicks, %d events applied, want 3 and 3", got, tot.Events)
+				}
+			})
+		}
+	}
+}

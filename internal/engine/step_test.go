@@ -332,13 +332,29 @@ type faultyStore struct {
 	fails    int
 	lost     bool
 	onAppend bool
+	// refuse makes an Append of the user fail before it reaches the store
+	// (a refused connection), while fails lasts; with onAppend unset.
+	refuse bool
+}
+
+// refused reports whether an Append for user fails now without its write.
+func (f *faultyStore) refused(user string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if user != f.user || f.fails == 0 || !f.refuse {
+		return false
+	}
+	if f.fails > 0 {
+		f.fails--
+	}
+	return true
 }
 
 // trip reports whether a Save for user fails now.
 func (f *faultyStore) trip(user string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if user != f.user || f.fails == 0 || f.onAppend {
+	if user != f.user || f.fails == 0 || f.onAppend || f.refuse {
 		return false
 	}
 	if f.fails > 0 {
@@ -368,6 +384,9 @@ func (f *faultyStore) tripAppend(user string) bool {
 }
 
 func (f *faultyStore) Append(ctx context.Context, user string, c features.Click, rec *features.Record) error {
+	if f.refused(user) {
+		return errAppendFault
+	}
 	err := f.Store.Append(ctx, user, c, rec)
 	if err == nil && f.tripAppend(user) {
 		return errAppendFault
@@ -395,6 +414,11 @@ type faultyBatch struct {
 }
 
 func (f faultyBatch) AppendMany(ctx context.Context, rows []*features.BatchRow) {
+	if i := slices.IndexFunc(rows, func(r *features.BatchRow) bool { return f.refused(r.User) }); i >= 0 {
+		f.bs.AppendMany(ctx, slices.Delete(slices.Clone(rows), i, i+1))
+		rows[i].Err = errAppendFault
+		return
+	}
 	f.bs.AppendMany(ctx, rows)
 	for _, r := range rows {
 		if r.Err == nil && f.tripAppend(r.User) {
