@@ -3,6 +3,9 @@ package training
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
@@ -100,7 +103,11 @@ type SessionPredictor interface {
 }
 
 // Evaluate scores every transition of the held-out sequences test with p.
-// It returns ctx.Err() if ctx ends first.
+// It returns ctx.Err() if ctx ends first. A SessionPredictor (the GRU,
+// whose output layer is read in full for every transition: at 100,000
+// pages and more the evaluation's cost) scores its sessions on up to
+// evalWorkers goroutines; the figures are counts, so they do not depend on
+// how the sessions were shared out.
 func Evaluate(ctx context.Context, name string, p Predictor, test [][]int64, cfg EvalConfig) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, err
@@ -108,19 +115,18 @@ func Evaluate(ctx context.Context, name string, p Predictor, test [][]int64, cfg
 	cfg = cfg.withDefaults()
 	var acc evalAcc
 	acc.init(cfg)
-	sp, fast := p.(SessionPredictor)
+	if sp, ok := p.(SessionPredictor); ok {
+		if err := evaluateSessions(ctx, sp, test, cfg, &acc); err != nil {
+			return Result{}, fmt.Errorf("evaluate %s: %w", name, err)
+		}
+		return acc.result(name), nil
+	}
 	var buf []float32
 	for i, seq := range test {
 		if i%256 == 0 {
 			if err := ctx.Err(); err != nil {
 				return Result{}, fmt.Errorf("evaluate %s: %w", name, err)
 			}
-		}
-		if fast {
-			sp.PredictSession(seq, cfg.MaxSeqLen, func(t int, probs []float32) {
-				acc.add(probs, seq[t-1], seq[t])
-			})
-			continue
 		}
 		for t := 1; t < len(seq); t++ {
 			buf = p.Predict(seq[max(0, t-cfg.MaxSeqLen):t], buf)
@@ -130,10 +136,47 @@ func Evaluate(ctx context.Context, name string, p Predictor, test [][]int64, cfg
 	return acc.result(name), nil
 }
 
+// evalWorkers bounds the goroutines of evaluateSessions.
+const evalWorkers = 4
+
+// evaluateSessions scores every session of test into acc, the sessions
+// shared out between min(GOMAXPROCS, evalWorkers) goroutines, each with its
+// own accumulator, added into acc at the end.
+func evaluateSessions(ctx context.Context, sp SessionPredictor, test [][]int64, cfg EvalConfig, acc *evalAcc) error {
+	workers := min(runtime.GOMAXPROCS(0), evalWorkers, max(len(test)/64, 1))
+	accs := make([]evalAcc, workers)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := range accs {
+		accs[w].init(cfg)
+		wg.Add(1)
+		go func(a *evalAcc) {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(test) || (i%256 == 0 && ctx.Err() != nil) {
+					return
+				}
+				seq := test[i]
+				sp.PredictSession(seq, cfg.MaxSeqLen, func(t int, probs []float32) {
+					a.add(probs, seq[t-1], seq[t])
+				})
+			}
+		}(&accs[w])
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for i := range accs {
+		acc.merge(&accs[i])
+	}
+	return nil
+}
+
 type evalAcc struct {
 	cfg                      EvalConfig
 	hits                     []int // hits[r-1]: transitions whose target ranked r
-	rr                       float64
 	n, unknown               int
 	prefetched, prefetchHits int
 	top                      []int64
@@ -152,7 +195,6 @@ func (a *evalAcc) add(probs []float32, cur, target int64) {
 		a.unknown++
 	} else if r := rank(probs, target, a.cfg.MaxK); r > 0 {
 		a.hits[r-1]++
-		a.rr += 1 / float64(r)
 	}
 	// Prefetch simulation: top TopK pages at or above the threshold.
 	a.top = topAbove(probs, a.cfg.TopK, float32(a.cfg.Threshold), cur, a.top[:0])
@@ -162,6 +204,17 @@ func (a *evalAcc) add(probs []float32, cur, target int64) {
 			a.prefetchHits++
 		}
 	}
+}
+
+// merge adds b's counts into a.
+func (a *evalAcc) merge(b *evalAcc) {
+	for i, h := range b.hits {
+		a.hits[i] += h
+	}
+	a.n += b.n
+	a.unknown += b.unknown
+	a.prefetched += b.prefetched
+	a.prefetchHits += b.prefetchHits
 }
 
 func (a *evalAcc) result(name string) Result {
@@ -178,7 +231,11 @@ func (a *evalAcc) result(name string) Result {
 	}
 	at := func(k int) float64 { return r.RecallCurve[min(k, a.cfg.MaxK)-1] }
 	r.RecallAt1, r.RecallAt5, r.RecallAt20 = at(1), at(5), at(20)
-	r.MRRAt20 = a.rr / n
+	var rr float64 // the reciprocal ranks, from the counts by rank
+	for k, h := range a.hits {
+		rr += float64(h) / float64(k+1)
+	}
+	r.MRRAt20 = rr / n
 	if a.prefetched > 0 {
 		r.Precision = float64(a.prefetchHits) / float64(a.prefetched)
 	}

@@ -273,3 +273,47 @@ func TestTrainGRUStopsOnCancel(t *testing.T) {
 		})
 	}
 }
+
+// predictOnly hides a model's SessionPredictor, so Evaluate scores it one
+// Predict per transition, on one goroutine.
+type predictOnly struct{ Predictor }
+
+// TestEvaluateSessionsMatchesPredict: the GRU's evaluation, sessions shared
+// out between goroutines with a running state each, gives exactly the
+// figures of scoring every transition alone on its history, sessions
+// longer than the history limit included.
+func TestEvaluateSessionsMatchesPredict(t *testing.T) {
+	p := newGRUParams(300, 8, 16)
+	p.init(rand.New(rand.NewPCG(3, 4)))
+	g := &GRU{p: p}
+	rng := rand.New(rand.NewPCG(5, 6))
+	test := make([][]int64, 700)
+	for i := range test {
+		test[i] = make([]int64, 2+rng.IntN(14))
+		for j := range test[i] {
+			test[i][j] = int64(1 + rng.IntN(299))
+		}
+	}
+	cfg := EvalConfig{MaxSeqLen: 6, Threshold: 0.01}
+	got, err := Evaluate(t.Context(), "gru", g, test, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Evaluate(t.Context(), "gru", predictOnly{g}, test, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Transitions == 0 || got.RecallAt20 == 0 {
+		t.Fatalf("nothing scored: %+v", got)
+	}
+	if got.Transitions != want.Transitions || got.UnknownTargets != want.UnknownTargets ||
+		!slices.Equal(got.RecallCurve, want.RecallCurve) || math.Abs(got.MRRAt20-want.MRRAt20) > 1e-12 ||
+		got.Precision != want.Precision || got.Coverage != want.Coverage {
+		t.Fatalf("sessions in parallel: %+v\nalone: %+v", got, want)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := Evaluate(ctx, "gru", g, test, cfg); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Evaluate with a cancelled context: %v, want context.Canceled", err)
+	}
+}
