@@ -368,7 +368,7 @@ func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Met
 func (e *Engine) appended(err error, user string, c features.Click, page string, at time.Time) (resumed bool, _ error) {
 	switch {
 	case err == nil:
-		e.unanswered.applied(user, c) // a retry of its wave may bring it back
+		e.unanswered.forget(user, c)
 		e.count(user, page, at)
 		return false, nil
 	case errors.Is(err, features.ErrDuplicate): // ErrUnsettled included
@@ -415,6 +415,7 @@ func (e *Engine) count(user, page string, at time.Time) {
 // each, the older dropped when the newer fills (a click then forgotten is
 // at worst reported a duplicate, or not counted in the evaluation).
 type unanswered struct {
+	n         atomic.Int32 // len(cur) + len(prev), read without the lock
 	mu        sync.Mutex
 	cur, prev map[clickKey]outcome // guarded by mu
 }
@@ -435,47 +436,86 @@ type outcome struct {
 
 const maxUnanswered = 1 << 16
 
-// set records o for c (a click with a position in Kafka).
-func (u *unanswered) set(user string, c features.Click, o func(was outcome) outcome) {
-	if c.Offset < 0 {
-		return // no position: a retry is never found a duplicate
+func keyOf(user string, c features.Click) clickKey {
+	return clickKey{user: user, partition: c.Partition, gen: c.Gen, offset: c.Offset}
+}
+
+// get returns what is known of k. mu must be held.
+func (u *unanswered) get(k clickKey) (outcome, bool) {
+	if o, ok := u.cur[k]; ok {
+		return o, true
 	}
-	k := clickKey{user: user, partition: c.Partition, gen: c.Gen, offset: c.Offset}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	was, ok := u.cur[k]
-	if !ok {
-		was = u.prev[k]
-	}
+	o, ok := u.prev[k]
+	return o, ok
+}
+
+// store records o for k, starting a new generation when the newer is
+// full. mu must be held.
+func (u *unanswered) store(k clickKey, o outcome) {
 	if u.cur == nil || len(u.cur) >= maxUnanswered {
 		u.prev, u.cur = u.cur, make(map[clickKey]outcome)
 	}
-	u.cur[k] = o(was)
-}
-
-// applied records that c was appended and counted by this attempt.
-func (u *unanswered) applied(user string, c features.Click) {
-	u.set(user, c, func(outcome) outcome { return outcome{counted: true} })
+	u.cur[k] = o
+	u.n.Store(int32(len(u.cur) + len(u.prev)))
 }
 
 // put records that a store call of c failed; counted tells that its
 // Append was answered. A click once counted stays counted.
 func (u *unanswered) put(user string, c features.Click, counted bool) {
-	u.set(user, c, func(was outcome) outcome { return outcome{counted: counted || was.counted, failed: true} })
+	if c.Offset < 0 {
+		return // no position: a retry is never found a duplicate
+	}
+	k := keyOf(user, c)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	was, _ := u.get(k)
+	u.store(k, outcome{counted: counted || was.counted, failed: true})
+}
+
+// applied records that c was appended and counted by an attempt whose wave
+// is to be retried: a later attempt may fail in a store call and the one
+// after find it applied.
+func (u *unanswered) applied(user string, c features.Click) {
+	if c.Offset < 0 {
+		return
+	}
+	k := keyOf(user, c)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	was, _ := u.get(k)
+	u.store(k, outcome{counted: true, failed: was.failed})
 }
 
 // take reports whether a store call of c failed in an earlier attempt of
 // this engine, and whether c was counted; from then on c is remembered as
 // counted and settled, as the caller counts it if it was not.
 func (u *unanswered) take(user string, c features.Click) (counted, ok bool) {
-	u.set(user, c, func(was outcome) outcome {
-		counted, ok = was.counted, was.failed
-		if !ok {
-			return was
-		}
-		return outcome{counted: true}
-	})
-	return counted, ok
+	if u.n.Load() == 0 || c.Offset < 0 {
+		return false, false
+	}
+	k := keyOf(user, c)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	was, found := u.get(k)
+	if !found || !was.failed {
+		return false, false
+	}
+	u.store(k, outcome{counted: true})
+	return was.counted, true
+}
+
+// forget drops what is known of c (appended now: an earlier attempt's
+// failure is no longer news).
+func (u *unanswered) forget(user string, c features.Click) {
+	if u.n.Load() == 0 || c.Offset < 0 {
+		return
+	}
+	k := keyOf(user, c)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	delete(u.cur, k)
+	delete(u.prev, k)
+	u.n.Store(int32(len(u.cur) + len(u.prev)))
 }
 
 // redelivered is the outcome of a resumed click of a model without state:
@@ -550,6 +590,9 @@ func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Ev
 // wave is the working memory of HandleEvents.
 type wave struct {
 	seen map[string]int // clicks per user so far in the run
+	// counted are the run indices of the clicks this attempt appended and
+	// counted: those at or after the first failure come back on the retry.
+	counted []int
 	// rows are the clicks of the wave at hand, their buffers (record,
 	// scores) kept from wave to wave.
 	rows []waveRow
@@ -645,6 +688,7 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	// after the other.
 	var waves int
 	w.layer, waves = features.Waves(evs, w.seen, w.layer)
+	w.counted = w.counted[:0]
 	failAt := len(evs)
 	for k := range waves {
 		// The wave's clicks; after a failure only those before it, which
@@ -660,6 +704,14 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 		}
 		if len(w.in) > 0 {
 			failAt = min(failAt, e.handleWave(ctx, l, evs, metas, w.in, errs, w, b))
+		}
+	}
+	// The consumer hands the run again from failAt: the clicks from there
+	// that this attempt counted (in any wave) will come back.
+	for _, i := range w.counted {
+		if i >= failAt {
+			m := metas[i]
+			e.unanswered.applied(evs[i].UserID, features.Click{Partition: m.Partition, Gen: m.Gen, Offset: m.Offset})
 		}
 	}
 	return failAt
@@ -696,6 +748,9 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 		r := &rows[i]
 		if !batched {
 			r.Err = e.deps.Histories.Append(ctx, r.User, r.Click, &r.Rec)
+		}
+		if r.Err == nil {
+			w.counted = append(w.counted, r.at) // appended and counted by this attempt
 		}
 		var err error
 		if r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, r.ev.TS); errors.Is(err, errSettled) {

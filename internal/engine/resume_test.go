@@ -513,58 +513,69 @@ func TestSaveAfterAnotherWriter(t *testing.T) {
 	}
 }
 
-// TestRetriedAppliedClickCountedOnce: the consumer retries a wave from its
-// first failed click, so a click already applied and counted comes back;
-// if its Append then fails before reaching the store (Redis down) and the
-// next retry finds it applied, it is settled (no error, no duplicate) and
-// still counted once. A click handed again with no failure in between is
-// a redelivery: a duplicate, not counted again. One click at a time and in
-// runs, on the in-memory store and on a real redis-server.
+// TestRetriedAppliedClickCountedOnce: the consumer hands a run again from
+// its first click that failed, so a click of another user that the run
+// applied and counted (in an earlier wave) comes back; if its Append then
+// fails before reaching the store (Redis down) and the next retry finds it
+// applied, it is settled (no error, no duplicate) and still counted once.
+// A click handed again with no failure in between is a redelivery: a
+// duplicate, not counted again. On the in-memory store and on a real
+// redis-server.
 func TestRetriedAppliedClickCountedOnce(t *testing.T) {
 	for _, st := range storeBackends(t) {
-		for _, path := range []string{"one", "runs"} {
-			name := st.name + "/" + path
-			t.Run(name, func(t *testing.T) {
-				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-				defer cancel()
-				faulty := &faultyStore{user: "u", refuse: true}
-				eng, _, eval, bundle := gruEngine(t, newFaulty(st.mk(name+":"), faulty))
-				v := bundle.Vocab()
-				at := time.Now().Add(-time.Hour)
-				handle := func(k int) error {
-					e := features.Event{UserID: "u", Page: v.Page(int64(2 + k%(v.Len()-2))), TS: at.Add(time.Duration(k) * time.Second)}
-					m := features.Meta{Partition: 1, Offset: int64(10 + k)}
-					if path == "one" {
-						return eng.HandleEvent(ctx, e, m)
-					}
-					errs := make([]error, 1)
-					eng.HandleEvents(ctx, []features.Event{e}, []features.Meta{m}, errs)
-					return errs[0]
+		t.Run(st.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			faulty := &faultyStore{refuse: true}
+			eng, _, eval, bundle := gruEngine(t, newFaulty(st.mk(st.name+":"), faulty))
+			v := bundle.Vocab()
+			at := time.Now().Add(-time.Hour)
+			click := func(user string, k int) (features.Event, features.Meta) {
+				return features.Event{UserID: user, Page: v.Page(int64(2 + k%(v.Len()-2))), TS: at.Add(time.Duration(k) * time.Second)},
+					features.Meta{Partition: 1, Offset: int64(100*len(user) + k)}
+			}
+			// run hands clicks (user, k) as one run and returns the first
+			// failed index and the errors.
+			run := func(clicks ...any) (int, []error) {
+				var evs []features.Event
+				var metas []features.Meta
+				for i := 0; i < len(clicks); i += 2 {
+					e, m := click(clicks[i].(string), clicks[i+1].(int))
+					evs, metas = append(evs, e), append(metas, m)
 				}
-				for k := range 3 {
-					if err := handle(k); err != nil {
-						t.Fatalf("click %d: %v", k, err)
-					}
-				}
+				errs := make([]error, len(evs))
+				return eng.HandleEvents(ctx, evs, metas, errs), errs
+			}
+			refuse := func(user string, k int) {
+				_, m := click(user, k)
 				faulty.mu.Lock()
-				faulty.fails = 1
+				faulty.user, faulty.fails, faulty.refuseAt = user, 1, map[int64]bool{m.Offset: true}
 				faulty.mu.Unlock()
-				if err := handle(2); !errors.Is(err, errAppendFault) || features.Final(err) {
-					t.Fatalf("click 2 again, its Append refused: %v, want the injected error, to be retried", err)
-				}
-				if err := handle(2); err != nil {
-					t.Fatalf("click 2 retried after the refusal: %v, want settled", err)
-				}
-				if got := evaluatedClicks(eval); got != 3 {
-					t.Fatalf("evaluator counted %d clicks, want 3 (click 2 once)", got)
-				}
-				if err := handle(1); !errors.Is(err, features.ErrDuplicate) {
-					t.Fatalf("click 1 redelivered: %v, want a duplicate", err)
-				}
-				if got, tot := evaluatedClicks(eval), eng.Totals(); got != 3 || tot.Events != 3 {
-					t.Fatalf("after a redelivery: evaluator %d clicks, %d events applied, want 3 and 3", got, tot.Events)
-				}
-			})
-		}
+			}
+			// Waves: a0 and u0 first, then a1, refused: the run fails at a1
+			// (index 1) after u0 (index 2) was applied and counted.
+			refuse("a", 1)
+			if n, errs := run("a", 0, "a", 1, "u", 0); n != 1 || !errors.Is(errs[1], errAppendFault) {
+				t.Fatalf("run with a1 refused: first failure %d, errors %v; want 1 and the injected error", n, errs)
+			}
+			// Handed again from a1: u0's Append is refused now.
+			refuse("u", 0)
+			if n, errs := run("a", 1, "u", 0); n != 1 || errs[0] != nil || !errors.Is(errs[1], errAppendFault) {
+				t.Fatalf("second attempt with u0 refused: first failure %d, errors %v; want 1, a1 applied", n, errs)
+			}
+			// Handed again from u0: found applied by this engine, settled.
+			if n, errs := run("u", 0); n != 1 || errs[0] != nil {
+				t.Fatalf("third attempt: %d %v, want u0 settled", n, errs)
+			}
+			if got, tot := evaluatedClicks(eval), eng.Totals(); got != 3 || tot.Events != 3 {
+				t.Fatalf("evaluator counted %d clicks, %d events applied; want 3 and 3 (u0 once)", got, tot.Events)
+			}
+			if _, errs := run("a", 0); !errors.Is(errs[0], features.ErrDuplicate) {
+				t.Fatalf("a0 redelivered: %v, want a duplicate", errs[0])
+			}
+			if got, tot := evaluatedClicks(eval), eng.Totals(); got != 3 || tot.Events != 3 {
+				t.Fatalf("after a redelivery: evaluator %d clicks, %d events applied, want 3 and 3", got, tot.Events)
+			}
+		})
 	}
 }

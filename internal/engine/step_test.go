@@ -333,15 +333,17 @@ type faultyStore struct {
 	lost     bool
 	onAppend bool
 	// refuse makes an Append of the user fail before it reaches the store
-	// (a refused connection), while fails lasts; with onAppend unset.
-	refuse bool
+	// (a refused connection), while fails lasts; with onAppend unset. With
+	// refuseAt, only the clicks at those offsets.
+	refuse   bool
+	refuseAt map[int64]bool
 }
 
 // refused reports whether an Append for user fails now without its write.
-func (f *faultyStore) refused(user string) bool {
+func (f *faultyStore) refused(user string, c features.Click) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if user != f.user || f.fails == 0 || !f.refuse {
+	if user != f.user || f.fails == 0 || !f.refuse || f.refuseAt != nil && !f.refuseAt[c.Offset] {
 		return false
 	}
 	if f.fails > 0 {
@@ -384,7 +386,7 @@ func (f *faultyStore) tripAppend(user string) bool {
 }
 
 func (f *faultyStore) Append(ctx context.Context, user string, c features.Click, rec *features.Record) error {
-	if f.refused(user) {
+	if f.refused(user, c) {
 		return errAppendFault
 	}
 	err := f.Store.Append(ctx, user, c, rec)
@@ -414,7 +416,7 @@ type faultyBatch struct {
 }
 
 func (f faultyBatch) AppendMany(ctx context.Context, rows []*features.BatchRow) {
-	if i := slices.IndexFunc(rows, func(r *features.BatchRow) bool { return f.refused(r.User) }); i >= 0 {
+	if i := slices.IndexFunc(rows, func(r *features.BatchRow) bool { return f.refused(r.User, r.Click) }); i >= 0 {
 		f.bs.AppendMany(ctx, slices.Delete(slices.Clone(rows), i, i+1))
 		rows[i].Err = errAppendFault
 		return
