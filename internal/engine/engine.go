@@ -462,6 +462,19 @@ func (u *unanswered) store(k clickKey, o outcome) {
 // put records that a store call of c failed; counted tells that its
 // Append was answered. A click once counted stays counted.
 func (u *unanswered) put(user string, c features.Click, counted bool) {
+	u.merge(user, c, outcome{counted: counted, failed: true})
+}
+
+// applied records that c was appended and counted by an attempt whose wave
+// is to be retried: a later attempt may fail in a store call and the one
+// after find it applied.
+func (u *unanswered) applied(user string, c features.Click) {
+	u.merge(user, c, outcome{counted: true})
+}
+
+// merge adds o to what is known of c: a click once counted stays counted,
+// once failed stays failed until take settles it.
+func (u *unanswered) merge(user string, c features.Click, o outcome) {
 	if c.Offset < 0 {
 		return // no position: a retry is never found a duplicate
 	}
@@ -469,21 +482,7 @@ func (u *unanswered) put(user string, c features.Click, counted bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	was, _ := u.get(k)
-	u.store(k, outcome{counted: counted || was.counted, failed: true})
-}
-
-// applied records that c was appended and counted by an attempt whose wave
-// is to be retried: a later attempt may fail in a store call and the one
-// after find it applied.
-func (u *unanswered) applied(user string, c features.Click) {
-	if c.Offset < 0 {
-		return
-	}
-	k := keyOf(user, c)
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	was, _ := u.get(k)
-	u.store(k, outcome{counted: true, failed: was.failed})
+	u.store(k, outcome{counted: o.counted || was.counted, failed: o.failed || was.failed})
 }
 
 // take reports whether a store call of c failed in an earlier attempt of
