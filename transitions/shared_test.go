@@ -2,9 +2,14 @@ package transitions
 
 import (
 	"context"
+	"errors"
+	"math"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prefetchd/prefetchd/internal/redistest"
 )
 
 // countingStore is a Store that counts the calls reaching it.
@@ -88,5 +93,194 @@ func TestShare(t *testing.T) {
 	clock = clock.Add(time.Minute)
 	if _, err := st.Lookup(ctx, []string{"/a"}, at, nil); err != nil || inner.looks != 2 {
 		t.Fatalf("after the TTL: %d store reads (%v), want 2", inner.looks, err)
+	}
+}
+
+// gatedStore is a Store whose calls wait while its gate is shut, and which
+// drops the next pages' indexes it returns (as the Redis store has none).
+type gatedStore struct {
+	countingStore
+	gate chan struct{} // a token per call that may pass; nil: open
+}
+
+func (g *gatedStore) pass(ctx context.Context) error {
+	if g.gate == nil {
+		return nil
+	}
+	select {
+	case <-g.gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g *gatedStore) Observe(ctx context.Context, ts []Transition) error {
+	if err := g.pass(ctx); err != nil {
+		return err
+	}
+	return g.countingStore.Observe(ctx, ts)
+}
+
+func (g *gatedStore) Lookup(ctx context.Context, from []string, at time.Time, dst []Dist) ([]Dist, error) {
+	if err := g.pass(ctx); err != nil {
+		return dst, err
+	}
+	dst, err := g.countingStore.Lookup(ctx, from, at, dst)
+	for i := range dst {
+		for j := range dst[i].Next {
+			dst[i].Next[j].Index = 0
+		}
+	}
+	return dst, err
+}
+
+func (c *countingStore) counts() (observes, observed, looks int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.observes, c.observed, c.looks
+}
+
+// eventually polls cond for up to 5 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5 s: %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestShareRun: while Run runs, Observe and a stale Lookup never wait for
+// the store, even a stuck one; a full buffer refuses transitions and says
+// so, and every accepted one reaches the store, the last ones when Run
+// stops; stale pages are read again in the background, pages stale past a
+// second TTL are read by Lookup; next pages read back carry the indexes
+// they were observed with.
+func TestShareRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	base, err := NewMemory(Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	inner := &gatedStore{countingStore: countingStore{Store: base.Store}, gate: gate}
+	base.Store = inner
+	const maxBuf = 64
+	st := Share(base, SharedConfig{FlushInterval: 5 * time.Millisecond, MaxBuffered: maxBuf, CacheTTL: time.Minute})
+	w := st.Store.(*shared)
+	var clock atomic.Int64
+	clock.Store(time.Unix(1_000_000, 0).UnixNano())
+	w.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = st.Run(runCtx) }()
+	eventually(t, "Run did not start", w.running.Load)
+
+	// The store is stuck: Observe still returns at once, until the buffer
+	// is full.
+	accepted, refused := 0, 0
+	start := time.Now()
+	for i := range 3 * maxBuf {
+		err := st.Observe(ctx, []Transition{{From: "/a", To: "/b", At: w.now(), ToIndex: 7}})
+		switch {
+		case err == nil:
+			accepted++
+		case errors.Is(err, errBufferFull):
+			refused++
+		default:
+			t.Fatalf("observe %d: %v", i, err)
+		}
+		if i == 0 {
+			time.Sleep(30 * time.Millisecond) // Run takes the first one and blocks in the store
+		}
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("observes took %v with the store stuck", d)
+	}
+	if accepted < maxBuf || refused == 0 {
+		t.Fatalf("accepted %d, refused %d of %d with a buffer of %d: want the buffer filled, then refusals", accepted, refused, 3*maxBuf, maxBuf)
+	}
+	close(gate) // the store works again
+	eventually(t, "accepted transitions did not all reach the store", func() bool {
+		_, n, _ := inner.counts()
+		return n == accepted
+	})
+
+	// A Lookup reads the store once and tags the next page with its index.
+	d := lookup(ctx, t, st, "/a", w.now())
+	if len(d.Next) != 1 || d.Next[0].Page != "/b" || d.Next[0].Index != 7 || math.Abs(d.N-float64(accepted)) > 1e-6 {
+		t.Fatalf("lookup %+v, want /a → /b, index 7, %d transitions", d, accepted)
+	}
+	_, _, looks := inner.counts()
+	if looks != 1 {
+		t.Fatalf("%d store reads, want 1", looks)
+	}
+	// Stale within a second TTL: served from the cache, read again by Run.
+	clock.Add(int64(90 * time.Second))
+	if d2 := lookup(ctx, t, st, "/a", w.now()); d2.N != d.N {
+		t.Fatalf("stale lookup %+v, want the cached %+v", d2, d)
+	}
+	eventually(t, "Run did not read the stale page again", func() bool {
+		_, _, l := inner.counts()
+		return l == 2
+	})
+	// Past two TTLs: Lookup reads itself.
+	clock.Add(int64(3 * time.Minute))
+	_ = lookup(ctx, t, st, "/a", w.now())
+	if _, _, l := inner.counts(); l != 3 {
+		t.Fatalf("%d store reads after two TTLs, want 3", l)
+	}
+
+	// What is buffered when Run stops is sent.
+	if err := st.Observe(ctx, []Transition{{From: "/b", To: "/c", At: w.now()}}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	<-done
+	if _, n, _ := inner.counts(); n != accepted+1 {
+		t.Fatalf("store got %d transitions after Run stopped, want %d", n, accepted+1)
+	}
+}
+
+// TestShareRunRedis: the same path against a real redis-server: transitions
+// observed while Run runs reach Redis without the clicks waiting, and read
+// back carry their indexes.
+func TestShareRunRedis(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv := redistest.Start(t)
+	n := 0
+	st := Share(onRedis(t, srv.Addr(), &n, Config{}, nil), SharedConfig{FlushInterval: 5 * time.Millisecond, CacheTTL: 20 * time.Millisecond})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = st.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	eventually(t, "Run did not start", st.Store.(*shared).running.Load)
+	now := time.Now()
+	for i := range 30 {
+		to, idx := "/b", int64(11)
+		if i%3 == 0 {
+			to, idx = "/c", 12
+		}
+		if err := st.Observe(ctx, []Transition{{From: "/a", To: to, At: now, ToIndex: idx}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var d Dist
+	eventually(t, "the transitions did not reach Redis", func() bool {
+		d = lookup(ctx, t, st, "/a", now)
+		return math.Abs(d.N-30) < 0.01
+	})
+	want := map[string]int64{"/b": 11, "/c": 12}
+	if len(d.Next) != 2 {
+		t.Fatalf("next pages %+v, want /b and /c", d.Next)
+	}
+	for _, nx := range d.Next {
+		if nx.Index != want[nx.Page] {
+			t.Errorf("next page %s has index %d, want %d", nx.Page, nx.Index, want[nx.Page])
+		}
 	}
 }

@@ -119,10 +119,11 @@ type Transition struct {
 type Next struct {
 	Page  string
 	Count float64
-	// Index is the latest Transition.ToIndex observed for Page by the
-	// in-process store, 0 from the Redis store. It saves the caller a
-	// vocabulary lookup, but the model may have changed since: the caller
-	// checks it against its vocabulary.
+	// Index is the latest Transition.ToIndex observed for Page: by the
+	// in-process store, or for the Redis store by this process's Share
+	// cache (0 for a next page only other replicas observed, and without
+	// the cache). It saves the caller a vocabulary lookup, but the model
+	// may have changed since: the caller checks it against its vocabulary.
 	Index int64
 }
 

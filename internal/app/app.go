@@ -292,7 +292,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	})
 	eval.SetModelVersion(live.Version)
 	parts.eval.Store(eval)
-	online, err := onlineStats(cfg, rdb, reg)
+	online, err := onlineStats(cfg, rdb, log, reg)
 	if err != nil {
 		return err
 	}
@@ -336,6 +336,11 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			errc <- fmt.Errorf("warmer: %w", err)
 		}
 	})
+	if online != nil {
+		// Sends the shared statistics' buffer off the clicks' path; stops
+		// after the consumer, with a last send.
+		warmWG.Go(func() { _ = online.Run(warmCtx) })
+	}
 	consWG.Go(func() {
 		if err := consumer.Run(consCtx); err != nil {
 			errc <- fmt.Errorf("consumer: %w", err)
@@ -735,7 +740,7 @@ func progress(ctx context.Context, log *slog.Logger, eng *engine.Engine, eval *p
 
 // onlineStats builds the online transition statistics where the histories
 // live, or none when --online is off.
-func onlineStats(cfg Config, rdb redis.UniversalClient, reg prometheus.Registerer) (*transitions.Stats, error) {
+func onlineStats(cfg Config, rdb redis.UniversalClient, log *slog.Logger, reg prometheus.Registerer) (*transitions.Stats, error) {
 	if !cfg.Online {
 		return nil, nil
 	}
@@ -749,7 +754,7 @@ func onlineStats(cfg Config, rdb redis.UniversalClient, reg prometheus.Registere
 			return nil, err
 		}
 		// Off the click path: writes batched, reads cached briefly.
-		return transitions.Share(st, transitions.SharedConfig{FlushInterval: cfg.OnlineFlushInterval, CacheTTL: cfg.OnlineCacheTTL}), nil
+		return transitions.Share(st, transitions.SharedConfig{FlushInterval: cfg.OnlineFlushInterval, CacheTTL: cfg.OnlineCacheTTL, Log: log}), nil
 	}
 	return transitions.NewMemory(tcfg, reg)
 }
