@@ -84,6 +84,10 @@ const (
 	// this share, would move no probability by more than clusterProbTol
 	// are never scored (they stay in the estimate of the rest).
 	clusterNeglect = 0.03
+	// clusterFirstShare: clusters whose estimated share of the normaliser
+	// is at least this go on topK's heap first; the smaller ones are
+	// ordered only when those run out.
+	clusterFirstShare = 1e-3
 	// clusterRescore is the number of candidates, by quantized logit,
 	// scored again in float32 (at least k): int8 rows put logits off by a
 	// few hundredths, which matters for the mass of the likeliest pages.
@@ -560,27 +564,32 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	// Clusters below probTol/(clusterNeglect·nc) of it are never scored:
 	// an error of clusterNeglect in their total moves no probability by
 	// more than probTol, and none could hold a hint.
-	expSum(est, est, top)
+	sum := expSum(est, est, top)
+	rest := float64(sum)                          // estimated mass of the clusters not scored
+	restVar := float64(sumSqMul(s.unc[:nc], est)) // variance of its error
 	cut := float32(ix.probTol / (clusterNeglect * float64(nc)))
-	s.order = s.order[:0]
-	var rest float64    // estimated mass of the clusters not scored
-	var restVar float64 // variance of its error
-	for c, e := range est {
-		if e >= cut {
-			s.order = append(s.order, clusterKey(e, c))
-		}
-		rest += float64(e)
-		u := float64(s.unc[c] * e)
-		restVar += u * u
-	}
-	// Clusters come off a max-heap of their estimates: only the few
-	// scored are ordered.
+	// Clusters come off a max-heap of their estimates, in two tiers: those
+	// above clusterFirstShare of the estimated normaliser first, the rest
+	// only if they run out. Only the few scored are ordered, and the many
+	// small clusters are not even put on the heap on most clicks.
+	high := max(cut, sum*clusterFirstShare)
+	s.order = appendAbove(s.order[:0], est, high, float32(math.Inf(1)))
 	heapInit(s.order)
+	lowDone := high <= cut
 	m := max(k, clusterRescore)
 	var mass float64 // mass of the scored clusters, relative to exp(top)
 	s.cands = s.cands[:0]
 	rows := 0
-	for len(s.order) > 0 {
+	for {
+		if len(s.order) == 0 {
+			if lowDone {
+				break
+			}
+			lowDone = true
+			s.order = appendAbove(s.order, est, cut, high)
+			heapInit(s.order)
+			continue
+		}
 		c := keyCluster(s.order[0])
 		if ix.enough(s.cands, k, threshold, top, mass, rest, restVar, est[c]) {
 			break
@@ -745,6 +754,28 @@ func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, ex
 	}
 	pTop := math.Exp(float64(hints[0].logit-top)) / z
 	return ix.uncZ*math.Sqrt(restVar)*pTop <= ix.probTol*z
+}
+
+// appendAbove appends to order the clusterKey of every cluster c with
+// lo <= est[c] < hi and returns it.
+func appendAbove(order []uint64, est []float32, lo, hi float32) []uint64 {
+	for c, e := range est {
+		if e >= lo && e < hi {
+			order = append(order, clusterKey(e, c))
+		}
+	}
+	return order
+}
+
+// sumSqMul returns the sum of (a[i]·b[i])² over a (b at least as long).
+func sumSqMul(a, b []float32) float32 {
+	b = b[:len(a)]
+	done, sum := sumSqMulAsm(a, b)
+	for i := done; i < len(a); i++ {
+		p := a[i] * b[i]
+		sum += p * p
+	}
+	return sum
 }
 
 // clusterKey orders cluster c by its estimate e (not negative) as an

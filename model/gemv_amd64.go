@@ -246,3 +246,18 @@ func estAsm(n int, dots, lam, spread, logMass []float32, xx, ua, ub float32, est
 	_ = dots[2*n-1]
 	return n8, estAVX2(n8, n, &dots[0], &lam[0], &spread[0], &logMass[0], xx, ua, ub, &est[0], &unc[0])
 }
+
+//go:noescape
+func sumSqMulAVX2(a, b *float32, n int) float32
+
+// sumSqMulAsm returns how many of the first values of a and b (same
+// length) it summed, a multiple of 8, and the sum of (a[i]·b[i])² over
+// them; 0 when the CPU has no AVX2 and FMA.
+func sumSqMulAsm(a, b []float32) (int, float32) {
+	n8 := len(a) &^ 7
+	if n8 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0, 0
+	}
+	_ = b[n8-1]
+	return n8, sumSqMulAVX2(&a[0], &b[0], n8)
+}

@@ -685,3 +685,31 @@ estdone:
 	VMOVSS       X14, ret+80(FP)
 	VZEROUPPER
 	RET
+
+// func sumSqMulAVX2(a, b *float32, n int) float32
+// Returns the sum over i < n of (a[i]·b[i])², n a positive multiple of 8.
+TEXT ·sumSqMulAVX2(SB), NOSPLIT, $0-28
+	MOVQ   a+0(FP), SI
+	MOVQ   b+8(FP), DI
+	MOVQ   n+16(FP), CX
+	SHLQ   $2, CX
+	XORQ   BX, BX
+	VXORPS Y0, Y0, Y0
+
+ssmloop:
+	CMPQ        BX, CX
+	JGE         ssmdone
+	VMOVUPS     (SI)(BX*1), Y1
+	VMULPS      (DI)(BX*1), Y1, Y1
+	VFMADD231PS Y1, Y1, Y0
+	ADDQ        $32, BX
+	JMP         ssmloop
+
+ssmdone:
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VHADDPS      X0, X0, X0
+	VHADDPS      X0, X0, X0
+	VMOVSS       X0, ret+24(FP)
+	VZEROUPPER
+	RET

@@ -35,3 +35,5 @@ func gemvI16Asm(m, n int, a, x []int16, scale []float32, inv float32, y []float3
 func estAsm(n int, dots, lam, spread, logMass []float32, xx, ua, ub float32, est, unc []float32) (int, float32) {
 	return 0, 0
 }
+
+func sumSqMulAsm(a, b []float32) (int, float32) { return 0, 0 }

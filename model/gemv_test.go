@@ -264,3 +264,23 @@ func TestGemvI16(t *testing.T) {
 		})
 	}
 }
+
+// TestSumSqMul checks the sum of squared products (the variance of the
+// clustered scorer's rest) against float64, for lengths with and without
+// a remainder past the kernel's blocks of eight.
+func TestSumSqMul(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 8, 13, 64, 1095} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			w := lcgWeights(2*n+1, uint64(n), 1)
+			a, b := w[:n], w[n:2*n+1] // b one longer: only len(a) counts
+			var want float64
+			for i := range a {
+				p := float64(a[i]) * float64(b[i])
+				want += p * p
+			}
+			if got := sumSqMul(a, b); math.Abs(float64(got)-want) > 1e-5*(1+want) {
+				t.Errorf("sumSqMul = %v, want %v", got, want)
+			}
+		})
+	}
+}
