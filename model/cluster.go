@@ -115,7 +115,8 @@ type clusterIndex struct {
 	page                                          []int32   // cluster order -> vocabulary index
 	start                                         []int32   // cluster c holds rows start[c] to start[c+1]
 	// means holds the C clusters' bias-weighted mean rows μ, hp int16
-	// each with one scale (meanScale), rounded so: the rows' deviations in
+	// each (within ±meanTop(hp)) with one scale (meanScale), rounded so:
+	// the rows' deviations in
 	// q are from the rounded μ, so that μ·h read from here is their
 	// logits' offset. dirs holds their main directions v of the
 	// deviations, hp int8 each with one scale (dirScale): v·h only weighs
@@ -124,7 +125,6 @@ type clusterIndex struct {
 	meanScale []float32
 	dirs      []int8
 	dirScale  []float32
-	zeros     []float32 // C zeros: the biases of dirs
 	logMass   []float32 // log Σ exp(b_i) over the cluster
 	spread    []float32 // ½ · mean squared deviation per dimension, off dir
 	lam       []float32 // ½ · variance along dir
@@ -211,7 +211,6 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	ix.meanScale = make([]float32, nc)
 	ix.dirs = make([]int8, nc*ix.hp)
 	ix.dirScale = make([]float32, nc)
-	ix.zeros = make([]float32, nc)
 	for c := range nc {
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		// Bias weights relative to the cluster's largest bias.
@@ -247,7 +246,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		ix.lam[c] = float32(0.5 * lam)
 		ix.spread[c] = float32(0.5 * max(dev/mass-lam, 0) / float64(max(h-1, 1)))
 		m16 := ix.means[c*ix.hp : c*ix.hp+h]
-		ix.meanScale[c] = quantizeRow(m16, mc)
+		ix.meanScale[c] = quantizeRowTo(m16, mc, meanTop(ix.hp))
 		ix.dirScale[c] = quantizeRow(ix.dirs[c*ix.hp:c*ix.hp+h], dir)
 		for d, q := range m16 {
 			mc[d] = float32(q) * ix.meanScale[c]
@@ -265,7 +264,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 			dots:  make([]float32, 2*nc),
 			order: make([]uint64, 0, nc),
 			xq:    make([]int16, ix.hp),
-			acc:   make([]int32, max(maxSize, 4)), // and the remainder of the dirs
+			acc:   make([]int32, maxSize),
 			cands: make([]scored, 0, clusterRescore+1),
 		}
 	}
@@ -532,7 +531,7 @@ func bisect(w []float32, h int, rows []int32) []int32 {
 
 // bytes is the memory the index holds.
 func (ix *clusterIndex) bytes() int64 {
-	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.meanScale)+len(ix.dirScale)+len(ix.zeros)+len(ix.logMass)+len(ix.spread)+len(ix.lam)) + 2*int64(len(ix.means)) + int64(len(ix.dirs))
+	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.meanScale)+len(ix.dirScale)+len(ix.logMass)+len(ix.spread)+len(ix.lam)) + 2*int64(len(ix.means)) + int64(len(ix.dirs))
 }
 
 // clusters is the number of clusters.
@@ -697,8 +696,7 @@ func (ix *clusterIndex) probsOf(x []float32, logZ float64, pages []int64, probs 
 // (s.est) and its relative error (s.unc), and returns the largest estimate.
 func (ix *clusterIndex) estimate(s *clusterScratch, xq []int16, inv, xx float32) float32 {
 	nc := len(ix.logMass)
-	gemvI16(nc, ix.hp, ix.means, xq, ix.meanScale, inv, s.dots[:nc])
-	logitsI8(ix.dirs, nc, ix.hp, xq, ix.dirScale, ix.zeros, inv, 0, s.dots[nc:], s.acc)
+	clusterDots(nc, ix.hp, ix.means, ix.dirs, xq, ix.meanScale, ix.dirScale, inv, s.dots[:nc], s.dots[nc:])
 	ua, ub := float32(ix.uncBase), float32(2*ix.uncSpread)
 	done, top := estAsm(nc, s.dots, ix.lam, ix.spread, ix.logMass, xx, ua, ub, s.est, s.unc)
 	if done == 0 {
@@ -714,8 +712,8 @@ func (ix *clusterIndex) estimate(s *clusterScratch, xq []int16, inv, xx float32)
 	return top
 }
 
-// quantizeX returns x scaled to int16 (zero-padded to hp, in s) and the
-// inverse of the scale. The scale keeps hp·127·max|xq| within int32.
+// quantizeX returns x scaled to int16 (zero-padded to hp, in s), its
+// largest magnitude to xTop(hp), and the inverse of the scale.
 func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, float32) {
 	var amax float32
 	for _, v := range x {
@@ -726,8 +724,7 @@ func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, floa
 	if amax == 0 {
 		return xq, 1
 	}
-	top := float32(min(math.MaxInt16, math.MaxInt32/(ix.hp*127)))
-	scale := top / amax
+	scale := float32(xTop(ix.hp)) / amax
 	for d, v := range x {
 		xq[d] = int16(math.Round(float64(v * scale)))
 	}

@@ -150,7 +150,8 @@ func cmpDesc(a, b float64) int {
 	return 0
 }
 
-// TestEstimate checks step 1 of the clustered scorer (the int16 products,
+// TestEstimate checks step 1 of the clustered scorer (the int16 and int8
+// products,
 // then the estimates and their errors, in blocks of eight and the rest)
 // against the formula in float64, for cluster counts with and without a
 // remainder.
@@ -165,13 +166,12 @@ func TestEstimate(t *testing.T) {
 				meanScale: make([]float32, nc),
 				dirs:      make([]int8, nc*h),
 				dirScale:  make([]float32, nc),
-				zeros:     make([]float32, nc),
 				lam:       make([]float32, nc),
 				spread:    make([]float32, nc),
 				logMass:   w[2*nc*h+2*nc : 2*nc*h+3*nc],
 			}
 			for c := range nc {
-				ix.meanScale[c] = quantizeRow(ix.means[c*h:(c+1)*h], w[c*h:(c+1)*h])
+				ix.meanScale[c] = quantizeRowTo(ix.means[c*h:(c+1)*h], w[c*h:(c+1)*h], meanTop(h))
 				ix.dirScale[c] = quantizeRow(ix.dirs[c*h:(c+1)*h], w[(nc+c)*h:(nc+c+1)*h])
 			}
 			for c := range nc {

@@ -216,20 +216,10 @@ func logitsI8Asm(a []int8, n, h int, x []int16, scale, bias []float32, inv, off 
 	if n4 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
 		return 0, 0
 	}
-	mx := logitsI8AVX2(&a[0], n4, h, &x[0], &scale[0], &bias[0], inv, off, &out[0])
-	return n4, mx
-}
-
-//go:noescape
-func gemvI16AVX2(m, n int, a *int16, x *int16, scale *float32, inv float32, y *float32)
-
-// gemvI16Asm is gemvI16 and reports whether it could (CPU support).
-func gemvI16Asm(m, n int, a, x []int16, scale []float32, inv float32, y []float32) bool {
-	if n%16 != 0 || !cpu.X86.HasAVX2 {
-		return false
+	if hasVNNI() {
+		return n4, logitsI8VNNI(&a[0], n4, h, &x[0], &scale[0], &bias[0], inv, off, &out[0])
 	}
-	gemvI16AVX2(m, n, &a[0], &x[0], &scale[0], inv, &y[0])
-	return true
+	return n4, logitsI8AVX2(&a[0], n4, h, &x[0], &scale[0], &bias[0], inv, off, &out[0])
 }
 
 //go:noescape
@@ -260,4 +250,35 @@ func sumSqMulAsm(a, b []float32) (int, float32) {
 	}
 	_ = b[n8-1]
 	return n8, sumSqMulAVX2(&a[0], &b[0], n8)
+}
+
+//go:noescape
+func logitsI8VNNI(a *int8, n, h int, x *int16, scale, bias *float32, inv, off float32, out *float32) float32
+
+// hasVNNI reports whether the CPU has the VNNI instructions (on 256-bit
+// registers) that the int8 and int16 kernels use in place of two AVX2
+// instructions each.
+func hasVNNI() bool {
+	return cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512VL && cpu.X86.HasAVX2 && cpu.X86.HasFMA
+}
+
+//go:noescape
+func clusterDotsAVX2(n, hp int, means *int16, dirs *int8, x *int16, mscale, dscale *float32, inv float32, mdots, ddots *float32)
+
+//go:noescape
+func clusterDotsVNNI(n, hp int, means *int16, dirs *int8, x *int16, mscale, dscale *float32, inv float32, mdots, ddots *float32)
+
+// clusterDotsAsm is clusterDots for the first n rounded down to a multiple
+// of 4 clusters; it returns how many it did, 0 when the CPU has no AVX2.
+func clusterDotsAsm(n, hp int, means []int16, dirs []int8, x []int16, mscale, dscale []float32, inv float32, mdots, ddots []float32) int {
+	n4 := n &^ 3
+	if n4 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0
+	}
+	if hasVNNI() {
+		clusterDotsVNNI(n4, hp, &means[0], &dirs[0], &x[0], &mscale[0], &dscale[0], inv, &mdots[0], &ddots[0])
+	} else {
+		clusterDotsAVX2(n4, hp, &means[0], &dirs[0], &x[0], &mscale[0], &dscale[0], inv, &mdots[0], &ddots[0])
+	}
+	return n4
 }
