@@ -732,7 +732,7 @@ func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, floa
 	}
 	scale := float32(xTop(ix.hp)) / amax
 	for d, v := range x {
-		xq[d] = int16(math.Round(float64(v * scale)))
+		xq[d] = int16(math.RoundToEven(float64(v * scale))) // one instruction on amd64
 	}
 	return xq, 1 / scale
 }
@@ -760,11 +760,14 @@ func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, ex
 }
 
 // appendAbove appends to order the clusterKey of every cluster c with
-// lo <= est[c] < hi and returns it.
+// lo <= est[c] < hi, in order of c, and returns it.
 func appendAbove(order []uint64, est []float32, lo, hi float32) []uint64 {
-	for c, e := range est {
+	order = slices.Grow(order, len(est))
+	done, n := keysAboveAsm(order[len(order):cap(order)], est, lo, hi)
+	order = order[:len(order)+n]
+	for c, e := range est[done:] {
 		if e >= lo && e < hi {
-			order = append(order, clusterKey(e, c))
+			order = append(order, clusterKey(e, done+c))
 		}
 	}
 	return order

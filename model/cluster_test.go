@@ -241,3 +241,40 @@ func TestSplitHeads(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendAbove checks the keys of the clusters whose estimates lie in
+// [lo, hi) against a plain loop, for counts with and without a remainder
+// past the kernel's blocks of eight, with bounds equal to some estimates
+// and a NaN among them, appended after keys already there.
+func TestAppendAbove(t *testing.T) {
+	for _, n := range []int{0, 5, 8, 13, 64, 1095} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			est := lcgWeights(n, uint64(n)+1, 1)
+			for i := range est {
+				est[i] = est[i] * est[i] // shares are not negative
+			}
+			if n > 3 {
+				est[3] = float32(math.NaN())
+			}
+			lo, hi := float32(0.1), float32(0.6)
+			if n > 5 {
+				est[1], est[5] = lo, hi
+			}
+			var want []uint64
+			want = append(want, 7)
+			for c, e := range est {
+				if e >= lo && e < hi {
+					want = append(want, clusterKey(e, c))
+				}
+			}
+			got := appendAbove(make([]uint64, 1, n+1), est, lo, hi)
+			got[0] = 7
+			if !slices.Equal(got, want) {
+				t.Errorf("appendAbove = %v, want %v", got, want)
+			}
+			if n > 5 && !slices.Contains(got, clusterKey(lo, 1)) {
+				t.Errorf("estimate equal to lo left out")
+			}
+		})
+	}
+}

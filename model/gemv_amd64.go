@@ -282,3 +282,19 @@ func clusterDotsAsm(n, hp int, means []int16, dirs []int8, x []int16, mscale, ds
 	}
 	return n4
 }
+
+//go:noescape
+func keysAboveAVX2(dst *uint64, est *float32, n int, lo, hi float32) int
+
+// keysAboveAsm is appendAbove for the first len(est) rounded down to a
+// multiple of 8 clusters, writing into dst (room for them all); it
+// returns how many clusters it looked at and how many keys it wrote, 0
+// and 0 when the CPU has no AVX2.
+func keysAboveAsm(dst []uint64, est []float32, lo, hi float32) (int, int) {
+	n8 := len(est) &^ 7
+	if n8 == 0 || !cpu.X86.HasAVX2 {
+		return 0, 0
+	}
+	_ = dst[n8-1]
+	return n8, keysAboveAVX2(&dst[0], &est[0], n8, lo, hi)
+}

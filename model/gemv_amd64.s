@@ -709,3 +709,50 @@ TEXT ·clusterDotsAVX2(SB), NOSPLIT, $0-80
 
 TEXT ·clusterDotsVNNI(SB), NOSPLIT, $0-80
 	CLUSTER_DOTS(MACV)
+
+// func keysAboveAVX2(dst *uint64, est *float32, n int, lo, hi float32) int
+// For each c < n (a multiple of 8) with lo <= est[c] < hi, in order,
+// writes the clusterKey of c, bits(est[c])<<32 | ^uint32(c), to dst and
+// returns how many; blocks of eight with none cost one compare.
+TEXT ·keysAboveAVX2(SB), NOSPLIT, $0-40
+	MOVQ         dst+0(FP), DI
+	MOVQ         est+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSS lo+24(FP), Y1
+	VBROADCASTSS hi+28(FP), Y2
+	XORQ         AX, AX
+	XORQ         BX, BX
+
+kablock:
+	CMPQ      BX, CX
+	JGE       kadone
+	VMOVUPS   (SI)(BX*4), Y0
+	VCMPPS    $0x0d, Y1, Y0, Y3 // est >= lo
+	VCMPPS    $0x01, Y2, Y0, Y4 // est < hi
+	VANDPS    Y4, Y3, Y3
+	VMOVMSKPS Y3, DX
+	TESTL     DX, DX
+	JZ        kanext
+
+kabit:
+	BSFL  DX, R8
+	LEAQ  (BX)(R8*1), R9
+	MOVL  (SI)(R9*4), R10
+	SHLQ  $32, R10
+	MOVL  R9, R11
+	NOTL  R11
+	ORQ   R11, R10
+	MOVQ  R10, (DI)(AX*8)
+	INCQ  AX
+	LEAL  -1(DX), R12
+	ANDL  R12, DX
+	JNZ   kabit
+
+kanext:
+	ADDQ $8, BX
+	JMP  kablock
+
+kadone:
+	MOVQ AX, ret+32(FP)
+	VZEROUPPER
+	RET

@@ -37,3 +37,5 @@ func sumSqMulAsm(a, b []float32) (int, float32) { return 0, 0 }
 func clusterDotsAsm(n, hp int, means []int16, dirs []int8, x []int16, mscale, dscale []float32, inv float32, mdots, ddots []float32) int {
 	return 0
 }
+
+func keysAboveAsm(dst []uint64, est []float32, lo, hi float32) (int, int) { return 0, 0 }
