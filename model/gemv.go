@@ -122,9 +122,13 @@ func dotI8(a []int8, n, h int, x []int16, out []int32) {
 	_ = a[n*h-1]
 	_ = x[h-1]
 	_ = out[n-1]
-	if dotI8Asm(a, n, h, x, out) {
-		return
+	if !dotI8Asm(a, n, h, x, out) {
+		dotI8Go(a, n, h, x, out)
 	}
+}
+
+// dotI8Go is dotI8 in Go, for CPUs without AVX2.
+func dotI8Go(a []int8, n, h int, x []int16, out []int32) {
 	for i := range n {
 		var s int32
 		for j, v := range a[i*h : (i+1)*h] {
@@ -177,7 +181,14 @@ func clusterDots(n, hp int, means []int16, dirs []int8, x []int16, mscale, dscal
 	_ = mdots[n-1]
 	_ = ddots[n-1]
 	done := clusterDotsAsm(n, hp, means, dirs, x, mscale, dscale, inv, mdots, ddots)
-	for c := done; c < n; c++ {
+	clusterDotsGo(done, n, hp, means, dirs, x, mscale, dscale, inv, mdots, ddots)
+}
+
+// clusterDotsGo is clusterDots in Go for clusters from to n: the
+// remainder past the kernel's blocks of four, and everything on CPUs
+// without AVX2.
+func clusterDotsGo(from, n, hp int, means []int16, dirs []int8, x []int16, mscale, dscale []float32, inv float32, mdots, ddots []float32) {
+	for c := from; c < n; c++ {
 		var m int64
 		var d int32
 		mr, dr := means[c*hp:(c+1)*hp], dirs[c*hp:(c+1)*hp]
