@@ -37,9 +37,9 @@ import (
 //     over the clusters left (e their estimates): the clusters' errors
 //     are measured to be about independent, so a rest spread over many
 //     clusters is known far better than each of them;
-//  3. scores the clusterRescore best rows again in float32, takes the top
-//     k and normalises them by the mass of the scored clusters plus the
-//     estimate of the rest.
+//  3. scores the clusterRescore (or k+clusterRescoreExtra) best rows again
+//     in float32, takes the top k and normalises them by the mass of the
+//     scored clusters plus the estimate of the rest.
 //
 // Both the estimate's error model and the hints it could miss are
 // measured, not proven: see TestTopKAgreement and TestClusterEstimateError.
@@ -84,10 +84,20 @@ const (
 	// this share, would move no probability by more than clusterProbTol
 	// are never scored (they stay in the estimate of the rest).
 	clusterNeglect = 0.03
-	// clusterRescore is the number of candidates, by quantized logit,
-	// scored again in float32 (at least k): int8 rows put logits off by a
-	// few hundredths, which matters for the mass of the likeliest pages.
-	clusterRescore = 16
+	// clusterFirstShare: clusters whose estimated share of the normaliser
+	// is at least this go on topK's heap first; the smaller ones are
+	// ordered only when those run out.
+	clusterFirstShare = 1e-3
+	// clusterRescore and clusterRescoreExtra: the candidates, by
+	// quantized logit, scored again in float32 are the best
+	// max(clusterRescore, k+clusterRescoreExtra) rows. Int8 rows put
+	// logits off by a few hundredths, which matters for the order of
+	// near ties at the k-th hint and for the mass of the likeliest pages;
+	// TestTopKAgreement's worst probability error is the same with 8 as
+	// with 16, and with k alone 1% of its clicks order the k-th hint
+	// wrongly.
+	clusterRescore      = 8
+	clusterRescoreExtra = 4
 	// kmeansIters and kmeansSample: Lloyd iterations on a sample of rows,
 	// then one assignment of every row.
 	kmeansIters  = 6
@@ -111,7 +121,8 @@ type clusterIndex struct {
 	page                                          []int32   // cluster order -> vocabulary index
 	start                                         []int32   // cluster c holds rows start[c] to start[c+1]
 	// means holds the C clusters' bias-weighted mean rows μ, hp int16
-	// each with one scale (meanScale), rounded so: the rows' deviations in
+	// each (within ±meanTop(hp)) with one scale (meanScale), rounded so:
+	// the rows' deviations in
 	// q are from the rounded μ, so that μ·h read from here is their
 	// logits' offset. dirs holds their main directions v of the
 	// deviations, hp int8 each with one scale (dirScale): v·h only weighs
@@ -120,7 +131,6 @@ type clusterIndex struct {
 	meanScale []float32
 	dirs      []int8
 	dirScale  []float32
-	zeros     []float32 // C zeros: the biases of dirs
 	logMass   []float32 // log Σ exp(b_i) over the cluster
 	spread    []float32 // ½ · mean squared deviation per dimension, off dir
 	lam       []float32 // ½ · variance along dir
@@ -207,7 +217,6 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 	ix.meanScale = make([]float32, nc)
 	ix.dirs = make([]int8, nc*ix.hp)
 	ix.dirScale = make([]float32, nc)
-	ix.zeros = make([]float32, nc)
 	for c := range nc {
 		lo, hi := int(ix.start[c]), int(ix.start[c+1])
 		// Bias weights relative to the cluster's largest bias.
@@ -243,7 +252,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 		ix.lam[c] = float32(0.5 * lam)
 		ix.spread[c] = float32(0.5 * max(dev/mass-lam, 0) / float64(max(h-1, 1)))
 		m16 := ix.means[c*ix.hp : c*ix.hp+h]
-		ix.meanScale[c] = quantizeRow(m16, mc)
+		ix.meanScale[c] = quantizeRowTo(m16, mc, meanTop(ix.hp))
 		ix.dirScale[c] = quantizeRow(ix.dirs[c*ix.hp:c*ix.hp+h], dir)
 		for d, q := range m16 {
 			mc[d] = float32(q) * ix.meanScale[c]
@@ -261,7 +270,7 @@ func newClusterIndex(w, b []float32, v, h int) *clusterIndex {
 			dots:  make([]float32, 2*nc),
 			order: make([]uint64, 0, nc),
 			xq:    make([]int16, ix.hp),
-			acc:   make([]int32, max(maxSize, 4)), // and the remainder of the dirs
+			acc:   make([]int32, maxSize),
 			cands: make([]scored, 0, clusterRescore+1),
 		}
 	}
@@ -528,7 +537,7 @@ func bisect(w []float32, h int, rows []int32) []int32 {
 
 // bytes is the memory the index holds.
 func (ix *clusterIndex) bytes() int64 {
-	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.meanScale)+len(ix.dirScale)+len(ix.zeros)+len(ix.logMass)+len(ix.spread)+len(ix.lam)) + 2*int64(len(ix.means)) + int64(len(ix.dirs))
+	return ix.extraBytes + int64(len(ix.q)) + 4*int64(len(ix.qscale)+len(ix.bias)+len(ix.page)+len(ix.start)+len(ix.meanScale)+len(ix.dirScale)+len(ix.logMass)+len(ix.spread)+len(ix.lam)) + 2*int64(len(ix.means)) + int64(len(ix.dirs))
 }
 
 // clusters is the number of clusters.
@@ -560,27 +569,32 @@ func (ix *clusterIndex) topK(x []float32, k int, threshold float32, dst []Hint) 
 	// Clusters below probTol/(clusterNeglect·nc) of it are never scored:
 	// an error of clusterNeglect in their total moves no probability by
 	// more than probTol, and none could hold a hint.
-	expSum(est, est, top)
+	sum := expSum(est, est, top)
+	rest := float64(sum)                          // estimated mass of the clusters not scored
+	restVar := float64(sumSqMul(s.unc[:nc], est)) // variance of its error
 	cut := float32(ix.probTol / (clusterNeglect * float64(nc)))
-	s.order = s.order[:0]
-	var rest float64    // estimated mass of the clusters not scored
-	var restVar float64 // variance of its error
-	for c, e := range est {
-		if e >= cut {
-			s.order = append(s.order, clusterKey(e, c))
-		}
-		rest += float64(e)
-		u := float64(s.unc[c] * e)
-		restVar += u * u
-	}
-	// Clusters come off a max-heap of their estimates: only the few
-	// scored are ordered.
+	// Clusters come off a max-heap of their estimates, in two tiers: those
+	// above clusterFirstShare of the estimated normaliser first, the rest
+	// only if they run out. Only the few scored are ordered, and the many
+	// small clusters are not even put on the heap on most clicks.
+	high := max(cut, sum*clusterFirstShare)
+	s.order = appendAbove(s.order[:0], est, high, float32(math.Inf(1)))
 	heapInit(s.order)
-	m := max(k, clusterRescore)
+	lowDone := high <= cut
+	m := max(k+clusterRescoreExtra, clusterRescore)
 	var mass float64 // mass of the scored clusters, relative to exp(top)
 	s.cands = s.cands[:0]
 	rows := 0
-	for len(s.order) > 0 {
+	for {
+		if len(s.order) == 0 {
+			if lowDone {
+				break
+			}
+			lowDone = true
+			s.order = appendAbove(s.order, est, cut, high)
+			heapInit(s.order)
+			continue
+		}
 		c := keyCluster(s.order[0])
 		if ix.enough(s.cands, k, threshold, top, mass, rest, restVar, est[c]) {
 			break
@@ -688,8 +702,7 @@ func (ix *clusterIndex) probsOf(x []float32, logZ float64, pages []int64, probs 
 // (s.est) and its relative error (s.unc), and returns the largest estimate.
 func (ix *clusterIndex) estimate(s *clusterScratch, xq []int16, inv, xx float32) float32 {
 	nc := len(ix.logMass)
-	gemvI16(nc, ix.hp, ix.means, xq, ix.meanScale, inv, s.dots[:nc])
-	logitsI8(ix.dirs, nc, ix.hp, xq, ix.dirScale, ix.zeros, inv, 0, s.dots[nc:], s.acc)
+	clusterDots(nc, ix.hp, ix.means, ix.dirs, xq, ix.meanScale, ix.dirScale, inv, s.dots[:nc], s.dots[nc:])
 	ua, ub := float32(ix.uncBase), float32(2*ix.uncSpread)
 	done, top := estAsm(nc, s.dots, ix.lam, ix.spread, ix.logMass, xx, ua, ub, s.est, s.unc)
 	if done == 0 {
@@ -705,8 +718,8 @@ func (ix *clusterIndex) estimate(s *clusterScratch, xq []int16, inv, xx float32)
 	return top
 }
 
-// quantizeX returns x scaled to int16 (zero-padded to hp, in s) and the
-// inverse of the scale. The scale keeps hp·127·max|xq| within int32.
+// quantizeX returns x scaled to int16 (zero-padded to hp, in s), its
+// largest magnitude to xTop(hp), and the inverse of the scale.
 func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, float32) {
 	var amax float32
 	for _, v := range x {
@@ -717,10 +730,9 @@ func (ix *clusterIndex) quantizeX(x []float32, s *clusterScratch) ([]int16, floa
 	if amax == 0 {
 		return xq, 1
 	}
-	top := float32(min(math.MaxInt16, math.MaxInt32/(ix.hp*127)))
-	scale := top / amax
+	scale := float32(xTop(ix.hp)) / amax
 	for d, v := range x {
-		xq[d] = int16(math.Round(float64(v * scale)))
+		xq[d] = int16(math.RoundToEven(float64(v * scale))) // one instruction on amd64
 	}
 	return xq, 1 / scale
 }
@@ -745,6 +757,31 @@ func (ix *clusterIndex) enough(hints []scored, k int, threshold, top float32, ex
 	}
 	pTop := math.Exp(float64(hints[0].logit-top)) / z
 	return ix.uncZ*math.Sqrt(restVar)*pTop <= ix.probTol*z
+}
+
+// appendAbove appends to order the clusterKey of every cluster c with
+// lo <= est[c] < hi, in order of c, and returns it.
+func appendAbove(order []uint64, est []float32, lo, hi float32) []uint64 {
+	order = slices.Grow(order, len(est))
+	done, n := keysAboveAsm(order[len(order):cap(order)], est, lo, hi)
+	order = order[:len(order)+n]
+	for c, e := range est[done:] {
+		if e >= lo && e < hi {
+			order = append(order, clusterKey(e, done+c))
+		}
+	}
+	return order
+}
+
+// sumSqMul returns the sum of (a[i]·b[i])² over a (b at least as long).
+func sumSqMul(a, b []float32) float32 {
+	b = b[:len(a)]
+	done, sum := sumSqMulAsm(a, b)
+	for i := done; i < len(a); i++ {
+		p := a[i] * b[i]
+		sum += p * p
+	}
+	return sum
 }
 
 // clusterKey orders cluster c by its estimate e (not negative) as an

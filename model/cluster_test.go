@@ -150,7 +150,8 @@ func cmpDesc(a, b float64) int {
 	return 0
 }
 
-// TestEstimate checks step 1 of the clustered scorer (the int16 products,
+// TestEstimate checks step 1 of the clustered scorer (the int16 and int8
+// products,
 // then the estimates and their errors, in blocks of eight and the rest)
 // against the formula in float64, for cluster counts with and without a
 // remainder.
@@ -165,13 +166,12 @@ func TestEstimate(t *testing.T) {
 				meanScale: make([]float32, nc),
 				dirs:      make([]int8, nc*h),
 				dirScale:  make([]float32, nc),
-				zeros:     make([]float32, nc),
 				lam:       make([]float32, nc),
 				spread:    make([]float32, nc),
 				logMass:   w[2*nc*h+2*nc : 2*nc*h+3*nc],
 			}
 			for c := range nc {
-				ix.meanScale[c] = quantizeRow(ix.means[c*h:(c+1)*h], w[c*h:(c+1)*h])
+				ix.meanScale[c] = quantizeRowTo(ix.means[c*h:(c+1)*h], w[c*h:(c+1)*h], meanTop(h))
 				ix.dirScale[c] = quantizeRow(ix.dirs[c*h:(c+1)*h], w[(nc+c)*h:(nc+c+1)*h])
 			}
 			for c := range nc {
@@ -237,6 +237,43 @@ func TestSplitHeads(t *testing.T) {
 			}
 			if got := splitHeads(tt.bias, assign, nc); got != tt.nc || !slices.Equal(assign, tt.want) {
 				t.Errorf("splitHeads = %d clusters, %v; want %d, %v", got, assign, tt.nc, tt.want)
+			}
+		})
+	}
+}
+
+// TestAppendAbove checks the keys of the clusters whose estimates lie in
+// [lo, hi) against a plain loop, for counts with and without a remainder
+// past the kernel's blocks of eight, with bounds equal to some estimates
+// and a NaN among them, appended after keys already there.
+func TestAppendAbove(t *testing.T) {
+	for _, n := range []int{0, 5, 8, 13, 64, 1095} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			est := lcgWeights(n, uint64(n)+1, 1)
+			for i := range est {
+				est[i] = est[i] * est[i] // shares are not negative
+			}
+			if n > 3 {
+				est[3] = float32(math.NaN())
+			}
+			lo, hi := float32(0.1), float32(0.6)
+			if n > 5 {
+				est[1], est[5] = lo, hi
+			}
+			var want []uint64
+			want = append(want, 7)
+			for c, e := range est {
+				if e >= lo && e < hi {
+					want = append(want, clusterKey(e, c))
+				}
+			}
+			got := appendAbove(make([]uint64, 1, n+1), est, lo, hi)
+			got[0] = 7
+			if !slices.Equal(got, want) {
+				t.Errorf("appendAbove = %v, want %v", got, want)
+			}
+			if n > 5 && !slices.Contains(got, clusterKey(lo, 1)) {
+				t.Errorf("estimate equal to lo left out")
 			}
 		})
 	}

@@ -122,9 +122,13 @@ func dotI8(a []int8, n, h int, x []int16, out []int32) {
 	_ = a[n*h-1]
 	_ = x[h-1]
 	_ = out[n-1]
-	if dotI8Asm(a, n, h, x, out) {
-		return
+	if !dotI8Asm(a, n, h, x, out) {
+		dotI8Go(a, n, h, x, out)
 	}
+}
+
+// dotI8Go is dotI8 in Go, for CPUs without AVX2.
+func dotI8Go(a []int8, n, h int, x []int16, out []int32) {
 	for i := range n {
 		var s int32
 		for j, v := range a[i*h : (i+1)*h] {
@@ -159,39 +163,70 @@ func logitsI8(a []int8, n, h int, x []int16, scale, bias []float32, inv, off flo
 	return mx
 }
 
-// gemvI16 computes y = A·x for the m×n row-major A stored as int16 with
-// one scale per row and x as int16 with one scale inv for all:
-// y[i] = scale[i]·inv·Σ_j a[i*n+j]·x[j]. a and x must lie within ±32767
-// (quantizeRow and clusterIndex.quantizeX keep them so). Rows are half the
-// bytes of float32 ones and kept to 2^-15 of their largest value.
-func gemvI16(m, n int, a, x []int16, scale []float32, inv float32, y []float32) {
-	if m == 0 {
+// clusterDots sets, for the n clusters of a clustered scorer, mdots[c] to
+// the product of its mean row (hp int16 from means, scale mscale[c]) with x
+// (hp int16, scale inv) and ddots[c] to that of its main direction (hp int8
+// from dirs, scale dscale[c]): step 1 of topK reads every cluster's two
+// rows in one pass. hp is a multiple of 16, x within ±xTop(hp) and the
+// means within ±meanTop(hp) (quantizeRowTo keeps them so).
+func clusterDots(n, hp int, means []int16, dirs []int8, x []int16, mscale, dscale []float32, inv float32, mdots, ddots []float32) {
+	if n == 0 {
 		return
 	}
-	_ = a[m*n-1]
-	_ = scale[m-1]
-	_ = x[n-1]
-	_ = y[m-1]
-	if gemvI16Asm(m, n, a, x, scale, inv, y) {
-		return
-	}
-	for i := range m {
-		var s int64
-		for j, v := range a[i*n : (i+1)*n] {
-			s += int64(v) * int64(x[j])
+	_ = means[n*hp-1]
+	_ = dirs[n*hp-1]
+	_ = x[hp-1]
+	_ = mscale[n-1]
+	_ = dscale[n-1]
+	_ = mdots[n-1]
+	_ = ddots[n-1]
+	done := clusterDotsAsm(n, hp, means, dirs, x, mscale, dscale, inv, mdots, ddots)
+	clusterDotsGo(done, n, hp, means, dirs, x, mscale, dscale, inv, mdots, ddots)
+}
+
+// clusterDotsGo is clusterDots in Go for clusters from to n: the
+// remainder past the kernel's blocks of four, and everything on CPUs
+// without AVX2.
+func clusterDotsGo(from, n, hp int, means []int16, dirs []int8, x []int16, mscale, dscale []float32, inv float32, mdots, ddots []float32) {
+	for c := from; c < n; c++ {
+		var m int64
+		var d int32
+		mr, dr := means[c*hp:(c+1)*hp], dirs[c*hp:(c+1)*hp]
+		for j, v := range x[:hp] {
+			m += int64(mr[j]) * int64(v)
+			d += int32(dr[j]) * int32(v)
 		}
-		y[i] = float32(s) * scale[i] * inv
+		mdots[c] = float32(m) * mscale[c] * inv
+		ddots[c] = float32(d) * dscale[c] * inv
 	}
 }
+
+// xTop is the largest magnitude of a hidden vector quantized to int16 for
+// rows of hp values: an int8 row's product, hp·127·xTop, stays within
+// int32.
+func xTop(hp int) int { return min(math.MaxInt16, math.MaxInt32/(hp*127)) }
+
+// meanTop is the largest magnitude of a cluster's mean row quantized to
+// int16 for rows of hp values: each int32 lane of clusterDots sums hp/8
+// products of a mean value and an xTop one. At hp 128 it is 4,096, so a
+// mean is kept to 2^-13 of its largest value; the rows' deviations are
+// taken from the mean as rounded, so their logits do not see the rounding.
+func meanTop(hp int) int { return min(math.MaxInt16, math.MaxInt32/(max(hp/8, 1)*xTop(hp))) }
 
 // quantizeRow rounds row into dst with one scale, its largest magnitude
 // to the largest value of T (127 or 32767, so that -128 or -32768 never
 // occurs), and returns the scale (0 for a zero row).
 func quantizeRow[T int8 | int16](dst []T, row []float32) float32 {
-	top := float32(math.MaxInt8)
+	top := math.MaxInt8
 	if _, wide := any(dst).([]int16); wide {
 		top = math.MaxInt16
 	}
+	return quantizeRowTo(dst, row, top)
+}
+
+// quantizeRowTo is quantizeRow with the largest magnitude top (at most the
+// largest value of T).
+func quantizeRowTo[T int8 | int16](dst []T, row []float32, top int) float32 {
 	var amax float32
 	for _, x := range row {
 		amax = max(amax, float32(math.Abs(float64(x))))
@@ -200,9 +235,9 @@ func quantizeRow[T int8 | int16](dst []T, row []float32) float32 {
 		clear(dst)
 		return 0
 	}
-	inv := top / amax
+	inv := float32(top) / amax
 	for d, x := range row {
 		dst[d] = T(math.Round(float64(x * inv)))
 	}
-	return amax / top
+	return amax / float32(top)
 }

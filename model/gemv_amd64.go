@@ -216,20 +216,10 @@ func logitsI8Asm(a []int8, n, h int, x []int16, scale, bias []float32, inv, off 
 	if n4 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
 		return 0, 0
 	}
-	mx := logitsI8AVX2(&a[0], n4, h, &x[0], &scale[0], &bias[0], inv, off, &out[0])
-	return n4, mx
-}
-
-//go:noescape
-func gemvI16AVX2(m, n int, a *int16, x *int16, scale *float32, inv float32, y *float32)
-
-// gemvI16Asm is gemvI16 and reports whether it could (CPU support).
-func gemvI16Asm(m, n int, a, x []int16, scale []float32, inv float32, y []float32) bool {
-	if n%16 != 0 || !cpu.X86.HasAVX2 {
-		return false
+	if hasVNNI() {
+		return n4, logitsI8VNNI(&a[0], n4, h, &x[0], &scale[0], &bias[0], inv, off, &out[0])
 	}
-	gemvI16AVX2(m, n, &a[0], &x[0], &scale[0], inv, &y[0])
-	return true
+	return n4, logitsI8AVX2(&a[0], n4, h, &x[0], &scale[0], &bias[0], inv, off, &out[0])
 }
 
 //go:noescape
@@ -245,4 +235,66 @@ func estAsm(n int, dots, lam, spread, logMass []float32, xx, ua, ub float32, est
 	}
 	_ = dots[2*n-1]
 	return n8, estAVX2(n8, n, &dots[0], &lam[0], &spread[0], &logMass[0], xx, ua, ub, &est[0], &unc[0])
+}
+
+//go:noescape
+func sumSqMulAVX2(a, b *float32, n int) float32
+
+// sumSqMulAsm returns how many of the first values of a and b (same
+// length) it summed, a multiple of 8, and the sum of (a[i]·b[i])² over
+// them; 0 when the CPU has no AVX2 and FMA.
+func sumSqMulAsm(a, b []float32) (int, float32) {
+	n8 := len(a) &^ 7
+	if n8 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0, 0
+	}
+	_ = b[n8-1]
+	return n8, sumSqMulAVX2(&a[0], &b[0], n8)
+}
+
+//go:noescape
+func logitsI8VNNI(a *int8, n, h int, x *int16, scale, bias *float32, inv, off float32, out *float32) float32
+
+// hasVNNI reports whether the CPU has the VNNI instructions (on 256-bit
+// registers) that the int8 and int16 kernels use in place of two AVX2
+// instructions each.
+func hasVNNI() bool {
+	return cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512VL && cpu.X86.HasAVX2 && cpu.X86.HasFMA
+}
+
+//go:noescape
+func clusterDotsAVX2(n, hp int, means *int16, dirs *int8, x *int16, mscale, dscale *float32, inv float32, mdots, ddots *float32)
+
+//go:noescape
+func clusterDotsVNNI(n, hp int, means *int16, dirs *int8, x *int16, mscale, dscale *float32, inv float32, mdots, ddots *float32)
+
+// clusterDotsAsm is clusterDots for the first n rounded down to a multiple
+// of 4 clusters; it returns how many it did, 0 when the CPU has no AVX2.
+func clusterDotsAsm(n, hp int, means []int16, dirs []int8, x []int16, mscale, dscale []float32, inv float32, mdots, ddots []float32) int {
+	n4 := n &^ 3
+	if n4 == 0 || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return 0
+	}
+	if hasVNNI() {
+		clusterDotsVNNI(n4, hp, &means[0], &dirs[0], &x[0], &mscale[0], &dscale[0], inv, &mdots[0], &ddots[0])
+	} else {
+		clusterDotsAVX2(n4, hp, &means[0], &dirs[0], &x[0], &mscale[0], &dscale[0], inv, &mdots[0], &ddots[0])
+	}
+	return n4
+}
+
+//go:noescape
+func keysAboveAVX2(dst *uint64, est *float32, n int, lo, hi float32) int
+
+// keysAboveAsm is appendAbove for the first len(est) rounded down to a
+// multiple of 8 clusters, writing into dst (room for them all); it
+// returns how many clusters it looked at and how many keys it wrote, 0
+// and 0 when the CPU has no AVX2.
+func keysAboveAsm(dst []uint64, est []float32, lo, hi float32) (int, int) {
+	n8 := len(est) &^ 7
+	if n8 == 0 || !cpu.X86.HasAVX2 {
+		return 0, 0
+	}
+	_ = dst[n8-1]
+	return n8, keysAboveAVX2(&dst[0], &est[0], n8, lo, hi)
 }

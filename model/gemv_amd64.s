@@ -9,6 +9,149 @@
 // X0 holds the horizontal sums of Y0 to Y3, in order.
 #define HSUM4 VHADDPS Y1, Y0, Y0; VHADDPS Y3, Y2, Y2; VHADDPS Y2, Y0, Y0; VEXTRACTF128 $1, Y0, X1; VADDPS X1, X0, X0
 
+// MACW(x, a, acc, tmp) adds to the int32 lanes of acc the sums of pairs
+// of products of the int16 lanes of a and x (VPMADDWD, then VPADDD; tmp
+// is scratch and may be a). MACV does the same in one VNNI instruction.
+// Both wrap around on overflow alike, so kernels built on either give the
+// same results.
+#define MACW(x, a, acc, tmp) VPMADDWD a, x, tmp; VPADDD tmp, acc, acc
+#define MACV(x, a, acc, tmp) VPDPWSSD a, x, acc
+
+// ZERO4I zeroes four registers.
+#define ZERO4I(a, b, c, d) VPXOR a, a, a; VPXOR b, b, b; VPXOR c, c, c; VPXOR d, d, d
+
+// MAC4I8(MAC, x, s0, s1, s2, s3, a0, a1, a2, a3) widens the 16 int8 at
+// each of s0 to s3 to int16 and MACs them with x into a0 to a3 (scratch
+// Y5, Y6, Y7, Y12).
+#define MAC4I8(MAC, x, s0, s1, s2, s3, a0, a1, a2, a3) VPMOVSXBW s0, Y5; MAC(x, Y5, a0, Y5); VPMOVSXBW s1, Y6; MAC(x, Y6, a1, Y6); VPMOVSXBW s2, Y7; MAC(x, Y7, a2, Y7); VPMOVSXBW s3, Y12; MAC(x, Y12, a3, Y12)
+
+// func logitsI8AVX2(a *int8, n, h int, x *int16, scale, bias *float32, inv, off float32, out *float32) float32
+// func logitsI8VNNI(same)
+// out[i] = float32(sum over j < h of a[i*h+j] * x[j]) * scale[i] * inv +
+// bias[i] + off for i < n (n a positive multiple of 4, h a multiple of
+// 16), four rows at a time, each load of x shared by the four; returns
+// the largest out[i].
+#define LOGITS_I8(MAC) \
+	MOVQ         a+0(FP), SI; \
+	MOVQ         n+8(FP), CX; \
+	MOVQ         h+16(FP), DX; \
+	MOVQ         x+24(FP), DI; \
+	MOVQ         scale+32(FP), R14; \
+	MOVQ         bias+40(FP), R15; \
+	VBROADCASTSS inv+48(FP), X15; \
+	VBROADCASTSS off+52(FP), X13; \
+	MOVQ         out+56(FP), R8; \
+	LEAQ         (SI)(DX*1), R10; \
+	LEAQ         (R10)(DX*1), R11; \
+	LEAQ         (R11)(DX*1), R12; \
+	MOVQ         DX, R13; \
+	SHLQ         $2, R13; \
+	VPCMPEQD     X14, X14, X14; \
+	VPSLLD       $23, X14, X14; \
+	XORQ         BX, BX; \
+l4row: \
+	CMPQ  CX, $4; \
+	JL    l4done; \
+	ZERO4I(Y0, Y1, Y2, Y3); \
+	XORQ  R9, R9; \
+l4inner: \
+	VMOVDQU   (DI)(R9*2), Y4; \
+	MAC4I8(MAC, Y4, (SI)(R9*1), (R10)(R9*1), (R11)(R9*1), (R12)(R9*1), Y0, Y1, Y2, Y3); \
+	ADDQ      $16, R9; \
+	CMPQ      R9, DX; \
+	JLT       l4inner; \
+	VPHADDD      Y1, Y0, Y0; \
+	VPHADDD      Y3, Y2, Y2; \
+	VPHADDD      Y2, Y0, Y0; \
+	VEXTRACTI128 $1, Y0, X1; \
+	VPADDD       X1, X0, X0; \
+	VCVTDQ2PS    X0, X0; \
+	VMULPS       (R14)(BX*4), X15, X1; \
+	VFMADD213PS  (R15)(BX*4), X1, X0; \
+	VADDPS       X13, X0, X0; \
+	VMOVUPS      X0, (R8)(BX*4); \
+	VMAXPS       X0, X14, X14; \
+	ADDQ         R13, SI; \
+	ADDQ         R13, R10; \
+	ADDQ         R13, R11; \
+	ADDQ         R13, R12; \
+	ADDQ         $4, BX; \
+	SUBQ         $4, CX; \
+	JMP          l4row; \
+l4done: \
+	VPERMILPS $0x4e, X14, X1; \
+	VMAXPS    X1, X14, X14; \
+	VPERMILPS $0xb1, X14, X1; \
+	VMAXPS    X1, X14, X14; \
+	VMOVSS    X14, ret+64(FP); \
+	VZEROUPPER; \
+	RET
+
+// CLUSTER_DOTS(MAC) is the body of clusterDotsAVX2 and clusterDotsVNNI.
+// AX = hp, DX = x, BX = cluster, R8 = n; SI and R9 to R11 the four means
+// rows of a block, DI and R12 to R14 its four direction rows; Y0 to Y3
+// and Y8 to Y11 their accumulators, Y15 inv. The means' int32 lanes are
+// summed in float32 (their totals may pass int32; each lane does not), the
+// directions' in int32.
+#define CLUSTER_DOTS(MAC) \
+	MOVQ         n+0(FP), R8; \
+	MOVQ         hp+8(FP), AX; \
+	MOVQ         means+16(FP), SI; \
+	MOVQ         dirs+24(FP), DI; \
+	MOVQ         x+32(FP), DX; \
+	VBROADCASTSS inv+56(FP), X15; \
+	XORQ         BX, BX; \
+cdblock: \
+	CMPQ         BX, R8; \
+	JGE          cddone; \
+	LEAQ         (SI)(AX*2), R9; \
+	LEAQ         (R9)(AX*2), R10; \
+	LEAQ         (R10)(AX*2), R11; \
+	LEAQ         (DI)(AX*1), R12; \
+	LEAQ         (R12)(AX*1), R13; \
+	LEAQ         (R13)(AX*1), R14; \
+	ZERO4I(Y0, Y1, Y2, Y3); \
+	ZERO4I(Y8, Y9, Y10, Y11); \
+	XORQ         CX, CX; \
+cdcol: \
+	VMOVDQU      (DX)(CX*2), Y4; \
+	MAC(Y4, (SI)(CX*2), Y0, Y5); \
+	MAC(Y4, (R9)(CX*2), Y1, Y6); \
+	MAC(Y4, (R10)(CX*2), Y2, Y7); \
+	MAC(Y4, (R11)(CX*2), Y3, Y12); \
+	MAC4I8(MAC, Y4, (DI)(CX*1), (R12)(CX*1), (R13)(CX*1), (R14)(CX*1), Y8, Y9, Y10, Y11); \
+	ADDQ         $16, CX; \
+	CMPQ         CX, AX; \
+	JLT          cdcol; \
+	VCVTDQ2PS    Y0, Y0; \
+	VCVTDQ2PS    Y1, Y1; \
+	VCVTDQ2PS    Y2, Y2; \
+	VCVTDQ2PS    Y3, Y3; \
+	HSUM4; \
+	MOVQ         mscale+40(FP), R15; \
+	VMULPS       (R15)(BX*4), X0, X0; \
+	VMULPS       X15, X0, X0; \
+	MOVQ         mdots+64(FP), R15; \
+	VMOVUPS      X0, (R15)(BX*4); \
+	VPHADDD      Y9, Y8, Y8; \
+	VPHADDD      Y11, Y10, Y10; \
+	VPHADDD      Y10, Y8, Y8; \
+	VEXTRACTI128 $1, Y8, X9; \
+	VPADDD       X9, X8, X8; \
+	VCVTDQ2PS    X8, X8; \
+	MOVQ         dscale+48(FP), R15; \
+	VMULPS       (R15)(BX*4), X8, X8; \
+	VMULPS       X15, X8, X8; \
+	MOVQ         ddots+72(FP), R15; \
+	VMOVUPS      X8, (R15)(BX*4); \
+	LEAQ         (R11)(AX*2), SI; \
+	LEAQ         (R14)(AX*1), DI; \
+	ADDQ         $4, BX; \
+	JMP          cdblock; \
+cddone: \
+	VZEROUPPER; \
+	RET
+
 // func gemvAVX2(m, n int, a *float32, lda int, x *float32, y *float32)
 // y[i] = sum over j < n of a[i*lda+j] * x[j], for i < m. n must be a
 // multiple of 8 (the caller adds the remaining columns).
@@ -468,171 +611,11 @@ i8done:
 	VZEROUPPER
 	RET
 
-// func logitsI8AVX2(a *int8, n, h int, x *int16, scale, bias *float32, inv, off float32, out *float32) float32
-// out[i] = float32(sum over j < h of a[i*h+j] * x[j]) * scale[i] * inv +
-// bias[i] + off for i < n (n a positive multiple of 4, h a multiple of
-// 16), four rows at a time, each load of x shared by the four; returns
-// the largest out[i].
 TEXT ·logitsI8AVX2(SB), NOSPLIT, $0-68
-	MOVQ         a+0(FP), SI
-	MOVQ         n+8(FP), CX
-	MOVQ         h+16(FP), DX
-	MOVQ         x+24(FP), DI
-	MOVQ         scale+32(FP), R14
-	MOVQ         bias+40(FP), R15
-	VBROADCASTSS inv+48(FP), X15
-	VBROADCASTSS off+52(FP), X13
-	MOVQ         out+56(FP), R8
-	LEAQ         (SI)(DX*1), R10
-	LEAQ         (R10)(DX*1), R11
-	LEAQ         (R11)(DX*1), R12
-	MOVQ         DX, R13
-	SHLQ         $2, R13
-	VPCMPEQD     X14, X14, X14 // running max, from -inf
-	VPSLLD       $23, X14, X14 // 0xff800000 = -inf
-	XORQ         BX, BX
+	LOGITS_I8(MACW)
 
-l4row:
-	CMPQ  CX, $4
-	JL    l4done
-	VPXOR Y0, Y0, Y0
-	VPXOR Y1, Y1, Y1
-	VPXOR Y2, Y2, Y2
-	VPXOR Y3, Y3, Y3
-	XORQ  R9, R9
-
-l4inner:
-	VMOVDQU   (DI)(R9*2), Y4
-	VPMOVSXBW (SI)(R9*1), Y5
-	VPMADDWD  Y4, Y5, Y5
-	VPADDD    Y5, Y0, Y0
-	VPMOVSXBW (R10)(R9*1), Y6
-	VPMADDWD  Y4, Y6, Y6
-	VPADDD    Y6, Y1, Y1
-	VPMOVSXBW (R11)(R9*1), Y7
-	VPMADDWD  Y4, Y7, Y7
-	VPADDD    Y7, Y2, Y2
-	VPMOVSXBW (R12)(R9*1), Y8
-	VPMADDWD  Y4, Y8, Y8
-	VPADDD    Y8, Y3, Y3
-	ADDQ      $16, R9
-	CMPQ      R9, DX
-	JLT       l4inner
-
-	VPHADDD      Y1, Y0, Y0
-	VPHADDD      Y3, Y2, Y2
-	VPHADDD      Y2, Y0, Y0
-	VEXTRACTI128 $1, Y0, X1
-	VPADDD       X1, X0, X0
-	VCVTDQ2PS    X0, X0
-	VMULPS       (R14)(BX*4), X15, X1 // scale * inv
-	VFMADD213PS  (R15)(BX*4), X1, X0  // sum * scale * inv + bias
-	VADDPS       X13, X0, X0
-	VMOVUPS      X0, (R8)(BX*4)
-	VMAXPS       X0, X14, X14
-	ADDQ         R13, SI
-	ADDQ         R13, R10
-	ADDQ         R13, R11
-	ADDQ         R13, R12
-	ADDQ         $4, BX
-	SUBQ         $4, CX
-	JMP          l4row
-
-l4done:
-	VPERMILPS $0x4e, X14, X1
-	VMAXPS    X1, X14, X14
-	VPERMILPS $0xb1, X14, X1
-	VMAXPS    X1, X14, X14
-	VMOVSS    X14, ret+64(FP)
-	VZEROUPPER
-	RET
-
-// func gemvI16AVX2(m, n int, a *int16, x *int16, scale *float32, inv float32, y *float32)
-// y[i] = scale[i] * inv * sum over j < n of a[i*n+j] * x[j], for i < m
-// (n a multiple of 16): int16 rows with one scale each against an int16
-// vector, four rows at a time. Each VPMADDWD pair sum fits int32 (the
-// caller keeps a and x within ±32767) and is converted to float32 at once.
-TEXT ·gemvI16AVX2(SB), NOSPLIT, $0-56
-	MOVQ         m+0(FP), R8
-	MOVQ         n+8(FP), BX
-	MOVQ         a+16(FP), SI
-	MOVQ         x+24(FP), DI
-	MOVQ         scale+32(FP), R15
-	VBROADCASTSS inv+40(FP), X15
-	MOVQ         y+48(FP), DX
-	SHLQ         $1, BX // bytes per row of a and of x
-	MOVQ         BX, R10
-
-w4rows:
-	CMPQ R8, $4
-	JL   w1rows
-	ZERO4
-	ROWS4(SI, R10)
-	XORQ CX, CX
-
-w4cols:
-	CMPQ      CX, BX
-	JGE       w4sum
-	VMOVDQU   (DI)(CX*1), Y4
-	VPMADDWD  (R11)(CX*1), Y4, Y5
-	VCVTDQ2PS Y5, Y5
-	VADDPS    Y5, Y0, Y0
-	VPMADDWD  (R12)(CX*1), Y4, Y6
-	VCVTDQ2PS Y6, Y6
-	VADDPS    Y6, Y1, Y1
-	VPMADDWD  (R13)(CX*1), Y4, Y7
-	VCVTDQ2PS Y7, Y7
-	VADDPS    Y7, Y2, Y2
-	VPMADDWD  (R14)(CX*1), Y4, Y8
-	VCVTDQ2PS Y8, Y8
-	VADDPS    Y8, Y3, Y3
-	ADDQ      $32, CX
-	JMP       w4cols
-
-w4sum:
-	HSUM4
-	VMULPS  (R15), X0, X0
-	VMULPS  X15, X0, X0
-	VMOVUPS X0, (DX)
-	LEAQ    (SI)(R10*4), SI
-	ADDQ    $16, R15
-	ADDQ    $16, DX
-	SUBQ    $4, R8
-	JMP     w4rows
-
-w1rows:
-	CMPQ   R8, $0
-	JLE    w1done
-	VXORPS Y0, Y0, Y0
-	XORQ   CX, CX
-
-w1cols:
-	CMPQ      CX, BX
-	JGE       w1sum
-	VMOVDQU   (DI)(CX*1), Y4
-	VPMADDWD  (SI)(CX*1), Y4, Y5
-	VCVTDQ2PS Y5, Y5
-	VADDPS    Y5, Y0, Y0
-	ADDQ      $32, CX
-	JMP       w1cols
-
-w1sum:
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VMULSS       (R15), X0, X0
-	VMULSS       X15, X0, X0
-	VMOVSS       X0, (DX)
-	ADDQ         R10, SI
-	ADDQ         $4, R15
-	ADDQ         $4, DX
-	DECQ         R8
-	JMP          w1rows
-
-w1done:
-	VZEROUPPER
-	RET
+TEXT ·logitsI8VNNI(SB), NOSPLIT, $0-68
+	LOGITS_I8(MACV)
 
 // func estAVX2(n, half int, dots, lam, spread, logMass *float32, xx, ua, ub float32, est, unc *float32) float32
 // For the first n clusters (n a positive multiple of 8), with m = dots[i]
@@ -683,5 +666,93 @@ estdone:
 	VPERMILPS    $0xb1, X14, X1
 	VMAXPS       X1, X14, X14
 	VMOVSS       X14, ret+80(FP)
+	VZEROUPPER
+	RET
+
+// func sumSqMulAVX2(a, b *float32, n int) float32
+// Returns the sum over i < n of (a[i]·b[i])², n a positive multiple of 8.
+TEXT ·sumSqMulAVX2(SB), NOSPLIT, $0-28
+	MOVQ   a+0(FP), SI
+	MOVQ   b+8(FP), DI
+	MOVQ   n+16(FP), CX
+	SHLQ   $2, CX
+	XORQ   BX, BX
+	VXORPS Y0, Y0, Y0
+
+ssmloop:
+	CMPQ        BX, CX
+	JGE         ssmdone
+	VMOVUPS     (SI)(BX*1), Y1
+	VMULPS      (DI)(BX*1), Y1, Y1
+	VFMADD231PS Y1, Y1, Y0
+	ADDQ        $32, BX
+	JMP         ssmloop
+
+ssmdone:
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VHADDPS      X0, X0, X0
+	VHADDPS      X0, X0, X0
+	VMOVSS       X0, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func clusterDotsAVX2(n, hp int, means *int16, dirs *int8, x *int16, mscale, dscale *float32, inv float32, mdots, ddots *float32)
+// func clusterDotsVNNI(same)
+// For each cluster c < n (n a positive multiple of 4; hp a multiple of
+// 16): mdots[c] = mscale[c]·inv·Σ_j means[c*hp+j]·x[j] and ddots[c] =
+// dscale[c]·inv·Σ_j dirs[c*hp+j]·x[j], four clusters at a time, each load
+// of x shared by the eight rows. The caller keeps each int32 lane of the
+// means' products, hp/8 products of means and x, within int32.
+TEXT ·clusterDotsAVX2(SB), NOSPLIT, $0-80
+	CLUSTER_DOTS(MACW)
+
+TEXT ·clusterDotsVNNI(SB), NOSPLIT, $0-80
+	CLUSTER_DOTS(MACV)
+
+// func keysAboveAVX2(dst *uint64, est *float32, n int, lo, hi float32) int
+// For each c < n (a multiple of 8) with lo <= est[c] < hi, in order,
+// writes the clusterKey of c, bits(est[c])<<32 | ^uint32(c), to dst and
+// returns how many; blocks of eight with none cost one compare.
+TEXT ·keysAboveAVX2(SB), NOSPLIT, $0-40
+	MOVQ         dst+0(FP), DI
+	MOVQ         est+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSS lo+24(FP), Y1
+	VBROADCASTSS hi+28(FP), Y2
+	XORQ         AX, AX
+	XORQ         BX, BX
+
+kablock:
+	CMPQ      BX, CX
+	JGE       kadone
+	VMOVUPS   (SI)(BX*4), Y0
+	VCMPPS    $0x0d, Y1, Y0, Y3 // est >= lo
+	VCMPPS    $0x01, Y2, Y0, Y4 // est < hi
+	VANDPS    Y4, Y3, Y3
+	VMOVMSKPS Y3, DX
+	TESTL     DX, DX
+	JZ        kanext
+
+kabit:
+	BSFL  DX, R8
+	LEAQ  (BX)(R8*1), R9
+	MOVL  (SI)(R9*4), R10
+	SHLQ  $32, R10
+	MOVL  R9, R11
+	NOTL  R11
+	ORQ   R11, R10
+	MOVQ  R10, (DI)(AX*8)
+	INCQ  AX
+	LEAL  -1(DX), R12
+	ANDL  R12, DX
+	JNZ   kabit
+
+kanext:
+	ADDQ $8, BX
+	JMP  kablock
+
+kadone:
+	MOVQ AX, ret+32(FP)
 	VZEROUPPER
 	RET

@@ -28,10 +28,14 @@ func logitsI8Asm(a []int8, n, h int, x []int16, scale, bias []float32, inv, off 
 	return 0, 0
 }
 
-func gemvI16Asm(m, n int, a, x []int16, scale []float32, inv float32, y []float32) bool {
-	return false
-}
-
 func estAsm(n int, dots, lam, spread, logMass []float32, xx, ua, ub float32, est, unc []float32) (int, float32) {
 	return 0, 0
 }
+
+func sumSqMulAsm(a, b []float32) (int, float32) { return 0, 0 }
+
+func clusterDotsAsm(n, hp int, means []int16, dirs []int8, x []int16, mscale, dscale []float32, inv float32, mdots, ddots []float32) int {
+	return 0
+}
+
+func keysAboveAsm(dst []uint64, est []float32, lo, hi float32) (int, int) { return 0, 0 }

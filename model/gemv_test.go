@@ -216,50 +216,90 @@ func TestLogitsI8(t *testing.T) {
 	}
 }
 
-// TestGemvI16 checks the int16 product against float64 on the rows and
-// the vector as stored (quantizeRow, then scale), at the extremes of the
-// range, and that quantizeRow keeps each row to 2^-15 of its largest
-// value.
-func TestGemvI16(t *testing.T) {
-	for _, tt := range []struct{ m, n int }{{1, 16}, {3, 16}, {4, 32}, {9, 128}, {10, 48}, {5, 12}} {
-		t.Run(fmt.Sprintf("%dx%d", tt.m, tt.n), func(t *testing.T) {
-			rows := lcgWeights(tt.m*tt.n, uint64(tt.m*tt.n), 3)
-			rows[0] = 0 // a row with a zero
-			a := make([]int16, tt.m*tt.n)
-			scale := make([]float32, tt.m)
-			for i := range tt.m {
-				row := rows[i*tt.n : (i+1)*tt.n]
-				scale[i] = quantizeRow(a[i*tt.n:(i+1)*tt.n], row)
-				var amax float64
-				for _, v := range row {
-					amax = max(amax, math.Abs(float64(v)))
+// clusterDotsRef is clusterDots in float64 on the rows as stored.
+func clusterDotsRef(n, hp int, means []int16, dirs []int8, x []int16, mscale, dscale []float32, inv float32) (m, d []float64) {
+	for c := range n {
+		var sm, sd float64
+		for j := range hp {
+			sm += float64(means[c*hp+j]) * float64(x[j])
+			sd += float64(dirs[c*hp+j]) * float64(x[j])
+		}
+		m = append(m, sm*float64(mscale[c])*float64(inv))
+		d = append(d, sd*float64(dscale[c])*float64(inv))
+	}
+	return m, d
+}
+
+// clusterDotsCase is rows for clusterDots at the extremes of their range:
+// means within ±meanTop(hp) with the first products all at the largest
+// magnitude and sign (the case that passes int32 if summed there), dirs at
+// ±127, x at ±xTop(hp).
+func clusterDotsCase(n, hp int) (means []int16, dirs []int8, x []int16, mscale, dscale []float32) {
+	w := lcgWeights(2*n*hp+hp+2*n, uint64(n*hp), 1)
+	means = make([]int16, n*hp)
+	dirs = make([]int8, n*hp)
+	x = make([]int16, hp)
+	mt, xt := meanTop(hp), xTop(hp)
+	for i := range means {
+		means[i] = int16(w[i] * float32(mt))
+		dirs[i] = int8(w[n*hp+i] * 127)
+	}
+	for j := range x {
+		x[j] = int16(w[2*n*hp+j] * float32(xt))
+	}
+	for j := range x {
+		x[j] = int16(xt)
+		means[j] = int16(mt) // cluster 0: every product at the top
+		dirs[j] = 127
+	}
+	return means, dirs, x, w[2*n*hp+hp : 2*n*hp+hp+n], w[2*n*hp+hp+n:]
+}
+
+// TestClusterDots checks the products of the clustered scorer's step 1
+// (every cluster's int16 mean row and int8 direction with the int16 hidden
+// vector, in one pass) against float64, for cluster counts with and
+// without a remainder past the kernel's blocks of four, at the extremes of
+// the range.
+func TestClusterDots(t *testing.T) {
+	for _, tt := range []struct{ n, hp int }{{1, 16}, {4, 16}, {5, 32}, {8, 128}, {13, 128}, {6, 256}} {
+		t.Run(fmt.Sprintf("%dx%d", tt.n, tt.hp), func(t *testing.T) {
+			means, dirs, x, mscale, dscale := clusterDotsCase(tt.n, tt.hp)
+			const inv = 1.0 / 3000
+			mdots := make([]float32, tt.n+1)
+			ddots := make([]float32, tt.n+1)
+			mdots[tt.n], ddots[tt.n] = 42, 42
+			clusterDots(tt.n, tt.hp, means, dirs, x, mscale, dscale, inv, mdots, ddots)
+			wantM, wantD := clusterDotsRef(tt.n, tt.hp, means, dirs, x, mscale, dscale, inv)
+			for c := range tt.n {
+				if d := math.Abs(float64(mdots[c]) - wantM[c]); d > 1e-5*(1+math.Abs(wantM[c])) {
+					t.Errorf("cluster %d: mean product %v, want %v", c, mdots[c], wantM[c])
 				}
-				for j, v := range row {
-					if d := math.Abs(float64(a[i*tt.n+j])*float64(scale[i]) - float64(v)); d > amax/32767 {
-						t.Fatalf("row %d col %d: stored %v, want %v", i, j, float64(a[i*tt.n+j])*float64(scale[i]), v)
-					}
+				if d := math.Abs(float64(ddots[c]) - wantD[c]); d > 1e-5*(1+math.Abs(wantD[c])) {
+					t.Errorf("cluster %d: direction product %v, want %v", c, ddots[c], wantD[c])
 				}
 			}
-			// The largest products of pairs: both ends of int16.
-			a[1], a[2] = 32767, 32767
-			x := make([]int16, tt.n)
-			xs := quantizeRow(x, lcgWeights(tt.n, 9, 1))
-			x[1], x[2] = 32767, 32767
-			y := make([]float32, tt.m+1)
-			y[tt.m] = 42
-			gemvI16(tt.m, tt.n, a, x, scale, xs, y)
-			for i := range tt.m {
-				var want float64
-				for j := range tt.n {
-					want += float64(a[i*tt.n+j]) * float64(x[j])
-				}
-				want *= float64(scale[i]) * float64(xs)
-				if d := math.Abs(float64(y[i]) - want); d > 1e-5*(1+math.Abs(want)) {
-					t.Errorf("row %d: %v, want %v", i, y[i], want)
-				}
+			if mdots[tt.n] != 42 || ddots[tt.n] != 42 {
+				t.Errorf("wrote past n clusters")
 			}
-			if y[tt.m] != 42 {
-				t.Errorf("wrote past m rows")
+		})
+	}
+}
+
+// TestSumSqMul checks the sum of squared products (the variance of the
+// clustered scorer's rest) against float64, for lengths with and without
+// a remainder past the kernel's blocks of eight.
+func TestSumSqMul(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 8, 13, 64, 1095} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			w := lcgWeights(2*n+1, uint64(n), 1)
+			a, b := w[:n], w[n:2*n+1] // b one longer: only len(a) counts
+			var want float64
+			for i := range a {
+				p := float64(a[i]) * float64(b[i])
+				want += p * p
+			}
+			if got := sumSqMul(a, b); math.Abs(float64(got)-want) > 1e-5*(1+want) {
+				t.Errorf("sumSqMul = %v, want %v", got, want)
 			}
 		})
 	}
