@@ -59,6 +59,10 @@ type GRUConfig struct {
 	// setting: the teacher needs its backoff.
 	TeacherOrder    int
 	TeacherDiscount float64
+	// Skip adds the last-page skip term to the output layer: it reads
+	// h + Skip[last page] (a learned vector per page, zero at the start)
+	// instead of the state h alone; nil means the default [false].
+	Skip *bool
 	// Workers is the number of goroutines that share each batch's forward
 	// and backward pass, each over a slice of its rows; the gradient is the
 	// same for any number, up to rounding [GOMAXPROCS, at most 4].
@@ -86,6 +90,9 @@ func (c GRUConfig) withDefaults() GRUConfig {
 	}
 	if c.Distill == nil {
 		c.Distill = new(float64(defaultDistill))
+	}
+	if c.Skip == nil {
+		c.Skip = new(defaultSkip)
 	}
 	if c.LearningRate == 0 {
 		c.LearningRate = 0.005
@@ -131,6 +138,9 @@ func (c GRUConfig) Validate() error {
 // defaultDistill is the teacher's default weight in the training target.
 const defaultDistill = 0.5
 
+// defaultSkip says whether the GRU has the last-page skip term by default.
+const defaultSkip = false
+
 // maxValidation caps the sessions scored after every epoch.
 const maxValidation = 4000
 
@@ -146,6 +156,7 @@ type GRUStats struct {
 	Distill            float64     `json:"distill"`
 	TeacherOrder       int         `json:"teacher_order,omitempty"`
 	TeacherDiscount    float64     `json:"teacher_discount,omitempty"`
+	Skip               bool        `json:"skip"` // the output layer reads h + Skip[last page]
 	Seconds            float64     `json:"seconds"`
 	SequencesPerSecond float64     `json:"sequences_per_second"`
 	PeakMemoryBytes    uint64      `json:"peak_memory_bytes"`
@@ -166,6 +177,9 @@ func (s *GRUStats) Summary() string {
 	teacher := ""
 	if s.Distill > 0 {
 		teacher = fmt.Sprintf(", n-gram teacher weight %g (order %d, discount %g)", s.Distill, s.TeacherOrder, s.TeacherDiscount)
+	}
+	if s.Skip {
+		teacher = ", last-page skip" + teacher
 	}
 	return fmt.Sprintf("embedding %d, hidden %d%s, %d epochs (best %d), %.1f s, %.0f sequences/s, peak memory %.0f MiB",
 		s.Embedding, s.Hidden, teacher, s.Epochs, s.BestEpoch, s.Seconds, s.SequencesPerSecond, float64(s.PeakMemoryBytes)/(1<<20))
@@ -206,13 +220,17 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
 	p := newGRUParams(vocabSize, cfg.Embedding, cfg.Hidden)
 	p.init(rng)
+	if *cfg.Skip {
+		p.Skip = make([]float32, vocabSize*cfg.Hidden)
+	}
 	opt := newAdam(&p, cfg.LearningRate)
 	if cfg.Tied {
 		copy(p.Wo, p.Emb)
 		p.Wo = p.Emb // one matrix; its gradient is the sum of both uses
 	}
 	workers := newGradWorkers(&p, cfg.Workers, rng, cfg.DropoutEmbedding, cfg.DropoutHidden)
-	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows), Distill: *cfg.Distill}
+	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows), Distill: *cfg.Distill,
+		Skip: *cfg.Skip}
 	if *cfg.Distill > 0 {
 		stats.TeacherOrder, stats.TeacherDiscount = cfg.TeacherOrder, cfg.TeacherDiscount
 		kd := newDistiller(trainSeqs, vocabSize, cfg.TeacherOrder, cfg.TeacherDiscount, *cfg.Distill)
@@ -435,6 +453,7 @@ func (p *gruParams) forward(b gruBatch, w *gruWork) {
 	for k, row := range w.pos {
 		copy(w.hout[k*H:(k+1)*H], w.hs[(B+row)*H:(B+row+1)*H])
 	}
+	p.addSkip(b, w)
 	w.maskH = dropout(w.hout, w.maskH, w.dropHid, w.rng)
 }
 
@@ -479,6 +498,7 @@ func (p *gruParams) lossAndGrad(b gruBatch, grad *gruParams, w *gruWork) (float6
 func (p *gruParams) backward(b gruBatch, grad *gruParams, w *gruWork, dhout []float32) {
 	B, S, D, H := b.B, b.S, p.D, p.H
 	applyMask(dhout, w.maskH)
+	p.skipGrad(b, grad, w, dhout)
 	w.dh = grow(w.dh, S*B*H)
 	for k, row := range w.pos {
 		d := w.dh[row*H : (row+1)*H]
