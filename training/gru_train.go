@@ -40,6 +40,10 @@ type GRUConfig struct {
 	// pages are candidates too, with the logQ correction) [512]. A
 	// vocabulary no larger than Sampled uses the full softmax.
 	Sampled int
+	// SampleExponent is the exponent of the page frequencies the sampled
+	// softmax draws its negatives by; nil means the default [0.75], 0
+	// draws uniformly.
+	SampleExponent *float64
 	// FullSoftmax trains with the softmax over the whole vocabulary.
 	FullSoftmax bool
 	// Tied shares the embedding matrix with the output layer's weights
@@ -91,6 +95,9 @@ func (c GRUConfig) withDefaults() GRUConfig {
 	if c.Distill == nil {
 		c.Distill = new(float64(defaultDistill))
 	}
+	if c.SampleExponent == nil {
+		c.SampleExponent = new(float64(defaultSampleExponent))
+	}
 	if c.Skip == nil {
 		c.Skip = new(defaultSkip)
 	}
@@ -129,6 +136,8 @@ func (c GRUConfig) Validate() error {
 		return fmt.Errorf("gru distillation weight %v outside [0, 1]", *c.Distill)
 	case c.TeacherOrder < 0 || c.TeacherOrder > ngramMaxOrder || c.TeacherDiscount < 0 || c.TeacherDiscount > 1:
 		return fmt.Errorf("gru teacher order %d outside 0..%d or discount %v outside [0, 1]", c.TeacherOrder, ngramMaxOrder, c.TeacherDiscount)
+	case c.SampleExponent != nil && (*c.SampleExponent < 0 || *c.SampleExponent > 2 || math.IsNaN(*c.SampleExponent)):
+		return fmt.Errorf("gru sampling exponent %v outside [0, 2]", *c.SampleExponent)
 	case c.ValidationFraction < 0 || c.ValidationFraction >= 1:
 		return fmt.Errorf("gru validation fraction %v outside [0, 1)", c.ValidationFraction)
 	}
@@ -137,6 +146,9 @@ func (c GRUConfig) Validate() error {
 
 // defaultDistill is the teacher's default weight in the training target.
 const defaultDistill = 0.5
+
+// defaultSampleExponent is the sampled softmax's default exponent.
+const defaultSampleExponent = 0.75
 
 // defaultSkip says whether the GRU has the last-page skip term by default.
 const defaultSkip = false
@@ -240,7 +252,7 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	}
 	var sampler *negSampler
 	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
-		sampler = newNegSampler(seqs, vocabSize)
+		sampler = newNegSamplerExp(seqs, vocabSize, *cfg.SampleExponent)
 	}
 	best, bestMRR, bad := p.clone(), -1.0, 0
 	seen := 0

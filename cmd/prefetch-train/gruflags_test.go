@@ -15,13 +15,16 @@ func TestGRUOptionalFlags(t *testing.T) {
 		args    []string
 		skip    *bool
 		distill *float64
+		exp     *float64
 	}{
-		{"unset", nil, nil, nil},
-		{"skip alone", []string{"--gru-skip"}, new(true), nil},
-		{"skip true", []string{"--gru-skip=true"}, new(true), nil},
-		{"skip false", []string{"--gru-skip=false"}, new(false), nil},
-		{"distill 0", []string{"--gru-distill", "0"}, nil, new(0.0)},
-		{"both", []string{"--gru-skip=false", "--gru-distill", "0.3"}, new(false), new(0.3)},
+		{"unset", nil, nil, nil, nil},
+		{"skip alone", []string{"--gru-skip"}, new(true), nil, nil},
+		{"skip true", []string{"--gru-skip=true"}, new(true), nil, nil},
+		{"skip false", []string{"--gru-skip=false"}, new(false), nil, nil},
+		{"distill 0", []string{"--gru-distill", "0"}, nil, new(0.0), nil},
+		{"both", []string{"--gru-skip=false", "--gru-distill", "0.3"}, new(false), new(0.3), nil},
+		{"sample exponent 0", []string{"--gru-sample-exponent", "0"}, nil, nil, new(0.0)},
+		{"sample exponent 1", []string{"--gru-sample-exponent=1"}, nil, nil, new(1.0)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -37,6 +40,9 @@ func TestGRUOptionalFlags(t *testing.T) {
 			}
 			if !samePtr(cfg.Distill, tc.distill) {
 				t.Errorf("Distill = %v, want %v", show(cfg.Distill), show(tc.distill))
+			}
+			if !samePtr(cfg.SampleExponent, tc.exp) {
+				t.Errorf("SampleExponent = %v, want %v", show(cfg.SampleExponent), show(tc.exp))
 			}
 		})
 	}
