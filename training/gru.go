@@ -33,6 +33,9 @@ type gruParams struct {
 	BR      []float32 // [3H]
 	Wo      []float32 // [V, H]
 	Bo      []float32 // [V]
+	// Skip is the last-page skip term [V, H], nil without one: the output
+	// layer reads h + Skip[last page] instead of h (row 0 stays zero).
+	Skip []float32
 }
 
 func newGRUParams(v, d, h int) gruParams {
@@ -45,11 +48,24 @@ func newGRUParams(v, d, h int) gruParams {
 
 // tensors lists the parameter slices in a fixed order.
 func (p *gruParams) tensors() [][]float32 {
-	return [][]float32{p.Emb, p.Wx, p.Rh, p.BW, p.BR, p.Wo, p.Bo}
+	t := [][]float32{p.Emb, p.Wx, p.Rh, p.BW, p.BR, p.Wo, p.Bo}
+	if p.Skip != nil {
+		t = append(t, p.Skip)
+	}
+	return t
+}
+
+// zeros returns parameters of p's sizes and form, all zero.
+func (p *gruParams) zeros() gruParams {
+	q := newGRUParams(p.V, p.D, p.H)
+	if p.Skip != nil {
+		q.Skip = make([]float32, p.V*p.H)
+	}
+	return q
 }
 
 func (p *gruParams) clone() gruParams {
-	q := newGRUParams(p.V, p.D, p.H)
+	q := p.zeros()
 	for i, t := range q.tensors() {
 		copy(t, p.tensors()[i])
 	}
@@ -83,12 +99,13 @@ func tanh32(x float32) float32 { return float32(math.Tanh(float64(x))) }
 
 // gruScratch is per-goroutine memory for inference.
 type gruScratch struct {
-	gx, gh, h, hn []float32
+	gx, gh, h, hn, q []float32
 }
 
 func (g *GRU) scratch() *gruScratch {
 	h := g.p.H
-	return &gruScratch{gx: make([]float32, 3*h), gh: make([]float32, 3*h), h: make([]float32, h), hn: make([]float32, h)}
+	return &gruScratch{gx: make([]float32, 3*h), gh: make([]float32, 3*h), h: make([]float32, h), hn: make([]float32, h),
+		q: make([]float32, h)}
 }
 
 // step advances state h (len H) by one input index into hn.
@@ -115,6 +132,23 @@ func (p *gruParams) output(h, dst []float32) {
 	copy(dst, p.Bo)
 	blas32.Gemv(blas.NoTrans, 1, general(p.V, p.H, p.Wo), vec(h), 1, vec(dst))
 	softmax(dst)
+}
+
+// outputAfter is output for state h reached on page last: with a skip
+// term the output layer reads h + Skip[last] (built in s.q).
+func (p *gruParams) outputAfter(h []float32, last int64, dst []float32, s *gruScratch) {
+	if p.Skip == nil {
+		p.output(h, dst)
+		return
+	}
+	if last < 0 || last >= int64(p.V) {
+		last = model.UnknownIndex
+	}
+	sk := p.Skip[int(last)*p.H : int(last+1)*p.H]
+	for j, v := range h {
+		s.q[j] = v + sk[j]
+	}
+	p.output(s.q, dst)
 }
 
 // softmax normalizes x in place, accumulating in float64.
@@ -145,15 +179,17 @@ func (g *GRU) Hidden() int { return g.p.H }
 // from a zero state and writes the next-page probabilities into dst.
 func (g *GRU) Predict(pageIDs []int64, dst []float32) []float32 {
 	s := g.scratch()
+	last := int64(model.PadIndex)
 	for _, id := range pageIDs {
 		g.p.step(id, s.h, s.hn, s)
 		s.h, s.hn = s.hn, s.h
+		last = id
 	}
 	if cap(dst) < g.p.V {
 		dst = make([]float32, g.p.V)
 	}
 	dst = dst[:g.p.V]
-	g.p.output(s.h, dst)
+	g.p.outputAfter(s.h, last, dst, s)
 	return dst
 }
 
@@ -166,7 +202,7 @@ func (g *GRU) Step(pageID int64, state []float32) (probs, next []float32) {
 	}
 	g.p.step(pageID, s.h, s.hn, s)
 	probs = make([]float32, g.p.V)
-	g.p.output(s.hn, probs)
+	g.p.outputAfter(s.hn, pageID, probs, s)
 	return probs, s.hn
 }
 
@@ -181,19 +217,22 @@ func (g *GRU) PredictSession(seq []int64, maxLen int, fn func(t int, probs []flo
 		if t <= maxLen {
 			g.p.step(seq[t-1], h, hn, s)
 			h, hn = hn, h
-			g.p.output(h, probs)
 		} else {
 			clear(h)
 			for _, id := range seq[t-maxLen : t] {
 				g.p.step(id, h, hn, s)
 				h, hn = hn, h
 			}
-			g.p.output(h, probs)
 		}
+		g.p.outputAfter(h, seq[t-1], probs, s)
 		fn(t, probs)
 	}
 }
 
 func (g *GRU) String() string {
-	return fmt.Sprintf("gru(vocab %d, embedding %d, hidden %d)", g.p.V, g.p.D, g.p.H)
+	skip := ""
+	if g.p.Skip != nil {
+		skip = ", last-page skip"
+	}
+	return fmt.Sprintf("gru(vocab %d, embedding %d, hidden %d%s)", g.p.V, g.p.D, g.p.H, skip)
 }

@@ -21,7 +21,7 @@ func (g *GRU) weights() []onnxenc.Tensor {
 	p := &g.p
 	v, d, h := int64(p.V), int64(p.D), int64(p.H)
 	b := append(append([]float32(nil), p.BW...), p.BR...)
-	return []onnxenc.Tensor{
+	t := []onnxenc.Tensor{
 		onnxenc.FloatTensor("embedding", p.Emb, v, d),
 		onnxenc.FloatTensor("gru_W", p.Wx, 1, 3*h, d),
 		onnxenc.FloatTensor("gru_R", p.Rh, 1, 3*h, h),
@@ -31,6 +31,10 @@ func (g *GRU) weights() []onnxenc.Tensor {
 		onnxenc.Int64Tensor("axes0", []int64{0}, 1),
 		onnxenc.Int64Tensor("axes01", []int64{0, 1}, 2),
 	}
+	if p.Skip != nil {
+		t = append(t, onnxenc.FloatTensor("skip", p.Skip, v, h), onnxenc.Int64Tensor("last_position", []int64{-1}))
+	}
+	return t
 }
 
 func gruNode(x, initial, y, yh string, hidden int) onnxenc.Node {
@@ -45,13 +49,27 @@ func gruNode(x, initial, y, yh string, hidden int) onnxenc.Node {
 	}
 }
 
-func headNodes(state string) []onnxenc.Node {
-	return []onnxenc.Node{
+// headNodes map the state to probs; with a skip term (skip true) the
+// output layer reads state + skip[ids[:, -1]], ids the graph's page input
+// ([batch, seq] or [batch, 1]).
+func headNodes(state, ids string, skip bool) []onnxenc.Node {
+	var nodes []onnxenc.Node
+	if skip {
+		nodes = []onnxenc.Node{
+			{Name: "last_page", OpType: "Gather", Inputs: []string{ids, "last_position"}, Outputs: []string{"last_page"},
+				Attributes: []onnxenc.Attribute{onnxenc.Int("axis", 1)}},
+			{Name: "skip_row", OpType: "Gather", Inputs: []string{"skip", "last_page"}, Outputs: []string{"skip_row"},
+				Attributes: []onnxenc.Attribute{onnxenc.Int("axis", 0)}},
+			{Name: "skip_add", OpType: "Add", Inputs: []string{state, "skip_row"}, Outputs: []string{"head_in"}},
+		}
+		state = "head_in"
+	}
+	return append(nodes, []onnxenc.Node{
 		{Name: "out_linear", OpType: "Gemm", Inputs: []string{state, "out_W", "out_b"}, Outputs: []string{"logits"},
 			Attributes: []onnxenc.Attribute{onnxenc.Float("alpha", 1), onnxenc.Float("beta", 1), onnxenc.Int("transB", 1)}},
 		{Name: "softmax", OpType: "Softmax", Inputs: []string{"logits"}, Outputs: []string{model.OutputProbs},
 			Attributes: []onnxenc.Attribute{onnxenc.Int("axis", 1)}},
-	}
+	}...)
 }
 
 func (g *GRU) onnxModel(doc string, graph onnxenc.Graph) ([]byte, error) {
@@ -70,7 +88,9 @@ func (g *GRU) onnxModel(doc string, graph onnxenc.Graph) ([]byte, error) {
 // SequenceONNX exports the sequence form, laid out like a PyTorch export:
 // page_ids int64 [batch, seq] -> Gather(embedding) -> Transpose to
 // [seq, batch, emb] -> GRU (zero initial state) -> Y_h [1, batch, hidden]
-// -> Squeeze -> Gemm -> Softmax -> probs float32 [batch, vocab].
+// -> Squeeze -> Gemm -> Softmax -> probs float32 [batch, vocab]. With the
+// skip term, Gather(page_ids, -1 on axis 1) -> Gather(skip) is added to the
+// state before the Gemm.
 func (g *GRU) SequenceONNX() ([]byte, error) {
 	v := int64(g.p.V)
 	nodes := []onnxenc.Node{
@@ -81,7 +101,7 @@ func (g *GRU) SequenceONNX() ([]byte, error) {
 		gruNode("x", "", "y", "y_h", g.p.H),
 		{Name: "last_state", OpType: "Squeeze", Inputs: []string{"y_h", "axes0"}, Outputs: []string{"h"}},
 	}
-	nodes = append(nodes, headNodes("h")...)
+	nodes = append(nodes, headNodes("h", SequenceInput, g.p.Skip != nil)...)
 	return g.onnxModel("GRU next-page model, sequence form", onnxenc.Graph{
 		Name: "gru_sequence", Nodes: nodes, Initializers: g.weights(),
 		Inputs: []onnxenc.ValueInfo{{Name: SequenceInput, ElemType: onnxenc.Int64,
@@ -105,7 +125,7 @@ func (g *GRU) StepONNX() ([]byte, error) {
 		gruNode("x", StateInput, "y", StateOutput, g.p.H),
 		{Name: "last_state", OpType: "Squeeze", Inputs: []string{"y", "axes01"}, Outputs: []string{"h"}},
 	}
-	nodes = append(nodes, headNodes("h")...)
+	nodes = append(nodes, headNodes("h", StepInput, g.p.Skip != nil)...)
 	return g.onnxModel("GRU next-page model, step form", onnxenc.Graph{
 		Name: "gru_step", Nodes: nodes, Initializers: g.weights(),
 		Inputs: []onnxenc.ValueInfo{

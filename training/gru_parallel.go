@@ -19,7 +19,7 @@ func newGradWorkers(p *gruParams, n int, rng *rand.Rand, dropEmb, dropHid float6
 	ws := make([]*gradWorker, n)
 	for k := range ws {
 		ws[k] = &gradWorker{
-			grad: newGRUParams(p.V, p.D, p.H),
+			grad: p.zeros(),
 			work: &gruWork{rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(k))), dropEmb: float32(dropEmb), dropHid: float32(dropHid)},
 		}
 	}

@@ -10,13 +10,18 @@ import (
 )
 
 // negSampler draws negative pages for the sampled softmax from the page
-// frequencies raised to 0.75.
+// frequencies (plus one) raised to an exponent (0.75 by default; 0 draws
+// uniformly, 1 by popularity).
 type negSampler struct {
 	cdf  []float64 // cumulative, over indices 1..V-1 (index i at cdf[i])
 	logq []float64 // log probability of each index under the sampler
 }
 
 func newNegSampler(seqs [][]int64, v int) *negSampler {
+	return newNegSamplerExp(seqs, v, defaultSampleExponent)
+}
+
+func newNegSamplerExp(seqs [][]int64, v int, exponent float64) *negSampler {
 	counts := make([]float64, v)
 	for _, s := range seqs {
 		for _, id := range s {
@@ -26,7 +31,7 @@ func newNegSampler(seqs [][]int64, v int) *negSampler {
 	w := make([]float64, v)
 	var sum float64
 	for i := 1; i < v; i++ {
-		w[i] = math.Pow(counts[i]+1, 0.75)
+		w[i] = math.Pow(counts[i]+1, exponent)
 		sum += w[i]
 	}
 	s := &negSampler{cdf: make([]float64, v), logq: make([]float64, v)}

@@ -26,7 +26,8 @@ func tinyGRU(t *testing.T, v, d, h int) gruParams {
 
 // TestGRUGradientCheck compares backpropagation through time with central
 // finite differences of the loss, for the full and the sampled softmax,
-// with and without an n-gram teacher in the target.
+// with and without an n-gram teacher in the target, with and without the
+// last-page skip term.
 func TestGRUGradientCheck(t *testing.T) {
 	const v, d, h = 7, 3, 4
 	batch := packBatch([][]int64{{2, 3, 4, 1, 6}, {5, 2}, {3, 3, 6, 2}})
@@ -55,36 +56,54 @@ func TestGRUGradientCheck(t *testing.T) {
 		}},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			p := tinyGRU(t, v, d, h)
-			grad := newGRUParams(v, d, h)
-			tc.loss(&p, &grad)
-			names := []string{"Emb", "Wx", "Rh", "BW", "BR", "Wo", "Bo"}
-			const eps = 1e-2
-			checked := 0
-			for k, w := range p.tensors() {
-				g := grad.tensors()[k]
-				for i := range w {
-					if k == 0 && i < d {
-						continue // padding row is not trained
-					}
-					orig := w[i]
-					w[i] = orig + eps
-					lp := tc.loss(&p, ptr(newGRUParams(v, d, h)))
-					w[i] = orig - eps
-					lm := tc.loss(&p, ptr(newGRUParams(v, d, h)))
-					w[i] = orig
-					num := (lp - lm) / (2 * eps)
-					if diff := math.Abs(num - float64(g[i])); diff > 2e-3+2e-2*math.Max(math.Abs(num), math.Abs(float64(g[i]))) {
-						t.Errorf("%s[%d]: backprop %.6f, finite difference %.6f", names[k], i, g[i], num)
-					}
-					checked++
-				}
+		for _, skip := range []bool{false, true} {
+			name := tc.name
+			if skip {
+				name += " skip"
 			}
-			if checked < 100 {
-				t.Fatalf("checked only %d weights", checked)
+			t.Run(name, func(t *testing.T) { checkGRUGradient(t, tc.loss, skip) })
+		}
+	}
+}
+
+// checkGRUGradient compares the gradient loss adds for a tiny GRU (with
+// the last-page skip term when skip) with central finite differences.
+func checkGRUGradient(t *testing.T, loss func(p, grad *gruParams) float64, skip bool) {
+	const v, d, h = 7, 3, 4
+	p := tinyGRU(t, v, d, h)
+	if skip {
+		p.Skip = make([]float32, v*h)
+		rng := rand.New(rand.NewPCG(5, 6))
+		for i := h; i < len(p.Skip); i++ {
+			p.Skip[i] = float32(rng.NormFloat64())
+		}
+	}
+	grad := p.zeros()
+	loss(&p, &grad)
+	names := []string{"Emb", "Wx", "Rh", "BW", "BR", "Wo", "Bo", "Skip"}
+	const eps = 1e-2
+	checked := 0
+	for k, w := range p.tensors() {
+		g := grad.tensors()[k]
+		for i := range w {
+			if k == 0 && i < d {
+				continue // padding row is not trained
 			}
-		})
+			orig := w[i]
+			w[i] = orig + eps
+			lp := loss(&p, ptr(p.zeros()))
+			w[i] = orig - eps
+			lm := loss(&p, ptr(p.zeros()))
+			w[i] = orig
+			num := (lp - lm) / (2 * eps)
+			if diff := math.Abs(num - float64(g[i])); diff > 2e-3+2e-2*math.Max(math.Abs(num), math.Abs(float64(g[i]))) {
+				t.Errorf("%s[%d]: backprop %.6f, finite difference %.6f", names[k], i, g[i], num)
+			}
+			checked++
+		}
+	}
+	if checked < 100 {
+		t.Fatalf("checked only %d weights", checked)
 	}
 }
 

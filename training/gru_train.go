@@ -40,6 +40,10 @@ type GRUConfig struct {
 	// pages are candidates too, with the logQ correction) [512]. A
 	// vocabulary no larger than Sampled uses the full softmax.
 	Sampled int
+	// SampleExponent is the exponent of the page frequencies the sampled
+	// softmax draws its negatives by; nil means the default [0.75], 0
+	// draws uniformly.
+	SampleExponent *float64
 	// FullSoftmax trains with the softmax over the whole vocabulary.
 	FullSoftmax bool
 	// Tied shares the embedding matrix with the output layer's weights
@@ -59,6 +63,10 @@ type GRUConfig struct {
 	// setting: the teacher needs its backoff.
 	TeacherOrder    int
 	TeacherDiscount float64
+	// Skip adds the last-page skip term to the output layer: it reads
+	// h + Skip[last page] (a learned vector per page, zero at the start)
+	// instead of the state h alone; nil means the default [false].
+	Skip *bool
 	// Workers is the number of goroutines that share each batch's forward
 	// and backward pass, each over a slice of its rows; the gradient is the
 	// same for any number, up to rounding [GOMAXPROCS, at most 4].
@@ -86,6 +94,12 @@ func (c GRUConfig) withDefaults() GRUConfig {
 	}
 	if c.Distill == nil {
 		c.Distill = new(float64(defaultDistill))
+	}
+	if c.SampleExponent == nil {
+		c.SampleExponent = new(float64(defaultSampleExponent))
+	}
+	if c.Skip == nil {
+		c.Skip = new(defaultSkip)
 	}
 	if c.LearningRate == 0 {
 		c.LearningRate = 0.005
@@ -122,6 +136,8 @@ func (c GRUConfig) Validate() error {
 		return fmt.Errorf("gru distillation weight %v outside [0, 1]", *c.Distill)
 	case c.TeacherOrder < 0 || c.TeacherOrder > ngramMaxOrder || c.TeacherDiscount < 0 || c.TeacherDiscount > 1:
 		return fmt.Errorf("gru teacher order %d outside 0..%d or discount %v outside [0, 1]", c.TeacherOrder, ngramMaxOrder, c.TeacherDiscount)
+	case c.SampleExponent != nil && (*c.SampleExponent < 0 || *c.SampleExponent > 2 || math.IsNaN(*c.SampleExponent)):
+		return fmt.Errorf("gru sampling exponent %v outside [0, 2]", *c.SampleExponent)
 	case c.ValidationFraction < 0 || c.ValidationFraction >= 1:
 		return fmt.Errorf("gru validation fraction %v outside [0, 1)", c.ValidationFraction)
 	}
@@ -130,6 +146,12 @@ func (c GRUConfig) Validate() error {
 
 // defaultDistill is the teacher's default weight in the training target.
 const defaultDistill = 0.5
+
+// defaultSampleExponent is the sampled softmax's default exponent.
+const defaultSampleExponent = 0.75
+
+// defaultSkip says whether the GRU has the last-page skip term by default.
+const defaultSkip = false
 
 // maxValidation caps the sessions scored after every epoch.
 const maxValidation = 4000
@@ -146,6 +168,7 @@ type GRUStats struct {
 	Distill            float64     `json:"distill"`
 	TeacherOrder       int         `json:"teacher_order,omitempty"`
 	TeacherDiscount    float64     `json:"teacher_discount,omitempty"`
+	Skip               bool        `json:"skip"` // the output layer reads h + Skip[last page]
 	Seconds            float64     `json:"seconds"`
 	SequencesPerSecond float64     `json:"sequences_per_second"`
 	PeakMemoryBytes    uint64      `json:"peak_memory_bytes"`
@@ -166,6 +189,9 @@ func (s *GRUStats) Summary() string {
 	teacher := ""
 	if s.Distill > 0 {
 		teacher = fmt.Sprintf(", n-gram teacher weight %g (order %d, discount %g)", s.Distill, s.TeacherOrder, s.TeacherDiscount)
+	}
+	if s.Skip {
+		teacher = ", last-page skip" + teacher
 	}
 	return fmt.Sprintf("embedding %d, hidden %d%s, %d epochs (best %d), %.1f s, %.0f sequences/s, peak memory %.0f MiB",
 		s.Embedding, s.Hidden, teacher, s.Epochs, s.BestEpoch, s.Seconds, s.SequencesPerSecond, float64(s.PeakMemoryBytes)/(1<<20))
@@ -206,13 +232,17 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
 	p := newGRUParams(vocabSize, cfg.Embedding, cfg.Hidden)
 	p.init(rng)
+	if *cfg.Skip {
+		p.Skip = make([]float32, vocabSize*cfg.Hidden)
+	}
 	opt := newAdam(&p, cfg.LearningRate)
 	if cfg.Tied {
 		copy(p.Wo, p.Emb)
 		p.Wo = p.Emb // one matrix; its gradient is the sum of both uses
 	}
 	workers := newGradWorkers(&p, cfg.Workers, rng, cfg.DropoutEmbedding, cfg.DropoutHidden)
-	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows), Distill: *cfg.Distill}
+	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows), Distill: *cfg.Distill,
+		Skip: *cfg.Skip}
 	if *cfg.Distill > 0 {
 		stats.TeacherOrder, stats.TeacherDiscount = cfg.TeacherOrder, cfg.TeacherDiscount
 		kd := newDistiller(trainSeqs, vocabSize, cfg.TeacherOrder, cfg.TeacherDiscount, *cfg.Distill)
@@ -222,7 +252,7 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	}
 	var sampler *negSampler
 	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
-		sampler = newNegSampler(seqs, vocabSize)
+		sampler = newNegSamplerExp(seqs, vocabSize, *cfg.SampleExponent)
 	}
 	best, bestMRR, bad := p.clone(), -1.0, 0
 	seen := 0
@@ -435,6 +465,7 @@ func (p *gruParams) forward(b gruBatch, w *gruWork) {
 	for k, row := range w.pos {
 		copy(w.hout[k*H:(k+1)*H], w.hs[(B+row)*H:(B+row+1)*H])
 	}
+	p.addSkip(b, w)
 	w.maskH = dropout(w.hout, w.maskH, w.dropHid, w.rng)
 }
 
@@ -479,6 +510,7 @@ func (p *gruParams) lossAndGrad(b gruBatch, grad *gruParams, w *gruWork) (float6
 func (p *gruParams) backward(b gruBatch, grad *gruParams, w *gruWork, dhout []float32) {
 	B, S, D, H := b.B, b.S, p.D, p.H
 	applyMask(dhout, w.maskH)
+	p.skipGrad(b, grad, w, dhout)
 	w.dh = grow(w.dh, S*B*H)
 	for k, row := range w.pos {
 		d := w.dh[row*H : (row+1)*H]

@@ -60,6 +60,14 @@ func TestRuntimeReproducesTrainers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	skip, _, err := TrainGRU(ctx, nil, seqs, v.Len(), GRUConfig{Embedding: 6, Hidden: 10, Epochs: 2, Seed: 3, Skip: new(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := GRUBundle(skip, v, ManifestConfig{Name: "s", Version: "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	mb, err := MarkovBundle(mk, v, ManifestConfig{Name: "m", Version: "1"})
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +101,7 @@ func TestRuntimeReproducesTrainers(t *testing.T) {
 		bundle *Bundle
 		p      Predictor
 		g      *GRU
-	}{{"markov1", mb, mk, nil}, {"gru", gb, gru, gru}, {"gru vocab 1000 hidden 128", bb, big, big}}
+	}{{"markov1", mb, mk, nil}, {"gru", gb, gru, gru}, {"gru with last-page skip", sb, skip, skip}, {"gru vocab 1000 hidden 128", bb, big, big}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), tc.name)

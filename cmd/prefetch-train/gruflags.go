@@ -13,6 +13,8 @@ type gruFlags struct {
 	lr, decay, dropEmb, dropHid                                  *float64
 	full, tied                                                   *bool
 	distill                                                      optionalFloat
+	skip                                                         optionalBool
+	sampleExp                                                    optionalFloat
 }
 
 // optionalFloat is a float flag that tells unset (nil) from 0.
@@ -34,6 +36,28 @@ func (o *optionalFloat) Set(s string) error {
 	return nil
 }
 
+// optionalBool is a boolean flag that tells unset (nil) from false;
+// --name alone sets it to true.
+type optionalBool struct{ v *bool }
+
+func (o *optionalBool) String() string {
+	if o == nil || o.v == nil {
+		return ""
+	}
+	return strconv.FormatBool(*o.v)
+}
+
+func (o *optionalBool) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	o.v = &b
+	return nil
+}
+
+func (o *optionalBool) IsBoolFlag() bool { return true }
+
 func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
 	g := &gruFlags{
 		embedding: fs.Int("gru-embedding", 0, "GRU embedding size (0: 48)"),
@@ -51,6 +75,8 @@ func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
 		workers:   fs.Int("gru-workers", 0, "goroutines sharing each training batch (0: GOMAXPROCS, at most 4)"),
 	}
 	fs.Var(&g.distill, "gru-distill", "weight of the tuned n-gram's distribution in the GRU's training target, 0 to 1 (default 0.5; 0: none)")
+	fs.Var(&g.sampleExp, "gru-sample-exponent", "exponent of the page frequencies the sampled softmax draws negatives by, 0 to 2 (default 0.75; 0: uniform)")
+	fs.Var(&g.skip, "gru-skip", "add the last-page skip term to the GRU's output layer (h + a learned vector of the last page; default false)")
 	return g
 }
 
@@ -59,6 +85,6 @@ func (g *gruFlags) config(seed uint64, window int) training.GRUConfig {
 		Embedding: *g.embedding, Hidden: *g.hidden, Epochs: *g.epochs, Patience: *g.patience,
 		BatchSize: *g.batch, Sampled: *g.sampled, FullSoftmax: *g.full, LearningRate: *g.lr, LRDecay: *g.decay, Window: window, Seed: seed,
 		Tied: *g.tied, DropoutEmbedding: *g.dropEmb, DropoutHidden: *g.dropHid, Workers: *g.workers,
-		Distill: g.distill.v,
+		Distill: g.distill.v, Skip: g.skip.v, SampleExponent: g.sampleExp.v,
 	}
 }
