@@ -24,7 +24,8 @@ const DefaultMaxSeqLen = 20
 // Predictor is a trained model as the evaluation and the golden cases see
 // it: Predict writes into dst (grown as needed) the probabilities of the
 // next page after pageIDs, one row of the sequence form's input, padding
-// included, exactly as the exported graph computes them.
+// included, exactly as the exported graph computes them. Predict is called
+// from several goroutines at once (each with its own dst).
 type Predictor interface {
 	Predict(pageIDs []int64, dst []float32) []float32
 }

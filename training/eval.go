@@ -103,48 +103,38 @@ type SessionPredictor interface {
 }
 
 // Evaluate scores every transition of the held-out sequences test with p.
-// It returns ctx.Err() if ctx ends first. A SessionPredictor (the GRU,
-// whose output layer is read in full for every transition: at 100,000
-// pages and more the evaluation's cost) scores its sessions on up to
-// evalWorkers goroutines; the figures are counts, so they do not depend on
-// how the sessions were shared out.
+// It returns ctx.Err() if ctx ends first. The sessions are shared out
+// between up to evalWorkers goroutines (every transition reads a whole row
+// of scores: at 100,000 pages and more the evaluation's cost), so p must
+// be safe for concurrent use; a SessionPredictor scores each session in
+// one pass. The figures are counts, so they do not depend on how the
+// sessions were shared out.
 func Evaluate(ctx context.Context, name string, p Predictor, test [][]int64, cfg EvalConfig) (Result, error) {
+	return evaluate(ctx, name, p, test, cfg, min(runtime.GOMAXPROCS(0), evalWorkers, max(len(test)/64, 1)))
+}
+
+// evaluate is Evaluate on the given number of goroutines.
+func evaluate(ctx context.Context, name string, p Predictor, test [][]int64, cfg EvalConfig, workers int) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, err
 	}
 	cfg = cfg.withDefaults()
 	var acc evalAcc
 	acc.init(cfg)
-	if sp, ok := p.(SessionPredictor); ok {
-		if err := evaluateSessions(ctx, sp, test, cfg, &acc); err != nil {
-			return Result{}, fmt.Errorf("evaluate %s: %w", name, err)
-		}
-		return acc.result(name), nil
-	}
-	var buf []float32
-	for i, seq := range test {
-		if i%256 == 0 {
-			if err := ctx.Err(); err != nil {
-				return Result{}, fmt.Errorf("evaluate %s: %w", name, err)
-			}
-		}
-		for t := 1; t < len(seq); t++ {
-			buf = p.Predict(seq[max(0, t-cfg.MaxSeqLen):t], buf)
-			acc.add(buf, seq[t-1], seq[t])
-		}
+	if err := evaluateSessions(ctx, p, test, cfg, &acc, workers); err != nil {
+		return Result{}, fmt.Errorf("evaluate %s: %w", name, err)
 	}
 	return acc.result(name), nil
 }
 
-// evalWorkers bounds the goroutines of evaluateSessions.
+// evalWorkers bounds the goroutines of Evaluate.
 const evalWorkers = 4
 
 // evaluateSessions scores every session of test into acc, the sessions
-// shared out between min(GOMAXPROCS, evalWorkers) goroutines, each with its
-// own accumulator, added into acc at the end.
-func evaluateSessions(ctx context.Context, sp SessionPredictor, test [][]int64, cfg EvalConfig, acc *evalAcc) error {
-	workers := min(runtime.GOMAXPROCS(0), evalWorkers, max(len(test)/64, 1))
-	accs := make([]evalAcc, workers)
+// shared out between workers goroutines, each with its own accumulator,
+// added into acc at the end.
+func evaluateSessions(ctx context.Context, p Predictor, test [][]int64, cfg EvalConfig, acc *evalAcc, workers int) error {
+	accs := make([]evalAcc, max(workers, 1))
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := range accs {
@@ -152,13 +142,14 @@ func evaluateSessions(ctx context.Context, sp SessionPredictor, test [][]int64, 
 		wg.Add(1)
 		go func(a *evalAcc) {
 			defer wg.Done()
+			score := sessionScorer(p)
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= len(test) || (i%256 == 0 && ctx.Err() != nil) {
 					return
 				}
 				seq := test[i]
-				sp.PredictSession(seq, cfg.MaxSeqLen, func(t int, probs []float32) {
+				score(seq, cfg.MaxSeqLen, func(t int, probs []float32) {
 					a.add(probs, seq[t-1], seq[t])
 				})
 			}
@@ -172,6 +163,23 @@ func evaluateSessions(ctx context.Context, sp SessionPredictor, test [][]int64, 
 		acc.merge(&accs[i])
 	}
 	return nil
+}
+
+// sessionScorer returns how one goroutine scores every prefix of a
+// session with p: its PredictSession, or one Predict per prefix (the
+// history cut to its last maxLen pages) into a buffer of the goroutine's
+// own.
+func sessionScorer(p Predictor) func(seq []int64, maxLen int, fn func(t int, probs []float32)) {
+	if sp, ok := p.(SessionPredictor); ok {
+		return sp.PredictSession
+	}
+	var buf []float32
+	return func(seq []int64, maxLen int, fn func(t int, probs []float32)) {
+		for t := 1; t < len(seq); t++ {
+			buf = p.Predict(seq[max(0, t-maxLen):t], buf)
+			fn(t, buf)
+		}
+	}
 }
 
 type evalAcc struct {

@@ -7,7 +7,7 @@ import (
 
 // gradWorker holds one goroutine's share of a batch's gradient.
 type gradWorker struct {
-	grad gruParams
+	grad sparseGrad
 	work *gruWork
 	loss float64 // mean over the worker's positions
 	n    int     // predicting positions in the worker's rows
@@ -19,7 +19,7 @@ func newGradWorkers(p *gruParams, n int, rng *rand.Rand, dropEmb, dropHid float6
 	ws := make([]*gradWorker, n)
 	for k := range ws {
 		ws[k] = &gradWorker{
-			grad: p.zeros(),
+			grad: newSparseGrad(p),
 			work: &gruWork{rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(k))), dropEmb: float32(dropEmb), dropHid: float32(dropHid)},
 		}
 	}
@@ -27,7 +27,8 @@ func newGradWorkers(p *gruParams, n int, rng *rand.Rand, dropEmb, dropHid float6
 }
 
 // batchGrad computes the mean loss over the predicting positions of batch
-// b and its gradient, which it leaves in ws[0].grad. The rows of b are
+// b and its gradient, which it leaves in ws[0].grad with the rows it
+// reaches. The rows of b are
 // split between the workers, which run in parallel; the result is the same
 // as one pass over the whole batch, up to rounding. head is the sampled
 // softmax's output layer for b, nil for the full softmax. It returns the
@@ -38,13 +39,12 @@ func (p *gruParams) batchGrad(b gruBatch, ws []*gradWorker, head *sampledHead) (
 		lo, hi := k*b.B/parts, (k+1)*b.B/parts
 		sub := gruBatch{B: hi - lo, S: b.S, ids: b.ids[lo*b.S : hi*b.S]}
 		w := ws[k]
-		for _, t := range w.grad.tensors() {
-			clear(t)
-		}
+		w.grad.zero()
+		w.grad.touch(sub, head)
 		if head != nil {
-			w.loss, w.n = p.lossAndGradHead(sub, &w.grad, w.work, head)
+			w.loss, w.n = p.lossAndGradHead(sub, &w.grad.gruParams, w.work, head)
 		} else {
-			w.loss, w.n = p.lossAndGrad(sub, &w.grad, w.work)
+			w.loss, w.n = p.lossAndGrad(sub, &w.grad.gruParams, w.work)
 		}
 	}
 	var wg sync.WaitGroup
@@ -57,8 +57,9 @@ func (p *gruParams) batchGrad(b gruBatch, ws []*gradWorker, head *sampledHead) (
 }
 
 // combineGrads weights each worker's mean gradient by its share of the
-// positions and sums them into ws[0].grad; it returns the mean loss and
-// the number of positions.
+// positions and sums them into ws[0].grad, visiting only the rows each
+// worker's batch reached; it returns the mean loss and the number of
+// positions.
 func combineGrads(ws []*gradWorker) (float64, int) {
 	n := 0
 	for _, w := range ws {
@@ -68,22 +69,14 @@ func combineGrads(ws []*gradWorker) (float64, int) {
 		return ws[0].loss, n
 	}
 	var loss float64
-	dst := ws[0].grad.tensors()
 	for k, w := range ws {
 		loss += w.loss * float64(w.n)
 		share := float32(float64(w.n) / float64(n))
-		for i, t := range w.grad.tensors() {
-			d := dst[i]
-			switch {
-			case k == 0:
-				for j := range d {
-					d[j] *= share
-				}
-			case w.n > 0:
-				for j, v := range t {
-					d[j] += share * v
-				}
-			}
+		switch {
+		case k == 0:
+			w.grad.scale(share)
+		case w.n > 0:
+			ws[0].grad.addScaled(&w.grad, share)
 		}
 	}
 	return loss / float64(n), n

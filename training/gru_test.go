@@ -294,7 +294,7 @@ func TestTrainGRUStopsOnCancel(t *testing.T) {
 }
 
 // predictOnly hides a model's SessionPredictor, so Evaluate scores it one
-// Predict per transition, on one goroutine.
+// Predict per transition.
 type predictOnly struct{ Predictor }
 
 // TestEvaluateSessionsMatchesPredict: the GRU's evaluation, sessions shared

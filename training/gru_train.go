@@ -235,7 +235,7 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	if *cfg.Skip {
 		p.Skip = make([]float32, vocabSize*cfg.Hidden)
 	}
-	opt := newAdam(&p, cfg.LearningRate)
+	opt := newAdam(&p, cfg.LearningRate, cfg.Tied)
 	if cfg.Tied {
 		copy(p.Wo, p.Emb)
 		p.Wo = p.Emb // one matrix; its gradient is the sum of both uses
@@ -294,8 +294,9 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	return &GRU{p: best}, stats, nil
 }
 
-// fitEpoch takes one Adam step per batch and returns the summed loss of
-// the batches' positions and their number.
+// fitEpoch takes one Adam step per batch, brings every row of the
+// weights up to date at the end (Adam is lazy on the rows of pages), and
+// returns the summed loss of the batches' positions and their number.
 func (p *gruParams) fitEpoch(ctx context.Context, batches []gruBatch, workers []*gradWorker, sampler *negSampler, opt *adam,
 	cfg GRUConfig, rng *rand.Rand, prog *epochProgress) (lossSum float64, lossN int, err error) {
 	for i, b := range batches {
@@ -305,8 +306,13 @@ func (p *gruParams) fitEpoch(ctx context.Context, batches []gruBatch, workers []
 			}
 		}
 		var head *sampledHead
+		var cand []int64
 		if sampler != nil {
-			head = p.newSampledHead(b, sampler, cfg.Sampled, sampler.draw(rng, cfg.Sampled, b))
+			cand = sampler.draw(rng, cfg.Sampled, b)
+		}
+		opt.refresh(p, b, cand)
+		if sampler != nil {
+			head = p.newSampledHead(b, sampler, cfg.Sampled, cand)
 		}
 		loss, n := p.batchGrad(b, workers, head)
 		if n == 0 {
@@ -316,15 +322,13 @@ func (p *gruParams) fitEpoch(ctx context.Context, batches []gruBatch, workers []
 		lossSum += loss * float64(n)
 		lossN += n
 		if cfg.Tied {
-			for j, v := range grad.Wo {
-				grad.Emb[j] += v
-			}
-			clear(grad.Wo)
+			grad.tie()
 		}
-		clipGrad(grad, cfg.ClipNorm)
+		grad.clip(cfg.ClipNorm)
 		opt.update(p, grad)
 		prog.step(i, len(batches), time.Now())
 	}
+	opt.sync(p)
 	return lossSum, lossN, nil
 }
 
@@ -592,58 +596,6 @@ func applyMask(g, mask []float32) {
 	for i := range mask {
 		g[i] *= mask[i]
 	}
-}
-
-// clipGrad scales grad so that its global L2 norm is at most maxNorm.
-func clipGrad(grad *gruParams, maxNorm float64) {
-	var ss float64
-	for _, t := range grad.tensors() {
-		for _, v := range t {
-			ss += float64(v) * float64(v)
-		}
-	}
-	if norm := math.Sqrt(ss); norm > maxNorm {
-		s := float32(maxNorm / norm)
-		for _, t := range grad.tensors() {
-			for i := range t {
-				t[i] *= s
-			}
-		}
-	}
-}
-
-// adam is the Adam optimizer over every parameter tensor.
-type adam struct {
-	lr, b1, b2, eps float64
-	t               int
-	m, v            [][]float32
-}
-
-func newAdam(p *gruParams, lr float64) *adam {
-	a := &adam{lr: lr, b1: 0.9, b2: 0.999, eps: 1e-8}
-	for _, t := range p.tensors() {
-		a.m = append(a.m, make([]float32, len(t)))
-		a.v = append(a.v, make([]float32, len(t)))
-	}
-	return a
-}
-
-func (a *adam) update(p, grad *gruParams) {
-	a.t++
-	c1 := 1 - math.Pow(a.b1, float64(a.t))
-	c2 := 1 - math.Pow(a.b2, float64(a.t))
-	step := float32(a.lr * math.Sqrt(c2) / c1)
-	b1, b2, eps := float32(a.b1), float32(a.b2), float32(a.eps*math.Sqrt(c2))
-	gs := grad.tensors()
-	for k, w := range p.tensors() {
-		g, m, v := gs[k], a.m[k], a.v[k]
-		for i := range w {
-			m[i] = b1*m[i] + (1-b1)*g[i]
-			v[i] = b2*v[i] + (1-b2)*g[i]*g[i]
-			w[i] -= step * m[i] / (float32(math.Sqrt(float64(v[i]))) + eps)
-		}
-	}
-	clear(p.Emb[:p.D]) // padding row
 }
 
 // peakMemory returns the process's peak resident set (VmHWM) on Linux, or
