@@ -123,10 +123,12 @@ func (w *shared) run(ctx context.Context) error {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	w.running.Store(true)
-	defer w.running.Store(false)
 	for {
 		select {
 		case <-ctx.Done():
+			// From here Observe sends by itself again, so nothing it
+			// buffers after this last send is left behind.
+			w.running.Store(false)
 			last, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			w.report(w.send(last), "send")
