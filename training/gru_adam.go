@@ -3,7 +3,7 @@ package training
 import "math"
 
 // adam is the Adam optimizer over every parameter tensor, lazy on the rows
-// of Emb, Wo and Bo: a row is brought up to date when a batch reads it
+// of Emb, Wo, Bo and Skip (when there is one): a row is brought up to date when a batch reads it
 // (refresh, before the forward pass) and updated when the batch's gradient
 // reaches it. Bringing it up to date applies the steps it skipped, in
 // which dense Adam, its gradient being zero, moved it by its decaying
@@ -36,6 +36,9 @@ type adam struct {
 	// catchEps[k] is the same sum of step_j r^j eps_j b2^(-j/2): over
 	// catch[k], the mean epsilon term of the skipped steps.
 	pow1, pow2, catch, catchEps []float64
+	// prepared is the step catch and catchEps are filled for (refresh and
+	// update both need them for the same step); -1 before the first.
+	prepared int
 }
 
 // catchUpSteps bounds the sum of a row's skipped steps: beyond it, r^k is
@@ -45,14 +48,14 @@ const catchUpSteps = 512
 // newAdam makes the optimizer of p's tensors; tied means that p.Wo is
 // p.Emb, updated once as the embeddings.
 func newAdam(p *gruParams, lr float64, tied bool) *adam {
-	a := &adam{lr: lr, b1: 0.9, b2: 0.999, eps: 1e-8, pow1: []float64{1}, pow2: []float64{1}}
+	a := &adam{lr: lr, b1: 0.9, b2: 0.999, eps: 1e-8, pow1: []float64{1}, pow2: []float64{1}, prepared: -1}
 	for k, t := range p.tensors() {
 		var m, v []float32
 		var last []int32
 		if k != tensorWo || !tied {
 			m, v = make([]float32, len(t)), make([]float32, len(t))
 		}
-		if k == tensorEmb || k == tensorWo || k == tensorBo {
+		if k == tensorEmb || k == tensorWo || k == tensorBo || k == tensorSkip {
 			last = make([]int32, p.V)
 		}
 		a.m, a.v, a.last = append(a.m, m), append(a.v, v), append(a.last, last)
@@ -65,6 +68,8 @@ const (
 	tensorEmb = 0
 	tensorWo  = 5
 	tensorBo  = 6
+	// tensorSkip, the last-page skip term, is there only with one.
+	tensorSkip = 7
 )
 
 // update takes one Adam step with gradient g, on the rows g may reach.
@@ -118,6 +123,9 @@ func (a *adam) refresh(p *gruParams, b gruBatch, cand []int64) {
 	}
 	for _, id := range b.ids {
 		fresh(tensorEmb, id)
+		if p.Skip != nil {
+			fresh(tensorSkip, id)
+		}
 	}
 	for _, id := range cand {
 		fresh(tensorWo, id)
@@ -149,6 +157,10 @@ func (a *adam) sync(p *gruParams) {
 // prepare fills catch for rows brought up to step t: catch[k] is the sum
 // of step_j r^j over steps t-k+1..t, j = 1..k.
 func (a *adam) prepare(t int) {
+	if a.prepared == t {
+		return
+	}
+	a.prepared = t
 	r := a.b1 / math.Sqrt(a.b2)
 	n := min(t, catchUpSteps)
 	a.catch, a.catchEps = append(a.catch[:0], 0), append(a.catchEps[:0], 0)

@@ -75,8 +75,8 @@ func (g gradPart) spans(fn func(row, lo, hi int)) {
 }
 
 // sparseGrad is a gradient in the layout of gruParams with the rows of
-// Emb, and of Wo and Bo, that may be non-zero; every other value is zero.
-// The last-page skip term (Skip), when there is one, is kept whole.
+// Emb (and of the last-page skip term, Skip, read for the same pages), and
+// of Wo and Bo, that may be non-zero; every other value is zero.
 type sparseGrad struct {
 	gruParams
 	emb, out rowSet
@@ -94,7 +94,7 @@ func (g *sparseGrad) parts() []gradPart {
 		{g.Wo, g.H, &g.out}, {g.Bo, 1, &g.out},
 	}
 	if g.Skip != nil {
-		pts = append(pts, gradPart{t: g.Skip})
+		pts = append(pts, gradPart{g.Skip, g.H, &g.emb})
 	}
 	return pts
 }

@@ -269,8 +269,6 @@ func (w *shared) Lookup(ctx context.Context, from []string, at time.Time, dst []
 		return dst, err
 	}
 	w.keep(miss, got, now)
-	w.cmu.Lock()
-	defer w.cmu.Unlock()
 	for j, i := range missAt {
 		dst[i].N = got[j].N
 		dst[i].Next = append(dst[i].Next[:0], got[j].Next...)
@@ -294,7 +292,7 @@ func (w *shared) keep(pages []string, got []Dist, now time.Time) {
 	defer w.cmu.Unlock()
 	if len(w.cache)+len(pages) > w.cfg.CachePages {
 		clear(w.cache) // start afresh: a cache, not a store
-		w.refresh = w.refresh[:0]
+		w.refresh = nil
 	}
 	for j, p := range pages {
 		w.cache[p] = cached{d: Dist{N: got[j].N, Next: slices.Clone(got[j].Next)}, at: now}
@@ -304,8 +302,8 @@ func (w *shared) keep(pages []string, got []Dist, now time.Time) {
 // reread reads again the pages Lookup queued.
 func (w *shared) reread(ctx context.Context) error {
 	w.cmu.Lock()
-	pages := slices.Clone(w.refresh)
-	w.refresh = w.refresh[:0]
+	pages := w.refresh
+	w.refresh = nil
 	w.cmu.Unlock()
 	if len(pages) == 0 {
 		return nil
