@@ -126,8 +126,9 @@ func (w *shared) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			// From here Observe sends by itself again, so nothing it
-			// buffers after this last send is left behind.
+			// From here Observe buffers and sends by itself again, as
+			// without Run: what it buffers after this last send goes
+			// with its next send.
 			w.running.Store(false)
 			last, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
