@@ -161,8 +161,9 @@ func (s *memory) add(src *source, t *Transition, at float64) {
 	}
 	w := s.d.weight(src.base, at)
 	src.total += w
+	h := PageHash(t.To)
 	for i := range src.next {
-		if n := &src.next[i]; n.Page == t.To {
+		if n := &src.next[i]; n.Is(t.To, h) {
 			n.Count += w
 			n.Index = t.ToIndex
 			up(src.next, i)
@@ -173,7 +174,7 @@ func (s *memory) add(src *source, t *Transition, at float64) {
 	if len(src.next) == s.cfg.MaxNext {
 		src.next = src.next[:len(src.next)-1]
 	}
-	src.next = append(src.next, Next{Page: t.To, Count: w, Index: t.ToIndex})
+	src.next = append(src.next, Next{Page: t.To, Count: w, Index: t.ToIndex, hash: h})
 	up(src.next, len(src.next)-1)
 }
 

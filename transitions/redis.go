@@ -281,7 +281,7 @@ func (s *redisStore) Lookup(ctx context.Context, from []string, at time.Time, ds
 			case field == "\x00n":
 				d.N = c * f
 			case field[0] != 0:
-				d.Next = append(d.Next, Next{Page: field, Count: c * f})
+				d.Next = append(d.Next, Next{Page: field, Count: c * f, hash: PageHash(field)})
 			}
 		}
 		sortNext(d.Next)

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"time"
 
@@ -125,6 +126,23 @@ type Next struct {
 	// the cache). It saves the caller a vocabulary lookup, but the model
 	// may have changed since: the caller checks it against its vocabulary.
 	Index int64
+	// hash is PageHash(Page), or 0 when not known (a Next built outside
+	// this package): a cheap first test for Is.
+	hash uint64
+}
+
+// pageSeed seeds PageHash for the life of the process.
+var pageSeed = maphash.MakeSeed()
+
+// PageHash returns a nonzero hash of page for Next.Is: a caller comparing
+// many next pages with one page hashes it once.
+func PageHash(page string) uint64 { return maphash.String(pageSeed, page) | 1 }
+
+// Is reports whether n is page, whose PageHash is hash. Comparing the
+// hashes first spares most string comparisons, which on a busy process
+// miss the cache: the page names live apart from the Next.
+func (n *Next) Is(page string, hash uint64) bool {
+	return (n.hash == 0 || n.hash == hash) && n.Page == page
 }
 
 // Dist is what is known online of the pages that follow a source page.

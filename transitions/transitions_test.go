@@ -482,3 +482,42 @@ func TestRedisScriptFlushed(t *testing.T) {
 		t.Errorf("evidence %v, want 2 (the failed Observe added nothing)", d.N)
 	}
 }
+
+// TestNextIs checks the hashed comparison: a Next from a store carries its
+// page's hash, one built elsewhere falls back on the page name, and a
+// matching hash alone is never enough.
+func TestNextIs(t *testing.T) {
+	s, err := NewMemory(Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(1e9, 0)
+	if err := s.Observe(context.Background(), []Transition{{From: "/a", To: "/b", At: at}, {From: "/a", To: "/c", At: at}}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := s.Lookup(context.Background(), []string{"/a"}, at, nil)
+	if len(d) != 1 || len(d[0].Next) != 2 {
+		t.Fatalf("lookup: %+v", d)
+	}
+	for _, tc := range []struct {
+		name string
+		n    Next
+		page string
+		hash uint64
+		want bool
+	}{
+		{"stored, same page", d[0].Next[0], d[0].Next[0].Page, PageHash(d[0].Next[0].Page), true},
+		{"stored, other page", d[0].Next[0], d[0].Next[1].Page, PageHash(d[0].Next[1].Page), false},
+		{"stored, hash of another page", d[0].Next[0], d[0].Next[0].Page, PageHash("/x"), false},
+		{"built, same page", Next{Page: "/b"}, "/b", PageHash("/b"), true},
+		{"built, other page", Next{Page: "/b"}, "/c", PageHash("/c"), false},
+		{"same hash, other page", Next{Page: "/b", hash: 7}, "/c", 7, false},
+	} {
+		if got := tc.n.Is(tc.page, tc.hash); got != tc.want {
+			t.Errorf("%s: Is(%q) = %v, want %v", tc.name, tc.page, got, tc.want)
+		}
+	}
+	if PageHash("/b") == 0 || PageHash("") == 0 {
+		t.Error("PageHash returned 0, the value for unknown")
+	}
+}

@@ -268,7 +268,7 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 	writer := &kafka.Writer{
 		Transport: transport,
 		Addr:      kafka.TCP(cfg.brokers...), Topic: cfg.topic, Balancer: &kafka.Hash{},
-		BatchTimeout: time.Millisecond, BatchSize: 1000, RequiredAcks: kafka.RequireOne, Async: true,
+		BatchTimeout: time.Millisecond, BatchSize: 64, RequiredAcks: kafka.RequireOne, Async: true,
 		Completion: func(_ []kafka.Message, err error) {
 			if err != nil {
 				produceErrs.Add(1)

@@ -132,6 +132,7 @@ type buffers struct {
 	from    []string
 	learn   []transitions.Transition
 	nextIdx []int64
+	known   []int64 // the vocabulary pages among nextIdx
 	mixed   []prefetch.Candidate
 	extra   []string
 }

@@ -272,7 +272,7 @@ func (e *Engine) choose(l *lifecycle.Live, probs []float32, current int64, page 
 			break
 		}
 	}
-	b.nextIdx = b.nextIdx[:0]
+	b.nextIdx, b.known = b.nextIdx[:0], b.known[:0]
 	var cOut float64 // the counts of next pages outside the vocabulary
 	for i := range d.Next {
 		if i == scored && len(b.cands) == 0 && cOut == 0 {
@@ -283,26 +283,39 @@ func (e *Engine) choose(l *lifecycle.Live, probs []float32, current int64, page 
 		b.nextIdx = append(b.nextIdx, idx)
 		if idx <= model.UnknownIndex {
 			cOut += n.Count
+		} else {
+			b.known = append(b.known, idx)
 		}
 	}
 	mixed := b.mixed[:0]
 	for _, c := range b.cands {
-		if !slices.Contains(b.nextIdx, c.Index) {
+		if !slices.Contains(b.known, c.Index) {
 			mixed = append(mixed, prefetch.Candidate{Index: c.Index, Probability: float32((1 - w) * float64(c.Probability))})
 		}
 	}
 	served := false
-	for i, n := range d.Next[:scored] {
+	var ph uint64 // PageHash(page), once needed
+	for i := range d.Next[:scored] {
+		n := &d.Next[i]
 		idx := b.nextIdx[i]
-		if n.Page == page || idx == current && idx > model.UnknownIndex {
-			continue
+		if idx > model.UnknownIndex {
+			if idx == current {
+				continue // a known page is its index: no string compare
+			}
+		} else {
+			if ph == 0 {
+				ph = transitions.PageHash(page)
+			}
+			if n.Is(page, ph) {
+				continue
+			}
 		}
 		known := idx > model.UnknownIndex
 		var pm float64
 		if j := max(idx, model.UnknownIndex); j < int64(len(probs)) {
 			pm = float64(probs[j])
 		}
-		p := e.deps.Transitions.Blend.Next(w, *d, n, pm, known, cOut)
+		p := e.deps.Transitions.Blend.Next(w, *d, *n, pm, known, cOut)
 		if !(p >= threshold) {
 			continue
 		}
@@ -313,19 +326,10 @@ func (e *Engine) choose(l *lifecycle.Live, probs []float32, current int64, page 
 		mixed = append(mixed, prefetch.Candidate{Index: idx, Probability: float32(p)})
 		served = true
 	}
-	slices.SortStableFunc(mixed, func(a, b prefetch.Candidate) int {
-		switch {
-		case a.Probability > b.Probability:
-			return -1
-		case a.Probability < b.Probability:
-			return 1
-		}
-		return 0
-	})
-	mixed = mixed[:min(k, len(mixed))]
+	mixed = topK(mixed, k)
 	if served {
 		for _, c := range mixed {
-			if c.Index < 0 || slices.Contains(b.nextIdx, c.Index) {
+			if c.Index < 0 || slices.Contains(b.known, c.Index) {
 				e.deps.Transitions.Served()
 				break
 			}
@@ -347,4 +351,27 @@ func (b *buffers) page(l *lifecycle.Live, i int64) string {
 type onlineState struct {
 	newPages    newPages
 	onlineErrAt atomic.Int64 // unix nanoseconds of the last logged failure
+}
+
+// topK keeps the k most probable of cs in place, most probable first; of
+// equal probabilities the earlier comes first (a stable sort's order). k is
+// small (a click's prefetches), so an insertion pass beats sorting them all.
+func topK(cs []prefetch.Candidate, k int) []prefetch.Candidate {
+	n := 0 // cs[:n] is the running top, sorted
+	for _, c := range cs {
+		if n == k {
+			if k == 0 || !(c.Probability > cs[n-1].Probability) {
+				continue
+			}
+			n--
+		}
+		j := n
+		for j > 0 && cs[j-1].Probability < c.Probability {
+			cs[j] = cs[j-1]
+			j--
+		}
+		cs[j] = c
+		n++
+	}
+	return cs[:n]
 }

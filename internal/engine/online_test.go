@@ -444,3 +444,25 @@ func BenchmarkNewPagesMemory(b *testing.B) {
 	}
 	b.ReportMetric(perUser, "B/user")
 }
+
+// TestTopK checks the insertion pass against a stable sort truncated to k,
+// ties included (probabilities drawn from a few values).
+func TestTopK(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	for _, tc := range []struct{ n, k, values int }{
+		{0, 3, 4}, {1, 3, 4}, {5, 0, 4}, {5, 3, 2}, {40, 3, 5}, {40, 40, 3}, {67, 8, 1000}, {3, 10, 2},
+	} {
+		for trial := range 50 {
+			cs := make([]prefetch.Candidate, tc.n)
+			for i := range cs {
+				cs[i] = prefetch.Candidate{Index: int64(i), Probability: float32(rng.IntN(tc.values)) / float32(tc.values)}
+			}
+			want := slices.Clone(cs)
+			slices.SortStableFunc(want, func(a, b prefetch.Candidate) int { return cmp.Compare(b.Probability, a.Probability) })
+			want = want[:min(tc.k, len(want))]
+			if got := topK(cs, tc.k); !slices.Equal(got, want) {
+				t.Fatalf("n %d k %d trial %d: got %v, want %v", tc.n, tc.k, trial, got, want)
+			}
+		}
+	}
+}
