@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,7 +62,17 @@ type redisStore struct {
 	consts []any
 	// loaded says the script is believed loaded in the servers.
 	loaded atomic.Bool
+	// freshSent is the score last written for each online-only page, so
+	// that a page seen again is re-scored only after freshRefresh: a
+	// ZADD of every page of every batch costs Redis milliseconds in one
+	// command. Reset when it outgrows 2 * MaxPages.
+	freshMu   sync.Mutex
+	freshSent map[string]float64
 }
+
+// freshRefresh is how stale (seconds, against the retention) an
+// online-only page's score may get before it is written again.
+func (s *redisStore) freshRefresh() float64 { return s.retention / 1000 }
 
 // Counts in Redis are integers, in units of 1/fixedScale of a click at the
 // hash's base time, so that the script adds them with HINCRBY (a float
@@ -182,7 +193,7 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 		batches[j].ref = max(batches[j].ref, at)
 	}
 	byPair := make(map[[2]string]int, len(ts))
-	var fresh []redis.Z
+	freshAt := make(map[string]float64)
 	var newest float64
 	for i := range ts {
 		t := &ts[i]
@@ -197,11 +208,23 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 			src.next = append(src.next, nextWeight{page: t.To, w: w})
 		}
 		if t.FromUnknown {
-			fresh = append(fresh, redis.Z{Score: at, Member: t.From})
+			freshAt[t.From] = max(freshAt[t.From], at)
 		}
 		if t.ToUnknown {
-			fresh = append(fresh, redis.Z{Score: at, Member: t.To})
+			freshAt[t.To] = max(freshAt[t.To], at)
 		}
+	}
+	// The online-only pages whose score is missing or older than
+	// freshRefresh; recorded as sent once the pipeline succeeds.
+	var fresh []redis.Z
+	if len(freshAt) > 0 {
+		s.freshMu.Lock()
+		for p, at := range freshAt {
+			if last, ok := s.freshSent[p]; !ok || at-last >= s.freshRefresh() {
+				fresh = append(fresh, redis.Z{Score: at, Member: p})
+			}
+		}
+		s.freshMu.Unlock()
 	}
 	// Load the script once (again after a server lost it) so that the
 	// pipeline can use EVALSHA.
@@ -243,6 +266,26 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 			s.loaded.Store(false)
 		}
 		return fmt.Errorf("observe transitions: %w", err)
+	}
+	if len(fresh) > 0 {
+		s.freshMu.Lock()
+		if s.freshSent == nil || len(s.freshSent)+len(fresh) > 2*s.cfg.MaxPages {
+			s.freshSent = make(map[string]float64, len(fresh))
+		}
+		for _, z := range fresh {
+			p := z.Member.(string)
+			s.freshSent[p] = max(s.freshSent[p], z.Score)
+		}
+		s.freshMu.Unlock()
+	}
+	if len(freshAt) > 0 {
+		// Fewer pages in Redis than written: trimmed, or lost with the
+		// server (a restart, a flush). Write every page again.
+		s.freshMu.Lock()
+		if card.Val() < int64(len(s.freshSent)) {
+			s.freshSent = nil
+		}
+		s.freshMu.Unlock()
 	}
 	s.m.observed.Add(float64(len(ts)))
 	s.m.onlineOnly.Set(float64(card.Val()))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -519,5 +520,74 @@ func TestNextIs(t *testing.T) {
 	}
 	if PageHash("/b") == 0 || PageHash("") == 0 {
 		t.Error("PageHash returned 0, the value for unknown")
+	}
+}
+
+// TestOnlineOnlyWrites checks that the Redis store re-scores an online-only
+// page only after freshRefresh (ZADD calls counted by a real redis-server),
+// and that the gauge recovers at the next batch after the set is lost.
+func TestOnlineOnlyWrites(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { c.Close() })
+	s, err := NewRedis(Config{}, c, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	zadds := func() int {
+		info, err := c.Info(ctx, "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitSeq(info, "\r\n") {
+			if rest, ok := strings.CutPrefix(line, "cmdstat_zadd:calls="); ok {
+				n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+				return n
+			}
+		}
+		return 0
+	}
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	refresh := time.Duration(s.Store.(*redisStore).freshRefresh() * float64(time.Second))
+	batch := func(at time.Time, pages ...string) {
+		t.Helper()
+		var ts []Transition
+		for _, p := range pages {
+			ts = append(ts, Transition{From: "/home", To: p, ToUnknown: true, At: at})
+		}
+		if err := s.Observe(ctx, ts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		name      string
+		at        time.Duration
+		flush     bool
+		pages     []string
+		wantZadds int // more than before
+		wantPages float64
+	}{
+		{"new pages", 0, false, []string{"/n1", "/n2", "/n1"}, 1, 2},
+		{"seen again, fresh", refresh / 2, false, []string{"/n1", "/n2"}, 0, 2},
+		{"one new page", refresh / 2, false, []string{"/n1", "/n3"}, 1, 3},
+		{"seen again, stale", refresh + time.Second, false, []string{"/n1"}, 1, 3},
+		{"set lost: counted low once", refresh + 2*time.Second, true, []string{"/n3"}, 0, 0},
+		{"then written again", refresh + 3*time.Second, false, []string{"/n2", "/n3"}, 1, 2},
+	} {
+		if step.flush {
+			if err := c.FlushAll(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := zadds()
+		batch(t0.Add(step.at), step.pages...)
+		if got := zadds() - before; got != step.wantZadds {
+			t.Errorf("%s: %d ZADD, want %d", step.name, got, step.wantZadds)
+		}
+		if got := testutil.ToFloat64(s.m.onlineOnly); got != step.wantPages {
+			t.Errorf("%s: online-only pages = %v, want %v", step.name, got, step.wantPages)
+		}
 	}
 }
