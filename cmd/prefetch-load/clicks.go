@@ -120,6 +120,7 @@ type clickResult struct {
 	Shed      float64 `json:"shed"`
 	Late      float64 `json:"late"`
 	MetricP99 float64 `json:"metric_p99_ms"`
+	RedisHz   string  `json:"redis_hz"` // Redis's hz setting, "?" when unreadable
 }
 
 // phase is the state of one rate: users c<phase>-<n>, the send time of
@@ -152,6 +153,12 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 	defer rdb.Close()
 	if err := rdb.ConfigSet(ctx, "notify-keyspace-events", "E$").Err(); err != nil {
 		return fmt.Errorf("turn on keyspace notifications at %s: %w", cfg.redisAddr, err)
+	}
+	// Redis's hz sets how long its expiry cycles block it (up to 25 ms at
+	// the default 10 with many keys expiring): part of the tail measured.
+	hz := "?"
+	if v, err := rdb.ConfigGet(ctx, "hz").Result(); err == nil && v["hz"] != "" {
+		hz = v["hz"]
 	}
 	nonce := make([]byte, 4)
 	_, _ = rand.Read(nonce)
@@ -285,8 +292,8 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	if !cfg.jsonOut {
-		fmt.Fprintf(out, "clicks to %s topic %s, keys in redis %s (%s); %s measured per rate after %s warm-up, %s drain; a user clicks every %s\n",
-			strings.Join(cfg.brokers, ","), cfg.topic, cfg.redisAddr, cfg.keyTemplate, cfg.duration, cfg.warmup, cfg.drain, cfg.userGap)
+		fmt.Fprintf(out, "clicks to %s topic %s, keys in redis %s (%s, hz %s); %s measured per rate after %s warm-up, %s drain; a user clicks every %s\n",
+			strings.Join(cfg.brokers, ","), cfg.topic, cfg.redisAddr, cfg.keyTemplate, hz, cfg.duration, cfg.warmup, cfg.drain, cfg.userGap)
 		fmt.Fprintf(out, "%7s %9s %8s %7s %8s %9s %9s %9s %9s %9s %6s %10s %8s %8s %10s\n",
 			"rate", "sent/s", "clicks", "warmed", "keys", "p50", "p99", "p99.9", "bare p50", "bare p99", "ratio", "queue_full", "shed", "late", "metric p99")
 	}
@@ -316,6 +323,7 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 		case <-time.After(cfg.drain):
 		}
 		res := p.result(rate, sent, cfg.duration)
+		res.RedisHz = hz
 		if cfg.metricsURL != "" {
 			after, err := scrape(ctx, cfg.metricsURL)
 			if err != nil {
@@ -519,6 +527,7 @@ func printClicks(out io.Writer, jsonOut bool, r clickResult) error {
 func nanToNull(r clickResult) map[string]any {
 	out := map[string]any{
 		"rate": r.Rate, "sent_per_second": r.SentRate, "clicks": r.Clicks, "clicks_warmed": r.Warmed, "keys": r.Keys,
+		"redis_hz": r.RedisHz,
 	}
 	for k, v := range map[string]float64{
 		"p50_ms": r.P50, "p99_ms": r.P99, "p999_ms": r.P999, "bare_p50_ms": r.BareP50, "bare_p99_ms": r.BareP99,

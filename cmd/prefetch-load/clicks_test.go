@@ -72,7 +72,7 @@ func TestClicks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	b := kafkatest.Start(t, "clicks")
-	srv := redistest.Start(t)
+	srv := redistest.Start(t, "--hz", "37") // reported in the results
 	b.Produce(t, "clicks", kafkatest.Message("probe", `{"user_id":"probe","page":"/","ts":"2026-12-01T00:00:00Z"}`))
 	const delay = 40 * time.Millisecond
 	standIn(t, ctx, b.Addr(), srv.Addr(), delay)
@@ -115,6 +115,9 @@ func TestClicks(t *testing.T) {
 		}
 		if num("bare_p99_ms") <= 0 || num("p99_ratio") <= 0 {
 			t.Errorf("rate %v: bare p99 %v, ratio %v; want both positive", rate, r["bare_p99_ms"], r["p99_ratio"])
+		}
+		if r["redis_hz"] != "37" {
+			t.Errorf("rate %v: redis_hz %v, want the server's 37", rate, r["redis_hz"])
 		}
 		if r["queue_full"] != nil {
 			t.Errorf("rate %v: queue_full %v without --metrics-url, want null", rate, r["queue_full"])
