@@ -120,7 +120,7 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 		clickToWarm: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "prefetchd_click_to_warm_seconds",
 			Help:    "Time from a click (its event ts, or its Kafka record timestamp when ts is more than a minute off) to Redis acknowledging the write of a page predicted from it.",
-			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 18),
+			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 36), // ~1.4× apart
 		}),
 		late: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_prefetch_late_total",
