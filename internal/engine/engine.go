@@ -361,10 +361,11 @@ func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Met
 // back as err.
 //
 // A click whose earlier attempt failed in a store call (an Append or Save
-// whose reply may be lost: a timeout after the script ran) is remembered.
-// When its retry finds it appended, it was this engine's own work: counted
-// now if the Append's reply never came back, and reported applied, not as
-// a duplicate (errSettled when nothing is left to do, resumed false when
+// whose reply may be lost: a timeout after the script ran) is remembered,
+// and so is one applied in a run the consumer hands again from an earlier
+// click's failure. When its retry finds it appended, it was this engine's
+// own work: counted now if the Append's reply never came back, and
+// reported applied, not as a duplicate (errSettled when nothing is left to do, resumed false when
 // the state is still to be saved).
 func (e *Engine) appended(err error, user string, c features.Click, page string, at time.Time) (resumed bool, _ error) {
 	switch {
@@ -408,9 +409,11 @@ func (e *Engine) count(user, page string, at time.Time) {
 // Save failed (the store may have applied it without the reply getting
 // back), and whether a click was counted. The consumer retries a wave from
 // its first failed click, so a click this engine applied and counted can
-// come back, fail in a store call, and come back again found applied: it
-// is then settled, not counted a second time. A click counted and found
-// applied again with no failure in between is a redelivery (a duplicate).
+// come back found applied, or fail in a store call and come back again
+// found applied: it is then settled, not counted a second time, and not
+// reported a duplicate (the consumer counted none of that run from the
+// failure on). A click settled and found applied again is a redelivery (a
+// duplicate).
 // Keyed by the click's position in Kafka (a user may have several clicks
 // in one wave). Bounded: two generations of at most maxUnanswered clicks
 // each, the older dropped when the newer fills (a click then forgotten is
@@ -433,6 +436,10 @@ type clickKey struct {
 type outcome struct {
 	counted bool // in the evaluation and totals
 	failed  bool // a store call of its last attempt failed: its reply may be lost
+	// pending: applied and counted by an attempt whose run the consumer
+	// hands again (it settled none of it), so that the retry finds it
+	// applied by this engine rather than redelivered.
+	pending bool
 }
 
 const maxUnanswered = 1 << 16
@@ -470,7 +477,7 @@ func (u *unanswered) put(user string, c features.Click, counted bool) {
 // is to be retried: a later attempt may fail in a store call and the one
 // after find it applied.
 func (u *unanswered) applied(user string, c features.Click) {
-	u.merge(user, c, outcome{counted: true})
+	u.merge(user, c, outcome{counted: true, pending: true})
 }
 
 // merge adds o to what is known of c: a click once counted stays counted,
@@ -483,12 +490,13 @@ func (u *unanswered) merge(user string, c features.Click, o outcome) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	was, _ := u.get(k)
-	u.store(k, outcome{counted: o.counted || was.counted, failed: o.failed || was.failed})
+	u.store(k, outcome{counted: o.counted || was.counted, failed: o.failed || was.failed, pending: o.pending || was.pending})
 }
 
 // take reports whether a store call of c failed in an earlier attempt of
-// this engine, and whether c was counted; from then on c is remembered as
-// counted and settled, as the caller counts it if it was not.
+// this engine, or an earlier attempt applied c in a run handed again, and
+// whether c was counted; from then on c is remembered as counted and
+// settled, as the caller counts it if it was not.
 func (u *unanswered) take(user string, c features.Click) (counted, ok bool) {
 	if u.n.Load() == 0 || c.Offset < 0 {
 		return false, false
@@ -497,7 +505,7 @@ func (u *unanswered) take(user string, c features.Click) (counted, ok bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	was, found := u.get(k)
-	if !found || !was.failed {
+	if !found || !was.failed && !was.pending {
 		return false, false
 	}
 	u.store(k, outcome{counted: true})
