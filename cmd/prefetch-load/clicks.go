@@ -121,6 +121,11 @@ type clickResult struct {
 	Late      float64 `json:"late"`
 	MetricP99 float64 `json:"metric_p99_ms"`
 	RedisHz   string  `json:"redis_hz"` // Redis's hz setting, "?" when unreadable
+	// StallMs is the longest latency event Redis recorded in the measured
+	// window (LATENCY LATEST: an expiry cycle, a slow command, a fork...),
+	// StallEvent its name; NaN and "" when Redis refuses LATENCY.
+	StallMs    float64 `json:"redis_stall_ms"`
+	StallEvent string  `json:"redis_stall_event"`
 }
 
 // phase is the state of one rate: users c<phase>-<n>, the send time of
@@ -159,6 +164,10 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 	hz := "?"
 	if v, err := rdb.ConfigGet(ctx, "hz").Result(); err == nil && v["hz"] != "" {
 		hz = v["hz"]
+	}
+	// Redis's latency monitor names its stalls; on at 1 ms unless set.
+	if v, err := rdb.ConfigGet(ctx, "latency-monitor-threshold").Result(); err == nil && v["latency-monitor-threshold"] == "0" {
+		_ = rdb.ConfigSet(ctx, "latency-monitor-threshold", "1").Err()
 	}
 	nonce := make([]byte, 4)
 	_, _ = rand.Read(nonce)
@@ -294,8 +303,8 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 	if !cfg.jsonOut {
 		fmt.Fprintf(out, "clicks to %s topic %s, keys in redis %s (%s, hz %s); %s measured per rate after %s warm-up, %s drain; a user clicks every %s\n",
 			strings.Join(cfg.brokers, ","), cfg.topic, cfg.redisAddr, cfg.keyTemplate, hz, cfg.duration, cfg.warmup, cfg.drain, cfg.userGap)
-		fmt.Fprintf(out, "%7s %9s %8s %7s %8s %9s %9s %9s %9s %9s %6s %10s %8s %8s %10s\n",
-			"rate", "sent/s", "clicks", "warmed", "keys", "p50", "p99", "p99.9", "bare p50", "bare p99", "ratio", "queue_full", "shed", "late", "metric p99")
+		fmt.Fprintf(out, "%7s %9s %8s %7s %8s %9s %9s %9s %9s %9s %6s %10s %8s %8s %10s  %s\n",
+			"rate", "sent/s", "clicks", "warmed", "keys", "p50", "p99", "p99.9", "bare p50", "bare p99", "ratio", "queue_full", "shed", "late", "metric p99", "redis stall")
 	}
 	for _, rate := range cfg.rates {
 		users := max(int(float64(rate)*cfg.userGap.Seconds()), 1)
@@ -310,6 +319,7 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 		phasesMu.Unlock()
 		var before map[string]float64
 		sent, err := produce(ctx, writer, p, idx, run, rate, pages, cfg.warmup, func() {
+			_ = rdb.Do(ctx, "latency", "reset").Err()
 			if cfg.metricsURL != "" {
 				before, _ = scrape(ctx, cfg.metricsURL)
 			}
@@ -324,6 +334,7 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 		}
 		res := p.result(rate, sent, cfg.duration)
 		res.RedisHz = hz
+		res.StallMs, res.StallEvent = redisStall(ctx, rdb)
 		if cfg.metricsURL != "" {
 			after, err := scrape(ctx, cfg.metricsURL)
 			if err != nil {
@@ -517,21 +528,50 @@ func printClicks(out io.Writer, jsonOut bool, r clickResult) error {
 	if r.Clicks > 0 {
 		warmed = strconv.FormatFloat(100*float64(r.Warmed)/float64(r.Clicks), 'f', 1, 64) + "%"
 	}
-	_, err := fmt.Fprintf(out, "%7d %9.0f %8d %7s %8d %9s %9s %9s %9s %9s %6s %10s %8s %8s %10s\n",
+	stall := f(r.StallMs, "ms")
+	if r.StallEvent != "" {
+		stall += " " + r.StallEvent
+	}
+	_, err := fmt.Fprintf(out, "%7d %9.0f %8d %7s %8d %9s %9s %9s %9s %9s %6s %10s %8s %8s %10s  %s\n",
 		r.Rate, r.SentRate, r.Clicks, warmed, r.Keys, f(r.P50, "ms"), f(r.P99, "ms"), f(r.P999, "ms"),
-		f(r.BareP50, "ms"), f(r.BareP99, "ms"), f(r.Ratio, ""), f(r.QueueFull, ""), f(r.Shed, ""), f(r.Late, ""), f(r.MetricP99, "ms"))
+		f(r.BareP50, "ms"), f(r.BareP99, "ms"), f(r.Ratio, ""), f(r.QueueFull, ""), f(r.Shed, ""), f(r.Late, ""), f(r.MetricP99, "ms"), stall)
 	return err
+}
+
+// redisStall returns the longest latency event Redis recorded since the
+// last LATENCY RESET and its name (0 and "" when none), or NaN when Redis
+// refuses LATENCY. Each LATENCY LATEST entry is [event, time, latest ms,
+// max ms].
+func redisStall(ctx context.Context, rdb *redis.Client) (float64, string) {
+	entries, err := rdb.Do(ctx, "latency", "latest").Slice()
+	if err != nil {
+		return math.NaN(), ""
+	}
+	var worst float64
+	var event string
+	for _, e := range entries {
+		fields, ok := e.([]any)
+		if !ok || len(fields) < 4 {
+			continue
+		}
+		name, _ := fields[0].(string)
+		if ms, ok := fields[3].(int64); ok && float64(ms) > worst {
+			worst, event = float64(ms), name
+		}
+	}
+	return worst, event
 }
 
 // nanToNull is r as a map with NaN (not measured) as null, for JSON.
 func nanToNull(r clickResult) map[string]any {
 	out := map[string]any{
 		"rate": r.Rate, "sent_per_second": r.SentRate, "clicks": r.Clicks, "clicks_warmed": r.Warmed, "keys": r.Keys,
-		"redis_hz": r.RedisHz,
+		"redis_hz": r.RedisHz, "redis_stall_event": r.StallEvent,
 	}
 	for k, v := range map[string]float64{
 		"p50_ms": r.P50, "p99_ms": r.P99, "p999_ms": r.P999, "bare_p50_ms": r.BareP50, "bare_p99_ms": r.BareP99,
 		"p99_ratio": r.Ratio, "queue_full": r.QueueFull, "shed": r.Shed, "late": r.Late, "metric_p99_ms": r.MetricP99,
+		"redis_stall_ms": r.StallMs,
 	} {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			out[k] = nil

@@ -116,6 +116,9 @@ func TestClicks(t *testing.T) {
 		if num("bare_p99_ms") <= 0 || num("p99_ratio") <= 0 {
 			t.Errorf("rate %v: bare p99 %v, ratio %v; want both positive", rate, r["bare_p99_ms"], r["p99_ratio"])
 		}
+		if v, ok := r["redis_stall_ms"].(float64); !ok || v < 0 {
+			t.Errorf("rate %v: redis_stall_ms %v, want a number", rate, r["redis_stall_ms"])
+		}
 		if r["redis_hz"] != "37" {
 			t.Errorf("rate %v: redis_hz %v, want the server's 37", rate, r["redis_hz"])
 		}
@@ -184,5 +187,35 @@ func TestClicksFlags(t *testing.T) {
 				t.Fatalf("err %v, want one naming %s", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestRedisStall makes Redis stall in a busy script on a real redis-server
+// and checks that redisStall names the event and its length, and reports
+// nothing after LATENCY RESET.
+func TestRedisStall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := redistest.Start(t, "--latency-monitor-threshold", "1")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	if ms, ev := redisStall(ctx, rdb); ms != 0 || ev != "" {
+		t.Fatalf("fresh server: stall %v %q, want none", ms, ev)
+	}
+	// A script busy for at least 20 ms by Redis's own clock.
+	const busy = `local t0 = redis.call('TIME') local ms = 0
+while ms < 20 do local t = redis.call('TIME') ms = (t[1] - t0[1]) * 1000 + (t[2] - t0[2]) / 1000 end
+return 1`
+	if err := rdb.Eval(ctx, busy, nil).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if ms, ev := redisStall(ctx, rdb); ms < 20 || ev != "command" {
+		t.Fatalf("after a 20 ms script: stall %v ms %q, want at least 20 ms, event command", ms, ev)
+	}
+	if err := rdb.Do(ctx, "latency", "reset").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if ms, ev := redisStall(ctx, rdb); ms != 0 || ev != "" {
+		t.Fatalf("after LATENCY RESET: stall %v %q, want none", ms, ev)
 	}
 }
