@@ -168,6 +168,16 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	}
 	defer rdb.Close()
 	ready.add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	if cfg.RedisAddr != "" {
+		auxWG.Go(func() {
+			hctx, cancel := context.WithTimeout(srvCtx, 5*time.Second)
+			defer cancel()
+			if hz, advise, err := redisHzAdvice(hctx, rdb, cfg.TTL); err == nil && advise {
+				log.Warn("redis expires keys in cycles of up to 25 ms at this hz, which will show in click-to-warm latency with this TTL; consider hz 100 (redis-server --hz 100, or CONFIG SET hz 100)",
+					"hz", hz, "ttl", cfg.TTL)
+			}
+		})
+	}
 	kafkaTLS, kafkaSASL, err := kafkaSecurity(cfg)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -140,4 +141,28 @@ func readWeights(path string) (map[string]float64, error) {
 		return nil, fmt.Errorf("cost weights %s: %w", path, err)
 	}
 	return w, nil
+}
+
+// hzAdvisedBelow is the Redis hz under which short TTLs get advice: Redis
+// expires keys in cycles run hz times a second, each allowed up to 25 ms at
+// the default hz 10, and with thousands of keys expiring a second those
+// cycles make most of the warm writes' tail (README: Click to warm).
+const hzAdvisedBelow = 50
+
+// shortTTL is the key TTL at or under which the advice applies.
+const shortTTL = 30 * time.Second
+
+// redisHzAdvice reads Redis's hz and reports whether, with keys living
+// ttl, it is worth raising (to 100). A Redis that refuses CONFIG GET
+// (managed services, the in-process store) returns the error.
+func redisHzAdvice(ctx context.Context, rdb redis.UniversalClient, ttl time.Duration) (hz int, advise bool, err error) {
+	v, err := rdb.ConfigGet(ctx, "hz").Result()
+	if err != nil {
+		return 0, false, fmt.Errorf("read redis hz: %w", err)
+	}
+	hz, err = strconv.Atoi(v["hz"])
+	if err != nil {
+		return 0, false, fmt.Errorf("read redis hz %q: %w", v["hz"], err)
+	}
+	return hz, ttl <= shortTTL && hz < hzAdvisedBelow, nil
 }
