@@ -53,7 +53,9 @@ turns on), beside a bare kafka-go group reader of the same stream on the same
 broker (its own group, the service's fetch settings and batched commits), in
 the same run. prefetchd is run separately, with --key-template
 'user:{user}:page:{page}' (or the template given here) and a --ttl shorter
-than --user-gap, so that every click warms fresh keys.`
+than --user-gap, so that every click warms fresh keys. Each rate also shows
+Redis's longest stall in its window and the cause (LATENCY LATEST; the latency
+monitor is turned on at 1 ms when it is off).`
 
 func parseClicksFlags(args []string, stdout io.Writer) (clicksConfig, error) {
 	c := clicksConfig{}
