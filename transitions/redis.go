@@ -267,7 +267,7 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 		}
 		return fmt.Errorf("observe transitions: %w", err)
 	}
-	if len(fresh) > 0 {
+	if len(freshAt) > 0 {
 		s.freshMu.Lock()
 		if s.freshSent == nil || len(s.freshSent)+len(fresh) > 2*s.cfg.MaxPages {
 			s.freshSent = make(map[string]float64, len(fresh))
@@ -276,12 +276,8 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 			p := z.Member.(string)
 			s.freshSent[p] = max(s.freshSent[p], z.Score)
 		}
-		s.freshMu.Unlock()
-	}
-	if len(freshAt) > 0 {
 		// Fewer pages in Redis than written: trimmed, or lost with the
 		// server (a restart, a flush). Write every page again.
-		s.freshMu.Lock()
 		if card.Val() < int64(len(s.freshSent)) {
 			s.freshSent = nil
 		}

@@ -365,8 +365,8 @@ func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Met
 // and so is one applied in a run the consumer hands again from an earlier
 // click's failure. When its retry finds it appended, it was this engine's
 // own work: counted now if the Append's reply never came back, and
-// reported applied, not as a duplicate (errSettled when nothing is left to do, resumed false when
-// the state is still to be saved).
+// reported applied, not as a duplicate (errSettled when nothing is left to
+// do, resumed false when the state is still to be saved).
 func (e *Engine) appended(err error, user string, c features.Click, page string, at time.Time) (resumed bool, _ error) {
 	switch {
 	case err == nil:

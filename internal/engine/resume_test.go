@@ -513,67 +513,84 @@ func TestSaveAfterAnotherWriter(t *testing.T) {
 	}
 }
 
+// retryRig is a GRU engine on a store that refuses chosen Appends, with
+// clicks named by user and number (offset 100*len(user)+k, partition 1).
+type retryRig struct {
+	eng  *Engine
+	eval *prefetch.Evaluator
+	// run hands the clicks (user, k, user, k, ...) as one run and returns
+	// the first failed index and the errors.
+	run func(clicks ...any) (int, []error)
+	// refuse makes the store refuse the next Append of click (user, k).
+	refuse func(user string, k int)
+}
+
+func newRetryRig(t *testing.T, ctx context.Context, st storeBackend) retryRig {
+	t.Helper()
+	faulty := &faultyStore{refuse: true}
+	eng, _, eval, bundle := gruEngine(t, newFaulty(st.mk(st.name+":"), faulty))
+	v := bundle.Vocab()
+	at := time.Now().Add(-time.Hour)
+	click := func(user string, k int) (features.Event, features.Meta) {
+		return features.Event{UserID: user, Page: v.Page(int64(2 + k%(v.Len()-2))), TS: at.Add(time.Duration(k) * time.Second)},
+			features.Meta{Partition: 1, Offset: int64(100*len(user) + k)}
+	}
+	return retryRig{
+		eng: eng, eval: eval,
+		run: func(clicks ...any) (int, []error) {
+			var evs []features.Event
+			var metas []features.Meta
+			for i := 0; i < len(clicks); i += 2 {
+				e, m := click(clicks[i].(string), clicks[i+1].(int))
+				evs, metas = append(evs, e), append(metas, m)
+			}
+			errs := make([]error, len(evs))
+			return eng.HandleEvents(ctx, evs, metas, errs), errs
+		},
+		refuse: func(user string, k int) {
+			_, m := click(user, k)
+			faulty.mu.Lock()
+			faulty.user, faulty.fails, faulty.refuseAt = user, 1, map[int64]bool{m.Offset: true}
+			faulty.mu.Unlock()
+		},
+	}
+}
+
 // TestRetriedAppliedClickCountedOnce: the consumer hands a run again from
 // its first click that failed, so a click of another user that the run
 // applied and counted (in an earlier wave) comes back; if its Append then
 // fails before reaching the store (Redis down) and the next retry finds it
 // applied, it is settled (no error, no duplicate) and still counted once.
-// A click handed again with no failure in between is a redelivery: a
-// duplicate, not counted again. On the in-memory store and on a real
-// redis-server.
+// A settled click handed again is a redelivery: a duplicate, not counted
+// again. On the in-memory store and on a real redis-server.
 func TestRetriedAppliedClickCountedOnce(t *testing.T) {
 	for _, st := range storeBackends(t) {
 		t.Run(st.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			faulty := &faultyStore{refuse: true}
-			eng, _, eval, bundle := gruEngine(t, newFaulty(st.mk(st.name+":"), faulty))
-			v := bundle.Vocab()
-			at := time.Now().Add(-time.Hour)
-			click := func(user string, k int) (features.Event, features.Meta) {
-				return features.Event{UserID: user, Page: v.Page(int64(2 + k%(v.Len()-2))), TS: at.Add(time.Duration(k) * time.Second)},
-					features.Meta{Partition: 1, Offset: int64(100*len(user) + k)}
-			}
-			// run hands clicks (user, k) as one run and returns the first
-			// failed index and the errors.
-			run := func(clicks ...any) (int, []error) {
-				var evs []features.Event
-				var metas []features.Meta
-				for i := 0; i < len(clicks); i += 2 {
-					e, m := click(clicks[i].(string), clicks[i+1].(int))
-					evs, metas = append(evs, e), append(metas, m)
-				}
-				errs := make([]error, len(evs))
-				return eng.HandleEvents(ctx, evs, metas, errs), errs
-			}
-			refuse := func(user string, k int) {
-				_, m := click(user, k)
-				faulty.mu.Lock()
-				faulty.user, faulty.fails, faulty.refuseAt = user, 1, map[int64]bool{m.Offset: true}
-				faulty.mu.Unlock()
-			}
+			r := newRetryRig(t, ctx, st)
 			// Waves: a0 and u0 first, then a1, refused: the run fails at a1
 			// (index 1) after u0 (index 2) was applied and counted.
-			refuse("a", 1)
-			if n, errs := run("a", 0, "a", 1, "u", 0); n != 1 || !errors.Is(errs[1], errAppendFault) {
+			r.refuse("a", 1)
+			if n, errs := r.run("a", 0, "a", 1, "u", 0); n != 1 || !errors.Is(errs[1], errAppendFault) {
 				t.Fatalf("run with a1 refused: first failure %d, errors %v; want 1 and the injected error", n, errs)
 			}
 			// Handed again from a1: u0's Append is refused now.
-			refuse("u", 0)
-			if n, errs := run("a", 1, "u", 0); n != 1 || errs[0] != nil || !errors.Is(errs[1], errAppendFault) {
+			r.refuse("u", 0)
+			if n, errs := r.run("a", 1, "u", 0); n != 1 || errs[0] != nil || !errors.Is(errs[1], errAppendFault) {
 				t.Fatalf("second attempt with u0 refused: first failure %d, errors %v; want 1, a1 applied", n, errs)
 			}
 			// Handed again from u0: found applied by this engine, settled.
-			if n, errs := run("u", 0); n != 1 || errs[0] != nil {
+			if n, errs := r.run("u", 0); n != 1 || errs[0] != nil {
 				t.Fatalf("third attempt: %d %v, want u0 settled", n, errs)
 			}
-			if got, tot := evaluatedClicks(eval), eng.Totals(); got != 3 || tot.Events != 3 {
+			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 {
 				t.Fatalf("evaluator counted %d clicks, %d events applied; want 3 and 3 (u0 once)", got, tot.Events)
 			}
-			if _, errs := run("a", 0); !errors.Is(errs[0], features.ErrDuplicate) {
+			if _, errs := r.run("a", 0); !errors.Is(errs[0], features.ErrDuplicate) {
 				t.Fatalf("a0 redelivered: %v, want a duplicate", errs[0])
 			}
-			if got, tot := evaluatedClicks(eval), eng.Totals(); got != 3 || tot.Events != 3 {
+			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 {
 				t.Fatalf("after a redelivery: evaluator %d clicks, %d events applied, want 3 and 3", got, tot.Events)
 			}
 		})
@@ -588,52 +605,27 @@ func TestRetriedRunNotDuplicate(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			faulty := &faultyStore{refuse: true}
-			eng, _, eval, bundle := gruEngine(t, newFaulty(st.mk(st.name+":"), faulty))
-			v := bundle.Vocab()
-			at := time.Now().Add(-time.Hour)
-			click := func(user string, k int) (features.Event, features.Meta) {
-				return features.Event{UserID: user, Page: v.Page(int64(2 + k%(v.Len()-2))), TS: at.Add(time.Duration(k) * time.Second)},
-					features.Meta{Partition: 1, Offset: int64(100*len(user) + k)}
-			}
-			// run hands clicks (user, k) as one run and returns the first
-			// failed index and the errors.
-			run := func(clicks ...any) (int, []error) {
-				var evs []features.Event
-				var metas []features.Meta
-				for i := 0; i < len(clicks); i += 2 {
-					e, m := click(clicks[i].(string), clicks[i+1].(int))
-					evs, metas = append(evs, e), append(metas, m)
-				}
-				errs := make([]error, len(evs))
-				return eng.HandleEvents(ctx, evs, metas, errs), errs
-			}
-			refuse := func(user string, k int) {
-				_, m := click(user, k)
-				faulty.mu.Lock()
-				faulty.user, faulty.fails, faulty.refuseAt = user, 1, map[int64]bool{m.Offset: true}
-				faulty.mu.Unlock()
-			}
+			r := newRetryRig(t, ctx, st)
 			// Waves: a0 and u0 first, then a1, refused: the run fails at a1
 			// (index 1) after u0 (index 2) was applied and counted.
-			refuse("a", 1)
-			if n, errs := run("a", 0, "a", 1, "u", 0); n != 1 || !errors.Is(errs[1], errAppendFault) {
+			r.refuse("a", 1)
+			if n, errs := r.run("a", 0, "a", 1, "u", 0); n != 1 || !errors.Is(errs[1], errAppendFault) {
 				t.Fatalf("run with a1 refused: first failure %d, errors %v; want 1 and the injected error", n, errs)
 			}
 			// Handed again from a1, nothing refused: u0 is found applied by
 			// this engine's earlier attempt, which the consumer did not
 			// settle: applied, neither a duplicate nor counted twice.
-			if n, errs := run("a", 1, "u", 0); n != 2 || errs[0] != nil || errs[1] != nil {
+			if n, errs := r.run("a", 1, "u", 0); n != 2 || errs[0] != nil || errs[1] != nil {
 				t.Fatalf("second attempt: first failure %d, errors %v; want 2, both applied", n, errs)
 			}
-			if got, tot := evaluatedClicks(eval), eng.Totals(); got != 3 || tot.Events != 3 || tot.Duplicates != 0 {
+			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 || tot.Duplicates != 0 {
 				t.Fatalf("evaluator counted %d clicks, totals %+v; want 3 events, 0 duplicates", got, tot)
 			}
 			// Settled since: a redelivery of u0 is a duplicate.
-			if _, errs := run("u", 0); !errors.Is(errs[0], features.ErrDuplicate) {
+			if _, errs := r.run("u", 0); !errors.Is(errs[0], features.ErrDuplicate) {
 				t.Fatalf("u0 redelivered: %v, want a duplicate", errs[0])
 			}
-			if got, tot := evaluatedClicks(eval), eng.Totals(); got != 3 || tot.Events != 3 || tot.Duplicates != 1 {
+			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 || tot.Duplicates != 1 {
 				t.Fatalf("after a redelivery: evaluator %d clicks, totals %+v, want 3 events, 1 duplicate", got, tot)
 			}
 		})
