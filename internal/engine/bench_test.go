@@ -136,7 +136,7 @@ func BenchmarkStepClicks(b *testing.B) {
 	for _, st := range stores {
 		for _, mode := range []string{"one-by-one", "runs-of-64"} {
 			b.Run(st.name+"/"+mode, func(b *testing.B) {
-				src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: v, Epoch: 1}}
+				src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: v, Tag: 1}}
 				canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
 				policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{Threshold: 0.3})
 				eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)

@@ -89,15 +89,16 @@ type Engine struct {
 	// retry finds them applied.
 	unanswered unanswered
 
-	// vocabs remembers the vocabulary of recent model epochs, so histories
+	// vocabs remembers the vocabulary of recent model tags, so histories
 	// written under an earlier model are remapped through page keys.
-	vocabMu sync.Mutex
-	vocabs  map[uint32]*model.Vocab // guarded by vocabMu
-	// seenEpoch is the newest epoch already in vocabs: live skips the lock
+	vocabMu    sync.Mutex
+	vocabs     map[uint32]*model.Vocab // guarded by vocabMu
+	vocabOrder []uint32                // vocabs' tags, oldest first; guarded by vocabMu
+	// seenTag is the newest tag already in vocabs: live skips the lock
 	// while the model does not change.
-	seenEpoch atomic.Uint32
+	seenTag atomic.Uint32
 
-	policyCache atomic.Pointer[policyForEpoch]
+	policyCache atomic.Pointer[policyForTag]
 
 	sample atomic.Pointer[Sample]
 
@@ -109,8 +110,8 @@ type Engine struct {
 	onlineState
 }
 
-type policyForEpoch struct {
-	epoch  uint32
+type policyForTag struct {
+	tag    uint32
 	policy *prefetch.Policy
 }
 
@@ -211,43 +212,50 @@ func (e *Engine) Totals() Totals {
 	}
 }
 
-// live returns the current model and remembers its vocabulary by epoch.
+// live returns the current model and remembers its vocabulary by tag.
 func (e *Engine) live() (*lifecycle.Live, error) {
 	l := e.deps.Models.Current()
 	if l == nil {
 		return nil, hint.ErrNoModel
 	}
-	if e.seenEpoch.Load() == l.Epoch && l.Epoch != 0 {
+	if e.seenTag.Load() == l.Tag && l.Tag != 0 {
 		return l, nil
 	}
 	e.vocabMu.Lock()
-	if _, ok := e.vocabs[l.Epoch]; !ok {
-		e.vocabs[l.Epoch] = l.Vocab
-		// Keep a bounded set: drop epochs far behind the live one.
-		for ep := range e.vocabs {
-			if l.Epoch-ep > 16 {
-				delete(e.vocabs, ep)
+	if _, ok := e.vocabs[l.Tag]; !ok {
+		e.vocabs[l.Tag] = l.Vocab
+		// Keep a bounded set: the vocabularies of the last maxVocabs tags.
+		e.vocabOrder = append(e.vocabOrder, l.Tag)
+		if n := len(e.vocabOrder) - maxVocabs; n > 0 {
+			for _, t := range e.vocabOrder[:n] {
+				delete(e.vocabs, t)
 			}
+			e.vocabOrder = append(e.vocabOrder[:0], e.vocabOrder[n:]...)
 		}
 	}
-	e.seenEpoch.Store(l.Epoch)
+	e.seenTag.Store(l.Tag)
 	e.vocabMu.Unlock()
 	return l, nil
 }
 
-func (e *Engine) vocabOf(epoch uint32) *model.Vocab {
+// maxVocabs bounds the vocabularies the engine remembers for remapping.
+const maxVocabs = 16
+
+// vocabOf returns the vocabulary of tag, or nil when it is not one of the
+// last maxVocabs this engine served.
+func (e *Engine) vocabOf(tag uint32) *model.Vocab {
 	e.vocabMu.Lock()
 	defer e.vocabMu.Unlock()
-	return e.vocabs[epoch]
+	return e.vocabs[tag]
 }
 
 // policyFor returns the policy bound to the live model's vocabulary (cost
 // weights are keyed by page).
 func (e *Engine) policyFor(l *lifecycle.Live) *prefetch.Policy {
-	if p := e.policyCache.Load(); p != nil && p.epoch == l.Epoch {
+	if p := e.policyCache.Load(); p != nil && p.tag == l.Tag {
 		return p.policy
 	}
-	p := &policyForEpoch{epoch: l.Epoch, policy: e.deps.Policy.ForVocab(l.Vocab)}
+	p := &policyForTag{tag: l.Tag, policy: e.deps.Policy.ForVocab(l.Vocab)}
 	e.policyCache.Store(p)
 	return p.policy
 }
@@ -303,7 +311,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	if err != nil {
 		return err
 	}
-	if b.rec.Epoch != l.Epoch {
+	if b.rec.Epoch != l.Tag {
 		if err := e.remapRecord(ctx, ev.UserID, l, idx, &b.rec, b); err != nil {
 			return err
 		}
@@ -351,7 +359,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 
 // newClick is the history entry of ev, page index idx under l.
 func newClick(l *lifecycle.Live, idx int64, ev features.Event, meta features.Meta) features.Click {
-	return features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Epoch, Partition: meta.Partition, Gen: meta.Gen, Offset: meta.Offset}
+	return features.Click{Page: int32(idx), TS: ev.TS, Epoch: l.Tag, Partition: meta.Partition, Gen: meta.Gen, Offset: meta.Offset}
 }
 
 // appended classifies the result of appending click c: a new click is
@@ -771,7 +779,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			}
 			continue
 		}
-		if r.Rec.Epoch != l.Epoch {
+		if r.Rec.Epoch != l.Tag {
 			if r.err = e.remapRecord(ctx, r.User, l, r.idx, &r.Rec, b); r.err != nil {
 				continue
 			}
@@ -907,9 +915,11 @@ func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live
 	switch {
 	case n == 0:
 	case old == nil:
-		// The old vocabulary is gone: keep the newest click only, which was
-		// encoded with the live vocabulary.
+		// The old vocabulary is unknown here (another replica's model, one
+		// served before a restart, or one swapped out long ago): keep the
+		// newest click only, which was encoded with the live vocabulary.
 		rec.Pages = append(rec.Pages[:0], int32(idx))
+		e.m.unknownVocab.Inc()
 	default:
 		b.hist = widen(b.hist, rec.Pages[:n-1])
 		b.remap = lifecycle.Remap(b.remap, b.hist, old, l.Vocab)
@@ -919,7 +929,7 @@ func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live
 		rec.Pages[n-1] = int32(idx)
 	}
 	rec.State = rec.State[:0]
-	rec.Epoch = l.Epoch
+	rec.Epoch = l.Tag
 	e.m.remapped.Inc()
 	if err := saved(e.deps.Histories.Save(ctx, user, rec)); err != nil {
 		return fmt.Errorf("save remapped history: %w", err)
@@ -978,13 +988,18 @@ func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error)
 			return hint.Result{ModelVersion: l.Version}, nil
 		}
 		b.hist = widen(b.hist, b.rec.Pages)
-		if b.rec.Epoch != l.Epoch {
-			if old := e.vocabOf(b.rec.Epoch); old != nil {
-				b.remap = lifecycle.Remap(b.remap, b.hist, old, l.Vocab)
-				b.hist, b.remap = b.remap, b.hist
-			} else {
-				b.hist = b.hist[len(b.hist)-1:]
+		if b.rec.Epoch != l.Tag {
+			old := e.vocabOf(b.rec.Epoch)
+			if old == nil {
+				// Written under a model whose vocabulary this engine does
+				// not know (another replica's, or before a restart): its
+				// indices name unknown pages. Like an unknown user: no
+				// hints; the user's next click starts the history again.
+				e.m.unknownVocab.Inc()
+				return hint.Result{ModelVersion: l.Version}, nil
 			}
+			b.remap = lifecycle.Remap(b.remap, b.hist, old, l.Vocab)
+			b.hist, b.remap = b.remap, b.hist
 		}
 	}
 	current := b.hist[len(b.hist)-1]

@@ -7,9 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/internal/redistest"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 )
@@ -50,7 +54,7 @@ func (m *chainModel) Predict(ctx context.Context, hs [][]int64) ([][]float32, er
 	return out, nil
 }
 func (m *chainModel) Manifest() *model.Manifest {
-	return &model.Manifest{Name: "chain", Version: "v", MaxSeqLen: 5, VocabSize: m.vocab.Len()}
+	return &model.Manifest{Name: "chain", Version: "v", Forms: []string{model.FormSequence}, Output: "probs", MaxSeqLen: 5, VocabSize: m.vocab.Len()}
 }
 func (m *chainModel) Vocab() *model.Vocab { return m.vocab }
 
@@ -76,7 +80,7 @@ func (s *models) RecordRequest(string, time.Duration) {
 func (s *models) set(version string, epoch uint32, m *chainModel) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.live = &lifecycle.Live{Version: version, Model: m, Manifest: m.Manifest(), Vocab: m.vocab, Epoch: epoch}
+	s.live = &lifecycle.Live{Version: version, Model: m, Manifest: m.Manifest(), Vocab: m.vocab, Tag: epoch}
 }
 
 type warmCall struct {
@@ -267,6 +271,122 @@ func TestVocabularySwapRemapsHistories(t *testing.T) {
 	want = []int64{model.UnknownIndex, m2.vocab.Index("/c"), m2.vocab.Index("/d")}
 	if got := m2.lastSeen(); !equal(got, want) {
 		t.Fatalf("history after the next click %v, want %v", got, want)
+	}
+}
+
+// TestPredictUnknownVocabulary: a history written under a vocabulary the
+// engine no longer knows (more than maxVocabs swaps ago, or by another
+// process) names pages by indices of that vocabulary. Predict answers no
+// hints rather than reading them in the live vocabulary, and the next click
+// starts the history again from itself.
+func TestPredictUnknownVocabulary(t *testing.T) {
+	f := newFixture(t, 0.5)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, meta := click("u1", "/e", 0, time.Now()) // index 6 under v1
+	if err := f.eng.HandleEvent(ctx, ev, meta); err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxVocabs + 1 {
+		f.models.set("v-other", uint32(100+i), &chainModel{vocab: vocab(t, "/x", "/y", "/z")})
+		if _, err := f.eng.Predict(ctx, hint.Query{Pages: []string{"/x"}, Threshold: -1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	small := &chainModel{vocab: vocab(t, "/b", "/a")} // index 6 is outside it
+	f.models.set("v-small", 500, small)
+	res, err := f.eng.Predict(ctx, hint.Query{UserID: "u1", Threshold: 0})
+	if err != nil {
+		t.Fatalf("Predict on a history of a forgotten vocabulary: %v", err)
+	}
+	if len(res.Hints) != 0 || res.ModelVersion != "v-small" {
+		t.Fatalf("Predict = %+v, want no hints from v-small", res)
+	}
+	ev, meta = click("u1", "/a", 1, time.Now())
+	if err := f.eng.HandleEvent(ctx, ev, meta); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := small.lastSeen(), []int64{small.vocab.Index("/a")}; !equal(got, want) {
+		t.Fatalf("history after the next click %v, want %v (the click alone)", got, want)
+	}
+	if n := testutil.ToFloat64(f.eng.m.unknownVocab); n != 2 {
+		t.Errorf("histories_vocab_unknown_total = %v, want 2 (the query, the click)", n)
+	}
+}
+
+// normalized scales a chainModel's rows to sum to 1, as the lifecycle's
+// validation wants.
+type normalized struct{ *chainModel }
+
+func (n normalized) Predict(ctx context.Context, hs [][]int64) ([][]float32, error) {
+	out, err := n.chainModel.Predict(ctx, hs)
+	for _, row := range out {
+		var sum float32
+		for _, p := range row {
+			sum += p
+		}
+		for i := range row {
+			row[i] /= sum
+		}
+	}
+	return out, err
+}
+
+// TestReplicasShareHistories: two processes serving the same model version
+// read each other's histories in a shared Redis, whatever number of swaps
+// each has made (the records carry lifecycle.Live.Tag, not a swap count).
+func TestReplicasShareHistories(t *testing.T) {
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Replica a has swapped models three times, replica b (a Static
+	// manager, as after a restart) once: their epochs differ.
+	replica := func(models Models) *Engine {
+		store, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: "shared:",
+			History: features.HistoryConfig{MaxLen: 5}}, client, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+		policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.5})
+		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+		e, err := New(Config{}, Deps{Models: models, Histories: store, Canon: canon, Policy: policy, Warmer: &recWarmer{}, Evaluator: eval}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	pages := []string{"/a", "/b", "/c", "/d", "/e"}
+	ma := &chainModel{vocab: vocab(t, pages...)}
+	srcA := &models{live: &lifecycle.Live{Version: "v", Model: ma, Manifest: ma.Manifest(), Vocab: ma.vocab,
+		Epoch: 3, Tag: lifecycle.VersionTag("v", ma.vocab)}}
+	a := replica(srcA)
+	mb := &chainModel{vocab: vocab(t, pages...)}
+	mgrB, err := lifecycle.Static(ctx, normalized{mb}, lifecycle.Config{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := replica(mgrB)
+	if la, lb := srcA.Current(), mgrB.Current(); la.Epoch == lb.Epoch || la.Tag != lb.Tag {
+		t.Fatalf("replicas at epochs %d and %d, tags %d and %d: want other epochs, one tag", la.Epoch, lb.Epoch, la.Tag, lb.Tag)
+	}
+	for i, p := range []string{"/a", "/c"} {
+		ev, meta := click("u1", p, int64(i), time.Now())
+		if err := a.HandleEvent(ctx, ev, meta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := b.Predict(ctx, hint.Query{UserID: "u1", Threshold: -1})
+	if err != nil {
+		t.Fatalf("Predict on the other replica: %v", err)
+	}
+	if got, want := mb.lastSeen(), []int64{mb.vocab.Index("/a"), mb.vocab.Index("/c")}; !equal(got, want) {
+		t.Fatalf("other replica's model saw %v, want %v", got, want)
+	}
+	if len(res.Hints) != 1 || res.Hints[0].Page != "/d" {
+		t.Fatalf("other replica's hints %+v, want /d", res.Hints)
 	}
 }
 

@@ -113,7 +113,7 @@ func TestClusteredScoringMatchesExact(t *testing.T) {
 					// A swap: both rebuild every user's state.
 					for _, src := range []*models{fsrc, esrc} {
 						live := *src.Current()
-						live.Epoch = 2
+						live.Tag = 2
 						src.mu.Lock()
 						src.live = &live
 						src.mu.Unlock()
@@ -211,7 +211,7 @@ func largeEngine(t testing.TB, bundle *model.Bundle, utility, online bool, w War
 		t.Fatal(err)
 	}
 	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
-	src := &models{live: &lifecycle.Live{Version: "large", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
+	src := &models{live: &lifecycle.Live{Version: "large", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Tag: 1}}
 	deps := Deps{Models: src, Histories: hist, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}
 	if online {
 		if deps.Transitions, err = transitions.NewMemory(transitions.Config{}, nil); err != nil {

@@ -8,6 +8,7 @@ type metrics struct {
 	handle       prometheus.Histogram
 	predict      prometheus.Histogram
 	remapped     prometheus.Counter
+	unknownVocab prometheus.Counter
 	watchDropped prometheus.Counter
 	stateRebuilt prometheus.Counter
 }
@@ -24,6 +25,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		remapped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_engine_histories_remapped_total", Help: "Histories translated to a new model vocabulary.",
 		}),
+		unknownVocab: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prefetchd_engine_histories_vocab_unknown_total", Help: "Histories read under a model vocabulary this replica does not know (another replica's model, or one served before a restart): a click keeps only itself, a hint query answers none.",
+		}),
 		watchDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_engine_watch_dropped_total", Help: "Hint updates dropped because a watcher fell behind.",
 		}),
@@ -32,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.handle, m.predict, m.remapped, m.watchDropped, m.stateRebuilt} {
+		for _, c := range []prometheus.Collector{m.handle, m.predict, m.remapped, m.unknownVocab, m.watchDropped, m.stateRebuilt} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -126,7 +126,7 @@ func (e *Engine) transition(l *lifecycle.Live, user, page string, idx int64, at 
 
 // nextTag is the Transition.ToIndex of a page of index idx in l's
 // vocabulary: the index with l's epoch in the high 32 bits.
-func nextTag(l *lifecycle.Live, idx int64) int64 { return int64(l.Epoch)<<32 | idx }
+func nextTag(l *lifecycle.Live, idx int64) int64 { return int64(l.Tag)<<32 | idx }
 
 // nextIndex is the index in l's vocabulary of next page n: the one it was
 // observed with (nextTag) when that is still l's, else looked up. A page
@@ -134,7 +134,7 @@ func nextTag(l *lifecycle.Live, idx int64) int64 { return int64(l.Epoch)<<32 | i
 // the vocabulary's string (see transition): equal strings at one address
 // compare without reading them.
 func nextIndex(l *lifecycle.Live, n *transitions.Next) int64 {
-	if uint32(n.Index>>32) == l.Epoch {
+	if uint32(n.Index>>32) == l.Tag {
 		switch i := n.Index & (1<<32 - 1); {
 		case i == model.UnknownIndex:
 			return i

@@ -45,10 +45,10 @@ func onlineEngine(t *testing.T, c onlineCase, client *redis.Client, prefix strin
 		if err != nil {
 			t.Fatalf("load bundle: %v", err)
 		}
-		live = &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}
+		live = &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Tag: 1}
 	} else {
 		m := &chainModel{vocab: vocab(t, "/a", "/b", "/c", "/d", "/e")}
-		live = &lifecycle.Live{Version: "chain", Model: m, Manifest: m.Manifest(), Vocab: m.vocab, Epoch: 1}
+		live = &lifecycle.Live{Version: "chain", Model: m, Manifest: m.Manifest(), Vocab: m.vocab, Tag: 1}
 	}
 	var hist features.Store
 	var err error
@@ -218,7 +218,7 @@ func TestChooseFollowsBlend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	live := &lifecycle.Live{Version: "v", Vocab: v, Epoch: epoch}
+	live := &lifecycle.Live{Version: "v", Vocab: v, Tag: epoch}
 	stats, err := transitions.NewMemory(transitions.Config{}, nil)
 	if err != nil {
 		t.Fatal(err)

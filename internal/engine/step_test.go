@@ -34,7 +34,7 @@ func TestStepFormMatchesSequenceForm(t *testing.T) {
 	src := &models{}
 	setLive := func(epoch uint32) {
 		src.mu.Lock()
-		src.live = &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: epoch}
+		src.live = &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Tag: epoch}
 		src.mu.Unlock()
 	}
 	setLive(1)
@@ -184,7 +184,7 @@ func handleEventsMatch(t *testing.T, bundle *model.Bundle, newStore func(prefix 
 		src  *models
 	}
 	mk := func(prefix string) side {
-		src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
+		src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Tag: 1}}
 		hist := newStore(prefix)
 		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
 		policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
@@ -293,7 +293,7 @@ func handleEventsMatch(t *testing.T, bundle *model.Bundle, newStore func(prefix 
 	for _, s := range []side{one, many} {
 		s.src.mu.Lock()
 		l := *s.src.live
-		l.Epoch = 2
+		l.Tag = 2
 		s.src.live = &l
 		s.src.mu.Unlock()
 	}
@@ -463,7 +463,7 @@ func gruEngine(t *testing.T, store features.Store) (*Engine, *allWarmer, *prefet
 	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
 	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
 	w := &allWarmer{}
-	src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Epoch: 1}}
+	src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Tag: 1}}
 	e, err := New(Config{}, Deps{Models: src, Histories: store, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -79,6 +81,14 @@ type Live struct {
 	// tell that state it derived from an earlier Live (recurrent states, for
 	// one) is stale and must be recomputed.
 	Epoch uint32
+	// Tag identifies this version and its vocabulary alike in every
+	// process: a hash of the version name and the vocabulary's pages, never
+	// 0 (see VersionTag). Records written under a Live carry its Tag, so
+	// that any replica, or this process after a restart, tells whether
+	// their page indices and recurrent state belong to the live model.
+	// Epoch, a counter of this process's swaps, cannot: epoch 1 is another
+	// model in another process.
+	Tag uint32
 	// ActivatedAt is when this Live was published.
 	ActivatedAt time.Time
 }
@@ -137,4 +147,24 @@ func Remap(dst, ids []int64, from, to *model.Vocab) []int64 {
 		}
 	}
 	return dst
+}
+
+// VersionTag is Live.Tag of version with vocabulary v: FNV-1a (32 bits)
+// over the version name and every page of v in index order, each ended by
+// a zero byte; 0 becomes 1, so that 0 stays "no tag".
+func VersionTag(version string, v *model.Vocab) uint32 {
+	h := fnv.New32a()
+	var zero = []byte{0}
+	_, _ = h.Write([]byte(version))
+	_, _ = h.Write(zero)
+	if v != nil {
+		for i := range v.Len() {
+			_, _ = io.WriteString(h, v.Page(int64(i)))
+			_, _ = h.Write(zero)
+		}
+	}
+	if t := h.Sum32(); t != 0 {
+		return t
+	}
+	return 1
 }

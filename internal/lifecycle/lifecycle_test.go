@@ -506,6 +506,56 @@ func TestKeep(t *testing.T) {
 	}
 }
 
+// TestVersionTag: the tag records carry names a version and its vocabulary
+// alike in every process, and tells other versions or vocabularies apart.
+func TestVersionTag(t *testing.T) {
+	vocab := func(pages ...string) *model.Vocab {
+		v, err := model.NewVocab(append([]string{model.PadKey, model.UnknownKey}, pages...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	base := VersionTag("v1", vocab("/a", "/b"))
+	if base == 0 {
+		t.Fatal("tag 0")
+	}
+	if again := VersionTag("v1", vocab("/a", "/b")); again != base {
+		t.Errorf("the same version and vocabulary built again: tag %d, want %d", again, base)
+	}
+	for name, tag := range map[string]uint32{
+		"other version":        VersionTag("v2", vocab("/a", "/b")),
+		"pages reordered":      VersionTag("v1", vocab("/b", "/a")),
+		"one more page":        VersionTag("v1", vocab("/a", "/b", "/c")),
+		"name and page joined": VersionTag("v1/a", vocab("/b")),
+	} {
+		if tag == base {
+			t.Errorf("%s: tag %d, the same as v1's", name, tag)
+		}
+	}
+
+	// Two managers (two processes) serving one bundle: other epochs after
+	// other numbers of swaps, one tag.
+	dir := t.TempDir()
+	writeFiles(t, dir, spec{version: "v1"}.files(t))
+	b, err := model.LoadBundle(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t, 10*time.Second)
+	m1, err := Static(ctx, b, Config{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := Static(ctx, b, Config{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l1, l2 := m1.Current(), m2.Current(); l1.Tag != VersionTag("v1", b.Vocab()) || l2.Tag != l1.Tag {
+		t.Fatalf("tags %d and %d, want both VersionTag = %d", l1.Tag, l2.Tag, VersionTag("v1", b.Vocab()))
+	}
+}
+
 func TestStatic(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, spec{version: "embedded"}.files(t))

@@ -443,6 +443,7 @@ func (m *Manager) swapLocked(v *version, cause string, push bool) {
 		Manifest:    l.Manifest(),
 		Vocab:       l.Vocab(),
 		Epoch:       m.epoch,
+		Tag:         VersionTag(v.name, l.Vocab()),
 		ActivatedAt: now,
 	}
 
@@ -498,7 +499,7 @@ func (m *Manager) swapLocked(v *version, cause string, push bool) {
 	if old != nil {
 		prev = old.Version
 	}
-	m.log.Info("model swapped", "version", live.Version, "previous", prev, "epoch", live.Epoch, "cause", cause)
+	m.log.Info("model swapped", "version", live.Version, "previous", prev, "epoch", live.Epoch, "tag", live.Tag, "cause", cause)
 	for _, fn := range callbacks {
 		fn(old, live)
 	}
