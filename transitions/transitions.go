@@ -110,7 +110,7 @@ type Transition struct {
 	// vocabulary (for the online-only gauge).
 	FromUnknown, ToUnknown bool
 	// ToIndex is the caller's name for To's place in its vocabulary (the
-	// engine: the index, with the model's epoch in the high 32 bits; 0:
+	// engine: the index, with the model's tag in the high 32 bits; 0:
 	// none). The in-process store keeps the latest with the next page and
 	// returns it in Next.Index; the store never reads it.
 	ToIndex int64

@@ -125,7 +125,7 @@ func (e *Engine) transition(l *lifecycle.Live, user, page string, idx int64, at 
 }
 
 // nextTag is the Transition.ToIndex of a page of index idx in l's
-// vocabulary: the index with l's epoch in the high 32 bits.
+// vocabulary: the index with l's tag in the high 32 bits.
 func nextTag(l *lifecycle.Live, idx int64) int64 { return int64(l.Tag)<<32 | idx }
 
 // nextIndex is the index in l's vocabulary of next page n: the one it was
