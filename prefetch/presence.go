@@ -59,6 +59,7 @@ type watchState struct {
 	runID    string // "" until first read
 	sentinel bool   // the sentinel was written to this Redis
 	failing  bool   // the last check failed (for log transitions)
+	noRunID  bool   // the server answered INFO without a run_id (logged once)
 }
 
 // watch checks the identity of the Redis serving now until ctx ends or the
@@ -101,7 +102,19 @@ func (w *Warmer) check(ctx context.Context, st *watchState) error {
 	cctx, cancel := context.WithTimeout(ctx, w.cfg.WriteTimeout)
 	defer cancel()
 	id, err := serverID(cctx, w.rdb)
-	if err != nil {
+	var rerr redis.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &rerr) || errors.Is(err, errNoRunID):
+		// The server answered but gives no run_id (an ACL user without
+		// INFO, a Redis-protocol store without INFO server): restarts and
+		// failovers are told by the sentinel alone, which a restarted
+		// server without persistence has lost too.
+		if !st.noRunID {
+			w.log.Warn("prefetch cache check: no run_id from redis; detecting flushes and restarts by the sentinel key alone", "err", err)
+		}
+		st.noRunID, id = true, ""
+	default:
 		return fmt.Errorf("read redis run_id: %w", err)
 	}
 	ttl := sentinelTTL(w.cfg.CheckInterval)
@@ -111,12 +124,14 @@ func (w *Warmer) check(ctx context.Context, st *watchState) error {
 	}
 	reason := ""
 	switch {
-	case st.runID != "" && id != st.runID:
+	case st.runID != "" && id != "" && id != st.runID:
 		reason = resetRestart
 	case st.sentinel && !kept:
 		reason = resetFlush
 	}
-	st.runID = id
+	if id != "" {
+		st.runID = id
+	}
 	if reason != "" {
 		w.reset(reason)
 	}
@@ -192,8 +207,11 @@ func runID(info string) (string, error) {
 			return strings.TrimSpace(v), nil
 		}
 	}
-	return "", errors.New("no run_id in INFO server")
+	return "", errNoRunID
 }
+
+// errNoRunID is runID's error for an INFO reply without run_id.
+var errNoRunID = errors.New("no run_id in INFO server")
 
 // dialHook wakes the watcher whenever the client dials a new connection: a
 // restarted or failed-over server is always reached through one.

@@ -137,6 +137,39 @@ func TestWarmerCacheLost(t *testing.T) {
 	}
 }
 
+// TestWarmerFlushWithoutInfo: with a Redis user that may not run INFO (no
+// run_id), a FLUSHALL is still noticed through the sentinel key.
+func TestWarmerFlushWithoutInfo(t *testing.T) {
+	srv, admin := newRedis(t)
+	ctx := testCtx(t)
+	if err := admin.Do(ctx, "ACL", "SETUSER", "pf", "on", ">pw", "~*", "&*", "+@all", "-info").Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "pf", Password: "pw", ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	if err := rdb.Info(ctx, "server").Err(); err == nil {
+		t.Fatal("INFO allowed to the restricted user")
+	}
+	w := startWarmer(t, Config{CheckInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond}, rdb)
+	pages := []Page{{Key: "/a", Probability: 0.9}, {Key: "/b", Probability: 0.7}}
+	if n := w.Warm(ctx, Request{UserID: "u", ModelVersion: "v1", Pages: pages, At: time.Now()}); n != 2 {
+		t.Fatalf("Warm queued %d, want 2", n)
+	}
+	eventually(t, 5*time.Second, "2 pages written", func() bool { return counter(w.m.written) == 2 })
+	eventually(t, 5*time.Second, "sentinel written", func() bool { return admin.Exists(ctx, w.sentinel).Val() == 1 })
+	if err := admin.FlushAll(ctx).Err(); err != nil {
+		t.Fatalf("FLUSHALL: %v", err)
+	}
+	eventually(t, 5*time.Second, "the flush noticed", func() bool { return counter(w.m.resets[resetFlush]) == 1 })
+	if n := w.Warm(ctx, Request{UserID: "u", ModelVersion: "v1", Pages: pages, At: time.Now()}); n != 2 {
+		t.Errorf("Warm after the flush queued %d pages, want 2 (none believed warm)", n)
+	}
+	eventually(t, 5*time.Second, "pages written again", func() bool { return counter(w.m.written) == 4 })
+	if got := counter(w.m.resets[resetRestart]); got != 0 {
+		t.Errorf("restart resets %v without a restart, want 0", got)
+	}
+}
+
 // TestWarmersShareRedis runs two Warmers, as two replicas would, on one
 // redis-server: they agree on what is warm whichever wrote it, both notice a
 // flush, and both see a page one of them warms again.
