@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"strconv"
@@ -554,7 +555,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 			c.m.duplicates.Inc()
 			continue
 		}
-		q := queues[workerOf(msg.Key, msg.Partition, len(queues))]
+		q := queues[workerOf(c.dec.userOf(msg.Value), msg.Key, msg.Partition, len(queues))]
 		if !q.push(ctx, job{msg: fetched{Key: msg.Key, Value: msg.Value, Time: msg.Time, Offset: msg.Offset, Partition: msg.Partition, Gen: a.gen}, seq: a.seq}) {
 			return nil
 		}
@@ -680,14 +681,20 @@ func (c *Consumer) retry(ctx context.Context, slot int, failed error, f func() e
 	}
 }
 
-// workerOf picks the worker of a message: by key, so one user's clicks stay
-// in order on one worker, or by partition for a message without a key. The
-// choice is stable within a process (hashSeed), which is all ordering needs.
-func workerOf(key []byte, partition, n int) int {
-	if len(key) == 0 {
-		return partition % n
+// workerOf picks the worker of a message: by the event's user id, so one
+// user's clicks stay in order on one worker whatever the message keys
+// (producers may key a user's events differently); by key when the value
+// has no user id to read (the worker rejects it, so any worker will do),
+// or by partition for a message without either. The choice is stable
+// within a process (hashSeed), which is all ordering needs.
+func workerOf(user string, key []byte, partition, n int) int {
+	switch {
+	case user != "":
+		return int(maphash.String(hashSeed, user) % uint64(n))
+	case len(key) > 0:
+		return int(hashBytes(key) % uint64(n))
 	}
-	return int(hashBytes(key) % uint64(n))
+	return partition % n
 }
 
 // workQueue hands fetched messages to one worker in batches: the fetch loop

@@ -764,6 +764,44 @@ func TestConsumerEventIDs(t *testing.T) {
 	}
 }
 
+// TestConsumerKeysOtherThanUser: one user's events in one partition under
+// other keys (a device id, a session) are applied, all and in order: the
+// workers are chosen by user id, not by key.
+func TestConsumerKeysOtherThanUser(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	// Keys that kafka-go's Hash balancer puts on one partition.
+	var keys []string
+	for i := 0; len(keys) < 8; i++ {
+		k := "device-" + strconv.Itoa(i)
+		if (&kafka.Hash{}).Balance(kafka.Message{Key: []byte(k)}, 0, 1, 2, 3) == 0 {
+			keys = append(keys, k)
+		}
+	}
+	s := newClickStream()
+	var msgs []kafka.Message
+	for i := range 200 {
+		m := s.next("bob")
+		m.Key = []byte(keys[i%len(keys)])
+		msgs = append(msgs, m)
+	}
+	b.Produce(t, topic, msgs...)
+	rec := &batchRecorder{recorder: newRecorder(newTestHistories(t, HistoryConfig{MaxLen: 500}))}
+	c, err := NewConsumer(testConsumerConfig(b.Addr(), topic), rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, c)
+	eventually(t, 30*time.Second, "all messages handled", func() bool {
+		return testutil.ToFloat64(c.m.events)+testutil.ToFloat64(c.m.duplicates) == float64(len(msgs)) && c.Lag() == 0
+	})
+	stop()
+	checkApplied(t, rec.snapshot(), s.want)
+	if n := testutil.ToFloat64(c.m.duplicates); n != 0 {
+		t.Fatalf("%v events taken for duplicates, want 0", n)
+	}
+}
+
 // TestConsumerApplyMany: several raw events at once go through the batch
 // handler; bad events and repeated event ids get their error in place and
 // the rest are applied, each user's in order; a failing handler stops at

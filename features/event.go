@@ -254,6 +254,22 @@ func truncate(s string, n int) string {
 
 // decodeSlow parses with encoding/json (kept apart so that only this path
 // moves the event to the heap).
+// userOf reads the user id of an event's value for routing it to a
+// worker, as decode would read it (the fast path, else encoding/json), or
+// "" when the value cannot hold a valid event.
+func (d *Decoder) userOf(data []byte) string {
+	if len(data) == 0 || len(data) > d.cfg.MaxMessageBytes {
+		return ""
+	}
+	if w, ok := decodeFast(data, true); ok {
+		return w.UserID
+	}
+	if w, err := decodeSlow(data); err == nil {
+		return w.UserID
+	}
+	return ""
+}
+
 func decodeSlow(data []byte) (wireEvent, error) {
 	var w wireEvent
 	err := json.Unmarshal(data, &w)

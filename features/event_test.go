@@ -161,6 +161,29 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
+// BenchmarkWorkerRouting is the fetch loop's cost per message of choosing
+// a worker by user id (userOf, then the hash), beside the hash of the key
+// alone that it replaced.
+func BenchmarkWorkerRouting(b *testing.B) {
+	dec, _ := NewDecoder(DecoderConfig{})
+	msg := []byte(`{"user_id":"user-123456","page":"/page/1234","ts":"2026-11-26T09:59:00.123Z","session_id":"s-1"}`)
+	key := []byte("user-123456")
+	sink := 0
+	b.Run("user", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			sink += workerOf(dec.userOf(msg), key, 0, 4)
+		}
+	})
+	b.Run("key", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			sink += workerOf("", key, 0, 4)
+		}
+	})
+	_ = sink
+}
+
 // fixedUTCShape reports whether s looks like YYYY-MM-DDTHH:MM:SS[.d{1,9}]Z,
 // the form parseTSFast must take whenever time.Parse does.
 func fixedUTCShape(s string) bool {

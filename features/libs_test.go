@@ -97,8 +97,8 @@ func TestWorkerOf(t *testing.T) {
 	hits := make([]int, n)
 	for i := range 4000 {
 		key := []byte("user-" + strconv.Itoa(i))
-		w := workerOf(key, 0, n)
-		if again := workerOf(key, 3, n); again != w {
+		w := workerOf("", key, 0, n)
+		if again := workerOf("", key, 3, n); again != w {
 			t.Fatalf("key %q went to worker %d, then %d", key, w, again)
 		}
 		hits[w]++
@@ -108,8 +108,19 @@ func TestWorkerOf(t *testing.T) {
 			t.Errorf("worker %d got %d of 4000 keys, want about 1000 (all: %v)", w, h, hits)
 		}
 	}
-	if got := workerOf(nil, 6, n); got != 2 {
+	if got := workerOf("", nil, 6, n); got != 2 {
 		t.Errorf("no key, partition 6: worker %d, want 2", got)
+	}
+	// The user id wins over the key: one user's events under other keys
+	// (or none) go to one worker.
+	for i := range 100 {
+		user := "user-" + strconv.Itoa(i)
+		w := workerOf(user, nil, 0, n)
+		for j, key := range [][]byte{[]byte(user), []byte("device-" + strconv.Itoa(i+1)), nil} {
+			if got := workerOf(user, key, j, n); got != w {
+				t.Fatalf("user %s with key %q went to worker %d, without a key to %d", user, key, got, w)
+			}
+		}
 	}
 }
 
@@ -184,7 +195,7 @@ func BenchmarkKeyHash(b *testing.B) {
 	var sink uint64
 	b.Run("worker/maphash", func(b *testing.B) {
 		for range b.N {
-			sink += uint64(workerOf(key, 0, 4))
+			sink += uint64(workerOf("", key, 0, 4))
 		}
 	})
 	b.Run("worker/fnv", func(b *testing.B) {
