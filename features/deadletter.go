@@ -72,7 +72,8 @@ func (d *deadLetters) add(ctx context.Context, dl deadLetter) bool {
 	}
 }
 
-// headerBudget bounds the detail header, which quotes the bad input.
+// headerBudget bounds the detail header, which quotes the bad input, and
+// the letter's key.
 const headerBudget = 1024
 
 // message builds the letter's Kafka message within its limit.
@@ -88,7 +89,14 @@ func (d *deadLetters) message(dl *deadLetter) (kafka.Message, bool) {
 		{Key: "source_partition", Value: []byte(strconv.Itoa(dl.msg.Partition))},
 		{Key: "source_offset", Value: []byte(strconv.FormatInt(dl.msg.Offset, 10))},
 	}
-	size := len(dl.msg.Key)
+	key := dl.msg.Key
+	if len(key) > headerBudget {
+		// A key beyond any sane user id would not fit a topic's limit
+		// either: cut it like the value, and say so.
+		key = key[:headerBudget]
+		headers = append(headers, kafka.Header{Key: "original_key_size", Value: []byte(strconv.Itoa(len(dl.msg.Key)))})
+	}
+	size := len(key)
 	for _, h := range headers {
 		size += len(h.Key) + len(h.Value)
 	}
@@ -100,7 +108,7 @@ func (d *deadLetters) message(dl *deadLetter) (kafka.Message, bool) {
 		value = value[:max(room, 0)]
 		headers = append(headers, kafka.Header{Key: "original_size", Value: []byte(strconv.Itoa(len(dl.msg.Value)))})
 	}
-	return kafka.Message{Key: dl.msg.Key, Value: value, Headers: headers}, cut
+	return kafka.Message{Key: key, Value: value, Headers: headers}, cut || len(key) < len(dl.msg.Key)
 }
 
 // run writes letters until ctx ends, calling done for each once written.

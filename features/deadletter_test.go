@@ -90,9 +90,11 @@ func TestDeadLetters(t *testing.T) {
 		maxBytes string // the dead-letter topic's max.message.bytes at first
 		fixTo    string // then, once the pause is seen ("": never changed)
 		value    int    // size of the bad message
+		key      int    // size of its key (0: the user id)
 		wantCut  bool
 	}{
 		{name: "oversized letter is cut", maxBytes: "3000", value: 20_000, wantCut: true},
+		{name: "oversized key is cut", maxBytes: "3000", value: 500, key: 20_000, wantCut: true},
 		{name: "refusing topic holds the offset until it accepts", maxBytes: "1", fixTo: "1000000", value: 500},
 	}
 	for i, tc := range cases {
@@ -102,7 +104,11 @@ func TestDeadLetters(t *testing.T) {
 			createTopic(t, b.Addr(), dlq, map[string]string{"max.message.bytes": tc.maxBytes})
 			stream := newClickStream()
 			bad := `{"user_id":"user-00","page":` + strings.Repeat("x", tc.value) + `}`
-			msgs := append(stream.batch(3, 2), kafkatest.Message("user-00", bad))
+			key := "user-00"
+			if tc.key > 0 {
+				key = strings.Repeat("k", tc.key)
+			}
+			msgs := append(stream.batch(3, 2), kafkatest.Message(key, bad))
 			msgs = append(msgs, stream.batch(3, 2)...)
 			b.Produce(t, topic, msgs...)
 
@@ -141,11 +147,18 @@ func TestDeadLetters(t *testing.T) {
 			if h["reason"] != ReasonJSON {
 				t.Errorf("letter reason %q, want %q", h["reason"], ReasonJSON)
 			}
-			cut := h["original_size"] != ""
+			if tc.key > 0 {
+				if h["original_key_size"] != strconv.Itoa(tc.key) || len(m.Key) >= tc.key || !strings.HasPrefix(key, string(m.Key)) {
+					t.Errorf("letter key of %d bytes with original_key_size %q, want a prefix of the %d-byte key and its size", len(m.Key), h["original_key_size"], tc.key)
+				}
+			} else if string(m.Key) != key {
+				t.Errorf("letter key %q, want %q", m.Key, key)
+			}
+			cut := h["original_size"] != "" || h["original_key_size"] != ""
 			switch {
-			case cut && (h["original_size"] != strconv.Itoa(len(bad)) || len(m.Value) >= len(bad) || !strings.HasPrefix(bad, string(m.Value))):
+			case h["original_size"] != "" && (h["original_size"] != strconv.Itoa(len(bad)) || len(m.Value) >= len(bad) || !strings.HasPrefix(bad, string(m.Value))):
 				t.Errorf("cut letter of %d bytes with original_size %q, want a prefix of the %d-byte message and its size", len(m.Value), h["original_size"], len(bad))
-			case !cut && string(m.Value) != bad:
+			case h["original_size"] == "" && string(m.Value) != bad:
 				t.Errorf("letter of %d bytes without original_size, want the %d-byte message whole", len(m.Value), len(bad))
 			case tc.wantCut && !cut:
 				t.Error("letter not cut, want it cut to the topic's limit")
