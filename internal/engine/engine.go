@@ -982,7 +982,7 @@ func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error)
 	} else {
 		ok, err := e.deps.Histories.Load(ctx, q.UserID, &b.rec)
 		if err != nil {
-			return hint.Result{}, fmt.Errorf("load history of %s: %w", q.UserID, err)
+			return hint.Result{}, err // the store names the user
 		}
 		if !ok || len(b.rec.Pages) == 0 {
 			return hint.Result{ModelVersion: l.Version}, nil

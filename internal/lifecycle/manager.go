@@ -692,8 +692,12 @@ func (m *Manager) Status(ctx context.Context) (hint.ModelStatus, error) {
 	var rows []row
 	m.mu.Lock()
 	for _, v := range m.versions {
+		name := m.cfg.Name
+		if v.loaded != nil && v.loaded.Manifest() != nil && v.loaded.Manifest().Name != "" {
+			name = v.loaded.Manifest().Name
+		}
 		r := row{vs: hint.VersionStatus{
-			Name:     m.cfg.Name,
+			Name:     name,
 			Version:  v.name,
 			Loaded:   v.loaded != nil,
 			Active:   cur != nil && cur.Version == v.name,

@@ -107,6 +107,11 @@ func toHints(in []hint.Hint) []*prefetchv1.Hint {
 // engineError maps an engine error to a status and logs it once if it is
 // unexpected.
 func (s *Server) engineError(ctx context.Context, op string, err error) error {
+	if ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+		// A dependency's own timeout (a Redis round trip's), not the
+		// call's deadline: the service cannot answer now.
+		return status.Error(codes.Unavailable, err.Error())
+	}
 	st, internal := toStatus(err)
 	if internal {
 		s.log.ErrorContext(ctx, "engine call failed", "op", op, "err", err)

@@ -240,6 +240,7 @@ func TestPredictErrors(t *testing.T) {
 		{"panic becomes internal", Config{}, &servertest.Predictor{Fn: func(context.Context, hint.Query) (hint.Result, error) { panic("boom") }}, 0, codes.Internal, "internal error"},
 		{"client deadline", Config{}, &servertest.Predictor{Fn: blockUntilDone}, 50 * time.Millisecond, codes.DeadlineExceeded, ""},
 		{"default deadline", Config{DefaultDeadline: 50 * time.Millisecond}, &servertest.Predictor{Fn: blockUntilDone}, 0, codes.DeadlineExceeded, ""},
+		{"a store's own timeout", Config{}, &servertest.Predictor{Err: fmt.Errorf("load history of %q: %w", "u", context.DeadlineExceeded)}, 10 * time.Second, codes.Unavailable, "load history"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

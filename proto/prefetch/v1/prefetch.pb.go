@@ -228,6 +228,9 @@ func (x *PredictResponse) GetModelVersion() string {
 type WatchHintsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// user_ids are the users to watch; 1..100 non-empty ids of at most 256 bytes.
+	// The id "*" watches every user: a sample of the clicks of all users, at
+	// most one update per 100 ms, each with the clicking user's top hints at
+	// any probability.
 	UserIds       []string `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -702,7 +705,8 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 // ModelVersion describes one model version the service knows.
 type ModelVersion struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// name is the model's name from its manifest.
+	// name is the model's name: from the version's manifest when it is
+	// loaded, else the repository's model name (--model-name).
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// version is the version identifier, used by Activate.
 	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
@@ -714,7 +718,9 @@ type ModelVersion struct {
 	RefusedReason string `protobuf:"bytes,5,opt,name=refused_reason,json=refusedReason,proto3" json:"refused_reason,omitempty"`
 	// loaded_at is when the version was loaded; unset if never loaded.
 	LoadedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=loaded_at,json=loadedAt,proto3" json:"loaded_at,omitempty"`
-	// requests is the number of predictions this version has served.
+	// requests is the number of Predict calls this version has answered (the
+	// predictions made for clicks from Kafka are not counted here; their
+	// prefetches are in prefetches_issued).
 	Requests uint64 `protobuf:"varint,7,opt,name=requests,proto3" json:"requests,omitempty"`
 	// prefetches_issued is the number of pages this version caused to be warmed.
 	PrefetchesIssued uint64 `protobuf:"varint,8,opt,name=prefetches_issued,json=prefetchesIssued,proto3" json:"prefetches_issued,omitempty"`

@@ -38,8 +38,9 @@ const (
 type HintServiceClient interface {
 	// Predict returns the most probable next pages for a user, most probable
 	// first. Errors: INVALID_ARGUMENT (the message names the offending field),
-	// UNAVAILABLE when no model is loaded, DEADLINE_EXCEEDED when the call's
-	// deadline passes first.
+	// UNAVAILABLE when no model is loaded or a dependency (the Redis history
+	// store) fails or times out, DEADLINE_EXCEEDED when the call's deadline
+	// passes first.
 	Predict(ctx context.Context, in *PredictRequest, opts ...grpc.CallOption) (*PredictResponse, error)
 	// WatchHints streams a fresh set of hints after each click of the chosen
 	// users until the caller cancels or the server shuts down (UNAVAILABLE).
@@ -126,8 +127,9 @@ func (c *hintServiceClient) Ping(ctx context.Context, in *PingRequest, opts ...g
 type HintServiceServer interface {
 	// Predict returns the most probable next pages for a user, most probable
 	// first. Errors: INVALID_ARGUMENT (the message names the offending field),
-	// UNAVAILABLE when no model is loaded, DEADLINE_EXCEEDED when the call's
-	// deadline passes first.
+	// UNAVAILABLE when no model is loaded or a dependency (the Redis history
+	// store) fails or times out, DEADLINE_EXCEEDED when the call's deadline
+	// passes first.
 	Predict(context.Context, *PredictRequest) (*PredictResponse, error)
 	// WatchHints streams a fresh set of hints after each click of the chosen
 	// users until the caller cancels or the server shuts down (UNAVAILABLE).
