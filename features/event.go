@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -205,6 +206,10 @@ func (d *Decoder) decode(data []byte, now time.Time, alias bool) (Event, error) 
 	var err error
 	if !ok {
 		ts, err = time.Parse(time.RFC3339Nano, w.TS)
+		if err != nil && strings.ContainsAny(w.TS, "tz") {
+			// RFC 3339 (section 5.6) allows "t" and "z"; time.Parse does not.
+			ts, err = time.Parse(time.RFC3339Nano, strings.NewReplacer("t", "T", "z", "Z").Replace(w.TS))
+		}
 	}
 	if err != nil {
 		return Event{}, reject(ReasonBadTS, fmt.Sprintf("%q is not RFC 3339", truncate(w.TS, 64)))
