@@ -330,7 +330,8 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	if err != nil {
 		return err
 	}
-	defer consumer.Close()
+	// Closed in step 2 of the shutdown below (bounded); nothing returns
+	// between here and there.
 
 	// Start, each with its own context so shutdown can go in order.
 	warmCtx, stopWarm := context.WithCancel(context.WithoutCancel(ctx))
@@ -398,6 +399,11 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	stopReplay()
 	stopCons()
 	consWG.Wait()
+	// The reader's Close waits for its consumer-group goroutine, which an
+	// unresponsive broker holds for many seconds: shutdown does not wait
+	// for it longer than consumerCloseTimeout (offsets are committed by
+	// then; the process exits anyway).
+	closeWithin(log, "kafka consumer", consumerCloseTimeout, consumer.Close)
 	// 3. flush the cache writer.
 	stopWarm()
 	warmWG.Wait()
@@ -767,4 +773,25 @@ func onlineStats(cfg Config, rdb redis.UniversalClient, log *slog.Logger, reg pr
 		return transitions.Share(st, transitions.SharedConfig{FlushInterval: cfg.OnlineFlushInterval, CacheTTL: cfg.OnlineCacheTTL, Log: log}), nil
 	}
 	return transitions.NewMemory(tcfg, reg)
+}
+
+// consumerCloseTimeout bounds the wait for the Kafka consumer to close at
+// shutdown.
+const consumerCloseTimeout = 3 * time.Second
+
+// closeWithin runs closeFn and waits for it at most d; past d it logs and
+// returns, leaving closeFn to finish (or not) on its own.
+func closeWithin(log *slog.Logger, what string, d time.Duration, closeFn func() error) {
+	done := make(chan error, 1)
+	go func() { done <- closeFn() }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			log.Warn("close "+what, "err", err)
+		}
+	case <-t.C:
+		log.Warn(what+" did not close in time; not waiting for it", "waited", d)
+	}
 }

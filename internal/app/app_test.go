@@ -1,7 +1,9 @@
 package app
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"math"
@@ -241,5 +243,30 @@ func TestStartFailures(t *testing.T) {
 				t.Fatalf("RunWith: %v, want an error mentioning %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestCloseWithin: shutdown waits for a close at most its bound, and no
+// longer than the close takes.
+func TestCloseWithin(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	release := make(chan struct{})
+	defer close(release)
+	start := time.Now()
+	closeWithin(log, "stuck", 100*time.Millisecond, func() error { <-release; return nil })
+	if d := time.Since(start); d < 100*time.Millisecond || d > 2*time.Second {
+		t.Errorf("a stuck close held shutdown %v, want about 100ms", d)
+	}
+	if !strings.Contains(buf.String(), "stuck did not close in time") {
+		t.Errorf("log %q, want the stuck close named", buf.String())
+	}
+	start = time.Now()
+	closeWithin(log, "quick", time.Minute, func() error { return errors.New("boom") })
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("a quick close held shutdown %v", d)
+	}
+	if !strings.Contains(buf.String(), "close quick") || !strings.Contains(buf.String(), "boom") {
+		t.Errorf("log %q, want the close error", buf.String())
 	}
 }
