@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prefetchd/prefetchd/model"
@@ -36,6 +39,10 @@ type Bundle struct {
 	Step     []byte // step.onnx, optional
 	Vocab    *model.Vocab
 	Manifest *model.Manifest
+	// Reports are files written beside the model, by name (report.json,
+	// report.txt, recall.svg): a published version carries its own
+	// evaluation, which the service's status page shows.
+	Reports map[string][]byte
 }
 
 // Validate checks that the parts agree with each other.
@@ -56,6 +63,15 @@ func (b *Bundle) Validate() error {
 	}
 	if hasStep := len(b.Step) > 0; hasStep != b.Manifest.HasForm(model.FormStep) {
 		return fmt.Errorf("bundle step.onnx present=%t but manifest forms are %v", hasStep, b.Manifest.Forms)
+	}
+	for name := range b.Reports {
+		switch name {
+		case ModelFile, StepFile, VocabFile, model.ManifestFile:
+			return fmt.Errorf("bundle report %q would replace a model file", name)
+		}
+		if name == "" || name != filepath.Base(name) || strings.HasPrefix(name, ".") {
+			return fmt.Errorf("bundle report %q is not a plain file name", name)
+		}
 	}
 	return nil
 }
@@ -93,6 +109,12 @@ func WriteBundle(dir string, b *Bundle) error {
 		name string
 		data []byte
 	}{{ModelFile, b.Model}, {StepFile, b.Step}, {VocabFile, vocab.Bytes()}, {model.ManifestFile, manifest.Bytes()}}
+	for _, name := range slices.Sorted(maps.Keys(b.Reports)) {
+		files = append(files, struct {
+			name string
+			data []byte
+		}{name, b.Reports[name]})
+	}
 	for _, f := range files {
 		if f.data == nil {
 			continue

@@ -258,6 +258,22 @@ func TestWriteBundleAndPublish(t *testing.T) {
 	if err := WriteBundle(filepath.Join(root, "bad"), &bad); err == nil {
 		t.Error("WriteBundle with a wrong vocab_size succeeded")
 	}
+	for _, name := range []string{ModelFile, "../report.json", ".hidden", ""} {
+		withReport := *b
+		withReport.Reports = map[string][]byte{name: []byte("{}")}
+		if err := WriteBundle(filepath.Join(root, "bad-report"), &withReport); err == nil {
+			t.Errorf("WriteBundle with a report named %q succeeded", name)
+		}
+	}
+	withReport := *b
+	withReport.Reports = map[string][]byte{"report.json": []byte(`{"a":1}`)}
+	got, err = Publish(repo, func() *Bundle { m := *withReport.Manifest; m.Version = "v2"; withReport.Manifest = &m; return &withReport }())
+	if err != nil {
+		t.Fatalf("Publish with a report: %v", err)
+	}
+	if data, err := os.ReadFile(filepath.Join(got, "report.json")); err != nil || string(data) != `{"a":1}` {
+		t.Errorf("published report.json = %q, %v", data, err)
+	}
 }
 
 func TestRunPipeline(t *testing.T) {

@@ -9,8 +9,8 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -149,10 +149,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := training.WriteBundle(*out, bundle); err != nil {
+	if bundle.Reports, err = renderReports(rep); err != nil {
 		return err
 	}
-	if err := writeReports(*out, rep); err != nil {
+	if err := training.WriteBundle(*out, bundle); err != nil {
 		return err
 	}
 	if *publish != "" {
@@ -169,19 +169,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func writeReports(dir string, rep *training.Report) error {
+// renderReports renders the report files that go with the bundle, in
+// --out and in a published version alike.
+func renderReports(rep *training.Report) (map[string][]byte, error) {
+	out := make(map[string][]byte, 3)
 	for _, f := range []struct {
 		name  string
 		write func(io.Writer) error
 	}{{"report.json", rep.WriteJSON}, {"report.txt", rep.WriteTable}, {"recall.svg", rep.WriteSVG}} {
-		file, err := os.Create(filepath.Join(dir, f.name))
-		if err != nil {
-			return fmt.Errorf("write %s: %w", f.name, err)
+		var buf bytes.Buffer
+		if err := f.write(&buf); err != nil {
+			return nil, fmt.Errorf("write %s: %w", f.name, err)
 		}
-		werr := f.write(file)
-		if err := errors.Join(werr, file.Close()); err != nil {
-			return fmt.Errorf("write %s: %w", f.name, err)
-		}
+		out[f.name] = buf.Bytes()
 	}
-	return nil
+	return out, nil
 }

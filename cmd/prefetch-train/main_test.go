@@ -121,6 +121,15 @@ func TestTrainPublishServe(t *testing.T) {
 			t.Errorf("output lacks %s: %v", f, err)
 		}
 	}
+	// The published version carries the same reports (the status page
+	// shows its report.json).
+	for _, f := range []string{"report.json", "report.txt", "recall.svg"} {
+		want, _ := os.ReadFile(filepath.Join(dir, "v2", f))
+		got, err := os.ReadFile(filepath.Join(repo, "shop", "v2", f))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("published %s: %v, %d bytes; want the output's %d bytes", f, err, len(got), len(want))
+		}
+	}
 
 	var live *lifecycle.Live
 	for live = mgr.Current(); live.Version != "v2"; live = mgr.Current() {
