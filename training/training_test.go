@@ -267,7 +267,12 @@ func TestWriteBundleAndPublish(t *testing.T) {
 	}
 	withReport := *b
 	withReport.Reports = map[string][]byte{"report.json": []byte(`{"a":1}`)}
-	got, err = Publish(repo, func() *Bundle { m := *withReport.Manifest; m.Version = "v2"; withReport.Manifest = &m; return &withReport }())
+	got, err = Publish(repo, func() *Bundle {
+		m := *withReport.Manifest
+		m.Version = "v2"
+		withReport.Manifest = &m
+		return &withReport
+	}())
 	if err != nil {
 		t.Fatalf("Publish with a report: %v", err)
 	}
