@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"syscall"
 	"time"
 
@@ -84,6 +85,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if (*input == "" && *format != "kafka") || *format == "" || *out == "" {
 		return cli.Usagef("--input (or --format kafka), --format and --out are required")
+	}
+	// Zero is a value: a setting 0 cannot mean is refused, never replaced
+	// by its default.
+	switch {
+	case !slices.Contains([]string{"jsonl", "msnbc", "spmf", "kafka"}, *format):
+		return cli.Usagef("--format %q: want jsonl, msnbc, spmf or kafka", *format)
+	case *export != training.ModelGRU && *export != training.ModelMarkov:
+		return cli.Usagef("--model %q: want %s or %s", *export, training.ModelGRU, training.ModelMarkov)
+	case *noGRU && *export == training.ModelGRU && isSet(fs, "model"):
+		return cli.Usagef("--no-gru trains no GRU to export: drop --model gru")
+	case !(*holdout > 0 && *holdout < 1):
+		return cli.Usagef("--holdout %v: want a share between 0 and 1, both excluded", *holdout)
+	case *topK < 1:
+		return cli.Usagef("--top-k %d: want at least 1", *topK)
+	case *maxLen < 1:
+		return cli.Usagef("--max-seq-len %d: want at least 1", *maxLen)
+	case *vocabMin < 1:
+		return cli.Usagef("--vocab-min-count %d: want at least 1", *vocabMin)
+	case *vocabMax < 0:
+		return cli.Usagef("--vocab-max %d: want 0 (no cap) or more", *vocabMax)
+	case !(*thresh >= 0 && *thresh <= 1):
+		return cli.Usagef("--threshold %v: want a probability from 0 to 1", *thresh)
+	case !(*alpha > 0):
+		return cli.Usagef("--alpha %v: want more than 0", *alpha)
 	}
 	if *cpuProf != "" {
 		f, err := os.Create(*cpuProf)
@@ -184,4 +209,11 @@ func renderReports(rep *training.Report) (map[string][]byte, error) {
 		out[f.name] = buf.Bytes()
 	}
 	return out, nil
+}
+
+// isSet reports whether flag name was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

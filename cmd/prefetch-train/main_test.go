@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -172,6 +173,27 @@ func TestFlags(t *testing.T) {
 		clitest.Case{Name: "missing out", Args: []string{"--input", "x", "--format", "spmf"}, Exit: 2, Stderr: "--out are required"},
 		clitest.Case{Name: "stray argument", Args: []string{"--input", "x", "--format", "spmf", "--out", t.TempDir(), "extra"}, Exit: 2, Stderr: "unexpected arguments"},
 	)
+	// Zero and other values a setting cannot take are usage mistakes, never
+	// replaced by the default.
+	base := []string{"--input", "x", "--format", "spmf", "--out", t.TempDir()}
+	for _, c := range []struct {
+		args   []string
+		stderr string
+	}{
+		{[]string{"--holdout", "0"}, "--holdout 0"},
+		{[]string{"--holdout", "1"}, "--holdout 1"},
+		{[]string{"--top-k", "0"}, "--top-k 0"},
+		{[]string{"--max-seq-len", "0"}, "--max-seq-len 0"},
+		{[]string{"--vocab-min-count", "0"}, "--vocab-min-count 0"},
+		{[]string{"--vocab-max", "-1"}, "--vocab-max -1"},
+		{[]string{"--threshold", "1.5"}, "--threshold 1.5"},
+		{[]string{"--alpha", "0"}, "--alpha 0"},
+		{[]string{"--model", "lstm"}, `--model "lstm"`},
+		{[]string{"--model", "gru", "--no-gru"}, "--no-gru"},
+	} {
+		cases = append(cases, clitest.Case{Name: strings.Join(c.args, " "), Args: append(slices.Clone(base), c.args...), Exit: 2, Stderr: c.stderr})
+	}
+	cases = append(cases, clitest.Case{Name: "unknown format names kafka", Args: []string{"--input", "x", "--format", "csv", "--out", t.TempDir()}, Exit: 2, Stderr: "spmf or kafka"})
 	clitest.Check(t, "prefetch-train", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
 		return run(ctx, args, stdout, io.Discard)
 	}, cases)
