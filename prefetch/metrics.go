@@ -2,6 +2,7 @@ package prefetch
 
 import (
 	"fmt"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -120,7 +121,7 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 		clickToWarm: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "prefetchd_click_to_warm_seconds",
 			Help:    "Time from a click (its event ts, or its Kafka record timestamp when ts is more than a minute off) to Redis acknowledging the write of a page predicted from it.",
-			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 36), // ~1.4× apart
+			Buckets: roundBuckets(prometheus.ExponentialBucketsRange(0.0001, 10, 36)), // ~1.4× apart
 		}),
 		late: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_prefetch_late_total",
@@ -175,3 +176,12 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 func (m *warmerMetrics) drop(reason string, n int) { m.dropped[reason].Add(float64(n)) }
 
 func (m *warmerMetrics) origin(result string) { m.originRequests[result].Inc() }
+
+// roundBuckets rounds bucket bounds to 4 significant digits, so that their
+// le labels read 0.0001 ... 10 rather than 9.999999999999948.
+func roundBuckets(b []float64) []float64 {
+	for i, v := range b {
+		b[i], _ = strconv.ParseFloat(strconv.FormatFloat(v, 'g', 4, 64), 64)
+	}
+	return b
+}

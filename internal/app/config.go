@@ -263,6 +263,9 @@ func (c *Config) Validate() error {
 	if c.KafkaSASLMechanism != "" && c.KafkaUsername == "" {
 		errs = append(errs, errors.New("--kafka-sasl-mechanism needs --kafka-username"))
 	}
+	if c.KafkaSASLMechanism == "" && (c.KafkaUsername != "" || c.KafkaPassword != "") {
+		errs = append(errs, errors.New("--kafka-username and --kafka-password need --kafka-sasl-mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"))
+	}
 	// The components behind these fields read 0 as "use the default", so
 	// an explicit 0 is refused here rather than silently changed.
 	for name, v := range map[string]float64{

@@ -344,7 +344,7 @@ func maxAbsDiff(a, b []float32) float64 {
 // TestSwapUnderLoad is the hot-swap load test: 8 goroutines predict
 // without pause while 50 versions are published, 20 of them corrupt or
 // contract-breaking. Correctness is asserted strictly; latency is measured
-// and logged (set PREFETCHD_STRICT_LATENCY=1 to also assert the p99 ratio,
+// and logged (set STRICT_LATENCY=1 to also assert the p99 ratio,
 // on a quiet machine).
 func TestSwapUnderLoad(t *testing.T) {
 	versions := loadVersions(t, loadN())
@@ -373,7 +373,7 @@ func TestSwapUnderLoad(t *testing.T) {
 	if rep.heapEnd > rep.heapBase+8<<20 {
 		t.Errorf("heap %d bytes after the run, baseline %d: more than 8 MiB above", rep.heapEnd, rep.heapBase)
 	}
-	if os.Getenv("PREFETCHD_STRICT_LATENCY") == "1" && rep.ratio() > 2 {
+	if os.Getenv("STRICT_LATENCY") == "1" && rep.ratio() > 2 {
 		t.Errorf("p99 during swaps %v is %.2f× steady %v, want ≤ 2×", rep.swapP99, rep.ratio(), rep.steadyP99)
 	}
 }
