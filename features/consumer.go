@@ -595,6 +595,7 @@ func (c *Consumer) restartReader(ctx context.Context) bool {
 	c.backwards = nil
 	old := c.reader
 	c.readerMu.Unlock()
+	c.track.rewind(parts)
 	c.log.Warn("partition offsets went backwards under the reader: reading again from the group's committed offsets",
 		"topic", c.cfg.Topic, "partitions", parts)
 	if err := old.Close(); err != nil {

@@ -97,6 +97,35 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 			t.Errorf("offset resets %v, want at least one", resets)
 		}
 	})
+	t.Run("topic recreated, partitions left empty", func(t *testing.T) {
+		b := kafkatest.Start(t, topic)
+		stream := newClickStream()
+		b.Produce(t, topic, stream.batch(6, 5)...)
+		rec := newRecorder(newTestHistories(t, HistoryConfig{MaxLen: 1000}))
+		c, err := NewConsumer(testConsumerConfig(b.Addr(), topic), rec, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runConsumer(t, c)
+		eventually(t, 20*time.Second, "the first events applied and committed", func() bool { return rec.total.Load() == 30 && c.Lag() == 0 })
+		assigned := testutil.ToFloat64(c.m.rebalances)
+		recreateTopic(t, b.Addr(), topic)
+		// One user's events: one partition has records, the others stay
+		// empty.
+		var msgs []kafka.Message
+		for range 5 {
+			msgs = append(msgs, stream.next("user-00"))
+		}
+		b.Produce(t, topic, msgs...)
+		eventually(t, 40*time.Second, "the new events applied", func() bool { return rec.total.Load() == 35 })
+		// Many lag reads later (LagInterval 100 ms), the reader was
+		// replaced once, not at every read while partitions stay empty.
+		time.Sleep(2 * time.Second)
+		if n := testutil.ToFloat64(c.m.rebalances) - assigned; n > 2 {
+			t.Errorf("%v assignments in 2 s after the topic was recreated, want the one of the replaced reader", n)
+		}
+		stop()
+	})
 	t.Run("broker replaced while stopped, shared histories in Redis", func(t *testing.T) {
 		srv := redistest.Start(t)
 		client := newRedisClient(t, srv.Addr())

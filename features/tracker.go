@@ -38,6 +38,12 @@ type partTrack struct {
 	// markSaved is false while the partition's mark (generation) has
 	// changed and is not yet stored.
 	markSaved bool
+	// rewound is set when the reader was replaced because this partition
+	// went backwards under it, until its next record: till then its old
+	// positions say nothing about the new log (snapshot leaves it out, so
+	// that an empty recreated partition does not replace the reader again
+	// at every lag read).
+	rewound bool
 }
 
 type trackEntry struct {
@@ -144,6 +150,7 @@ func (t *tracker) add(partition int, offset, hwm int64, ts time.Time) added {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pt := t.part(partition)
+	pt.rewound = false
 	var out added
 	truncated := pt.maxSeen >= 0 && offset <= pt.maxSeen && hwm > 0 && hwm <= pt.maxSeen
 	if offset <= pt.committed || truncated {
@@ -205,11 +212,23 @@ func (t *tracker) snapshot() map[int]position {
 	defer t.mu.Unlock()
 	out := make(map[int]position)
 	t.each(func(p int, pt *partTrack) {
-		if pt.maxSeen >= 0 { // only partitions this process has read
+		if pt.maxSeen >= 0 && !pt.rewound { // partitions this process has read, in the log it reads now
 			out[p] = position{committed: pt.ours, fetched: pt.maxSeen}
 		}
 	})
 	return out
+}
+
+// rewind marks parts as gone backwards under a reader that is being
+// replaced: snapshot leaves them out until their next record.
+func (t *tracker) rewind(parts []int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range parts {
+		if pt := t.lookup(p); pt != nil {
+			pt.rewound = true
+		}
+	}
 }
 
 // marks returns the marks of partitions whose generation changed or whose
