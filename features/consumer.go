@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"hash/maphash"
 	"io"
 	"log/slog"
@@ -205,8 +206,11 @@ type Meta struct {
 	Offset    int64
 	// Time is the broker timestamp of the message (zero for Apply).
 	Time time.Time
-	// Gen is the partition's generation (PartitionMark.Gen): a click is a
-	// redelivery of another only within one generation.
+	// Gen is the partition's generation (PartitionMark.Gen) tagged with the
+	// topic (TopicGen): a click is a redelivery of another only within one
+	// topic and generation, so that a history fed from one topic does not
+	// take the first offsets of another (a new format version's topic) for
+	// redeliveries.
 	Gen uint32
 }
 
@@ -989,7 +993,15 @@ func (c *Consumer) kickCommit() {
 }
 
 func (c *Consumer) metaOf(msg *fetched) Meta {
-	return Meta{Topic: c.cfg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time, Gen: msg.Gen}
+	return Meta{Topic: c.cfg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time, Gen: TopicGen(c.cfg.Topic, msg.Gen)}
+}
+
+// TopicGen is Meta.Gen of generation gen of a partition of topic: the
+// generation XOR the FNV-1a hash (32 bits) of the topic's name.
+func TopicGen(topic string, gen uint32) uint32 {
+	h := fnv.New32a()
+	_, _ = io.WriteString(h, topic)
+	return h.Sum32() ^ gen
 }
 
 // asReject returns the *RejectError in err, or one with reason "handler" for

@@ -802,6 +802,40 @@ func TestConsumerKeysOtherThanUser(t *testing.T) {
 	}
 }
 
+// TestConsumerTopicSwitch: histories fed from one topic take the events of
+// another (a new format version's topic, from offset 0) as new, not as
+// redeliveries of the first topic's offsets.
+func TestConsumerTopicSwitch(t *testing.T) {
+	b := kafkatest.Start(t, "clicks-v1", "clicks-v2")
+	store := newTestHistories(t, HistoryConfig{MaxLen: 1000})
+	rec := newRecorder(store)
+	stream := newClickStream()
+	for i, topic := range []string{"clicks-v1", "clicks-v2"} {
+		n := []int{50, 10}[i]
+		var msgs []kafka.Message
+		for range n {
+			msgs = append(msgs, stream.next("mig"))
+		}
+		b.Produce(t, topic, msgs...)
+		c, err := NewConsumer(testConsumerConfig(b.Addr(), topic), rec.replica(store), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runConsumer(t, c)
+		eventually(t, 30*time.Second, topic+" handled", func() bool {
+			return testutil.ToFloat64(c.m.events)+testutil.ToFloat64(c.m.duplicates) == float64(n) && c.Lag() == 0
+		})
+		stop()
+		if d := testutil.ToFloat64(c.m.duplicates); d != 0 {
+			t.Errorf("%s: %v events taken for redeliveries, want 0", topic, d)
+		}
+	}
+	checkApplied(t, rec.snapshot(), stream.want)
+	if TopicGen("clicks-v1", 0) == TopicGen("clicks-v2", 0) || TopicGen("t", 1) == TopicGen("t", 2) {
+		t.Error("TopicGen does not tell topics or generations apart")
+	}
+}
+
 // TestConsumerApplyMany: several raw events at once go through the batch
 // handler; bad events and repeated event ids get their error in place and
 // the rest are applied, each user's in order; a failing handler stops at
