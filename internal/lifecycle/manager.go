@@ -341,8 +341,14 @@ func (m *Manager) Activate(ctx context.Context, version string) error {
 func (m *Manager) activateLocked(ctx context.Context, name, cause string) error {
 	m.mu.Lock()
 	v := m.versions[name]
+	sk, skipped := m.skipped[name]
 	m.mu.Unlock()
 	if v == nil || (v.loaded == nil && v.disk == nil) {
+		if skipped {
+			// A folder in the repository that is not a servable version:
+			// say why rather than that no such version exists.
+			return fmt.Errorf("activate %q: %w: not served: %s", name, hint.ErrUnknownVersion, sk.why)
+		}
 		return fmt.Errorf("activate %q: %w", name, hint.ErrUnknownVersion)
 	}
 	if cur := m.current.Load(); cur != nil && cur.Version == name {
