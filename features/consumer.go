@@ -342,8 +342,13 @@ func (c *Consumer) newReader() *kafka.Reader {
 		RebalanceTimeout:  cfg.RebalanceTimeout,
 		JoinGroupBackoff:  500 * time.Millisecond,
 		StartOffset:       cfg.StartOffset,
-		CommitInterval:    0, // synchronous: we batch commits ourselves
-		Logger:            kafka.LoggerFunc(c.assign.observe),
+		// Records of transactions still open are not read (the fetch stops
+		// at the last stable offset). kafka-go does not drop the records of
+		// aborted transactions (segmentio/kafka-go#1332): producers should
+		// not abort transactions on this topic.
+		IsolationLevel: kafka.ReadCommitted,
+		CommitInterval: 0, // synchronous: we batch commits ourselves
+		Logger:         kafka.LoggerFunc(c.assign.observe),
 		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
 			c.log.Debug("kafka reader", "detail", fmt.Sprintf(format, args...))
 		}),
