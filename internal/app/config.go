@@ -263,6 +263,9 @@ func (c *Config) Validate() error {
 	if c.KafkaSASLMechanism != "" && c.KafkaUsername == "" {
 		errs = append(errs, errors.New("--kafka-sasl-mechanism needs --kafka-username"))
 	}
+	if c.DeadLetterTopic != "" && c.DeadLetterTopic == c.Topic {
+		errs = append(errs, fmt.Errorf("--dead-letter-topic %q is the click topic (--topic)", c.DeadLetterTopic))
+	}
 	if c.KafkaSASLMechanism == "" && (c.KafkaUsername != "" || c.KafkaPassword != "") {
 		errs = append(errs, errors.New("--kafka-username and --kafka-password need --kafka-sasl-mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"))
 	}

@@ -78,6 +78,7 @@ func TestParseFlags(t *testing.T) {
 		},
 		{name: "shed from above one", args: []string{"--warm-shed-from", "1.5"}, wantErr: "--warm-shed-from"},
 		{name: "negative overload lag", args: []string{"--overload-lag", "-1s"}, wantErr: "--overload-lag"},
+		{name: "dead letters to the click topic", args: []string{"--topic", "c", "--dead-letter-topic", "c"}, wantErr: "--dead-letter-topic \"c\" is the click topic"},
 		{name: "kafka user without a mechanism", args: []string{"--kafka-username", "u"}, wantErr: "need --kafka-sasl-mechanism"},
 		{name: "kafka password without a mechanism", env: map[string]string{"PREFETCHD_KAFKA_PASSWORD": "p"}, wantErr: "need --kafka-sasl-mechanism"},
 		{name: "kafka mechanism without a user", args: []string{"--kafka-sasl-mechanism", "PLAIN"}, wantErr: "needs --kafka-username"},
