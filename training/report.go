@@ -64,8 +64,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 // MRR@20 in the legend, as a standalone SVG picture.
 func (r *Report) WriteSVG(w io.Writer) error {
 	const (
-		width, height          = 640, 420
-		left, right, top, bott = 60, 170, 40, 50
+		width, height          = 720, 420
+		left, right, top, bott = 60, 230, 40, 50
 	)
 	colors := []string{"#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#d62728"}
 	pw, ph := float64(width-left-right), float64(height-top-bott)
