@@ -234,8 +234,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--ttl %v is not positive", c.TTL))
 	}
 	for name, addr := range map[string]string{"--listen": c.Listen, "--admin-listen": c.AdminListen} {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		if _, port, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", name, addr, err))
+		} else if _, err := net.LookupPort("tcp", port); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: port %q is not a number from 0 to 65535", name, addr, port))
 		}
 	}
 	switch c.HistoryStore {

@@ -63,6 +63,8 @@ func TestParseFlags(t *testing.T) {
 		},
 		{name: "bad env value", env: map[string]string{"PREFETCHD_K": "many"}, wantErr: "PREFETCHD_K"},
 		{name: "bad listen address", args: []string{"--listen", "nope"}, wantErr: "--listen"},
+		{name: "listen port out of range", args: []string{"--listen", "127.0.0.1:99999"}, wantErr: "not a number from 0 to 65535"},
+		{name: "admin port out of range", args: []string{"--admin-listen", "127.0.0.1:-1"}, wantErr: "--admin-listen"},
 		{name: "model and repo together", args: []string{"--model", "a", "--model-repo", "b"}, wantErr: "exclusive"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected"},
 		{name: "misspelled variable", env: map[string]string{"PREFETCHD_TRESHOLD": "0.2"}, wantErr: "unknown environment variable PREFETCHD_TRESHOLD (did you mean PREFETCHD_THRESHOLD?)"},
