@@ -266,6 +266,28 @@ func newPredict(fs *flag.FlagSet) *predict {
 	return p
 }
 
+func (p *predict) check(args []string) error {
+	if err := p.noArgs.check(args); err != nil {
+		return err
+	}
+	switch {
+	case p.user == "" && p.pages == "":
+		return errors.New("predict needs --user U or --pages a,b")
+	case isSet(p.fs, "k") && p.k < 1:
+		return fmt.Errorf("--k %d: want at least 1", p.k)
+	case isSet(p.fs, "threshold") && !(p.threshold >= 0 && p.threshold <= 1):
+		return fmt.Errorf("--threshold %v outside [0, 1]", p.threshold)
+	}
+	return nil
+}
+
+// isSet reports whether flag name was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 func (p *predict) run(ctx context.Context, o *options) error {
 	req := &prefetchv1.PredictRequest{UserId: p.user}
 	if p.pages != "" {

@@ -141,8 +141,8 @@ func TestCommands(t *testing.T) {
 			}},
 		{name: "predict json", args: []string{"--json", "predict", "--user", "u1"},
 			wantOut: []string{`"page":"/next"`, `"model_version":"v1"`}},
-		{name: "predict invalid k", args: []string{"predict", "--user", "u1", "--k", "0"}, wantCode: codes.InvalidArgument},
-		{name: "predict no user", args: []string{"predict"}, wantCode: codes.InvalidArgument},
+		{name: "predict k above the server's limit", args: []string{"predict", "--user", "u1", "--k", "101"}, wantCode: codes.InvalidArgument},
+		{name: "predict empty pages", args: []string{"predict", "--pages", ","}, wantCode: codes.InvalidArgument},
 		{name: "ingest", args: []string{"ingest", "--file", events},
 			wantOut: []string{"accepted 2, rejected 3, unreadable 1", "empty_user_id: 1", "invalid: 1", "missing_ts: 1", "line 5: user_id: must not be empty", "line 6: invalid argument", "line 7: ts: must be set", "line 4: decode JSON"},
 			check: func(t *testing.T) {
@@ -363,6 +363,9 @@ func TestFlags(t *testing.T) {
 		clitest.Case{Name: "watch nobody", Args: []string{"watch"}, Exit: 2, Stderr: "watch needs --user U (repeatable) or --any"},
 		clitest.Case{Name: "watch any and users", Args: []string{"watch", "--any", "--user", "u"}, Exit: 2, Stderr: "not both"},
 		clitest.Case{Name: "watch threshold above one", Args: []string{"watch", "--any", "--threshold", "2"}, Exit: 2, Stderr: "--threshold 2 outside [0, 1]"},
+		clitest.Case{Name: "predict for nobody", Args: []string{"predict"}, Exit: 2, Stderr: "predict needs --user U or --pages a,b"},
+		clitest.Case{Name: "predict k zero", Args: []string{"predict", "--user", "u", "--k", "0"}, Exit: 2, Stderr: "--k 0: want at least 1"},
+		clitest.Case{Name: "predict threshold above one", Args: []string{"predict", "--user", "u", "--threshold", "2"}, Exit: 2, Stderr: "--threshold 2 outside [0, 1]"},
 	)
 	clitest.Check(t, "prefetchctl", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
 		return run(ctx, args, noEnv, nil, stdout)
