@@ -111,7 +111,7 @@ func (w *Warmer) check(ctx context.Context, st *watchState) error {
 		// failovers are told by the sentinel alone, which a restarted
 		// server without persistence has lost too.
 		if !st.noRunID {
-			w.log.Warn("prefetch cache check: no run_id from redis; detecting flushes and restarts by the sentinel key alone", "err", err)
+			w.log.Info("prefetch cache check: no run_id from redis; detecting flushes and restarts by the sentinel key alone", "err", err)
 		}
 		st.noRunID, id = true, ""
 	default:
