@@ -294,6 +294,8 @@ func (s *redisStore) Lookup(ctx context.Context, from []string, at time.Time, ds
 	if len(from) == 0 {
 		return dst, nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
 	pipe := s.c.Pipeline()
 	cmds := make([]*redis.MapStringStringCmd, len(from))
 	for i, p := range from {

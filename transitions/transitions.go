@@ -62,7 +62,15 @@ type Config struct {
 	MaxNext int
 	// KeyPrefix prefixes the Redis keys. Default "prefetchd:tr:".
 	KeyPrefix string
+	// OpTimeout bounds each read of the statistics from Redis (Lookup),
+	// which a hint query or a click waits for: they are best effort, and
+	// the caller goes on without them. Writes run off the click path
+	// (Stats.Run). Default DefaultOpTimeout.
+	OpTimeout time.Duration
 }
+
+// DefaultOpTimeout is Config.OpTimeout's default.
+const DefaultOpTimeout = 500 * time.Millisecond
 
 // Validate reports a configuration error wrapping ErrInvalidConfig.
 func (c Config) Validate() error {
@@ -75,6 +83,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("max pages %d is negative: %w", c.MaxPages, ErrInvalidConfig)
 	case c.MaxNext < 0:
 		return fmt.Errorf("max next pages %d is negative: %w", c.MaxNext, ErrInvalidConfig)
+	case c.OpTimeout < 0:
+		return fmt.Errorf("op timeout %v is negative: %w", c.OpTimeout, ErrInvalidConfig)
 	}
 	return nil
 }
@@ -94,6 +104,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KeyPrefix == "" {
 		c.KeyPrefix = "prefetchd:tr:"
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = DefaultOpTimeout
 	}
 	return c
 }

@@ -591,3 +591,40 @@ func TestOnlineOnlyWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisLookupTimeout: a read of the statistics from a Redis that does
+// not answer (busy with a script) gives up after OpTimeout, not after the
+// caller's own deadline.
+func TestRedisLookupTimeout(t *testing.T) {
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = client.Close() })
+	s, err := NewRedis(Config{OpTimeout: 100 * time.Millisecond}, client, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Another connection keeps the server busy for 1.5 s.
+	busy := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: 5 * time.Second})
+	t.Cleanup(func() { _ = busy.Close() })
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		close(started)
+		done <- busy.Eval(ctx, `local t0 = redis.call('TIME') repeat local t = redis.call('TIME') until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 1500000 return 1`, nil).Err()
+	}()
+	<-started
+	time.Sleep(100 * time.Millisecond) // the script is running
+	start := time.Now()
+	_, err = s.Lookup(ctx, []string{"/a"}, time.Now(), nil)
+	if took := time.Since(start); err == nil || took > time.Second {
+		t.Errorf("Lookup on a busy server: %v after %v, want an error after about 100ms", err, took)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("busy script: %v", err)
+	}
+	if _, err := s.Lookup(ctx, []string{"/a"}, time.Now(), nil); err != nil {
+		t.Errorf("Lookup once the server answers: %v", err)
+	}
+}
