@@ -202,15 +202,7 @@ func (d *Decoder) decode(data []byte, now time.Time, alias bool) (Event, error) 
 	case len(w.EventID) > c.MaxFieldBytes:
 		return Event{}, reject(ReasonFieldTooLong, fmt.Sprintf("event_id %d bytes, limit %d", len(w.EventID), c.MaxFieldBytes))
 	}
-	ts, ok := parseTSFast(w.TS)
-	var err error
-	if !ok {
-		ts, err = time.Parse(time.RFC3339Nano, w.TS)
-		if err != nil && strings.ContainsAny(w.TS, "tz") {
-			// RFC 3339 (section 5.6) allows "t" and "z"; time.Parse does not.
-			ts, err = time.Parse(time.RFC3339Nano, strings.NewReplacer("t", "T", "z", "Z").Replace(w.TS))
-		}
-	}
+	ts, err := ParseTS(w.TS)
 	if err != nil {
 		return Event{}, reject(ReasonBadTS, fmt.Sprintf("%q is not RFC 3339", truncate(w.TS, 64)))
 	}
@@ -393,6 +385,22 @@ func skipSpace(data []byte, i int) int {
 		}
 	}
 	return i
+}
+
+// ParseTS parses an event's ts as the decoder does: RFC 3339 with an
+// optional fraction and any offset, "t" and "z" in either case (RFC 3339
+// section 5.6). Tools that read events (training, the command-line client)
+// use it so that they accept what the service accepts.
+func ParseTS(s string) (time.Time, error) {
+	if ts, ok := parseTSFast(s); ok {
+		return ts, nil
+	}
+	ts, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil && strings.ContainsAny(s, "tz") {
+		// time.Parse wants "T" and "Z".
+		ts, err = time.Parse(time.RFC3339Nano, strings.NewReplacer("t", "T", "z", "Z").Replace(s))
+	}
+	return ts, err
 }
 
 // parseTSFast parses the common UTC form of RFC 3339,

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/prefetchd/prefetchd/features"
 )
 
 // Canonicalizer maps a raw page (URL or path) to its vocabulary key; the
@@ -100,7 +102,7 @@ func decodeClick(data []byte) (e ClickEvent, ok bool) {
 	if err := json.Unmarshal(data, &w); err != nil || w.UserID == "" || strings.TrimSpace(w.Page) == "" {
 		return e, false
 	}
-	ts, err := time.Parse(time.RFC3339Nano, w.TS)
+	ts, err := features.ParseTS(w.TS) // what the service accepts
 	if err != nil {
 		return e, false
 	}

@@ -19,7 +19,7 @@ func TestReadJSONLSessions(t *testing.T) {
 	const log = `{"user_id":"b","page":"/x","ts":"2026-11-01T10:00:00Z"}
 {"user_id":"a","page":"/1","ts":"2026-11-01T09:00:00Z"}
 {"user_id":"a","page":"/3","ts":"2026-11-01T09:20:00Z"}
-{"user_id":"a","page":"/2","ts":"2026-11-01T09:10:00Z"}
+{"user_id":"a","page":"/2","ts":"2026-11-01t09:10:00z"}
 not json
 {"user_id":"a","page":"","ts":"2026-11-01T09:11:00Z"}
 {"user_id":"a","page":"/4","ts":"yesterday"}

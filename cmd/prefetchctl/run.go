@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/cli"
 	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
 )
@@ -517,7 +518,7 @@ func decodeLine(text string) (*prefetchv1.ClickEvent, error) {
 		UserId: fe.UserID, Page: fe.Page, SessionId: fe.SessionID, Referrer: fe.Referrer, EventId: fe.EventID,
 	}
 	if fe.TS != "" {
-		ts, err := time.Parse(time.RFC3339Nano, fe.TS)
+		ts, err := features.ParseTS(fe.TS) // what the service accepts
 		if err != nil {
 			return nil, fmt.Errorf("ts: %w", err)
 		}

@@ -150,7 +150,7 @@ func TestCommands(t *testing.T) {
 					t.Errorf("engine got %d events, want 2", n)
 				}
 			}},
-		{name: "ingest stdin", args: []string{"ingest", "--file", "-"}, stdin: `{"user_id":"u3","page":"/a","ts":"1995-07-01T00:00:01Z"}` + "\n",
+		{name: "ingest stdin, lower-case t and z", args: []string{"ingest", "--file", "-"}, stdin: `{"user_id":"u3","page":"/a","ts":"1995-07-01t00:00:01z"}` + "\n",
 			wantOut: []string{"accepted 1, rejected 0"}},
 		{name: "ingest duplicate", args: []string{"ingest", "--file", "-"}, stdin: `{"user_id":"u3","page":"/a","ts":"1995-07-01T00:00:01Z","event_id":"seen"}` + "\n",
 			wantOut: []string{"accepted 0, rejected 0", "duplicates 1"}},
