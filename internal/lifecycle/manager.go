@@ -54,6 +54,11 @@ type Manager struct {
 	// loads, never by readers.
 	opMu  sync.Mutex
 	epoch uint32 // guarded by opMu
+	// pin is the version an operator or the automatic rollback chose,
+	// also in PinFile; nil when the newest serves. Guarded by opMu.
+	pin *pin
+	// synced is set after the first Sync. Guarded by opMu.
+	synced bool
 
 	// mu guards the fields below; it is held only briefly.
 	mu       sync.Mutex
@@ -194,6 +199,15 @@ func (m *Manager) Sync(ctx context.Context) error {
 		}
 	}
 	m.mu.Unlock()
+	if !m.synced {
+		// At start, the version chosen before the restart serves again,
+		// unless a newer one was published since.
+		m.synced = true
+		if m.pin = m.loadPin(); m.pin != nil {
+			fresh = pinFirst(fresh, m.pin)
+			m.log.Info("model pin found", "version", m.pin.Version, "cause", m.pin.Cause, "at", m.pin.At)
+		}
+	}
 	for _, c := range fresh { // newest first
 		if ctx.Err() != nil {
 			return fmt.Errorf("sync model repository: %w", ctx.Err())
@@ -440,6 +454,14 @@ func (m *Manager) swapLocked(v *version, cause string, push bool) {
 	now := m.now()
 	old := m.current.Load()
 	m.epoch++
+	if !m.static {
+		switch {
+		case cause == CauseActivate || cause == CauseRollback || cause == CauseAutoRollback:
+			m.savePin(v.name, cause, now)
+		case cause == CausePublish && m.pin != nil && m.pin.Version != v.name:
+			m.clearPin()
+		}
+	}
 	l := v.loaded
 	b, _ := l.(*model.Bundle)
 	live := &Live{
