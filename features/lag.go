@@ -2,6 +2,7 @@ package features
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
@@ -136,7 +137,9 @@ func (w *lagWatch) read(ctx context.Context) (int64, map[int]brokerView, error) 
 	if err != nil {
 		return 0, nil, fmt.Errorf("committed offsets of group %s: %w", w.cfg.GroupID, err)
 	}
-	if committed.Error != nil {
+	if committed.Error != nil && !errors.Is(committed.Error, kafka.GroupIdNotFound) {
+		// (A group the brokers do not know yet has committed nothing:
+		// the whole log is lag, as for a partition without an offset.)
 		return 0, nil, fmt.Errorf("committed offsets of group %s: %w", w.cfg.GroupID, committed.Error)
 	}
 	next := make(map[int]int64, len(parts))

@@ -74,3 +74,25 @@ func TestConsumerLagIsTheGroups(t *testing.T) {
 		})
 	}
 }
+
+// TestLagOfUnknownGroup: a group the brokers do not know yet (before its
+// first join) has committed nothing: the whole topic is its lag, not an
+// error.
+func TestLagOfUnknownGroup(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	b.Produce(t, topic, newClickStream().batch(4, 5)...)
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.GroupID = "never-joined"
+	w := newLagWatch(cfg.withDefaults(), slog.New(slog.DiscardHandler))
+	defer w.close()
+	n, views, err := w.read(t.Context())
+	if err != nil || n != 20 {
+		t.Fatalf("lag of a group never joined = %d, %v; want 20 and no error", n, err)
+	}
+	for p, v := range views {
+		if v.committed != -1 {
+			t.Errorf("partition %d committed %d, want -1 (none)", p, v.committed)
+		}
+	}
+}
