@@ -765,11 +765,16 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 		if !batched {
 			r.Err = e.deps.Histories.Append(ctx, r.User, r.Click, &r.Rec)
 		}
-		if r.Err == nil {
-			w.counted = append(w.counted, r.at) // appended and counted by this attempt
-		}
 		var err error
-		if r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, r.ev.TS); errors.Is(err, errSettled) {
+		r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, r.ev.TS)
+		if err == nil || errors.Is(err, errSettled) {
+			// Applied in effect by this attempt (appended now, or found
+			// applied by an earlier one and settled here): handed again
+			// after a failure earlier in the run, it is settled, not a
+			// duplicate.
+			w.counted = append(w.counted, r.at)
+		}
+		if errors.Is(err, errSettled) {
 			continue // applied by an attempt whose reply was lost: nothing left to do
 		} else if err != nil {
 			r.err = err

@@ -523,6 +523,9 @@ type retryRig struct {
 	run func(clicks ...any) (int, []error)
 	// refuse makes the store refuse the next Append of click (user, k).
 	refuse func(user string, k int)
+	// lose makes the store apply the next Append of user and lose the
+	// reply (an error).
+	lose func(user string)
 }
 
 func newRetryRig(t *testing.T, ctx context.Context, st storeBackend) retryRig {
@@ -551,6 +554,13 @@ func newRetryRig(t *testing.T, ctx context.Context, st storeBackend) retryRig {
 			_, m := click(user, k)
 			faulty.mu.Lock()
 			faulty.user, faulty.fails, faulty.refuseAt = user, 1, map[int64]bool{m.Offset: true}
+			faulty.refuse, faulty.onAppend = true, false
+			faulty.mu.Unlock()
+		},
+		lose: func(user string) {
+			faulty.mu.Lock()
+			faulty.user, faulty.fails, faulty.refuseAt = user, 1, nil
+			faulty.refuse, faulty.onAppend = false, true
 			faulty.mu.Unlock()
 		},
 	}
@@ -592,6 +602,46 @@ func TestRetriedAppliedClickCountedOnce(t *testing.T) {
 			}
 			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 {
 				t.Fatalf("after a redelivery: evaluator %d clicks, %d events applied, want 3 and 3", got, tot.Events)
+			}
+		})
+	}
+}
+
+// TestSettledClickHandedAgain: a click whose Append was applied with the
+// reply lost is found applied in the next attempt and settled there; when
+// that attempt's run fails at an earlier click, the consumer hands the click
+// again: it is still settled (applied once), not a duplicate. (Seen in the
+// Redis Cluster failover soak: events_total one short, duplicates_total one
+// over.)
+func TestSettledClickHandedAgain(t *testing.T) {
+	for _, st := range storeBackends(t) {
+		t.Run(st.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			r := newRetryRig(t, ctx, st)
+			r.lose("x")
+			if n, errs := r.run("x", 0); n != 0 || !errors.Is(errs[0], errAppendFault) {
+				t.Fatalf("x0 with its reply lost: %d %v, want 0 and the injected error", n, errs)
+			}
+			// Handed again behind w0, which is refused: x0 is found
+			// applied and settled, but the run fails at w0 first.
+			r.refuse("w", 0)
+			if n, errs := r.run("w", 0, "x", 0); n != 0 || !errors.Is(errs[0], errAppendFault) {
+				t.Fatalf("run with w0 refused: %d %v, want 0 and the injected error", n, errs)
+			}
+			// The consumer retries w0, then hands x0 again.
+			if n, errs := r.run("w", 0); n != 1 || errs[0] != nil {
+				t.Fatalf("w0 retried: %d %v, want it applied", n, errs)
+			}
+			if n, errs := r.run("x", 0); n != 1 || errs[0] != nil {
+				t.Fatalf("x0 handed again: %d %v, want it settled (applied once), not a duplicate", n, errs)
+			}
+			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 2 || tot.Events != 2 || tot.Duplicates != 0 {
+				t.Fatalf("evaluator counted %d clicks, totals %+v; want 2 events, 0 duplicates", got, tot)
+			}
+			// Settled since: a redelivery is a duplicate.
+			if _, errs := r.run("x", 0); !errors.Is(errs[0], features.ErrDuplicate) {
+				t.Fatalf("x0 redelivered: %v, want a duplicate", errs[0])
 			}
 		})
 	}
