@@ -294,11 +294,14 @@ type Consumer struct {
 	dec     *Decoder
 	m       *ingestMetrics
 	dlq     *deadLetters // nil without a dead-letter topic
-	track   *tracker
-	ids     *recentIDs // nil when EventIDCache is off
-	lag     *lagWatch
-	stalls  *stalls
-	assign  *assignments
+	// topicTag is TopicGen(Topic, 0), hashed once: Meta.Gen is topicTag ^
+	// the partition's generation.
+	topicTag uint32
+	track    *tracker
+	ids      *recentIDs // nil when EventIDCache is off
+	lag      *lagWatch
+	stalls   *stalls
+	assign   *assignments
 
 	commitNow chan struct{}
 
@@ -375,6 +378,9 @@ type fetched struct {
 type job struct {
 	msg fetched
 	seq int64
+	// parsed is msg.Value read by the fetch loop (to route it by user id),
+	// which the worker decodes from.
+	parsed parsed
 }
 
 // oneByOne adapts a plain Handler to BatchHandler: events one by one,
@@ -419,6 +425,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 	}
 	c := &Consumer{
 		cfg:       cfg,
+		topicTag:  TopicGen(cfg.Topic, 0),
 		handler:   bh,
 		log:       logger,
 		dec:       dec,
@@ -564,8 +571,9 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 			c.m.duplicates.Inc()
 			continue
 		}
-		q := queues[workerOf(c.dec.userOf(msg.Value), msg.Key, msg.Partition, len(queues))]
-		if !q.push(ctx, job{msg: fetched{Key: msg.Key, Value: msg.Value, Time: msg.Time, Offset: msg.Offset, Partition: msg.Partition, Gen: a.gen}, seq: a.seq}) {
+		p := c.dec.parse(msg.Value, true)
+		q := queues[workerOf(p.w.UserID, msg.Key, msg.Partition, len(queues))]
+		if !q.push(ctx, job{msg: fetched{Key: msg.Key, Value: msg.Value, Time: msg.Time, Offset: msg.Offset, Partition: msg.Partition, Gen: a.gen}, seq: a.seq, parsed: p}) {
 			return nil
 		}
 	}
@@ -902,7 +910,7 @@ func (c *Consumer) work(ctx context.Context, slot int, q *workQueue) {
 			now := time.Unix(0, c.clock.Load())
 			for ; i < len(jobs) && len(rows) < size; i++ {
 				j := &jobs[i]
-				ev, err := c.dec.decode(j.msg.Value, now, true)
+				ev, err := c.dec.decodeParsed(j.msg.Value, now, true, j.parsed)
 				if err != nil {
 					rej := asReject(err)
 					c.m.rejected(rej.Reason).Inc()
@@ -998,7 +1006,7 @@ func (c *Consumer) kickCommit() {
 }
 
 func (c *Consumer) metaOf(msg *fetched) Meta {
-	return Meta{Topic: c.cfg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time, Gen: TopicGen(c.cfg.Topic, msg.Gen)}
+	return Meta{Topic: c.cfg.Topic, Partition: int32(msg.Partition), Offset: msg.Offset, Time: msg.Time, Gen: c.topicTag ^ msg.Gen}
 }
 
 // TopicGen is Meta.Gen of generation gen of a partition of topic: the

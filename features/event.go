@@ -168,6 +168,12 @@ func (d *Decoder) Decode(data []byte, now time.Time) (Event, error) {
 // decode is Decode; with alias the event's strings share data's memory
 // instead of a copy, for callers that own data and never modify it.
 func (d *Decoder) decode(data []byte, now time.Time, alias bool) (Event, error) {
+	return d.decodeParsed(data, now, alias, parsed{})
+}
+
+// decodeParsed is decode reusing p, data's fields already read by parse
+// (with the same alias), when p.done.
+func (d *Decoder) decodeParsed(data []byte, now time.Time, alias bool, p parsed) (Event, error) {
 	c := &d.cfg
 	switch {
 	case len(data) == 0:
@@ -177,13 +183,13 @@ func (d *Decoder) decode(data []byte, now time.Time, alias bool) (Event, error) 
 	case !utf8.Valid(data):
 		return Event{}, reject(ReasonUTF8, "")
 	}
-	w, ok := decodeFast(data, alias)
-	if !ok {
-		var err error
-		if w, err = decodeSlow(data); err != nil {
-			return Event{}, reject(ReasonJSON, err.Error())
-		}
+	if !p.done {
+		p = d.parse(data, alias)
 	}
+	if p.err != nil {
+		return Event{}, reject(ReasonJSON, p.err.Error())
+	}
+	w := p.w
 	switch {
 	case w.UserID == "":
 		return Event{}, reject(ReasonMissingUserID, "")
@@ -251,20 +257,27 @@ func truncate(s string, n int) string {
 
 // decodeSlow parses with encoding/json (kept apart so that only this path
 // moves the event to the heap).
-// userOf reads the user id of an event's value for routing it to a
-// worker, as decode would read it (the fast path, else encoding/json), or
-// "" when the value cannot hold a valid event.
-func (d *Decoder) userOf(data []byte) string {
+// parsed is an event value's fields as parse read them, or why it could
+// not.
+type parsed struct {
+	w    wireEvent
+	err  error // encoding/json's: the value is not an event object
+	done bool  // parse ran (not for an empty or oversized value)
+}
+
+// parse reads data's fields as decode does (the fast path, else
+// encoding/json), with alias sharing data's memory. The consumer's fetch
+// loop parses once to route a message by its user id, and its worker
+// decodes from that parse.
+func (d *Decoder) parse(data []byte, alias bool) parsed {
 	if len(data) == 0 || len(data) > d.cfg.MaxMessageBytes {
-		return ""
+		return parsed{} // decode rejects it before reading it
 	}
-	if w, ok := decodeFast(data, true); ok {
-		return w.UserID
+	if w, ok := decodeFast(data, alias); ok {
+		return parsed{w: w, done: true}
 	}
-	if w, err := decodeSlow(data); err == nil {
-		return w.UserID
-	}
-	return ""
+	w, err := decodeSlow(data)
+	return parsed{w: w, err: err, done: true}
 }
 
 func decodeSlow(data []byte) (wireEvent, error) {

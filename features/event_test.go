@@ -165,7 +165,7 @@ func BenchmarkDecode(b *testing.B) {
 }
 
 // BenchmarkWorkerRouting is the fetch loop's cost per message of choosing
-// a worker by user id (userOf, then the hash), beside the hash of the key
+// a worker by user id (parse, then the hash), beside the hash of the key
 // alone that it replaced.
 func BenchmarkWorkerRouting(b *testing.B) {
 	dec, _ := NewDecoder(DecoderConfig{})
@@ -175,7 +175,7 @@ func BenchmarkWorkerRouting(b *testing.B) {
 	b.Run("user", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			sink += workerOf(dec.userOf(msg), key, 0, 4)
+			sink += workerOf(dec.parse(msg, true).w.UserID, key, 0, 4)
 		}
 	})
 	b.Run("key", func(b *testing.B) {

@@ -93,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cli.Usagef("--format %q: want jsonl, msnbc, spmf or kafka", *format)
 	case *export != training.ModelGRU && *export != training.ModelMarkov:
 		return cli.Usagef("--model %q: want %s or %s", *export, training.ModelGRU, training.ModelMarkov)
-	case *noGRU && *export == training.ModelGRU && isSet(fs, "model"):
+	case *noGRU && *export == training.ModelGRU && cli.IsSet(fs, "model"):
 		return cli.Usagef("--no-gru trains no GRU to export: drop --model gru")
 	case !(*holdout > 0 && *holdout < 1):
 		return cli.Usagef("--holdout %v: want a share between 0 and 1, both excluded", *holdout)
@@ -209,11 +209,4 @@ func renderReports(rep *training.Report) (map[string][]byte, error) {
 		out[f.name] = buf.Bytes()
 	}
 	return out, nil
-}
-
-// isSet reports whether flag name was given on the command line.
-func isSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }

@@ -274,19 +274,12 @@ func (p *predict) check(args []string) error {
 	switch {
 	case p.user == "" && p.pages == "":
 		return errors.New("predict needs --user U or --pages a,b")
-	case isSet(p.fs, "k") && p.k < 1:
+	case cli.IsSet(p.fs, "k") && p.k < 1:
 		return fmt.Errorf("--k %d: want at least 1", p.k)
-	case isSet(p.fs, "threshold") && !(p.threshold >= 0 && p.threshold <= 1):
+	case cli.IsSet(p.fs, "threshold") && !(p.threshold >= 0 && p.threshold <= 1):
 		return fmt.Errorf("--threshold %v outside [0, 1]", p.threshold)
 	}
 	return nil
-}
-
-// isSet reports whether flag name was given on the command line.
-func isSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }
 
 func (p *predict) run(ctx context.Context, o *options) error {

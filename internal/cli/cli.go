@@ -260,3 +260,12 @@ func distance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// IsSet reports whether flag name was given on fs's command line (not left
+// at its default): for settings where the default and an explicit value
+// must be told apart.
+func IsSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}

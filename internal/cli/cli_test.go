@@ -131,3 +131,15 @@ func TestVersion(t *testing.T) {
 		t.Errorf("Version() = %q, lacks the Go version", v)
 	}
 }
+
+func TestIsSet(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.Int("k", 0, "")
+	fs.Int("n", 5, "")
+	if err := fs.Parse([]string{"--k", "0"}); err != nil {
+		t.Fatal(err)
+	}
+	if !IsSet(fs, "k") || IsSet(fs, "n") || IsSet(fs, "missing") {
+		t.Errorf("IsSet k %v, n %v, missing %v; want true (given as 0), false, false", IsSet(fs, "k"), IsSet(fs, "n"), IsSet(fs, "missing"))
+	}
+}

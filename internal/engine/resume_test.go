@@ -566,6 +566,29 @@ func newRetryRig(t *testing.T, ctx context.Context, st storeBackend) retryRig {
 	}
 }
 
+// eachRetryRig runs f with a retry rig on the in-memory store and on a real
+// redis-server.
+func eachRetryRig(t *testing.T, f func(t *testing.T, r retryRig)) {
+	for _, st := range storeBackends(t) {
+		t.Run(st.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			f(t, newRetryRig(t, ctx, st))
+		})
+	}
+}
+
+// failAtA1 hands the run a0, a1, u0 with a1 refused. Waves: a0 and u0
+// first, then a1: the run fails at a1 (index 1) after u0 (index 2) was
+// applied and counted.
+func (r retryRig) failAtA1(t *testing.T) {
+	t.Helper()
+	r.refuse("a", 1)
+	if n, errs := r.run("a", 0, "a", 1, "u", 0); n != 1 || !errors.Is(errs[1], errAppendFault) {
+		t.Fatalf("run with a1 refused: first failure %d, errors %v; want 1 and the injected error", n, errs)
+	}
+}
+
 // TestRetriedAppliedClickCountedOnce: the consumer hands a run again from
 // its first click that failed, so a click of another user that the run
 // applied and counted (in an earlier wave) comes back; if its Append then
@@ -574,37 +597,27 @@ func newRetryRig(t *testing.T, ctx context.Context, st storeBackend) retryRig {
 // A settled click handed again is a redelivery: a duplicate, not counted
 // again. On the in-memory store and on a real redis-server.
 func TestRetriedAppliedClickCountedOnce(t *testing.T) {
-	for _, st := range storeBackends(t) {
-		t.Run(st.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			r := newRetryRig(t, ctx, st)
-			// Waves: a0 and u0 first, then a1, refused: the run fails at a1
-			// (index 1) after u0 (index 2) was applied and counted.
-			r.refuse("a", 1)
-			if n, errs := r.run("a", 0, "a", 1, "u", 0); n != 1 || !errors.Is(errs[1], errAppendFault) {
-				t.Fatalf("run with a1 refused: first failure %d, errors %v; want 1 and the injected error", n, errs)
-			}
-			// Handed again from a1: u0's Append is refused now.
-			r.refuse("u", 0)
-			if n, errs := r.run("a", 1, "u", 0); n != 1 || errs[0] != nil || !errors.Is(errs[1], errAppendFault) {
-				t.Fatalf("second attempt with u0 refused: first failure %d, errors %v; want 1, a1 applied", n, errs)
-			}
-			// Handed again from u0: found applied by this engine, settled.
-			if n, errs := r.run("u", 0); n != 1 || errs[0] != nil {
-				t.Fatalf("third attempt: %d %v, want u0 settled", n, errs)
-			}
-			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 {
-				t.Fatalf("evaluator counted %d clicks, %d events applied; want 3 and 3 (u0 once)", got, tot.Events)
-			}
-			if _, errs := r.run("a", 0); !errors.Is(errs[0], features.ErrDuplicate) {
-				t.Fatalf("a0 redelivered: %v, want a duplicate", errs[0])
-			}
-			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 {
-				t.Fatalf("after a redelivery: evaluator %d clicks, %d events applied, want 3 and 3", got, tot.Events)
-			}
-		})
-	}
+	eachRetryRig(t, func(t *testing.T, r retryRig) {
+		r.failAtA1(t)
+		// Handed again from a1: u0's Append is refused now.
+		r.refuse("u", 0)
+		if n, errs := r.run("a", 1, "u", 0); n != 1 || errs[0] != nil || !errors.Is(errs[1], errAppendFault) {
+			t.Fatalf("second attempt with u0 refused: first failure %d, errors %v; want 1, a1 applied", n, errs)
+		}
+		// Handed again from u0: found applied by this engine, settled.
+		if n, errs := r.run("u", 0); n != 1 || errs[0] != nil {
+			t.Fatalf("third attempt: %d %v, want u0 settled", n, errs)
+		}
+		if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 {
+			t.Fatalf("evaluator counted %d clicks, %d events applied; want 3 and 3 (u0 once)", got, tot.Events)
+		}
+		if _, errs := r.run("a", 0); !errors.Is(errs[0], features.ErrDuplicate) {
+			t.Fatalf("a0 redelivered: %v, want a duplicate", errs[0])
+		}
+		if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 {
+			t.Fatalf("after a redelivery: evaluator %d clicks, %d events applied, want 3 and 3", got, tot.Events)
+		}
+	})
 }
 
 // TestSettledClickHandedAgain: a click whose Append was applied with the
@@ -614,70 +627,55 @@ func TestRetriedAppliedClickCountedOnce(t *testing.T) {
 // Redis Cluster failover soak: events_total one short, duplicates_total one
 // over.)
 func TestSettledClickHandedAgain(t *testing.T) {
-	for _, st := range storeBackends(t) {
-		t.Run(st.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			r := newRetryRig(t, ctx, st)
-			r.lose("x")
-			if n, errs := r.run("x", 0); n != 0 || !errors.Is(errs[0], errAppendFault) {
-				t.Fatalf("x0 with its reply lost: %d %v, want 0 and the injected error", n, errs)
-			}
-			// Handed again behind w0, which is refused: x0 is found
-			// applied and settled, but the run fails at w0 first.
-			r.refuse("w", 0)
-			if n, errs := r.run("w", 0, "x", 0); n != 0 || !errors.Is(errs[0], errAppendFault) {
-				t.Fatalf("run with w0 refused: %d %v, want 0 and the injected error", n, errs)
-			}
-			// The consumer retries w0, then hands x0 again.
-			if n, errs := r.run("w", 0); n != 1 || errs[0] != nil {
-				t.Fatalf("w0 retried: %d %v, want it applied", n, errs)
-			}
-			if n, errs := r.run("x", 0); n != 1 || errs[0] != nil {
-				t.Fatalf("x0 handed again: %d %v, want it settled (applied once), not a duplicate", n, errs)
-			}
-			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 2 || tot.Events != 2 || tot.Duplicates != 0 {
-				t.Fatalf("evaluator counted %d clicks, totals %+v; want 2 events, 0 duplicates", got, tot)
-			}
-			// Settled since: a redelivery is a duplicate.
-			if _, errs := r.run("x", 0); !errors.Is(errs[0], features.ErrDuplicate) {
-				t.Fatalf("x0 redelivered: %v, want a duplicate", errs[0])
-			}
-		})
-	}
+	eachRetryRig(t, func(t *testing.T, r retryRig) {
+		r.lose("x")
+		if n, errs := r.run("x", 0); n != 0 || !errors.Is(errs[0], errAppendFault) {
+			t.Fatalf("x0 with its reply lost: %d %v, want 0 and the injected error", n, errs)
+		}
+		// Handed again behind w0, which is refused: x0 is found
+		// applied and settled, but the run fails at w0 first.
+		r.refuse("w", 0)
+		if n, errs := r.run("w", 0, "x", 0); n != 0 || !errors.Is(errs[0], errAppendFault) {
+			t.Fatalf("run with w0 refused: %d %v, want 0 and the injected error", n, errs)
+		}
+		// The consumer retries w0, then hands x0 again.
+		if n, errs := r.run("w", 0); n != 1 || errs[0] != nil {
+			t.Fatalf("w0 retried: %d %v, want it applied", n, errs)
+		}
+		if n, errs := r.run("x", 0); n != 1 || errs[0] != nil {
+			t.Fatalf("x0 handed again: %d %v, want it settled (applied once), not a duplicate", n, errs)
+		}
+		if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 2 || tot.Events != 2 || tot.Duplicates != 0 {
+			t.Fatalf("evaluator counted %d clicks, totals %+v; want 2 events, 0 duplicates", got, tot)
+		}
+		// Settled since: a redelivery is a duplicate.
+		if _, errs := r.run("x", 0); !errors.Is(errs[0], features.ErrDuplicate) {
+			t.Fatalf("x0 redelivered: %v, want a duplicate", errs[0])
+		}
+	})
 }
 
 // TestRetriedRunNotDuplicate: a click applied in a run that failed at an
 // earlier click comes back with the rest of the run; found applied, it is
 // reported applied once, not as a duplicate.
 func TestRetriedRunNotDuplicate(t *testing.T) {
-	for _, st := range storeBackends(t) {
-		t.Run(st.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			r := newRetryRig(t, ctx, st)
-			// Waves: a0 and u0 first, then a1, refused: the run fails at a1
-			// (index 1) after u0 (index 2) was applied and counted.
-			r.refuse("a", 1)
-			if n, errs := r.run("a", 0, "a", 1, "u", 0); n != 1 || !errors.Is(errs[1], errAppendFault) {
-				t.Fatalf("run with a1 refused: first failure %d, errors %v; want 1 and the injected error", n, errs)
-			}
-			// Handed again from a1, nothing refused: u0 is found applied by
-			// this engine's earlier attempt, which the consumer did not
-			// settle: applied, neither a duplicate nor counted twice.
-			if n, errs := r.run("a", 1, "u", 0); n != 2 || errs[0] != nil || errs[1] != nil {
-				t.Fatalf("second attempt: first failure %d, errors %v; want 2, both applied", n, errs)
-			}
-			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 || tot.Duplicates != 0 {
-				t.Fatalf("evaluator counted %d clicks, totals %+v; want 3 events, 0 duplicates", got, tot)
-			}
-			// Settled since: a redelivery of u0 is a duplicate.
-			if _, errs := r.run("u", 0); !errors.Is(errs[0], features.ErrDuplicate) {
-				t.Fatalf("u0 redelivered: %v, want a duplicate", errs[0])
-			}
-			if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 || tot.Duplicates != 1 {
-				t.Fatalf("after a redelivery: evaluator %d clicks, totals %+v, want 3 events, 1 duplicate", got, tot)
-			}
-		})
-	}
+	eachRetryRig(t, func(t *testing.T, r retryRig) {
+		r.failAtA1(t)
+		// Handed again from a1, nothing refused: u0 is found applied by
+		// this engine's earlier attempt, which the consumer did not
+		// settle: applied, neither a duplicate nor counted twice.
+		if n, errs := r.run("a", 1, "u", 0); n != 2 || errs[0] != nil || errs[1] != nil {
+			t.Fatalf("second attempt: first failure %d, errors %v; want 2, both applied", n, errs)
+		}
+		if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 || tot.Duplicates != 0 {
+			t.Fatalf("evaluator counted %d clicks, totals %+v; want 3 events, 0 duplicates", got, tot)
+		}
+		// Settled since: a redelivery of u0 is a duplicate.
+		if _, errs := r.run("u", 0); !errors.Is(errs[0], features.ErrDuplicate) {
+			t.Fatalf("u0 redelivered: %v, want a duplicate", errs[0])
+		}
+		if got, tot := evaluatedClicks(r.eval), r.eng.Totals(); got != 3 || tot.Events != 3 || tot.Duplicates != 1 {
+			t.Fatalf("after a redelivery: evaluator %d clicks, totals %+v, want 3 events, 1 duplicate", got, tot)
+		}
+	})
 }
