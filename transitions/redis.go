@@ -154,8 +154,8 @@ return 0
 `)
 
 // maxScriptKeys bounds the source pages of one script call, which holds
-// the server for its duration.
-const maxScriptKeys = 64
+// the server for its duration, and of one round trip.
+const maxScriptKeys = 8
 
 // sourceBatch is one source page's part of an Observe: the newest time of
 // its transitions, and its next pages with their weights (see
@@ -240,21 +240,36 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 	if _, plain := s.c.(*redis.Client); plain {
 		per = maxScriptKeys
 	}
-	pipe := s.c.Pipeline()
+	// Each round trip carries up to maxScriptKeys source pages (one call
+	// on a plain client, a call per page on a cluster): Redis runs the
+	// commands of one read from a connection back to back, so script calls
+	// pipelined together would hold it (and every click's warm write behind
+	// them) for all their time at once.
 	for len(batches) > 0 {
-		call := batches[:min(per, len(batches))]
-		batches = batches[len(call):]
-		keys := make([]string, 0, len(call))
-		args := append(make([]any, 0, 2*len(ts)), s.consts...)
-		for _, src := range call {
-			keys = append(keys, s.key(src.from))
-			args = append(args, strconv.FormatFloat(src.ref, 'g', -1, 64), len(src.next))
-			for _, n := range src.next {
-				args = append(args, n.page, strconv.FormatFloat(n.w, 'g', -1, 64))
+		trip := s.c.Pipeline()
+		for n := 0; n < maxScriptKeys && len(batches) > 0; {
+			call := batches[:min(per, len(batches))]
+			batches = batches[len(call):]
+			n += len(call)
+			keys := make([]string, 0, len(call))
+			args := append(make([]any, 0, 2*len(ts)), s.consts...)
+			for _, src := range call {
+				keys = append(keys, s.key(src.from))
+				args = append(args, strconv.FormatFloat(src.ref, 'g', -1, 64), len(src.next))
+				for _, n := range src.next {
+					args = append(args, n.page, strconv.FormatFloat(n.w, 'g', -1, 64))
+				}
 			}
+			observeScript.EvalSha(ctx, trip, keys, args...)
 		}
-		observeScript.EvalSha(ctx, pipe, keys, args...)
+		if _, err := trip.Exec(ctx); err != nil {
+			if redis.HasErrorPrefix(err, "NOSCRIPT") {
+				s.loaded.Store(false)
+			}
+			return fmt.Errorf("observe transitions: %w", err)
+		}
 	}
+	pipe := s.c.Pipeline()
 	if len(fresh) > 0 {
 		pipe.ZAdd(ctx, s.freshKey, fresh...)
 	}

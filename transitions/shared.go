@@ -309,19 +309,43 @@ func (w *shared) reread(ctx context.Context) error {
 	if len(pages) == 0 {
 		return nil
 	}
+	// In parts of rereadPages, each its own round trip, so that Redis
+	// serves the clicks' commands in between.
+	for len(pages) > 0 {
+		part := pages[:min(rereadPages, len(pages))]
+		pages = pages[len(part):]
+		if err := w.rereadPart(ctx, part); err != nil {
+			w.unqueue(pages)
+			return err
+		}
+	}
+	return nil
+}
+
+// rereadPages bounds the pages read again in one round trip.
+const rereadPages = 64
+
+// rereadPart reads pages again and caches them; on failure they may be
+// queued again.
+func (w *shared) rereadPart(ctx context.Context, pages []string) error {
 	now := w.now()
 	got, err := w.Store.Lookup(ctx, pages, now, nil)
 	if err != nil {
-		w.cmu.Lock()
-		for _, p := range pages {
-			if c, ok := w.cache[p]; ok {
-				c.queued = false // queued again by the next Lookup
-				w.cache[p] = c
-			}
-		}
-		w.cmu.Unlock()
+		w.unqueue(pages)
 		return err
 	}
 	w.keep(pages, got, now)
 	return nil
+}
+
+// unqueue lets the next Lookup of pages queue them again.
+func (w *shared) unqueue(pages []string) {
+	w.cmu.Lock()
+	defer w.cmu.Unlock()
+	for _, p := range pages {
+		if c, ok := w.cache[p]; ok {
+			c.queued = false // queued again by the next Lookup
+			w.cache[p] = c
+		}
+	}
 }

@@ -284,3 +284,73 @@ func TestShareRunRedis(t *testing.T) {
 		}
 	}
 }
+
+// TestRereadInParts: Run reads stale pages again in round trips of at most
+// rereadPages pages, every queued page once, so that one read never holds
+// Redis for all of them; a failed part leaves its pages and the rest to be
+// queued again.
+func TestRereadInParts(t *testing.T) {
+	ctx := context.Background()
+	base, err := NewMemory(Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &countingStore{Store: base.Store}
+	base.Store = inner
+	st := Share(base, SharedConfig{CacheTTL: time.Minute})
+	w := st.Store.(*shared)
+	clock := time.Unix(1_000_000, 0)
+	w.now = func() time.Time { return clock }
+	w.running.Store(true) // stale pages are queued for reread, as under Run
+	const pages = 2*rereadPages + 7
+	var from []string
+	for i := range pages {
+		from = append(from, "/p/"+string(rune('a'+i%26))+time.Duration(i).String())
+	}
+	if _, err := st.Lookup(ctx, from, clock, nil); err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(time.Minute + time.Second) // stale, still served
+	if _, err := st.Lookup(ctx, from, clock, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.refresh) != pages {
+		t.Fatalf("%d pages queued, want %d", len(w.refresh), pages)
+	}
+	_, _, before := inner.counts()
+	looked := inner.looked
+	if err := w.reread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, _, after := inner.counts()
+	if got, want := after-before, (pages+rereadPages-1)/rereadPages; got != want {
+		t.Errorf("%d pages read again in %d round trips, want %d", pages, got, want)
+	}
+	if inner.looked-looked != pages {
+		t.Errorf("%d pages read again, want %d", inner.looked-looked, pages)
+	}
+	for _, p := range from {
+		if c := w.cache[p]; !c.at.Equal(clock) || c.queued {
+			t.Fatalf("page %s cached at %v (queued %v), want read again at %v", p, c.at, c.queued, clock)
+		}
+	}
+
+	// A failing store: the pages are unqueued, so that the next stale
+	// Lookup queues them again.
+	g := &gatedStore{countingStore: countingStore{Store: base.Store}, gate: make(chan struct{})}
+	w.Store = g
+	clock = clock.Add(time.Minute + time.Second)
+	if _, err := st.Lookup(ctx, from, clock, nil); err != nil {
+		t.Fatal(err)
+	}
+	failed, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := w.reread(failed); err == nil {
+		t.Fatal("reread with a failing store returned nil")
+	}
+	for _, p := range from {
+		if w.cache[p].queued {
+			t.Fatalf("page %s still marked queued after a failed reread", p)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -422,6 +423,8 @@ func TestRedisManySources(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: c.addrs, IsClusterMode: len(c.addrs) > 1})
 			t.Cleanup(func() { _ = client.Close() })
+			trips := &scriptTrips{}
+			client.AddHook(trips)
 			s, err := NewRedis(Config{}, client, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -441,6 +444,11 @@ func TestRedisManySources(t *testing.T) {
 			if err := s.Observe(ctx, ts); err != nil {
 				t.Fatal(err)
 			}
+			// Up to maxScriptKeys source pages per round trip: pipelined
+			// together, the calls would hold Redis for all their time at once.
+			if want := (sources + maxScriptKeys - 1) / maxScriptKeys; trips.most > maxScriptKeys || trips.trips < want {
+				t.Errorf("scripts sent in %d round trips, at most %d source pages in one; want at least %d, at most %d pages each", trips.trips, trips.most, want, maxScriptKeys)
+			}
 			ds, err := s.Lookup(ctx, from, t0, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -452,6 +460,46 @@ func TestRedisManySources(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// scriptTrips is a go-redis hook counting the round trips with EVALSHA
+// calls and the most keys such calls carry in one round trip.
+type scriptTrips struct {
+	mu          sync.Mutex
+	trips, most int
+}
+
+func (h *scriptTrips) count(cmds []redis.Cmder) {
+	keys := 0
+	for _, c := range cmds {
+		if c.Name() == "evalsha" {
+			n, _ := c.Args()[2].(int)
+			keys += n
+		}
+	}
+	if keys == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.trips++
+	h.most = max(h.most, keys)
+}
+
+func (h *scriptTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *scriptTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count([]redis.Cmder{cmd})
+		return next(ctx, cmd)
+	}
+}
+
+func (h *scriptTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.count(cmds)
+		return next(ctx, cmds)
 	}
 }
 
