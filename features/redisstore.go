@@ -334,6 +334,17 @@ func (s *RedisStore) appendResult(user string, res []any, err error, rec *Record
 	return ErrDuplicate
 }
 
+// Foresee implements Foresight from the cached record of user, whatever
+// its age (a guess, checked by the caller against Append's reply), with c
+// applied by the script's rules.
+func (s *RedisStore) Foresee(user string, c Click, rec *Record) bool {
+	exists, ok := s.cache.get(user, math.MaxInt64, rec)
+	if !ok || !exists {
+		return false
+	}
+	return applyClick(rec, c, s.cfg.History.MaxLen, s.cfg.History.SessionGap, true) == clickApplied
+}
+
 // load reads user's record from the cache (at most CacheTTL old) or Redis.
 func (s *RedisStore) load(ctx context.Context, user string, rec *Record) (bool, error) {
 	if exists, ok := s.cache.get(user, s.cfg.CacheTTL, rec); ok {

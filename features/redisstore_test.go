@@ -502,3 +502,40 @@ func TestRedisStoreBatchCluster(t *testing.T) {
 	many := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "many:"})
 	batchContract(t, single, many, nil)
 }
+
+// TestRedisStoreForesee: the store foresees a click from the record its own
+// latest Append returned (the click applied by the script's rules: window,
+// session gap), not for a user it holds no record of, nor for a click it
+// would not apply; what it foresees is what Append then returns.
+func TestRedisStoreForesee(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	s := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "fs:", History: HistoryConfig{MaxLen: 3, SessionGap: time.Minute}})
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	at := func(page int32, off int64, ts time.Time) Click {
+		return Click{Page: page, TS: ts, Epoch: 7, Partition: 0, Offset: off}
+	}
+	var fore, got Record
+	if s.Foresee("u", at(1, 0, t0), &fore) {
+		t.Fatal("foresaw a click of a user never read or written")
+	}
+	for i, c := range []Click{at(1, 0, t0), at(2, 1, t0.Add(time.Second)), at(3, 2, t0.Add(2*time.Second)), at(4, 3, t0.Add(3*time.Second)), at(5, 4, t0.Add(5*time.Minute))} {
+		foreseen := s.Foresee("u", c, &fore)
+		if foreseen != (i > 0) {
+			t.Fatalf("click %d: foreseen %v, want %v", i, foreseen, i > 0)
+		}
+		if err := s.Append(ctx, "u", c, &got); err != nil {
+			t.Fatal(err)
+		}
+		if foreseen && (!slices.Equal(fore.Pages, got.Pages) || fore.Offset != got.Offset || !fore.Last.Equal(got.Last)) {
+			t.Fatalf("click %d: foresaw pages %v offset %d last %v, Append returned %v, %d, %v", i, fore.Pages, fore.Offset, fore.Last, got.Pages, got.Offset, got.Last)
+		}
+	}
+	if !slices.Equal(got.Pages, []int32{5}) {
+		t.Fatalf("after the session gap: %v, want [5]", got.Pages)
+	}
+	if s.Foresee("u", at(5, 4, t0.Add(5*time.Minute)), &fore) {
+		t.Fatal("foresaw a redelivered click")
+	}
+}

@@ -134,6 +134,20 @@ type BatchStore interface {
 	SaveMany(ctx context.Context, rows []*BatchRow)
 }
 
+// Foresight is a BatchStore that can tell without a round trip what
+// Append will most likely make of a click, so that a caller can act on it
+// (predict, warm) while the round trip is under way and check it against
+// the record Append returns. RedisStore implements it from the records its
+// own Appends returned.
+type Foresight interface {
+	BatchStore
+	// Foresee fills rec with the record Append(user, c) would return if
+	// nobody else has written user's record since this process last read
+	// or wrote it, and reports whether it could: false when it holds no
+	// record of user, or the click would not be applied (a redelivery).
+	Foresee(user string, c Click, rec *Record) bool
+}
+
 // StoreBackend names a Store implementation in configuration.
 const (
 	BackendMemory = "memory"

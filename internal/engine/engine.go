@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -616,6 +617,8 @@ type wave struct {
 	// (appended, then scored), scored those whose state is ready to step.
 	batch        []*features.BatchRow
 	live, scored []*waveRow
+	// early are the live rows whose record the store foresaw.
+	early []*waveRow
 	// StepMany's arguments, by scored row: page ids, states and scores.
 	ids           []int64
 	states, probs [][]float32
@@ -639,6 +642,10 @@ type waveRow struct {
 	err      error     // the click's outcome
 	// dist are the online statistics of page (in the wave's buffers), or nil.
 	dist *transitions.Dist
+	// spec is the record the store foresaw (features.Foresight), early
+	// whether the click was warmed on it before the store's reply.
+	spec  features.Record
+	early bool
 }
 
 // reset makes n rows, keeping the buffers of earlier ones.
@@ -688,7 +695,7 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []features.Event, metas [
 	b := e.scratch.Get().(*buffers)
 	defer e.scratch.Put(b)
 	_, batchStore := e.deps.Histories.(features.BatchStore)
-	if len(evs) == 1 || !batchStore && (l.Bundle == nil || !l.Bundle.HasStep()) {
+	if !batchStore && (len(evs) == 1 || l.Bundle == nil || !l.Bundle.HasStep()) {
 		for i := range evs {
 			errs[i] = e.handleOne(ctx, l, evs[i], metas[i], b)
 			if errs[i] != nil && !features.Final(errs[i]) {
@@ -748,7 +755,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	w.live = w.live[:0]
 	for j, i := range in {
 		r, ev := &rows[j], &evs[i]
-		r.at, r.ev, r.page, r.resumed, r.err, r.Err = i, ev, e.deps.Canon.Canonical(ev.Page), false, nil, nil
+		r.at, r.ev, r.page, r.resumed, r.err, r.Err, r.early = i, ev, e.deps.Canon.Canonical(ev.Page), false, nil, nil, false
 		r.idx, r.recorded = l.Vocab.Index(r.page), metas[i].Time
 		r.User, r.Click = ev.UserID, newClick(l, r.idx, *ev, metas[i])
 		w.live = append(w.live, r)
@@ -757,6 +764,9 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	// a plain Store one by one.
 	bs, batched := e.deps.Histories.(features.BatchStore)
 	if batched {
+		if fs, ok := bs.(features.Foresight); ok && (l.Bundle == nil || !l.Bundle.HasStep()) {
+			e.warmEarly(ctx, l, fs, w, b)
+		}
 		bs.AppendMany(ctx, w.batchOf(w.live))
 	}
 	w.live = w.live[:0]
@@ -797,14 +807,24 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 		// No step form (a BatchStore brought us here): each click is scored
 		// on its history, as in HandleEvent; there is no state to save.
 		for _, r := range w.live {
-			b.hist = widen(b.hist, r.Rec.Pages)
-			probs, err := e.predict(ctx, l, b.hist, b)
-			if err != nil {
-				r.err = modelError(ctx, err)
-				continue
+			if r.early && slices.Equal(r.spec.Pages, r.Rec.Pages) {
+				// Warmed early on this very history.
+				r.early = false
+				e.m.early.WithLabelValues(earlyConfirmed).Inc()
+			} else {
+				if r.early {
+					r.early = false
+					e.m.early.WithLabelValues(earlyCorrected).Inc()
+				}
+				b.hist = widen(b.hist, r.Rec.Pages)
+				probs, err := e.predict(ctx, l, b.hist, b)
+				if err != nil {
+					r.err = modelError(ctx, err)
+					continue
+				}
+				b.dist = r.dist
+				e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), probs, b)
 			}
-			b.dist = r.dist
-			e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), probs, b)
 			if r.resumed {
 				r.err = e.redelivered()
 				continue
@@ -814,6 +834,12 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	} else {
 		done = e.stepWave(ctx, l, w, b)
 	}
+	for i := range rows {
+		if rows[i].early { // warmed early, then not applied
+			rows[i].early = false
+			e.m.early.WithLabelValues(earlyUnapplied).Inc()
+		}
+	}
 	e.observeWave(start, done)
 	failAt := len(evs)
 	for _, r := range rows {
@@ -822,6 +848,49 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 		}
 	}
 	return failAt
+}
+
+// warmEarly predicts and warms, before the store's reply, the live clicks
+// of w whose record fs foresees under the live vocabulary: the warm writes
+// travel while the histories' round trip does, instead of after it.
+// handleWave then compares each foreseen history with the one the store
+// returned: the same, the click is done; another (a replica or a restart
+// wrote the user meanwhile), it is predicted and warmed again on the stored
+// one. The online statistics are read here as handleWave would read them.
+func (e *Engine) warmEarly(ctx context.Context, l *lifecycle.Live, fs features.Foresight, w *wave, b *buffers) {
+	w.early = w.early[:0]
+	for _, r := range w.live {
+		if fs.Foresee(r.User, r.Click, &r.spec) && r.spec.Epoch == l.Tag {
+			w.early = append(w.early, r)
+		}
+	}
+	if len(w.early) == 0 {
+		return
+	}
+	var dists []transitions.Dist
+	if e.deps.Transitions != nil {
+		b.from = b.from[:0]
+		for _, r := range w.early {
+			b.from = append(b.from, r.page)
+		}
+		var err error
+		if b.dists, err = e.deps.Transitions.Lookup(ctx, b.from, w.early[len(w.early)-1].ev.TS, b.dists); e.onlineErr(err) {
+			dists = b.dists
+		}
+	}
+	for i, r := range w.early {
+		b.hist = widen(b.hist, r.spec.Pages)
+		probs, err := e.predict(ctx, l, b.hist, b)
+		if err != nil {
+			continue // predicted again, and reported, on the stored history
+		}
+		b.dist = nil
+		if dists != nil {
+			b.dist = &dists[i]
+		}
+		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.spec.Pages), probs, b)
+		r.early = true
+	}
 }
 
 // stepWave finishes the live rows of w with the step form: each row's state

@@ -4,6 +4,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// Outcomes of prefetchd_engine_early_warms_total.
+const (
+	earlyConfirmed = "confirmed"
+	earlyCorrected = "corrected"
+	earlyUnapplied = "unapplied"
+)
+
 type metrics struct {
 	handle       prometheus.Histogram
 	predict      prometheus.Histogram
@@ -11,6 +18,9 @@ type metrics struct {
 	unknownVocab prometheus.Counter
 	watchDropped prometheus.Counter
 	stateRebuilt prometheus.Counter
+	// early counts the warms sent before the store's reply (warmEarly), by
+	// what the reply made of them.
+	early *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,9 +44,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		stateRebuilt: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_engine_states_rebuilt_total", Help: "Recurrent states recomputed from a history (new session, swapped model, evicted state).",
 		}),
+		early: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "prefetchd_engine_early_warms_total", Help: "Clicks warmed before the history store's reply, on the history the replica foresaw, by outcome: confirmed (the stored history was that one), corrected (it was not: predicted and warmed again), unapplied (the click was not applied: a duplicate, or a failure to retry).",
+		}, []string{"outcome"}),
+	}
+	for _, o := range []string{earlyConfirmed, earlyCorrected, earlyUnapplied} {
+		m.early.WithLabelValues(o)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.handle, m.predict, m.remapped, m.unknownVocab, m.watchDropped, m.stateRebuilt} {
+		for _, c := range []prometheus.Collector{m.handle, m.predict, m.remapped, m.unknownVocab, m.watchDropped, m.stateRebuilt, m.early} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
