@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/internal/redistest"
+	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 )
 
@@ -20,16 +22,14 @@ import (
 // short, as a timeout would).
 type watchedStore struct {
 	*features.RedisStore
-	warmer *recWarmer
+	warms  func() int // warms sent so far
 	mu     sync.Mutex
 	before []int // len(warmer.calls) at each AppendMany
 	fail   bool
 }
 
 func (s *watchedStore) AppendMany(ctx context.Context, rows []*features.BatchRow) {
-	s.warmer.mu.Lock()
-	n := len(s.warmer.calls)
-	s.warmer.mu.Unlock()
+	n := s.warms()
 	s.mu.Lock()
 	s.before = append(s.before, n)
 	fail := s.fail
@@ -64,25 +64,26 @@ func TestWarmEarly(t *testing.T) {
 	pages := []string{"/a", "/b", "/c", "/d", "/e", "/f"}
 	m := &chainModel{vocab: vocab(t, pages...)}
 	tag := lifecycle.VersionTag("v", m.vocab)
-	replica := func() (*Engine, *watchedStore) {
+	replica := func() (*Engine, *watchedStore, *recWarmer) {
 		rs, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: "early:",
 			History: features.HistoryConfig{MaxLen: 5}}, client, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ws := &watchedStore{RedisStore: rs, warmer: &recWarmer{}}
+		rw := &recWarmer{}
+		ws := &watchedStore{RedisStore: rs, warms: func() int { rw.mu.Lock(); defer rw.mu.Unlock(); return len(rw.calls) }}
 		src := &models{live: &lifecycle.Live{Version: "v", Model: m, Manifest: m.Manifest(), Vocab: m.vocab, Tag: tag}}
 		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
 		policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.5})
 		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
-		e, err := New(Config{}, Deps{Models: src, Histories: ws, Canon: canon, Policy: policy, Warmer: ws.warmer, Evaluator: eval}, nil, nil)
+		e, err := New(Config{}, Deps{Models: src, Histories: ws, Canon: canon, Policy: policy, Warmer: rw, Evaluator: eval}, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return e, ws
+		return e, ws, rw
 	}
-	a, sa := replica()
-	b, _ := replica()
+	a, sa, wa := replica()
+	b, _, _ := replica()
 	idx := func(ps ...string) []int64 {
 		var out []int64
 		for _, p := range ps {
@@ -91,23 +92,14 @@ func TestWarmEarly(t *testing.T) {
 		return out
 	}
 	handle := func(e *Engine, user, page string, offset int64) error {
-		t.Helper()
 		ev, meta := click(user, page, offset, time.Now())
-		errs := make([]error, 1)
-		if n := e.HandleEvents(ctx, []features.Event{ev}, []features.Meta{meta}, errs); n != 1 {
-			return errs[0]
-		}
-		return errs[0]
+		return handleRun(ctx, e, ev, meta)
 	}
-	counts := func() (confirmed, corrected, unapplied float64) {
-		return testutil.ToFloat64(a.m.early.WithLabelValues(earlyConfirmed)),
-			testutil.ToFloat64(a.m.early.WithLabelValues(earlyCorrected)),
-			testutil.ToFloat64(a.m.early.WithLabelValues(earlyUnapplied))
-	}
+	counts := func() (confirmed, corrected, unapplied float64) { return earlyCounts(a) }
 	calls := func() []warmCall {
-		sa.warmer.mu.Lock()
-		defer sa.warmer.mu.Unlock()
-		return append([]warmCall(nil), sa.warmer.calls...)
+		wa.mu.Lock()
+		defer wa.mu.Unlock()
+		return append([]warmCall(nil), wa.calls...)
 	}
 
 	// A first click: nothing to foresee, warmed after the reply.
@@ -182,5 +174,135 @@ func TestWarmEarly(t *testing.T) {
 	}
 	if got, want := widen(nil, hist), idx("/a", "/b", "/d", "/e", "/f"); !equal(got, want) {
 		t.Fatalf("stored history %v, want %v", got, want)
+	}
+}
+
+// handleRun hands e a run of one click and returns its outcome.
+func handleRun(ctx context.Context, e *Engine, ev features.Event, meta features.Meta) error {
+	errs := make([]error, 1)
+	e.HandleEvents(ctx, []features.Event{ev}, []features.Meta{meta}, errs)
+	return errs[0]
+}
+
+// earlyCounts reads e's prefetchd_engine_early_warms_total by outcome.
+func earlyCounts(e *Engine) (confirmed, corrected, unapplied float64) {
+	return testutil.ToFloat64(e.m.early.WithLabelValues(earlyConfirmed)),
+		testutil.ToFloat64(e.m.early.WithLabelValues(earlyCorrected)),
+		testutil.ToFloat64(e.m.early.WithLabelValues(earlyUnapplied))
+}
+
+// stepWarmer records the prefetch requests of a step-form engine.
+type stepWarmer struct {
+	mu   sync.Mutex
+	reqs []prefetch.Request
+}
+
+func (w *stepWarmer) Warm(_ context.Context, r prefetch.Request) int {
+	r.Pages = append([]prefetch.Page(nil), r.Pages...)
+	w.mu.Lock()
+	w.reqs = append(w.reqs, r)
+	w.mu.Unlock()
+	return len(r.Pages)
+}
+
+func (*stepWarmer) Present(_ context.Context, _ string, pages []string, dst []bool) []bool {
+	return absent(pages, dst)
+}
+
+func (w *stepWarmer) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.reqs)
+}
+
+// TestWarmEarlyStepForm: with a step-form GRU and the Redis history store,
+// a foreseen click is stepped from the state this replica saved and warmed
+// before the histories' round trip, with the sequence form's probabilities
+// on the stored history; the state saved with it is the one stepped early
+// (the next click's early step still matches the sequence form); a record
+// another replica advanced meanwhile is caught, and the click stepped again
+// on the stored record.
+func TestWarmEarlyStepForm(t *testing.T) {
+	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	live := &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Tag: 9}
+	replica := func() (*Engine, *watchedStore, *stepWarmer) {
+		rs, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: "early-step:",
+			History: features.HistoryConfig{MaxLen: 20}}, client, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := &stepWarmer{}
+		ws := &watchedStore{RedisStore: rs, warms: w.count}
+		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+		policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
+		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+		e, err := New(Config{}, Deps{Models: &models{live: live}, Histories: ws, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e, ws, w
+	}
+	a, sa, wa := replica()
+	b, _, _ := replica()
+	v := bundle.Vocab()
+	var seq []int64
+	at := time.Now()
+	for i, c := range []struct {
+		page    int64
+		other   bool // replica b applies it
+		early   bool // a warms it before the store's reply
+		outcome string
+	}{
+		{page: 17},
+		{page: 42, early: true, outcome: earlyConfirmed},
+		{page: 5, early: true, outcome: earlyConfirmed},
+		{page: 99, other: true},
+		{page: 17, early: true, outcome: earlyCorrected},
+		{page: 3, early: true, outcome: earlyConfirmed},
+	} {
+		seq = append(seq, c.page)
+		ev := features.Event{UserID: "u", Page: v.Page(c.page), TS: at.Add(time.Duration(i) * time.Second)}
+		e := a
+		if c.other {
+			e = b
+		}
+		c0, r0, u0 := earlyCounts(a)
+		before := wa.count()
+		if err := handleRun(ctx, e, ev, features.Meta{Offset: int64(i)}); err != nil {
+			t.Fatalf("click %d: %v", i, err)
+		}
+		if c.other {
+			continue
+		}
+		if got := sa.lastBefore() - before; got != map[bool]int{false: 0, true: 1}[c.early] {
+			t.Fatalf("click %d: %d warms before the store's reply, want early %v", i, got, c.early)
+		}
+		c1, r1, u1 := earlyCounts(a)
+		if got := map[string]float64{earlyConfirmed: c1 - c0, earlyCorrected: r1 - r0, earlyUnapplied: u1 - u0}; c.outcome != "" && got[c.outcome] != 1 || got[earlyConfirmed]+got[earlyCorrected]+got[earlyUnapplied] != map[bool]float64{false: 0, true: 1}[c.outcome != ""] {
+			t.Fatalf("click %d: early outcomes %v, want one %q", i, got, c.outcome)
+		}
+		want, err := bundle.PredictOne(ctx, seq, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wa.mu.Lock()
+		last := wa.reqs[len(wa.reqs)-1]
+		wa.mu.Unlock()
+		if len(last.Pages) == 0 {
+			t.Fatalf("click %d: nothing warmed", i)
+		}
+		for _, p := range last.Pages {
+			if d := math.Abs(float64(p.Probability - want[v.Index(p.Key)])); d > 1e-5 {
+				t.Fatalf("click %d page %s: warmed with probability %v, the sequence form on the stored history gives %v", i, p.Key, p.Probability, want[v.Index(p.Key)])
+			}
+		}
 	}
 }

@@ -617,8 +617,9 @@ type wave struct {
 	// (appended, then scored), scored those whose state is ready to step.
 	batch        []*features.BatchRow
 	live, scored []*waveRow
-	// early are the live rows whose record the store foresaw.
-	early []*waveRow
+	// early are the live rows whose record the store foresaw; ready those
+	// stepped early on the record the store then returned.
+	early, ready []*waveRow
 	// StepMany's arguments, by scored row: page ids, states and scores.
 	ids           []int64
 	states, probs [][]float32
@@ -646,6 +647,8 @@ type waveRow struct {
 	// whether the click was warmed on it before the store's reply.
 	spec  features.Record
 	early bool
+	// earlyState is the state after the click stepped early (step form).
+	earlyState []float32
 }
 
 // reset makes n rows, keeping the buffers of earlier ones.
@@ -764,7 +767,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	// a plain Store one by one.
 	bs, batched := e.deps.Histories.(features.BatchStore)
 	if batched {
-		if fs, ok := bs.(features.Foresight); ok && (l.Bundle == nil || !l.Bundle.HasStep()) {
+		if fs, ok := bs.(features.Foresight); ok {
 			e.warmEarly(ctx, l, fs, w, b)
 		}
 		bs.AppendMany(ctx, w.batchOf(w.live))
@@ -879,18 +882,72 @@ func (e *Engine) warmEarly(ctx context.Context, l *lifecycle.Live, fs features.F
 		}
 	}
 	for i, r := range w.early {
+		r.dist = nil
+		if dists != nil {
+			r.dist = &dists[i]
+		}
+	}
+	if l.Bundle != nil && l.Bundle.HasStep() {
+		e.stepEarly(ctx, l, w, b)
+		return
+	}
+	for _, r := range w.early {
 		b.hist = widen(b.hist, r.spec.Pages)
 		probs, err := e.predict(ctx, l, b.hist, b)
 		if err != nil {
 			continue // predicted again, and reported, on the stored history
 		}
-		b.dist = nil
-		if dists != nil {
-			b.dist = &dists[i]
-		}
+		b.dist = r.dist
 		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.spec.Pages), probs, b)
 		r.early = true
 	}
+}
+
+// stepEarly is warmEarly with the step form: each foreseen record's state
+// before its click (stored or rebuilt), one StepMany for all, then each
+// click is warmed and its new state kept in earlyState, for stepWave to
+// save when the store's record is the one foreseen (sameRecord). The
+// foreseen record's own state stays the state before, to compare.
+func (e *Engine) stepEarly(ctx context.Context, l *lifecycle.Live, w *wave, b *buffers) {
+	w.ids, w.states, w.probs, w.scored = w.ids[:0], w.states[:0], w.probs[:0], w.scored[:0]
+	for _, r := range w.early {
+		state, probs, err := e.stateBefore(ctx, l, &r.spec, r.probs)
+		if r.probs = probs; err != nil {
+			continue // stepped again, and reported, on the stored record
+		}
+		r.earlyState = append(r.earlyState[:0], state...)
+		w.scored = append(w.scored, r)
+		w.ids = append(w.ids, int64(r.spec.Pages[len(r.spec.Pages)-1]))
+		w.states = append(w.states, r.earlyState)
+		w.probs = append(w.probs, r.probs)
+	}
+	e.counter.predictions.Add(uint64(len(w.scored)))
+	fast := e.fastScoring(l)
+	together := !fast && l.Bundle.StepMany(ctx, w.ids, w.states, w.probs) == nil
+	for j, r := range w.scored {
+		b.dist = r.dist
+		scores := w.probs[j]
+		if !together {
+			var err error
+			if scores, w.states[j], err = e.stepOne(ctx, l, w.ids[j], w.states[j], w.probs[j], fast, b); err != nil {
+				continue
+			}
+		}
+		if !fast {
+			w.probs[j] = scores
+		}
+		r.probs, r.earlyState = w.probs[j], w.states[j]
+		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.spec.Pages), scores, b)
+		r.early = true
+	}
+}
+
+// sameRecord reports whether the store's record after a click is the one
+// foreseen for it: the same history, sequence numbers and state before the
+// click.
+func sameRecord(foreseen, stored *features.Record) bool {
+	return foreseen.Seq == stored.Seq && foreseen.StateSeq == stored.StateSeq &&
+		slices.Equal(foreseen.Pages, stored.Pages) && slices.Equal(foreseen.State, stored.State)
 }
 
 // stepWave finishes the live rows of w with the step form: each row's state
@@ -899,7 +956,19 @@ func (e *Engine) warmEarly(ctx context.Context, l *lifecycle.Live, fs features.F
 // returns the rows finished.
 func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *buffers) int {
 	w.ids, w.states, w.probs, w.scored = w.ids[:0], w.states[:0], w.probs[:0], w.scored[:0]
+	w.ready = w.ready[:0]
 	for _, r := range w.live {
+		if r.early {
+			r.early = false
+			if sameRecord(&r.spec, &r.Rec) {
+				// Stepped and warmed early on this very record.
+				e.m.early.WithLabelValues(earlyConfirmed).Inc()
+				r.Rec.State, r.Rec.StateSeq = append(r.Rec.State[:0], r.earlyState...), r.Rec.Seq
+				w.ready = append(w.ready, r)
+				continue
+			}
+			e.m.early.WithLabelValues(earlyCorrected).Inc()
+		}
 		state, probs, err := e.stateBefore(ctx, l, &r.Rec, r.probs)
 		if r.probs = probs; err != nil {
 			r.err = err
@@ -936,6 +1005,7 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), scores, b)
 		w.live = append(w.live, r)
 	}
+	w.live = append(w.live, w.ready...)
 	if bs, batched := e.deps.Histories.(features.BatchStore); batched && len(w.live) > 0 {
 		bs.SaveMany(ctx, w.batchOf(w.live))
 	} else if !batched {
