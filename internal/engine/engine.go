@@ -921,6 +921,22 @@ func (e *Engine) stepEarly(ctx context.Context, l *lifecycle.Live, w *wave, b *b
 		w.states = append(w.states, r.earlyState)
 		w.probs = append(w.probs, r.probs)
 	}
+	e.stepScored(ctx, l, w, b, func(j int, r *waveRow, scores []float32, err error) {
+		if err != nil {
+			return // stepped again, and reported, on the stored record
+		}
+		r.earlyState = w.states[j]
+		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.spec.Pages), scores, b)
+		r.early = true
+	})
+}
+
+// stepScored advances the states of w.scored by their clicks (w.ids,
+// w.states, w.probs) in one StepMany, or click by click when that fails (so
+// that one bad row does not fail the others) or the clustered path scores,
+// and calls done for each row with its scores, its new state in
+// w.states[j], or the error of its step.
+func (e *Engine) stepScored(ctx context.Context, l *lifecycle.Live, w *wave, b *buffers, done func(j int, r *waveRow, scores []float32, err error)) {
 	e.counter.predictions.Add(uint64(len(w.scored)))
 	fast := e.fastScoring(l)
 	together := !fast && l.Bundle.StepMany(ctx, w.ids, w.states, w.probs) == nil
@@ -930,15 +946,15 @@ func (e *Engine) stepEarly(ctx context.Context, l *lifecycle.Live, w *wave, b *b
 		if !together {
 			var err error
 			if scores, w.states[j], err = e.stepOne(ctx, l, w.ids[j], w.states[j], w.probs[j], fast, b); err != nil {
+				done(j, r, nil, err)
 				continue
 			}
 		}
 		if !fast {
 			w.probs[j] = scores
 		}
-		r.probs, r.earlyState = w.probs[j], w.states[j]
-		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.spec.Pages), scores, b)
-		r.early = true
+		r.probs = w.probs[j]
+		done(j, r, scores, nil)
 	}
 }
 
@@ -979,32 +995,17 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 		w.states = append(w.states, state)
 		w.probs = append(w.probs, r.probs)
 	}
-	e.counter.predictions.Add(uint64(len(w.scored)))
-	// The clustered path scores click by click.
-	fast := e.fastScoring(l)
-	together := !fast && l.Bundle.StepMany(ctx, w.ids, w.states, w.probs) == nil
 	// Prefetch before saving: a settled click has been handed to the warmer.
 	w.live = w.live[:0]
-	for j, r := range w.scored {
-		b.dist = r.dist
-		scores := w.probs[j]
-		if !together {
-			// StepMany failed: each click alone, so that one bad row does
-			// not fail the others.
-			var err error
-			if scores, w.states[j], err = e.stepOne(ctx, l, w.ids[j], w.states[j], w.probs[j], fast, b); err != nil {
-				r.err = modelError(ctx, fmt.Errorf("step with %s: %w", l.Version, err))
-				continue
-			}
+	e.stepScored(ctx, l, w, b, func(j int, r *waveRow, scores []float32, err error) {
+		if err != nil {
+			r.err = modelError(ctx, fmt.Errorf("step with %s: %w", l.Version, err))
+			return
 		}
-		if !fast {
-			w.probs[j] = scores
-		}
-		r.probs = w.probs[j]
 		r.Rec.State, r.Rec.StateSeq = w.states[j], r.Rec.Seq
 		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), scores, b)
 		w.live = append(w.live, r)
-	}
+	})
 	w.live = append(w.live, w.ready...)
 	if bs, batched := e.deps.Histories.(features.BatchStore); batched && len(w.live) > 0 {
 		bs.SaveMany(ctx, w.batchOf(w.live))
