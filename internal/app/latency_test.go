@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
 	"github.com/prefetchd/prefetchd/internal/redistest"
 )
@@ -32,6 +34,9 @@ func TestClickToWarmServed(t *testing.T) {
 		`prefetchd_prefetch_dropped_total{reason="shed"} 0`,
 		"prefetchd_prefetch_blocked_total 0",
 		`prefetchd_ready_check_failing{check="overloaded"} 0`,
+		`prefetchd_engine_early_warms_total{outcome="confirmed"} 0`,
+		`prefetchd_engine_early_warms_total{outcome="corrected"} 0`,
+		`prefetchd_engine_early_warms_total{outcome="unapplied"} 0`,
 	} {
 		if !strings.Contains(first, want) {
 			t.Errorf("first scrape lacks %q", want)
@@ -52,6 +57,47 @@ func TestClickToWarmServed(t *testing.T) {
 	n, sum := metricSum(text, "prefetchd_click_to_warm_seconds_count"), metricSum(text, "prefetchd_click_to_warm_seconds_sum")
 	if mean := sum / n; mean <= 0 || mean > 30 {
 		t.Errorf("mean click_to_warm %.3fs over %v pages; want from the record timestamp (under 30s), not from the 2h-old ts", mean, n)
+	}
+	svc.shutdown(t)
+}
+
+// TestEarlyWarmsServed: with the Redis history store, each user's second
+// click is warmed before its history's round trip returns and confirmed by
+// it (prefetchd_engine_early_warms_total), and its pages reach Redis.
+func TestEarlyWarmsServed(t *testing.T) {
+	from, to, prob, _ := strongestTransition(t)
+	rs := redistest.Start(t)
+	kb := kafkatest.Start(t, "clicks")
+	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
+	cfg.HistoryStore = "redis"
+	cfg.Threshold = float64(prob) * 0.99
+	cfg.KeyTemplate = "user:{user}:page:{page}"
+	cfg.OverloadLag = time.Hour
+	svc := startService(t, cfg, 60*time.Second)
+	ctx, url := svc.ctx, "http://"+svc.addrs.Admin+"/metrics"
+	users := []string{"e-1", "e-2", "e-3", "e-4"}
+	for round := 1; round <= 2; round++ {
+		for _, u := range users {
+			kb.Produce(t, "clicks", kafkatest.Message(u, clickJSON(u, from, time.Now())))
+		}
+		waitUntil(t, svc, "the round's clicks applied", func() bool {
+			return metricSum(httpGet(t, ctx, url), "prefetchd_clicks_total") >= float64(round*len(users))
+		})
+	}
+	text := httpGet(t, ctx, url)
+	if got := metricSum(text, `prefetchd_engine_early_warms_total{outcome="confirmed"}`); got != float64(len(users)) {
+		t.Errorf("early warms confirmed %v, want %d (each user's second click)", got, len(users))
+	}
+	if got := metricSum(text, `prefetchd_engine_early_warms_total{outcome="corrected"}`) + metricSum(text, `prefetchd_engine_early_warms_total{outcome="unapplied"}`); got != 0 {
+		t.Errorf("early warms corrected or unapplied: %v, want 0", got)
+	}
+	client := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer client.Close()
+	for _, u := range users {
+		waitUntil(t, svc, "the warmed page in Redis", func() bool {
+			n, err := client.Exists(ctx, "user:"+u+":page:"+to).Result()
+			return err == nil && n == 1
+		})
 	}
 	svc.shutdown(t)
 }
