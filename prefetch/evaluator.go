@@ -110,6 +110,10 @@ type evalEntry struct {
 	v     *versionCounters
 	bytes int64
 	used  bool
+	// from is the event time (unix ns) of the click the prefetch was made
+	// for: a click before it cannot have found the page warm, whatever the
+	// order in which the two reach the Evaluator.
+	from int64
 }
 
 type versionCounters struct {
@@ -286,7 +290,7 @@ func (e *Evaluator) observePrefetch(user, page, key, version string, at time.Tim
 		key = string(e.key(user, page))
 	}
 	c := e.version(version)
-	e.entries.insert(key, evalEntry{v: c, bytes: bytes}, addNanos(t, ttl), e.retireFn)
+	e.entries.insert(key, evalEntry{v: c, bytes: bytes, from: t}, addNanos(t, ttl), e.retireFn)
 	c.s.Issued++
 	c.issued.Inc()
 }
@@ -296,7 +300,7 @@ func (e *Evaluator) ObserveClick(user, page string, at time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	t := e.advance(at)
-	if en, ok := e.lookup(user, page); ok && en.at > t {
+	if en, ok := e.lookup(user, page); ok && en.at > t && en.value.from <= t {
 		c := en.value.v
 		c.s.Clicks++
 		c.clicks.Inc()
@@ -321,7 +325,8 @@ func (e *Evaluator) IsWarm(user, page string, at time.Time) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	en, ok := e.lookup(user, page)
-	return ok && en.at > unixNanos(at)
+	t := unixNanos(at)
+	return ok && en.at > t && en.value.from <= t
 }
 
 // Advance expires the prefetches whose TTL ended by at, counting the unused

@@ -316,3 +316,36 @@ func TestEvaluatorObserveWritten(t *testing.T) {
 		})
 	}
 }
+
+// TestEvaluatorClickBeforePrefetch: a click whose event time comes before
+// the click a prefetch was made for did not find the page warm, even when
+// the Evaluator hears of it after the prefetch (workers and waves apply
+// clicks out of time order); a click after it did.
+func TestEvaluatorClickBeforePrefetch(t *testing.T) {
+	for _, tmpl := range []string{"page:{page}", "user:{user}:page:{page}"} {
+		t.Run(tmpl, func(t *testing.T) {
+			e, err := NewEvaluator(EvaluatorConfig{KeyTemplate: tmpl}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+			e.ObservePrefetch("a", "/x", "v1", t0.Add(10*time.Second), time.Minute)
+			if e.IsWarm("a", "/x", t0.Add(5*time.Second)) {
+				t.Error("IsWarm before the prefetch's click = true")
+			}
+			e.ObserveClick("a", "/x", t0.Add(5*time.Second)) // earlier, heard later
+			s := e.Stats()[0]
+			if s.Clicks != 1 || s.WarmClicks != 0 || s.Used != 0 {
+				t.Fatalf("after an earlier click: %+v, want 1 click, cold", s)
+			}
+			if !e.IsWarm("a", "/x", t0.Add(12*time.Second)) {
+				t.Error("IsWarm after the prefetch's click = false")
+			}
+			e.ObserveClick("a", "/x", t0.Add(12*time.Second))
+			s = e.Stats()[0]
+			if s.Clicks != 2 || s.WarmClicks != 1 || s.Used != 1 {
+				t.Fatalf("after a later click: %+v, want 2 clicks, 1 warm, 1 used", s)
+			}
+		})
+	}
+}

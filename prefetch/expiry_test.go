@@ -239,6 +239,7 @@ type heapEval struct {
 	s     *VersionStats
 	bytes int64
 	used  bool
+	from  int64 // event time of the click the prefetch was made for
 }
 
 func (h *heapEvaluator) version(v string) *VersionStats {
@@ -276,12 +277,12 @@ func (h *heapEvaluator) prefetch(user, page, version string, at int64, ttl time.
 	}
 	s := h.version(version)
 	s.Issued++
-	h.set.put(k, &heapEval{s: s, bytes: bytes}, at+int64(ttl), h.retire)
+	h.set.put(k, &heapEval{s: s, bytes: bytes, from: at}, at+int64(ttl), h.retire)
 }
 
 func (h *heapEvaluator) click(user, page string, at int64) {
 	h.advance(at)
-	if e, ok := h.set.get(h.key(user, page)); ok && e.at > at {
+	if e, ok := h.set.get(h.key(user, page)); ok && e.at > at && e.value.from <= at {
 		e.value.s.Clicks++
 		e.value.s.WarmClicks++
 		if !e.value.used {
