@@ -96,12 +96,12 @@ func NewStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus.Regi
 // generation. A record without q (written before stamps) reads as q 1, c 0.
 var appendScript = redis.NewScript(`
 local k = KEYS[1]
-local t = redis.call('TYPE', k)['ok']
-if t ~= 'hash' and t ~= 'none' then redis.call('DEL', k); t = 'none' end
-local exists = (t == 'hash')
+local r = redis.pcall('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's', 'g', 'q', 'c')
+if r['err'] then redis.call('DEL', k); r = {} end
+local exists = false
+for i = 1, 9 do if r[i] then exists = true; break end end
 local ts, off = tonumber(ARGV[2]), tonumber(ARGV[5])
 local maxlen, gap, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local r = redis.call('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's', 'g', 'q', 'c')
 local e, l, p, o, h, s, g = r[1] or ARGV[3], r[2] or ARGV[2], r[3] or '0', r[4] or '-1', r[5] or '', r[6] or '', r[7] or '0'
 local q, c = tonumber(r[8] or '1'), tonumber(r[9] or '0')
 if not exists then q, c = 0, 0 end
@@ -110,7 +110,8 @@ if exists and off >= 0 and tonumber(o) >= 0 and p == ARGV[4] and g == ARGV[9] an
   if off == tonumber(o) and q ~= c then out = 2 end
   return {out, e, l, p, o, h, s, g, tostring(q), tostring(c)}
 end
-if (not exists) or (gap > 0 and ts - tonumber(l) > gap) then
+local fresh = (not exists) or (gap > 0 and ts - tonumber(l) > gap)
+if fresh then
   h, s, e = '', '', ARGV[3]
 end
 if #h % 4 ~= 0 then h = '' end
@@ -119,7 +120,11 @@ if #h > 4 * maxlen then h = string.sub(h, #h - 4 * maxlen + 1) end
 if (not exists) or ts > tonumber(l) then l = ARGV[2] end
 if off >= 0 then p, o, g = ARGV[4], ARGV[5], ARGV[9] end
 q = (q + 1) % 4294967296
-redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 's', s, 'g', g, 'q', tostring(q), 'c', tostring(c))
+if fresh then
+  redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 's', s, 'g', g, 'q', tostring(q), 'c', tostring(c))
+else
+  redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 'g', g, 'q', tostring(q))
+end
 if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
 return {1, e, l, p, o, h, s, g, tostring(q), tostring(c)}
 `)
