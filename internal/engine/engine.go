@@ -877,7 +877,7 @@ func (e *Engine) warmEarly(ctx context.Context, l *lifecycle.Live, fs features.F
 			b.from = append(b.from, r.page)
 		}
 		var err error
-		if b.dists, err = e.deps.Transitions.Lookup(ctx, b.from, w.early[len(w.early)-1].ev.TS, b.dists); e.onlineErr(err) {
+		if b.dists, err = e.deps.Transitions.Lookup(ctx, b.from, e.statsTime(w.early[len(w.early)-1].ev.TS), b.dists); e.onlineErr(err) {
 			dists = b.dists
 		}
 	}

@@ -145,6 +145,18 @@ func nextIndex(l *lifecycle.Live, n *transitions.Next) int64 {
 	return l.Vocab.Index(n.Page)
 }
 
+// statsTime is the time a click counts at in the online statistics: its
+// ts, but never after now. Counts decay forward from each click's time, so
+// a click dated in the future (within --max-skew) would otherwise weigh
+// like e^(λ·skew) clicks and drown every other transition of its page until
+// the clock caught up.
+func (e *Engine) statsTime(at time.Time) time.Time {
+	if now := e.cfg.Now(); at.After(now) {
+		return now
+	}
+	return at
+}
+
 // learnOne observes the transition of one applied click (unless observe is
 // false: a resumed click, whose first attempt may have) and looks up the
 // statistics of its page into b.dist for the prefetch decision.
@@ -153,6 +165,7 @@ func (e *Engine) learnOne(ctx context.Context, l *lifecycle.Live, user, page str
 	if e.deps.Transitions == nil {
 		return
 	}
+	at = e.statsTime(at)
 	b.learn = b.learn[:0]
 	if t, ok := e.transition(l, user, page, idx, at, rec); ok && observe {
 		b.learn = append(b.learn, t)
@@ -175,7 +188,7 @@ func (e *Engine) learnWave(ctx context.Context, l *lifecycle.Live, rows []*waveR
 		if e.deps.Transitions == nil {
 			continue
 		}
-		if t, ok := e.transition(l, r.User, r.page, r.idx, r.ev.TS, &r.Rec); ok && !r.resumed {
+		if t, ok := e.transition(l, r.User, r.page, r.idx, e.statsTime(r.ev.TS), &r.Rec); ok && !r.resumed {
 			b.learn = append(b.learn, t)
 		}
 		b.from = append(b.from, r.page)
@@ -185,7 +198,7 @@ func (e *Engine) learnWave(ctx context.Context, l *lifecycle.Live, rows []*waveR
 	}
 	at := time.Time{}
 	if len(rows) > 0 {
-		at = rows[len(rows)-1].ev.TS
+		at = e.statsTime(rows[len(rows)-1].ev.TS)
 	}
 	e.onlineErr(e.deps.Transitions.Observe(ctx, b.learn))
 	var err error

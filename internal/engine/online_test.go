@@ -466,3 +466,59 @@ func TestTopK(t *testing.T) {
 		}
 	}
 }
+
+// TestFutureClickWeighsOne: a click dated hours ahead (within --max-skew)
+// counts in the online statistics as one click now, not as e^(λ·skew)
+// clicks: after 30 users go from a known page to one new page, one user
+// dated 20 h ahead to another, and 30 more users to a third, the first and
+// third pages are the hints for the known page, the future one is not, and
+// the statistics go on learning (the Redis store kept the later clicks at
+// zero weight when it rebased a page's counts to the future time).
+func TestFutureClickWeighsOne(t *testing.T) {
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	for _, c := range []onlineCase{
+		{name: "chain/memory/runs", runs: true},
+		{name: "chain/redis/runs", redis: true, runs: true},
+		{name: "chain/redis/one-by-one", redis: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			stats := newStats(t, c, client, "future-"+c.name+":", nil)
+			e, _, known := onlineEngine(t, c, client, "future-"+c.name+":", stats)
+			now := time.Now()
+			var evs []features.Event
+			var metas []features.Meta
+			add := func(user, next string, at time.Time) {
+				for j, p := range []string{known, next} {
+					evs = append(evs, features.Event{UserID: user, Page: p, TS: at.Add(time.Duration(j) * time.Millisecond)})
+					metas = append(metas, features.Meta{Partition: 0, Offset: int64(len(metas))})
+				}
+			}
+			for u := range 30 {
+				add(fmt.Sprintf("y%d", u), "/new/y", now.Add(-time.Minute))
+			}
+			add("skewed", "/bogus/p", now.Add(20*time.Hour))
+			for u := range 30 {
+				add(fmt.Sprintf("z%d", u), "/new/z", now.Add(-time.Second))
+			}
+			apply(ctx, t, e, c.runs, evs, metas)
+			r, err := e.Predict(ctx, hint.Query{Pages: []string{known}, K: 3, Threshold: 0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]float32{}
+			for _, h := range r.Hints {
+				got[h.Page] = h.Probability
+			}
+			if got["/new/y"] < 0.2 || got["/new/z"] < 0.2 {
+				t.Errorf("hints for %s = %+v, want /new/y and /new/z each with 30 of 61 transitions", known, r.Hints)
+			}
+			if p, ok := got["/bogus/p"]; ok && p >= got["/new/z"] {
+				t.Errorf("the future click's page %s has %v, /new/z %v: want it weighed as one click", "/bogus/p", p, got["/new/z"])
+			}
+		})
+	}
+}
