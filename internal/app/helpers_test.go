@@ -7,6 +7,9 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/prefetchd/prefetchd/internal/redistest"
 )
 
 // service is prefetchd running in the test's process.
@@ -63,6 +66,17 @@ func (s *service) shutdown(t testing.TB) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Run did not return within 30s of cancel")
 	}
+}
+
+// onRedisStore starts a redis-server and a kfake broker with topic clicks
+// and returns testConfig on them with the Redis history store.
+func onRedisStore(t *testing.T) (Config, *redistest.Server, *kafkatest.Broker) {
+	t.Helper()
+	rs := redistest.Start(t)
+	kb := kafkatest.Start(t, "clicks")
+	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
+	cfg.HistoryStore = "redis"
+	return cfg, rs, kb
 }
 
 // testConfig is the service on ephemeral loopback ports, without replay.

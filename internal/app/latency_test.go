@@ -66,10 +66,7 @@ func TestClickToWarmServed(t *testing.T) {
 // it (prefetchd_engine_early_warms_total), and its pages reach Redis.
 func TestEarlyWarmsServed(t *testing.T) {
 	from, to, prob, _ := strongestTransition(t)
-	rs := redistest.Start(t)
-	kb := kafkatest.Start(t, "clicks")
-	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
-	cfg.HistoryStore = "redis"
+	cfg, rs, kb := onRedisStore(t)
 	cfg.Threshold = float64(prob) * 0.99
 	cfg.KeyTemplate = "user:{user}:page:{page}"
 	cfg.OverloadLag = time.Hour
@@ -107,10 +104,7 @@ func TestEarlyWarmsServed(t *testing.T) {
 // /readyz names the overloaded check.
 func TestOverloadedReadiness(t *testing.T) {
 	from, _, _, _ := strongestTransition(t)
-	rs := redistest.Start(t)
-	kb := kafkatest.Start(t, "clicks")
-	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
-	cfg.HistoryStore = "redis"
+	cfg, rs, kb := onRedisStore(t)
 	cfg.OverloadLag = 300 * time.Millisecond
 	svc := startService(t, cfg, 60*time.Second)
 	ctx, admin := svc.ctx, svc.addrs.Admin

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
-	"github.com/prefetchd/prefetchd/internal/redistest"
 	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
 )
 
@@ -22,10 +21,7 @@ import (
 func TestNewPageFromTraffic(t *testing.T) {
 	from, _, _, _ := strongestTransition(t)
 	const fresh = "/news/published-after-training"
-	rs := redistest.Start(t)
-	kb := kafkatest.Start(t, "clicks")
-	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
-	cfg.HistoryStore = "redis"
+	cfg, _, kb := onRedisStore(t)
 	cfg.Online = true
 	a := startService(t, cfg, 90*time.Second)
 	b := startService(t, cfg, 90*time.Second)

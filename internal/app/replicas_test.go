@@ -8,7 +8,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
-	"github.com/prefetchd/prefetchd/internal/redistest"
 	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
 )
 
@@ -17,10 +16,7 @@ import (
 // Predict for that user from the same history.
 func TestReplicasShareHistories(t *testing.T) {
 	from, to, prob, _ := strongestTransition(t)
-	rs := redistest.Start(t)
-	kb := kafkatest.Start(t, "clicks")
-	cfg := testConfig([]string{kb.Addr()}, rs.Addr())
-	cfg.HistoryStore = "redis"
+	cfg, _, kb := onRedisStore(t)
 	cfg.Threshold = float64(prob) * 0.99
 	a := startService(t, cfg, 90*time.Second)
 	b := startService(t, cfg, 90*time.Second)

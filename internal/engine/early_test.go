@@ -64,22 +64,10 @@ func TestWarmEarly(t *testing.T) {
 	pages := []string{"/a", "/b", "/c", "/d", "/e", "/f"}
 	m := &chainModel{vocab: vocab(t, pages...)}
 	tag := lifecycle.VersionTag("v", m.vocab)
+	live := &lifecycle.Live{Version: "v", Model: m, Manifest: m.Manifest(), Vocab: m.vocab, Tag: tag}
 	replica := func() (*Engine, *watchedStore, *recWarmer) {
-		rs, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: "early:",
-			History: features.HistoryConfig{MaxLen: 5}}, client, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
 		rw := &recWarmer{}
-		ws := &watchedStore{RedisStore: rs, warms: func() int { rw.mu.Lock(); defer rw.mu.Unlock(); return len(rw.calls) }}
-		src := &models{live: &lifecycle.Live{Version: "v", Model: m, Manifest: m.Manifest(), Vocab: m.vocab, Tag: tag}}
-		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
-		policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.5})
-		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
-		e, err := New(Config{}, Deps{Models: src, Histories: ws, Canon: canon, Policy: policy, Warmer: rw, Evaluator: eval}, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		e, ws := earlyReplica(t, client, "early:", 5, live, 0.5, rw, func() int { rw.mu.Lock(); defer rw.mu.Unlock(); return len(rw.calls) })
 		return e, ws, rw
 	}
 	a, sa, wa := replica()
@@ -177,6 +165,28 @@ func TestWarmEarly(t *testing.T) {
 	}
 }
 
+// earlyReplica is an engine serving live on a Redis history store (key
+// prefix, histories of maxLen pages) watched for the warms sent to w
+// (counted by warms) before each AppendMany, with a policy of k 3 at
+// threshold.
+func earlyReplica(t *testing.T, client *redis.Client, prefix string, maxLen int, live *lifecycle.Live, threshold float64, w Warmer, warms func() int) (*Engine, *watchedStore) {
+	t.Helper()
+	rs, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: prefix,
+		History: features.HistoryConfig{MaxLen: maxLen}}, client, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := &watchedStore{RedisStore: rs, warms: warms}
+	canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+	policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: threshold})
+	eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+	e, err := New(Config{}, Deps{Models: &models{live: live}, Histories: ws, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, ws
+}
+
 // handleRun hands e a run of one click and returns its outcome.
 func handleRun(ctx context.Context, e *Engine, ev features.Event, meta features.Meta) error {
 	errs := make([]error, 1)
@@ -234,20 +244,8 @@ func TestWarmEarlyStepForm(t *testing.T) {
 	defer cancel()
 	live := &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Tag: 9}
 	replica := func() (*Engine, *watchedStore, *stepWarmer) {
-		rs, err := features.NewRedisStore(features.StoreConfig{Backend: features.BackendRedis, KeyPrefix: "early-step:",
-			History: features.HistoryConfig{MaxLen: 20}}, client, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
 		w := &stepWarmer{}
-		ws := &watchedStore{RedisStore: rs, warms: w.count}
-		canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
-		policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
-		eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
-		e, err := New(Config{}, Deps{Models: &models{live: live}, Histories: ws, Canon: canon, Policy: policy, Warmer: w, Evaluator: eval}, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		e, ws := earlyReplica(t, client, "early-step:", 20, live, 1e-9, w, w.count)
 		return e, ws, w
 	}
 	a, sa, wa := replica()

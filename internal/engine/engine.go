@@ -129,14 +129,16 @@ type buffers struct {
 	// Online statistics (online.go): those of the page at hand (nil:
 	// none), looked up into dists for the pages from; transitions to learn;
 	// the blend's scratch and the names of pages outside the vocabulary.
-	dist    *transitions.Dist
-	dists   []transitions.Dist
-	from    []string
-	learn   []transitions.Transition
-	nextIdx []int64
-	known   []int64 // the vocabulary pages among nextIdx
-	mixed   []prefetch.Candidate
-	extra   []string
+	// earlyDists are those read for a wave's early warms (warmEarly).
+	dist       *transitions.Dist
+	dists      []transitions.Dist
+	earlyDists []transitions.Dist
+	from       []string
+	learn      []transitions.Transition
+	nextIdx    []int64
+	known      []int64 // the vocabulary pages among nextIdx
+	mixed      []prefetch.Candidate
+	extra      []string
 }
 
 // stats are running totals for the service's progress log.
@@ -758,7 +760,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	w.live = w.live[:0]
 	for j, i := range in {
 		r, ev := &rows[j], &evs[i]
-		r.at, r.ev, r.page, r.resumed, r.err, r.Err, r.early = i, ev, e.deps.Canon.Canonical(ev.Page), false, nil, nil, false
+		r.at, r.ev, r.page, r.resumed, r.err, r.Err, r.early, r.dist = i, ev, e.deps.Canon.Canonical(ev.Page), false, nil, nil, false, nil
 		r.idx, r.recorded = l.Vocab.Index(r.page), metas[i].Time
 		r.User, r.Click = ev.UserID, newClick(l, r.idx, *ev, metas[i])
 		w.live = append(w.live, r)
@@ -810,15 +812,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 		// No step form (a BatchStore brought us here): each click is scored
 		// on its history, as in HandleEvent; there is no state to save.
 		for _, r := range w.live {
-			if r.early && slices.Equal(r.spec.Pages, r.Rec.Pages) {
-				// Warmed early on this very history.
-				r.early = false
-				e.m.early.WithLabelValues(earlyConfirmed).Inc()
-			} else {
-				if r.early {
-					r.early = false
-					e.m.early.WithLabelValues(earlyCorrected).Inc()
-				}
+			if !e.settleEarly(r, r.early && slices.Equal(r.spec.Pages, r.Rec.Pages)) {
 				b.hist = widen(b.hist, r.Rec.Pages)
 				probs, err := e.predict(ctx, l, b.hist, b)
 				if err != nil {
@@ -870,23 +864,8 @@ func (e *Engine) warmEarly(ctx context.Context, l *lifecycle.Live, fs features.F
 	if len(w.early) == 0 {
 		return
 	}
-	var dists []transitions.Dist
-	if e.deps.Transitions != nil {
-		b.from = b.from[:0]
-		for _, r := range w.early {
-			b.from = append(b.from, r.page)
-		}
-		var err error
-		if b.dists, err = e.deps.Transitions.Lookup(ctx, b.from, e.statsTime(w.early[len(w.early)-1].ev.TS), b.dists); e.onlineErr(err) {
-			dists = b.dists
-		}
-	}
-	for i, r := range w.early {
-		r.dist = nil
-		if dists != nil {
-			r.dist = &dists[i]
-		}
-	}
+	// Read here, these statistics serve the click after the reply too.
+	e.lookupRows(ctx, w.early, &b.earlyDists, b)
 	if l.Bundle != nil && l.Bundle.HasStep() {
 		e.stepEarly(ctx, l, w, b)
 		return
@@ -909,17 +888,14 @@ func (e *Engine) warmEarly(ctx context.Context, l *lifecycle.Live, fs features.F
 // save when the store's record is the one foreseen (sameRecord). The
 // foreseen record's own state stays the state before, to compare.
 func (e *Engine) stepEarly(ctx context.Context, l *lifecycle.Live, w *wave, b *buffers) {
-	w.ids, w.states, w.probs, w.scored = w.ids[:0], w.states[:0], w.probs[:0], w.scored[:0]
+	w.resetSteps()
 	for _, r := range w.early {
 		state, probs, err := e.stateBefore(ctx, l, &r.spec, r.probs)
 		if r.probs = probs; err != nil {
 			continue // stepped again, and reported, on the stored record
 		}
 		r.earlyState = append(r.earlyState[:0], state...)
-		w.scored = append(w.scored, r)
-		w.ids = append(w.ids, int64(r.spec.Pages[len(r.spec.Pages)-1]))
-		w.states = append(w.states, r.earlyState)
-		w.probs = append(w.probs, r.probs)
+		w.queueStep(r, &r.spec, r.earlyState)
 	}
 	e.stepScored(ctx, l, w, b, func(j int, r *waveRow, scores []float32, err error) {
 		if err != nil {
@@ -958,6 +934,36 @@ func (e *Engine) stepScored(ctx context.Context, l *lifecycle.Live, w *wave, b *
 	}
 }
 
+// settleEarly settles r's early warm, if it had one, by the store's reply:
+// same says it was made on the stored record. It counts the outcome and
+// reports whether the click is done (warmed on the stored record).
+func (e *Engine) settleEarly(r *waveRow, same bool) bool {
+	if !r.early {
+		return false
+	}
+	r.early = false
+	if same {
+		e.m.early.WithLabelValues(earlyConfirmed).Inc()
+		return true
+	}
+	e.m.early.WithLabelValues(earlyCorrected).Inc()
+	return false
+}
+
+// resetSteps empties the rows StepMany advances.
+func (w *wave) resetSteps() {
+	w.ids, w.states, w.probs, w.scored = w.ids[:0], w.states[:0], w.probs[:0], w.scored[:0]
+}
+
+// queueStep adds r to the rows StepMany advances: the last page of rec (its
+// click) from state, the scores into r.probs.
+func (w *wave) queueStep(r *waveRow, rec *features.Record, state []float32) {
+	w.scored = append(w.scored, r)
+	w.ids = append(w.ids, int64(rec.Pages[len(rec.Pages)-1]))
+	w.states = append(w.states, state)
+	w.probs = append(w.probs, r.probs)
+}
+
 // sameRecord reports whether the store's record after a click is the one
 // foreseen for it: the same history, sequence numbers and state before the
 // click.
@@ -971,29 +977,21 @@ func sameRecord(foreseen, stored *features.Record) bool {
 // click is prefetched and its state saved, stamped with the click. It
 // returns the rows finished.
 func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *buffers) int {
-	w.ids, w.states, w.probs, w.scored = w.ids[:0], w.states[:0], w.probs[:0], w.scored[:0]
+	w.resetSteps()
 	w.ready = w.ready[:0]
 	for _, r := range w.live {
-		if r.early {
-			r.early = false
-			if sameRecord(&r.spec, &r.Rec) {
-				// Stepped and warmed early on this very record.
-				e.m.early.WithLabelValues(earlyConfirmed).Inc()
-				r.Rec.State, r.Rec.StateSeq = append(r.Rec.State[:0], r.earlyState...), r.Rec.Seq
-				w.ready = append(w.ready, r)
-				continue
-			}
-			e.m.early.WithLabelValues(earlyCorrected).Inc()
+		if e.settleEarly(r, r.early && sameRecord(&r.spec, &r.Rec)) {
+			// Stepped and warmed early on this very record.
+			r.Rec.State, r.Rec.StateSeq = append(r.Rec.State[:0], r.earlyState...), r.Rec.Seq
+			w.ready = append(w.ready, r)
+			continue
 		}
 		state, probs, err := e.stateBefore(ctx, l, &r.Rec, r.probs)
 		if r.probs = probs; err != nil {
 			r.err = err
 			continue
 		}
-		w.scored = append(w.scored, r)
-		w.ids = append(w.ids, int64(r.Rec.Pages[len(r.Rec.Pages)-1]))
-		w.states = append(w.states, state)
-		w.probs = append(w.probs, r.probs)
+		w.queueStep(r, &r.Rec, state)
 	}
 	// Prefetch before saving: a settled click has been handed to the warmer.
 	w.live = w.live[:0]

@@ -180,31 +180,48 @@ func (e *Engine) learnOne(ctx context.Context, l *lifecycle.Live, user, page str
 }
 
 // learnWave is learnOne for the live rows of a wave: one Observe and one
-// Lookup for all, each row's statistics in its dist.
+// Lookup for all, each row's statistics in its dist (rows warmed early keep
+// those read for it).
 func (e *Engine) learnWave(ctx context.Context, l *lifecycle.Live, rows []*waveRow, b *buffers) {
-	b.learn, b.from = b.learn[:0], b.from[:0]
+	if e.deps.Transitions == nil || len(rows) == 0 {
+		return
+	}
+	b.learn = b.learn[:0]
 	for _, r := range rows {
-		r.dist = nil
-		if e.deps.Transitions == nil {
-			continue
-		}
 		if t, ok := e.transition(l, r.User, r.page, r.idx, e.statsTime(r.ev.TS), &r.Rec); ok && !r.resumed {
 			b.learn = append(b.learn, t)
 		}
-		b.from = append(b.from, r.page)
+	}
+	e.onlineErr(e.deps.Transitions.Observe(ctx, b.learn))
+	e.lookupRows(ctx, rows, &b.dists, b)
+}
+
+// lookupRows reads, in one Lookup into *dists, the online statistics of the
+// pages of the rows that have none yet (dist nil: those warmed early have
+// theirs), at the time of the last row, and points each such row's dist at
+// its page's. Without statistics, or when Lookup fails, dist stays nil.
+func (e *Engine) lookupRows(ctx context.Context, rows []*waveRow, dists *[]transitions.Dist, b *buffers) {
+	if e.deps.Transitions == nil || len(rows) == 0 {
+		return
+	}
+	b.from = b.from[:0]
+	for _, r := range rows {
+		if r.dist == nil {
+			b.from = append(b.from, r.page)
+		}
 	}
 	if len(b.from) == 0 {
 		return
 	}
-	at := time.Time{}
-	if len(rows) > 0 {
-		at = e.statsTime(rows[len(rows)-1].ev.TS)
-	}
-	e.onlineErr(e.deps.Transitions.Observe(ctx, b.learn))
 	var err error
-	if b.dists, err = e.deps.Transitions.Lookup(ctx, b.from, at, b.dists); e.onlineErr(err) {
-		for i, r := range rows {
-			r.dist = &b.dists[i]
+	if *dists, err = e.deps.Transitions.Lookup(ctx, b.from, e.statsTime(rows[len(rows)-1].ev.TS), *dists); !e.onlineErr(err) {
+		return
+	}
+	j := 0
+	for _, r := range rows {
+		if r.dist == nil {
+			r.dist = &(*dists)[j]
+			j++
 		}
 	}
 }
