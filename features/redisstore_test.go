@@ -553,7 +553,9 @@ func BenchmarkRedisAppendMany(b *testing.B) {
 	ctx := context.Background()
 	for _, wave := range []int{4, 16} {
 		b.Run(fmt.Sprintf("wave=%d", wave), func(b *testing.B) {
-			s := newTestRedisStore(b, client, StoreConfig{KeyPrefix: fmt.Sprintf("bench%d:", wave), History: HistoryConfig{MaxLen: 20}})
+			// A prefix of its own per run: with -count > 1 the runs share the
+			// server, and the same offsets would be duplicates.
+			s := newTestRedisStore(b, client, StoreConfig{KeyPrefix: fmt.Sprintf("bench%d-%d:", wave, time.Now().UnixNano()), History: HistoryConfig{MaxLen: 20}})
 			const users = 30_000
 			rows := make([]BatchRow, wave)
 			ptrs := make([]*BatchRow, wave)
