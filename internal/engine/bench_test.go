@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"strconv"
 	"testing"
@@ -74,12 +75,16 @@ func BenchmarkHandleEvent(b *testing.B) {
 	for i := range users {
 		users[i] = "user-" + strconv.Itoa(i)
 	}
+	// Offsets go on from run to run (-count > 1 reuses the engine): a
+	// repeated one would be a duplicate.
+	var offset int64
 	b.Run("engine", func(b *testing.B) {
 		b.ReportAllocs()
 		at := time.Now()
 		for i := 0; b.Loop(); i++ {
 			ev := features.Event{UserID: users[i%len(users)], Page: pages[(i*7)%len(pages)], TS: at}
-			if err := e.HandleEvent(ctx, ev, features.Meta{Partition: 0, Offset: int64(i)}); err != nil {
+			offset++
+			if err := e.HandleEvent(ctx, ev, features.Meta{Partition: 0, Offset: offset}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -140,7 +145,10 @@ func BenchmarkStepClicks(b *testing.B) {
 				canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
 				policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{Threshold: 0.3})
 				eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
-				e, err := New(Config{}, Deps{Models: src, Histories: st.mk(mode + ":"), Canon: canon, Policy: policy, Warmer: nopWarmer{}, Evaluator: eval}, nil, nil)
+				// A key prefix per run: with -count > 1 the runs share the
+				// server, and the same offsets would be duplicates.
+				prefix := fmt.Sprintf("%s-%d:", mode, time.Now().UnixNano())
+				e, err := New(Config{}, Deps{Models: src, Histories: st.mk(prefix), Canon: canon, Policy: policy, Warmer: nopWarmer{}, Evaluator: eval}, nil, nil)
 				if err != nil {
 					b.Fatal(err)
 				}
