@@ -22,6 +22,16 @@ func gruBundle(t testing.TB, vocab, emb, hidden int) *Bundle {
 // graphsBundle loads a bundle of the two forms from memory.
 func graphsBundle(t testing.TB, vocab int, seq, step tGraph) *Bundle {
 	t.Helper()
+	b, err := LoadBundleFS(graphsFS(vocab, seq, step), "b")
+	if err != nil {
+		t.Fatalf("LoadBundleFS: %v", err)
+	}
+	return b
+}
+
+// graphsFS is the bundle folder "b" of the two graphs and a vocabulary of
+// vocab entries.
+func graphsFS(vocab int, seq, step tGraph) fstest.MapFS {
 	var v strings.Builder
 	v.WriteString("<pad>\n<unk>\n")
 	for i := 2; i < vocab; i++ {
@@ -32,11 +42,7 @@ func graphsBundle(t testing.TB, vocab int, seq, step tGraph) *Bundle {
 		"b/step.onnx":  {Data: step.encode()},
 		"b/vocab.txt":  {Data: []byte(v.String())},
 	}
-	b, err := LoadBundleFS(fsys, "b")
-	if err != nil {
-		t.Fatalf("LoadBundleFS: %v", err)
-	}
-	return b
+	return fsys
 }
 
 func history(n, vocab int) []int64 {

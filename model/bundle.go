@@ -130,7 +130,13 @@ func loadBundle(fsys fs.FS, dir string) (*Bundle, error) {
 	if err := b.checkContract(); err != nil {
 		return nil, err
 	}
+	if err := b.checkWeights(); err != nil {
+		return nil, err
+	}
 	if err := b.runGolden(); err != nil {
+		return nil, err
+	}
+	if err := b.checkForms(); err != nil {
 		return nil, err
 	}
 	b.attachIndex()
@@ -233,6 +239,88 @@ func (b *Bundle) checkContract() error {
 	}
 	if b.stepStateOut < 0 {
 		return fmt.Errorf("%w: %s has no float32 output %q", ErrContract, StepFile, OutputStateOut)
+	}
+	return nil
+}
+
+// checkWeights refuses graphs whose float initializers hold NaN: a
+// corrupted or diverged model would score some pages NaN and serve them
+// silently wrong.
+func (b *Bundle) checkWeights() error {
+	for _, g := range []struct {
+		file string
+		m    *Model
+	}{{ModelFile, b.seq}, {StepFile, b.step}} {
+		if g.m == nil {
+			continue
+		}
+		for slot, t := range g.m.plan.consts {
+			if t == nil {
+				continue
+			}
+			for j, x := range t.f {
+				if x != x {
+					return fmt.Errorf("%w: %s: constant %d (shape %v) holds NaN at element %d", ErrContract, g.file, slot, t.shape, j)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// formsProbes is how many histories checkForms steps through: the golden
+// cases' first rows, then probes of growing length.
+const formsProbes = 4
+
+// checkForms checks that the step form scores like the sequence form (the
+// contract: same weights): for a few histories, stepping click by click
+// from the zero state must give Predict's probabilities within the
+// manifest's tolerance. A step.onnx from another training run would warm
+// other pages than the hints served.
+func (b *Bundle) checkForms() error {
+	if b.step == nil {
+		return nil
+	}
+	tol := b.manifest.Tolerance
+	if tol <= 0 {
+		tol = DefaultTolerance
+	}
+	var hs [][]int64
+	for _, g := range b.manifest.Golden {
+		if len(hs) < formsProbes/2 && len(g.PageIDs) > 0 && len(g.PageIDs[0]) > 0 {
+			hs = append(hs, g.PageIDs[0])
+		}
+	}
+	width := int64(b.vsize)
+	maxLen := max(1, min(b.manifest.MaxSeqLen, 8))
+	for i := 0; len(hs) < formsProbes; i++ {
+		h := make([]int64, 1+i*(maxLen-1)/(formsProbes-1))
+		for j := range h {
+			h[j] = 2 + int64(i*31+j*17)%max(1, width-2)
+			if h[j] >= width {
+				h[j] = width - 1
+			}
+		}
+		hs = append(hs, h)
+	}
+	ctx := context.Background()
+	for i, h := range hs {
+		want, err := b.Predict(ctx, [][]int64{h})
+		if err != nil {
+			return fmt.Errorf("%w: comparing the forms, history %d: %w", ErrContract, i, err)
+		}
+		var state, got []float32
+		for _, id := range h {
+			if got, state, err = b.Step(ctx, id, state, got); err != nil {
+				return fmt.Errorf("%w: comparing the forms, history %d: %w", ErrContract, i, err)
+			}
+		}
+		for j := range got {
+			if d := math.Abs(float64(got[j]) - float64(want[0][j])); !(d <= tol) {
+				return fmt.Errorf("%w: %s and %s disagree on history %v: index %d %g stepped, %g in sequence (tolerance %g)",
+					ErrContract, StepFile, ModelFile, h, j, got[j], want[0][j], tol)
+			}
+		}
 	}
 	return nil
 }

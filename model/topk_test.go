@@ -424,7 +424,11 @@ func TestTopKLayouts(t *testing.T) {
 		{"B as hidden×vocab", withHead(seq, wT, []int64{hidden, vocab}), withHead(step, wT, []int64{hidden, vocab}), true, true},
 		{"alpha 2", withHead(seq, half, []int64{vocab, hidden}, tAttrInt("transB", 1), tAttrFloat("alpha", 2)),
 			withHead(step, half, []int64{vocab, hidden}, tAttrInt("transB", 1), tAttrFloat("alpha", 2)), true, true},
-		{"forms differ", seq, withHead(step, half, []int64{vocab, hidden}, tAttrInt("transB", 1)), false, false},
+	}
+	// A step form whose head differs from the sequence form's is refused at
+	// load (checkForms), before any scorer could be built on it.
+	if _, err := LoadBundleFS(graphsFS(vocab, seq, withHead(step, half, []int64{vocab, hidden}, tAttrInt("transB", 1))), "b"); !errors.Is(err, ErrContract) {
+		t.Errorf("forms differ: LoadBundleFS error %v, want ErrContract", err)
 	}
 	pages, fresh := sessionClicks(vocab, 300, 4)
 	for _, tt := range tests {

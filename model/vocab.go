@@ -46,6 +46,9 @@ func NewVocab(pages []string) (*Vocab, error) {
 	if len(pages) > MaxVocab {
 		return nil, fmt.Errorf("%w: %d entries exceeds the limit of %d", ErrBadVocab, len(pages), MaxVocab)
 	}
+	if pages[PadIndex] != PadKey || pages[UnknownIndex] != UnknownKey {
+		return nil, fmt.Errorf("%w: lines 0 and 1 must be %q and %q, are %q and %q", ErrBadVocab, PadKey, UnknownKey, pages[PadIndex], pages[UnknownIndex])
+	}
 	v := &Vocab{pages: append([]string(nil), pages...), index: make(map[string]int64, len(pages))}
 	for i, p := range v.pages {
 		if _, dup := v.index[p]; dup {

@@ -1,0 +1,56 @@
+package model
+
+import (
+	"errors"
+	"math"
+	"strings"
+	"testing"
+)
+
+// TestLoadRefusesBrokenBundles covers the load checks that guard against
+// bundles which run but would serve wrong hints: NaN weights, a step form
+// with other weights than the sequence form, a vocabulary whose first lines
+// are not the padding and unknown entries.
+func TestLoadRefusesBrokenBundles(t *testing.T) {
+	const vocab, hidden = 40, 8
+	outW := lcgWeights(vocab*hidden, 7, 0.5)
+	outB := lcgWeights(vocab, 8, 0.1)
+	nanW := append([]float32(nil), outW...)
+	nanW[3*hidden+1] = float32(math.NaN())
+	otherW := lcgWeights(vocab*hidden, 9, 0.5)
+	good, goodStep := gruGraphsOut(vocab, 8, hidden, outW, outB)
+	nanSeq, nanStep := gruGraphsOut(vocab, 8, hidden, nanW, outB)
+	_, otherStep := gruGraphsOut(vocab, 8, hidden, otherW, outB)
+	tests := []struct {
+		name      string
+		seq, step tGraph
+		want      string // in the error; "" loads
+	}{
+		{"consistent", good, goodStep, ""},
+		{"NaN in both forms", nanSeq, nanStep, "holds NaN"},
+		{"NaN in the step form", good, nanStep, "step.onnx: constant"},
+		{"step form of other weights", good, otherStep, "disagree on history"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadBundleFS(graphsFS(vocab, tt.seq, tt.step), "b")
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("LoadBundleFS: %v", err)
+			case tt.want != "" && (!errors.Is(err, ErrContract) || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("LoadBundleFS error %v, want ErrContract with %q", err, tt.want)
+			}
+		})
+	}
+
+	t.Run("vocabulary lines swapped", func(t *testing.T) {
+		fsys := graphsFS(vocab, good, goodStep)
+		lines := strings.Split(string(fsys["b/vocab.txt"].Data), "\n")
+		lines[0], lines[2] = lines[2], lines[0]
+		fsys["b/vocab.txt"].Data = []byte(strings.Join(lines, "\n"))
+		_, err := LoadBundleFS(fsys, "b")
+		if !errors.Is(err, ErrBadVocab) || !strings.Contains(err.Error(), `lines 0 and 1 must be "<pad>" and "<unk>"`) {
+			t.Fatalf("LoadBundleFS error %v, want ErrBadVocab naming lines 0 and 1", err)
+		}
+	})
+}
