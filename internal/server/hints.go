@@ -205,7 +205,7 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 			case <-ctx.Done():
 				return
 			}
-			if err != nil {
+			if _, bad := isInvalidUTF8(err); err != nil && !bad {
 				return
 			}
 		}
@@ -241,7 +241,7 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	fill:
-		for run[len(run)-1].err == nil && len(run) < maxIngestRun {
+		for !ends(run[len(run)-1].err) && len(run) < maxIngestRun {
 			select {
 			case r := <-recv:
 				run = append(run, r)
@@ -252,6 +252,13 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 		var end error // how the stream ended, after this run
 		wires, pos, rejected = wires[:0], pos[:0], rejected[:0]
 		for _, r := range run {
+			if e, bad := isInvalidUTF8(r.err); bad {
+				// One event the stream could not decode: rejected like
+				// an event whose bytes are not UTF-8 on Kafka.
+				rejected = append(rejected, rejection{index, features.ReasonUTF8, e.detail})
+				index++
+				continue
+			}
 			if r.err != nil {
 				end = r.err
 				break
@@ -314,6 +321,13 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 			return end
 		}
 	}
+}
+
+// ends reports whether a stream's Recv error ends it: any but a message
+// that is not valid UTF-8, which is one rejected event.
+func ends(err error) bool {
+	_, bad := isInvalidUTF8(err)
+	return err != nil && !bad
 }
 
 // checkEvent returns the rejection reason and message for an invalid event,

@@ -45,10 +45,14 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		s.metrics.inFlight.Dec()
 		mm.observe(time.Since(start), status.Code(err))
 	}()
+	bad := s.takeMark(req) // taken in any case: the mark must not outlive the call
 	if strings.HasPrefix(info.FullMethod, adminPrefix) {
 		if err := s.authorize(ctx, info.FullMethod); err != nil {
 			return nil, err
 		}
+	}
+	if bad != nil {
+		return nil, bad
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -76,7 +80,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 			return err
 		}
 	}
-	return handler(srv, ss)
+	return handler(srv, markedStream{ss, s})
 }
 
 // recovered logs a handler panic with its stack and turns it into INTERNAL.

@@ -66,6 +66,9 @@ type Server struct {
 
 	grpc   *grpc.Server
 	health *health.Server
+	// marked are received messages whose strings are not valid UTF-8
+	// (utf8.go).
+	marked sync.Map
 
 	methods       map[string]*methodMetrics // read-only after New
 	unknownMethod *methodMetrics
@@ -123,6 +126,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	}
 
 	opts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newUTF8Codec(&s.marked)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),

@@ -1,0 +1,132 @@
+package server
+
+import (
+	"errors"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Requests whose strings are not valid UTF-8. protobuf-go refuses to decode
+// them, and grpc-go turns any decoding error into INTERNAL before a handler
+// or an interceptor runs. The server's codec therefore lets such a message
+// through (decoded in part) and marks it; the interceptors answer a marked
+// unary request with INVALID_ARGUMENT, and a marked stream message makes
+// RecvMsg fail with an *invalidUTF8 error (INVALID_ARGUMENT), which Ingest
+// counts as one rejected event (reason "utf8") and goes on.
+
+// invalidUTF8 is the error of a request message with a string that is not
+// valid UTF-8: the field (a dotted path; "" when it could not be told).
+type invalidUTF8 struct{ field, detail string }
+
+func (e *invalidUTF8) Error() string { return e.detail }
+
+// GRPCStatus makes the error INVALID_ARGUMENT for grpc-go, with the field
+// in the message and in a BadRequest detail like any invalid field.
+func (e *invalidUTF8) GRPCStatus() *status.Status {
+	field := e.field
+	if field == "" {
+		field = "request"
+	}
+	st, _ := status.FromError(invalidField(field, "not valid UTF-8"))
+	return st
+}
+
+// utf8Codec is the proto codec with the marking described above.
+type utf8Codec struct {
+	encoding.CodecV2
+	marked *sync.Map // message pointer -> *invalidUTF8
+}
+
+func newUTF8Codec(marked *sync.Map) utf8Codec {
+	return utf8Codec{CodecV2: encoding.GetCodecV2("proto"), marked: marked}
+}
+
+// Unmarshal implements encoding.CodecV2.
+func (c utf8Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	err := c.CodecV2.Unmarshal(data, v)
+	if err != nil && strings.Contains(err.Error(), "invalid UTF-8") {
+		e := &invalidUTF8{detail: "a string field is not valid UTF-8"}
+		if m, ok := v.(proto.Message); ok {
+			if name := badField(data.Materialize(), m.ProtoReflect().Descriptor()); name != "" {
+				e.field, e.detail = name, name+": not valid UTF-8"
+			}
+		}
+		c.marked.Store(v, e)
+		return nil
+	}
+	return err
+}
+
+// badField returns the name (a dotted path into nested messages) of the
+// first string field of the wire message b, of type md, that is not valid
+// UTF-8, or "".
+func badField(b []byte, md protoreflect.MessageDescriptor) string {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return ""
+		}
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return ""
+		}
+		value := b[:n]
+		b = b[n:]
+		fd := md.Fields().ByNumber(num)
+		if fd == nil || typ != protowire.BytesType {
+			continue
+		}
+		v, _ := protowire.ConsumeBytes(value)
+		switch {
+		case fd.Kind() == protoreflect.StringKind && !utf8.Valid(v):
+			return string(fd.Name())
+		case fd.Kind() == protoreflect.MessageKind && !fd.IsMap():
+			if inner := badField(v, fd.Message()); inner != "" {
+				return string(fd.Name()) + "." + inner
+			}
+		case fd.IsMap():
+			if inner := badField(v, fd.Message()); inner != "" {
+				return string(fd.Name())
+			}
+		}
+	}
+	return ""
+}
+
+// takeMark returns and forgets the mark of message v, or nil.
+func (s *Server) takeMark(v any) error {
+	if e, ok := s.marked.LoadAndDelete(v); ok {
+		return e.(*invalidUTF8)
+	}
+	return nil
+}
+
+// markedStream fails RecvMsg for marked messages.
+type markedStream struct {
+	grpc.ServerStream
+	s *Server
+}
+
+// RecvMsg implements grpc.ServerStream.
+func (m markedStream) RecvMsg(v any) error {
+	if err := m.ServerStream.RecvMsg(v); err != nil {
+		return err
+	}
+	return m.s.takeMark(v)
+}
+
+// isInvalidUTF8 reports whether err is a stream message's invalidUTF8.
+func isInvalidUTF8(err error) (*invalidUTF8, bool) {
+	var e *invalidUTF8
+	return e, errors.As(err, &e)
+}

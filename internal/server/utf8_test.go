@@ -1,0 +1,106 @@
+package server
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/prefetchd/prefetchd/internal/server/servertest"
+	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
+)
+
+// badMarker is replaced on the wire by as many bytes that are not UTF-8:
+// protobuf-go refuses to marshal such a string itself.
+const badMarker = "@@BAD@@"
+
+// badCodec is a client codec that sends badMarker as invalid UTF-8, as a
+// client in another language (or a raw one) may.
+type badCodec struct{ encoding.CodecV2 }
+
+func (c badCodec) Marshal(v any) (mem.BufferSlice, error) {
+	b, err := proto.Marshal(v.(proto.Message))
+	if err != nil {
+		return nil, err
+	}
+	b = bytes.ReplaceAll(b, []byte(badMarker), bytes.Repeat([]byte{0xff}, len(badMarker)))
+	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+}
+
+func withBadUTF8() grpc.CallOption {
+	return grpc.ForceCodecV2(badCodec{encoding.GetCodecV2("proto")})
+}
+
+// marks counts the marks left in the server.
+func marks(h *harness) int {
+	n := 0
+	h.srv.marked.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// TestInvalidUTF8 checks that strings that are not UTF-8 get
+// INVALID_ARGUMENT naming the field (grpc-go alone answers INTERNAL), that
+// Ingest rejects such an event alone (reason utf8) and applies the others,
+// and that no mark outlives its call.
+func TestInvalidUTF8(t *testing.T) {
+	ts := timestamppb.New(time.Date(1995, 7, 1, 0, 0, 1, 0, time.UTC))
+	ing := &servertest.Ingester{}
+	h := start(t, Config{AdminToken: "secret-token-for-tests"}, Deps{Predictor: &servertest.Predictor{}, Ingester: ing, Models: &servertest.Models{}})
+	ctx := testCtx(t)
+
+	_, err := h.hints.Predict(ctx, &prefetchv1.PredictRequest{UserId: "u" + badMarker}, withBadUTF8())
+	wantCode(t, err, codes.InvalidArgument)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "user_id") || !strings.Contains(msg, "UTF-8") {
+		t.Errorf("Predict message %q, want the field user_id and UTF-8 named", msg)
+	}
+	// A valid request on the same connection still works.
+	if _, err := h.hints.Predict(ctx, &prefetchv1.PredictRequest{UserId: "u1"}); err != nil {
+		t.Errorf("valid Predict after an invalid one: %v", err)
+	}
+	// Unauthenticated first for the admin service; the mark is dropped too.
+	_, err = h.models.Activate(ctx, &prefetchv1.ActivateRequest{Version: "v" + badMarker}, withBadUTF8())
+	wantCode(t, err, codes.Unauthenticated)
+
+	stream, err := h.hints.Ingest(ctx, withBadUTF8())
+	if err != nil {
+		t.Fatalf("Ingest: %v", err)
+	}
+	for i, ev := range []*prefetchv1.ClickEvent{
+		{UserId: "u1", Page: "/a", Ts: ts},
+		{UserId: "u1", Page: "/b" + badMarker, Ts: ts},
+		{UserId: "u2", Page: "/c", Ts: ts},
+	} {
+		if err := stream.Send(ev); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	sum, err := stream.CloseAndRecv()
+	if err != nil {
+		t.Fatalf("CloseAndRecv: %v", err)
+	}
+	if sum.GetAccepted() != 2 || sum.GetRejected() != 1 || sum.GetRejectedByReason()["utf8"] != 1 {
+		t.Errorf("summary %v, want 2 accepted and 1 rejected for utf8", sum)
+	}
+	if fe := sum.GetFirstErrors(); len(fe) != 1 || fe[0].GetIndex() != 1 || !strings.Contains(fe[0].GetMessage(), "page") {
+		t.Errorf("first errors %v, want index 1 naming the field page", fe)
+	}
+	var got []string
+	for _, e := range ing.Events() {
+		got = append(got, string(e))
+	}
+	if g := fmt.Sprint(got); !strings.Contains(g, `"page":"/a"`) || !strings.Contains(g, `"page":"/c"`) || len(got) != 2 {
+		t.Errorf("engine got %v, want the events of /a and /c", got)
+	}
+	if n := marks(h); n != 0 {
+		t.Errorf("%d marks left after the calls, want 0", n)
+	}
+}
