@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -287,6 +288,18 @@ func TestRefused(t *testing.T) {
 			spec: spec{manifest: func(m *model.Manifest) { m.Golden[0].Probs[0][3] += 0.01 }}},
 		{name: "manifest version differs from folder", reason: ReasonManifest,
 			spec: spec{manifest: func(m *model.Manifest) { m.Version = "other" }}},
+		{name: "NaN weight", reason: ReasonContract,
+			spec: spec{noGold: true, edit: func(f map[string][]byte) {
+				rows := spec{}.rows()
+				rows[4][2] = float32(math.NaN())
+				f[ModelFile] = markovONNX(t, rows)
+			}}},
+		{name: "vocabulary without <pad> first", reason: ReasonVocab,
+			spec: spec{edit: func(f map[string][]byte) {
+				lines := strings.SplitAfter(string(f[VocabFile]), "\n")
+				lines[0], lines[2] = lines[2], lines[0]
+				f[VocabFile] = []byte(strings.Join(lines, ""))
+			}}},
 		{name: "output is not a distribution", reason: ReasonContract,
 			spec: spec{noGold: true, edit: func(f map[string][]byte) {
 				rows := spec{}.rows()
@@ -314,6 +327,9 @@ func TestRefused(t *testing.T) {
 			}
 			if got := metric(t, reg, "prefetchd_model_refused_total", "reason", tt.reason); got != 1 {
 				t.Fatalf("prefetchd_model_refused_total{reason=%q} = %v, want 1", tt.reason, got)
+			}
+			if got := metric(t, reg, "prefetchd_model_unserved_folders"); got != 1 {
+				t.Errorf("prefetchd_model_unserved_folders = %v, want 1 (the refused v2)", got)
 			}
 			err := m.Activate(ctx, "v2")
 			var re *RefusedError

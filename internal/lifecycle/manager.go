@@ -281,6 +281,7 @@ func (m *Manager) refreshLocked() ([]*candidate, error) {
 			m.pruneLocked(v)
 		}
 	}
+	m.setUnservedLocked()
 	return found, nil
 }
 
@@ -303,7 +304,20 @@ func (m *Manager) noteSkippedLocked(skipped map[string]skip) {
 		}
 	}
 	m.skipped = skipped
-	m.met.unserved.Set(float64(len(skipped)))
+	m.setUnservedLocked()
+}
+
+// setUnservedLocked sets prefetchd_model_unserved_folders: the folders the
+// last scan skipped and the versions on disk that are refused. The caller
+// holds mu.
+func (m *Manager) setUnservedLocked() {
+	n := len(m.skipped)
+	for _, v := range m.versions {
+		if v.refused != "" && v.disk != nil {
+			n++
+		}
+	}
+	m.met.unserved.Set(float64(n))
 }
 
 // retryIn is when a rescan may find a settling folder complete without any
@@ -376,6 +390,7 @@ func (m *Manager) activateLocked(ctx context.Context, name, cause string) error 
 	if cause == CauseActivate {
 		m.mu.Lock()
 		v.refused, v.refusedFP = "", "" // the operator overrides an automatic rollback
+		m.setUnservedLocked()
 		m.mu.Unlock()
 	}
 	m.swapLocked(v, cause, true)
@@ -405,6 +420,7 @@ func (m *Manager) validateLocked(ctx context.Context, v *version) error {
 		m.countRefusal(err)
 		m.mu.Lock()
 		v.refused, v.refusedFP = err.Error(), c.fp
+		m.setUnservedLocked()
 		m.mu.Unlock()
 		m.log.Warn("model version refused", "version", c.version, "dir", c.dir, "reason", reasonOf(err), "err", err)
 		return err
@@ -412,6 +428,7 @@ func (m *Manager) validateLocked(ctx context.Context, v *version) error {
 	m.mu.Lock()
 	v.loaded, v.loadedAt = l, m.now()
 	v.refused, v.refusedFP = "", ""
+	m.setUnservedLocked()
 	m.mu.Unlock()
 	m.log.Info("model version validated", "version", c.version, "seconds", m.now().Sub(start).Seconds())
 	return nil
@@ -696,6 +713,7 @@ func (m *Manager) autoRollback(ctx context.Context) {
 			v.refusedFP = v.disk.fp
 		}
 	}
+	m.setUnservedLocked()
 	m.mu.Unlock()
 	m.log.Warn("model version rolled back automatically", "version", p.version, "to", to, "reason", reason)
 }

@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Version folders found not servable by a scan, counted once per folder and reason (incomplete, manifest, settling).",
 		}, []string{"reason"}),
 		unserved: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "prefetchd_model_unserved_folders", Help: "Version folders the last scan found not servable.",
+			Name: "prefetchd_model_unserved_folders", Help: "Version folders not served: skipped by the last scan (incomplete, manifest, settling) or refused (validation, automatic rollback).",
 		}),
 		rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_model_rollbacks_total", Help: "Rollbacks by cause (manual, auto).",
