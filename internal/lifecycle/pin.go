@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -22,6 +23,11 @@ type pin struct {
 	Version string    `json:"version"`
 	Cause   string    `json:"cause"`
 	At      time.Time `json:"at"`
+	// Known are the versions on disk when the choice was made: none of them
+	// is preferred to the pinned one after a restart, whatever its created
+	// time (a manifest dated ahead by a skewed clock must not undo a
+	// rollback). Pins written without it compare created times with At.
+	Known []string `json:"known,omitempty"`
 }
 
 // loadPin reads dir's pin; nil when there is none or it is unreadable
@@ -50,6 +56,14 @@ func (m *Manager) loadPin() *pin {
 // logged, not an error.
 func (m *Manager) savePin(version, cause string, at time.Time) {
 	p := &pin{Version: version, Cause: cause, At: at.UTC()}
+	m.mu.Lock()
+	for name, v := range m.versions {
+		if v.disk != nil {
+			p.Known = append(p.Known, name)
+		}
+	}
+	m.mu.Unlock()
+	slices.Sort(p.Known)
 	m.pin = p
 	data, err := json.Marshal(p)
 	if err == nil {
@@ -68,26 +82,35 @@ func (m *Manager) clearPin() {
 	}
 }
 
-// pinFirst orders the start's candidates (newest first): those created
-// after the pin was written, then the pinned version, then the rest.
+// pinFirst orders the start's candidates (newest first): those published
+// after the pin was written, then the pinned version, then the rest. A
+// version was published after the pin when it was not on disk then (Known)
+// and is newer than the pinned version, as a running service would have
+// swapped to it; with a pin that lists nothing, when it was created after
+// the pin.
 func pinFirst(cands []*candidate, p *pin) []*candidate {
 	if p == nil {
 		return cands
 	}
-	var newer, rest []*candidate
 	var pinned *candidate
 	for _, c := range cands {
-		switch {
-		case c.version == p.Version:
+		if c.version == p.Version {
 			pinned = c
-		case c.created.After(p.At):
-			newer = append(newer, c)
-		default:
-			rest = append(rest, c)
 		}
 	}
 	if pinned == nil {
 		return cands
+	}
+	var newer, rest []*candidate
+	for _, c := range cands {
+		switch {
+		case c == pinned:
+		case p.Known != nil && !slices.Contains(p.Known, c.version) && c.newer(pinned),
+			p.Known == nil && c.created.After(p.At):
+			newer = append(newer, c)
+		default:
+			rest = append(rest, c)
+		}
 	}
 	return append(append(newer, pinned), rest...)
 }

@@ -68,3 +68,38 @@ func TestPinSurvivesRestart(t *testing.T) {
 		t.Fatalf("restart with a corrupt pin: %s, want the newest v4", got)
 	}
 }
+
+// TestPinBeatsFutureDatedVersion: a version on disk when the choice was
+// made never undoes it after a restart, even with a manifest dated after
+// the choice (a trainer's clock ahead); one published after the choice and
+// newer than the pinned version still wins.
+func TestPinBeatsFutureDatedVersion(t *testing.T) {
+	m, repo, _ := newTest(t, Config{})
+	ctx := testCtx(t, 30*time.Second)
+	publishSpec(t, repo, spec{version: "v1", created: base, shift: 1})
+	publishSpec(t, repo, spec{version: "v2", created: time.Now().Add(time.Hour), shift: 2})
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := activeVersion(m); got != "v2" {
+		t.Fatalf("first start serves %s, want the newest v2", got)
+	}
+	if err := m.Activate(ctx, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	restart := func() string {
+		t.Helper()
+		m, _, _ := newTest(t, Config{Repo: repo})
+		if err := m.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return activeVersion(m)
+	}
+	if got := restart(); got != "v1" {
+		t.Fatalf("restart after going back from a future-dated v2: %s, want the pinned v1", got)
+	}
+	publishSpec(t, repo, spec{version: "v3", created: base.Add(time.Minute), shift: 3})
+	if got := restart(); got != "v3" {
+		t.Fatalf("restart after publishing v3 (newer than v1): %s, want v3", got)
+	}
+}
