@@ -16,13 +16,46 @@ token="$dir/admin-token"
 od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$token"
 chmod 600 "$token"
 
+# The addresses in effect, for the hints below: the service defaults, then
+# PREFETCHD_LISTEN and PREFETCHD_ADMIN_LISTEN, then the flags (the last of
+# each wins, as in prefetchd; "--" ends the flags).
+listen=${PREFETCHD_LISTEN:-127.0.0.1:50051}
+admin=${PREFETCHD_ADMIN_LISTEN:-127.0.0.1:8081}
+want=
+for arg in "$@"; do
+	case $want in
+	listen) listen=$arg; want=; continue ;;
+	admin) admin=$arg; want=; continue ;;
+	esac
+	case $arg in
+	--) break ;;
+	--listen=* | -listen=*) listen=${arg#*=} ;;
+	--admin-listen=* | -admin-listen=*) admin=${arg#*=} ;;
+	--listen | -listen) want=listen ;;
+	--admin-listen | -admin-listen) want=admin ;;
+	esac
+done
+
+# reachable turns a listen address into one to connect to: an empty or
+# wildcard host (":6000", "0.0.0.0:6000", "[::]:6000") becomes loopback.
+reachable() {
+	case $1 in
+	:*) echo "127.0.0.1$1" ;;
+	0.0.0.0:*) echo "127.0.0.1:${1#0.0.0.0:}" ;;
+	\[::\]:*) echo "[::1]:${1#\[::\]:}" ;;
+	*) echo "$1" ;;
+	esac
+}
+grpc=$(reachable "$listen")
+http=$(reachable "$admin")
+
 cat <<MSG
 prefetchd demo: embedded Kafka and Redis, bundled model, NASA July 1995 replay,
 --threshold 0.2 (the service default is 0.5) so that warming shows at once.
 In another terminal:
-  go run ./cmd/prefetchctl --addr 127.0.0.1:50051 watch --any
-  go run ./cmd/prefetchctl --addr 127.0.0.1:50051 --token-file $token model status
-  curl -s 127.0.0.1:8081/readyz
+  go run ./cmd/prefetchctl --addr $grpc watch --any
+  go run ./cmd/prefetchctl --addr $grpc --token-file $token model status
+  curl -s $http/readyz
 MSG
 # Flags given to make run (ARGS) come last and win.
 "$bin" --threshold 0.2 --admin-token-file "$token" "$@"

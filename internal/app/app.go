@@ -183,7 +183,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		return err
 	}
 	dialer := kafkaDialer(kafkaTLS, kafkaSASL)
-	ready.add("kafka", func(ctx context.Context) error { return dialAny(ctx, dialer, brokers) })
+	ready.add("kafka", func(ctx context.Context) error { return kafkaReady(ctx, dialer, brokers, checkTimeout) })
 
 	// The model.
 	models, err := openModels(ctx, cfg, log, reg)
@@ -347,6 +347,8 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			errc <- fmt.Errorf("warmer: %w", err)
 		}
 	})
+	// Settles the prefetches that expire while no click comes (wasted).
+	warmWG.Go(func() { _ = eval.Run(warmCtx) })
 	if online != nil {
 		// Sends the shared statistics' buffer off the clicks' path; stops
 		// after the consumer, with a last send.
@@ -553,18 +555,93 @@ func waitForModel(ctx context.Context, log *slog.Logger, m *lifecycle.Manager, e
 	}
 }
 
-// dialAny reports whether one of the brokers accepts a connection.
-func dialAny(ctx context.Context, dialer *kafka.Dialer, brokers []string) error {
-	var errs []error
+// kafkaReady is the "kafka" readiness check. It asks every broker at once
+// for its API versions, through dialer (so with its TLS and SASL settings),
+// and returns nil as soon as one answers. A TCP connect alone would pass for
+// a broker that accepts connections but does not serve them (stopped with
+// SIGSTOP, overloaded): the kernel still completes the handshake. When no
+// broker answers within timeout, or ctx ends first, the error says so and
+// lists each broker's failure; when every broker fails sooner (connection
+// refused, authentication failed) it begins "unreachable". kafkaReady
+// returns only once every attempt has ended and its connection is closed.
+func kafkaReady(ctx context.Context, dialer *kafka.Dialer, brokers []string, timeout time.Duration) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	errc := make(chan error, len(brokers))
 	for _, b := range brokers {
-		conn, err := dialer.DialContext(ctx, "tcp", b)
+		wg.Go(func() { errc <- askVersions(ctx, dialer, b) })
+	}
+	var (
+		errs     []error
+		noAnswer bool
+	)
+	for range brokers {
+		err := <-errc
 		if err == nil {
-			conn.Close()
 			return nil
 		}
 		errs = append(errs, err)
+		noAnswer = noAnswer || errors.Is(err, errNoAnswer)
+	}
+	if noAnswer {
+		return fmt.Errorf("no broker answered within %s: %w", timeout, errors.Join(errs...))
 	}
 	return fmt.Errorf("unreachable: %w", errors.Join(errs...))
+}
+
+// errNoAnswer is askVersions' error for a broker that did not answer
+// before the context ended.
+var errNoAnswer = errors.New("no answer")
+
+// askVersions connects to broker with a copy of dialer and sends it an
+// ApiVersions request. The connection is closed when ctx ends, which also
+// ends a TLS or SASL handshake that kafka-go would otherwise wait on
+// without a deadline. A broker silent until then gives an error wrapping
+// errNoAnswer.
+func askVersions(ctx context.Context, dialer *kafka.Dialer, broker string) error {
+	d := *dialer
+	dial := d.DialFunc
+	if dial == nil {
+		nd := &net.Dialer{LocalAddr: d.LocalAddr, FallbackDelay: d.FallbackDelay, KeepAlive: d.KeepAlive}
+		dial = nd.DialContext
+	}
+	d.DialFunc = func(dctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(dctx, network, addr)
+		if err == nil {
+			context.AfterFunc(ctx, func() { c.Close() })
+		}
+		return c, err
+	}
+	conn, err := d.DialContext(ctx, "tcp", broker)
+	if err != nil {
+		if ctx.Err() != nil || isTimeout(err) {
+			return fmt.Errorf("%s: %w", broker, errNoAnswer)
+		}
+		return err
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		if err := conn.SetDeadline(deadline); err != nil {
+			return fmt.Errorf("%s: %w", broker, err)
+		}
+	}
+	if _, err := conn.ApiVersions(); err != nil {
+		// The connection's deadline and ctx's end at the same instant:
+		// whichever fires first, the broker did not answer in time.
+		if ctx.Err() != nil || isTimeout(err) {
+			return fmt.Errorf("%s: %w", broker, errNoAnswer)
+		}
+		return fmt.Errorf("%s: api versions: %w", broker, err)
+	}
+	return nil
+}
+
+// isTimeout reports whether err is a network deadline passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func startReplay(ctx context.Context, wg *sync.WaitGroup, cfg Config, brokers []string, tc *tls.Config, mech sasl.Mechanism, log *slog.Logger) error {

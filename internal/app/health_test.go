@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -149,16 +148,7 @@ func TestServesBeforeModel(t *testing.T) {
 // TestReadyzNamesBackends runs the service with Kafka and Redis addresses
 // where nothing listens: /readyz is 503 and names both.
 func TestReadyzNamesBackends(t *testing.T) {
-	closed := func() string {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := lis.Addr().String()
-		lis.Close()
-		return addr
-	}
-	cfg := testConfig([]string{closed()}, closed())
+	cfg := testConfig([]string{closedAddr(t)}, closedAddr(t))
 	svc := startService(t, cfg, 60*time.Second)
 	// The model is loaded (the service serves), so once the checks have run
 	// again only the backends are named.
