@@ -1,6 +1,7 @@
 package prefetch
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"slices"
@@ -98,6 +99,7 @@ type Evaluator struct {
 
 	mu       sync.Mutex
 	now      int64 // latest event time seen, Unix nanoseconds
+	ticked   int64 // now at the latest Tick
 	active   string
 	explicit bool // active was set by SetModelVersion
 	entries  *expirySet[evalEntry]
@@ -336,6 +338,41 @@ func (e *Evaluator) Advance(at time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.advance(at)
+}
+
+// TickInterval is how often Run calls Tick.
+const TickInterval = time.Second
+
+// Tick lets event time go on while no event comes: when no observation has
+// moved it since the previous Tick, it advances by elapsed (the wall time
+// since that Tick) and expires what that reaches. In a live stream the
+// prefetches of a quiet spell are thus counted wasted within a tick of
+// their expiry instead of at the next click; a replay of old events, whose
+// clock runs ahead of the wall's, is not hurried.
+func (e *Evaluator) Tick(elapsed time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.now != 0 && e.now == e.ticked && elapsed > 0 {
+		e.now += int64(elapsed)
+		e.entries.expire(e.now, e.retireFn)
+	}
+	e.ticked = e.now
+}
+
+// Run calls Tick every TickInterval until ctx ends, then returns nil.
+func (e *Evaluator) Run(ctx context.Context) error {
+	t := time.NewTicker(TickInterval)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			e.Tick(now.Sub(last))
+			last = now
+		}
+	}
 }
 
 // advance moves event time forward to at, expires entries and returns at in

@@ -349,3 +349,40 @@ func TestEvaluatorClickBeforePrefetch(t *testing.T) {
 		})
 	}
 }
+
+// TestEvaluatorTick checks that a quiet spell settles the prefetches that
+// expire in it (wasted) tick by tick, that ticks while events move time
+// change nothing, and that a click after the spell still counts.
+func TestEvaluatorTick(t *testing.T) {
+	e, err := NewEvaluator(EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	e.ObservePrefetch("a", "/x", "v1", t0, 3*time.Second)
+	e.ObservePrefetch("a", "/y", "v1", t0, 10*time.Second)
+	wasted := func() uint64 { return e.Stats()[0].Wasted }
+	for i, want := range []uint64{0, 0, 0, 1, 1} {
+		// Tick 0 only notes the event time; each later one, with no event
+		// between, moves it a second: t0+1s, +2s, +3s (the /x expiry), +4s.
+		e.Tick(time.Second)
+		if got := wasted(); got != want {
+			t.Fatalf("after tick %d: wasted %d, want %d", i, got, want)
+		}
+	}
+	// Events move time again: a tick between two of them does not add its
+	// second, so /y (expiring at t0+10s) is still warm at t0+5s.
+	e.ObserveClick("b", "/z", t0.Add(5*time.Second))
+	e.Tick(time.Second)
+	e.ObserveClick("a", "/y", t0.Add(5*time.Second))
+	if s := e.Stats()[0]; s.Wasted != 1 || s.WarmClicks != 1 || s.Used != 1 {
+		t.Fatalf("after the spell: %+v, want 1 wasted, 1 warm click on /y", s)
+	}
+	// A replay's clock is not hurried: time stands at the last event until
+	// a tick finds it unmoved.
+	e.ObservePrefetch("a", "/w", "v1", t0.Add(6*time.Second), 2*time.Second)
+	e.Tick(time.Second)
+	if got := wasted(); got != 1 {
+		t.Fatalf("after one tick past a prefetch: wasted %d, want 1", got)
+	}
+}
