@@ -1,8 +1,11 @@
 package features
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -26,7 +29,28 @@ type CanonicalizerConfig struct {
 	QueryAllow []string `json:"query_allow,omitempty"`
 	// Rules are applied in order to the path (without host and query), each
 	// to the output of the previous one, e.g. `^/product/\d+$` -> `/product/:id`.
+	// A rule whose result would be empty leaves the path as it was.
 	Rules []RewriteRule `json:"rules,omitempty"`
+}
+
+// ReadCanonicalizerConfig reads a CanonicalizerConfig from the JSON file at
+// path, strictly: a field the config does not have (a misspelt
+// "query_alow") is an error, not ignored, and so is a file holding no JSON
+// object. It does not validate the rules (NewCanonicalizer does). It is the
+// one loader of --canonical-config files, so that the service and the
+// trainer accept and refuse the same files.
+func ReadCanonicalizerConfig(path string) (CanonicalizerConfig, error) {
+	var cfg CanonicalizerConfig
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("read canonicalization config: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return CanonicalizerConfig{}, fmt.Errorf("canonicalization config %s: %w", path, err)
+	}
+	return cfg, nil
 }
 
 // Validate compiles the rules and reports the first bad one.
@@ -108,7 +132,11 @@ func (c *Canonicalizer) Canonical(page string) string {
 	}
 	path := cleanPath(s)
 	for _, r := range c.rules {
-		path = r.re.ReplaceAllString(path, r.repl)
+		// A rewrite to nothing would make every page it matches the
+		// empty key (served as a hint named ""): that rule is skipped.
+		if p := r.re.ReplaceAllString(path, r.repl); p != "" {
+			path = p
+		}
 	}
 	var b strings.Builder
 	if c.keepHost && host != "" {

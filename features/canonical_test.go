@@ -11,6 +11,8 @@ func TestCanonical(t *testing.T) {
 		Rules: []RewriteRule{
 			{Pattern: `^/product/\d+$`, Replacement: "/product/:id"},
 			{Pattern: `^/users/([^/]+)/orders/\d+$`, Replacement: "/users/$1/orders/:n"},
+			// A rewrite to nothing (a replacement left out) is skipped.
+			{Pattern: `^/legacy/\d+$`},
 		},
 	}
 	hostCfg := cfg
@@ -33,6 +35,7 @@ func TestCanonical(t *testing.T) {
 		{name: "rule", in: "https://shop.example/product/123/", want: "/product/:id", wantHost: "shop.example/product/:id"},
 		{name: "rule no match", in: "/product/12a", want: "/product/12a"},
 		{name: "rule group", in: "/users/ann/orders/9", want: "/users/ann/orders/:n"},
+		{name: "rule to nothing", in: "/legacy/42", want: "/legacy/42"},
 		{name: "spaces", in: "  /a  ", want: "/a"},
 		{name: "colon in path", in: "/a:b://c", want: "/a:b:/c"},
 	}

@@ -1024,7 +1024,7 @@ func asReject(err error) *RejectError {
 	if errors.As(err, &rej) {
 		return rej
 	}
-	return &RejectError{Reason: "handler", Detail: err.Error()}
+	return &RejectError{Reason: ReasonHandler, Detail: err.Error()}
 }
 
 func (c *Consumer) commitLoop(ctx context.Context) {

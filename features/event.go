@@ -46,6 +46,9 @@ const (
 	// ReasonModel: the handler's model cannot score the event (a failure
 	// that retrying would repeat).
 	ReasonModel = "model"
+	// ReasonHandler: the handler refused a well-formed event for another
+	// reason.
+	ReasonHandler = "handler"
 )
 
 // ErrRejected is wrapped by every *RejectError, so that callers can test for

@@ -45,7 +45,7 @@ func newIngestMetrics(reg prometheus.Registerer, topic string, lag func() int64,
 		}, []string{"reason"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_ingest_deadletter_total",
-			Help: "Dead letters by result: written; failed (a write attempt that failed and is retried); truncated (written with the value cut to fit).",
+			Help: "Dead letters by result: written; failed (a write attempt that failed and is retried); truncated (written with the value or the key cut to fit: headers original_size, original_key_size).",
 		}, []string{"result"}),
 		offsetResets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_ingest_offset_resets_total",
@@ -59,7 +59,7 @@ func newIngestMetrics(reg prometheus.Registerer, topic string, lag func() int64,
 	}
 	for _, r := range []string{ReasonEmpty, ReasonTooLarge, ReasonUTF8, ReasonJSON, ReasonMissingUserID,
 		ReasonMissingPage, ReasonMissingTS, ReasonUserIDTooLong, ReasonPageTooLong, ReasonFieldTooLong,
-		ReasonBadTS, ReasonTSSkew, ReasonModel} {
+		ReasonBadTS, ReasonTSSkew, ReasonModel, ReasonHandler} {
 		m.rejectedVec.WithLabelValues(r)
 	}
 	for _, r := range []string{"written", "failed", "truncated"} {

@@ -95,6 +95,9 @@ func loadModel(path string) (*model.Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	if st.IsDir() {
+		return nil, fmt.Errorf("%s is a folder: inspect and verify take an .onnx file (e.g. %s); bench takes a bundle folder", path, filepath.Join(path, model.ModelFile))
+	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file (%s)", path, st.Mode().Type())
 	}

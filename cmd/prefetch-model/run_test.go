@@ -110,7 +110,7 @@ func TestFlags(t *testing.T) {
 		clitest.Case{Name: "subcommand help", Args: []string{"bench", "-h"}, Stdout: []string{"usage: prefetch-model bench", "--len int"}},
 		clitest.Case{Name: "subcommand bad flag", Args: []string{"inspect", "--nope", model}, Exit: 2, Stderr: "-nope"},
 		clitest.Case{Name: "device", Args: []string{"inspect", "/dev/zero"}, Exit: 1, Stderr: "/dev/zero is not a regular file"},
-		clitest.Case{Name: "folder", Args: []string{"inspect", filepath.Dir(model)}, Exit: 1, Stderr: "is not a regular file"},
+		clitest.Case{Name: "folder", Args: []string{"inspect", filepath.Dir(model)}, Exit: 1, Stderr: "is a folder: inspect and verify take an .onnx file"},
 	)
 	clitest.Check(t, "prefetch-model", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
 		return run(ctx, args, stdout)

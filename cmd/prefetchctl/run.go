@@ -443,6 +443,7 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 		return fmt.Errorf("ingest: %w", err)
 	}
 	var skipped []string // lines that could not be decoded here
+	var skippedAt []int  // events sent before each of them
 	var lines []int      // line number of each event sent, by stream index
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
@@ -454,6 +455,7 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 		ev, err := decodeLine(text)
 		if err != nil {
 			skipped = append(skipped, fmt.Sprintf("line %d: %v", line, err))
+			skippedAt = append(skippedAt, len(lines))
 			continue
 		}
 		lines = append(lines, line)
@@ -469,6 +471,18 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 	sum, err := stream.CloseAndRecv()
 	if err != nil {
 		return fmt.Errorf("ingest: %w", err)
+	}
+	if o.jsonOut && len(skipped) > 0 {
+		// The JSON summary counts the lines never sent too (reason
+		// unreadable); their errors name the line.
+		sum.Rejected += uint64(len(skipped))
+		if sum.RejectedByReason == nil {
+			sum.RejectedByReason = map[string]uint64{}
+		}
+		sum.RejectedByReason["unreadable"] += uint64(len(skipped))
+		for i, msg := range skipped[:min(len(skipped), 10)] {
+			sum.FirstErrors = append(sum.FirstErrors, &prefetchv1.IngestError{Index: uint64(skippedAt[i]), Reason: "unreadable", Message: msg})
+		}
 	}
 	return o.print(sum, func(w io.Writer) {
 		fmt.Fprintf(w, "accepted %d, rejected %d, unreadable %d\n", sum.GetAccepted(), sum.GetRejected(), len(skipped))

@@ -150,6 +150,9 @@ func TestCommands(t *testing.T) {
 					t.Errorf("engine got %d events, want 2", n)
 				}
 			}},
+		{name: "ingest json counts unreadable lines", args: []string{"--json", "ingest", "--file", "-"},
+			stdin:   "not json\n" + `{"user_id":"u4","page":"/a","ts":"1995-07-01T00:00:01Z"}` + "\n",
+			wantOut: []string{`"accepted":"1"`, `"rejected":"1"`, `"unreadable":"1"`, `"reason":"unreadable"`, `line 1: decode JSON`}},
 		{name: "ingest stdin, lower-case t and z", args: []string{"ingest", "--file", "-"}, stdin: `{"user_id":"u3","page":"/a","ts":"1995-07-01t00:00:01z"}` + "\n",
 			wantOut: []string{"accepted 1, rejected 0"}},
 		{name: "ingest duplicate", args: []string{"ingest", "--file", "-"}, stdin: `{"user_id":"u3","page":"/a","ts":"1995-07-01T00:00:01Z","event_id":"seen"}` + "\n",
