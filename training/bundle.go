@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -20,6 +21,52 @@ const (
 	StepFile  = "step.onnx"
 	VocabFile = "vocab.txt"
 )
+
+// Report files the trainer writes beside a bundle (Bundle.Reports).
+const (
+	ReportJSONFile = "report.json"
+	ReportTextFile = "report.txt"
+	RecallSVGFile  = "recall.svg"
+)
+
+// ErrNotBundleDir is returned by CheckBundleDir and WriteBundle when the
+// destination exists and is not a folder a bundle may replace.
+var ErrNotBundleDir = errors.New("not a bundle folder")
+
+// bundleFiles are the files a bundle folder written by the trainer holds.
+var bundleFiles = []string{ModelFile, StepFile, VocabFile, model.ManifestFile, ReportJSONFile, ReportTextFile, RecallSVGFile}
+
+// CheckBundleDir reports whether WriteBundle may write dir: dir does not
+// exist, or it is a folder holding nothing but files a bundle written by
+// the trainer holds (model.onnx, step.onnx, vocab.txt, manifest.json,
+// report.json, report.txt, recall.svg, and the extra report names given).
+// Anything else (a file, a folder with other entries) gives an error
+// matching ErrNotBundleDir naming the first stranger, so that a mistyped
+// --out never deletes data.
+func CheckBundleDir(dir string, extra ...string) error {
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check bundle folder: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s exists and is not a folder: %w", dir, ErrNotBundleDir)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("check bundle folder: %w", err)
+	}
+	for _, e := range entries {
+		known := slices.Contains(bundleFiles, e.Name()) || slices.Contains(extra, e.Name())
+		if !known || !e.Type().IsRegular() {
+			return fmt.Errorf("%s holds %s, which no bundle written by the trainer holds (refusing to replace the folder; choose a new or empty one): %w",
+				dir, e.Name(), ErrNotBundleDir)
+		}
+	}
+	return nil
+}
 
 // DefaultMaxSeqLen is the history length bundles declare by default.
 const DefaultMaxSeqLen = 20
@@ -80,12 +127,30 @@ func (b *Bundle) Validate() error {
 // go to a temporary sibling folder, are synced, and the folder is renamed
 // to dir. When dir already exists it is replaced: moved aside, the new
 // folder renamed in, the old one removed (a reader may find dir missing
-// for the instant between the two renames, never half written).
+// for the instant between the two renames, never half written). Only a
+// previous bundle is replaced: when CheckBundleDir refuses dir (a file, or
+// a folder holding anything else) WriteBundle writes nothing and returns
+// its error, matching ErrNotBundleDir. The vocabulary is read back from
+// its vocab.txt form before anything is written; one that does not read
+// back entry for entry is an error.
 func WriteBundle(dir string, b *Bundle) error {
 	if err := b.Validate(); err != nil {
 		return err
 	}
 	dir = filepath.Clean(dir)
+	if err := CheckBundleDir(dir, slices.Collect(maps.Keys(b.Reports))...); err != nil {
+		return fmt.Errorf("write bundle: %w", err)
+	}
+	var vocab, manifest bytes.Buffer
+	if _, err := b.Vocab.WriteTo(&vocab); err != nil {
+		return err
+	}
+	if err := checkVocabReadsBack(b.Vocab, vocab.Bytes()); err != nil {
+		return fmt.Errorf("write bundle: %w", err)
+	}
+	if _, err := b.Manifest.WriteTo(&manifest); err != nil {
+		return err
+	}
 	parent := filepath.Dir(dir)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("write bundle: %w", err)
@@ -97,13 +162,6 @@ func WriteBundle(dir string, b *Bundle) error {
 	defer os.RemoveAll(tmp) // no-op after a successful rename
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return fmt.Errorf("write bundle: %w", err)
-	}
-	var vocab, manifest bytes.Buffer
-	if _, err := b.Vocab.WriteTo(&vocab); err != nil {
-		return err
-	}
-	if _, err := b.Manifest.WriteTo(&manifest); err != nil {
-		return err
 	}
 	files := []struct {
 		name string
@@ -146,6 +204,25 @@ func WriteBundle(dir string, b *Bundle) error {
 	}
 	if err := syncDir(parent); err != nil {
 		return fmt.Errorf("write bundle: %w", err)
+	}
+	return nil
+}
+
+// checkVocabReadsBack reads data, v in vocab.txt form, as the service does
+// and checks that it gives back v's entries: a page holding a line break
+// would otherwise become two entries the service refuses.
+func checkVocabReadsBack(v *model.Vocab, data []byte) error {
+	back, err := model.ReadVocab(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("vocabulary does not read back: %w", err)
+	}
+	if back.Len() != v.Len() {
+		return fmt.Errorf("vocabulary of %d entries reads back as %d", v.Len(), back.Len())
+	}
+	for i := range v.Len() {
+		if got, want := back.Page(int64(i)), v.Page(int64(i)); got != want {
+			return fmt.Errorf("vocabulary entry %d %q reads back as %q", i, want, got)
+		}
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package training
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -45,6 +44,8 @@ type ClickEvent struct {
 	UserID string
 	Page   string
 	TS     time.Time
+	// EventID is the producer's event id, or "".
+	EventID string
 }
 
 // JSONLStats counts what ReadJSONL read.
@@ -52,12 +53,9 @@ type JSONLStats struct {
 	Lines   int `json:"lines"`
 	Events  int `json:"events"`
 	Skipped int `json:"skipped"` // malformed lines, as the service skips them
-}
-
-type wireClick struct {
-	UserID string `json:"user_id"`
-	Page   string `json:"page"`
-	TS     string `json:"ts"`
+	// Duplicates are events whose (user_id, event_id) came earlier in the
+	// input, dropped as the service drops a producer's repeat.
+	Duplicates int `json:"duplicates"`
 }
 
 // ReadJSONL reads the service's click events, one JSON object
@@ -91,22 +89,48 @@ func ReadJSONL(r io.Reader, cfg JSONLConfig) ([]Session, JSONLStats, error) {
 	if err := sc.Err(); err != nil {
 		return nil, st, fmt.Errorf("read jsonl: %w", err)
 	}
+	events, st.Duplicates = dropRepeats(events)
 	st.Events = len(events)
 	return Sessionize(events, cfg), st, nil
 }
 
-// decodeClick decodes one event of the service's format; ok is false for
-// a malformed one.
-func decodeClick(data []byte) (e ClickEvent, ok bool) {
-	var w wireClick
-	if err := json.Unmarshal(data, &w); err != nil || w.UserID == "" || strings.TrimSpace(w.Page) == "" {
-		return e, false
+// serviceDecoder decodes events as the service's consumer does, with its
+// default limits; the time-skew check is left out (logs are read later).
+var serviceDecoder = func() *features.Decoder {
+	d, err := features.NewDecoder(features.DecoderConfig{})
+	if err != nil {
+		panic(err) // the zero config is valid
 	}
-	ts, err := features.ParseTS(w.TS) // what the service accepts
+	return d
+}()
+
+// decodeClick decodes one event of the service's format with the service's
+// decoder, so that the trainer learns from the events the service applies;
+// ok is false for one the service rejects.
+func decodeClick(data []byte) (e ClickEvent, ok bool) {
+	ev, err := serviceDecoder.Decode(data, time.Time{})
 	if err != nil {
 		return e, false
 	}
-	return ClickEvent{UserID: w.UserID, Page: w.Page, TS: ts}, true
+	return ClickEvent{UserID: ev.UserID, Page: ev.Page, TS: ev.TS, EventID: ev.EventID}, true
+}
+
+// dropRepeats removes the events whose non-empty (user_id, event_id) an
+// earlier event of events carried, and returns how many it removed.
+func dropRepeats(events []ClickEvent) ([]ClickEvent, int) {
+	seen := make(map[[2]string]struct{})
+	out := events[:0]
+	for _, e := range events {
+		if e.EventID != "" {
+			k := [2]string{e.UserID, e.EventID}
+			if _, dup := seen[k]; dup {
+				continue
+			}
+			seen[k] = struct{}{}
+		}
+		out = append(out, e)
+	}
+	return out, len(events) - len(out)
 }
 
 // Sessionize groups events by user, orders each user's clicks by time (a

@@ -81,6 +81,7 @@ func ReadKafka(ctx context.Context, cfg KafkaConfig) ([]ClickEvent, JSONLStats, 
 			break
 		}
 	}
+	events, st.Duplicates = dropRepeats(events)
 	st.Events = len(events)
 	return events, st, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 )
 
@@ -117,6 +118,52 @@ func (r *Report) compareExported() {
 	}
 }
 
+// ErrNothingToScore is returned by Run when the split leaves no training
+// session or no held-out transition to score: the figures would all be 0.
+var ErrNothingToScore = errors.New("nothing to train on or to score")
+
+// checkSplit returns an error matching ErrNothingToScore, with the counts
+// and the fewest sessions the holdout fraction needs, when train is empty
+// or test holds no transition (no session of two pages or more).
+func checkSplit(n int, train, test []Session, cfg SplitConfig) error {
+	transitions := 0
+	for _, s := range test {
+		transitions += max(len(s.Pages)-1, 0)
+	}
+	if len(train) > 0 && transitions > 0 {
+		return nil
+	}
+	frac := cfg.HoldoutFraction
+	if frac == 0 {
+		frac = 0.2
+	}
+	// The fewest sessions of which the split holds one out and keeps one.
+	need := max(int(math.Ceil(0.5/frac)), 2)
+	for int(float64(need)*frac+0.5) < 1 {
+		need++
+	}
+	for need-int(float64(need)*frac+0.5) < 1 {
+		need++
+	}
+	return fmt.Errorf("%w: %d sessions split into %d for training and %d held out (holdout %v) with %d transitions to score; "+
+		"need at least %d sessions, the held-out ones with 2 pages or more",
+		ErrNothingToScore, n, len(train), len(test), frac, transitions, need)
+}
+
+// EmptyVocabError is returned by Run when no page of the training
+// sessions enters the vocabulary: none is viewed MinCount times (or every
+// page is one vocab.txt cannot hold).
+type EmptyVocabError struct {
+	MinCount, TrainSessions int
+}
+
+func (e *EmptyVocabError) Error() string {
+	if e.MinCount <= 1 {
+		return fmt.Sprintf("vocabulary: no page of the %d training sessions can enter it", e.TrainSessions)
+	}
+	return fmt.Sprintf("vocabulary: no page reached the min count (%d views) in the %d training sessions; lower the min count", e.MinCount, e.TrainSessions)
+}
+
 // Run builds the vocabulary on the training part of sessions, trains the
 // models, evaluates them on the held-out part and returns the report and
 // the bundle of the exported model. It returns early with ctx.Err() when
@@ -133,12 +180,15 @@ func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Se
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(train) == 0 {
-		return nil, nil, errors.New("no training sessions")
+	if err := checkSplit(len(sessions), train, test, cfg.Split); err != nil {
+		return nil, nil, err
 	}
 	vocab, err := BuildVocab(train, cfg.Vocab)
 	if err != nil {
 		return nil, nil, err
+	}
+	if vocab.Len() <= 2 {
+		return nil, nil, &EmptyVocabError{MinCount: max(cfg.Vocab.MinCount, 1), TrainSessions: len(train)}
 	}
 	trainSeq, testSeq := Encode(vocab, train), Encode(vocab, test)
 	created := time.Now().UTC().Truncate(time.Second)

@@ -3,6 +3,7 @@ package training
 import (
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/prefetchd/prefetchd/model"
 )
@@ -31,7 +32,9 @@ func (c VocabConfig) Validate() error {
 // BuildVocab ranks pages by views in sessions (ties by key, so the result
 // is deterministic) and returns a vocabulary with model.PadKey at index 0,
 // model.UnknownKey at index 1 and pages from index 2 in descending
-// frequency.
+// frequency. Pages that vocab.txt cannot hold as one line (empty, or
+// holding '\n' or '\r', which a JSON page or a Kafka message may carry)
+// never enter it: like rare pages they map to the unknown index.
 func BuildVocab(sessions []Session, cfg VocabConfig) (*model.Vocab, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -49,7 +52,7 @@ func BuildVocab(sessions []Session, cfg VocabConfig) (*model.Vocab, error) {
 	}
 	ranked := make([]pc, 0, len(counts))
 	for p, c := range counts {
-		if c >= minCount && p != model.PadKey && p != model.UnknownKey {
+		if c >= minCount && p != model.PadKey && p != model.UnknownKey && vocabLine(p) {
 			ranked = append(ranked, pc{p, c})
 		}
 	}
@@ -72,6 +75,11 @@ func BuildVocab(sessions []Session, cfg VocabConfig) (*model.Vocab, error) {
 		return nil, fmt.Errorf("build vocabulary: %w", err)
 	}
 	return v, nil
+}
+
+// vocabLine reports whether page can be one line of vocab.txt.
+func vocabLine(page string) bool {
+	return page != "" && !strings.ContainsAny(page, "\r\n")
 }
 
 // Encode maps every session to vocabulary indices; pages outside the

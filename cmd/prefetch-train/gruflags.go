@@ -2,8 +2,10 @@ package main
 
 import (
 	"flag"
+	"math"
 	"strconv"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/training"
 )
 
@@ -78,6 +80,59 @@ func registerGRUFlags(fs *flag.FlagSet) *gruFlags {
 	fs.Var(&g.sampleExp, "gru-sample-exponent", "exponent of the page frequencies the sampled softmax draws negatives by, 0 to 2 (default 0.75; 0: uniform)")
 	fs.Var(&g.skip, "gru-skip", "add the last-page skip term to the GRU's output layer (h + a learned vector of the last page; default false)")
 	return g
+}
+
+// validate checks every GRU flag against the values it can take and
+// returns a usage error naming the first that cannot; 0 keeps the meaning
+// its help gives. Combinations (--gru-tied with unequal sizes) are left to
+// training.Config.Validate.
+func (g *gruFlags) validate() error {
+	for _, c := range []struct {
+		name   string
+		v, max int
+	}{
+		{"gru-embedding", *g.embedding, 4096}, {"gru-hidden", *g.hidden, 4096},
+		{"gru-epochs", *g.epochs, math.MaxInt}, {"gru-patience", *g.patience, math.MaxInt},
+		{"gru-batch", *g.batch, math.MaxInt}, {"gru-sampled", *g.sampled, math.MaxInt},
+		{"gru-workers", *g.workers, math.MaxInt},
+	} {
+		if c.v < 0 || c.v > c.max {
+			if c.max == math.MaxInt {
+				return cli.Usagef("--%s %d: want 0 (the default) or more", c.name, c.v)
+			}
+			return cli.Usagef("--%s %d: want 0 (the default) to %d", c.name, c.v, c.max)
+		}
+	}
+	for _, c := range []struct {
+		name      string
+		v         *float64
+		lo, hi    float64
+		hiExclude bool
+	}{
+		{"gru-lr", g.lr, 0, math.Inf(1), true},
+		{"gru-lr-decay", g.decay, 0, 1, false},
+		{"gru-dropout-embedding", g.dropEmb, 0, 1, true},
+		{"gru-dropout-hidden", g.dropHid, 0, 1, true},
+		{"gru-distill", g.distill.v, 0, 1, false},
+		{"gru-sample-exponent", g.sampleExp.v, 0, 2, false},
+	} {
+		if c.v == nil {
+			continue
+		}
+		v := *c.v
+		if v >= c.lo && (v < c.hi || !c.hiExclude && v == c.hi) {
+			continue
+		}
+		switch {
+		case math.IsInf(c.hi, 1):
+			return cli.Usagef("--%s %v: want %v or more", c.name, v, c.lo)
+		case c.hiExclude:
+			return cli.Usagef("--%s %v: want %v or more, less than %v", c.name, v, c.lo, c.hi)
+		default:
+			return cli.Usagef("--%s %v: want %v to %v", c.name, v, c.lo, c.hi)
+		}
+	}
+	return nil
 }
 
 func (g *gruFlags) config(seed uint64, window int) training.GRUConfig {

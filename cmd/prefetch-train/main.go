@@ -1,8 +1,9 @@
 // Command prefetch-train trains prefetchd's models offline: it reads logged
-// clicks (the service's JSONL events) or a research dataset (MSNBC .seq,
-// SPMF sessions), holds out the last sessions, trains popularity, a
-// first-order Markov model and a GRU, evaluates them, and writes the chosen
-// model as a bundle folder with report.json, report.txt and recall.svg.
+// clicks (the service's JSONL events or its Kafka topic) or a research
+// dataset (MSNBC .seq, SPMF sessions), holds out the last sessions, trains
+// seven baselines (popularity, markov1, markov2, ngram, sr, vsknn, stan)
+// and a GRU, evaluates them, and writes the chosen model (gru or markov1)
+// as a bundle folder with report.json, report.txt and recall.svg.
 //
 //	prefetch-train --input clicks.jsonl --format jsonl --out ./out
 //	prefetch-train --input sessions.spmf.gz --format spmf --model markov1 --out ./out
@@ -11,6 +12,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -37,9 +39,16 @@ func main() {
 const usage = `usage: prefetch-train --input FILE --format jsonl|msnbc|spmf --out DIR [flags]
        prefetch-train --format kafka --kafka-brokers B --out DIR [flags]
 
-Trains popularity, first-order Markov and GRU models on logged sessions,
-evaluates them on the last sessions held out, and writes the chosen one as a
-bundle folder with report.json, report.txt and recall.svg.`
+Trains seven baselines (popularity, markov1, markov2, ngram, sr, vsknn,
+stan) and a GRU on logged sessions, evaluates them on the last sessions held
+out, and writes the chosen one (gru or markov1) as a bundle folder with
+report.json, report.txt and recall.svg.
+
+--out must be a new or empty folder or one a previous run wrote (bundle and
+report files only): it is replaced as a whole, and anything else there makes
+the trainer refuse before reading its input. All flags, --canonical-config
+and the --publish target are checked before the input is read; a mistake
+exits with status 2. Pages holding a line break never enter the vocabulary.`
 
 // run trains as the flags say, logging to stderr and printing the evaluation
 // table to stdout. --help and --version print to stdout and return
@@ -55,8 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		to       = fs.String("to", "", "kafka: end message time, RFC 3339, exclusive (default: the end when the read starts)")
 		fromOff  = fs.Int64("from-offset", 0, "kafka: first offset read in every partition")
 		toOff    = fs.Int64("to-offset", 0, "kafka: end offset in every partition, exclusive (0: no bound)")
-		out      = fs.String("out", "", "output folder: the bundle plus report.json, report.txt, recall.svg")
-		publish  = fs.String("publish", "", "model repository: also publish the bundle as <publish>/<name>/<version>/")
+		out      = fs.String("out", "", "output folder: the bundle plus report.json, report.txt, recall.svg; replaced as a whole,\nso it must be new, empty or hold only such files (a previous run's)")
+		publish  = fs.String("publish", "", "model repository: also publish the bundle as <publish>/<name>/<version>/ (never over an existing version)")
 		name     = fs.String("name", "prefetchd", "bundle name")
 		version  = fs.String("bundle-version", "", "bundle version (default: creation time, 20060102T150405Z)")
 		export   = fs.String("model", training.ModelGRU, "model written as the bundle: gru or markov1")
@@ -70,9 +79,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		thresh   = fs.Float64("threshold", training.DefaultThreshold, "prefetch threshold for precision and coverage")
 		topK     = fs.Int("top-k", training.DefaultTopK, "most pages prefetched per click")
 		maxLen   = fs.Int("max-seq-len", training.DefaultMaxSeqLen, "history length the bundle declares and evaluation uses")
-		collapse = fs.Bool("collapse-repeats", false, "msnbc/spmf/jsonl: collapse back-to-back repeats of a page")
-		gap      = fs.Duration("session-gap", 30*time.Minute, "jsonl: inactivity that ends a session")
-		canonCfg = fs.String("canonical-config", "", "jsonl: JSON file with the service's page canonicalization (features.CanonicalizerConfig)")
+		collapse = fs.Bool("collapse-repeats", false, "every format: collapse back-to-back repeats of a page")
+		gap      = fs.Duration("session-gap", training.DefaultSessionGap, "jsonl and kafka: inactivity that ends a session")
+		canonCfg = fs.String("canonical-config", "", "jsonl and kafka: JSON file with the service's page canonicalization\n(features.CanonicalizerConfig, read as prefetchd reads its --canonical-config: unknown fields are refused)")
 		cpuProf  = fs.String("cpuprofile", "", "write a CPU profile to this file")
 		verbose  = fs.Bool("v", false, "debug logging")
 	)
@@ -109,6 +118,60 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cli.Usagef("--threshold %v: want a probability from 0 to 1", *thresh)
 	case !(*alpha > 0):
 		return cli.Usagef("--alpha %v: want more than 0", *alpha)
+	case *gap <= 0:
+		return cli.Usagef("--session-gap %v: want more than 0", *gap)
+	case *name == "":
+		return cli.Usagef("--name is empty")
+	}
+	if err := gruFlags.validate(); err != nil {
+		return err
+	}
+	cfg := training.Config{
+		Name:    *name,
+		Version: *version,
+		Export:  *export,
+		SkipGRU: *noGRU,
+		Vocab:   training.VocabConfig{MinCount: *vocabMin, MaxSize: *vocabMax},
+		Split:   training.SplitConfig{HoldoutFraction: *holdout, Shuffle: *shuffle, Seed: *seed},
+		Markov:  training.MarkovConfig{Alpha: *alpha},
+		GRU:     gruFlags.config(*seed, *maxLen),
+		Eval:    training.EvalConfig{Threshold: *thresh, TopK: *topK, MaxSeqLen: *maxLen},
+	}
+	if *noGRU {
+		cfg.Export = training.ModelMarkov
+	}
+	if err := cfg.Validate(); err != nil {
+		return cli.UsageError(fmt.Errorf("training settings: %w", err))
+	}
+	var kcfg training.KafkaConfig
+	if *format == "kafka" {
+		var err error
+		if kcfg, err = kafkaConfig(*brokers, *topic, *from, *to, *fromOff, *toOff); err != nil {
+			return err
+		}
+	}
+	canonical, err := loadCanonical(*canonCfg)
+	if err != nil {
+		return err
+	}
+	if err := training.CheckBundleDir(*out); err != nil {
+		if errors.Is(err, training.ErrNotBundleDir) {
+			return cli.UsageError(fmt.Errorf("--out: %w", err))
+		}
+		return err
+	}
+	// The name and version are folder names of a model repository even
+	// without --publish: the service finds versions by them.
+	repo := *publish
+	if repo == "" {
+		repo = "."
+	}
+	if err := training.CheckPublish(repo, *name, *version); errors.Is(err, training.ErrBadFolderName) {
+		return cli.UsageError(fmt.Errorf("--name %q, --bundle-version %q: %w", *name, *version, err))
+	} else if *publish != "" && errors.Is(err, training.ErrVersionExists) {
+		return cli.UsageError(fmt.Errorf("--publish %s: %w", *publish, err))
+	} else if *publish != "" && err != nil {
+		return err
 	}
 	if *cpuProf != "" {
 		f, err := os.Create(*cpuProf)
@@ -127,18 +190,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	canonical, err := loadCanonical(*canonCfg)
-	if err != nil {
-		return err
-	}
 	start := time.Now()
 	opt := readOptions{collapse: *collapse, gap: *gap, canonical: canonical, logger: logger}
 	var sessions []training.Session
 	if *format == "kafka" {
-		kcfg, err := kafkaConfig(*brokers, *topic, *from, *to, *fromOff, *toOff)
-		if err != nil {
-			return err
-		}
 		sessions, err = readKafka(ctx, kcfg, opt)
 		if err != nil {
 			return err
@@ -152,25 +207,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("sessions read", "input", *input, "format", *format, "sessions", len(sessions), "seconds", time.Since(start).Seconds())
 
-	cfg := training.Config{
-		Name:    *name,
-		Version: *version,
-		Export:  *export,
-		SkipGRU: *noGRU,
-		Vocab:   training.VocabConfig{MinCount: *vocabMin, MaxSize: *vocabMax},
-		Split:   training.SplitConfig{HoldoutFraction: *holdout, Shuffle: *shuffle, Seed: *seed},
-		Markov:  training.MarkovConfig{Alpha: *alpha},
-		GRU:     gruFlags.config(*seed, *maxLen),
-		Eval:    training.EvalConfig{Threshold: *thresh, TopK: *topK, MaxSeqLen: *maxLen},
-	}
-	if *noGRU {
-		cfg.Export = training.ModelMarkov
-	}
 	dataset := filepath.Base(*input)
 	if *collapse {
 		dataset += " (repeats collapsed)"
 	}
 	rep, bundle, err := training.Run(ctx, logger, dataset, sessions, cfg)
+	if ev := (*training.EmptyVocabError)(nil); errors.As(err, &ev) && ev.MinCount > 1 {
+		return fmt.Errorf("no page reached --vocab-min-count (%d views) in the %d training sessions: lower --vocab-min-count", ev.MinCount, ev.TrainSessions)
+	}
 	if err != nil {
 		return err
 	}
@@ -201,7 +245,7 @@ func renderReports(rep *training.Report) (map[string][]byte, error) {
 	for _, f := range []struct {
 		name  string
 		write func(io.Writer) error
-	}{{"report.json", rep.WriteJSON}, {"report.txt", rep.WriteTable}, {"recall.svg", rep.WriteSVG}} {
+	}{{training.ReportJSONFile, rep.WriteJSON}, {training.ReportTextFile, rep.WriteTable}, {training.RecallSVGFile, rep.WriteSVG}} {
 		var buf bytes.Buffer
 		if err := f.write(&buf); err != nil {
 			return nil, fmt.Errorf("write %s: %w", f.name, err)

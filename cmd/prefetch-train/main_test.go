@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -17,6 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/internal/cli/clitest"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/model"
@@ -176,6 +178,34 @@ func TestFlags(t *testing.T) {
 	// Zero and other values a setting cannot take are usage mistakes, never
 	// replaced by the default.
 	base := []string{"--input", "x", "--format", "spmf", "--out", t.TempDir()}
+	strictCanon := filepath.Join(t.TempDir(), "canonical.json")
+	if err := os.WriteFile(strictCanon, []byte(`{"query_alow": ["id"]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	repo := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(repo, "shop", "v1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	notDir := filepath.Join(t.TempDir(), "file")
+	dataDir := t.TempDir()
+	for _, f := range []string{notDir, filepath.Join(dataDir, "clicks.seq")} {
+		if err := os.WriteFile(f, []byte("keep"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kafka := []string{"--format", "kafka", "--kafka-brokers", "127.0.0.1:1", "--out", t.TempDir()}
+	for _, c := range []struct {
+		name, stderr string
+		args         []string
+	}{
+		{"out is a file", "is not a folder", []string{"--input", "x", "--format", "spmf", "--out", notDir}},
+		{"out holds data", "holds clicks.seq", []string{"--input", "x", "--format", "spmf", "--out", dataDir}},
+		{"kafka from not a time", `--from "yesterday"`, append(slices.Clone(kafka), "--from", "yesterday")},
+		{"kafka offsets reversed", "from offset 10 is not before to offset 5", append(slices.Clone(kafka), "--from-offset", "10", "--to-offset", "5")},
+		{"kafka without brokers", "needs --kafka-brokers", []string{"--format", "kafka", "--out", t.TempDir()}},
+	} {
+		cases = append(cases, clitest.Case{Name: c.name, Args: c.args, Exit: 2, Stderr: c.stderr})
+	}
 	for _, c := range []struct {
 		args   []string
 		stderr string
@@ -190,6 +220,20 @@ func TestFlags(t *testing.T) {
 		{[]string{"--alpha", "0"}, "--alpha 0"},
 		{[]string{"--model", "lstm"}, `--model "lstm"`},
 		{[]string{"--model", "gru", "--no-gru"}, "--no-gru"},
+		// Checked before the input (x, which does not exist) is read.
+		{[]string{"--gru-distill", "2"}, "--gru-distill 2"},
+		{[]string{"--gru-epochs", "-1"}, "--gru-epochs -1"},
+		{[]string{"--gru-lr-decay", "1.5"}, "--gru-lr-decay 1.5"},
+		{[]string{"--gru-dropout-hidden", "1"}, "--gru-dropout-hidden 1"},
+		{[]string{"--gru-sample-exponent", "3"}, "--gru-sample-exponent 3"},
+		{[]string{"--gru-tied", "--gru-embedding", "8", "--gru-hidden", "16"}, "tied"},
+		{[]string{"--vocab-max", "1"}, "vocab max size 1"},
+		{[]string{"--session-gap", "0s"}, "--session-gap 0s"},
+		{[]string{"--name", ""}, "--name is empty"},
+		{[]string{"--name", "../shop"}, `"../shop"`},
+		{[]string{"--bundle-version", "a/b"}, `"a/b"`},
+		{[]string{"--canonical-config", strictCanon}, `unknown field "query_alow"`},
+		{[]string{"--publish", repo, "--name", "shop", "--bundle-version", "v1"}, "already published"},
 	} {
 		cases = append(cases, clitest.Case{Name: strings.Join(c.args, " "), Args: append(slices.Clone(base), c.args...), Exit: 2, Stderr: c.stderr})
 	}
@@ -197,6 +241,122 @@ func TestFlags(t *testing.T) {
 	clitest.Check(t, "prefetch-train", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
 		return run(ctx, args, stdout, io.Discard)
 	}, cases)
+	for _, f := range []string{notDir, filepath.Join(dataDir, "clicks.seq")} {
+		if b, err := os.ReadFile(f); err != nil || string(b) != "keep" {
+			t.Errorf("refused --out: %s now %q, %v; want it kept", f, b, err)
+		}
+	}
+}
+
+// TestHelpIsAccurate checks that --help names what the trainer trains and
+// the formats each input setting applies to.
+func TestHelpIsAccurate(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &out, io.Discard); !errors.Is(err, cli.ErrPrinted) {
+		t.Fatalf("--help: %v", err)
+	}
+	help := out.String()
+	for _, want := range []string{
+		"seven baselines (popularity, markov1, markov2, ngram, sr, vsknn,\nstan) and a GRU",
+		"--canonical-config string\n        jsonl and kafka:",
+		"--session-gap duration\n        jsonl and kafka:",
+		"--collapse-repeats\n        every format:",
+		"new, empty or hold only such files",
+	} {
+		if !strings.Contains(help, want) {
+			t.Errorf("--help lacks %q:\n%s", want, help)
+		}
+	}
+	if strings.Contains(help, "first-order Markov and GRU models") {
+		t.Errorf("--help still says it trains only popularity, markov1 and the GRU")
+	}
+}
+
+// trainOn writes lines to a file and runs the trainer on it with args.
+func trainOn(t *testing.T, format, lines string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in."+format)
+	if err := os.WriteFile(in, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	return out, run(ctx, append([]string{"--input", in, "--format", format, "--no-gru", "--out", out}, args...), io.Discard, io.Discard)
+}
+
+// TestPagesWithLineBreaks trains on a log whose pages hold newlines: they
+// stay out of the vocabulary and the bundle loads in the service.
+func TestPagesWithLineBreaks(t *testing.T) {
+	var lines strings.Builder
+	for u := range 20 {
+		for i, p := range []string{"/a", "/c\nd", "/b", "/e\rf", "/a", "/b"} {
+			line, _ := json.Marshal(map[string]string{"user_id": fmt.Sprintf("u%d", u), "page": p,
+				"ts": time.Date(2026, 11, 1, 8, i, 0, 0, time.UTC).Format(time.RFC3339)})
+			lines.Write(append(line, '\n'))
+		}
+	}
+	out, err := trainOn(t, "jsonl", lines.String())
+	if err != nil {
+		t.Fatalf("train: %v", err)
+	}
+	b, err := model.LoadBundle(out)
+	if err != nil {
+		t.Fatalf("LoadBundle: %v", err)
+	}
+	if n := b.Vocab().Len(); n != 4 {
+		t.Errorf("vocabulary of %d entries, want <pad>, <unk>, /a, /b", n)
+	}
+}
+
+// TestNothingToLearn refuses inputs too small to train and score on, with
+// a message that says what to change.
+func TestNothingToLearn(t *testing.T) {
+	tests := []struct {
+		name, lines string
+		args        []string
+		want        string
+	}{
+		{"one session", "% Sequences:\n1 2 3\n", nil, "need at least 3 sessions"},
+		{"two sessions", "% Sequences:\n1 2 3\n4 5\n", nil, "2 sessions split into 2 for training and 0 held out"},
+		{"pages seen once", "% Sequences:\n1 2 3\n4 5\n6 7\n", nil, "no page reached --vocab-min-count (2 views)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := trainOn(t, "msnbc", tc.lines, tc.args...)
+			if err == nil || errors.Is(err, cli.ErrUsage) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("train: %v, want an error (not a usage one) saying %q", err, tc.want)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("a refused run wrote %s", out)
+			}
+		})
+	}
+}
+
+// TestOutReplacesPreviousBundle runs twice into one folder: the second run
+// replaces the first's bundle.
+func TestOutReplacesPreviousBundle(t *testing.T) {
+	var seq strings.Builder
+	seq.WriteString("% Sequences:\n")
+	for i := range 40 {
+		fmt.Fprintf(&seq, "%d %d %d\n", 1+i%3, 2+i%4, 1+i%5)
+	}
+	out, err := trainOn(t, "msnbc", seq.String(), "--bundle-version", "v1")
+	if err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	in := filepath.Join(filepath.Dir(out), "in.msnbc")
+	if err := run(ctx, []string{"--input", in, "--format", "msnbc", "--no-gru", "--out", out, "--bundle-version", "v2"}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("second run into the first's bundle: %v", err)
+	}
+	b, err := model.LoadBundle(out)
+	if err != nil || b.Manifest().Version != "v2" {
+		t.Fatalf("LoadBundle: %v; want version v2", err)
+	}
 }
 
 func TestRunRejectsBadFlags(t *testing.T) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/training"
 )
 
@@ -46,7 +46,7 @@ func readSessions(path, format string, opt readOptions) ([]training.Session, err
 		var st training.JSONLStats
 		sessions, st, err = training.ReadJSONL(f, training.JSONLConfig{Gap: opt.gap, Canonicalizer: canon})
 		if err == nil {
-			opt.logger.Info("events read", "lines", st.Lines, "events", st.Events, "skipped", st.Skipped)
+			opt.logger.Info("events read", "lines", st.Lines, "events", st.Events, "skipped", st.Skipped, "duplicates", st.Duplicates)
 		}
 	default:
 		return nil, fmt.Errorf("unknown format %q (want jsonl, msnbc or spmf)", format)
@@ -60,23 +60,26 @@ func readSessions(path, format string, opt readOptions) ([]training.Session, err
 	return sessions, nil
 }
 
-// loadCanonical reads a features.CanonicalizerConfig from a JSON file; an
-// empty path gives the zero config, the service's default.
+// loadCanonical reads a features.CanonicalizerConfig from a JSON file as
+// the service does (features.ReadCanonicalizerConfig: unknown fields are
+// refused) and checks its rules; an empty path gives the zero config, the
+// service's default. A file that is not a valid config is a usage error.
 func loadCanonical(path string) (features.CanonicalizerConfig, error) {
-	var cfg features.CanonicalizerConfig
 	if path == "" {
-		return cfg, nil
+		return features.CanonicalizerConfig{}, nil
 	}
-	b, err := os.ReadFile(path)
+	cfg, err := features.ReadCanonicalizerConfig(path)
+	if err == nil {
+		err = cfg.Validate()
+	}
 	if err != nil {
-		return cfg, fmt.Errorf("canonical config: %w", err)
+		return cfg, cli.UsageError(fmt.Errorf("--canonical-config: %w", err))
 	}
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return cfg, fmt.Errorf("canonical config %s: %w", path, err)
-	}
-	return cfg, cfg.Validate()
+	return cfg, nil
 }
 
+// kafkaConfig builds the Kafka read from the flags; every mistake is a
+// usage error naming its flag.
 func kafkaConfig(brokers, topic, from, to string, fromOff, toOff int64) (training.KafkaConfig, error) {
 	cfg := training.KafkaConfig{Topic: topic, FromOffset: fromOff, ToOffset: toOff}
 	for _, b := range strings.Split(brokers, ",") {
@@ -84,20 +87,26 @@ func kafkaConfig(brokers, topic, from, to string, fromOff, toOff int64) (trainin
 			cfg.Brokers = append(cfg.Brokers, b)
 		}
 	}
+	if len(cfg.Brokers) == 0 {
+		return cfg, cli.Usagef("--format kafka needs --kafka-brokers")
+	}
 	for _, t := range []struct {
-		s   string
-		dst *time.Time
-	}{{from, &cfg.From}, {to, &cfg.To}} {
+		flag, s string
+		dst     *time.Time
+	}{{"from", from, &cfg.From}, {"to", to, &cfg.To}} {
 		if t.s == "" {
 			continue
 		}
 		v, err := time.Parse(time.RFC3339Nano, t.s)
 		if err != nil {
-			return cfg, fmt.Errorf("kafka time %q: %w", t.s, err)
+			return cfg, cli.Usagef("--%s %q: want an RFC 3339 time such as 2026-11-01T00:00:00Z", t.flag, t.s)
 		}
 		*t.dst = v
 	}
-	return cfg, cfg.Validate()
+	if err := cfg.Validate(); err != nil {
+		return cfg, cli.UsageError(fmt.Errorf("kafka flags: %w", err))
+	}
+	return cfg, nil
 }
 
 func readKafka(ctx context.Context, cfg training.KafkaConfig, opt readOptions) ([]training.Session, error) {
@@ -109,7 +118,7 @@ func readKafka(ctx context.Context, cfg training.KafkaConfig, opt readOptions) (
 	if err != nil {
 		return nil, err
 	}
-	opt.logger.Info("events read", "topic", cfg.Topic, "messages", st.Lines, "events", st.Events, "skipped", st.Skipped)
+	opt.logger.Info("events read", "topic", cfg.Topic, "messages", st.Lines, "events", st.Events, "skipped", st.Skipped, "duplicates", st.Duplicates)
 	sessions := training.Sessionize(events, training.JSONLConfig{Gap: opt.gap, Canonicalizer: canon})
 	if opt.collapse {
 		sessions = training.CollapseRepeats(sessions)

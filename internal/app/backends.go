@@ -117,14 +117,9 @@ func clusterEnabled(opts *redis.UniversalOptions) bool {
 func canonicalizer(cfg Config) (*features.Canonicalizer, error) {
 	var cc features.CanonicalizerConfig
 	if cfg.CanonicalConfig != "" {
-		b, err := os.ReadFile(cfg.CanonicalConfig)
-		if err != nil {
-			return nil, fmt.Errorf("read canonicalization config: %w", err)
-		}
-		dec := json.NewDecoder(strings.NewReader(string(b)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&cc); err != nil {
-			return nil, fmt.Errorf("canonicalization config %s: %w", cfg.CanonicalConfig, err)
+		var err error
+		if cc, err = features.ReadCanonicalizerConfig(cfg.CanonicalConfig); err != nil {
+			return nil, err
 		}
 	}
 	return features.NewCanonicalizer(cc)
