@@ -123,6 +123,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case *name == "":
 		return cli.Usagef("--name is empty")
 	}
+	if *format != "kafka" {
+		// Flags of the Kafka reader given with a file would be ignored.
+		for _, f := range []string{"kafka-brokers", "topic", "from", "to", "from-offset", "to-offset"} {
+			if cli.IsSet(fs, f) {
+				return cli.Usagef("--%s reads Kafka: it needs --format kafka (not %s)", f, *format)
+			}
+		}
+	}
 	if err := gruFlags.validate(); err != nil {
 		return err
 	}

@@ -229,6 +229,8 @@ func TestFlags(t *testing.T) {
 		{[]string{"--gru-tied", "--gru-embedding", "8", "--gru-hidden", "16"}, "tied"},
 		{[]string{"--vocab-max", "1"}, "vocab max size 1"},
 		{[]string{"--session-gap", "0s"}, "--session-gap 0s"},
+		{[]string{"--topic", "clicks"}, "--topic reads Kafka: it needs --format kafka"},
+		{[]string{"--from-offset", "5"}, "--from-offset reads Kafka"},
 		{[]string{"--name", ""}, "--name is empty"},
 		{[]string{"--name", "../shop"}, `"../shop"`},
 		{[]string{"--bundle-version", "a/b"}, `"a/b"`},
