@@ -91,8 +91,7 @@ type statusPage struct {
 	ring    []statusSample // oldest first once full: ring[next:] then ring[:next]
 	next    int
 	full    bool
-	hints   []hintRow // newest first
-	last    *engine.Sample
+	hints   []hintRow              // newest first
 	reports map[string]*reportView // by model version
 }
 
@@ -124,9 +123,7 @@ func (p *statusPage) take(now time.Time) statusSample {
 	if eng := p.parts.eng.Load(); eng != nil {
 		tot := eng.Totals()
 		s.events, s.predictions, s.hasPipeline = tot.Events, tot.Predictions, true
-		if smp := eng.LastSample(); smp != nil {
-			p.noteSample(now, smp)
-		}
+		p.noteSamples(eng.RecentSamples())
 	}
 	if eval := p.parts.eval.Load(); eval != nil {
 		for _, v := range eval.Stats() {
@@ -172,23 +169,20 @@ func (p *statusPage) record(s statusSample) {
 	}
 }
 
-// noteSample adds the engine's latest sampled click to the recent hints
-// when it is a new one.
-func (p *statusPage) noteSample(now time.Time, s *engine.Sample) {
+// noteSamples makes the recent hints of the engine's latest sampled clicks
+// (newest first), each at the time it was sampled.
+func (p *statusPage) noteSamples(ss []*engine.Sample) {
+	rows := make([]hintRow, 0, min(len(ss), recentHints))
+	for _, s := range ss[:min(len(ss), recentHints)] {
+		row := hintRow{At: s.At, User: s.UserID, Page: s.Page, ModelVersion: s.ModelVersion, History: s.History}
+		for _, h := range s.Hints {
+			row.Hints = append(row.Hints, fmt.Sprintf("%s %.2f", h.Page, h.Probability))
+		}
+		rows = append(rows, row)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s == p.last {
-		return
-	}
-	p.last = s
-	row := hintRow{At: now, User: s.UserID, Page: s.Page, ModelVersion: s.ModelVersion, History: s.History}
-	for _, h := range s.Hints {
-		row.Hints = append(row.Hints, fmt.Sprintf("%s %.2f", h.Page, h.Probability))
-	}
-	p.hints = append([]hintRow{row}, p.hints...)
-	if len(p.hints) > recentHints {
-		p.hints = p.hints[:recentHints]
-	}
+	p.hints = rows
 }
 
 // samples returns the ring's samples, oldest first.

@@ -204,8 +204,8 @@ func TestStatusPageEscapes(t *testing.T) {
 		p.record(statusSample{at: t0.Add(time.Duration(i) * 10 * time.Second), lagMessages: math.NaN(), lagSeconds: math.NaN(),
 			versions: []versionCounts{{version: evil, issued: uint64(10 * i), used: uint64(5 * i), clicks: uint64(20 * i), hot: uint64(4 * i)}}})
 	}
-	p.noteSample(time.Now(), &engine.Sample{UserID: evil, Page: evil, ModelVersion: evil, History: 3,
-		Hints: []hint.Hint{{Page: evil, Probability: 0.5}}})
+	p.noteSamples([]*engine.Sample{{UserID: evil, Page: evil, ModelVersion: evil, History: 3,
+		Hints: []hint.Hint{{Page: evil, Probability: 0.5}}, At: time.Now()}})
 
 	srv := httptest.NewServer(adminMux(prometheus.NewRegistry(), ready, &parts, p, false))
 	defer srv.Close()

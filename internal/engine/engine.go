@@ -101,7 +101,8 @@ type Engine struct {
 
 	policyCache atomic.Pointer[policyForTag]
 
-	sample atomic.Pointer[Sample]
+	sample  atomic.Pointer[Sample]
+	samples sampleRing
 
 	subsMu  sync.RWMutex
 	subs    map[string]map[*subscriber]struct{} // guarded by subsMu
@@ -153,10 +154,44 @@ type Sample struct {
 	History      int
 	ModelVersion string
 	Hints        []hint.Hint // the pages chosen for prefetching
+	At           time.Time   // when it was sampled
 }
 
 // LastSample returns a recent click (one in 256 is sampled), or nil.
 func (e *Engine) LastSample() *Sample { return e.sample.Load() }
+
+// recentSamples is how many sampled clicks RecentSamples returns at most.
+const recentSamples = 16
+
+// sampleRing keeps the latest sampled clicks.
+type sampleRing struct {
+	mu   sync.Mutex
+	buf  [recentSamples]*Sample
+	next int
+}
+
+// add keeps s, forgetting the oldest when full.
+func (r *sampleRing) add(s *Sample) {
+	r.mu.Lock()
+	r.buf[r.next] = s
+	r.next = (r.next + 1) % len(r.buf)
+	r.mu.Unlock()
+}
+
+// RecentSamples returns the latest sampled clicks (one in 256), newest
+// first, at most 16.
+func (e *Engine) RecentSamples() []*Sample {
+	r := &e.samples
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Sample, 0, len(r.buf))
+	for i := 1; i <= len(r.buf); i++ {
+		if s := r.buf[(r.next-i+len(r.buf))%len(r.buf)]; s != nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
 
 // Totals are the engine's running totals.
 type Totals struct {
@@ -598,11 +633,12 @@ func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Ev
 		e.publish(ev.UserID, l, b, ev.TS)
 	}
 	if n := e.counter.events.Load(); n%256 == 1 || (len(b.cands) > 0 && e.sample.Load() == nil) {
-		s := &Sample{UserID: ev.UserID, Page: page, History: histLen, ModelVersion: l.Version}
+		s := &Sample{UserID: ev.UserID, Page: page, History: histLen, ModelVersion: l.Version, At: time.Now()}
 		for _, c := range b.cands {
 			s.Hints = append(s.Hints, hint.Hint{Page: b.page(l, c.Index), Probability: c.Probability})
 		}
 		e.sample.Store(s)
+		e.samples.add(s)
 	}
 }
 

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -514,5 +515,27 @@ func TestExpectedUtility(t *testing.T) {
 	// /b: 0.7 × 1; /c: 0.2 × 5 = 1.0.
 	if len(f.warmer.calls) != 1 || len(f.warmer.calls[0].pages) != 1 || f.warmer.calls[0].pages[0] != "/c" {
 		t.Fatalf("warm calls %+v, want only /c (highest expected utility)", f.warmer.calls)
+	}
+}
+
+// TestRecentSamples checks that the engine keeps its latest sampled clicks,
+// newest first, each with the time it was sampled, and at most 16 of them.
+func TestRecentSamples(t *testing.T) {
+	var e Engine
+	if got := e.RecentSamples(); len(got) != 0 {
+		t.Fatalf("RecentSamples of a new engine = %d, want none", len(got))
+	}
+	start := time.Now()
+	for i := range 20 {
+		e.samples.add(&Sample{UserID: fmt.Sprint("u", i), At: start.Add(time.Duration(i) * time.Second)})
+	}
+	got := e.RecentSamples()
+	if len(got) != recentSamples {
+		t.Fatalf("RecentSamples = %d samples, want %d", len(got), recentSamples)
+	}
+	for i, s := range got {
+		if want := fmt.Sprint("u", 19-i); s.UserID != want {
+			t.Fatalf("sample %d is %s, want %s (newest first)", i, s.UserID, want)
+		}
 	}
 }
