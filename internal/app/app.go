@@ -461,6 +461,14 @@ func (p *pending) Subscribe(users []string, buffer int) (<-chan hint.Update, fun
 	return ch, func() {}
 }
 
+// WarmNow implements hint.Presence; all cold before the pipeline.
+func (p *pending) WarmNow(ctx context.Context, user string, hints []hint.Hint) []bool {
+	if e := p.eng.Load(); e != nil {
+		return e.WarmNow(ctx, user, hints)
+	}
+	return make([]bool, len(hints))
+}
+
 // IngestJSON implements hint.Ingester.
 func (p *pending) IngestJSON(ctx context.Context, event []byte) error {
 	if i := p.ing.Load(); i != nil {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"time"
 
 	"github.com/prefetchd/prefetchd/internal/hint"
@@ -52,6 +53,16 @@ func (e *Engine) Subscribe(users []string, buffer int) (<-chan hint.Update, func
 		close(s.ch)
 	}
 	return s.ch, cancel
+}
+
+// WarmNow implements hint.Presence with the warmer's presence check (one
+// round trip), as Predict fills its warm flags.
+func (e *Engine) WarmNow(ctx context.Context, user string, hints []hint.Hint) []bool {
+	pages := make([]string, len(hints))
+	for i, h := range hints {
+		pages[i] = h.Page
+	}
+	return e.deps.Warmer.Present(ctx, user, pages, nil)
 }
 
 // publish sends the hints of one click to the user's subscribers without

@@ -75,6 +75,15 @@ type Watcher interface {
 	Subscribe(users []string, buffer int) (updates <-chan Update, cancel func())
 }
 
+// Presence tells which hinted pages are warm in the cache now. A Watcher
+// that implements it has each update's warm flags filled in when it is
+// sent (Update's own Warm flags are not set).
+type Presence interface {
+	// WarmNow reports, for each of hints, whether user's key for its page
+	// is in the cache now (false when that cannot be told).
+	WarmNow(ctx context.Context, user string, hints []Hint) []bool
+}
+
 // Ingester takes click events from callers without Kafka, on the same path as
 // the Kafka consumer.
 type Ingester interface {

@@ -141,6 +141,7 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 		}
 	}
 	ctx := stream.Context()
+	presence, _ := s.deps.Watcher.(hint.Presence)
 	updates, cancel := s.deps.Watcher.Subscribe(users, s.cfg.WatchBuffer)
 	defer cancel()
 	if err := stream.SendHeader(nil); err != nil {
@@ -159,9 +160,19 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 				s.metrics.watchClosed.Inc()
 				return nil
 			}
+			hints := toHints(u.Result.Hints)
+			if presence != nil && len(hints) > 0 {
+				// Warm now, as Predict answers: the update's own hints are
+				// shared with other subscribers, so the flags go on the copy.
+				for i, w := range presence.WarmNow(ctx, u.UserID, u.Result.Hints) {
+					if i < len(hints) {
+						hints[i].Warm = w
+					}
+				}
+			}
 			if err := stream.Send(&prefetchv1.HintUpdate{
 				UserId:       u.UserID,
-				Hints:        toHints(u.Result.Hints),
+				Hints:        hints,
 				ModelVersion: u.Result.ModelVersion,
 				At:           timestamppb.New(u.At),
 			}); err != nil {
