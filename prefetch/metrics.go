@@ -161,6 +161,9 @@ func newWarmerMetrics(reg prometheus.Registerer, w *Warmer) (*warmerMetrics, err
 	}, func() float64 {
 		w.mu.Lock()
 		defer w.mu.Unlock()
+		// Keys expire by the clock, not only when new ones are written:
+		// forget those past their TTL before counting.
+		w.keys.expire(w.now().UnixNano())
 		return float64(w.keys.Len())
 	})
 	if reg != nil {

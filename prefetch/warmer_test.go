@@ -843,3 +843,48 @@ func TestWarmerMillisecondTTL(t *testing.T) {
 		t.Fatalf("PTTL = %v, %v; want within (60s, %v]", got, err, ttl)
 	}
 }
+
+// TestWarmerTrackedKeysExpire checks that prefetchd_prefetch_tracked_keys
+// counts the keys warm now: those past their TTL leave it when it is read,
+// without waiting for a new write.
+func TestWarmerTrackedKeysExpire(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	reg := prometheus.NewRegistry()
+	w, err := NewWarmer(Config{TTL: 2 * time.Second}, rdb, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	defer func() {
+		if err := w.Close(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}()
+	tracked := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "prefetchd_prefetch_tracked_keys" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("prefetchd_prefetch_tracked_keys not registered")
+		return 0
+	}
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/a", Probability: 0.9}, {Key: "/b", Probability: 0.8}}})
+	eventually(t, 5*time.Second, "two keys written", func() bool { return counter(w.m.written) == 2 })
+	if got := tracked(); got != 2 {
+		t.Fatalf("tracked keys after the writes = %v, want 2", got)
+	}
+	time.Sleep(2200 * time.Millisecond) // past the TTL, no write since
+	if got := tracked(); got != 0 {
+		t.Fatalf("tracked keys past their TTL = %v, want 0", got)
+	}
+}
