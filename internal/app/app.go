@@ -594,6 +594,10 @@ func kafkaReady(ctx context.Context, dialer *kafka.Dialer, brokers []string, tim
 		noAnswer = noAnswer || errors.Is(err, errNoAnswer)
 	}
 	if noAnswer {
+		if dialer.TLS != nil {
+			// A plaintext listener says nothing to a TLS client hello.
+			return fmt.Errorf("no broker answered within %s over TLS (a listener without TLS stays silent to it): %w", timeout, errors.Join(errs...))
+		}
 		return fmt.Errorf("no broker answered within %s: %w", timeout, errors.Join(errs...))
 	}
 	return fmt.Errorf("unreachable: %w", errors.Join(errs...))
