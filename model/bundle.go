@@ -60,7 +60,10 @@ type Bundle struct {
 	// forms' output layers split off and one index of their weights.
 	seqHead, stepHead *head
 	index             *clusterIndex
-	probsPool         sync.Pool // *[]float32 of vsize, for exact TopK
+	// indexOff says why a clustered scorer built for the bundle is not
+	// used (verifyIndex), or "".
+	indexOff  string
+	probsPool sync.Pool // *[]float32 of vsize, for exact TopK
 }
 
 // LoadBundle loads a bundle folder from disk. See LoadBundleFS.
@@ -140,6 +143,7 @@ func loadBundle(fsys fs.FS, dir string) (*Bundle, error) {
 		return nil, err
 	}
 	b.attachIndex()
+	b.verifyIndex()
 	return b, nil
 }
 

@@ -3,6 +3,7 @@ package model
 import (
 	"context"
 	"fmt"
+	"math"
 )
 
 // Hint is a page the model predicts next, with its probability.
@@ -22,12 +23,16 @@ type Scoring struct {
 	// IndexBytes is the memory of the clustered scorer, beside the
 	// weights of the graphs.
 	IndexBytes int64
+	// Exact says why a bundle large enough for a clustered scorer scores
+	// exactly: its scorer missed the exact hints or probabilities on the
+	// probes run at load (verifyIndex). "" otherwise.
+	Exact string
 }
 
 // Scoring reports how the bundle's TopK calls score.
 func (b *Bundle) Scoring() Scoring {
 	if b.index == nil {
-		return Scoring{}
+		return Scoring{Exact: b.indexOff}
 	}
 	return Scoring{Approximate: true, Clusters: b.index.clusters(), IndexBytes: b.index.bytes()}
 }
@@ -69,6 +74,89 @@ func (b *Bundle) attachIndex() {
 		}
 	}
 	b.seqHead, b.stepHead = seq, step
+}
+
+// Probes verifyIndex runs: histories, the hints asked of each, and the
+// bounds the clustered scorer must keep (CONTRACT.md, "Large
+// vocabularies"): at most indexMisses probes whose hints differ from the
+// exact ones, no hinted probability off by more than indexMaxErr.
+const (
+	indexProbes    = 128
+	indexK         = 5
+	indexThreshold = 0.01
+	indexMisses    = 1
+	indexMaxErr    = 1e-3
+)
+
+// verifyIndex checks the clustered scorer on the bundle's own weights: for
+// indexProbes short histories of pseudo-random pages it compares the hints
+// of StepTopK (PredictTopK without a step form) with the exact selection.
+// A scorer outside the bounds is dropped and the bundle scores exactly, so
+// that an output layer its error model does not fit (a trained one unlike
+// the layers it was tuned on) never serves wrong hints; Scoring says why.
+func (b *Bundle) verifyIndex() {
+	if b.index == nil {
+		return
+	}
+	ctx := context.Background()
+	span := uint64(b.vsize - 2)
+	seed := uint64(0x9e3779b97f4a7c15)
+	next := func() int64 {
+		seed ^= seed << 13
+		seed ^= seed >> 7
+		seed ^= seed << 17
+		return 2 + int64(seed%span)
+	}
+	misses, worst := 0, 0.0
+	var exact, state, approxState []float32
+	var want, got []Hint
+	for i := range indexProbes {
+		hist := make([]int64, 1+i%4)
+		for j := range hist {
+			hist[j] = next()
+		}
+		var err error
+		if b.step != nil {
+			state = state[:0]
+			for _, id := range hist[:len(hist)-1] {
+				if _, state, err = b.Step(ctx, id, state, exact); err != nil {
+					return // the scorer stays; Step reports such errors on use
+				}
+			}
+			approxState = append(approxState[:0], state...)
+			if exact, state, err = b.Step(ctx, hist[len(hist)-1], state, exact); err != nil {
+				return
+			}
+			if len(approxState) == 0 {
+				approxState = nil
+			}
+			got, _, _, err = b.stepTopK(ctx, hist[len(hist)-1], approxState, indexK, indexThreshold, got, nil, nil)
+		} else {
+			if exact, err = b.PredictOne(ctx, hist, exact); err != nil {
+				return
+			}
+			got, err = b.predictTopK(ctx, hist, indexK, indexThreshold, got, nil, nil)
+		}
+		if err != nil {
+			return
+		}
+		want = SelectTopK(exact, indexK, indexThreshold, want)
+		same := len(got) == len(want)
+		for j := 0; same && j < len(got); j++ {
+			same = got[j].Page == want[j].Page
+		}
+		if !same {
+			misses++
+		}
+		for _, h := range got {
+			worst = max(worst, math.Abs(float64(h.Prob)-float64(exact[h.Page])))
+		}
+	}
+	if misses > indexMisses || worst > indexMaxErr {
+		b.indexOff = fmt.Sprintf("the clustered scorer missed the exact hints on %d of %d probes (top %d at or above %g), probabilities off by up to %.2g",
+			misses, indexProbes, indexK, indexThreshold, worst)
+		b.index, b.seqHead, b.stepHead = nil, nil, nil
+	}
 }
 
 // SelectTopK writes into dst (from its start) the at most k pages of probs

@@ -173,7 +173,11 @@ func (bb bundleBench) run(ctx context.Context, out io.Writer) error {
 	if sc.Approximate {
 		fmt.Fprintf(w, "scoring\tapproximate: %d clusters, index %.1f MB\n", sc.Clusters, float64(sc.IndexBytes)/1e6)
 	} else {
-		fmt.Fprintf(w, "scoring\texact\n")
+		if sc.Exact != "" {
+			fmt.Fprintf(w, "scoring\texact (%s)\n", sc.Exact)
+		} else {
+			fmt.Fprintf(w, "scoring\texact\n")
+		}
 	}
 	fmt.Fprintf(w, "clicks\t%d\n", len(lat))
 	fmt.Fprintf(w, "p50 / p99\t%v / %v\n", quantile(lat, 0.5), quantile(lat, 0.99))

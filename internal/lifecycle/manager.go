@@ -430,7 +430,16 @@ func (m *Manager) validateLocked(ctx context.Context, v *version) error {
 	v.refused, v.refusedFP = "", ""
 	m.setUnservedLocked()
 	m.mu.Unlock()
-	m.log.Info("model version validated", "version", c.version, "seconds", m.now().Sub(start).Seconds())
+	attrs := []any{"version", c.version, "seconds", m.now().Sub(start).Seconds()}
+	if b, ok := l.(*model.Bundle); ok {
+		switch sc := b.Scoring(); {
+		case sc.Approximate:
+			attrs = append(attrs, "scoring", "clustered", "clusters", sc.Clusters)
+		case sc.Exact != "":
+			attrs = append(attrs, "scoring", "exact", "why", sc.Exact)
+		}
+	}
+	m.log.Info("model version validated", attrs...)
 	return nil
 }
 
