@@ -303,6 +303,21 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 	return nil
 }
 
+// refreshShared brings prefetchd_transitions_online_only_pages up to date
+// with Redis as of now: the pages past the retention leave the set, and the
+// gauge takes its size, which the replicas share. Observe does the same
+// when it sends; a replica with nothing to send relies on this.
+func (s *redisStore) refreshShared(ctx context.Context, now time.Time) error {
+	pipe := s.c.Pipeline()
+	pipe.ZRemRangeByScore(ctx, s.freshKey, "-inf", "("+strconv.FormatFloat(unix(now)-s.retention, 'f', 6, 64))
+	card := pipe.ZCard(ctx, s.freshKey)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("count online-only pages: %w", err)
+	}
+	s.m.onlineOnly.Set(float64(card.Val()))
+	return nil
+}
+
 // Lookup reads the pages' hashes in one pipeline.
 func (s *redisStore) Lookup(ctx context.Context, from []string, at time.Time, dst []Dist) ([]Dist, error) {
 	dst = grow(dst, len(from))

@@ -123,6 +123,7 @@ func (w *shared) run(ctx context.Context) error {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	w.running.Store(true)
+	var refreshed time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -139,7 +140,24 @@ func (w *shared) run(ctx context.Context) error {
 		}
 		w.report(w.send(ctx), "send")
 		w.report(w.reread(ctx), "read")
+		if r, ok := w.Store.(sharedRefresher); ok {
+			if now := w.now(); now.Sub(refreshed) >= refreshEvery {
+				refreshed = now
+				w.report(r.refreshShared(ctx, now), "refresh")
+			}
+		}
 	}
+}
+
+// refreshEvery is how often Run refreshes the figures of the shared
+// statistics (sharedRefresher).
+const refreshEvery = time.Second
+
+// sharedRefresher is a Store whose figures follow what all replicas wrote
+// (the Redis store): Run refreshes them every refreshEvery, so that an
+// idle replica reports what the busy ones do.
+type sharedRefresher interface {
+	refreshShared(ctx context.Context, now time.Time) error
 }
 
 // report logs err of Run's work, at most once per 10 s.

@@ -676,3 +676,56 @@ func TestRedisLookupTimeout(t *testing.T) {
 		t.Errorf("Lookup once the server answers: %v", err)
 	}
 }
+
+// TestOnlineOnlySharedFigure checks that two replicas sharing Redis report
+// the same count of online-only pages, the idle one too (Run refreshes it
+// from Redis), and that pages past the retention leave it.
+func TestOnlineOnlySharedFigure(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { c.Close() })
+	cfg := Config{HalfLife: 100 * time.Millisecond} // retention: ten half-lives, 1 s
+	a, err := NewRedis(cfg, c, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewRedis(cfg, c, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := Share(b, SharedConfig{FlushInterval: 20 * time.Millisecond})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- idle.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+
+	now := time.Now()
+	var ts []Transition
+	for _, p := range []string{"/new/1", "/new/2", "/new/3"} {
+		ts = append(ts, Transition{From: "/home", To: p, ToUnknown: true, At: now})
+	}
+	if err := a.Observe(ctx, ts); err != nil {
+		t.Fatal(err)
+	}
+	gauge := func(s *Stats) float64 { return testutil.ToFloat64(s.Store.(*redisStore).m.onlineOnly) }
+	if got := gauge(a); got != 3 {
+		t.Fatalf("writing replica: %v online-only pages, want 3", got)
+	}
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("after 5 s: %s", what)
+			}
+		}
+	}
+	waitUntil("the idle replica reports the 3 pages", func() bool { return gauge(b) == 3 })
+	// Past the retention with no new transition: the idle replica's figure
+	// falls to 0, as the set in Redis does.
+	waitUntil("the idle replica reports 0 after the retention", func() bool { return gauge(b) == 0 })
+	if n := c.ZCard(ctx, b.Store.(*redisStore).freshKey).Val(); n != 0 {
+		t.Errorf("online-only set holds %d pages past the retention, want 0", n)
+	}
+}
