@@ -117,12 +117,17 @@ type markedStream struct {
 	s *Server
 }
 
-// RecvMsg implements grpc.ServerStream.
+// RecvMsg implements grpc.ServerStream. The mark is taken whatever
+// RecvMsg returns: grpc-go may decode a message into v and still fail (a
+// second request message on a server-streaming call), and a mark left
+// behind would keep v forever.
 func (m markedStream) RecvMsg(v any) error {
-	if err := m.ServerStream.RecvMsg(v); err != nil {
+	err := m.ServerStream.RecvMsg(v)
+	bad := m.s.takeMark(v)
+	if err != nil {
 		return err
 	}
-	return m.s.takeMark(v)
+	return bad
 }
 
 // isInvalidUTF8 reports whether err is a stream message's invalidUTF8.

@@ -104,3 +104,37 @@ func TestInvalidUTF8(t *testing.T) {
 		t.Errorf("%d marks left after the calls, want 0", n)
 	}
 }
+
+// TestInvalidUTF8NoMarkLeft sends a server-streaming call two request
+// messages, the first not UTF-8: grpc-go decodes both into one message and
+// fails the call; the mark must not outlive it (it kept the message, and
+// memory grew with every such call).
+func TestInvalidUTF8NoMarkLeft(t *testing.T) {
+	h := start(t, Config{}, Deps{Predictor: &servertest.Predictor{}, Watcher: servertest.NewWatcher()})
+	ctx := testCtx(t)
+	for range 3 {
+		cs, err := h.conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true},
+			"/prefetch.v1.HintService/WatchHints", withBadUTF8())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{"u" + badMarker, "v"} {
+			if err := cs.SendMsg(&prefetchv1.WatchHintsRequest{UserIds: []string{u}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cs.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cs.RecvMsg(&prefetchv1.HintUpdate{}); err == nil {
+			t.Fatal("two requests on a server-streaming call: RecvMsg succeeded, want an error")
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for marks(h) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d marks left after the calls ended, want 0", marks(h))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
