@@ -268,15 +268,25 @@ func GoldenCases(p Predictor, batches [][][]int64) []model.GoldenCase {
 
 // DefaultGoldenInputs returns a few inputs for golden cases that fit a
 // vocabulary of vocabSize: an all-padding row, the unknown page, a batch of
-// two left-padded rows, and a row of the most popular pages.
-func DefaultGoldenInputs(vocabSize int) [][][]int64 {
+// two left-padded rows, and a row of the most popular pages. Rows are cut
+// to their last maxSeqLen pages (0: no cut), as the runtime cuts histories
+// to the manifest's max_seq_len before it runs them.
+func DefaultGoldenInputs(vocabSize, maxSeqLen int) [][][]int64 {
 	idx := func(i int64) int64 { return 2 + (i % int64(vocabSize-2)) }
-	return [][][]int64{
+	batches := [][][]int64{
 		{{0, 0, 0}},
 		{{model.UnknownIndex}},
 		{{0, idx(0), idx(1)}, {idx(2), idx(0), idx(3)}},
 		{{idx(0), idx(1), idx(2), idx(3), idx(4), idx(5)}},
 	}
+	for _, batch := range batches {
+		for i, row := range batch {
+			if maxSeqLen > 0 && len(row) > maxSeqLen {
+				batch[i] = row[len(row)-maxSeqLen:]
+			}
+		}
+	}
+	return batches
 }
 
 // ManifestConfig carries the descriptive fields of a manifest.
@@ -301,7 +311,7 @@ func MarkovBundle(m *Markov, v *model.Vocab, cfg ManifestConfig) (*Bundle, error
 	man.Cell = CellMarkov
 	man.Output = model.OutputProbs
 	man.Forms = []string{model.FormSequence}
-	man.Golden = GoldenCases(m, DefaultGoldenInputs(v.Len()))
+	man.Golden = GoldenCases(m, DefaultGoldenInputs(v.Len(), man.MaxSeqLen))
 	return &Bundle{Model: onnx, Vocab: v, Manifest: man}, nil
 }
 

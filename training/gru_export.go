@@ -159,6 +159,6 @@ func GRUBundle(g *GRU, v *model.Vocab, cfg ManifestConfig) (*Bundle, error) {
 	man.Hidden = g.Hidden()
 	man.Output = model.OutputProbs
 	man.Forms = []string{model.FormSequence, model.FormStep}
-	man.Golden = GoldenCases(g, DefaultGoldenInputs(v.Len()))
+	man.Golden = GoldenCases(g, DefaultGoldenInputs(v.Len(), man.MaxSeqLen))
 	return &Bundle{Model: seq, Step: step, Vocab: v, Manifest: man}, nil
 }

@@ -45,6 +45,23 @@ func CheckPublish(repo, name, version string) error {
 	return nil
 }
 
+// CheckRepoWritable reports whether a version of name can be written into
+// the model repository repo: it makes repo/<name>/ (as Publish would) and
+// creates and removes a file there, so that a repository the trainer may
+// not write fails before training rather than after.
+func CheckRepoWritable(repo, name string) error {
+	dir := filepath.Join(repo, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("model repository not writable: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".write-check-")
+	if err != nil {
+		return fmt.Errorf("model repository not writable: %w", err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
 // Publish writes b into the model repository repo as
 // repo/<name>/<version>/, atomically: the folder appears complete or not at
 // all. It returns the folder written, or an error matching

@@ -95,13 +95,24 @@ func TestRuntimeReproducesTrainers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Short histories: the golden cases must be cut as the runtime cuts
+	// histories, or the bundle fails its own golden cases at load.
+	short, err := GRUBundle(gru, v, ManifestConfig{Name: "short", Version: "1", MaxSeqLen: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, err := MarkovBundle(mk, v, ManifestConfig{Name: "one", Version: "1", MaxSeqLen: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
 	histories := [][]int64{{}, {1}, {2}, {3, 4}, {5, 2, 7, 3, 1, 6}, {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3}}
 	tests := []struct {
 		name   string
 		bundle *Bundle
 		p      Predictor
 		g      *GRU
-	}{{"markov1", mb, mk, nil}, {"gru", gb, gru, gru}, {"gru with last-page skip", sb, skip, skip}, {"gru vocab 1000 hidden 128", bb, big, big}}
+	}{{"markov1", mb, mk, nil}, {"gru", gb, gru, gru}, {"gru with last-page skip", sb, skip, skip}, {"gru vocab 1000 hidden 128", bb, big, big},
+		{"gru max-seq-len 3", short, gru, gru}, {"markov1 max-seq-len 1", one, mk, nil}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), tc.name)
@@ -121,8 +132,8 @@ func TestRuntimeReproducesTrainers(t *testing.T) {
 					t.Fatalf("PredictOne(%v): %v", h, err)
 				}
 				row := h
-				if len(row) > DefaultMaxSeqLen {
-					row = row[len(row)-DefaultMaxSeqLen:]
+				if n := tc.bundle.Manifest.MaxSeqLen; len(row) > n {
+					row = row[len(row)-n:]
 				}
 				if len(row) == 0 {
 					row = []int64{model.PadIndex} // the runtime's empty history
@@ -137,6 +148,9 @@ func TestRuntimeReproducesTrainers(t *testing.T) {
 				t.Fatalf("Predict: %v", err)
 			}
 			for i, h := range histories[2:5] {
+				if n := tc.bundle.Manifest.MaxSeqLen; len(h) > n {
+					h = h[len(h)-n:]
+				}
 				if d := maxAbsDiff(batch[i], tc.p.Predict(h, nil)); d > 1e-5 {
 					t.Errorf("batched history %v: runtime differs by %g", h, d)
 				}

@@ -181,6 +181,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else if *publish != "" && err != nil {
 		return err
 	}
+	if *publish != "" {
+		if err := training.CheckRepoWritable(*publish, *name); err != nil {
+			return cli.UsageError(fmt.Errorf("--publish %s: %w", *publish, err))
+		}
+	}
 	if *cpuProf != "" {
 		f, err := os.Create(*cpuProf)
 		if err != nil {

@@ -236,6 +236,7 @@ func TestFlags(t *testing.T) {
 		{[]string{"--bundle-version", "a/b"}, `"a/b"`},
 		{[]string{"--canonical-config", strictCanon}, `unknown field "query_alow"`},
 		{[]string{"--publish", repo, "--name", "shop", "--bundle-version", "v1"}, "already published"},
+		{[]string{"--publish", notDir}, "model repository not writable"},
 	} {
 		cases = append(cases, clitest.Case{Name: strings.Join(c.args, " "), Args: append(slices.Clone(base), c.args...), Exit: 2, Stderr: c.stderr})
 	}
