@@ -143,20 +143,21 @@ func newManager(cfg Config, load Loader, logger *slog.Logger, reg prometheus.Reg
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	met, err := newMetrics(reg)
-	if err != nil {
-		return nil, err
-	}
-	return &Manager{
+	m := &Manager{
 		cfg:      cfg,
 		load:     load,
 		log:      logger.With("component", "lifecycle"),
-		met:      met,
 		val:      validator{tolerance: cfg.Tolerance, warmup: cfg.Warmup},
 		now:      time.Now,
 		rollback: make(chan struct{}, 1),
 		versions: make(map[string]*version),
-	}, nil
+	}
+	met, err := newMetrics(reg, m.unserved)
+	if err != nil {
+		return nil, err
+	}
+	m.met = met
+	return m, nil
 }
 
 // Current returns the live model, or nil before one is loaded. It is one
@@ -281,7 +282,6 @@ func (m *Manager) refreshLocked() ([]*candidate, error) {
 			m.pruneLocked(v)
 		}
 	}
-	m.setUnservedLocked()
 	return found, nil
 }
 
@@ -304,20 +304,20 @@ func (m *Manager) noteSkippedLocked(skipped map[string]skip) {
 		}
 	}
 	m.skipped = skipped
-	m.setUnservedLocked()
 }
 
-// setUnservedLocked sets prefetchd_model_unserved_folders: the folders the
-// last scan skipped and the versions on disk that are refused. The caller
-// holds mu.
-func (m *Manager) setUnservedLocked() {
+// unserved is prefetchd_model_unserved_folders, read at each scrape: the
+// folders the last scan skipped and the versions on disk that are refused.
+func (m *Manager) unserved() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	n := len(m.skipped)
 	for _, v := range m.versions {
 		if v.refused != "" && v.disk != nil {
 			n++
 		}
 	}
-	m.met.unserved.Set(float64(n))
+	return float64(n)
 }
 
 // retryIn is when a rescan may find a settling folder complete without any
@@ -390,7 +390,6 @@ func (m *Manager) activateLocked(ctx context.Context, name, cause string) error 
 	if cause == CauseActivate {
 		m.mu.Lock()
 		v.refused, v.refusedFP = "", "" // the operator overrides an automatic rollback
-		m.setUnservedLocked()
 		m.mu.Unlock()
 	}
 	m.swapLocked(v, cause, true)
@@ -420,7 +419,6 @@ func (m *Manager) validateLocked(ctx context.Context, v *version) error {
 		m.countRefusal(err)
 		m.mu.Lock()
 		v.refused, v.refusedFP = err.Error(), c.fp
-		m.setUnservedLocked()
 		m.mu.Unlock()
 		m.log.Warn("model version refused", "version", c.version, "dir", c.dir, "reason", reasonOf(err), "err", err)
 		return err
@@ -428,7 +426,6 @@ func (m *Manager) validateLocked(ctx context.Context, v *version) error {
 	m.mu.Lock()
 	v.loaded, v.loadedAt = l, m.now()
 	v.refused, v.refusedFP = "", ""
-	m.setUnservedLocked()
 	m.mu.Unlock()
 	attrs := []any{"version", c.version, "seconds", m.now().Sub(start).Seconds()}
 	if b, ok := l.(*model.Bundle); ok {
@@ -722,7 +719,6 @@ func (m *Manager) autoRollback(ctx context.Context) {
 			v.refusedFP = v.disk.fp
 		}
 	}
-	m.setUnservedLocked()
 	m.mu.Unlock()
 	m.log.Warn("model version rolled back automatically", "version", p.version, "to", to, "reason", reason)
 }

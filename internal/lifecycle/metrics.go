@@ -15,7 +15,7 @@ type metrics struct {
 	swaps      *prometheus.CounterVec
 	refused    *prometheus.CounterVec
 	skipped    *prometheus.CounterVec
-	unserved   prometheus.Gauge
+	unserved   prometheus.GaugeFunc
 	rollbacks  *prometheus.CounterVec
 	loaded     prometheus.Gauge
 	validation prometheus.Histogram
@@ -26,7 +26,9 @@ type metrics struct {
 	precision  *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics builds the lifecycle's metrics; unserved is read at each
+// scrape for prefetchd_model_unserved_folders.
+func newMetrics(reg prometheus.Registerer, unserved func() float64) (*metrics, error) {
 	m := &metrics{
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "prefetchd_model_active", Help: "1 for the model version serving now.",
@@ -41,9 +43,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "prefetchd_model_skipped_total",
 			Help: "Version folders found not servable by a scan, counted once per folder and reason (incomplete, manifest, settling).",
 		}, []string{"reason"}),
-		unserved: prometheus.NewGauge(prometheus.GaugeOpts{
+		unserved: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "prefetchd_model_unserved_folders", Help: "Version folders not served: skipped by the last scan (incomplete, manifest, settling) or refused (validation, automatic rollback).",
-		}),
+		}, unserved),
 		rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_model_rollbacks_total", Help: "Rollbacks by cause (manual, auto).",
 		}, []string{"cause"}),

@@ -216,7 +216,7 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 			case <-ctx.Done():
 				return
 			}
-			if _, bad := isInvalidUTF8(err); err != nil && !bad {
+			if ends(err) {
 				return
 			}
 		}

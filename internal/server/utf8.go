@@ -87,16 +87,16 @@ func badField(b []byte, md protoreflect.MessageDescriptor) string {
 			continue
 		}
 		v, _ := protowire.ConsumeBytes(value)
-		switch {
-		case fd.Kind() == protoreflect.StringKind && !utf8.Valid(v):
-			return string(fd.Name())
-		case fd.Kind() == protoreflect.MessageKind && !fd.IsMap():
-			if inner := badField(v, fd.Message()); inner != "" {
-				return string(fd.Name()) + "." + inner
-			}
-		case fd.IsMap():
-			if inner := badField(v, fd.Message()); inner != "" {
+		switch fd.Kind() {
+		case protoreflect.StringKind:
+			if !utf8.Valid(v) {
 				return string(fd.Name())
+			}
+		case protoreflect.MessageKind: // a map entry is a message too
+			if inner := badField(v, fd.Message()); inner != "" && fd.IsMap() {
+				return string(fd.Name())
+			} else if inner != "" {
+				return string(fd.Name()) + "." + inner
 			}
 		}
 	}
