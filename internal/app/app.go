@@ -178,6 +178,26 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			}
 		})
 	}
+	// The shared state of the Redis history store: in the cache's Redis
+	// unless an instance of its own is named.
+	srdb := rdb
+	if cfg.StateRedisAddr != "" {
+		if srdb, err = redisClient(cfg, cfg.StateRedisAddr); err != nil {
+			return err
+		}
+		defer srdb.Close()
+		ready.add("state-redis", func(ctx context.Context) error { return srdb.Ping(ctx).Err() })
+	}
+	if cfg.HistoryStore == features.BackendRedis && (cfg.RedisAddr != "" || cfg.StateRedisAddr != "") {
+		auxWG.Go(func() {
+			hctx, cancel := context.WithTimeout(srvCtx, 5*time.Second)
+			defer cancel()
+			if policy, evicts, err := redisEvicts(hctx, srdb); err == nil && evicts {
+				log.Warn("the redis holding histories and partition marks may evict them under memory pressure; give it maxmemory-policy noeviction, or give the state a redis of its own (--state-redis-addr)",
+					"policy", policy)
+			}
+		})
+	}
 	kafkaTLS, kafkaSASL, err := kafkaSecurity(cfg)
 	if err != nil {
 		return err
@@ -262,7 +282,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	hist, err := features.NewStore(features.StoreConfig{
 		Backend: cfg.HistoryStore,
 		History: features.HistoryConfig{MaxLen: live.Manifest.MaxSeqLen, MaxUsers: cfg.HistoryMaxUsers, SessionGap: cfg.SessionGap},
-	}, rdb, reg)
+	}, srdb, reg)
 	if err != nil {
 		return err
 	}
@@ -302,7 +322,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	})
 	eval.SetModelVersion(live.Version)
 	parts.eval.Store(eval)
-	online, err := onlineStats(cfg, rdb, log, reg)
+	online, err := onlineStats(cfg, srdb, log, reg)
 	if err != nil {
 		return err
 	}
@@ -317,7 +337,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	// histories must still tell redeliveries from offsets that went back.
 	var marks features.Marks = features.NewMemoryMarks()
 	if cfg.HistoryStore == features.BackendRedis {
-		marks = features.NewRedisMarks(rdb, features.DefaultKeyPrefix, cfg.Group, cfg.Topic)
+		marks = features.NewRedisMarks(srdb, features.DefaultKeyPrefix, cfg.Group, cfg.Topic)
 	}
 	parts.eng.Store(eng)
 	hub := newAnyHub(eng.Predict, anyEvery)

@@ -161,3 +161,21 @@ func redisHzAdvice(ctx context.Context, rdb redis.UniversalClient, ttl time.Dura
 	}
 	return hz, ttl <= shortTTL && hz < hzAdvisedBelow, nil
 }
+
+// redisEvicts reads the memory limit and eviction policy of the Redis
+// holding the shared state and reports the policy when Redis may evict
+// keys: a maxmemory set and a policy other than noeviction. With CONFIG GET
+// refused (managed services) it returns the error. On a Cluster the node
+// that answers speaks for all.
+func redisEvicts(ctx context.Context, rdb redis.UniversalClient) (policy string, evicts bool, err error) {
+	v, err := rdb.ConfigGet(ctx, "maxmemory*").Result()
+	if err != nil {
+		return "", false, fmt.Errorf("read redis eviction policy: %w", err)
+	}
+	policy = v["maxmemory-policy"]
+	limit, err := strconv.ParseInt(v["maxmemory"], 10, 64)
+	if err != nil || policy == "" {
+		return "", false, fmt.Errorf("read redis eviction policy: maxmemory %q, policy %q", v["maxmemory"], policy)
+	}
+	return policy, limit > 0 && policy != "noeviction", nil
+}

@@ -15,13 +15,7 @@ import (
 // TTL at the default hz, none at hz 100 or for long TTLs, and an error
 // from a Redis that refuses CONFIG GET hz (miniredis, the in-process store).
 func TestRedisHzAdvice(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	client := func(addr string) redis.UniversalClient {
-		c := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{addr}})
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	ctx, client := redisClients(t)
 	def, fast := redistest.Start(t), redistest.Start(t, "--hz", "100")
 	for _, tc := range []struct {
 		name   string
@@ -43,5 +37,46 @@ func TestRedisHzAdvice(t *testing.T) {
 	mini := miniredis.RunT(t)
 	if _, advise, err := redisHzAdvice(ctx, client(mini.Addr()), time.Second); err == nil || advise {
 		t.Errorf("miniredis: advise %t, err %v; want an error and no advice", advise, err)
+	}
+}
+
+// TestRedisEvicts reads the eviction settings of real redis-servers: no
+// warning without a memory limit or with noeviction, one for an LRU
+// policy under a limit, and an error from a Redis that refuses CONFIG GET.
+func TestRedisEvicts(t *testing.T) {
+	ctx, client := redisClients(t)
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		policy string
+		evicts bool
+	}{
+		{"no limit", nil, "noeviction", false},
+		{"no limit, LRU", []string{"--maxmemory-policy", "allkeys-lru"}, "allkeys-lru", false},
+		{"limit, noeviction", []string{"--maxmemory", "64mb"}, "noeviction", false},
+		{"limit, LRU", []string{"--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"}, "allkeys-lru", true},
+		{"limit, volatile TTL", []string{"--maxmemory", "64mb", "--maxmemory-policy", "volatile-ttl"}, "volatile-ttl", true},
+	} {
+		srv := redistest.Start(t, tc.args...)
+		policy, evicts, err := redisEvicts(ctx, client(srv.Addr()))
+		if err != nil || policy != tc.policy || evicts != tc.evicts {
+			t.Errorf("%s: policy %q, evicts %t, err %v; want %q, %t", tc.name, policy, evicts, err, tc.policy, tc.evicts)
+		}
+	}
+	mini := miniredis.RunT(t)
+	if _, evicts, err := redisEvicts(ctx, client(mini.Addr())); err == nil || evicts {
+		t.Errorf("miniredis: evicts %t, err %v; want an error", evicts, err)
+	}
+}
+
+// redisClients returns a context bounding the test and a constructor of
+// clients closed at its end.
+func redisClients(t *testing.T) (context.Context, func(addr string) redis.UniversalClient) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx, func(addr string) redis.UniversalClient {
+		c := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{addr}})
+		t.Cleanup(func() { c.Close() })
+		return c
 	}
 }

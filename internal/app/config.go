@@ -69,6 +69,11 @@ type Config struct {
 	RedisPassword string
 	RedisTLS      bool
 	RedisCA       string
+	// StateRedisAddr, when set, holds the shared state of the Redis history
+	// store (histories, partition marks, online statistics) instead of
+	// RedisAddr, which then holds only the warmed pages; same credentials
+	// and TLS. Empty: everything in RedisAddr.
+	StateRedisAddr string
 
 	// Histories: "memory" (per process) or "redis" (shared by replicas).
 	HistoryStore    string
@@ -245,6 +250,9 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--history-store %q is neither memory nor redis", c.HistoryStore))
 	}
+	if c.StateRedisAddr != "" && c.HistoryStore != "redis" {
+		errs = append(errs, errors.New("--state-redis-addr needs --history-store redis (with the memory store there is no shared state)"))
+	}
 	switch c.PrefetchMode {
 	case "hint":
 	case "origin":
@@ -379,6 +387,7 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.StringVar(&c.RedisPassword, "redis-password", c.RedisPassword, "Redis ACL password (prefer the environment variable)")
 	fs.BoolVar(&c.RedisTLS, "redis-tls", c.RedisTLS, "connect to Redis over TLS")
 	fs.StringVar(&c.RedisCA, "redis-ca", c.RedisCA, "CA bundle (PEM) for Redis TLS; default the system roots")
+	fs.StringVar(&c.StateRedisAddr, "state-redis-addr", c.StateRedisAddr, "with --history-store redis: Redis (host:port, or comma-separated for a Cluster) for histories, partition marks and online statistics, apart from the warmed pages in --redis-addr; same credentials and TLS (empty: --redis-addr)")
 	fs.StringVar(&c.HistoryStore, "history-store", c.HistoryStore, "where histories live: memory (per process) or redis (shared by replicas)")
 	fs.IntVar(&c.HistoryMaxUsers, "history-max-users", c.HistoryMaxUsers, "most users held in memory, least recently seen evicted first")
 	fs.DurationVar(&c.SessionGap, "session-gap", c.SessionGap, "inactivity that starts a new session")

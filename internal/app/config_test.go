@@ -83,6 +83,17 @@ func TestParseFlags(t *testing.T) {
 		{name: "dead letters to the click topic", args: []string{"--topic", "c", "--dead-letter-topic", "c"}, wantErr: "--dead-letter-topic \"c\" is the click topic"},
 		{name: "kafka user without a mechanism", args: []string{"--kafka-username", "u"}, wantErr: "need --kafka-sasl-mechanism"},
 		{name: "kafka password without a mechanism", env: map[string]string{"PREFETCHD_KAFKA_PASSWORD": "p"}, wantErr: "need --kafka-sasl-mechanism"},
+		{name: "state redis without the redis store", args: []string{"--state-redis-addr", "s:6379"}, wantErr: "--state-redis-addr needs --history-store redis"},
+		{
+			name: "state redis apart",
+			args: []string{"--history-store", "redis", "--redis-addr", "c:6379"},
+			env:  map[string]string{"PREFETCHD_STATE_REDIS_ADDR": "s:6379"},
+			check: func(t *testing.T, c Config) {
+				if c.StateRedisAddr != "s:6379" || c.RedisAddr != "c:6379" {
+					t.Errorf("config = %+v, want state Redis s:6379 from PREFETCHD_STATE_REDIS_ADDR, cache Redis c:6379", c)
+				}
+			},
+		},
 		{name: "kafka mechanism without a user", args: []string{"--kafka-sasl-mechanism", "PLAIN"}, wantErr: "needs --kafka-username"},
 	}
 	for _, tc := range tests {
