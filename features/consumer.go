@@ -33,9 +33,12 @@ const (
 	DefaultSessionTimeout    = 10 * time.Second
 	DefaultHeartbeatInterval = time.Second
 	DefaultRebalanceTimeout  = 10 * time.Second
-	DefaultHandlerBackoff    = 100 * time.Millisecond
-	DefaultMaxBackoff        = 5 * time.Second
-	DefaultLagInterval       = 5 * time.Second
+	// DefaultPartitionWatch is how often the topic's partition count is
+	// read, so that partitions added to it are consumed without a restart.
+	DefaultPartitionWatch = 5 * time.Second
+	DefaultHandlerBackoff = 100 * time.Millisecond
+	DefaultMaxBackoff     = 5 * time.Second
+	DefaultLagInterval    = 5 * time.Second
 	// DefaultDeadLetterMaxBytes keeps a dead letter, headers included,
 	// under Kafka's default message.max.bytes (1 MiB and a little).
 	DefaultDeadLetterMaxBytes = 1_000_000
@@ -86,6 +89,10 @@ type ConsumerConfig struct {
 	// RebalanceTimeout is how long the group waits for members to rejoin.
 	// Default 10 s.
 	RebalanceTimeout time.Duration
+	// PartitionWatch is how often the topic's partition count is read: a
+	// change makes the group rebalance, so that added partitions are
+	// assigned. Default DefaultPartitionWatch.
+	PartitionWatch time.Duration
 	// StartOffset applies when the group has no committed offset:
 	// kafka.FirstOffset (-2, the default) or kafka.LastOffset (-1).
 	StartOffset int64
@@ -137,7 +144,7 @@ func (c ConsumerConfig) Validate() error {
 		return errors.New("consumer: no group id")
 	case c.Workers < 0 || c.WorkerQueue < 0 || c.BatchSize < 0 || c.CommitBatch < 0 || c.MinBytes < 0 || c.MaxBytes < 0 || c.QueueCapacity < 0 || c.DeadLetterMaxBytes < 0:
 		return errors.New("consumer: negative count or size")
-	case c.CommitInterval < 0 || c.MaxWait < 0 || c.HeartbeatInterval < 0 || c.RebalanceTimeout < 0 || c.HandlerBackoff < 0 || c.MaxBackoff < 0 || c.LagInterval < 0:
+	case c.CommitInterval < 0 || c.MaxWait < 0 || c.HeartbeatInterval < 0 || c.RebalanceTimeout < 0 || c.PartitionWatch < 0 || c.HandlerBackoff < 0 || c.MaxBackoff < 0 || c.LagInterval < 0:
 		return errors.New("consumer: negative duration")
 	case c.SessionTimeout != 0 && c.SessionTimeout < MinSessionTimeout:
 		return fmt.Errorf("consumer: session timeout %s below the brokers' default minimum %s", c.SessionTimeout, MinSessionTimeout)
@@ -186,6 +193,7 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	defD(&c.SessionTimeout, DefaultSessionTimeout)
 	defD(&c.HeartbeatInterval, DefaultHeartbeatInterval)
 	defD(&c.RebalanceTimeout, DefaultRebalanceTimeout)
+	defD(&c.PartitionWatch, DefaultPartitionWatch)
 	defD(&c.HandlerBackoff, DefaultHandlerBackoff)
 	defD(&c.MaxBackoff, DefaultMaxBackoff)
 	defD(&c.LagInterval, DefaultLagInterval)
@@ -301,7 +309,9 @@ type Consumer struct {
 	ids      *recentIDs // nil when EventIDCache is off
 	lag      *lagWatch
 	stalls   *stalls
-	assign   *assignments
+	// fetchFails is the run of failed fetches under way, for Ready.
+	fetchFails fetchFailures
+	assign     *assignments
 
 	commitNow chan struct{}
 
@@ -344,7 +354,11 @@ func (c *Consumer) newReader() *kafka.Reader {
 		SessionTimeout:    cfg.SessionTimeout,
 		RebalanceTimeout:  cfg.RebalanceTimeout,
 		JoinGroupBackoff:  500 * time.Millisecond,
-		StartOffset:       cfg.StartOffset,
+		// Partitions added to the topic: kafka-go's watcher ends the
+		// generation when the count changes, and the rejoin reassigns.
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: cfg.PartitionWatch,
+		StartOffset:            cfg.StartOffset,
 		// Records of transactions still open are not read (the fetch stops
 		// at the last stable offset). kafka-go does not drop the records of
 		// aborted transactions (segmentio/kafka-go#1332): producers should
@@ -378,6 +392,10 @@ type fetched struct {
 type job struct {
 	msg fetched
 	seq int64
+	// redelivery: a record applied before a group reset went back over it
+	// (tracker's added.redelivery); rejected again, it is not
+	// dead-lettered or counted again.
+	redelivery bool
 	// parsed is msg.Value read by the fetch loop (to route it by user id),
 	// which the worker decodes from.
 	parsed parsed
@@ -500,9 +518,19 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 // Ready reports nil while ingestion flows, or why it is paused: a worker
 // retrying an event after a transient failure (the store down), or dead
-// letters that cannot be written. It is true of now: the reason goes away
-// as soon as the retry succeeds.
-func (c *Consumer) Ready() error { return c.stalls.err() }
+// letters that cannot be written, or fetches that have kept failing for
+// fetchGrace (a group the consumer cannot join). It is true of now: the
+// reason goes away as soon as the retry or a fetch succeeds.
+func (c *Consumer) Ready() error {
+	if err := c.stalls.err(); err != nil {
+		return err
+	}
+	return c.fetchFails.err(time.Now(), c.fetchGap())
+}
+
+// fetchGap is the longest pause between two failed fetches of one run: the
+// fetch loop backs off up to MaxBackoff, and a fetch may wait a while to fail.
+func (c *Consumer) fetchGap() time.Duration { return 2*c.cfg.MaxBackoff + 5*time.Second }
 
 // clockTick is how often Run refreshes the clock of the skew check.
 const clockTick = 10 * time.Millisecond
@@ -545,6 +573,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 				return errors.New("consumer: reader closed")
 			}
 			c.m.fetchErrors.Inc()
+			c.fetchFails.fail(time.Now(), err, c.fetchGap())
 			c.log.Warn("fetch message", "err", err, "topic", c.cfg.Topic)
 			if !sleepCtx(ctx, backoff) {
 				return nil
@@ -553,6 +582,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 			continue
 		}
 		backoff = c.cfg.HandlerBackoff
+		c.fetchFails.ok()
 		c.m.messages.Inc()
 		if !c.track.known(msg.Partition) && !c.loadMark(ctx, msg.Partition) {
 			return nil
@@ -573,7 +603,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, queues []*workQueue) error {
 		}
 		p := c.dec.parse(msg.Value, true)
 		q := queues[workerOf(p.w.UserID, msg.Key, msg.Partition, len(queues))]
-		if !q.push(ctx, job{msg: fetched{Key: msg.Key, Value: msg.Value, Time: msg.Time, Offset: msg.Offset, Partition: msg.Partition, Gen: a.gen}, seq: a.seq, parsed: p}) {
+		if !q.push(ctx, job{msg: fetched{Key: msg.Key, Value: msg.Value, Time: msg.Time, Offset: msg.Offset, Partition: msg.Partition, Gen: a.gen}, seq: a.seq, parsed: p, redelivery: a.redelivery}) {
 			return nil
 		}
 	}
@@ -911,6 +941,12 @@ func (c *Consumer) work(ctx context.Context, slot int, q *workQueue) {
 			for ; i < len(jobs) && len(rows) < size; i++ {
 				j := &jobs[i]
 				ev, err := c.dec.decodeParsed(j.msg.Value, now, true, j.parsed)
+				if err != nil && j.redelivery {
+					// Rejected and dead-lettered when it came first.
+					c.m.duplicates.Inc()
+					fin.mark(j)
+					continue
+				}
 				if err != nil {
 					rej := asReject(err)
 					c.m.rejected(rej.Reason).Inc()
@@ -978,7 +1014,7 @@ func (c *Consumer) settle(ctx context.Context, slot int, rn *runner, rows []row,
 // or once its dead letter is written when err is a rejection. False when ctx
 // ended first.
 func (c *Consumer) settled(ctx context.Context, fin *finished, j *job, err error) bool {
-	if err == nil || !errors.Is(err, ErrRejected) || c.dlq == nil {
+	if err == nil || !errors.Is(err, ErrRejected) || c.dlq == nil || j.redelivery {
 		if errors.Is(err, ErrRejected) {
 			rej := asReject(err)
 			c.log.Debug("event rejected", "reason", rej.Reason, "detail", rej.Detail,

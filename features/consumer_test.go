@@ -931,3 +931,116 @@ func TestWaves(t *testing.T) {
 		t.Fatalf("Waves of nothing = %v, %d", wave, n)
 	}
 }
+
+// TestConsumerPartitionsAdded adds partitions to the topic while a consumer
+// runs and writes clicks straight into them: they are applied without a
+// restart, once each, in order.
+func TestConsumerPartitionsAdded(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	b.Produce(t, topic, stream.batch(8, 3)...)
+	rec := newRecorder(newTestHistories(t, HistoryConfig{MaxLen: 1000}))
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.PartitionWatch = 200 * time.Millisecond
+	c, err := NewConsumer(cfg, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, c)
+	defer stop()
+	eventually(t, 30*time.Second, "the first 24 events", func() bool { return rec.total.Load() == 24 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(b.Addr())}
+	res, err := client.CreatePartitions(ctx, &kafka.CreatePartitionsRequest{
+		Topics: []kafka.TopicPartitionsConfig{{Name: topic, Count: 6}},
+	})
+	if err != nil || res.Errors[topic] != nil {
+		t.Fatalf("create partitions: %v %v", err, res.Errors)
+	}
+	// Write to the new partitions only, each user to one of them.
+	for p := 4; p < 6; p++ {
+		conn, err := kafka.DialLeader(ctx, "tcp", b.Addr(), topic, p)
+		if err != nil {
+			t.Fatalf("dial the leader of partition %d: %v", p, err)
+		}
+		var msgs []kafka.Message
+		for range 3 {
+			msgs = append(msgs, stream.next(fmt.Sprintf("new-%d", p)))
+		}
+		if _, err := conn.WriteMessages(msgs...); err != nil {
+			t.Fatalf("write to partition %d: %v", p, err)
+		}
+		conn.Close()
+	}
+	eventually(t, 30*time.Second, "the events of the added partitions", func() bool { return rec.total.Load() == 30 })
+	stop()
+	checkApplied(t, rec.snapshot(), stream.want)
+}
+
+// TestConsumerCannotJoin runs a consumer whose session timeout the broker
+// refuses (above its group.max.session.timeout.ms): every fetch fails, and
+// Ready says so once the failures have lasted fetchGrace.
+func TestConsumerCannotJoin(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.SessionTimeout = 40 * time.Minute
+	cfg.MaxBackoff = 200 * time.Millisecond
+	c, err := NewConsumer(cfg, newRecorder(newTestHistories(t, HistoryConfig{MaxLen: 10})), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	stop := runConsumer(t, c)
+	defer stop()
+	eventually(t, 30*time.Second, "Ready to report the failing fetches", func() bool {
+		err := c.Ready()
+		return err != nil && strings.Contains(err.Error(), "fetches from kafka failing") && strings.Contains(err.Error(), "Session Timeout")
+	})
+	if d := time.Since(start); d < fetchGrace {
+		t.Errorf("reported after %v, before the grace of %v", d, fetchGrace)
+	}
+}
+
+// TestFetchFailures: a run of failed fetches is reported once it has
+// lasted fetchGrace and while failures keep coming; a success or a pause
+// longer than the gap ends it.
+func TestFetchFailures(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	gap := 15 * time.Second
+	boom := errors.New("boom")
+	failEvery := func(f *fetchFailures, from, to time.Duration) {
+		for d := from; d <= to; d += time.Second {
+			f.fail(t0.Add(d), boom, gap)
+		}
+	}
+	tests := []struct {
+		name string
+		run  func(f *fetchFailures)
+		at   time.Duration
+		want bool
+	}{
+		{"none", func(*fetchFailures) {}, 0, false},
+		{"within the grace", func(f *fetchFailures) { failEvery(f, 0, 5*time.Second) }, 5 * time.Second, false},
+		{"past the grace", func(f *fetchFailures) { failEvery(f, 0, 12*time.Second) }, 12 * time.Second, true},
+		{"failures stopped coming", func(f *fetchFailures) { failEvery(f, 0, 12*time.Second) }, 12*time.Second + gap + time.Second, false},
+		{"a fetch succeeded", func(f *fetchFailures) { failEvery(f, 0, 12*time.Second); f.ok() }, 12 * time.Second, false},
+		{"a new run after a pause", func(f *fetchFailures) {
+			failEvery(f, 0, 12*time.Second)
+			failEvery(f, 30*time.Second, 35*time.Second)
+		}, 35 * time.Second, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var f fetchFailures
+			tc.run(&f)
+			err := f.err(t0.Add(tc.at), gap)
+			if (err != nil) != tc.want || (err != nil && !errors.Is(err, boom)) {
+				t.Errorf("err = %v, want reported %t", err, tc.want)
+			}
+		})
+	}
+}

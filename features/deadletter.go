@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -76,40 +77,56 @@ func (d *deadLetters) add(ctx context.Context, dl deadLetter) bool {
 // the letter's key.
 const headerBudget = 1024
 
-// message builds the letter's Kafka message within its limit.
+// message builds the letter's Kafka message within its limit: the value is
+// cut first, then the detail header, then the key (down to keyFloor bytes),
+// each only as far as the letter needs; a cut key or value is named with
+// its original size.
 func (d *deadLetters) message(dl *deadLetter) (kafka.Message, bool) {
 	detail := dl.detail
 	if len(detail) > headerBudget {
 		detail = detail[:headerBudget]
 	}
+	key := dl.msg.Key
+	if len(key) > headerBudget {
+		// A key beyond any sane user id would not fit a topic's limit
+		// either.
+		key = key[:headerBudget]
+	}
 	headers := []kafka.Header{
 		{Key: "reason", Value: []byte(dl.reason)},
-		{Key: "detail", Value: []byte(detail)},
 		{Key: "source_topic", Value: []byte(d.cfg.Topic)},
 		{Key: "source_partition", Value: []byte(strconv.Itoa(dl.msg.Partition))},
 		{Key: "source_offset", Value: []byte(strconv.FormatInt(dl.msg.Offset, 10))},
 	}
-	key := dl.msg.Key
-	if len(key) > headerBudget {
-		// A key beyond any sane user id would not fit a topic's limit
-		// either: cut it like the value, and say so.
-		key = key[:headerBudget]
-		headers = append(headers, kafka.Header{Key: "original_key_size", Value: []byte(strconv.Itoa(len(dl.msg.Key)))})
-	}
-	size := len(key)
+	// Room for key, value and detail: the limit less the other headers,
+	// the detail's name and the two size headers that cuts may add.
+	room := dl.limit - len("detail") - 2*sizeHeader
 	for _, h := range headers {
-		size += len(h.Key) + len(h.Value)
+		room -= len(h.Key) + len(h.Value)
 	}
 	value := dl.msg.Value
-	// Room for the original_size header.
-	room := dl.limit - size - 32
-	cut := len(value) > room
+	value = value[:min(len(value), max(room-len(key)-len(detail), 0))]
+	detail = detail[:min(len(detail), max(room-len(key), 0))]
+	key = key[:min(len(key), max(room, keyFloor))]
+	headers = slices.Insert(headers, 1, kafka.Header{Key: "detail", Value: []byte(detail)})
+	if len(key) < len(dl.msg.Key) {
+		headers = append(headers, kafka.Header{Key: "original_key_size", Value: []byte(strconv.Itoa(len(dl.msg.Key)))})
+	}
+	cut := len(value) < len(dl.msg.Value)
 	if cut {
-		value = value[:max(room, 0)]
 		headers = append(headers, kafka.Header{Key: "original_size", Value: []byte(strconv.Itoa(len(dl.msg.Value)))})
 	}
 	return kafka.Message{Key: key, Value: value, Headers: headers}, cut || len(key) < len(dl.msg.Key)
 }
+
+// keyFloor is the part of a key never cut: a topic whose limit cannot hold
+// that much beside the headers refuses the letter until it is raised, as
+// before any cut.
+const keyFloor = 64
+
+// sizeHeader bounds an original_size or original_key_size header (name and
+// decimal value).
+const sizeHeader = 40
 
 // run writes letters until ctx ends, calling done for each once written.
 // Letters not written when ctx ends stay uncommitted and are redelivered.

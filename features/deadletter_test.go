@@ -95,6 +95,7 @@ func TestDeadLetters(t *testing.T) {
 	}{
 		{name: "oversized letter is cut", maxBytes: "3000", value: 20_000, wantCut: true},
 		{name: "oversized key is cut", maxBytes: "3000", value: 500, key: 20_000, wantCut: true},
+		{name: "key alone over the limit is cut", maxBytes: "600", value: 300, key: 700, wantCut: true},
 		{name: "refusing topic holds the offset until it accepts", maxBytes: "1", fixTo: "1000000", value: 500},
 	}
 	for i, tc := range cases {

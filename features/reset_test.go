@@ -155,9 +155,12 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 		// A new broker (offsets from 0, no committed offsets), the same
 		// histories and marks.
 		b2 := kafkatest.Start(t, topic)
-		b2.Produce(t, topic, stream.batch(6, 5)...)
+		b2.Produce(t, topic, append(stream.batch(6, 5), kafkatest.Message("user-00", "not json"))...)
 		cfg.Brokers = []string{b2.Addr()}
-		c2 := member("the new broker's events applied", func(*Consumer) bool { return rec.total.Load() == 60 })
+		cfg.DeadLetterTopic = "dead"
+		c2 := member("the new broker's events applied, the bad one dead-lettered", func(c *Consumer) bool {
+			return rec.total.Load() == 60 && testutil.ToFloat64(c.m.deadLetters.WithLabelValues("written")) == 1
+		})
 		checkApplied(t, rec.snapshot(), stream.want)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -175,10 +178,14 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 		// a redelivery, none is applied again, and the offsets are
 		// committed to the end again.
 		rewindGroup(t, b2.Addr(), cfg.GroupID, topic)
-		member("the rewound records taken for redeliveries and committed", func(c *Consumer) bool {
-			return testutil.ToFloat64(c.m.duplicates) == 30
+		c3 := member("the rewound records taken for redeliveries and committed", func(c *Consumer) bool {
+			return testutil.ToFloat64(c.m.duplicates) == 31
 		})
 		checkApplied(t, rec.snapshot(), stream.want)
+		// The bad record was dead-lettered the first time: not again.
+		if n, r := testutil.ToFloat64(c3.m.deadLetters.WithLabelValues("written")), testutil.ToFloat64(c3.m.rejected(ReasonJSON)); n != 0 || r != 0 {
+			t.Errorf("the rewound bad record: %v dead letters written, %v rejections counted; want none again", n, r)
+		}
 
 		// Another member on the same broker: nothing new, nothing applied
 		// twice (the generation is the same, the offsets committed).

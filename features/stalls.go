@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -77,4 +78,56 @@ func (s *stalls) err() error {
 	}
 	return fmt.Errorf("ingest paused for %s (%d of %d loops), retrying: %w",
 		time.Since(oldest.since).Round(time.Millisecond), n, len(s.slots), oldest.err)
+}
+
+// fetchGrace is how long fetches must keep failing before Ready reports
+// them: a rebalance or a broker restart fails a few fetches on its way.
+const fetchGrace = 10 * time.Second
+
+// fetchFailures remembers a run of failed fetches (a group the consumer
+// cannot join, a broker refusing it): Ready reports the run once it has
+// lasted fetchGrace, while failures keep coming (the latest within gap, as
+// the fetch loop backs off); a fetch that succeeds ends it. An idle topic
+// fetches nothing, so the run also ends when failures stop coming.
+type fetchFailures struct {
+	failing atomic.Bool // a run is under way: ok takes the lock
+	mu      sync.Mutex
+	first   time.Time // guarded by mu
+	last    time.Time // guarded by mu
+	lastErr error     // guarded by mu
+	n       int       // guarded by mu
+}
+
+// fail records a failed fetch at now; gap is the longest pause between two
+// failures of one run.
+func (f *fetchFailures) fail(now time.Time, err error, gap time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.lastErr == nil || now.Sub(f.last) > gap {
+		f.first, f.n = now, 0
+	}
+	f.last, f.lastErr = now, err
+	f.n++
+	f.failing.Store(true)
+}
+
+// ok records a fetch that succeeded.
+func (f *fetchFailures) ok() {
+	if !f.failing.Load() {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastErr = nil
+	f.failing.Store(false)
+}
+
+// err describes the run of failures under way at now, or is nil.
+func (f *fetchFailures) err(now time.Time, gap time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.lastErr == nil || now.Sub(f.last) > gap || now.Sub(f.first) < fetchGrace {
+		return nil
+	}
+	return fmt.Errorf("fetches from kafka failing for %s (%d failures): %w", now.Sub(f.first).Round(time.Second), f.n, f.lastErr)
 }

@@ -44,6 +44,10 @@ type partTrack struct {
 	// that an empty recreated partition does not replace the reader again
 	// at every lag read).
 	rewound bool
+	// redelivered is the highest offset known applied before a group
+	// reset on an unchanged log (the committed offset the reset went back
+	// from), -1 when none: the records up to it are redeliveries.
+	redelivered int64
 }
 
 type trackEntry struct {
@@ -87,7 +91,7 @@ func (t *tracker) part(p int) *partTrack {
 	if pt := t.lookup(p); pt != nil {
 		return pt
 	}
-	pt := &partTrack{maxSeen: -1, ready: -1, committed: -1, ours: -1, markSaved: true}
+	pt := &partTrack{maxSeen: -1, ready: -1, committed: -1, ours: -1, markSaved: true, redelivered: -1}
 	if p >= 0 && p < maxDensePartition {
 		for len(t.parts) <= p {
 			t.parts = append(t.parts, nil)
@@ -127,6 +131,10 @@ type added struct {
 	rewound bool
 	// from is the committed offset and to the watermark before a reset.
 	from, to int64
+	// redelivery: the message is at or below the offset a group reset went
+	// back from, on an unchanged log: it was applied before (a rejected one
+	// was dead-lettered then).
+	redelivery bool
 }
 
 // add registers a fetched message and returns its sequence number and
@@ -159,6 +167,7 @@ func (t *tracker) add(partition int, offset, hwm int64, ts time.Time) added {
 			out = pt.newGeneration()
 		} else {
 			out.rewound, out.from, out.to = true, pt.committed, pt.maxSeen
+			pt.redelivered = max(pt.redelivered, pt.committed)
 			pt.committed, pt.ours = offset-1, offset-1
 		}
 	}
@@ -166,6 +175,7 @@ func (t *tracker) add(partition int, offset, hwm int64, ts time.Time) added {
 		pt.maxTS = tsn
 	}
 	out.gen = pt.gen
+	out.redelivery = offset <= pt.redelivered
 	if offset <= pt.maxSeen {
 		out.dup = true
 		return out
@@ -196,7 +206,7 @@ func (pt *partTrack) newGeneration() added {
 	pt.markSaved = false
 	pt.base += int64(len(pt.q) - pt.head)
 	pt.q, pt.head = pt.q[:0], 0
-	pt.maxSeen, pt.ready, pt.committed, pt.ours, pt.maxTS = -1, -1, -1, -1, 0
+	pt.maxSeen, pt.ready, pt.committed, pt.ours, pt.maxTS, pt.redelivered = -1, -1, -1, -1, 0, -1
 	return out
 }
 

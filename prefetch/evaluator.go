@@ -106,6 +106,27 @@ type Evaluator struct {
 	versions map[string]*versionCounters
 	kb       []byte // scratch for per-user keys
 	retireFn func(*expiryEntry[evalEntry])
+	// wall is the wall clock that caps event times (time.Now; tests set
+	// their own).
+	wall func() time.Time
+}
+
+// MaxAhead is how far ahead of the wall clock an event time may move the
+// Evaluator's clock. A click stamped later (a client whose clock runs
+// ahead, within the consumer's skew limit) counts as made MaxAhead from
+// now: its prefetch was written to Redis now and lives TTL from now, and
+// it cannot expire every other prefetch early by moving event time on.
+// Older event times (a replay of a past day) are taken as they are.
+const MaxAhead = 2 * time.Second
+
+// eventTime is at in Unix nanoseconds, capped at MaxAhead past the wall
+// clock. Callers hold mu.
+func (e *Evaluator) eventTime(at time.Time) int64 {
+	t := unixNanos(at)
+	if limit := addNanos(unixNanos(e.wall()), MaxAhead); t > limit {
+		return limit
+	}
+	return t
 }
 
 type evalEntry struct {
@@ -160,6 +181,7 @@ func NewEvaluator(cfg EvaluatorConfig, reg prometheus.Registerer) (*Evaluator, e
 		}
 	}
 	e := &Evaluator{
+		wall:     time.Now,
 		perUser:  strings.Contains(cfg.KeyTemplate, placeholderUser),
 		tmpl:     parseTemplate(cfg.KeyTemplate),
 		tmplStr:  cfg.KeyTemplate,
@@ -378,7 +400,7 @@ func (e *Evaluator) Run(ctx context.Context) error {
 // advance moves event time forward to at, expires entries and returns at in
 // Unix nanoseconds. Callers hold mu.
 func (e *Evaluator) advance(at time.Time) int64 {
-	t := unixNanos(at)
+	t := e.eventTime(at)
 	if t > e.now {
 		e.now = t
 	}

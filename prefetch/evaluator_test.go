@@ -228,7 +228,8 @@ func TestEvaluatorBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t0 := time.Now()
+	// Event times in the past, as a replay's: the wall clock caps later ones.
+	t0 := time.Now().Add(-30 * time.Hour)
 	for i := range 100_000 {
 		ev.ObservePrefetch("u", "/p/"+string(rune('a'+i%26))+time.Duration(i).String(), "v1", t0.Add(time.Duration(i)*time.Second), 10*time.Second)
 	}
@@ -384,5 +385,49 @@ func TestEvaluatorTick(t *testing.T) {
 	e.Tick(time.Second)
 	if got := wasted(); got != 1 {
 		t.Fatalf("after one tick past a prefetch: wasted %d, want 1", got)
+	}
+}
+
+// TestEvaluatorFutureClick: a click stamped minutes ahead of the wall clock
+// (a client's clock running ahead, within the skew limit) neither expires
+// the other prefetches nor keeps later ones from counting; its own
+// prefetch counts as made MaxAhead from now.
+func TestEvaluatorFutureClick(t *testing.T) {
+	for _, ahead := range []time.Duration{5 * time.Minute, time.Hour, 23 * time.Hour} {
+		t.Run(ahead.String(), func(t *testing.T) {
+			e, err := NewEvaluator(EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}"}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+			e.wall = func() time.Time { return now }
+			ttl := 30 * time.Second
+			users := []string{"c1", "c2", "c3"}
+			for _, u := range users {
+				e.ObservePrefetch(u, "/147", "v1", now, ttl)
+			}
+			e.ObserveClick("z1", "/50", now.Add(ahead))
+			e.ObservePrefetch("z1", "/51", "v1", now.Add(ahead), ttl)
+			now = now.Add(time.Second)
+			for _, u := range users {
+				e.ObservePrefetch(u, "/148", "v1", now, ttl)
+			}
+			now = now.Add(2 * time.Second)
+			for _, u := range users {
+				e.ObserveClick(u, "/147", now)
+				e.ObserveClick(u, "/148", now)
+			}
+			e.ObserveClick("z1", "/51", now)
+			s := e.Stats()[0]
+			if s.Issued != 7 || s.Used != 7 || s.WarmClicks != 7 || s.Wasted != 0 {
+				t.Fatalf("stats %+v, want 7 issued, 7 used, 7 warm clicks, 0 wasted", s)
+			}
+			// Time runs on from the wall clock: everything expires used.
+			now = now.Add(ttl + MaxAhead)
+			e.Advance(now)
+			if s := e.Stats()[0]; s.Wasted != 0 || e.Tracked() != 0 {
+				t.Fatalf("after the TTL: %+v, %d tracked; want none wasted or tracked", s, e.Tracked())
+			}
+		})
 	}
 }

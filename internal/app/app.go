@@ -340,7 +340,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		marks = features.NewRedisMarks(srdb, features.DefaultKeyPrefix, cfg.Group, cfg.Topic)
 	}
 	parts.eng.Store(eng)
-	hub := newAnyHub(eng.Predict, anyEvery)
+	hub := newAnyHub(eng.PredictUncounted, eng.CountWatchDropped, anyEvery)
 	consumer, err := features.NewConsumer(features.ConsumerConfig{
 		Brokers: brokers, Topic: cfg.Topic, GroupID: cfg.Group, DeadLetterTopic: cfg.DeadLetterTopic, Dialer: dialer,
 		Workers: cfg.Workers, BatchSize: cfg.IngestBatch, EventIDCache: cfg.EventIDCache, CommitInterval: cfg.CommitInterval, CommitBatch: cfg.CommitBatch,

@@ -108,6 +108,11 @@ func TestServesBeforeModel(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("Predict before the model: %v, want UNAVAILABLE", err)
 	}
+	if w, err := prefetchv1.NewHintServiceClient(conn).WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: []string{"a"}}); err != nil {
+		t.Errorf("WatchHints before the model: %v", err)
+	} else if _, err := w.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("WatchHints before the model: %v, want UNAVAILABLE", err)
+	}
 	withToken := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer s3cret")
 	st, err := prefetchv1.NewModelServiceClient(conn).Status(withToken, &prefetchv1.StatusRequest{})
 	if err != nil {

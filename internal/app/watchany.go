@@ -24,6 +24,7 @@ const anyEvery = 100 * time.Millisecond
 // predictor for that user's hints and sends them to every subscriber.
 type anyHub struct {
 	predict func(ctx context.Context, q hint.Query) (hint.Result, error)
+	dropped func() // counts an update a slow watcher lost
 	every   time.Duration
 	latest  chan string // capacity 1: the newest click waiting
 
@@ -32,8 +33,8 @@ type anyHub struct {
 	subs map[chan hint.Update]struct{}
 }
 
-func newAnyHub(predict func(context.Context, hint.Query) (hint.Result, error), every time.Duration) *anyHub {
-	return &anyHub{predict: predict, every: every, latest: make(chan string, 1), subs: map[chan hint.Update]struct{}{}}
+func newAnyHub(predict func(context.Context, hint.Query) (hint.Result, error), dropped func(), every time.Duration) *anyHub {
+	return &anyHub{predict: predict, dropped: dropped, every: every, latest: make(chan string, 1), subs: map[chan hint.Update]struct{}{}}
 }
 
 // clicked offers a user who just clicked; it never blocks, and costs a lock
@@ -87,6 +88,7 @@ func (h *anyHub) run(ctx context.Context) {
 				select {
 				case ch <- u:
 				default: // a slow watcher loses updates
+					h.dropped()
 				}
 			}
 			h.mu.Unlock()

@@ -1,13 +1,16 @@
 package app
 
 import (
+	"context"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
 	"github.com/prefetchd/prefetchd/internal/redistest"
 	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
@@ -63,5 +66,31 @@ func TestWatchAnyUser(t *testing.T) {
 	if len(u.GetHints()) == 0 || u.GetHints()[0].GetPage() != to || u.GetHints()[0].GetProbability() != prob {
 		t.Errorf("hints %v, want %s at %v first", u.GetHints(), to, prob)
 	}
+	// The hub's predictions are no one's Predict call.
+	if n := metricSum(httpGet(t, ctx, "http://"+svc.addrs.Admin+"/metrics"), "prefetchd_model_requests_total"); n != 0 {
+		t.Errorf("prefetchd_model_requests_total = %v with no Predict call, want 0", n)
+	}
 	svc.shutdown(t)
+}
+
+// TestAnyHubCountsDrops: a watcher of every user that does not read loses
+// the updates past its buffer, and each loss is counted.
+func TestAnyHubCountsDrops(t *testing.T) {
+	var dropped atomic.Int64
+	predict := func(context.Context, hint.Query) (hint.Result, error) { return hint.Result{ModelVersion: "v1"}, nil }
+	h := newAnyHub(predict, func() { dropped.Add(1) }, time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); h.run(ctx) }()
+	defer func() { cancel(); <-done }()
+	updates, unsubscribe := h.subscribe(2)
+	defer unsubscribe()
+	deadline := time.Now().Add(10 * time.Second)
+	for dropped.Load() < 3 && time.Now().Before(deadline) {
+		h.clicked("u")
+		time.Sleep(2 * time.Millisecond)
+	}
+	if len(updates) != 2 || dropped.Load() < 3 {
+		t.Fatalf("%d updates buffered, %d dropped; want the buffer of 2 full and the later ones counted", len(updates), dropped.Load())
+	}
 }

@@ -1145,6 +1145,17 @@ func widen(dst []int64, src []int32) []int64 {
 // pages. An unknown user gets no hints and no error. It returns
 // hint.ErrNoModel before a model is loaded.
 func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error) {
+	return e.predictQuery(ctx, q, true)
+}
+
+// PredictUncounted is Predict for the service's own use (the hints that
+// WatchHints sends to watchers of every user): it is not counted as a
+// request of the model version, nor in the engine's predict latency.
+func (e *Engine) PredictUncounted(ctx context.Context, q hint.Query) (hint.Result, error) {
+	return e.predictQuery(ctx, q, false)
+}
+
+func (e *Engine) predictQuery(ctx context.Context, q hint.Query, count bool) (hint.Result, error) {
 	start := time.Now()
 	l, err := e.live()
 	if err != nil {
@@ -1204,8 +1215,10 @@ func (e *Engine) Predict(ctx context.Context, q hint.Query) (hint.Result, error)
 	for i, c := range b.cands {
 		res.Hints[i] = hint.Hint{Page: pages[i], Probability: c.Probability, Warm: warm[i]}
 	}
-	d := time.Since(start)
-	e.deps.Models.RecordRequest(l.Version, d)
-	e.m.predict.Observe(d.Seconds())
+	if count {
+		d := time.Since(start)
+		e.deps.Models.RecordRequest(l.Version, d)
+		e.m.predict.Observe(d.Seconds())
+	}
 	return res, nil
 }

@@ -86,3 +86,8 @@ func (e *Engine) publish(user string, l *lifecycle.Live, b *buffers, at time.Tim
 		}
 	}
 }
+
+// CountWatchDropped counts a hint update that a watcher served elsewhere
+// (the AnyUser hub) lost by falling behind, in
+// prefetchd_engine_watch_dropped_total.
+func (e *Engine) CountWatchDropped() { e.m.watchDropped.Inc() }

@@ -152,7 +152,7 @@ func newManager(cfg Config, load Loader, logger *slog.Logger, reg prometheus.Reg
 		rollback: make(chan struct{}, 1),
 		versions: make(map[string]*version),
 	}
-	met, err := newMetrics(reg, m.unserved)
+	met, err := newMetrics(reg, m.unserved, m.precisions)
 	if err != nil {
 		return nil, err
 	}
@@ -664,7 +664,6 @@ func (m *Manager) ObservePrecision(version string, issued, used uint64) {
 	st.issuedC.Add(float64(issued))
 	st.usedC.Add(float64(used))
 	st.win.add(now, issued, used)
-	st.precision.Set(precisionOf(st.win.sum(now)))
 
 	p := m.prob.Load()
 	if p == nil || p.version != version {
@@ -677,6 +676,16 @@ func (m *Manager) ObservePrecision(version string, issued, used uint64) {
 		default:
 		}
 	}
+}
+
+// precisions calls f with every held version's precision over its window
+// now.
+func (m *Manager) precisions(f func(version string, precision float64)) {
+	now := m.now()
+	m.stats.Range(func(k, v any) bool {
+		f(k.(string), precisionOf(v.(*stats).win.sum(now)))
+		return true
+	})
 }
 
 // failing reports whether a version on probation has enough prefetches in

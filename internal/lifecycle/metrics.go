@@ -23,12 +23,31 @@ type metrics struct {
 	latency    *prometheus.HistogramVec
 	issued     *prometheus.CounterVec
 	used       *prometheus.CounterVec
-	precision  *prometheus.GaugeVec
+	precision  precisionCollector
+}
+
+// precisionCollector is prefetchd_model_precision, computed at each scrape
+// from every held version's window, so that it falls as the window moves on
+// while no prefetch comes.
+type precisionCollector struct {
+	desc *prometheus.Desc
+	each func(f func(version string, precision float64))
+}
+
+// Describe implements prometheus.Collector.
+func (c precisionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c precisionCollector) Collect(ch chan<- prometheus.Metric) {
+	c.each(func(version string, p float64) {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, p, version)
+	})
 }
 
 // newMetrics builds the lifecycle's metrics; unserved is read at each
-// scrape for prefetchd_model_unserved_folders.
-func newMetrics(reg prometheus.Registerer, unserved func() float64) (*metrics, error) {
+// scrape for prefetchd_model_unserved_folders, and precisions for
+// prefetchd_model_precision.
+func newMetrics(reg prometheus.Registerer, unserved func() float64, precisions func(f func(version string, precision float64))) (*metrics, error) {
 	m := &metrics{
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "prefetchd_model_active", Help: "1 for the model version serving now.",
@@ -69,9 +88,12 @@ func newMetrics(reg prometheus.Registerer, unserved func() float64) (*metrics, e
 		used: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_model_prefetch_used_total", Help: "Prefetched pages the user then visited, by model version.",
 		}, []string{"version"}),
-		precision: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "prefetchd_model_precision", Help: "Live prefetch precision (used/issued) of a model version over the auto-rollback window.",
-		}, []string{"version"}),
+		precision: precisionCollector{
+			desc: prometheus.NewDesc("prefetchd_model_precision",
+				"Live prefetch precision (used/issued) of a model version over the auto-rollback window (0 with no prefetch in it), as of the scrape.",
+				[]string{"version"}, nil),
+			each: precisions,
+		},
 	}
 	for _, r := range []string{SkipIncomplete, SkipManifest, SkipSettling} {
 		m.skipped.WithLabelValues(r) // present at zero from the first scrape
@@ -95,7 +117,6 @@ func (m *metrics) forget(version string) {
 	m.latency.DeleteLabelValues(version)
 	m.issued.DeleteLabelValues(version)
 	m.used.DeleteLabelValues(version)
-	m.precision.DeleteLabelValues(version)
 }
 
 // stats are the serving figures of one version. Its fields are updated on the
@@ -110,7 +131,6 @@ type stats struct {
 	latency    prometheus.Observer
 	issuedC    prometheus.Counter
 	usedC      prometheus.Counter
-	precision  prometheus.Gauge
 }
 
 func (m *metrics) newStats(version string, w time.Duration) *stats {
@@ -120,7 +140,6 @@ func (m *metrics) newStats(version string, w time.Duration) *stats {
 		latency:    m.latency.WithLabelValues(version),
 		issuedC:    m.issued.WithLabelValues(version),
 		usedC:      m.used.WithLabelValues(version),
-		precision:  m.precision.WithLabelValues(version),
 	}
 }
 

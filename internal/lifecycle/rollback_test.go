@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -148,5 +149,33 @@ func TestWindow(t *testing.T) {
 	w.add(t0.Add(20*time.Second), 4, 4) // reuses the first bucket's slot
 	if i, u := w.sum(t0.Add(20 * time.Second)); i != 4 || u != 4 {
 		t.Fatalf("sum after wrapping = %d, %d, want 4, 4", i, u)
+	}
+}
+
+// TestPrecisionGaugeMovesOn: prefetchd_model_precision is the precision
+// over the window at the scrape, so it falls to 0 once the window has
+// moved past the last prefetch, without another one coming.
+func TestPrecisionGaugeMovesOn(t *testing.T) {
+	m, repo, reg := newTest(t, Config{
+		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
+		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
+	})
+	var ahead atomic.Int64
+	m.now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	ctx := testCtx(t, 30*time.Second)
+	publishSpec(t, repo, spec{version: "good1"})
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
+	prefetch(t, ctx, m, 10)
+	if got := metric(t, reg, "prefetchd_model_precision", "version", "good1"); got != 1 {
+		t.Fatalf("prefetchd_model_precision{version=good1} = %v right after 10 used prefetches, want 1", got)
+	}
+	ahead.Store(int64(30 * time.Second))
+	if got := metric(t, reg, "prefetchd_model_precision", "version", "good1"); got != 1 {
+		t.Fatalf("prefetchd_model_precision{version=good1} = %v within the window, want 1", got)
+	}
+	ahead.Store(int64(2 * time.Minute))
+	if got := metric(t, reg, "prefetchd_model_precision", "version", "good1"); got != 0 {
+		t.Fatalf("prefetchd_model_precision{version=good1} = %v with the window past the last prefetch, want 0", got)
 	}
 }

@@ -120,8 +120,9 @@ func (s *Server) engineError(ctx context.Context, op string, err error) error {
 }
 
 // WatchHints subscribes to the chosen users and forwards their updates until
-// the caller cancels (its context's status), the subscription closes (OK) or
-// the server shuts down (UNAVAILABLE). Response headers are sent once the
+// the caller cancels (its context's status), the Watcher closes the
+// subscription (UNAVAILABLE: before a model is loaded) or the server shuts
+// down (UNAVAILABLE). Response headers are sent once the
 // subscription is in place, so a caller that waits for them misses no click.
 func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.ServerStreamingServer[prefetchv1.HintUpdate]) error {
 	s := h.s
@@ -144,8 +145,27 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 	presence, _ := s.deps.Watcher.(hint.Presence)
 	updates, cancel := s.deps.Watcher.Subscribe(users, s.cfg.WatchBuffer)
 	defer cancel()
-	if err := stream.SendHeader(nil); err != nil {
+	// A send fails with the transport's error (UNAVAILABLE, or io.EOF)
+	// when the caller has gone, maybe before its context ends: the stream
+	// ends as CANCELED then, unless the server is shutting down.
+	gone := func(err error) error {
+		if ctx.Err() != nil {
+			st, _ := toStatus(ctx.Err())
+			return st
+		}
+		switch status.Code(err) {
+		case codes.Unavailable, codes.Canceled, codes.Unknown:
+			select {
+			case <-s.drain:
+				return status.Error(codes.Unavailable, "server shutting down")
+			default:
+				return status.Errorf(codes.Canceled, "the caller went away: %v", err)
+			}
+		}
 		return err
+	}
+	if err := stream.SendHeader(nil); err != nil {
+		return gone(err)
 	}
 	for {
 		select {
@@ -157,8 +177,10 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 			return status.Error(codes.Unavailable, "server shutting down")
 		case u, ok := <-updates:
 			if !ok {
+				// Closed by the Watcher, not by cancel: it cannot stream
+				// (no model is loaded yet).
 				s.metrics.watchClosed.Inc()
-				return nil
+				return status.Error(codes.Unavailable, "hints cannot be streamed now (no model is loaded yet); retry later")
 			}
 			hints := toHints(u.Result.Hints)
 			if presence != nil && len(hints) > 0 {
@@ -176,7 +198,7 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 				ModelVersion: u.Result.ModelVersion,
 				At:           timestamppb.New(u.At),
 			}); err != nil {
-				return err
+				return gone(err)
 			}
 		}
 	}

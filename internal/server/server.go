@@ -143,7 +143,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	for _, name := range healthServices() {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	healthpb.RegisterHealthServer(s.grpc, healthService{Server: s.health, drain: s.drain})
 	prefetchv1.RegisterHintServiceServer(s.grpc, &hintService{s: s})
 	prefetchv1.RegisterModelServiceServer(s.grpc, &modelService{s: s})
 	reflection.Register(s.grpc)
@@ -207,7 +207,8 @@ func (s *Server) SetServing(serving bool) {
 }
 
 // Serve accepts connections on lis until ctx ends, then shuts down in order:
-// health NOT_SERVING, WatchHints streams ended with UNAVAILABLE, in-flight
+// health NOT_SERVING, WatchHints streams ended with UNAVAILABLE (health
+// Watch streams too, once NOT_SERVING has reached them), in-flight
 // calls drained for up to Config.ShutdownTimeout, then the rest cut. It
 // returns nil after a shutdown caused by ctx, or the error that stopped
 // serving early. Serve may be called once; it closes lis.

@@ -44,6 +44,7 @@ type HintServiceClient interface {
 	Predict(ctx context.Context, in *PredictRequest, opts ...grpc.CallOption) (*PredictResponse, error)
 	// WatchHints streams a fresh set of hints after each click of the chosen
 	// users until the caller cancels or the server shuts down (UNAVAILABLE).
+	// Before a model is loaded it ends at once with UNAVAILABLE, as Predict.
 	// Updates are dropped, never queued without bound, for a slow reader.
 	WatchHints(ctx context.Context, in *WatchHintsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HintUpdate], error)
 	// Ingest takes a stream of click events down the same path as the Kafka
@@ -133,6 +134,7 @@ type HintServiceServer interface {
 	Predict(context.Context, *PredictRequest) (*PredictResponse, error)
 	// WatchHints streams a fresh set of hints after each click of the chosen
 	// users until the caller cancels or the server shuts down (UNAVAILABLE).
+	// Before a model is loaded it ends at once with UNAVAILABLE, as Predict.
 	// Updates are dropped, never queued without bound, for a slow reader.
 	WatchHints(*WatchHintsRequest, grpc.ServerStreamingServer[HintUpdate]) error
 	// Ingest takes a stream of click events down the same path as the Kafka

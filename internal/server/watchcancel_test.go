@@ -1,0 +1,132 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/server/servertest"
+	prefetchv1 "github.com/prefetchd/prefetchd/proto/prefetch/v1"
+)
+
+// floodWatcher sends updates to every subscriber as fast as it takes them,
+// until cancelled, so that a send is under way when the caller goes.
+type floodWatcher struct{}
+
+func (floodWatcher) Subscribe(users []string, _ int) (<-chan hint.Update, func()) {
+	ch := make(chan hint.Update)
+	done := make(chan struct{})
+	page := "/" + strings.Repeat("p", 1000)
+	go func() {
+		for {
+			select {
+			case ch <- hint.Update{UserID: users[0], At: time.Now(), Result: hint.Result{ModelVersion: "v1", Hints: []hint.Hint{{Page: page, Probability: 0.5}}}}:
+			case <-done:
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return ch, func() { once.Do(func() { close(done) }) }
+}
+
+// TestWatchHintsCancelledIsCanceled: streams whose callers go away while
+// updates are being sent to them (some reading, some never; the call
+// cancelled or the connection closed) are counted as CANCELED, not as a
+// server failure (UNAVAILABLE, UNKNOWN).
+func TestWatchHintsCancelledIsCanceled(t *testing.T) {
+	h := start(t, Config{}, Deps{Predictor: &servertest.Predictor{}, Watcher: floodWatcher{}})
+	const streams = 40
+	var wg sync.WaitGroup
+	for i := range streams {
+		ctx, cancel := context.WithCancel(testCtx(t))
+		client := h.hints
+		if i%4 >= 2 {
+			// A connection of its own, closed instead of the call cancelled.
+			conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			client = prefetchv1.NewHintServiceClient(conn)
+			stop := cancel
+			cancel = func() { conn.Close(); stop() }
+		}
+		w, err := client.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: []string{"u"}})
+		if err != nil {
+			t.Fatalf("WatchHints: %v", err)
+		}
+		if _, err := w.Recv(); err != nil {
+			t.Fatalf("first update: %v", err)
+		}
+		wg.Go(func() {
+			if i%2 == 0 {
+				// Reading when cancelled.
+				go func() {
+					time.Sleep(time.Duration(i) * time.Millisecond)
+					cancel()
+				}()
+				for {
+					if _, err := w.Recv(); err != nil {
+						return
+					}
+				}
+			}
+			// Never reading: the server's sends wait for flow control.
+			time.Sleep(100*time.Millisecond + time.Duration(i)*time.Millisecond)
+			cancel()
+		})
+	}
+	wg.Wait()
+	const method = "/prefetch.v1.HintService/WatchHints"
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues(method, "Canceled")) < streams && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, code := range []string{"Canceled", "Unavailable", "Unknown", "Internal", "OK"} {
+		want := 0.0
+		if code == "Canceled" {
+			want = streams
+		}
+		if got := testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues(method, code)); got != want {
+			t.Errorf("WatchHints ended %s: %v, want %v", code, got, want)
+		}
+	}
+}
+
+// TestHealthWatchEndsAtShutdown: an open grpc.health.v1 Watch stream gets
+// NOT_SERVING, then UNAVAILABLE, and does not hold the graceful stop for
+// its timeout.
+func TestHealthWatchEndsAtShutdown(t *testing.T) {
+	h := start(t, Config{ShutdownTimeout: 10 * time.Second}, Deps{Predictor: &servertest.Predictor{}})
+	h.srv.SetServing(true)
+	w, err := healthpb.NewHealthClient(h.conn).Watch(testCtx(t), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	if r, err := w.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first status %v, %v; want SERVING", r.GetStatus(), err)
+	}
+	start := time.Now()
+	if err := h.stop(); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("shutdown took %v with a health watch open, want well under the 10 s drain timeout", d)
+	}
+	if r, err := w.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("status at shutdown %v, %v; want NOT_SERVING", r.GetStatus(), err)
+	}
+	if _, err := w.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("after NOT_SERVING: %v, want UNAVAILABLE", err)
+	}
+}
