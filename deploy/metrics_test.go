@@ -243,6 +243,12 @@ func TestDashboard(t *testing.T) {
 			if !strings.Contains(tg.Expr, `instance=~"$instance"`) {
 				t.Errorf("panel %q query %s ignores the instance variable: %q", p.Title, tg.RefID, tg.Expr)
 			}
+			// Every replica reports the whole group's lag in messages:
+			// summed over replicas it would count each partition once per
+			// replica.
+			if strings.Contains(tg.Expr, "sum(prefetchd_ingest_lag_messages") {
+				t.Errorf("panel %q query %s sums the group's lag over replicas: %q", p.Title, tg.RefID, tg.Expr)
+			}
 			exprs.WriteString(tg.Expr + "\n")
 		}
 	}

@@ -661,7 +661,7 @@ func (c *Consumer) loadMark(ctx context.Context, partition int) bool {
 	return c.retry(ctx, c.cfg.Workers, nil, func() error {
 		mk, err := c.cfg.Marks.LoadMark(ctx, partition)
 		if err != nil {
-			return fmt.Errorf("load mark of partition %d: %w", partition, err)
+			return err // names the partition
 		}
 		c.track.init(partition, mk)
 		return nil

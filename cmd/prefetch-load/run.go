@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"runtime"
@@ -99,6 +100,9 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		return c, cli.Usagef("--conns must be positive")
 	case c.tlsCA != "" && c.addr == "":
 		return c, cli.Usagef("--tls-ca needs --addr")
+	}
+	if c.threshold > 1 || math.IsNaN(c.threshold) {
+		return c, cli.Usagef("--threshold %v above 1 (negative: the server's default)", c.threshold)
 	}
 	return c, nil
 }

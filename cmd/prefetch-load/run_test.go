@@ -121,6 +121,7 @@ func TestFlags(t *testing.T) {
 		clitest.Case{Name: "bad concurrency", Args: []string{"--concurrency", "a"}, Exit: 2, Stderr: "--concurrency"},
 		clitest.Case{Name: "zero duration", Args: []string{"--duration", "0s"}, Exit: 2, Stderr: "--duration must be positive"},
 		clitest.Case{Name: "zero conns", Args: []string{"--conns", "0"}, Exit: 2, Stderr: "--conns must be positive"},
+		clitest.Case{Name: "threshold above one", Args: []string{"--threshold", "5"}, Exit: 2, Stderr: "--threshold 5 above 1"},
 		clitest.Case{Name: "tls without addr", Args: []string{"--tls-ca", "ca.pem"}, Exit: 2, Stderr: "--tls-ca needs --addr"},
 		clitest.Case{Name: "stray argument", Args: []string{"extra"}, Exit: 2, Stderr: "unexpected arguments"},
 	)

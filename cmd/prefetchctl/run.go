@@ -140,6 +140,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	if err := c.check(fs.Args()); err != nil {
 		return cli.UsageError(err)
 	}
+	if o.timeout <= 0 {
+		return cli.Usagef("--timeout %v is not positive", o.timeout)
+	}
 	conn, err := o.dial()
 	if err != nil {
 		return err
@@ -209,6 +212,9 @@ func (o *options) loadToken() error {
 	return nil
 }
 
+// maxK is the server's largest k (hint queries ask for 1..100 hints).
+const maxK = 100
+
 // unaryCtx bounds a unary call by --timeout and attaches credentials.
 func (o *options) unaryCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	if o.authMeta != nil {
@@ -274,8 +280,8 @@ func (p *predict) check(args []string) error {
 	switch {
 	case p.user == "" && p.pages == "":
 		return errors.New("predict needs --user U or --pages a,b")
-	case cli.IsSet(p.fs, "k") && p.k < 1:
-		return fmt.Errorf("--k %d: want at least 1", p.k)
+	case cli.IsSet(p.fs, "k") && (p.k < 1 || p.k > maxK):
+		return fmt.Errorf("--k %d outside 1..%d", p.k, maxK)
 	case cli.IsSet(p.fs, "threshold") && !(p.threshold >= 0 && p.threshold <= 1):
 		return fmt.Errorf("--threshold %v outside [0, 1]", p.threshold)
 	}

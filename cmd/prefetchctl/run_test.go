@@ -141,7 +141,6 @@ func TestCommands(t *testing.T) {
 			}},
 		{name: "predict json", args: []string{"--json", "predict", "--user", "u1"},
 			wantOut: []string{`"page":"/next"`, `"model_version":"v1"`}},
-		{name: "predict k above the server's limit", args: []string{"predict", "--user", "u1", "--k", "101"}, wantCode: codes.InvalidArgument},
 		{name: "predict empty pages", args: []string{"predict", "--pages", ","}, wantCode: codes.InvalidArgument},
 		{name: "ingest", args: []string{"ingest", "--file", events},
 			wantOut: []string{"accepted 2, rejected 3, unreadable 1", "empty_user_id: 1", "invalid: 1", "missing_ts: 1", "line 5: user_id: must not be empty", "line 6: invalid argument", "line 7: ts: must be set", "line 4: decode JSON"},
@@ -367,7 +366,10 @@ func TestFlags(t *testing.T) {
 		clitest.Case{Name: "watch any and users", Args: []string{"watch", "--any", "--user", "u"}, Exit: 2, Stderr: "not both"},
 		clitest.Case{Name: "watch threshold above one", Args: []string{"watch", "--any", "--threshold", "2"}, Exit: 2, Stderr: "--threshold 2 outside [0, 1]"},
 		clitest.Case{Name: "predict for nobody", Args: []string{"predict"}, Exit: 2, Stderr: "predict needs --user U or --pages a,b"},
-		clitest.Case{Name: "predict k zero", Args: []string{"predict", "--user", "u", "--k", "0"}, Exit: 2, Stderr: "--k 0: want at least 1"},
+		clitest.Case{Name: "predict k zero", Args: []string{"predict", "--user", "u", "--k", "0"}, Exit: 2, Stderr: "--k 0 outside 1..100"},
+		clitest.Case{Name: "predict k above the server's limit", Args: []string{"predict", "--user", "u", "--k", "1000"}, Exit: 2, Stderr: "--k 1000 outside 1..100"},
+		clitest.Case{Name: "zero timeout", Args: []string{"--timeout", "0", "health"}, Exit: 2, Stderr: "--timeout 0s is not positive"},
+		clitest.Case{Name: "negative timeout", Args: []string{"health", "--timeout", "-1s"}, Exit: 2, Stderr: "--timeout -1s is not positive"},
 		clitest.Case{Name: "predict threshold above one", Args: []string{"predict", "--user", "u", "--threshold", "2"}, Exit: 2, Stderr: "--threshold 2 outside [0, 1]"},
 	)
 	clitest.Check(t, "prefetchctl", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {

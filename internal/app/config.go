@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -316,6 +317,9 @@ func (c *Config) Validate() error {
 	if math.IsNaN(c.RollbackMinFraction) || c.RollbackMinFraction <= 0 || c.RollbackMinFraction > 1 {
 		errs = append(errs, fmt.Errorf("--rollback-min-fraction %v outside (0, 1] (turn rollback off with --auto-rollback=false)", c.RollbackMinFraction))
 	}
+	if math.IsNaN(c.GlobalRate) || math.IsInf(c.GlobalRate, 0) || math.IsNaN(c.PerUserRate) || math.IsInf(c.PerUserRate, 0) {
+		errs = append(errs, errors.New("--global-rate and --per-user-rate must be finite numbers (0 means no limit)"))
+	}
 	if c.GlobalRate < 0 || c.PerUserRate < 0 || c.BudgetKeys < 0 {
 		errs = append(errs, errors.New("rates and budgets must not be negative (0 means no limit)"))
 	}
@@ -337,8 +341,15 @@ func (c *Config) Validate() error {
 	if c.TLSClientCA != "" && c.TLSCert == "" {
 		errs = append(errs, errors.New("--tls-client-ca needs --tls-cert and --tls-key"))
 	}
-	if c.ReplayRate <= 0 {
-		errs = append(errs, fmt.Errorf("--replay-rate %v is not positive", c.ReplayRate))
+	if math.IsNaN(c.ReplayRate) || c.ReplayRate <= 0 || c.ReplayRate > MaxReplayRate {
+		errs = append(errs, fmt.Errorf("--replay-rate %v outside (0, %g] events per second", c.ReplayRate, float64(MaxReplayRate)))
+	}
+	for name, addrs := range map[string][]string{"--kafka-brokers": c.KafkaBrokers, "--redis-addr": splitAddrs(c.RedisAddr), "--state-redis-addr": splitAddrs(c.StateRedisAddr)} {
+		for _, a := range addrs {
+			if err := checkHostPort(a); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -462,4 +473,32 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 		return Config{}, cli.UsageError(err)
 	}
 	return c, nil
+}
+
+// MaxReplayRate bounds --replay-rate: events per second the replay can pace.
+const MaxReplayRate = 1_000_000
+
+// splitAddrs is the comma-separated addresses of a Redis flag, none when
+// empty.
+func splitAddrs(v string) []string {
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
+}
+
+// checkHostPort checks that a is host:port with a port number. A value
+// that looks like a URL (which may carry a password) is not quoted back.
+func checkHostPort(a string) error {
+	if strings.Contains(a, "://") || strings.Contains(a, "@") {
+		return errors.New("an address is host:port, not a URL (credentials go in their own flags or variables; the value is not repeated here)")
+	}
+	_, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", a, port)
+	}
+	return nil
 }

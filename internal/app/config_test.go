@@ -83,6 +83,23 @@ func TestParseFlags(t *testing.T) {
 		{name: "dead letters to the click topic", args: []string{"--topic", "c", "--dead-letter-topic", "c"}, wantErr: "--dead-letter-topic \"c\" is the click topic"},
 		{name: "kafka user without a mechanism", args: []string{"--kafka-username", "u"}, wantErr: "need --kafka-sasl-mechanism"},
 		{name: "kafka password without a mechanism", env: map[string]string{"PREFETCHD_KAFKA_PASSWORD": "p"}, wantErr: "need --kafka-sasl-mechanism"},
+		{name: "replay rate NaN", args: []string{"--replay-rate", "NaN"}, wantErr: "--replay-rate NaN outside"},
+		{name: "replay rate infinite", args: []string{"--replay-rate", "+Inf"}, wantErr: "--replay-rate +Inf outside"},
+		{name: "replay rate too high", args: []string{"--replay-rate", "2e9"}, wantErr: "--replay-rate 2e+09 outside"},
+		{name: "global rate NaN", args: []string{"--global-rate", "NaN"}, wantErr: "must be finite"},
+		{name: "per-user rate infinite", args: []string{"--per-user-rate", "Inf"}, wantErr: "must be finite"},
+		{name: "broker without a port", args: []string{"--kafka-brokers", "kafka1"}, wantErr: `--kafka-brokers: "kafka1" is not host:port`},
+		{name: "redis port out of range", args: []string{"--redis-addr", "r:70000"}, wantErr: `--redis-addr: "r:70000": port "70000" is not a number`},
+		{name: "one bad redis cluster seed", args: []string{"--redis-addr", "r1:7000,r2"}, wantErr: `--redis-addr: "r2" is not host:port`},
+		{
+			name: "redis cluster seeds",
+			args: []string{"--redis-addr", "r1:7000,r2:7001"},
+			check: func(t *testing.T, c Config) {
+				if c.RedisAddr != "r1:7000,r2:7001" {
+					t.Errorf("RedisAddr = %q", c.RedisAddr)
+				}
+			},
+		},
 		{name: "state redis without the redis store", args: []string{"--state-redis-addr", "s:6379"}, wantErr: "--state-redis-addr needs --history-store redis"},
 		{
 			name: "state redis apart",
@@ -110,6 +127,21 @@ func TestParseFlags(t *testing.T) {
 			}
 			tc.check(t, c)
 		})
+	}
+}
+
+// TestAddressURLNotEchoed: an address given as a URL with a password is
+// refused without the password appearing in the error.
+func TestAddressURLNotEchoed(t *testing.T) {
+	for _, args := range [][]string{
+		{"--redis-addr", "redis://:SECRETREDIS@127.0.0.1:6379"},
+		{"--kafka-brokers", "kafka://bob:SECRETKAFKA@127.0.0.1:9092"},
+		{"--history-store", "redis", "--redis-addr", "127.0.0.1:6379", "--state-redis-addr", "u:SECRETSTATE@127.0.0.1:6380"},
+	} {
+		_, err := ParseFlags(args, nil, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), args[len(args)-2]+": an address is host:port, not a URL") || strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("%v: err %v, want the flag named and no secret", args, err)
+		}
 	}
 }
 

@@ -89,6 +89,9 @@ func (r *Replayer) Run(ctx context.Context) error {
 	}
 	defer w.Close()
 
+	// Event ids carry this run's start, so that a replay into a topic that
+	// holds an earlier one's events is not taken for its duplicates.
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	type cursor struct{ session, pos, round int }
 	active := make([]cursor, 0, r.cfg.Concurrent)
 	next, round, sent := 0, 0, 0
@@ -131,7 +134,7 @@ func (r *Replayer) Run(ctx context.Context) error {
 			UserID:  user,
 			Page:    page,
 			TS:      time.Now(),
-			EventID: user + "-" + strconv.Itoa(c.pos),
+			EventID: user + "-" + strconv.Itoa(c.pos) + "-" + run,
 		})
 		if err != nil {
 			return fmt.Errorf("encode replay event: %w", err)
