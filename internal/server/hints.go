@@ -285,10 +285,10 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 		var end error // how the stream ended, after this run
 		wires, pos, rejected = wires[:0], pos[:0], rejected[:0]
 		for _, r := range run {
-			if e, bad := isInvalidUTF8(r.err); bad {
+			if e, bad := isBadMessage(r.err); bad {
 				// One event the stream could not decode: rejected like
-				// an event whose bytes are not UTF-8 on Kafka.
-				rejected = append(rejected, rejection{index, features.ReasonUTF8, e.detail})
+				// an undecodable event on Kafka.
+				rejected = append(rejected, rejection{index, e.reason, e.detail})
 				index++
 				continue
 			}
@@ -359,7 +359,7 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 // ends reports whether a stream's Recv error ends it: any but a message
 // that is not valid UTF-8, which is one rejected event.
 func ends(err error) bool {
-	_, bad := isInvalidUTF8(err)
+	_, bad := isBadMessage(err)
 	return err != nil && !bad
 }
 

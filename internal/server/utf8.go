@@ -15,35 +15,43 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// Requests whose strings are not valid UTF-8. protobuf-go refuses to decode
-// them, and grpc-go turns any decoding error into INTERNAL before a handler
-// or an interceptor runs. The server's codec therefore lets such a message
-// through (decoded in part) and marks it; the interceptors answer a marked
-// unary request with INVALID_ARGUMENT, and a marked stream message makes
-// RecvMsg fail with an *invalidUTF8 error (INVALID_ARGUMENT), which Ingest
-// counts as one rejected event (reason "utf8") and goes on.
+// Requests that protobuf-go cannot decode: a string that is not valid
+// UTF-8, or bytes that are not a message of the method's type. grpc-go turns
+// any decoding error into INTERNAL before a handler or an interceptor runs.
+// The server's codec therefore lets such a message through (decoded in
+// part, or not at all) and marks it; the interceptors answer a marked unary
+// request with INVALID_ARGUMENT, and a marked stream message makes RecvMsg
+// fail with a *badMessage error (INVALID_ARGUMENT), which Ingest counts as
+// one rejected event (reason "utf8" or "proto") and goes on.
 
-// invalidUTF8 is the error of a request message with a string that is not
-// valid UTF-8: the field (a dotted path; "" when it could not be told).
-type invalidUTF8 struct{ field, detail string }
+// badMessage is the error of a request message protobuf-go could not
+// decode: the field (a dotted path; "" when it could not be told), what is
+// wrong with it, and the Ingest rejection reason.
+type badMessage struct{ field, what, detail, reason string }
 
-func (e *invalidUTF8) Error() string { return e.detail }
+func (e *badMessage) Error() string { return e.detail }
 
 // GRPCStatus makes the error INVALID_ARGUMENT for grpc-go, with the field
 // in the message and in a BadRequest detail like any invalid field.
-func (e *invalidUTF8) GRPCStatus() *status.Status {
+func (e *badMessage) GRPCStatus() *status.Status {
 	field := e.field
 	if field == "" {
 		field = "request"
 	}
-	st, _ := status.FromError(invalidField(field, "not valid UTF-8"))
+	st, _ := status.FromError(invalidField(field, "%s", e.what))
 	return st
 }
+
+// Ingest rejection reasons of messages that could not be decoded.
+const (
+	reasonUTF8  = "utf8"  // a string field is not valid UTF-8
+	reasonProto = "proto" // not a protobuf message of the method's type
+)
 
 // utf8Codec is the proto codec with the marking described above.
 type utf8Codec struct {
 	encoding.CodecV2
-	marked *sync.Map // message pointer -> *invalidUTF8
+	marked *sync.Map // message pointer -> *badMessage
 }
 
 func newUTF8Codec(marked *sync.Map) utf8Codec {
@@ -53,17 +61,24 @@ func newUTF8Codec(marked *sync.Map) utf8Codec {
 // Unmarshal implements encoding.CodecV2.
 func (c utf8Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	err := c.CodecV2.Unmarshal(data, v)
-	if err != nil && strings.Contains(err.Error(), "invalid UTF-8") {
-		e := &invalidUTF8{detail: "a string field is not valid UTF-8"}
-		if m, ok := v.(proto.Message); ok {
-			if name := badField(data.Materialize(), m.ProtoReflect().Descriptor()); name != "" {
-				e.field, e.detail = name, name+": not valid UTF-8"
-			}
-		}
-		c.marked.Store(v, e)
+	if err == nil {
 		return nil
 	}
-	return err
+	m, ok := v.(proto.Message)
+	if !ok {
+		return err
+	}
+	e := &badMessage{what: "not valid UTF-8", detail: "a string field is not valid UTF-8", reason: reasonUTF8}
+	if strings.Contains(err.Error(), "invalid UTF-8") {
+		if name := badField(data.Materialize(), m.ProtoReflect().Descriptor()); name != "" {
+			e.field, e.detail = name, name+": not valid UTF-8"
+		}
+	} else {
+		e.what = "not a " + string(m.ProtoReflect().Descriptor().FullName()) + " message (protobuf decoding failed)"
+		e.detail, e.reason = "request: "+e.what, reasonProto
+	}
+	c.marked.Store(v, e)
+	return nil
 }
 
 // badField returns the name (a dotted path into nested messages) of the
@@ -106,7 +121,7 @@ func badField(b []byte, md protoreflect.MessageDescriptor) string {
 // takeMark returns and forgets the mark of message v, or nil.
 func (s *Server) takeMark(v any) error {
 	if e, ok := s.marked.LoadAndDelete(v); ok {
-		return e.(*invalidUTF8)
+		return e.(*badMessage)
 	}
 	return nil
 }
@@ -130,8 +145,8 @@ func (m markedStream) RecvMsg(v any) error {
 	return bad
 }
 
-// isInvalidUTF8 reports whether err is a stream message's invalidUTF8.
-func isInvalidUTF8(err error) (*invalidUTF8, bool) {
-	var e *invalidUTF8
+// isBadMessage reports whether err is a stream message's badMessage.
+func isBadMessage(err error) (*badMessage, bool) {
+	var e *badMessage
 	return e, errors.As(err, &e)
 }

@@ -70,23 +70,10 @@ func TestInvalidUTF8(t *testing.T) {
 	_, err = h.models.Activate(ctx, &prefetchv1.ActivateRequest{Version: "v" + badMarker}, withBadUTF8())
 	wantCode(t, err, codes.Unauthenticated)
 
-	stream, err := h.hints.Ingest(ctx, withBadUTF8())
-	if err != nil {
-		t.Fatalf("Ingest: %v", err)
-	}
-	for i, ev := range []*prefetchv1.ClickEvent{
-		{UserId: "u1", Page: "/a", Ts: ts},
-		{UserId: "u1", Page: "/b" + badMarker, Ts: ts},
-		{UserId: "u2", Page: "/c", Ts: ts},
-	} {
-		if err := stream.Send(ev); err != nil {
-			t.Fatalf("Send %d: %v", i, err)
-		}
-	}
-	sum, err := stream.CloseAndRecv()
-	if err != nil {
-		t.Fatalf("CloseAndRecv: %v", err)
-	}
+	sum := ingestAll(t, h, withBadUTF8(),
+		&prefetchv1.ClickEvent{UserId: "u1", Page: "/a", Ts: ts},
+		&prefetchv1.ClickEvent{UserId: "u1", Page: "/b" + badMarker, Ts: ts},
+		&prefetchv1.ClickEvent{UserId: "u2", Page: "/c", Ts: ts})
 	if sum.GetAccepted() != 2 || sum.GetRejected() != 1 || sum.GetRejectedByReason()["utf8"] != 1 {
 		t.Errorf("summary %v, want 2 accepted and 1 rejected for utf8", sum)
 	}
@@ -137,4 +124,72 @@ func TestInvalidUTF8NoMarkLeft(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// garbageMarker makes garbageCodec send, instead of the message holding
+// it, bytes that are no protobuf message: a length-delimited field 1 whose
+// length runs past the end.
+const garbageMarker = "@@GARBAGE@@"
+
+type garbageCodec struct{ encoding.CodecV2 }
+
+func (c garbageCodec) Marshal(v any) (mem.BufferSlice, error) {
+	b, err := proto.Marshal(v.(proto.Message))
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Contains(b, []byte(garbageMarker)) {
+		b = []byte{0x0a, 0xff, 0xff, 0x03, 'x'}
+	}
+	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+}
+
+// TestMalformedProto: a request that is not a protobuf message of the
+// method's type gets INVALID_ARGUMENT (grpc-go alone answers INTERNAL), and
+// in an Ingest stream such an event is rejected alone (reason proto) while
+// the stream goes on.
+func TestMalformedProto(t *testing.T) {
+	ts := timestamppb.New(time.Date(1995, 7, 1, 0, 0, 1, 0, time.UTC))
+	ing := &servertest.Ingester{}
+	h := start(t, Config{}, Deps{Predictor: &servertest.Predictor{}, Ingester: ing})
+	ctx := testCtx(t)
+	garbage := grpc.ForceCodecV2(garbageCodec{encoding.GetCodecV2("proto")})
+
+	_, err := h.hints.Predict(ctx, &prefetchv1.PredictRequest{UserId: garbageMarker}, garbage)
+	wantCode(t, err, codes.InvalidArgument)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "prefetch.v1.PredictRequest") {
+		t.Errorf("Predict message %q, want the message type named", msg)
+	}
+	sum := ingestAll(t, h, garbage,
+		&prefetchv1.ClickEvent{UserId: "u1", Page: "/a", Ts: ts},
+		&prefetchv1.ClickEvent{UserId: "u1", Page: garbageMarker, Ts: ts},
+		&prefetchv1.ClickEvent{UserId: "u2", Page: "/c", Ts: ts})
+	if sum.GetAccepted() != 2 || sum.GetRejected() != 1 || sum.GetRejectedByReason()[reasonProto] != 1 {
+		t.Errorf("summary %v, want 2 accepted and 1 rejected for proto", sum)
+	}
+	if n := len(ing.Events()); n != 2 {
+		t.Errorf("engine got %d events, want 2", n)
+	}
+	if n := marks(h); n != 0 {
+		t.Errorf("%d marks left after the calls, want 0", n)
+	}
+}
+
+// ingestAll sends evs in one Ingest stream with opt and returns its summary.
+func ingestAll(t *testing.T, h *harness, opt grpc.CallOption, evs ...*prefetchv1.ClickEvent) *prefetchv1.IngestSummary {
+	t.Helper()
+	stream, err := h.hints.Ingest(testCtx(t), opt)
+	if err != nil {
+		t.Fatalf("Ingest: %v", err)
+	}
+	for i, ev := range evs {
+		if err := stream.Send(ev); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	sum, err := stream.CloseAndRecv()
+	if err != nil {
+		t.Fatalf("CloseAndRecv: %v", err)
+	}
+	return sum
 }
