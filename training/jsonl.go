@@ -1,7 +1,9 @@
 package training
 
 import (
+	"bufio"
 	"cmp"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -73,7 +75,9 @@ func ReadJSONL(r io.Reader, cfg JSONLConfig) ([]Session, JSONLStats, error) {
 	}
 	sc := lineScanner(in)
 	var events []ClickEvent
+	n := 0 // lines read, blank ones too
 	for sc.Scan() {
+		n++
 		line := strings.TrimSpace(sc.Text())
 		if line == "" {
 			continue
@@ -87,7 +91,10 @@ func ReadJSONL(r io.Reader, cfg JSONLConfig) ([]Session, JSONLStats, error) {
 		events = append(events, e)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, st, fmt.Errorf("read jsonl: %w", err)
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, st, fmt.Errorf("read jsonl: line %d is longer than %d bytes (no click is that long: is this JSON Lines?)", n+1, maxLineBytes)
+		}
+		return nil, st, fmt.Errorf("read jsonl at line %d: %w", n+1, err)
 	}
 	events, st.Duplicates = dropRepeats(events)
 	st.Events = len(events)

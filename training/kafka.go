@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -56,14 +57,9 @@ func ReadKafka(ctx context.Context, cfg KafkaConfig) ([]ClickEvent, JSONLStats, 
 	if err := cfg.Validate(); err != nil {
 		return nil, st, err
 	}
-	conn, err := kafka.DialContext(ctx, "tcp", cfg.Brokers[0])
+	parts, err := topicPartitions(ctx, cfg)
 	if err != nil {
-		return nil, st, fmt.Errorf("kafka: dial %s: %w", cfg.Brokers[0], err)
-	}
-	parts, err := conn.ReadPartitions(cfg.Topic)
-	conn.Close()
-	if err != nil {
-		return nil, st, fmt.Errorf("kafka: partitions of %s: %w", cfg.Topic, err)
+		return nil, st, err
 	}
 	var events []ClickEvent
 	for _, p := range parts {
@@ -154,4 +150,30 @@ func readPartition(ctx context.Context, cfg KafkaConfig, partition int, first, e
 			return nil
 		}
 	}
+}
+
+// topicPartitions reads the partitions of cfg.Topic from the brokers'
+// metadata, without asking a broker to create the topic (a misspelt name
+// would otherwise leave a new, empty topic behind).
+func topicPartitions(ctx context.Context, cfg KafkaConfig) ([]kafka.Partition, error) {
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	cl := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: transport, Timeout: 10 * time.Second}
+	res, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{cfg.Topic}})
+	if err != nil {
+		return nil, fmt.Errorf("kafka: metadata of %s from %s: %w", cfg.Topic, strings.Join(cfg.Brokers, ","), err)
+	}
+	for _, t := range res.Topics {
+		if t.Name != cfg.Topic {
+			continue
+		}
+		if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			return nil, fmt.Errorf("kafka: topic %q does not exist on %s", cfg.Topic, strings.Join(cfg.Brokers, ","))
+		}
+		if t.Error != nil {
+			return nil, fmt.Errorf("kafka: metadata of %s: %w", cfg.Topic, t.Error)
+		}
+		return t.Partitions, nil
+	}
+	return nil, fmt.Errorf("kafka: topic %q does not exist on %s", cfg.Topic, strings.Join(cfg.Brokers, ","))
 }

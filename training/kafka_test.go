@@ -3,6 +3,7 @@ package training
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,4 +97,30 @@ func partitionsUsed(ctx context.Context, t *testing.T, addr string) int {
 		}
 	}
 	return n
+}
+
+// TestReadKafkaMissingTopic: a topic that does not exist is an error naming
+// it, and reading does not create it on the broker.
+func TestReadKafkaMissingTopic(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := kafkatest.Start(t, "clicks")
+	_, _, err := ReadKafka(ctx, KafkaConfig{Brokers: []string{b.Addr()}, Topic: "clikcs"})
+	if err == nil || !strings.Contains(err.Error(), `topic "clikcs" does not exist`) {
+		t.Fatalf("err %v, want the missing topic named", err)
+	}
+	conn, err := kafka.DialContext(ctx, "tcp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range parts {
+		if p.Topic == "clikcs" {
+			t.Fatalf("reading created topic %q", p.Topic)
+		}
+	}
 }

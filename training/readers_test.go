@@ -132,3 +132,13 @@ func TestReportRendering(t *testing.T) {
 		}
 	}
 }
+
+// TestReadJSONLTooLongLine: a line over the reader's limit is an error
+// naming its line number.
+func TestReadJSONLTooLongLine(t *testing.T) {
+	in := `{"user_id":"a","page":"/1","ts":"2026-11-01T09:00:00Z"}` + "\n\n" + strings.Repeat("x", maxLineBytes+1) + "\n"
+	_, _, err := ReadJSONL(strings.NewReader(in), JSONLConfig{})
+	if err == nil || !strings.Contains(err.Error(), "line 3 is longer than") {
+		t.Fatalf("err %v, want line 3 named", err)
+	}
+}

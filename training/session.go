@@ -42,10 +42,13 @@ func maybeGunzip(r io.Reader) (io.Reader, error) {
 	return br, nil
 }
 
+// maxLineBytes is the longest input line the readers take.
+const maxLineBytes = 16 << 20
+
 // lineScanner returns a scanner with room for long lines.
 func lineScanner(r io.Reader) *bufio.Scanner {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLineBytes)
 	return sc
 }
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -175,6 +176,9 @@ func verify(ctx context.Context, args []string, out io.Writer) error {
 	if *refPath == "" {
 		return cli.Usagef("verify needs --reference")
 	}
+	if !(*tol >= 0) || math.IsInf(*tol, 1) {
+		return cli.Usagef("--tolerance %v: want a finite number >= 0", *tol)
+	}
 	seq, err := loadModel(path)
 	if err != nil {
 		return err
@@ -248,6 +252,12 @@ func bench(ctx context.Context, args []string, out io.Writer) error {
 	path, err := parse(fs, args, out)
 	if err != nil {
 		return err
+	}
+	if !(*threshold >= 0 && *threshold <= 1) {
+		return cli.Usagef("--threshold %v outside [0, 1]", *threshold)
+	}
+	if cli.IsSet(fs, "vocab") && *vocab < 3 {
+		return cli.Usagef("--vocab %d: want at least 3 (<pad>, <unk> and a page)", *vocab)
 	}
 	if st, err := os.Stat(path); err == nil && st.IsDir() && *length >= 1 && *dur > 0 {
 		// A bundle folder; bad --len or --duration fall to the check below.

@@ -111,6 +111,11 @@ func TestFlags(t *testing.T) {
 		clitest.Case{Name: "subcommand bad flag", Args: []string{"inspect", "--nope", model}, Exit: 2, Stderr: "-nope"},
 		clitest.Case{Name: "device", Args: []string{"inspect", "/dev/zero"}, Exit: 1, Stderr: "/dev/zero is not a regular file"},
 		clitest.Case{Name: "folder", Args: []string{"inspect", filepath.Dir(model)}, Exit: 1, Stderr: "is a folder: inspect and verify take an .onnx file"},
+		clitest.Case{Name: "negative tolerance", Args: []string{"verify", "--reference", "r.json", "--tolerance", "-1", model}, Exit: 2, Stderr: "--tolerance -1: want a finite number >= 0"},
+		clitest.Case{Name: "NaN tolerance", Args: []string{"verify", "--reference", "r.json", "--tolerance", "NaN", model}, Exit: 2, Stderr: "--tolerance NaN"},
+		clitest.Case{Name: "bench threshold above one", Args: []string{"bench", "--threshold", "2", model}, Exit: 2, Stderr: "--threshold 2 outside [0, 1]"},
+		clitest.Case{Name: "bench threshold NaN", Args: []string{"bench", "--threshold", "NaN", model}, Exit: 2, Stderr: "--threshold NaN outside [0, 1]"},
+		clitest.Case{Name: "bench vocab too small", Args: []string{"bench", "--vocab", "1", model}, Exit: 2, Stderr: "--vocab 1: want at least 3"},
 	)
 	clitest.Check(t, "prefetch-model", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
 		return run(ctx, args, stdout)

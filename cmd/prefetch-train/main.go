@@ -123,6 +123,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case *name == "":
 		return cli.Usagef("--name is empty")
 	}
+	if *format == "kafka" && cli.IsSet(fs, "input") {
+		return cli.Usagef("--input names a file: --format kafka reads --topic from --kafka-brokers instead")
+	}
+	if *format == "spmf" || *format == "msnbc" {
+		// Sessions are given whole, and pages are category or page numbers.
+		for _, f := range []string{"session-gap", "canonical-config"} {
+			if cli.IsSet(fs, f) {
+				return cli.Usagef("--%s applies to jsonl and kafka, not %s (its sessions are given whole)", f, *format)
+			}
+		}
+	}
 	if *format != "kafka" {
 		// Flags of the Kafka reader given with a file would be ignored.
 		for _, f := range []string{"kafka-brokers", "topic", "from", "to", "from-offset", "to-offset"} {

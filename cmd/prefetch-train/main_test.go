@@ -177,7 +177,7 @@ func TestFlags(t *testing.T) {
 	)
 	// Zero and other values a setting cannot take are usage mistakes, never
 	// replaced by the default.
-	base := []string{"--input", "x", "--format", "spmf", "--out", t.TempDir()}
+	base := []string{"--input", "x", "--format", "jsonl", "--out", t.TempDir()}
 	strictCanon := filepath.Join(t.TempDir(), "canonical.json")
 	if err := os.WriteFile(strictCanon, []byte(`{"query_alow": ["id"]}`), 0o644); err != nil {
 		t.Fatal(err)
@@ -203,6 +203,11 @@ func TestFlags(t *testing.T) {
 		{"kafka from not a time", `--from "yesterday"`, append(slices.Clone(kafka), "--from", "yesterday")},
 		{"kafka offsets reversed", "from offset 10 is not before to offset 5", append(slices.Clone(kafka), "--from-offset", "10", "--to-offset", "5")},
 		{"kafka without brokers", "needs --kafka-brokers", []string{"--format", "kafka", "--out", t.TempDir()}},
+		{"kafka broker URL", "--kafka-brokers: an address is host:port, not a URL", []string{"--format", "kafka", "--kafka-brokers", "sasl://alice:s3cretPW@127.0.0.1:9092", "--out", t.TempDir()}},
+		{"kafka broker without a port", `--kafka-brokers: "localhost" is not host:port`, []string{"--format", "kafka", "--kafka-brokers", "localhost", "--out", t.TempDir()}},
+		{"kafka with an input file", "--input names a file", append(slices.Clone(kafka), "--input", "x")},
+		{"session gap with spmf", "--session-gap applies to jsonl and kafka, not spmf", []string{"--input", "x", "--format", "spmf", "--session-gap", "1m", "--out", t.TempDir()}},
+		{"canonical config with msnbc", "--canonical-config applies to jsonl and kafka, not msnbc", []string{"--input", "x", "--format", "msnbc", "--canonical-config", "c.json", "--out", t.TempDir()}},
 	} {
 		cases = append(cases, clitest.Case{Name: c.name, Args: c.args, Exit: 2, Stderr: c.stderr})
 	}

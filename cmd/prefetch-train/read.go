@@ -90,6 +90,11 @@ func kafkaConfig(brokers, topic, from, to string, fromOff, toOff int64) (trainin
 	if len(cfg.Brokers) == 0 {
 		return cfg, cli.Usagef("--format kafka needs --kafka-brokers")
 	}
+	for _, b := range cfg.Brokers {
+		if err := cli.CheckHostPort(b); err != nil {
+			return cfg, cli.Usagef("--kafka-brokers: %v", err)
+		}
+	}
 	for _, t := range []struct {
 		flag, s string
 		dst     *time.Time

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -142,6 +143,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	if o.timeout <= 0 {
 		return cli.Usagef("--timeout %v is not positive", o.timeout)
+	}
+	if err := cli.CheckHostPort(o.addr); err != nil {
+		return cli.Usagef("--addr (or PREFETCHCTL_ADDR): %v", err)
 	}
 	conn, err := o.dial()
 	if err != nil {
@@ -370,7 +374,7 @@ func (c *watch) check(args []string) error {
 		return errors.New("watch takes --user or --any, not both")
 	case !c.any && len(c.users) == 0:
 		return errors.New("watch needs --user U (repeatable) or --any")
-	case c.threshold < 0 || c.threshold > 1:
+	case !(c.threshold >= 0 && c.threshold <= 1):
 		return fmt.Errorf("--threshold %v outside [0, 1]", c.threshold)
 	}
 	return nil
@@ -449,19 +453,31 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 		return fmt.Errorf("ingest: %w", err)
 	}
 	var skipped []string // lines that could not be decoded here
-	var skippedAt []int  // events sent before each of them
-	var lines []int      // line number of each event sent, by stream index
-	sc := bufio.NewScanner(in)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
+	var skippedLines []int
+	var lines []int // line number of each event sent, by stream index
+	rd := bufio.NewReaderSize(in, 64*1024)
+	for line := 1; ; line++ {
+		raw, tooLong, err := readLine(rd, maxLine)
+		if err == io.EOF && raw == nil && !tooLong {
+			break
+		}
+		if err != nil && err != io.EOF {
+			stream.CloseSend()
+			return fmt.Errorf("ingest: read %s at line %d: %w", c.file, line, err)
+		}
+		if tooLong {
+			skipped = append(skipped, fmt.Sprintf("line %d: longer than %d bytes", line, maxLine))
+			skippedLines = append(skippedLines, line)
+			continue
+		}
+		text := strings.TrimSpace(string(raw))
 		if text == "" {
 			continue
 		}
-		ev, err := decodeLine(text)
-		if err != nil {
-			skipped = append(skipped, fmt.Sprintf("line %d: %v", line, err))
-			skippedAt = append(skippedAt, len(lines))
+		ev, derr := decodeLine(text)
+		if derr != nil {
+			skipped = append(skipped, fmt.Sprintf("line %d: %v", line, derr))
+			skippedLines = append(skippedLines, line)
 			continue
 		}
 		lines = append(lines, line)
@@ -470,25 +486,22 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 			break
 		}
 	}
-	if err := sc.Err(); err != nil {
-		stream.CloseSend()
-		return fmt.Errorf("ingest: read %s: %w", c.file, err)
-	}
 	sum, err := stream.CloseAndRecv()
 	if err != nil {
 		return fmt.Errorf("ingest: %w", err)
 	}
-	if o.jsonOut && len(skipped) > 0 {
+	if o.jsonOut {
 		// The JSON summary counts the lines never sent too (reason
-		// unreadable); their errors name the line.
-		sum.Rejected += uint64(len(skipped))
-		if sum.RejectedByReason == nil {
-			sum.RejectedByReason = map[string]uint64{}
+		// unreadable); they have no place in the stream, so they are
+		// listed by line apart from first_errors.
+		if len(skipped) > 0 {
+			sum.Rejected += uint64(len(skipped))
+			if sum.RejectedByReason == nil {
+				sum.RejectedByReason = map[string]uint64{}
+			}
+			sum.RejectedByReason["unreadable"] += uint64(len(skipped))
 		}
-		sum.RejectedByReason["unreadable"] += uint64(len(skipped))
-		for i, msg := range skipped[:min(len(skipped), 10)] {
-			sum.FirstErrors = append(sum.FirstErrors, &prefetchv1.IngestError{Index: uint64(skippedAt[i]), Reason: "unreadable", Message: msg})
-		}
+		return printIngestJSON(o.out, sum, skippedLines, skipped)
 	}
 	return o.print(sum, func(w io.Writer) {
 		fmt.Fprintf(w, "accepted %d, rejected %d, unreadable %d\n", sum.GetAccepted(), sum.GetRejected(), len(skipped))
@@ -518,6 +531,66 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 			fmt.Fprintf(w, "  %s\n", s)
 		}
 	})
+}
+
+// maxLine is the longest input line prefetchctl ingest reads; a longer one
+// is skipped as unreadable (the server refuses events far smaller).
+const maxLine = 1 << 20
+
+// readLine reads one line of rd without its end, holding at most max bytes:
+// a longer line is read to its end and dropped (tooLong). It returns io.EOF
+// with the last line when the input does not end with a newline, and with
+// nil at the end.
+func readLine(rd *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
+	for {
+		chunk, err := rd.ReadSlice('\n')
+		if !tooLong {
+			if len(line)+len(chunk) > max+1 {
+				tooLong, line = true, nil
+			} else {
+				line = append(line, chunk...)
+			}
+		}
+		switch {
+		case err == bufio.ErrBufferFull:
+			continue
+		case err == io.EOF && len(line) == 0 && !tooLong:
+			return nil, false, io.EOF
+		case err != nil && err != io.EOF:
+			return nil, false, err
+		}
+		return bytes.TrimRight(line, "\r\n"), tooLong, err
+	}
+}
+
+// printIngestJSON prints the summary as JSON with the unreadable lines
+// listed as "unreadable_lines": [{"line": N, "message": ...}].
+func printIngestJSON(w io.Writer, sum *prefetchv1.IngestSummary, lines []int, msgs []string) error {
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(sum)
+	if err != nil {
+		return fmt.Errorf("encode response: %w", err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(b, &out); err != nil {
+		return fmt.Errorf("encode response: %w", err)
+	}
+	if len(lines) > 0 {
+		type unreadable struct {
+			Line    int    `json:"line"`
+			Message string `json:"message"`
+		}
+		list := make([]unreadable, 0, min(len(lines), 10))
+		for i := range lines[:min(len(lines), 10)] {
+			list = append(list, unreadable{lines[i], msgs[i]})
+		}
+		out["unreadable_lines"] = list
+	}
+	b, err = json.Marshal(out)
+	if err != nil {
+		return fmt.Errorf("encode response: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
 }
 
 // decodeLine parses one JSON click. A missing ts is left unset so that the

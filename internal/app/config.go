@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -346,7 +345,7 @@ func (c *Config) Validate() error {
 	}
 	for name, addrs := range map[string][]string{"--kafka-brokers": c.KafkaBrokers, "--redis-addr": splitAddrs(c.RedisAddr), "--state-redis-addr": splitAddrs(c.StateRedisAddr)} {
 		for _, a := range addrs {
-			if err := checkHostPort(a); err != nil {
+			if err := cli.CheckHostPort(a); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			}
 		}
@@ -485,20 +484,4 @@ func splitAddrs(v string) []string {
 		return nil
 	}
 	return strings.Split(v, ",")
-}
-
-// checkHostPort checks that a is host:port with a port number. A value
-// that looks like a URL (which may carry a password) is not quoted back.
-func checkHostPort(a string) error {
-	if strings.Contains(a, "://") || strings.Contains(a, "@") {
-		return errors.New("an address is host:port, not a URL (credentials go in their own flags or variables; the value is not repeated here)")
-	}
-	_, port, err := net.SplitHostPort(a)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port", a)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", a, port)
-	}
-	return nil
 }

@@ -506,6 +506,7 @@ type chart struct {
 const (
 	chartW, chartH         = 560.0, 200.0
 	padL, padR, padT, padB = 56.0, 12.0, 28.0, 40.0
+	legendRow              = 14.0 // height of each further legend row
 )
 
 // svg draws the chart. Every text from outside (series names are model
@@ -542,11 +543,26 @@ func (c chart) svg() template.HTML {
 	}
 	y := func(v float64) float64 { return padT + plotH*(1-math.Min(v, ymax)/ymax) }
 
+	// The legend wraps onto further rows of legendRow px below the chart
+	// when its entries do not fit on one.
+	type entry struct{ x, y float64 }
+	legend := make([]entry, len(c.Series))
+	lx, rows := padL, 0
+	for i, s := range c.Series {
+		w := 24 + 7*float64(len([]rune(s.Name)))
+		if lx > padL && lx+w > chartW-4 {
+			lx, rows = padL, rows+1
+		}
+		legend[i] = entry{lx, float64(rows) * legendRow}
+		lx += w
+	}
+	height := chartH + float64(rows)*legendRow
+
 	var b strings.Builder
 	esc := template.HTMLEscapeString
 	fmt.Fprintf(&b, `<svg class="chart" id="chart-%s" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %.0f %.0f" width="%.0f" height="%.0f" role="img" aria-label="%s">`,
-		esc(c.ID), chartW, chartH, chartW, chartH, esc(c.Title))
-	fmt.Fprintf(&b, `<rect x="0" y="0" width="%.0f" height="%.0f" fill="#ffffff"/>`, chartW, chartH)
+		esc(c.ID), chartW, height, chartW, height, esc(c.Title))
+	fmt.Fprintf(&b, `<rect x="0" y="0" width="%.0f" height="%.0f" fill="#ffffff"/>`, chartW, height)
 	fmt.Fprintf(&b, `<text x="%.0f" y="16" font-size="13" font-weight="bold" fill="#222">%s</text>`, padL, esc(c.Title))
 	for _, f := range []float64{0, 0.5, 1} {
 		yy := y(f * ymax)
@@ -561,8 +577,7 @@ func (c chart) svg() template.HTML {
 	} else {
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-size="11" text-anchor="middle" fill="#777">no samples yet</text>`, padL+plotW/2, padT+plotH/2)
 	}
-	lx := padL
-	for _, s := range c.Series {
+	for i, s := range c.Series {
 		for _, run := range runs(s.Points) {
 			if len(run) == 1 {
 				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="2.5" fill="%s"/>`, x(run[0].t), y(run[0].v), s.Color)
@@ -581,9 +596,9 @@ func (c chart) svg() template.HTML {
 			}
 			b.WriteString(`"/>`)
 		}
-		fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="10" height="10" fill="%s"/>`, lx, chartH-14, s.Color)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-size="11" fill="#222">%s</text>`, lx+14, chartH-5, esc(s.Name))
-		lx += 24 + 7*float64(len([]rune(s.Name)))
+		e := legend[i]
+		fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="10" height="10" fill="%s"/>`, e.x, chartH-14+e.y, s.Color)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-size="11" fill="#222">%s</text>`, e.x+14, chartH-5+e.y, esc(s.Name))
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String()) // built here, every outside text escaped above

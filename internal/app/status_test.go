@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"image"
 	"image/png"
 	"io"
@@ -472,4 +473,34 @@ func startListening(t *testing.T, cfg Config, timeout time.Duration) (context.Co
 		}
 	})
 	return ctx, addrs
+}
+
+// TestChartLegendWraps: a legend too wide for one row (many model
+// versions) wraps onto further rows inside the chart, which grows to hold
+// them, so no entry is cut or drawn outside it.
+func TestChartLegendWraps(t *testing.T) {
+	var ss []series
+	for i := range 12 {
+		ss = append(ss, series{Name: fmt.Sprintf("version-%02d", i), Color: "#000000"})
+	}
+	out := string(chart{ID: "c", Title: "t", Series: ss}.svg())
+	m := regexp.MustCompile(`viewBox="0 0 (\d+) (\d+)"`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no viewBox in %s", out)
+	}
+	width, _ := strconv.ParseFloat(m[1], 64)
+	height, _ := strconv.ParseFloat(m[2], 64)
+	if height <= chartH {
+		t.Errorf("height %v with 12 legend entries, want more than one row's %v", height, chartH)
+	}
+	for _, e := range regexp.MustCompile(`<text x="([\d.]+)" y="([\d.]+)" font-size="11" fill="#222">(version-\d+)</text>`).FindAllStringSubmatch(out, -1) {
+		x, _ := strconv.ParseFloat(e[1], 64)
+		y, _ := strconv.ParseFloat(e[2], 64)
+		if end := x + 7*float64(len(e[3])); end > width || y > height {
+			t.Errorf("legend %s at (%v, %v) ends at %v, outside the %vx%v chart", e[3], x, y, end, width, height)
+		}
+	}
+	if n := strings.Count(out, "version-"); n != 12 {
+		t.Errorf("%d legend entries drawn, want 12", n)
+	}
 }

@@ -22,8 +22,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -268,4 +270,21 @@ func IsSet(fs *flag.FlagSet, name string) bool {
 	set := false
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
+}
+
+// CheckHostPort checks that a is host:port with a port number from 1 to
+// 65535. A value that looks like a URL (which may carry a password) is
+// refused without being quoted back.
+func CheckHostPort(a string) error {
+	if strings.Contains(a, "://") || strings.Contains(a, "@") {
+		return errors.New("an address is host:port, not a URL (credentials go in their own flags or variables; the value is not repeated here)")
+	}
+	_, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", a, port)
+	}
+	return nil
 }

@@ -1175,6 +1175,10 @@ func (e *Engine) predictQuery(ctx context.Context, q hint.Query, count bool) (hi
 			return hint.Result{}, err // the store names the user
 		}
 		if !ok || len(b.rec.Pages) == 0 {
+			// An answer too (no hints): counted like any other.
+			if count {
+				e.deps.Models.RecordRequest(l.Version, time.Since(start))
+			}
 			return hint.Result{ModelVersion: l.Version}, nil
 		}
 		b.hist = widen(b.hist, b.rec.Pages)
@@ -1186,6 +1190,9 @@ func (e *Engine) predictQuery(ctx context.Context, q hint.Query, count bool) (hi
 				// indices name unknown pages. Like an unknown user: no
 				// hints; the user's next click starts the history again.
 				e.m.unknownVocab.Inc()
+				if count {
+					e.deps.Models.RecordRequest(l.Version, time.Since(start))
+				}
 				return hint.Result{ModelVersion: l.Version}, nil
 			}
 			b.remap = lifecycle.Remap(b.remap, b.hist, old, l.Vocab)

@@ -78,6 +78,7 @@ func (s *models) RecordRequest(string, time.Duration) {
 	s.reqs++
 	s.mu.Unlock()
 }
+func (s *models) requests() int { s.mu.Lock(); defer s.mu.Unlock(); return s.reqs }
 func (s *models) set(version string, epoch uint32, m *chainModel) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -419,9 +420,13 @@ func TestPredict(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			before := f.models.requests()
 			res, err := f.eng.Predict(ctx, tc.q)
 			if err != nil {
 				t.Fatalf("Predict: %v", err)
+			}
+			if n := f.models.requests() - before; n != 1 {
+				t.Errorf("%d requests recorded for the call, want 1 (an answer without hints counts too)", n)
 			}
 			if len(res.Hints) != len(tc.want) {
 				t.Fatalf("hints %+v, want pages %v", res.Hints, tc.want)

@@ -83,7 +83,10 @@ type version struct {
 	considered string // fingerprint at which the watcher last saw it
 	refused    string // why validation or auto rollback refused it
 	refusedFP  string
-	st         *stats
+	// older says why a version published while another served was not
+	// served: it sorts older than the active one (its created time).
+	older string
+	st    *stats
 }
 
 // New returns a Manager for the repository cfg.Repo, loading bundles with
@@ -200,6 +203,7 @@ func (m *Manager) Sync(ctx context.Context) error {
 		}
 	}
 	m.mu.Unlock()
+	watching := m.synced
 	if !m.synced {
 		// At start, the version chosen before the restart serves again,
 		// unless a newer one was published since.
@@ -223,7 +227,36 @@ func (m *Manager) Sync(ctx context.Context) error {
 	if m.current.Load() == nil {
 		return fmt.Errorf("no valid model version in %s%s", m.dir, m.unservedSummary())
 	}
+	if watching {
+		m.noteOlder(fresh)
+	}
 	return nil
+}
+
+// noteOlder records the versions that appeared while another one served
+// and were not served because they sort older (by created, then name):
+// each is logged and counted once, and Status says why.
+func (m *Manager) noteOlder(fresh []*candidate) {
+	cur := m.current.Load()
+	if cur == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range fresh {
+		v := m.versions[c.version]
+		if v == nil || c.version == cur.Version || v.older != "" || newerKey(c.created, c.version, cur.Manifest.Created, cur.Version) {
+			continue
+		}
+		v.older = fmt.Sprintf("published after %s serves, but created earlier (%s, not after %s): activate it to serve it",
+			cur.Version, c.created.UTC().Format(time.RFC3339), cur.Manifest.Created.UTC().Format(time.RFC3339))
+		if cur.Manifest.Created.After(m.now()) {
+			v.older += " (the serving version's created time is in the future)"
+		}
+		m.met.skipped.WithLabelValues(SkipOlder).Inc()
+		m.log.Warn("model version folder not served", "version", c.version, "dir", filepath.Join(m.dir, c.version),
+			"reason", SkipOlder, "why", v.older)
+	}
 }
 
 // unservedSummary names up to three folders that are not served and why,
@@ -312,8 +345,9 @@ func (m *Manager) unserved() float64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := len(m.skipped)
+	cur := m.current.Load()
 	for _, v := range m.versions {
-		if v.refused != "" && v.disk != nil {
+		if v.disk != nil && (v.refused != "" || (v.older != "" && (cur == nil || cur.Version != v.name))) {
 			n++
 		}
 	}
@@ -764,6 +798,9 @@ func (m *Manager) Status(ctx context.Context) (hint.ModelStatus, error) {
 			Refused:  v.refused,
 			LoadedAt: v.loadedAt,
 		}}
+		if r.vs.Refused == "" && v.older != "" && !r.vs.Active {
+			r.vs.Refused = "not served: " + v.older
+		}
 		switch {
 		case v.disk != nil:
 			r.created = v.disk.created

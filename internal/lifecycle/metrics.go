@@ -60,10 +60,10 @@ func newMetrics(reg prometheus.Registerer, unserved func() float64, precisions f
 		}, []string{"reason"}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_model_skipped_total",
-			Help: "Version folders found not servable by a scan, counted once per folder and reason (incomplete, manifest, settling).",
+			Help: "Version folders found not servable by a scan, counted once per folder and reason (incomplete, manifest, settling), or valid but not served as older than the version serving (older).",
 		}, []string{"reason"}),
 		unserved: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "prefetchd_model_unserved_folders", Help: "Version folders not served: skipped by the last scan (incomplete, manifest, settling) or refused (validation, automatic rollback).",
+			Name: "prefetchd_model_unserved_folders", Help: "Version folders not served: skipped by the last scan (incomplete, manifest, settling), refused (validation, automatic rollback), or published while a version created later served (older).",
 		}, unserved),
 		rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_model_rollbacks_total", Help: "Rollbacks by cause (manual, auto).",
@@ -95,7 +95,7 @@ func newMetrics(reg prometheus.Registerer, unserved func() float64, precisions f
 			each: precisions,
 		},
 	}
-	for _, r := range []string{SkipIncomplete, SkipManifest, SkipSettling} {
+	for _, r := range []string{SkipIncomplete, SkipManifest, SkipSettling, SkipOlder} {
 		m.skipped.WithLabelValues(r) // present at zero from the first scrape
 	}
 	if reg == nil {

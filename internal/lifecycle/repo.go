@@ -68,6 +68,7 @@ const (
 	SkipIncomplete = "incomplete" // a required file is missing or empty
 	SkipManifest   = "manifest"   // manifest.json does not parse
 	SkipSettling   = "settling"   // a bare export whose files changed within the quiet period
+	SkipOlder      = "older"      // a valid version published while a newer one (by created) served
 )
 
 // scanRepo lists the complete versions under dir, newest first. A folder is

@@ -179,3 +179,40 @@ func TestPrecisionGaugeMovesOn(t *testing.T) {
 		t.Fatalf("prefetchd_model_precision{version=good1} = %v with the window past the last prefetch, want 0", got)
 	}
 }
+
+// TestOlderVersionPublishedIsReported: a valid version published while a
+// version created after it serves is not served (the newest by created
+// wins), and that is logged, counted and shown by Status with the reason,
+// until it is activated by hand.
+func TestOlderVersionPublishedIsReported(t *testing.T) {
+	m, repo, reg := newTest(t, Config{PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond})
+	ctx := testCtx(t, 30*time.Second)
+	publishSpec(t, repo, spec{version: "v2", created: base.Add(time.Hour)})
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "v2 active", func() bool { return activeVersion(m) == "v2" })
+	publishSpec(t, repo, spec{version: "v1", created: base})
+	waitFor(t, 10*time.Second, "v1 reported as older", func() bool {
+		return metric(t, reg, "prefetchd_model_skipped_total", "reason", SkipOlder) == 1
+	})
+	if got := activeVersion(m); got != "v2" {
+		t.Fatalf("active %q, want v2 still", got)
+	}
+	if got := metric(t, reg, "prefetchd_model_unserved_folders"); got != 1 {
+		t.Errorf("prefetchd_model_unserved_folders = %v, want 1", got)
+	}
+	st, err := m.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st.Versions {
+		if v.Version == "v1" && !strings.Contains(v.Refused, "not served: published after v2 serves, but created earlier") {
+			t.Errorf("v1 status %+v, want the reason it is not served", v)
+		}
+	}
+	if err := m.Activate(ctx, "v1"); err != nil {
+		t.Fatalf("Activate v1: %v", err)
+	}
+	if got := metric(t, reg, "prefetchd_model_unserved_folders"); got != 0 {
+		t.Errorf("prefetchd_model_unserved_folders = %v after activating v1, want 0", got)
+	}
+}
