@@ -139,6 +139,17 @@ func TestEndToEnd(t *testing.T) {
 	if sum, err := in.CloseAndRecv(); err != nil || sum.GetAccepted() != 1 || sum.GetDuplicates() != 1 || sum.GetRejected() != 0 {
 		t.Errorf("Ingest of one event twice = %v, %v; want 1 accepted, 1 duplicate", sum, err)
 	}
+	// An event the consumer rejects is reported with the consumer's reason.
+	in, err = hints.Ingest(ctx)
+	if err != nil {
+		t.Fatalf("Ingest: %v", err)
+	}
+	if err := in.Send(&prefetchv1.ClickEvent{UserId: "e2e-grpc", Page: from, Ts: timestamppb.New(time.Now().Add(72 * time.Hour))}); err != nil {
+		t.Fatalf("Ingest send: %v", err)
+	}
+	if sum, err := in.CloseAndRecv(); err != nil || sum.GetRejectedByReason()["ts_skew"] != 1 {
+		t.Errorf("Ingest of an event 72 h ahead = %v, %v; want 1 rejected for ts_skew", sum, err)
+	}
 
 	metrics := httpGet(t, ctx, "http://"+addrs.Admin+"/metrics")
 	for _, want := range []string{

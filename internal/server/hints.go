@@ -335,7 +335,12 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 				sum.Duplicates++
 				s.metrics.ingestEvents.WithLabelValues("duplicate", "").Inc()
 			case errors.Is(err, hint.ErrInvalid):
-				rejected = append(rejected, rejection{pos[i], "invalid", err.Error()})
+				// The consumer's own reason (ts_skew, ...) when it gives one.
+				reason := "invalid"
+				if re := (*features.RejectError)(nil); errors.As(err, &re) && re.Reason != "" {
+					reason = re.Reason
+				}
+				rejected = append(rejected, rejection{pos[i], reason, err.Error()})
 			case i == n:
 				if err == nil {
 					err = errors.New("ingester stopped without an error")
