@@ -161,12 +161,16 @@ func (d *deadLetters) run(ctx context.Context, done func(partition int, seq int6
 // write writes the batch, retrying with backoff until every letter is in;
 // false when ctx ended first. A batch the broker refuses as too large is
 // cut to the topic's max.message.bytes, read from the broker, and written
-// again at once; the limit is read again before every later attempt, so a
-// topic whose limit is raised meanwhile gets the letters whole.
+// again at once, each letter alone from then on (the limit holds for a
+// record batch, which letters written together share); the limit is read
+// again before every later attempt, so a topic whose limit is raised
+// meanwhile gets the letters whole.
 func (d *deadLetters) write(ctx context.Context, batch []deadLetter) bool {
 	backoff := d.cfg.HandlerBackoff
 	limit := d.cfg.DeadLetterMaxBytes
 	tooLarge := false
+	alone := false // since a refusal as too large: one letter per write
+	sent := 0      // letters of the batch written so, not to write again
 	for attempt := 1; ; attempt++ {
 		if tooLarge {
 			if l, err := d.topicLimit(ctx); err == nil {
@@ -183,7 +187,19 @@ func (d *deadLetters) write(ctx context.Context, batch []deadLetter) bool {
 				truncated++
 			}
 		}
-		err := d.writer.WriteMessages(ctx, msgs...)
+		var err error
+		if alone {
+			// The broker's limit applies to a record batch, and letters
+			// written together may share one: once refused as too large,
+			// each letter goes alone.
+			for ; sent < len(msgs); sent++ {
+				if err = d.writer.WriteMessages(ctx, msgs[sent]); err != nil {
+					break
+				}
+			}
+		} else {
+			err = d.writer.WriteMessages(ctx, msgs...)
+		}
 		if ctx.Err() != nil {
 			return false
 		}
@@ -204,6 +220,7 @@ func (d *deadLetters) write(ctx context.Context, batch []deadLetter) bool {
 		}
 		wasTooLarge := tooLarge
 		tooLarge = isTooLarge(err)
+		alone = alone || tooLarge
 		if tooLarge && !wasTooLarge {
 			continue // at once, cut to the topic's limit
 		}
