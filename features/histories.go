@@ -129,6 +129,7 @@ type slot struct {
 	touched   int64 // wall clock of the latest access, Unix ns
 	offset    int64
 	state     []float32
+	prior     []Position // nil until the user's clicks change partition
 	prev      int32
 	next      int32
 	partition int32
@@ -213,6 +214,7 @@ func (s *shard) view(i int32, maxLen int, r *Record) {
 	r.Partition = sl.partition
 	r.Gen = sl.gen
 	r.Offset = sl.offset
+	r.Prior = sl.prior
 	r.Seq = sl.seq
 	r.StateSeq = sl.stateSeq
 }
@@ -227,6 +229,7 @@ func (s *shard) store(i int32, r *Record) {
 	sl.partition = r.Partition
 	sl.gen = r.Gen
 	sl.offset = r.Offset
+	sl.prior = r.Prior
 	sl.seq = r.Seq
 	sl.stateSeq = r.StateSeq
 }
@@ -239,6 +242,7 @@ func copyRecord(dst *Record, src *Record) {
 	dst.Partition = src.Partition
 	dst.Gen = src.Gen
 	dst.Offset = src.Offset
+	dst.Prior = append(dst.Prior[:0], src.Prior...)
 	dst.Seq = src.Seq
 	dst.StateSeq = src.StateSeq
 }

@@ -124,6 +124,42 @@ func storeContract(t *testing.T, newStore func(t *testing.T, cfg HistoryConfig) 
 			t.Fatalf("record %+v, want pages [1 2 3 4] at partition 1 offset 5", rec)
 		}
 	})
+	t.Run("duplicates after the user changed partition", func(t *testing.T) {
+		// Partitions added to the topic move a user's clicks to another
+		// partition; a click redelivered from the former one (a replica
+		// that stalled, a rebalance) is still a duplicate.
+		s := newStore(t, HistoryConfig{})
+		var rec Record
+		at := func(page int32, partition int32, off int64) Click {
+			c := click(page, int(page), off)
+			c.Partition = partition
+			return c
+		}
+		for _, c := range []Click{at(1, 0, 10), at(2, 0, 11), at(3, 5, 0), at(4, 7, 3)} {
+			if err := s.Append(ctx, "u", c, &rec); err != nil {
+				t.Fatalf("click %d: %v", c.Page, err)
+			}
+		}
+		for _, c := range []Click{at(2, 0, 11), at(1, 0, 10), at(3, 5, 0), at(4, 7, 3)} {
+			if err := s.Append(ctx, "u", c, &rec); !errors.Is(err, ErrDuplicate) && !errors.Is(err, ErrUnsettled) {
+				t.Fatalf("redelivered partition %d offset %d: err %v, want a duplicate", c.Partition, c.Offset, err)
+			}
+		}
+		// A click of the former partition not applied yet is new.
+		if err := s.Append(ctx, "u", at(5, 0, 12), &rec); err != nil {
+			t.Fatalf("new click of partition 0: %v", err)
+		}
+		if err := s.Append(ctx, "u", at(4, 7, 3), &rec); !errors.Is(err, ErrDuplicate) {
+			t.Fatalf("redelivered partition 7 offset 3 after a move back: err %v, want ErrDuplicate", err)
+		}
+		if !slices.Equal(rec.Pages, []int32{1, 2, 3, 4, 5}) || rec.Partition != 0 || rec.Offset != 12 {
+			t.Fatalf("record %+v, want pages [1 2 3 4 5] at partition 0 offset 12", rec)
+		}
+		want := []Position{{7, 0, 3}, {5, 0, 0}}
+		if len(rec.Prior) != 2 || rec.Prior[0].Partition != 7 || rec.Prior[0].Offset != 3 || rec.Prior[1].Partition != 5 {
+			t.Fatalf("prior positions %+v, want %+v", rec.Prior, want)
+		}
+	})
 	t.Run("epoch remap", func(t *testing.T) {
 		s := newStore(t, HistoryConfig{})
 		var rec Record

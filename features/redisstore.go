@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -90,25 +91,34 @@ func NewStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus.Regi
 
 // appendScript applies one click to the record hash KEYS[1] inside Redis,
 // with the same rules as applyClick, and returns {outcome (1 applied, 0
-// duplicate, 2 unsettled), e, l, p, o, h, s, g, q, c}: the record's fields
-// (see fieldNames). ARGV: page (4 bytes), ts (Unix µs), epoch, partition,
+// duplicate, 2 unsettled), e, l, p, o, h, s, g, q, c, x}: the record's fields
+// (see fieldNames; x the prior positions, "partition gen offset" entries
+// joined by commas, newest first). ARGV: page (4 bytes), ts (Unix µs), epoch, partition,
 // offset, max length, session gap (µs, 0 = none), TTL (ms, 0 = none),
 // generation. A record without q (written before stamps) reads as q 1, c 0.
 var appendScript = redis.NewScript(`
 local k = KEYS[1]
-local r = redis.pcall('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's', 'g', 'q', 'c')
+local r = redis.pcall('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's', 'g', 'q', 'c', 'x')
 if r['err'] then redis.call('DEL', k); r = {} end
 local exists = false
-for i = 1, 9 do if r[i] then exists = true; break end end
+for i = 1, 10 do if r[i] then exists = true; break end end
 local ts, off = tonumber(ARGV[2]), tonumber(ARGV[5])
 local maxlen, gap, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local e, l, p, o, h, s, g = r[1] or ARGV[3], r[2] or ARGV[2], r[3] or '0', r[4] or '-1', r[5] or '', r[6] or '', r[7] or '0'
 local q, c = tonumber(r[8] or '1'), tonumber(r[9] or '0')
-if not exists then q, c = 0, 0 end
+local x = r[10] or ''
+if not exists then q, c, x = 0, 0, '' end
 if exists and off >= 0 and tonumber(o) >= 0 and p == ARGV[4] and g == ARGV[9] and off <= tonumber(o) then
   local out = 0
   if off == tonumber(o) and q ~= c then out = 2 end
-  return {out, e, l, p, o, h, s, g, tostring(q), tostring(c)}
+  return {out, e, l, p, o, h, s, g, tostring(q), tostring(c), x}
+end
+if exists and off >= 0 then
+  for xp, xg, xo in string.gmatch(x, '(%d+) (%d+) (%d+)') do
+    if xp == ARGV[4] and xg == ARGV[9] and off <= tonumber(xo) then
+      return {0, e, l, p, o, h, s, g, tostring(q), tostring(c), x}
+    end
+  end
 end
 local fresh = (not exists) or (gap > 0 and ts - tonumber(l) > gap)
 if fresh then
@@ -118,15 +128,24 @@ if #h % 4 ~= 0 then h = '' end
 h = h .. ARGV[1]
 if #h > 4 * maxlen then h = string.sub(h, #h - 4 * maxlen + 1) end
 if (not exists) or ts > tonumber(l) then l = ARGV[2] end
-if off >= 0 then p, o, g = ARGV[4], ARGV[5], ARGV[9] end
+if off >= 0 then
+  if exists and tonumber(o) >= 0 and p ~= ARGV[4] then
+    local keep = {p .. ' ' .. g .. ' ' .. o}
+    for xp, xg, xo in string.gmatch(x, '(%d+) (%d+) (%d+)') do
+      if xp ~= p and xp ~= ARGV[4] and #keep < 3 then keep[#keep + 1] = xp .. ' ' .. xg .. ' ' .. xo end
+    end
+    x = table.concat(keep, ',')
+  end
+  p, o, g = ARGV[4], ARGV[5], ARGV[9]
+end
 q = (q + 1) % 4294967296
 if fresh then
-  redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 's', s, 'g', g, 'q', tostring(q), 'c', tostring(c))
+  redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 's', s, 'g', g, 'q', tostring(q), 'c', tostring(c), 'x', x)
 else
-  redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 'g', g, 'q', tostring(q))
+  redis.call('HSET', k, 'e', e, 'l', l, 'p', p, 'o', o, 'h', h, 'g', g, 'q', tostring(q), 'x', x)
 end
 if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
-return {1, e, l, p, o, h, s, g, tostring(q), tostring(c)}
+return {1, e, l, p, o, h, s, g, tostring(q), tostring(c), x}
 `)
 
 // saveScript replaces the record hash KEYS[1] and returns 1, unless its q
@@ -138,17 +157,18 @@ if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
   if q and q ~= ARGV[8] then return 0 end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'e', ARGV[1], 'l', ARGV[2], 'p', ARGV[3], 'o', ARGV[4], 'h', ARGV[5], 's', ARGV[6], 'g', ARGV[7], 'q', ARGV[8], 'c', ARGV[9])
-if tonumber(ARGV[10]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
+redis.call('HSET', KEYS[1], 'e', ARGV[1], 'l', ARGV[2], 'p', ARGV[3], 'o', ARGV[4], 'h', ARGV[5], 's', ARGV[6], 'g', ARGV[7], 'q', ARGV[8], 'c', ARGV[9], 'x', ARGV[10])
+if tonumber(ARGV[11]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[11]) end
 return 1
 `)
 
 // fieldNames are the hash fields of a record: epoch, last event time in µs,
-// Kafka partition and offset, packed pages, packed state, generation, Seq
-// and StateSeq.
-var fieldNames = [numFields]string{"e", "l", "p", "o", "h", "s", "g", "q", "c"}
+// Kafka partition and offset, packed pages, packed state, generation, Seq,
+// StateSeq and the prior positions (Record.Prior as "partition gen offset"
+// joined by commas).
+var fieldNames = [numFields]string{"e", "l", "p", "o", "h", "s", "g", "q", "c", "x"}
 
-const numFields = 9
+const numFields = 10
 
 // RedisStore is a Store in Redis (standalone, Sentinel or Cluster through
 // go-redis's UniversalClient), so that every replica sees every user's
@@ -458,6 +478,7 @@ func resetRecord(r *Record) {
 	r.Pages = r.Pages[:0]
 	r.State = r.State[:0]
 	r.Epoch, r.Last, r.Partition, r.Gen, r.Offset, r.Seq, r.StateSeq = 0, time.Time{}, 0, 0, -1, 0, 0
+	r.Prior = r.Prior[:0]
 }
 
 // appendFields appends the hash fields of fieldNames for r to dst, as
@@ -476,7 +497,45 @@ func appendFields(dst []any, r *Record) []any {
 	for _, v := range r.State {
 		st = binary.LittleEndian.AppendUint32(st, math.Float32bits(v))
 	}
-	return append(dst, r.Epoch, last, r.Partition, r.Offset, h, st, r.Gen, r.Seq, r.StateSeq)
+	return append(dst, r.Epoch, last, r.Partition, r.Offset, h, st, r.Gen, r.Seq, r.StateSeq, formatPrior(r.Prior))
+}
+
+// formatPrior is the x field of a record: "partition gen offset" per
+// position, joined by commas.
+func formatPrior(prior []Position) string {
+	var b []byte
+	for i, p := range prior {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(p.Partition), 10)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(p.Gen), 10)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, p.Offset, 10)
+	}
+	return string(b)
+}
+
+// parsePrior parses the x field into dst (reused); "" is none.
+func parsePrior(x string, dst []Position) ([]Position, error) {
+	dst = dst[:0]
+	for x != "" {
+		entry, rest, _ := strings.Cut(x, ",")
+		x = rest
+		f := strings.Fields(entry)
+		if len(f) != 3 {
+			return dst, errCorrupt
+		}
+		p, err1 := strconv.ParseInt(f[0], 10, 32)
+		g, err2 := strconv.ParseUint(f[1], 10, 32)
+		o, err3 := strconv.ParseInt(f[2], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return dst, errCorrupt
+		}
+		dst = append(dst, Position{Partition: int32(p), Gen: uint32(g), Offset: o})
+	}
+	return dst, nil
 }
 
 var errCorrupt = errors.New("corrupt history record")
@@ -495,7 +554,11 @@ func decodeFields(f [numFields]string, r *Record) error {
 	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil || len(f[4])%4 != 0 || len(f[5])%4 != 0 {
 		return errCorrupt
 	}
-	r.Epoch, r.Partition, r.Gen, r.Offset = uint32(epoch), int32(part), gen, off
+	prior, err := parsePrior(f[9], r.Prior)
+	if err != nil {
+		return errCorrupt
+	}
+	r.Epoch, r.Partition, r.Gen, r.Offset, r.Prior = uint32(epoch), int32(part), gen, off, prior
 	r.Seq, r.StateSeq = seq, stateSeq
 	r.Last = time.Time{}
 	if last != 0 {

@@ -178,15 +178,26 @@ func encodeFields(r *Record) (f [numFields]string) {
 
 func TestRecordFields(t *testing.T) {
 	in := Record{Pages: []int32{1, -2, 1 << 30}, State: []float32{0.5, -1}, Epoch: 9,
-		Last: time.UnixMicro(1_800_000_000_123456), Partition: 3, Gen: 4, Offset: 1 << 40, Seq: 1<<32 - 1, StateSeq: 1<<32 - 2}
+		Last: time.UnixMicro(1_800_000_000_123456), Partition: 3, Gen: 4, Offset: 1 << 40, Seq: 1<<32 - 1, StateSeq: 1<<32 - 2,
+		Prior: []Position{{Partition: 7, Gen: 2, Offset: 1 << 35}, {Partition: 0, Gen: 0, Offset: 0}}}
 	var out Record
 	if err := decodeFields(encodeFields(&in), &out); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(out.Pages, in.Pages) || !slices.Equal(out.State, in.State) || out.Epoch != in.Epoch ||
 		!out.Last.Equal(in.Last) || out.Partition != in.Partition || out.Offset != in.Offset ||
-		out.Gen != in.Gen || out.Seq != in.Seq || out.StateSeq != in.StateSeq {
+		out.Gen != in.Gen || out.Seq != in.Seq || out.StateSeq != in.StateSeq || !slices.Equal(out.Prior, in.Prior) {
 		t.Fatalf("round trip %+v, want %+v", out, in)
+	}
+	// A record written before prior positions: none.
+	f0 := encodeFields(&in)
+	f0[9] = ""
+	if err := decodeFields(f0, &out); err != nil || len(out.Prior) != 0 {
+		t.Fatalf("record without x: %+v, %v; want no prior positions", out, err)
+	}
+	f0[9] = "7 2"
+	if err := decodeFields(f0, &out); err == nil {
+		t.Fatal("a damaged x field decoded")
 	}
 	// A record written before generations and stamps: generation 0, state unknown.
 	f := encodeFields(&in)

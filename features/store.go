@@ -61,6 +61,11 @@ type Record struct {
 	Partition int32
 	Gen       uint32
 	Offset    int64
+	// Prior are the positions of the latest clicks applied from other
+	// partitions, newest first, at most MaxPrior: a user's clicks move to
+	// another partition when partitions are added to the topic, and a click
+	// redelivered from the former one must still be told a duplicate.
+	Prior []Position
 	// Seq counts the clicks applied to the record (Append adds one, modulo
 	// 2^32). StateSeq is the Seq of the click that State covers: the caller
 	// stamps it when it saves a state. StateSeq == Seq means the latest
@@ -70,6 +75,17 @@ type Record struct {
 	Seq      uint32
 	StateSeq uint32
 }
+
+// Position is where a click was in Kafka: partition, the partition's
+// generation and offset.
+type Position struct {
+	Partition int32
+	Gen       uint32
+	Offset    int64
+}
+
+// MaxPrior bounds Record.Prior.
+const MaxPrior = 3
 
 // Store keeps bounded per-user histories. Implementations are safe for
 // concurrent use; callers keep the clicks of one user in order (the Consumer
@@ -183,8 +199,16 @@ func applyClick(r *Record, c Click, maxLen int, gap time.Duration, exists bool) 
 		}
 		return clickDuplicate
 	}
+	if exists && c.Offset >= 0 {
+		for _, p := range r.Prior {
+			if p.Partition == c.Partition && p.Gen == c.Gen && c.Offset <= p.Offset {
+				return clickDuplicate // applied before the user moved on
+			}
+		}
+	}
 	if !exists {
 		r.Offset, r.Seq, r.StateSeq = -1, 0, 0
+		r.Prior = r.Prior[:0]
 	}
 	if !exists || (gap > 0 && c.TS.Sub(r.Last) > gap) {
 		r.Pages = r.Pages[:0]
@@ -200,8 +224,26 @@ func applyClick(r *Record, c Click, maxLen int, gap time.Duration, exists bool) 
 		r.Last = c.TS
 	}
 	if c.Offset >= 0 {
+		if r.Offset >= 0 && r.Partition != c.Partition {
+			r.Prior = pushPrior(r.Prior, Position{r.Partition, r.Gen, r.Offset}, c.Partition)
+		}
 		r.Partition, r.Gen, r.Offset = c.Partition, c.Gen, c.Offset
 	}
 	r.Seq++
 	return clickApplied
+}
+
+// pushPrior puts old (the position a user leaves) first in prior, drops the
+// entries of old's partition and of the partition the user moves to (now
+// the record's own position), and keeps MaxPrior. It reuses prior.
+func pushPrior(prior []Position, old Position, to int32) []Position {
+	out := prior[:0]
+	keep := make([]Position, 0, MaxPrior)
+	keep = append(keep, old)
+	for _, p := range prior {
+		if p.Partition != old.Partition && p.Partition != to && len(keep) < MaxPrior {
+			keep = append(keep, p)
+		}
+	}
+	return append(out, keep...)
 }
