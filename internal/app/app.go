@@ -193,8 +193,11 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 			hctx, cancel := context.WithTimeout(srvCtx, 5*time.Second)
 			defer cancel()
 			if policy, evicts, err := redisEvicts(hctx, srdb); err == nil && evicts {
-				log.Warn("the redis holding histories and partition marks may evict them under memory pressure; give it maxmemory-policy noeviction, or give the state a redis of its own (--state-redis-addr)",
-					"policy", policy)
+				advice := "give it maxmemory-policy noeviction, or give the state a redis of its own (--state-redis-addr)"
+				if cfg.StateRedisAddr != "" {
+					advice = "give it maxmemory-policy noeviction (or no maxmemory)"
+				}
+				log.Warn("the redis holding histories and partition marks may evict them under memory pressure; "+advice, "policy", policy)
 			}
 		})
 	}

@@ -279,12 +279,19 @@ func CheckHostPort(a string) error {
 	if strings.Contains(a, "://") || strings.Contains(a, "@") {
 		return errors.New("an address is host:port, not a URL (credentials go in their own flags or variables; the value is not repeated here)")
 	}
+	shown := strconv.Quote(a)
+	if strings.IndexFunc(a, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(".-_:[]%", r))
+	}) >= 0 {
+		// Not a host name or an IP address: it may hold a secret.
+		shown = "the value (not repeated here)"
+	}
 	_, port, err := net.SplitHostPort(a)
 	if err != nil {
-		return fmt.Errorf("%q is not host:port", a)
+		return fmt.Errorf("%s is not host:port", shown)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", a, port)
+		return fmt.Errorf("%s: the port is not a number from 1 to 65535", shown)
 	}
 	return nil
 }
