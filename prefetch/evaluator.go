@@ -111,22 +111,14 @@ type Evaluator struct {
 	wall func() time.Time
 }
 
-// MaxAhead is how far ahead of the wall clock an event time may move the
-// Evaluator's clock. A click stamped later (a client whose clock runs
-// ahead, within the consumer's skew limit) counts as made MaxAhead from
-// now: its prefetch was written to Redis now and lives TTL from now, and
-// it cannot expire every other prefetch early by moving event time on.
-// Older event times (a replay of a past day) are taken as they are.
-const MaxAhead = 2 * time.Second
-
-// eventTime is at in Unix nanoseconds, capped at MaxAhead past the wall
-// clock. Callers hold mu.
+// eventTime is at in Unix nanoseconds, capped at the wall clock. A click
+// stamped later (a client whose clock runs ahead, within the consumer's
+// skew limit) counts as made now, which is when its prefetch reaches
+// Redis: it cannot move event time on and expire every other prefetch
+// early. Older event times (a replay of a past day) are taken as they are.
+// Callers hold mu.
 func (e *Evaluator) eventTime(at time.Time) int64 {
-	t := unixNanos(at)
-	if limit := addNanos(unixNanos(e.wall()), MaxAhead); t > limit {
-		return limit
-	}
-	return t
+	return min(unixNanos(at), unixNanos(e.wall()))
 }
 
 type evalEntry struct {
@@ -375,7 +367,8 @@ func (e *Evaluator) Tick(elapsed time.Duration) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.now != 0 && e.now == e.ticked && elapsed > 0 {
-		e.now += int64(elapsed)
+		// Never past the wall clock: Redis's keys live by it.
+		e.now = max(e.now, min(addNanos(e.now, elapsed), unixNanos(e.wall())))
 		e.entries.expire(e.now, e.retireFn)
 	}
 	e.ticked = e.now

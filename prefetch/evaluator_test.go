@@ -391,7 +391,8 @@ func TestEvaluatorTick(t *testing.T) {
 // TestEvaluatorFutureClick: a click stamped minutes ahead of the wall clock
 // (a client's clock running ahead, within the skew limit) neither expires
 // the other prefetches nor keeps later ones from counting; its own
-// prefetch counts as made MaxAhead from now.
+// prefetch counts as made now; and the ticks after it do not run event
+// time ahead of the wall clock, so later short-lived prefetches still count.
 func TestEvaluatorFutureClick(t *testing.T) {
 	for _, ahead := range []time.Duration{5 * time.Minute, time.Hour, 23 * time.Hour} {
 		t.Run(ahead.String(), func(t *testing.T) {
@@ -423,10 +424,31 @@ func TestEvaluatorFutureClick(t *testing.T) {
 				t.Fatalf("stats %+v, want 7 issued, 7 used, 7 warm clicks, 0 wasted", s)
 			}
 			// Time runs on from the wall clock: everything expires used.
-			now = now.Add(ttl + MaxAhead)
+			now = now.Add(ttl)
 			e.Advance(now)
 			if s := e.Stats()[0]; s.Wasted != 0 || e.Tracked() != 0 {
 				t.Fatalf("after the TTL: %+v, %d tracked; want none wasted or tracked", s, e.Tracked())
+			}
+			// Another ahead click, then seconds of real-time clicks and
+			// ticks (the live stream): event time must not run ahead of
+			// the wall clock, so a 3 s prefetch is still warm 2.3 s after
+			// it was made.
+			e.ObserveClick("z1", "/52", now.Add(ahead))
+			for range 8 {
+				e.Tick(time.Second)
+				now = now.Add(time.Second)
+				e.ObserveClick("filler", "/x", now.Add(-time.Millisecond))
+			}
+			e.ObservePrefetch("d1", "/70", "v1", now, 3*time.Second)
+			for range 2 {
+				e.Tick(time.Second)
+				now = now.Add(time.Second)
+				e.ObserveClick("filler", "/x", now.Add(-time.Millisecond))
+			}
+			now = now.Add(300 * time.Millisecond)
+			e.ObserveClick("d1", "/70", now)
+			if s := e.Stats()[0]; s.Used != 8 || s.Wasted != 0 {
+				t.Fatalf("short-lived prefetch after an ahead click: %+v, want it used, none wasted", s)
 			}
 		})
 	}

@@ -808,6 +808,39 @@ func (w *Warmer) process(ctx context.Context, batch []item, sc *scratch) {
 	w.write(ctx, batch, sc)
 }
 
+// remaining asks Redis, in one pipeline, how long each key that SET NX
+// found existing has left (PTTL: -1 none, -2 gone), by batch index; nil when
+// no key was found existing or the round trip failed. A page found warm is
+// then believed warm only that long, not a whole TTL.
+func (w *Warmer) remaining(ctx context.Context, batch []item, values [][]byte, cmds []*redis.BoolCmd) map[int]time.Duration {
+	var idx []int
+	for i := range batch {
+		if values[i] != nil && cmds[i] != nil {
+			if set, err := cmds[i].Result(); err == nil && !set {
+				idx = append(idx, i)
+			}
+		}
+	}
+	if len(idx) == 0 || ctx.Err() != nil {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, w.cfg.WriteTimeout)
+	defer cancel()
+	pipe := w.rdb.Pipeline()
+	pcmds := make([]*redis.DurationCmd, len(idx))
+	for j, i := range idx {
+		pcmds[j] = pipe.PTTL(pctx, batch[i].key)
+	}
+	_, _ = pipe.Exec(pctx)
+	left := make(map[int]time.Duration, len(idx))
+	for j, i := range idx {
+		if d, err := pcmds[j].Result(); err == nil {
+			left[i] = d
+		}
+	}
+	return left
+}
+
 // write sends SET key value EX ttl NX for every item with a value, in one
 // pipeline, and records the outcome. Items without a value were already
 // counted as dropped.
@@ -853,6 +886,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	}
 
 	expires := now.Add(w.cfg.TTL).UnixNano()
+	left := w.remaining(ctx, batch, values, cmds)
 	var firstErr error
 	failed, written, exists, bytes := 0, 0, 0, 0
 	// A reset since the pipeline was sent means the keys may have been
@@ -895,12 +929,22 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 			}
 		default:
 			// Someone else holds the key (another instance, or ours after
-			// the local memory forgot it): it is warm, leave it alone.
+			// the local memory forgot it, as after a restart): it is warm,
+			// leave it alone, and believe it only for the time it has left.
 			exists++
-			if stale {
+			exp, gone := expires, false
+			if d, ok := left[i]; ok {
+				switch {
+				case d == -2: // expired since
+					gone = true
+				case d > 0:
+					exp = now.Add(d).UnixNano()
+				}
+			}
+			if stale || gone {
 				w.keys.abort(it.slot)
 			} else {
-				w.keys.done(it.slot, expires)
+				w.keys.done(it.slot, exp)
 			}
 			values[i] = nil
 		}

@@ -888,3 +888,32 @@ func TestWarmerTrackedKeysExpire(t *testing.T) {
 		t.Fatalf("tracked keys past their TTL = %v, want 0", got)
 	}
 }
+
+// TestWarmerExistingKeyTimeLeft: a page found already in Redis (another
+// replica's, or this service's before a restart) is believed warm only for
+// the time its key has left, so it is warmed again once that key expires,
+// not a whole TTL later.
+func TestWarmerExistingKeyTimeLeft(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	if err := rdb.Set(ctx, "page:/p42", "theirs", 700*time.Millisecond).Err(); err != nil {
+		t.Fatal(err)
+	}
+	w := startWarmer(t, Config{TTL: time.Minute}, rdb)
+	req := Request{UserID: "u", Pages: []Page{{Key: "/p42", Probability: 0.9}}}
+	w.Warm(ctx, req)
+	eventually(t, 5*time.Second, "the existing key found", func() bool { return counter(w.m.skippedExists) == 1 })
+	eventually(t, 5*time.Second, "the existing key expired in Redis", func() bool {
+		n, err := rdb.Exists(ctx, "page:/p42").Result()
+		return err == nil && n == 0
+	})
+	time.Sleep(50 * time.Millisecond)
+	w.Warm(ctx, req)
+	eventually(t, 5*time.Second, "the page warmed again", func() bool { return counter(w.m.written) == 1 })
+	if v, err := rdb.Get(ctx, "page:/p42").Result(); err != nil || v == "theirs" {
+		t.Fatalf("page:/p42 = %q, %v; want this warmer's value", v, err)
+	}
+	if d, err := rdb.TTL(ctx, "page:/p42").Result(); err != nil || d < 50*time.Second {
+		t.Fatalf("TTL %v, %v; want about a minute", d, err)
+	}
+}
