@@ -66,9 +66,8 @@ type Server struct {
 
 	grpc   *grpc.Server
 	health *health.Server
-	// marked are received messages whose strings are not valid UTF-8
-	// (utf8.go).
-	marked sync.Map
+	// marks are received messages the codec could not decode (utf8.go).
+	marks marks
 
 	methods       map[string]*methodMetrics // read-only after New
 	unknownMethod *methodMetrics
@@ -126,7 +125,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	}
 
 	opts := []grpc.ServerOption{
-		grpc.ForceServerCodecV2(newUTF8Codec(&s.marked)),
+		grpc.ForceServerCodecV2(newUTF8Codec(&s.marks)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),

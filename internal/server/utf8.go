@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
@@ -51,11 +53,51 @@ const (
 // utf8Codec is the proto codec with the marking described above.
 type utf8Codec struct {
 	encoding.CodecV2
-	marked *sync.Map // message pointer -> *badMessage
+	marks *marks
 }
 
-func newUTF8Codec(marked *sync.Map) utf8Codec {
-	return utf8Codec{CodecV2: encoding.GetCodecV2("proto"), marked: marked}
+func newUTF8Codec(m *marks) utf8Codec {
+	return utf8Codec{CodecV2: encoding.GetCodecV2("proto"), marks: m}
+}
+
+// marks are the marks of undecodable messages, by message pointer. A mark
+// is taken as soon as the call reads its message, but grpc-go may fail a
+// unary call after decoding (the caller cancels, or sends a second message)
+// without any interceptor running: such a mark would stay. So the message
+// is emptied when marked (a mark keeps no request data), and marks older
+// than markMaxAge are swept as new ones come.
+type marks struct {
+	m         sync.Map // message pointer -> mark
+	lastSweep atomic.Int64
+}
+
+type mark struct {
+	err *badMessage
+	at  int64 // Unix ns
+}
+
+// markMaxAge is the age past which a mark is an orphan: a call reads its
+// message at once, so a mark is taken within microseconds.
+var markMaxAge = 30 * time.Second
+
+func (ms *marks) store(v any, e *badMessage) {
+	now := time.Now().UnixNano()
+	ms.m.Store(v, mark{e, now})
+	if last := ms.lastSweep.Load(); now-last > int64(markMaxAge)/2 && ms.lastSweep.CompareAndSwap(last, now) {
+		ms.m.Range(func(k, v any) bool {
+			if now-v.(mark).at > int64(markMaxAge) {
+				ms.m.Delete(k)
+			}
+			return true
+		})
+	}
+}
+
+func (ms *marks) take(v any) *badMessage {
+	if mk, ok := ms.m.LoadAndDelete(v); ok {
+		return mk.(mark).err
+	}
+	return nil
 }
 
 // Unmarshal implements encoding.CodecV2.
@@ -77,7 +119,8 @@ func (c utf8Codec) Unmarshal(data mem.BufferSlice, v any) error {
 		e.what = "not a " + string(m.ProtoReflect().Descriptor().FullName()) + " message (protobuf decoding failed)"
 		e.detail, e.reason = "request: "+e.what, reasonProto
 	}
-	c.marked.Store(v, e)
+	proto.Reset(m) // the mark must not keep the request's data
+	c.marks.store(v, e)
 	return nil
 }
 
@@ -120,8 +163,8 @@ func badField(b []byte, md protoreflect.MessageDescriptor) string {
 
 // takeMark returns and forgets the mark of message v, or nil.
 func (s *Server) takeMark(v any) error {
-	if e, ok := s.marked.LoadAndDelete(v); ok {
-		return e.(*badMessage)
+	if e := s.marks.take(v); e != nil {
+		return e
 	}
 	return nil
 }

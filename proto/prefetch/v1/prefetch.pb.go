@@ -450,8 +450,10 @@ type IngestSummary struct {
 	// rejected_by_reason splits rejected by reason: "empty_user_id",
 	// "oversized_user_id", "empty_page", "oversized_page", "missing_ts", "invalid_ts",
 	// "oversized_session_id", "oversized_referrer", "oversized_event_id", "utf8"
-	// (a string that is not valid UTF-8), or "invalid" when the event decoder
-	// refused it.
+	// (a string that is not valid UTF-8), "proto" (bytes that are not a
+	// ClickEvent), or, when the service's event decoder refused the event, its
+	// reason as on Kafka (for example "ts_skew"; see features/EVENTS.md), and
+	// "invalid" when it gave none.
 	RejectedByReason map[string]uint64 `protobuf:"bytes,3,rep,name=rejected_by_reason,json=rejectedByReason,proto3" json:"rejected_by_reason,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// first_errors describes the first few rejected events (at most 10).
 	FirstErrors []*IngestError `protobuf:"bytes,4,rep,name=first_errors,json=firstErrors,proto3" json:"first_errors,omitempty"`
