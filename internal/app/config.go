@@ -255,9 +255,17 @@ func (c *Config) Validate() error {
 	}
 	switch c.PrefetchMode {
 	case "hint":
+		if c.OriginURL != "" {
+			errs = append(errs, errors.New("--origin-url is fetched only with --prefetch-mode origin"))
+		}
 	case "origin":
-		if c.OriginURL == "" {
+		switch {
+		case c.OriginURL == "":
 			errs = append(errs, errors.New("--prefetch-mode origin needs --origin-url"))
+		case !strings.Contains(c.OriginURL, "{page}"):
+			errs = append(errs, errors.New("--origin-url lacks {page}: every page would get the same body"))
+		case !strings.HasPrefix(c.OriginURL, "http://") && !strings.HasPrefix(c.OriginURL, "https://"):
+			errs = append(errs, errors.New("--origin-url must be an http:// or https:// URL"))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--prefetch-mode %q is neither hint nor origin", c.PrefetchMode))
