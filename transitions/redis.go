@@ -95,11 +95,12 @@ func (s *redisStore) key(from string) string { return s.cfg.KeyPrefix + "c:" + f
 // sum of exp(λ (t - t_ref)) over the page's transitions in the batch.
 // Counts are added as weight · exp(λ (t_ref - base)) · fixedScale,
 // rounded; past e^redisRebase the hash is scaled back and its base moved.
-// Past max next pages plus the slack, the smallest counts of pages this
-// call did not touch are dropped down to max next, so that a newcomer
-// takes the place of the smallest, as in memory (the total keeps the
-// dropped counts), and the sort that finds them runs once per slack
-// newcomers.
+// Past max next pages plus the slack, the smallest counts are dropped down
+// to max next (the total keeps them), except the largest page this call
+// touched: as in memory, where each newcomer takes the place of the
+// smallest page at that moment, so a burst of newcomers pushes out one
+// established page and then each other, not every page with a real count.
+// The sort that finds them runs once per slack newcomers.
 var observeScript = redis.NewScript(`
 local lambda, maxn, slack, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local scale = tonumber(ARGV[5])
@@ -143,9 +144,18 @@ for _, k in ipairs(KEYS) do
         rows[#rows+1] = {all[i], tonumber(all[i+1]), touched[all[i]] or 0}
       end
     end
-    table.sort(rows, function(x, y) return x[3] < y[3] or (x[3] == y[3] and x[2] < y[2]) end)
-    for i = 1, over do
-      redis.call('HDEL', k, rows[i][1])
+    table.sort(rows, function(x, y) return x[2] < y[2] or (x[2] == y[2] and x[3] < y[3]) end)
+    local keep = 0
+    for i = #rows, 1, -1 do
+      if rows[i][3] == 1 then keep = i; break end
+    end
+    local dropped, i = 0, 1
+    while dropped < over and i <= #rows do
+      if i ~= keep then
+        redis.call('HDEL', k, rows[i][1])
+        dropped = dropped + 1
+      end
+      i = i + 1
     end
   end
   redis.call('EXPIRE', k, ttl)

@@ -160,6 +160,44 @@ func TestDecay(t *testing.T) {
 	}
 }
 
+// TestBurstOfNewcomers: one batch of many next pages seen once each (unique
+// URLs, a bot) pushes out at most one established next page, in both
+// backends, as newcomers take the smallest one's place one at a time.
+func TestBurstOfNewcomers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for name, mk := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			s := mk(Config{MaxNext: 4}, nil)
+			var ts []Transition
+			for i, to := range []string{"/a", "/b", "/c", "/d"} {
+				for range 10 - i {
+					ts = append(ts, Transition{From: "/s", To: to, At: t0})
+				}
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			ts = ts[:0]
+			for i := range 60 {
+				ts = append(ts, Transition{From: "/s", To: fmt.Sprintf("/junk/%d", i), At: t0})
+			}
+			if err := s.Observe(ctx, ts); err != nil {
+				t.Fatal(err)
+			}
+			d := lookup(ctx, t, s, "/s", t0)
+			kept := map[string]bool{}
+			for _, n := range d.Next {
+				kept[n.Page] = true
+			}
+			if !kept["/a"] || !kept["/b"] || !kept["/c"] || len(d.Next) > 4 {
+				t.Errorf("next of /s after a burst of 60 newcomers = %+v, want /a, /b and /c kept, at most 4", d.Next)
+			}
+		})
+	}
+}
+
 func TestBoundedMemory(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
