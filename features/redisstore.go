@@ -286,8 +286,14 @@ func (s *RedisStore) AppendMany(ctx context.Context, rows []*BatchRow) {
 		return appendScript.EvalSha(ctx, pipe, []string{s.Key(rows[i].User)}, s.appendArgs(rows[i].Click)...)
 	})
 	s.observe("append_many", start, err)
+	perr := err
 	for i, cmd := range cmds {
 		res, err := cmd.Slice()
+		if perr != nil && cmd.Err() == nil {
+			// The pipeline failed before this command ran (a connection
+			// refused at AUTH, say): its error, not "unexpected type".
+			err = perr
+		}
 		rows[i].Err = s.appendResult(rows[i].User, res, err, &rows[i].Rec)
 	}
 }

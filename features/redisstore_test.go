@@ -597,3 +597,22 @@ func BenchmarkRedisAppendMany(b *testing.B) {
 		})
 	}
 }
+
+// TestAppendManyNamesConnectionError: when the pipeline cannot run at all
+// (a wrong password refused at connection), each row's error is that
+// refusal, not a decoding error about an empty reply.
+func TestAppendManyNamesConnectionError(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := newRedisClient(t, srv.Addr())
+	if err := admin.Do(context.Background(), "ACL", "SETUSER", "pf", "on", ">right", "~*", "+@all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "pf", Password: "wrong", ContextTimeoutEnabled: true, MaxRetries: -1})
+	defer client.Close()
+	s := newTestRedisStore(t, client, StoreConfig{History: HistoryConfig{MaxLen: 5}})
+	rows := []BatchRow{{User: "u", Click: Click{Page: 2, TS: time.Now(), Offset: -1}}}
+	s.AppendMany(context.Background(), []*BatchRow{&rows[0]})
+	if err := rows[0].Err; err == nil || strings.Contains(err.Error(), "unexpected type") || !strings.Contains(strings.ToUpper(err.Error()), "PASS") {
+		t.Fatalf("err %v, want the password refusal named", err)
+	}
+}

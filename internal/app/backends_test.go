@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -78,5 +80,37 @@ func redisClients(t *testing.T) (context.Context, func(addr string) redis.Univer
 		c := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{addr}})
 		t.Cleanup(func() { c.Close() })
 		return c
+	}
+}
+
+// TestReloadOnDialError: a node that cannot be dialled makes the hook ask
+// for a slot-map reload (at once, not at go-redis's minute), and a dial that
+// works does not.
+func TestReloadOnDialError(t *testing.T) {
+	ctx := context.Background()
+	reloads := 0
+	h := reloadOnDialError{reload: func(context.Context) { reloads++ }}
+	refused := h.DialHook(func(context.Context, string, string) (net.Conn, error) {
+		return nil, errors.New("connect: connection refused")
+	})
+	if _, err := refused(ctx, "tcp", "127.0.0.1:1"); err == nil || reloads != 1 {
+		t.Fatalf("refused dial: err %v, %d reloads; want the error and 1 reload", err, reloads)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	ok := h.DialHook(func(context.Context, string, string) (net.Conn, error) { return a, nil })
+	if c, err := ok(ctx, "tcp", "127.0.0.1:2"); err != nil || c != a || reloads != 1 {
+		t.Fatalf("good dial: %v, %v, %d reloads; want the connection and no reload", c, err, reloads)
+	}
+	// Wired into cluster clients built from several addresses.
+	cfg := Default()
+	rdb, err := redisClient(cfg, "127.0.0.1:1,127.0.0.1:2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	if _, isCluster := rdb.(*redis.ClusterClient); !isCluster {
+		t.Fatalf("client %T for two addresses, want a cluster client", rdb)
 	}
 }
