@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -237,13 +238,7 @@ func applyClick(r *Record, c Click, maxLen int, gap time.Duration, exists bool) 
 // entries of old's partition and of the partition the user moves to (now
 // the record's own position), and keeps MaxPrior. It reuses prior.
 func pushPrior(prior []Position, old Position, to int32) []Position {
-	out := prior[:0]
-	keep := make([]Position, 0, MaxPrior)
-	keep = append(keep, old)
-	for _, p := range prior {
-		if p.Partition != old.Partition && p.Partition != to && len(keep) < MaxPrior {
-			keep = append(keep, p)
-		}
-	}
-	return append(out, keep...)
+	prior = slices.DeleteFunc(prior, func(p Position) bool { return p.Partition == old.Partition || p.Partition == to })
+	prior = slices.Insert(prior, 0, old)
+	return prior[:min(len(prior), MaxPrior)]
 }

@@ -76,7 +76,7 @@ func kafkaDialer(tc *tls.Config, mech sasl.Mechanism) *kafka.Dialer {
 // redisClient connects to the Redis named by addr with cfg's credentials.
 func redisClient(cfg Config, addr string) (redis.UniversalClient, error) {
 	opts := &redis.UniversalOptions{
-		Addrs:                 strings.Split(addr, ","),
+		Addrs:                 splitAddrs(addr),
 		Username:              cfg.RedisUsername,
 		Password:              cfg.RedisPassword,
 		ContextTimeoutEnabled: true,
