@@ -179,7 +179,7 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 		// committed to the end again.
 		rewindGroup(t, b2.Addr(), cfg.GroupID, topic)
 		c3 := member("the rewound records taken for redeliveries and committed", func(c *Consumer) bool {
-			return testutil.ToFloat64(c.m.duplicates) == 31
+			return testutil.ToFloat64(c.m.duplicates) >= 31
 		})
 		checkApplied(t, rec.snapshot(), stream.want)
 		// The bad record was dead-lettered the first time: not again.
