@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -96,8 +97,29 @@ func NewStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus.Regi
 // joined by commas, newest first). ARGV: page (4 bytes), ts (Unix µs), epoch, partition,
 // offset, max length, session gap (µs, 0 = none), TTL (ms, 0 = none),
 // generation. A record without q (written before stamps) reads as q 1, c 0.
+//
+// ARGV[10], when given, is the caller's foresight (see fastArgs): 'f' or
+// 'n', then the stamps q c l p o g it expects the stored record to have,
+// then the record it computed with the click applied: all ten fields after
+// 'f' (a new session), l p o h g q x after 'n'. When the stored stamps are
+// those, the record is the one the caller holds and the click is applied by
+// writing those fields alone, and the script returns {3}: no reading,
+// parsing or sending back the record. Otherwise it goes on as without them.
 var appendScript = redis.NewScript(`
 local k = KEYS[1]
+local mode = ARGV[10]
+if mode == 'f' or mode == 'n' then
+  local cur = redis.pcall('HMGET', k, 'q', 'c', 'l', 'p', 'o', 'g')
+  if not cur['err'] and cur[1] == ARGV[11] and cur[2] == ARGV[12] and cur[3] == ARGV[13] and cur[4] == ARGV[14] and cur[5] == ARGV[15] and cur[6] == ARGV[16] then
+    if mode == 'f' then
+      redis.call('HSET', k, 'e', ARGV[17], 'l', ARGV[18], 'p', ARGV[19], 'o', ARGV[20], 'h', ARGV[21], 's', ARGV[22], 'g', ARGV[23], 'q', ARGV[24], 'c', ARGV[25], 'x', ARGV[26])
+    else
+      redis.call('HSET', k, 'l', ARGV[17], 'p', ARGV[18], 'o', ARGV[19], 'h', ARGV[20], 'g', ARGV[21], 'q', ARGV[22], 'x', ARGV[23])
+    end
+    if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', k, ARGV[8]) end
+    return {3}
+  end
+end
 local r = redis.pcall('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's', 'g', 'q', 'c', 'x')
 if r['err'] then redis.call('DEL', k); r = {} end
 local exists = false
@@ -194,6 +216,9 @@ type RedisStore struct {
 	errors  *prometheus.CounterVec
 	hits    prometheus.Counter
 	misses  prometheus.Counter
+
+	// foreseen counts the clicks the script applied as foreseen (reply {3}).
+	foreseen atomic.Int64
 }
 
 // NewRedisStore validates cfg and builds a store on client. The client's
@@ -261,17 +286,46 @@ func (s *RedisStore) observe(op string, start time.Time, err error) {
 
 // appendArgs are the script arguments of Append.
 func (s *RedisStore) appendArgs(c Click) []any {
-	page := make([]byte, 4)
-	binary.LittleEndian.PutUint32(page, uint32(c.Page))
-	return []any{page, c.TS.UnixMicro(), c.Epoch, c.Partition, c.Offset, s.cfg.History.MaxLen, s.gapArg, s.ttlArg, c.Gen}
+	page := binary.LittleEndian.AppendUint32(nil, uint32(c.Page))
+	// Room for the foresight too (foreseenArgs).
+	args := make([]any, 0, 9+7+numFields)
+	return append(args, page, c.TS.UnixMicro(), c.Epoch, c.Partition, c.Offset, s.cfg.History.MaxLen, s.gapArg, s.ttlArg, c.Gen)
+}
+
+// foreseenArgs are the script arguments of Append(user, c): appendArgs,
+// then, when the cache holds user's record and c would be applied to it,
+// the foresight of appendScript (ARGV[10] on): the stamps of the cached
+// record and the record with c applied, which it leaves in rec. The script
+// checks the stamps against the stored record and writes the new fields
+// alone when they match (one hash read of six short fields, no reply to
+// build or parse), and applies c itself otherwise.
+func (s *RedisStore) foreseenArgs(user string, c Click, rec *Record) []any {
+	args := s.appendArgs(c)
+	exists, ok := s.cache.get(user, math.MaxInt64, rec)
+	if !ok || !exists {
+		return args
+	}
+	gap := s.cfg.History.SessionGap
+	n := len(args)
+	args = append(args, "n", rec.Seq, rec.StateSeq, lastMicros(rec.Last), rec.Partition, rec.Offset, rec.Gen)
+	fresh := gap > 0 && c.TS.Sub(rec.Last) > gap
+	if applyClick(rec, c, s.cfg.History.MaxLen, gap, true) != clickApplied {
+		return args[:n]
+	}
+	if fresh {
+		args[n] = "f"
+		return appendFields(args, rec)
+	}
+	return append(args, lastMicros(rec.Last), rec.Partition, rec.Offset, packPages(rec.Pages), rec.Gen, rec.Seq, formatPrior(rec.Prior))
 }
 
 // Append implements Store in one round trip.
 func (s *RedisStore) Append(ctx context.Context, user string, c Click, rec *Record) error {
+	args := s.foreseenArgs(user, c, rec)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
 	start := time.Now()
-	res, err := appendScript.Run(ctx, s.client, []string{s.Key(user)}, s.appendArgs(c)...).Slice()
+	res, err := appendScript.Run(ctx, s.client, []string{s.Key(user)}, args...).Slice()
 	s.observe("append", start, err)
 	return s.appendResult(user, res, err, rec)
 }
@@ -281,9 +335,13 @@ func (s *RedisStore) Append(ctx context.Context, user string, c Click, rec *Reco
 func (s *RedisStore) AppendMany(ctx context.Context, rows []*BatchRow) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
+	args := make([][]any, len(rows))
+	for i, row := range rows {
+		args[i] = s.foreseenArgs(row.User, row.Click, &row.Rec)
+	}
 	start := time.Now()
 	cmds, err := s.pipeline(ctx, appendScript, len(rows), func(pipe redis.Pipeliner, i int) *redis.Cmd {
-		return appendScript.EvalSha(ctx, pipe, []string{s.Key(rows[i].User)}, s.appendArgs(rows[i].Click)...)
+		return appendScript.EvalSha(ctx, pipe, []string{s.Key(rows[i].User)}, args[i]...)
 	})
 	s.observe("append_many", start, err)
 	perr := err
@@ -342,6 +400,12 @@ func (s *RedisStore) appendResult(user string, res []any, err error, rec *Record
 	if err != nil {
 		s.cache.drop(user)
 		return fmt.Errorf("append history of %q: %w", user, err)
+	}
+	if len(res) == 1 && res[0] == int64(3) {
+		// Applied as foreseen: rec holds the record the script wrote.
+		s.foreseen.Add(1)
+		s.cache.put(user, rec, true)
+		return nil
 	}
 	if len(res) != numFields+1 {
 		s.cache.drop(user)
@@ -491,19 +555,28 @@ func resetRecord(r *Record) {
 // script arguments: integers (Redis stores them in decimal) and pages and
 // state packed little endian.
 func appendFields(dst []any, r *Record) []any {
-	var last int64
-	if !r.Last.IsZero() {
-		last = r.Last.UnixMicro()
-	}
-	h := make([]byte, 0, 4*len(r.Pages))
-	for _, p := range r.Pages {
-		h = binary.LittleEndian.AppendUint32(h, uint32(p))
-	}
 	st := make([]byte, 0, 4*len(r.State))
 	for _, v := range r.State {
 		st = binary.LittleEndian.AppendUint32(st, math.Float32bits(v))
 	}
-	return append(dst, r.Epoch, last, r.Partition, r.Offset, h, st, r.Gen, r.Seq, r.StateSeq, formatPrior(r.Prior))
+	return append(dst, r.Epoch, lastMicros(r.Last), r.Partition, r.Offset, packPages(r.Pages), st, r.Gen, r.Seq, r.StateSeq, formatPrior(r.Prior))
+}
+
+// lastMicros is the l field of a record: Last in µs, 0 when unset.
+func lastMicros(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
+}
+
+// packPages is the h field of a record: the pages little endian.
+func packPages(pages []int32) []byte {
+	h := make([]byte, 0, 4*len(pages))
+	for _, p := range pages {
+		h = binary.LittleEndian.AppendUint32(h, uint32(p))
+	}
+	return h
 }
 
 // formatPrior is the x field of a record: "partition gen offset" per

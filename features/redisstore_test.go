@@ -2,8 +2,10 @@ package features
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -615,4 +617,160 @@ func TestAppendManyNamesConnectionError(t *testing.T) {
 	if err := rows[0].Err; err == nil || strings.Contains(err.Error(), "unexpected type") || !strings.Contains(strings.ToUpper(err.Error()), "PASS") {
 		t.Fatalf("err %v, want the password refusal named", err)
 	}
+}
+
+// TestRedisStoreForeseenAppend: a store whose cache holds the user's record
+// applies a click by writing the record it foresaw (the script checks the
+// stored stamps first), and leaves in Redis exactly what a store without a
+// cache leaves, whose script reads and applies every click itself: the same
+// hash, field by field, and the same Record and error returned, through
+// session gaps, redeliveries, partition moves, saved states, another writer
+// and a record deleted or overwritten behind the cache's back. Each step
+// says whether the foreseen write should be the one that served it.
+func TestRedisStoreForeseenAppend(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	hist := HistoryConfig{MaxLen: 3, SessionGap: time.Minute, IdleTTL: time.Hour}
+	fast := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "a:", History: hist})
+	full := newTestRedisStore(t, client, StoreConfig{KeyPrefix: "b:", History: hist, CacheSize: -1})
+	others := [2]*RedisStore{
+		newTestRedisStore(t, client, StoreConfig{KeyPrefix: "a:", History: hist, CacheSize: -1}),
+		newTestRedisStore(t, client, StoreConfig{KeyPrefix: "b:", History: hist, CacheSize: -1}),
+	}
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	click := func(page, part int32, off int64, sec int) Click {
+		return Click{Page: page, TS: t0.Add(time.Duration(sec) * time.Second), Epoch: 4, Partition: part, Offset: off}
+	}
+	const (
+		appendStep = iota
+		otherAppend
+		saveState
+		deleteKey
+		overwriteKey
+	)
+	steps := []struct {
+		name     string
+		kind     int
+		c        Click
+		wantFast bool
+		wantErr  error
+	}{
+		{"first click: nothing cached", appendStep, click(1, 0, 0, 0), false, nil},
+		{"second click", appendStep, click(2, 0, 1, 1), true, nil},
+		{"window full", appendStep, click(3, 0, 2, 2), true, nil},
+		{"window slides", appendStep, click(4, 0, 3, 3), true, nil},
+		{"redelivered", appendStep, click(3, 0, 2, 2), false, ErrDuplicate},
+		{"moves to partition 2", appendStep, click(5, 2, 0, 4), true, nil},
+		{"redelivered from partition 0", appendStep, click(4, 0, 3, 3), false, ErrDuplicate},
+		{"no position", appendStep, click(6, 0, -1, 5), true, nil},
+		{"clock goes back", appendStep, click(7, 2, 1, 4), true, nil},
+		{"state saved", saveState, Click{}, false, nil},
+		{"after the saved state", appendStep, click(8, 2, 2, 6), true, nil},
+		{"new session", appendStep, click(9, 2, 3, 600), true, nil},
+		{"another writer appends", otherAppend, click(10, 2, 4, 601), false, nil},
+		{"after the other writer: cache stale", appendStep, click(11, 2, 5, 602), false, nil},
+		{"cache current again", appendStep, click(12, 2, 6, 603), true, nil},
+		{"record deleted, written anew by the other writer", deleteKey, click(13, 1, 0, 604), false, nil},
+		{"after the new record", appendStep, click(14, 1, 1, 605), false, nil},
+		{"key holds a string", overwriteKey, Click{}, false, nil},
+		{"after the string", appendStep, click(15, 1, 2, 606), false, nil},
+		{"and on", appendStep, click(16, 1, 3, 607), true, nil},
+	}
+	var recs [2]Record
+	wantFast := int64(0)
+	for _, st := range steps {
+		switch st.kind {
+		case appendStep:
+			var errs [2]error
+			for i, s := range []*RedisStore{fast, full} {
+				errs[i] = s.Append(ctx, "u", st.c, &recs[i])
+			}
+			if !errors.Is(errs[0], st.wantErr) || !errors.Is(errs[1], st.wantErr) || (st.wantErr == nil && (errs[0] != nil || errs[1] != nil)) {
+				t.Fatalf("%s: errors %v and %v, want %v", st.name, errs[0], errs[1], st.wantErr)
+			}
+			if st.wantErr == nil && !recordsEqual(&recs[0], &recs[1]) {
+				t.Fatalf("%s: foreseen store returned %+v, the other %+v", st.name, recs[0], recs[1])
+			}
+		case otherAppend:
+			for _, s := range others {
+				var r Record
+				if err := s.Append(ctx, "u", st.c, &r); err != nil {
+					t.Fatal(err)
+				}
+			}
+		case saveState:
+			for i, s := range []*RedisStore{fast, full} {
+				r := recs[i]
+				r.State, r.StateSeq = []float32{0.5, -0.25}, r.Seq
+				if err := s.Save(ctx, "u", &r); err != nil {
+					t.Fatalf("%s: %v", st.name, err)
+				}
+			}
+		case deleteKey:
+			for _, s := range others {
+				if err := client.Del(ctx, s.Key("u")).Err(); err != nil {
+					t.Fatal(err)
+				}
+				var r Record
+				if err := s.Append(ctx, "u", st.c, &r); err != nil {
+					t.Fatal(err)
+				}
+			}
+		case overwriteKey:
+			for _, s := range others {
+				if err := client.Set(ctx, s.Key("u"), "not a record", 0).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if st.wantFast {
+			wantFast++
+		}
+		if got := fast.foreseen.Load(); got != wantFast {
+			t.Fatalf("%s: %d clicks applied as foreseen, want %d", st.name, got, wantFast)
+		}
+		a, errA := client.HGetAll(ctx, fast.Key("u")).Result()
+		b, errB := client.HGetAll(ctx, full.Key("u")).Result()
+		if st.kind == overwriteKey {
+			continue
+		}
+		if errA != nil || errB != nil || !maps.Equal(a, b) {
+			t.Fatalf("%s: hashes differ:\n foreseen %q (%v)\n applied  %q (%v)", st.name, a, errA, b, errB)
+		}
+		if ttl := client.PTTL(ctx, fast.Key("u")).Val(); ttl <= 59*time.Minute {
+			t.Fatalf("%s: TTL %v, want the idle TTL of 1 h", st.name, ttl)
+		}
+	}
+	if full.foreseen.Load() != 0 {
+		t.Fatalf("a store without a cache applied %d clicks as foreseen", full.foreseen.Load())
+	}
+
+	// A record gone (expired, say) and written anew by another writer
+	// with the same counts as the cached one: the position and time tell
+	// them apart, and the click goes to the new record.
+	var r Record
+	if err := fast.Append(ctx, "v", click(1, 0, 7, 0), &r); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Del(ctx, fast.Key("v")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := others[0].Append(ctx, "v", click(2, 3, 9, 1), &r); err != nil {
+		t.Fatal(err)
+	}
+	before := fast.foreseen.Load()
+	if err := fast.Append(ctx, "v", click(3, 0, 8, 2), &r); err != nil {
+		t.Fatal(err)
+	}
+	if fast.foreseen.Load() != before || !slices.Equal(r.Pages, []int32{2, 3}) || r.Seq != 2 {
+		t.Fatalf("after the record was replaced: pages %v seq %d (foreseen %d→%d), want [2 3], 2, not foreseen", r.Pages, r.Seq, before, fast.foreseen.Load())
+	}
+}
+
+// recordsEqual compares every field of two records.
+func recordsEqual(a, b *Record) bool {
+	return slices.Equal(a.Pages, b.Pages) && slices.Equal(a.State, b.State) && a.Epoch == b.Epoch &&
+		a.Last.Equal(b.Last) && a.Partition == b.Partition && a.Gen == b.Gen && a.Offset == b.Offset &&
+		slices.Equal(a.Prior, b.Prior) && a.Seq == b.Seq && a.StateSeq == b.StateSeq
 }
