@@ -192,12 +192,15 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 					}
 				}
 			}
-			if err := stream.Send(&prefetchv1.HintUpdate{
+			s.sending.Add(1)
+			err := stream.Send(&prefetchv1.HintUpdate{
 				UserId:       u.UserID,
 				Hints:        hints,
 				ModelVersion: u.Result.ModelVersion,
 				At:           timestamppb.New(u.At),
-			}); err != nil {
+			})
+			s.sending.Add(-1)
+			if err != nil {
 				return gone(err)
 			}
 		}

@@ -37,12 +37,14 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	start := time.Now()
 	mm := s.metricsFor(info.FullMethod)
 	s.metrics.inFlight.Inc()
+	s.running.Add(1)
 	defer func() {
 		if r := recover(); r != nil {
 			err = s.recovered(info.FullMethod, r)
 			resp = nil
 		}
 		s.metrics.inFlight.Dec()
+		s.running.Add(-1)
 		mm.observe(time.Since(start), status.Code(err))
 	}()
 	bad := s.takeMark(req) // taken in any case: the mark must not outlive the call
@@ -68,11 +70,13 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	start := time.Now()
 	mm := s.metricsFor(info.FullMethod)
 	s.metrics.inFlight.Inc()
+	s.running.Add(1)
 	defer func() {
 		if r := recover(); r != nil {
 			err = s.recovered(info.FullMethod, r)
 		}
 		s.metrics.inFlight.Dec()
+		s.running.Add(-1)
 		mm.observe(time.Since(start), status.Code(err))
 	}()
 	if strings.HasPrefix(info.FullMethod, adminPrefix) {

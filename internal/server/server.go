@@ -79,7 +79,18 @@ type Server struct {
 	started   atomic.Bool
 	drain     chan struct{} // closed when shutdown starts; ends WatchHints streams
 	drainOnce sync.Once
+
+	// running counts the calls in their handlers, sending the WatchHints
+	// streams inside Send: at shutdown, when every call left is a stream
+	// whose caller stopped reading (its Send waits for flow control), the
+	// drain cuts them after stuckSendGrace instead of waiting its timeout.
+	running atomic.Int64
+	sending atomic.Int64
 }
+
+// stuckSendGrace is how long, at shutdown, every call still running must
+// have been a WatchHints send waiting for its caller before they are cut.
+const stuckSendGrace = time.Second
 
 // New validates cfg, loads the TLS material it names, and builds a server
 // whose health is NOT_SERVING until SetServing(true). logger and reg may be
@@ -208,7 +219,9 @@ func (s *Server) SetServing(serving bool) {
 // Serve accepts connections on lis until ctx ends, then shuts down in order:
 // health NOT_SERVING, WatchHints streams ended with UNAVAILABLE (health
 // Watch streams too, once NOT_SERVING has reached them), in-flight
-// calls drained for up to Config.ShutdownTimeout, then the rest cut. It
+// calls drained for up to Config.ShutdownTimeout, then the rest cut; they
+// are cut sooner when all that is left for stuckSendGrace are WatchHints
+// sends waiting for callers that stopped reading. It
 // returns nil after a shutdown caused by ctx, or the error that stopped
 // serving early. Serve may be called once; it closes lis.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
@@ -233,12 +246,33 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}()
 	t := time.NewTimer(s.cfg.ShutdownTimeout)
 	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-		s.log.Warn("grpc graceful stop timed out, cutting remaining calls")
-		s.grpc.Stop()
-		<-done
+	tick := time.NewTicker(stuckSendGrace / 20)
+	defer tick.Stop()
+	var stuckSince time.Time
+wait:
+	for {
+		select {
+		case <-done:
+			break wait
+		case <-t.C:
+			s.log.Warn("grpc graceful stop timed out, cutting remaining calls")
+			s.grpc.Stop()
+			<-done
+			break wait
+		case now := <-tick.C:
+			if n := s.running.Load(); n == 0 || s.sending.Load() < n {
+				stuckSince = time.Time{}
+				continue
+			}
+			if stuckSince.IsZero() {
+				stuckSince = now
+			} else if now.Sub(stuckSince) >= stuckSendGrace {
+				s.log.Warn("cutting WatchHints streams whose callers stopped reading", "streams", s.sending.Load())
+				s.grpc.Stop()
+				<-done
+				break wait
+			}
+		}
 	}
 	<-errc
 	s.log.Info("grpc server stopped")

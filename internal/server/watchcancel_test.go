@@ -130,3 +130,91 @@ func TestHealthWatchEndsAtShutdown(t *testing.T) {
 		t.Errorf("after NOT_SERVING: %v, want UNAVAILABLE", err)
 	}
 }
+
+// TestShutdownCutsStuckWatchers: at shutdown, WatchHints streams whose
+// callers stopped reading (their sends wait for flow control) are cut about
+// a second after every other call has ended, not after the 10 s drain
+// timeout; a call still running keeps them waiting until it ends, and a
+// watcher that reads ends with UNAVAILABLE as before.
+func TestShutdownCutsStuckWatchers(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		slow  time.Duration // a Predict call running when shutdown starts, this long
+		atMin time.Duration
+		atMax time.Duration
+	}{
+		{"stuck watchers only", 0, 900 * time.Millisecond, 4 * time.Second},
+		{"and a Predict call of 3 s", 3 * time.Second, 3 * time.Second, 7 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			predicting := make(chan struct{})
+			pred := &servertest.Predictor{Fn: func(ctx context.Context, q hint.Query) (hint.Result, error) {
+				close(predicting)
+				time.Sleep(tc.slow)
+				return hint.Result{ModelVersion: "v1"}, nil
+			}}
+			h := start(t, Config{ShutdownTimeout: 10 * time.Second}, Deps{Predictor: pred, Watcher: floodWatcher{}})
+			ctx := testCtx(t)
+			// Two callers that stop reading after their first update, on
+			// connections of their own, and one that keeps reading.
+			for range 2 {
+				conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				w, err := prefetchv1.NewHintServiceClient(conn).WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: []string{"u"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.Recv(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			reader, err := h.hints.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: []string{"r"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			readEnd := make(chan error, 1)
+			go func() {
+				for {
+					if _, err := reader.Recv(); err != nil {
+						readEnd <- err
+						return
+					}
+				}
+			}()
+			deadline := time.Now().Add(5 * time.Second)
+			for h.srv.sending.Load() < 2 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			predicted := make(chan error, 1)
+			if tc.slow > 0 {
+				go func() {
+					_, err := h.hints.Predict(ctx, &prefetchv1.PredictRequest{UserId: "p"})
+					predicted <- err
+				}()
+				<-predicting
+			}
+			begin := time.Now()
+			if err := h.stop(); err != nil {
+				t.Fatalf("Serve: %v", err)
+			}
+			took := time.Since(begin)
+			if took < tc.atMin || took > tc.atMax {
+				t.Errorf("shutdown took %v, want %v to %v", took, tc.atMin, tc.atMax)
+			}
+			if tc.slow > 0 {
+				if err := <-predicted; err != nil {
+					t.Errorf("the Predict call running at shutdown: %v, want an answer", err)
+				}
+			}
+			if err := <-readEnd; status.Code(err) != codes.Unavailable {
+				t.Errorf("the reading watcher ended with %v, want UNAVAILABLE", err)
+			}
+			if !strings.Contains(h.logs.String(), "callers stopped reading") {
+				t.Errorf("no log of the cut streams in %s", h.logs.String())
+			}
+		})
+	}
+}
