@@ -332,6 +332,8 @@ type Consumer struct {
 
 	// noCommit makes commits no-ops, so that tests can simulate a crash.
 	noCommit bool
+	// marksBehind is set from a commit until its marks are stored.
+	marksBehind atomic.Bool
 
 	mu      sync.Mutex
 	running bool
@@ -1085,7 +1087,16 @@ func (c *Consumer) commitLoop(ctx context.Context) {
 // partitions' marks. Only one goroutine calls it at a time.
 func (c *Consumer) commit(ctx context.Context) error {
 	offs := c.track.pending(nil)
-	if len(offs) == 0 || c.noCommit {
+	if c.noCommit {
+		return nil
+	}
+	if len(offs) == 0 {
+		if c.marksBehind.Load() {
+			// The marks of the last commit were not stored (Redis failed,
+			// or the consumer stopped meanwhile): nothing new is committed
+			// to store them with.
+			return c.saveCommittedMarks(ctx)
+		}
 		return nil
 	}
 	msgs := make([]kafka.Message, len(offs))
@@ -1101,11 +1112,21 @@ func (c *Consumer) commit(ctx context.Context) error {
 	}
 	c.m.commits.Inc()
 	c.track.committed(offs)
-	// A mark that lags the commit is harmless (a later reset is still seen
-	// against it); one saved ahead of a commit would not be.
+	// A mark that lags the commit is harmless for clicks (a later reset is
+	// still seen against it; the histories tell their redeliveries), not
+	// for the malformed records after it, which would be dead-lettered again:
+	// it is stored at the next commit even when nothing new is committed.
+	// One saved ahead of a commit would not be harmless.
+	c.marksBehind.Store(true)
+	return c.saveCommittedMarks(ctx)
+}
+
+// saveCommittedMarks stores the marks after a commit.
+func (c *Consumer) saveCommittedMarks(ctx context.Context) error {
 	if err := c.saveMarks(ctx, false); err != nil {
 		return fmt.Errorf("after committing %s: %w", c.cfg.Topic, err)
 	}
+	c.marksBehind.Store(false)
 	return nil
 }
 

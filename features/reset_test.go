@@ -2,8 +2,10 @@ package features
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,4 +195,54 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 		member("the one new event", func(*Consumer) bool { return rec.total.Load() == 61 })
 		checkApplied(t, rec.snapshot(), stream.want)
 	})
+}
+
+// failingMarks is MemoryMarks whose first save of a committed offset
+// fails, as a Redis blip right after a commit would.
+type failingMarks struct {
+	*MemoryMarks
+	failed atomic.Bool
+}
+
+func (m *failingMarks) SaveMarks(ctx context.Context, marks map[int]PartitionMark) error {
+	for _, mk := range marks {
+		if mk.Committed >= 0 && m.failed.CompareAndSwap(false, true) {
+			return errors.New("marks store unavailable")
+		}
+	}
+	return m.MemoryMarks.SaveMarks(ctx, marks)
+}
+
+// TestMarksStoredAfterFailedSave: when storing the marks fails after a
+// commit, they are stored at the next commit even though nothing new was
+// committed (the stream has gone quiet), so a later group reset still tells
+// the records before them for redeliveries.
+func TestMarksStoredAfterFailedSave(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	b.Produce(t, topic, stream.batch(6, 5)...)
+	marks := &failingMarks{MemoryMarks: NewMemoryMarks()}
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.Marks = marks
+	rec := newRecorder(newTestHistories(t, HistoryConfig{MaxLen: 1000}))
+	c, err := NewConsumer(cfg, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, c)
+	eventually(t, 20*time.Second, "the events applied and committed", func() bool { return rec.total.Load() == 30 && c.Lag() == 0 })
+	// The committed offsets, every partition's, end up in the marks.
+	eventually(t, 5*time.Second, "the marks of the committed offsets stored", func() bool {
+		if !marks.failed.Load() {
+			return false
+		}
+		sum := int64(0)
+		for p := range 4 {
+			mk, _ := marks.LoadMark(context.Background(), p)
+			sum += mk.Committed + 1
+		}
+		return sum == 30
+	})
+	stop()
 }
