@@ -813,7 +813,7 @@ func statsView(in []prefetch.VersionStats) []versionStats {
 // model manager, which judges new versions on them (automatic rollback) and
 // reports them in ModelService.Status.
 func feedPrecision(ctx context.Context, eval *prefetch.Evaluator, models *lifecycle.Manager, every time.Duration) {
-	type seen struct{ issued, used uint64 }
+	type seen struct{ issued, used, wasted uint64 }
 	last := map[string]seen{}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -825,9 +825,9 @@ func feedPrecision(ctx context.Context, eval *prefetch.Evaluator, models *lifecy
 		}
 		for _, s := range eval.Stats() {
 			p := last[s.ModelVersion]
-			if s.Issued > p.issued || s.Used > p.used {
-				models.ObservePrecision(s.ModelVersion, s.Issued-p.issued, s.Used-p.used)
-				last[s.ModelVersion] = seen{s.Issued, s.Used}
+			if s.Issued > p.issued || s.Used > p.used || s.Wasted > p.wasted {
+				models.ObservePrecision(s.ModelVersion, s.Issued-p.issued, s.Used-p.used, s.Wasted-p.wasted)
+				last[s.ModelVersion] = seen{s.Issued, s.Used, s.Wasted}
 			}
 		}
 	}

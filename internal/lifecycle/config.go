@@ -69,9 +69,9 @@ type AutoRollback struct {
 	// Window is the sliding window over which precision is measured;
 	// default 10m.
 	Window time.Duration
-	// MinIssued is the number of prefetches a version must have issued in the
-	// window (and its predecessor before the swap) before precision is
-	// judged; default 200.
+	// MinIssued is the number of prefetches whose fate is known (used, or
+	// expired unused) a version must have in the window (and its
+	// predecessor before the swap) before precision is judged; default 200.
 	MinIssued uint64
 }
 

@@ -598,23 +598,24 @@ func (m *Manager) setProbation(old, live *Live, cause string, now time.Time) {
 		m.prob.Store(nil)
 		return
 	}
-	var issued, used uint64
+	var baseline float64
+	var decided uint64
 	if st := m.statsFor(old.Version); st != nil {
-		issued, used = st.win.sum(now)
-		if issued < ar.MinIssued {
-			issued, used = st.issued.Load(), st.used.Load()
+		baseline, decided = st.win.sum(now).decided()
+		if decided < ar.MinIssued {
+			baseline, decided = counts{used: st.used.Load(), wasted: st.wasted.Load()}.decided()
 		}
 	}
-	if issued < ar.MinIssued {
-		m.log.Info("no automatic rollback for this version: predecessor has too few prefetches for a baseline",
-			"version", live.Version, "predecessor", old.Version, "issued", issued, "min_issued", ar.MinIssued)
+	if decided < ar.MinIssued {
+		m.log.Info("no automatic rollback for this version: predecessor has too few prefetches used or expired for a baseline",
+			"version", live.Version, "predecessor", old.Version, "decided", decided, "min_issued", ar.MinIssued)
 		m.prob.Store(nil)
 		return
 	}
 	m.prob.Store(&probation{
 		version:     live.Version,
 		predecessor: old.Version,
-		baseline:    precisionOf(issued, used),
+		baseline:    baseline,
 		win:         newWindow(ar.Window),
 	})
 }
@@ -682,28 +683,34 @@ func (m *Manager) RecordRequest(version string, latency time.Duration) {
 	st.latency.Observe(latency.Seconds())
 }
 
-// ObservePrecision adds prefetches issued from version's predictions, and how
-// many of them the user then visited, as reported by the prefetcher's online
-// evaluation. Counts are increments, not totals. When the version is on
-// probation after a swap and its precision over the window falls below
-// AutoRollback.MinFraction of its predecessor's, Run rolls it back.
-func (m *Manager) ObservePrecision(version string, issued, used uint64) {
+// ObservePrecision adds prefetches issued from version's predictions, how
+// many of them the user then visited, and how many expired (or were
+// evicted) unvisited, as reported by the prefetcher's online evaluation.
+// Counts are increments, not totals. When the version is on probation after
+// a swap and the precision of its prefetches whose fate is known (used or
+// wasted) over the window falls below AutoRollback.MinFraction of its
+// predecessor's, Run rolls it back. A prefetch still warm and unvisited is
+// not judged: just after a swap every prefetch is, and no user could have
+// used it yet.
+func (m *Manager) ObservePrecision(version string, issued, used, wasted uint64) {
 	st := m.statsFor(version)
-	if st == nil || (issued == 0 && used == 0) {
+	if st == nil || (issued == 0 && used == 0 && wasted == 0) {
 		return
 	}
 	now := m.now()
+	c := counts{issued: issued, used: used, wasted: wasted}
 	st.issued.Add(issued)
 	st.used.Add(used)
+	st.wasted.Add(wasted)
 	st.issuedC.Add(float64(issued))
 	st.usedC.Add(float64(used))
-	st.win.add(now, issued, used)
+	st.win.add(now, c)
 
 	p := m.prob.Load()
 	if p == nil || p.version != version {
 		return
 	}
-	p.win.add(now, issued, used)
+	p.win.add(now, c)
 	if m.failing(p, now) && p.fired.CompareAndSwap(false, true) {
 		select {
 		case m.rollback <- struct{}{}:
@@ -717,17 +724,19 @@ func (m *Manager) ObservePrecision(version string, issued, used uint64) {
 func (m *Manager) precisions(f func(version string, precision float64)) {
 	now := m.now()
 	m.stats.Range(func(k, v any) bool {
-		f(k.(string), precisionOf(v.(*stats).win.sum(now)))
+		c := v.(*stats).win.sum(now)
+		f(k.(string), precisionOf(c.issued, c.used))
 		return true
 	})
 }
 
-// failing reports whether a version on probation has enough prefetches in
-// the window and a precision below the allowed fraction of the baseline.
+// failing reports whether a version on probation has enough prefetches used
+// or wasted in the window and their precision below the allowed fraction of
+// the baseline.
 func (m *Manager) failing(p *probation, now time.Time) bool {
 	ar := m.cfg.AutoRollback
-	issued, used := p.win.sum(now)
-	return issued >= ar.MinIssued && precisionOf(issued, used) < ar.MinFraction*p.baseline
+	precision, decided := p.win.sum(now).decided()
+	return decided >= ar.MinIssued && precision < ar.MinFraction*p.baseline
 }
 
 func (m *Manager) statsFor(version string) *stats {
@@ -746,9 +755,9 @@ func (m *Manager) autoRollback(ctx context.Context) {
 	if p == nil || cur == nil || cur.Version != p.version || !p.fired.Load() {
 		return
 	}
-	issued, used := p.win.sum(m.now())
-	reason := fmt.Sprintf("auto rollback: precision %.4f over %d prefetches below %.2f × predecessor %s's %.4f",
-		precisionOf(issued, used), issued, m.cfg.AutoRollback.MinFraction, p.predecessor, p.baseline)
+	precision, decided := p.win.sum(m.now()).decided()
+	reason := fmt.Sprintf("auto rollback: precision %.4f over %d prefetches used or expired below %.2f × predecessor %s's %.4f",
+		precision, decided, m.cfg.AutoRollback.MinFraction, p.predecessor, p.baseline)
 	to, err := m.rollbackLocked(ctx, CauseAutoRollback)
 	if err != nil {
 		m.log.Error("automatic rollback failed", "version", p.version, "err", err)

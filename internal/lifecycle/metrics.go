@@ -125,6 +125,7 @@ type stats struct {
 	requests atomic.Uint64
 	issued   atomic.Uint64
 	used     atomic.Uint64
+	wasted   atomic.Uint64
 	win      *window
 
 	reqCounter prometheus.Counter
@@ -146,48 +147,67 @@ func (m *metrics) newStats(version string, w time.Duration) *stats {
 // windowBuckets is the resolution of a precision window.
 const windowBuckets = 10
 
-// window counts prefetches issued and used over a sliding time window, in
-// windowBuckets buckets.
+// window counts prefetches issued, used and wasted (expired unused) over a
+// sliding time window, in windowBuckets buckets.
 type window struct {
 	span time.Duration // of one bucket
 
 	mu      sync.Mutex
 	buckets [windowBuckets]struct {
-		start        time.Time
-		issued, used uint64
+		start time.Time
+		counts
 	}
+}
+
+// counts are prefetches issued, used and wasted (expired or evicted unused).
+// Used and wasted are the prefetches whose fate is known.
+type counts struct {
+	issued, used, wasted uint64
+}
+
+// decided is the precision of the prefetches whose fate is known, and how
+// many they are.
+func (c counts) decided() (float64, uint64) {
+	n := c.used + c.wasted
+	if n == 0 {
+		return 0, 0
+	}
+	return float64(c.used) / float64(n), n
 }
 
 func newWindow(d time.Duration) *window {
 	return &window{span: max(d/windowBuckets, time.Nanosecond)}
 }
 
-// add counts issued and used prefetches at now.
-func (w *window) add(now time.Time, issued, used uint64) {
+// add counts prefetches at now.
+func (w *window) add(now time.Time, c counts) {
 	start := now.Truncate(w.span)
 	i := int(start.UnixNano()/int64(w.span)) % windowBuckets
 	w.mu.Lock()
 	b := &w.buckets[i]
 	if !b.start.Equal(start) {
-		b.start, b.issued, b.used = start, 0, 0
+		b.start, b.counts = start, counts{}
 	}
-	b.issued += issued
-	b.used += used
+	b.issued += c.issued
+	b.used += c.used
+	b.wasted += c.wasted
 	w.mu.Unlock()
 }
 
-// sum returns the prefetches issued and used in the window ending at now.
-func (w *window) sum(now time.Time) (issued, used uint64) {
+// sum returns the prefetches counted in the window ending at now.
+func (w *window) sum(now time.Time) counts {
 	oldest := now.Truncate(w.span).Add(-w.span * (windowBuckets - 1))
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	var c counts
 	for _, b := range w.buckets {
 		if !b.start.Before(oldest) && !b.start.After(now) {
-			issued += b.issued
-			used += b.used
+			c.issued += b.issued
+			c.used += b.used
+			c.wasted += b.wasted
 		}
 	}
-	return issued, used
+	return c
 }
 
 // probation watches a version activated after a predecessor, for the
@@ -195,7 +215,7 @@ func (w *window) sum(now time.Time) (issued, used uint64) {
 type probation struct {
 	version     string
 	predecessor string
-	baseline    float64 // the predecessor's precision before the swap
+	baseline    float64 // the predecessor's precision before the swap, of its prefetches used or wasted
 	win         *window
 	fired       atomic.Bool
 }

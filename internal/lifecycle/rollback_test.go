@@ -25,7 +25,7 @@ func prefetch(t *testing.T, ctx context.Context, m *Manager, n int) (issued, use
 		if argmax(out[0]) == walk.next(page) {
 			hit = 1
 		}
-		m.ObservePrecision(live.Version, 1, hit)
+		m.ObservePrecision(live.Version, 1, hit, 1-hit)
 		issued++
 		used += int(hit)
 	}
@@ -138,17 +138,65 @@ func TestAutoRollbackNeedsBaseline(t *testing.T) {
 func TestWindow(t *testing.T) {
 	w := newWindow(10 * time.Second) // 1s buckets
 	t0 := time.Unix(1000, 0)
-	w.add(t0, 10, 5)
-	w.add(t0.Add(4*time.Second), 10, 1)
-	if i, u := w.sum(t0.Add(5 * time.Second)); i != 20 || u != 6 {
-		t.Fatalf("sum = %d, %d, want 20, 6", i, u)
+	w.add(t0, counts{10, 5, 2})
+	w.add(t0.Add(4*time.Second), counts{10, 1, 3})
+	if got := w.sum(t0.Add(5 * time.Second)); got != (counts{20, 6, 5}) {
+		t.Fatalf("sum = %+v, want 20, 6, 5", got)
 	}
-	if i, u := w.sum(t0.Add(12 * time.Second)); i != 10 || u != 1 {
-		t.Fatalf("sum after the first bucket left = %d, %d, want 10, 1", i, u)
+	if got := w.sum(t0.Add(12 * time.Second)); got != (counts{10, 1, 3}) {
+		t.Fatalf("sum after the first bucket left = %+v, want 10, 1, 3", got)
 	}
-	w.add(t0.Add(20*time.Second), 4, 4) // reuses the first bucket's slot
-	if i, u := w.sum(t0.Add(20 * time.Second)); i != 4 || u != 4 {
-		t.Fatalf("sum after wrapping = %d, %d, want 4, 4", i, u)
+	w.add(t0.Add(20*time.Second), counts{4, 4, 0}) // reuses the first bucket's slot
+	if got := w.sum(t0.Add(20 * time.Second)); got != (counts{4, 4, 0}) {
+		t.Fatalf("sum after wrapping = %+v, want 4, 4, 0", got)
+	}
+	if p, n := (counts{issued: 9, used: 1, wasted: 3}).decided(); p != 0.25 || n != 4 {
+		t.Fatalf("decided = %v over %d, want 0.25 over 4", p, n)
+	}
+}
+
+// TestAutoRollbackWaitsForOutcomes: a new version as good as its
+// predecessor is not judged on prefetches still warm and unvisited (right
+// after a swap, all of them are): it issues many before any is used or
+// expires, and is kept; then, with outcomes below the fraction, it is
+// rolled back.
+func TestAutoRollbackWaitsForOutcomes(t *testing.T) {
+	m, repo, _ := newTest(t, Config{
+		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
+		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
+	})
+	publishSpec(t, repo, spec{version: "good1"})
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
+	// good1: 300 prefetches, 60 used, 240 expired (precision 0.2).
+	m.ObservePrecision("good1", 300, 60, 240)
+	publishSpec(t, repo, spec{version: "same2", created: base.Add(time.Minute)})
+	waitFor(t, 10*time.Second, "same2 active", func() bool { return activeVersion(m) == "same2" })
+	// 400 issued, none used or expired yet.
+	for range 40 {
+		m.ObservePrecision("same2", 10, 0, 0)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := activeVersion(m); got != "same2" {
+		t.Fatalf("active %q after 400 prefetches with no outcome yet, want same2 kept", got)
+	}
+	// Their outcomes: as good as good1's.
+	m.ObservePrecision("same2", 0, 80, 320)
+	time.Sleep(200 * time.Millisecond)
+	if got := activeVersion(m); got != "same2" {
+		t.Fatalf("active %q at good1's precision, want same2 kept", got)
+	}
+	// Then far worse: 0.2 × 400 + 0 over 400 + 600 = 0.08, below 0.5 × 0.2.
+	m.ObservePrecision("same2", 600, 0, 600)
+	waitFor(t, 10*time.Second, "rollback to good1", func() bool { return activeVersion(m) == "good1" })
+	st, err := m.Status(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st.Versions {
+		if v.Version == "same2" && !strings.Contains(v.Refused, "over 1000 prefetches used or expired") {
+			t.Fatalf("same2 refused %q, want the auto rollback over 1000 prefetches used or expired", v.Refused)
+		}
 	}
 }
 
