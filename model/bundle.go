@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -93,7 +94,7 @@ func LoadBundleFS(fsys fs.FS, dir string) (*Bundle, error) {
 }
 
 func loadBundle(fsys fs.FS, dir string) (*Bundle, error) {
-	data, err := fs.ReadFile(fsys, path.Join(dir, ModelFile))
+	data, err := readModelFile(fsys, path.Join(dir, ModelFile))
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +103,7 @@ func loadBundle(fsys fs.FS, dir string) (*Bundle, error) {
 		return nil, fmt.Errorf("%s: %w", ModelFile, err)
 	}
 	var step *Model
-	stepData, err := fs.ReadFile(fsys, path.Join(dir, StepFile))
+	stepData, err := readModelFile(fsys, path.Join(dir, StepFile))
 	switch {
 	case err == nil:
 		if step, err = ParseModel(stepData); err != nil {
@@ -682,4 +683,39 @@ func sized(dst []float32, n int) []float32 {
 		return make([]float32, n)
 	}
 	return dst[:n]
+}
+
+// readModelFile reads an ONNX file of fsys (see readModel).
+func readModelFile(fsys fs.FS, name string) ([]byte, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readModel(f, path.Base(name))
+}
+
+// readModel reads an ONNX file of at most MaxModelBytes: a larger one is
+// refused from its size, before anything is read (a file of many GB
+// published by mistake must not take the process's memory), and one that
+// grows past the limit while being read is refused at the limit.
+func readModel(f fs.File, name string) ([]byte, error) {
+	info, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	tooLarge := func(n int64) error {
+		return fmt.Errorf("%s: %w: %d bytes exceeds the limit of %d", name, ErrBadModel, n, MaxModelBytes)
+	}
+	if info.Size() > MaxModelBytes {
+		return nil, tooLarge(info.Size())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxModelBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(data) > MaxModelBytes {
+		return nil, tooLarge(int64(len(data)))
+	}
+	return data, nil
 }

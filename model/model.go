@@ -77,7 +77,12 @@ type Tensor struct {
 
 // LoadModel reads and compiles an ONNX file. See ParseModel.
 func LoadModel(path string) (*Model, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("load model: %w", err)
+	}
+	defer f.Close()
+	data, err := readModel(f, path)
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
 	}

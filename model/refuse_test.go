@@ -3,8 +3,12 @@ package model
 import (
 	"errors"
 	"math"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestLoadRefusesBrokenBundles covers the load checks that guard against
@@ -53,4 +57,58 @@ func TestLoadRefusesBrokenBundles(t *testing.T) {
 			t.Fatalf("LoadBundleFS error %v, want ErrBadVocab naming lines 0 and 1", err)
 		}
 	})
+}
+
+// TestOversizedModelRefusedBeforeReading: a model file over MaxModelBytes
+// (sparse here: 1 GiB of nothing on disk) is refused from its size, at once
+// and without reading it into memory, as a bundle's model or step file and
+// through LoadModel.
+func TestOversizedModelRefusedBeforeReading(t *testing.T) {
+	for _, name := range []string{ModelFile, StepFile} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if name == StepFile {
+				src := filepath.Join("testdata", "gru-probs-opset13")
+				for _, f := range []string{ModelFile, VocabFile} {
+					data, err := os.ReadFile(filepath.Join(src, f))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(filepath.Join(dir, f), data, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else if err := os.WriteFile(filepath.Join(dir, VocabFile), []byte("<pad>\n<unk>\n/a\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			big := filepath.Join(dir, name)
+			f, err := os.Create(big)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Truncate(MaxModelBytes + 1); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			check := func(what string, load func() error) {
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				start := time.Now()
+				err := load()
+				took := time.Since(start)
+				runtime.ReadMemStats(&after)
+				if !errors.Is(err, ErrBadModel) || !strings.Contains(err.Error(), "exceeds the limit") {
+					t.Fatalf("%s: %v, want ErrBadModel over the size limit", what, err)
+				}
+				if took > time.Second {
+					t.Errorf("%s: refused after %v, want at once", what, took)
+				}
+				if grown := after.TotalAlloc - before.TotalAlloc; grown > 16<<20 {
+					t.Errorf("%s: allocated %d MB to refuse it", what, grown>>20)
+				}
+			}
+			check("LoadBundle", func() error { _, err := LoadBundle(dir); return err })
+			check("LoadModel", func() error { _, err := LoadModel(big); return err })
+		})
+	}
 }
