@@ -71,7 +71,10 @@ func reluf(x float32) float32 {
 }
 
 // softmaxRow computes a numerically stable softmax of row into dst (which
-// may be row itself).
+// may be row itself). As in ONNX, a row holding NaN or +Inf, or only -Inf,
+// comes out NaN: the vector kernels clamp their inputs, and would turn a
+// diverged model's NaN scores into a plausible uniform distribution that
+// validation (finite probabilities summing to 1) could not tell.
 func softmaxRow(dst, row []float32) {
 	if len(row) == 0 {
 		return
@@ -86,6 +89,13 @@ func softmaxRow(dst, row []float32) {
 		}
 	}
 	dst = dst[:len(row)]
+	if mx > math.MaxFloat32 || mx < -math.MaxFloat32 || mx != mx || hasNaN(row) {
+		nan := float32(math.NaN())
+		for i := range dst {
+			dst[i] = nan
+		}
+		return
+	}
 	sum, ok := expAsm(dst, row, 1, mx)
 	if !ok {
 		for i, v := range row {
@@ -144,4 +154,14 @@ func tanhVec(dst, src []float32) {
 	for i, v := range src {
 		dst[i] = tanhf(v)
 	}
+}
+
+// hasNaN reports whether x holds a NaN.
+func hasNaN(x []float32) bool {
+	for _, v := range x {
+		if v != v {
+			return true
+		}
+	}
+	return false
 }
