@@ -9,6 +9,7 @@ import (
 	"hash/maphash"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -461,6 +462,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 		return nil, err
 	}
 	c.assign = newAssignments(cfg.Topic, logger, c.m.rebalances)
+	c.assign.onAssign = c.track.assigned
 	c.reader = c.newReader()
 	if cfg.DeadLetterTopic != "" {
 		c.dlq = newDeadLetters(cfg, logger, c.m, c.stalls, cfg.Workers+1)
@@ -500,7 +502,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	var side sync.WaitGroup
 	side.Go(func() { c.commitLoop(ctx) })
 	side.Go(func() { c.clockLoop(ctx) })
-	side.Go(func() { c.lag.run(ctx, c.m, c.track.snapshot, c.wentBackwards) })
+	side.Go(func() {
+		c.lag.run(ctx, c.m, c.track.snapshot, c.wentBackwards, func(past map[int]int64) { c.pastLogEnd(ctx, past) })
+	})
 	if c.dlq != nil {
 		side.Go(func() { c.dlq.run(ctx, c.markDone) })
 	}
@@ -631,6 +635,42 @@ func (c *Consumer) wentBackwards(parts []int) {
 	if c.stopFetch != nil {
 		c.stopFetch()
 	}
+}
+
+// pastLogEnd is the lag watch's report of partitions whose group offset is
+// past the end of their log (see beyondEnd), with the log's start. For those
+// this consumer holds, it commits the log's start and replaces the reader,
+// which then reads them from there; the records tell the tracker whether
+// they are new (another log) or redeliveries. Counted in
+// prefetchd_ingest_offset_resets_total.
+func (c *Consumer) pastLogEnd(ctx context.Context, past map[int]int64) {
+	var msgs []kafka.Message
+	var parts []int
+	for p, first := range past {
+		if !c.assign.holds(p) {
+			continue
+		}
+		// CommitMessages commits a message's offset plus one.
+		msgs = append(msgs, kafka.Message{Topic: c.cfg.Topic, Partition: p, Offset: first - 1})
+		parts = append(parts, p)
+	}
+	if len(msgs) == 0 {
+		return
+	}
+	slices.Sort(parts)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.currentReader().CommitMessages(cctx, msgs...); err != nil {
+		c.log.Warn("group offsets past the end of the log: committing the log's start failed; retrying at the next lag read",
+			"topic", c.cfg.Topic, "partitions", parts, "err", err)
+		return
+	}
+	for _, p := range parts {
+		c.m.offsetResets.WithLabelValues(c.cfg.Topic, strconv.Itoa(p)).Inc()
+	}
+	c.log.Warn("group offsets past the end of the log (a broker replaced, a topic recreated): reading again from the log's start",
+		"topic", c.cfg.Topic, "partitions", parts, "from", past)
+	c.wentBackwards(parts)
 }
 
 // restartReader replaces the reader after the lag watch found partitions

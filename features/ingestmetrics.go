@@ -49,7 +49,7 @@ func newIngestMetrics(reg prometheus.Registerer, topic string, lag func() int64,
 		}, []string{"result"}),
 		offsetResets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prefetchd_ingest_offset_resets_total",
-			Help: "Times a partition's offsets went backwards (topic recreated, partition truncated, group reset); its events are then applied as new.",
+			Help: "Times a partition's offsets went backwards (topic recreated, partition truncated, broker replaced, group reset), or its group offset was found past the end of its log and reset to the log's start: the records of a new log are then applied as new, those of a reset group dropped as redeliveries.",
 		}, []string{"topic", "partition"}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "prefetchd_ingest_commit_seconds",

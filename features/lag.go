@@ -43,7 +43,7 @@ func (w *lagWatch) total() int64 { return w.lag.Load() }
 // now below that went backwards under the reader (a topic deleted and
 // created again keeps kafka-go reading at its old position): backwards is
 // told which.
-func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() map[int]position, backwards func([]int)) {
+func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() map[int]position, backwards func([]int), beyond func(map[int]int64)) {
 	t := time.NewTicker(w.cfg.LagInterval)
 	defer t.Stop()
 	failing := false
@@ -51,6 +51,9 @@ func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() m
 		before := positions()
 		n, parts, err := w.read(ctx)
 		if err == nil {
+			if past := beyondEnd(parts); len(past) > 0 {
+				beyond(past)
+			}
 			if gone := wentBack(before, parts); len(gone) > 0 {
 				backwards(gone)
 			}
@@ -80,7 +83,26 @@ func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() m
 // brokerView is a partition as the brokers see it: the group's committed
 // offset (the next to read, -1 when none) and the high-water mark.
 type brokerView struct {
-	committed, hwm int64
+	committed, hwm, first int64
+}
+
+// beyondEnd returns the partitions whose group offset is past the end of
+// their log, with the log's start: the log was replaced by a shorter one (a
+// broker replaced empty, a topic recreated) after the offset was committed.
+// A reader started there waits for the log to grow past it, skipping every
+// record before, so the group must start such a partition again from the
+// log's start.
+func beyondEnd(now map[int]brokerView) map[int]int64 {
+	var out map[int]int64
+	for p, v := range now {
+		if v.committed > v.hwm {
+			if out == nil {
+				out = map[int]int64{}
+			}
+			out[p] = v.first
+		}
+	}
+	return out
 }
 
 // wentBack returns the partitions whose group offset fell below what this
@@ -159,10 +181,12 @@ func (w *lagWatch) read(ctx context.Context) (int64, map[int]brokerView, error) 
 		if !ok {
 			com = -1
 		}
-		views[po.Partition] = brokerView{committed: com, hwm: po.LastOffset}
+		views[po.Partition] = brokerView{committed: com, hwm: po.LastOffset, first: po.FirstOffset}
 		from := com
-		if from < po.FirstOffset {
-			from = po.FirstOffset // nothing committed, or committed before the log's start
+		if from < po.FirstOffset || from > po.LastOffset {
+			// Nothing committed, committed before the log's start, or past
+			// its end (a replaced log): the whole log is unread.
+			from = po.FirstOffset
 		}
 		total += max(po.LastOffset-from, 0)
 	}
@@ -178,8 +202,18 @@ type assignments struct {
 	topic      string
 	log        *slog.Logger
 	rebalances prometheus.Counter
-	mu         sync.Mutex
-	owned      []int // guarded by mu
+	// onAssign, when set, is given the group's committed offsets of the
+	// partitions assigned, before they are fetched.
+	onAssign func(next map[int]int64)
+	mu       sync.Mutex
+	owned    []int // guarded by mu
+}
+
+// holds reports whether partition p is assigned to this consumer.
+func (a *assignments) holds(p int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Contains(a.owned, p)
 }
 
 func newAssignments(topic string, log *slog.Logger, rebalances prometheus.Counter) *assignments {
@@ -232,6 +266,9 @@ func (a *assignments) observe(format string, args ...any) {
 	}
 	a.rebalances.Inc()
 	a.log.Info("partitions assigned", "topic", a.topic, "partitions", now, "gained", gained, "lost", lost, "committed", offsets)
+	if a.onAssign != nil {
+		a.onAssign(offsets)
+	}
 }
 
 // transport is an own kafka-go transport (not kafka-go's process-wide

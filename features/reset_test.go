@@ -44,6 +44,13 @@ func recreateTopic(t *testing.T, addr, topic string) {
 // an operator's reset of an inactive group does.
 func rewindGroup(t *testing.T, addr, group, topic string) {
 	t.Helper()
+	commitGroup(t, addr, group, topic, 0)
+}
+
+// commitGroup sets the group's committed offset of every partition of
+// topic (4) to offset, as an admin tool would with the group empty.
+func commitGroup(t *testing.T, addr, group, topic string, offset int64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	tr := &kafka.Transport{}
@@ -51,7 +58,7 @@ func rewindGroup(t *testing.T, addr, group, topic string) {
 	cl := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr}
 	commits := make([]kafka.OffsetCommit, 4)
 	for p := range commits {
-		commits[p] = kafka.OffsetCommit{Partition: p, Offset: 0}
+		commits[p] = kafka.OffsetCommit{Partition: p, Offset: offset}
 	}
 	res, err := cl.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1, Topics: map[string][]kafka.OffsetCommit{topic: commits}})
 	if err != nil {
@@ -245,4 +252,74 @@ func TestMarksStoredAfterFailedSave(t *testing.T) {
 		return sum == 30
 	})
 	stop()
+}
+
+// TestConsumerGroupOffsetPastLogEnd: a group whose committed offsets are
+// past the end of the log (committed against a log since replaced by a
+// shorter one: a broker replaced empty while a commit was pending) would
+// have the reader wait there for the log to grow, skipping every record
+// before. The consumer commits the log's start and reads it all, counts the
+// reset, and the lag says the whole log is unread until then.
+func TestConsumerGroupOffsetPastLogEnd(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	stream := newClickStream()
+	b.Produce(t, topic, stream.batch(6, 5)...)
+	cfg := testConsumerConfig(b.Addr(), topic)
+	commitGroup(t, b.Addr(), cfg.GroupID, topic, 500)
+	rec := newRecorder(newTestHistories(t, HistoryConfig{MaxLen: 1000}))
+	c, err := NewConsumer(cfg, rec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, c)
+	eventually(t, 30*time.Second, "the log read from its start", func() bool { return rec.total.Load() == 30 && c.Lag() == 0 })
+	b.Produce(t, topic, stream.batch(6, 5)...)
+	eventually(t, 20*time.Second, "the new events applied and committed", func() bool { return rec.total.Load() == 60 && c.Lag() == 0 })
+	stop()
+	checkApplied(t, rec.snapshot(), stream.want)
+	var resets float64
+	for p := range 4 {
+		resets += testutil.ToFloat64(c.m.offsetResets.WithLabelValues(topic, fmt.Sprint(p)))
+	}
+	if resets < 1 {
+		t.Errorf("offset resets %v, want at least one", resets)
+	}
+}
+
+// TestTrackerHoldsRewoundCommits: a partition assigned with a group offset
+// below what this consumer committed there is held: the offsets it has done
+// in the old log are not committed into what may be a new one, until its
+// next record; a partition assigned where this consumer left it commits as
+// before.
+func TestTrackerHoldsRewoundCommits(t *testing.T) {
+	tr := newTracker()
+	now := time.Now()
+	for p := range 2 {
+		tr.init(p, PartitionMark{Committed: -1})
+		for off := range int64(10) {
+			a := tr.add(p, off, 100, now)
+			tr.done(p, a.seq)
+		}
+		tr.committed(tr.pending(nil)) // both at 9
+		for off := int64(10); off < 15; off++ {
+			a := tr.add(p, off, 100, now)
+			tr.done(p, a.seq)
+		}
+	}
+	// Partition 0's group offset is gone (-1, none); partition 1's is ours.
+	tr.assigned(map[int]int64{0: -1, 1: 10})
+	got := tr.pending(nil)
+	if len(got) != 1 || got[0].partition != 1 || got[0].offset != 14 {
+		t.Fatalf("pending %+v, want partition 1 at 14 alone", got)
+	}
+	// Partition 0's next record, from a new log (offset 0, a newer time):
+	// a new generation, committed from there.
+	a := tr.add(0, 0, 1, now.Add(time.Second))
+	tr.done(0, a.seq)
+	got = tr.pending(nil)
+	slices.SortFunc(got, func(x, y commitOffset) int { return x.partition - y.partition })
+	if len(got) != 2 || got[0].partition != 0 || got[0].offset != 0 {
+		t.Fatalf("pending after partition 0's next record %+v, want it at 0 in its new generation", got)
+	}
 }

@@ -329,11 +329,29 @@ func (t *tracker) pending(dst []commitOffset) []commitOffset {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.each(func(p int, pt *partTrack) {
-		if pt.ready > pt.committed {
+		// A rewound partition's positions are of a log that may be gone
+		// (a broker replaced empty): committed into the new one, they
+		// would skip its records. They wait for its next record.
+		if pt.ready > pt.committed && !pt.rewound {
 			dst = append(dst, commitOffset{partition: p, offset: pt.ready, gen: pt.gen})
 		}
 	})
 	return dst
+}
+
+// assigned takes the group's committed offsets (the next to read, negative
+// when none) of partitions just assigned to this consumer: a partition
+// whose offset is below what this consumer committed there went backwards
+// under it (its log replaced, or the group reset), and is held as rewound
+// until its next record tells which.
+func (t *tracker) assigned(next map[int]int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for p, off := range next {
+		if pt := t.lookup(p); pt != nil && pt.committed >= 0 && off < pt.committed+1 {
+			pt.rewound = true
+		}
+	}
 }
 
 // committed records a successful commit.
