@@ -98,13 +98,7 @@ func TestConsumerOffsetsGoBackwards(t *testing.T) {
 		eventually(t, 10*time.Second, "the new topic's offsets committed", func() bool { return c.Lag() == 0 })
 		stop()
 		checkApplied(t, rec.snapshot(), stream.want)
-		var resets float64
-		for p := range 4 {
-			resets += testutil.ToFloat64(c.m.offsetResets.WithLabelValues(topic, fmt.Sprint(p)))
-		}
-		if resets < 1 {
-			t.Errorf("offset resets %v, want at least one", resets)
-		}
+		wantOffsetResets(t, c, topic)
 	})
 	t.Run("topic recreated, partitions left empty", func(t *testing.T) {
 		b := kafkatest.Start(t, topic)
@@ -278,13 +272,7 @@ func TestConsumerGroupOffsetPastLogEnd(t *testing.T) {
 	eventually(t, 20*time.Second, "the new events applied and committed", func() bool { return rec.total.Load() == 60 && c.Lag() == 0 })
 	stop()
 	checkApplied(t, rec.snapshot(), stream.want)
-	var resets float64
-	for p := range 4 {
-		resets += testutil.ToFloat64(c.m.offsetResets.WithLabelValues(topic, fmt.Sprint(p)))
-	}
-	if resets < 1 {
-		t.Errorf("offset resets %v, want at least one", resets)
-	}
+	wantOffsetResets(t, c, topic)
 }
 
 // TestTrackerHoldsRewoundCommits: a partition assigned with a group offset
@@ -321,5 +309,18 @@ func TestTrackerHoldsRewoundCommits(t *testing.T) {
 	slices.SortFunc(got, func(x, y commitOffset) int { return x.partition - y.partition })
 	if len(got) != 2 || got[0].partition != 0 || got[0].offset != 0 {
 		t.Fatalf("pending after partition 0's next record %+v, want it at 0 in its new generation", got)
+	}
+}
+
+// wantOffsetResets checks that c counted at least one offset reset over the
+// 4 partitions of topic.
+func wantOffsetResets(t *testing.T, c *Consumer, topic string) {
+	t.Helper()
+	var resets float64
+	for p := range 4 {
+		resets += testutil.ToFloat64(c.m.offsetResets.WithLabelValues(topic, fmt.Sprint(p)))
+	}
+	if resets < 1 {
+		t.Errorf("offset resets %v, want at least one", resets)
 	}
 }
