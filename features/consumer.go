@@ -462,7 +462,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, logger *slog.Logger, reg p
 		return nil, err
 	}
 	c.assign = newAssignments(cfg.Topic, logger, c.m.rebalances)
-	c.assign.onAssign = c.track.assigned
+	c.assign.onAssign = c.assigned
 	c.reader = c.newReader()
 	if cfg.DeadLetterTopic != "" {
 		c.dlq = newDeadLetters(cfg, logger, c.m, c.stalls, cfg.Workers+1)
@@ -635,6 +635,15 @@ func (c *Consumer) wentBackwards(parts []int) {
 	if c.stopFetch != nil {
 		c.stopFetch()
 	}
+}
+
+// assigned takes the group's committed offsets of the partitions just
+// assigned (see tracker.assigned). A group joined is a broker answering:
+// a run of failed fetches ends there, not only at the next record, which
+// an idle topic may not bring for a long time.
+func (c *Consumer) assigned(next map[int]int64) {
+	c.fetchFails.ok()
+	c.track.assigned(next)
 }
 
 // pastLogEnd is the lag watch's report of partitions whose group offset is

@@ -1044,3 +1044,25 @@ func TestFetchFailures(t *testing.T) {
 		})
 	}
 }
+
+// TestReadyAfterRejoin: a run of failed fetches (the broker away) no longer
+// fails Ready once the group is joined again, though an idle topic brings
+// no record to end it.
+func TestReadyAfterRejoin(t *testing.T) {
+	c, err := NewConsumer(testConsumerConfig("127.0.0.1:9", "clicks"), newRecorder(newTestHistories(t, HistoryConfig{})), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	now := time.Now()
+	for d := 20 * time.Second; d >= 0; d -= time.Second {
+		c.fetchFails.fail(now.Add(-d), errors.New("connection refused"), c.fetchGap())
+	}
+	if c.Ready() == nil {
+		t.Fatal("Ready nil after 20 s of failed fetches")
+	}
+	c.assign.observe("subscribed to topics and partitions: %v", "map[{topic:clicks partition:0}:12 {topic:clicks partition:1}:-2]")
+	if err := c.Ready(); err != nil {
+		t.Fatalf("Ready after the group was joined again: %v", err)
+	}
+}
