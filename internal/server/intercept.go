@@ -112,6 +112,8 @@ func (s *Server) authorize(ctx context.Context, method string) error {
 		return nil
 	case malformed:
 		return s.refuse(ctx, method, codes.Unauthenticated, "malformed authorization metadata: want \"Bearer <token>\"")
+	case present && !s.hasToken:
+		return s.refuse(ctx, method, codes.Unauthenticated, "this server accepts no bearer token: it was started without an admin token (--admin-token-file)")
 	case present:
 		return s.refuse(ctx, method, codes.Unauthenticated, "invalid bearer token")
 	case hasCert:

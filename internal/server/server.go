@@ -134,6 +134,9 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	for _, cn := range cfg.AllowedClientCNs {
 		s.allowedCNs[cn] = struct{}{}
 	}
+	if !s.hasToken && len(s.allowedCNs) == 0 {
+		logger.Warn("ModelService calls will all be refused: no admin token and no admin client certificate names are configured")
+	}
 
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newUTF8Codec(&s.marks)),

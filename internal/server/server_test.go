@@ -340,6 +340,13 @@ func TestModelServiceDisabledWithoutCredentialsConfigured(t *testing.T) {
 	ctx = metadata.AppendToOutgoingContext(testCtx(t), "authorization", "Bearer anything")
 	_, err = h.models.Activate(ctx, &prefetchv1.ActivateRequest{Version: "v2"})
 	wantCode(t, err, codes.Unauthenticated)
+	// The refusal says why, not that the token is wrong; the start said so.
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "started without an admin token") {
+		t.Errorf("refusal %q does not say the server has no admin token", msg)
+	}
+	if !strings.Contains(h.logs.String(), "ModelService calls will all be refused") {
+		t.Errorf("no warning at start that ModelService is unusable:\n%s", h.logs.String())
+	}
 	if _, changes := models.State(); changes != 0 {
 		t.Errorf("engine changed %d times, want 0", changes)
 	}
