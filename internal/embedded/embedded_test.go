@@ -14,9 +14,11 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/prefetchd/prefetchd/internal/broker"
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
 	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/training"
+	"net"
 )
 
 // TestBundledData checks the bundled copy against the published counts.
@@ -184,5 +186,88 @@ func TestBundledModel(t *testing.T) {
 		if math.Abs(sum-1) > 1e-4 || p[0] > 1e-3 {
 			t.Errorf("history %v: probabilities sum to %v with padding %v, want 1 and next to nothing", h, sum, p[0])
 		}
+	}
+}
+
+// TestReplayWaitsForBroker: a broker that is not there yet (or away for a
+// while) pauses the replay, which goes on from the same event once it
+// answers, instead of stopping for good.
+func TestReplayWaitsForBroker(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := lis.Addr().(*net.TCPAddr).Port
+	lis.Close()
+	sessions := []training.Session{{Pages: []string{"/page/1", "/page/2", "/page/3"}}, {Pages: []string{"/page/4", "/page/5"}}}
+	r, err := NewReplayer(ReplayConfig{Brokers: []string{fmt.Sprintf("127.0.0.1:%d", port)}, Topic: "clicks", Rate: 1000, Concurrent: 2}, sessions, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	time.Sleep(1500 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("replay ended with no broker to write to: %v", err)
+	default:
+	}
+	b, err := broker.Start(broker.Config{Port: port, Topics: []string{"clicks"}})
+	if err != nil {
+		t.Fatalf("start the broker late: %v", err)
+	}
+	defer b.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{b.Addr()}, Topic: "clicks", GroupID: "check", StartOffset: kafka.FirstOffset, MaxWait: 50 * time.Millisecond})
+	defer rd.Close()
+	for i := range 5 {
+		if _, err := rd.FetchMessage(ctx); err != nil {
+			t.Fatalf("read event %d of 5: %v", i, err)
+		}
+	}
+}
+
+// TestReplayStopsWithFrozenBroker: a broker that accepts connections and
+// never answers does not hold the replay's end for long.
+func TestReplayStopsWithFrozenBroker(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	sessions := []training.Session{{Pages: []string{"/page/1", "/page/2"}}}
+	r, err := NewReplayer(ReplayConfig{Brokers: []string{lis.Addr().String()}, Topic: "clicks", Rate: 1000, Loop: true}, sessions, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("replay: %v", err)
+		}
+		if d := time.Since(start); d > 2500*time.Millisecond {
+			t.Errorf("replay took %v to end after its context, want about 1 s at most", d)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("replay still running 15 s after its context ended")
 	}
 }

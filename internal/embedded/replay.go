@@ -74,7 +74,8 @@ func NewReplayer(cfg ReplayConfig, sessions []training.Session, log *slog.Logger
 }
 
 // Run writes events at the configured rate until the data runs out (or,
-// with Loop, until ctx ends). It returns nil when ctx ends.
+// with Loop, until ctx ends). It returns nil when ctx ends. Brokers refusing
+// writes pause it (see write); they never stop it.
 func (r *Replayer) Run(ctx context.Context) error {
 	// Our own connection pool, closed when the replay ends.
 	transport := &kafka.Transport{TLS: r.cfg.TLS, SASL: r.cfg.SASL}
@@ -87,7 +88,20 @@ func (r *Replayer) Run(ctx context.Context) error {
 		AllowAutoTopicCreation: true,
 		Transport:              transport,
 	}
-	defer w.Close()
+	defer func() {
+		// Close flushes what is pending: not waited for beyond a second,
+		// as an unresponsive broker would hold the shutdown.
+		done := make(chan struct{})
+		go func() {
+			_ = w.Close()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+			r.log.Warn("replay writer did not close in time", "waited", "1s")
+		}
+	}()
 
 	// Event ids carry this run's start, so that a replay into a topic that
 	// holds an earlier one's events is not taken for its duplicates.
@@ -139,11 +153,8 @@ func (r *Replayer) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("encode replay event: %w", err)
 		}
-		if err := w.WriteMessages(ctx, kafka.Message{Key: []byte(user), Value: b}); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("write replay event: %w", err)
+		if !r.write(ctx, w, kafka.Message{Key: []byte(user), Value: b}) {
+			return nil
 		}
 		sent++
 		c.pos++
@@ -154,4 +165,35 @@ func (r *Replayer) Run(ctx context.Context) error {
 	}
 	r.log.Info("replay finished", "events", sent)
 	return nil
+}
+
+// write writes msg, retrying with backoff (up to 5 s) while the brokers
+// refuse it, for as long as it takes: a broker away for a while pauses the
+// replay, which then goes on from the same event. False when ctx ended
+// first.
+func (r *Replayer) write(ctx context.Context, w *kafka.Writer, msg kafka.Message) bool {
+	backoff := 100 * time.Millisecond
+	failures := 0
+	for {
+		err := w.WriteMessages(ctx, msg)
+		if ctx.Err() != nil {
+			return false
+		}
+		if err == nil {
+			if failures > 0 {
+				r.log.Info("replay resumed", "failed_writes", failures)
+			}
+			return true
+		}
+		if failures == 0 {
+			r.log.Warn("replay paused: writing to kafka failed; retrying", "err", err)
+		}
+		failures++
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
