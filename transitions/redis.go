@@ -255,28 +255,63 @@ func (s *redisStore) Observe(ctx context.Context, ts []Transition) error {
 	// commands of one read from a connection back to back, so script calls
 	// pipelined together would hold it (and every click's warm write behind
 	// them) for all their time at once.
+	type call struct {
+		keys []string
+		args []any
+	}
 	for len(batches) > 0 {
-		trip := s.c.Pipeline()
+		var calls []call
 		for n := 0; n < maxScriptKeys && len(batches) > 0; {
-			call := batches[:min(per, len(batches))]
-			batches = batches[len(call):]
-			n += len(call)
-			keys := make([]string, 0, len(call))
-			args := append(make([]any, 0, 2*len(ts)), s.consts...)
-			for _, src := range call {
-				keys = append(keys, s.key(src.from))
-				args = append(args, strconv.FormatFloat(src.ref, 'g', -1, 64), len(src.next))
+			srcs := batches[:min(per, len(batches))]
+			batches = batches[len(srcs):]
+			n += len(srcs)
+			c := call{keys: make([]string, 0, len(srcs)), args: append(make([]any, 0, 2*len(ts)), s.consts...)}
+			for _, src := range srcs {
+				c.keys = append(c.keys, s.key(src.from))
+				c.args = append(c.args, strconv.FormatFloat(src.ref, 'g', -1, 64), len(src.next))
 				for _, n := range src.next {
-					args = append(args, n.page, strconv.FormatFloat(n.w, 'g', -1, 64))
+					c.args = append(c.args, n.page, strconv.FormatFloat(n.w, 'g', -1, 64))
 				}
 			}
-			observeScript.EvalSha(ctx, trip, keys, args...)
+			calls = append(calls, c)
 		}
-		if _, err := trip.Exec(ctx); err != nil {
-			if redis.HasErrorPrefix(err, "NOSCRIPT") {
-				s.loaded.Store(false)
+		// A call refused with NOSCRIPT (the server restarted or its
+		// scripts were flushed) did not run: the script is loaded again
+		// and those calls alone go again, once. Other failures may have
+		// run part of the trip, which cannot go again without counting it
+		// twice.
+		for attempt := 0; ; attempt++ {
+			trip := s.c.Pipeline()
+			cmds := make([]*redis.Cmd, len(calls))
+			for i, c := range calls {
+				cmds[i] = observeScript.EvalSha(ctx, trip, c.keys, c.args...)
 			}
-			return fmt.Errorf("observe transitions: %w", err)
+			_, err := trip.Exec(ctx)
+			if err == nil {
+				break
+			}
+			var missing []call
+			other := false
+			for i, cmd := range cmds {
+				switch e := cmd.Err(); {
+				case e == nil:
+				case redis.HasErrorPrefix(e, "NOSCRIPT"):
+					missing = append(missing, calls[i])
+				default:
+					other = true
+				}
+			}
+			if len(missing) == 0 || other || attempt > 0 {
+				if len(missing) > 0 {
+					s.loaded.Store(false)
+				}
+				return fmt.Errorf("observe transitions: %w", err)
+			}
+			if lerr := observeScript.Load(ctx, s.c).Err(); lerr != nil {
+				s.loaded.Store(false)
+				return fmt.Errorf("observe transitions: %w (loading the script again: %v)", err, lerr)
+			}
+			calls = missing
 		}
 	}
 	pipe := s.c.Pipeline()

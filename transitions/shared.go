@@ -48,6 +48,7 @@ var errBufferFull = errors.New("online statistics buffer full: transitions dropp
 type shared struct {
 	Store
 	cfg SharedConfig
+	m   *metrics
 	now func() time.Time
 
 	// running says Run serves the buffer and the refreshes; wake asks it
@@ -94,7 +95,7 @@ func Share(s *Stats, cfg SharedConfig) *Stats {
 		cfg.Log = slog.Default()
 	}
 	w := &shared{
-		Store: s.Store, cfg: cfg, now: time.Now, wake: make(chan struct{}, 1),
+		Store: s.Store, cfg: cfg, m: s.m, now: time.Now, wake: make(chan struct{}, 1),
 		cache: make(map[string]cached), tags: make(map[string]int64),
 	}
 	return &Stats{Store: w, Blend: s.Blend, m: s.m}
@@ -189,6 +190,7 @@ func (w *shared) Observe(ctx context.Context, ts []Transition) error {
 		n := len(w.buf)
 		if n >= w.cfg.MaxBuffered {
 			w.mu.Unlock()
+			w.m.dropped.WithLabelValues("buffer_full").Add(float64(len(ts)))
 			return fmt.Errorf("%d transitions: %w", len(ts), errBufferFull)
 		}
 		w.buf = append(w.buf, ts...)
@@ -230,7 +232,12 @@ func (w *shared) Flush(ctx context.Context) error {
 		return nil
 	}
 	w.tag(batch)
-	return w.Store.Observe(ctx, batch)
+	if err := w.Store.Observe(ctx, batch); err != nil {
+		// Not sent again: part of it may have been added.
+		w.m.dropped.WithLabelValues("send_failed").Add(float64(len(batch)))
+		return err
+	}
+	return nil
 }
 
 // tag records the next pages' indexes of ts, when the cache will use them.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/prefetchd/prefetchd/internal/redistest"
 )
 
@@ -203,6 +205,9 @@ func TestShareRun(t *testing.T) {
 	if accepted < maxBuf || refused == 0 {
 		t.Fatalf("accepted %d, refused %d of %d with a buffer of %d: want the buffer filled, then refusals", accepted, refused, 3*maxBuf, maxBuf)
 	}
+	if got := testutil.ToFloat64(st.m.dropped.WithLabelValues("buffer_full")); got != float64(refused) {
+		t.Fatalf("dropped{buffer_full} %v, want the %d refused", got, refused)
+	}
 	close(gate) // the store works again
 	eventually(t, "accepted transitions did not all reach the store", func() bool {
 		_, n, _ := inner.counts()
@@ -352,5 +357,54 @@ func TestRereadInParts(t *testing.T) {
 		if w.cache[p].queued {
 			t.Fatalf("page %s still marked queued after a failed reread", p)
 		}
+	}
+}
+
+// failOnceStore fails its first Observe.
+type failOnceStore struct {
+	Store
+	failed atomic.Bool
+}
+
+func (f *failOnceStore) Observe(ctx context.Context, ts []Transition) error {
+	if f.failed.CompareAndSwap(false, true) {
+		return errors.New("store down")
+	}
+	return f.Store.Observe(ctx, ts)
+}
+
+// TestShareCountsFailedSends: the transitions of a send that failed are
+// counted as dropped (send_failed); the next send goes through.
+func TestShareCountsFailedSends(t *testing.T) {
+	ctx := context.Background()
+	base, err := NewMemory(Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base.Store = &failOnceStore{Store: base.Store}
+	st := Share(base, SharedConfig{FlushInterval: time.Hour})
+	w := st.Store.(*shared)
+	at := time.Unix(1_000_000, 0)
+	two := []Transition{{From: "/a", To: "/b", At: at}, {From: "/a", To: "/c", At: at}}
+	// Without Run, the first Observe sends at once (nothing sent yet).
+	if err := st.Observe(ctx, two); err == nil {
+		t.Fatal("Observe with the store down: no error")
+	}
+	if got := testutil.ToFloat64(st.m.dropped.WithLabelValues("send_failed")); got != 2 {
+		t.Fatalf("dropped{send_failed} %v, want 2", got)
+	}
+	for range 3 {
+		if err := st.Observe(ctx, two); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatalf("Flush with the store back: %v", err)
+	}
+	if got := testutil.ToFloat64(st.m.dropped.WithLabelValues("send_failed")); got != 2 {
+		t.Fatalf("dropped{send_failed} %v after a good send, want 2 still", got)
+	}
+	if d := lookup(ctx, t, st, "/a", at); math.Abs(d.N-6) > 1e-9 {
+		t.Fatalf("evidence %v, want the 6 transitions sent after the failure", d.N)
 	}
 }

@@ -233,6 +233,7 @@ type metrics struct {
 	observed   prometheus.Counter
 	evicted    prometheus.Counter
 	served     prometheus.Counter
+	dropped    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -253,9 +254,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "prefetchd_transitions_served_predictions_total",
 			Help: "Predictions (prefetch decisions and hint answers) with at least one page whose probability has an online share.",
 		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "prefetchd_transitions_dropped_total",
+			Help: "Transitions the shared online statistics dropped, by reason: buffer_full (the buffer past its bound while sends could not keep up), send_failed (a send to Redis failed; some of its transitions may have been added).",
+		}, []string{"reason"}),
 	}
+	m.dropped.WithLabelValues("buffer_full")
+	m.dropped.WithLabelValues("send_failed")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.onlineOnly, m.observed, m.evicted, m.served} {
+		for _, c := range []prometheus.Collector{m.onlineOnly, m.observed, m.evicted, m.served, m.dropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register transitions metrics: %w", err)
 			}
