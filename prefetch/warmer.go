@@ -367,6 +367,9 @@ type Warmer struct {
 	// inFlight counts pages queued or being written (for the late check).
 	inFlight atomic.Int64
 	failing  atomic.Bool // Redis writes are failing (for log transitions)
+	// failure is the run of failed writes under way: when it started and
+	// its latest error; nil when writes succeed.
+	failure  atomic.Pointer[writeFailure]
 	observer atomic.Pointer[Observer]
 	wake     chan struct{} // asks the watcher for a check now
 	sentinel string        // this Warmer's sentinel key
@@ -956,14 +959,22 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	w.m.skippedExists.Add(float64(exists))
 	if failed > 0 {
 		w.m.drop(dropRedis, failed)
+		since := now
+		if f := w.failure.Load(); f != nil {
+			since = f.since
+		}
+		w.failure.Store(&writeFailure{since: since, err: firstErr})
 		if w.failing.CompareAndSwap(false, true) {
 			w.log.Warn("prefetch writes failing, dropping", "err", firstErr)
 		}
 		// Redis may be restarting: check its identity as soon as it answers.
 		w.wakeWatcher()
-	} else if written+exists > 0 && w.failing.CompareAndSwap(true, false) {
-		w.log.Info("prefetch writes recovered")
-		w.wakeWatcher()
+	} else if written+exists > 0 {
+		w.failure.Store(nil)
+		if w.failing.CompareAndSwap(true, false) {
+			w.log.Info("prefetch writes recovered")
+			w.wakeWatcher()
+		}
 	}
 	if o := w.observer.Load(); o != nil && written > 0 && !stale {
 		if ev, ok := (*o).(*Evaluator); ok {
@@ -1111,4 +1122,30 @@ func httpClient(cfg Config) *http.Client {
 	tr.MaxIdleConnsPerHost = cfg.OriginConcurrency
 	tr.MaxConnsPerHost = cfg.OriginConcurrency
 	return &http.Client{Transport: tr, Timeout: cfg.OriginTimeout}
+}
+
+// writeFailure is a run of failed warm writes.
+type writeFailure struct {
+	since time.Time
+	err   error
+}
+
+// WriteFailureGrace is how long warm writes must have kept failing, none
+// succeeding, before WriteErr reports it.
+const WriteFailureGrace = 5 * time.Second
+
+// WriteErr reports why warm writes have failed for WriteFailureGrace with
+// none succeeding since (Redis answering PING but refusing writes: out of
+// memory with noeviction, an ACL without write rights), or nil. A write
+// that succeeds ends the run; a Warmer given nothing to write keeps the
+// last run until something is written.
+func (w *Warmer) WriteErr() error {
+	f := w.failure.Load()
+	if f == nil {
+		return nil
+	}
+	if d := w.now().Sub(f.since); d >= WriteFailureGrace {
+		return fmt.Errorf("warm writes failing for %s: %w", d.Round(time.Second), f.err)
+	}
+	return nil
 }

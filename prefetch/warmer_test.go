@@ -44,9 +44,19 @@ func newRedis(t testing.TB) (*redistest.Server, *redis.Client) {
 // startWarmer builds a Warmer, runs it and stops it when the test ends.
 func startWarmer(t *testing.T, cfg Config, rdb redis.UniversalClient) *Warmer {
 	t.Helper()
+	return startWarmerWith(t, cfg, rdb, nil)
+}
+
+// startWarmerWith is startWarmer with prepare applied to the Warmer before
+// it runs.
+func startWarmerWith(t *testing.T, cfg Config, rdb redis.UniversalClient, prepare func(*Warmer)) *Warmer {
+	t.Helper()
 	w, err := NewWarmer(cfg, rdb, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatalf("NewWarmer: %v", err)
+	}
+	if prepare != nil {
+		prepare(w)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -915,5 +925,53 @@ func TestWarmerExistingKeyTimeLeft(t *testing.T) {
 	}
 	if d, err := rdb.TTL(ctx, "page:/p42").Result(); err != nil || d < 50*time.Second {
 		t.Fatalf("TTL %v, %v; want about a minute", d, err)
+	}
+}
+
+// TestWarmerWriteErr: a Redis that answers PING but refuses writes (out of
+// memory with noeviction) makes WriteErr report it once writes have kept
+// failing for WriteFailureGrace; one write that succeeds ends it.
+func TestWarmerWriteErr(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	var ahead atomic.Int64
+	w := startWarmerWith(t, Config{QueueSize: 64, PipelineSize: 16, WriteTimeout: 200 * time.Millisecond}, rdb, func(w *Warmer) {
+		w.now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	})
+	page := 0
+	warm := func() {
+		page++
+		w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/p/%d", page), Probability: 0.9}}})
+	}
+	warm()
+	eventually(t, 5*time.Second, "a first write", func() bool { return counter(w.m.written) == 1 })
+	if err := w.WriteErr(); err != nil {
+		t.Fatalf("WriteErr with writes going through: %v", err)
+	}
+	// Nothing can be written any more.
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	warm()
+	eventually(t, 5*time.Second, "a refused write", func() bool { return counter(w.m.dropped[dropRedis]) >= 1 })
+	if err := w.WriteErr(); err != nil {
+		t.Fatalf("WriteErr right after the first refusal: %v, want nil within the grace", err)
+	}
+	ahead.Store(int64(WriteFailureGrace + time.Second))
+	warm()
+	eventually(t, 5*time.Second, "a second refused write", func() bool { return counter(w.m.dropped[dropRedis]) >= 2 })
+	if err := w.WriteErr(); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("WriteErr after %v of refusals: %v, want the OOM refusal", WriteFailureGrace, err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	warm()
+	eventually(t, 5*time.Second, "a write after memory was given back", func() bool { return counter(w.m.written) == 2 })
+	if err := w.WriteErr(); err != nil {
+		t.Fatalf("WriteErr after a write succeeded: %v", err)
 	}
 }

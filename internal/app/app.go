@@ -167,7 +167,17 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		return err
 	}
 	defer rdb.Close()
-	ready.add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	ready.add("redis", func(ctx context.Context) error {
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return err
+		}
+		// Answering PING is not taking writes (out of memory with
+		// noeviction, an ACL without write rights).
+		if w := parts.warmer.Load(); w != nil {
+			return w.WriteErr()
+		}
+		return nil
+	})
 	if cfg.RedisAddr != "" {
 		auxWG.Go(func() {
 			hctx, cancel := context.WithTimeout(srvCtx, 5*time.Second)
@@ -318,6 +328,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		return err
 	}
 	warmer.SetObserver(eval)
+	parts.warmer.Store(warmer)
 	models.OnSwap(func(_, l *lifecycle.Live) {
 		if l != nil {
 			eval.SetModelVersion(l.Version)
@@ -443,6 +454,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 type lateParts struct {
 	models atomic.Pointer[lifecycle.Manager]
 	eval   atomic.Pointer[prefetch.Evaluator]
+	warmer atomic.Pointer[prefetch.Warmer]
 	eng    atomic.Pointer[engine.Engine]
 }
 
