@@ -60,6 +60,9 @@ func (m *Manifest) HasForm(f string) bool {
 	return false
 }
 
+// MaxSeqLenLimit is the longest history a bundle may declare (max_seq_len).
+const MaxSeqLenLimit = 4096
+
 // Validate checks the fields every bundle must set.
 func (m *Manifest) Validate() error {
 	switch {
@@ -69,8 +72,8 @@ func (m *Manifest) Validate() error {
 		return fmt.Errorf("%w: version is empty", ErrBadManifest)
 	case m.Output != OutputProbs && m.Output != OutputLogits:
 		return fmt.Errorf("%w: output %q is neither %q nor %q", ErrBadManifest, m.Output, OutputProbs, OutputLogits)
-	case m.MaxSeqLen <= 0 || m.MaxSeqLen > 4096:
-		return fmt.Errorf("%w: max_seq_len %d outside 1..4096", ErrBadManifest, m.MaxSeqLen)
+	case m.MaxSeqLen <= 0 || m.MaxSeqLen > MaxSeqLenLimit:
+		return fmt.Errorf("%w: max_seq_len %d outside 1..%d", ErrBadManifest, m.MaxSeqLen, MaxSeqLenLimit)
 	case m.VocabSize < 2:
 		return fmt.Errorf("%w: vocab_size %d below 2", ErrBadManifest, m.VocabSize)
 	case !m.HasForm(FormSequence):

@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"bytes"
+	"fmt"
 	"github.com/prefetchd/prefetchd/model"
+	"log/slog"
 )
 
 // TestWriteBundleRefusesForeignDir writes a bundle over every kind of
@@ -197,5 +200,34 @@ func TestCheckPublish(t *testing.T) {
 				t.Errorf("CheckPublish(%q, %q) = %v, want %v", tc.bundle, tc.version, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestRunRefusesMarkovExportEarly: a first-order Markov export over a
+// vocabulary too large for its dense table is refused once the vocabulary
+// is known, before any baseline is tuned, not after all of them.
+func TestRunRefusesMarkovExportEarly(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// 17,000 pages, each seen in two sessions: 17,002 entries with padding
+	// and unknown, 289 M table entries, over the 268 M limit.
+	var sessions []Session
+	for rep := range 2 {
+		for s := range 1700 {
+			var ps []string
+			for i := range 10 {
+				ps = append(ps, fmt.Sprintf("/p/%d", (s*10+i+rep*5)%17000))
+			}
+			sessions = append(sessions, pages(ps...))
+		}
+	}
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	_, _, err := Run(ctx, logger, "wide", sessions, Config{SkipGRU: true, Export: ModelMarkov, Vocab: VocabConfig{MinCount: 1}, Split: SplitConfig{HoldoutFraction: 0.01}})
+	if err == nil || !strings.Contains(err.Error(), "export the GRU instead") {
+		t.Fatalf("Run: %v, want the dense table refused", err)
+	}
+	if strings.Contains(logs.String(), "baseline trained") || strings.Contains(logs.String(), "tuned") {
+		t.Fatalf("baselines were trained before the refusal:\n%s", logs.String())
 	}
 }

@@ -2,12 +2,14 @@ package training
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 )
 
 // KafkaConfig selects a slice of the service's click topic.
@@ -26,6 +28,15 @@ type KafkaConfig struct {
 	FromOffset, ToOffset int64
 	// MaxMessages stops the read after this many messages (0: no limit).
 	MaxMessages int
+	// TLS and SASL secure the connections (see internal/kafkasec); nil is
+	// plaintext without authentication.
+	TLS  *tls.Config
+	SASL sasl.Mechanism
+}
+
+// dialer is the Kafka dialer of cfg's security settings.
+func (c KafkaConfig) dialer() *kafka.Dialer {
+	return &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true, TLS: c.TLS, SASLMechanism: c.SASL}
 }
 
 // Validate checks the configuration.
@@ -85,9 +96,9 @@ func ReadKafka(ctx context.Context, cfg KafkaConfig) ([]ClickEvent, JSONLStats, 
 // partitionRange returns the offsets [first, end) of partition p that fall
 // between cfg.From and cfg.To and between cfg.FromOffset and cfg.ToOffset.
 func partitionRange(ctx context.Context, cfg KafkaConfig, p kafka.Partition) (first, end int64, err error) {
-	conn, err := kafka.DialLeader(ctx, "tcp", cfg.Brokers[0], cfg.Topic, p.ID)
+	conn, err := dialLeader(ctx, cfg, p.ID)
 	if err != nil {
-		return 0, 0, fmt.Errorf("kafka: dial leader of %s/%d: %w", cfg.Topic, p.ID, err)
+		return 0, 0, err
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -123,9 +134,27 @@ func partitionRange(ctx context.Context, cfg KafkaConfig, p kafka.Partition) (fi
 	return first, end, nil
 }
 
+// dialLeader connects to the leader of the topic's partition, asking each
+// bootstrap broker in turn until one answers: one broker of the list down
+// must not stop the read.
+func dialLeader(ctx context.Context, cfg KafkaConfig, partition int) (*kafka.Conn, error) {
+	var errs []error
+	for _, b := range cfg.Brokers {
+		conn, err := cfg.dialer().DialLeader(ctx, "tcp", b, cfg.Topic, partition)
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("kafka: dial leader of %s/%d: %w", cfg.Topic, partition, errors.Join(errs...))
+}
+
 func readPartition(ctx context.Context, cfg KafkaConfig, partition int, first, end int64, events *[]ClickEvent, st *JSONLStats) error {
 	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers: cfg.Brokers, Topic: cfg.Topic, Partition: partition,
+		Brokers: cfg.Brokers, Topic: cfg.Topic, Partition: partition, Dialer: cfg.dialer(),
 		MinBytes: 1, MaxBytes: 8 << 20, MaxWait: 200 * time.Millisecond,
 	})
 	defer r.Close()
@@ -156,7 +185,7 @@ func readPartition(ctx context.Context, cfg KafkaConfig, partition int, first, e
 // metadata, without asking a broker to create the topic (a misspelt name
 // would otherwise leave a new, empty topic behind).
 func topicPartitions(ctx context.Context, cfg KafkaConfig) ([]kafka.Partition, error) {
-	transport := &kafka.Transport{}
+	transport := &kafka.Transport{TLS: cfg.TLS, SASL: cfg.SASL}
 	defer transport.CloseIdleConnections()
 	cl := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: transport, Timeout: 10 * time.Second}
 	res, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{cfg.Topic}})

@@ -9,7 +9,11 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/prefetchd/prefetchd/internal/broker"
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/scram"
+	"net"
 )
 
 func TestReadKafkaBetweenTimes(t *testing.T) {
@@ -122,5 +126,67 @@ func TestReadKafkaMissingTopic(t *testing.T) {
 		if p.Topic == "clikcs" {
 			t.Fatalf("reading created topic %q", p.Topic)
 		}
+	}
+}
+
+// TestReadKafkaSecured: a broker that requires SASL SCRAM-SHA-256 is read
+// with the right credentials and refused without them; a bootstrap list
+// whose first broker is down still reads from the next one.
+func TestReadKafkaSecured(t *testing.T) {
+	b, err := broker.Start(broker.Config{Topics: []string{"clicks"}, SCRAMUser: "trainer", SCRAMPassword: "right"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	mech := func(pw string) sasl.Mechanism {
+		m, err := scram.Mechanism(scram.SHA256, "trainer", pw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tr := &kafka.Transport{SASL: mech("right")}
+	defer tr.CloseIdleConnections()
+	w := &kafka.Writer{Addr: kafka.TCP(b.Addr()), Topic: "clicks", Balancer: &kafka.Hash{}, BatchTimeout: time.Millisecond, Transport: tr}
+	now := time.Now().UTC()
+	var msgs []kafka.Message
+	for i := range 12 {
+		u := fmt.Sprintf("u%d", i%3)
+		msgs = append(msgs, kafka.Message{Key: []byte(u), Value: fmt.Appendf(nil, `{"user_id":%q,"page":"/p/%d","ts":%q}`, u, i, now.Add(time.Duration(i)*time.Second).Format(time.RFC3339Nano))})
+	}
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	down, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downAddr := down.Addr().String()
+	down.Close()
+	for _, tc := range []struct {
+		name    string
+		brokers []string
+		sasl    sasl.Mechanism
+		ok      bool
+	}{
+		{"right password", []string{b.Addr()}, mech("right"), true},
+		{"first broker down", []string{downAddr, b.Addr()}, mech("right"), true},
+		{"wrong password", []string{b.Addr()}, mech("wrong"), false},
+		{"no credentials", []string{b.Addr()}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+			defer rcancel()
+			evs, _, err := ReadKafka(rctx, KafkaConfig{Brokers: tc.brokers, Topic: "clicks", SASL: tc.sasl})
+			if tc.ok && (err != nil || len(evs) != 12) {
+				t.Fatalf("ReadKafka: %d events, %v; want 12", len(evs), err)
+			}
+			if !tc.ok && err == nil {
+				t.Fatalf("ReadKafka read %d events, want a refusal", len(evs))
+			}
+		})
 	}
 }

@@ -169,8 +169,8 @@ func (m *Markov) Predict(history []int64, dst []float32) []float32 {
 // [batch] -> Gather(T, axis 0) -> probs float32 [batch, vocab].
 func (m *Markov) ONNX() ([]byte, error) {
 	v := int64(m.vocab)
-	if v*v > maxMarkovExport {
-		return nil, fmt.Errorf("export markov model: a vocabulary of %d pages needs a dense table of %d entries, more than %d; export the GRU instead", v, v*v, maxMarkovExport)
+	if err := checkMarkovExport(m.vocab); err != nil {
+		return nil, err
 	}
 	table := make([]float32, v*v)
 	for i := range v {
@@ -205,4 +205,13 @@ func (m *Markov) ONNX() ([]byte, error) {
 		return nil, fmt.Errorf("export markov model: %w", err)
 	}
 	return b, nil
+}
+
+// checkMarkovExport refuses a vocabulary too large for the dense table of an
+// exported first-order Markov model.
+func checkMarkovExport(vocab int) error {
+	if v := int64(vocab); v*v > maxMarkovExport {
+		return fmt.Errorf("export markov model: a vocabulary of %d pages needs a dense table of %d entries, more than %d; export the GRU instead", v, v*v, maxMarkovExport)
+	}
+	return nil
 }

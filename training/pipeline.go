@@ -197,6 +197,12 @@ func Run(ctx context.Context, logger *slog.Logger, dataset string, sessions []Se
 		VocabSize: vocab.Len(), Exported: cfg.Export, Created: created,
 	}
 	logger.Info("data split", "sessions", len(sessions), "train", len(train), "test", len(test), "vocab", vocab.Len())
+	if cfg.Export == ModelMarkov {
+		// Known now, not after every baseline is tuned.
+		if err := checkMarkovExport(vocab.Len()); err != nil {
+			return nil, nil, err
+		}
+	}
 
 	baselines, err := TrainBaselines(ctx, logger, trainSeq, vocab.Len(), cfg.GRU.withDefaults().ValidationFraction, cfg.Markov.Alpha, cfg.Eval)
 	if err != nil {

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/prefetchd/prefetchd/internal/cli"
+	"github.com/prefetchd/prefetchd/internal/kafkasec"
+	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/training"
 )
 
@@ -64,9 +66,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		to       = fs.String("to", "", "kafka: end message time, RFC 3339, exclusive (default: the end when the read starts)")
 		fromOff  = fs.Int64("from-offset", 0, "kafka: first offset read in every partition")
 		toOff    = fs.Int64("to-offset", 0, "kafka: end offset in every partition, exclusive (0: no bound)")
+		kTLS     = fs.Bool("kafka-tls", false, "kafka: connect over TLS")
+		kCA      = fs.String("kafka-ca", "", "kafka: CA bundle (PEM) for TLS; default the system roots")
+		kMech    = fs.String("kafka-sasl-mechanism", "", "kafka: SASL mechanism, PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+		kUser    = fs.String("kafka-username", "", "kafka: SASL user")
+		kPass    = fs.String("kafka-password", "", "kafka: SASL password (default $PREFETCHD_KAFKA_PASSWORD, as the service reads it; prefer the variable)")
 		out      = fs.String("out", "", "output folder: the bundle plus report.json, report.txt, recall.svg; replaced as a whole,\nso it must be new, empty or hold only such files (a previous run's)")
 		publish  = fs.String("publish", "", "model repository: also publish the bundle as <publish>/<name>/<version>/ (never over an existing version)")
-		name     = fs.String("name", "prefetchd", "bundle name")
+		name     = fs.String("name", "default", "bundle name: the model name the service serves (its --model-name, default too), so --publish REPO lands where prefetchd --model-repo REPO looks")
 		version  = fs.String("bundle-version", "", "bundle version (default: creation time, 20060102T150405Z)")
 		export   = fs.String("model", training.ModelGRU, "model written as the bundle: gru or markov1")
 		noGRU    = fs.Bool("no-gru", false, "train only the baselines (implies --model markov1)")
@@ -108,8 +115,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cli.Usagef("--holdout %v: want a share between 0 and 1, both excluded", *holdout)
 	case *topK < 1:
 		return cli.Usagef("--top-k %d: want at least 1", *topK)
-	case *maxLen < 1:
-		return cli.Usagef("--max-seq-len %d: want at least 1", *maxLen)
+	case *maxLen < 1 || *maxLen > model.MaxSeqLenLimit:
+		return cli.Usagef("--max-seq-len %d: want 1 to %d (what a bundle may declare)", *maxLen, model.MaxSeqLenLimit)
 	case *vocabMin < 1:
 		return cli.Usagef("--vocab-min-count %d: want at least 1", *vocabMin)
 	case *vocabMax < 0:
@@ -136,7 +143,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *format != "kafka" {
 		// Flags of the Kafka reader given with a file would be ignored.
-		for _, f := range []string{"kafka-brokers", "topic", "from", "to", "from-offset", "to-offset"} {
+		for _, f := range []string{"kafka-brokers", "topic", "from", "to", "from-offset", "to-offset", "kafka-tls", "kafka-ca", "kafka-sasl-mechanism", "kafka-username", "kafka-password"} {
 			if cli.IsSet(fs, f) {
 				return cli.Usagef("--%s reads Kafka: it needs --format kafka (not %s)", f, *format)
 			}
@@ -168,6 +175,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if kcfg, err = kafkaConfig(*brokers, *topic, *from, *to, *fromOff, *toOff); err != nil {
 			return err
 		}
+		sec := kafkasec.Config{TLS: *kTLS, CA: *kCA, Mechanism: *kMech, Username: *kUser, Password: *kPass}
+		if !cli.IsSet(fs, "kafka-password") {
+			sec.Password = os.Getenv("PREFETCHD_KAFKA_PASSWORD")
+		}
+		if sec.Mechanism == "" && !cli.IsSet(fs, "kafka-password") {
+			sec.Password = "" // the variable of a service config without SASL
+		}
+		if err := sec.Validate(); err != nil {
+			return cli.UsageError(err)
+		}
+		if kcfg.TLS, kcfg.SASL, err = sec.Build(); err != nil {
+			return cli.UsageError(err)
+		}
 	}
 	canonical, err := loadCanonical(*canonCfg)
 	if err != nil {
@@ -198,9 +218,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *cpuProf != "" {
+		if *format != "kafka" && sameFile(*cpuProf, *input) {
+			return cli.Usagef("--cpuprofile %s is the input: it would be overwritten", *cpuProf)
+		}
 		f, err := os.Create(*cpuProf)
 		if err != nil {
-			return err
+			return cli.UsageError(fmt.Errorf("--cpuprofile: %w", err))
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
@@ -277,4 +300,15 @@ func renderReports(rep *training.Report) (map[string][]byte, error) {
 		out[f.name] = buf.Bytes()
 	}
 	return out, nil
+}
+
+// sameFile reports whether paths a and b name the same file (one of them
+// may not exist yet: then they are not the same).
+func sameFile(a, b string) bool {
+	ia, err1 := os.Stat(a)
+	ib, err2 := os.Stat(b)
+	if err1 != nil || err2 != nil {
+		return filepath.Clean(a) == filepath.Clean(b)
+	}
+	return os.SameFile(ia, ib)
 }

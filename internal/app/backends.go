@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -15,57 +14,24 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
-	"github.com/segmentio/kafka-go/sasl/plain"
-	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/prefetchd/prefetchd/features"
+	"github.com/prefetchd/prefetchd/internal/kafkasec"
 )
 
 // tlsConfig builds a client TLS configuration trusting caFile (PEM) when
 // given, the system roots otherwise.
-func tlsConfig(caFile string) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile == "" {
-		return c, nil
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("read CA %s: %w", caFile, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA %s holds no PEM certificate", caFile)
-	}
-	c.RootCAs = pool
-	return c, nil
+func tlsConfig(caFile string) (*tls.Config, error) { return kafkasec.ClientTLS(caFile) }
+
+// kafkaSec are cfg's Kafka security settings.
+func (c Config) kafkaSec() kafkasec.Config {
+	return kafkasec.Config{TLS: c.KafkaTLS, CA: c.KafkaCA, Mechanism: c.KafkaSASLMechanism, Username: c.KafkaUsername, Password: c.KafkaPassword}
 }
 
 // kafkaSecurity returns the TLS and SASL settings for Kafka connections
 // (nil, nil for plaintext without authentication).
 func kafkaSecurity(cfg Config) (*tls.Config, sasl.Mechanism, error) {
-	var (
-		tc  *tls.Config
-		err error
-	)
-	if cfg.KafkaTLS || cfg.KafkaCA != "" {
-		if tc, err = tlsConfig(cfg.KafkaCA); err != nil {
-			return nil, nil, fmt.Errorf("kafka tls: %w", err)
-		}
-	}
-	var mech sasl.Mechanism
-	switch strings.ToUpper(cfg.KafkaSASLMechanism) {
-	case "":
-	case "PLAIN":
-		mech = plain.Mechanism{Username: cfg.KafkaUsername, Password: cfg.KafkaPassword}
-	case "SCRAM-SHA-256":
-		mech, err = scram.Mechanism(scram.SHA256, cfg.KafkaUsername, cfg.KafkaPassword)
-	case "SCRAM-SHA-512":
-		mech, err = scram.Mechanism(scram.SHA512, cfg.KafkaUsername, cfg.KafkaPassword)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("kafka sasl: %w", err)
-	}
-	return tc, mech, nil
+	return cfg.kafkaSec().Build()
 }
 
 // kafkaDialer is the dialer of the consumer and the health check.

@@ -273,19 +273,11 @@ func (c *Config) Validate() error {
 	if !strings.Contains(c.KeyTemplate, "{page}") {
 		errs = append(errs, fmt.Errorf("--key-template %q lacks {page}", c.KeyTemplate))
 	}
-	switch strings.ToUpper(c.KafkaSASLMechanism) {
-	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
-	default:
-		errs = append(errs, fmt.Errorf("--kafka-sasl-mechanism %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.KafkaSASLMechanism))
-	}
-	if c.KafkaSASLMechanism != "" && c.KafkaUsername == "" {
-		errs = append(errs, errors.New("--kafka-sasl-mechanism needs --kafka-username"))
+	if err := c.kafkaSec().Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DeadLetterTopic != "" && c.DeadLetterTopic == c.Topic {
 		errs = append(errs, fmt.Errorf("--dead-letter-topic %q is the click topic (--topic)", c.DeadLetterTopic))
-	}
-	if c.KafkaSASLMechanism == "" && (c.KafkaUsername != "" || c.KafkaPassword != "") {
-		errs = append(errs, errors.New("--kafka-username and --kafka-password need --kafka-sasl-mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"))
 	}
 	// The components behind these fields read 0 as "use the default", so
 	// an explicit 0 is refused here rather than silently changed.
