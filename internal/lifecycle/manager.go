@@ -59,6 +59,8 @@ type Manager struct {
 	pin *pin
 	// synced is set after the first Sync. Guarded by opMu.
 	synced bool
+	// savedRefusals is what RefusedFile holds. Guarded by mu.
+	savedRefusals map[string]refusal
 
 	// mu guards the fields below; it is held only briefly.
 	mu       sync.Mutex
@@ -208,6 +210,9 @@ func (m *Manager) Sync(ctx context.Context) error {
 		// At start, the version chosen before the restart serves again,
 		// unless a newer one was published since.
 		m.synced = true
+		m.mu.Lock()
+		m.loadRefusalsLocked()
+		m.mu.Unlock()
 		if m.pin = m.loadPin(); m.pin != nil {
 			fresh = pinFirst(fresh, m.pin)
 			m.log.Info("model pin found", "version", m.pin.Version, "cause", m.pin.Cause, "at", m.pin.At)
@@ -416,6 +421,15 @@ func (m *Manager) activateLocked(ctx context.Context, name, cause string) error 
 	if cur := m.current.Load(); cur != nil && cur.Version == name {
 		return nil
 	}
+	m.mu.Lock()
+	refused := v.refused != "" && v.disk != nil && v.refusedFP == v.disk.fp
+	reason := v.refused
+	m.mu.Unlock()
+	if refused && cause == CausePublish {
+		// Refused in this folder as it is (by this process or, through
+		// RefusedFile, before a restart): not offered again.
+		return fmt.Errorf("activate %q: refused: %s", name, reason)
+	}
 	if v.loaded == nil {
 		if err := m.validateLocked(ctx, v); err != nil {
 			return err
@@ -425,6 +439,7 @@ func (m *Manager) activateLocked(ctx context.Context, name, cause string) error 
 		m.mu.Lock()
 		v.refused, v.refusedFP = "", "" // the operator overrides an automatic rollback
 		m.mu.Unlock()
+		m.saveRefusals()
 	}
 	m.swapLocked(v, cause, true)
 	return nil
@@ -454,13 +469,18 @@ func (m *Manager) validateLocked(ctx context.Context, v *version) error {
 		m.mu.Lock()
 		v.refused, v.refusedFP = err.Error(), c.fp
 		m.mu.Unlock()
+		m.saveRefusals()
 		m.log.Warn("model version refused", "version", c.version, "dir", c.dir, "reason", reasonOf(err), "err", err)
 		return err
 	}
 	m.mu.Lock()
 	v.loaded, v.loadedAt = l, m.now()
+	wasRefused := v.refused != ""
 	v.refused, v.refusedFP = "", ""
 	m.mu.Unlock()
+	if wasRefused {
+		m.saveRefusals()
+	}
 	attrs := []any{"version", c.version, "seconds", m.now().Sub(start).Seconds()}
 	if b, ok := l.(*model.Bundle); ok {
 		switch sc := b.Scoring(); {
@@ -772,6 +792,7 @@ func (m *Manager) autoRollback(ctx context.Context) {
 		}
 	}
 	m.mu.Unlock()
+	m.saveRefusals()
 	m.log.Warn("model version rolled back automatically", "version", p.version, "to", to, "reason", reason)
 }
 

@@ -2,6 +2,9 @@ package lifecycle
 
 import (
 	"context"
+	"github.com/prometheus/client_golang/prometheus"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -263,4 +266,85 @@ func TestOlderVersionPublishedIsReported(t *testing.T) {
 	if got := metric(t, reg, "prefetchd_model_unserved_folders"); got != 0 {
 		t.Errorf("prefetchd_model_unserved_folders = %v after activating v1, want 0", got)
 	}
+}
+
+// TestRefusalsSurviveRestart: versions refused by validation and by the
+// automatic rollback are still listed with their reason after a restart
+// (a new Manager on the same repository), counted as unserved, and the one
+// rolled back is not served again; a folder rewritten since is judged
+// afresh.
+func TestRefusalsSurviveRestart(t *testing.T) {
+	cfg := Config{
+		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
+		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
+	}
+	m, repo, _ := newTest(t, cfg)
+	publishSpec(t, repo, spec{version: "good1"})
+	ctx, stop := context.WithCancel(testCtx(t, 60*time.Second))
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
+	m.ObservePrecision("good1", 300, 150, 150)
+	publishSpec(t, repo, spec{version: "broken2", created: base.Add(time.Minute), edit: func(f map[string][]byte) { f[ModelFile] = truncate(f[ModelFile]) }})
+	waitFor(t, 10*time.Second, "broken2 refused", func() bool { return refusedOf(t, m)["broken2"] != "" })
+	publishSpec(t, repo, spec{version: "bad3", created: base.Add(2 * time.Minute), shift: 5})
+	waitFor(t, 10*time.Second, "bad3 active", func() bool { return activeVersion(m) == "bad3" })
+	m.ObservePrecision("bad3", 100, 0, 100)
+	waitFor(t, 10*time.Second, "bad3 rolled back", func() bool { return activeVersion(m) == "good1" })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	check := func(m *Manager, reg *prometheus.Registry, wantBroken bool) {
+		t.Helper()
+		refused := refusedOf(t, m)
+		if !strings.Contains(refused["bad3"], "auto rollback") {
+			t.Errorf("after the restart bad3 refused %q, want the auto rollback", refused["bad3"])
+		}
+		if got := refused["broken2"] != ""; got != wantBroken {
+			t.Errorf("after the restart broken2 refused %q, want refused %v", refused["broken2"], wantBroken)
+		}
+		if got := activeVersion(m); got != "good1" {
+			t.Errorf("active %q after the restart, want good1", got)
+		}
+		want := 1.0
+		if wantBroken {
+			want = 2
+		}
+		if got := metric(t, reg, "prefetchd_model_unserved_folders"); got != want {
+			t.Errorf("unserved folders %v after the restart, want %v", got, want)
+		}
+	}
+	m2, _, reg2 := newTest(t, Config{Repo: repo, PollInterval: cfg.PollInterval, Debounce: cfg.Debounce, AutoRollback: cfg.AutoRollback})
+	if err := m2.Sync(testCtx(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	check(m2, reg2, true)
+
+	// broken2 rewritten, valid now (and older than good1's pin): judged
+	// afresh, no longer refused.
+	if err := os.RemoveAll(filepath.Join(repo, testName, "broken2")); err != nil {
+		t.Fatal(err)
+	}
+	publishSpec(t, repo, spec{version: "broken2", created: base.Add(time.Minute)})
+	m3, _, reg3 := newTest(t, Config{Repo: repo, PollInterval: cfg.PollInterval, Debounce: cfg.Debounce, AutoRollback: cfg.AutoRollback})
+	if err := m3.Sync(testCtx(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	check(m3, reg3, false)
+}
+
+// refusedOf maps each version Status lists to its refusal reason.
+func refusedOf(t *testing.T, m *Manager) map[string]string {
+	t.Helper()
+	st, err := m.Status(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, v := range st.Versions {
+		out[v.Version] = v.Refused
+	}
+	return out
 }
