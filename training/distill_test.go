@@ -160,6 +160,13 @@ func TestRunDistillsTunedNGram(t *testing.T) {
 			if got := strings.Contains(rep.GRU.Summary(), "n-gram teacher"); got != (tc.want > 0) {
 				t.Errorf("summary %q names a teacher: %v, want %v", rep.GRU.Summary(), got, tc.want > 0)
 			}
+			// The training settings are in the report.
+			if g := rep.GRU; g.LearningRate != 0.005 || g.LRDecay != 0.7 || g.BatchSize != 64 || g.SampleExponent != 0.75 || g.Tied {
+				t.Errorf("gru settings in the report %+v, want the defaults (0.005, 0.7, 64, 0.75, untied)", g)
+			}
+			if !strings.Contains(rep.GRU.Summary(), "learning rate 0.005") {
+				t.Errorf("summary %q does not name the learning rate", rep.GRU.Summary())
+			}
 		})
 	}
 }

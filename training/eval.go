@@ -84,6 +84,7 @@ type Result struct {
 	// Prefetch simulation at Threshold (at most TopK pages per click,
 	// never the current page).
 	Threshold float64 `json:"threshold"`
+	TopK      int     `json:"top_k"`
 	// Precision is the share of prefetched pages that were the next page.
 	Precision float64 `json:"precision"`
 	// Coverage is the share of transitions whose next page was prefetched.
@@ -226,7 +227,7 @@ func (a *evalAcc) merge(b *evalAcc) {
 }
 
 func (a *evalAcc) result(name string) Result {
-	r := Result{Model: name, Threshold: a.cfg.Threshold, Transitions: a.n, UnknownTargets: a.unknown}
+	r := Result{Model: name, Threshold: a.cfg.Threshold, TopK: a.cfg.TopK, Transitions: a.n, UnknownTargets: a.unknown}
 	if a.n == 0 {
 		r.RecallCurve = make([]float64, a.cfg.MaxK)
 		return r

@@ -165,10 +165,21 @@ type GRUStats struct {
 	TrainSequences int `json:"train_sequences"` // windows per epoch
 	// Distill is the n-gram teacher's weight in the training target, and
 	// TeacherOrder and TeacherDiscount its settings (unset without one).
-	Distill            float64     `json:"distill"`
-	TeacherOrder       int         `json:"teacher_order,omitempty"`
-	TeacherDiscount    float64     `json:"teacher_discount,omitempty"`
-	Skip               bool        `json:"skip"` // the output layer reads h + Skip[last page]
+	Distill         float64 `json:"distill"`
+	TeacherOrder    int     `json:"teacher_order,omitempty"`
+	TeacherDiscount float64 `json:"teacher_discount,omitempty"`
+	Skip            bool    `json:"skip"` // the output layer reads h + Skip[last page]
+	// The training settings: learning rate and its decay, batch size,
+	// negatives per step of the sampled softmax (0 with the full softmax)
+	// and their sampling exponent, tied embeddings, dropout rates.
+	LearningRate       float64     `json:"learning_rate"`
+	LRDecay            float64     `json:"lr_decay"`
+	BatchSize          int         `json:"batch_size"`
+	Negatives          int         `json:"negatives"`
+	SampleExponent     float64     `json:"sample_exponent"`
+	Tied               bool        `json:"tied"`
+	DropoutEmbedding   float64     `json:"dropout_embedding"`
+	DropoutHidden      float64     `json:"dropout_hidden"`
 	Seconds            float64     `json:"seconds"`
 	SequencesPerSecond float64     `json:"sequences_per_second"`
 	PeakMemoryBytes    uint64      `json:"peak_memory_bytes"`
@@ -193,8 +204,18 @@ func (s *GRUStats) Summary() string {
 	if s.Skip {
 		teacher = ", last-page skip" + teacher
 	}
-	return fmt.Sprintf("embedding %d, hidden %d%s, %d epochs (best %d), %.1f s, %.0f sequences/s, peak memory %.0f MiB",
-		s.Embedding, s.Hidden, teacher, s.Epochs, s.BestEpoch, s.Seconds, s.SequencesPerSecond, float64(s.PeakMemoryBytes)/(1<<20))
+	if s.Tied {
+		teacher = ", tied embeddings" + teacher
+	}
+	if s.DropoutEmbedding > 0 || s.DropoutHidden > 0 {
+		teacher += fmt.Sprintf(", dropout %g/%g", s.DropoutEmbedding, s.DropoutHidden)
+	}
+	softmax := "full softmax"
+	if s.Negatives > 0 {
+		softmax = fmt.Sprintf("%d negatives (exponent %g)", s.Negatives, s.SampleExponent)
+	}
+	return fmt.Sprintf("embedding %d, hidden %d%s, %s, batch %d, learning rate %g (decay %g), %d epochs (best %d), %.1f s, %.0f sequences/s, peak memory %.0f MiB",
+		s.Embedding, s.Hidden, teacher, softmax, s.BatchSize, s.LearningRate, s.LRDecay, s.Epochs, s.BestEpoch, s.Seconds, s.SequencesPerSecond, float64(s.PeakMemoryBytes)/(1<<20))
 }
 
 // TrainGRU trains a GRU on seqs (vocabulary indices) with backpropagation
@@ -242,7 +263,11 @@ func TrainGRU(ctx context.Context, logger *slog.Logger, seqs [][]int64, vocabSiz
 	}
 	workers := newGradWorkers(&p, cfg.Workers, rng, cfg.DropoutEmbedding, cfg.DropoutHidden)
 	stats := &GRUStats{Embedding: cfg.Embedding, Hidden: cfg.Hidden, TrainSequences: len(windows), Distill: *cfg.Distill,
-		Skip: *cfg.Skip}
+		Skip: *cfg.Skip, LearningRate: cfg.LearningRate, LRDecay: cfg.LRDecay, BatchSize: cfg.BatchSize,
+		SampleExponent: *cfg.SampleExponent, Tied: cfg.Tied, DropoutEmbedding: cfg.DropoutEmbedding, DropoutHidden: cfg.DropoutHidden}
+	if !cfg.FullSoftmax && cfg.Sampled < vocabSize-1 {
+		stats.Negatives = cfg.Sampled
+	}
 	if *cfg.Distill > 0 {
 		stats.TeacherOrder, stats.TeacherDiscount = cfg.TeacherOrder, cfg.TeacherDiscount
 		kd := newDistiller(trainSeqs, vocabSize, cfg.TeacherOrder, cfg.TeacherDiscount, *cfg.Distill)

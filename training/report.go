@@ -37,8 +37,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	if len(r.Results) > 0 {
 		res := r.Results[0]
-		fmt.Fprintf(&sb, "\n%d held-out transitions, %d to pages outside the vocabulary; prefetch at threshold %.2f\n",
-			res.Transitions, res.UnknownTargets, res.Threshold)
+		fmt.Fprintf(&sb, "\n%d held-out transitions, %d to pages outside the vocabulary; prefetch at threshold %.2f, at most %d pages per click\n",
+			res.Transitions, res.UnknownTargets, res.Threshold, res.TopK)
 	}
 	for _, res := range r.Results {
 		if len(res.Params) > 0 {

@@ -285,9 +285,14 @@ func TestRunPipeline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	sessions := synthSessions(200, 11)
-	rep, b, err := Run(ctx, nil, "synthetic", sessions, Config{Name: "s", SkipGRU: true, Vocab: VocabConfig{MinCount: 1}})
+	rep, b, err := Run(ctx, nil, "synthetic", sessions, Config{Name: "s", SkipGRU: true, Vocab: VocabConfig{MinCount: 1}, Eval: EvalConfig{TopK: 2, Threshold: 0.3}})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+	for _, res := range rep.Results {
+		if res.TopK != 2 || res.Threshold != 0.3 {
+			t.Errorf("%s evaluated with top_k %d, threshold %v; want the settings of the run (2, 0.3) in the report", res.Model, res.TopK, res.Threshold)
+		}
 	}
 	if rep.TrainSessions != 160 || rep.TestSessions != 40 || rep.Exported != ModelMarkov {
 		t.Fatalf("report %+v, want 160/40 sessions, markov1 exported", rep)
