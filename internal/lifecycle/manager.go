@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -61,6 +63,9 @@ type Manager struct {
 	synced bool
 	// savedRefusals is what RefusedFile holds. Guarded by mu.
 	savedRefusals map[string]refusal
+	// repoGone is set while the model's folder is missing (logged once
+	// each way). Guarded by opMu.
+	repoGone bool
 
 	// mu guards the fields below; it is held only briefly.
 	mu       sync.Mutex
@@ -304,6 +309,14 @@ func (m *Manager) refreshLocked() ([]*candidate, error) {
 	found, skipped, err := scanRepo(m.dir, prev, m.cfg.QuietPeriod, m.now())
 	if err != nil {
 		return nil, err
+	}
+	if _, serr := os.Stat(m.dir); errors.Is(serr, fs.ErrNotExist) != m.repoGone {
+		m.repoGone = !m.repoGone
+		if m.repoGone {
+			m.log.Warn("model repository folder gone: the versions loaded keep serving until it is back", "dir", m.dir)
+		} else {
+			m.log.Info("model repository folder back", "dir", m.dir)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

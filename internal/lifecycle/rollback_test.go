@@ -1,11 +1,14 @@
 package lifecycle
 
 import (
+	"bytes"
 	"context"
 	"github.com/prometheus/client_golang/prometheus"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -347,4 +350,52 @@ func refusedOf(t *testing.T, m *Manager) map[string]string {
 		out[v.Version] = v.Refused
 	}
 	return out
+}
+
+// TestRepoGoneIsLogged: the model's folder vanishing is logged once (the
+// loaded version keeps serving), and so is its return.
+func TestRepoGoneIsLogged(t *testing.T) {
+	repo := t.TempDir()
+	var logs syncBuffer
+	m, err := New(Config{Repo: repo, Name: testName, PollInterval: 20 * time.Millisecond, Debounce: 5 * time.Millisecond}, LoadBundle, slog.New(slog.NewTextHandler(&logs, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishSpec(t, repo, spec{version: "v1"})
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "v1 active", func() bool { return activeVersion(m) == "v1" })
+	dir := filepath.Join(repo, testName)
+	if err := os.Rename(dir, dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the folder's absence logged", func() bool { return strings.Contains(logs.String(), "model repository folder gone") })
+	time.Sleep(100 * time.Millisecond) // several polls
+	if n := strings.Count(logs.String(), "model repository folder gone"); n != 1 {
+		t.Errorf("absence logged %d times, want once", n)
+	}
+	if got := activeVersion(m); got != "v1" {
+		t.Errorf("active %q with the folder gone, want v1 still", got)
+	}
+	if err := os.Rename(dir+".away", dir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the folder's return logged", func() bool { return strings.Contains(logs.String(), "model repository folder back") })
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
