@@ -1,14 +1,14 @@
 package lifecycle
 
 import (
-	"bytes"
 	"context"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/prefetchd/prefetchd/internal/server/servertest"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -356,7 +356,7 @@ func refusedOf(t *testing.T, m *Manager) map[string]string {
 // loaded version keeps serving), and so is its return.
 func TestRepoGoneIsLogged(t *testing.T) {
 	repo := t.TempDir()
-	var logs syncBuffer
+	var logs servertest.Buffer
 	m, err := New(Config{Repo: repo, Name: testName, PollInterval: 20 * time.Millisecond, Debounce: 5 * time.Millisecond}, LoadBundle, slog.New(slog.NewTextHandler(&logs, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -380,22 +380,4 @@ func TestRepoGoneIsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the folder's return logged", func() bool { return strings.Contains(logs.String(), "model repository folder back") })
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
