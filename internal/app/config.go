@@ -449,6 +449,8 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	if fs.NArg() > 0 {
 		return Config{}, cli.Usagef("unexpected arguments %q", fs.Args())
 	}
+	onCmdline := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCmdline[f.Name] = true })
 	if err := cli.ApplyEnv(fs, EnvPrefix, environ); err != nil {
 		return Config{}, cli.UsageError(err)
 	}
@@ -469,7 +471,7 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 		}
 	}
 	if err := c.Validate(); err != nil {
-		return Config{}, cli.UsageError(err)
+		return Config{}, cli.UsageError(cli.NameVariables(err, fs, EnvPrefix, onCmdline))
 	}
 	return c, nil
 }

@@ -62,6 +62,8 @@ func TestParseFlags(t *testing.T) {
 			},
 		},
 		{name: "bad env value", env: map[string]string{"PREFETCHD_K": "many"}, wantErr: "PREFETCHD_K"},
+		{name: "value out of range from the environment names the variable", env: map[string]string{"PREFETCHD_K": "0"}, wantErr: "--k (PREFETCHD_K) 0"},
+		{name: "value out of range on the command line names the flag alone", args: []string{"--k", "0"}, env: map[string]string{"PREFETCHD_KAFKA_BROKERS": "b:1"}, wantErr: "--k 0"},
 		{name: "bad listen address", args: []string{"--listen", "nope"}, wantErr: "--listen"},
 		{name: "listen port out of range", args: []string{"--listen", "127.0.0.1:99999"}, wantErr: "not a number from 0 to 65535"},
 		{name: "admin port out of range", args: []string{"--admin-listen", "127.0.0.1:-1"}, wantErr: "--admin-listen"},

@@ -295,3 +295,47 @@ func CheckHostPort(a string) error {
 	}
 	return nil
 }
+
+// NameVariables rewrites err's message so that each flag of fs set from its
+// environment variable (set, but not in onCmdline) is named with the
+// variable: "--k 0 outside 1..100" becomes "--k (PREFETCHD_K) 0 outside
+// 1..100", so that a mistake made in the environment is found there. err
+// is returned as it is when no such flag is named in it.
+func NameVariables(err error, fs *flag.FlagSet, prefix string, onCmdline map[string]bool) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	changed := false
+	fs.Visit(func(f *flag.Flag) {
+		if onCmdline[f.Name] {
+			return
+		}
+		token := "--" + f.Name
+		var b strings.Builder
+		rest := msg
+		for {
+			i := strings.Index(rest, token)
+			if i < 0 {
+				b.WriteString(rest)
+				break
+			}
+			end := i + len(token)
+			b.WriteString(rest[:end])
+			if end == len(rest) || !isFlagChar(rest[end]) {
+				b.WriteString(" (" + EnvName(prefix, f.Name) + ")")
+				changed = true
+			}
+			rest = rest[end:]
+		}
+		msg = b.String()
+	})
+	if !changed {
+		return err
+	}
+	return errors.New(msg)
+}
+
+func isFlagChar(c byte) bool {
+	return c == '-' || c == '_' || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9')
+}

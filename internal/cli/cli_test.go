@@ -143,3 +143,28 @@ func TestIsSet(t *testing.T) {
 		t.Errorf("IsSet k %v, n %v, missing %v; want true (given as 0), false, false", IsSet(fs, "k"), IsSet(fs, "n"), IsSet(fs, "missing"))
 	}
 }
+
+// TestNameVariables: a flag set from its variable is named with it in an
+// error, as a whole token only (--k, not the --k of --kafka-brokers); flags
+// from the command line are left as they are.
+func TestNameVariables(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.Int("k", 3, "")
+	fs.String("kafka-brokers", "", "")
+	fs.Int("workers", 4, "")
+	if err := fs.Parse([]string{"--workers", "0"}); err != nil {
+		t.Fatal(err)
+	}
+	onCmdline := map[string]bool{"workers": true}
+	if err := ApplyEnv(fs, "P_", []string{"P_K=0", "P_KAFKA_BROKERS=x"}); err != nil {
+		t.Fatal(err)
+	}
+	err := NameVariables(errors.New("--k 0 outside 1..100; --kafka-brokers \"x\" is not host:port; --workers 0; --k."), fs, "P_", onCmdline)
+	want := "--k (P_K) 0 outside 1..100; --kafka-brokers (P_KAFKA_BROKERS) \"x\" is not host:port; --workers 0; --k (P_K)."
+	if err == nil || err.Error() != want {
+		t.Fatalf("NameVariables = %v\nwant %s", err, want)
+	}
+	if NameVariables(nil, fs, "P_", onCmdline) != nil {
+		t.Fatal("NameVariables(nil) is not nil")
+	}
+}
