@@ -77,10 +77,20 @@ func TestReadMSNBCAndCollapse(t *testing.T) {
 	if !reflect.DeepEqual(sessions, want) {
 		t.Error("CollapseRepeats modified its input")
 	}
-	for _, bad := range []string{"no header\n1 2\n", "% Sequences:\n1 x 2\n"} {
+	header := "% Different categories found in input file:\n\nfrontpage news tech\n\n% Sequences:\n\n"
+	for _, bad := range []string{"no header\n1 2\n", "% Sequences:\n1 x 2\n", "% Sequences:\n1 0 2\n", header + "1 4\n", header + "0\n"} {
 		if _, err := ReadMSNBC(strings.NewReader(bad)); !errors.Is(err, ErrFormat) {
 			t.Errorf("ReadMSNBC(%q) error = %v, want ErrFormat", bad, err)
 		}
+	}
+}
+
+// TestReadMSNBCWithoutNames: without a line of category names any id
+// from 1 is taken.
+func TestReadMSNBCWithoutNames(t *testing.T) {
+	sessions, err := ReadMSNBC(strings.NewReader("% Sequences:\n1 40\n"))
+	if err != nil || len(sessions) != 1 || !reflect.DeepEqual(sessions[0], pages("/page/1", "/page/40")) {
+		t.Fatalf("ReadMSNBC = %v, %v; want one session 1 40", sessions, err)
 	}
 }
 
