@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"regexp"
@@ -45,10 +46,18 @@ func ReadCanonicalizerConfig(path string) (CanonicalizerConfig, error) {
 	if err != nil {
 		return cfg, fmt.Errorf("read canonicalization config: %w", err)
 	}
+	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
+		return CanonicalizerConfig{}, fmt.Errorf("canonicalization config %s: want a JSON object", path)
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
 		return CanonicalizerConfig{}, fmt.Errorf("canonicalization config %s: %w", path, err)
+	}
+	// One object, nothing after it: a second one (a file appended to,
+	// two merged) would be ignored silently.
+	if _, err := dec.Token(); err != io.EOF {
+		return CanonicalizerConfig{}, fmt.Errorf("canonicalization config %s: content after the object", path)
 	}
 	return cfg, nil
 }

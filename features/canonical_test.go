@@ -2,6 +2,9 @@ package features
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -147,4 +150,39 @@ func FuzzCanonical(f *testing.F) {
 			t.Fatalf("Canonical is not idempotent: %q -> %q -> %q", page, got, again)
 		}
 	})
+}
+
+// TestReadCanonicalizerConfig: one JSON object of known fields is read;
+// unknown fields, anything after the object, and anything but an object are
+// refused.
+func TestReadCanonicalizerConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, content, wantErr string
+	}{
+		{"object", `{"keep_host": true}`, ""},
+		{"object and spaces", "\n {\"keep_host\": true} \n", ""},
+		{"unknown field", `{"query_alow": ["id"]}`, `unknown field "query_alow"`},
+		{"a second object", `{"keep_host": true} {"x": 1}`, "content after the object"},
+		{"trailing text", `{"keep_host": true} junk`, "content after the object"},
+		{"null", `null`, "want a JSON object"},
+		{"empty", ``, "want a JSON object"},
+		{"array", `[]`, "want a JSON object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "canonical.json")
+			if err := os.WriteFile(path, []byte(tc.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := ReadCanonicalizerConfig(path)
+			if tc.wantErr == "" {
+				if err != nil || !cfg.KeepHost {
+					t.Fatalf("ReadCanonicalizerConfig = %+v, %v; want keep_host read", cfg, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("ReadCanonicalizerConfig error %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
 }
