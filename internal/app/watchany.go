@@ -71,7 +71,9 @@ func (h *anyHub) subscribe(buffer int) (<-chan hint.Update, func()) {
 
 // run serves the sampled clicks until ctx ends.
 func (h *anyHub) run(ctx context.Context) {
-	t := time.NewTicker(h.every)
+	// A timer from each update, not a ticker: a tick left over from a
+	// quiet spell would let the next two updates out back to back.
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
 		var user string
@@ -82,7 +84,8 @@ func (h *anyHub) run(ctx context.Context) {
 		}
 		res, err := h.predict(ctx, hint.Query{UserID: user, Threshold: 0})
 		if err == nil {
-			u := hint.Update{UserID: user, Result: res, At: time.Now()}
+			now := time.Now()
+			u := hint.Update{UserID: user, Result: res, At: now}
 			h.mu.Lock()
 			for ch := range h.subs {
 				select {
@@ -92,11 +95,12 @@ func (h *anyHub) run(ctx context.Context) {
 				}
 			}
 			h.mu.Unlock()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+			t.Reset(h.every - time.Since(now))
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
 	}
 }

@@ -94,3 +94,41 @@ func TestAnyHubCountsDrops(t *testing.T) {
 		t.Fatalf("%d updates buffered, %d dropped; want the buffer of 2 full and the later ones counted", len(updates), dropped.Load())
 	}
 }
+
+// TestAnyHubSpacing: updates of the any-user hub are at least its interval
+// apart, also right after a quiet spell (a ticker's tick left over from it
+// let two out back to back).
+func TestAnyHubSpacing(t *testing.T) {
+	predict := func(context.Context, hint.Query) (hint.Result, error) { return hint.Result{ModelVersion: "v1"}, nil }
+	const every = 50 * time.Millisecond
+	h := newAnyHub(predict, func() {}, every)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); h.run(ctx) }()
+	defer func() { cancel(); <-done }()
+	updates, unsubscribe := h.subscribe(64)
+	defer unsubscribe()
+	var at []time.Time
+	for burst := range 4 {
+		// A quiet spell longer than the interval, then clicks as fast as
+		// they come.
+		time.Sleep(3 * every)
+		end := time.Now().Add(4 * every)
+		for time.Now().Before(end) {
+			h.clicked("u" + strconv.Itoa(burst))
+			time.Sleep(time.Millisecond)
+		}
+	}
+	time.Sleep(2 * every)
+	for len(updates) > 0 {
+		at = append(at, (<-updates).At)
+	}
+	if len(at) < 8 {
+		t.Fatalf("%d updates, want several per burst", len(at))
+	}
+	for i := 1; i < len(at); i++ {
+		if gap := at[i].Sub(at[i-1]); gap < every-time.Millisecond {
+			t.Errorf("updates %d and %d %v apart, want at least %v", i-1, i, gap, every)
+		}
+	}
+}

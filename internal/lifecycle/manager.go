@@ -425,9 +425,10 @@ func (m *Manager) activateLocked(ctx context.Context, name, cause string) error 
 	m.mu.Unlock()
 	if v == nil || (v.loaded == nil && v.disk == nil) {
 		if skipped {
-			// A folder in the repository that is not a servable version:
-			// say why rather than that no such version exists.
-			return fmt.Errorf("activate %q: %w: not served: %s", name, hint.ErrUnknownVersion, sk.why)
+			// A folder in the repository that is not a servable version
+			// (incomplete, an unparsable manifest, still settling): it is
+			// there but cannot be served (FAILED_PRECONDITION), and why.
+			return fmt.Errorf("activate %q: %w", name, &RefusedError{Version: name, Reason: sk.reason, Err: fmt.Errorf("not served: %s", sk.why)})
 		}
 		return fmt.Errorf("activate %q: %w", name, hint.ErrUnknownVersion)
 	}

@@ -184,8 +184,10 @@ func TestBareExport(t *testing.T) {
 	if want := "not served: vocab.txt missing or empty"; !strings.HasPrefix(broken, want) {
 		t.Errorf("Status of the incomplete folder: %q, want %q...", broken, want)
 	}
-	if err := m.Activate(testCtx(t, 5*time.Second), "broken"); !errors.Is(err, hint.ErrUnknownVersion) || !strings.Contains(err.Error(), "not served: vocab.txt missing") {
-		t.Errorf("Activate(incomplete folder) = %v, want ErrUnknownVersion saying why it is not served", err)
+	// The folder is there (Status lists it) but cannot be served: refused
+	// (FAILED_PRECONDITION), not unknown (NOT_FOUND).
+	if err := m.Activate(testCtx(t, 5*time.Second), "broken"); !errors.Is(err, hint.ErrRefused) || errors.Is(err, hint.ErrUnknownVersion) || !strings.Contains(err.Error(), "not served: vocab.txt missing") {
+		t.Errorf("Activate(incomplete folder) = %v, want ErrRefused saying why it is not served", err)
 	}
 	if got := metric(t, reg, "prefetchd_model_skipped_total", "reason", SkipIncomplete); got != 1 {
 		t.Errorf("prefetchd_model_skipped_total{reason=incomplete} = %v, want 1", got)

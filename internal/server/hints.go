@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -233,9 +235,19 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 		err error
 	}
 	recv := make(chan received, maxIngestRun)
+	// recvErr is the reader's last error: when grpc-go ends the stream
+	// itself (a message over the size limit: RESOURCE_EXHAUSTED to the
+	// client), the handler sees its context end and returns this status,
+	// not CANCELED, so that the metrics say what the client got.
+	var recvErr atomic.Pointer[error]
+	readerDone := make(chan struct{})
 	go func() {
+		defer close(readerDone)
 		for {
 			ev, err := stream.Recv()
+			if err != nil {
+				recvErr.Store(&err)
+			}
 			select {
 			case recv <- received{ev, err}:
 			case <-ctx.Done():
@@ -274,6 +286,16 @@ func (h *hintService) Ingest(stream grpc.ClientStreamingServer[prefetchv1.ClickE
 		case r := <-recv:
 			run = append(run, r)
 		case <-ctx.Done():
+			// The reader's Recv fails at once on a stream that ended.
+			select {
+			case <-readerDone:
+			case <-time.After(100 * time.Millisecond):
+			}
+			if e := recvErr.Load(); e != nil {
+				if st, ok := status.FromError(*e); ok && st.Code() == codes.ResourceExhausted {
+					return st.Err()
+				}
+			}
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	fill:

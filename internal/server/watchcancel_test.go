@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/prefetchd/prefetchd/internal/hint"
 	"github.com/prefetchd/prefetchd/internal/server/servertest"
@@ -216,5 +217,51 @@ func TestShutdownCutsStuckWatchers(t *testing.T) {
 				t.Errorf("no log of the cut streams in %s", h.logs.String())
 			}
 		})
+	}
+}
+
+// TestUnknownMethodCounted: calls to a method or service the server does not
+// have answer UNIMPLEMENTED and are counted under method "unknown".
+func TestUnknownMethodCounted(t *testing.T) {
+	h := start(t, Config{}, Deps{Predictor: &servertest.Predictor{}})
+	for _, m := range []string{"/prefetch.v1.HintService/Nope", "/nope.Svc/Nope"} {
+		err := h.conn.Invoke(testCtx(t), m, &prefetchv1.PredictRequest{UserId: "u"}, &prefetchv1.PredictResponse{})
+		if status.Code(err) != codes.Unimplemented {
+			t.Errorf("%s: %v, want UNIMPLEMENTED", m, err)
+		}
+	}
+	if got := testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues("unknown", "Unimplemented")); got != 2 {
+		t.Errorf("requests{method=unknown,code=Unimplemented} = %v, want 2", got)
+	}
+}
+
+// TestIngestOversizedMessageCounted: an Ingest stream that grpc-go ends
+// because a message is over the size limit is counted with the status the
+// client got (RESOURCE_EXHAUSTED), not as CANCELED.
+func TestIngestOversizedMessageCounted(t *testing.T) {
+	ing := &servertest.Ingester{}
+	h := start(t, Config{MaxRecvMsgSize: 4096}, Deps{Predictor: &servertest.Predictor{}, Ingester: ing})
+	stream, err := h.hints.Ingest(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := timestamppb.Now()
+	for _, page := range []string{"/a", "/" + strings.Repeat("b", 8000), "/c"} {
+		if err := stream.Send(&prefetchv1.ClickEvent{UserId: "u", Page: page, Ts: ts}); err != nil {
+			break // the server ended the stream
+		}
+	}
+	_, err = stream.CloseAndRecv()
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Ingest with an oversized message: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	const method = "/prefetch.v1.HintService/Ingest"
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues(method, "ResourceExhausted")) < 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues(method, "ResourceExhausted")); got != 1 {
+		t.Errorf("Ingest counted ResourceExhausted %v times, Canceled %v; want ResourceExhausted once", got,
+			testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues(method, "Canceled")))
 	}
 }
