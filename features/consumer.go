@@ -644,6 +644,7 @@ func (c *Consumer) wentBackwards(parts []int) {
 func (c *Consumer) assigned(next map[int]int64) {
 	c.fetchFails.ok()
 	c.track.assigned(next)
+	c.lag.soon()
 }
 
 // pastLogEnd is the lag watch's report of partitions whose group offset is

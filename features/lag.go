@@ -25,11 +25,29 @@ type lagWatch struct {
 	client    *kafka.Client
 	transport *kafka.Transport
 	lag       atomic.Int64 // -1: unknown
+	// kick asks for a reading now, not at the next LagInterval (see soon).
+	kick chan struct{}
+}
+
+// soon asks for a reading now and another a second later: after the group
+// hands out partitions, offsets gone backwards or past the end of a
+// replaced log are found within about a second, not a LagInterval.
+func (w *lagWatch) soon() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+	time.AfterFunc(time.Second, func() {
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+	})
 }
 
 func newLagWatch(cfg ConsumerConfig, log *slog.Logger) *lagWatch {
 	transport := cfg.transport()
-	w := &lagWatch{cfg: cfg, log: log, transport: transport,
+	w := &lagWatch{cfg: cfg, log: log, transport: transport, kick: make(chan struct{}, 1),
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 5 * time.Second, Transport: transport}}
 	w.lag.Store(-1)
 	return w
@@ -76,6 +94,7 @@ func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() m
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-w.kick:
 		}
 	}
 }
