@@ -651,8 +651,7 @@ func (c *Consumer) assigned(next map[int]int64) {
 // past the end of their log (see beyondEnd), with the log's start. For those
 // this consumer holds, it commits the log's start and replaces the reader,
 // which then reads them from there; the records tell the tracker whether
-// they are new (another log) or redeliveries. Counted in
-// prefetchd_ingest_offset_resets_total.
+// they are new (another log) or redeliveries.
 func (c *Consumer) pastLogEnd(ctx context.Context, past map[int]int64) {
 	var msgs []kafka.Message
 	var parts []int
@@ -675,8 +674,13 @@ func (c *Consumer) pastLogEnd(ctx context.Context, past map[int]int64) {
 			"topic", c.cfg.Topic, "partitions", parts, "err", err)
 		return
 	}
+	// Counted here for a partition this consumer has not read: for one it
+	// has, the records then read start its next generation, which counts
+	// the reset (once).
 	for _, p := range parts {
-		c.m.offsetResets.WithLabelValues(c.cfg.Topic, strconv.Itoa(p)).Inc()
+		if !c.track.known(p) {
+			c.m.offsetResets.WithLabelValues(c.cfg.Topic, strconv.Itoa(p)).Inc()
+		}
 	}
 	c.log.Warn("group offsets past the end of the log (a broker replaced, a topic recreated): reading again from the log's start",
 		"topic", c.cfg.Topic, "partitions", parts, "from", past)
