@@ -98,23 +98,47 @@ func NewStore(cfg StoreConfig, client redis.UniversalClient, reg prometheus.Regi
 // offset, max length, session gap (µs, 0 = none), TTL (ms, 0 = none),
 // generation. A record without q (written before stamps) reads as q 1, c 0.
 //
-// ARGV[10], when given, is the caller's foresight (see fastArgs): 'f' or
-// 'n', then the stamps q c l p o g it expects the stored record to have,
-// then the record it computed with the click applied: all ten fields after
-// 'f' (a new session), l p o h g q x after 'n'. When the stored stamps are
-// those, the record is the one the caller holds and the click is applied by
-// writing those fields alone, and the script returns {3}: no reading,
-// parsing or sending back the record. Otherwise it goes on as without them.
+// ARGV[10], when given, is the caller's foresight (see foreseenArgs): 'f'
+// or 'n', then the fields q c l p o g h x it expects the stored record to
+// have, then the record it computed with the click applied: all ten fields
+// after 'f' (a new session), l p o h g q x after 'n'. When the stored fields
+// are those, the record is the one the caller holds (e and s are kept by
+// both paths; c changes with s) and the click is applied by writing those
+// fields alone, and the script returns {3}: no parsing or sending back the
+// record. Otherwise it goes on as without them. A record whose fields the
+// service could not read is dropped and started again.
 var appendScript = redis.NewScript(`
 local k = KEYS[1]
+-- A record this script cannot read as the service does (a field another
+-- writer damaged) is dropped and started again, as a wrong type is:
+-- retrying could never get past it. (A missing field reads as false.)
+local function int(v, lo, hi)
+  if not v or #v > 20 or not string.find(v, '^%-?%d+$') then return false end
+  local n = tonumber(v)
+  return n >= lo and n <= hi
+end
+local U32, I32, I64 = 4294967295, 2147483647, 9.2e18
+local function opt(v, lo, hi) return not v or int(v, lo, hi) end
+local function prior(x)
+  if not x or x == '' then return true end
+  for entry in string.gmatch(x .. ',', '([^,]*),') do
+    if not string.find(entry, '^%-?%d+ %d+ %-?%d+$') then return false end
+  end
+  return true
+end
 local mode = ARGV[10]
 if mode == 'f' or mode == 'n' then
-  local cur = redis.pcall('HMGET', k, 'q', 'c', 'l', 'p', 'o', 'g')
-  if not cur['err'] and cur[1] == ARGV[11] and cur[2] == ARGV[12] and cur[3] == ARGV[13] and cur[4] == ARGV[14] and cur[5] == ARGV[15] and cur[6] == ARGV[16] then
+  local cur = redis.pcall('HMGET', k, 'q', 'c', 'l', 'p', 'o', 'g', 'h', 'x', 'e', 's')
+  local same = not cur['err']
+  for i = 1, 8 do
+    if same and cur[i] ~= ARGV[10 + i] then same = false end
+  end
+  -- e and s are kept as they are (by the other path too): readable is enough.
+  if same and int(cur[9], 0, U32) and #(cur[10] or '') % 4 == 0 then
     if mode == 'f' then
-      redis.call('HSET', k, 'e', ARGV[17], 'l', ARGV[18], 'p', ARGV[19], 'o', ARGV[20], 'h', ARGV[21], 's', ARGV[22], 'g', ARGV[23], 'q', ARGV[24], 'c', ARGV[25], 'x', ARGV[26])
+      redis.call('HSET', k, 'e', ARGV[19], 'l', ARGV[20], 'p', ARGV[21], 'o', ARGV[22], 'h', ARGV[23], 's', ARGV[24], 'g', ARGV[25], 'q', ARGV[26], 'c', ARGV[27], 'x', ARGV[28])
     else
-      redis.call('HSET', k, 'l', ARGV[17], 'p', ARGV[18], 'o', ARGV[19], 'h', ARGV[20], 'g', ARGV[21], 'q', ARGV[22], 'x', ARGV[23])
+      redis.call('HSET', k, 'l', ARGV[19], 'p', ARGV[20], 'o', ARGV[21], 'h', ARGV[22], 'g', ARGV[23], 'q', ARGV[24], 'x', ARGV[25])
     end
     if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', k, ARGV[8]) end
     return {3}
@@ -124,6 +148,11 @@ local r = redis.pcall('HMGET', k, 'e', 'l', 'p', 'o', 'h', 's', 'g', 'q', 'c', '
 if r['err'] then redis.call('DEL', k); r = {} end
 local exists = false
 for i = 1, 10 do if r[i] then exists = true; break end end
+if exists and not (int(r[1], 0, U32) and int(r[2], -I64, I64) and int(r[3], -I32 - 1, I32) and int(r[4], -I64, I64)
+    and #(r[5] or '') % 4 == 0 and #(r[6] or '') % 4 == 0
+    and opt(r[7], 0, U32) and opt(r[8], 0, U32) and opt(r[9], 0, U32) and prior(r[10])) then
+  redis.call('DEL', k); r = {}; exists = false
+end
 local ts, off = tonumber(ARGV[2]), tonumber(ARGV[5])
 local maxlen, gap, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local e, l, p, o, h, s, g = r[1] or ARGV[3], r[2] or ARGV[2], r[3] or '0', r[4] or '-1', r[5] or '', r[6] or '', r[7] or '0'
@@ -307,7 +336,8 @@ func (s *RedisStore) foreseenArgs(user string, c Click, rec *Record) []any {
 	}
 	gap := s.cfg.History.SessionGap
 	n := len(args)
-	args = append(args, "n", rec.Seq, rec.StateSeq, lastMicros(rec.Last), rec.Partition, rec.Offset, rec.Gen)
+	args = append(args, "n", rec.Seq, rec.StateSeq, lastMicros(rec.Last), rec.Partition, rec.Offset, rec.Gen, packPages(rec.Pages), formatPrior(rec.Prior))
+	c.TS = c.TS.Truncate(time.Microsecond) // as the script sees it
 	fresh := gap > 0 && c.TS.Sub(rec.Last) > gap
 	if applyClick(rec, c, s.cfg.History.MaxLen, gap, true) != clickApplied {
 		return args[:n]
@@ -437,6 +467,7 @@ func (s *RedisStore) Foresee(user string, c Click, rec *Record) bool {
 	if !ok || !exists {
 		return false
 	}
+	c.TS = c.TS.Truncate(time.Microsecond) // as the script sees it
 	return applyClick(rec, c, s.cfg.History.MaxLen, s.cfg.History.SessionGap, true) == clickApplied
 }
 

@@ -648,6 +648,7 @@ func TestRedisStoreForeseenAppend(t *testing.T) {
 		saveState
 		deleteKey
 		overwriteKey
+		eraseHistory
 	)
 	steps := []struct {
 		name     string
@@ -671,11 +672,13 @@ func TestRedisStoreForeseenAppend(t *testing.T) {
 		{"another writer appends", otherAppend, click(10, 2, 4, 601), false, nil},
 		{"after the other writer: cache stale", appendStep, click(11, 2, 5, 602), false, nil},
 		{"cache current again", appendStep, click(12, 2, 6, 603), true, nil},
-		{"record deleted, written anew by the other writer", deleteKey, click(13, 1, 0, 604), false, nil},
-		{"after the new record", appendStep, click(14, 1, 1, 605), false, nil},
+		{"another writer erases the pages, stamps untouched", eraseHistory, Click{}, false, nil},
+		{"after the erase: not foreseen", appendStep, click(17, 2, 7, 604), false, nil},
+		{"record deleted, written anew by the other writer", deleteKey, click(13, 1, 0, 605), false, nil},
+		{"after the new record", appendStep, click(14, 1, 1, 606), false, nil},
 		{"key holds a string", overwriteKey, Click{}, false, nil},
-		{"after the string", appendStep, click(15, 1, 2, 606), false, nil},
-		{"and on", appendStep, click(16, 1, 3, 607), true, nil},
+		{"after the string", appendStep, click(15, 1, 2, 607), false, nil},
+		{"and on", appendStep, click(16, 1, 3, 608), true, nil},
 	}
 	var recs [2]Record
 	wantFast := int64(0)
@@ -723,6 +726,12 @@ func TestRedisStoreForeseenAppend(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+		case eraseHistory:
+			for _, s := range others {
+				if err := client.HSet(ctx, s.Key("u"), "h", "").Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 		if st.wantFast {
 			wantFast++
@@ -744,6 +753,22 @@ func TestRedisStoreForeseenAppend(t *testing.T) {
 	}
 	if full.foreseen.Load() != 0 {
 		t.Fatalf("a store without a cache applied %d clicks as foreseen", full.foreseen.Load())
+	}
+
+	// Event times with digits below the microsecond, at the session gap's
+	// edge: the foreseen record draws the line where the script does
+	// (the script sees microseconds).
+	edge := t0.Add(100 * time.Nanosecond)
+	for i, st := range []*RedisStore{fast, full} {
+		var r Record
+		for j, at := range []time.Time{edge, edge.Add(time.Minute + 500*time.Nanosecond)} {
+			if err := st.Append(ctx, "ns", Click{Page: int32(20 + j), TS: at, Epoch: 4, Offset: int64(j)}, &r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !slices.Equal(r.Pages, []int32{20, 21}) {
+			t.Fatalf("store %d: pages %v across a gap of exactly a minute in microseconds, want one session [20 21]", i, r.Pages)
+		}
 	}
 
 	// A record gone (expired, say) and written anew by another writer
@@ -773,4 +798,41 @@ func recordsEqual(a, b *Record) bool {
 	return slices.Equal(a.Pages, b.Pages) && slices.Equal(a.State, b.State) && a.Epoch == b.Epoch &&
 		a.Last.Equal(b.Last) && a.Partition == b.Partition && a.Gen == b.Gen && a.Offset == b.Offset &&
 		slices.Equal(a.Prior, b.Prior) && a.Seq == b.Seq && a.StateSeq == b.StateSeq
+}
+
+// TestRedisStoreDamagedRecordStartsAgain: a record whose fields another
+// writer damaged (not numbers, packed fields of a wrong length, unreadable
+// prior positions, missing fields) is dropped and started again by the next
+// click, which is applied: retrying could never get past it, and would hold
+// every user of its partition.
+func TestRedisStoreDamagedRecordStartsAgain(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	for _, cacheSize := range []int{-1, 0} { // without and with a cache (foreseen appends)
+		s := newTestRedisStore(t, client, StoreConfig{KeyPrefix: fmt.Sprintf("d%d:", cacheSize), CacheSize: cacheSize, History: HistoryConfig{MaxLen: 5}})
+		for i, damage := range [][]any{
+			{"e", "abc"}, {"x", "garbage"}, {"s", "abc"}, {"q", "abc"}, {"l", "1e5"},
+			{"h", "abcde"}, {"p", "99999999999"}, {"q", "4294967296"}, {"o", "-"}, {"x", "1 2 3,4 5"},
+		} {
+			user := fmt.Sprintf("u%d", i)
+			var r Record
+			for j := range 2 {
+				if err := s.Append(ctx, user, Click{Page: int32(10 + j), TS: time.Now(), Offset: int64(j)}, &r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := client.HSet(ctx, s.Key(user), damage...).Err(); err != nil {
+				t.Fatal(err)
+			}
+			err := s.Append(ctx, user, Click{Page: 30, TS: time.Now(), Offset: 2}, &r)
+			if err != nil || !slices.Equal(r.Pages, []int32{30}) || r.Seq != 1 {
+				t.Errorf("cache %d, %v: Append after the damage = %v, pages %v seq %d; want the record started again with the click", cacheSize, damage, err, r.Pages, r.Seq)
+			}
+			var direct Record
+			if ok, err := newTestRedisStore(t, client, StoreConfig{KeyPrefix: fmt.Sprintf("d%d:", cacheSize), CacheSize: -1}).Load(ctx, user, &direct); !ok || err != nil || !slices.Equal(direct.Pages, []int32{30}) {
+				t.Errorf("cache %d, %v: stored record %v (%v, %v), want [30] readable", cacheSize, damage, direct.Pages, ok, err)
+			}
+		}
+	}
 }
