@@ -40,7 +40,7 @@ func TestRunEnvironment(t *testing.T) {
 		environ []string
 		stderr  string
 	}{
-		{name: "bad threshold", environ: []string{"PREFETCHD_THRESHOLD=2"}, stderr: "--threshold 2 outside [0, 1]"},
+		{name: "bad threshold", environ: []string{"PREFETCHD_THRESHOLD=2"}, stderr: "--threshold (PREFETCHD_THRESHOLD) 2 outside [0, 1]"},
 		{name: "misspelled variable", environ: []string{"PREFETCHD_REDIS_ADR=r:1"}, stderr: "unknown environment variable PREFETCHD_REDIS_ADR (did you mean PREFETCHD_REDIS_ADDR?)"},
 		{name: "unknown variable", environ: []string{"PREFETCHD_COLOUR=blue"}, stderr: "unknown environment variable PREFETCHD_COLOUR"},
 	}
