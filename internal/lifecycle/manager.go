@@ -628,8 +628,19 @@ func (m *Manager) swapLocked(v *version, cause string, push bool) {
 // automatic rollback is on and the predecessor has a baseline precision.
 func (m *Manager) setProbation(old, live *Live, cause string, now time.Time) {
 	ar := m.cfg.AutoRollback
-	if !ar.Enabled || old == nil || (cause != CausePublish && cause != CauseActivate) {
+	if !ar.Enabled {
 		m.prob.Store(nil)
+		return
+	}
+	if old == nil {
+		// The first version this process serves: on probation still if it
+		// was when the process before stopped (a restart must not end it).
+		m.prob.Store(m.resumeProbation(live))
+		return
+	}
+	if cause != CausePublish && cause != CauseActivate {
+		m.prob.Store(nil)
+		m.saveProbation(nil)
 		return
 	}
 	var baseline float64
@@ -644,14 +655,17 @@ func (m *Manager) setProbation(old, live *Live, cause string, now time.Time) {
 		m.log.Info("no automatic rollback for this version: predecessor has too few prefetches used or expired for a baseline",
 			"version", live.Version, "predecessor", old.Version, "decided", decided, "min_issued", ar.MinIssued)
 		m.prob.Store(nil)
+		m.saveProbation(nil)
 		return
 	}
-	m.prob.Store(&probation{
+	p := &probation{
 		version:     live.Version,
 		predecessor: old.Version,
 		baseline:    baseline,
 		win:         newWindow(ar.Window),
-	})
+	}
+	m.prob.Store(p)
+	m.saveProbation(p)
 }
 
 // Rollback returns to the version that was active before the current one

@@ -4,7 +4,9 @@ import (
 	"context"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"errors"
 	"github.com/prefetchd/prefetchd/internal/server/servertest"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -380,4 +382,46 @@ func TestRepoGoneIsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the folder's return logged", func() bool { return strings.Contains(logs.String(), "model repository folder back") })
+}
+
+// TestProbationSurvivesRestart: a new version on probation when the service
+// restarts is still on probation after it (.probation.json), and rolled
+// back to its predecessor when its prefetches then fail.
+func TestProbationSurvivesRestart(t *testing.T) {
+	cfg := Config{
+		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
+		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
+	}
+	m, repo, _ := newTest(t, cfg)
+	publishSpec(t, repo, spec{version: "good1"})
+	ctx, stop := context.WithCancel(testCtx(t, 60*time.Second))
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
+	m.ObservePrecision("good1", 300, 150, 150)
+	publishSpec(t, repo, spec{version: "bad2", created: base.Add(time.Minute), shift: 5})
+	waitFor(t, 10*time.Second, "bad2 active", func() bool { return activeVersion(m) == "bad2" })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(repo, testName, ProbationFile)); err != nil {
+		t.Fatalf("no probation file while bad2 is judged: %v", err)
+	}
+
+	cfg.Repo = repo
+	m2, _, reg := newTest(t, cfg)
+	runManager(t, m2)
+	waitFor(t, 10*time.Second, "bad2 active after the restart", func() bool { return activeVersion(m2) == "bad2" })
+	m2.ObservePrecision("bad2", 100, 0, 100)
+	waitFor(t, 10*time.Second, "bad2 rolled back after the restart", func() bool { return activeVersion(m2) == "good1" })
+	if !strings.Contains(refusedOf(t, m2)["bad2"], "auto rollback") {
+		t.Errorf("bad2 refused %q, want the auto rollback", refusedOf(t, m2)["bad2"])
+	}
+	if got := metric(t, reg, "prefetchd_model_rollbacks_total", "cause", "auto"); got != 1 {
+		t.Errorf("auto rollbacks %v, want 1", got)
+	}
+	if _, err := os.Stat(filepath.Join(repo, testName, ProbationFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("probation file after the rollback: %v, want it gone", err)
+	}
 }
