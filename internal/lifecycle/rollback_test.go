@@ -279,17 +279,7 @@ func TestOlderVersionPublishedIsReported(t *testing.T) {
 // rolled back is not served again; a folder rewritten since is judged
 // afresh.
 func TestRefusalsSurviveRestart(t *testing.T) {
-	cfg := Config{
-		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
-		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
-	}
-	m, repo, _ := newTest(t, cfg)
-	publishSpec(t, repo, spec{version: "good1"})
-	ctx, stop := context.WithCancel(testCtx(t, 60*time.Second))
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
-	m.ObservePrecision("good1", 300, 150, 150)
+	cfg, m, repo, stop, done := startWithBaseline(t)
 	publishSpec(t, repo, spec{version: "broken2", created: base.Add(time.Minute), edit: func(f map[string][]byte) { f[ModelFile] = truncate(f[ModelFile]) }})
 	waitFor(t, 10*time.Second, "broken2 refused", func() bool { return refusedOf(t, m)["broken2"] != "" })
 	publishSpec(t, repo, spec{version: "bad3", created: base.Add(2 * time.Minute), shift: 5})
@@ -388,17 +378,7 @@ func TestRepoGoneIsLogged(t *testing.T) {
 // restarts is still on probation after it (.probation.json), and rolled
 // back to its predecessor when its prefetches then fail.
 func TestProbationSurvivesRestart(t *testing.T) {
-	cfg := Config{
-		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
-		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
-	}
-	m, repo, _ := newTest(t, cfg)
-	publishSpec(t, repo, spec{version: "good1"})
-	ctx, stop := context.WithCancel(testCtx(t, 60*time.Second))
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
-	m.ObservePrecision("good1", 300, 150, 150)
+	cfg, m, repo, stop, done := startWithBaseline(t)
 	publishSpec(t, repo, spec{version: "bad2", created: base.Add(time.Minute), shift: 5})
 	waitFor(t, 10*time.Second, "bad2 active", func() bool { return activeVersion(m) == "bad2" })
 	stop()
@@ -424,4 +404,23 @@ func TestProbationSurvivesRestart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(repo, testName, ProbationFile)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("probation file after the rollback: %v, want it gone", err)
 	}
+}
+
+// startWithBaseline runs a Manager with automatic rollback over a new
+// repository serving good1, whose precision (0.5 over 300 prefetches) is a
+// baseline. stop ends Run, whose error comes on done.
+func startWithBaseline(t *testing.T) (Config, *Manager, string, context.CancelFunc, chan error) {
+	t.Helper()
+	cfg := Config{
+		PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond,
+		AutoRollback: AutoRollback{Enabled: true, MinFraction: 0.5, Window: time.Minute, MinIssued: 50},
+	}
+	m, repo, _ := newTest(t, cfg)
+	publishSpec(t, repo, spec{version: "good1"})
+	ctx, stop := context.WithCancel(testCtx(t, 60*time.Second))
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
+	m.ObservePrecision("good1", 300, 150, 150)
+	return cfg, m, repo, stop, done
 }
