@@ -847,6 +847,10 @@ func (m *Manager) Status(ctx context.Context) (hint.ModelStatus, error) {
 		name := m.cfg.Name
 		if v.loaded != nil && v.loaded.Manifest() != nil && v.loaded.Manifest().Name != "" {
 			name = v.loaded.Manifest().Name
+		} else if v.disk != nil && v.disk.manifest != nil && v.disk.manifest.Name != "" {
+			// Not in memory (refused, released, not loaded since a
+			// restart): the name its manifest on disk gives.
+			name = v.disk.manifest.Name
 		}
 		r := row{vs: hint.VersionStatus{
 			Name:     name,

@@ -6,6 +6,7 @@ import (
 
 	"errors"
 	"github.com/prefetchd/prefetchd/internal/server/servertest"
+	"github.com/prefetchd/prefetchd/model"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -423,4 +424,26 @@ func startWithBaseline(t *testing.T) (Config, *Manager, string, context.CancelFu
 	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
 	m.ObservePrecision("good1", 300, 150, 150)
 	return cfg, m, repo, stop, done
+}
+
+// TestStatusNamesVersionsNotLoaded: a version not in memory (here refused)
+// is listed under the name its manifest gives, as a loaded one is.
+func TestStatusNamesVersionsNotLoaded(t *testing.T) {
+	m, repo, _ := newTest(t, Config{PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond})
+	publishSpec(t, repo, spec{version: "good1"})
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "good1 active", func() bool { return activeVersion(m) == "good1" })
+	publishSpec(t, repo, spec{version: "broken2", created: base.Add(time.Minute),
+		manifest: func(mf *model.Manifest) { mf.Name = "nasa" },
+		edit:     func(f map[string][]byte) { f[ModelFile] = truncate(f[ModelFile]) }})
+	waitFor(t, 10*time.Second, "broken2 refused", func() bool { return refusedOf(t, m)["broken2"] != "" })
+	st, err := m.Status(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st.Versions {
+		if v.Version == "broken2" && v.Name != "nasa" {
+			t.Errorf("broken2 listed as %q, want its manifest's name nasa", v.Name)
+		}
+	}
 }
