@@ -94,6 +94,9 @@ type version struct {
 	// served: it sorts older than the active one (its created time).
 	older string
 	st    *stats
+	// final are st's figures when the version was released from memory:
+	// Status still reports them.
+	final struct{ requests, issued, used uint64 }
 }
 
 // New returns a Manager for the repository cfg.Repo, loading bundles with
@@ -587,6 +590,9 @@ func (m *Manager) swapLocked(v *version, cause string, push bool) {
 	for _, name := range released {
 		if r := m.versions[name]; r != nil {
 			r.loaded = nil
+			if r.st != nil {
+				r.final.requests, r.final.issued, r.final.used = r.st.requests.Load(), r.st.issued.Load(), r.st.used.Load()
+			}
 			r.st = nil
 			m.stats.Delete(name)
 			m.pruneLocked(r)
@@ -876,8 +882,11 @@ func (m *Manager) Status(ctx context.Context) (hint.ModelStatus, error) {
 			r.vs.Requests = v.st.requests.Load()
 			r.vs.Issued = v.st.issued.Load()
 			r.vs.Used = v.st.used.Load()
-			r.vs.Precision = precisionOf(r.vs.Issued, r.vs.Used)
+		} else {
+			// Released from memory: the figures it had then.
+			r.vs.Requests, r.vs.Issued, r.vs.Used = v.final.requests, v.final.issued, v.final.used
 		}
+		r.vs.Precision = precisionOf(r.vs.Issued, r.vs.Used)
 		rows = append(rows, r)
 	}
 	for name, sk := range m.skipped {

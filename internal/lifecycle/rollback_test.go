@@ -447,3 +447,25 @@ func TestStatusNamesVersionsNotLoaded(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusKeepsReleasedFigures: a version released from memory (Keep)
+// is still reported with the figures it had, not zeros.
+func TestStatusKeepsReleasedFigures(t *testing.T) {
+	m, repo, _ := newTest(t, Config{Keep: 1, PollInterval: 50 * time.Millisecond, Debounce: 10 * time.Millisecond})
+	publishSpec(t, repo, spec{version: "v1"})
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "v1 active", func() bool { return activeVersion(m) == "v1" })
+	m.ObservePrecision("v1", 100, 40, 60)
+	m.RecordRequest("v1", time.Millisecond)
+	publishSpec(t, repo, spec{version: "v2", created: base.Add(time.Minute)})
+	waitFor(t, 10*time.Second, "v2 active", func() bool { return activeVersion(m) == "v2" })
+	st, err := m.Status(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st.Versions {
+		if v.Version == "v1" && (v.Issued != 100 || v.Used != 40 || v.Precision != 0.4 || v.Requests != 1) {
+			t.Errorf("released v1 reported %+v, want issued 100, used 40, precision 0.4, 1 request", v)
+		}
+	}
+}
