@@ -175,7 +175,6 @@ local fresh = (not exists) or (gap > 0 and ts - tonumber(l) > gap)
 if fresh then
   h, s, e = '', '', ARGV[3]
 end
-if #h % 4 ~= 0 then h = '' end
 h = h .. ARGV[1]
 if #h > 4 * maxlen then h = string.sub(h, #h - 4 * maxlen + 1) end
 if (not exists) or ts > tonumber(l) then l = ARGV[2] end

@@ -2,6 +2,7 @@ package prefetch
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -209,7 +210,7 @@ func TestWarmerBlockNotDuringOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.failing.Store(true) // as write does when a pipeline fails
+	w.failure.Store(&writeFailure{since: time.Now(), err: errors.New("down")}) // as write does when a pipeline fails
 	if n := w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/1"}}}); n != 1 {
 		t.Fatalf("queued %d, want 1", n)
 	}

@@ -366,7 +366,6 @@ type Warmer struct {
 	started   atomic.Bool
 	// inFlight counts pages queued or being written (for the late check).
 	inFlight atomic.Int64
-	failing  atomic.Bool // Redis writes are failing (for log transitions)
 	// failure is the run of failed writes under way: when it started and
 	// its latest error; nil when writes succeed.
 	failure  atomic.Pointer[writeFailure]
@@ -568,7 +567,7 @@ func (w *Warmer) enqueue(ctx context.Context, it item, top bool) string {
 		return ""
 	default:
 	}
-	if !w.cfg.Block || w.failing.Load() {
+	if !w.cfg.Block || w.failure.Load() != nil {
 		// While Redis writes fail, waiting would stall the consumer on an
 		// outage: drop instead.
 		return dropQueueFull
@@ -959,22 +958,18 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	w.m.skippedExists.Add(float64(exists))
 	if failed > 0 {
 		w.m.drop(dropRedis, failed)
-		since := now
-		if f := w.failure.Load(); f != nil {
-			since = f.since
+		f := &writeFailure{since: now, err: firstErr}
+		if prev := w.failure.Load(); prev != nil {
+			f.since = prev.since
 		}
-		w.failure.Store(&writeFailure{since: since, err: firstErr})
-		if w.failing.CompareAndSwap(false, true) {
+		if w.failure.Swap(f) == nil {
 			w.log.Warn("prefetch writes failing, dropping", "err", firstErr)
 		}
 		// Redis may be restarting: check its identity as soon as it answers.
 		w.wakeWatcher()
-	} else if written+exists > 0 {
-		w.failure.Store(nil)
-		if w.failing.CompareAndSwap(true, false) {
-			w.log.Info("prefetch writes recovered")
-			w.wakeWatcher()
-		}
+	} else if written+exists > 0 && w.failure.Swap(nil) != nil {
+		w.log.Info("prefetch writes recovered")
+		w.wakeWatcher()
 	}
 	if o := w.observer.Load(); o != nil && written > 0 && !stale {
 		if ev, ok := (*o).(*Evaluator); ok {

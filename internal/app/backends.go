@@ -19,10 +19,6 @@ import (
 	"github.com/prefetchd/prefetchd/internal/kafkasec"
 )
 
-// tlsConfig builds a client TLS configuration trusting caFile (PEM) when
-// given, the system roots otherwise.
-func tlsConfig(caFile string) (*tls.Config, error) { return kafkasec.ClientTLS(caFile) }
-
 // kafkaSec are cfg's Kafka security settings.
 func (c Config) kafkaSec() kafkasec.Config {
 	return kafkasec.Config{TLS: c.KafkaTLS, CA: c.KafkaCA, Mechanism: c.KafkaSASLMechanism, Username: c.KafkaUsername, Password: c.KafkaPassword}
@@ -52,7 +48,7 @@ func redisClient(cfg Config, addr string) (redis.UniversalClient, error) {
 		MaxRetries:            1,
 	}
 	if cfg.RedisTLS || cfg.RedisCA != "" {
-		tc, err := tlsConfig(cfg.RedisCA)
+		tc, err := kafkasec.ClientTLS(cfg.RedisCA)
 		if err != nil {
 			return nil, fmt.Errorf("redis tls: %w", err)
 		}

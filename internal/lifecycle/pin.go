@@ -33,19 +33,16 @@ type pin struct {
 // loadPin reads dir's pin; nil when there is none or it is unreadable
 // (logged: the newest version serves then, as without a pin).
 func (m *Manager) loadPin() *pin {
-	data, err := os.ReadFile(filepath.Join(m.dir, PinFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
 	var p pin
-	if err == nil {
-		err = json.Unmarshal(data, &p)
-	}
-	if err == nil && p.Version == "" {
+	found, err := m.readState(PinFile, &p)
+	if found && err == nil && p.Version == "" {
 		err = errors.New("no version")
 	}
 	if err != nil {
 		m.log.Warn("model pin unreadable; serving the newest version", "file", filepath.Join(m.dir, PinFile), "err", err)
+		return nil
+	}
+	if !found {
 		return nil
 	}
 	return &p
@@ -65,11 +62,7 @@ func (m *Manager) savePin(version, cause string, at time.Time) {
 	m.mu.Unlock()
 	slices.Sort(p.Known)
 	m.pin = p
-	data, err := json.Marshal(p)
-	if err == nil {
-		err = writeAtomic(filepath.Join(m.dir, PinFile), data)
-	}
-	if err != nil {
+	if err := m.writeState(PinFile, p); err != nil {
 		m.log.Warn("model pin not saved: a restart will serve the newest version", "version", version, "err", err)
 	}
 }
@@ -77,9 +70,39 @@ func (m *Manager) savePin(version, cause string, at time.Time) {
 // clearPin removes the pin: a newer version was published.
 func (m *Manager) clearPin() {
 	m.pin = nil
-	if err := os.Remove(filepath.Join(m.dir, PinFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := m.writeState(PinFile, nil); err != nil {
 		m.log.Warn("model pin not removed", "err", err)
 	}
+}
+
+// readState decodes the JSON file name of the model's folder (PinFile,
+// RefusedFile, ProbationFile) into v; found is false when there is none.
+func (m *Manager) readState(name string, v any) (found bool, err error) {
+	data, err := os.ReadFile(filepath.Join(m.dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err == nil {
+		err = json.Unmarshal(data, v)
+	}
+	return true, err
+}
+
+// writeState writes v as the JSON file name of the model's folder
+// (atomically), or removes the file when v is nil.
+func (m *Manager) writeState(name string, v any) error {
+	path := filepath.Join(m.dir, name)
+	if v == nil {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, data)
 }
 
 // pinFirst orders the start's candidates (newest first): those published

@@ -1,10 +1,6 @@
 package lifecycle
 
 import (
-	"encoding/json"
-	"errors"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -31,17 +27,11 @@ func (m *Manager) saveProbation(p *probation) {
 	if m.static {
 		return
 	}
-	path := filepath.Join(m.dir, ProbationFile)
 	var err error
 	if p == nil {
-		if err = os.Remove(path); errors.Is(err, fs.ErrNotExist) {
-			err = nil
-		}
+		err = m.writeState(ProbationFile, nil)
 	} else {
-		var data []byte
-		if data, err = json.Marshal(probationRecord{Version: p.version, Predecessor: p.predecessor, Baseline: p.baseline, Since: m.now().UTC()}); err == nil {
-			err = writeAtomic(path, data)
-		}
+		err = m.writeState(ProbationFile, probationRecord{Version: p.version, Predecessor: p.predecessor, Baseline: p.baseline, Since: m.now().UTC()})
 	}
 	if err != nil {
 		m.log.Warn("model probation not saved: a restart would end it", "err", err)
@@ -55,17 +45,13 @@ func (m *Manager) resumeProbation(live *Live) *probation {
 	if m.static {
 		return nil
 	}
-	path := filepath.Join(m.dir, ProbationFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	var r probationRecord
+	found, err := m.readState(ProbationFile, &r)
+	if !found {
 		return nil
 	}
-	var r probationRecord
-	if err == nil {
-		err = json.Unmarshal(data, &r)
-	}
 	if err != nil || r.Version == "" {
-		m.log.Warn("model probation file unreadable; the version serving is not on probation", "file", path, "err", err)
+		m.log.Warn("model probation file unreadable; the version serving is not on probation", "file", filepath.Join(m.dir, ProbationFile), "err", err)
 		return nil
 	}
 	if r.Version != live.Version {

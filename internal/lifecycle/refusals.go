@@ -1,11 +1,7 @@
 package lifecycle
 
 import (
-	"encoding/json"
-	"errors"
-	"io/fs"
 	"maps"
-	"os"
 	"path/filepath"
 	"time"
 )
@@ -30,17 +26,13 @@ type refusal struct {
 // lists with their current fingerprint. An unreadable file is logged and
 // ignored (versions are validated again). The caller holds mu.
 func (m *Manager) loadRefusalsLocked() {
-	path := filepath.Join(m.dir, RefusedFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	var rs map[string]refusal
+	found, err := m.readState(RefusedFile, &rs)
+	if err != nil {
+		m.log.Warn("refused model versions file unreadable; refused versions will be validated again", "file", filepath.Join(m.dir, RefusedFile), "err", err)
 		return
 	}
-	var rs map[string]refusal
-	if err == nil {
-		err = json.Unmarshal(data, &rs)
-	}
-	if err != nil {
-		m.log.Warn("refused model versions file unreadable; refused versions will be validated again", "file", path, "err", err)
+	if !found {
 		return
 	}
 	m.savedRefusals = rs
@@ -73,19 +65,13 @@ func (m *Manager) saveRefusals() {
 	if same {
 		return
 	}
-	path := filepath.Join(m.dir, RefusedFile)
 	var err error
 	if len(rs) == 0 {
-		if err = os.Remove(path); errors.Is(err, fs.ErrNotExist) {
-			err = nil
-		}
+		err = m.writeState(RefusedFile, nil)
 	} else {
-		var data []byte
-		if data, err = json.MarshalIndent(rs, "", "  "); err == nil {
-			err = writeAtomic(path, data)
-		}
+		err = m.writeState(RefusedFile, rs)
 	}
 	if err != nil {
-		m.log.Warn("refused model versions not saved: a restart will validate them again", "file", path, "err", err)
+		m.log.Warn("refused model versions not saved: a restart will validate them again", "file", filepath.Join(m.dir, RefusedFile), "err", err)
 	}
 }
