@@ -812,21 +812,27 @@ func (m *Manager) autoRollback(ctx context.Context) {
 	precision, decided := p.win.sum(m.now()).decided()
 	reason := fmt.Sprintf("auto rollback: precision %.4f over %d prefetches used or expired below %.2f × predecessor %s's %.4f",
 		precision, decided, m.cfg.AutoRollback.MinFraction, p.predecessor, p.baseline)
+	// Refused before the swap, so that whoever sees the predecessor serve
+	// again also sees why (Status, RefusedFile); undone if no rollback.
+	refuse := func(reason string) {
+		m.mu.Lock()
+		if v := m.versions[p.version]; v != nil {
+			v.refused, v.refusedFP = reason, ""
+			if reason != "" && v.disk != nil {
+				v.refusedFP = v.disk.fp
+			}
+		}
+		m.mu.Unlock()
+		m.saveRefusals()
+	}
+	refuse(reason)
 	to, err := m.rollbackLocked(ctx, CauseAutoRollback)
 	if err != nil {
+		refuse("")
 		m.log.Error("automatic rollback failed", "version", p.version, "err", err)
 		return
 	}
 	m.met.rollbacks.WithLabelValues("auto").Inc()
-	m.mu.Lock()
-	if v := m.versions[p.version]; v != nil {
-		v.refused = reason
-		if v.disk != nil {
-			v.refusedFP = v.disk.fp
-		}
-	}
-	m.mu.Unlock()
-	m.saveRefusals()
 	m.log.Warn("model version rolled back automatically", "version", p.version, "to", to, "reason", reason)
 }
 
