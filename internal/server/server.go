@@ -84,7 +84,8 @@ type Server struct {
 
 	// running counts the calls in their handlers, sending the WatchHints
 	// streams inside Send: at shutdown, when every call left is a stream
-	// whose caller stopped reading (its Send waits for flow control), the
+	// whose caller stopped reading (its Send waits for flow control), or
+	// none is left but a stream's data still waits for its caller, the
 	// drain cuts them after stuckSendGrace instead of waiting its timeout.
 	running atomic.Int64
 	sending atomic.Int64
@@ -271,7 +272,11 @@ wait:
 			<-done
 			break wait
 		case now := <-tick.C:
-			if n := s.running.Load(); n == 0 || s.sending.Load() < n {
+			// Cut after stuckSendGrace of: every call left a send waiting
+			// for its caller, or no call left while the drain still waits
+			// (a stream whose handler returned, but whose data and status
+			// a caller that stopped reading never takes).
+			if s.sending.Load() < s.running.Load() {
 				stuckSince = time.Time{}
 				continue
 			}
