@@ -133,25 +133,29 @@ func baselineSpecs(v int, alpha float64, mkAlpha *float64) []baselineSpec {
 					return TrainSR(seqs, v, int(p["steps"]), int(p["weighting"]), pop), nil
 				}, err
 			}},
-		{name: ModelVSKNN, maxVal: maxKNNTuneSessions, passes: 1, params: []tuneParam{{"skip_current", []float64{1, 0}},
-			{"k", []float64{100, 50, 200, 500}}, {"sample", []float64{1000, 500, 2000}},
-			{"weighting", []float64{KNNDiv, KNNLinear, KNNSame, KNNQuadratic}}},
+		{name: ModelVSKNN, maxVal: maxKNNTuneSessions, passes: 1, params: []tuneParam{{"remind", []float64{0, 1}},
+			{"skip_current", []float64{1, 0}}, {"k", []float64{200, 100, 50, 500}}, {"sample", []float64{2000, 1000, 500}},
+			{"weighting", []float64{KNNDiv, KNNLinear, KNNSame, KNNQuadratic}},
+			{"weighting_score", []float64{KNNScoreQuadratic, KNNScoreDiv, KNNScoreSame, KNNScoreLinear, KNNScoreLog}},
+			{"idf", []float64{1, 0, 2, 5}}},
 			prepare: func(seqs [][]int64) (func(Params) (Predictor, error), error) {
 				x, err := knnPrepare(seqs, v)
 				return func(p Params) (Predictor, error) {
 					return &VSKNN{x: x, k: int(p["k"]), sample: int(p["sample"]), weighting: int(p["weighting"]),
-						skipCurrent: p["skip_current"] == 1}, nil
+						skipCurrent: p["skip_current"] == 1, scoreWeighting: int(p["weighting_score"]), idf: p["idf"],
+						noRemind: p["remind"] == 0}, nil
 				}, err
 			}},
-		{name: ModelSTAN, maxVal: maxKNNTuneSessions, passes: 1, params: []tuneParam{{"skip_current", []float64{1, 0}},
-			{"k", []float64{100, 50, 200, 500}}, {"lambda1", []float64{2, 1, 4, 8}},
-			{"lambda2_share", []float64{0.3, 0.03, 0.1, 1, 0}}, {"lambda3", []float64{2, 1, 4, 8}}, {"sample", []float64{1000}}},
+		{name: ModelSTAN, maxVal: maxKNNTuneSessions, passes: 1, params: []tuneParam{{"remind", []float64{0, 1}},
+			{"skip_current", []float64{1, 0}}, {"k", []float64{200, 100, 50, 500}}, {"lambda1", []float64{0.5, 0.25, 1, 2, 4, 8}},
+			{"lambda2_share", []float64{0.3, 0.03, 0.1, 1, 0}}, {"lambda3", []float64{1, 0.5, 2, 4, 8}}, {"sample", []float64{2000, 1000}}},
 			prepare: func(seqs [][]int64) (func(Params) (Predictor, error), error) {
 				x, err := knnPrepare(seqs, v)
 				return func(p Params) (Predictor, error) {
 					n := float64(len(seqs))
 					return &STAN{x: x, k: int(p["k"]), sample: int(p["sample"]), lambda1: p["lambda1"],
-						lambda2: p["lambda2_share"] * n, lambda3: p["lambda3"], now: n, skipCurrent: p["skip_current"] == 1}, nil
+						lambda2: p["lambda2_share"] * n, lambda3: p["lambda3"], now: n, skipCurrent: p["skip_current"] == 1,
+						noRemind: p["remind"] == 0}, nil
 				}, err
 			}},
 	}

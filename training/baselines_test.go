@@ -138,12 +138,12 @@ func TestVSKNNNeighbours(t *testing.T) {
 		sc := x.scratch.Get().(*knnScratch)
 		x.currentItems([]int64{2, 3}, sc, knnWeight(KNNSame))
 		x.neighbours(sc, 2)
-		want := []neighbour{{3, 1}, {1, 1}}
+		want := []neighbour{{3, 1, 1}, {1, 1, 2}}
 		if !slices.Equal(sc.nbs, want) {
 			t.Errorf("neighbours %v, want %v", sc.nbs, want)
 		}
 		x.neighbours(sc, 10)
-		want = []neighbour{{3, 1}, {1, 1}, {0, 2}}
+		want = []neighbour{{3, 1, 1}, {1, 1, 2}, {0, 2, 1}}
 		if !slices.Equal(sc.nbs, want) {
 			t.Errorf("neighbours %v, want %v", sc.nbs, want)
 		}
@@ -164,9 +164,43 @@ func TestVSKNNNeighbours(t *testing.T) {
 		{"linear weights", &VSKNN{x: x, k: 3, sample: 10, weighting: KNNLinear}, []int64{2, 3},
 			map[int64]float64{2: 2.0 / 6, 3: 2.5 / 6, 4: 1.5 / 6}},
 		{"no neighbour: popularity", &VSKNN{x: x, k: 2, sample: 10}, []int64{}, map[int64]float64{2: 0.25, 6: 0.125}},
+		// remind 0: the history's pages are never proposed.
+		{"no remind", &VSKNN{x: x, k: 2, sample: 10, weighting: KNNSame, noRemind: true}, []int64{2, 3},
+			map[int64]float64{2: 0, 3: 0, 4: 1}},
+		// 1/d by the clicks back to the newest shared page: sessions 0
+		// and 3 hold the last page (d = 1), session 1 only page 2 (d = 2):
+		// 2 scores 2 + 0.5, 3 2 + 1, 4 1 + 0.5.
+		{"score weighting", &VSKNN{x: x, k: 3, sample: 10, weighting: KNNSame, scoreWeighting: KNNScoreDiv}, []int64{2, 3},
+			map[int64]float64{2: 2.5 / 7, 3: 3.0 / 7, 4: 1.5 / 7}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			checkProbs(t, tc.m.Predict(tc.history, nil), tc.want)
+		})
+	}
+}
+
+func TestVSKNNIDF(t *testing.T) {
+	// Four sessions; page 3 is viewed once, page 4 three times. After
+	// page 2, sessions 0 and 1 are the neighbours (similarity 1 each), so
+	// 3 and 4 tie without idf; with idf 1 each vote gains idf x log(4 /
+	// views).
+	seqs := [][]int64{{2, 3}, {2, 4}, {4, 5}, {4, 6}}
+	x, err := knnPrepare(seqs, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, s4 := 1+math.Log(4), 1+math.Log(4.0/3)
+	for _, tc := range []struct {
+		name string
+		idf  float64
+		want map[int64]float64
+	}{
+		{"none", 0, map[int64]float64{3: 0.5, 4: 0.5}},
+		{"idf 1", 1, map[int64]float64{3: s3 / (s3 + s4), 4: s4 / (s3 + s4)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &VSKNN{x: x, k: 10, sample: 10, weighting: KNNSame, skipCurrent: true, idf: tc.idf}
+			checkProbs(t, m.Predict([]int64{2}, nil), tc.want)
 		})
 	}
 }
@@ -194,6 +228,8 @@ func TestSTANWeights(t *testing.T) {
 			map[int64]float64{2: sim0 * e1 / (2*sim0*e1 + sim2*e1), 4: sim0 * e1 / (2*sim0*e1 + sim2*e1), 5: sim2 * e1 / (2*sim0*e1 + sim2*e1)}},
 		// lambda2 = 1: session 0 is 3 sessions old (e^-3), session 2 one
 		// (e^-1), so session 2 is the nearest.
+		{"no remind", &STAN{x: x, k: 2, sample: 10, lambda1: 1, lambda3: 1, now: 3, noRemind: true},
+			map[int64]float64{2: 0, 3: 0, 4: sim0 / (sim0 + sim2), 5: sim2 / (sim0 + sim2)}},
 		{"recency", &STAN{x: x, k: 1, sample: 10, lambda1: 1, lambda2: 1, lambda3: 1, now: 3, skipCurrent: true},
 			map[int64]float64{5: 1, 2: 0, 4: 0}},
 	} {

@@ -17,6 +17,7 @@ type knnIndex struct {
 	distinct []int     // distinct pages of each session
 	postings [][]int32 // page -> sessions containing it, ascending
 	pop      *Popularity
+	idf      []float64 // log(sessions / views) per page
 	scratch  sync.Pool
 }
 
@@ -24,6 +25,7 @@ type knnIndex struct {
 type knnScratch struct {
 	items   []int64
 	weights []float64
+	steps   []int32 // clicks back from the last page (1: the last page)
 	heads   []int
 	nbs     []neighbour
 	seen    []int32 // stamp per page
@@ -34,19 +36,22 @@ type knnScratch struct {
 }
 
 type neighbour struct {
-	id  int32
-	sim float64
+	id   int32
+	sim  float64
+	step int32 // clicks back to the most recent history page it holds
 }
 
 func newKNNIndex(seqs [][]int64, vocabSize int, pop *Popularity) *knnIndex {
 	x := &knnIndex{vocab: vocabSize, sessions: seqs, distinct: make([]int, len(seqs)),
 		postings: make([][]int32, vocabSize), pop: pop}
+	views := make([]int, vocabSize)
 	last := make([]int32, vocabSize)
 	for i := range last {
 		last[i] = -1
 	}
 	for s, seq := range seqs {
 		for _, p := range seq {
+			views[p]++
 			if last[p] != int32(s) {
 				last[p] = int32(s)
 				x.distinct[s]++
@@ -54,6 +59,12 @@ func newKNNIndex(seqs [][]int64, vocabSize int, pop *Popularity) *knnIndex {
 					x.postings[p] = append(x.postings[p], int32(s))
 				}
 			}
+		}
+	}
+	x.idf = make([]float64, vocabSize)
+	for p, n := range views {
+		if n > 0 {
+			x.idf[p] = math.Log(float64(len(seqs)) / float64(n))
 		}
 	}
 	x.scratch.New = func() any {
@@ -66,7 +77,7 @@ func newKNNIndex(seqs [][]int64, vocabSize int, pop *Popularity) *knnIndex {
 // history, each weighted by w(position, length) of its last occurrence
 // (positions 1..length, the last page at length).
 func (x *knnIndex) currentItems(history []int64, sc *knnScratch, w func(pos, length int) float64) {
-	sc.items, sc.weights = sc.items[:0], sc.weights[:0]
+	sc.items, sc.weights, sc.steps = sc.items[:0], sc.weights[:0], sc.steps[:0]
 	sc.stamp++
 	for i := len(history) - 1; i >= 0; i-- {
 		p := history[i]
@@ -76,6 +87,7 @@ func (x *knnIndex) currentItems(history []int64, sc *knnScratch, w func(pos, len
 		sc.seen[p] = sc.stamp
 		sc.items = append(sc.items, p)
 		sc.weights = append(sc.weights, w(i+1, len(history)))
+		sc.steps = append(sc.steps, int32(len(history)-i))
 	}
 }
 
@@ -98,13 +110,24 @@ func (x *knnIndex) neighbours(sc *knnScratch, sample int) {
 			return
 		}
 		var sim float64
+		step := int32(math.MaxInt32)
 		for i, h := range sc.heads {
 			if h >= 0 && x.postings[sc.items[i]][h] == top {
 				sim += sc.weights[i]
+				step = min(step, sc.steps[i])
 				sc.heads[i]--
 			}
 		}
-		sc.nbs = append(sc.nbs, neighbour{top, sim})
+		sc.nbs = append(sc.nbs, neighbour{top, sim, step})
+	}
+}
+
+// forget clears the scores of the pages of history.
+func (x *knnIndex) forget(history []int64, sc *knnScratch) {
+	for _, p := range history {
+		if p >= 0 && p < int64(x.vocab) {
+			sc.itemW[p] = 0
+		}
 	}
 }
 
@@ -152,6 +175,15 @@ type VSKNN struct {
 	k, sample   int
 	weighting   int
 	skipCurrent bool
+	// scoreWeighting (KNNScoreSame, the zero value, for none) scales a
+	// neighbour's votes by how far back its most recent shared page is in
+	// the history (1: the last page).
+	scoreWeighting int
+	// idf adds idf × log(sessions / views of the page) of each vote to
+	// it, favouring rare pages; 0 for none.
+	idf float64
+	// noRemind never proposes a page of the history.
+	noRemind bool
 }
 
 // Position weightings of the current session for VSKNN: with position p
@@ -162,6 +194,32 @@ const (
 	KNNDiv       = 2 // 1 / (L - p + 1)
 	KNNQuadratic = 3 // (p / L)²
 )
+
+// Weightings of a VSKNN neighbour's votes by the clicks back from the last
+// page to the most recent page of the history it holds (d = 1 for the last
+// page).
+const (
+	KNNScoreSame      = 0 // 1
+	KNNScoreDiv       = 1 // 1 / d
+	KNNScoreLinear    = 2 // 1 - 0.1 d, 0 beyond 10
+	KNNScoreLog       = 3 // 1 / log10(d + 1.7)
+	KNNScoreQuadratic = 4 // 1 / d²
+)
+
+func knnScoreWeight(weighting, d int) float64 {
+	switch weighting {
+	case KNNScoreDiv:
+		return srWeight(SRDiv, d)
+	case KNNScoreLinear:
+		return srWeight(SRLinear, d)
+	case KNNScoreLog:
+		return srWeight(SRLog, d)
+	case KNNScoreQuadratic:
+		return srWeight(SRQuadratic, d)
+	default:
+		return 1
+	}
+}
 
 func knnWeight(weighting int) func(p, l int) float64 {
 	switch weighting {
@@ -183,13 +241,21 @@ func (m *VSKNN) Predict(history []int64, dst []float32) []float32 {
 	m.x.currentItems(history, sc, knnWeight(m.weighting))
 	m.x.neighbours(sc, m.sample)
 	for _, nb := range keepTop(sc.nbs, m.k) {
+		w := nb.sim * knnScoreWeight(m.scoreWeighting, int(nb.step))
 		sc.stamp++
 		for _, p := range m.x.sessions[nb.id] {
 			if sc.seen[p] != sc.stamp {
 				sc.seen[p] = sc.stamp
-				sc.itemW[p] += nb.sim
+				if m.idf > 0 {
+					sc.itemW[p] += w * (1 + m.idf*m.x.idf[p])
+				} else {
+					sc.itemW[p] += w
+				}
 			}
 		}
+	}
+	if m.noRemind {
+		m.x.forget(history, sc)
 	}
 	return m.x.finish(history, sc, m.skipCurrent, dst)
 }
@@ -208,6 +274,7 @@ type STAN struct {
 	lambda1, lambda2, lambda3 float64
 	now                       float64 // the number of training sessions
 	skipCurrent               bool
+	noRemind                  bool // never propose a page of the history
 }
 
 // Predict writes the next-page distribution after history into dst.
@@ -235,21 +302,21 @@ func (m *STAN) Predict(history []int64, dst []float32) []float32 {
 			}
 		}
 		// a page seen twice in the session counts at its nearest occurrence
-		sc.stamp++
 		sc.touched = sc.touched[:0]
 		for q, p := range seq {
 			w := nb.sim * math.Exp(-math.Abs(float64(q-r))/m.lambda3)
-			if sc.seen[p] != sc.stamp {
-				sc.seen[p] = sc.stamp
-				sc.tmp[p] = w
+			if sc.tmp[p] == 0 {
 				sc.touched = append(sc.touched, p)
-			} else {
-				sc.tmp[p] = max(sc.tmp[p], w)
 			}
+			sc.tmp[p] = max(sc.tmp[p], w)
 		}
 		for _, p := range sc.touched {
 			sc.itemW[p] += sc.tmp[p]
+			sc.tmp[p] = 0
 		}
+	}
+	if m.noRemind {
+		m.x.forget(history, sc)
 	}
 	return m.x.finish(history, sc, m.skipCurrent, dst)
 }
