@@ -996,6 +996,11 @@ func (c *Consumer) work(ctx context.Context, slot int, q *workQueue) {
 			now := time.Unix(0, c.clock.Load())
 			for ; i < len(jobs) && len(rows) < size; i++ {
 				j := &jobs[i]
+				if IsControlRecord(j.msg.Key, j.msg.Value) {
+					c.m.controlRecords.Inc()
+					fin.mark(j)
+					continue
+				}
 				ev, err := c.dec.decodeParsed(j.msg.Value, now, true, j.parsed)
 				if err != nil && j.redelivery {
 					// Rejected and dead-lettered when it came first.

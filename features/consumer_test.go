@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
@@ -1064,5 +1065,100 @@ func TestReadyAfterRejoin(t *testing.T) {
 	c.assign.observe("subscribed to topics and partitions: %v", "map[{topic:clicks partition:0}:12 {topic:clicks partition:1}:-2]")
 	if err := c.Ready(); err != nil {
 		t.Fatalf("Ready after the group was joined again: %v", err)
+	}
+}
+
+// TestConsumerSkipsTransactionMarkers produces clicks in committed
+// transactions with another client (franz-go, as a transactional producer
+// such as Flink or Kafka Streams would): the broker writes a commit marker
+// after each transaction, which kafka-go hands over as a message. Markers
+// are counted and skipped, never rejected or dead-lettered, and every
+// click is applied once.
+func TestConsumerSkipsTransactionMarkers(t *testing.T) {
+	const topic, dlqTopic = "clicks", "clicks.dead"
+	b := kafkatest.Start(t, topic, dlqTopic)
+	stream := newClickStream()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()), kgo.TransactionalID("clicks-tx"), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	const txs = 3
+	for range txs {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range stream.batch(4, 2) {
+			if err := cl.ProduceSync(ctx, &kgo.Record{Key: m.Key, Value: m.Value}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Then clicks outside transactions, by the same partitioner.
+	plain, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	for _, m := range stream.batch(4, 1) {
+		if err := plain.ProduceSync(ctx, &kgo.Record{Key: m.Key, Value: m.Value}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := stream.count()
+
+	reg := prometheus.NewPedanticRegistry()
+	rec := newRecorder(newTestHistories(t, HistoryConfig{MaxLen: 1000}))
+	cfg := testConsumerConfig(b.Addr(), topic)
+	cfg.DeadLetterTopic = dlqTopic
+	c, err := NewConsumer(cfg, rec, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, c)
+	eventually(t, 30*time.Second, "every click applied and the topic read to its end", func() bool {
+		return rec.total.Load() == int64(good) && c.Lag() == 0
+	})
+	stop()
+	checkApplied(t, rec.snapshot(), stream.want)
+	markers := testutil.ToFloat64(c.m.controlRecords)
+	if markers < txs {
+		t.Errorf("control records counted %v, want at least one per transaction (%d)", markers, txs)
+	}
+	if n := testutil.ToFloat64(c.m.messages); n != float64(good)+markers {
+		t.Errorf("messages %v, want %d clicks + %v markers", n, good, markers)
+	}
+	if n := testutil.ToFloat64(c.m.rejected(ReasonJSON)); n != 0 {
+		t.Errorf("rejected{reason=json} = %v, want 0: markers are not malformed events", n)
+	}
+	if n := testutil.ToFloat64(c.m.deadLetters.WithLabelValues("written")); n != 0 {
+		t.Errorf("dead letters written %v, want 0", n)
+	}
+}
+
+func TestIsControlRecord(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		key, value []byte
+		want       bool
+	}{
+		{"commit marker", []byte{0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 7}, true},
+		{"abort marker", []byte{0, 0, 0, 0}, []byte{0, 0, 0, 0, 0, 0}, true},
+		{"other control type", []byte{0, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0}, false},
+		{"later version", []byte{0, 1, 0, 1}, []byte{0, 0, 0, 0, 0, 0}, false},
+		{"click with a 4-byte key", []byte("u-01"), []byte(`{"user_id":"u-01"}`), false},
+		{"6-byte value, text key", []byte("abcd"), []byte{0, 0, 0, 0, 0, 0}, false},
+		{"no key", nil, []byte{0, 0, 0, 0, 0, 0}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := IsControlRecord(tc.key, tc.value); got != tc.want {
+				t.Errorf("IsControlRecord(%v, %v) = %v, want %v", tc.key, tc.value, got, tc.want)
+			}
+		})
 	}
 }

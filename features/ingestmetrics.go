@@ -9,6 +9,7 @@ import (
 // ingestMetrics are the consumer's prefetchd_ingest_* metrics.
 type ingestMetrics struct {
 	messages, events, duplicates       prometheus.Counter
+	controlRecords                     prometheus.Counter
 	handlerRetries, handlerErrors      prometheus.Counter
 	fetchErrors, commits, commitErrors prometheus.Counter
 	rebalances, lagErrors              prometheus.Counter
@@ -31,6 +32,7 @@ func newIngestMetrics(reg prometheus.Registerer, topic string, lag func() int64,
 	m := &ingestMetrics{
 		messages:       counter("prefetchd_ingest_messages_total", "Messages fetched from Kafka."),
 		events:         counter("prefetchd_ingest_events_total", "Events applied by the handler."),
+		controlRecords: counter("prefetchd_ingest_control_records_total", "Transaction markers (the commit or abort records of transactional producers) fetched and skipped: not events, neither rejected nor dead-lettered."),
 		duplicates:     counter("prefetchd_ingest_duplicates_total", "Events not applied again: Kafka redeliveries, and repeats of a recent (user_id, event_id) from Kafka or gRPC."),
 		handlerRetries: counter("prefetchd_ingest_handler_retries_total", "Retries after a transient failure (handler, dead-letter write, partition mark)."),
 		handlerErrors:  counter("prefetchd_ingest_handler_errors_total", "Transient failures (handler, dead-letter write, partition mark); each is retried, no event is skipped."),
@@ -85,7 +87,7 @@ func newIngestMetrics(reg prometheus.Registerer, topic string, lag func() int64,
 		Name: "prefetchd_ingest_paused",
 		Help: "Ingest loops (workers, dead-letter writer) paused, retrying after a transient failure.",
 	}, func() float64 { return float64(stalled()) })
-	for _, col := range []prometheus.Collector{m.messages, m.events, m.duplicates, m.handlerRetries,
+	for _, col := range []prometheus.Collector{m.messages, m.events, m.controlRecords, m.duplicates, m.handlerRetries,
 		m.handlerErrors, m.fetchErrors, m.commits, m.commitErrors, m.rebalances, m.lagErrors,
 		m.rejectedVec, m.deadLetters, m.offsetResets, m.commitSeconds, lagGauge, lagSecondsGauge, stalledGauge} {
 		if err := reg.Register(col); err != nil {

@@ -19,20 +19,34 @@ chmod 600 "$token"
 # The addresses in effect, for the hints below: the service defaults, then
 # PREFETCHD_LISTEN and PREFETCHD_ADMIN_LISTEN, then the flags (the last of
 # each wins, as in prefetchd; "--" ends the flags).
+# The threshold and the model are told the same way, for the banner.
 listen=${PREFETCHD_LISTEN:-127.0.0.1:50051}
 admin=${PREFETCHD_ADMIN_LISTEN:-127.0.0.1:8081}
+threshold="0.2 (the service default is 0.5) so that warming shows at once"
+model="bundled model"
+[ -n "${PREFETCHD_MODEL:-}" ] && model="model $PREFETCHD_MODEL"
+[ -n "${PREFETCHD_MODEL_REPO:-}" ] && model="model repository $PREFETCHD_MODEL_REPO"
 want=
 for arg in "$@"; do
 	case $want in
 	listen) listen=$arg; want=; continue ;;
 	admin) admin=$arg; want=; continue ;;
+	threshold) threshold=$arg; want=; continue ;;
+	model) model="model $arg"; want=; continue ;;
+	repo) model="model repository $arg"; want=; continue ;;
 	esac
 	case $arg in
 	--) break ;;
 	--listen=* | -listen=*) listen=${arg#*=} ;;
 	--admin-listen=* | -admin-listen=*) admin=${arg#*=} ;;
+	--threshold=* | -threshold=*) threshold=${arg#*=} ;;
+	--model=* | -model=*) model="model ${arg#*=}" ;;
+	--model-repo=* | -model-repo=*) model="model repository ${arg#*=}" ;;
 	--listen | -listen) want=listen ;;
 	--admin-listen | -admin-listen) want=admin ;;
+	--threshold | -threshold) want=threshold ;;
+	--model | -model) want=model ;;
+	--model-repo | -model-repo) want=repo ;;
 	esac
 done
 
@@ -50,8 +64,8 @@ grpc=$(reachable "$listen")
 http=$(reachable "$admin")
 
 cat <<MSG
-prefetchd demo: embedded Kafka and Redis, bundled model, NASA July 1995 replay,
---threshold 0.2 (the service default is 0.5) so that warming shows at once.
+prefetchd demo: embedded Kafka and Redis, $model, NASA July 1995 replay,
+--threshold $threshold.
 In another terminal:
   go run ./cmd/prefetchctl --addr $grpc watch --any
   go run ./cmd/prefetchctl --addr $grpc --token-file $token model status

@@ -10,6 +10,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
+
+	"github.com/prefetchd/prefetchd/features"
 )
 
 // KafkaConfig selects a slice of the service's click topic.
@@ -156,6 +158,7 @@ func readPartition(ctx context.Context, cfg KafkaConfig, partition int, first, e
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: cfg.Brokers, Topic: cfg.Topic, Partition: partition, Dialer: cfg.dialer(),
 		MinBytes: 1, MaxBytes: 8 << 20, MaxWait: 200 * time.Millisecond,
+		IsolationLevel: kafka.ReadCommitted, // as the service reads
 	})
 	defer r.Close()
 	if err := r.SetOffset(first); err != nil {
@@ -169,11 +172,14 @@ func readPartition(ctx context.Context, cfg KafkaConfig, partition int, first, e
 		if msg.Offset >= end {
 			return nil
 		}
-		st.Lines++
-		if e, ok := decodeClick(msg.Value); ok {
-			*events = append(*events, e)
-		} else {
-			st.Skipped++
+		// A transaction's commit or abort marker is not a click.
+		if !features.IsControlRecord(msg.Key, msg.Value) {
+			st.Lines++
+			if e, ok := decodeClick(msg.Value); ok {
+				*events = append(*events, e)
+			} else {
+				st.Skipped++
+			}
 		}
 		if msg.Offset+1 >= end || (cfg.MaxMessages > 0 && st.Lines >= cfg.MaxMessages) {
 			return nil

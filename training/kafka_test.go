@@ -7,13 +7,15 @@ import (
 	"testing"
 	"time"
 
+	"net"
+
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/scram"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/prefetchd/prefetchd/internal/broker"
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
-	"github.com/segmentio/kafka-go/sasl"
-	"github.com/segmentio/kafka-go/sasl/scram"
-	"net"
 )
 
 func TestReadKafkaBetweenTimes(t *testing.T) {
@@ -188,5 +190,42 @@ func TestReadKafkaSecured(t *testing.T) {
 				t.Fatalf("ReadKafka read %d events, want a refusal", len(evs))
 			}
 		})
+	}
+}
+
+// TestReadKafkaTransactions: clicks produced in committed transactions are
+// read, and the brokers' commit markers between them are neither clicks
+// nor skipped lines.
+func TestReadKafkaTransactions(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := kafkatest.Start(t, "clicks")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()), kgo.TransactionalID("train-tx"), kgo.DefaultProduceTopic("clicks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	t0 := time.Now().Add(-time.Hour).UTC()
+	for tx := range 3 {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 4 {
+			user := fmt.Sprintf("u%d", i)
+			v := fmt.Appendf(nil, `{"user_id":%q,"page":"/p/%d","ts":%q}`, user, tx, t0.Add(time.Duration(4*tx+i)*time.Second).Format(time.RFC3339))
+			if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte(user), Value: v}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, st, err := ReadKafka(ctx, KafkaConfig{Brokers: []string{b.Addr()}, Topic: "clicks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 12 || st.Skipped != 0 || st.Lines != 12 {
+		t.Fatalf("read %d events, %d lines, %d skipped; want 12, 12 and 0 (markers are not clicks)", len(evs), st.Lines, st.Skipped)
 	}
 }
