@@ -258,10 +258,11 @@ func (e *Evaluator) ObservePrefetchBytes(user, page, version string, at time.Tim
 const observeChunk = 64
 
 // observeWritten is ObservePrefetchBytes for each page of a pipeline the
-// Warmer wrote (values[i] nil: not written), observeChunk pages per lock.
-// keyTemplate is the Warmer's: when it is the Evaluator's, the items' keys
-// are reused.
-func (e *Evaluator) observeWritten(batch []item, values [][]byte, ttl time.Duration, keyTemplate string) {
+// Warmer wrote (values[i] nil: not written) and Redis acknowledged at
+// acked, observeChunk pages per lock: each is warm from its click's event
+// time plus the time its write took to land. keyTemplate is the Warmer's:
+// when it is the Evaluator's, the items' keys are reused.
+func (e *Evaluator) observeWritten(batch []item, values [][]byte, acked time.Time, ttl time.Duration, keyTemplate string) {
 	reuse := e.perUser && keyTemplate == e.tmplStr
 	for start := 0; start < len(batch); start += observeChunk {
 		end := min(start+observeChunk, len(batch))
@@ -273,7 +274,7 @@ func (e *Evaluator) observeWritten(batch []item, values [][]byte, ttl time.Durat
 				if reuse {
 					key = it.key
 				}
-				e.observePrefetch(it.user, it.page, key, it.version, it.at, ttl, int64(len(values[i])))
+				e.observePrefetch(it.user, it.page, key, it.version, it.landedAt(acked), ttl, int64(len(values[i])))
 			}
 		}
 		e.mu.Unlock()

@@ -296,7 +296,7 @@ func TestEvaluatorObserveWritten(t *testing.T) {
 					single.ObservePrefetchBytes(user, page, "v1", at, time.Minute, int64(len(v)))
 				}
 			}
-			batched.observeWritten(batch, values, time.Minute, tc.warmTemplate)
+			batched.observeWritten(batch, values, time.Time{}, time.Minute, tc.warmTemplate)
 			end := t0.Add(time.Second)
 			for _, it := range batch {
 				if got, want := batched.IsWarm(it.user, it.page, end), single.IsWarm(it.user, it.page, end); got != want {

@@ -455,7 +455,7 @@ func BenchmarkEvaluatorWritten(b *testing.B) {
 		for i, p := range pages {
 			items[i] = item{key: ev.tmpl.render(user, p), user: user, page: p, version: "v1", at: at}
 		}
-		ev.observeWritten(items, values, time.Second, ev.tmplStr)
+		ev.observeWritten(items, values, time.Time{}, time.Second, ev.tmplStr)
 	})
 }
 

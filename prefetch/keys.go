@@ -18,9 +18,10 @@ type keyTable struct {
 }
 
 type keySlot struct {
-	key string
-	at  int64  // expiry in Unix nanoseconds, or inFlight
-	gen uint32 // bumped when the slot is released
+	key    string
+	at     int64  // expiry in Unix nanoseconds, or inFlight
+	landed int64  // when Redis acknowledged our write, Unix nanoseconds; 0: unknown
+	gen    uint32 // bumped when the slot is released
 }
 
 type ringEntry struct {
@@ -63,11 +64,12 @@ func (t *keyTable) state(i int32, found bool) (slot int32, expires int64, flying
 	return i, 0, true
 }
 
-// flying reports whether the key spelled by b is in flight, without
-// allocating.
-func (t *keyTable) flyingKey(b []byte) bool {
+// lateFor reports whether a click at clicked (Unix nanoseconds) on the key
+// spelled by b came before its write landed: the key is in flight, or
+// Redis acknowledged it after clicked. It does not allocate.
+func (t *keyTable) lateFor(b []byte, clicked int64) bool {
 	i, ok := t.index[string(b)]
-	return ok && t.slots[i].at == inFlight
+	return ok && (t.slots[i].at == inFlight || t.slots[i].landed > clicked)
 }
 
 // start marks key in flight and returns its slot; slot is what lookup
@@ -95,10 +97,11 @@ func (t *keyTable) abort(slot int32) {
 }
 
 // done records that the key in flight in slot is warm until at (Unix
-// nanoseconds), forgetting the oldest keys beyond max.
-func (t *keyTable) done(slot int32, at int64) {
+// nanoseconds), written at landed (0: not by us, or unknown), forgetting
+// the oldest keys beyond max.
+func (t *keyTable) done(slot int32, at, landed int64) {
 	s := &t.slots[slot]
-	s.at = at
+	s.at, s.landed = at, landed
 	t.written++
 	t.ring = append(t.ring, ringEntry{slot: slot, gen: s.gen, at: at})
 	for t.written > t.max && t.pop(func(int64) bool { return true }) {
@@ -138,7 +141,7 @@ func (t *keyTable) pop(ok func(at int64) bool) bool {
 func (t *keyTable) release(slot int32) {
 	s := &t.slots[slot]
 	delete(t.index, s.key)
-	s.key, s.at = "", 0
+	s.key, s.at, s.landed = "", 0, 0
 	s.gen++
 	t.free = append(t.free, slot)
 }

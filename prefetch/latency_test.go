@@ -312,7 +312,7 @@ func TestLateCheckAllocatesNothing(t *testing.T) {
 	}
 	ctx := testCtx(t)
 	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/b", Probability: 1}}})
-	if n := testing.AllocsPerRun(100, func() { w.countLate("u", "/b") }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { w.countLate("u", "/b", time.Now().UnixNano()) }); n != 0 {
 		t.Errorf("countLate allocates %v times, want 0", n)
 	}
 	if got := counter(w.m.late); got != 101 {
@@ -344,5 +344,52 @@ func TestWarmSkipAllocatesNothing(t *testing.T) {
 	}
 	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestClicksBehindTheStream: a consumer behind its stream applies a click
+// after the prefetch it should have found landed, though the user made it
+// before. Such a click is late and cold, in prefetchd_prefetch_late_total
+// and in the Evaluator's figures; a click made after the landing is warm.
+func TestClicksBehindTheStream(t *testing.T) {
+	_, rdb := newRedis(t)
+	ev, err := NewEvaluator(EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWarmerWith(t, Config{KeyTemplate: "user:{user}:page:{page}", TTL: time.Minute}, rdb,
+		func(w *Warmer) { w.SetObserver(ev) })
+	ev.SetModelVersion("v1")
+	ctx := testCtx(t)
+	// Users u and v clicked /a 10 s ago; the consumer, 10 s behind, applies
+	// those clicks now, and their prefetches of /b land now.
+	t0 := time.Now().Add(-10 * time.Second)
+	for _, user := range []string{"u", "v"} {
+		ev.ObserveClick(user, "/a", t0)
+		if n := w.Warm(ctx, Request{UserID: user, Page: "/a", At: t0, Recorded: t0, ModelVersion: "v1", Pages: []Page{{Key: "/b", Probability: 0.9}}}); n != 1 {
+			t.Fatalf("queued %d, want 1", n)
+		}
+	}
+	eventually(t, 5*time.Second, "both pages written", func() bool { return counter(w.m.written) == 2 })
+	// u clicked /b 2 s after /a, 8 s before the write landed.
+	before := t0.Add(2 * time.Second)
+	ev.ObserveClick("u", "/b", before)
+	w.Warm(ctx, Request{UserID: "u", Page: "/b", At: before, Recorded: before})
+	if got := counter(w.m.late); got != 1 {
+		t.Errorf("late = %v after a click made before the landing, want 1", got)
+	}
+	if ev.IsWarm("u", "/b", before) {
+		t.Error("the page counts warm at a time before its write landed")
+	}
+	// v clicks /b now, after the landing: warm, not late.
+	after := time.Now()
+	ev.ObserveClick("v", "/b", after)
+	w.Warm(ctx, Request{UserID: "v", Page: "/b", At: after, Recorded: after})
+	if got := counter(w.m.late); got != 1 {
+		t.Errorf("late = %v after a click made after the landing, want still 1", got)
+	}
+	st := ev.Stats()
+	if len(st) != 1 || st[0].Clicks != 4 || st[0].WarmClicks != 1 || st[0].Used != 1 || st[0].Issued != 2 {
+		t.Errorf("evaluator figures %+v, want 4 clicks, 1 warm (v's), 2 issued, 1 used", st)
 	}
 }

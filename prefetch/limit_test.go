@@ -133,7 +133,7 @@ func TestKeyTable(t *testing.T) {
 		if _, _, flying := kt.lookup(key); !flying {
 			t.Fatalf("%s not in flight after start", key)
 		}
-		kt.done(slot, at)
+		kt.done(slot, at, 0)
 	}
 	write("a", 10)
 	write("b", 20)
@@ -171,7 +171,7 @@ func TestKeyTable(t *testing.T) {
 
 func TestKeyTableRewriteExpired(t *testing.T) {
 	kt := newKeyTable(10)
-	kt.done(kt.start("x", noSlot), 5)
+	kt.done(kt.start("x", noSlot), 5, 0)
 	slot, exp, _ := kt.lookup("x") // expired at 10 but still remembered
 	if exp != 5 {
 		t.Fatalf("x expires %d, want 5", exp)
@@ -180,7 +180,7 @@ func TestKeyTableRewriteExpired(t *testing.T) {
 	if kt.Len() != 0 || kt.flying() != 1 {
 		t.Fatalf("rewriting: Len %d flying %d, want 0 and 1", kt.Len(), kt.flying())
 	}
-	kt.done(slot, 20)
+	kt.done(slot, 20, 0)
 	kt.expire(10) // pops the stale entry of the first write only
 	if _, exp, _ := kt.lookup("x"); exp != 20 || kt.Len() != 1 {
 		t.Fatalf("after expiring the first write: x expires %d, Len %d; want 20 and 1", exp, kt.Len())
@@ -193,8 +193,8 @@ func TestKeyTableRewriteExpired(t *testing.T) {
 
 func TestKeyTableForgetWritten(t *testing.T) {
 	kt := newKeyTable(10)
-	kt.done(kt.start("a", noSlot), 5)
-	kt.done(kt.start("b", noSlot), 6)
+	kt.done(kt.start("a", noSlot), 5, 0)
+	kt.done(kt.start("b", noSlot), 6, 0)
 	c := kt.start("c", noSlot)
 	kt.forgetWritten()
 	if kt.Len() != 0 || kt.flying() != 1 || len(kt.ring) != 0 {
@@ -203,7 +203,7 @@ func TestKeyTableForgetWritten(t *testing.T) {
 	if _, exp, _ := kt.lookup("a"); exp != 0 {
 		t.Fatalf("a still remembered")
 	}
-	kt.done(c, 7)
+	kt.done(c, 7, 0)
 	if _, exp, _ := kt.lookup("c"); exp != 7 || kt.Len() != 1 {
 		t.Fatalf("c expires %d, Len %d; want 7 and 1", exp, kt.Len())
 	}

@@ -364,8 +364,11 @@ type Warmer struct {
 
 	closeOnce sync.Once
 	started   atomic.Bool
-	// inFlight counts pages queued or being written (for the late check).
-	inFlight atomic.Int64
+	// inFlight counts pages queued or being written, and lastLanded is
+	// when Redis last acknowledged a write of ours (Unix nanoseconds): a
+	// click before it, or while pages fly, may be late (the late check).
+	inFlight   atomic.Int64
+	lastLanded atomic.Int64
 	// failure is the run of failed writes under way: when it started and
 	// its latest error; nil when writes succeed.
 	failure  atomic.Pointer[writeFailure]
@@ -398,6 +401,17 @@ type item struct {
 	version string
 	at      time.Time
 	clicked time.Time // the click's time for prefetchd_click_to_warm_seconds
+}
+
+// landedAt is when the page became warm, in the event time of at: at plus
+// the time from the click to acked, Redis's acknowledgement. A click the
+// consumer applies after the write but made before it thus finds the page
+// cold.
+func (it *item) landedAt(acked time.Time) time.Time {
+	if acked.IsZero() || it.clicked.IsZero() {
+		return it.at
+	}
+	return it.at.Add(max(acked.Sub(it.clicked), 0))
 }
 
 // NewWarmer validates cfg and builds a Warmer writing through rdb. logger may
@@ -483,8 +497,9 @@ func (w *Warmer) BreakerState() BreakerState {
 // prefetch is still on its way is counted as late.
 func (w *Warmer) Warm(ctx context.Context, req Request) int {
 	now := w.now()
-	if req.Page != "" && w.inFlight.Load() > 0 {
-		w.countLate(req.UserID, req.Page)
+	clicked := req.clickTime(now)
+	if req.Page != "" && (w.inFlight.Load() > 0 || w.lastLanded.Load() > clicked.UnixNano()) {
+		w.countLate(req.UserID, req.Page, clicked.UnixNano())
 	}
 	if len(req.Pages) == 0 {
 		return 0
@@ -493,7 +508,6 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 	if at.IsZero() {
 		at = now
 	}
-	clicked := req.clickTime(now)
 	w.m.requested.Add(float64(len(req.Pages)))
 	if ctx.Err() != nil {
 		w.m.drop(dropCanceled, len(req.Pages))
@@ -597,15 +611,18 @@ func (w *Warmer) shed(prob float32) bool {
 	return float64(prob) < (fill-from)/(1-from)
 }
 
-// countLate counts a click by user on page as late when the page's
-// prefetch for the user is queued or being written.
-func (w *Warmer) countLate(user, page string) {
+// countLate counts a click by user on page at clicked (Unix nanoseconds)
+// as late when the page's prefetch for the user was still queued or being
+// written when the user clicked: it is in flight now, or Redis acknowledged
+// it after clicked (a consumer behind its stream applies the click after
+// the write landed, but the user did not find the page warm).
+func (w *Warmer) countLate(user, page string, clicked int64) {
 	var buf [128]byte
 	key := w.key.appendTo(buf[:0], user, page)
 	w.mu.Lock()
-	flying := w.keys.flyingKey(key)
+	late := w.keys.lateFor(key, clicked)
 	w.mu.Unlock()
-	if flying {
+	if late {
 		w.m.late.Inc()
 	}
 }
@@ -927,7 +944,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 				w.keys.abort(it.slot)
 				values[i] = nil
 			} else {
-				w.keys.done(it.slot, expires)
+				w.keys.done(it.slot, expires, acked.UnixNano())
 			}
 		default:
 			// Someone else holds the key (another instance, or ours after
@@ -946,10 +963,14 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 			if stale || gone {
 				w.keys.abort(it.slot)
 			} else {
-				w.keys.done(it.slot, exp)
+				w.keys.done(it.slot, exp, 0)
 			}
 			values[i] = nil
 		}
+	}
+	if written > 0 {
+		// Before inFlight falls, so the late check never sees neither.
+		w.lastLanded.Store(max(w.lastLanded.Load(), acked.UnixNano()))
 	}
 	w.mu.Unlock()
 	w.inFlight.Add(-int64(len(batch)))
@@ -973,12 +994,12 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	}
 	if o := w.observer.Load(); o != nil && written > 0 && !stale {
 		if ev, ok := (*o).(*Evaluator); ok {
-			ev.observeWritten(batch, values, w.cfg.TTL, w.cfg.KeyTemplate) // one lock for the pipeline
+			ev.observeWritten(batch, values, acked, w.cfg.TTL, w.cfg.KeyTemplate) // one lock for the pipeline
 			return
 		}
 		for i, it := range batch {
 			if values[i] != nil {
-				(*o).ObservePrefetchBytes(it.user, it.page, it.version, it.at, w.cfg.TTL, int64(len(values[i])))
+				(*o).ObservePrefetchBytes(it.user, it.page, it.version, it.landedAt(acked), w.cfg.TTL, int64(len(values[i])))
 			}
 		}
 	}
