@@ -88,6 +88,24 @@ type budget struct {
 	bytes    int64
 }
 
+// keysLeft is how many more keys the current window takes at now: -1
+// without a cap on keys, 0 once either cap is reached.
+func (b *budget) keysLeft(now time.Time) int {
+	if b.start.IsZero() || now.Sub(b.start) >= b.window {
+		if b.maxKeys > 0 {
+			return b.maxKeys
+		}
+		return -1
+	}
+	if (b.maxKeys > 0 && b.keys >= b.maxKeys) || (b.maxBytes > 0 && b.bytes >= b.maxBytes) {
+		return 0
+	}
+	if b.maxKeys > 0 {
+		return b.maxKeys - b.keys
+	}
+	return -1
+}
+
 // take reserves one key of n bytes at now, or reports false when that would
 // exceed a cap in the current window.
 func (b *budget) take(n int64, now time.Time) bool {

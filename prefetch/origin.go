@@ -60,12 +60,15 @@ func (o *originClient) pageURL(page string) string {
 	return prefix + strings.Join(segs, "/") + strings.ReplaceAll(suffix, placeholderPage, "")
 }
 
-// fetchAll fetches every item's page concurrently (bounded by the
-// concurrency limit) and stores the bodies of 2xx answers in values; failed
-// items are counted as dropped and left nil.
-func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]byte) {
+// fetchAll fetches every item's page not marked in skip concurrently
+// (bounded by the concurrency limit) and stores the bodies of 2xx answers in
+// values; failed items are counted as dropped and left nil.
+func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]byte, skip []bool) {
 	var wg sync.WaitGroup
 	for i := range batch {
+		if skip[i] {
+			continue
+		}
 		if !o.breaker.allow(o.now()) {
 			o.m.drop(dropBreakerOpen, 1)
 			continue

@@ -781,6 +781,7 @@ func (w *Warmer) finish(slot int32) {
 // scratch is a worker's reusable batch state.
 type scratch struct {
 	values [][]byte
+	skip   []bool // not to be fetched: over the budget
 	ends   []int
 	buf    []byte
 	exp    []byte // the batch's expiry, formatted
@@ -796,6 +797,8 @@ func (sc *scratch) reset(n int) {
 	clear(sc.values)
 	sc.cmds = slices.Grow(sc.cmds[:0], n)[:n]
 	clear(sc.cmds)
+	sc.skip = slices.Grow(sc.skip[:0], n)[:n]
+	clear(sc.skip)
 	clear(sc.args)
 	sc.args = slices.Grow(sc.args[:0], setArgs*n)[:setArgs*n]
 	sc.ends = sc.ends[:0]
@@ -807,7 +810,8 @@ func (sc *scratch) reset(n int) {
 func (w *Warmer) process(ctx context.Context, batch []item, sc *scratch) {
 	sc.reset(len(batch))
 	if w.origin != nil {
-		w.origin.fetchAll(ctx, batch, sc.values)
+		w.overBudget(batch, sc.skip)
+		w.origin.fetchAll(ctx, batch, sc.values, sc.skip)
 	} else {
 		sc.exp = w.now().Add(w.cfg.TTL).UTC().AppendFormat(sc.exp[:0], time.RFC3339Nano)
 		for _, it := range batch {
@@ -825,6 +829,33 @@ func (w *Warmer) process(ctx context.Context, batch []item, sc *scratch) {
 		}
 	}
 	w.write(ctx, batch, sc)
+}
+
+// overBudget marks in skip, and counts as dropped for the budget, the
+// pages of batch that the budget's window has no room for, the least
+// likely first, so that the origin is not asked for pages that could not
+// be stored. The byte cap is checked again, page by page, once the values
+// are known (write).
+func (w *Warmer) overBudget(batch []item, skip []bool) {
+	if w.budget.maxKeys <= 0 && w.budget.maxBytes <= 0 {
+		return
+	}
+	w.mu.Lock()
+	room := w.budget.keysLeft(w.now())
+	w.mu.Unlock()
+	if room < 0 || room >= len(batch) {
+		return
+	}
+	for over := len(batch) - room; over > 0; over-- {
+		low := -1
+		for i := range batch {
+			if !skip[i] && (low < 0 || batch[i].prob < batch[low].prob) {
+				low = i
+			}
+		}
+		skip[low] = true
+		w.m.drop(dropBudget, 1)
+	}
 }
 
 // remaining asks Redis, in one pipeline, how long each key that SET NX

@@ -609,6 +609,50 @@ func TestWarmerOrigin(t *testing.T) {
 	}
 }
 
+// TestWarmerOriginBudget: pages the key budget has no room for are not
+// fetched from the origin (the least likely go first), and a spent budget
+// asks the origin for nothing.
+func TestWarmerOriginBudget(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	o := newOrigin(t)
+	w, err := NewWarmer(Config{Mode: ModeOrigin, OriginURL: o.srv.URL + "/{page}", OriginTimeout: time.Second,
+		BudgetKeys: 3, BudgetWindow: time.Hour}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Queued before Run starts, so one worker takes all five in a batch.
+	probs := []float32{0.1, 0.9, 0.3, 0.8, 0.2}
+	var pages []Page
+	for i, p := range probs {
+		pages = append(pages, Page{Key: fmt.Sprintf("/ok/%d", i), Probability: p})
+	}
+	if n := w.Warm(ctx, Request{UserID: "u", Pages: pages}); n != 5 {
+		t.Fatalf("queued %d, want 5", n)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, 5*time.Second, "three written, two dropped", func() bool {
+		return counter(w.m.written) == 3 && counter(w.m.dropped[dropBudget]) == 2
+	})
+	if got := o.hits.Load(); got != 3 {
+		t.Errorf("origin asked %d times, want 3 (the budget's room)", got)
+	}
+	keys := pageKeys(t, rdb)
+	slices.Sort(keys)
+	if want := []string{"page:/ok/1", "page:/ok/2", "page:/ok/3"}; !slices.Equal(keys, want) {
+		t.Errorf("keys %v, want the three most likely %v", keys, want)
+	}
+	// The budget is spent: more pages cost the origin nothing.
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/ok/9", Probability: 1}}})
+	eventually(t, 5*time.Second, "the page dropped", func() bool { return counter(w.m.dropped[dropBudget]) == 3 })
+	if got := o.hits.Load(); got != 3 {
+		t.Errorf("origin asked %d times after the budget was spent, want still 3", got)
+	}
+}
+
 // TestWarmerOriginBreaker checks that the breaker opens after consecutive
 // failures, spares the origin while open, half-opens after the cooldown and
 // closes on a successful trial.
