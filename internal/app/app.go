@@ -242,6 +242,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	scfg := server.Config{
 		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, TLSClientCAFile: cfg.TLSClientCA,
 		RequireClientCert: cfg.TLSClientCA != "", AllowedClientCNs: cfg.AdminClientCNs,
+		MaxWatchers: cfg.MaxWatchers,
 	}
 	if cfg.AdminTokenFile != "" {
 		tok, err := server.ReadSecretFile(cfg.AdminTokenFile)

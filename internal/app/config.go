@@ -13,6 +13,7 @@ import (
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/cli"
 	"github.com/prefetchd/prefetchd/internal/lifecycle"
+	"github.com/prefetchd/prefetchd/internal/server"
 	"github.com/prefetchd/prefetchd/prefetch"
 	"github.com/prefetchd/prefetchd/transitions"
 )
@@ -152,7 +153,9 @@ type Config struct {
 	// AdminClientCNs are client certificate common names (mutual TLS) that
 	// may call ModelService without a bearer token.
 	AdminClientCNs []string
-	Pprof          bool
+	// MaxWatchers caps the WatchHints streams open at once.
+	MaxWatchers int
+	Pprof       bool
 
 	// Replay into Kafka: "embedded", "none" or a SPMF file. Default: embedded
 	// when the broker is in-process, none otherwise.
@@ -205,6 +208,7 @@ func Default() Config {
 		CommitInterval:         features.DefaultCommitInterval,
 		CommitBatch:            features.DefaultCommitBatch,
 		HistoryMaxUsers:        features.DefaultMaxUsers,
+		MaxWatchers:            server.DefaultMaxWatchers,
 		Online:                 true,
 		OnlineEvidence:         transitions.DefaultEvidence,
 		OnlineHalfLife:         transitions.DefaultHalfLife,
@@ -289,7 +293,7 @@ func (c *Config) Validate() error {
 		"--online-half-life": c.OnlineHalfLife.Seconds(), "--online-max-pages": float64(c.OnlineMaxPages),
 		"--online-max-next": float64(c.OnlineMaxNext),
 		"--warm-queue":      float64(c.WarmQueue), "--warm-workers": float64(c.WarmWorkers),
-		"--warm-pipeline": float64(c.WarmPipeline),
+		"--warm-pipeline": float64(c.WarmPipeline), "--max-watchers": float64(c.MaxWatchers),
 	} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v is not positive", name, v))
@@ -437,6 +441,7 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "gRPC server certificate (PEM)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "gRPC server key (PEM)")
 	fs.StringVar(&c.TLSClientCA, "tls-client-ca", c.TLSClientCA, "CA that signs client certificates; set to require mutual TLS")
+	fs.IntVar(&c.MaxWatchers, "max-watchers", c.MaxWatchers, "most WatchHints streams open at once, over every client; more get RESOURCE_EXHAUSTED")
 	adminCNs := fs.String("admin-client-cn", "", "comma-separated client certificate common names allowed to call ModelService (needs --tls-client-ca)")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof on the admin port")
 	fs.StringVar(&c.Replay, "replay", c.Replay, "replay sessions into Kafka: embedded, none or a SPMF file (default: embedded with the in-process broker)")

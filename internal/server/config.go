@@ -19,6 +19,10 @@ const (
 	DefaultDeadline        = 5 * time.Second
 	DefaultShutdownTimeout = 10 * time.Second
 	DefaultWatchBuffer     = 64
+	DefaultMaxWatchers     = 1000
+	// MaxStreamsPerConn caps the calls (streams) one client connection
+	// may have open at once; more wait in the client until one ends.
+	MaxStreamsPerConn = 1000
 
 	// MaxK is the largest k a Predict request may ask for.
 	MaxK = 100
@@ -49,6 +53,10 @@ type Config struct {
 	// WatchBuffer is the number of updates buffered per WatchHints stream
 	// before updates for it are dropped. Default 64.
 	WatchBuffer int
+	// MaxWatchers caps the WatchHints streams open at once, over every
+	// client (each holds its buffer and a goroutine, about 90 KB); more
+	// get RESOURCE_EXHAUSTED. Default 1,000.
+	MaxWatchers int
 
 	// AdminToken is the bearer token that authorizes ModelService calls,
 	// usually the content of the file named by --admin-token-file (see
@@ -85,6 +93,7 @@ func (c Config) Validate() error {
 		{"DefaultDeadline", int64(c.DefaultDeadline)},
 		{"ShutdownTimeout", int64(c.ShutdownTimeout)},
 		{"WatchBuffer", int64(c.WatchBuffer)},
+		{"MaxWatchers", int64(c.MaxWatchers)},
 	}
 	for _, f := range nonNeg {
 		if f.v < 0 {
@@ -132,6 +141,7 @@ func (c Config) withDefaults() Config {
 	setInt(&c.MaxIDBytes, DefaultMaxIDBytes)
 	setInt(&c.MaxPageBytes, DefaultMaxPageBytes)
 	setInt(&c.WatchBuffer, DefaultWatchBuffer)
+	setInt(&c.MaxWatchers, DefaultMaxWatchers)
 	setDur(&c.DefaultDeadline, DefaultDeadline)
 	setDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	return c

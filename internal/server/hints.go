@@ -143,6 +143,11 @@ func (h *hintService) WatchHints(req *prefetchv1.WatchHintsRequest, stream grpc.
 			return err
 		}
 	}
+	if n := s.watchers.Add(1); n > int64(s.cfg.MaxWatchers) {
+		s.watchers.Add(-1)
+		return status.Errorf(codes.ResourceExhausted, "too many WatchHints streams open on this server (limit %d); close one or retry later", s.cfg.MaxWatchers)
+	}
+	defer s.watchers.Add(-1)
 	ctx := stream.Context()
 	presence, _ := s.deps.Watcher.(hint.Presence)
 	updates, cancel := s.deps.Watcher.Subscribe(users, s.cfg.WatchBuffer)

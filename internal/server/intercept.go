@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -123,15 +124,38 @@ func (s *Server) authorize(ctx context.Context, method string) error {
 	}
 }
 
-// refuse counts and logs a refused admin call and returns its status.
+// refuse counts and logs a refused admin call and returns its status. A
+// method the server does not have (any name a caller makes up under the
+// admin service) is counted as "unknown" and logged cut to maxLoggedMethod
+// bytes, so that callers cannot grow /metrics or the log at will.
 func (s *Server) refuse(ctx context.Context, method string, code codes.Code, msg string) error {
-	s.metrics.authFailures.WithLabelValues(method, code.String()).Inc()
-	attrs := []any{"method", method, "code", code.String(), "reason", msg}
+	label := "unknown"
+	if _, ok := s.methods[method]; ok {
+		label = method
+	}
+	s.metrics.authFailures.WithLabelValues(label, code.String()).Inc()
+	attrs := []any{"method", cutMethod(method), "code", code.String(), "reason", msg}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		attrs = append(attrs, "peer", p.Addr.String())
 	}
 	s.log.Warn("admin call refused", attrs...)
 	return status.Error(code, msg)
+}
+
+// maxLoggedMethod bounds the method names written to the log.
+const maxLoggedMethod = 128
+
+// cutMethod is name cut to maxLoggedMethod bytes (on a rune boundary),
+// marked with "..." when cut.
+func cutMethod(name string) string {
+	if len(name) <= maxLoggedMethod {
+		return name
+	}
+	cut := maxLoggedMethod
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
+	}
+	return name[:cut] + "..."
 }
 
 // tokenMatches compares tok with the admin token in constant time (over

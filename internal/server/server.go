@@ -88,6 +88,8 @@ type Server struct {
 	// none is left but a stream's data still waits for its caller, the
 	// drain cuts them after stuckSendGrace instead of waiting its timeout.
 	running atomic.Int64
+	// watchers counts the WatchHints streams open (Config.MaxWatchers).
+	watchers atomic.Int64
 	sending atomic.Int64
 }
 
@@ -144,6 +146,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger, reg prometheus.Registerer) 
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newUTF8Codec(&s.marks)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 		// Calls to a method or service not registered go through the

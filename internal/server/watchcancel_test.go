@@ -2,10 +2,12 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
@@ -264,4 +266,68 @@ func TestIngestOversizedMessageCounted(t *testing.T) {
 		t.Errorf("Ingest counted ResourceExhausted %v times, Canceled %v; want ResourceExhausted once", got,
 			testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues(method, "Canceled")))
 	}
+}
+
+// TestMadeUpAdminMethodsBounded: refused calls of methods made up under the
+// admin service, however many and however long their names, add one
+// series to prefetchd_grpc_auth_failures_total, not one each.
+func TestMadeUpAdminMethodsBounded(t *testing.T) {
+	h := start(t, Config{}, Deps{Predictor: &servertest.Predictor{}})
+	const n = 50
+	for i := range n {
+		m := fmt.Sprintf("/prefetch.v1.ModelService/Bogus%d%s", i, strings.Repeat("x", 1000*(i%2)))
+		err := h.conn.Invoke(testCtx(t), m, &prefetchv1.PredictRequest{UserId: "u"}, &prefetchv1.PredictResponse{})
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("%.60s: %v, want UNAUTHENTICATED", m, err)
+		}
+	}
+	if got := testutil.CollectAndCount(h.srv.metrics.authFailures); got != 1 {
+		t.Errorf("auth failure series = %d after %d made-up methods, want 1", got, n)
+	}
+	if got := testutil.ToFloat64(h.srv.metrics.authFailures.WithLabelValues("unknown", "Unauthenticated")); got != n {
+		t.Errorf("auth failures{method=unknown} = %v, want %d", got, n)
+	}
+	if got := cutMethod(strings.Repeat("é", 100)); len(got) > maxLoggedMethod+3 || !strings.HasSuffix(got, "...") || !utf8.ValidString(got) {
+		t.Errorf("cutMethod gave %d bytes %q, want at most %d valid UTF-8 ending in ...", len(got), got, maxLoggedMethod+3)
+	}
+}
+
+// TestMaxWatchers: WatchHints streams beyond Config.MaxWatchers, over every
+// connection, are refused with RESOURCE_EXHAUSTED; one ending makes room.
+func TestMaxWatchers(t *testing.T) {
+	h := start(t, Config{MaxWatchers: 2}, Deps{Predictor: &servertest.Predictor{}, Watcher: servertest.NewWatcher()})
+	open := func(ctx context.Context) error {
+		w, err := h.hints.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: []string{"u"}})
+		if err != nil {
+			return err
+		}
+		_, err = w.Header() // sent once the stream is admitted
+		return err
+	}
+	var cancels []context.CancelFunc
+	for i := range 2 {
+		ctx, cancel := context.WithCancel(testCtx(t))
+		cancels = append(cancels, cancel)
+		if err := open(ctx); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	w, err := h.hints.WatchHints(ctx, &prefetchv1.WatchHintsRequest{UserIds: []string{"u"}})
+	if err == nil {
+		_, err = w.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("third stream: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	cancels[0]()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.srv.watchers.Load() > 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := open(testCtx(t)); err != nil {
+		t.Fatalf("a stream after one ended: %v", err)
+	}
+	cancels[1]()
 }
