@@ -46,18 +46,28 @@ func newOriginClient(cfg Config, m *warmerMetrics, now func() time.Time) *origin
 // close releases idle connections (and their goroutines).
 func (o *originClient) close() { o.client.CloseIdleConnections() }
 
-// pageURL renders the URL template for page, escaping each path segment.
-func (o *originClient) pageURL(page string) string {
+// pageURL renders the URL template for page. In the path each segment is
+// escaped, and a page with a "." or ".." segment is refused (ok false): an
+// origin or proxy that resolves dot segments would serve what lies outside
+// the template's prefix. After a "?" (the page as a query value) the page
+// is query-escaped whole, so it cannot add parameters.
+func (o *originClient) pageURL(page string) (string, bool) {
 	i := strings.Index(o.url, placeholderPage)
-	prefix, suffix := o.url[:i], o.url[i+len(placeholderPage):]
+	prefix, suffix := o.url[:i], strings.ReplaceAll(o.url[i+len(placeholderPage):], placeholderPage, "")
+	if strings.Contains(prefix, "?") {
+		return prefix + url.QueryEscape(page) + suffix, true
+	}
 	if strings.HasSuffix(prefix, "/") {
 		page = strings.TrimPrefix(page, "/")
 	}
 	segs := strings.Split(page, "/")
 	for j, s := range segs {
+		if s == "." || s == ".." {
+			return "", false
+		}
 		segs[j] = url.PathEscape(s)
 	}
-	return prefix + strings.Join(segs, "/") + strings.ReplaceAll(suffix, placeholderPage, "")
+	return prefix + strings.Join(segs, "/") + suffix, true
 }
 
 // fetchAll fetches every item's page not marked in skip concurrently
@@ -108,7 +118,13 @@ func (o *originClient) fetch(ctx context.Context, page string) (body []byte, rea
 	}()
 	rctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, o.pageURL(page), nil)
+	u, safe := o.pageURL(page)
+	if !safe {
+		verdict = false // the page, not the origin
+		o.m.origin(originBadURL)
+		return nil, dropInvalid
+	}
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
 	if err != nil {
 		verdict = false // our URL, not the origin
 		o.m.origin(originBadURL)

@@ -78,7 +78,9 @@ type Config struct {
 	// OriginURL is the URL fetched in origin mode, with "{page}" replaced by
 	// the page, each path segment escaped; a leading "/" of the page is
 	// dropped when the template already has one before "{page}", so
-	// "https://origin/{page}" and page "/a/b" give "https://origin/a/b".
+	// "https://origin/{page}" and page "/a/b" give "https://origin/a/b". A
+	// page with a "." or ".." segment is not fetched (dropped as invalid);
+	// after a "?" the page is query-escaped whole.
 	// Required in origin mode.
 	OriginURL string
 	// OriginTimeout bounds one origin request, body included. Default 2s.

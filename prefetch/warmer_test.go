@@ -167,16 +167,27 @@ func TestTemplates(t *testing.T) {
 			}
 		})
 	}
-	urls := []struct{ tmpl, page, want string }{
-		{"https://origin/{page}", "/page/3", "https://origin/page/3"},
-		{"https://origin{page}", "/page/3", "https://origin/page/3"},
-		{"http://o/{page}?x=1", "/a b/c", "http://o/a%20b/c?x=1"},
+	urls := []struct {
+		tmpl, page, want string
+		ok               bool
+	}{
+		{"https://origin/{page}", "/page/3", "https://origin/page/3", true},
+		{"https://origin{page}", "/page/3", "https://origin/page/3", true},
+		{"http://o/{page}?x=1", "/a b/c", "http://o/a%20b/c?x=1", true},
+		{"http://o/{page}", "/a?b=1#c", "http://o/a%3Fb=1%23c", true},
+		{"http://o/content/{page}", "/../../internal/secret", "", false},
+		{"http://o/content/{page}", "/a/./b", "", false},
+		{"http://o/content/{page}", "/a/..", "", false},
+		{"http://o/content/{page}", "/a/...b/..c", "http://o/content/a/...b/..c", true},
+		{"http://o/render?path={page}&tenant=public", "/x&tenant=secret", "http://o/render?path=%2Fx%26tenant%3Dsecret&tenant=public", true},
+		{"http://o/render?path={page}", "/../x", "http://o/render?path=%2F..%2Fx", true},
 	}
 	for _, tc := range urls {
-		t.Run(tc.tmpl, func(t *testing.T) {
+		t.Run(tc.tmpl+" "+tc.page, func(t *testing.T) {
 			o := &originClient{url: tc.tmpl}
-			if got := o.pageURL(tc.page); got != tc.want {
-				t.Fatalf("pageURL = %q, want %q", got, tc.want)
+			got, ok := o.pageURL(tc.page)
+			if got != tc.want || ok != tc.ok {
+				t.Fatalf("pageURL = %q, %v; want %q, %v", got, ok, tc.want, tc.ok)
 			}
 		})
 	}
