@@ -76,6 +76,10 @@ func TestAutoRollback(t *testing.T) {
 	if got := activeVersion(m); got != "good1" {
 		t.Fatalf("active %q after the automatic rollback, want good1", got)
 	}
+	// Counted once the swap is done, a moment after the predecessor serves.
+	waitFor(t, 10*time.Second, "the auto rollback counted", func() bool {
+		return metric(t, reg, "prefetchd_model_rollbacks_total", "cause", "auto") >= 1
+	})
 	if got := metric(t, reg, "prefetchd_model_rollbacks_total", "cause", "auto"); got != 1 {
 		t.Fatalf("prefetchd_model_rollbacks_total{cause=auto} = %v, want 1", got)
 	}
@@ -399,6 +403,10 @@ func TestProbationSurvivesRestart(t *testing.T) {
 	if !strings.Contains(refusedOf(t, m2)["bad2"], "auto rollback") {
 		t.Errorf("bad2 refused %q, want the auto rollback", refusedOf(t, m2)["bad2"])
 	}
+	// Counted once the swap is done, a moment after the predecessor serves.
+	waitFor(t, 10*time.Second, "the auto rollback counted", func() bool {
+		return metric(t, reg, "prefetchd_model_rollbacks_total", "cause", "auto") >= 1
+	})
 	if got := metric(t, reg, "prefetchd_model_rollbacks_total", "cause", "auto"); got != 1 {
 		t.Errorf("auto rollbacks %v, want 1", got)
 	}
