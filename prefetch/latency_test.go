@@ -3,6 +3,7 @@ package prefetch
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -351,45 +352,62 @@ func TestWarmSkipAllocatesNothing(t *testing.T) {
 // after the prefetch it should have found landed, though the user made it
 // before. Such a click is late and cold, in prefetchd_prefetch_late_total
 // and in the Evaluator's figures; a click made after the landing is warm.
+// The same holds when the client's clock runs ahead (the record timestamp
+// bounds the click's time) or more than MaxClockSkew behind, as the engine
+// feeds the Evaluator ClickTime. (An event time a little before its record
+// time is believed: a client may send its clicks a moment after they
+// happen.)
 func TestClicksBehindTheStream(t *testing.T) {
 	_, rdb := newRedis(t)
-	ev, err := NewEvaluator(EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := startWarmerWith(t, Config{KeyTemplate: "user:{user}:page:{page}", TTL: time.Minute}, rdb,
-		func(w *Warmer) { w.SetObserver(ev) })
-	ev.SetModelVersion("v1")
-	ctx := testCtx(t)
-	// Users u and v clicked /a 10 s ago; the consumer, 10 s behind, applies
-	// those clicks now, and their prefetches of /b land now.
-	t0 := time.Now().Add(-10 * time.Second)
-	for _, user := range []string{"u", "v"} {
-		ev.ObserveClick(user, "/a", t0)
-		if n := w.Warm(ctx, Request{UserID: user, Page: "/a", At: t0, Recorded: t0, ModelVersion: "v1", Pages: []Page{{Key: "/b", Probability: 0.9}}}); n != 1 {
-			t.Fatalf("queued %d, want 1", n)
-		}
-	}
-	eventually(t, 5*time.Second, "both pages written", func() bool { return counter(w.m.written) == 2 })
-	// u clicked /b 2 s after /a, 8 s before the write landed.
-	before := t0.Add(2 * time.Second)
-	ev.ObserveClick("u", "/b", before)
-	w.Warm(ctx, Request{UserID: "u", Page: "/b", At: before, Recorded: before})
-	if got := counter(w.m.late); got != 1 {
-		t.Errorf("late = %v after a click made before the landing, want 1", got)
-	}
-	if ev.IsWarm("u", "/b", before) {
-		t.Error("the page counts warm at a time before its write landed")
-	}
-	// v clicks /b now, after the landing: warm, not late.
-	after := time.Now()
-	ev.ObserveClick("v", "/b", after)
-	w.Warm(ctx, Request{UserID: "v", Page: "/b", At: after, Recorded: after})
-	if got := counter(w.m.late); got != 1 {
-		t.Errorf("late = %v after a click made after the landing, want still 1", got)
-	}
-	st := ev.Stats()
-	if len(st) != 1 || st[0].Clicks != 4 || st[0].WarmClicks != 1 || st[0].Used != 1 || st[0].Issued != 2 {
-		t.Errorf("evaluator figures %+v, want 4 clicks, 1 warm (v's), 2 issued, 1 used", st)
+	for _, tc := range []struct {
+		name string
+		skew time.Duration // ts minus record time
+	}{
+		{"clock right", 0},
+		{"clock an hour ahead", time.Hour},
+		{"clock 30 s ahead", 30 * time.Second},
+		{"clock an hour behind", -time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev, err := NewEvaluator(EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}"}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := startWarmerWith(t, Config{KeyTemplate: "user:{user}:page:{page}", TTL: time.Minute}, rdb,
+				func(w *Warmer) { w.SetObserver(ev) })
+			ev.SetModelVersion("v1")
+			ctx := testCtx(t)
+			prefix := strings.ReplaceAll(tc.name, " ", "-")
+			u, v := prefix+"-u", prefix+"-v"
+			click := func(user, page string, rec time.Time, pages ...Page) int {
+				at := rec.Add(tc.skew)
+				ev.ObserveClick(user, page, ClickTime(at, rec, time.Now())) // as the engine does
+				return w.Warm(ctx, Request{UserID: user, Page: page, At: at, Recorded: rec, ModelVersion: "v1", Pages: pages})
+			}
+			// Users u and v clicked /a 10 s ago; the consumer, 10 s
+			// behind, applies those clicks now, and their prefetches of
+			// /b land now.
+			t0 := time.Now().Add(-10 * time.Second)
+			for _, user := range []string{u, v} {
+				if n := click(user, "/a", t0, Page{Key: "/b", Probability: 0.9}); n != 1 {
+					t.Fatalf("queued %d, want 1", n)
+				}
+			}
+			eventually(t, 5*time.Second, "both pages written", func() bool { return counter(w.m.written) == 2 })
+			// u clicked /b 2 s after /a, 8 s before the write landed.
+			click(u, "/b", t0.Add(2*time.Second))
+			if got := counter(w.m.late); got != 1 {
+				t.Errorf("late = %v after a click made before the landing, want 1", got)
+			}
+			// v clicks /b now, after the landing: warm, not late.
+			click(v, "/b", time.Now())
+			if got := counter(w.m.late); got != 1 {
+				t.Errorf("late = %v after a click made after the landing, want still 1", got)
+			}
+			st := ev.Stats()
+			if len(st) != 1 || st[0].Clicks != 4 || st[0].WarmClicks != 1 || st[0].Used != 1 || st[0].Issued != 2 {
+				t.Errorf("evaluator figures %+v, want 4 clicks, 1 warm (v's), 2 issued, 1 used", st)
+			}
+		})
 	}
 }

@@ -88,22 +88,51 @@ type budget struct {
 	bytes    int64
 }
 
-// keysLeft is how many more keys the current window takes at now: -1
-// without a cap on keys, 0 once either cap is reached.
-func (b *budget) keysLeft(now time.Time) int {
+// roll starts a new window at now when the current one has ended.
+func (b *budget) roll(now time.Time) {
 	if b.start.IsZero() || now.Sub(b.start) >= b.window {
-		if b.maxKeys > 0 {
-			return b.maxKeys
-		}
-		return -1
+		b.start, b.keys, b.bytes = now, 0, 0
 	}
-	if (b.maxKeys > 0 && b.keys >= b.maxKeys) || (b.maxBytes > 0 && b.bytes >= b.maxBytes) {
-		return 0
+}
+
+// reserveKeys reserves up to n keys of the window at now, before their
+// values are known (origin mode fetches only those). It returns how many
+// it reserved (n without a key cap; 0 once either cap is reached) and the
+// window's start, which releaseKeys and takeBytes are given.
+func (b *budget) reserveKeys(n int, now time.Time) (int, time.Time) {
+	b.roll(now)
+	if b.maxBytes > 0 && b.bytes >= b.maxBytes {
+		return 0, b.start
 	}
 	if b.maxKeys > 0 {
-		return b.maxKeys - b.keys
+		n = min(n, max(b.maxKeys-b.keys, 0))
 	}
-	return -1
+	b.keys += n
+	return n, b.start
+}
+
+// releaseKeys gives back k keys reserved in the window that started at
+// start and not written, unless that window has ended.
+func (b *budget) releaseKeys(k int, start time.Time) {
+	if b.start.Equal(start) {
+		b.keys = max(b.keys-k, 0)
+	}
+}
+
+// takeBytes takes n bytes for a key reserved in the window that started at
+// start, or reports false (the key's reservation then released) when the
+// byte cap has no room. A key whose window has ended since is taken anew.
+func (b *budget) takeBytes(n int64, now, start time.Time) bool {
+	b.roll(now)
+	if !b.start.Equal(start) {
+		return b.take(n, now)
+	}
+	if b.maxBytes > 0 && b.bytes+n > b.maxBytes {
+		b.releaseKeys(1, start)
+		return false
+	}
+	b.bytes += n
+	return true
 }
 
 // take reserves one key of n bytes at now, or reports false when that would
@@ -112,9 +141,7 @@ func (b *budget) take(n int64, now time.Time) bool {
 	if b.maxKeys <= 0 && b.maxBytes <= 0 {
 		return true
 	}
-	if b.start.IsZero() || now.Sub(b.start) >= b.window {
-		b.start, b.keys, b.bytes = now, 0, 0
-	}
+	b.roll(now)
 	if b.maxKeys > 0 && b.keys+1 > b.maxKeys {
 		return false
 	}

@@ -289,9 +289,9 @@ type Request struct {
 	// Evaluator joins prefetches and clicks on it. Zero means now.
 	At time.Time
 	// Recorded is the time the click was recorded upstream (the Kafka
-	// record timestamp), zero if unknown. prefetchd_click_to_warm_seconds
-	// counts from At, or from Recorded when At is further than MaxClockSkew
-	// from it (a client clock that is off).
+	// record timestamp), zero if unknown. The click's time (ClickTime) is
+	// At, or Recorded when At is after it or more than MaxClockSkew before
+	// it (a client clock that is off).
 	Recorded time.Time
 	// Page is the page clicked, as the model's vocabulary names it; empty
 	// if unknown. A click on a page whose prefetch for the user is still on
@@ -299,25 +299,35 @@ type Request struct {
 	Page string
 }
 
-// MaxClockSkew is how far a click's event time may lie from its record
-// timestamp before the latency of its prefetches is counted from the
-// record timestamp instead.
+// MaxClockSkew is how far a click's event time may lie before its record
+// timestamp before the click is taken to have happened at the record
+// timestamp instead (a client clock that is off, or a replay of old events).
 const MaxClockSkew = time.Minute
 
-// clickTime is when req's click happened, as the latency metric counts it.
-func (req *Request) clickTime(now time.Time) time.Time {
+// ClickTime is when a click happened, as prefetchd_click_to_warm_seconds,
+// the late check and the Evaluator count it: its event time at, except that
+// no click happens after it was recorded (recorded, the Kafka record
+// timestamp), so an event time after recorded, or more than MaxClockSkew
+// before it, gives recorded. Either may be zero (unknown); with neither it
+// is now.
+func ClickTime(at, recorded, now time.Time) time.Time {
 	switch {
-	case req.At.IsZero() && req.Recorded.IsZero():
+	case at.IsZero() && recorded.IsZero():
 		return now
-	case req.At.IsZero():
-		return req.Recorded
-	case req.Recorded.IsZero():
-		return req.At
+	case at.IsZero():
+		return recorded
+	case recorded.IsZero():
+		return at
 	}
-	if d := req.At.Sub(req.Recorded); d > MaxClockSkew || d < -MaxClockSkew {
-		return req.Recorded
+	if at.After(recorded) || recorded.Sub(at) > MaxClockSkew {
+		return recorded
 	}
-	return req.At
+	return at
+}
+
+// clickTime is ClickTime of req.
+func (req *Request) clickTime(now time.Time) time.Time {
+	return ClickTime(req.At, req.Recorded, now)
 }
 
 // HintRecord is the value stored in hint mode, JSON encoded.
@@ -401,19 +411,24 @@ type item struct {
 	page    string
 	prob    float32
 	version string
-	at      time.Time
-	clicked time.Time // the click's time for prefetchd_click_to_warm_seconds
+	at      time.Time // the click's time (ClickTime), for the latency, the late check and the Evaluator
 }
 
-// landedAt is when the page became warm, in the event time of at: at plus
-// the time from the click to acked, Redis's acknowledgement. A click the
-// consumer applies after the write but made before it thus finds the page
-// cold.
+// landedAt is when the page became warm: acked, Redis's acknowledgement,
+// and never before the click it was made for. A click the consumer applies
+// after the write but made (ClickTime) before it thus finds the page cold.
 func (it *item) landedAt(acked time.Time) time.Time {
-	if acked.IsZero() || it.clicked.IsZero() {
+	if acked.IsZero() {
 		return it.at
 	}
-	return it.at.Add(max(acked.Sub(it.clicked), 0))
+	return maxTime(it.at, acked)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // NewWarmer validates cfg and builds a Warmer writing through rdb. logger may
@@ -506,10 +521,6 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 	if len(req.Pages) == 0 {
 		return 0
 	}
-	at := req.At
-	if at.IsZero() {
-		at = now
-	}
 	w.m.requested.Add(float64(len(req.Pages)))
 	if ctx.Err() != nil {
 		w.m.drop(dropCanceled, len(req.Pages))
@@ -550,7 +561,7 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 		}
 		key := string(spelled) // only a page queued keeps its key
 		slot = w.keys.start(key, slot)
-		items = append(items, item{key: key, slot: slot, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: at, clicked: clicked})
+		items = append(items, item{key: key, slot: slot, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: clicked})
 	}
 	w.inFlight.Add(int64(len(items)))
 	w.mu.Unlock()
@@ -784,11 +795,15 @@ func (w *Warmer) finish(slot int32) {
 type scratch struct {
 	values [][]byte
 	skip   []bool // not to be fetched: over the budget
-	ends   []int
-	buf    []byte
-	exp    []byte // the batch's expiry, formatted
-	cmds   []*redis.BoolCmd
-	args   []any // the commands' arguments, setArgs per command
+	// reserved tells that the budget holds a key for each page not
+	// skipped, reserved in the window that started at window.
+	reserved bool
+	window   time.Time
+	ends     []int
+	buf      []byte
+	exp      []byte // the batch's expiry, formatted
+	cmds     []*redis.BoolCmd
+	args     []any // the commands' arguments, setArgs per command
 }
 
 // setArgs is the number of words of SET key value EX ttl NX.
@@ -801,6 +816,7 @@ func (sc *scratch) reset(n int) {
 	clear(sc.cmds)
 	sc.skip = slices.Grow(sc.skip[:0], n)[:n]
 	clear(sc.skip)
+	sc.reserved, sc.window = false, time.Time{}
 	clear(sc.args)
 	sc.args = slices.Grow(sc.args[:0], setArgs*n)[:setArgs*n]
 	sc.ends = sc.ends[:0]
@@ -812,7 +828,7 @@ func (sc *scratch) reset(n int) {
 func (w *Warmer) process(ctx context.Context, batch []item, sc *scratch) {
 	sc.reset(len(batch))
 	if w.origin != nil {
-		w.overBudget(batch, sc.skip)
+		w.overBudget(batch, sc)
 		w.origin.fetchAll(ctx, batch, sc.values, sc.skip)
 	} else {
 		sc.exp = w.now().Add(w.cfg.TTL).UTC().AppendFormat(sc.exp[:0], time.RFC3339Nano)
@@ -833,29 +849,28 @@ func (w *Warmer) process(ctx context.Context, batch []item, sc *scratch) {
 	w.write(ctx, batch, sc)
 }
 
-// overBudget marks in skip, and counts as dropped for the budget, the
-// pages of batch that the budget's window has no room for, the least
-// likely first, so that the origin is not asked for pages that could not
-// be stored. The byte cap is checked again, page by page, once the values
-// are known (write).
-func (w *Warmer) overBudget(batch []item, skip []bool) {
+// overBudget reserves in the budget's window a key for each page of batch
+// it has room for, and marks the others in sc.skip, the least likely first,
+// counted as dropped for the budget: the origin is not asked for pages that
+// could not be stored, and workers fetching at once share the room rather
+// than each taking all of it. The bytes are taken once the values are known
+// (write), which gives back the keys of pages not fetched.
+func (w *Warmer) overBudget(batch []item, sc *scratch) {
 	if w.budget.maxKeys <= 0 && w.budget.maxBytes <= 0 {
 		return
 	}
 	w.mu.Lock()
-	room := w.budget.keysLeft(w.now())
+	room, start := w.budget.reserveKeys(len(batch), w.now())
 	w.mu.Unlock()
-	if room < 0 || room >= len(batch) {
-		return
-	}
+	sc.reserved, sc.window = true, start
 	for over := len(batch) - room; over > 0; over-- {
 		low := -1
 		for i := range batch {
-			if !skip[i] && (low < 0 || batch[i].prob < batch[low].prob) {
+			if !sc.skip[i] && (low < 0 || batch[i].prob < batch[low].prob) {
 				low = i
 			}
 		}
-		skip[low] = true
+		sc.skip[low] = true
 		w.m.drop(dropBudget, 1)
 	}
 }
@@ -902,7 +917,14 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	if w.budget.maxKeys > 0 || w.budget.maxBytes > 0 {
 		w.mu.Lock()
 		for i, v := range values {
-			if v != nil && !w.budget.take(int64(len(v)), now) {
+			switch {
+			case sc.reserved && sc.skip[i]: // never reserved
+			case sc.reserved && v == nil: // reserved, not fetched
+				w.budget.releaseKeys(1, sc.window)
+			case sc.reserved && !w.budget.takeBytes(int64(len(v)), now, sc.window):
+				w.m.drop(dropBudget, 1)
+				values[i] = nil
+			case !sc.reserved && v != nil && !w.budget.take(int64(len(v)), now):
 				w.m.drop(dropBudget, 1)
 				values[i] = nil
 			}
@@ -972,7 +994,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 		case set:
 			written++
 			bytes += len(values[i])
-			w.m.clickToWarm.Observe(max(acked.Sub(it.clicked), 0).Seconds())
+			w.m.clickToWarm.Observe(max(acked.Sub(it.at), 0).Seconds())
 			if stale {
 				w.keys.abort(it.slot)
 				values[i] = nil

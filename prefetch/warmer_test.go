@@ -664,6 +664,43 @@ func TestWarmerOriginBudget(t *testing.T) {
 	}
 }
 
+// TestWarmerOriginBudgetWorkers: workers fetching at once share the key
+// budget's room (each reserves what it fetches), so the origin is asked for
+// no more pages than the budget stores, and no body is fetched to be
+// thrown away; a page that fails gives its key back.
+func TestWarmerOriginBudgetWorkers(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	o := newOrigin(t)
+	w, err := NewWarmer(Config{Mode: ModeOrigin, OriginURL: o.srv.URL + "/{page}", OriginTimeout: time.Second,
+		BudgetKeys: 10, BudgetWindow: time.Hour, Workers: 4, PipelineSize: 4, BreakerFailures: 100}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two pages the origin fails first, then 38 good ones, queued before
+	// the workers start.
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/fail/1", Probability: 0.9}, {Key: "/fail/2", Probability: 0.9}}})
+	for i := range 38 {
+		w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/ok/%d", i), Probability: 0.5}}})
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, 10*time.Second, "every page written or dropped", func() bool {
+		return counter(w.m.written)+counter(w.m.dropped[dropBudget])+counter(w.m.dropped[dropOrigin5xx]) == 40
+	})
+	// The failed pages' keys come back, but pages other workers dropped
+	// meanwhile are gone: between 8 and 10 stored.
+	written := counter(w.m.written)
+	if written < 8 || written > 10 {
+		t.Errorf("written %v, want 8 to 10 (the budget's 10, less the failed pages' at most)", written)
+	}
+	if got := o.hits.Load(); float64(got) != written+2 {
+		t.Errorf("origin asked %d times for %v pages stored and 2 failed: bodies fetched for nothing", got, written)
+	}
+}
+
 // TestWarmerOriginBreaker checks that the breaker opens after consecutive
 // failures, spares the origin while open, half-opens after the cooldown and
 // closes on a successful trial.

@@ -3,13 +3,17 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prefetchd/prefetchd/features"
 	"github.com/prefetchd/prefetchd/internal/hint"
+	"github.com/prefetchd/prefetchd/internal/lifecycle"
 	"github.com/prefetchd/prefetchd/internal/redistest"
+	"github.com/prefetchd/prefetchd/model"
 	"github.com/prefetchd/prefetchd/prefetch"
 	"github.com/redis/go-redis/v9"
 )
@@ -180,6 +184,73 @@ func TestRequestCarriesClick(t *testing.T) {
 				if r.UserID != evs[i].UserID || r.Page != evs[i].Page || !r.Recorded.Equal(metas[i].Time) {
 					t.Errorf("request %s %s recorded %v; want %s %s recorded %v",
 						r.UserID, r.Page, r.Recorded, evs[i].UserID, evs[i].Page, metas[i].Time)
+				}
+			}
+		})
+	}
+}
+
+// recEval records the times the engine gives the Evaluator.
+type recEval struct {
+	mu  sync.Mutex
+	ats map[string]time.Time // by user
+}
+
+func (r *recEval) ObserveClick(user, _ string, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ats[user] = at
+}
+
+// TestEvaluatorSeesClickTime: the Evaluator judges a click at its
+// prefetch.ClickTime, not at its raw ts, so a client clock that runs ahead
+// (or far behind) cannot make a click made before a page landed count warm.
+func TestEvaluatorSeesClickTime(t *testing.T) {
+	rec := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	evs := []features.Event{
+		{UserID: "ahead", Page: "/page/2", TS: rec.Add(time.Hour)},
+		{UserID: "slightly-ahead", Page: "/page/2", TS: rec.Add(10 * time.Second)},
+		{UserID: "far-behind", Page: "/page/2", TS: rec.Add(-2 * time.Hour)},
+		{UserID: "right", Page: "/page/2", TS: rec.Add(-20 * time.Millisecond)},
+	}
+	want := map[string]time.Time{"ahead": rec, "slightly-ahead": rec, "far-behind": rec, "right": rec.Add(-20 * time.Millisecond)}
+	metas := make([]features.Meta, len(evs))
+	for i := range metas {
+		metas[i] = features.Meta{Offset: int64(i), Time: rec}
+	}
+	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			hist, _ := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+			policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 1e-9})
+			ev := &recEval{ats: map[string]time.Time{}}
+			src := &models{live: &lifecycle.Live{Version: "gru", Model: bundle, Bundle: bundle, Manifest: bundle.Manifest(), Vocab: bundle.Vocab(), Tag: 1}}
+			e, err := New(Config{}, Deps{Models: src, Histories: hist, Canon: canon, Policy: policy, Warmer: &allWarmer{}, Evaluator: ev}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if batch {
+				errs := make([]error, len(evs))
+				e.HandleEvents(ctx, evs, metas, errs)
+				if err := errors.Join(errs...); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				for i := range evs {
+					if err := e.HandleEvent(ctx, evs[i], metas[i]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			for user, w := range want {
+				if got := ev.ats[user]; !got.Equal(w) {
+					t.Errorf("%s: evaluator saw %v, want %v", user, got, w)
 				}
 			}
 		})

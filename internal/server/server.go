@@ -90,7 +90,7 @@ type Server struct {
 	running atomic.Int64
 	// watchers counts the WatchHints streams open (Config.MaxWatchers).
 	watchers atomic.Int64
-	sending atomic.Int64
+	sending  atomic.Int64
 }
 
 // stuckSendGrace is how long, at shutdown, every call still running must
