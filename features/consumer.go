@@ -213,7 +213,8 @@ type Meta struct {
 	Topic     string
 	Partition int32
 	Offset    int64
-	// Time is the broker timestamp of the message (zero for Apply).
+	// Time is the record timestamp of the message; for Apply and ApplyMany
+	// (gRPC Ingest) the time the events were received.
 	Time time.Time
 	// Gen is the partition's generation (PartitionMark.Gen) tagged with the
 	// topic (TopicGen): a click is a redelivery of another only within one
@@ -1229,7 +1230,7 @@ func (c *Consumer) ApplyMany(ctx context.Context, data [][]byte, errs []error) i
 				errs[off] = fmt.Errorf("apply event %s of %s: %w", ev.EventID, ev.UserID, ErrDuplicate)
 			default:
 				errs[off] = nil
-				rows = append(rows, row{ev: ev, meta: Meta{Partition: -1, Offset: -1}, job: off})
+				rows = append(rows, row{ev: ev, meta: Meta{Partition: -1, Offset: -1, Time: now}, job: off})
 			}
 		}
 		if len(rows) == 0 {

@@ -352,11 +352,9 @@ func TestWarmSkipAllocatesNothing(t *testing.T) {
 // after the prefetch it should have found landed, though the user made it
 // before. Such a click is late and cold, in prefetchd_prefetch_late_total
 // and in the Evaluator's figures; a click made after the landing is warm.
-// The same holds when the client's clock runs ahead (the record timestamp
-// bounds the click's time) or more than MaxClockSkew behind, as the engine
-// feeds the Evaluator ClickTime. (An event time a little before its record
-// time is believed: a client may send its clicks a moment after they
-// happen.)
+// The same holds whatever the client's clock says, ahead or behind, as
+// both judge the click at its record time (JudgeTime), taken on a server's
+// clock like the landing.
 func TestClicksBehindTheStream(t *testing.T) {
 	_, rdb := newRedis(t)
 	for _, tc := range []struct {
@@ -366,6 +364,8 @@ func TestClicksBehindTheStream(t *testing.T) {
 		{"clock right", 0},
 		{"clock an hour ahead", time.Hour},
 		{"clock 30 s ahead", 30 * time.Second},
+		{"clock 3 s behind", -3 * time.Second},
+		{"clock 30 s behind", -30 * time.Second},
 		{"clock an hour behind", -time.Hour},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -381,7 +381,7 @@ func TestClicksBehindTheStream(t *testing.T) {
 			u, v := prefix+"-u", prefix+"-v"
 			click := func(user, page string, rec time.Time, pages ...Page) int {
 				at := rec.Add(tc.skew)
-				ev.ObserveClick(user, page, ClickTime(at, rec, time.Now())) // as the engine does
+				ev.ObserveClick(user, page, JudgeTime(at, rec, time.Now())) // as the engine does
 				return w.Warm(ctx, Request{UserID: user, Page: page, At: at, Recorded: rec, ModelVersion: "v1", Pages: pages})
 			}
 			// Users u and v clicked /a 10 s ago; the consumer, 10 s

@@ -119,6 +119,16 @@ func (b *budget) releaseKeys(k int, start time.Time) {
 	}
 }
 
+// giveBack returns a key of n bytes taken in the window that started at
+// start and not written after all (found existing, or the write failed),
+// unless that window has ended.
+func (b *budget) giveBack(n int64, start time.Time) {
+	if b.start.Equal(start) {
+		b.keys = max(b.keys-1, 0)
+		b.bytes = max(b.bytes-n, 0)
+	}
+}
+
 // takeBytes takes n bytes for a key reserved in the window that started at
 // start, or reports false (the key's reservation then released) when the
 // byte cap has no room. A key whose window has ended since is taken anew.

@@ -304,10 +304,10 @@ type Request struct {
 // timestamp instead (a client clock that is off, or a replay of old events).
 const MaxClockSkew = time.Minute
 
-// ClickTime is when a click happened, as prefetchd_click_to_warm_seconds,
-// the late check and the Evaluator count it: its event time at, except that
-// no click happens after it was recorded (recorded, the Kafka record
-// timestamp), so an event time after recorded, or more than MaxClockSkew
+// ClickTime is when a click happened, as prefetchd_click_to_warm_seconds
+// counts it: its event time at, except that no click happens after it was
+// recorded (recorded, the Kafka record timestamp, or the time gRPC Ingest
+// received it), so an event time after recorded, or more than MaxClockSkew
 // before it, gives recorded. Either may be zero (unknown); with neither it
 // is now.
 func ClickTime(at, recorded, now time.Time) time.Time {
@@ -323,6 +323,20 @@ func ClickTime(at, recorded, now time.Time) time.Time {
 		return recorded
 	}
 	return at
+}
+
+// JudgeTime is the time a click is judged warm or late at (the Evaluator,
+// prefetchd_prefetch_late_total): recorded when known, else ClickTime. A
+// prefetch lands on this host's clock (Redis's acknowledgement), and
+// recorded is taken on a server's clock (the producer's or the broker's,
+// or this host's for gRPC Ingest), while an event time comes from
+// whatever clock the client has: a few seconds off, it would make every
+// click within those seconds of a landing read on the wrong side of it.
+func JudgeTime(at, recorded, now time.Time) time.Time {
+	if !recorded.IsZero() {
+		return recorded
+	}
+	return ClickTime(at, recorded, now)
 }
 
 // clickTime is ClickTime of req.
@@ -411,17 +425,22 @@ type item struct {
 	page    string
 	prob    float32
 	version string
-	at      time.Time // the click's time (ClickTime), for the latency, the late check and the Evaluator
+	at      time.Time // the click's time (ClickTime), for the latency
+	judged  time.Time // its JudgeTime: the prefetch lands no earlier for the Evaluator
 }
 
 // landedAt is when the page became warm: acked, Redis's acknowledgement,
 // and never before the click it was made for. A click the consumer applies
-// after the write but made (ClickTime) before it thus finds the page cold.
+// after the write but made (JudgeTime) before it thus finds the page cold.
 func (it *item) landedAt(acked time.Time) time.Time {
-	if acked.IsZero() {
-		return it.at
+	base := it.judged
+	if base.IsZero() {
+		base = it.at
 	}
-	return maxTime(it.at, acked)
+	if acked.IsZero() {
+		return base
+	}
+	return maxTime(base, acked)
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -515,8 +534,9 @@ func (w *Warmer) BreakerState() BreakerState {
 func (w *Warmer) Warm(ctx context.Context, req Request) int {
 	now := w.now()
 	clicked := req.clickTime(now)
-	if req.Page != "" && (w.inFlight.Load() > 0 || w.lastLanded.Load() > clicked.UnixNano()) {
-		w.countLate(req.UserID, req.Page, clicked.UnixNano())
+	judged := JudgeTime(req.At, req.Recorded, now)
+	if req.Page != "" && (w.inFlight.Load() > 0 || w.lastLanded.Load() > judged.UnixNano()) {
+		w.countLate(req.UserID, req.Page, judged.UnixNano())
 	}
 	if len(req.Pages) == 0 {
 		return 0
@@ -561,7 +581,7 @@ func (w *Warmer) Warm(ctx context.Context, req Request) int {
 		}
 		key := string(spelled) // only a page queued keeps its key
 		slot = w.keys.start(key, slot)
-		items = append(items, item{key: key, slot: slot, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: clicked})
+		items = append(items, item{key: key, slot: slot, user: req.UserID, page: p.Key, prob: p.Probability, version: req.ModelVersion, at: clicked, judged: judged})
 	}
 	w.inFlight.Add(int64(len(items)))
 	w.mu.Unlock()
@@ -914,7 +934,9 @@ func (w *Warmer) remaining(ctx context.Context, batch []item, values [][]byte, c
 func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 	values, cmds, args := sc.values, sc.cmds, sc.args
 	now := w.now()
-	if w.budget.maxKeys > 0 || w.budget.maxBytes > 0 {
+	budgeted := w.budget.maxKeys > 0 || w.budget.maxBytes > 0
+	var window time.Time // the budget window the batch's keys were taken in
+	if budgeted {
 		w.mu.Lock()
 		for i, v := range values {
 			switch {
@@ -929,6 +951,7 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 				values[i] = nil
 			}
 		}
+		window = w.budget.start
 		w.mu.Unlock()
 	}
 
@@ -990,6 +1013,9 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 				firstErr = err
 			}
 			w.keys.abort(it.slot)
+			if budgeted {
+				w.budget.giveBack(int64(len(values[i])), window)
+			}
 			values[i] = nil
 		case set:
 			written++
@@ -1019,6 +1045,9 @@ func (w *Warmer) write(ctx context.Context, batch []item, sc *scratch) {
 				w.keys.abort(it.slot)
 			} else {
 				w.keys.done(it.slot, exp, 0)
+			}
+			if budgeted {
+				w.budget.giveBack(int64(len(values[i])), window)
 			}
 			values[i] = nil
 		}

@@ -664,6 +664,29 @@ func TestWarmerOriginBudget(t *testing.T) {
 	}
 }
 
+// TestBudgetNotSpentOnExistingKeys: pages found in Redis already (another
+// replica warmed them) are not written, so they do not spend the key
+// budget.
+func TestBudgetNotSpentOnExistingKeys(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	for _, k := range []string{"page:/x1", "page:/x2"} {
+		if err := rdb.Set(ctx, k, "theirs", time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := startWarmer(t, Config{BudgetKeys: 2, BudgetWindow: time.Hour}, rdb)
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/x1", Probability: 0.5}, {Key: "/x2", Probability: 0.5}}})
+	eventually(t, 5*time.Second, "both found existing", func() bool { return counter(w.m.skippedExists) == 2 })
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/y1", Probability: 0.5}, {Key: "/y2", Probability: 0.5}}})
+	eventually(t, 5*time.Second, "two more written or dropped", func() bool {
+		return counter(w.m.written)+counter(w.m.dropped[dropBudget]) == 2
+	})
+	if got := counter(w.m.written); got != 2 {
+		t.Errorf("written %v after two pages found existing, want 2: the budget was spent on keys not written", got)
+	}
+}
+
 // TestWarmerOriginBudgetWorkers: workers fetching at once share the key
 // budget's room (each reserves what it fetches), so the origin is asked for
 // no more pages than the budget stores, and no body is fetched to be

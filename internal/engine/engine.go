@@ -343,7 +343,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	idx := l.Vocab.Index(page)
 	click := newClick(l, idx, ev, meta)
 	resumed, err := e.appended(e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec), ev.UserID, click, page,
-		prefetch.ClickTime(ev.TS, meta.Time, start))
+		prefetch.JudgeTime(ev.TS, meta.Time, start))
 	if errors.Is(err, errSettled) {
 		return nil
 	}
@@ -446,7 +446,7 @@ func (e *Engine) appended(err error, user string, c features.Click, page string,
 var errSettled = errors.New("click settled by an earlier attempt")
 
 // count counts an applied click in the evaluation and the totals; at is
-// when the user clicked (prefetch.ClickTime).
+// the time it is judged at (prefetch.JudgeTime).
 func (e *Engine) count(user, page string, at time.Time) {
 	e.deps.Evaluator.ObserveClick(user, page, at)
 	e.counter.events.Add(1)
@@ -819,7 +819,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			r.Err = e.deps.Histories.Append(ctx, r.User, r.Click, &r.Rec)
 		}
 		var err error
-		r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, prefetch.ClickTime(r.ev.TS, r.recorded, time.Now()))
+		r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, prefetch.JudgeTime(r.ev.TS, r.recorded, time.Now()))
 		if err == nil || errors.Is(err, errSettled) {
 			// Applied in effect by this attempt (appended now, or found
 			// applied by an earlier one and settled here): handed again

@@ -203,21 +203,25 @@ func (r *recEval) ObserveClick(user, _ string, at time.Time) {
 }
 
 // TestEvaluatorSeesClickTime: the Evaluator judges a click at its
-// prefetch.ClickTime, not at its raw ts, so a client clock that runs ahead
-// (or far behind) cannot make a click made before a page landed count warm.
+// prefetch.JudgeTime (its record time, else its ts), not at its raw ts, so
+// a client clock that is off cannot move a click to the other side of a
+// page's landing.
 func TestEvaluatorSeesClickTime(t *testing.T) {
 	rec := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	evs := []features.Event{
 		{UserID: "ahead", Page: "/page/2", TS: rec.Add(time.Hour)},
 		{UserID: "slightly-ahead", Page: "/page/2", TS: rec.Add(10 * time.Second)},
 		{UserID: "far-behind", Page: "/page/2", TS: rec.Add(-2 * time.Hour)},
-		{UserID: "right", Page: "/page/2", TS: rec.Add(-20 * time.Millisecond)},
+		{UserID: "slightly-behind", Page: "/page/2", TS: rec.Add(-3 * time.Second)},
+		{UserID: "no-record-time", Page: "/page/2", TS: rec.Add(-20 * time.Millisecond)},
 	}
-	want := map[string]time.Time{"ahead": rec, "slightly-ahead": rec, "far-behind": rec, "right": rec.Add(-20 * time.Millisecond)}
+	want := map[string]time.Time{"ahead": rec, "slightly-ahead": rec, "far-behind": rec, "slightly-behind": rec,
+		"no-record-time": rec.Add(-20 * time.Millisecond)}
 	metas := make([]features.Meta, len(evs))
 	for i := range metas {
 		metas[i] = features.Meta{Offset: int64(i), Time: rec}
 	}
+	metas[len(metas)-1].Time = time.Time{}
 	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
 	if err != nil {
 		t.Fatal(err)
