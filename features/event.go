@@ -413,8 +413,11 @@ func ParseTS(s string) (time.Time, error) {
 	}
 	ts, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil && strings.ContainsAny(s, "tz") {
-		// time.Parse wants "T" and "Z".
-		ts, err = time.Parse(time.RFC3339Nano, strings.NewReplacer("t", "T", "z", "Z").Replace(s))
+		// time.Parse wants "T" and "Z". When that fails too, the error
+		// quotes the value as given, not as rewritten.
+		if upper, err2 := time.Parse(time.RFC3339Nano, strings.NewReplacer("t", "T", "z", "Z").Replace(s)); err2 == nil {
+			return upper, nil
+		}
 	}
 	return ts, err
 }

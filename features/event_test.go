@@ -242,3 +242,17 @@ func FuzzParseTS(f *testing.F) {
 		}
 	})
 }
+
+// TestParseTSErrorQuotesInput: a ts that does not parse is quoted as given,
+// not with its t and z upper-cased by the retry.
+func TestParseTSErrorQuotesInput(t *testing.T) {
+	for _, in := range []string{"yesterday", "zulu time"} {
+		_, err := ParseTS(in)
+		if err == nil || !strings.Contains(err.Error(), `"`+in+`"`) {
+			t.Errorf("ParseTS(%q) = %v, want an error quoting %q", in, err, in)
+		}
+	}
+	if _, err := ParseTS("2026-01-02t03:04:05z"); err != nil {
+		t.Errorf("lower-case t and z: %v", err)
+	}
+}

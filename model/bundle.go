@@ -73,7 +73,13 @@ func LoadBundle(dir string) (*Bundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bundle %s: %w", dir, err)
 	}
-	return LoadBundleFS(os.DirFS(filepath.Dir(abs)), filepath.Base(abs))
+	b, err := loadBundle(os.DirFS(filepath.Dir(abs)), filepath.Base(abs))
+	if err != nil {
+		// Named by its absolute path: the folder's own name alone does
+		// not say which of several it was.
+		return nil, fmt.Errorf("load bundle %s: %w", abs, err)
+	}
+	return b, nil
 }
 
 // LoadBundleFS loads the bundle folder dir of fsys: model.onnx, optional

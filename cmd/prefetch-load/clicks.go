@@ -147,6 +147,17 @@ type phase struct {
 func (p *phase) inWindow(ns int64) bool { return ns >= p.from && ns < p.to }
 
 // runClicks is the clicks mode.
+// addNotifyFlags adds the notify-keyspace-events classes of add to have,
+// keeping the operator's: "Kx" and "E$" give "Kx" plus "E$".
+func addNotifyFlags(have, add string) string {
+	for _, c := range add {
+		if !strings.ContainsRune(have, c) {
+			have += string(c)
+		}
+	}
+	return have
+}
+
 func runClicks(ctx context.Context, args []string, out io.Writer) error {
 	cfg, err := parseClicksFlags(args, out)
 	if err != nil {
@@ -158,9 +169,21 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.redisAddr})
 	defer rdb.Close()
-	if err := rdb.ConfigSet(ctx, "notify-keyspace-events", "E$").Err(); err != nil {
+	// The settings changed below are put back as they were when the run
+	// ends (a shared Redis keeps its operator's notifications).
+	prev, err := rdb.ConfigGet(ctx, "notify-keyspace-events").Result()
+	if err != nil {
+		return fmt.Errorf("read keyspace notifications at %s: %w", cfg.redisAddr, err)
+	}
+	notify := addNotifyFlags(prev["notify-keyspace-events"], "E$")
+	if err := rdb.ConfigSet(ctx, "notify-keyspace-events", notify).Err(); err != nil {
 		return fmt.Errorf("turn on keyspace notifications at %s: %w", cfg.redisAddr, err)
 	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = rdb.ConfigSet(rctx, "notify-keyspace-events", prev["notify-keyspace-events"]).Err()
+	}()
 	// Redis's hz sets how long its expiry cycles block it (up to 25 ms at
 	// the default 10 with many keys expiring): part of the tail measured.
 	hz := "?"
@@ -169,7 +192,13 @@ func runClicks(ctx context.Context, args []string, out io.Writer) error {
 	}
 	// Redis's latency monitor names its stalls; on at 1 ms unless set.
 	if v, err := rdb.ConfigGet(ctx, "latency-monitor-threshold").Result(); err == nil && v["latency-monitor-threshold"] == "0" {
-		_ = rdb.ConfigSet(ctx, "latency-monitor-threshold", "1").Err()
+		if rdb.ConfigSet(ctx, "latency-monitor-threshold", "1").Err() == nil {
+			defer func() {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				defer cancel()
+				_ = rdb.ConfigSet(rctx, "latency-monitor-threshold", "0").Err()
+			}()
+		}
 	}
 	nonce := make([]byte, 4)
 	_, _ = rand.Read(nonce)

@@ -76,12 +76,27 @@ func TestClicks(t *testing.T) {
 	b.Produce(t, "clicks", kafkatest.Message("probe", `{"user_id":"probe","page":"/","ts":"2026-12-01T00:00:00Z"}`))
 	const delay = 40 * time.Millisecond
 	standIn(t, ctx, b.Addr(), srv.Addr(), delay)
+	// The operator's own notification classes, which the run must keep
+	// and put back as they were.
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer admin.Close()
+	if err := admin.ConfigSet(ctx, "notify-keyspace-events", "Kx").Err(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := admin.ConfigGet(ctx, "notify-keyspace-events").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	var out bytes.Buffer
 	args := []string{"clicks", "--kafka-brokers", b.Addr(), "--redis-addr", srv.Addr(), "--rates", "200,400",
 		"--duration", "1s", "--warmup", "300ms", "--drain", "500ms", "--user-gap", "2s", "--json"}
 	if err := run(ctx, args, &out); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	if after, err := admin.ConfigGet(ctx, "notify-keyspace-events").Result(); err != nil ||
+		after["notify-keyspace-events"] != before["notify-keyspace-events"] {
+		t.Errorf("notify-keyspace-events %q after the run (%v), want the operator's %q back", after["notify-keyspace-events"], err, before["notify-keyspace-events"])
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(lines) != 2 {

@@ -16,11 +16,13 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -112,6 +114,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		if len(rest) == 0 {
 			return cli.Usagef("model needs status, activate VERSION or rollback")
 		}
+		switch rest[0] {
+		case "-h", "-help", "--help":
+			_, err := fmt.Fprintln(stdout, "usage: prefetchctl [flags] model status|activate VERSION|rollback [flags]\n"+
+				"  (prefetchctl model COMMAND --help lists a command's flags)")
+			return err
+		}
 		cmd, rest = "model "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet("prefetchctl "+cmd, flag.ContinueOnError)
@@ -192,7 +200,10 @@ func (o *options) dial() (*grpc.ClientConn, error) {
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(creds))
+	// Keepalive pings find a server that stopped answering mid-stream
+	// (ingest, watch) within about 20 s (the server allows one per 10 s).
+	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 5 * time.Second}))
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", o.addr, err)
 	}
@@ -230,7 +241,7 @@ func (o *options) unaryCtx(ctx context.Context) (context.Context, context.Cancel
 // print writes m as one JSON line with --json, or as text from textFn.
 func (o *options) print(m proto.Message, textFn func(w io.Writer)) error {
 	if o.jsonOut {
-		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+		b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
 		if err != nil {
 			return fmt.Errorf("encode response: %w", err)
 		}
@@ -566,7 +577,7 @@ func readLine(rd *bufio.Reader, max int) (line []byte, tooLong bool, err error) 
 // printIngestJSON prints the summary as JSON with the unreadable lines
 // listed as "unreadable_lines": [{"line": N, "message": ...}].
 func printIngestJSON(w io.Writer, sum *prefetchv1.IngestSummary, lines []int, msgs []string) error {
-	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(sum)
+	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(sum)
 	if err != nil {
 		return fmt.Errorf("encode response: %w", err)
 	}
@@ -596,6 +607,11 @@ func printIngestJSON(w io.Writer, sum *prefetchv1.IngestSummary, lines []int, ms
 // decodeLine parses one JSON click. A missing ts is left unset so that the
 // server counts it under missing_ts.
 func decodeLine(text string) (*prefetchv1.ClickEvent, error) {
+	if !utf8.ValidString(text) {
+		// encoding/json would put U+FFFD in place of the bad bytes and
+		// send an event the Kafka path rejects (reason utf8).
+		return nil, errors.New("not valid UTF-8 (the service rejects such an event, reason utf8)")
+	}
 	var fe fileEvent
 	if err := json.Unmarshal([]byte(text), &fe); err != nil {
 		return nil, fmt.Errorf("decode JSON: %w", err)
