@@ -640,7 +640,14 @@ func (modelStatus) run(ctx context.Context, o *options) error {
 		return fmt.Errorf("model status: %w", err)
 	}
 	return o.print(resp, func(w io.Writer) {
-		fmt.Fprintf(w, "active %s\n", resp.GetActive())
+		switch {
+		case resp.GetActive() != "":
+			fmt.Fprintf(w, "active %s\n", resp.GetActive())
+		case len(resp.GetVersions()) == 0:
+			fmt.Fprintln(w, "active none: the model repository holds no version yet (the service's /readyz names the folder it watches)")
+		default:
+			fmt.Fprintln(w, "active none: no version below could be served (see why beside each)")
+		}
 		for _, v := range resp.GetVersions() {
 			state := "known"
 			switch {
