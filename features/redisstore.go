@@ -754,7 +754,9 @@ func (c *recordCache) put(user string, rec *Record, exists bool) {
 	}
 	copyRecord(&it.rec, rec)
 	it.exists, it.at = exists, time.Now()
-	c.lru.Add(user, it)
+	// A copy of the id: the decoded message it was sliced from (up to the
+	// message size limit) must not live as long as the cache entry.
+	c.lru.Add(strings.Clone(user), it)
 }
 
 func (c *recordCache) drop(user string) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,7 +108,9 @@ func (s *memory) Observe(_ context.Context, ts []Transition) error {
 		src, ok := sh.pages.Get(t.From)
 		if !ok {
 			src = &source{base: at, next: make([]Next, 0, min(4, s.cfg.MaxNext))}
-			sh.pages.Add(t.From, src)
+			// Pages kept are copies: those of a click are slices of its
+			// decoded message, which must not live as long as the entry.
+			sh.pages.Add(strings.Clone(t.From), src)
 		}
 		s.add(src, t, at)
 		sh.mu.Unlock()
@@ -119,6 +122,16 @@ func (s *memory) Observe(_ context.Context, ts []Transition) error {
 	return nil
 }
 
+// seenFresh records that the online-only page was seen at, keeping a copy
+// of a page it did not hold (callers hold fmu).
+func (s *memory) seenFresh(page string, at float64) {
+	if s.fresh.Contains(page) {
+		s.fresh.Add(page, at) // the map keeps its key
+		return
+	}
+	s.fresh.Add(strings.Clone(page), at)
+}
+
 // observeFresh remembers the pages of ts outside the vocabulary and
 // forgets those past the retention as of newest (unix nanoseconds).
 func (s *memory) observeFresh(ts []Transition, newest int64) {
@@ -127,10 +140,10 @@ func (s *memory) observeFresh(ts []Transition, newest int64) {
 	for i := range ts {
 		t := &ts[i]
 		if t.FromUnknown {
-			s.fresh.Add(t.From, unix(t.At))
+			s.seenFresh(t.From, unix(t.At))
 		}
 		if t.ToUnknown {
-			s.fresh.Add(t.To, unix(t.At))
+			s.seenFresh(t.To, unix(t.At))
 		}
 	}
 	// Forget online-only pages past the retention, oldest first.
@@ -174,7 +187,7 @@ func (s *memory) add(src *source, t *Transition, at float64) {
 	if len(src.next) == s.cfg.MaxNext {
 		src.next = src.next[:len(src.next)-1]
 	}
-	src.next = append(src.next, Next{Page: t.To, Count: w, Index: t.ToIndex, hash: h})
+	src.next = append(src.next, Next{Page: strings.Clone(t.To), Count: w, Index: t.ToIndex, hash: h})
 	up(src.next, len(src.next)-1)
 }
 

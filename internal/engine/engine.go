@@ -1108,10 +1108,10 @@ func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live
 			rec.Pages[i] = int32(x)
 		}
 		rec.Pages[n-1] = int32(idx)
+		e.m.remapped.Inc() // translated; a history cut to its newest click is vocab_unknown
 	}
 	rec.State = rec.State[:0]
 	rec.Epoch = l.Tag
-	e.m.remapped.Inc()
 	if err := saved(e.deps.Histories.Save(ctx, user, rec)); err != nil {
 		return fmt.Errorf("save remapped history: %w", err)
 	}

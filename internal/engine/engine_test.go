@@ -314,6 +314,9 @@ func TestPredictUnknownVocabulary(t *testing.T) {
 	if n := testutil.ToFloat64(f.eng.m.unknownVocab); n != 2 {
 		t.Errorf("histories_vocab_unknown_total = %v, want 2 (the query, the click)", n)
 	}
+	if n := testutil.ToFloat64(f.eng.m.remapped); n != 0 {
+		t.Errorf("histories_remapped_total = %v, want 0: a history cut to its newest click was not translated", n)
+	}
 }
 
 // normalized scales a chainModel's rows to sum to 1, as the lifecycle's

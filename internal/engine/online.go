@@ -84,7 +84,13 @@ func (n *newPages) set(user, page string, unknown bool) {
 	if sh.lru == nil {
 		sh.lru, _ = simplelru.NewLRU[string, string](maxNewPageUsers/newPageShards, nil) // size > 0: no error
 	}
-	sh.lru.Add(user, page)
+	// Copies: user and page are slices of the decoded message, which must
+	// not live as long as the entry.
+	if _, ok := sh.lru.Peek(user); ok {
+		sh.lru.Add(user, strings.Clone(page)) // the map keeps its key
+		return
+	}
+	sh.lru.Add(strings.Clone(user), strings.Clone(page))
 }
 
 // named is the page of vocabulary index idx, or for the unknown index the
