@@ -3,14 +3,9 @@ package features
 import (
 	"strings"
 	"testing"
-	"unsafe"
-)
 
-// within reports whether s points into buf.
-func within(s, buf string) bool {
-	p, b := uintptr(unsafe.Pointer(unsafe.StringData(s))), uintptr(unsafe.Pointer(unsafe.StringData(buf)))
-	return p >= b && p < b+uintptr(len(buf))
-}
+	"github.com/prefetchd/prefetchd/internal/aliastest"
+)
 
 // TestRecordCacheCopiesUser: the record cache keeps a copy of the user id,
 // not a slice of the decoded message, which would keep the whole message
@@ -24,7 +19,7 @@ func TestRecordCacheCopiesUser(t *testing.T) {
 	c := newRecordCache(4)
 	c.put(user, &Record{Pages: []int32{1}}, true)
 	for _, k := range c.lru.Keys() {
-		if within(k, msg) {
+		if aliastest.Within(k, msg) {
 			t.Fatalf("cache key %q points into the message", k)
 		}
 	}

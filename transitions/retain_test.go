@@ -5,14 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
-)
 
-// within reports whether s points into buf.
-func within(s, buf string) bool {
-	p, b := uintptr(unsafe.Pointer(unsafe.StringData(s))), uintptr(unsafe.Pointer(unsafe.StringData(buf)))
-	return p >= b && p < b+uintptr(len(buf))
-}
+	"github.com/prefetchd/prefetchd/internal/aliastest"
+)
 
 // TestMemoryCopiesPages: the in-process store keeps copies of the pages of
 // a transition, not slices of the decoded message they came from, which
@@ -34,21 +29,22 @@ func TestMemoryCopiesPages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, sh := range m.shards {
+	for i := range m.shards {
+		sh := &m.shards[i]
 		for _, k := range sh.pages.Keys() {
 			src, _ := sh.pages.Peek(k)
-			if within(k, msg) {
+			if aliastest.Within(k, msg) {
 				t.Fatalf("source page %q points into the message", k)
 			}
 			for _, n := range src.next {
-				if within(n.Page, msg) {
+				if aliastest.Within(n.Page, msg) {
 					t.Fatalf("next page %q points into the message", n.Page)
 				}
 			}
 		}
 	}
 	for _, k := range m.fresh.Keys() {
-		if within(k, msg) {
+		if aliastest.Within(k, msg) {
 			t.Fatalf("online-only page %q points into the message", k)
 		}
 	}

@@ -3,14 +3,9 @@ package engine
 import (
 	"strings"
 	"testing"
-	"unsafe"
-)
 
-// within reports whether s points into buf.
-func within(s, buf string) bool {
-	p, b := uintptr(unsafe.Pointer(unsafe.StringData(s))), uintptr(unsafe.Pointer(unsafe.StringData(buf)))
-	return p >= b && p < b+uintptr(len(buf))
-}
+	"github.com/prefetchd/prefetchd/internal/aliastest"
+)
 
 // TestNewPagesCopy: the latest-page map keeps copies of the user id and
 // page, not slices of the decoded message, which would keep the whole
@@ -27,7 +22,7 @@ func TestNewPagesCopy(t *testing.T) {
 	sh := n.shard(user)
 	for _, k := range sh.lru.Keys() {
 		v, _ := sh.lru.Peek(k)
-		if within(k, msg) || within(v, msg) {
+		if aliastest.Within(k, msg) || aliastest.Within(v, msg) {
 			t.Fatalf("entry %q -> %q points into the message", k, v)
 		}
 	}
