@@ -240,7 +240,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		onlineOnly: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "prefetchd_transitions_online_only_pages",
-			Help: "Pages outside the model's vocabulary seen in transitions within the retention (ten half-lives), at most the max pages.",
+			Help: "Pages outside the model's vocabulary seen in transitions within the retention (ten half-lives), at most the max pages. In-process statistics count it as clicks come and keep the last value while none do; Redis-shared ones refresh it every second.",
 		}),
 		observed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "prefetchd_transitions_observed_total",
