@@ -143,10 +143,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	default:
 		return cli.Usagef("unknown command %q", cmd)
 	}
-	if err := cli.Parse(fs, rest, stdout, cli.Help{Usage: "usage: prefetchctl [flags] " + synopsis[cmd]}); err != nil {
-		return err
+	// Flags may come after the positional arguments too
+	// ("model activate v4 --token-file t").
+	var positional []string
+	for {
+		if err := cli.Parse(fs, rest, stdout, cli.Help{Usage: "usage: prefetchctl [flags] " + synopsis[cmd]}); err != nil {
+			return err
+		}
+		rest = fs.Args()
+		if len(rest) == 0 || rest[0] == "--" {
+			if len(rest) > 0 {
+				positional = append(positional, rest[1:]...)
+			}
+			break
+		}
+		positional = append(positional, rest[0])
+		rest = rest[1:]
 	}
-	if err := c.check(fs.Args()); err != nil {
+	if err := c.check(positional); err != nil {
 		return cli.UsageError(err)
 	}
 	if o.timeout <= 0 {
@@ -499,7 +513,10 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 	}
 	sum, err := stream.CloseAndRecv()
 	if err != nil {
-		return fmt.Errorf("ingest: %w", err)
+		// No summary came back: say how far the file got, so a rerun
+		// (event_id makes it safe) or the service's metrics can tell the rest.
+		return fmt.Errorf("ingest: %d events sent (up to line %d of %s) before the stream ended, the service's summary lost: %w",
+			len(lines), lastOr(lines, 0), c.file, err)
 	}
 	if o.jsonOut {
 		// The JSON summary counts the lines never sent too (reason
@@ -606,6 +623,14 @@ func printIngestJSON(w io.Writer, sum *prefetchv1.IngestSummary, lines []int, ms
 
 // decodeLine parses one JSON click. A missing ts is left unset so that the
 // server counts it under missing_ts.
+// lastOr is the last element of s, or def when s is empty.
+func lastOr(s []int, def int) int {
+	if len(s) == 0 {
+		return def
+	}
+	return s[len(s)-1]
+}
+
 func decodeLine(text string) (*prefetchv1.ClickEvent, error) {
 	if !utf8.ValidString(text) {
 		// encoding/json would put U+FFFD in place of the bad bytes and

@@ -174,6 +174,7 @@ func TestCommands(t *testing.T) {
 		{name: "status", args: []string{"--token-file", f.tokenFile, "model", "status"},
 			wantOut: []string{"active v1", "v1\tmarkov\tactive\trequests 10", "v2\tmarkov\tloaded", "bad\tmarkov\trefused: golden"}},
 		{name: "activate refused", args: []string{"--token-file", f.tokenFile, "model", "activate", "bad"}, wantCode: codes.FailedPrecondition},
+		{name: "activate, flag after the version", args: []string{"model", "activate", "bad", "--token-file", f.tokenFile}, wantCode: codes.FailedPrecondition},
 		{name: "activate unknown", args: []string{"--token-file", f.tokenFile, "model", "activate", "v9"}, wantCode: codes.NotFound},
 		{name: "activate", args: []string{"--token-file", f.tokenFile, "model", "activate", "v2"}, wantOut: []string{"active v2"}},
 		{name: "rollback", args: []string{"model", "rollback", "--token-file", f.tokenFile}, wantOut: []string{"active v1"}},
