@@ -104,6 +104,14 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	if c.threshold > 1 || math.IsNaN(c.threshold) {
 		return c, cli.Usagef("--threshold %v above 1 (negative: the server's default)", c.threshold)
 	}
+	if c.k < 0 || c.k > 100 {
+		return c, cli.Usagef("--k %d outside 0..100 (0: the server's default)", c.k)
+	}
+	if c.addr != "" {
+		if err := cli.CheckHostPort(c.addr); err != nil {
+			return c, cli.Usagef("--addr: %v", err)
+		}
+	}
 	return c, nil
 }
 

@@ -124,6 +124,8 @@ func TestFlags(t *testing.T) {
 		clitest.Case{Name: "threshold above one", Args: []string{"--threshold", "5"}, Exit: 2, Stderr: "--threshold 5 above 1"},
 		clitest.Case{Name: "tls without addr", Args: []string{"--tls-ca", "ca.pem"}, Exit: 2, Stderr: "--tls-ca needs --addr"},
 		clitest.Case{Name: "stray argument", Args: []string{"extra"}, Exit: 2, Stderr: "unexpected arguments"},
+		clitest.Case{Name: "k above 100", Args: []string{"--k", "101"}, Exit: 2, Stderr: "--k 101 outside 0..100"},
+		clitest.Case{Name: "addr without port", Args: []string{"--addr", "foo"}, Exit: 2, Stderr: "--addr"},
 	)
 	clitest.Check(t, "prefetch-load", func(ctx context.Context, args []string, stdout *bytes.Buffer) error {
 		return run(ctx, args, stdout)
