@@ -214,8 +214,9 @@ type Meta struct {
 	Partition int32
 	Offset    int64
 	// Time is the record timestamp of the message; for Apply and ApplyMany
-	// (gRPC Ingest) the time the events were received.
-	Time time.Time
+	// (gRPC Ingest) the time the events were taken in, and Receipt is true.
+	Time    time.Time
+	Receipt bool
 	// Gen is the partition's generation (PartitionMark.Gen) tagged with the
 	// topic (TopicGen): a click is a redelivery of another only within one
 	// topic and generation, so that a history fed from one topic does not
@@ -1230,7 +1231,7 @@ func (c *Consumer) ApplyMany(ctx context.Context, data [][]byte, errs []error) i
 				errs[off] = fmt.Errorf("apply event %s of %s: %w", ev.EventID, ev.UserID, ErrDuplicate)
 			default:
 				errs[off] = nil
-				rows = append(rows, row{ev: ev, meta: Meta{Partition: -1, Offset: -1, Time: now}, job: off})
+				rows = append(rows, row{ev: ev, meta: Meta{Partition: -1, Offset: -1, Time: now, Receipt: true}, job: off})
 			}
 		}
 		if len(rows) == 0 {

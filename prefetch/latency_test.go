@@ -354,19 +354,25 @@ func TestWarmSkipAllocatesNothing(t *testing.T) {
 // and in the Evaluator's figures; a click made after the landing is warm.
 // The same holds whatever the client's clock says, ahead or behind, as
 // both judge the click at its record time (JudgeTime), taken on a server's
-// clock like the landing.
+// clock like the landing; and for clicks through gRPC Ingest, stamped when
+// the service takes them in, judged at their ts.
 func TestClicksBehindTheStream(t *testing.T) {
 	_, rdb := newRedis(t)
 	for _, tc := range []struct {
 		name string
 		skew time.Duration // ts minus record time
+		// receipt: the clicks come through gRPC Ingest, stamped when the
+		// service takes them in (now, while it is 10 s behind), and ts is
+		// right.
+		receipt bool
 	}{
-		{"clock right", 0},
-		{"clock an hour ahead", time.Hour},
-		{"clock 30 s ahead", 30 * time.Second},
-		{"clock 3 s behind", -3 * time.Second},
-		{"clock 30 s behind", -30 * time.Second},
-		{"clock an hour behind", -time.Hour},
+		{"clock right", 0, false},
+		{"clock an hour ahead", time.Hour, false},
+		{"clock 30 s ahead", 30 * time.Second, false},
+		{"clock 3 s behind", -3 * time.Second, false},
+		{"clock 30 s behind", -30 * time.Second, false},
+		{"clock an hour behind", -time.Hour, false},
+		{"gRPC receipt", 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ev, err := NewEvaluator(EvaluatorConfig{KeyTemplate: "user:{user}:page:{page}"}, nil)
@@ -381,8 +387,11 @@ func TestClicksBehindTheStream(t *testing.T) {
 			u, v := prefix+"-u", prefix+"-v"
 			click := func(user, page string, rec time.Time, pages ...Page) int {
 				at := rec.Add(tc.skew)
-				ev.ObserveClick(user, page, JudgeTime(at, rec, time.Now())) // as the engine does
-				return w.Warm(ctx, Request{UserID: user, Page: page, At: at, Recorded: rec, ModelVersion: "v1", Pages: pages})
+				if tc.receipt {
+					rec = time.Now() // taken in now
+				}
+				ev.ObserveClick(user, page, JudgeTime(at, rec, time.Now(), tc.receipt)) // as the engine does
+				return w.Warm(ctx, Request{UserID: user, Page: page, At: at, Recorded: rec, Receipt: tc.receipt, ModelVersion: "v1", Pages: pages})
 			}
 			// Users u and v clicked /a 10 s ago; the consumer, 10 s
 			// behind, applies those clicks now, and their prefetches of

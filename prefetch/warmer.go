@@ -293,6 +293,10 @@ type Request struct {
 	// At, or Recorded when At is after it or more than MaxClockSkew before
 	// it (a client clock that is off).
 	Recorded time.Time
+	// Receipt tells that Recorded is when the service received the click
+	// (gRPC Ingest), not a record timestamp: the click is then judged at
+	// ClickTime (see JudgeTime).
+	Receipt bool
 	// Page is the page clicked, as the model's vocabulary names it; empty
 	// if unknown. A click on a page whose prefetch for the user is still on
 	// its way to Redis is counted in prefetchd_prefetch_late_total.
@@ -326,14 +330,17 @@ func ClickTime(at, recorded, now time.Time) time.Time {
 }
 
 // JudgeTime is the time a click is judged warm or late at (the Evaluator,
-// prefetchd_prefetch_late_total): recorded when known, else ClickTime. A
-// prefetch lands on this host's clock (Redis's acknowledgement), and
-// recorded is taken on a server's clock (the producer's or the broker's,
-// or this host's for gRPC Ingest), while an event time comes from
-// whatever clock the client has: a few seconds off, it would make every
-// click within those seconds of a landing read on the wrong side of it.
-func JudgeTime(at, recorded, now time.Time) time.Time {
-	if !recorded.IsZero() {
+// prefetchd_prefetch_late_total). With a record timestamp (Kafka, receipt
+// false) it is recorded: a prefetch lands on this host's clock (Redis's
+// acknowledgement) and recorded is taken on a server's clock (the
+// producer's or the broker's), while an event time comes from whatever
+// clock the client has; a few seconds off, it would put every click within
+// those seconds of a landing on the wrong side of it. A receipt (gRPC
+// Ingest) is stamped when the service takes the click in, which may be
+// long after a client sent it when the service is behind, so the click is
+// judged at ClickTime then: its event time, bounded by the receipt.
+func JudgeTime(at, recorded, now time.Time, receipt bool) time.Time {
+	if !recorded.IsZero() && !receipt {
 		return recorded
 	}
 	return ClickTime(at, recorded, now)
@@ -534,7 +541,7 @@ func (w *Warmer) BreakerState() BreakerState {
 func (w *Warmer) Warm(ctx context.Context, req Request) int {
 	now := w.now()
 	clicked := req.clickTime(now)
-	judged := JudgeTime(req.At, req.Recorded, now)
+	judged := JudgeTime(req.At, req.Recorded, now, req.Receipt)
 	if req.Page != "" && (w.inFlight.Load() > 0 || w.lastLanded.Load() > judged.UnixNano()) {
 		w.countLate(req.UserID, req.Page, judged.UnixNano())
 	}

@@ -515,7 +515,8 @@ func (c *ingest) run(ctx context.Context, o *options) error {
 	if err != nil {
 		// No summary came back: say how far the file got, so a rerun
 		// (event_id makes it safe) or the service's metrics can tell the rest.
-		return fmt.Errorf("ingest: %d events sent (up to line %d of %s) before the stream ended, the service's summary lost: %w",
+		return fmt.Errorf("ingest: the stream ended without the service's summary after %d events were handed to it (up to line %d of %s); "+
+			"the service may have received fewer: rerun the file (events with an event_id are not applied twice) or check prefetchd_ingest_events_total: %w",
 			len(lines), lastOr(lines, 0), c.file, err)
 	}
 	if o.jsonOut {

@@ -343,7 +343,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	idx := l.Vocab.Index(page)
 	click := newClick(l, idx, ev, meta)
 	resumed, err := e.appended(e.deps.Histories.Append(ctx, ev.UserID, click, &b.rec), ev.UserID, click, page,
-		prefetch.JudgeTime(ev.TS, meta.Time, start))
+		prefetch.JudgeTime(ev.TS, meta.Time, start, meta.Receipt))
 	if errors.Is(err, errSettled) {
 		return nil
 	}
@@ -362,7 +362,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 		if err != nil {
 			return modelError(ctx, err)
 		}
-		e.prefetch(ctx, l, ev, meta.Time, page, idx, len(b.rec.Pages), probs, b)
+		e.prefetch(ctx, l, ev, meta.Time, meta.Receipt, page, idx, len(b.rec.Pages), probs, b)
 		if resumed {
 			return e.redelivered()
 		}
@@ -386,7 +386,7 @@ func (e *Engine) handleOne(ctx context.Context, l *lifecycle.Live, ev features.E
 	if err != nil {
 		return err
 	}
-	e.prefetch(ctx, l, ev, meta.Time, page, idx, len(b.rec.Pages), scores, b)
+	e.prefetch(ctx, l, ev, meta.Time, meta.Receipt, page, idx, len(b.rec.Pages), scores, b)
 	b.rec.State, b.rec.StateSeq = state, b.rec.Seq
 	if err := saved(e.deps.Histories.Save(ctx, ev.UserID, &b.rec)); err != nil {
 		e.unanswered.put(ev.UserID, click, true)
@@ -621,7 +621,7 @@ func (e *Engine) stateBefore(ctx context.Context, l *lifecycle.Live, rec *featur
 // prefetch is the end of a click, once scored: policy, warming, watchers and
 // the progress sample. histLen is the user's history length; recorded is
 // the click's record timestamp (features.Meta.Time).
-func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Event, recorded time.Time, page string, idx int64, histLen int, probs []float32, b *buffers) {
+func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Event, recorded time.Time, receipt bool, page string, idx int64, histLen int, probs []float32, b *buffers) {
 	b.cands = e.choose(l, probs, idx, page, 0, -1, b)
 	b.pages = b.pages[:0]
 	for _, c := range b.cands {
@@ -629,7 +629,7 @@ func (e *Engine) prefetch(ctx context.Context, l *lifecycle.Live, ev features.Ev
 	}
 	// Without pages too: the warmer counts a click on a page still on its way.
 	n := e.deps.Warmer.Warm(ctx, prefetch.Request{UserID: ev.UserID, Pages: b.pages, ModelVersion: l.Version,
-		At: ev.TS, Recorded: recorded, Page: page})
+		At: ev.TS, Recorded: recorded, Receipt: receipt, Page: page})
 	e.counter.prefetches.Add(uint64(n))
 	if e.nsubs.Load() > 0 {
 		e.publish(ev.UserID, l, b, ev.TS)
@@ -676,6 +676,7 @@ type waveRow struct {
 	at       int // index in the run
 	ev       *features.Event
 	recorded time.Time // the record timestamp (features.Meta.Time)
+	receipt  bool      // recorded is a receipt time (features.Meta.Receipt)
 	page     string    // canonical
 	idx      int64     // page index under the live model
 	probs    []float32 // scores of the next page
@@ -799,7 +800,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 	for j, i := range in {
 		r, ev := &rows[j], &evs[i]
 		r.at, r.ev, r.page, r.resumed, r.err, r.Err, r.early, r.dist = i, ev, e.deps.Canon.Canonical(ev.Page), false, nil, nil, false, nil
-		r.idx, r.recorded = l.Vocab.Index(r.page), metas[i].Time
+		r.idx, r.recorded, r.receipt = l.Vocab.Index(r.page), metas[i].Time, metas[i].Receipt
 		r.User, r.Click = ev.UserID, newClick(l, r.idx, *ev, metas[i])
 		w.live = append(w.live, r)
 	}
@@ -819,7 +820,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 			r.Err = e.deps.Histories.Append(ctx, r.User, r.Click, &r.Rec)
 		}
 		var err error
-		r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, prefetch.JudgeTime(r.ev.TS, r.recorded, time.Now()))
+		r.resumed, err = e.appended(r.Err, r.User, r.Click, r.page, prefetch.JudgeTime(r.ev.TS, r.recorded, time.Now(), r.receipt))
 		if err == nil || errors.Is(err, errSettled) {
 			// Applied in effect by this attempt (appended now, or found
 			// applied by an earlier one and settled here): handed again
@@ -858,7 +859,7 @@ func (e *Engine) handleWave(ctx context.Context, l *lifecycle.Live, evs []featur
 					continue
 				}
 				b.dist = r.dist
-				e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), probs, b)
+				e.prefetch(ctx, l, *r.ev, r.recorded, r.receipt, r.page, r.idx, len(r.Rec.Pages), probs, b)
 			}
 			if r.resumed {
 				r.err = e.redelivered()
@@ -915,7 +916,7 @@ func (e *Engine) warmEarly(ctx context.Context, l *lifecycle.Live, fs features.F
 			continue // predicted again, and reported, on the stored history
 		}
 		b.dist = r.dist
-		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.spec.Pages), probs, b)
+		e.prefetch(ctx, l, *r.ev, r.recorded, r.receipt, r.page, r.idx, len(r.spec.Pages), probs, b)
 		r.early = true
 	}
 }
@@ -940,7 +941,7 @@ func (e *Engine) stepEarly(ctx context.Context, l *lifecycle.Live, w *wave, b *b
 			return // stepped again, and reported, on the stored record
 		}
 		r.earlyState = w.states[j]
-		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.spec.Pages), scores, b)
+		e.prefetch(ctx, l, *r.ev, r.recorded, r.receipt, r.page, r.idx, len(r.spec.Pages), scores, b)
 		r.early = true
 	})
 }
@@ -1039,7 +1040,7 @@ func (e *Engine) stepWave(ctx context.Context, l *lifecycle.Live, w *wave, b *bu
 			return
 		}
 		r.Rec.State, r.Rec.StateSeq = w.states[j], r.Rec.Seq
-		e.prefetch(ctx, l, *r.ev, r.recorded, r.page, r.idx, len(r.Rec.Pages), scores, b)
+		e.prefetch(ctx, l, *r.ev, r.recorded, r.receipt, r.page, r.idx, len(r.Rec.Pages), scores, b)
 		w.live = append(w.live, r)
 	})
 	w.live = append(w.live, w.ready...)

@@ -214,14 +214,21 @@ func TestEvaluatorSeesClickTime(t *testing.T) {
 		{UserID: "far-behind", Page: "/page/2", TS: rec.Add(-2 * time.Hour)},
 		{UserID: "slightly-behind", Page: "/page/2", TS: rec.Add(-3 * time.Second)},
 		{UserID: "no-record-time", Page: "/page/2", TS: rec.Add(-20 * time.Millisecond)},
+		{UserID: "grpc-right", Page: "/page/2", TS: rec.Add(-5 * time.Second)},
+		{UserID: "grpc-ahead", Page: "/page/2", TS: rec.Add(time.Hour)},
 	}
 	want := map[string]time.Time{"ahead": rec, "slightly-ahead": rec, "far-behind": rec, "slightly-behind": rec,
-		"no-record-time": rec.Add(-20 * time.Millisecond)}
+		"no-record-time": rec.Add(-20 * time.Millisecond),
+		// gRPC Ingest: taken in at rec, judged at ts unless it is after
+		// that or more than a minute before.
+		"grpc-right": rec.Add(-5 * time.Second), "grpc-ahead": rec}
 	metas := make([]features.Meta, len(evs))
 	for i := range metas {
 		metas[i] = features.Meta{Offset: int64(i), Time: rec}
 	}
-	metas[len(metas)-1].Time = time.Time{}
+	metas[4].Time = time.Time{}
+	metas[5] = features.Meta{Partition: -1, Offset: -1, Time: rec, Receipt: true}
+	metas[6] = features.Meta{Partition: -1, Offset: -1, Time: rec, Receipt: true}
 	bundle, err := model.LoadBundle("../../model/testdata/gru-probs-opset13")
 	if err != nil {
 		t.Fatal(err)
