@@ -48,9 +48,8 @@ commands:
   health                                (exit 0 when prefetchd reports SERVING; for health checks)
 
 Run "prefetchctl COMMAND --help" for the flags of one command.
-PREFETCHCTL_ADDR sets the default of --addr.
-
-flags (before or after the command):`
+PREFETCHCTL_ADDR sets the default of --addr. The flags below go before or
+after the command.`
 
 // synopsis is each command's line of the usage.
 var synopsis = map[string]string{
@@ -741,6 +740,5 @@ func (healthCheck) run(ctx context.Context, o *options) error {
 	if st := resp.GetStatus(); st != healthpb.HealthCheckResponse_SERVING {
 		return fmt.Errorf("health: %s", st)
 	}
-	fmt.Fprintln(o.out, resp.GetStatus())
-	return nil
+	return o.print(resp, func(w io.Writer) { fmt.Fprintln(w, resp.GetStatus()) })
 }

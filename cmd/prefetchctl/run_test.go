@@ -413,6 +413,15 @@ func TestHealth(t *testing.T) {
 			if strings.TrimSpace(out.String()) != tc.out {
 				t.Errorf("output %q, want %q", out.String(), tc.out)
 			}
+			if tc.serving {
+				out.Reset()
+				if err := run(testCtx(t), []string{"--addr", f.addr, "--json", "health"}, noEnv, nil, &out); err != nil {
+					t.Fatal(err)
+				}
+				if got := strings.TrimSpace(out.String()); got != `{"status":"SERVING"}` {
+					t.Errorf("--json health printed %q, want {\"status\":\"SERVING\"}", got)
+				}
+			}
 		})
 	}
 }
