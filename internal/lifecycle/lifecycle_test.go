@@ -429,6 +429,9 @@ func TestActivateRollback(t *testing.T) {
 			if !errors.Is(err, s.wantErr) {
 				t.Fatalf("%s: error %v, want %v", s.name, err, s.wantErr)
 			}
+			if errors.Is(err, hint.ErrNoRollback) && !strings.Contains(err.Error(), "model activate VERSION") {
+				t.Errorf("%s: error %q does not say how to choose a version instead", s.name, err)
+			}
 		} else if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}

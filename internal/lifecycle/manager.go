@@ -721,7 +721,9 @@ func (m *Manager) rollbackLocked(ctx context.Context, cause string) (string, err
 		m.swapLocked(v, cause, false)
 		return v.name, nil
 	}
-	return "", hint.ErrNoRollback
+	// The history of swaps lives in memory: after a restart, or once every
+	// earlier version is gone or refused, a version is chosen by name.
+	return "", fmt.Errorf("%w since this process started (activate one by name: prefetchctl model activate VERSION)", hint.ErrNoRollback)
 }
 
 // RecordRequest counts one prediction served by version and its latency. It
