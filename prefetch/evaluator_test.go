@@ -286,7 +286,7 @@ func TestEvaluatorObserveWritten(t *testing.T) {
 			for i := range 3*observeChunk + 5 {
 				user, page := "u"+strconv.Itoa(i%7), "/p"+strconv.Itoa(i%23)
 				at := t0.Add(time.Duration(i) * time.Millisecond)
-				batch = append(batch, item{key: warm.render(user, page), user: user, page: page, version: "v1", at: at})
+				batch = append(batch, item{key: warm.render(user, page), user: user, page: page, version: "v1", at: at, judged: at})
 				v := make([]byte, 1+i%5)
 				if i%4 == 3 {
 					v = nil // not written

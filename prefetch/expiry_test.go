@@ -453,7 +453,7 @@ func BenchmarkEvaluatorStream(b *testing.B) {
 func BenchmarkEvaluatorWritten(b *testing.B) {
 	benchEvaluatorStream(b, func(ev *Evaluator, user string, pages []string, at time.Time, items []item, values [][]byte) {
 		for i, p := range pages {
-			items[i] = item{key: ev.tmpl.render(user, p), user: user, page: p, version: "v1", at: at}
+			items[i] = item{key: ev.tmpl.render(user, p), user: user, page: p, version: "v1", at: at, judged: at}
 		}
 		ev.observeWritten(items, values, time.Time{}, time.Second, ev.tmplStr)
 	})

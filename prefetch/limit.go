@@ -124,7 +124,7 @@ func (b *budget) releaseKeys(k int, start time.Time) {
 // unless that window has ended.
 func (b *budget) giveBack(n int64, start time.Time) {
 	if b.start.Equal(start) {
-		b.keys = max(b.keys-1, 0)
+		b.releaseKeys(1, start)
 		b.bytes = max(b.bytes-n, 0)
 	}
 }

@@ -440,14 +440,10 @@ type item struct {
 // and never before the click it was made for. A click the consumer applies
 // after the write but made (JudgeTime) before it thus finds the page cold.
 func (it *item) landedAt(acked time.Time) time.Time {
-	base := it.judged
-	if base.IsZero() {
-		base = it.at
-	}
 	if acked.IsZero() {
-		return base
+		return it.judged
 	}
-	return maxTime(base, acked)
+	return maxTime(it.judged, acked)
 }
 
 func maxTime(a, b time.Time) time.Time {
