@@ -1,6 +1,7 @@
 package features
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -285,6 +286,11 @@ func (d *Decoder) parse(data []byte, alias bool) parsed {
 
 func decodeSlow(data []byte) (wireEvent, error) {
 	var w wireEvent
+	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
+		// encoding/json reads null into a struct as nothing at all; it
+		// is not an event object.
+		return w, errors.New("null is not a JSON object")
+	}
 	err := json.Unmarshal(data, &w)
 	return w, err
 }

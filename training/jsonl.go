@@ -58,6 +58,10 @@ type JSONLStats struct {
 	// Duplicates are events whose (user_id, event_id) came earlier in the
 	// input, dropped as the service drops a producer's repeat.
 	Duplicates int `json:"duplicates"`
+	// Unsettled counts the records of Kafka transactions still open when
+	// the read started (after a partition's last stable offset): not read,
+	// as their transaction may yet abort. Always 0 for JSONL.
+	Unsettled int64 `json:"unsettled,omitempty"`
 }
 
 // ReadJSONL reads the service's click events, one JSON object

@@ -41,6 +41,14 @@ func (c KafkaConfig) dialer() *kafka.Dialer {
 	return &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true, TLS: c.TLS, SASLMechanism: c.SASL}
 }
 
+// client is a kafka-go client of cfg's brokers and security settings, and
+// the function that closes its connections.
+func (c KafkaConfig) client() (*kafka.Client, func()) {
+	transport := &kafka.Transport{TLS: c.TLS, SASL: c.SASL}
+	cl := &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: transport, Timeout: 10 * time.Second}
+	return cl, transport.CloseIdleConnections
+}
+
 // Validate checks the configuration.
 func (c KafkaConfig) Validate() error {
 	switch {
@@ -74,11 +82,19 @@ func ReadKafka(ctx context.Context, cfg KafkaConfig) ([]ClickEvent, JSONLStats, 
 	if err != nil {
 		return nil, st, err
 	}
+	stable, err := stableOffsets(ctx, cfg, parts)
+	if err != nil {
+		return nil, st, err
+	}
 	var events []ClickEvent
 	for _, p := range parts {
 		first, end, err := partitionRange(ctx, cfg, p)
 		if err != nil {
 			return nil, st, err
+		}
+		if s, ok := stable[p.ID]; ok && s < end {
+			st.Unsettled += end - max(s, first)
+			end = s
 		}
 		if first >= end {
 			continue
@@ -136,6 +152,35 @@ func partitionRange(ctx context.Context, cfg KafkaConfig, p kafka.Partition) (fi
 	return first, end, nil
 }
 
+// stableOffsets returns the last stable offset of each partition: the first
+// offset of the oldest transaction still open, or the end of the partition.
+// A read_committed reader cannot get past it until that transaction ends.
+func stableOffsets(ctx context.Context, cfg KafkaConfig, parts []kafka.Partition) (map[int]int64, error) {
+	cl, done := cfg.client()
+	defer done()
+	reqs := make([]kafka.OffsetRequest, len(parts))
+	for i, p := range parts {
+		reqs[i] = kafka.LastOffsetOf(p.ID)
+	}
+	res, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{
+		Topics:         map[string][]kafka.OffsetRequest{cfg.Topic: reqs},
+		IsolationLevel: kafka.ReadCommitted,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kafka: stable offsets of %s: %w", cfg.Topic, err)
+	}
+	out := make(map[int]int64, len(parts))
+	for _, po := range res.Topics[cfg.Topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("kafka: stable offset of %s/%d: %w", cfg.Topic, po.Partition, po.Error)
+		}
+		if po.LastOffset >= 0 {
+			out[po.Partition] = po.LastOffset
+		}
+	}
+	return out, nil
+}
+
 // dialLeader connects to the leader of the topic's partition, asking each
 // bootstrap broker in turn until one answers: one broker of the list down
 // must not stop the read.
@@ -191,9 +236,8 @@ func readPartition(ctx context.Context, cfg KafkaConfig, partition int, first, e
 // metadata, without asking a broker to create the topic (a misspelt name
 // would otherwise leave a new, empty topic behind).
 func topicPartitions(ctx context.Context, cfg KafkaConfig) ([]kafka.Partition, error) {
-	transport := &kafka.Transport{TLS: cfg.TLS, SASL: cfg.SASL}
-	defer transport.CloseIdleConnections()
-	cl := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: transport, Timeout: 10 * time.Second}
+	cl, done := cfg.client()
+	defer done()
 	res, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{cfg.Topic}})
 	if err != nil {
 		return nil, fmt.Errorf("kafka: metadata of %s from %s: %w", cfg.Topic, strings.Join(cfg.Brokers, ","), err)

@@ -124,6 +124,10 @@ func readKafka(ctx context.Context, cfg training.KafkaConfig, opt readOptions) (
 		return nil, err
 	}
 	opt.logger.Info("events read", "topic", cfg.Topic, "messages", st.Lines, "events", st.Events, "skipped", st.Skipped, "duplicates", st.Duplicates)
+	if st.Unsettled > 0 {
+		opt.logger.Warn("records of transactions still open were not read", "topic", cfg.Topic, "records", st.Unsettled,
+			"hint", "they are read by a later run once their transaction ends")
+	}
 	sessions := training.Sessionize(events, training.JSONLConfig{Gap: opt.gap, Canonicalizer: canon})
 	if opt.collapse {
 		sessions = training.CollapseRepeats(sessions)
