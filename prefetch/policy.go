@@ -154,13 +154,18 @@ func (p *Policy) Threshold() float64 { return p.threshold }
 // (UseExpectedUtility) rather than by probability.
 func (p *Policy) Utility() bool { return p.utility }
 
+// maxProbability is the largest value Select takes for a probability:
+// 1, with room for float32 rounding.
+const maxProbability = 1 + 1e-3
+
 // Select appends to dst[:0] the pages to prefetch given probs, the model's
 // probabilities indexed by vocabulary index, and current, the index of the
 // page the user is on. k <= 0 means the policy's K; threshold < 0 means the
 // policy's threshold (a per-request override may be 0 to accept every
 // page). The result is ordered by score, highest first; it is empty when
 // the policy's K is 0 and no k is given. With a dst of capacity at least k
-// it allocates nothing.
+// it allocates nothing. Values that are no probability (NaN, negative,
+// above 1, infinite: a broken model row) are never selected.
 func (p *Policy) Select(probs []float32, current int64, k int, threshold float64, dst []Candidate) []Candidate {
 	dst = dst[:0]
 	if k <= 0 {
@@ -180,7 +185,9 @@ func (p *Policy) Select(probs []float32, current int64, k int, threshold float64
 	if !p.utility {
 		for i := unknownIndex + 1; i < len(probs); i++ {
 			pr := probs[i]
-			if !(pr >= thr) || int64(i) == current { // NaN fails the first test
+			// NaN fails the first test; +Inf and other values above 1 (a
+			// broken model row) are no probability either.
+			if !(pr >= thr) || pr > maxProbability || int64(i) == current {
 				continue
 			}
 			n := len(dst)
@@ -215,7 +222,7 @@ func (p *Policy) Select(probs []float32, current int64, k int, threshold float64
 		if i < len(p.weights) {
 			s = pr * p.weights[i]
 		}
-		if !(s >= thr) || !(pr >= 0) || int64(i) == current {
+		if !(s >= thr) || !(pr >= 0) || pr > maxProbability || int64(i) == current {
 			continue
 		}
 		n := len(dst)

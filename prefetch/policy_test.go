@@ -43,8 +43,9 @@ func (p pageList) Len() int            { return len(p) }
 func (p pageList) Page(i int64) string { return p[i] }
 
 func TestPolicySelect(t *testing.T) {
-	//                 pad  unk   2    3    4    5    6    7
-	probs := []float32{0.9, 0.9, 0.1, 0.6, 0.55, 0.7, 0.5, float32(math.NaN())}
+	// Pages 7 to 10 hold what a broken model row may: never selected.
+	//                 pad  unk   2    3    4    5    6    7                   8                      9    10
+	probs := []float32{0.9, 0.9, 0.1, 0.6, 0.55, 0.7, 0.5, float32(math.NaN()), float32(math.Inf(1)), 1.5, -0.5}
 	cases := []struct {
 		name      string
 		cfg       PolicyConfig
@@ -66,7 +67,7 @@ func TestPolicySelect(t *testing.T) {
 		{"configured k zero, request k", PolicyConfig{K: 0, KSet: true}, 0, 1, -1, []int64{5}},
 		{"expected utility reorders", PolicyConfig{UseExpectedUtility: true, CostWeights: map[string]float64{"p2": 10, "p5": 0.5}}, 0, 0, -1, []int64{2, 3, 4}},
 	}
-	vocab := pageList{"<pad>", "<unk>", "p2", "p3", "p4", "p5", "p6", "p7"}
+	vocab := pageList{"<pad>", "<unk>", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := NewPolicy(tc.cfg)

@@ -300,6 +300,21 @@ func TestRefused(t *testing.T) {
 				lines[0], lines[2] = lines[2], lines[0]
 				f[VocabFile] = []byte(strings.Join(lines, ""))
 			}}},
+		// One row only its own page reaches: the probes, warm-ups and
+		// golden cases never look at it, the check of every page does.
+		{name: "one page's row infinite", reason: ReasonContract,
+			spec: spec{width: 200, noGold: true, edit: func(f map[string][]byte) {
+				rows := spec{width: 200}.rows()
+				rows[151][40] = float32(math.Inf(1))
+				f[ModelFile] = markovONNX(t, rows)
+			}}},
+		{name: "one page's row negative, summing to one", reason: ReasonContract,
+			spec: spec{width: 200, noGold: true, edit: func(f map[string][]byte) {
+				rows := spec{width: 200}.rows()
+				rows[151][40] -= 0.7
+				rows[151][41] += 0.7
+				f[ModelFile] = markovONNX(t, rows)
+			}}},
 		{name: "output is not a distribution", reason: ReasonContract,
 			spec: spec{noGold: true, edit: func(f map[string][]byte) {
 				rows := spec{}.rows()

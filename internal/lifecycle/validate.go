@@ -61,6 +61,13 @@ func (v validator) check(ctx context.Context, version string, l Model) (err erro
 		return refuse(ReasonContract, err)
 	}
 
+	// Every page alone (or, in a large vocabulary, an even sample of them):
+	// a row of the model that only one page reaches, a broken embedding or
+	// table row, is otherwise never looked at before it serves.
+	if err := checkPages(ctx, l, width); err != nil {
+		return refuse(ReasonContract, err)
+	}
+
 	// Golden cases from the trainer.
 	tol := m.Tolerance
 	if tol <= 0 {
@@ -94,6 +101,65 @@ func (v validator) check(ctx context.Context, version string, l Model) (err erro
 		}
 		if err := checkProbs(out, batch, width); err != nil {
 			return refuse(ReasonWarmup, fmt.Errorf("warm-up %d: %w", i, err))
+		}
+	}
+	return nil
+}
+
+// pageProbeBudget bounds the work of checkPages: about this many output
+// values are scored (every page alone while pages² stays below it).
+const pageProbeBudget = 1 << 24
+
+// stepper is the step form of a model, when it has one (model.Bundle).
+type stepper interface {
+	HasStep() bool
+	Step(ctx context.Context, pageID int64, state, dst []float32) (probs, newState []float32, err error)
+}
+
+// checkPages predicts after each page alone, every page of the vocabulary
+// when width² is within pageProbeBudget and an even sample of
+// pageProbeBudget/width pages (at least 64) otherwise, in both forms of a
+// model that has a step form, and checks each row as checkProbs does.
+func checkPages(ctx context.Context, l Model, width int) error {
+	n := min(width, max(64, pageProbeBudget/max(1, width)))
+	pages := make([]int64, 0, n)
+	for i := range n {
+		pages = append(pages, int64(i*width/n))
+	}
+	const batch = 64
+	for at := 0; at < len(pages); at += batch {
+		chunk := pages[at:min(at+batch, len(pages))]
+		hs := make([][]int64, len(chunk))
+		for i, p := range chunk {
+			hs[i] = []int64{p}
+		}
+		out, err := l.Predict(ctx, hs)
+		if err != nil {
+			return fmt.Errorf("prediction after page %d alone: %w", chunk[0], err)
+		}
+		for i, row := range out {
+			if err := checkProbs([][]float32{row}, 1, width); err != nil {
+				return fmt.Errorf("prediction after page %d alone: %w", chunk[i], err)
+			}
+		}
+	}
+	st, ok := l.(stepper)
+	if !ok || !st.HasStep() {
+		return nil
+	}
+	var probs, state []float32
+	for _, p := range pages {
+		var err error
+		if probs, state, err = st.Step(ctx, p, state[:0], probs); err != nil {
+			return fmt.Errorf("step form after page %d alone: %w", p, err)
+		}
+		if err := checkProbs([][]float32{probs}, 1, width); err != nil {
+			return fmt.Errorf("step form after page %d alone: %w", p, err)
+		}
+		for _, v := range state {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return fmt.Errorf("step form after page %d alone: state value %v is not finite", p, v)
+			}
 		}
 	}
 	return nil
