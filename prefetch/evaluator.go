@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -89,6 +90,9 @@ type VersionStats struct {
 // Prefetches are those the Warmer reports as acknowledged by Redis; when the
 // Warmer sees that Redis lost them (restart, failover, flush) it calls
 // ForgetPrefetches, and clicks on those pages count as cold from then on.
+// While the Warmer cannot reach Redis at all (SetCacheReachable(false)),
+// clicks count as cold too: no page is served from a cache that does not
+// answer. Whether the keys survived is told when it answers again.
 //
 // Safe for concurrent use.
 type Evaluator struct {
@@ -109,7 +113,13 @@ type Evaluator struct {
 	// wall is the wall clock that caps event times (time.Now; tests set
 	// their own).
 	wall func() time.Time
+	// unreachable is set while the Warmer cannot reach the cache Redis.
+	unreachable atomic.Bool
 }
+
+// SetCacheReachable tells the Evaluator whether the cache Redis answers
+// (the Warmer's check): while it does not, clicks count as cold.
+func (e *Evaluator) SetCacheReachable(ok bool) { e.unreachable.Store(!ok) }
 
 // eventTime is at in Unix nanoseconds, capped at the wall clock. A click
 // stamped later (a client whose clock runs ahead, within the consumer's
@@ -317,7 +327,7 @@ func (e *Evaluator) ObserveClick(user, page string, at time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	t := e.advance(at)
-	if en, ok := e.lookup(user, page); ok && en.at > t && en.value.from <= t {
+	if en, ok := e.lookup(user, page); ok && en.at > t && en.value.from <= t && !e.unreachable.Load() {
 		c := en.value.v
 		c.s.Clicks++
 		c.clicks.Inc()

@@ -70,6 +70,7 @@ func (w *Warmer) watch(ctx context.Context) {
 	defer t.Stop()
 	for {
 		err := w.check(ctx, &st)
+		w.setReachable(err)
 		if err != nil && !st.failing {
 			w.log.Warn("prefetch cache check failing", "err", err)
 		} else if err == nil && st.failing {
@@ -83,6 +84,26 @@ func (w *Warmer) watch(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-w.wake:
+		}
+	}
+}
+
+// reachabilityObserver is an Observer that wants to know whether the cache
+// Redis answers at all (the Evaluator: no click is served from a cache
+// that does not).
+type reachabilityObserver interface {
+	SetCacheReachable(ok bool)
+}
+
+// setReachable tells the observer whether the check's error (nil for none)
+// says that Redis answers: an error reply does, a failed or timed-out
+// connection does not.
+func (w *Warmer) setReachable(err error) {
+	var rerr redis.Error
+	ok := err == nil || errors.As(err, &rerr)
+	if o := w.observer.Load(); o != nil {
+		if r, is := (*o).(reachabilityObserver); is {
+			r.SetCacheReachable(ok)
 		}
 	}
 }
@@ -135,12 +156,19 @@ func (w *Warmer) check(ctx context.Context, st *watchState) error {
 	if reason != "" {
 		w.reset(reason)
 	}
-	if !kept {
-		st.sentinel = false
+	if !kept || w.failure.Load() != nil {
+		// While warm writes fail, the sentinel is written again (a SET, which
+		// Redis refuses under the same conditions as the warm writes: out of
+		// memory, no write rights): its success ends the run of failures
+		// even when no page comes to be written.
+		st.sentinel = st.sentinel && kept
 		if err := w.rdb.Set(cctx, w.sentinel, "1", ttl).Err(); err != nil {
 			return fmt.Errorf("write sentinel %s: %w", w.sentinel, err)
 		}
 		st.sentinel = true
+		if w.failure.Swap(nil) != nil {
+			w.log.Info("prefetch writes recovered", "by", "cache check")
+		}
 	}
 	return nil
 }

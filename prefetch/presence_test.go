@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -309,4 +310,70 @@ func TestWarmerCacheLostCluster(t *testing.T) {
 	eventually(t, 10*time.Second, "cluster state ok after restart", clusterOK)
 	eventually(t, 10*time.Second, "restart noticed", func() bool { return counter(w.m.resets[resetRestart]) == 1 })
 	rewarm("pages warmed again after the restart")
+}
+
+// TestWarmerCacheUnreachable: while the cache Redis does not answer, a click
+// on a page the Warmer wrote counts as cold (nothing is served from a cache
+// that is down), before the Redis comes back and is seen to have restarted.
+func TestWarmerCacheUnreachable(t *testing.T) {
+	srv, rdb := newRedis(t)
+	ctx := testCtx(t)
+	ev, err := NewEvaluator(EvaluatorConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWarmer(t, Config{CheckInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond}, rdb)
+	w.SetObserver(ev)
+	t0 := time.Now()
+	w.Warm(ctx, Request{UserID: "u", ModelVersion: "v1", At: t0,
+		Pages: []Page{{Key: "/a", Probability: 0.9}, {Key: "/b", Probability: 0.9}}})
+	eventually(t, 5*time.Second, "2 pages written", func() bool { return counter(w.m.written) == 2 })
+	ev.ObserveClick("u", "/a", t0.Add(time.Second))
+	if s := ev.Stats(); len(s) != 1 || s[0].WarmClicks != 1 {
+		t.Fatalf("stats %+v, want the click on /a warm", s)
+	}
+	srv.Stop()
+	eventually(t, 5*time.Second, "the cache seen unreachable", ev.unreachable.Load)
+	ev.ObserveClick("u", "/b", t0.Add(2*time.Second))
+	if s := ev.Stats(); s[0].Clicks != 2 || s[0].WarmClicks != 1 || s[0].Used != 1 {
+		t.Fatalf("stats after a click with the cache down %+v, want 2 clicks, 1 warm, 1 used", s)
+	}
+	srv.Restart()
+	eventually(t, 10*time.Second, "the cache reachable again", func() bool { return !ev.unreachable.Load() })
+}
+
+// TestWarmerWriteErrEndsWithoutWrites: a run of refused writes ends when
+// the cache check's own write goes through again, even when no page comes
+// to be written (a quiet replica must not stay unready).
+func TestWarmerWriteErrEndsWithoutWrites(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	var ahead atomic.Int64
+	w := startWarmerWith(t, Config{QueueSize: 64, PipelineSize: 16, WriteTimeout: 200 * time.Millisecond, CheckInterval: 50 * time.Millisecond}, rdb, func(w *Warmer) {
+		w.now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	})
+	// The checks see the sentinel in place (they only extend it) before
+	// writes start to be refused.
+	eventually(t, 5*time.Second, "sentinel written", func() bool { return rdb.Exists(ctx, w.sentinel).Val() == 1 })
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/p/1", Probability: 0.9}}})
+	eventually(t, 5*time.Second, "a refused write", func() bool { return counter(w.m.dropped[dropRedis]) >= 1 })
+	ahead.Store(int64(WriteFailureGrace + time.Second))
+	// The checks keep failing too (their SET is refused): still reported.
+	time.Sleep(300 * time.Millisecond)
+	if err := w.WriteErr(); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("WriteErr while writes are refused: %v, want the OOM refusal", err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "WriteErr cleared by the cache check", func() bool { return w.WriteErr() == nil })
+	if got := counter(w.m.written); got != 0 {
+		t.Fatalf("%v pages written, want none (the check alone ends the run)", got)
+	}
 }

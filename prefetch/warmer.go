@@ -1240,8 +1240,9 @@ const WriteFailureGrace = 5 * time.Second
 // WriteErr reports why warm writes have failed for WriteFailureGrace with
 // none succeeding since (Redis answering PING but refusing writes: out of
 // memory with noeviction, an ACL without write rights), or nil. A write
-// that succeeds ends the run; a Warmer given nothing to write keeps the
-// last run until something is written.
+// that succeeds ends the run, and so does the cache check's write of its
+// sentinel key (every CheckInterval), so a Warmer given nothing to write
+// does not keep reporting a run that has ended.
 func (w *Warmer) WriteErr() error {
 	f := w.failure.Load()
 	if f == nil {
