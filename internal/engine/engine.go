@@ -1108,6 +1108,7 @@ func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live
 		for i, x := range b.remap {
 			rec.Pages[i] = int32(x)
 		}
+		e.keepName(user, old, b.hist, b.remap)
 		rec.Pages[n-1] = int32(idx)
 		e.m.remapped.Inc() // translated; a history cut to its newest click is vocab_unknown
 	}
@@ -1117,6 +1118,21 @@ func (e *Engine) remapRecord(ctx context.Context, user string, l *lifecycle.Live
 		return fmt.Errorf("save remapped history: %w", err)
 	}
 	return nil
+}
+
+// keepName remembers, as the user's latest page outside the vocabulary,
+// the name of the newest page of a history (hist, encoded with old) that
+// the live vocabulary does not hold (remapped to <unk>): a swap must not
+// lose the page the user is on for the online statistics, which know pages
+// by name.
+func (e *Engine) keepName(user string, old *model.Vocab, hist, remapped []int64) {
+	n := len(hist)
+	if n == 0 || len(remapped) != n || remapped[n-1] != model.UnknownIndex || hist[n-1] <= model.UnknownIndex {
+		return
+	}
+	if name := old.Page(hist[n-1]); name != "" {
+		e.newPages.set(user, name, true)
+	}
 }
 
 func (e *Engine) predict(ctx context.Context, l *lifecycle.Live, hist []int64, b *buffers) ([]float32, error) {
@@ -1199,6 +1215,7 @@ func (e *Engine) predictQuery(ctx context.Context, q hint.Query, count bool) (hi
 				return hint.Result{ModelVersion: l.Version}, nil
 			}
 			b.remap = lifecycle.Remap(b.remap, b.hist, old, l.Vocab)
+			e.keepName(q.UserID, old, b.hist, b.remap)
 			b.hist, b.remap = b.remap, b.hist
 		}
 	}

@@ -522,3 +522,73 @@ func TestFutureClickWeighsOne(t *testing.T) {
 		})
 	}
 }
+
+// TestSwapKeepsCurrentPageName: a swap to a vocabulary without the page a
+// user is on must not lose that page for the online statistics, which
+// know pages by name: a hint query for the user blends the page's learned
+// next pages, and the user's next click is learned as a transition out of
+// it. Both with clicks one by one and in runs.
+func TestSwapKeepsCurrentPageName(t *testing.T) {
+	for _, runs := range []bool{false, true} {
+		t.Run(fmt.Sprintf("runs=%v", runs), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			stats := newStats(t, onlineCase{}, nil, "", nil)
+			hist, err := features.NewHistories(features.HistoryConfig{MaxLen: 20}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			canon, _ := features.NewCanonicalizer(features.CanonicalizerConfig{})
+			policy, _ := prefetch.NewPolicy(prefetch.PolicyConfig{K: 3, Threshold: 0.3})
+			eval, _ := prefetch.NewEvaluator(prefetch.EvaluatorConfig{}, nil)
+			ms := &models{}
+			ms.set("v1", 1, &chainModel{vocab: vocab(t, "/a", "/b", "/c", "/d", "/e")})
+			e, err := New(Config{}, Deps{Models: ms, Histories: hist, Canon: canon, Policy: policy, Warmer: &recWarmer{}, Evaluator: eval, Transitions: stats}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			var evs []features.Event
+			var metas []features.Meta
+			add := func(user, page string) {
+				evs = append(evs, features.Event{UserID: user, Page: page, TS: start.Add(time.Duration(len(evs)) * time.Millisecond)})
+				metas = append(metas, features.Meta{Offset: int64(len(metas))})
+			}
+			for u := range 40 {
+				add(fmt.Sprintf("u%d", u), "/c")
+				add(fmt.Sprintf("u%d", u), "/later")
+			}
+			for u := range 40 {
+				add(fmt.Sprintf("r%d", u), "/b")
+				add(fmt.Sprintf("r%d", u), "/c") // on /c when the model is swapped
+			}
+			add("probe", "/b")
+			add("probe", "/c")
+			apply(ctx, t, e, runs, evs, metas)
+
+			ms.set("v2", 2, &chainModel{vocab: vocab(t, "/a", "/b", "/d", "/e")}) // without /c
+			r, err := e.Predict(ctx, hint.Query{UserID: "probe", K: 3, Threshold: 0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := hintPages(r); !slices.Contains(got, "/later") {
+				t.Errorf("hints for a user on /c after the swap = %v, want /later (learned after /c)", got)
+			}
+			evs, metas = evs[:0], metas[:0]
+			for u := range 40 {
+				add(fmt.Sprintf("r%d", u), "/next")
+			}
+			for i := range metas {
+				metas[i].Offset += 1000
+			}
+			apply(ctx, t, e, runs, evs, metas)
+			r, err = e.Predict(ctx, hint.Query{Pages: []string{"/c"}, K: 3, Threshold: 0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := hintPages(r); !slices.Contains(got, "/next") {
+				t.Errorf("hints for /c after 40 users went on from it after the swap = %v, want /next", got)
+			}
+		})
+	}
+}
