@@ -92,11 +92,19 @@ func (m *Manifest) Validate() error {
 	return nil
 }
 
-// ReadManifest decodes and validates a manifest.
+// MaxManifestBytes is the largest manifest.json ReadManifest reads.
+const MaxManifestBytes = 256 << 20
+
+// ReadManifest decodes and validates a manifest of at most
+// MaxManifestBytes.
 func ReadManifest(r io.Reader) (*Manifest, error) {
 	var m Manifest
-	dec := json.NewDecoder(io.LimitReader(r, 256<<20))
+	lr := &io.LimitedReader{R: r, N: MaxManifestBytes + 1}
+	dec := json.NewDecoder(lr)
 	if err := dec.Decode(&m); err != nil {
+		if lr.N <= 0 {
+			return nil, fmt.Errorf("%w: over the limit of %d bytes", ErrBadManifest, MaxManifestBytes)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrBadManifest, err)
 	}
 	if err := m.Validate(); err != nil {

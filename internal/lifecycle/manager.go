@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -308,8 +309,9 @@ func (m *Manager) refreshLocked() ([]*candidate, error) {
 			prev[name] = v.disk
 		}
 	}
+	prevSkipped := maps.Clone(m.skipped)
 	m.mu.Unlock()
-	found, skipped, err := scanRepo(m.dir, prev, m.cfg.QuietPeriod, m.now())
+	found, skipped, err := scanRepo(m.dir, prev, prevSkipped, m.cfg.QuietPeriod, m.now())
 	if err != nil {
 		return nil, err
 	}

@@ -61,6 +61,9 @@ type skip struct {
 	// retry, when positive, is when a rescan may find the folder complete
 	// without any further file-system event (its quiet period ends).
 	retry time.Duration
+	// fp is the folder's fingerprint when its manifest was found unreadable:
+	// the next scan reads it again only once a file changed.
+	fp string
 }
 
 // Skip reasons (the reason label of prefetchd_model_skipped_total).
@@ -77,8 +80,9 @@ const (
 // present and none of its files changed for quiet; other folders are
 // returned by name in skipped. A missing dir is not an error: the repository
 // may not exist yet. prev holds the candidates of the previous scan by
-// version: a folder whose fingerprint is unchanged is not parsed again.
-func scanRepo(dir string, prev map[string]*candidate, quiet time.Duration, now time.Time) (found []*candidate, skipped map[string]skip, err error) {
+// version, and prevSkipped the folders it skipped: a folder whose
+// fingerprint is unchanged is not parsed again.
+func scanRepo(dir string, prev map[string]*candidate, prevSkipped map[string]skip, quiet time.Duration, now time.Time) (found []*candidate, skipped map[string]skip, err error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
@@ -92,7 +96,7 @@ func scanRepo(dir string, prev map[string]*candidate, quiet time.Duration, now t
 		if !e.IsDir() || ignoredName(name) {
 			continue
 		}
-		c, why := inspect(filepath.Join(dir, name), name, prev[name], quiet, now)
+		c, why := inspect(filepath.Join(dir, name), name, prev[name], prevSkipped[name], quiet, now)
 		if c == nil {
 			skipped[name] = why
 			continue
@@ -104,11 +108,13 @@ func scanRepo(dir string, prev map[string]*candidate, quiet time.Duration, now t
 }
 
 // inspect checks one version folder for completeness. prev, when not nil,
-// is the folder's candidate from the previous scan.
-func inspect(dir, version string, prev *candidate, quiet time.Duration, now time.Time) (*candidate, skip) {
+// is the folder's candidate from the previous scan, prevSkip why that scan
+// skipped it.
+func inspect(dir, version string, prev *candidate, prevSkip skip, quiet time.Duration, now time.Time) (*candidate, skip) {
 	var fp strings.Builder
 	present := map[string]bool{}
 	var newest time.Time
+	var manifestSize int64
 	for _, name := range []string{model.ManifestFile, ModelFile, VocabFile, StepFile} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
@@ -119,6 +125,9 @@ func inspect(dir, version string, prev *candidate, quiet time.Duration, now time
 			continue
 		}
 		present[name] = true
+		if name == model.ManifestFile {
+			manifestSize = fi.Size()
+		}
 		if fi.ModTime().After(newest) {
 			newest = fi.ModTime()
 		}
@@ -127,8 +136,15 @@ func inspect(dir, version string, prev *candidate, quiet time.Duration, now time
 	if prev != nil && prev.fp == fp.String() {
 		return prev, skip{}
 	}
+	if prevSkip.reason == SkipManifest && prevSkip.fp == fp.String() {
+		return nil, prevSkip // unchanged since it did not parse
+	}
 	if !present[model.ManifestFile] {
 		return inspectBare(dir, version, present, newest, fp.String(), quiet, now)
+	}
+	if manifestSize > model.MaxManifestBytes {
+		return nil, skip{reason: SkipManifest, fp: fp.String(),
+			why: fmt.Sprintf("manifest: %s is %d bytes, over the limit of %d", model.ManifestFile, manifestSize, model.MaxManifestBytes)}
 	}
 	f, err := os.Open(filepath.Join(dir, model.ManifestFile))
 	if err != nil {
@@ -137,8 +153,9 @@ func inspect(dir, version string, prev *candidate, quiet time.Duration, now time
 	m, err := model.ReadManifest(f)
 	f.Close()
 	if err != nil {
-		// A half-written manifest does not parse; wait for it to be whole.
-		return nil, skip{reason: SkipManifest, why: "manifest: " + err.Error()}
+		// A half-written manifest does not parse; wait for it to be whole
+		// (read again once a file of the folder changes).
+		return nil, skip{reason: SkipManifest, why: "manifest: " + err.Error(), fp: fp.String()}
 	}
 	files := []string{ModelFile, VocabFile}
 	if m.HasForm(model.FormStep) {

@@ -1,7 +1,9 @@
 package lifecycle
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,7 +70,7 @@ func TestScanRepo(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			found, skipped, err := scanRepo(dir, nil, quiet, now)
+			found, skipped, err := scanRepo(dir, nil, nil, quiet, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -85,7 +87,7 @@ func TestScanRepo(t *testing.T) {
 			}
 		})
 	}
-	if found, _, err := scanRepo(filepath.Join(t.TempDir(), "missing"), nil, 0, time.Now()); err != nil || found != nil {
+	if found, _, err := scanRepo(filepath.Join(t.TempDir(), "missing"), nil, nil, 0, time.Now()); err != nil || found != nil {
 		t.Fatalf("scan of a missing repository = %v, %v, want nothing and no error", found, err)
 	}
 }
@@ -96,12 +98,12 @@ func TestScanReusesUnchanged(t *testing.T) {
 	dir := t.TempDir()
 	publishSpec(t, dir, spec{version: "v1"})
 	parent := filepath.Join(dir, testName)
-	first, _, err := scanRepo(parent, nil, 0, time.Now())
+	first, _, err := scanRepo(parent, nil, nil, 0, time.Now())
 	if err != nil || len(first) != 1 {
 		t.Fatalf("scan = %v, %v", first, err)
 	}
 	prev := map[string]*candidate{"v1": first[0]}
-	again, _, err := scanRepo(parent, prev, 0, time.Now())
+	again, _, err := scanRepo(parent, prev, nil, 0, time.Now())
 	if err != nil || len(again) != 1 || again[0] != first[0] {
 		t.Fatalf("rescan of an unchanged folder returned a new candidate")
 	}
@@ -109,7 +111,7 @@ func TestScanReusesUnchanged(t *testing.T) {
 	if err := os.Chtimes(filepath.Join(parent, "v1", model.ManifestFile), later, later); err != nil {
 		t.Fatal(err)
 	}
-	changed, _, err := scanRepo(parent, prev, 0, time.Now())
+	changed, _, err := scanRepo(parent, prev, nil, 0, time.Now())
 	if err != nil || len(changed) != 1 || changed[0] == first[0] || changed[0].fp == first[0].fp {
 		t.Fatalf("rescan of a changed folder reused the old candidate")
 	}
@@ -198,4 +200,72 @@ func TestBareExport(t *testing.T) {
 	if got := metric(t, reg, "prefetchd_model_unserved_folders"); got != 1 {
 		t.Errorf("prefetchd_model_unserved_folders = %v, want 1", got)
 	}
+}
+
+// TestScanUnreadableManifest: a manifest over the size limit is skipped
+// with that reason, unread; a manifest that does not parse is not read
+// again by the next scan until a file of its folder changes.
+func TestScanUnreadableManifest(t *testing.T) {
+	dir := t.TempDir()
+	publishSpec(t, dir, spec{version: "v1"})
+	parent := filepath.Join(dir, testName)
+	path := filepath.Join(parent, "v1", model.ManifestFile)
+	valid, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	garbage := bytes.Repeat([]byte("x"), len(valid))
+	if err := os.WriteFile(path, garbage, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found, skipped, err := scanRepo(parent, nil, nil, 0, time.Now())
+	if err != nil || len(found) != 0 || skipped["v1"].reason != SkipManifest || skipped["v1"].fp == "" {
+		t.Fatalf("scan of a garbled manifest = %v, %+v, %v; want v1 skipped for its manifest", found, skipped, err)
+	}
+	// The same size and time, now valid: a scan that remembers the skip
+	// does not read it again; one that does not, serves it.
+	if err := os.WriteFile(path, valid, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if found, again, _ := scanRepo(parent, nil, skipped, 0, time.Now()); len(found) != 0 || again["v1"] != skipped["v1"] {
+		t.Fatalf("rescan of an unchanged folder = %v, %+v; want the skip remembered", found, again)
+	}
+	if found, _, _ := scanRepo(parent, nil, nil, 0, time.Now()); len(found) != 1 {
+		t.Fatalf("fresh scan found %v, want v1", found)
+	}
+
+	// Over the limit: a sparse file, never read.
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(model.MaxManifestBytes + 1); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, skipped, _ = scanRepo(parent, nil, nil, 0, time.Now())
+	if sk := skipped["v1"]; sk.reason != SkipManifest || !strings.Contains(sk.why, "over the limit") {
+		t.Fatalf("skip of an oversized manifest %+v, want one saying it is over the limit", sk)
+	}
+	if _, err := model.ReadManifest(io.MultiReader(strings.NewReader(`{"version":`), spaces{})); err == nil || !strings.Contains(err.Error(), "over the limit") {
+		t.Fatalf("ReadManifest of a stream over the limit: %v, want it named", err)
+	}
+}
+
+// spaces reads as endless JSON whitespace.
+type spaces struct{}
+
+func (spaces) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = ' '
+	}
+	return len(p), nil
 }
