@@ -143,8 +143,11 @@ func Static(ctx context.Context, l Model, cfg Config, logger *slog.Logger, reg p
 	}
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
+	// The metrics registered above read the versions from now on.
+	m.mu.Lock()
 	v := m.versionLocked(version)
 	v.loaded, v.loadedAt = l, m.now()
+	m.mu.Unlock()
 	m.swapLocked(v, CauseStatic, true)
 	return m, nil
 }
