@@ -98,10 +98,15 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		return c, cli.Usagef("--users must be positive")
 	case c.conns < 1:
 		return c, cli.Usagef("--conns must be positive")
+	case c.timeout <= 0:
+		return c, cli.Usagef("--timeout %v is not positive", c.timeout)
 	case c.tlsCA != "" && c.addr == "":
 		return c, cli.Usagef("--tls-ca needs --addr")
 	}
-	if c.threshold > 1 || math.IsNaN(c.threshold) {
+	if math.IsNaN(c.threshold) {
+		return c, cli.Usagef("--threshold NaN is not a number (negative: the server's default)")
+	}
+	if c.threshold > 1 {
 		return c, cli.Usagef("--threshold %v above 1 (negative: the server's default)", c.threshold)
 	}
 	if c.k < 0 || c.k > 100 {

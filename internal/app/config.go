@@ -167,6 +167,12 @@ type Config struct {
 
 // Warmer and overload defaults of the service.
 const (
+	// Upper bounds of the sizes Validate accepts.
+	maxWorkers      = 4096
+	maxBatch        = 1 << 16
+	maxQueue        = 1 << 22
+	maxKafkaTimeout = math.MaxInt32 * time.Millisecond
+
 	DefaultWarmQueue    = 8192
 	DefaultWarmWorkers  = 4
 	DefaultWarmPipeline = 512
@@ -239,8 +245,8 @@ func (c *Config) Validate() error {
 	if c.K < 1 || c.K > 100 {
 		errs = append(errs, fmt.Errorf("--k %d outside 1..100", c.K))
 	}
-	if c.TTL <= 0 {
-		errs = append(errs, fmt.Errorf("--ttl %v is not positive", c.TTL))
+	if c.TTL < time.Millisecond {
+		errs = append(errs, fmt.Errorf("--ttl %v below 1ms (Redis keeps TTLs in milliseconds)", c.TTL))
 	}
 	for name, addr := range map[string]string{"--listen": c.Listen, "--admin-listen": c.AdminListen} {
 		if _, port, err := net.SplitHostPort(addr); err != nil {
@@ -299,6 +305,26 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %v is not positive", name, v))
 		}
 	}
+	// Upper bounds: beyond them a value allocates what no machine has, or
+	// the Kafka client refuses it (by a panic) after start.
+	for _, b := range []struct {
+		name     string
+		v, limit int
+	}{
+		{"--workers", c.Workers, maxWorkers}, {"--ingest-batch", c.IngestBatch, maxBatch},
+		{"--commit-batch", c.CommitBatch, maxQueue}, {"--warm-queue", c.WarmQueue, maxQueue},
+		{"--warm-workers", c.WarmWorkers, maxWorkers}, {"--warm-pipeline", c.WarmPipeline, maxBatch},
+		{"--max-watchers", c.MaxWatchers, maxQueue},
+	} {
+		if b.v > b.limit {
+			errs = append(errs, fmt.Errorf("%s %d above %d", b.name, b.v, b.limit))
+		}
+	}
+	for name, d := range map[string]time.Duration{"--kafka-session-timeout": c.KafkaSessionTimeout, "--kafka-heartbeat-interval": c.KafkaHeartbeatInterval} {
+		if d > maxKafkaTimeout {
+			errs = append(errs, fmt.Errorf("%s %s above %s, the most the Kafka protocol carries", name, d, maxKafkaTimeout))
+		}
+	}
 	if c.KafkaSessionTimeout < features.MinSessionTimeout {
 		errs = append(errs, fmt.Errorf("--kafka-session-timeout %s below %s, the brokers' default minimum (group.min.session.timeout.ms)", c.KafkaSessionTimeout, features.MinSessionTimeout))
 	}
@@ -323,14 +349,19 @@ func (c *Config) Validate() error {
 	if math.IsNaN(c.GlobalRate) || math.IsInf(c.GlobalRate, 0) || math.IsNaN(c.PerUserRate) || math.IsInf(c.PerUserRate, 0) {
 		errs = append(errs, errors.New("--global-rate and --per-user-rate must be finite numbers (0 means no limit)"))
 	}
-	if c.GlobalRate < 0 || c.PerUserRate < 0 || c.BudgetKeys < 0 {
-		errs = append(errs, errors.New("rates and budgets must not be negative (0 means no limit)"))
+	for name, v := range map[string]float64{"--global-rate": c.GlobalRate, "--per-user-rate": c.PerUserRate, "--budget-keys": float64(c.BudgetKeys)} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%s %v is negative (0 means no limit)", name, v))
+		}
 	}
 	if math.IsNaN(c.WarmShedFrom) || c.WarmShedFrom < 0 || c.WarmShedFrom > 1 {
 		errs = append(errs, fmt.Errorf("--warm-shed-from %v outside [0, 1] (1: never shed)", c.WarmShedFrom))
 	}
 	if c.OverloadLag < 0 {
 		errs = append(errs, fmt.Errorf("--overload-lag %v is negative (0: no check)", c.OverloadLag))
+	}
+	if c.ModelName == "" {
+		errs = append(errs, errors.New(`--model-name is empty (the default is "default")`))
 	}
 	if c.Model != "" && c.ModelRepo != "" {
 		errs = append(errs, errors.New("--model and --model-repo are exclusive"))

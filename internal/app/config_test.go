@@ -117,6 +117,15 @@ func TestParseFlags(t *testing.T) {
 			},
 		},
 		{name: "kafka mechanism without a user", args: []string{"--kafka-sasl-mechanism", "PLAIN"}, wantErr: "needs --kafka-username"},
+		// Values that would crash or exhaust the process after start.
+		{name: "session timeout beyond the protocol", args: []string{"--kafka-session-timeout", "597h"}, wantErr: "--kafka-session-timeout 597h0m0s above"},
+		{name: "huge warm queue", args: []string{"--warm-queue", "1099511627776"}, wantErr: "--warm-queue 1099511627776 above"},
+		{name: "huge ingest batch", args: []string{"--ingest-batch", "1000000000000"}, wantErr: "--ingest-batch 1000000000000 above"},
+		{name: "huge worker count", args: []string{"--workers", "100000000"}, wantErr: "--workers 100000000 above"},
+		{name: "ttl below a millisecond", args: []string{"--ttl", "500us"}, wantErr: "--ttl 500µs below 1ms"},
+		{name: "empty model name", args: []string{"--model-name="}, wantErr: "--model-name is empty"},
+		{name: "negative key budget from the environment", env: map[string]string{"PREFETCHD_BUDGET_KEYS": "-1"}, wantErr: "--budget-keys (PREFETCHD_BUDGET_KEYS) -1 is negative"},
+		{name: "negative global rate", args: []string{"--global-rate", "-1"}, wantErr: "--global-rate -1 is negative"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
