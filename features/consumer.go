@@ -315,6 +315,11 @@ type Consumer struct {
 	// fetchFails is the run of failed fetches under way, for Ready.
 	fetchFails fetchFailures
 	assign     *assignments
+	// waiting holds, by partition, the first record not fetched yet of a
+	// partition this consumer holds whose fetching has stopped (see
+	// findWaiting).
+	waitingMu sync.Mutex
+	waiting   map[int]waitingRecord // guarded by waitingMu
 
 	commitNow chan struct{}
 
@@ -505,7 +510,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	side.Go(func() { c.commitLoop(ctx) })
 	side.Go(func() { c.clockLoop(ctx) })
 	side.Go(func() {
-		c.lag.run(ctx, c.m, c.track.snapshot, c.wentBackwards, func(past map[int]int64) { c.pastLogEnd(ctx, past) })
+		c.lag.run(ctx, c.m, c.track.snapshot, c.wentBackwards, func(past map[int]int64) { c.pastLogEnd(ctx, past) }, c.findWaiting)
 	})
 	if c.dlq != nil {
 		side.Go(func() { c.dlq.run(ctx, c.markDone) })
@@ -1250,19 +1255,81 @@ func (c *Consumer) ApplyMany(ctx context.Context, data [][]byte, errs []error) i
 	return len(data)
 }
 
-// lagSeconds is the age of the oldest record fetched and not yet settled
-// (0 when none is in flight).
+// waitingRecord is a record waiting in a partition whose fetching stopped.
+type waitingRecord struct {
+	offset int64
+	ts     time.Time
+}
+
+// fetchStallAfter is how long a held partition may go without a fetch while
+// records wait in it before findWaiting reads the age of the first of them:
+// well above a fetch's MaxWait, so that a consumer that keeps up is never
+// asked.
+const fetchStallAfter = 2 * time.Second
+
+// findWaiting is given each lag reading: the partitions this consumer holds
+// whose high-water mark is past what it fetched, with nothing fetched from
+// them for fetchStallAfter (a fetch blocked in a group rejoin, a broker
+// that stopped answering fetches), have records waiting unfetched, which
+// the tracker knows nothing of. It reads the timestamp of the first such
+// record of each, so that lagSeconds is the age of the oldest record not
+// yet processed, fetched or not.
+func (c *Consumer) findWaiting(ctx context.Context, before map[int]position, views map[int]brokerView) {
+	now := time.Now()
+	c.waitingMu.Lock()
+	prev := c.waiting
+	c.waitingMu.Unlock()
+	found := map[int]waitingRecord{}
+	for p, pos := range before {
+		v, ok := views[p]
+		if !ok || v.hwm <= pos.fetched+1 || now.Sub(pos.seenAt) < fetchStallAfter || !c.assign.holds(p) {
+			continue
+		}
+		off := pos.fetched + 1
+		if w, ok := prev[p]; ok && w.offset == off {
+			found[p] = w
+			continue
+		}
+		ts, err := c.lag.recordTime(ctx, p, off)
+		if err != nil {
+			c.log.Debug("age of a waiting record", "partition", p, "offset", off, "err", err)
+			continue
+		}
+		found[p] = waitingRecord{offset: off, ts: ts}
+	}
+	c.waitingMu.Lock()
+	c.waiting = found
+	c.waitingMu.Unlock()
+}
+
+// lagSeconds is the age of the oldest record not processed yet: fetched
+// and not yet settled, or waiting unfetched in a partition whose fetching
+// stopped (found by findWaiting and not fetched since); 0 when none.
 func (c *Consumer) lagSeconds() float64 {
 	ts, ok := c.track.oldest()
 	if !ok || ts.IsZero() || ts.Unix() <= 0 {
+		ok = false
+	}
+	c.waitingMu.Lock()
+	for p, w := range c.waiting {
+		if c.track.fetchedUpTo(p) >= w.offset || w.ts.IsZero() || w.ts.Unix() <= 0 {
+			continue // fetched since
+		}
+		if !ok || w.ts.Before(ts) {
+			ts, ok = w.ts, true
+		}
+	}
+	c.waitingMu.Unlock()
+	if !ok {
 		return 0
 	}
 	return max(time.Since(ts).Seconds(), 0)
 }
 
 // LagSeconds is prefetchd_ingest_lag_seconds: the age, by its Kafka
-// timestamp, of the oldest record fetched and not yet settled (0 when none
-// is waiting).
+// timestamp, of the oldest record not processed yet, fetched and not yet
+// settled or (within about a LagInterval) waiting in a partition whose
+// fetching stopped (0 when none is waiting).
 func (c *Consumer) LagSeconds() float64 { return c.lagSeconds() }
 
 // Lag is the number of messages of the topic above the group's committed

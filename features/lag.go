@@ -61,7 +61,10 @@ func (w *lagWatch) total() int64 { return w.lag.Load() }
 // now below that went backwards under the reader (a topic deleted and
 // created again keeps kafka-go reading at its old position): backwards is
 // told which.
-func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() map[int]position, backwards func([]int), beyond func(map[int]int64)) {
+//
+// waiting, when not nil, is given each reading with the positions read
+// before it (see Consumer.findWaiting).
+func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() map[int]position, backwards func([]int), beyond func(map[int]int64), waiting func(context.Context, map[int]position, map[int]brokerView)) {
 	t := time.NewTicker(w.cfg.LagInterval)
 	defer t.Stop()
 	failing := false
@@ -74,6 +77,9 @@ func (w *lagWatch) run(ctx context.Context, m *ingestMetrics, positions func() m
 			}
 			if gone := wentBack(before, parts); len(gone) > 0 {
 				backwards(gone)
+			}
+			if waiting != nil {
+				waiting(ctx, before, parts)
 			}
 		}
 		switch {
@@ -210,6 +216,30 @@ func (w *lagWatch) read(ctx context.Context) (int64, map[int]brokerView, error) 
 		total += max(po.LastOffset-from, 0)
 	}
 	return total, views, nil
+}
+
+// recordTime returns the Kafka timestamp of the record at offset off of
+// partition p (the first one at or after it, as read_committed sees them).
+func (w *lagWatch) recordTime(ctx context.Context, p int, off int64) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := w.client.Fetch(ctx, &kafka.FetchRequest{Topic: w.cfg.Topic, Partition: p, Offset: off,
+		MinBytes: 1, MaxBytes: 64 << 10, MaxWait: 100 * time.Millisecond, IsolationLevel: kafka.ReadCommitted})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("fetch %s/%d at %d: %w", w.cfg.Topic, p, off, err)
+	}
+	if res.Error != nil {
+		return time.Time{}, fmt.Errorf("fetch %s/%d at %d: %w", w.cfg.Topic, p, off, res.Error)
+	}
+	for {
+		rec, err := res.Records.ReadRecord()
+		if err != nil {
+			return time.Time{}, fmt.Errorf("read %s/%d at %d: %w", w.cfg.Topic, p, off, err)
+		}
+		if rec.Offset >= off {
+			return rec.Time, nil
+		}
+	}
 }
 
 func (w *lagWatch) close() { w.transport.CloseIdleConnections() }

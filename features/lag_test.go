@@ -2,6 +2,7 @@ package features
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/prefetchd/prefetchd/internal/kafkatest"
 )
@@ -94,5 +96,58 @@ func TestLagOfUnknownGroup(t *testing.T) {
 		if v.committed != -1 {
 			t.Errorf("partition %d committed %d, want -1 (none)", p, v.committed)
 		}
+	}
+}
+
+// TestLagSecondsCountsUnfetched: records waiting in a held partition whose
+// fetching stopped (nothing fetched from it for fetchStallAfter) count in
+// the lag's age, by their own timestamp, until they are fetched; a
+// partition this consumer does not hold, or one fetched recently, does not.
+func TestLagSecondsCountsUnfetched(t *testing.T) {
+	const topic = "clicks"
+	b := kafkatest.Start(t, topic)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := kafka.DialLeader(ctx, "tcp", b.Addr(), topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	old := time.Now().Add(-30 * time.Second).Truncate(time.Millisecond)
+	if _, err := conn.WriteMessages(
+		kafka.Message{Value: []byte("a"), Time: old.Add(-time.Minute)},
+		kafka.Message{Value: []byte("b"), Time: old},
+		kafka.Message{Value: []byte("c"), Time: old.Add(time.Second)},
+	); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConsumer(testConsumerConfig(b.Addr(), topic), newRecorder(newTestHistories(t, HistoryConfig{})), slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Offset 0 fetched and settled long ago; 1 and 2 wait unfetched.
+	c.track.done(0, c.track.add(0, 0, 3, old.Add(-time.Minute)).seq)
+	stale := map[int]position{0: {committed: 0, fetched: 0, seenAt: time.Now().Add(-time.Minute)}}
+	views := map[int]brokerView{0: {committed: 1, hwm: 3}}
+
+	c.findWaiting(ctx, stale, views)
+	if got := c.LagSeconds(); got != 0 {
+		t.Fatalf("lag %v s for a partition this consumer does not hold, want 0", got)
+	}
+	c.assign.owned = []int{0}
+	recent := map[int]position{0: {committed: 0, fetched: 0, seenAt: time.Now()}}
+	c.findWaiting(ctx, recent, views)
+	if got := c.LagSeconds(); got != 0 {
+		t.Fatalf("lag %v s for a partition fetched just now, want 0", got)
+	}
+	c.findWaiting(ctx, stale, views)
+	if got := c.LagSeconds(); got < 29 || got > 40 {
+		t.Fatalf("lag %v s with the record of offset 1 (30 s old) waiting unfetched, want about 30", got)
+	}
+	// Fetched at last: its age is the tracker's (settled: none).
+	c.track.done(0, c.track.add(0, 1, 3, old).seq)
+	if got := c.LagSeconds(); got != 0 {
+		t.Fatalf("lag %v s once the waiting record was fetched and settled, want 0", got)
 	}
 }

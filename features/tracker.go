@@ -25,6 +25,7 @@ type partTrack struct {
 	q         []trackEntry
 	head      int   // q[:head] is done and dropped
 	maxSeen   int64 // highest offset fetched, -1 before the first
+	seenAt    int64 // when maxSeen last grew (Unix ns, wall clock)
 	ready     int64 // highest offset with it and everything before done, -1 when none
 	committed int64 // highest offset committed, -1 when none
 	// maxTS is the newest record timestamp (Unix ns) fetched in this
@@ -190,7 +191,7 @@ func (t *tracker) add(partition int, offset, hwm int64, ts time.Time) added {
 	if pt.maxSeen < 0 {
 		pt.committed = max(pt.committed, offset-1)
 	}
-	pt.maxSeen = offset
+	pt.maxSeen, pt.seenAt = offset, time.Now().UnixNano()
 	pt.q = append(pt.q, trackEntry{offset: offset, ts: ts.UnixNano()})
 	out.seq = pt.base + int64(len(pt.q)-pt.head) - 1
 	return out
@@ -214,6 +215,8 @@ func (pt *partTrack) newGeneration() added {
 // this consumer committed and the highest it fetched, -1 when none.
 type position struct {
 	committed, fetched int64
+	// seenAt is when fetched last grew (wall clock).
+	seenAt time.Time
 }
 
 // snapshot returns every partition's position.
@@ -223,7 +226,7 @@ func (t *tracker) snapshot() map[int]position {
 	out := make(map[int]position)
 	t.each(func(p int, pt *partTrack) {
 		if pt.maxSeen >= 0 && !pt.rewound { // partitions this process has read, in the log it reads now
-			out[p] = position{committed: pt.ours, fetched: pt.maxSeen}
+			out[p] = position{committed: pt.ours, fetched: pt.maxSeen, seenAt: time.Unix(0, pt.seenAt)}
 		}
 	})
 	return out
@@ -369,6 +372,17 @@ func (t *tracker) committed(offsets []commitOffset) {
 
 // oldest returns the timestamp of the oldest message fetched and not done,
 // and false when none is in flight.
+// fetchedUpTo is the highest offset of partition p fetched, -1 before
+// the first.
+func (t *tracker) fetchedUpTo(p int) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if pt := t.lookup(p); pt != nil {
+		return pt.maxSeen
+	}
+	return -1
+}
+
 func (t *tracker) oldest() (time.Time, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
