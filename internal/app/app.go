@@ -295,7 +295,7 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	// The pipeline.
 	hist, err := features.NewStore(features.StoreConfig{
 		Backend: cfg.HistoryStore,
-		History: features.HistoryConfig{MaxLen: live.Manifest.MaxSeqLen, MaxUsers: cfg.HistoryMaxUsers, SessionGap: cfg.SessionGap},
+		History: features.HistoryConfig{MaxLen: live.Manifest.MaxSeqLen, MaxUsers: cfg.HistoryMaxUsers, SessionGap: cfg.SessionGap, IdleTTL: cfg.HistoryIdleTTL},
 	}, srdb, reg)
 	if err != nil {
 		return err

@@ -80,6 +80,7 @@ type Config struct {
 	HistoryStore    string
 	HistoryMaxUsers int
 	SessionGap      time.Duration
+	HistoryIdleTTL  time.Duration
 	// CanonicalConfig is a JSON file of page canonicalization settings
 	// (features.CanonicalizerConfig); empty keeps the defaults.
 	CanonicalConfig string
@@ -183,19 +184,20 @@ const (
 // Default returns the configuration of `make run`.
 func Default() Config {
 	return Config{
-		Topic:        "clicks",
-		Group:        "prefetchd",
-		ModelName:    "default",
-		Threshold:    prefetch.DefaultThreshold,
-		K:            prefetch.DefaultK,
-		TTL:          5 * time.Minute,
-		KeyTemplate:  "page:{page}",
-		PrefetchMode: "hint",
-		HistoryStore: "memory",
-		SessionGap:   30 * time.Minute,
-		Listen:       "127.0.0.1:50051",
-		AdminListen:  "127.0.0.1:8081",
-		ReplayRate:   200,
+		Topic:          "clicks",
+		Group:          "prefetchd",
+		ModelName:      "default",
+		Threshold:      prefetch.DefaultThreshold,
+		K:              prefetch.DefaultK,
+		TTL:            5 * time.Minute,
+		KeyTemplate:    "page:{page}",
+		PrefetchMode:   "hint",
+		HistoryStore:   "memory",
+		SessionGap:     30 * time.Minute,
+		HistoryIdleTTL: features.DefaultIdleTTL,
+		Listen:         "127.0.0.1:50051",
+		AdminListen:    "127.0.0.1:8081",
+		ReplayRate:     200,
 
 		WarmQueue:        DefaultWarmQueue,
 		WarmWorkers:      DefaultWarmWorkers,
@@ -295,6 +297,7 @@ func (c *Config) Validate() error {
 		"--workers": float64(c.Workers), "--ingest-batch": float64(c.IngestBatch),
 		"--commit-batch": float64(c.CommitBatch), "--commit-interval": c.CommitInterval.Seconds(),
 		"--history-max-users": float64(c.HistoryMaxUsers), "--session-gap": c.SessionGap.Seconds(),
+		"--history-idle-ttl": c.HistoryIdleTTL.Seconds(),
 		"--rollback-window":  c.RollbackWindow.Seconds(),
 		"--online-half-life": c.OnlineHalfLife.Seconds(), "--online-max-pages": float64(c.OnlineMaxPages),
 		"--online-max-next": float64(c.OnlineMaxNext),
@@ -436,6 +439,7 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.StringVar(&c.HistoryStore, "history-store", c.HistoryStore, "where histories live: memory (per process) or redis (shared by replicas)")
 	fs.IntVar(&c.HistoryMaxUsers, "history-max-users", c.HistoryMaxUsers, "most users held in memory, least recently seen evicted first")
 	fs.DurationVar(&c.SessionGap, "session-gap", c.SessionGap, "inactivity that starts a new session")
+	fs.DurationVar(&c.HistoryIdleTTL, "history-idle-ttl", c.HistoryIdleTTL, "a user not seen for this long is forgotten: evicted from the memory store, the key's TTL in the redis store (about 2 KB per user there)")
 	fs.StringVar(&c.CanonicalConfig, "canonical-config", c.CanonicalConfig, "JSON file of page canonicalization settings (keep_host, query_allow, rules)")
 	fs.StringVar(&c.Model, "model", c.Model, "model bundle folder; empty uses the bundled model")
 	fs.StringVar(&c.ModelRepo, "model-repo", c.ModelRepo, "model repository folder <repo>/<name>/<version>/, watched for new versions")

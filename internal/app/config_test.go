@@ -124,6 +124,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "huge worker count", args: []string{"--workers", "100000000"}, wantErr: "--workers 100000000 above"},
 		{name: "ttl below a millisecond", args: []string{"--ttl", "500us"}, wantErr: "--ttl 500µs below 1ms"},
 		{name: "empty model name", args: []string{"--model-name="}, wantErr: "--model-name is empty"},
+		{name: "zero idle TTL", args: []string{"--history-idle-ttl", "0s"}, wantErr: "--history-idle-ttl 0 is not positive"},
 		{name: "negative key budget from the environment", env: map[string]string{"PREFETCHD_BUDGET_KEYS": "-1"}, wantErr: "--budget-keys (PREFETCHD_BUDGET_KEYS) -1 is negative"},
 		{name: "negative global rate", args: []string{"--global-rate", "-1"}, wantErr: "--global-rate -1 is negative"},
 	}

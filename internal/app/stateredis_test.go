@@ -26,6 +26,7 @@ func TestStateRedisApart(t *testing.T) {
 	stateSrv := redistest.Start(t)
 	cfg.StateRedisAddr = stateSrv.Addr()
 	cfg.Threshold = float64(prob) * 0.99
+	cfg.HistoryIdleTTL = 2 * time.Hour // --history-idle-ttl: the history key's TTL
 	svc := startService(t, cfg, 90*time.Second)
 	ctx := svc.ctx
 
@@ -46,6 +47,9 @@ func TestStateRedisApart(t *testing.T) {
 		n, err := state.Exists(ctx, histKey, marksKey).Result()
 		return err == nil && n == 2
 	})
+	if d, err := state.TTL(ctx, histKey).Result(); err != nil || d > 2*time.Hour || d < 2*time.Hour-time.Minute {
+		t.Errorf("TTL of the history %v (%v), want --history-idle-ttl 2h", d, err)
+	}
 	if ks, err := cache.Keys(ctx, "prefetchd:*").Result(); err != nil || len(ks) != 0 {
 		t.Errorf("state keys in the cache Redis: %v (%v)", ks, err)
 	}
