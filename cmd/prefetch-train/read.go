@@ -125,8 +125,8 @@ func readKafka(ctx context.Context, cfg training.KafkaConfig, opt readOptions) (
 	}
 	opt.logger.Info("events read", "topic", cfg.Topic, "messages", st.Lines, "events", st.Events, "skipped", st.Skipped, "duplicates", st.Duplicates)
 	if st.Unsettled > 0 {
-		opt.logger.Warn("records of transactions still open were not read", "topic", cfg.Topic, "records", st.Unsettled,
-			"hint", "they are read by a later run once their transaction ends")
+		opt.logger.Warn("records at or after the start of a transaction still open were not read", "topic", cfg.Topic, "records", st.Unsettled,
+			"hint", "the last stable offset stops the read there, committed records after it included; a later run reads them once the transaction ends")
 	}
 	sessions := training.Sessionize(events, training.JSONLConfig{Gap: opt.gap, Canonicalizer: canon})
 	if opt.collapse {

@@ -268,6 +268,7 @@ func TestRefused(t *testing.T) {
 		name   string
 		spec   spec
 		reason string
+		errHas string // a part of the refusal's message, when set
 	}{
 		{name: "truncated model", reason: ReasonLoad,
 			spec: spec{edit: func(f map[string][]byte) { f[ModelFile] = truncate(f[ModelFile]) }}},
@@ -315,7 +316,7 @@ func TestRefused(t *testing.T) {
 				rows[151][41] += 0.7
 				f[ModelFile] = markovONNX(t, rows)
 			}}},
-		{name: "output is not a distribution", reason: ReasonContract,
+		{name: "output is not a distribution", reason: ReasonContract, errHas: "probe prediction after history [2]: row 0: probabilities sum to",
 			spec: spec{noGold: true, edit: func(f map[string][]byte) {
 				rows := spec{}.rows()
 				rows[2][3] = 5
@@ -350,6 +351,9 @@ func TestRefused(t *testing.T) {
 			var re *RefusedError
 			if !errors.Is(err, hint.ErrRefused) || !errors.As(err, &re) || re.Reason != tt.reason {
 				t.Fatalf("Activate(v2) = %v, want a refusal for %q", err, tt.reason)
+			}
+			if !strings.Contains(err.Error(), tt.errHas) {
+				t.Fatalf("refusal %q does not say %q", err, tt.errHas)
 			}
 			st, err := m.Status(ctx)
 			if err != nil {
