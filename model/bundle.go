@@ -333,6 +333,55 @@ func (b *Bundle) checkForms() error {
 			}
 		}
 	}
+	return b.checkStepBatch(ctx, hs, tol)
+}
+
+// checkStepBatch steps the histories hs together, one StepMany per click
+// (the rows of those still going), as the engine steps a wave of users,
+// and compares each with Predict: a step form whose state_out is laid out
+// unlike state_in (batch first, say) agrees with the sequence form one user
+// at a time and mixes users up in a batch.
+func (b *Bundle) checkStepBatch(ctx context.Context, hs [][]int64, tol float64) error {
+	if !b.stepBatches || len(hs) < 2 {
+		return nil
+	}
+	states := make([][]float32, len(hs))
+	probs := make([][]float32, len(hs))
+	for t := 0; ; t++ {
+		var ids []int64
+		var rows []int
+		for i, h := range hs {
+			if t < len(h) {
+				ids, rows = append(ids, h[t]), append(rows, i)
+			}
+		}
+		if len(rows) == 0 {
+			break
+		}
+		st, pr := make([][]float32, len(rows)), make([][]float32, len(rows))
+		for j, i := range rows {
+			st[j], pr[j] = states[i], probs[i]
+		}
+		if err := b.StepMany(ctx, ids, st, pr); err != nil {
+			return fmt.Errorf("%w: stepping %d histories together: %w", ErrContract, len(rows), err)
+		}
+		for j, i := range rows {
+			states[i], probs[i] = st[j], pr[j]
+		}
+	}
+	for i, h := range hs {
+		want, err := b.Predict(ctx, [][]int64{h})
+		if err != nil {
+			return fmt.Errorf("%w: comparing the forms, history %d: %w", ErrContract, i, err)
+		}
+		for j := range probs[i] {
+			if d := math.Abs(float64(probs[i][j]) - float64(want[0][j])); !(d <= tol) {
+				return fmt.Errorf("%w: %s stepped for %d users at once disagrees with %s on history %v: index %d %g against %g (tolerance %g); "+
+					"is %q laid out [layers, batch, hidden] like %q?",
+					ErrContract, StepFile, len(hs), ModelFile, h, j, probs[i][j], want[0][j], tol, OutputStateOut, InputStateIn)
+			}
+		}
+	}
 	return nil
 }
 
@@ -343,7 +392,7 @@ func (b *Bundle) scoresOutput(p *plan, file string) (int, error) {
 			continue
 		}
 		if o.DType != "float32" || len(o.Dims) != 2 {
-			return 0, fmt.Errorf("%w: %s output %q must be float32 [batch, vocab]", ErrContract, file, o.Name)
+			return 0, fmt.Errorf("%w: %s output %q is %s %v; it must be float32 [batch, vocab] (the scores after the last click only)", ErrContract, file, o.Name, o.DType, o.Dims)
 		}
 		if o.Dims[1] > 0 && int(o.Dims[1]) != b.vsize {
 			return 0, fmt.Errorf("%w: %s output %q has %d scores, vocabulary has %d entries", ErrContract, file, o.Name, o.Dims[1], b.vsize)

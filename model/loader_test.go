@@ -57,6 +57,22 @@ func TestParseModelRefuses(t *testing.T) {
 			want:    []string{"float16"},
 		},
 		{
+			name: "fixed shapes told to export with dynamic axes",
+			graph: tGraph{opset: 13, inits: [][]byte{emb}, outputs: out, nodes: []tNode{
+				gather,
+				{op: "Expand", name: "/rnn/Expand", in: []string{"e"}, out: []string{"y"}},
+			}, inputs: []tValue{{name: "page_ids", elem: onnxInt64, dims: []any{int64(2), int64(5)}}}},
+			wantErr: ErrUnsupported,
+			want:    []string{`"/rnn/Expand" (Expand)`, `"page_ids" has the fixed shape [2 5]: export with dynamic_axes`},
+		},
+		{
+			name: "int32 ids told to use int64",
+			graph: tGraph{opset: 13, inits: [][]byte{emb}, outputs: out, nodes: []tNode{gather},
+				inputs: []tValue{{name: "page_ids", elem: onnxInt32, dims: []any{"batch", "seq"}}}},
+			wantErr: ErrUnsupported,
+			want:    []string{"page_ids", "int32", "torch.long"},
+		},
+		{
 			name: "unsupported input dtype",
 			graph: tGraph{opset: 13, inits: [][]byte{emb}, outputs: out, nodes: []tNode{gather},
 				inputs: []tValue{{name: "page_ids", elem: onnxDouble, dims: []any{"batch", "seq"}}}},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 
 	onnx "github.com/owulveryck/onnx-go"
@@ -193,10 +194,33 @@ func (w *wireModel) check() error {
 			continue
 		}
 		if v.elemType != onnxFloat && v.elemType != onnxInt64 {
-			errs = append(errs, fmt.Errorf("graph input %q: %w dtype %s", v.name, ErrUnsupported, dtypeName(v.elemType)))
+			errs = append(errs, fmt.Errorf("graph input %q: %w dtype %s%s", v.name, ErrUnsupported, dtypeName(v.elemType), dtypeHint(v.elemType)))
+		}
+	}
+	if len(errs) > 0 {
+		// PyTorch exports without dynamic_axes bake the example's batch
+		// and length in: a zero initial state becomes an Expand, reshapes
+		// get constant sizes. Say so rather than leave the operator alone.
+		for _, v := range w.inputs {
+			if _, ok := w.initializer[v.name]; !ok && v.hasShape && len(v.dims) > 0 && !slices.Contains(v.dims, -1) {
+				errs = append(errs, fmt.Errorf("graph input %q has the fixed shape %v: export with dynamic_axes (batch and seq of page_ids, batch of the state and the output) so that the graph does not bake the example's sizes in", v.name, v.dims))
+				break
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// dtypeHint says how to export a tensor of a dtype the runtime does not
+// take.
+func dtypeHint(t int64) string {
+	switch t {
+	case onnxInt32:
+		return " (export page ids as int64: torch.long)"
+	case onnxDouble:
+		return " (export in float32: call model.float() before torch.onnx.export)"
+	}
+	return ""
 }
 
 func nodeName(n wireNode, i int) string {
@@ -390,7 +414,7 @@ func compile(w *wireModel, dec *decoder) (*plan, error) {
 			return nil, fmt.Errorf("%w: graph output %q is never computed", ErrBadModel, v.name)
 		}
 		if v.elemType != onnxFloat && v.elemType != onnxInt64 {
-			return nil, fmt.Errorf("graph output %q: %w dtype %s", v.name, ErrUnsupported, dtypeName(v.elemType))
+			return nil, fmt.Errorf("graph output %q: %w dtype %s%s", v.name, ErrUnsupported, dtypeName(v.elemType), dtypeHint(v.elemType))
 		}
 		p.outputs = append(p.outputs, ioSpec{Name: v.name, slot: s, DType: dtypeName(v.elemType), Dims: v.dims})
 	}

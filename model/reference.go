@@ -70,18 +70,37 @@ type VerifyReport struct {
 }
 
 // Verify runs every case of ref through seq (the sequence form, compared on
-// its first output) and, when step is not nil and ref has a step check,
+// its "probs" or "logits" output; a graph without the contract's input and
+// output names and shapes is an ErrContract error) and, when step is not nil and ref has a step check,
 // feeds that session click by click through step. It reports the maximum
 // absolute error per case; deciding on a tolerance is up to the caller.
 func Verify(ctx context.Context, seq, step *Model, ref *Reference) (VerifyReport, error) {
 	rep := VerifyReport{Step: -1}
-	out := seq.plan.outputs[0].Name
+	// The graph is held to the names and shapes the service reads (a
+	// bundle with another layout is refused at load, so it must not pass
+	// here either).
+	if len(seq.plan.inputs) != 1 || seq.plan.inputs[0].Name != InputPageIDs {
+		return rep, fmt.Errorf("%w: the graph must have one input named %q, has %v", ErrContract, InputPageIDs, seq.Info().Inputs)
+	}
+	out := ""
+	for _, o := range seq.plan.outputs {
+		if o.Name == OutputProbs || o.Name == OutputLogits {
+			if o.DType != "float32" || len(o.Dims) != 2 {
+				return rep, fmt.Errorf("%w: output %q is %s %v; it must be float32 [batch, vocab]", ErrContract, o.Name, o.DType, o.Dims)
+			}
+			out = o.Name
+			break
+		}
+	}
+	if out == "" {
+		return rep, fmt.Errorf("%w: no output named %q or %q (the service reads the scores by name), has %v", ErrContract, OutputProbs, OutputLogits, seq.Info().Outputs)
+	}
 	for i, c := range ref.Cases {
 		in, err := batchTensor(c.PageIDs)
 		if err != nil {
 			return rep, fmt.Errorf("case %d: %w", i, err)
 		}
-		res, err := seq.Run(ctx, map[string]Tensor{seq.plan.inputs[0].Name: in})
+		res, err := seq.Run(ctx, map[string]Tensor{InputPageIDs: in})
 		if err != nil {
 			return rep, fmt.Errorf("case %d: %w", i, err)
 		}

@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -59,5 +60,40 @@ func TestReferenceFixtures(t *testing.T) {
 			}
 			t.Logf("max abs error %g (step %g)", rep.Max, rep.Step)
 		})
+	}
+}
+
+// TestVerifyReadsTheContractOutput: Verify compares the output the
+// service reads ("probs" or "logits"), wherever it comes among the
+// outputs, and refuses a graph without the contract's names, as loading
+// it as a bundle would.
+func TestVerifyReadsTheContractOutput(t *testing.T) {
+	const vocab = 5
+	trans := lcgWeights(vocab*vocab, 3, 1)
+	g := markovGraph(vocab, trans)
+	// Another output first: the row scaled, which is not the scores.
+	g.inits = append(g.inits, tFloatTensor("two", nil, []float32{2}))
+	g.nodes = append(g.nodes, tNode{op: "Mul", name: "scaled", in: []string{"probs", "two"}, out: []string{"hidden"}})
+	g.outputs = append([]tValue{{name: "hidden", elem: onnxFloat, dims: []any{"batch", int64(vocab)}}}, g.outputs...)
+	m, err := ParseModel(g.encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := [][]int64{{2, 3}, {0, 4}}
+	want := [][]float32{trans[3*vocab : 4*vocab], trans[4*vocab : 5*vocab]}
+	rep, err := Verify(context.Background(), m, nil, &Reference{Cases: []ReferenceCase{{PageIDs: ids, Output: want}}})
+	if err != nil || rep.Max > 1e-6 {
+		t.Fatalf("Verify = %+v, %v; want the probs output compared, error 0", rep, err)
+	}
+
+	bare := markovGraph(vocab, trans)
+	bare.nodes[1].out = []string{"output"}
+	bare.outputs[0].name = "output"
+	m, err = ParseModel(bare.encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(context.Background(), m, nil, &Reference{Cases: []ReferenceCase{{PageIDs: ids, Output: want}}}); !errors.Is(err, ErrContract) {
+		t.Fatalf("Verify of an output named %q: %v, want a contract error", "output", err)
 	}
 }

@@ -191,3 +191,19 @@ func TestDivergedModelScoresNaN(t *testing.T) {
 		t.Fatalf("%d of %d probabilities finite, want every one NaN", finite, len(out[0]))
 	}
 }
+
+// TestStepStateLayoutRefused: a PyTorch step form that returns its state
+// batch first ([batch, layers, hidden]) while it takes it layer first
+// agrees with the sequence form one user at a time, but mixes users up
+// when the engine steps several in one call; the load steps its probes
+// together too and refuses it, while the same model with a right step
+// form loads.
+func TestStepStateLayoutRefused(t *testing.T) {
+	_, err := LoadBundle("testdata/bad-gru2-state-batch-major")
+	if !errors.Is(err, ErrContract) || !strings.Contains(err.Error(), "stepped for") || !strings.Contains(err.Error(), "state_out") {
+		t.Fatalf("LoadBundle of a batch-major state_out: %v, want a contract error naming state_out", err)
+	}
+	if _, err := LoadBundle("testdata/gru2-probs-opset11"); err != nil {
+		t.Fatalf("LoadBundle of a 2-layer GRU with a right step form: %v", err)
+	}
+}

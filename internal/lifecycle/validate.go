@@ -182,7 +182,7 @@ func checkProbs(out [][]float32, batch, width int) error {
 		var sum float64
 		for j, p := range row {
 			if math.IsNaN(float64(p)) || math.IsInf(float64(p), 0) || p < 0 {
-				return fmt.Errorf("row %d index %d: %v is not a probability", r, j, p)
+				return fmt.Errorf("row %d index %d: %v is not a probability (an output of raw scores must be named \"logits\")", r, j, p)
 			}
 			sum += float64(p)
 		}

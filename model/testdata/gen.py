@@ -98,6 +98,34 @@ class Step(nn.Module):
         return s, state_out
 
 
+class StepBatchMajor(Step):
+    """A step form outside the contract: state_out batch first,
+    [batch, layers, hidden], while state_in is [layers, batch, hidden]."""
+
+    def forward(self, page_id, state_in):
+        s, state_out = Step.forward(self, page_id, state_in)
+        return s, state_out.transpose(0, 1)
+
+
+def export_bad_state(folder, opset, vocab, emb, hidden, layers):
+    """A 2-layer GRU whose step form returns its state batch first: one
+    user at a time it agrees with the sequence form, several at once not."""
+    os.makedirs(folder, exist_ok=True)
+    m = Seq("gru", vocab, emb, hidden, layers, True).eval()
+    torch.onnx.export(m, (torch.zeros(2, 5, dtype=torch.long),), os.path.join(folder, "model.onnx"),
+                      opset_version=opset, input_names=["page_ids"], output_names=["probs"],
+                      dynamic_axes={"page_ids": {0: "batch", 1: "seq"}, "probs": {0: "batch"}})
+    torch.onnx.export(StepBatchMajor(m).eval(), (torch.zeros(1, 1, dtype=torch.long), torch.zeros(layers, 1, hidden)),
+                      os.path.join(folder, "step.onnx"), opset_version=opset,
+                      input_names=["page_id", "state_in"], output_names=["probs", "state_out"],
+                      dynamic_axes={"page_id": {0: "batch"}, "state_in": {1: "batch"},
+                                    "probs": {0: "batch"}, "state_out": {0: "batch"}})
+    with open(os.path.join(folder, "vocab.txt"), "w") as f:
+        f.write("<pad>\n<unk>\n")
+        for i in range(2, vocab):
+            f.write("/page/%d\n" % i)
+
+
 def cases(vocab, g):
     out = []
     for batch, seq in [(1, 1), (1, 6), (3, 9), (2, 20)]:
@@ -155,3 +183,4 @@ if __name__ == "__main__":
     export("lstm3-probs-opset14", "lstm", 14, 60, 6, 10, 3, True, True)
     export("gru-v1000-logits-opset16", "gru", 16, 1000, 8, 8, 1, False, False)
     export_variant("gru2-hn-logsoftmax-opset12", 12, 70, 6, 9, 2)
+    export_bad_state("bad-gru2-state-batch-major", 13, 40, 6, 8, 2)
