@@ -528,16 +528,19 @@ func (p *pending) IngestJSONMany(ctx context.Context, events [][]byte, errs []er
 // openModels returns the model manager: a watched repository, or one fixed
 // bundle (a folder, or the bundled model).
 func openModels(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*lifecycle.Manager, error) {
+	canon, err := canonicalizer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	check := vocabCheck(canon, log)
 	if cfg.ModelRepo != "" {
 		return lifecycle.New(lifecycle.Config{
 			Repo: cfg.ModelRepo, Name: cfg.ModelName,
 			AutoRollback: lifecycle.AutoRollback{Enabled: cfg.AutoRollback, MinFraction: cfg.RollbackMinFraction, Window: cfg.RollbackWindow},
+			CheckVocab:   check,
 		}, lifecycle.LoadBundle, log, reg)
 	}
-	var (
-		b   *model.Bundle
-		err error
-	)
+	var b *model.Bundle
 	if cfg.Model != "" {
 		b, err = loadModelFolder(cfg.Model)
 	} else {
@@ -549,7 +552,37 @@ func openModels(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 	if err != nil {
 		return nil, err
 	}
-	return lifecycle.Static(ctx, b, lifecycle.Config{}, log, reg)
+	return lifecycle.Static(ctx, b, lifecycle.Config{CheckVocab: check}, log, reg)
+}
+
+// vocabCheck vets a model's vocabulary against the canonicalizer the
+// service looks pages up with: a key that is not in canonical form can
+// never be looked up. A vocabulary most of whose keys are not (built from
+// raw URLs, or under another canonicalizer config) would read every click
+// as unknown and is refused; a few such keys are logged.
+func vocabCheck(canon *features.Canonicalizer, log *slog.Logger) func(*model.Vocab) error {
+	return func(v *model.Vocab) error {
+		var n, bad int
+		var key, as string
+		for i := int64(model.UnknownIndex + 1); i < int64(v.Len()); i++ {
+			k := v.Page(i)
+			n++
+			if c := canon.Canonical(k); c != k {
+				if bad == 0 {
+					key, as = k, c
+				}
+				bad++
+			}
+		}
+		switch {
+		case bad == 0:
+			return nil
+		case 2*bad > n:
+			return fmt.Errorf("%d of the vocabulary's %d pages are not canonical keys (%q is looked up as %q), so clicks on them would read as unknown: build vocab.txt with the service's canonicalizer (prefetch-train, with --canonical-config when the service has one)", bad, n, key, as)
+		}
+		log.Warn("vocabulary keys that are not canonical can never be looked up", "keys", bad, "of", n, "example", key, "looked_up_as", as)
+		return nil
+	}
 }
 
 // loadModelFolder loads --model, naming its absolute path in errors and

@@ -1,6 +1,8 @@
 package lifecycle
 
 import (
+	"github.com/prefetchd/prefetchd/model"
+
 	"errors"
 	"fmt"
 	"time"
@@ -56,6 +58,10 @@ type Config struct {
 	ValidateTimeout time.Duration
 	// AutoRollback configures automatic rollback on poor live precision.
 	AutoRollback AutoRollback
+	// CheckVocab, when set, vets a version's vocabulary before it may
+	// serve (the service: its keys are canonical under the service's
+	// canonicalizer); an error refuses the version (reason vocab).
+	CheckVocab func(*model.Vocab) error
 }
 
 // AutoRollback configures the automatic rollback of a new version whose live

@@ -752,3 +752,29 @@ func TestActivateCanceled(t *testing.T) {
 		t.Fatalf("Activate(v1) = %v", err)
 	}
 }
+
+// TestCheckVocabRefuses: a version whose vocabulary Config.CheckVocab
+// rejects is refused (reason vocab) and the active one keeps serving.
+func TestCheckVocabRefuses(t *testing.T) {
+	m, repo, reg := newTest(t, Config{CheckVocab: func(v *model.Vocab) error {
+		if v.Len() > 12 {
+			return errors.New("keys not canonical")
+		}
+		return nil
+	}})
+	ctx := testCtx(t, 10*time.Second)
+	publishSpec(t, repo, spec{version: "v1"})
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	publishSpec(t, repo, spec{version: "v2", width: 14, created: base.Add(time.Minute)})
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := activeVersion(m); got != "v1" {
+		t.Fatalf("active %q, want v1 (v2's vocabulary refused)", got)
+	}
+	if got := metric(t, reg, "prefetchd_model_refused_total", "reason", ReasonVocab); got != 1 {
+		t.Fatalf("prefetchd_model_refused_total{reason=vocab} = %v, want 1", got)
+	}
+}

@@ -164,7 +164,7 @@ func newManager(cfg Config, load Loader, logger *slog.Logger, reg prometheus.Reg
 		cfg:      cfg,
 		load:     load,
 		log:      logger.With("component", "lifecycle"),
-		val:      validator{tolerance: cfg.Tolerance, warmup: cfg.Warmup},
+		val:      validator{tolerance: cfg.Tolerance, warmup: cfg.Warmup, checkVocab: cfg.CheckVocab},
 		now:      time.Now,
 		rollback: make(chan struct{}, 1),
 		versions: make(map[string]*version),

@@ -11,8 +11,9 @@ import (
 
 // validator runs the checks a version must pass before it may serve.
 type validator struct {
-	tolerance float64
-	warmup    int
+	tolerance  float64
+	warmup     int
+	checkVocab func(*model.Vocab) error
 }
 
 // check validates a loaded bundle claimed to be version (empty: any) and
@@ -41,6 +42,11 @@ func (v validator) check(ctx context.Context, version string, l Model) (err erro
 	}
 	if err := m.Validate(); err != nil {
 		return refuse(ReasonManifest, err)
+	}
+	if v.checkVocab != nil {
+		if err := v.checkVocab(vocab); err != nil {
+			return refuse(ReasonVocab, err)
+		}
 	}
 	if version != "" && m.Version != version {
 		return refuse(ReasonManifest, fmt.Errorf("manifest version %q does not match folder %q", m.Version, version))
