@@ -22,6 +22,53 @@ type originClient struct {
 	breaker *breaker
 	m       *warmerMetrics
 	now     func() time.Time
+
+	// refused remembers pages the origin answered with a 4xx (or another
+	// status that is not 2xx or 5xx) or a body over the limit, with when
+	// the answer stops being believed and the drop reason: such a page is
+	// not asked again before then (the breaker only counts 5xx and
+	// failures, and every prediction of the page would fetch it again).
+	refusedMu sync.Mutex
+	refused   map[string]refusal
+}
+
+// refusal is a page's last answer that was not stored.
+type refusal struct {
+	until  int64 // Unix ns
+	reason string
+}
+
+// Refused pages are remembered this long, at most maxRefused of them (the
+// map is emptied when full).
+const (
+	refuseFor  = 30 * time.Second
+	maxRefused = 1 << 16
+)
+
+// refusedNow returns the drop reason of page when the origin refused it
+// less than refuseFor ago.
+func (o *originClient) refusedNow(page string) (string, bool) {
+	o.refusedMu.Lock()
+	defer o.refusedMu.Unlock()
+	r, ok := o.refused[page]
+	if !ok {
+		return "", false
+	}
+	if o.now().UnixNano() >= r.until {
+		delete(o.refused, page)
+		return "", false
+	}
+	return r.reason, true
+}
+
+// refuse remembers that the origin refused page with reason.
+func (o *originClient) refuse(page, reason string) {
+	o.refusedMu.Lock()
+	defer o.refusedMu.Unlock()
+	if o.refused == nil || len(o.refused) >= maxRefused {
+		o.refused = make(map[string]refusal)
+	}
+	o.refused[strings.Clone(page)] = refusal{until: o.now().Add(refuseFor).UnixNano(), reason: reason}
 }
 
 func newOriginClient(cfg Config, m *warmerMetrics, now func() time.Time) *originClient {
@@ -79,6 +126,10 @@ func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]by
 		if skip[i] {
 			continue
 		}
+		if reason, ok := o.refusedNow(batch[i].page); ok {
+			o.m.drop(reason, 1) // not asked again so soon
+			continue
+		}
 		if !o.breaker.allow(o.now()) {
 			o.m.drop(dropBreakerOpen, 1)
 			continue
@@ -95,6 +146,9 @@ func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]by
 			body, reason := o.fetch(ctx, batch[i].page)
 			if reason != "" {
 				o.m.drop(reason, 1)
+				if reason == dropOriginStatus || reason == dropOriginTooLarge {
+					o.refuse(batch[i].page, reason)
+				}
 				return
 			}
 			values[i] = body

@@ -846,13 +846,43 @@ func (sc *scratch) reset(n int) {
 	sc.buf = sc.buf[:0]
 }
 
+// originBatchBytes bounds the bodies a worker holds at once in origin
+// mode: a batch is fetched and written in parts of at most this many
+// bytes of MaxBodyBytes each, so that memory and a pipeline's size stay
+// bounded however large the pages (a backlog of 512 pages of 1 MiB once
+// held 4 GB and timed out its pipelines).
+const originBatchBytes = 16 << 20
+
 // process fetches (origin mode) or encodes (hint mode) the batch's values
-// and writes them in one pipeline.
+// and writes them in one pipeline (origin mode: one per part of the batch,
+// see originBatchBytes).
 func (w *Warmer) process(ctx context.Context, batch []item, sc *scratch) {
+	if w.origin != nil {
+		part := int(max(1, originBatchBytes/max(1, w.cfg.MaxBodyBytes)))
+		for len(batch) > part {
+			w.processPart(ctx, batch[:part], sc)
+			batch = batch[part:]
+		}
+	}
+	w.processPart(ctx, batch, sc)
+}
+
+// processPart is process for one part of a batch.
+func (w *Warmer) processPart(ctx context.Context, batch []item, sc *scratch) {
 	sc.reset(len(batch))
 	if w.origin != nil {
-		w.overBudget(batch, sc)
-		w.origin.fetchAll(ctx, batch, sc.values, sc.skip)
+		if w.failure.Load() != nil {
+			// Writes are failing (Redis down, out of memory): spare the
+			// origin bodies that could not be stored. The cache check ends
+			// the run as soon as Redis takes a write again.
+			for i := range batch {
+				sc.skip[i] = true
+			}
+			w.m.drop(dropRedis, len(batch))
+		} else {
+			w.overBudget(batch, sc)
+			w.origin.fetchAll(ctx, batch, sc.values, sc.skip)
+		}
 	} else {
 		sc.exp = w.now().Add(w.cfg.TTL).UTC().AppendFormat(sc.exp[:0], time.RFC3339Nano)
 		for _, it := range batch {
@@ -1224,7 +1254,10 @@ func httpClient(cfg Config) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = cfg.OriginConcurrency
 	tr.MaxConnsPerHost = cfg.OriginConcurrency
-	return &http.Client{Transport: tr, Timeout: cfg.OriginTimeout}
+	return &http.Client{Transport: tr, Timeout: cfg.OriginTimeout,
+		// A redirect is the origin's answer for the page, not a 2xx: it
+		// is not followed (a login page would be stored for every page).
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 // writeFailure is a run of failed warm writes.

@@ -564,6 +564,8 @@ func newOrigin(t *testing.T) *origin {
 			http.Error(rw, "boom", http.StatusInternalServerError)
 		case strings.HasPrefix(r.URL.Path, "/missing"):
 			http.NotFound(rw, r)
+		case strings.HasPrefix(r.URL.Path, "/moved"):
+			http.Redirect(rw, r, "/login", http.StatusFound)
 		case strings.HasPrefix(r.URL.Path, "/slow"):
 			select {
 			case <-release:
@@ -1089,4 +1091,90 @@ func TestWarmerWriteErr(t *testing.T) {
 	if err := w.WriteErr(); err != nil {
 		t.Fatalf("WriteErr after a write succeeded: %v", err)
 	}
+}
+
+// TestWarmerOriginRefusals: a redirect is not followed (the origin's
+// answer is not a 2xx), and a page the origin answered 404 or too large is
+// not asked again within refuseFor, whoever predicts it; its predictions
+// count as dropped with the same reason.
+func TestWarmerOriginRefusals(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	o := newOrigin(t)
+	w := startWarmer(t, Config{Mode: ModeOrigin, OriginURL: o.srv.URL + "/{page}", OriginTimeout: time.Second,
+		MaxBodyBytes: 1024, KeyTemplate: "user:{user}:page:{page}"}, rdb)
+	for i, p := range []string{"/moved/a", "/missing/b", "/big/c"} {
+		for u := range 3 {
+			w.Warm(ctx, Request{UserID: fmt.Sprintf("u%d", u), Pages: []Page{{Key: p, Probability: 0.9}}})
+			want := float64(u + 1)
+			eventually(t, 5*time.Second, fmt.Sprintf("%s dropped %v times", p, want), func() bool {
+				return counter(w.m.dropped[dropOriginStatus])+counter(w.m.dropped[dropOriginTooLarge]) == float64(3*i)+want
+			})
+		}
+		if got := o.hits.Load(); got != int64(i+1) {
+			t.Fatalf("origin asked %d times after %s was predicted for 3 users, want %d (once per page)", got, p, i+1)
+		}
+	}
+	if got := counter(w.m.dropped[dropOriginStatus]); got != 6 {
+		t.Errorf("dropped for their status %v, want 6 (redirect and 404, 3 users each)", got)
+	}
+	if keys := pageKeys(t, rdb); len(keys) != 0 {
+		t.Errorf("keys %v stored, want none (no 2xx answer)", keys)
+	}
+}
+
+// TestWarmerOriginSparedWhileWritesFail: once warm writes fail (Redis
+// down), the origin is not asked for bodies that could not be stored.
+func TestWarmerOriginSparedWhileWritesFail(t *testing.T) {
+	srv, rdb := newRedis(t)
+	ctx := testCtx(t)
+	o := newOrigin(t)
+	w := startWarmer(t, Config{Mode: ModeOrigin, OriginURL: o.srv.URL + "/{page}", OriginTimeout: time.Second,
+		WriteTimeout: 200 * time.Millisecond, CheckInterval: time.Hour}, rdb)
+	srv.Stop()
+	w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: "/ok/1", Probability: 0.9}}})
+	eventually(t, 5*time.Second, "the write failed", func() bool { return counter(w.m.dropped[dropRedis]) == 1 })
+	for i := 2; i <= 4; i++ {
+		w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/ok/%d", i), Probability: 0.9}}})
+	}
+	eventually(t, 5*time.Second, "three more dropped", func() bool { return counter(w.m.dropped[dropRedis]) == 4 })
+	if got := o.hits.Load(); got != 1 {
+		t.Fatalf("origin asked %d times, want 1 (not while writes fail)", got)
+	}
+}
+
+// TestWarmerOriginBatchParts: with large pages a batch is fetched and
+// written in parts of at most originBatchBytes of bodies.
+func TestWarmerOriginBatchParts(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	o := newOrigin(t)
+	w, err := NewWarmer(Config{Mode: ModeOrigin, OriginURL: o.srv.URL + "/{page}", OriginTimeout: time.Second,
+		MaxBodyBytes: originBatchBytes / 2}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pages []Page
+	for i := range 5 {
+		pages = append(pages, Page{Key: fmt.Sprintf("/ok/%d", i), Probability: 0.9})
+	}
+	w.Warm(ctx, Request{UserID: "u", Pages: pages}) // one batch: queued before Run
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, 5*time.Second, "five written", func() bool { return counter(w.m.written) == 5 })
+	if got := histogramCount(t, w.m.writeSeconds); got != 3 {
+		t.Errorf("%d pipelines, want 3 (parts of 2, 2 and 1 pages)", got)
+	}
+}
+
+// histogramCount reads a histogram's number of observations.
+func histogramCount(t *testing.T, m prometheus.Metric) uint64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.Write(&d); err != nil || d.Histogram == nil {
+		t.Fatalf("read histogram: %v", err)
+	}
+	return d.Histogram.GetSampleCount()
 }

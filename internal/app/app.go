@@ -321,7 +321,8 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	}
 	warmer, err := prefetch.NewWarmer(prefetch.Config{
 		Mode: prefetch.Mode(cfg.PrefetchMode), OriginURL: cfg.OriginURL, TTL: cfg.TTL, KeyTemplate: cfg.KeyTemplate,
-		GlobalRate: cfg.GlobalRate, PerUserRate: cfg.PerUserRate, BudgetKeys: cfg.BudgetKeys,
+		GlobalRate: cfg.GlobalRate, PerUserRate: cfg.PerUserRate, BudgetKeys: cfg.BudgetKeys, BudgetBytes: cfg.BudgetBytes,
+		OriginTimeout: cfg.OriginTimeout, MaxBodyBytes: cfg.OriginMaxBody, OriginConcurrency: cfg.OriginConcurrency,
 		QueueSize: cfg.WarmQueue, Workers: cfg.WarmWorkers, PipelineSize: cfg.WarmPipeline, Block: cfg.WarmBackpressure,
 		ShedFrom: cfg.WarmShedFrom, ShedFromSet: true,
 	}, rdb, log, reg)

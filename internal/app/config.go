@@ -123,7 +123,13 @@ type Config struct {
 	// page body fetched from OriginURL).
 	PrefetchMode string
 	OriginURL    string
-	GlobalRate   float64
+	// Origin mode's limits: per request, per body, requests in flight.
+	OriginTimeout     time.Duration
+	OriginMaxBody     int64
+	OriginConcurrency int
+	// BudgetBytes caps the bytes written per TTL window (0: no cap).
+	BudgetBytes int64
+	GlobalRate  float64
 	// CostWeights is a JSON file {"page": weight, ...}; when set, pages are
 	// ranked and thresholded by probability × weight (expected utility).
 	CostWeights string
@@ -173,6 +179,7 @@ const (
 	maxBatch        = 1 << 16
 	maxQueue        = 1 << 22
 	maxKafkaTimeout = math.MaxInt32 * time.Millisecond
+	maxOriginBody   = 512 << 20
 
 	DefaultWarmQueue    = 8192
 	DefaultWarmWorkers  = 4
@@ -199,14 +206,17 @@ func Default() Config {
 		AdminListen:    "127.0.0.1:8081",
 		ReplayRate:     200,
 
-		WarmQueue:        DefaultWarmQueue,
-		WarmWorkers:      DefaultWarmWorkers,
-		WarmPipeline:     DefaultWarmPipeline,
-		WarmBackpressure: true,
-		WarmShedFrom:     DefaultWarmShedFrom,
-		OverloadLag:      DefaultOverloadLag,
-		MaxSkew:          24 * time.Hour,
-		LogLevel:         "info",
+		WarmQueue:         DefaultWarmQueue,
+		OriginTimeout:     prefetch.DefaultOriginTimeout,
+		OriginMaxBody:     prefetch.DefaultMaxBodyBytes,
+		OriginConcurrency: prefetch.DefaultOriginConcurrency,
+		WarmWorkers:       DefaultWarmWorkers,
+		WarmPipeline:      DefaultWarmPipeline,
+		WarmBackpressure:  true,
+		WarmShedFrom:      DefaultWarmShedFrom,
+		OverloadLag:       DefaultOverloadLag,
+		MaxSkew:           24 * time.Hour,
+		LogLevel:          "info",
 
 		Workers:                features.DefaultWorkers,
 		KafkaSessionTimeout:    features.DefaultSessionTimeout,
@@ -303,6 +313,8 @@ func (c *Config) Validate() error {
 		"--online-max-next": float64(c.OnlineMaxNext),
 		"--warm-queue":      float64(c.WarmQueue), "--warm-workers": float64(c.WarmWorkers),
 		"--warm-pipeline": float64(c.WarmPipeline), "--max-watchers": float64(c.MaxWatchers),
+		"--origin-timeout": c.OriginTimeout.Seconds(), "--origin-max-body": float64(c.OriginMaxBody),
+		"--origin-concurrency": float64(c.OriginConcurrency),
 	} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v is not positive", name, v))
@@ -317,7 +329,7 @@ func (c *Config) Validate() error {
 		{"--workers", c.Workers, maxWorkers}, {"--ingest-batch", c.IngestBatch, maxBatch},
 		{"--commit-batch", c.CommitBatch, maxQueue}, {"--warm-queue", c.WarmQueue, maxQueue},
 		{"--warm-workers", c.WarmWorkers, maxWorkers}, {"--warm-pipeline", c.WarmPipeline, maxBatch},
-		{"--max-watchers", c.MaxWatchers, maxQueue},
+		{"--max-watchers", c.MaxWatchers, maxQueue}, {"--origin-concurrency", c.OriginConcurrency, maxWorkers},
 	} {
 		if b.v > b.limit {
 			errs = append(errs, fmt.Errorf("%s %d above %d", b.name, b.v, b.limit))
@@ -352,7 +364,7 @@ func (c *Config) Validate() error {
 	if math.IsNaN(c.GlobalRate) || math.IsInf(c.GlobalRate, 0) || math.IsNaN(c.PerUserRate) || math.IsInf(c.PerUserRate, 0) {
 		errs = append(errs, errors.New("--global-rate and --per-user-rate must be finite numbers (0 means no limit)"))
 	}
-	for name, v := range map[string]float64{"--global-rate": c.GlobalRate, "--per-user-rate": c.PerUserRate, "--budget-keys": float64(c.BudgetKeys)} {
+	for name, v := range map[string]float64{"--global-rate": c.GlobalRate, "--per-user-rate": c.PerUserRate, "--budget-keys": float64(c.BudgetKeys), "--budget-bytes": float64(c.BudgetBytes)} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s %v is negative (0 means no limit)", name, v))
 		}
@@ -362,6 +374,9 @@ func (c *Config) Validate() error {
 	}
 	if c.OverloadLag < 0 {
 		errs = append(errs, fmt.Errorf("--overload-lag %v is negative (0: no check)", c.OverloadLag))
+	}
+	if c.OriginMaxBody > maxOriginBody {
+		errs = append(errs, fmt.Errorf("--origin-max-body %d above %d (512 MiB, Redis's largest value)", c.OriginMaxBody, maxOriginBody))
 	}
 	if c.ModelName == "" {
 		errs = append(errs, errors.New(`--model-name is empty (the default is "default")`))
@@ -464,6 +479,10 @@ func ParseFlags(args []string, environ []string, stdout io.Writer) (Config, erro
 	fs.Float64Var(&c.GlobalRate, "global-rate", c.GlobalRate, "most prefetches per second over all users (0: no limit)")
 	fs.Float64Var(&c.PerUserRate, "per-user-rate", c.PerUserRate, "most prefetches per second for one user (0: no limit)")
 	fs.IntVar(&c.BudgetKeys, "budget-keys", c.BudgetKeys, "most keys the prefetcher writes per TTL window (0: no cap)")
+	fs.Int64Var(&c.BudgetBytes, "budget-bytes", c.BudgetBytes, "most bytes of values the prefetcher writes per TTL window (0: no cap)")
+	fs.DurationVar(&c.OriginTimeout, "origin-timeout", c.OriginTimeout, "origin mode: time limit of one page's request, body included")
+	fs.Int64Var(&c.OriginMaxBody, "origin-max-body", c.OriginMaxBody, "origin mode: largest page body stored, in bytes (larger ones are dropped as origin_too_large)")
+	fs.IntVar(&c.OriginConcurrency, "origin-concurrency", c.OriginConcurrency, "origin mode: most requests to the origin in flight")
 	fs.IntVar(&c.WarmQueue, "warm-queue", c.WarmQueue, "pages waiting to be written to Redis")
 	fs.IntVar(&c.WarmWorkers, "warm-workers", c.WarmWorkers, "goroutines writing to Redis, each with one pipeline in flight")
 	fs.IntVar(&c.WarmPipeline, "warm-pipeline", c.WarmPipeline, "most SET commands a warm writer sends in one pipeline (one round trip)")

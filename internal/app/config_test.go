@@ -125,6 +125,18 @@ func TestParseFlags(t *testing.T) {
 		{name: "ttl below a millisecond", args: []string{"--ttl", "500us"}, wantErr: "--ttl 500µs below 1ms"},
 		{name: "empty model name", args: []string{"--model-name="}, wantErr: "--model-name is empty"},
 		{name: "zero idle TTL", args: []string{"--history-idle-ttl", "0s"}, wantErr: "--history-idle-ttl 0 is not positive"},
+		{name: "zero origin timeout", args: []string{"--origin-timeout", "0s"}, wantErr: "--origin-timeout 0 is not positive"},
+		{name: "origin body over Redis's limit", args: []string{"--origin-max-body", "1073741824"}, wantErr: "--origin-max-body 1073741824 above"},
+		{name: "negative byte budget", args: []string{"--budget-bytes", "-1"}, wantErr: "--budget-bytes -1 is negative"},
+		{
+			name: "origin limits",
+			args: []string{"--origin-timeout", "500ms", "--origin-max-body", "65536", "--origin-concurrency", "2", "--budget-bytes", "0"},
+			check: func(t *testing.T, c Config) {
+				if c.OriginTimeout != 500*time.Millisecond || c.OriginMaxBody != 65536 || c.OriginConcurrency != 2 || c.BudgetBytes != 0 {
+					t.Errorf("config %+v, want the origin limits given", c)
+				}
+			},
+		},
 		{name: "negative key budget from the environment", env: map[string]string{"PREFETCHD_BUDGET_KEYS": "-1"}, wantErr: "--budget-keys (PREFETCHD_BUDGET_KEYS) -1 is negative"},
 		{name: "negative global rate", args: []string{"--global-rate", "-1"}, wantErr: "--global-rate -1 is negative"},
 	}
