@@ -185,16 +185,17 @@ func (p *Policy) Select(probs []float32, current int64, k int, threshold float64
 	if !p.utility {
 		for i := unknownIndex + 1; i < len(probs); i++ {
 			pr := probs[i]
-			// NaN fails the first test; +Inf and other values above 1 (a
-			// broken model row) are no probability either.
-			if !(pr >= thr) || pr > maxProbability || int64(i) == current {
+			if !(pr >= thr) || int64(i) == current { // NaN fails the first test
 				continue
 			}
 			n := len(dst)
+			if n == k && pr <= dst[n-1].Probability {
+				continue
+			}
+			if pr > maxProbability {
+				continue // +Inf or another value above 1: a broken model row
+			}
 			if n == k {
-				if pr <= dst[n-1].Probability {
-					continue
-				}
 				n--
 				dst = dst[:n]
 			}
