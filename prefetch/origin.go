@@ -30,6 +30,18 @@ type originClient struct {
 	// failures, and every prediction of the page would fetch it again).
 	refusedMu sync.Mutex
 	refused   map[string]refusal
+	// inflight coalesces fetches of one page (per-user keys of the same
+	// page, in one batch or in workers at once): the first fetches, the
+	// others wait for its answer. Guarded by refusedMu.
+	inflight map[string]*fetchCall
+}
+
+// fetchCall is a fetch of one page under way; done is closed when body and
+// reason are set.
+type fetchCall struct {
+	done   chan struct{}
+	body   []byte
+	reason string
 }
 
 // refusal is a page's last answer that was not stored.
@@ -59,16 +71,6 @@ func (o *originClient) refusedNow(page string) (string, bool) {
 		return "", false
 	}
 	return r.reason, true
-}
-
-// refuse remembers that the origin refused page with reason.
-func (o *originClient) refuse(page, reason string) {
-	o.refusedMu.Lock()
-	defer o.refusedMu.Unlock()
-	if o.refused == nil || len(o.refused) >= maxRefused {
-		o.refused = make(map[string]refusal)
-	}
-	o.refused[strings.Clone(page)] = refusal{until: o.now().Add(refuseFor).UnixNano(), reason: reason}
 }
 
 func newOriginClient(cfg Config, m *warmerMetrics, now func() time.Time) *originClient {
@@ -122,39 +124,105 @@ func (o *originClient) pageURL(page string) (string, bool) {
 // values; failed items are counted as dropped and left nil.
 func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]byte, skip []bool) {
 	var wg sync.WaitGroup
+	// Items of a page already asked for in this batch (per-user keys of
+	// one page) take that item's answer: one request per page.
+	var first map[string]int
+	var dups []int // pairs: the item, the earlier item of its page
+	reasons := make([]string, len(batch))
+	drop := func(i int, reason string) {
+		reasons[i] = reason
+		o.m.drop(reason, 1)
+	}
 	for i := range batch {
 		if skip[i] {
 			continue
 		}
+		if j, ok := first[batch[i].page]; ok {
+			dups = append(dups, i, j)
+			continue
+		}
+		if first == nil {
+			first = make(map[string]int)
+		}
+		first[batch[i].page] = i
 		if reason, ok := o.refusedNow(batch[i].page); ok {
-			o.m.drop(reason, 1) // not asked again so soon
+			drop(i, reason) // not asked again so soon
 			continue
 		}
 		if !o.breaker.allow(o.now()) {
-			o.m.drop(dropBreakerOpen, 1)
+			drop(i, dropBreakerOpen)
 			continue
 		}
 		select {
 		case o.sem <- struct{}{}:
 		case <-ctx.Done():
 			o.breaker.release() // no verdict on the origin
-			o.m.drop(dropCanceled, 1)
+			drop(i, dropCanceled)
 			continue
 		}
 		wg.Go(func() {
 			defer func() { <-o.sem }()
-			body, reason := o.fetch(ctx, batch[i].page)
+			body, reason := o.fetchShared(ctx, batch[i].page)
 			if reason != "" {
-				o.m.drop(reason, 1)
-				if reason == dropOriginStatus || reason == dropOriginTooLarge {
-					o.refuse(batch[i].page, reason)
-				}
+				drop(i, reason)
 				return
 			}
 			values[i] = body
 		})
 	}
 	wg.Wait()
+	for k := 0; k < len(dups); k += 2 {
+		i, j := dups[k], dups[k+1]
+		if values[j] != nil {
+			values[i] = values[j] // bodies are never modified
+		} else {
+			drop(i, reasons[j])
+		}
+	}
+}
+
+// fetchShared is fetch for page, unless the origin refused it lately (its
+// reason then, no request) or a fetch of it is under way (that fetch's
+// answer, shared: bodies are never modified). A refusal is remembered for
+// refuseFor. A fetch that needs no answer from the origin (a breaker
+// verdict) is not shared with callers that did not wait for it.
+func (o *originClient) fetchShared(ctx context.Context, page string) ([]byte, string) {
+	o.refusedMu.Lock()
+	if r, ok := o.refused[page]; ok && o.now().UnixNano() < r.until {
+		o.refusedMu.Unlock()
+		o.breaker.release() // allowed by the caller, not used
+		return nil, r.reason
+	}
+	if c, ok := o.inflight[page]; ok {
+		o.refusedMu.Unlock()
+		o.breaker.release()
+		select {
+		case <-c.done:
+			return c.body, c.reason
+		case <-ctx.Done():
+			return nil, dropCanceled
+		}
+	}
+	if o.inflight == nil {
+		o.inflight = make(map[string]*fetchCall)
+	}
+	c := &fetchCall{done: make(chan struct{})}
+	page = strings.Clone(page)
+	o.inflight[page] = c
+	o.refusedMu.Unlock()
+
+	c.body, c.reason = o.fetch(ctx, page)
+	o.refusedMu.Lock()
+	delete(o.inflight, page)
+	if c.reason == dropOriginStatus || c.reason == dropOriginTooLarge {
+		if o.refused == nil || len(o.refused) >= maxRefused {
+			o.refused = make(map[string]refusal)
+		}
+		o.refused[page] = refusal{until: o.now().Add(refuseFor).UnixNano(), reason: c.reason}
+	}
+	o.refusedMu.Unlock()
+	close(c.done)
+	return c.body, c.reason
 }
 
 // fetch GETs one page. It returns the body of a 2xx answer, or the drop

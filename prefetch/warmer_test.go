@@ -1178,3 +1178,33 @@ func histogramCount(t *testing.T, m prometheus.Metric) uint64 {
 	}
 	return d.Histogram.GetSampleCount()
 }
+
+// TestWarmerOriginCoalesces: per-user keys of one page in one batch cost
+// the origin one request, its answer shared: a body is stored under every
+// key, a refusal drops every key.
+func TestWarmerOriginCoalesces(t *testing.T) {
+	_, rdb := newRedis(t)
+	ctx := testCtx(t)
+	o := newOrigin(t)
+	w, err := NewWarmer(Config{Mode: ModeOrigin, OriginURL: o.srv.URL + "/{page}", OriginTimeout: time.Second,
+		KeyTemplate: "user:{user}:page:{page}"}, rdb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for u := range 5 { // queued before Run: one batch
+		w.Warm(ctx, Request{UserID: fmt.Sprintf("u%d", u), Pages: []Page{{Key: "/ok/shared", Probability: 0.9}, {Key: "/missing/shared", Probability: 0.8}}})
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, 5*time.Second, "5 written, 5 dropped", func() bool {
+		return counter(w.m.written) == 5 && counter(w.m.dropped[dropOriginStatus]) == 5
+	})
+	if got := o.hits.Load(); got != 2 {
+		t.Fatalf("origin asked %d times for 2 pages predicted for 5 users, want 2", got)
+	}
+	if v, err := rdb.Get(ctx, "user:u3:page:/ok/shared").Result(); err != nil || v != "body of /ok/shared" {
+		t.Fatalf("u3's key = %q, %v; want the shared body", v, err)
+	}
+}
