@@ -643,10 +643,7 @@ func TestWarmerOriginBudget(t *testing.T) {
 	if n := w.Warm(ctx, Request{UserID: "u", Pages: pages}); n != 5 {
 		t.Fatalf("queued %d, want 5", n)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(rctx) }()
-	defer func() { cancel(); <-done }()
+	runQueued(t, ctx, w)
 	eventually(t, 5*time.Second, "three written, two dropped", func() bool {
 		return counter(w.m.written) == 3 && counter(w.m.dropped[dropBudget]) == 2
 	})
@@ -708,10 +705,7 @@ func TestWarmerOriginBudgetWorkers(t *testing.T) {
 	for i := range 38 {
 		w.Warm(ctx, Request{UserID: "u", Pages: []Page{{Key: fmt.Sprintf("/ok/%d", i), Probability: 0.5}}})
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(rctx) }()
-	defer func() { cancel(); <-done }()
+	runQueued(t, ctx, w)
 	eventually(t, 10*time.Second, "every page written or dropped", func() bool {
 		return counter(w.m.written)+counter(w.m.dropped[dropBudget])+counter(w.m.dropped[dropOrigin5xx]) == 40
 	})
@@ -1159,10 +1153,7 @@ func TestWarmerOriginBatchParts(t *testing.T) {
 		pages = append(pages, Page{Key: fmt.Sprintf("/ok/%d", i), Probability: 0.9})
 	}
 	w.Warm(ctx, Request{UserID: "u", Pages: pages}) // one batch: queued before Run
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(rctx) }()
-	defer func() { cancel(); <-done }()
+	runQueued(t, ctx, w)
 	eventually(t, 5*time.Second, "five written", func() bool { return counter(w.m.written) == 5 })
 	if got := histogramCount(t, w.m.writeSeconds); got != 3 {
 		t.Errorf("%d pipelines, want 3 (parts of 2, 2 and 1 pages)", got)
@@ -1194,10 +1185,7 @@ func TestWarmerOriginCoalesces(t *testing.T) {
 	for u := range 5 { // queued before Run: one batch
 		w.Warm(ctx, Request{UserID: fmt.Sprintf("u%d", u), Pages: []Page{{Key: "/ok/shared", Probability: 0.9}, {Key: "/missing/shared", Probability: 0.8}}})
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(rctx) }()
-	defer func() { cancel(); <-done }()
+	runQueued(t, ctx, w)
 	eventually(t, 5*time.Second, "5 written, 5 dropped", func() bool {
 		return counter(w.m.written) == 5 && counter(w.m.dropped[dropOriginStatus]) == 5
 	})
@@ -1207,4 +1195,14 @@ func TestWarmerOriginCoalesces(t *testing.T) {
 	if v, err := rdb.Get(ctx, "user:u3:page:/ok/shared").Result(); err != nil || v != "body of /ok/shared" {
 		t.Fatalf("u3's key = %q, %v; want the shared body", v, err)
 	}
+}
+
+// runQueued runs w, whose pages were queued before Run (so that one worker
+// takes them in one batch), until the test ends.
+func runQueued(t *testing.T, ctx context.Context, w *Warmer) {
+	t.Helper()
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(rctx) }()
+	t.Cleanup(func() { cancel(); <-done })
 }
