@@ -305,19 +305,25 @@ func (c *Config) Validate() error {
 	// an explicit 0 is refused here rather than silently changed.
 	for name, v := range map[string]float64{
 		"--workers": float64(c.Workers), "--ingest-batch": float64(c.IngestBatch),
-		"--commit-batch": float64(c.CommitBatch), "--commit-interval": c.CommitInterval.Seconds(),
-		"--history-max-users": float64(c.HistoryMaxUsers), "--session-gap": c.SessionGap.Seconds(),
-		"--history-idle-ttl": c.HistoryIdleTTL.Seconds(),
-		"--rollback-window":  c.RollbackWindow.Seconds(),
-		"--online-half-life": c.OnlineHalfLife.Seconds(), "--online-max-pages": float64(c.OnlineMaxPages),
-		"--online-max-next": float64(c.OnlineMaxNext),
-		"--warm-queue":      float64(c.WarmQueue), "--warm-workers": float64(c.WarmWorkers),
+		"--commit-batch":      float64(c.CommitBatch),
+		"--history-max-users": float64(c.HistoryMaxUsers),
+		"--online-max-pages":  float64(c.OnlineMaxPages),
+		"--online-max-next":   float64(c.OnlineMaxNext),
+		"--warm-queue":        float64(c.WarmQueue), "--warm-workers": float64(c.WarmWorkers),
 		"--warm-pipeline": float64(c.WarmPipeline), "--max-watchers": float64(c.MaxWatchers),
-		"--origin-timeout": c.OriginTimeout.Seconds(), "--origin-max-body": float64(c.OriginMaxBody),
-		"--origin-concurrency": float64(c.OriginConcurrency),
+		"--origin-max-body": float64(c.OriginMaxBody), "--origin-concurrency": float64(c.OriginConcurrency),
 	} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v is not positive", name, v))
+		}
+	}
+	for name, d := range map[string]time.Duration{
+		"--commit-interval": c.CommitInterval, "--session-gap": c.SessionGap,
+		"--history-idle-ttl": c.HistoryIdleTTL, "--rollback-window": c.RollbackWindow,
+		"--online-half-life": c.OnlineHalfLife, "--origin-timeout": c.OriginTimeout,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s %v is not positive", name, d))
 		}
 	}
 	// Upper bounds: beyond them a value allocates what no machine has, or

@@ -124,8 +124,9 @@ func TestParseFlags(t *testing.T) {
 		{name: "huge worker count", args: []string{"--workers", "100000000"}, wantErr: "--workers 100000000 above"},
 		{name: "ttl below a millisecond", args: []string{"--ttl", "500us"}, wantErr: "--ttl 500µs below 1ms"},
 		{name: "empty model name", args: []string{"--model-name="}, wantErr: "--model-name is empty"},
-		{name: "zero idle TTL", args: []string{"--history-idle-ttl", "0s"}, wantErr: "--history-idle-ttl 0 is not positive"},
-		{name: "zero origin timeout", args: []string{"--origin-timeout", "0s"}, wantErr: "--origin-timeout 0 is not positive"},
+		{name: "zero idle TTL", args: []string{"--history-idle-ttl", "0s"}, wantErr: "--history-idle-ttl 0s is not positive"},
+		{name: "zero origin timeout", args: []string{"--origin-timeout", "0s"}, wantErr: "--origin-timeout 0s is not positive"},
+		{name: "negative duration quoted with its unit", args: []string{"--session-gap", "-90m"}, wantErr: "--session-gap -1h30m0s is not positive"},
 		{name: "origin body over Redis's limit", args: []string{"--origin-max-body", "1073741824"}, wantErr: "--origin-max-body 1073741824 above"},
 		{name: "negative byte budget", args: []string{"--budget-bytes", "-1"}, wantErr: "--budget-bytes -1 is negative"},
 		{
