@@ -315,11 +315,13 @@ func (b *Bundle) checkForms() error {
 		hs = append(hs, h)
 	}
 	ctx := context.Background()
+	wants := make([][]float32, len(hs))
 	for i, h := range hs {
 		want, err := b.Predict(ctx, [][]int64{h})
 		if err != nil {
 			return fmt.Errorf("%w: comparing the forms, history %d: %w", ErrContract, i, err)
 		}
+		wants[i] = want[0]
 		var state, got []float32
 		for _, id := range h {
 			if got, state, err = b.Step(ctx, id, state, got); err != nil {
@@ -333,15 +335,15 @@ func (b *Bundle) checkForms() error {
 			}
 		}
 	}
-	return b.checkStepBatch(ctx, hs, tol)
+	return b.checkStepBatch(ctx, hs, wants, tol)
 }
 
 // checkStepBatch steps the histories hs together, one StepMany per click
 // (the rows of those still going), as the engine steps a wave of users,
-// and compares each with Predict: a step form whose state_out is laid out
+// and compares each with wants, Predict's scores of each history: a step form whose state_out is laid out
 // unlike state_in (batch first, say) agrees with the sequence form one user
 // at a time and mixes users up in a batch.
-func (b *Bundle) checkStepBatch(ctx context.Context, hs [][]int64, tol float64) error {
+func (b *Bundle) checkStepBatch(ctx context.Context, hs [][]int64, wants [][]float32, tol float64) error {
 	if !b.stepBatches || len(hs) < 2 {
 		return nil
 	}
@@ -370,15 +372,11 @@ func (b *Bundle) checkStepBatch(ctx context.Context, hs [][]int64, tol float64) 
 		}
 	}
 	for i, h := range hs {
-		want, err := b.Predict(ctx, [][]int64{h})
-		if err != nil {
-			return fmt.Errorf("%w: comparing the forms, history %d: %w", ErrContract, i, err)
-		}
 		for j := range probs[i] {
-			if d := math.Abs(float64(probs[i][j]) - float64(want[0][j])); !(d <= tol) {
+			if d := math.Abs(float64(probs[i][j]) - float64(wants[i][j])); !(d <= tol) {
 				return fmt.Errorf("%w: %s stepped for %d users at once disagrees with %s on history %v: index %d %g against %g (tolerance %g); "+
 					"is %q laid out [layers, batch, hidden] like %q?",
-					ErrContract, StepFile, len(hs), ModelFile, h, j, probs[i][j], want[0][j], tol, OutputStateOut, InputStateIn)
+					ErrContract, StepFile, len(hs), ModelFile, h, j, probs[i][j], wants[i][j], tol, OutputStateOut, InputStateIn)
 			}
 		}
 	}

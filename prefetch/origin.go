@@ -62,6 +62,11 @@ const (
 func (o *originClient) refusedNow(page string) (string, bool) {
 	o.refusedMu.Lock()
 	defer o.refusedMu.Unlock()
+	return o.refusedLocked(page)
+}
+
+// refusedLocked is refusedNow for a caller holding refusedMu.
+func (o *originClient) refusedLocked(page string) (string, bool) {
 	r, ok := o.refused[page]
 	if !ok {
 		return "", false
@@ -188,10 +193,10 @@ func (o *originClient) fetchAll(ctx context.Context, batch []item, values [][]by
 // verdict) is not shared with callers that did not wait for it.
 func (o *originClient) fetchShared(ctx context.Context, page string) ([]byte, string) {
 	o.refusedMu.Lock()
-	if r, ok := o.refused[page]; ok && o.now().UnixNano() < r.until {
+	if reason, ok := o.refusedLocked(page); ok {
 		o.refusedMu.Unlock()
 		o.breaker.release() // allowed by the caller, not used
-		return nil, r.reason
+		return nil, reason
 	}
 	if c, ok := o.inflight[page]; ok {
 		o.refusedMu.Unlock()

@@ -62,12 +62,7 @@ func TestWarmerCacheLost(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, rdb := newRedis(t)
 			ctx := testCtx(t)
-			ev, err := NewEvaluator(EvaluatorConfig{}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			w := startWarmer(t, Config{CheckInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond}, rdb)
-			w.SetObserver(ev)
+			w, ev := watchedWarmer(t, rdb)
 			pages := []Page{{Key: "/a", Probability: 0.9}, {Key: "/b", Probability: 0.7}, {Key: "/c", Probability: 0.6}}
 			names := []string{"/a", "/b", "/c"}
 			t0 := time.Now()
@@ -318,12 +313,7 @@ func TestWarmerCacheLostCluster(t *testing.T) {
 func TestWarmerCacheUnreachable(t *testing.T) {
 	srv, rdb := newRedis(t)
 	ctx := testCtx(t)
-	ev, err := NewEvaluator(EvaluatorConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := startWarmer(t, Config{CheckInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond}, rdb)
-	w.SetObserver(ev)
+	w, ev := watchedWarmer(t, rdb)
 	t0 := time.Now()
 	w.Warm(ctx, Request{UserID: "u", ModelVersion: "v1", At: t0,
 		Pages: []Page{{Key: "/a", Probability: 0.9}, {Key: "/b", Probability: 0.9}}})
@@ -376,4 +366,17 @@ func TestWarmerWriteErrEndsWithoutWrites(t *testing.T) {
 	if got := counter(w.m.written); got != 0 {
 		t.Fatalf("%v pages written, want none (the check alone ends the run)", got)
 	}
+}
+
+// watchedWarmer starts a Warmer that checks its Redis every 50 ms, with an
+// Evaluator as its observer.
+func watchedWarmer(t *testing.T, rdb *redis.Client) (*Warmer, *Evaluator) {
+	t.Helper()
+	ev, err := NewEvaluator(EvaluatorConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWarmer(t, Config{CheckInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond}, rdb)
+	w.SetObserver(ev)
+	return w, ev
 }

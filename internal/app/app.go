@@ -219,7 +219,11 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 	ready.add("kafka", func(ctx context.Context) error { return kafkaReady(ctx, dialer, brokers, checkTimeout) })
 
 	// The model.
-	models, err := openModels(ctx, cfg, log, reg)
+	canon, err := canonicalizer(cfg)
+	if err != nil {
+		return err
+	}
+	models, err := openModels(ctx, cfg, canon, log, reg)
 	if err != nil {
 		return err
 	}
@@ -297,10 +301,6 @@ func RunWith(ctx context.Context, cfg Config, log *slog.Logger, opts Options) er
 		Backend: cfg.HistoryStore,
 		History: features.HistoryConfig{MaxLen: live.Manifest.MaxSeqLen, MaxUsers: cfg.HistoryMaxUsers, SessionGap: cfg.SessionGap, IdleTTL: cfg.HistoryIdleTTL},
 	}, srdb, reg)
-	if err != nil {
-		return err
-	}
-	canon, err := canonicalizer(cfg)
 	if err != nil {
 		return err
 	}
@@ -528,11 +528,7 @@ func (p *pending) IngestJSONMany(ctx context.Context, events [][]byte, errs []er
 
 // openModels returns the model manager: a watched repository, or one fixed
 // bundle (a folder, or the bundled model).
-func openModels(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*lifecycle.Manager, error) {
-	canon, err := canonicalizer(cfg)
-	if err != nil {
-		return nil, err
-	}
+func openModels(ctx context.Context, cfg Config, canon *features.Canonicalizer, log *slog.Logger, reg prometheus.Registerer) (*lifecycle.Manager, error) {
 	check := vocabCheck(canon, log)
 	if cfg.ModelRepo != "" {
 		return lifecycle.New(lifecycle.Config{
@@ -541,7 +537,10 @@ func openModels(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 			CheckVocab:   check,
 		}, lifecycle.LoadBundle, log, reg)
 	}
-	var b *model.Bundle
+	var (
+		b   *model.Bundle
+		err error
+	)
 	if cfg.Model != "" {
 		b, err = loadModelFolder(cfg.Model)
 	} else {

@@ -208,7 +208,11 @@ func TestStatusPageEscapes(t *testing.T) {
 	}
 	cfg := Default()
 	cfg.Model = dir
-	models, err := openModels(ctx, cfg, slog.New(slog.DiscardHandler), nil)
+	canon, err := canonicalizer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	models, err := openModels(ctx, cfg, canon, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

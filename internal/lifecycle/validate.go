@@ -63,13 +63,13 @@ func (v validator) check(ctx context.Context, version string, l Model) (err erro
 	if err != nil {
 		return refuse(ReasonContract, fmt.Errorf("probe prediction: %w", err))
 	}
+	if len(out) != len(probe) {
+		return refuse(ReasonContract, fmt.Errorf("probe prediction has %d rows for %d histories", len(out), len(probe)))
+	}
 	for i, row := range out {
 		if err := checkProbs([][]float32{row}, 1, width); err != nil {
 			return refuse(ReasonContract, fmt.Errorf("probe prediction after history %v: %w", probe[i], err))
 		}
-	}
-	if len(out) != len(probe) {
-		return refuse(ReasonContract, fmt.Errorf("probe prediction has %d rows for %d histories", len(out), len(probe)))
 	}
 
 	// Every page alone (or, in a large vocabulary, an even sample of them):
